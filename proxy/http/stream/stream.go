@@ -219,3 +219,16 @@ func CodeOf(err error) ErrCode {
 	}
 	return ErrCodeInternal
 }
+
+// ServerConn is one served downstream connection of any protocol.
+type ServerConn interface {
+	// Serve runs the connection until it is closed; it returns nil after a
+	// graceful close and the cause otherwise.
+	Serve() error
+	// Shutdown starts a graceful close: no new streams are accepted
+	// (HTTP/2 GOAWAY, HTTP/1.1 "Connection: close"), streams in flight run
+	// to completion, then the connection closes. It does not block.
+	Shutdown()
+	// Close closes the connection at once, resetting its streams.
+	Close() error
+}
