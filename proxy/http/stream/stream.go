@@ -29,6 +29,10 @@ type Request struct {
 	Header    header.Header
 	// ContentLength is the declared body length, or -1 when unknown.
 	ContentLength int64
+	// EndStream is set by server codecs when the header section ended the
+	// request: HTTP/2 or HTTP/3 END_STREAM on HEADERS, or an HTTP/1.1
+	// request without a body. There is no body and no trailers to read.
+	EndStream bool
 }
 
 // Response is a response's header section.
@@ -37,6 +41,11 @@ type Response struct {
 	Header header.Header
 	// ContentLength is the declared body length, or -1 when unknown.
 	ContentLength int64
+	// EndStream is set by client codecs when the header section ended the
+	// response (HTTP/2 END_STREAM on HEADERS, as in a gRPC trailers-only
+	// response; an HTTP/1.1 response that has no body). A proxy forwards it
+	// with WriteHeader(resp, true) so the framing is preserved.
+	EndStream bool
 }
 
 // ConnInfo describes the downstream connection a stream arrived on.
