@@ -51,6 +51,7 @@ type Scope struct {
 	flatPrefix string // "cluster.backend."
 	promPrefix string // "cluster."
 	tags       []Tag
+	codes      sync.Map // prefix → *CodeStats, for ResponseCode (codes.go)
 }
 
 // Root returns the unnamed scope of the store.
