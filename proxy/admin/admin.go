@@ -104,6 +104,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		"/drain_listeners":     {help: "drain listeners; ?graceful, ?inboundonly", mutates: true, handle: s.handleDrain},
 		"/quitquitquit":        {help: "exit the server", mutates: true, handle: s.handleQuit},
 		pprofPrefix:            {help: "Go runtime profiles (net/http/pprof)", handle: pprof.Index},
+		"/debug/pprof":         {handle: http.RedirectHandler(pprofPrefix, http.StatusMovedPermanently).ServeHTTP},
 		"/debug/pprof/cmdline": {help: "", handle: pprof.Cmdline},
 		"/debug/pprof/profile": {help: "", handle: pprof.Profile},
 		"/debug/pprof/symbol":  {help: "", handle: pprof.Symbol},

@@ -287,6 +287,7 @@ func TestEndpoints(t *testing.T) {
 		{"GET", "/stats/", 404, "text/plain", "invalid path. ", true, false},
 		{"GET", "/debug/pprof/", 200, "text/html", "goroutine", false, true},
 		{"GET", "/debug/pprof/goroutine?debug=1", 200, "text/plain", "goroutine profile:", true, false},
+		{"GET", "/debug/pprof", 200, "text/html", "goroutine", false, true}, // redirected
 		{"GET", "/debug/pprof/cmdline", 200, "text/plain", os.Args[0], true, false},
 	}
 	for _, tc := range tests {
