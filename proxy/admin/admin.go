@@ -64,7 +64,7 @@ type Server struct {
 	store   *stats.Store
 	logger  *slog.Logger
 	routes  map[string]*endpoint // immutable after New
-	paths   []string             // sorted keys of routes, for the index
+	paths   []string             // sorted paths that have help, for the index
 
 	quitOnce sync.Once
 
@@ -105,10 +105,10 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		"/quitquitquit":        {help: "exit the server", mutates: true, handle: s.handleQuit},
 		pprofPrefix:            {help: "Go runtime profiles (net/http/pprof)", handle: pprof.Index},
 		"/debug/pprof":         {handle: http.RedirectHandler(pprofPrefix, http.StatusMovedPermanently).ServeHTTP},
-		"/debug/pprof/cmdline": {help: "", handle: pprof.Cmdline},
-		"/debug/pprof/profile": {help: "", handle: pprof.Profile},
-		"/debug/pprof/symbol":  {help: "", handle: pprof.Symbol},
-		"/debug/pprof/trace":   {help: "", handle: pprof.Trace},
+		"/debug/pprof/cmdline": {handle: pprof.Cmdline},
+		"/debug/pprof/profile": {handle: pprof.Profile},
+		"/debug/pprof/symbol":  {handle: pprof.Symbol},
+		"/debug/pprof/trace":   {handle: pprof.Trace},
 	}
 	for p, e := range s.routes {
 		if e.help != "" {
