@@ -1,0 +1,977 @@
+package h2
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/stream"
+)
+
+// errConnClosed is the cause of streams failed by a local Close.
+var errConnClosed = errors.New("http2: connection closed")
+
+// goAwayFlushTimeout bounds how long the writer tries to flush a final
+// GOAWAY to a peer that does not read.
+const goAwayFlushTimeout = time.Second
+
+type ctrlKind uint8
+
+const (
+	ctrlSettings ctrlKind = iota
+	ctrlSettingsAck
+	ctrlPing
+	ctrlGoAway
+	ctrlRST
+	ctrlWindowUpdate
+	ctrlHeaders
+	ctrlClose // close the connection once everything before it is flushed
+)
+
+// ctrlItem is one frame queued for the writer.
+type ctrlItem struct {
+	kind      ctrlKind
+	ack       bool // PING ACK; for SETTINGS ACK: n is a new HPACK table size
+	endStream bool
+	code      http2.ErrCode
+	id        uint32 // stream ID (or last-stream-ID for GOAWAY)
+	n         uint32 // window increment, or new HPACK table size for a SETTINGS ACK
+	ping      [8]byte
+	s         *strm // headers: the stream they belong to
+	fields    []hpack.HeaderField
+	settings  []http2.Setting
+	debug     string
+	err       error // ctrlClose: the cause the connection closes with
+}
+
+// conn is the state shared by server and client connections. Fields under
+// "guarded by mu" may be touched by the reader, the writer and stream users;
+// fields marked "writer" belong to the writer goroutine; "reader" to the
+// reader goroutine.
+type conn struct {
+	nc       net.Conn
+	fr       *http2.Framer // reads: reader; writes: writer
+	bw       *bufio.Writer // writer
+	log      *slog.Logger
+	st       *Stats
+	isClient bool
+
+	// Immutable after construction: what we advertised.
+	localMaxFrame      uint32
+	localMaxHeaderList uint32
+	localStreamWin     uint32
+	localConnWin       uint32
+
+	henc *hpack.Encoder // writer
+	hbuf bytes.Buffer   // writer
+
+	resetStrikes atomic.Bool // writer sets when it sends HEADERS or DATA; server reader clears
+
+	mu    sync.Mutex
+	wcond sync.Cond // writer waits here; guarded by mu
+
+	ctrl      []ctrlItem // guarded by mu: queued control frames, FIFO
+	ctrlSpare []ctrlItem // guarded by mu
+	ready     []*strm    // guarded by mu: streams with body bytes or an end to send
+	streams   map[uint32]*strm
+
+	sendConnWin     int64  // guarded by mu: what the peer lets us send on the connection
+	peerInitWin     int64  // guarded by mu: peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame    uint32 // guarded by mu
+	peerMaxHdrList  uint32 // guarded by mu; 0 = unlimited
+	recvConnAvail   int64  // guarded by mu: what the peer may still send on the connection
+	recvConnUnacked int64  // guarded by mu: consumed bytes not yet returned by WINDOW_UPDATE
+	settingsAcked   bool   // guarded by mu: the peer acknowledged our SETTINGS
+	goAwaySent      bool   // guarded by mu
+	goAwayRecv      bool   // guarded by mu
+	closed          bool   // guarded by mu
+	closeErr        error  // guarded by mu
+	closing         bool   // guarded by mu: a ctrlClose is queued
+	maxPeerID       uint32 // guarded by mu: highest peer-initiated stream ID seen
+	pendingDone     int    // guarded by mu: removed streams not yet reported to onStreamDone
+
+	done       chan struct{} // closed once the connection is closed
+	writerDone chan struct{}
+	onClosed   func(err error) // called once after close; may be nil
+	onRemove   func(s *strm)   // called under mu when a stream leaves the map
+	// onStreamDone is called, without mu, once per stream that left the
+	// map (reported by unlock).
+	onStreamDone func()
+}
+
+// unlock releases mu and then reports streams that ended meanwhile.
+func (c *conn) unlock() {
+	n := c.pendingDone
+	c.pendingDone = 0
+	c.mu.Unlock()
+	if c.onStreamDone != nil {
+		for range n {
+			c.onStreamDone()
+		}
+	}
+}
+
+// errGracefulClose is the cause recorded when the connection closed after
+// a GOAWAY NO_ERROR drain.
+var errGracefulClose = errors.New("http2: connection closed gracefully")
+
+func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, maxHdr, streamWin, connWin uint32) *conn {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if st == nil {
+		st = discardStats()
+	}
+	c := &conn{
+		nc:                 nc,
+		bw:                 bufio.NewWriterSize(nc, 32<<10),
+		log:                log,
+		st:                 st,
+		isClient:           isClient,
+		localMaxFrame:      orDefault(maxFrame, DefaultMaxFrameSize),
+		localMaxHeaderList: orDefault(maxHdr, DefaultMaxHeaderListSize),
+		localStreamWin:     orDefault(streamWin, DefaultWindowSize),
+		localConnWin:       orDefault(connWin, DefaultWindowSize),
+		streams:            map[uint32]*strm{},
+		sendConnWin:        initialWindowSize,
+		peerInitWin:        initialWindowSize,
+		peerMaxFrame:       DefaultMaxFrameSize,
+		done:               make(chan struct{}),
+		writerDone:         make(chan struct{}),
+	}
+	c.localMaxFrame = max(min(c.localMaxFrame, 1<<24-1), DefaultMaxFrameSize)
+	c.localStreamWin = min(c.localStreamWin, maxWindow)
+	c.localConnWin = max(min(c.localConnWin, maxWindow), initialWindowSize)
+	c.recvConnAvail = int64(c.localConnWin)
+	c.wcond.L = &c.mu
+	c.fr = http2.NewFramer(c.bw, nc)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = c.localMaxHeaderList
+	c.fr.SetMaxReadFrameSize(c.localMaxFrame)
+	c.fr.SetReuseFrames()
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+func orDefault(v, d uint32) uint32 {
+	if v == 0 {
+		return d
+	}
+	return v
+}
+
+// initialFrames queues our SETTINGS and the connection window increment.
+func (c *conn) initialFrames(extra ...http2.Setting) {
+	settings := append([]http2.Setting{
+		{ID: http2.SettingInitialWindowSize, Val: c.localStreamWin},
+		{ID: http2.SettingMaxFrameSize, Val: c.localMaxFrame},
+		{ID: http2.SettingMaxHeaderListSize, Val: c.localMaxHeaderList},
+	}, extra...)
+	c.mu.Lock()
+	c.queue(ctrlItem{kind: ctrlSettings, settings: settings})
+	if inc := c.localConnWin - initialWindowSize; inc > 0 {
+		c.queue(ctrlItem{kind: ctrlWindowUpdate, id: 0, n: inc})
+	}
+	c.mu.Unlock()
+}
+
+// queue appends a control frame for the writer. Caller holds mu.
+func (c *conn) queue(it ctrlItem) {
+	if c.closed {
+		return
+	}
+	if len(c.ctrl) == 0 {
+		c.wcond.Signal()
+	}
+	c.ctrl = append(c.ctrl, it)
+}
+
+// markReady puts s on the writer's round-robin list if it has something the
+// writer can send now. Caller holds mu.
+func (c *conn) markReady(s *strm) {
+	if s.inReady || s.err != nil || s.sentEnd {
+		return
+	}
+	endOnly := s.sendQ.n == 0 && s.sendEnd
+	if !endOnly && (s.sendQ.n == 0 || s.sendWin <= 0) {
+		return
+	}
+	s.inReady = true
+	if len(c.ready) == 0 {
+		c.wcond.Signal()
+	}
+	c.ready = append(c.ready, s)
+}
+
+// dataJob is one DATA or trailer frame the writer picked under mu.
+type dataJob struct {
+	s         *strm
+	data      []byte
+	release   *[]byte
+	endStream bool
+	trailers  []hpack.HeaderField
+	isEnd     bool // the frame ends the stream's send side
+	rstAfter  bool
+}
+
+// pickData chooses the next body frame, round robin across ready streams.
+// Caller holds mu.
+func (c *conn) pickData(j *dataJob) bool {
+	for len(c.ready) > 0 {
+		s := c.ready[0]
+		if s.err != nil || s.sentEnd {
+			c.popReady()
+			s.inReady = false
+			continue
+		}
+		if s.sendQ.n == 0 {
+			c.popReady()
+			s.inReady = false
+			if !s.sendEnd {
+				continue
+			}
+			*j = dataJob{s: s, isEnd: true, endStream: true, trailers: s.sendTrailers, rstAfter: s.rstAfterEnd}
+			s.sendTrailers = nil
+			s.sentEnd = true
+			c.afterSendEnd(s)
+			return true
+		}
+		if s.sendWin <= 0 {
+			c.popReady()
+			s.inReady = false
+			continue
+		}
+		if c.sendConnWin <= 0 {
+			return false
+		}
+		n := min(int64(s.sendQ.n), s.sendWin, c.sendConnWin, int64(c.peerMaxFrame))
+		data, rel := s.sendQ.peek(int(n))
+		n = int64(len(data))
+		s.sendWin -= n
+		c.sendConnWin -= n
+		c.st.PendingSendBytes.Add(-n)
+		*j = dataJob{s: s, data: data, release: rel}
+		c.popReady()
+		s.inReady = false
+		if s.sendQ.n == 0 && s.sendEnd && s.sendTrailers == nil {
+			j.endStream, j.isEnd, j.rstAfter = true, true, s.rstAfterEnd
+			s.sentEnd = true
+			c.afterSendEnd(s)
+		} else {
+			c.markReady(s)
+		}
+		s.cond.Broadcast()
+		return true
+	}
+	return false
+}
+
+func (c *conn) popReady() {
+	c.ready[0] = nil
+	c.ready = c.ready[1:]
+	if len(c.ready) == 0 {
+		c.ready = c.ready[:0:cap(c.ready)]
+	}
+}
+
+// afterSendEnd runs when the stream's final frame has been picked: the
+// stream closes if the peer had ended its side too. Caller holds mu.
+func (c *conn) afterSendEnd(s *strm) {
+	if s.recvDone || s.rstAfterEnd {
+		c.removeStream(s, nil)
+	}
+}
+
+// writeLoop is the writer goroutine.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	var j dataJob
+	c.mu.Lock()
+	for {
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		if len(c.ctrl) > 0 {
+			items := c.ctrl
+			c.ctrl = c.ctrlSpare[:0]
+			c.mu.Unlock()
+			err := c.writeCtrl(items)
+			clear(items)
+			c.mu.Lock()
+			c.ctrlSpare = items[:0]
+			if err != nil {
+				c.mu.Unlock()
+				c.closeWith(err)
+				return
+			}
+			continue
+		}
+		if c.pickData(&j) {
+			c.unlock()
+			err := c.writeData(&j)
+			j = dataJob{}
+			c.mu.Lock()
+			if err != nil {
+				c.mu.Unlock()
+				c.closeWith(err)
+				return
+			}
+			continue
+		}
+		if c.bw.Buffered() > 0 {
+			c.mu.Unlock()
+			err := c.bw.Flush()
+			c.mu.Lock()
+			if err != nil {
+				c.mu.Unlock()
+				c.closeWith(fmt.Errorf("http2: flush: %w", err))
+				return
+			}
+			continue
+		}
+		c.wcond.Wait()
+	}
+}
+
+func (c *conn) writeCtrl(items []ctrlItem) error {
+	for i := range items {
+		it := &items[i]
+		var err error
+		switch it.kind {
+		case ctrlSettings:
+			err = c.fr.WriteSettings(it.settings...)
+		case ctrlSettingsAck:
+			if it.ack {
+				c.henc.SetMaxDynamicTableSizeLimit(it.n)
+			}
+			err = c.fr.WriteSettingsAck()
+		case ctrlPing:
+			err = c.fr.WritePing(it.ack, it.ping)
+		case ctrlGoAway:
+			c.st.GoAwaySent.Inc()
+			err = c.fr.WriteGoAway(it.id, it.code, []byte(it.debug))
+		case ctrlRST:
+			c.st.TxReset.Inc()
+			err = c.fr.WriteRSTStream(it.id, it.code)
+		case ctrlWindowUpdate:
+			err = c.fr.WriteWindowUpdate(it.id, it.n)
+		case ctrlHeaders:
+			if it.s != nil {
+				c.mu.Lock()
+				skip := it.s.rstSent
+				c.mu.Unlock()
+				if skip {
+					continue
+				}
+			}
+			err = c.writeHeaders(it.id, it.fields, it.endStream)
+		case ctrlClose:
+			_ = c.nc.SetWriteDeadline(time.Now().Add(goAwayFlushTimeout))
+			if ferr := c.bw.Flush(); ferr != nil {
+				c.st.TxFlushTimeout.Inc()
+			}
+			if it.err == nil {
+				return errGracefulClose
+			}
+			return it.err
+		}
+		if err != nil {
+			return fmt.Errorf("http2: write %v frame: %w", it.kind, err)
+		}
+	}
+	return nil
+}
+
+func (k ctrlKind) String() string {
+	return [...]string{"SETTINGS", "SETTINGS ACK", "PING", "GOAWAY", "RST_STREAM", "WINDOW_UPDATE", "HEADERS", "close"}[k]
+}
+
+// writeHeaders HPACK-encodes fields and writes HEADERS plus CONTINUATION
+// frames no larger than the peer's SETTINGS_MAX_FRAME_SIZE.
+func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, endStream bool) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	c.resetStrikes.Store(true)
+	c.mu.Lock()
+	maxFrame := int(c.peerMaxFrame)
+	c.mu.Unlock()
+	block := c.hbuf.Bytes()
+	first := true
+	for first || len(block) > 0 {
+		frag := block[:min(len(block), maxFrame)]
+		block = block[len(frag):]
+		var err error
+		if first {
+			err = c.fr.WriteHeaders(http2.HeadersFrameParam{
+				StreamID: id, BlockFragment: frag, EndStream: endStream, EndHeaders: len(block) == 0,
+			})
+			first = false
+		} else {
+			err = c.fr.WriteContinuation(id, len(block) == 0, frag)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *conn) writeData(j *dataJob) error {
+	var err error
+	if j.trailers != nil {
+		err = c.writeHeaders(j.s.id, j.trailers, true)
+	} else {
+		c.resetStrikes.Store(true)
+		err = c.fr.WriteData(j.s.id, j.endStream, j.data)
+	}
+	if j.release != nil {
+		chunkPool.Put(j.release)
+	}
+	if err == nil && j.rstAfter {
+		c.st.TxReset.Inc()
+		err = c.fr.WriteRSTStream(j.s.id, http2.ErrCodeNo)
+	}
+	if err != nil {
+		return fmt.Errorf("http2: write stream %d data: %w", j.s.id, err)
+	}
+	return nil
+}
+
+// closeWith closes the connection at once: every open stream fails with
+// err (wrapped in a *stream.Error), blocked callers wake, the socket closes.
+func (c *conn) closeWith(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.closeErr = err
+	remote := !errors.Is(err, errConnClosed) && !errors.Is(err, errGracefulClose)
+	var ce connError
+	code := stream.ErrCodeNo
+	if errors.As(err, &ce) {
+		code = ce.code
+		remote = false
+	}
+	for _, s := range c.streams {
+		c.failStream(s, &stream.Error{Code: code, Remote: remote, Reason: "connection closed", Err: err})
+	}
+	c.ready = nil
+	c.ctrl = nil
+	c.wcond.Broadcast()
+	c.mu.Unlock()
+	_ = c.nc.Close()
+	close(c.done)
+	if c.onClosed != nil {
+		c.onClosed(err)
+	}
+}
+
+// goAwayAndClose sends GOAWAY with code and then closes the connection
+// with cause. It never blocks.
+func (c *conn) goAwayAndClose(lastID uint32, code http2.ErrCode, debug string, cause error) {
+	c.mu.Lock()
+	defer c.unlock()
+	if c.closing || c.closed {
+		return
+	}
+	c.closing = true
+	c.goAwaySent = true
+	c.queue(ctrlItem{kind: ctrlGoAway, id: lastID, code: code, debug: debug})
+	c.queue(ctrlItem{kind: ctrlClose, err: cause})
+}
+
+// failStream ends s with err without sending anything. Caller holds mu.
+func (c *conn) failStream(s *strm, err *stream.Error) {
+	if s.err == nil {
+		s.err = err
+	}
+	c.removeStream(s, err)
+}
+
+// removeStream takes s out of the connection. Caller holds mu.
+func (c *conn) removeStream(s *strm, err *stream.Error) {
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	if s.removed {
+		return
+	}
+	s.removed = true
+	if s.err != nil {
+		c.st.PendingSendBytes.Add(-int64(s.sendQ.reset()))
+		// Bytes the peer sent that nobody will read return to the
+		// connection window.
+		c.consumeConn(int64(s.recvQ.reset()))
+	}
+	delete(c.streams, s.id)
+	c.st.StreamsActive.Dec()
+	if !c.closed {
+		c.pendingDone++
+	}
+	s.cond.Broadcast()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if c.onRemove != nil {
+		c.onRemove(s)
+	}
+}
+
+// resetStream sends RST_STREAM for s (if it is still open) and fails it.
+// Caller holds mu.
+func (c *conn) resetStream(s *strm, code http2.ErrCode, remote bool, reason string) {
+	if s.removed {
+		return
+	}
+	if !remote {
+		s.rstSent = true
+		c.queue(ctrlItem{kind: ctrlRST, id: s.id, code: code})
+	}
+	c.failStream(s, &stream.Error{Code: stream.ErrCode(code), Remote: remote, Reason: reason})
+}
+
+// consumeConn returns n received bytes to the connection window, sending a
+// WINDOW_UPDATE once a quarter of the window is due. Caller holds mu.
+func (c *conn) consumeConn(n int64) {
+	if n <= 0 {
+		return
+	}
+	c.recvConnUnacked += n
+	if c.recvConnUnacked >= int64(c.localConnWin)/4 {
+		c.recvConnAvail += c.recvConnUnacked
+		c.queue(ctrlItem{kind: ctrlWindowUpdate, id: 0, n: uint32(c.recvConnUnacked)})
+		c.recvConnUnacked = 0
+	}
+}
+
+// frameHandler is what a role (server or client) adds to the shared reader.
+type frameHandler interface {
+	handleHeaders(f *http2.MetaHeadersFrame) error
+	handleGoAway(f *http2.GoAwayFrame) error
+	handlePing(f *http2.PingFrame) error
+	handleSettings(f *http2.SettingsFrame)
+	// isIdle reports whether id names a stream that was never opened.
+	isIdle(id uint32) bool
+	// streamErrorOnNew is called for a stream error on a HEADERS frame that
+	// would have opened id, so the role can account for the stream ID.
+	streamErrorOnNew(id uint32)
+}
+
+// readLoop reads frames until the connection fails. It returns the error
+// that ended it (nil for a clean close).
+func (c *conn) readLoop(h frameHandler) error {
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.st.RxMessagingError.Inc()
+				c.log.Debug("http2 stream error from peer", "stream", se.StreamID, "code", se.Code, "cause", se.Cause)
+				h.streamErrorOnNew(se.StreamID)
+				c.mu.Lock()
+				if s := c.streams[se.StreamID]; s != nil {
+					c.resetStream(s, se.Code, false, "invalid frame")
+				} else {
+					c.queue(ctrlItem{kind: ctrlRST, id: se.StreamID, code: se.Code})
+				}
+				c.unlock()
+				continue
+			}
+			return c.readFailed(err)
+		}
+		if err := c.handleFrame(h, f); err != nil {
+			return c.readFailed(err)
+		}
+	}
+}
+
+// readFailed turns a reader error into the connection's end.
+func (c *conn) readFailed(err error) error {
+	var ce http2.ConnectionError
+	var mine connError
+	switch {
+	case errors.As(err, &mine):
+	case errors.As(err, &ce):
+		reason := "invalid frame"
+		if d := c.fr.ErrorDetail(); d != nil {
+			reason = d.Error()
+		}
+		mine = connError{code: stream.ErrCode(ce), reason: reason}
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		mine = connError{code: stream.ErrCodeFrameSize, reason: "frame larger than SETTINGS_MAX_FRAME_SIZE"}
+	default:
+		c.mu.Lock()
+		closing := c.closing || c.closed
+		c.mu.Unlock()
+		if errors.Is(err, io.EOF) || closing {
+			c.closeWith(io.EOF)
+			return nil
+		}
+		err = fmt.Errorf("http2: read: %w", err)
+		c.closeWith(err)
+		return err
+	}
+	c.st.RxMessagingError.Inc()
+	c.log.Debug("http2 connection error", "code", mine.code, "reason", mine.reason)
+	c.goAwayAndClose(c.lastPeerStream(), http2.ErrCode(mine.code), mine.reason, mine)
+	// Wait (bounded) for the GOAWAY to go out before the caller returns.
+	select {
+	case <-c.done:
+	case <-time.After(2 * goAwayFlushTimeout):
+		c.closeWith(mine)
+	}
+	return mine
+}
+
+// lastPeerStream is the highest peer-initiated stream ID we processed.
+func (c *conn) lastPeerStream() uint32 {
+	c.mu.Lock()
+	defer c.unlock()
+	return c.maxPeerID
+}
+
+func (c *conn) handleFrame(h frameHandler, f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return h.handleHeaders(f)
+	case *http2.DataFrame:
+		return c.handleData(h, f)
+	case *http2.SettingsFrame:
+		return c.handleSettings(h, f)
+	case *http2.PingFrame:
+		return h.handlePing(f)
+	case *http2.WindowUpdateFrame:
+		return c.handleWindowUpdate(h, f)
+	case *http2.RSTStreamFrame:
+		return c.handleRST(h, f)
+	case *http2.GoAwayFrame:
+		c.st.GoAwayRx.Inc()
+		return h.handleGoAway(f)
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			c.mu.Lock()
+			defer c.unlock()
+			if s := c.streams[f.StreamID]; s != nil {
+				c.resetStream(s, http2.ErrCodeProtocol, false, "stream depends on itself")
+			} else {
+				c.queue(ctrlItem{kind: ctrlRST, id: f.StreamID, code: http2.ErrCodeProtocol})
+			}
+		}
+		return nil
+	case *http2.PushPromiseFrame:
+		return connErr(http2.ErrCodeProtocol, "PUSH_PROMISE is not allowed")
+	default:
+		return nil // unknown frame types are ignored (RFC 9113 section 4.1)
+	}
+}
+
+func (c *conn) handleSettings(h frameHandler, f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		c.mu.Lock()
+		c.settingsAcked = true
+		c.mu.Unlock()
+		return nil
+	}
+	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
+		var ce http2.ConnectionError
+		if errors.As(err, &ce) {
+			return connErr(http2.ErrCode(ce), "invalid SETTINGS value")
+		}
+		return err
+	}
+	ack := ctrlItem{kind: ctrlSettingsAck}
+	c.mu.Lock()
+	var err error
+	_ = f.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			// RFC 9113 section 6.9.2: adjust every open stream's window.
+			delta := int64(s.Val) - c.peerInitWin
+			c.peerInitWin = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWin += delta
+				if st.sendWin > maxWindow {
+					err = connErr(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream window")
+				}
+				c.markReady(st)
+			}
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = s.Val
+		case http2.SettingMaxHeaderListSize:
+			c.peerMaxHdrList = s.Val
+		case http2.SettingHeaderTableSize:
+			ack.ack = true // the writer applies the new table size limit
+			ack.n = min(s.Val, 4096)
+		}
+		return nil
+	})
+	if err == nil {
+		c.queue(ack)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	h.handleSettings(f)
+	return nil
+}
+
+func (c *conn) handleWindowUpdate(h frameHandler, f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.unlock()
+	if f.StreamID == 0 {
+		c.sendConnWin += int64(f.Increment)
+		if c.sendConnWin > maxWindow {
+			return connErr(http2.ErrCodeFlowControl, "connection window above 2^31-1")
+		}
+		if len(c.ready) > 0 {
+			c.wcond.Signal()
+		}
+		return nil
+	}
+	s := c.streams[f.StreamID]
+	if s == nil {
+		if h.isIdle(f.StreamID) {
+			return connErr(http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream")
+		}
+		return nil
+	}
+	s.sendWin += int64(f.Increment)
+	if s.sendWin > maxWindow {
+		c.resetStream(s, http2.ErrCodeFlowControl, false, "stream window above 2^31-1")
+		return nil
+	}
+	c.markReady(s)
+	return nil
+}
+
+func (c *conn) handleRST(h frameHandler, f *http2.RSTStreamFrame) error {
+	c.mu.Lock()
+	defer c.unlock()
+	s := c.streams[f.StreamID]
+	if s == nil {
+		if h.isIdle(f.StreamID) {
+			return connErr(http2.ErrCodeProtocol, "RST_STREAM on idle stream")
+		}
+		return nil
+	}
+	c.st.RxReset.Inc()
+	e := &stream.Error{Code: stream.ErrCode(f.ErrCode), Remote: true, Reason: "reset by peer"}
+	if c.isClient && f.ErrCode == http2.ErrCodeRefusedStream {
+		c.st.StreamRefused.Inc()
+		e.Unprocessed = true
+		e.Reason = "refused by peer"
+	}
+	c.failStream(s, e)
+	return nil
+}
+
+func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
+	n := int64(f.Length)
+	data := f.Data()
+	c.mu.Lock()
+	defer c.unlock()
+	if n > c.recvConnAvail {
+		return connErr(http2.ErrCodeFlowControl, "DATA beyond the connection window")
+	}
+	c.recvConnAvail -= n
+	s := c.streams[f.StreamID]
+	if s == nil || s.recvDone {
+		c.consumeConn(n)
+		if s == nil && h.isIdle(f.StreamID) {
+			return connErr(http2.ErrCodeProtocol, "DATA on idle stream")
+		}
+		if s != nil {
+			c.resetStream(s, http2.ErrCodeStreamClosed, false, "DATA after END_STREAM")
+		} else {
+			c.queue(ctrlItem{kind: ctrlRST, id: f.StreamID, code: http2.ErrCodeStreamClosed})
+		}
+		return nil
+	}
+	if s.awaitingHeaders {
+		c.consumeConn(n)
+		c.resetStream(s, http2.ErrCodeProtocol, false, "DATA before HEADERS")
+		return nil
+	}
+	if n > s.recvWin {
+		c.consumeConn(n)
+		c.resetStream(s, http2.ErrCodeFlowControl, false, "DATA beyond the stream window")
+		return nil
+	}
+	s.recvWin -= n
+	// Padding is consumed at once.
+	c.consumeConn(n - int64(len(data)))
+	s.recvUnacked += n - int64(len(data))
+	s.recvN += int64(len(data))
+	if s.recvCL >= 0 && (s.recvN > s.recvCL || (f.StreamEnded() && s.recvN != s.recvCL)) {
+		c.consumeConn(int64(len(data)))
+		c.resetStream(s, http2.ErrCodeProtocol, false, "body length differs from content-length")
+		return nil
+	}
+	if len(data) > 0 {
+		s.recvQ.append(data)
+	}
+	if f.StreamEnded() {
+		s.recvDone = true
+		if s.sentEnd {
+			c.removeStream(s, nil)
+		}
+	}
+	s.cond.Broadcast()
+	return nil
+}
+
+// strm is one stream's state, shared by the server and client wrappers.
+// Every field is guarded by c.mu.
+type strm struct {
+	c    *conn
+	id   uint32
+	cond sync.Cond // L is &c.mu; broadcast on every change a Read or Write waits for
+
+	// Receive side.
+	recvQ           dataBuf
+	recvWin         int64 // what the peer may still send on this stream
+	recvUnacked     int64
+	recvDone        bool // END_STREAM received
+	recvCL          int64
+	recvN           int64
+	trailers        header.Header
+	awaitingHeaders bool // client: no response HEADERS yet
+
+	// Send side.
+	sendQ        dataBuf
+	sendWin      int64
+	sendEnd      bool // the local side asked to end the stream
+	sendTrailers []hpack.HeaderField
+	sentEnd      bool // the final frame was handed to the writer
+	inReady      bool
+	rstSent      bool
+	rstAfterEnd  bool // server: RST_STREAM NO_ERROR after the final frame
+
+	client *clientStream // set on client streams
+
+	err     *stream.Error // set once the stream failed
+	removed bool
+	cancel  context.CancelFunc
+}
+
+func (c *conn) newStrm(s *strm, id uint32) {
+	s.c = c
+	s.id = id
+	s.cond.L = &c.mu
+	win := int64(c.localStreamWin)
+	if !c.settingsAcked {
+		// The peer may not have seen our SETTINGS yet.
+		win = max(win, initialWindowSize)
+	}
+	s.recvWin = win
+	s.recvCL = -1
+	s.sendWin = c.peerInitWin
+	c.streams[id] = s
+	c.st.StreamsActive.Inc()
+}
+
+// read implements the body Read of both stream kinds.
+func (s *strm) read(p []byte) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.unlock()
+	for s.recvQ.n == 0 {
+		if s.recvDone {
+			return 0, io.EOF
+		}
+		if s.err != nil {
+			return 0, s.err
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+		s.cond.Wait()
+	}
+	n := s.recvQ.read(p)
+	c.consumeConn(int64(n))
+	if !s.recvDone && s.err == nil {
+		s.recvUnacked += int64(n)
+		if s.recvUnacked >= int64(c.localStreamWin)/4 {
+			s.recvWin += s.recvUnacked
+			c.queue(ctrlItem{kind: ctrlWindowUpdate, id: s.id, n: uint32(s.recvUnacked)})
+			s.recvUnacked = 0
+		}
+	}
+	return n, nil
+}
+
+// errWriteAfterEnd is returned by writes after the send side ended.
+var errWriteAfterEnd = errors.New("http2: write after end of stream")
+
+// write implements the body Write of both stream kinds.
+func (s *strm) write(p []byte) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.unlock()
+	n := 0
+	for len(p) > 0 {
+		if s.err != nil {
+			return n, s.err
+		}
+		if s.sendEnd {
+			return n, errWriteAfterEnd
+		}
+		if s.sendQ.n >= sendBufLimit {
+			s.cond.Wait()
+			continue
+		}
+		k := min(len(p), sendBufLimit-s.sendQ.n)
+		s.sendQ.append(p[:k])
+		c.st.PendingSendBytes.Add(int64(k))
+		p = p[k:]
+		n += k
+		c.markReady(s)
+	}
+	return n, nil
+}
+
+// end asks the writer to end the send side, with trailers if non-nil.
+// Caller holds mu.
+func (s *strm) end(trailers []hpack.HeaderField) error {
+	if s.err != nil {
+		return s.err
+	}
+	if s.sendEnd {
+		return errWriteAfterEnd
+	}
+	s.sendEnd = true
+	s.sendTrailers = trailers
+	s.c.markReady(s)
+	return nil
+}
+
+// reset is Reset for both stream kinds.
+func (s *strm) reset(code stream.ErrCode) {
+	c := s.c
+	c.mu.Lock()
+	defer c.unlock()
+	if s.removed {
+		return
+	}
+	c.resetStream(s, http2.ErrCode(code), false, "reset locally")
+}

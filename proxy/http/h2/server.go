@@ -1,0 +1,640 @@
+package h2
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/stream"
+)
+
+const (
+	// prefaceTimeout bounds how long a new connection may take to send the
+	// client connection preface.
+	prefaceTimeout = 10 * time.Second
+	// shutdownPingTimeout bounds the wait for the PING ACK between the two
+	// GOAWAY frames of a graceful shutdown.
+	shutdownPingTimeout = time.Second
+	// maxPingStrikes is how many early pings a client gets before
+	// GOAWAY ENHANCE_YOUR_CALM (grpc-go's limit).
+	maxPingStrikes = 2
+)
+
+// shutdownPingData marks the PING sent between the two shutdown GOAWAYs.
+var shutdownPingData = [8]byte{'s', 'h', 'u', 't', 'd', 'o', 'w', 'n'}
+
+// ServerConfig configures a downstream HTTP/2 connection. The zero value
+// is usable: every zero field takes the default its comment names.
+type ServerConfig struct {
+	// MaxConcurrentStreams is the advertised SETTINGS_MAX_CONCURRENT_STREAMS;
+	// streams beyond it are refused with RST_STREAM REFUSED_STREAM.
+	// 0 means 2147483647 (Envoy's default).
+	MaxConcurrentStreams uint32
+	// InitialStreamWindowSize is the receive window advertised for each
+	// stream, and so the most request body bytes buffered per stream.
+	// 0 means 268435456 (Envoy's default); values below 65535 are allowed.
+	InitialStreamWindowSize uint32
+	// InitialConnectionWindowSize is the connection receive window.
+	// 0 means 268435456 (Envoy's default); at least 65535.
+	InitialConnectionWindowSize uint32
+	// MaxFrameSize is the advertised SETTINGS_MAX_FRAME_SIZE, clamped to
+	// [16384, 16777215]. 0 means 16384.
+	MaxFrameSize uint32
+	// MaxHeaderListSize is the advertised SETTINGS_MAX_HEADER_LIST_SIZE; a
+	// larger request header list gets a 431 response. 0 means 60 KiB
+	// (Envoy's max_request_headers_kb default).
+	MaxHeaderListSize uint32
+	// MinPingInterval is meshd's ping policy (Envoy has no field for it):
+	// a PING arriving sooner than this after the previous one while no
+	// stream is active is a strike, and more than two strikes end the
+	// connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", as grpc-go
+	// servers do. Sending HEADERS or DATA clears the strikes. 0 disables it.
+	MinPingInterval time.Duration
+	// IdleTimeout closes the connection with GOAWAY NO_ERROR after it had
+	// no active stream for this long. 0 means never.
+	IdleTimeout time.Duration
+	// Logger receives debug logs of protocol errors; nil discards them.
+	Logger *slog.Logger
+	// Stats counts connection events; nil counts nothing.
+	Stats *Stats
+}
+
+// ServerConn serves one downstream HTTP/2 connection. It implements
+// stream.ServerConn.
+type ServerConn struct {
+	c    *conn
+	cfg  ServerConfig
+	h    stream.Handler
+	info stream.ConnInfo
+	base context.Context
+	stop context.CancelFunc
+
+	// Owned by the reader goroutine.
+	pingStrikes int
+	lastPingAt  time.Time
+
+	// Guarded by c.mu.
+	draining      bool // Shutdown started: the first GOAWAY is queued
+	finalGoAway   bool // the GOAWAY with the real last-stream-ID is queued
+	lastGoAwayID  uint32
+	idleSince     time.Time
+	idleTimer     *time.Timer
+	shutdownTimer *time.Timer
+}
+
+// NewServerConn prepares to serve c, which may be a *tls.Conn after its
+// handshake. The 24-byte client preface must still be unread: Serve reads
+// and checks it. Nothing runs until Serve is called.
+func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.ConnInfo) *ServerConn {
+	var cf ServerConfig
+	if cfg != nil {
+		cf = *cfg
+	}
+	if cf.MaxConcurrentStreams == 0 {
+		cf.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if info.Proto == "" {
+		info.Proto = "HTTP/2"
+	}
+	sc := &ServerConn{
+		c:    newConn(c, false, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize),
+		cfg:  cf,
+		h:    h,
+		info: info,
+	}
+	sc.base, sc.stop = context.WithCancel(context.Background())
+	sc.c.onRemove = sc.onRemove
+	return sc
+}
+
+// Serve runs the connection until it closes. It returns nil after a
+// graceful close (Shutdown, idle timeout, the peer hanging up, Close) and
+// the cause otherwise. Handler goroutines may outlive it briefly: their
+// streams are failed and their contexts cancelled before Serve returns.
+func (sc *ServerConn) Serve() error {
+	c := sc.c
+	defer sc.stop()
+	go c.writeLoop()
+	c.initialFrames(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.cfg.MaxConcurrentStreams},
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	err := sc.serve()
+	<-c.writerDone
+	c.mu.Lock()
+	if sc.idleTimer != nil {
+		sc.idleTimer.Stop()
+	}
+	if sc.shutdownTimer != nil {
+		sc.shutdownTimer.Stop()
+	}
+	cause := c.closeErr
+	c.mu.Unlock()
+	if err == nil || errors.Is(cause, errGracefulClose) || errors.Is(cause, errConnClosed) {
+		return nil
+	}
+	return err
+}
+
+func (sc *ServerConn) serve() error {
+	c := sc.c
+	_ = c.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(c.nc, preface[:]); err != nil {
+		err = fmt.Errorf("http2: reading client preface: %w", err)
+		c.closeWith(err)
+		return err
+	}
+	if !bytes.Equal(preface[:], []byte(http2.ClientPreface)) {
+		return c.readFailed(connErr(http2.ErrCodeProtocol, "invalid connection preface"))
+	}
+	// RFC 9113 section 3.4: the preface ends with a SETTINGS frame.
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		return c.readFailed(err)
+	}
+	if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+		return c.readFailed(connErr(http2.ErrCodeProtocol, "connection preface must end with SETTINGS"))
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if err := c.handleFrame(sc, f); err != nil {
+		return c.readFailed(err)
+	}
+	if sc.cfg.IdleTimeout > 0 {
+		c.mu.Lock()
+		sc.idleSince = time.Now()
+		sc.idleTimer = time.AfterFunc(sc.cfg.IdleTimeout, sc.checkIdle)
+		c.mu.Unlock()
+	}
+	return c.readLoop(sc)
+}
+
+// Shutdown starts a graceful close: a GOAWAY with last-stream-ID 2^31-1
+// and a PING, then, once the PING is answered (or after a second), a GOAWAY
+// with the last stream actually accepted. Streams already accepted run to
+// completion; the connection closes when none is left. It does not block.
+func (sc *ServerConn) Shutdown() {
+	c := sc.c
+	c.mu.Lock()
+	defer c.unlock()
+	if sc.draining || c.closing || c.closed {
+		return
+	}
+	sc.draining = true
+	c.goAwaySent = true
+	c.queue(ctrlItem{kind: ctrlGoAway, id: maxStreamID, code: http2.ErrCodeNo})
+	c.queue(ctrlItem{kind: ctrlPing, ping: shutdownPingData})
+	sc.shutdownTimer = time.AfterFunc(shutdownPingTimeout, sc.finishShutdown)
+}
+
+// finishShutdown sends the final GOAWAY.
+func (sc *ServerConn) finishShutdown() {
+	c := sc.c
+	c.mu.Lock()
+	defer c.unlock()
+	if sc.finalGoAway || c.closing || c.closed {
+		return
+	}
+	sc.finalGoAway = true
+	sc.lastGoAwayID = c.maxPeerID
+	c.queue(ctrlItem{kind: ctrlGoAway, id: sc.lastGoAwayID, code: http2.ErrCodeNo})
+	if len(c.streams) == 0 {
+		c.closing = true
+		c.queue(ctrlItem{kind: ctrlClose})
+	}
+}
+
+// Close closes the connection at once, failing its streams.
+func (sc *ServerConn) Close() error {
+	sc.c.closeWith(errConnClosed)
+	return nil
+}
+
+// ActiveStreams is the number of streams open or half-closed.
+func (sc *ServerConn) ActiveStreams() int {
+	sc.c.mu.Lock()
+	defer sc.c.mu.Unlock()
+	return len(sc.c.streams)
+}
+
+// onRemove runs under mu whenever a stream leaves the connection.
+func (sc *ServerConn) onRemove(*strm) {
+	c := sc.c
+	if len(c.streams) > 0 {
+		return
+	}
+	sc.idleSince = time.Now()
+	if (sc.finalGoAway || c.goAwayRecv) && !c.closing {
+		c.closing = true
+		c.queue(ctrlItem{kind: ctrlClose})
+	}
+}
+
+func (sc *ServerConn) checkIdle() {
+	c := sc.c
+	c.mu.Lock()
+	defer c.unlock()
+	if c.closed || c.closing {
+		return
+	}
+	if idle := time.Since(sc.idleSince); len(c.streams) == 0 && idle >= sc.cfg.IdleTimeout {
+		c.closing = true
+		c.goAwaySent = true
+		c.queue(ctrlItem{kind: ctrlGoAway, id: c.maxPeerID, code: http2.ErrCodeNo, debug: "idle timeout"})
+		c.queue(ctrlItem{kind: ctrlClose})
+		return
+	} else if len(c.streams) == 0 {
+		sc.idleTimer.Reset(sc.cfg.IdleTimeout - idle)
+		return
+	}
+	sc.idleTimer.Reset(sc.cfg.IdleTimeout)
+}
+
+// isIdle reports whether the client never opened id. Caller holds mu.
+func (sc *ServerConn) isIdle(id uint32) bool {
+	return id%2 == 0 || id > sc.c.maxPeerID
+}
+
+func (sc *ServerConn) streamErrorOnNew(id uint32) {
+	c := sc.c
+	c.mu.Lock()
+	if id%2 == 1 && id > c.maxPeerID {
+		c.maxPeerID = id
+	}
+	c.mu.Unlock()
+}
+
+func (sc *ServerConn) handleSettings(*http2.SettingsFrame) {}
+
+func (sc *ServerConn) handleGoAway(*http2.GoAwayFrame) error {
+	c := sc.c
+	c.mu.Lock()
+	defer c.unlock()
+	c.goAwayRecv = true
+	if len(c.streams) == 0 && !c.closing {
+		c.closing = true
+		c.queue(ctrlItem{kind: ctrlClose})
+	}
+	return nil
+}
+
+func (sc *ServerConn) handlePing(f *http2.PingFrame) error {
+	c := sc.c
+	if f.IsAck() {
+		if f.Data == shutdownPingData {
+			sc.finishShutdown()
+		}
+		return nil
+	}
+	if sc.cfg.MinPingInterval > 0 {
+		if c.resetStrikes.Swap(false) {
+			sc.pingStrikes = 0
+		}
+		now := time.Now()
+		c.mu.Lock()
+		active := len(c.streams)
+		c.mu.Unlock()
+		if active == 0 && !sc.lastPingAt.IsZero() && now.Sub(sc.lastPingAt) < sc.cfg.MinPingInterval {
+			sc.pingStrikes++
+		}
+		sc.lastPingAt = now
+		if sc.pingStrikes > maxPingStrikes {
+			c.st.TooManyPings.Inc()
+			return connErr(http2.ErrCodeEnhanceYourCalm, "too_many_pings")
+		}
+	}
+	c.mu.Lock()
+	c.queue(ctrlItem{kind: ctrlPing, ack: true, ping: f.Data})
+	c.mu.Unlock()
+	return nil
+}
+
+func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
+	c := sc.c
+	id := f.StreamID
+	if id%2 == 0 {
+		return connErr(http2.ErrCodeProtocol, "client opened an even stream ID")
+	}
+	c.mu.Lock()
+	defer c.unlock()
+	if s := c.streams[id]; s != nil {
+		sc.handleTrailers(s, f)
+		return nil
+	}
+	if id <= c.maxPeerID {
+		return connErr(http2.ErrCodeStreamClosed, "HEADERS on a closed stream")
+	}
+	c.maxPeerID = id
+	if sc.finalGoAway && id > sc.lastGoAwayID {
+		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeRefusedStream})
+		return nil
+	}
+	if f.Truncated {
+		c.st.HeaderOverflow.Inc()
+		c.queue(ctrlItem{kind: ctrlHeaders, id: id, endStream: true,
+			fields: []hpack.HeaderField{{Name: ":status", Value: "431"}}})
+		if !f.StreamEnded() {
+			c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeNo})
+		}
+		return nil
+	}
+	ss := &serverStream{sc: sc}
+	if reason := parseRequest(&ss.req, f); reason != "" {
+		c.st.RxMessagingError.Inc()
+		c.log.Debug("http2 malformed request", "stream", id, "reason", reason)
+		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeProtocol})
+		return nil
+	}
+	if len(c.streams) >= int(sc.cfg.MaxConcurrentStreams) {
+		c.st.TxRefusedStream.Inc()
+		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeRefusedStream})
+		return nil
+	}
+	s := &ss.strm
+	c.newStrm(s, id)
+	s.recvCL = ss.req.ContentLength
+	if f.StreamEnded() {
+		s.recvDone = true
+		if s.recvCL > 0 {
+			c.resetStream(s, http2.ErrCodeProtocol, false, "body length differs from content-length")
+			return nil
+		}
+	}
+	ss.ctx, s.cancel = context.WithCancel(sc.base)
+	go sc.runHandler(ss)
+	return nil
+}
+
+// handleTrailers processes a second HEADERS block on an open stream.
+// Caller holds mu.
+func (sc *ServerConn) handleTrailers(s *strm, f *http2.MetaHeadersFrame) {
+	c := sc.c
+	if s.recvDone {
+		c.resetStream(s, http2.ErrCodeStreamClosed, false, "HEADERS after END_STREAM")
+		return
+	}
+	if f.Truncated {
+		c.st.HeaderOverflow.Inc()
+		c.resetStream(s, http2.ErrCodeProtocol, false, "trailers too large")
+		return
+	}
+	if reason := parseTrailers(&s.trailers, f); reason != "" {
+		c.st.RxMessagingError.Inc()
+		c.resetStream(s, http2.ErrCodeProtocol, false, reason)
+		return
+	}
+	if s.recvCL >= 0 && s.recvN != s.recvCL {
+		c.resetStream(s, http2.ErrCodeProtocol, false, "body length differs from content-length")
+		return
+	}
+	s.recvDone = true
+	s.cond.Broadcast()
+	if s.sentEnd {
+		c.removeStream(s, nil)
+	}
+}
+
+// runHandler is the body of a stream's handler goroutine.
+func (sc *ServerConn) runHandler(ss *serverStream) {
+	c := sc.c
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("http2 handler panic", "stream", ss.id, "panic", r, "stack", string(debug.Stack()))
+		}
+		c.mu.Lock()
+		defer c.unlock()
+		s := &ss.strm
+		switch {
+		case s.removed:
+		case !s.sendEnd:
+			c.resetStream(s, http2.ErrCodeInternal, false, "handler returned before ending the response")
+		case !s.recvDone && s.sentEnd:
+			// The response is complete but the request body is not: tell
+			// the client to stop sending it (RFC 9113 section 8.1).
+			c.queue(ctrlItem{kind: ctrlRST, id: s.id, code: http2.ErrCodeNo})
+			c.failStream(s, &stream.Error{Code: stream.ErrCodeNo, Reason: "response complete"})
+		case !s.recvDone:
+			s.rstAfterEnd = true
+		}
+	}()
+	sc.h.ServeStream(ss)
+}
+
+// serverStream is one downstream stream; it implements stream.ServerStream.
+type serverStream struct {
+	strm
+	sc  *ServerConn
+	req stream.Request
+	ctx context.Context
+
+	finalSent bool // guarded by c.mu: non-1xx response headers queued
+}
+
+// Request returns the request headers.
+func (ss *serverStream) Request() *stream.Request { return &ss.req }
+
+// Read reads request body bytes; see stream.ServerStream.
+func (ss *serverStream) Read(p []byte) (int, error) { return ss.read(p) }
+
+// Trailers returns the request trailers once Read returned io.EOF.
+func (ss *serverStream) Trailers() header.Header {
+	ss.c.mu.Lock()
+	defer ss.c.mu.Unlock()
+	return ss.trailers
+}
+
+// WriteHeader queues the response headers; see stream.ServerStream.
+func (ss *serverStream) WriteHeader(resp *stream.Response, endStream bool) error {
+	if resp.Status < 100 || resp.Status > 999 || resp.Status == 101 {
+		return fmt.Errorf("http2: invalid response status %d", resp.Status)
+	}
+	informational := resp.Status < 200
+	if informational && endStream {
+		return fmt.Errorf("http2: 1xx response %d cannot end the stream", resp.Status)
+	}
+	fields := make([]hpack.HeaderField, 0, resp.Header.Len()+2)
+	fields = append(fields, hpack.HeaderField{Name: ":status", Value: statusString(resp.Status)})
+	fields = appendRegular(fields, &resp.Header)
+	if resp.ContentLength >= 0 && !informational && !resp.Header.Has("content-length") {
+		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(resp.ContentLength, 10)})
+	}
+	c := ss.c
+	c.mu.Lock()
+	defer c.unlock()
+	if ss.err != nil {
+		return ss.err
+	}
+	if ss.finalSent {
+		return errors.New("http2: response headers already sent")
+	}
+	if !informational {
+		ss.finalSent = true
+	}
+	c.queue(ctrlItem{kind: ctrlHeaders, s: &ss.strm, id: ss.id, fields: fields, endStream: endStream})
+	if endStream {
+		ss.sendEnd, ss.sentEnd = true, true
+		c.afterSendEnd(&ss.strm)
+	}
+	return nil
+}
+
+// Write queues response body bytes, blocking while 64 KiB are already
+// queued for the writer (which waits on the peer's flow-control windows).
+func (ss *serverStream) Write(p []byte) (int, error) {
+	ss.c.mu.Lock()
+	final := ss.finalSent
+	ss.c.mu.Unlock()
+	if !final {
+		return 0, errors.New("http2: Write before WriteHeader")
+	}
+	return ss.write(p)
+}
+
+// WriteTrailers ends the response with trailers (after any queued body).
+func (ss *serverStream) WriteTrailers(t header.Header) error {
+	fields := appendRegular(make([]hpack.HeaderField, 0, t.Len()), &t)
+	c := ss.c
+	c.mu.Lock()
+	defer c.unlock()
+	if !ss.finalSent {
+		return errors.New("http2: WriteTrailers before WriteHeader")
+	}
+	if len(fields) == 0 {
+		fields = nil
+	}
+	return ss.end(fields)
+}
+
+// CloseWrite ends the response after any queued body.
+func (ss *serverStream) CloseWrite() error {
+	c := ss.c
+	c.mu.Lock()
+	defer c.unlock()
+	if !ss.finalSent {
+		return errors.New("http2: CloseWrite before WriteHeader")
+	}
+	return ss.end(nil)
+}
+
+// Reset sends RST_STREAM with code and fails pending Read and Write calls.
+func (ss *serverStream) Reset(code stream.ErrCode) { ss.reset(code) }
+
+// Context is cancelled when the stream ends: completed, reset by either
+// side, or its connection closed.
+func (ss *serverStream) Context() context.Context { return ss.ctx }
+
+// Conn describes the connection the stream arrived on.
+func (ss *serverStream) Conn() *stream.ConnInfo { return &ss.sc.info }
+
+func statusString(code int) string {
+	switch code {
+	case 200:
+		return "200"
+	case 404:
+		return "404"
+	}
+	return strconv.Itoa(code)
+}
+
+// appendRegular appends h's fields that may appear in HTTP/2, dropping
+// connection-specific ones (RFC 9113 section 8.2.2) and "host".
+func appendRegular(dst []hpack.HeaderField, h *header.Header) []hpack.HeaderField {
+	for _, f := range h.Fields() {
+		if f.Name == "" || f.Name[0] == ':' || f.Name == "host" || header.IsConnectionSpecific(f.Name) {
+			continue
+		}
+		if f.Name == "te" && f.Value != "trailers" {
+			continue
+		}
+		dst = append(dst, hpack.HeaderField{Name: f.Name, Value: f.Value})
+	}
+	return dst
+}
+
+// parseRequest fills r from a request HEADERS block and returns why it is
+// malformed (RFC 9113 section 8.3.1), or "".
+func parseRequest(r *stream.Request, f *http2.MetaHeadersFrame) string {
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			r.Method = hf.Value
+		case ":scheme":
+			r.Scheme = hf.Value
+		case ":authority":
+			r.Authority = hf.Value
+		case ":path":
+			r.Path = hf.Value
+		case ":status":
+			return "response pseudo-header in a request"
+		default:
+			return "unsupported pseudo-header " + hf.Name
+		}
+	}
+	if r.Method == "" {
+		return "missing :method"
+	}
+	if r.Method == "CONNECT" {
+		if r.Authority == "" || r.Scheme != "" || r.Path != "" {
+			return "CONNECT needs :authority and no :scheme or :path"
+		}
+	} else if r.Scheme == "" || r.Path == "" {
+		return "missing :scheme or :path"
+	}
+	reg := f.RegularFields()
+	r.Header = header.Make(len(reg))
+	cl, reason := parseFields(&r.Header, reg)
+	if reason != "" {
+		return reason
+	}
+	r.ContentLength = cl
+	if r.Authority == "" {
+		r.Authority = r.Header.Get("host")
+	}
+	return ""
+}
+
+// parseTrailers fills t from a trailer block, which must end the stream
+// and carry no pseudo-header.
+func parseTrailers(t *header.Header, f *http2.MetaHeadersFrame) string {
+	if !f.StreamEnded() {
+		return "trailers without END_STREAM"
+	}
+	if len(f.PseudoFields()) > 0 {
+		return "pseudo-header in trailers"
+	}
+	reg := f.RegularFields()
+	*t = header.Make(len(reg))
+	_, reason := parseFields(t, reg)
+	return reason
+}
+
+// parseFields copies regular fields into h, rejecting connection-specific
+// ones, and returns the content-length (-1 if absent).
+func parseFields(h *header.Header, fields []hpack.HeaderField) (int64, string) {
+	cl := int64(-1)
+	for _, hf := range fields {
+		switch {
+		case header.IsConnectionSpecific(hf.Name):
+			return 0, "connection-specific field " + hf.Name
+		case hf.Name == "te" && hf.Value != "trailers":
+			return 0, `te other than "trailers"`
+		case hf.Name == "content-length":
+			n, err := strconv.ParseInt(hf.Value, 10, 64)
+			if err != nil || n < 0 || (cl >= 0 && n != cl) {
+				return 0, "invalid content-length"
+			}
+			cl = n
+		}
+		*h = header.FromFields(append(h.Fields(), header.Field{Name: hf.Name, Value: hf.Value}))
+	}
+	return cl, ""
+}
