@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 )
@@ -144,7 +145,7 @@ func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 }
 
 func TestServerRequestMapping(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	got := make(chan stream.Request, 1)
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
 		got <- *s.Request()
@@ -224,7 +225,7 @@ func TestServerRequestMapping(t *testing.T) {
 }
 
 func TestServerKeepAliveReuse(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	ts := startServer(t, ServerConfig{}, echo)
 	hc := newHTTPClient(t)
 	var ids, ports []string
@@ -265,7 +266,7 @@ func (r *slowReader) Read(p []byte) (int, error) {
 }
 
 func TestServerChunkedAndTrailers(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	ts := startServer(t, ServerConfig{}, echo)
 	hc := newHTTPClient(t)
 	req, _ := http.NewRequest("POST", "http://"+ts.addr+"/chunked", &slowReader{chunks: []string{"hello ", "chunked ", "world"}})
@@ -316,7 +317,7 @@ func (t *trailerSetter) Read(p []byte) (int, error) {
 func (t *trailerSetter) Close() error { return t.r.Close() }
 
 func TestServerLargeBodies(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	ts := startServer(t, ServerConfig{}, echo)
 	hc := newHTTPClient(t)
 	const size = 10 << 20
@@ -345,7 +346,7 @@ func TestServerLargeBodies(t *testing.T) {
 func sha(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 
 func TestServerExpectContinue(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
 		if s.Request().Path == "/reject" {
 			s.WriteHeader(&stream.Response{Status: 403, ContentLength: 0}, true)
@@ -396,7 +397,7 @@ func TestServerExpectContinue(t *testing.T) {
 }
 
 func TestServerHEAD(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
 		h := header.Make(1)
 		h.Add("content-type", "text/plain")
@@ -431,7 +432,7 @@ func TestServerHEAD(t *testing.T) {
 }
 
 func TestServerInvalidRequests(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	var called atomic.Int32
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
 		called.Add(1)
@@ -475,7 +476,7 @@ func TestServerUnderscoreHeaders(t *testing.T) {
 		{"reject", UnderscoreRejectRequest, 400, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testutil.CheckGoroutines(t)
 			var saw atomic.Bool
 			ts := startServer(t, ServerConfig{HeadersWithUnderscoresAction: tc.action}, func(s stream.ServerStream) {
 				saw.Store(s.Request().Header.Has("x_under"))
@@ -496,7 +497,7 @@ func TestServerUnderscoreHeaders(t *testing.T) {
 }
 
 func TestServerResetClosesConnection(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	readErr := make(chan error, 1)
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
 		switch s.Request().Path {
@@ -560,7 +561,7 @@ type readerFunc func([]byte) (int, error)
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func TestServerStreamingFlush(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	release := make(chan struct{})
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
 		h := header.Make(1)
@@ -611,7 +612,7 @@ func TestServerStreamingFlush(t *testing.T) {
 }
 
 func TestServerConnShutdown(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	inFlight := make(chan struct{})
 	finish := make(chan struct{})
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
@@ -662,7 +663,7 @@ func TestServerConnShutdown(t *testing.T) {
 }
 
 func TestServerShutdownWaitsForInFlight(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckGoroutines(t)
 	inFlight := make(chan struct{})
 	ts := startServer(t, ServerConfig{}, func(s stream.ServerStream) {
 		close(inFlight)
