@@ -155,6 +155,10 @@ func (sc *ServerConn) serve() error {
 		return err
 	}
 	if !bytes.Equal(preface[:], []byte(http2.ClientPreface)) {
+		// Read what the peer already sent, so closing the socket sends FIN
+		// rather than RST and the GOAWAY reaches the peer.
+		_ = c.nc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, 1<<20))
 		return c.readFailed(connErr(http2.ErrCodeProtocol, "invalid connection preface"))
 	}
 	// RFC 9113 section 3.4: the preface ends with a SETTINGS frame.
@@ -334,6 +338,10 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		return connErr(http2.ErrCodeStreamClosed, "HEADERS on a closed stream")
 	}
 	c.maxPeerID = id
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeProtocol})
+		return nil
+	}
 	if sc.finalGoAway && id > sc.lastGoAwayID {
 		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeRefusedStream})
 		return nil
