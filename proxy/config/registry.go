@@ -1,0 +1,108 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+)
+
+// ExtensionPoint names a place in the Envoy API where a typed_config (an Any)
+// selects an implementation. Which types meshd accepts is decided per point:
+// DownstreamTlsContext is a valid listener transport socket and an invalid
+// cluster one, as in Envoy.
+type ExtensionPoint string
+
+// The extension points meshd validates. An Any found anywhere else is
+// classified as OtherExtension, for which nothing is registered, so it is
+// always rejected as unsupported.
+const (
+	// NetworkFilter is envoy.config.listener.v3.Filter.typed_config.
+	NetworkFilter ExtensionPoint = "network filter"
+	// HTTPFilter is HttpConnectionManager.http_filters[].typed_config.
+	HTTPFilter ExtensionPoint = "http filter"
+	// DownstreamTransportSocket is a listener filter chain's transport_socket.typed_config.
+	DownstreamTransportSocket ExtensionPoint = "downstream transport socket"
+	// UpstreamTransportSocket is a cluster's transport_socket.typed_config.
+	UpstreamTransportSocket ExtensionPoint = "upstream transport socket"
+	// ClusterProtocolOptions is a value of Cluster.typed_extension_protocol_options.
+	ClusterProtocolOptions ExtensionPoint = "cluster protocol options"
+	// AccessLogger is envoy.config.accesslog.v3.AccessLog.typed_config.
+	AccessLogger ExtensionPoint = "access logger"
+	// OtherExtension is every other Any in the API.
+	OtherExtension ExtensionPoint = "extension"
+)
+
+// registry holds the supported message types per extension point. It is
+// filled during initialization (this file's init and, later, the init
+// functions of the packages implementing extensions) and only read after.
+var registry = struct {
+	sync.RWMutex
+	types map[ExtensionPoint]map[protoreflect.FullName]bool
+}{types: map[ExtensionPoint]map[protoreflect.FullName]bool{}}
+
+func init() {
+	for _, r := range []struct {
+		point ExtensionPoint
+		name  string
+	}{
+		{NetworkFilter, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"},
+		{HTTPFilter, "envoy.extensions.filters.http.router.v3.Router"},
+		{DownstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"},
+		{UpstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"},
+		{ClusterProtocolOptions, "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},
+	} {
+		RegisterType(r.point, r.name)
+	}
+}
+
+// typeName returns the message name a type URL denotes: everything after its
+// last '/', which is how Envoy and the protobuf resolvers read it
+// ("type.googleapis.com/a.b.C" and "a.b.C" both name a.b.C).
+func typeName(typeURL string) protoreflect.FullName {
+	if i := strings.LastIndexByte(typeURL, '/'); i >= 0 {
+		typeURL = typeURL[i+1:]
+	}
+	return protoreflect.FullName(typeURL)
+}
+
+// RegisterType declares that meshd implements the message type named by
+// typeURL (with or without the "type.googleapis.com/" prefix) at point. It is
+// meant to be called from init functions. Registering the same pair twice is
+// a no-op. It panics if the type is not linked into the binary, so that a
+// misspelt registration fails at start rather than rejecting every config.
+func RegisterType(point ExtensionPoint, typeURL string) {
+	name := typeName(typeURL)
+	if _, err := protoregistry.GlobalTypes.FindMessageByName(name); err != nil {
+		panic(fmt.Sprintf("config.RegisterType(%q, %q): %v", point, typeURL, err))
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	if registry.types[point] == nil {
+		registry.types[point] = map[protoreflect.FullName]bool{}
+	}
+	registry.types[point][name] = true
+}
+
+// IsSupported reports whether meshd implements the message type named by
+// typeURL at point.
+func IsSupported(point ExtensionPoint, typeURL string) bool {
+	registry.RLock()
+	defer registry.RUnlock()
+	return registry.types[point][typeName(typeURL)]
+}
+
+// SupportedTypes returns the sorted full names of the types registered at point.
+func SupportedTypes(point ExtensionPoint) []string {
+	registry.RLock()
+	defer registry.RUnlock()
+	var names []string
+	for n := range registry.types[point] {
+		names = append(names, string(n))
+	}
+	slices.Sort(names)
+	return names
+}

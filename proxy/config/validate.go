@@ -1,0 +1,781 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// FieldError is one problem in a configuration: the path of the field, in
+// proto field names from the root of the validated message
+// (static_resources.clusters[0].load_assignment), and why it is rejected.
+type FieldError struct {
+	Path   string
+	Reason string
+}
+
+// Error returns "path: reason" (just the reason for a problem with the
+// document as a whole).
+func (e *FieldError) Error() string {
+	if e.Path == "" {
+		return e.Reason
+	}
+	return e.Path + ": " + e.Reason
+}
+
+// ValidationError reports every problem found in one configuration input.
+// It is never empty.
+type ValidationError struct {
+	// Source names the input: `bootstrap examples/sidecar.yaml`,
+	// `listener "ingress"`.
+	Source   string
+	Problems []*FieldError
+}
+
+// Error returns the source and the problems, one per line.
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Source)
+	if len(e.Problems) == 1 {
+		b.WriteString(": invalid: ")
+		b.WriteString(e.Problems[0].Error())
+		return b.String()
+	}
+	fmt.Fprintf(&b, ": %d problems:", len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the problems, for errors.As.
+func (e *ValidationError) Unwrap() []error {
+	errs := make([]error, len(e.Problems))
+	for i, p := range e.Problems {
+		errs[i] = p
+	}
+	return errs
+}
+
+// ResourceOptions is what validating one resource needs to know about the
+// configuration around it.
+type ResourceOptions struct {
+	// Dynamic reports that the sidecar has an ADS control plane
+	// (dynamic_resources.ads_config): RDS route configurations and EDS
+	// clusters are allowed only then.
+	Dynamic bool
+	// Clusters, when not nil, is the set of cluster names that route and
+	// tcp_proxy references must name. When nil (clusters come from CDS and
+	// are checked by the caller) references are not checked.
+	Clusters map[string]bool
+}
+
+// ValidateBootstrap validates a decoded bootstrap: the protos' generated
+// ValidateAll (protoc-gen-validate rules, including inside every Any), then
+// meshd's checks: every set field is one meshd supports (docs/bootstrap.md),
+// every typed_config type is registered for its extension point, no duration
+// is negative, regexes compile, names are unique, references resolve, and
+// the listener, cluster and route rules of ValidateListener, ValidateCluster
+// and ValidateRouteConfiguration hold. All problems are returned together as
+// a *ValidationError; nil means the bootstrap is valid.
+func ValidateBootstrap(b *bootstrapv3.Bootstrap) error {
+	v := &validator{}
+	v.pgvAll("", b)
+	v.walk("", b.ProtoReflect(), OtherExtension)
+
+	dyn := b.GetDynamicResources()
+	opts := ResourceOptions{Dynamic: dyn.GetAdsConfig() != nil}
+	static := map[string]bool{}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		static[c.GetName()] = true
+	}
+	if dyn.GetCdsConfig() == nil {
+		opts.Clusters = static
+	}
+	if b.GetAdmin() != nil {
+		v.admin("admin", b.GetAdmin())
+	}
+	if dyn != nil {
+		v.dynamicResources("dynamic_resources", dyn, b.GetStaticResources().GetClusters())
+	}
+
+	seen := map[string]string{}
+	for i, l := range b.GetStaticResources().GetListeners() {
+		p := fmt.Sprintf("static_resources.listeners[%d]", i)
+		v.unique(seen, "listener", p, l.GetName())
+		v.listener(p, l, opts)
+	}
+	seen = map[string]string{}
+	for i, c := range b.GetStaticResources().GetClusters() {
+		p := fmt.Sprintf("static_resources.clusters[%d]", i)
+		v.unique(seen, "cluster", p, c.GetName())
+		v.cluster(p, c, opts)
+	}
+	return v.result("bootstrap")
+}
+
+// ValidateListener applies to one listener the checks ValidateBootstrap
+// applies to a static listener, for xDS updates. Paths are relative to the
+// listener.
+func ValidateListener(l *listenerv3.Listener, opts ResourceOptions) error {
+	v := &validator{}
+	v.pgvAll("", l)
+	v.walk("", l.ProtoReflect(), OtherExtension)
+	v.listener("", l, opts)
+	return v.result(fmt.Sprintf("listener %q", l.GetName()))
+}
+
+// ValidateCluster applies to one cluster the checks ValidateBootstrap applies
+// to a static cluster, for xDS updates. Paths are relative to the cluster.
+func ValidateCluster(c *clusterv3.Cluster, opts ResourceOptions) error {
+	v := &validator{}
+	v.pgvAll("", c)
+	v.walk("", c.ProtoReflect(), OtherExtension)
+	v.cluster("", c, opts)
+	return v.result(fmt.Sprintf("cluster %q", c.GetName()))
+}
+
+// ValidateRouteConfiguration applies to one route configuration (an RDS
+// resource) the checks ValidateBootstrap applies to an HCM's inline
+// route_config. Paths are relative to the route configuration.
+func ValidateRouteConfiguration(rc *routev3.RouteConfiguration, opts ResourceOptions) error {
+	v := &validator{}
+	v.pgvAll("", rc)
+	v.walk("", rc.ProtoReflect(), OtherExtension)
+	v.routeConfig("", rc, opts)
+	return v.result(fmt.Sprintf("route configuration %q", rc.GetName()))
+}
+
+// validator accumulates problems.
+type validator struct {
+	probs []*FieldError
+}
+
+func (v *validator) addf(path, format string, args ...any) {
+	v.probs = append(v.probs, &FieldError{Path: path, Reason: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) has(path string) bool {
+	return slices.ContainsFunc(v.probs, func(p *FieldError) bool { return p.Path == path })
+}
+
+func (v *validator) result(source string) error {
+	if len(v.probs) == 0 {
+		return nil
+	}
+	return &ValidationError{Source: source, Problems: v.probs}
+}
+
+// unique reports name at path if seen already holds it.
+func (v *validator) unique(seen map[string]string, kind, path, name string) {
+	if name == "" {
+		return
+	}
+	if first, dup := seen[name]; dup {
+		v.addf(join(path, "name"), "duplicate %s name %q (first at %s)", kind, name, first)
+		return
+	}
+	seen[name] = path
+}
+
+// --- protoc-gen-validate ---------------------------------------------------
+
+// pgvError is the method set of every error protoc-gen-validate generates.
+type pgvError interface {
+	error
+	Field() string
+	Reason() string
+	Cause() error
+	Key() bool
+}
+
+// pgvMulti is the method set of protoc-gen-validate's ValidateAll errors.
+type pgvMulti interface {
+	error
+	AllErrors() []error
+}
+
+// pgvAll runs m's generated ValidateAll and records its violations with
+// their paths.
+func (v *validator) pgvAll(path string, m proto.Message) {
+	va, ok := m.(interface{ ValidateAll() error })
+	if !ok {
+		return
+	}
+	if err := va.ValidateAll(); err != nil {
+		v.pgvErr(path, m.ProtoReflect().Descriptor(), err)
+	}
+}
+
+// pgvErr flattens one protoc-gen-validate error tree, found at path in a
+// message of type md, into problems.
+func (v *validator) pgvErr(path string, md protoreflect.MessageDescriptor, err error) {
+	if multi, ok := err.(pgvMulti); ok {
+		for _, e := range multi.AllErrors() {
+			v.pgvErr(path, md, e)
+		}
+		return
+	}
+	fe, ok := err.(pgvError)
+	if !ok {
+		v.addf(path, "%v", err)
+		return
+	}
+	fpath, child := pgvPath(path, md, fe.Field(), fe.Key())
+	cause := fe.Cause()
+	switch {
+	case cause == nil:
+		v.addf(fpath, "%s", fe.Reason())
+	case child != nil && isPGV(cause):
+		v.pgvErr(fpath, child, cause)
+	default:
+		v.addf(fpath, "%s: %v", fe.Reason(), cause)
+	}
+}
+
+func isPGV(err error) bool {
+	switch err.(type) {
+	case pgvMulti, pgvError:
+		return true
+	}
+	return false
+}
+
+// pgvPath turns protoc-gen-validate's Go field name ("StaticResources",
+// "Listeners[0]", "TypedExtensionProtocolOptions[key]") into a proto path
+// element under path, and returns the message type of the named element
+// (nil for scalars).
+func pgvPath(path string, md protoreflect.MessageDescriptor, goName string, key bool) (string, protoreflect.MessageDescriptor) {
+	base, index, indexed := strings.Cut(goName, "[")
+	index = strings.TrimSuffix(index, "]")
+	norm := strings.ToLower(base)
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if strings.ReplaceAll(string(fd.Name()), "_", "") != norm {
+			continue
+		}
+		p := join(path, string(fd.Name()))
+		switch {
+		case fd.IsMap() && indexed:
+			p += fmt.Sprintf("[%q]", index)
+			if key {
+				return p + " (key)", nil
+			}
+			return p, fd.MapValue().Message()
+		case indexed:
+			return p + "[" + index + "]", fd.Message()
+		default:
+			return p, fd.Message()
+		}
+	}
+	oneofs := md.Oneofs()
+	for i := range oneofs.Len() {
+		if od := oneofs.Get(i); strings.ReplaceAll(string(od.Name()), "_", "") == norm {
+			return join(path, string(od.Name())), nil
+		}
+	}
+	return join(path, goName), nil
+}
+
+// --- generic walk: supported fields, Any types, durations, regexes ----------
+
+const (
+	durationName protoreflect.FullName = "google.protobuf.Duration"
+	regexName    protoreflect.FullName = "envoy.type.matcher.v3.RegexMatcher"
+)
+
+// walk checks message m at path and everything set below it. side is the
+// transport socket extension point in effect (downstream under a filter
+// chain, upstream under a cluster).
+func (v *validator) walk(path string, m protoreflect.Message, side ExtensionPoint) {
+	md := m.Descriptor()
+	if raw := m.GetUnknown(); len(raw) > 0 {
+		v.addf(path, "unknown fields (numbers %v) in %s", unknownNumbers(raw), md.FullName())
+	}
+	switch md.FullName() {
+	case durationName:
+		d := m.Interface().(*durationpb.Duration)
+		if (d.GetSeconds() < 0 || d.GetNanos() < 0) && !v.has(path) {
+			v.addf(path, "negative duration %s", d.AsDuration())
+		}
+		return
+	case regexName:
+		re := m.Get(md.Fields().ByName("regex")).String()
+		if _, err := regexp.Compile(re); err != nil {
+			v.addf(join(path, "regex"), "invalid regex: %v", err)
+		}
+	}
+	table, listed := supportedFields[md.FullName()]
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if !m.Has(fd) {
+			continue
+		}
+		fpath := join(path, string(fd.Name()))
+		if listed && !slices.Contains(table.supported, fd.Name()) {
+			if !slices.Contains(table.ignored, fd.Name()) {
+				v.addf(fpath, "field not supported by meshd (%s.%s; see docs/bootstrap.md)", md.FullName(), fd.Name())
+			}
+			continue
+		}
+		if fd.Message() == nil {
+			continue
+		}
+		childSide := side
+		switch {
+		case md.FullName() == "envoy.config.listener.v3.FilterChain" && fd.Name() == "transport_socket":
+			childSide = DownstreamTransportSocket
+		case md.FullName() == "envoy.config.cluster.v3.Cluster" && fd.Name() == "transport_socket":
+			childSide = UpstreamTransportSocket
+		}
+		val := m.Get(fd)
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Message() == nil {
+				continue
+			}
+			keys := make([]protoreflect.MapKey, 0, val.Map().Len())
+			val.Map().Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
+				keys = append(keys, k)
+				return true
+			})
+			slices.SortFunc(keys, func(a, b protoreflect.MapKey) int { return strings.Compare(a.String(), b.String()) })
+			for _, k := range keys {
+				kpath := fmt.Sprintf("%s[%q]", fpath, k.String())
+				v.value(kpath, md, fd, val.Map().Get(k).Message(), childSide)
+				if md.FullName() == "envoy.config.cluster.v3.Cluster" && fd.Name() == "typed_extension_protocol_options" {
+					v.protocolOptionsKey(kpath, k.String(), val.Map().Get(k).Message())
+				}
+			}
+		case fd.IsList():
+			list := val.List()
+			for j := range list.Len() {
+				v.value(fmt.Sprintf("%s[%d]", fpath, j), md, fd, list.Get(j).Message(), childSide)
+			}
+		default:
+			v.value(fpath, md, fd, val.Message(), childSide)
+		}
+	}
+}
+
+// value walks m, the value of field fd of a message of type parent.
+func (v *validator) value(path string, parent protoreflect.MessageDescriptor, fd protoreflect.FieldDescriptor, m protoreflect.Message, side ExtensionPoint) {
+	if m.Descriptor().FullName() != anyName {
+		v.walk(path, m, side)
+		return
+	}
+	v.anyValue(path, extensionPoint(parent.FullName(), fd.Name(), side), m.Interface().(*anypb.Any), side)
+}
+
+// extensionPoint classifies an Any held by field field of message parent.
+func extensionPoint(parent protoreflect.FullName, field protoreflect.Name, side ExtensionPoint) ExtensionPoint {
+	switch {
+	case parent == "envoy.config.listener.v3.Filter" && field == "typed_config":
+		return NetworkFilter
+	case parent == "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" && field == "typed_config":
+		return HTTPFilter
+	case parent == "envoy.config.core.v3.TransportSocket" && field == "typed_config":
+		return side
+	case parent == "envoy.config.cluster.v3.Cluster" && field == "typed_extension_protocol_options":
+		return ClusterProtocolOptions
+	case parent == "envoy.config.accesslog.v3.AccessLog" && field == "typed_config":
+		return AccessLogger
+	}
+	return OtherExtension
+}
+
+// anyValue checks an Any at path: its type must be known and registered at
+// point, and its content valid.
+func (v *validator) anyValue(path string, point ExtensionPoint, a *anypb.Any, side ExtensionPoint) {
+	inner, err := a.UnmarshalNew()
+	if err != nil {
+		if errors.Is(err, protoregistry.NotFound) {
+			v.addf(path, "unknown type %q: not an Envoy API type", a.GetTypeUrl())
+		} else {
+			v.addf(path, "cannot decode %q: %v", a.GetTypeUrl(), err)
+		}
+		return
+	}
+	if !IsSupported(point, a.GetTypeUrl()) {
+		supported := "none yet"
+		if s := SupportedTypes(point); len(s) > 0 {
+			supported = strings.Join(s, ", ")
+		}
+		v.addf(path, "unsupported typed_config type %q for extension point %q (meshd supports: %s)", a.GetTypeUrl(), point, supported)
+		return
+	}
+	v.pgvAll(path, inner)
+	v.walk(path, inner.ProtoReflect(), side)
+}
+
+// protocolOptionsKey checks that a typed_extension_protocol_options key names
+// the type of its value, which is how meshd finds the options.
+func (v *validator) protocolOptionsKey(path, key string, m protoreflect.Message) {
+	a, ok := m.Interface().(*anypb.Any)
+	if !ok || a.GetTypeUrl() == "" {
+		return
+	}
+	if name := string(typeName(a.GetTypeUrl())); key != name {
+		v.addf(path, "key must be the type name of its value, %q", name)
+	}
+}
+
+// unknownNumbers lists the field numbers in raw protobuf bytes.
+func unknownNumbers(raw []byte) []protowire.Number {
+	var nums []protowire.Number
+	for len(raw) > 0 {
+		num, typ, n := protowire.ConsumeTag(raw)
+		if n < 0 {
+			break
+		}
+		raw = raw[n:]
+		n = protowire.ConsumeFieldValue(num, typ, raw)
+		if n < 0 {
+			break
+		}
+		raw = raw[n:]
+		nums = append(nums, num)
+	}
+	return nums
+}
+
+// --- meshd semantics ---------------------------------------------------------
+
+// admin checks the admin listener.
+func (v *validator) admin(path string, a *bootstrapv3.Admin) {
+	sa := a.GetAddress().GetSocketAddress()
+	if sa == nil {
+		v.addf(join(path, "address"), "a socket_address is required")
+		return
+	}
+	v.bindAddress(join(path, "address.socket_address"), sa)
+}
+
+// bindAddress checks an address meshd listens on.
+func (v *validator) bindAddress(path string, sa *corev3.SocketAddress) {
+	if _, err := netip.ParseAddr(sa.GetAddress()); err != nil {
+		v.addf(join(path, "address"), "must be an IP address to listen on, got %q", sa.GetAddress())
+	}
+	if sa.GetProtocol() != corev3.SocketAddress_TCP {
+		v.addf(join(path, "protocol"), "%s listeners are not supported yet (TCP only)", sa.GetProtocol())
+	}
+}
+
+// dynamicResources checks the ADS configuration against the static clusters.
+func (v *validator) dynamicResources(path string, d *bootstrapv3.Bootstrap_DynamicResources, static []*clusterv3.Cluster) {
+	ads := d.GetAdsConfig()
+	if ads == nil {
+		for _, name := range []string{"lds_config", "cds_config"} {
+			if d.ProtoReflect().Has(d.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(name))) {
+				v.addf(join(path, name), "requires ads_config (meshd takes dynamic resources over ADS only)")
+			}
+		}
+		return
+	}
+	apath := join(path, "ads_config")
+	switch ads.GetApiType() {
+	case corev3.ApiConfigSource_GRPC, corev3.ApiConfigSource_DELTA_GRPC:
+	default:
+		v.addf(join(apath, "api_type"), "%s is not supported (GRPC or DELTA_GRPC)", ads.GetApiType())
+	}
+	v.apiVersion(join(apath, "transport_api_version"), ads.GetTransportApiVersion())
+	if n := len(ads.GetGrpcServices()); n != 1 {
+		v.addf(join(apath, "grpc_services"), "exactly one gRPC service is required, got %d", n)
+	}
+	for i, gs := range ads.GetGrpcServices() {
+		gpath := fmt.Sprintf("%s.grpc_services[%d]", apath, i)
+		name := gs.GetEnvoyGrpc().GetClusterName()
+		if gs.GetEnvoyGrpc() == nil {
+			v.addf(gpath, "envoy_grpc is required")
+			continue
+		}
+		if !slices.ContainsFunc(static, func(c *clusterv3.Cluster) bool { return c.GetName() == name }) {
+			v.addf(join(gpath, "envoy_grpc.cluster_name"), "cluster %q is not a static cluster (the ADS cluster must be in static_resources)", name)
+		}
+	}
+	if d.GetLdsConfig() != nil {
+		v.adsSource(join(path, "lds_config"), d.GetLdsConfig())
+	}
+	if d.GetCdsConfig() != nil {
+		v.adsSource(join(path, "cds_config"), d.GetCdsConfig())
+	}
+}
+
+func (v *validator) apiVersion(path string, ver corev3.ApiVersion) {
+	if ver != corev3.ApiVersion_V3 && ver != corev3.ApiVersion_AUTO {
+		v.addf(path, "%s is not supported (V3)", ver)
+	}
+}
+
+// adsSource checks that a ConfigSource is `ads: {}`.
+func (v *validator) adsSource(path string, cs *corev3.ConfigSource) {
+	if cs.GetAds() == nil {
+		v.addf(path, "must be {ads: {}}: meshd takes dynamic resources over ADS only")
+	}
+	v.apiVersion(join(path, "resource_api_version"), cs.GetResourceApiVersion())
+}
+
+// unpack returns the message in a, or nil if it cannot be decoded (already
+// reported by the walk).
+func unpack(a *anypb.Any) proto.Message {
+	if a == nil {
+		return nil
+	}
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// listener checks a listener at path.
+func (v *validator) listener(path string, l *listenerv3.Listener, opts ResourceOptions) {
+	switch sa := l.GetAddress().GetSocketAddress(); {
+	case l.GetAddress() == nil:
+		v.addf(join(path, "address"), "required")
+	case sa != nil:
+		v.bindAddress(join(path, "address.socket_address"), sa)
+	}
+	if len(l.GetFilterChains()) == 0 {
+		v.addf(join(path, "filter_chains"), "at least one filter chain is required")
+	}
+	for i, fc := range l.GetFilterChains() {
+		v.filterChain(fmt.Sprintf("%s[%d]", join(path, "filter_chains"), i), fc, opts)
+	}
+}
+
+// filterChain checks a filter chain's network filters and TLS context.
+func (v *validator) filterChain(path string, fc *listenerv3.FilterChain, opts ResourceOptions) {
+	filters := fc.GetFilters()
+	if len(filters) == 0 {
+		v.addf(join(path, "filters"), "at least one network filter is required")
+	}
+	for i, f := range filters {
+		fpath := fmt.Sprintf("%s[%d]", join(path, "filters"), i)
+		last := i == len(filters)-1
+		switch cfg := unpack(f.GetTypedConfig()).(type) {
+		case *hcmv3.HttpConnectionManager:
+			if !last {
+				v.addf(fpath, "http_connection_manager is a terminal filter and must be last")
+			}
+			v.hcm(join(fpath, "typed_config"), cfg, opts)
+		case *tcpproxyv3.TcpProxy:
+			if !last {
+				v.addf(fpath, "tcp_proxy is a terminal filter and must be last")
+			}
+			if c := cfg.GetCluster(); c != "" {
+				v.clusterRef(join(fpath, "typed_config.cluster"), c, opts)
+			}
+		case nil:
+			if f.GetTypedConfig() == nil {
+				v.addf(join(fpath, "typed_config"), "required")
+			}
+		default:
+			if last {
+				v.addf(fpath, "the last network filter must be a terminal filter (http_connection_manager or tcp_proxy)")
+			}
+		}
+	}
+	if ts := fc.GetTransportSocket(); ts != nil {
+		if tc, ok := unpack(ts.GetTypedConfig()).(*tlsv3.DownstreamTlsContext); ok {
+			v.downstreamTLS(join(path, "transport_socket.typed_config"), tc)
+		}
+	}
+}
+
+// downstreamTLS checks that a listener's TLS context has a certificate and,
+// when client certificates are required, a CA to verify them.
+func (v *validator) downstreamTLS(path string, tc *tlsv3.DownstreamTlsContext) {
+	ctx := tc.GetCommonTlsContext()
+	cpath := join(path, "common_tls_context")
+	if len(ctx.GetTlsCertificates()) == 0 {
+		v.addf(join(cpath, "tls_certificates"), "a server certificate is required")
+	}
+	v.certificates(join(cpath, "tls_certificates"), ctx.GetTlsCertificates())
+	if tc.GetRequireClientCertificate().GetValue() && ctx.GetValidationContext().GetTrustedCa() == nil {
+		v.addf(join(cpath, "validation_context.trusted_ca"), "required when require_client_certificate is true")
+	}
+}
+
+func (v *validator) certificates(path string, certs []*tlsv3.TlsCertificate) {
+	for i, c := range certs {
+		cp := fmt.Sprintf("%s[%d]", path, i)
+		if c.GetCertificateChain() == nil {
+			v.addf(join(cp, "certificate_chain"), "required")
+		}
+		if c.GetPrivateKey() == nil {
+			v.addf(join(cp, "private_key"), "required")
+		}
+	}
+}
+
+const routerType = "envoy.extensions.filters.http.router.v3.Router"
+
+// hcm checks an HTTP connection manager at path.
+func (v *validator) hcm(path string, h *hcmv3.HttpConnectionManager, opts ResourceOptions) {
+	if h.GetCodecType() == hcmv3.HttpConnectionManager_HTTP3 {
+		v.addf(join(path, "codec_type"), "HTTP3 is not supported yet (AUTO, HTTP1, HTTP2)")
+	}
+	switch {
+	case h.GetRouteConfig() != nil:
+		v.routeConfig(join(path, "route_config"), h.GetRouteConfig(), opts)
+	case h.GetRds() != nil:
+		if !opts.Dynamic {
+			v.addf(join(path, "rds"), "requires dynamic_resources.ads_config (a control plane to serve RDS)")
+		}
+		v.adsSource(join(path, "rds.config_source"), h.GetRds().GetConfigSource())
+	}
+	filters := h.GetHttpFilters()
+	fpath := join(path, "http_filters")
+	if len(filters) == 0 {
+		v.addf(fpath, "must end with the router (%s)", routerType)
+	}
+	for i, f := range filters {
+		_, isRouter := unpack(f.GetTypedConfig()).(*routerv3.Router)
+		switch last := i == len(filters)-1; {
+		case isRouter && !last:
+			v.addf(fmt.Sprintf("%s[%d]", fpath, i), "the router must be the last http filter")
+		case !isRouter && last:
+			v.addf(fmt.Sprintf("%s[%d]", fpath, i), "the last http filter must be the router (%s)", routerType)
+		}
+	}
+}
+
+// routeConfig checks a route configuration at path.
+func (v *validator) routeConfig(path string, rc *routev3.RouteConfiguration, opts ResourceOptions) {
+	names := map[string]string{}
+	domains := map[string]string{}
+	for i, vh := range rc.GetVirtualHosts() {
+		vpath := fmt.Sprintf("%s[%d]", join(path, "virtual_hosts"), i)
+		v.unique(names, "virtual host", vpath, vh.GetName())
+		for j, d := range vh.GetDomains() {
+			dpath := fmt.Sprintf("%s.domains[%d]", vpath, j)
+			key := strings.ToLower(d)
+			if first, dup := domains[key]; dup {
+				v.addf(dpath, "domain %q is already used by %s", d, first)
+				continue
+			}
+			domains[key] = dpath
+		}
+		for j, r := range vh.GetRoutes() {
+			v.route(fmt.Sprintf("%s.routes[%d]", vpath, j), r, opts)
+		}
+	}
+}
+
+// route checks one route's action.
+func (v *validator) route(path string, r *routev3.Route, opts ResourceOptions) {
+	ra := r.GetRoute()
+	if ra == nil {
+		return
+	}
+	apath := join(path, "route")
+	switch {
+	case ra.GetCluster() != "":
+		v.clusterRef(join(apath, "cluster"), ra.GetCluster(), opts)
+	case ra.GetWeightedClusters() != nil:
+		var total uint64
+		for i, cw := range ra.GetWeightedClusters().GetClusters() {
+			cpath := fmt.Sprintf("%s.weighted_clusters.clusters[%d]", apath, i)
+			total += uint64(cw.GetWeight().GetValue())
+			if cw.GetName() != "" {
+				v.clusterRef(join(cpath, "name"), cw.GetName(), opts)
+			}
+		}
+		if total == 0 {
+			v.addf(join(apath, "weighted_clusters"), "the sum of the weights must be greater than 0")
+		}
+	}
+}
+
+// clusterRef checks that name is a known cluster.
+func (v *validator) clusterRef(path, name string, opts ResourceOptions) {
+	if opts.Clusters != nil && !opts.Clusters[name] {
+		v.addf(path, "unknown cluster %q", name)
+	}
+}
+
+var (
+	supportedClusterTypes = []clusterv3.Cluster_DiscoveryType{clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_EDS}
+	supportedLbPolicies   = []clusterv3.Cluster_LbPolicy{clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST, clusterv3.Cluster_RANDOM}
+)
+
+// cluster checks a cluster at path.
+func (v *validator) cluster(path string, c *clusterv3.Cluster, opts ResourceOptions) {
+	typ := c.GetType()
+	switch {
+	case c.GetClusterType() != nil:
+		// A custom cluster type; reported by the walk as unsupported.
+		return
+	case !slices.Contains(supportedClusterTypes, typ):
+		v.addf(join(path, "type"), "cluster type %s is not supported (STATIC, STRICT_DNS, EDS)", typ)
+	case typ == clusterv3.Cluster_EDS:
+		if !opts.Dynamic {
+			v.addf(join(path, "type"), "EDS requires dynamic_resources.ads_config (a control plane to serve endpoints)")
+		}
+		if c.GetEdsClusterConfig().GetEdsConfig() == nil {
+			v.addf(join(path, "eds_cluster_config.eds_config"), "required for an EDS cluster")
+		} else {
+			v.adsSource(join(path, "eds_cluster_config.eds_config"), c.GetEdsClusterConfig().GetEdsConfig())
+		}
+	default:
+		v.endpoints(path, c, typ)
+	}
+	if !slices.Contains(supportedLbPolicies, c.GetLbPolicy()) {
+		v.addf(join(path, "lb_policy"), "%s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)", c.GetLbPolicy())
+	}
+}
+
+// endpoints checks the load assignment of a STATIC or STRICT_DNS cluster.
+func (v *validator) endpoints(path string, c *clusterv3.Cluster, typ clusterv3.Cluster_DiscoveryType) {
+	lpath := join(path, "load_assignment")
+	n := 0
+	for i, lle := range c.GetLoadAssignment().GetEndpoints() {
+		for j, lbe := range lle.GetLbEndpoints() {
+			n++
+			epath := fmt.Sprintf("%s.endpoints[%d].lb_endpoints[%d].endpoint.address", lpath, i, j)
+			sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa == nil {
+				v.addf(epath, "a socket_address is required")
+				continue
+			}
+			spath := join(epath, "socket_address")
+			if typ == clusterv3.Cluster_STATIC {
+				if _, err := netip.ParseAddr(sa.GetAddress()); err != nil {
+					v.addf(join(spath, "address"), "a STATIC cluster needs IP addresses, got %q", sa.GetAddress())
+				}
+			}
+			if sa.GetPortValue() == 0 {
+				v.addf(join(spath, "port_value"), "an endpoint needs a port (1-65535)")
+			}
+			if sa.GetProtocol() != corev3.SocketAddress_TCP {
+				v.addf(join(spath, "protocol"), "%s endpoints are not supported (TCP only)", sa.GetProtocol())
+			}
+		}
+	}
+	if n == 0 {
+		v.addf(lpath, "a %s cluster needs at least one endpoint", typ)
+	}
+}
