@@ -25,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"meshd.dev/meshd/proxy/http/stream"
@@ -187,6 +188,7 @@ type serverConn struct {
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by Close
+	readAny   atomic.Bool   // some request bytes have been read
 
 	mu       sync.Mutex
 	state    http.ConnState // last state net/http reported
@@ -201,6 +203,15 @@ func (c *serverConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// Read notes that the connection has started a request.
+func (c *serverConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.readAny.Store(true)
+	}
+	return n, err
 }
 
 // Close closes the connection. It is idempotent and unblocks Serve.
@@ -233,11 +244,12 @@ func (c *serverConn) Serve() error {
 }
 
 // Shutdown makes the connection close after its in-flight request, or at
-// once when it is idle between requests. It does not block.
+// once when it is idle: between requests, or before its first request
+// sent a byte. It does not block.
 func (c *serverConn) Shutdown() {
 	c.mu.Lock()
 	c.draining = true
-	idle := c.state == http.StateIdle
+	idle := c.state == http.StateIdle || (c.state == http.StateNew && !c.readAny.Load())
 	c.mu.Unlock()
 	if idle {
 		c.Close()

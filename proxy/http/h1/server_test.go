@@ -642,11 +642,19 @@ func TestServerConnShutdown(t *testing.T) {
 			t.Errorf("read after Shutdown of idle conn = %v, want EOF", err)
 		}
 	})
+	t.Run("connection that sent nothing closes at once", func(t *testing.T) {
+		_, br := rawConn(t, ts.addr)
+		waitFor(t, func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.conns) == 2 })
+		ts.conn(1).Shutdown()
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Errorf("read after Shutdown of a new conn = %v, want EOF", err)
+		}
+	})
 	t.Run("busy connection closes after its response", func(t *testing.T) {
 		c, br := rawConn(t, ts.addr)
 		io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
 		<-inFlight
-		ts.conn(1).Shutdown()
+		ts.conn(2).Shutdown()
 		close(finish)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
