@@ -30,7 +30,7 @@ var supported = map[protoreflect.FullName]map[protoreflect.Name]bool{
 		"metadata", // accepted and ignored
 	),
 	"envoy.config.route.v3.Route": set(
-		"name", "match", "route", "direct_response", "request_headers_to_add",
+		"name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
 		"request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
 		"per_request_buffer_limit_bytes",
 		"metadata", // accepted and ignored
@@ -55,6 +55,10 @@ var supported = map[protoreflect.FullName]map[protoreflect.Name]bool{
 		"response_headers_to_add", "response_headers_to_remove", "host_rewrite_literal",
 	),
 	"envoy.config.route.v3.DirectResponseAction": set("status", "body"),
+	"envoy.config.route.v3.RedirectAction": set(
+		"https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
+		"path_redirect", "prefix_rewrite", "regex_rewrite", "response_code", "strip_query",
+	),
 	"envoy.config.route.v3.HeaderMatcher": set(
 		"name", "exact_match", "safe_regex_match", "range_match", "present_match",
 		"prefix_match", "suffix_match", "contains_match", "string_match",

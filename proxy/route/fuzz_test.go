@@ -92,7 +92,10 @@ func FuzzCompile(f *testing.F) {
 			if d := EffectiveTimeout(rt, &r); d < 0 {
 				t.Fatalf("negative effective timeout %v", d)
 			}
-			if rt.Direct == nil && cluster == "" {
+			if loc := rt.RedirectLocation(&r); (loc != "") != (rt.Redirect != nil) {
+				t.Fatalf("RedirectLocation %q for redirect %v", loc, rt.Redirect)
+			}
+			if rt.Direct == nil && rt.Redirect == nil && cluster == "" {
 				t.Fatal("route action without a cluster")
 			}
 		}

@@ -28,6 +28,7 @@ type routeMatch struct {
 	value         string // prefix or path; lower case when !caseSensitive
 	caseSensitive bool
 	re            *regexp.Regexp // anchored at both ends
+	rePrefix      string         // literal every match starts with; checked before running re
 	grpc          bool
 	headers       []headerMatcher
 	query         []queryMatcher
@@ -69,6 +70,7 @@ func compileRouteMatch(p string, m *routev3.RouteMatch) (*routeMatch, error) {
 			return nil, err
 		}
 		rm.kind, rm.re = pathRegex, re
+		rm.rePrefix, _ = re.LiteralPrefix()
 	default:
 		return nil, fmt.Errorf("%s: one of prefix, path, safe_regex or path_separated_prefix is required", p)
 	}
@@ -120,7 +122,7 @@ func (m *routeMatch) matches(req *stream.Request, path string) bool {
 			return false
 		}
 	case pathRegex:
-		if !m.re.MatchString(path) {
+		if !strings.HasPrefix(path, m.rePrefix) || !m.re.MatchString(path) {
 			return false
 		}
 	}

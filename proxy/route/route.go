@@ -86,8 +86,8 @@ type DirectResponse struct {
 	Body   []byte
 }
 
-// Route is a compiled route. Immutable. Exactly one of Cluster, Weighted and
-// Direct is set.
+// Route is a compiled route. Immutable. Exactly one of Cluster, Weighted,
+// Direct and Redirect is set.
 type Route struct {
 	// Name is the route's name, possibly empty.
 	Name string
@@ -100,6 +100,8 @@ type Route struct {
 	Weighted []WeightedCluster
 	// Direct is a direct_response action.
 	Direct *DirectResponse
+	// Redirect is a redirect action; see RedirectLocation.
+	Redirect *Redirect
 	// ClusterNotFoundStatus is the status the router answers when the
 	// chosen cluster does not exist: 503 (Envoy's default), 404 or 500.
 	ClusterNotFoundStatus int
@@ -224,7 +226,7 @@ func stripPort(host string) string {
 // weight, as Envoy does: rnd modulo the total weight selects a point in the
 // cumulative weights. rnd should come from a fast uniform source such as
 // math/rand/v2's Uint64. For a single-cluster route it returns Cluster, and
-// "" for a direct response.
+// "" for a direct response or a redirect.
 func (r *Route) PickCluster(rnd uint64) string {
 	if len(r.Weighted) == 0 {
 		return r.Cluster
@@ -426,8 +428,10 @@ func (c *compiler) route(p string, rc *routev3.Route) (*Route, error) {
 		err = c.routeAction(p+".route", a.Route, r)
 	case *routev3.Route_DirectResponse:
 		err = c.directResponse(p+".direct_response", a.DirectResponse, r)
+	case *routev3.Route_Redirect:
+		r.Redirect, err = compileRedirect(p+".redirect", a.Redirect, r.match)
 	default:
-		err = fmt.Errorf("%s: one of route or direct_response is required", p)
+		err = fmt.Errorf("%s: one of route, redirect or direct_response is required", p)
 	}
 	if err != nil {
 		return nil, err

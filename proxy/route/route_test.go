@@ -148,6 +148,10 @@ func TestRouteMatch(t *testing.T) {
 		{"regex is anchored", `{safe_regex: {regex: "/v[0-9]+"}}`, req("h", "/v12/x"), false},
 		{"regex anchored at start", `{safe_regex: {regex: "v1"}}`, req("h", "/v1"), false},
 		{"regex ignores case_sensitive", `{safe_regex: {regex: "/a"}, case_sensitive: false}`, req("h", "/A"), false},
+		{"regex alternation is anchored as a whole", `{safe_regex: {regex: "/a|/b"}}`, req("h", "/b"), true},
+		{"regex alternation no partial", `{safe_regex: {regex: "/a|/b"}}`, req("h", "/bc"), false},
+		{"regex case folding", `{safe_regex: {regex: "(?i)/api/.*"}}`, req("h", "/API/x"), true},
+		{"regex literal prefix mismatch", `{safe_regex: {regex: "/svc/[0-9]+"}}`, req("h", "/svx/1"), false},
 		{"separated prefix exact", `{path_separated_prefix: /api}`, req("h", "/api"), true},
 		{"separated prefix slash", `{path_separated_prefix: /api}`, req("h", "/api/x"), true},
 		{"separated prefix query", `{path_separated_prefix: /api}`, req("h", "/api?x"), true},
@@ -253,9 +257,12 @@ virtual_hosts:
 		{"runtime_fraction", `
 virtual_hosts:
 - {name: b, domains: [b], routes: [{match: {prefix: /, runtime_fraction: {default_value: {numerator: 1}}}, route: {cluster: c}}]}`, `virtual_hosts[0].routes[0].match.runtime_fraction: not supported`},
-		{"redirect", `
+		{"non-forwarding action", `
 virtual_hosts:
-- {name: b, domains: [b], routes: [{match: {prefix: /}, redirect: {host_redirect: x}}]}`, `virtual_hosts[0].routes[0].redirect: not supported`},
+- {name: b, domains: [b], routes: [{match: {prefix: /}, non_forwarding_action: {}}]}`, `virtual_hosts[0].routes[0].non_forwarding_action: not supported`},
+		{"redirect path without slash", `
+virtual_hosts:
+- {name: b, domains: [b], routes: [{match: {prefix: /}, redirect: {path_redirect: x}}]}`, `virtual_hosts[0].routes[0].redirect.path_redirect: "x" must start with '/'`},
 		{"hedge policy", `
 virtual_hosts:
 - {name: b, domains: [b], hedge_policy: {}, routes: []}`, `virtual_hosts[0].hedge_policy: not supported`},
@@ -665,5 +672,44 @@ func TestConcurrentMatch(t *testing.T) {
 		case <-timeout:
 			t.Fatal("concurrent Match did not finish in 30s")
 		}
+	}
+}
+
+func TestRedirect(t *testing.T) {
+	tests := []struct {
+		name, route, scheme, authority, path, want string
+		status                                     int
+	}{
+		{"https keeps path and query", `{match: {prefix: /}, redirect: {https_redirect: true}}`, "http", "a.com", "/x?q=1", "https://a.com/x?q=1", 301},
+		{"https drops default port", `{match: {prefix: /}, redirect: {https_redirect: true}}`, "http", "a.com:80", "/", "https://a.com/", 301},
+		{"https keeps other port", `{match: {prefix: /}, redirect: {https_redirect: true}}`, "http", "a.com:8080", "/", "https://a.com:8080/", 301},
+		{"scheme to http drops 443", `{match: {prefix: /}, redirect: {scheme_redirect: http, response_code: FOUND}}`, "https", "a.com:443", "/", "http://a.com/", 302},
+		{"host and port", `{match: {prefix: /}, redirect: {host_redirect: b.com, port_redirect: 8443, response_code: TEMPORARY_REDIRECT}}`, "http", "a.com:80", "/p", "http://b.com:8443/p", 307},
+		{"ipv6 port", `{match: {prefix: /}, redirect: {port_redirect: 9}}`, "http", "[::1]:80", "/", "http://[::1]:9/", 301},
+		{"path redirect keeps query", `{match: {path: /old}, redirect: {path_redirect: /new}}`, "http", "a.com", "/old?bar=1", "http://a.com/new?bar=1", 301},
+		{"path redirect strip query", `{match: {path: /old}, redirect: {path_redirect: /new, strip_query: true}}`, "http", "a.com", "/old?bar=1", "http://a.com/new", 301},
+		{"path redirect own query wins", `{match: {path: /old}, redirect: {path_redirect: "/new?foo=1", strip_query: true}}`, "http", "a.com", "/old?bar=1", "http://a.com/new?foo=1", 301},
+		{"prefix rewrite", `{match: {prefix: /v1/}, redirect: {prefix_rewrite: /v2/, response_code: PERMANENT_REDIRECT}}`, "http", "a.com", "/v1/x?y", "http://a.com/v2/x?y", 308},
+		{"regex rewrite", `{match: {prefix: /}, redirect: {regex_rewrite: {pattern: {regex: "^/u/([0-9]+)$"}, substitution: "/users/\\1"}, response_code: SEE_OTHER}}`, "http", "a.com", "/u/42", "http://a.com/users/42", 303},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tbl := compileYAML(t, `virtual_hosts: [{name: v, domains: ["*"], routes: [`+tc.route+`]}]`)
+			r := req(tc.authority, tc.path)
+			r.Scheme = tc.scheme
+			rt, _ := tbl.Match(r)
+			if rt == nil || rt.Redirect == nil {
+				t.Fatalf("route %v is not a redirect", rt)
+			}
+			if got := rt.RedirectLocation(r); got != tc.want {
+				t.Errorf("Location %q, want %q", got, tc.want)
+			}
+			if rt.Redirect.Status != tc.status {
+				t.Errorf("status %d, want %d", rt.Redirect.Status, tc.status)
+			}
+			if rt.PickCluster(1) != "" {
+				t.Error("redirect route has a cluster")
+			}
+		})
 	}
 }
