@@ -14,6 +14,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -474,5 +475,25 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met before timeout")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAcceptedConnHasNoDelay(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	nodelay := make(chan int, 1)
+	got := make(chan seen, 1)
+	f := factory(0, got, nil)
+	l := start(t, Config{Name: "nodelay", Codec: HTTP1, HTTP1: func(c net.Conn, info stream.ConnInfo) stream.ServerConn {
+		v := -1
+		if raw, err := c.(*net.TCPConn).SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) { v, _ = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY) })
+		}
+		nodelay <- v
+		return f(c, info)
+	}})
+	dial(t, l)
+	recv(t, got)
+	if v := <-nodelay; v <= 0 {
+		t.Errorf("TCP_NODELAY = %d on an accepted connection, want set", v)
 	}
 }

@@ -228,6 +228,10 @@ func (c *Client) requestURL(method, path string) (*url.URL, error) {
 // before the headers were written, returns a *stream.Error with
 // Unprocessed set (Reason "connect failure" for the former).
 //
+// The connection returns to the pool when the response body has been read
+// to io.EOF; a caller that stops earlier must Reset the stream, which
+// closes the connection (HTTP/1.1 cannot abandon a response otherwise).
+//
 // Request trailers are sent when the body is chunked (ContentLength -1),
 // declared or not; with a known ContentLength HTTP/1.1 has no place for
 // them and CloseWrite drops them.
