@@ -1,0 +1,295 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+)
+
+// Scenario kinds.
+const (
+	kindGRPCUnary = "grpc-unary"
+	kindH2CGet    = "h2c-get"
+)
+
+// scenario is one load shape: what each request is and how many connections
+// and concurrent streams per connection drive it (a closed loop: every stream
+// sends its next request as soon as the previous response has ended).
+type scenario struct {
+	Name    string `json:"name"`
+	Kind    string `json:"kind"`
+	Conns   int    `json:"connections"`
+	Streams int    `json:"streams_per_connection"`
+}
+
+// allScenarios are the scenarios of issue 2's acceptance 6, in run order.
+var allScenarios = []scenario{
+	{Name: "grpc-unary-16x32", Kind: kindGRPCUnary, Conns: 16, Streams: 32},
+	{Name: "grpc-unary-1x1", Kind: kindGRPCUnary, Conns: 1, Streams: 1},
+	{Name: "h2c-get-16x32", Kind: kindH2CGet, Conns: 16, Streams: 32},
+}
+
+// target is where load goes: gRPC calls to GRPCAddr, GETs to HTTPAddr.
+type target struct {
+	Name     string
+	GRPCAddr string
+	HTTPAddr string
+}
+
+// addr returns the address the scenario's requests go to.
+func (t target) addr(sc scenario) string {
+	if sc.Kind == kindGRPCUnary {
+		return t.GRPCAddr
+	}
+	return t.HTTPAddr
+}
+
+// loadResult is what a generator measured over the measurement window
+// (warm-up excluded).
+type loadResult struct {
+	// Requests is the number of requests that completed successfully.
+	Requests int64 `json:"requests"`
+	// Errors is the number of requests that failed.
+	Errors int64 `json:"errors"`
+	// Seconds is the length of the measurement window.
+	Seconds float64 `json:"seconds"`
+	// RPS is Requests / Seconds.
+	RPS float64 `json:"rps"`
+	// P50Ms and P99Ms are latency percentiles of successful requests in
+	// milliseconds.
+	P50Ms float64 `json:"p50_ms"`
+	P99Ms float64 `json:"p99_ms"`
+}
+
+// generator drives one scenario against one target for warm-up plus
+// duration. It calls measuring exactly once, when the measurement window
+// starts, so the caller can sample process counters at the same moment; the
+// window ends when Run returns.
+type generator interface {
+	Name() string
+	Run(ctx context.Context, sc scenario, t target, warmup, duration time.Duration, measuring func()) (loadResult, error)
+}
+
+// Built-in generator limits.
+const (
+	// connectTimeout bounds establishing every connection of a run.
+	connectTimeout = 10 * time.Second
+	// requestTimeout bounds one request, so a stuck stream cannot stall a
+	// closed-loop worker past the run.
+	requestTimeout = 10 * time.Second
+)
+
+// Phases of a built-in run, read by every worker on each completion.
+const (
+	phaseWarmup int32 = iota
+	phaseMeasure
+	phaseStop
+)
+
+// goGenerator is the built-in closed-loop load generator: grpc-go clients for
+// gRPC (one ClientConn per connection) and x/net/http2 ClientConns for h2c
+// GET (one TCP connection each), Streams goroutines per connection.
+type goGenerator struct{}
+
+// Name implements generator.
+func (goGenerator) Name() string { return "built-in (grpc-go, x/net/http2)" }
+
+// worker issues one request and reports whether it succeeded. It must honour
+// ctx's deadline.
+type worker func(ctx context.Context) error
+
+// Run implements generator.
+func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, duration time.Duration, measuring func()) (loadResult, error) {
+	if sc.Conns < 1 || sc.Streams < 1 {
+		return loadResult{}, fmt.Errorf("scenario %s: connections and streams must be positive", sc.Name)
+	}
+	newConnWorker, closeAll, err := g.connect(ctx, sc, t.addr(sc))
+	if err != nil {
+		return loadResult{}, err
+	}
+	defer closeAll()
+
+	var phase atomic.Int32
+	var ok, failed atomic.Int64
+	lat := make([][]time.Duration, sc.Conns*sc.Streams)
+	var wg sync.WaitGroup
+	for c := range sc.Conns {
+		do := newConnWorker(c)
+		for s := range sc.Streams {
+			slot := c*sc.Streams + s
+			wg.Go(func() {
+				for {
+					p := phase.Load()
+					if p == phaseStop || ctx.Err() != nil {
+						return
+					}
+					rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+					start := time.Now()
+					err := do(rctx)
+					d := time.Since(start)
+					cancel()
+					if phase.Load() != phaseMeasure || p != phaseMeasure {
+						continue // started or ended outside the window
+					}
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					ok.Add(1)
+					lat[slot] = append(lat[slot], d)
+				}
+			})
+		}
+	}
+
+	timer := time.NewTimer(warmup)
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	measuring()
+	phase.Store(phaseMeasure)
+	begin := time.Now()
+	timer.Reset(duration)
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	phase.Store(phaseStop)
+	window := time.Since(begin)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return loadResult{}, err
+	}
+
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	r := loadResult{
+		Requests: ok.Load(),
+		Errors:   failed.Load(),
+		Seconds:  window.Seconds(),
+		P50Ms:    ms(percentile(all, 50)),
+		P99Ms:    ms(percentile(all, 99)),
+	}
+	r.RPS = float64(r.Requests) / r.Seconds
+	return r, nil
+}
+
+// ms converts a duration to fractional milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// connect opens sc.Conns connections to addr and returns a constructor for
+// the request function bound to connection i, and a func closing them all.
+func (goGenerator) connect(ctx context.Context, sc scenario, addr string) (func(i int) worker, func(), error) {
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	switch sc.Kind {
+	case kindGRPCUnary:
+		conns := make([]*grpc.ClientConn, 0, sc.Conns)
+		closeAll := func() {
+			for _, cc := range conns {
+				_ = cc.Close()
+			}
+		}
+		for range sc.Conns {
+			cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				closeAll()
+				return nil, nil, fmt.Errorf("grpc client for %s: %w", addr, err)
+			}
+			conns = append(conns, cc)
+			if err := waitReady(cctx, cc); err != nil {
+				closeAll()
+				return nil, nil, fmt.Errorf("grpc connect to %s: %w", addr, err)
+			}
+		}
+		req := unaryRequest()
+		return func(i int) worker {
+			client := testgrpc.NewTestServiceClient(conns[i])
+			return func(ctx context.Context) error {
+				resp, err := client.UnaryCall(ctx, req)
+				if err != nil {
+					return err
+				}
+				if n := len(resp.GetPayload().GetBody()); n != responseSize {
+					return fmt.Errorf("response payload %d bytes, want %d", n, responseSize)
+				}
+				return nil
+			}
+		}, closeAll, nil
+
+	case kindH2CGet:
+		tr := &http2.Transport{AllowHTTP: true}
+		conns := make([]*http2.ClientConn, 0, sc.Conns)
+		closeAll := func() {
+			for _, cc := range conns {
+				_ = cc.Close()
+			}
+		}
+		var d net.Dialer
+		for range sc.Conns {
+			nc, err := d.DialContext(cctx, "tcp", addr)
+			if err != nil {
+				closeAll()
+				return nil, nil, fmt.Errorf("h2c dial %s: %w", addr, err)
+			}
+			cc, err := tr.NewClientConn(nc)
+			if err != nil {
+				nc.Close()
+				closeAll()
+				return nil, nil, fmt.Errorf("h2c client conn to %s: %w", addr, err)
+			}
+			conns = append(conns, cc)
+		}
+		url := "http://" + addr + getPath
+		return func(i int) worker {
+			cc := conns[i]
+			return func(ctx context.Context) error {
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				if err != nil {
+					return err
+				}
+				resp, err := cc.RoundTrip(req)
+				if err != nil {
+					return err
+				}
+				n, err := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					return err
+				}
+				if resp.StatusCode != http.StatusOK || n != getBodySize {
+					return fmt.Errorf("GET %s: status %d, %d bytes; want 200, %d", getPath, resp.StatusCode, n, getBodySize)
+				}
+				return nil
+			}
+		}, closeAll, nil
+	}
+	return nil, nil, fmt.Errorf("scenario %s: unknown kind %q", sc.Name, sc.Kind)
+}
+
+// waitReady connects cc and waits until it is READY or ctx ends.
+func waitReady(ctx context.Context, cc *grpc.ClientConn) error {
+	cc.Connect()
+	for {
+		s := cc.GetState()
+		if s == connectivity.Ready {
+			return nil
+		}
+		if !cc.WaitForStateChange(ctx, s) {
+			return fmt.Errorf("still %v: %w", s, context.Cause(ctx))
+		}
+	}
+}

@@ -1,0 +1,353 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+)
+
+// Sidecar process limits.
+const (
+	// buildTimeout bounds `go build ./cmd/meshd`.
+	buildTimeout = 5 * time.Minute
+	// sidecarReadyTimeout bounds the time from start to GET /ready == 200.
+	sidecarReadyTimeout = 20 * time.Second
+	// adminTimeout bounds one admin request.
+	adminTimeout = 5 * time.Second
+	// sidecarDrainSeconds is the sidecar's --drain-time-s; the harness has
+	// finished its load when it stops the sidecar.
+	sidecarDrainSeconds = 1
+	// sidecarStopTimeout bounds the wait for exit after SIGTERM.
+	sidecarStopTimeout = sidecarDrainSeconds*time.Second + 5*time.Second
+	// listenerName is the name of the sidecar's one listener.
+	listenerName = "bench"
+)
+
+// buildMeshd builds ./cmd/meshd of the module at root into dir.
+func buildMeshd(ctx context.Context, root, dir string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
+	defer cancel()
+	out := filepath.Join(dir, "meshd")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/meshd")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/meshd: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// moduleRoot returns the directory holding the go.mod of the module the
+// working directory is in.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod in the working directory or above it: run from inside the meshd module")
+		}
+		dir = parent
+	}
+}
+
+// bootstrapTemplate is the sidecar's Envoy v3 bootstrap: admin and one
+// listener on 127.0.0.1:0 (codec AUTO), gRPC TestService calls routed to the
+// backend's gRPC port, everything else to its HTTP port, both clusters STATIC
+// with explicit HTTP/2 upstream and no route timeout. The same file runs
+// under `envoy -c`.
+var bootstrapTemplate = template.Must(template.New("bootstrap").Parse(`# Rendered by meshd's test/bench harness.
+node: { id: bench-sidecar, cluster: bench }
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: 0 }
+static_resources:
+  listeners:
+  - name: {{.Listener}}
+    address:
+      socket_address: { address: 127.0.0.1, port_value: 0 }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {{.Listener}}
+          codec_type: AUTO
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/grpc.testing.TestService/" }
+                route: { cluster: grpc, timeout: 0s }
+              - match: { prefix: "/" }
+                route: { cluster: http, timeout: 0s }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{{- range .Clusters}}
+  - name: {{.Name}}
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: ROUND_ROBIN
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+    load_assignment:
+      cluster_name: {{.Name}}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: {{.Host}}, port_value: {{.Port}} }
+{{- end}}
+`))
+
+// renderBootstrap returns the bootstrap for a backend at grpcAddr/httpAddr.
+func renderBootstrap(grpcAddr, httpAddr string) (string, error) {
+	type cluster struct {
+		Name, Host string
+		Port       uint16
+	}
+	var cs []cluster
+	for _, c := range []struct{ name, addr string }{{"grpc", grpcAddr}, {"http", httpAddr}} {
+		host, portText, err := net.SplitHostPort(c.addr)
+		if err != nil {
+			return "", fmt.Errorf("bootstrap: cluster %s address %q: %w", c.name, c.addr, err)
+		}
+		port, err := strconv.ParseUint(portText, 10, 16)
+		if err != nil || port == 0 {
+			return "", fmt.Errorf("bootstrap: cluster %s address %q: port must be in [1, 65535]", c.name, c.addr)
+		}
+		cs = append(cs, cluster{Name: c.name, Host: host, Port: uint16(port)})
+	}
+	var b strings.Builder
+	if err := bootstrapTemplate.Execute(&b, struct {
+		Listener string
+		Clusters []cluster
+	}{listenerName, cs}); err != nil {
+		return "", fmt.Errorf("bootstrap: %w", err)
+	}
+	return b.String(), nil
+}
+
+// sidecarProc is a running `meshd sidecar`.
+type sidecarProc struct {
+	// AdminAddr is the bound admin address; ListenerAddr the bound address
+	// of the bench listener. Immutable.
+	AdminAddr, ListenerAddr string
+
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{} // closed when cmd.Wait returns
+	client  *http.Client
+}
+
+// startSidecar writes the bootstrap into dir and starts meshd on it, pinned
+// to cpu with `taskset -c` when cpu >= 0, with GOMAXPROCS=1. It returns once
+// GET /ready answers 200 and the listener's bound address is known.
+func startSidecar(ctx context.Context, meshd, dir, bootstrap string, cpu int) (*sidecarProc, error) {
+	bootPath := filepath.Join(dir, "bootstrap.yaml")
+	if err := os.WriteFile(bootPath, []byte(bootstrap), 0o644); err != nil {
+		return nil, fmt.Errorf("sidecar: write bootstrap: %w", err)
+	}
+	adminPath := filepath.Join(dir, "admin-address")
+	logPath := filepath.Join(dir, "meshd.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: log file: %w", err)
+	}
+	defer logFile.Close() // the child has its own descriptor
+
+	args := []string{meshd, "sidecar", "-c", bootPath, "--admin-address-path", adminPath,
+		"--drain-time-s", strconv.Itoa(sidecarDrainSeconds), "--log-level", "warn"}
+	if cpu >= 0 {
+		args = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("sidecar: start %s: %w", strings.Join(args, " "), err)
+	}
+	s := &sidecarProc{
+		cmd: cmd, logPath: logPath, done: make(chan struct{}),
+		client: &http.Client{Timeout: adminTimeout},
+	}
+	go func() { _ = cmd.Wait(); close(s.done) }()
+	if err := s.waitReady(ctx, adminPath); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("sidecar: %w\n%s", err, s.Log())
+	}
+	return s, nil
+}
+
+// waitReady polls for the admin address file, GET /ready and the listener
+// address until sidecarReadyTimeout.
+func (s *sidecarProc) waitReady(ctx context.Context, adminPath string) error {
+	deadline := time.Now().Add(sidecarReadyTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			return fmt.Errorf("exited during start-up: %v", s.cmd.ProcessState)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if s.AdminAddr == "" {
+			b, err := os.ReadFile(adminPath)
+			if err != nil || len(bytes.TrimSpace(b)) == 0 {
+				last = fmt.Errorf("admin address file %s not written", adminPath)
+				continue
+			}
+			s.AdminAddr = strings.TrimSpace(string(b))
+		}
+		code, _, err := s.admin("/ready")
+		if err != nil || code != http.StatusOK {
+			last = fmt.Errorf("GET /ready: %d %v", code, err)
+			continue
+		}
+		addr, err := s.listenerAddr(listenerName)
+		if err != nil {
+			last = err
+			continue
+		}
+		s.ListenerAddr = addr
+		return nil
+	}
+	return fmt.Errorf("not ready within %v: %v", sidecarReadyTimeout, last)
+}
+
+// admin GETs path from the admin API.
+func (s *sidecarProc) admin(path string) (int, []byte, error) {
+	resp, err := s.client.Get("http://" + s.AdminAddr + path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// listenerStatuses is the JSON of Envoy's GET /listeners?format=json.
+type listenerStatuses struct {
+	ListenerStatuses []struct {
+		Name         string `json:"name"`
+		LocalAddress struct {
+			SocketAddress struct {
+				Address   string `json:"address"`
+				PortValue int    `json:"port_value"`
+			} `json:"socket_address"`
+		} `json:"local_address"`
+	} `json:"listener_statuses"`
+}
+
+// parseListenerAddr returns "host:port" of the listener called name in a
+// /listeners?format=json body.
+func parseListenerAddr(body []byte, name string) (string, error) {
+	var ls listenerStatuses
+	if err := json.Unmarshal(body, &ls); err != nil {
+		return "", fmt.Errorf("/listeners?format=json: %w", err)
+	}
+	for _, l := range ls.ListenerStatuses {
+		if l.Name != name {
+			continue
+		}
+		sa := l.LocalAddress.SocketAddress
+		if sa.Address == "" || sa.PortValue <= 0 || sa.PortValue > 65535 {
+			return "", fmt.Errorf("/listeners?format=json: listener %q: local_address.socket_address %q port %d is not a bound address", name, sa.Address, sa.PortValue)
+		}
+		return net.JoinHostPort(sa.Address, strconv.Itoa(sa.PortValue)), nil
+	}
+	return "", fmt.Errorf("/listeners?format=json: no listener named %q", name)
+}
+
+// listenerAddr asks the admin API for the bound address of a listener.
+func (s *sidecarProc) listenerAddr(name string) (string, error) {
+	code, body, err := s.admin("/listeners?format=json")
+	if err != nil {
+		return "", err
+	}
+	if code != http.StatusOK {
+		return "", fmt.Errorf("/listeners?format=json: status %d", code)
+	}
+	return parseListenerAddr(body, name)
+}
+
+// counter reads one counter from the admin /stats text ("name: value"
+// lines); ok is false when the sidecar does not have it.
+func (s *sidecarProc) counter(name string) (int64, bool, error) {
+	code, body, err := s.admin("/stats")
+	if err != nil {
+		return 0, false, err
+	}
+	if code != http.StatusOK {
+		return 0, false, fmt.Errorf("/stats: status %d", code)
+	}
+	v, ok := parseStat(body, name)
+	return v, ok, nil
+}
+
+// parseStat finds "name: value" in Envoy's /stats text.
+func parseStat(body []byte, name string) (int64, bool) {
+	for line := range strings.Lines(string(body)) {
+		k, v, found := strings.Cut(strings.TrimSpace(line), ": ")
+		if !found || k != name {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// PID returns the meshd process id (taskset execs meshd in place).
+func (s *sidecarProc) PID() int { return s.cmd.Process.Pid }
+
+// Log returns what the sidecar wrote to stdout and stderr.
+func (s *sidecarProc) Log() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
+}
+
+// Stop sends SIGTERM (a graceful drain) and waits for exit, killing the process after
+// sidecarStopTimeout. It returns an error when the exit was not clean.
+func (s *sidecarProc) Stop() error {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	timer := time.NewTimer(sidecarStopTimeout)
+	defer timer.Stop()
+	select {
+	case <-s.done:
+	case <-timer.C:
+		_ = s.cmd.Process.Kill()
+		<-s.done
+		return fmt.Errorf("sidecar did not exit within %v of SIGTERM; killed", sidecarStopTimeout)
+	}
+	if !s.cmd.ProcessState.Success() {
+		return fmt.Errorf("sidecar exited: %v", s.cmd.ProcessState)
+	}
+	return nil
+}
