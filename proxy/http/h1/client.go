@@ -71,9 +71,10 @@ type Client struct {
 	log    *slog.Logger
 	tr     *http.Transport
 
-	mu      sync.Mutex
-	closed  bool
-	streams map[*clientStream]struct{}
+	mu       sync.Mutex
+	closed   bool // no new streams (Close or Drain)
+	draining bool // Drain: close each connection as its stream ends
+	streams  map[*clientStream]struct{}
 }
 
 // NewClient returns a Client for cfg.Addr. It dials nothing until the first
@@ -184,6 +185,17 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// Drain refuses new streams (with an Unprocessed error), closes idle
+// connections now, and closes each busy connection when its stream ends,
+// so in-flight streams complete. It does not block.
+func (c *Client) Drain() {
+	c.mu.Lock()
+	c.closed = true
+	c.draining = true
+	c.mu.Unlock()
+	c.tr.CloseIdleConnections()
+}
+
 func (c *Client) track(s *clientStream) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -197,7 +209,13 @@ func (c *Client) track(s *clientStream) bool {
 func (c *Client) untrack(s *clientStream) {
 	c.mu.Lock()
 	delete(c.streams, s)
+	draining := c.draining
 	c.mu.Unlock()
+	if draining {
+		// The stream's connection is back in the idle pool by now (its
+		// body was read to EOF) or already closed.
+		c.tr.CloseIdleConnections()
+	}
 }
 
 // requestURL builds the URL net/http writes, keeping req.Path's escaping.

@@ -24,7 +24,8 @@ import (
 // upstream is an httptest server that counts the connections it accepted.
 type upstream struct {
 	*httptest.Server
-	conns atomic.Int32
+	conns  atomic.Int32 // accepted
+	closed atomic.Int32 // closed
 }
 
 func startUpstream(t *testing.T, tlsOn bool, h http.HandlerFunc) *upstream {
@@ -32,8 +33,11 @@ func startUpstream(t *testing.T, tlsOn bool, h http.HandlerFunc) *upstream {
 	u := &upstream{}
 	u.Server = httptest.NewUnstartedServer(h)
 	u.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
+		switch st {
+		case http.StateNew:
 			u.conns.Add(1)
+		case http.StateClosed:
+			u.closed.Add(1)
 		}
 	}
 	if tlsOn {
@@ -419,4 +423,31 @@ func TestClientDialSetsNoDelay(t *testing.T) {
 	if v == 0 {
 		t.Error("TCP_NODELAY not set on upstream connection")
 	}
+}
+
+func TestClientDrain(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	release := make(chan struct{})
+	up := startUpstream(t, false, func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		io.WriteString(w, "done")
+	})
+	c := newTestClient(t, ClientConfig{Addr: up.Listener.Addr().String()})
+	s, err := c.NewStream(testCtx(t), getRequest("/"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Drain()
+	if _, err := c.NewStream(testCtx(t), getRequest("/"), true); !stream.Unprocessed(err) {
+		t.Errorf("NewStream while draining = %v, want Unprocessed", err)
+	}
+	close(release)
+	if _, err := s.Response(testCtx(t)); err != nil {
+		t.Fatalf("in-flight stream failed during Drain: %v", err)
+	}
+	if body := readAll(t, s); body != "done" {
+		t.Errorf("body = %q", body)
+	}
+	// The connection is closed once its stream ended, not kept idle.
+	waitFor(t, func() bool { return up.closed.Load() == 1 })
 }
