@@ -13,6 +13,7 @@ package lb
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 )
 
@@ -104,14 +105,16 @@ func Get(policy string) (Builder, bool) {
 const DefaultPanicThreshold = 50.0
 
 // Balancer is a cluster's load balancer: a policy applied to the cluster's
-// current hosts, with Envoy's panic threshold. Pick is lock-free and safe for
-// concurrent use; Update and Refresh must not be called concurrently with
-// each other (the cluster manager owns them).
+// current hosts, with Envoy's panic threshold. All methods are safe for
+// concurrent use; Pick is lock-free (one atomic load, then the picker),
+// Update and Refresh serialise on a mutex and swap the picker whole.
 type Balancer struct {
-	build          Builder
-	panicThreshold float64
-	hosts          []*Host
-	cur            atomic.Pointer[snapshot]
+	build          Builder // immutable
+	panicThreshold float64 // immutable
+
+	mu    sync.Mutex // serialises rebuilds; guards hosts
+	hosts []*Host
+	cur   atomic.Pointer[snapshot]
 }
 
 type snapshot struct {
@@ -140,13 +143,21 @@ func NewBalancer(policy string, hosts []*Host, panicThreshold float64) (*Balance
 // Update replaces the host list (the balancer keeps hosts) and rebuilds the
 // picker.
 func (b *Balancer) Update(hosts []*Host) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.hosts = hosts
-	b.Refresh()
+	b.rebuild()
 }
 
 // Refresh rebuilds the picker from the current hosts' health. Call it after
 // any Host.SetHealthy that reported a change.
 func (b *Balancer) Refresh() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.rebuild()
+}
+
+func (b *Balancer) rebuild() {
 	eligible, panicMode := selectHosts(b.hosts, b.panicThreshold)
 	b.cur.Store(&snapshot{picker: b.build(eligible), panic: panicMode})
 }

@@ -252,12 +252,18 @@ func TestConcurrentHammer(t *testing.T) {
 						}
 					})
 				}
-				wg.Go(func() {
-					for i := range 200 {
-						hs[i%len(hs)].SetHealthy(i%3 != 0)
-						b.Refresh()
-					}
-				})
+				for w := range 2 {
+					wg.Go(func() {
+						for i := range 200 {
+							hs[(i+w)%len(hs)].SetHealthy(i%3 != 0)
+							if i%50 == 0 {
+								b.Update(hs)
+							} else {
+								b.Refresh()
+							}
+						}
+					})
+				}
 				wg.Wait()
 				for _, h := range hs {
 					if n := h.ActiveRequests(); n != 0 {
