@@ -82,10 +82,13 @@ type Config struct {
 	// Logger receives per-connection diagnostics at debug level. Nil means
 	// slog.Default().
 	Logger *slog.Logger
-	// Stats is the scope under which the listener's stats live
-	// ("listener.<address>." is added, with <address> the bound address
-	// with ':' replaced by '_', tagged envoy_listener_address as in Envoy).
-	// Nil keeps stats private to the listener.
+	// Stats is the listener's own scope, which the caller names as Envoy
+	// does: "listener.<address>." tagged envoy_listener_address (see
+	// StatsScope). The listener adds downstream_cx_total,
+	// downstream_cx_active, downstream_cx_destroy, downstream_cx_length_ms,
+	// downstream_pre_cx_active, downstream_pre_cx_timeout,
+	// downstream_cx_transport_socket_connect_timeout, ssl.handshake and
+	// ssl.connection_error. Nil keeps stats private to the listener.
 	Stats *stats.Scope
 }
 
@@ -141,8 +144,6 @@ func Listen(cfg Config) (*Listener, error) {
 	if scope == nil {
 		scope = stats.NewStore().Root()
 	}
-	addr := strings.ReplaceAll(ln.Addr().String(), ":", "_")
-	scope = scope.Scope("listener").Tagged("envoy_listener_address", addr)
 	ssl := scope.Scope("ssl")
 	return &Listener{
 		cfg:     cfg,
@@ -162,6 +163,13 @@ func Listen(cfg Config) (*Listener, error) {
 			cxLength:         scope.Histogram("downstream_cx_length_ms"),
 		},
 	}, nil
+}
+
+// StatsScope returns Envoy's scope for a listener on address under root:
+// "listener.<address>." with ':' replaced by '_' in the flat name, and the
+// address as the envoy_listener_address label.
+func StatsScope(root *stats.Scope, address string) *stats.Scope {
+	return root.Scope("listener").Tagged("envoy_listener_address", strings.ReplaceAll(address, ":", "_"))
 }
 
 // Addr is the bound address.

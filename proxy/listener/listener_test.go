@@ -250,7 +250,7 @@ func TestTLSALPN(t *testing.T) {
 		Name:  "tls",
 		TLS:   &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}},
 		HTTP1: factory(0, got, nil), HTTP2: factory(0, got, nil),
-		Stats: store.Root(),
+		Stats: StatsScope(store.Root(), "test"),
 	})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -271,13 +271,11 @@ func TestTLSALPN(t *testing.T) {
 			}
 		})
 	}
-	name := "listener." + underscore(l.Addr().String()) + ".ssl.handshake"
+	name := "listener.test.ssl.handshake"
 	if v := counter(store, name); v != uint64(len(tests)) {
 		t.Errorf("%s = %d, want %d", name, v, len(tests))
 	}
 }
-
-func underscore(s string) string { return strings.ReplaceAll(s, ":", "_") }
 
 func counter(s *stats.Store, name string) (v uint64) {
 	s.Visit(func(c *stats.Counter) {
@@ -313,7 +311,7 @@ func TestHandshakeTimeout(t *testing.T) {
 			store := stats.NewStore()
 			got := make(chan seen, 1)
 			l := start(t, Config{Name: "slow", TLS: tc.tls, HandshakeTimeout: 100 * time.Millisecond,
-				HTTP1: factory(0, got, nil), HTTP2: factory(0, got, nil), Stats: store.Root()})
+				HTTP1: factory(0, got, nil), HTTP2: factory(0, got, nil), Stats: StatsScope(store.Root(), "test")})
 			c := dial(t, l)
 			begin := time.Now()
 			if _, err := c.Read(make([]byte, 1)); err != io.EOF {
@@ -322,7 +320,7 @@ func TestHandshakeTimeout(t *testing.T) {
 			if d := time.Since(begin); d > 5*time.Second {
 				t.Errorf("closed after %v", d)
 			}
-			prefix := "listener." + underscore(l.Addr().String()) + "."
+			prefix := "listener.test."
 			waitFor(t, func() bool { return counter(store, prefix+"downstream_cx_destroy") == 1 })
 			if v := counter(store, prefix+tc.stat); v != 1 {
 				t.Errorf("%s = %d, want 1", tc.stat, v)
@@ -447,19 +445,26 @@ func TestStatsAndBindErrors(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	store := stats.NewStore()
 	got := make(chan seen, 3)
-	l := start(t, Config{Name: "stats", Codec: HTTP1, HTTP1: factory(1, got, nil), Stats: store.Root()})
+	l := start(t, Config{Name: "stats", Codec: HTTP1, HTTP1: factory(1, got, nil), Stats: StatsScope(store.Root(), "127.0.0.1:0")})
 	for range 3 {
 		c := dial(t, l)
 		c.Write([]byte("x"))
 		recv(t, got)
 	}
-	prefix := "listener." + underscore(l.Addr().String()) + "."
+	prefix := "listener.127.0.0.1_0."
 	if v := counter(store, prefix+"downstream_cx_total"); v != 3 {
 		t.Errorf("downstream_cx_total = %d", v)
 	}
 	if v := gauge(store, prefix+"downstream_cx_active"); v != 3 {
 		t.Errorf("downstream_cx_active = %d", v)
 	}
+	store.Visit(func(c *stats.Counter) {
+		if c.FlatName() == prefix+"downstream_cx_total" {
+			if tags := c.Tags(); c.PromName() != "envoy_listener_downstream_cx_total" || len(tags) != 1 || tags[0].Value != "127.0.0.1_0" {
+				t.Errorf("prometheus name %s %v", c.PromName(), tags)
+			}
+		}
+	}, nil, nil)
 
 	_, err := Listen(Config{Name: "dup", Address: l.Addr().String()})
 	if err == nil || !strings.Contains(err.Error(), l.Addr().String()) {
