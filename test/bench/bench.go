@@ -60,6 +60,8 @@ type report struct {
 	ClockTicks     int              `json:"clock_ticks_per_s"`
 	ClockSource    string           `json:"clock_ticks_source"`
 	Pinned         bool             `json:"pinned"`
+	HarnessCPUs    string           `json:"harness_cpus_allowed"`
+	MeshdCPUs      string           `json:"meshd_cpus_allowed"`
 	ProxyRSSIdleMB float64          `json:"proxy_rss_idle_mb"`
 	Runs           []runRecord      `json:"runs"`
 	Summary        []summaryRow     `json:"summary"`
@@ -139,6 +141,13 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 	defer stopSidecar()
 	logger.Info("started", "backend_grpc", be.GRPCAddr, "backend_http", be.HTTPAddr,
 		"meshd_pid", sc.PID(), "meshd_listener", sc.ListenerAddr, "meshd_admin", sc.AdminAddr)
+
+	if rep.HarnessCPUs, err = readCPUsAllowed(os.Getpid()); err != nil {
+		return nil, err
+	}
+	if rep.MeshdCPUs, err = readCPUsAllowed(sc.PID()); err != nil {
+		return nil, err
+	}
 
 	time.Sleep(idleSettle)
 	idle, err := readRSS(sc.PID())

@@ -176,3 +176,28 @@ func measureTickRate() (float64, error) {
 func tvSeconds(tv syscall.Timeval) float64 {
 	return float64(tv.Sec) + float64(tv.Usec)/1e6
 }
+
+// parseStatusField returns the value of a "Key:\tvalue" line of
+// /proc/PID/status, trimmed; ok is false when there is no such line.
+func parseStatusField(data []byte, key string) (string, bool) {
+	for line := range strings.Lines(string(data)) {
+		if rest, found := strings.CutPrefix(line, key+":"); found {
+			return strings.TrimSpace(rest), true
+		}
+	}
+	return "", false
+}
+
+// readCPUsAllowed returns process pid's Cpus_allowed_list ("0", "0-1"), the
+// CPUs its affinity lets it run on.
+func readCPUsAllowed(pid int) (string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "", err
+	}
+	v, ok := parseStatusField(data, "Cpus_allowed_list")
+	if !ok {
+		return "", fmt.Errorf("pid %d: no Cpus_allowed_list in status", pid)
+	}
+	return v, nil
+}

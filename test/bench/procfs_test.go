@@ -114,3 +114,24 @@ func TestTicksAgree(t *testing.T) {
 		}
 	}
 }
+
+func TestParseStatusField(t *testing.T) {
+	status := []byte("Name:\tmeshd\nCpus_allowed:\t1\nCpus_allowed_list:\t0\nMems_allowed_list:\t0\n")
+	tests := []struct {
+		key, want string
+		wantOK    bool
+	}{
+		{"Cpus_allowed_list", "0", true},
+		{"Cpus_allowed", "1", true},
+		{"Name", "meshd", true},
+		{"VmRSS", "", false},
+	}
+	for _, tt := range tests {
+		if got, ok := parseStatusField(status, tt.key); got != tt.want || ok != tt.wantOK {
+			t.Errorf("parseStatusField(%q) = %q, %v; want %q, %v", tt.key, got, ok, tt.want, tt.wantOK)
+		}
+	}
+	if cpus, err := readCPUsAllowed(os.Getpid()); err != nil || cpus == "" {
+		t.Errorf("readCPUsAllowed(self) = %q, %v", cpus, err)
+	}
+}

@@ -117,7 +117,7 @@ func printReport(w io.Writer, r *report) {
 		r.Machine.CPUModel, r.Machine.NumCPU, r.Machine.Kernel, r.Machine.GoVersion)
 	pin := "unpinned"
 	if r.Pinned {
-		pin = fmt.Sprintf("meshd on CPU %d (GOMAXPROCS=1), backend and generator on CPU %d", r.Options.ProxyCPU, r.Options.LoadCPU)
+		pin = fmt.Sprintf("meshd on CPU %s (GOMAXPROCS=1), harness, backend and generator on CPU %s", r.MeshdCPUs, r.HarnessCPUs)
 	}
 	fmt.Fprintf(w, "generator: %s; %s; %d round(s) of %v after %v warm-up, medians shown; clock %d ticks/s (%s)\n",
 		r.Generator, pin, r.Options.Rounds, r.Options.Duration, r.Options.Warmup, r.ClockTicks, r.ClockSource)
