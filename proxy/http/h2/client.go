@@ -475,6 +475,7 @@ func (cc *ClientConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	s.awaitingHeaders = false
+	resp.EndStream = f.StreamEnded()
 	cs.resp = resp
 	cs.haveResp = true
 	if !cs.isHead && resp.Status != 204 && resp.Status != 304 {

@@ -31,7 +31,7 @@ const (
 )
 
 const (
-	initialWindowSize = 65535   // RFC 9113 section 6.9.2
+	initialWindowSize = 65535     // RFC 9113 section 6.9.2
 	maxWindow         = 1<<31 - 1 // RFC 9113 section 6.9.1
 	maxStreamID       = 1<<31 - 1
 	chunkSize         = 16 << 10
@@ -104,7 +104,9 @@ type connError struct {
 	reason string
 }
 
-func (e connError) Error() string { return "http2: connection error " + e.code.String() + ": " + e.reason }
+func (e connError) Error() string {
+	return "http2: connection error " + e.code.String() + ": " + e.reason
+}
 
 func connErr(code http2.ErrCode, reason string) error {
 	return connError{code: stream.ErrCode(code), reason: reason}

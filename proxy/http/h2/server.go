@@ -371,6 +371,7 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	c.newStrm(s, id)
 	s.recvCL = ss.req.ContentLength
 	if f.StreamEnded() {
+		ss.req.EndStream = true
 		s.recvDone = true
 		if s.recvCL > 0 {
 			c.resetStream(s, http2.ErrCodeProtocol, false, "body length differs from content-length")
