@@ -59,6 +59,13 @@ type ClientConfig struct {
 	TCPKeepalive *net.KeepAliveConfig
 	// Logger receives diagnostics. Nil means slog.Default().
 	Logger *slog.Logger
+	// OnConnect, OnConnectFailure and OnConnClose, when set, observe the
+	// pool's connections (the cluster keeps upstream_cx_* stats with
+	// them): a connection established (TLS included), an attempt that
+	// failed, and an established connection closed. They must not block.
+	OnConnect        func()
+	OnConnectFailure func(err error)
+	OnConnClose      func()
 }
 
 // Client is a pool of HTTP/1.1 connections to one endpoint, built on a
@@ -96,7 +103,7 @@ func NewClient(cfg ClientConfig) *Client {
 	c := &Client{cfg: cfg, scheme: "http", log: log, streams: map[*clientStream]struct{}{}}
 	c.tr = &http.Transport{
 		Proxy:                  nil, // never from the environment
-		DialContext:            c.dial,
+		DialContext:            c.dialPlain,
 		DisableCompression:     true,
 		ForceAttemptHTTP2:      false,
 		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
@@ -121,6 +128,41 @@ type connectError struct{ err error }
 
 func (e *connectError) Error() string { return "connect failure: " + e.err.Error() }
 func (e *connectError) Unwrap() error { return e.err }
+
+// dialPlain is the Transport's dialer for plaintext connections.
+func (c *Client) dialPlain(ctx context.Context, network, addr string) (net.Conn, error) {
+	return c.observe(c.dial(ctx, network, addr))
+}
+
+// observe reports a dial's outcome to the connection hooks and, on success,
+// wraps the connection so its close is reported once.
+func (c *Client) observe(conn net.Conn, err error) (net.Conn, error) {
+	if err != nil {
+		if c.cfg.OnConnectFailure != nil {
+			c.cfg.OnConnectFailure(err)
+		}
+		return nil, err
+	}
+	if c.cfg.OnConnect != nil {
+		c.cfg.OnConnect()
+	}
+	if c.cfg.OnConnClose == nil {
+		return conn, nil
+	}
+	return &observedConn{Conn: conn, onClose: c.cfg.OnConnClose}, nil
+}
+
+// observedConn reports its first Close.
+type observedConn struct {
+	net.Conn
+	once    sync.Once
+	onClose func()
+}
+
+func (c *observedConn) Close() error {
+	c.once.Do(c.onClose)
+	return c.Conn.Close()
+}
 
 // dial connects to cfg.Addr (the addr net/http derived from the URL is the
 // same string) with TCP_NODELAY set.
@@ -147,6 +189,10 @@ func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 
 // dialTLS dials and completes the TLS handshake within ConnectTimeout.
 func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	return c.observe(c.dialTLSConn(ctx, network, addr))
+}
+
+func (c *Client) dialTLSConn(ctx context.Context, network, addr string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
 	conn, err := c.dial(ctx, network, addr)
@@ -520,6 +566,9 @@ func (s *clientStream) Response(ctx context.Context) (*stream.Response, error) {
 		Status:        s.resp.StatusCode,
 		Header:        fromHTTPHeader(s.resp.Header),
 		ContentLength: s.resp.ContentLength,
+		// net/http gives responses that cannot have a body (HEAD, 204,
+		// 304, Content-Length: 0) http.NoBody.
+		EndStream: s.resp.Body == http.NoBody,
 	}
 	addTrailerDeclaration(&resp.Header, s.resp.Trailer)
 	return resp, nil

@@ -116,6 +116,8 @@ func requestOf(r *http.Request, info *stream.ConnInfo) stream.Request {
 		Path:          path,
 		Header:        h,
 		ContentLength: r.ContentLength,
+		// Content-Length: 0 or no body framing at all; chunked is -1.
+		EndStream: r.ContentLength == 0,
 	}
 }
 
