@@ -1,0 +1,327 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"meshd.dev/meshd/proxy/http/h1"
+	"meshd.dev/meshd/proxy/http/h2"
+	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/lb"
+	"meshd.dev/meshd/proxy/stats"
+)
+
+// connPool carries streams to one endpoint over one protocol.
+type connPool interface {
+	stream.ClientConn
+	// Drain stops new streams and closes connections as their streams end.
+	Drain()
+}
+
+// Stats are a cluster's Envoy-named counters and gauges
+// ("cluster.<name>.upstream_cx_total", ...).
+type Stats struct {
+	Scope             *stats.Scope
+	CxTotal           *stats.Counter
+	CxActive          *stats.Gauge
+	CxConnectFail     *stats.Counter
+	CxConnectTimeout  *stats.Counter
+	CxCloseNotify     *stats.Counter
+	RqTotal           *stats.Counter
+	RqActive          *stats.Gauge
+	RqTimeout         *stats.Counter
+	RqPerTryTimeout   *stats.Counter
+	RqCancelled       *stats.Counter
+	RqReset           *stats.Counter // upstream_rq_rx_reset
+	NoHealthyUpstream *stats.Counter
+	HTTP2             *h2.Stats
+}
+
+// NewStats returns the stats of cluster name in store.
+func NewStats(store *stats.Store, name string) *Stats {
+	sc := store.Root().Scope("cluster").Tagged("envoy_cluster_name", name)
+	return &Stats{
+		Scope:             sc,
+		CxTotal:           sc.Counter("upstream_cx_total"),
+		CxActive:          sc.Gauge("upstream_cx_active"),
+		CxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
+		CxConnectTimeout:  sc.Counter("upstream_cx_connect_timeout"),
+		CxCloseNotify:     sc.Counter("upstream_cx_close_notify"),
+		RqTotal:           sc.Counter("upstream_rq_total"),
+		RqActive:          sc.Gauge("upstream_rq_active"),
+		RqTimeout:         sc.Counter("upstream_rq_timeout"),
+		RqPerTryTimeout:   sc.Counter("upstream_rq_per_try_timeout"),
+		RqCancelled:       sc.Counter("upstream_rq_cancelled"),
+		RqReset:           sc.Counter("upstream_rq_rx_reset"),
+		NoHealthyUpstream: sc.Counter("upstream_cx_none_healthy"),
+		HTTP2:             h2.NewStats(sc.Scope("http2")),
+	}
+}
+
+// Host is one endpoint of a cluster with its connection pool.
+type Host struct {
+	// LB is the load balancer's view of the host (weight, active requests,
+	// health).
+	LB   *lb.Host
+	Addr string
+	pool connPool
+}
+
+// NewStream opens a stream to this host.
+func (h *Host) NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error) {
+	return h.pool.NewStream(ctx, req, endStream)
+}
+
+type hostSet struct {
+	hosts  []*Host
+	byLB   map[*lb.Host]*Host
+	picker *lb.Balancer
+}
+
+// Cluster is a live cluster: its spec, its hosts and their pools. Hosts are
+// replaced whole (an atomic swap of the host set) when DNS changes them.
+type Cluster struct {
+	spec   *Spec
+	stats  *Stats
+	logger *slog.Logger
+
+	set    atomic.Pointer[hostSet]
+	stop   chan struct{}
+	stopWG sync.WaitGroup
+}
+
+// Spec returns the cluster's compiled config.
+func (c *Cluster) Spec() *Spec { return c.spec }
+
+// Stats returns the cluster's stats.
+func (c *Cluster) Stats() *Stats { return c.stats }
+
+// Hosts returns the current hosts.
+func (c *Cluster) Hosts() []*Host { return c.set.Load().hosts }
+
+// Pick chooses a host with the cluster's load balancer, or nil when the
+// cluster has no usable host.
+func (c *Cluster) Pick() *Host {
+	hs := c.set.Load()
+	if hs.picker == nil {
+		return nil
+	}
+	lh := hs.picker.Pick()
+	if lh == nil {
+		return nil
+	}
+	return hs.byLB[lh]
+}
+
+func newCluster(spec *Spec, store *stats.Store, logger *slog.Logger) *Cluster {
+	c := &Cluster{
+		spec:   spec,
+		stats:  NewStats(store, spec.Name),
+		logger: logger.With("cluster", spec.Name),
+		stop:   make(chan struct{}),
+	}
+	if spec.Discovery == Static {
+		eps := make([]resolved, 0, len(spec.Endpoints))
+		for _, e := range spec.Endpoints {
+			eps = append(eps, resolved{addr: net.JoinHostPort(e.Host, strconv.Itoa(e.Port)), weight: e.Weight})
+		}
+		c.setHosts(eps)
+		return c
+	}
+	c.setHosts(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	c.resolve(ctx)
+	cancel()
+	c.stopWG.Add(1)
+	go c.dnsLoop()
+	return c
+}
+
+type resolved struct {
+	addr   string
+	weight uint32
+}
+
+// setHosts publishes a host set for eps, keeping the Host (and its pool) of
+// every address that is still present and draining the others.
+func (c *Cluster) setHosts(eps []resolved) {
+	old := c.set.Load()
+	prev := map[string]*Host{}
+	if old != nil {
+		for _, h := range old.hosts {
+			prev[h.Addr] = h
+		}
+	}
+	hs := &hostSet{byLB: map[*lb.Host]*Host{}}
+	lbHosts := make([]*lb.Host, 0, len(eps))
+	for _, e := range eps {
+		h := prev[e.addr]
+		if h != nil && h.LB.Weight == e.weight {
+			delete(prev, e.addr)
+		} else {
+			h = &Host{LB: lb.NewHost(e.addr, e.weight, ""), Addr: e.addr, pool: c.newPool(e.addr)}
+		}
+		hs.hosts = append(hs.hosts, h)
+		hs.byLB[h.LB] = h
+		lbHosts = append(lbHosts, h.LB)
+	}
+	if len(lbHosts) > 0 {
+		// CompileCluster admits only registered policies.
+		b, err := lb.NewBalancer(c.spec.LBPolicy, lbHosts, lb.DefaultPanicThreshold)
+		if err != nil {
+			panic(fmt.Sprintf("cluster %q: %v", c.spec.Name, err))
+		}
+		hs.picker = b
+	}
+	c.set.Store(hs)
+	for _, h := range prev {
+		h.pool.Drain()
+	}
+}
+
+func (c *Cluster) newPool(addr string) connPool {
+	if c.spec.Protocol == HTTP2 {
+		return newH2Pool(addr, c.spec, c.stats, c.logger)
+	}
+	return &h1Pool{Client: h1.NewClient(h1.ClientConfig{
+		Addr:           addr,
+		ConnectTimeout: c.spec.ConnectTimeout,
+		IdleTimeout:    c.spec.IdleTimeout,
+		MaxConns:       c.spec.MaxConnections,
+		TLS:            c.spec.TLS,
+		Logger:         c.logger,
+		OnConnect: func() {
+			c.stats.CxTotal.Inc()
+			c.stats.CxActive.Inc()
+		},
+		OnConnectFailure: func(err error) {
+			c.stats.CxConnectFail.Inc()
+			if errors.Is(err, context.DeadlineExceeded) {
+				c.stats.CxConnectTimeout.Inc()
+			}
+		},
+		OnConnClose: c.stats.CxActive.Dec,
+	})}
+}
+
+// h1Pool adapts the HTTP/1.1 client, which pools connections itself.
+type h1Pool struct{ *h1.Client }
+
+func (p *h1Pool) Drain() { p.Client.Drain() }
+
+func (c *Cluster) dnsLoop() {
+	defer c.stopWG.Done()
+	t := time.NewTicker(c.spec.DNSRefreshRate)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), c.spec.DNSRefreshRate)
+			c.resolve(ctx)
+			cancel()
+		}
+	}
+}
+
+// resolve looks up every STRICT_DNS endpoint and publishes the result. A
+// failed lookup keeps the addresses it had before (Envoy does the same).
+func (c *Cluster) resolve(ctx context.Context) {
+	var eps []resolved
+	old := map[string][]resolved{}
+	if hs := c.set.Load(); hs != nil {
+		for _, h := range hs.hosts {
+			host, _, _ := net.SplitHostPort(h.Addr)
+			old[host] = append(old[host], resolved{addr: h.Addr, weight: h.LB.Weight})
+		}
+	}
+	for _, e := range c.spec.Endpoints {
+		ips, err := net.DefaultResolver.LookupIPAddr(ctx, e.Host)
+		if err != nil {
+			c.logger.Warn("DNS resolution failed; keeping previous addresses", "host", e.Host, "err", err)
+			continue
+		}
+		for _, ip := range ips {
+			eps = append(eps, resolved{addr: net.JoinHostPort(ip.IP.String(), strconv.Itoa(e.Port)), weight: e.Weight})
+		}
+	}
+	if len(eps) == 0 && len(old) > 0 {
+		return
+	}
+	c.setHosts(eps)
+}
+
+// drain stops DNS refresh and drains every pool.
+func (c *Cluster) drain() {
+	close(c.stop)
+	c.stopWG.Wait()
+	for _, h := range c.set.Load().hosts {
+		h.pool.Drain()
+	}
+}
+
+// Manager owns the live clusters. Reads are lock-free.
+type Manager struct {
+	store  *stats.Store
+	logger *slog.Logger
+
+	mu       sync.Mutex // serialises Apply
+	clusters atomic.Pointer[map[string]*Cluster]
+}
+
+// NewManager returns a manager with no clusters.
+func NewManager(store *stats.Store, logger *slog.Logger) *Manager {
+	m := &Manager{store: store, logger: logger}
+	empty := map[string]*Cluster{}
+	m.clusters.Store(&empty)
+	return m
+}
+
+// Get returns the live cluster name, or nil.
+func (m *Manager) Get(name string) *Cluster { return (*m.clusters.Load())[name] }
+
+// All returns the live clusters.
+func (m *Manager) All() map[string]*Cluster { return *m.clusters.Load() }
+
+// Apply makes specs the live set of clusters: unchanged clusters keep their
+// hosts and connections; changed and removed ones are drained after the
+// swap, so requests already using them finish.
+func (m *Manager) Apply(specs []*Spec) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.clusters.Load()
+	next := make(map[string]*Cluster, len(specs))
+	for _, s := range specs {
+		if c, ok := old[s.Name]; ok && c.spec.Equal(s) {
+			next[s.Name] = c
+			continue
+		}
+		next[s.Name] = newCluster(s, m.store, m.logger)
+	}
+	m.clusters.Store(&next)
+	for name, c := range old {
+		if next[name] != c {
+			c.drain()
+		}
+	}
+}
+
+// Close drains every cluster.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.clusters.Load()
+	empty := map[string]*Cluster{}
+	m.clusters.Store(&empty)
+	for _, c := range old {
+		c.drain()
+	}
+}
