@@ -1,0 +1,185 @@
+// Package hcm is meshd's HTTP connection manager: it receives downstream
+// streams from any codec, routes them, and proxies them to upstream
+// clusters (Envoy's envoy.filters.network.http_connection_manager with the
+// router filter at the end of its chain).
+package hcm
+
+import (
+	"fmt"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"meshd.dev/meshd/proxy/http/h2"
+	"meshd.dev/meshd/proxy/route"
+	"meshd.dev/meshd/proxy/stats"
+)
+
+// Codec is the downstream codec_type.
+type Codec int
+
+// Downstream codecs.
+const (
+	CodecAuto Codec = iota
+	CodecHTTP1
+	CodecHTTP2
+)
+
+// UnderscoreAction is what to do with request headers whose names contain
+// an underscore (common_http_protocol_options.headers_with_underscores_action).
+type UnderscoreAction int
+
+// Underscore actions, Envoy's.
+const (
+	UnderscoreAllow UnderscoreAction = iota
+	UnderscoreReject
+	UnderscoreDrop
+)
+
+// Config is a compiled, immutable HttpConnectionManager.
+type Config struct {
+	StatPrefix string
+	Codec      Codec
+	Routes     *route.Table
+	// HTTP2 is the downstream HTTP/2 server config (SETTINGS and timeouts).
+	HTTP2 h2.ServerConfig
+	// IdleTimeout closes downstream connections with no streams (default 1h).
+	IdleTimeout time.Duration
+	// StreamIdleTimeout resets a stream with no activity (default 5m).
+	StreamIdleTimeout time.Duration
+	// RequestTimeout bounds receiving the whole request (0 = none).
+	RequestTimeout time.Duration
+	// MaxStreamDuration bounds a stream's life (0 = none).
+	MaxStreamDuration time.Duration
+	Underscores       UnderscoreAction
+	// ServerName is the "server" response header value.
+	ServerName        string
+	GenerateRequestID bool
+	// MaxRequestHeadersBytes limits the request header section.
+	MaxRequestHeadersBytes int
+}
+
+// Compile validates and compiles an HttpConnectionManager. Errors name the
+// field.
+func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
+	c := &Config{
+		StatPrefix:             m.GetStatPrefix(),
+		IdleTimeout:            time.Hour,
+		StreamIdleTimeout:      5 * time.Minute,
+		ServerName:             "meshd",
+		GenerateRequestID:      true,
+		MaxRequestHeadersBytes: 60 << 10,
+	}
+	switch ct := m.GetCodecType(); ct {
+	case hcmv3.HttpConnectionManager_AUTO:
+		c.Codec = CodecAuto
+	case hcmv3.HttpConnectionManager_HTTP1:
+		c.Codec = CodecHTTP1
+	case hcmv3.HttpConnectionManager_HTTP2:
+		c.Codec = CodecHTTP2
+	default:
+		return nil, fmt.Errorf("codec_type: %s is not supported (AUTO, HTTP1, HTTP2)", ct)
+	}
+	if m.GetServerName() != "" {
+		c.ServerName = m.GetServerName()
+	}
+	if v := m.GetGenerateRequestId(); v != nil {
+		c.GenerateRequestID = v.GetValue()
+	}
+	if v := m.GetMaxRequestHeadersKb(); v != nil {
+		c.MaxRequestHeadersBytes = int(v.GetValue()) << 10
+	}
+	if d := m.GetStreamIdleTimeout(); d != nil {
+		c.StreamIdleTimeout = d.AsDuration()
+	}
+	if d := m.GetRequestTimeout(); d != nil {
+		c.RequestTimeout = d.AsDuration()
+	}
+	if cp := m.GetCommonHttpProtocolOptions(); cp != nil {
+		if d := cp.GetIdleTimeout(); d != nil {
+			c.IdleTimeout = d.AsDuration()
+		}
+		if d := cp.GetMaxStreamDuration(); d != nil {
+			c.MaxStreamDuration = d.AsDuration()
+		}
+		switch cp.GetHeadersWithUnderscoresAction() {
+		case corev3.HttpProtocolOptions_REJECT_REQUEST:
+			c.Underscores = UnderscoreReject
+		case corev3.HttpProtocolOptions_DROP_HEADER:
+			c.Underscores = UnderscoreDrop
+		}
+	}
+	c.HTTP2 = h2.ServerConfig{
+		MaxHeaderListSize: uint32(c.MaxRequestHeadersBytes),
+		IdleTimeout:       c.IdleTimeout,
+	}
+	if o := m.GetHttp2ProtocolOptions(); o != nil {
+		c.HTTP2.MaxConcurrentStreams = o.GetMaxConcurrentStreams().GetValue()
+		c.HTTP2.InitialStreamWindowSize = o.GetInitialStreamWindowSize().GetValue()
+		c.HTTP2.InitialConnectionWindowSize = o.GetInitialConnectionWindowSize().GetValue()
+	}
+	rc := m.GetRouteConfig()
+	if rc == nil {
+		return nil, fmt.Errorf("route_config: required (rds arrives with the xDS client)")
+	}
+	t, err := route.Compile(rc)
+	if err != nil {
+		return nil, fmt.Errorf("route_config: %w", err)
+	}
+	c.Routes = t
+	return c, nil
+}
+
+// Stats are the connection manager's Envoy-named stats
+// ("http.<stat_prefix>.downstream_rq_total", ...).
+type Stats struct {
+	Scope         *stats.Scope
+	RqTotal       *stats.Counter
+	RqActive      *stats.Gauge
+	RqHTTP1       *stats.Counter
+	RqHTTP2       *stats.Counter
+	RqTimeout     *stats.Counter
+	RqRxReset     *stats.Counter
+	RqTxReset     *stats.Counter
+	NoRoute       *stats.Counter
+	NoCluster     *stats.Counter
+	RqDirect      *stats.Counter
+	RqRedirect    *stats.Counter
+	CxTotal       *stats.Counter
+	CxActive      *stats.Gauge
+	CxHTTP1Total  *stats.Counter
+	CxHTTP2Total  *stats.Counter
+	CxHTTP1Active *stats.Gauge
+	CxHTTP2Active *stats.Gauge
+	CxDestroy     *stats.Counter
+	HTTP2         *h2.Stats
+}
+
+// NewStats returns the stats for stat prefix p.
+func NewStats(store *stats.Store, p string) *Stats {
+	sc := store.Root().Scope("http").Tagged("envoy_http_conn_manager_prefix", p)
+	return &Stats{
+		Scope:         sc,
+		RqTotal:       sc.Counter("downstream_rq_total"),
+		RqActive:      sc.Gauge("downstream_rq_active"),
+		RqHTTP1:       sc.Counter("downstream_rq_http1_total"),
+		RqHTTP2:       sc.Counter("downstream_rq_http2_total"),
+		RqTimeout:     sc.Counter("downstream_rq_timeout"),
+		RqRxReset:     sc.Counter("downstream_rq_rx_reset"),
+		RqTxReset:     sc.Counter("downstream_rq_tx_reset"),
+		NoRoute:       sc.Counter("no_route"),
+		NoCluster:     sc.Counter("no_cluster"),
+		RqDirect:      sc.Counter("rq_direct_response"),
+		RqRedirect:    sc.Counter("rq_redirect"),
+		CxTotal:       sc.Counter("downstream_cx_total"),
+		CxActive:      sc.Gauge("downstream_cx_active"),
+		CxHTTP1Total:  sc.Counter("downstream_cx_http1_total"),
+		CxHTTP2Total:  sc.Counter("downstream_cx_http2_total"),
+		CxHTTP1Active: sc.Gauge("downstream_cx_http1_active"),
+		CxHTTP2Active: sc.Gauge("downstream_cx_http2_active"),
+		CxDestroy:     sc.Counter("downstream_cx_destroy"),
+		// Envoy keeps codec stats at "http2.*" of the listener's scope.
+		HTTP2: h2.NewStats(store.Root().Scope("http2")),
+	}
+}
