@@ -1,0 +1,207 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync/atomic"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
+
+	"meshd.dev/meshd/proxy/datasource"
+	httpcm "meshd.dev/meshd/proxy/http/hcm"
+	"meshd.dev/meshd/proxy/upstream"
+)
+
+// Snapshot is one compiled, immutable configuration of the sidecar. The
+// runtime applies it whole; nothing in it changes afterwards.
+type Snapshot struct {
+	// Version identifies the snapshot ("bootstrap" or an xDS version).
+	Version   string
+	Node      *corev3.Node
+	Admin     string // admin listen address, "" when none
+	Listeners []*Listener
+	Clusters  []*upstream.Spec
+	// Bootstrap is the source document, for /config_dump.
+	Bootstrap *bootstrapv3.Bootstrap
+}
+
+// Listener is a compiled listener with its HTTP connection manager.
+type Listener struct {
+	Name    string
+	Address string // "ip:port"
+	// TLS is the server TLS config, nil for plaintext.
+	TLS *tls.Config
+	HCM *httpcm.Config
+	raw *listenerv3.Listener
+}
+
+// SameSocket reports whether o can keep l's bound socket and connections:
+// same address and same transport. Everything else swaps in place.
+func (l *Listener) SameSocket(o *Listener) bool {
+	return l.Address == o.Address &&
+		proto.Equal(l.raw.GetFilterChains()[0].GetTransportSocket(), o.raw.GetFilterChains()[0].GetTransportSocket()) &&
+		l.HCM.Codec == o.HCM.Codec
+}
+
+// Compile turns a validated bootstrap into a snapshot. Errors name the
+// field path.
+func Compile(b *bootstrapv3.Bootstrap) (*Snapshot, error) {
+	s := &Snapshot{Version: "bootstrap", Node: b.GetNode(), Bootstrap: b}
+	if a := b.GetAdmin().GetAddress(); a != nil {
+		addr, err := socketAddress(a)
+		if err != nil {
+			return nil, fmt.Errorf("admin.address: %w", err)
+		}
+		s.Admin = addr
+	}
+	var errs []error
+	for i, l := range b.GetStaticResources().GetListeners() {
+		cl, err := CompileListener(l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("static_resources.listeners[%d]: %w", i, err))
+			continue
+		}
+		s.Listeners = append(s.Listeners, cl)
+	}
+	for i, c := range b.GetStaticResources().GetClusters() {
+		spec, err := upstream.CompileCluster(c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("static_resources.clusters[%d]: %w", i, err))
+			continue
+		}
+		s.Clusters = append(s.Clusters, spec)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// CompileListener compiles one listener. Errors name the field path below
+// the listener.
+func CompileListener(l *listenerv3.Listener) (*Listener, error) {
+	addr, err := socketAddress(l.GetAddress())
+	if err != nil {
+		return nil, fmt.Errorf("address: %w", err)
+	}
+	fcs := l.GetFilterChains()
+	if len(fcs) != 1 {
+		return nil, fmt.Errorf("filter_chains: exactly one filter chain is supported, got %d", len(fcs))
+	}
+	fc := fcs[0]
+	if len(fc.GetFilters()) != 1 {
+		return nil, fmt.Errorf("filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported, got %d", len(fc.GetFilters()))
+	}
+	var m hcmv3.HttpConnectionManager
+	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
+		return nil, fmt.Errorf("filter_chains[0].filters[0].typed_config: %w", err)
+	}
+	h, err := httpcm.Compile(&m)
+	if err != nil {
+		return nil, fmt.Errorf("filter_chains[0].filters[0].typed_config.%w", err)
+	}
+	out := &Listener{Name: l.GetName(), Address: addr, HCM: h, raw: l}
+	if ts := fc.GetTransportSocket(); ts != nil {
+		var dtc tlsv3.DownstreamTlsContext
+		if err := ts.GetTypedConfig().UnmarshalTo(&dtc); err != nil {
+			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config: %w", err)
+		}
+		cfg, err := serverTLS(&dtc, h.Codec)
+		if err != nil {
+			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config.%w", err)
+		}
+		out.TLS = cfg
+	}
+	return out, nil
+}
+
+func socketAddress(a *corev3.Address) (string, error) {
+	sa := a.GetSocketAddress()
+	if sa == nil {
+		return "", fmt.Errorf("socket_address: required")
+	}
+	if net.ParseIP(sa.GetAddress()) == nil {
+		return "", fmt.Errorf("socket_address.address: %q is not an IP address", sa.GetAddress())
+	}
+	port := sa.GetPortValue()
+	if port > 65535 {
+		return "", fmt.Errorf("socket_address.port_value: %d is out of range 0..65535", port)
+	}
+	return net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(port))), nil
+}
+
+// serverTLS builds a server tls.Config from static certificate files in a
+// DownstreamTlsContext. ALPN defaults to what the codec can serve.
+func serverTLS(dtc *tlsv3.DownstreamTlsContext, codec httpcm.Codec) (*tls.Config, error) {
+	ctx := dtc.GetCommonTlsContext()
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	switch codec {
+	case httpcm.CodecHTTP2:
+		cfg.NextProtos = []string{"h2"}
+	case httpcm.CodecHTTP1:
+		cfg.NextProtos = []string{"http/1.1"}
+	default:
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+	}
+	if p := ctx.GetAlpnProtocols(); len(p) > 0 {
+		cfg.NextProtos = p
+	}
+	if len(ctx.GetTlsCertificates()) == 0 {
+		return nil, fmt.Errorf("common_tls_context.tls_certificates: at least one certificate is required")
+	}
+	for i, tc := range ctx.GetTlsCertificates() {
+		certPEM, err := datasource.Read(tc.GetCertificateChain())
+		if err != nil {
+			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d].certificate_chain: %w", i, err)
+		}
+		keyPEM, err := datasource.Read(tc.GetPrivateKey())
+		if err != nil {
+			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d].private_key: %w", i, err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d]: %w", i, err)
+		}
+		cfg.Certificates = append(cfg.Certificates, cert)
+	}
+	if vc := ctx.GetValidationContext(); vc != nil && vc.GetTrustedCa() != nil {
+		caPEM, err := datasource.Read(vc.GetTrustedCa())
+		if err != nil {
+			return nil, fmt.Errorf("common_tls_context.validation_context.trusted_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(caPEM) {
+			return nil, fmt.Errorf("common_tls_context.validation_context.trusted_ca: no PEM certificates found")
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	if dtc.GetRequireClientCertificate().GetValue() {
+		if cfg.ClientCAs == nil {
+			return nil, fmt.Errorf("require_client_certificate: needs common_tls_context.validation_context.trusted_ca")
+		}
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// Store holds the current snapshot; readers get it lock-free and keep the
+// one they loaded for as long as they need it.
+type Store struct {
+	p atomic.Pointer[Snapshot]
+}
+
+// Load returns the current snapshot, or nil before the first Swap.
+func (s *Store) Load() *Snapshot { return s.p.Load() }
+
+// Swap publishes snap and returns the previous snapshot.
+func (s *Store) Swap(snap *Snapshot) *Snapshot { return s.p.Swap(snap) }
