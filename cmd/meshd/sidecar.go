@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"meshd.dev/meshd/proxy/config"
+	"meshd.dev/meshd/proxy/sidecar"
+)
+
+func runSidecar(args []string, _, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "", "Envoy v3 bootstrap file (YAML or JSON)")
+	fs.StringVar(path, "config-path", "", "same as -c")
+	adminPath := fs.String("admin-address-path", "", "write the bound admin address to this file")
+	drain := fs.Int("drain-time-s", 10, "seconds in-flight streams get to finish on shutdown")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(level, "l", "info", "same as --log-level")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "meshd sidecar: --log-level: %v\n", err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	if *path == "" {
+		fmt.Fprintln(stderr, "meshd sidecar: -c BOOTSTRAP is required")
+		return 2
+	}
+	if *drain < 0 {
+		fmt.Fprintln(stderr, "meshd sidecar: --drain-time-s: must not be negative")
+		return 2
+	}
+	b, err := config.LoadBootstrap(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd sidecar: invalid bootstrap %s:\n%v\n", *path, err)
+		return 1
+	}
+	snap, err := config.Compile(b)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd sidecar: invalid bootstrap %s:\n%v\n", *path, err)
+		return 1
+	}
+	sc := sidecar.New(sidecar.Options{
+		AdminAddressPath: *adminPath,
+		DrainTime:        time.Duration(*drain) * time.Second,
+		Logger:           logger,
+	})
+	if err := sc.Start(snap); err != nil {
+		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = sc.Shutdown(ctx)
+		return 1
+	}
+	logger.Info("sidecar ready", "bootstrap", *path)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	select {
+	case s := <-sigs:
+		logger.Info("shutting down", "signal", s.String(), "drain", sc.DrainTime())
+	case <-sc.Done():
+		logger.Info("shutting down", "reason", "/quitquitquit", "drain", sc.DrainTime())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sc.DrainTime())
+	defer cancel()
+	if err := sc.Shutdown(ctx); err != nil {
+		logger.Warn("drain deadline reached; remaining connections closed", "err", err)
+	}
+	logger.Info("stopped")
+	return 0
+}

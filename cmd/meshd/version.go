@@ -1,0 +1,37 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+)
+
+// version is set at link time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func runVersion(_ []string, stdout, _ io.Writer) int {
+	fmt.Fprintf(stdout, "meshd %s\n", version)
+	fmt.Fprintf(stdout, "go %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return 0
+	}
+	if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		fmt.Fprintf(stdout, "module %s %s\n", bi.Main.Path, bi.Main.Version)
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" || s.Key == "vcs.modified" {
+			fmt.Fprintf(stdout, "%s %s\n", s.Key, s.Value)
+		}
+	}
+	fmt.Fprintln(stdout, "dependencies:")
+	for _, d := range bi.Deps {
+		v := d.Version
+		if d.Replace != nil {
+			v += " => " + d.Replace.Path + " " + d.Replace.Version
+		}
+		fmt.Fprintf(stdout, "  %s %s\n", d.Path, v)
+	}
+	return 0
+}

@@ -1,0 +1,374 @@
+// Package sidecar is the data-plane runtime: it applies config snapshots to
+// live listeners and clusters, serves the admin API, and drains gracefully.
+//
+// Applying a snapshot is one swap: clusters first (so new routes find their
+// clusters), then listeners. A listener whose socket settings did not change
+// keeps its socket and connections and only swaps its connection manager
+// config; a changed or removed listener is drained.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"meshd.dev/meshd/proxy/admin"
+	"meshd.dev/meshd/proxy/config"
+	"meshd.dev/meshd/proxy/http/h1"
+	"meshd.dev/meshd/proxy/http/h2"
+	"meshd.dev/meshd/proxy/http/hcm"
+	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/listener"
+	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/proxy/upstream"
+)
+
+// Options configure a Sidecar.
+type Options struct {
+	// AdminAddressPath, when set, receives the bound admin address.
+	AdminAddressPath string
+	// DrainTime bounds the graceful drain on shutdown (default 10s).
+	DrainTime time.Duration
+	Logger    *slog.Logger
+}
+
+// Sidecar is one running data plane.
+type Sidecar struct {
+	opts     Options
+	logger   *slog.Logger
+	store    *stats.Store
+	clusters *upstream.Manager
+	snap     config.Store
+
+	mu        sync.Mutex // serialises Apply and shutdown
+	listeners map[string]*liveListener
+	admin     *admin.Server
+
+	ready    atomic.Bool
+	hcFailed atomic.Bool
+	draining atomic.Bool
+	quit     chan struct{}
+	quitOnce sync.Once
+}
+
+type liveListener struct {
+	cfg     *config.Listener
+	ln      *listener.Listener
+	handler *hcm.Handler
+	h1      *h1.Server
+	served  chan struct{} // closed when Serve returned
+}
+
+// New returns a sidecar with no config.
+func New(opts Options) *Sidecar {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.DrainTime <= 0 {
+		opts.DrainTime = 10 * time.Second
+	}
+	store := stats.NewStore()
+	return &Sidecar{
+		opts:      opts,
+		logger:    opts.Logger,
+		store:     store,
+		clusters:  upstream.NewManager(store, opts.Logger),
+		listeners: map[string]*liveListener{},
+		quit:      make(chan struct{}),
+	}
+}
+
+// Stats returns the sidecar's stats store.
+func (s *Sidecar) Stats() *stats.Store { return s.store }
+
+// Start starts the admin server (when the snapshot names one) and applies the
+// first snapshot; the sidecar is ready when it returns nil.
+func (s *Sidecar) Start(snap *config.Snapshot) error {
+	if snap.Admin != "" {
+		a := admin.New(s, s.store, s.logger)
+		addr, err := a.Listen(snap.Admin)
+		if err != nil {
+			return fmt.Errorf("admin.address %s: %w", snap.Admin, err)
+		}
+		s.admin = a
+		s.logger.Info("admin listening", "address", addr.String())
+		if s.opts.AdminAddressPath != "" {
+			if err := a.WriteAddressFile(s.opts.AdminAddressPath); err != nil {
+				return fmt.Errorf("--admin-address-path: %w", err)
+			}
+		}
+	}
+	if err := s.Apply(snap); err != nil {
+		return err
+	}
+	s.ready.Store(true)
+	return nil
+}
+
+// Apply makes snap the live configuration. A listener that cannot bind
+// fails the whole apply before anything is swapped.
+func (s *Sidecar) Apply(snap *config.Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return errors.New("sidecar is draining")
+	}
+	// Bind every new socket first so a bind failure changes nothing.
+	fresh := map[string]*liveListener{}
+	for _, lc := range snap.Listeners {
+		if old, ok := s.listeners[lc.Name]; ok && old.cfg.SameSocket(lc) {
+			continue
+		}
+		ll, err := s.bind(lc)
+		if err != nil {
+			for _, f := range fresh {
+				f.ln.Close()
+			}
+			return fmt.Errorf("listener %q: %w", lc.Name, err)
+		}
+		fresh[lc.Name] = ll
+	}
+	s.clusters.Apply(snap.Clusters)
+	next := map[string]*liveListener{}
+	for _, lc := range snap.Listeners {
+		if ll, ok := fresh[lc.Name]; ok {
+			next[lc.Name] = ll
+			go s.serve(ll)
+			continue
+		}
+		ll := s.listeners[lc.Name]
+		ll.cfg = lc
+		ll.handler.Swap(lc.HCM)
+		next[lc.Name] = ll
+	}
+	for name, ll := range s.listeners {
+		if next[name] != ll {
+			go s.drainListener(ll)
+		}
+	}
+	s.listeners = next
+	s.snap.Swap(snap)
+	return nil
+}
+
+func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
+	hc := lc.HCM
+	hst := hcm.NewStats(s.store, hc.StatPrefix)
+	handler := hcm.NewHandler(hc, s.clusters, hst, s.logger)
+	h1s := h1.NewServer(h1.ServerConfig{
+		IdleTimeout:    hc.IdleTimeout,
+		MaxHeaderBytes: hc.MaxRequestHeadersBytes,
+		Logger:         s.logger,
+	}, handler)
+	codec := listener.Auto
+	switch hc.Codec {
+	case hcm.CodecHTTP1:
+		codec = listener.HTTP1
+	case hcm.CodecHTTP2:
+		codec = listener.HTTP2
+	}
+	ll := &liveListener{cfg: lc, handler: handler, h1: h1s, served: make(chan struct{})}
+	ln, err := listener.Listen(listener.Config{
+		Name:    lc.Name,
+		Address: lc.Address,
+		TLS:     lc.TLS,
+		Codec:   codec,
+		HTTP1: func(c net.Conn, info stream.ConnInfo) stream.ServerConn {
+			return countConn(h1s.NewConn(c, info), hst.CxHTTP1Total, hst.CxHTTP1Active, hst)
+		},
+		HTTP2: func(c net.Conn, info stream.ConnInfo) stream.ServerConn {
+			// Each connection reads the manager's current HTTP/2 settings.
+			cfg := handler.Config().HTTP2
+			cfg.Logger = s.logger
+			cfg.Stats = hst.HTTP2
+			return countConn(h2.NewServerConn(c, &cfg, handler, info), hst.CxHTTP2Total, hst.CxHTTP2Active, hst)
+		},
+		Logger: s.logger,
+		Stats:  listener.StatsScope(s.store.Root(), lc.Address),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ll.ln = ln
+	s.logger.Info("listener bound", "name", lc.Name, "address", ln.Addr().String())
+	return ll, nil
+}
+
+func (s *Sidecar) serve(ll *liveListener) {
+	defer close(ll.served)
+	if err := ll.ln.Serve(); err != nil {
+		s.logger.Error("listener stopped", "name", ll.cfg.Name, "err", err)
+	}
+}
+
+func (s *Sidecar) drainListener(ll *liveListener) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTime)
+	defer cancel()
+	_ = ll.ln.Shutdown(ctx)
+	_ = ll.h1.Shutdown(ctx)
+	<-ll.served
+}
+
+// countedConn keeps the connection manager's per-protocol connection stats.
+type countedConn struct {
+	stream.ServerConn
+	active *stats.Gauge
+	st     *hcm.Stats
+}
+
+func countConn(c stream.ServerConn, total *stats.Counter, active *stats.Gauge, st *hcm.Stats) stream.ServerConn {
+	total.Inc()
+	active.Inc()
+	st.CxTotal.Inc()
+	st.CxActive.Inc()
+	return &countedConn{ServerConn: c, active: active, st: st}
+}
+
+func (c *countedConn) Serve() error {
+	defer func() {
+		c.active.Dec()
+		c.st.CxActive.Dec()
+		c.st.CxDestroy.Inc()
+	}()
+	return c.ServerConn.Serve()
+}
+
+// Done is closed once Quit was called (SIGTERM, /quitquitquit).
+func (s *Sidecar) Done() <-chan struct{} { return s.quit }
+
+// Shutdown drains gracefully: listeners stop accepting at once (new
+// connections are refused), every connection gets GOAWAY or
+// "Connection: close", streams in flight finish; at ctx's deadline the rest
+// are closed. Then upstream pools and the admin server close.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	lls := make([]*liveListener, 0, len(s.listeners))
+	for _, ll := range s.listeners {
+		lls = append(lls, ll)
+	}
+	s.mu.Unlock()
+	for _, ll := range lls {
+		ll.ln.StopAccepting()
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(lls))
+	for i, ll := range lls {
+		wg.Go(func() {
+			errs[i] = ll.ln.Shutdown(ctx)
+			_ = ll.h1.Shutdown(ctx)
+			<-ll.served
+		})
+	}
+	wg.Wait()
+	s.clusters.Close()
+	if s.admin != nil {
+		_ = s.admin.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// DrainTime is the configured drain bound.
+func (s *Sidecar) DrainTime() time.Duration { return s.opts.DrainTime }
+
+// --- admin.Backend ---
+
+// Ready reports whether listeners are bound and config is applied.
+func (s *Sidecar) Ready() bool { return s.ready.Load() }
+
+// Draining reports whether shutdown has begun.
+func (s *Sidecar) Draining() bool { return s.draining.Load() }
+
+// ConfigDump returns the current config in Envoy's /config_dump shape
+// (bootstrap only until xDS arrives).
+func (s *Sidecar) ConfigDump() ([]byte, error) {
+	snap := s.snap.Load()
+	if snap == nil {
+		return []byte(`{"configs":[]}`), nil
+	}
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(snap.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	out := []byte(`{"configs":[{"@type":"type.googleapis.com/envoy.admin.v3.BootstrapConfigDump","bootstrap":`)
+	out = append(out, b...)
+	out = append(out, `}]}`...)
+	return out, nil
+}
+
+// Clusters reports every cluster and host.
+func (s *Sidecar) Clusters() []admin.ClusterStatus {
+	all := s.clusters.All()
+	names := make([]string, 0, len(all))
+	for n := range all {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]admin.ClusterStatus, 0, len(names))
+	for _, n := range names {
+		c := all[n]
+		cs := admin.ClusterStatus{Name: n}
+		for _, h := range c.Hosts() {
+			cs.Hosts = append(cs.Hosts, admin.HostStatus{
+				Address: h.Addr,
+				Healthy: h.LB.Healthy(),
+				Weight:  h.LB.Weight,
+				Stats: []admin.HostStat{
+					{Name: "rq_active", Value: uint64(max(h.LB.ActiveRequests(), 0)), Gauge: true},
+				},
+			})
+		}
+		out = append(out, cs)
+	}
+	return out
+}
+
+// Listeners reports every listener's bound address.
+func (s *Sidecar) Listeners() []admin.ListenerStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]admin.ListenerStatus, 0, len(s.listeners))
+	for name, ll := range s.listeners {
+		out = append(out, admin.ListenerStatus{Name: name, Address: ll.ln.Addr()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// SetHealthcheckFailed sets the /healthcheck/fail flag.
+func (s *Sidecar) SetHealthcheckFailed(failed bool) { s.hcFailed.Store(failed) }
+
+// HealthcheckFailed reports the /healthcheck/fail flag.
+func (s *Sidecar) HealthcheckFailed() bool { return s.hcFailed.Load() }
+
+// DrainListeners stops the listeners accepting and drains their
+// connections in the background; every listener is inbound for a sidecar
+// configured by bootstrap.
+func (s *Sidecar) DrainListeners(graceful, _ bool) {
+	s.mu.Lock()
+	lls := make([]*liveListener, 0, len(s.listeners))
+	for _, ll := range s.listeners {
+		lls = append(lls, ll)
+	}
+	s.mu.Unlock()
+	for _, ll := range lls {
+		if graceful {
+			go s.drainListener(ll)
+		} else {
+			ll.ln.Close()
+		}
+	}
+}
+
+// Quit asks the process to shut down gracefully.
+func (s *Sidecar) Quit() { s.quitOnce.Do(func() { close(s.quit) }) }
+
+var _ admin.Backend = (*Sidecar)(nil)
