@@ -193,8 +193,9 @@ func (c *Cluster) newPool(addr string) connPool {
 	return &h1Pool{Client: h1.NewClient(h1.ClientConfig{
 		Addr:           addr,
 		ConnectTimeout: c.spec.ConnectTimeout,
-		IdleTimeout:    c.spec.IdleTimeout,
-		MaxConns:       c.spec.MaxConnections,
+		IdleTimeout:    c.spec.Lifetimes.IdleTimeout,
+		MaxConns:       c.spec.Thresholds.MaxConnections,
+		TCPKeepalive:   c.spec.TCPKeepalive,
 		TLS:            c.spec.TLS,
 		Logger:         c.logger,
 		OnConnect: func() {

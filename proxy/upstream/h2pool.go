@@ -47,7 +47,7 @@ func newH2Pool(addr string, spec *Spec, st *Stats, logger *slog.Logger) *h2Pool 
 		spec:     spec,
 		stats:    st,
 		logger:   logger,
-		maxConns: spec.MaxConnections,
+		maxConns: spec.Thresholds.MaxConnections,
 		changed:  make(chan struct{}),
 	}
 }
@@ -181,8 +181,8 @@ func (p *h2Pool) connect() (*h2.ClientConn, error) {
 		MaxConcurrentStreams:        o.MaxConcurrentStreams,
 		InitialStreamWindowSize:     o.InitialStreamWindowSize,
 		InitialConnectionWindowSize: o.InitialConnectionWindowSize,
-		KeepaliveInterval:           o.KeepaliveInterval,
-		KeepaliveTimeout:            o.KeepaliveTimeout,
+		KeepaliveInterval:           o.Keepalive.Interval,
+		KeepaliveTimeout:            o.Keepalive.Timeout,
 		Logger:                      p.logger,
 		Stats:                       p.stats.HTTP2,
 		OnSettings:                  func(uint32) { p.broadcast() },

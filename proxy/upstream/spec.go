@@ -58,13 +58,62 @@ type Endpoint struct {
 	Weight uint32
 }
 
-// HTTP2Options are the HTTP/2 settings a cluster uses on its connections.
+// HTTP2Options are the HTTP/2 settings a cluster uses on its connections
+// (http2_protocol_options).
 type HTTP2Options struct {
+	// MaxConcurrentStreams caps the streams meshd opens per connection, on
+	// top of the peer's SETTINGS_MAX_CONCURRENT_STREAMS; 0 = no own cap.
 	MaxConcurrentStreams        uint32
 	InitialStreamWindowSize     uint32
 	InitialConnectionWindowSize uint32
-	KeepaliveInterval           time.Duration
-	KeepaliveTimeout            time.Duration
+	// Keepalive is connection_keepalive; Interval 0 means no PINGs.
+	Keepalive Keepalive
+}
+
+// Keepalive is http2_protocol_options.connection_keepalive.
+type Keepalive struct {
+	Interval time.Duration
+	Timeout  time.Duration
+	// JitterPercent is interval_jitter (Envoy's default 15).
+	JitterPercent float64
+	// ConnectionIdleInterval, when set, sends a PING before using a
+	// connection that has been idle this long.
+	ConnectionIdleInterval time.Duration
+}
+
+// Thresholds are the DEFAULT-priority circuit_breakers thresholds, with
+// Envoy's defaults for unset fields.
+type Thresholds struct {
+	MaxConnections     int // default 1024
+	MaxPendingRequests int // default 1024
+	MaxRequests        int // default 1024
+	MaxRetries         int // default 3
+	// RetryBudget, when set, replaces MaxRetries: active retries may be at
+	// most BudgetPercent of active plus pending requests, and never fewer
+	// than MinRetryConcurrency.
+	RetryBudget *RetryBudget
+}
+
+// RetryBudget is circuit_breakers.thresholds.retry_budget.
+type RetryBudget struct {
+	BudgetPercent       float64 // default 20
+	MinRetryConcurrency int     // default 3
+}
+
+// Lifetimes are common_http_protocol_options limits on connections and
+// streams.
+type Lifetimes struct {
+	// IdleTimeout closes connections idle this long (Envoy default 1h;
+	// 0 = never).
+	IdleTimeout time.Duration
+	// MaxConnectionDuration drains a connection this long after it opened
+	// (0 = never).
+	MaxConnectionDuration time.Duration
+	// MaxRequestsPerConnection drains a connection after this many streams
+	// (0 = unlimited).
+	MaxRequestsPerConnection uint32
+	// MaxStreamDuration bounds an upstream stream (0 = none).
+	MaxStreamDuration time.Duration
 }
 
 // Spec is a compiled, immutable cluster.
@@ -77,10 +126,18 @@ type Spec struct {
 	ConnectTimeout time.Duration
 	Protocol       Protocol
 	HTTP2          HTTP2Options
-	// IdleTimeout closes upstream connections idle this long (Envoy default 1h).
-	IdleTimeout time.Duration
-	// MaxConnections is circuit_breakers max_connections (default 1024).
-	MaxConnections int
+	Lifetimes      Lifetimes
+	Thresholds     Thresholds
+	// PreconnectRatio is preconnect_policy.per_upstream_preconnect_ratio:
+	// connections are kept so that capacity is at least this multiple of
+	// the streams in use (1 = off, Envoy's default).
+	PreconnectRatio float64
+	// TCPKeepalive is upstream_connection_options.tcp_keepalive; nil when
+	// unset (no TCP keepalive, as in Envoy).
+	TCPKeepalive *net.KeepAliveConfig
+	// PerConnectionBufferLimit is per_connection_buffer_limit_bytes
+	// (Envoy's default 1 MiB).
+	PerConnectionBufferLimit uint32
 	// TLS is the client TLS config, nil for plaintext.
 	TLS *tls.Config
 
@@ -104,9 +161,16 @@ func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
 		DNSRefreshRate: 5 * time.Second,
 		LBPolicy:       "ROUND_ROBIN",
 		ConnectTimeout: 5 * time.Second,
-		IdleTimeout:    time.Hour,
-		MaxConnections: 1024,
-		raw:            c,
+		Lifetimes:      Lifetimes{IdleTimeout: time.Hour},
+		Thresholds: Thresholds{
+			MaxConnections:     1024,
+			MaxPendingRequests: 1024,
+			MaxRequests:        1024,
+			MaxRetries:         3,
+		},
+		PreconnectRatio:          1,
+		PerConnectionBufferLimit: 1 << 20,
+		raw:                      c,
 	}
 	if s.Name == "" {
 		return nil, fmt.Errorf("name: must not be empty")
@@ -137,10 +201,32 @@ func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
 	if d := c.GetDnsRefreshRate(); d != nil {
 		s.DNSRefreshRate = d.AsDuration()
 	}
-	for _, t := range c.GetCircuitBreakers().GetThresholds() {
-		if t.GetPriority() == corev3.RoutingPriority_DEFAULT && t.GetMaxConnections() != nil {
-			s.MaxConnections = int(t.GetMaxConnections().GetValue())
+	if err := s.compileThresholds(c.GetCircuitBreakers()); err != nil {
+		return nil, err
+	}
+	if p := c.GetPreconnectPolicy(); p != nil {
+		if r := p.GetPerUpstreamPreconnectRatio(); r != nil {
+			s.PreconnectRatio = r.GetValue()
 		}
+		if p.GetPredictivePreconnectRatio() != nil {
+			return nil, fmt.Errorf("preconnect_policy.predictive_preconnect_ratio: not supported (per_upstream_preconnect_ratio is)")
+		}
+	}
+	if ka := c.GetUpstreamConnectionOptions().GetTcpKeepalive(); ka != nil {
+		kc := &net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}
+		if v := ka.GetKeepaliveTime(); v != nil {
+			kc.Idle = time.Duration(v.GetValue()) * time.Second
+		}
+		if v := ka.GetKeepaliveInterval(); v != nil {
+			kc.Interval = time.Duration(v.GetValue()) * time.Second
+		}
+		if v := ka.GetKeepaliveProbes(); v != nil {
+			kc.Count = int(v.GetValue())
+		}
+		s.TCPKeepalive = kc
+	}
+	if v := c.GetPerConnectionBufferLimitBytes(); v != nil {
+		s.PerConnectionBufferLimit = v.GetValue()
 	}
 	if err := s.compileEndpoints(c); err != nil {
 		return nil, err
@@ -217,15 +303,73 @@ func (s *Spec) compileProtocol(c *clusterv3.Cluster) error {
 		common = c.GetCommonHttpProtocolOptions() //nolint:staticcheck
 	}
 	if d := common.GetIdleTimeout(); d != nil {
-		s.IdleTimeout = d.AsDuration()
+		s.Lifetimes.IdleTimeout = d.AsDuration()
+	}
+	if d := common.GetMaxConnectionDuration(); d != nil {
+		s.Lifetimes.MaxConnectionDuration = d.AsDuration()
+	}
+	if d := common.GetMaxStreamDuration(); d != nil {
+		s.Lifetimes.MaxStreamDuration = d.AsDuration()
+	}
+	if v := common.GetMaxRequestsPerConnection(); v != nil {
+		s.Lifetimes.MaxRequestsPerConnection = v.GetValue()
+	} else if v := c.GetMaxRequestsPerConnection(); v != nil { //nolint:staticcheck // deprecated field still accepted by Envoy
+		s.Lifetimes.MaxRequestsPerConnection = v.GetValue()
 	}
 	if h2 != nil {
 		s.HTTP2.MaxConcurrentStreams = h2.GetMaxConcurrentStreams().GetValue()
 		s.HTTP2.InitialStreamWindowSize = h2.GetInitialStreamWindowSize().GetValue()
 		s.HTTP2.InitialConnectionWindowSize = h2.GetInitialConnectionWindowSize().GetValue()
 		if ka := h2.GetConnectionKeepalive(); ka != nil {
-			s.HTTP2.KeepaliveInterval = ka.GetInterval().AsDuration()
-			s.HTTP2.KeepaliveTimeout = ka.GetTimeout().AsDuration()
+			s.HTTP2.Keepalive = Keepalive{
+				Interval:               ka.GetInterval().AsDuration(),
+				Timeout:                ka.GetTimeout().AsDuration(),
+				JitterPercent:          15,
+				ConnectionIdleInterval: ka.GetConnectionIdleInterval().AsDuration(),
+			}
+			if j := ka.GetIntervalJitter(); j != nil {
+				s.HTTP2.Keepalive.JitterPercent = j.GetValue()
+			}
+			if s.HTTP2.Keepalive.Interval > 0 && s.HTTP2.Keepalive.Timeout <= 0 {
+				return fmt.Errorf("http2_protocol_options.connection_keepalive.timeout: required and positive when interval is set")
+			}
+		}
+	}
+	return nil
+}
+
+// compileThresholds reads the DEFAULT-priority thresholds; HIGH priority is
+// accepted for Envoy compatibility but meshd routes everything at DEFAULT.
+func (s *Spec) compileThresholds(cb *clusterv3.CircuitBreakers) error {
+	for i, t := range cb.GetThresholds() {
+		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
+			continue
+		}
+		th := &s.Thresholds
+		if v := t.GetMaxConnections(); v != nil {
+			th.MaxConnections = int(v.GetValue())
+		}
+		if v := t.GetMaxPendingRequests(); v != nil {
+			th.MaxPendingRequests = int(v.GetValue())
+		}
+		if v := t.GetMaxRequests(); v != nil {
+			th.MaxRequests = int(v.GetValue())
+		}
+		if v := t.GetMaxRetries(); v != nil {
+			th.MaxRetries = int(v.GetValue())
+		}
+		if rb := t.GetRetryBudget(); rb != nil {
+			b := &RetryBudget{BudgetPercent: 20, MinRetryConcurrency: 3}
+			if p := rb.GetBudgetPercent(); p != nil {
+				b.BudgetPercent = p.GetValue()
+			}
+			if m := rb.GetMinRetryConcurrency(); m != nil {
+				b.MinRetryConcurrency = int(m.GetValue())
+			}
+			if b.BudgetPercent < 0 || b.BudgetPercent > 100 {
+				return fmt.Errorf("circuit_breakers.thresholds[%d].retry_budget.budget_percent: %v is outside 0..100", i, b.BudgetPercent)
+			}
+			th.RetryBudget = b
 		}
 	}
 	return nil
