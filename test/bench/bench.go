@@ -173,7 +173,7 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 				logger.Info("run", "scenario", s.Name, "target", t.Name, "round", round,
 					"rps", fmt.Sprintf("%.0f", rec.RPS), "p50_ms", fmt.Sprintf("%.3f", rec.P50Ms),
 					"p99_ms", fmt.Sprintf("%.3f", rec.P99Ms), "errors", rec.Errors,
-					"proxy_cpu_s_per_100k", fmtOpt(rec.ProxyCPUPer100k, 2))
+					"proxy_cpu_s_per_100k", fmtOpt(rec.ProxyCPUPer100k, 2), "error_detail", rec.ErrorDetail)
 			}
 		}
 	}

@@ -129,14 +129,18 @@ func (g h2loadGenerator) Run(ctx context.Context, sc scenario, t target, warmup,
 	}
 	_ = os.Remove(logPath)
 	slices.Sort(lat)
-	return loadResult{
+	r := loadResult{
 		Requests: sum.Succeeded,
 		Errors:   sum.Failed + sum.Errored + sum.Timeout,
 		Seconds:  duration.Seconds(),
 		RPS:      sum.RPS,
 		P50Ms:    ms(percentile(lat, 50)),
 		P99Ms:    ms(percentile(lat, 99)),
-	}, nil
+	}
+	if r.Errors > 0 {
+		r.ErrorDetail = fmt.Sprintf("%d failed, %d errored, %d timeout; %s", sum.Failed, sum.Errored, sum.Timeout, sum.StatusCodes)
+	}
+	return r, nil
 }
 
 // durationArg formats d for h2load's duration options, which take an
@@ -155,12 +159,15 @@ type h2loadSummary struct {
 	FinishedSeconds                            float64
 	RPS                                        float64
 	Succeeded, Failed, Errored, Timeout, Total int64
+	// StatusCodes is the "status codes: ..." line, as printed.
+	StatusCodes string
 }
 
 var (
 	// finished in 10.00s, 12345.67 req/s, 15.00MB/s
 	h2loadFinishedRE = regexp.MustCompile(`(?m)^finished in ([0-9.]+)(ms|s), ([0-9.]+) req/s,`)
 	// requests: 100 total, 100 started, 100 done, 99 succeeded, 1 failed, 0 errored, 0 timeout
+	h2loadStatusRE   = regexp.MustCompile(`(?m)^status codes: .*$`)
 	h2loadRequestsRE = regexp.MustCompile(`(?m)^requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout`)
 )
 
@@ -197,6 +204,7 @@ func parseH2loadSummary(out []byte) (h2loadSummary, error) {
 		}
 		*dst = n
 	}
+	s.StatusCodes = string(h2loadStatusRE.Find(out))
 	return s, nil
 }
 

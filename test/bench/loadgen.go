@@ -71,6 +71,9 @@ type loadResult struct {
 	// milliseconds.
 	P50Ms float64 `json:"p50_ms"`
 	P99Ms float64 `json:"p99_ms"`
+	// ErrorDetail describes the failures when Errors > 0: the first error
+	// (built-in generator) or h2load's status code line.
+	ErrorDetail string `json:"error_detail,omitempty"`
 }
 
 // generator drives one scenario against one target for warm-up plus
@@ -123,6 +126,7 @@ func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, dur
 
 	var phase atomic.Int32
 	var ok, failed atomic.Int64
+	var firstErr atomic.Pointer[string]
 	lat := make([][]time.Duration, sc.Conns*sc.Streams)
 	var wg sync.WaitGroup
 	for c := range sc.Conns {
@@ -145,6 +149,8 @@ func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, dur
 					}
 					if err != nil {
 						failed.Add(1)
+						msg := err.Error()
+						firstErr.CompareAndSwap(nil, &msg)
 						continue
 					}
 					ok.Add(1)
@@ -184,6 +190,9 @@ func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, dur
 		P99Ms:    ms(percentile(all, 99)),
 	}
 	r.RPS = float64(r.Requests) / r.Seconds
+	if e := firstErr.Load(); e != nil {
+		r.ErrorDetail = *e
+	}
 	return r, nil
 }
 

@@ -35,7 +35,8 @@ func TestParseH2loadSummary(t *testing.T) {
 		{
 			name: "full run",
 			in:   h2loadOutput,
-			want: h2loadSummary{FinishedSeconds: 12, RPS: 41234.5, Total: 412345, Succeeded: 412300, Failed: 40, Errored: 3, Timeout: 2},
+			want: h2loadSummary{FinishedSeconds: 12, RPS: 41234.5, Total: 412345, Succeeded: 412300, Failed: 40, Errored: 3, Timeout: 2,
+				StatusCodes: "status codes: 412300 2xx, 0 3xx, 0 4xx, 40 5xx"},
 		},
 		{
 			name: "milliseconds",
