@@ -72,6 +72,32 @@ type Host struct {
 	LB   *lb.Host
 	Addr string
 	pool connPool
+	// outlier receives request outcomes; nil when the cluster has no
+	// outlier_detection.
+	outlier resultSink
+}
+
+// resultSink is where a host's request outcomes go: outlier detection.
+type resultSink interface {
+	status(code int)
+	localOrigin(success bool)
+}
+
+// ReportStatus records the HTTP status of a response from the host, for
+// outlier detection (5xx and gateway failures).
+func (h *Host) ReportStatus(code int) {
+	if h.outlier != nil {
+		h.outlier.status(code)
+	}
+}
+
+// ReportLocalOrigin records a locally observed outcome of talking to the
+// host: success false for a connect failure, timeout or reset, true for a
+// connection and stream that worked (consecutive_local_origin_failure).
+func (h *Host) ReportLocalOrigin(success bool) {
+	if h.outlier != nil {
+		h.outlier.localOrigin(success)
+	}
 }
 
 // NewStream opens a stream to this host.
