@@ -1,0 +1,225 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/proxy/config"
+)
+
+// bootstrap returns a bootstrap with one listener named "ingress" on
+// 127.0.0.1:port answering every request with body from a direct response,
+// and a static cluster so the config has one.
+func bootstrap(port int, body string) string {
+	return bootstrapOn("127.0.0.1", port, body)
+}
+
+// bootstrapOn is bootstrap with the listener on ip.
+func bootstrapOn(ip string, port int, body string) string {
+	return fmt.Sprintf(`
+static_resources:
+  listeners:
+  - name: ingress
+    address: { socket_address: { address: %s, port_value: %d } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: %q } }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9 } } }
+`, ip, port, body)
+}
+
+func compile(t *testing.T, yaml string) *config.Snapshot {
+	t.Helper()
+	b, err := config.ParseBootstrap([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatalf("ParseBootstrap: %v", err)
+	}
+	snap, err := config.Compile(b)
+	if err != nil {
+		t.Fatalf("Compile: %v", err)
+	}
+	return snap
+}
+
+func start(t *testing.T, snap *config.Snapshot) *Sidecar {
+	t.Helper()
+	s := New(Options{DrainTime: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := s.Start(snap); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return s
+}
+
+func listenerAddr(t *testing.T, s *Sidecar, name string) string {
+	t.Helper()
+	for _, l := range s.Listeners() {
+		if l.Name == name {
+			return l.Address.String()
+		}
+	}
+	t.Fatalf("no listener %q", name)
+	return ""
+}
+
+func get(t *testing.T, c *http.Client, addr string) string {
+	t.Helper()
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatalf("GET %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	return string(b)
+}
+
+// TestApplySwapsRoutesInPlace shows a config swap that changes only routes
+// keeps the listener's socket and its open keep-alive connection, and that
+// requests after the swap see the new routes.
+func TestApplySwapsRoutesInPlace(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	s := start(t, compile(t, bootstrap(0, "v1")))
+	addr := listenerAddr(t, s, "ingress")
+
+	var conns int
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+		conns++
+		return (&net.Dialer{}).DialContext(ctx, network, a)
+	}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	if got := get(t, c, addr); got != "v1" {
+		t.Fatalf("before swap: body %q, want v1", got)
+	}
+
+	// Same listener address (port 0 as before), new route: swapped in
+	// place, still on the port bound the first time.
+	if err := s.Apply(compile(t, bootstrap(0, "v2"))); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if got := listenerAddr(t, s, "ingress"); got != addr {
+		t.Fatalf("listener moved from %s to %s", addr, got)
+	}
+	if got := get(t, c, addr); got != "v2" {
+		t.Fatalf("after swap: body %q, want v2", got)
+	}
+	if conns != 1 {
+		t.Fatalf("client dialled %d connections, want 1 (the swap must keep connections)", conns)
+	}
+}
+
+// TestApplyBindFailureKeepsOldConfig shows that a snapshot whose listener
+// cannot bind changes nothing: the old listener keeps serving the old
+// routes.
+func TestApplyBindFailureKeepsOldConfig(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	s := start(t, compile(t, bootstrap(0, "old")))
+	addr := listenerAddr(t, s, "ingress")
+
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, busyPort, _ := net.SplitHostPort(busy.Addr().String())
+	var p int
+	fmt.Sscan(busyPort, &p)
+
+	err = s.Apply(compile(t, bootstrap(p, "new")))
+	if err == nil || !strings.Contains(err.Error(), `listener "ingress"`) {
+		t.Fatalf("Apply on a busy port: err = %v, want an error naming the listener", err)
+	}
+	c := &http.Client{Timeout: 5 * time.Second}
+	if got := get(t, c, addr); got != "old" {
+		t.Fatalf("after failed apply: body %q, want old", got)
+	}
+}
+
+// TestApplyMovesListener shows a listener whose address changed is rebound
+// and the old socket stops accepting.
+func TestApplyMovesListener(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	s := start(t, compile(t, bootstrap(0, "a")))
+	oldAddr := listenerAddr(t, s, "ingress")
+	if err := s.Apply(compile(t, bootstrapOn("127.0.0.2", 0, "b"))); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	newAddr := listenerAddr(t, s, "ingress")
+	if newAddr == oldAddr {
+		t.Fatalf("listener still on %s after its address changed", oldAddr)
+	}
+	c := &http.Client{Timeout: 5 * time.Second}
+	if got := get(t, c, newAddr); got != "b" {
+		t.Fatalf("new listener: body %q, want b", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", oldAddr, time.Second)
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("old listener %s still accepts connections", oldAddr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReadyAndQuit covers the admin.Backend view: ready after Start, Quit
+// closes Done once.
+func TestReadyAndQuit(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	s := start(t, compile(t, bootstrap(0, "x")))
+	if !s.Ready() {
+		t.Fatal("not ready after Start")
+	}
+	s.Quit()
+	s.Quit()
+	select {
+	case <-s.Done():
+	case <-time.After(time.Second):
+		t.Fatal("Done not closed after Quit")
+	}
+	if s.Draining() {
+		t.Fatal("draining before Shutdown")
+	}
+}
