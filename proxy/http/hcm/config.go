@@ -134,51 +134,58 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 // Stats are the connection manager's Envoy-named stats
 // ("http.<stat_prefix>.downstream_rq_total", ...).
 type Stats struct {
-	Scope         *stats.Scope
-	RqTotal       *stats.Counter
-	RqActive      *stats.Gauge
-	RqHTTP1       *stats.Counter
-	RqHTTP2       *stats.Counter
-	RqTimeout     *stats.Counter
-	RqRxReset     *stats.Counter
-	RqTxReset     *stats.Counter
-	NoRoute       *stats.Counter
-	NoCluster     *stats.Counter
-	RqDirect      *stats.Counter
-	RqRedirect    *stats.Counter
-	CxTotal       *stats.Counter
-	CxActive      *stats.Gauge
-	CxHTTP1Total  *stats.Counter
-	CxHTTP2Total  *stats.Counter
-	CxHTTP1Active *stats.Gauge
-	CxHTTP2Active *stats.Gauge
-	CxDestroy     *stats.Counter
-	HTTP2         *h2.Stats
+	Scope    *stats.Scope
+	RqTotal  *stats.Counter
+	RqActive *stats.Gauge
+	RqHTTP1  *stats.Counter
+	RqHTTP2  *stats.Counter
+	// RqTimeout counts request_timeout expiries (downstream_rq_timeout).
+	RqTimeout *stats.Counter
+	// RqIdleTimeout counts streams reset by the stream idle timeout.
+	RqIdleTimeout *stats.Counter
+	// RqMaxDurationReached counts streams ended by max_stream_duration.
+	RqMaxDurationReached *stats.Counter
+	RqRxReset            *stats.Counter
+	RqTxReset            *stats.Counter
+	NoRoute              *stats.Counter
+	NoCluster            *stats.Counter
+	RqDirect             *stats.Counter
+	RqRedirect           *stats.Counter
+	CxTotal              *stats.Counter
+	CxActive             *stats.Gauge
+	CxHTTP1Total         *stats.Counter
+	CxHTTP2Total         *stats.Counter
+	CxHTTP1Active        *stats.Gauge
+	CxHTTP2Active        *stats.Gauge
+	CxDestroy            *stats.Counter
+	HTTP2                *h2.Stats
 }
 
 // NewStats returns the stats for stat prefix p.
 func NewStats(store *stats.Store, p string) *Stats {
 	sc := store.Root().Scope("http").Tagged("envoy_http_conn_manager_prefix", p)
 	return &Stats{
-		Scope:         sc,
-		RqTotal:       sc.Counter("downstream_rq_total"),
-		RqActive:      sc.Gauge("downstream_rq_active"),
-		RqHTTP1:       sc.Counter("downstream_rq_http1_total"),
-		RqHTTP2:       sc.Counter("downstream_rq_http2_total"),
-		RqTimeout:     sc.Counter("downstream_rq_timeout"),
-		RqRxReset:     sc.Counter("downstream_rq_rx_reset"),
-		RqTxReset:     sc.Counter("downstream_rq_tx_reset"),
-		NoRoute:       sc.Counter("no_route"),
-		NoCluster:     sc.Counter("no_cluster"),
-		RqDirect:      sc.Counter("rq_direct_response"),
-		RqRedirect:    sc.Counter("rq_redirect"),
-		CxTotal:       sc.Counter("downstream_cx_total"),
-		CxActive:      sc.Gauge("downstream_cx_active"),
-		CxHTTP1Total:  sc.Counter("downstream_cx_http1_total"),
-		CxHTTP2Total:  sc.Counter("downstream_cx_http2_total"),
-		CxHTTP1Active: sc.Gauge("downstream_cx_http1_active"),
-		CxHTTP2Active: sc.Gauge("downstream_cx_http2_active"),
-		CxDestroy:     sc.Counter("downstream_cx_destroy"),
+		Scope:                sc,
+		RqTotal:              sc.Counter("downstream_rq_total"),
+		RqActive:             sc.Gauge("downstream_rq_active"),
+		RqHTTP1:              sc.Counter("downstream_rq_http1_total"),
+		RqHTTP2:              sc.Counter("downstream_rq_http2_total"),
+		RqTimeout:            sc.Counter("downstream_rq_timeout"),
+		RqIdleTimeout:        sc.Counter("downstream_rq_idle_timeout"),
+		RqMaxDurationReached: sc.Counter("downstream_rq_max_duration_reached"),
+		RqRxReset:            sc.Counter("downstream_rq_rx_reset"),
+		RqTxReset:            sc.Counter("downstream_rq_tx_reset"),
+		NoRoute:              sc.Counter("no_route"),
+		NoCluster:            sc.Counter("no_cluster"),
+		RqDirect:             sc.Counter("rq_direct_response"),
+		RqRedirect:           sc.Counter("rq_redirect"),
+		CxTotal:              sc.Counter("downstream_cx_total"),
+		CxActive:             sc.Gauge("downstream_cx_active"),
+		CxHTTP1Total:         sc.Counter("downstream_cx_http1_total"),
+		CxHTTP2Total:         sc.Counter("downstream_cx_http2_total"),
+		CxHTTP1Active:        sc.Gauge("downstream_cx_http1_active"),
+		CxHTTP2Active:        sc.Gauge("downstream_cx_http2_active"),
+		CxDestroy:            sc.Counter("downstream_cx_destroy"),
 		// Envoy keeps codec stats at "http2.*" of the listener's scope.
 		HTTP2: h2.NewStats(store.Root().Scope("http2")),
 	}

@@ -1,10 +1,8 @@
 package hcm
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -73,6 +71,18 @@ type exchange struct {
 	req   *stream.Request
 	grpc  bool
 	start time.Time
+
+	// Set by proxy for routes to a cluster.
+	wd   *watchdog
+	body *replayBody // nil when the request has no body
+	// tried are the distinct hosts attempted so far.
+	tried []*upstream.Host
+	// headersSent is set just before the response headers go downstream;
+	// from then on a failure resets the stream instead of answering it.
+	headersSent atomic.Bool
+	// overloaded marks a local reply to a circuit-breaker overflow: it
+	// carries x-envoy-overloaded: true, as Envoy's.
+	overloaded bool
 }
 
 func isGRPC(req *stream.Request) bool {
@@ -183,72 +193,6 @@ func newRequestID() string {
 	return string(s[:])
 }
 
-func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
-	cs := c.Stats()
-	ctx := ex.ds.Context()
-	timeout := route.EffectiveTimeout(r, ex.req)
-	var cancel context.CancelFunc
-	if timeout > 0 {
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-	} else {
-		ctx, cancel = context.WithCancel(ctx)
-	}
-	defer cancel()
-
-	host := c.Pick()
-	if host == nil {
-		cs.NoHealthyUpstream.Inc()
-		ex.localReply(503, "no healthy upstream")
-		return
-	}
-	host.LB.Acquire()
-	defer host.LB.Release()
-	cs.RqTotal.Inc()
-	cs.RqActive.Inc()
-	defer cs.RqActive.Dec()
-
-	ureq := ex.upstreamRequest(r, c.Spec().Name, c.Spec().TLS != nil)
-	us, err := host.NewStream(ctx, ureq, ureq.EndStream)
-	if err != nil {
-		ex.upstreamFailed(ctx, cs, err)
-		return
-	}
-	// Cancellation and timeout travel upstream as RST_STREAM CANCEL.
-	stop := context.AfterFunc(ctx, func() { us.Reset(stream.ErrCodeCancel) })
-	defer stop()
-	defer us.Reset(stream.ErrCodeCancel) // no-op once the stream completed
-
-	if !ureq.EndStream {
-		go ex.pumpRequest(us)
-	}
-	resp, err := us.Response(ctx)
-	if err != nil {
-		ex.upstreamFailed(ctx, cs, err)
-		return
-	}
-	cs.Scope.ResponseCode("upstream_rq", resp.Status)
-	resp.Header.StripHopByHop()
-	resp.Header.Set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(ex.start).Milliseconds(), 10))
-	ex.finishHeaders(r, c.Spec().Name, resp)
-	if err := ex.ds.WriteHeader(resp, resp.EndStream); err != nil || resp.EndStream {
-		return
-	}
-	if err := ex.pumpResponse(us); err != nil {
-		switch {
-		case ctx.Err() == context.DeadlineExceeded && ex.ds.Context().Err() == nil:
-			cs.RqTimeout.Inc()
-			ex.h.stats.RqTimeout.Inc()
-			ex.ds.Reset(stream.ErrCodeCancel)
-		case ex.ds.Context().Err() != nil:
-			cs.RqCancelled.Inc()
-		default:
-			cs.RqReset.Inc()
-			ex.h.stats.RqTxReset.Inc()
-			ex.ds.Reset(stream.CodeOf(err))
-		}
-	}
-}
-
 // finishHeaders applies the response header mutations of the route and the
 // connection manager.
 func (ex *exchange) finishHeaders(r *route.Route, cluster string, resp *stream.Response) {
@@ -261,85 +205,9 @@ func (ex *exchange) finishHeaders(r *route.Route, cluster string, resp *stream.R
 	ex.h.stats.Scope.ResponseCode("downstream_rq", resp.Status)
 }
 
-// pumpRequest copies the downstream request body and trailers upstream.
-func (ex *exchange) pumpRequest(us stream.ClientStream) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	for {
-		n, err := ex.ds.Read(buf)
-		if n > 0 {
-			if _, werr := us.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err == io.EOF {
-			_ = us.CloseWrite(ex.ds.Trailers())
-			return
-		}
-		if err != nil {
-			us.Reset(stream.ErrCodeCancel)
-			return
-		}
-	}
-}
-
-// pumpResponse copies the upstream response body and trailers downstream,
-// each chunk as soon as it arrives.
-func (ex *exchange) pumpResponse(us stream.ClientStream) error {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	for {
-		n, err := us.Read(buf)
-		if n > 0 {
-			if _, werr := ex.ds.Write(buf[:n]); werr != nil {
-				return nil // downstream is gone; the deferred Reset cancels upstream
-			}
-		}
-		if err == io.EOF {
-			if t := us.Trailers(); t.Len() > 0 {
-				_ = ex.ds.WriteTrailers(t) // a failure means downstream is gone
-				return nil
-			}
-			_ = ex.ds.CloseWrite()
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// upstreamFailed answers a stream whose upstream failed before response
-// headers, the way Envoy's router does.
-func (ex *exchange) upstreamFailed(ctx context.Context, cs *upstream.Stats, err error) {
-	switch {
-	case ex.ds.Context().Err() != nil:
-		cs.RqCancelled.Inc()
-		ex.h.stats.RqRxReset.Inc()
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		cs.RqTimeout.Inc()
-		cs.Scope.ResponseCode("upstream_rq", 504)
-		ex.localReply(504, "upstream request timeout")
-	default:
-		cs.Scope.ResponseCode("upstream_rq", 503)
-		reason := "remote reset"
-		if stream.Unprocessed(err) {
-			var se *stream.Error
-			if errors.As(err, &se) && se.Reason == "connect failure" {
-				reason = "connection failure"
-			} else {
-				reason = "remote refused stream reset"
-			}
-		}
-		ex.h.logger.Debug("upstream failed", "err", err)
-		ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: "+reason)
-	}
-}
-
 // grpcStatusFor maps a local reply's HTTP status to a gRPC status code, as
-// Envoy does, except that a timeout is DEADLINE_EXCEEDED.
+// Envoy does, except that a timeout (504 upstream, 408 downstream) is
+// DEADLINE_EXCEEDED.
 func grpcStatusFor(code int) int {
 	switch code {
 	case 400:
@@ -352,7 +220,7 @@ func grpcStatusFor(code int) int {
 		return 12 // UNIMPLEMENTED
 	case 429, 502, 503:
 		return 14 // UNAVAILABLE
-	case 504:
+	case 408, 504:
 		return 4 // DEADLINE_EXCEEDED
 	default:
 		return 2 // UNKNOWN
@@ -363,6 +231,9 @@ func grpcStatusFor(code int) int {
 // trailers-only response carrying grpc-status and grpc-message.
 func (ex *exchange) localReply(code int, body string) {
 	resp := &stream.Response{Status: code, Header: header.Make(4), ContentLength: int64(len(body))}
+	if ex.overloaded {
+		resp.Header.Add("x-envoy-overloaded", "true")
+	}
 	if ex.grpc {
 		resp.Status = 200
 		resp.ContentLength = -1

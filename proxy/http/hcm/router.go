@@ -1,0 +1,376 @@
+package hcm
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"strconv"
+	"time"
+
+	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/route"
+	"meshd.dev/meshd/proxy/upstream"
+)
+
+// maxHostSelectionAttempts bounds the picks made to find a host not tried
+// yet when host_selection_retry_max_attempts is unset.
+const maxHostSelectionAttempts = 3
+
+// proxy sends the request to cluster c, retrying as the route's
+// retry_policy and the transparent-retry rules allow, and forwards the
+// response. It returns when the exchange is over.
+//
+// Timeouts: the route timeout (or grpc-timeout) runs from the start of the
+// stream to the end of the response; per_try_timeout from the start of an
+// attempt until its response headers are forwarded; the stream idle
+// timeout (route idle_timeout, else stream_idle_timeout) on activity in
+// either direction; request_timeout until the request was received whole
+// or the response started; max_stream_duration (route, else HCM) over the
+// whole stream, and the cluster's over each upstream stream.
+func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
+	ctx, cancel := context.WithCancelCause(ex.ds.Context())
+	defer cancel(nil)
+	cfg := ex.cfg
+	idle := cfg.StreamIdleTimeout
+	if r.IdleTimeout != nil {
+		idle = *r.IdleTimeout
+	}
+	maxStream := cfg.MaxStreamDuration
+	if r.MaxStreamDuration != nil {
+		maxStream = *r.MaxStreamDuration
+	}
+	request := cfg.RequestTimeout
+	if ex.req.EndStream {
+		request = 0
+	}
+	ex.wd = newWatchdog(ex.start, cancel, route.EffectiveTimeout(r, ex.req), request, maxStream, idle)
+	defer ex.wd.stop()
+	// A timeout that ends the exchange after the response started must also
+	// unblock a downstream write stuck on flow control.
+	stopReset := context.AfterFunc(ctx, func() {
+		if isTimeout(context.Cause(ctx)) && ex.headersSent.Load() {
+			ex.ds.Reset(stream.ErrCodeCancel)
+		}
+	})
+	defer stopReset()
+
+	ureq := ex.upstreamRequest(r, c.Spec().Name, c.Spec().TLS != nil)
+	if !ureq.EndStream {
+		limit := int(r.PerRequestBufferLimit)
+		if limit == 0 {
+			limit = DefaultPerRequestBufferLimit
+		}
+		ex.body = newReplayBody(limit)
+		go ex.body.fill(ctx, ex.ds, ex.wd.touch, ex.wd.requestComplete)
+	}
+
+	rs := &retryState{policy: r.Retry, c: c}
+	defer rs.release()
+	for {
+		host := ex.pickHost(c, r.Retry)
+		if host == nil {
+			c.Stats().NoHealthyUpstream.Inc()
+			ex.localReply(503, "no healthy upstream")
+			return
+		}
+		retry, delay := ex.attempt(ctx, r, c, host, ureq, rs)
+		if !retry {
+			return
+		}
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				ex.exchangeEnded(c.Stats(), ctx)
+				return
+			}
+		}
+	}
+}
+
+// pickHost chooses the host for the next attempt. On a retry it prefers a
+// host not tried yet when the cluster has more than one, trying the load
+// balancer up to host_selection_retry_max_attempts times (default 3); unlike
+// Envoy's default, which may pick the same host again, this spreads retries
+// away from a host that just failed.
+func (ex *exchange) pickHost(c *upstream.Cluster, p *route.RetryPolicy) *upstream.Host {
+	h := c.Pick()
+	if h != nil && len(ex.tried) > 0 && len(c.Hosts()) > 1 {
+		attempts := maxHostSelectionAttempts
+		if p != nil && p.HostSelectionMaxAttempts > 0 {
+			attempts = int(min(p.HostSelectionMaxAttempts, 16))
+		}
+		for i := 1; i < attempts && slices.Contains(ex.tried, h); i++ {
+			if n := c.Pick(); n != nil {
+				h = n
+			}
+		}
+	}
+	if h != nil && !slices.Contains(ex.tried, h) {
+		ex.tried = append(ex.tried, h)
+	}
+	return h
+}
+
+// attempt makes one upstream attempt. It either finishes the exchange
+// (forwarding the response or answering locally) and returns retry false,
+// or discards the attempt and returns retry true with the back-off to wait
+// before the next one.
+func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Cluster, host *upstream.Host, ureq *stream.Request, rs *retryState) (retry bool, delay time.Duration) {
+	cs := c.Stats()
+	actx, acancel := context.WithCancelCause(ctx)
+	defer acancel(nil)
+	var perTry time.Duration
+	if r.Retry != nil {
+		perTry = r.Retry.PerTryTimeout
+	}
+	ex.wd.startAttempt(acancel, perTry, c.Spec().Lifetimes.MaxStreamDuration)
+	defer ex.wd.endAttempt()
+
+	host.LB.Acquire()
+	defer host.LB.Release()
+	cs.RqTotal.Inc()
+	cs.RqActive.Inc()
+	defer cs.RqActive.Dec()
+
+	us, err := host.NewStream(actx, ureq, ureq.EndStream)
+	if err != nil {
+		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
+	}
+	// Cancellation and timeouts travel upstream as RST_STREAM CANCEL.
+	stop := context.AfterFunc(actx, func() { us.Reset(stream.ErrCodeCancel) })
+	defer stop()
+	if ex.body != nil {
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			ex.body.send(actx, us, ex.wd.touch)
+		}()
+		defer func() {
+			us.Reset(stream.ErrCodeCancel) // no-op once the stream completed
+			acancel(nil)
+			<-sent
+		}()
+	} else {
+		defer us.Reset(stream.ErrCodeCancel) // no-op once the stream completed
+	}
+
+	resp, err := us.Response(actx)
+	if err != nil {
+		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
+	}
+	ex.wd.touch()
+	rs.release()
+	cs.Scope.ResponseCode("upstream_rq", resp.Status)
+	host.ReportStatus(resp.Status)
+	host.ReportLocalOrigin(true)
+	switch {
+	case !retriableResponse(rs.policy, resp):
+		if rs.retried() {
+			rs.stats().success.Inc()
+		}
+	case ex.body != nil && !ex.body.replayable():
+		// Envoy forwards the response it cannot retry.
+		rs.stats().bufferAbandon.Inc()
+	default:
+		if d, ok := rs.allowRetry(); ok {
+			us.Reset(stream.ErrCodeCancel)
+			return true, d
+		}
+	}
+	ex.forward(ctx, actx, r, c, host, us, resp)
+	return false, 0
+}
+
+// forward sends the response of the chosen attempt downstream.
+func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstream.Cluster, host *upstream.Host, us stream.ClientStream, resp *stream.Response) {
+	cs := c.Stats()
+	ex.wd.stopPerTry()
+	ex.wd.requestComplete()
+	resp.Header.StripHopByHop()
+	resp.Header.Set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(ex.start).Milliseconds(), 10))
+	ex.finishHeaders(r, c.Spec().Name, resp)
+	ex.headersSent.Store(true)
+	if err := ex.ds.WriteHeader(resp, resp.EndStream); err != nil || resp.EndStream {
+		return
+	}
+	err := ex.pumpResponse(us)
+	if err == nil {
+		return
+	}
+	switch {
+	case ex.ds.Context().Err() != nil, errors.Is(err, errDownstreamGone) && ctx.Err() == nil:
+		cs.RqCancelled.Inc()
+	case ctx.Err() != nil:
+		ex.exchangeEnded(cs, ctx)
+	case context.Cause(actx) == errUpstreamMaxDuration:
+		rsStats(c).maxDurationHit.Inc()
+		ex.ds.Reset(stream.ErrCodeCancel)
+	default:
+		cs.RqReset.Inc()
+		host.ReportLocalOrigin(false)
+		ex.h.stats.RqTxReset.Inc()
+		ex.ds.Reset(stream.CodeOf(err))
+	}
+}
+
+// rsStats returns c's retry stats outside a retry state.
+func rsStats(c *upstream.Cluster) *retryStats { return newRetryStats(c.Stats().Scope) }
+
+// errDownstreamGone ends the response pump when the downstream stream can
+// take no more data.
+var errDownstreamGone = errors.New("downstream stream closed")
+
+// pumpResponse copies the upstream response body and trailers downstream,
+// each chunk as soon as it arrives. It returns nil once the response was
+// forwarded whole, errDownstreamGone when downstream went away, and the
+// upstream's error otherwise.
+func (ex *exchange) pumpResponse(us stream.ClientStream) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := us.Read(buf)
+		if n > 0 {
+			ex.wd.touch()
+			if _, werr := ex.ds.Write(buf[:n]); werr != nil {
+				return errDownstreamGone
+			}
+			ex.wd.touch()
+		}
+		if err == io.EOF {
+			if t := us.Trailers(); t.Len() > 0 {
+				_ = ex.ds.WriteTrailers(t) // a failure means downstream is gone
+				return nil
+			}
+			_ = ex.ds.CloseWrite()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// attemptFailed handles an attempt that failed before response headers:
+// it decides a transparent or an ordinary retry, or answers locally the
+// way Envoy's router does.
+func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats, host *upstream.Host, rs *retryState, err error) (bool, time.Duration) {
+	rs.release()
+	if ex.ds.Context().Err() != nil || ctx.Err() != nil {
+		ex.exchangeEnded(cs, ctx)
+		return false, 0
+	}
+	replayable := ex.body == nil || ex.body.replayable()
+	switch context.Cause(actx) {
+	case errPerTryTimeout:
+		cs.RqPerTryTimeout.Inc()
+		host.ReportLocalOrigin(false)
+		if retriableTimeout(rs.policy) && replayable {
+			if d, ok := rs.allowRetry(); ok {
+				return true, d
+			}
+		}
+		cs.Scope.ResponseCode("upstream_rq", 504)
+		ex.localReply(504, "upstream request timeout")
+		return false, 0
+	case errUpstreamMaxDuration:
+		rs.stats().maxDurationHit.Inc()
+		ex.localReply(ex.timeoutCode(), errUpstreamMaxDuration.Error())
+		return false, 0
+	}
+	if stream.Unprocessed(err) {
+		switch {
+		case !replayable:
+			rs.stats().bufferAbandon.Inc()
+			cs.Scope.ResponseCode("upstream_rq", 503)
+			ex.localReply(503, "upstream reset: "+errBodyNotReplayable.Error())
+			return false, 0
+		case isConnectFailure(err):
+			host.ReportLocalOrigin(false)
+			if len(ex.tried) < len(rs.c.Hosts()) && rs.allowTransparent() {
+				return true, 0
+			}
+		default:
+			if rs.allowTransparent() {
+				return true, rs.transparentDelay()
+			}
+		}
+	} else {
+		host.ReportLocalOrigin(false)
+	}
+	if retriableReset(rs.policy, err) && replayable {
+		if d, ok := rs.allowRetry(); ok {
+			return true, d
+		}
+	}
+	cs.Scope.ResponseCode("upstream_rq", 503)
+	reason := "remote reset"
+	switch {
+	case isConnectFailure(err):
+		reason = "connection failure"
+	case stream.Unprocessed(err):
+		reason = "remote refused stream reset"
+	}
+	ex.h.logger.Debug("upstream failed", "err", err)
+	ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: "+reason)
+	return false, 0
+}
+
+// exchangeEnded accounts for an exchange whose context ended: the
+// downstream went away, or one of the exchange's timeouts fired. It
+// answers locally while the response has not started and resets the
+// downstream stream otherwise.
+func (ex *exchange) exchangeEnded(cs *upstream.Stats, ctx context.Context) {
+	if ex.ds.Context().Err() != nil {
+		cs.RqCancelled.Inc()
+		ex.h.stats.RqRxReset.Inc()
+		return
+	}
+	cause := context.Cause(ctx)
+	code, msg := 504, cause.Error()
+	switch cause {
+	case errRouteTimeout:
+		cs.RqTimeout.Inc()
+		cs.Scope.ResponseCode("upstream_rq", 504)
+	case errRequestTimeout:
+		ex.h.stats.RqTimeout.Inc()
+		code = 408
+	case errStreamIdle:
+		ex.h.stats.RqIdleTimeout.Inc()
+		code = ex.timeoutCode()
+	case errMaxStreamDuration:
+		ex.h.stats.RqMaxDurationReached.Inc()
+		code = ex.timeoutCode()
+	default:
+		ex.h.logger.Debug("exchange ended", "cause", cause)
+		ex.ds.Reset(stream.ErrCodeCancel)
+		return
+	}
+	if ex.headersSent.Load() {
+		ex.ds.Reset(stream.ErrCodeCancel)
+		return
+	}
+	ex.localReply(code, msg)
+}
+
+// timeoutCode is Envoy's maybeRequestTimeoutCode: 504 once the request was
+// received whole, 408 while the downstream is still sending it.
+func (ex *exchange) timeoutCode() int {
+	if ex.body == nil || ex.body.complete() {
+		return 504
+	}
+	return 408
+}
+
+// isTimeout reports whether cause is one of the exchange's timeouts.
+func isTimeout(cause error) bool {
+	switch cause {
+	case errRouteTimeout, errRequestTimeout, errStreamIdle, errMaxStreamDuration:
+		return true
+	}
+	return false
+}

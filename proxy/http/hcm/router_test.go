@@ -1,0 +1,463 @@
+package hcm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/proxy/http/h2"
+	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/stream"
+)
+
+// Time limits the timeout tests assert, with their tolerance.
+const (
+	shortTimeout = 150 * time.Millisecond
+	// slack is how late a timeout may end an exchange (scheduling, -race).
+	slack = 2 * time.Second
+	// hang is how long a hanging upstream handler waits at most.
+	hang = 5 * time.Second
+)
+
+func TestLocalReplies(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	routes := `{"match":{"prefix":"/direct"},"direct_response":{"status":200,"body":{"inline_string":"hi"}}},
+	{"match":{"prefix":"/redirect"},"redirect":{"host_redirect":"example.com"}},
+	{"match":{"prefix":"/missing"},"route":{"cluster":"nowhere"}}`
+	e := newEnv(t, hcmJSON(routes, ""), "")
+	tests := []struct {
+		name       string
+		path       string
+		hdr        header.Header
+		wantStatus int
+		wantBody   string
+		wantHeader map[string]string
+	}{
+		{name: "no route", path: "/else", hdr: header.Make(0), wantStatus: 404},
+		{name: "direct response", path: "/direct", hdr: header.Make(0), wantStatus: 200, wantBody: "hi"},
+		{name: "redirect", path: "/redirect/x", hdr: header.Make(0), wantStatus: 301,
+			wantHeader: map[string]string{"location": "http://example.com/redirect/x"}},
+		{name: "cluster not found", path: "/missing", hdr: header.Make(0), wantStatus: 503},
+		{name: "gRPC no route is trailers-only UNIMPLEMENTED", path: "/else", hdr: grpcHeaders(), wantStatus: 200,
+			wantHeader: map[string]string{"grpc-status": "12", "content-type": "application/grpc"}},
+		{name: "gRPC cluster not found is UNAVAILABLE", path: "/missing", hdr: grpcHeaders(), wantStatus: 200,
+			wantHeader: map[string]string{"grpc-status": "14"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFakeStream("GET", tc.path, tc.hdr, nil)
+			e.serve(t, fs)
+			r := fs.result()
+			if r.status != tc.wantStatus || r.body != tc.wantBody {
+				t.Fatalf("got %d %q, want %d %q", r.status, r.body, tc.wantStatus, tc.wantBody)
+			}
+			for k, v := range tc.wantHeader {
+				if got := r.header.Get(k); got != v {
+					t.Errorf("header %s = %q, want %q", k, got, v)
+				}
+			}
+			if tc.hdr.Has("content-type") && !r.end {
+				t.Errorf("gRPC local reply is not trailers-only (END_STREAM on HEADERS)")
+			}
+		})
+	}
+}
+
+func TestEncodeGRPCMessage(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"plain text", "plain text"},
+		{"100%", "100%25"},
+		{"héllo", "h%C3%A9llo"},
+		{"a\nb", "a%0Ab"},
+	}
+	for _, tc := range tests {
+		if got := encodeGRPCMessage(tc.in); got != tc.want {
+			t.Errorf("encodeGRPCMessage(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// upstreamTimeoutReply checks a gRPC local reply with a percent-encoded
+// message through the real path: route timeout on a hanging upstream.
+func TestTimeouts(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	var cancelled atomic.Int64
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		select {
+		case <-s.Context().Done():
+			cancelled.Add(1)
+		case <-time.After(hang):
+		}
+		respond(s, 200, "", header.Header{})
+	})
+	ms := strconv.Itoa(int(shortTimeout / time.Millisecond))
+	routes := `{"match":{"prefix":"/route"},"route":{"cluster":"backend","timeout":"0.15s"}},
+	{"match":{"prefix":"/grpc"},"route":{"cluster":"backend","timeout":"10s","max_stream_duration":{"grpc_timeout_header_max":"0s"}}},
+	{"match":{"prefix":"/idle"},"route":{"cluster":"backend","timeout":"0s","idle_timeout":"0.15s"}},
+	{"match":{"prefix":"/maxdur"},"route":{"cluster":"backend","timeout":"0s","max_stream_duration":{"max_stream_duration":"0.15s"}}},
+	{"match":{"prefix":"/pertry"},"route":{"cluster":"backend","timeout":"0s","retry_policy":{"per_try_timeout":"0.15s","num_retries":0}}}`
+	e := newEnv(t, hcmJSON(routes, `"request_timeout":"0.15s"`), clusterJSON([]string{up.addr}, ""))
+	tests := []struct {
+		name        string
+		path        string
+		hdr         header.Header
+		body        io.Reader
+		wantStatus  int
+		wantGRPC    string
+		wantCounter string
+	}{
+		{name: "route timeout", path: "/route", hdr: header.Make(0), wantStatus: 504, wantCounter: "cluster.backend.upstream_rq_timeout"},
+		{name: "route timeout gRPC", path: "/route", hdr: grpcHeaders(), wantStatus: 200, wantGRPC: "4", wantCounter: "cluster.backend.upstream_rq_timeout"},
+		{name: "grpc-timeout honoured", path: "/grpc", hdr: grpcHeaders("grpc-timeout", ms+"m"), wantStatus: 200, wantGRPC: "4", wantCounter: "cluster.backend.upstream_rq_timeout"},
+		{name: "stream idle timeout", path: "/idle", hdr: header.Make(0), wantStatus: 504, wantCounter: "http.test.downstream_rq_idle_timeout"},
+		{name: "max stream duration", path: "/maxdur", hdr: header.Make(0), wantStatus: 504, wantCounter: "http.test.downstream_rq_max_duration_reached"},
+		{name: "per-try timeout", path: "/pertry", hdr: header.Make(0), wantStatus: 504, wantCounter: "cluster.backend.upstream_rq_per_try_timeout"},
+		{name: "request timeout", path: "/idle", hdr: header.Make(0), body: blockingReader{}, wantStatus: 408, wantCounter: "http.test.downstream_rq_timeout"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.counter(tc.wantCounter)
+			beforeCancelled := cancelled.Load()
+			fs := newFakeStream("POST", tc.path, tc.hdr, tc.body)
+			took := e.serve(t, fs)
+			r := fs.result()
+			if r.status != tc.wantStatus {
+				t.Fatalf("status %d, want %d (body %q, reset %v)", r.status, tc.wantStatus, r.body, r.reset)
+			}
+			if got := r.header.Get("grpc-status"); got != tc.wantGRPC {
+				t.Errorf("grpc-status %q, want %q", got, tc.wantGRPC)
+			}
+			if took < shortTimeout || took > shortTimeout+slack {
+				t.Errorf("took %v, want %v (+%v)", took, shortTimeout, slack)
+			}
+			if got := e.counter(tc.wantCounter); got != before+1 {
+				t.Errorf("%s = %d, want %d", tc.wantCounter, got, before+1)
+			}
+			if tc.body != nil {
+				return // the request never reached the upstream handler... or did, unfinished
+			}
+			// The upstream handler sees the reset (RST_STREAM CANCEL).
+			deadline := time.Now().Add(slack)
+			for cancelled.Load() == beforeCancelled && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if cancelled.Load() == beforeCancelled {
+				t.Errorf("upstream handler's context was not cancelled")
+			}
+		})
+	}
+}
+
+// blockingReader is a request body that never ends (until the stream is
+// reset).
+type blockingReader struct{}
+
+func (blockingReader) Read([]byte) (int, error) {
+	time.Sleep(hang)
+	return 0, io.ErrUnexpectedEOF
+}
+
+func TestCancellationTravelsUpstream(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	started := make(chan struct{}, 1)
+	gotCancel := make(chan struct{}, 1)
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		started <- struct{}{}
+		select {
+		case <-s.Context().Done():
+			gotCancel <- struct{}{}
+		case <-time.After(hang):
+		}
+		respond(s, 200, "", header.Header{})
+	})
+	e := newEnv(t, hcmJSON(`{"match":{"prefix":"/"},"route":{"cluster":"backend"}}`, ""), clusterJSON([]string{up.addr}, ""))
+	fs := newFakeStream("GET", "/", header.Make(0), nil)
+	go func() {
+		select {
+		case <-started:
+			fs.Reset(stream.ErrCodeCancel)
+		case <-time.After(hang):
+		}
+	}()
+	e.serve(t, fs)
+	select {
+	case <-gotCancel:
+	case <-time.After(slack):
+		t.Fatal("upstream handler did not see the cancellation")
+	}
+	if got := e.counter("cluster.backend.upstream_rq_cancelled"); got != 1 {
+		t.Errorf("upstream_rq_cancelled = %d, want 1", got)
+	}
+}
+
+// scriptedUpstream answers its n-th stream (from 0) with script[n], and the
+// last entry for every later one. It returns the upstream and the number
+// of streams it has seen.
+type action struct {
+	refuse bool // RST_STREAM REFUSED_STREAM without reading
+	hang   bool // wait for the stream to be reset
+	status int
+	grpc   string // grpc-status of a trailers-only response
+	echo   bool   // read the body, answer its length and SHA-256
+}
+
+func scriptedUpstream(t *testing.T, script ...action) (*h2Upstream, *atomic.Int64) {
+	var n atomic.Int64
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		i := int(n.Add(1) - 1)
+		a := script[min(i, len(script)-1)]
+		switch {
+		case a.refuse:
+			s.Reset(stream.ErrCodeRefusedStream)
+		case a.hang:
+			select {
+			case <-s.Context().Done():
+			case <-time.After(hang):
+			}
+			respond(s, 200, "", header.Header{})
+		case a.grpc != "":
+			_, _ = io.Copy(io.Discard, s)
+			h := header.Make(2)
+			h.Add("content-type", "application/grpc")
+			h.Add("grpc-status", a.grpc)
+			_ = s.WriteHeader(&stream.Response{Status: 200, Header: h, ContentLength: -1}, true)
+		case a.echo:
+			b, err := io.ReadAll(s)
+			if err != nil {
+				s.Reset(stream.ErrCodeInternal)
+				return
+			}
+			sum := sha256.Sum256(b)
+			respond(s, 200, strconv.Itoa(len(b))+" "+hex.EncodeToString(sum[:]), header.Header{})
+		default:
+			respond(s, a.status, "status "+strconv.Itoa(a.status), header.Header{})
+		}
+	})
+	return up, &n
+}
+
+func TestRetries(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), 2048) // 32 KiB
+	sum := sha256.Sum256(body)
+	echoed := strconv.Itoa(len(body)) + " " + hex.EncodeToString(sum[:])
+	big := bytes.Repeat([]byte("x"), 200<<10)
+	tests := []struct {
+		name        string
+		script      []action
+		retryPolicy string // JSON, "" for none
+		routeExtra  string
+		cluster     string
+		grpc        bool
+		body        []byte
+		wantStatus  int
+		wantBody    string
+		wantGRPC    string
+		wantStreams int64
+		wantStats   map[string]uint64
+	}{
+		{
+			name:        "REFUSED_STREAM retried transparently without retry_policy",
+			script:      []action{{refuse: true}, {refuse: true}, {status: 200}},
+			wantStatus:  200,
+			wantBody:    "status 200",
+			wantStreams: 3,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_transparent_retry": 2, "cluster.backend.upstream_rq_retry": 0},
+		},
+		{
+			name:        "refused request body replayed",
+			script:      []action{{refuse: true}, {echo: true}},
+			body:        body,
+			wantStatus:  200,
+			wantBody:    echoed,
+			wantStreams: 2,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_transparent_retry": 1},
+		},
+		{
+			name:        "5xx retried up to num_retries",
+			script:      []action{{status: 503}, {status: 500}, {status: 200}},
+			retryPolicy: `{"retry_on":"5xx","num_retries":2,"retry_back_off":{"base_interval":"0.001s"}}`,
+			wantStatus:  200,
+			wantBody:    "status 200",
+			wantStreams: 3,
+			wantStats: map[string]uint64{
+				"cluster.backend.upstream_rq_retry": 2, "cluster.backend.upstream_rq_retry_success": 1,
+				"cluster.backend.upstream_rq_503": 1, "cluster.backend.upstream_rq_200": 1,
+			},
+		},
+		{
+			name:        "5xx forwarded after num_retries",
+			script:      []action{{status: 503}},
+			retryPolicy: `{"retry_on":"5xx","num_retries":1,"retry_back_off":{"base_interval":"0.001s"}}`,
+			wantStatus:  503,
+			wantBody:    "status 503",
+			wantStreams: 2,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_retry": 1, "cluster.backend.upstream_rq_retry_limit_exceeded": 1},
+		},
+		{
+			name:        "retry body replayed",
+			script:      []action{{status: 503}, {echo: true}},
+			retryPolicy: `{"retry_on":"5xx","num_retries":1,"retry_back_off":{"base_interval":"0.001s"}}`,
+			body:        body,
+			wantStatus:  200,
+			wantBody:    echoed,
+			wantStreams: 2,
+		},
+		{
+			name:        "gRPC unavailable in trailers-only response retried",
+			script:      []action{{grpc: "14"}, {grpc: "0"}},
+			retryPolicy: `{"retry_on":"unavailable","num_retries":1,"retry_back_off":{"base_interval":"0.001s"}}`,
+			grpc:        true,
+			wantStatus:  200,
+			wantGRPC:    "0",
+			wantStreams: 2,
+		},
+		{
+			name:        "gRPC code not in retry_on forwarded",
+			script:      []action{{grpc: "13"}, {grpc: "0"}},
+			retryPolicy: `{"retry_on":"unavailable","num_retries":1}`,
+			grpc:        true,
+			wantStatus:  200,
+			wantGRPC:    "13",
+			wantStreams: 1,
+		},
+		{
+			name:        "per_try_timeout retried",
+			script:      []action{{hang: true}, {status: 200}},
+			retryPolicy: `{"retry_on":"5xx","num_retries":1,"per_try_timeout":"0.1s","retry_back_off":{"base_interval":"0.001s"}}`,
+			wantStatus:  200,
+			wantBody:    "status 200",
+			wantStreams: 2,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_per_try_timeout": 1, "cluster.backend.upstream_rq_retry": 1},
+		},
+		{
+			name:        "reset retried on retry_on reset",
+			script:      []action{{hang: true}, {status: 200}},
+			retryPolicy: `{"retry_on":"reset","num_retries":1,"per_try_timeout":"0.1s","retry_back_off":{"base_interval":"0.001s"}}`,
+			wantStatus:  200,
+			wantStreams: 2,
+			wantBody:    "status 200",
+		},
+		{
+			name:        "circuit breaker max_retries overflow forwards the response",
+			script:      []action{{status: 503}, {status: 200}},
+			retryPolicy: `{"retry_on":"5xx","num_retries":3}`,
+			cluster:     `"circuit_breakers":{"thresholds":[{"max_retries":0}]}`,
+			wantStatus:  503,
+			wantBody:    "status 503",
+			wantStreams: 1,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_retry_overflow": 1, "cluster.backend.upstream_rq_retry": 0},
+		},
+		{
+			name:        "body over the buffer limit is streamed whole",
+			script:      []action{{echo: true}},
+			routeExtra:  `,"per_request_buffer_limit_bytes":1024`,
+			body:        big,
+			wantStatus:  200,
+			wantBody:    strconv.Itoa(len(big)) + " " + sha(big),
+			wantStreams: 1,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			up, streams := scriptedUpstream(t, tc.script...)
+			rp := ""
+			if tc.retryPolicy != "" {
+				rp = `,"retry_policy":` + tc.retryPolicy
+			}
+			routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"5s"` + rp + `}` + tc.routeExtra + `}`
+			e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, tc.cluster))
+			hdr := header.Make(0)
+			if tc.grpc {
+				hdr = grpcHeaders()
+			}
+			var br io.Reader
+			if tc.body != nil {
+				br = bytes.NewReader(tc.body)
+			}
+			fs := newFakeStream("POST", "/", hdr, br)
+			e.serve(t, fs)
+			r := fs.result()
+			if r.status != tc.wantStatus || r.body != tc.wantBody {
+				t.Fatalf("got %d %q (reset %v), want %d %q", r.status, r.body, r.reset, tc.wantStatus, tc.wantBody)
+			}
+			if got := r.header.Get("grpc-status"); got != tc.wantGRPC {
+				t.Errorf("grpc-status %q, want %q", got, tc.wantGRPC)
+			}
+			if got := streams.Load(); got != tc.wantStreams {
+				t.Errorf("upstream saw %d streams, want %d", got, tc.wantStreams)
+			}
+			for name, want := range tc.wantStats {
+				if got := e.counter(name); got != want {
+					t.Errorf("%s = %d, want %d", name, got, want)
+				}
+			}
+		})
+	}
+}
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestBodyOverLimitNotRetried: an upstream that reads a body larger than
+// per_request_buffer_limit_bytes and then refuses the stream cannot be
+// retried transparently: the client gets 503 with the reason.
+func TestBodyOverLimitNotRetried(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	var n atomic.Int64
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		n.Add(1)
+		_, _ = io.Copy(io.Discard, s)
+		s.Reset(stream.ErrCodeRefusedStream)
+	})
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"5s"},"per_request_buffer_limit_bytes":1024}`
+	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, ""))
+	fs := newFakeStream("POST", "/", header.Make(0), bytes.NewReader(bytes.Repeat([]byte("y"), 100<<10)))
+	e.serve(t, fs)
+	r := fs.result()
+	const want = "upstream reset: request body exceeds per_request_buffer_limit_bytes, cannot retry"
+	if r.status != 503 || r.body != want {
+		t.Fatalf("got %d %q, want 503 %q", r.status, r.body, want)
+	}
+	if got := n.Load(); got != 1 {
+		t.Errorf("upstream saw %d streams, want 1", got)
+	}
+	if got := e.counter("cluster.backend.retry_or_shadow_abandoned"); got != 1 {
+		t.Errorf("retry_or_shadow_abandoned = %d, want 1", got)
+	}
+}
+
+// TestRetryPrefersOtherHost: with two hosts, a retry goes to the host not
+// tried yet.
+func TestRetryPrefersOtherHost(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	var bad, good atomic.Int64
+	upBad := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		bad.Add(1)
+		respond(s, 503, "", header.Header{})
+	})
+	upGood := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		good.Add(1)
+		respond(s, 200, "", header.Header{})
+	})
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","retry_policy":{"retry_on":"5xx","num_retries":1,"retry_back_off":{"base_interval":"0.001s"}}}}`
+	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{upBad.addr, upGood.addr}, ""))
+	for i := range 10 {
+		fs := newFakeStream("GET", "/", header.Make(0), nil)
+		e.serve(t, fs)
+		if r := fs.result(); r.status != 200 {
+			t.Fatalf("request %d: status %d, want 200", i, r.status)
+		}
+	}
+	if bad.Load() == 0 || good.Load() != 10 {
+		t.Errorf("bad host saw %d, good host %d; want every request answered by the good host", bad.Load(), good.Load())
+	}
+}
