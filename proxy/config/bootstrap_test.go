@@ -270,6 +270,24 @@ var badCases = []struct {
 		wantReason: "field not supported by meshd",
 	},
 	{
+		name:       "downstream keepalive",
+		edits:      []edit{{"codec_type: AUTO", "codec_type: AUTO\n          http2_protocol_options: { connection_keepalive: { interval: 1s, timeout: 1s } }"}},
+		wantPath:   hcm + ".http2_protocol_options.connection_keepalive",
+		wantReason: "downstream keepalive PINGs are not supported yet",
+	},
+	{
+		name:       "underscores on a cluster",
+		edits:      []edit{{"        explicit_http_config:", "        common_http_protocol_options: { headers_with_underscores_action: DROP_HEADER }\n        explicit_http_config:"}},
+		wantPath:   clu0 + `.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].common_http_protocol_options.headers_with_underscores_action`,
+		wantReason: "applies to downstream connections only",
+	},
+	{
+		name:       "two filter chains",
+		edits:      []edit{{"    filter_chains:\n    - filters:\n", "    filter_chains:\n    - filters: []\n    - filters:\n"}},
+		wantPath:   lis0 + ".filter_chains",
+		wantReason: "exactly one filter chain is supported, got 2",
+	},
+	{
 		name:       "HTTP3 codec",
 		edits:      []edit{{"codec_type: AUTO", "codec_type: HTTP3"}},
 		wantPath:   hcm + ".codec_type",

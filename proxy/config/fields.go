@@ -39,81 +39,146 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.config.core.v3.GrpcService":                     {supported: names("envoy_grpc", "timeout")},
 	"envoy.config.core.v3.GrpcService.EnvoyGrpc":           {supported: names("cluster_name")},
 	"envoy.config.core.v3.ConfigSource":                    {supported: names("ads", "resource_api_version")},
+	"envoy.config.core.v3.AggregatedConfigSource":          {},
 
 	// Addresses.
 	"envoy.config.core.v3.Address":       {supported: names("socket_address")},
 	"envoy.config.core.v3.SocketAddress": {supported: names("protocol", "address", "port_value")},
 
 	// Listeners.
-	"envoy.config.listener.v3.Listener":         {supported: names("name", "address", "filter_chains")},
-	"envoy.config.listener.v3.FilterChain":      {supported: names("name", "filter_chain_match", "filters", "transport_socket")},
-	"envoy.config.listener.v3.FilterChainMatch": {supported: names("server_names", "transport_protocol", "application_protocols")},
-	"envoy.config.listener.v3.Filter":           {supported: names("name", "typed_config")},
-	"envoy.config.core.v3.TransportSocket":      {supported: names("name", "typed_config")},
+	"envoy.config.listener.v3.Listener":    {supported: names("name", "address", "filter_chains")},
+	"envoy.config.listener.v3.FilterChain": {supported: names("name", "filters", "transport_socket")},
+	"envoy.config.listener.v3.Filter":      {supported: names("name", "typed_config")},
+	"envoy.config.core.v3.TransportSocket": {supported: names("name", "typed_config")},
 
-	// HTTP connection manager and HTTP filters.
+	// HTTP connection manager and HTTP filters. HttpProtocolOptions and
+	// Http2ProtocolOptions are shared with clusters; the fields only a
+	// cluster honours are rejected on the HCM by the semantic checks.
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
 		supported: names("codec_type", "stat_prefix", "route_config", "rds", "http_filters",
-			"http2_protocol_options", "common_http_protocol_options", "stream_idle_timeout", "request_timeout"),
+			"http2_protocol_options", "common_http_protocol_options", "stream_idle_timeout", "request_timeout",
+			"server_name", "generate_request_id", "max_request_headers_kb"),
 	},
 	"envoy.extensions.filters.network.http_connection_manager.v3.Rds":        {supported: names("config_source", "route_config_name")},
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": {supported: names("name", "typed_config")},
 	"envoy.extensions.filters.http.router.v3.Router":                         {},
+	"envoy.config.core.v3.Http1ProtocolOptions":                              {},
 	"envoy.config.core.v3.Http2ProtocolOptions": {
-		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"),
+		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+			"connection_keepalive"),
 	},
-	"envoy.config.core.v3.Http1ProtocolOptions": {},
+	"envoy.config.core.v3.KeepaliveSettings": {
+		supported: names("interval", "timeout", "interval_jitter", "connection_idle_interval"),
+	},
 	"envoy.config.core.v3.HttpProtocolOptions": {
-		supported: names("idle_timeout", "max_connection_duration", "headers_with_underscores_action"),
+		supported: names("idle_timeout", "max_connection_duration", "max_stream_duration",
+			"max_requests_per_connection", "headers_with_underscores_action"),
 	},
 
 	// TCP proxy: not registered yet; listed so that registering it is all
 	// that is needed to accept it.
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {supported: names("stat_prefix", "cluster")},
 
-	// Routes.
+	// Routes (what proxy/route compiles).
 	"envoy.config.route.v3.RouteConfiguration": {
 		supported: names("name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove",
-			"response_headers_to_add", "response_headers_to_remove"),
+			"response_headers_to_add", "response_headers_to_remove", "most_specific_header_mutations_wins",
+			"validate_clusters", "max_direct_response_body_size_bytes", "ignore_port_in_host_matching"),
+		ignored: names("metadata"),
 	},
 	"envoy.config.route.v3.VirtualHost": {
 		supported: names("name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-			"response_headers_to_add", "response_headers_to_remove"),
+			"response_headers_to_add", "response_headers_to_remove", "retry_policy", "per_request_buffer_limit_bytes"),
+		ignored: names("metadata"),
 	},
 	"envoy.config.route.v3.Route": {
-		supported: names("name", "match", "route", "direct_response", "request_headers_to_add",
-			"request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"),
+		supported: names("name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
+			"request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+			"per_request_buffer_limit_bytes"),
+		ignored: names("metadata"),
 	},
-	"envoy.config.route.v3.RouteMatch":                       {supported: names("prefix", "path", "safe_regex", "headers", "grpc")},
-	"envoy.config.route.v3.HeaderMatcher":                    {supported: names("name", "string_match", "present_match", "invert_match")},
-	"envoy.type.matcher.v3.StringMatcher":                    {supported: names("exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case")},
-	"envoy.type.matcher.v3.RegexMatcher":                     {supported: names("regex")},
-	"envoy.config.route.v3.RouteAction":                      {supported: names("cluster", "weighted_clusters", "timeout")},
-	"envoy.config.route.v3.WeightedCluster":                  {supported: names("clusters")},
-	"envoy.config.route.v3.WeightedCluster.ClusterWeight":    {supported: names("name", "weight")},
-	"envoy.config.route.v3.DirectResponseAction":             {supported: names("status", "body")},
-	"envoy.config.core.v3.DataSource":                        {supported: names("filename", "inline_bytes", "inline_string")},
-	"envoy.config.core.v3.HeaderValueOption":                 {supported: names("header", "append_action")},
-	"envoy.config.core.v3.HeaderValue":                       {supported: names("key", "value")},
+	"envoy.config.route.v3.RouteMatch": {
+		supported: names("prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive",
+			"headers", "query_parameters", "grpc"),
+	},
 	"envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions": {},
-	"envoy.config.core.v3.AggregatedConfigSource":            {},
-	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {supported: names("explicit_http_config", "common_http_protocol_options")},
+	"envoy.config.route.v3.RouteAction": {
+		supported: names("cluster", "weighted_clusters", "cluster_not_found_response_code",
+			"prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
+			"timeout", "idle_timeout", "retry_policy", "max_grpc_timeout", "grpc_timeout_offset",
+			"max_stream_duration"),
+	},
+	"envoy.config.route.v3.RouteAction.MaxStreamDuration": {
+		supported: names("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"),
+	},
+	"envoy.config.route.v3.WeightedCluster": {supported: names("clusters", "total_weight")},
+	"envoy.config.route.v3.WeightedCluster.ClusterWeight": {
+		supported: names("name", "weight", "request_headers_to_add", "request_headers_to_remove",
+			"response_headers_to_add", "response_headers_to_remove", "host_rewrite_literal"),
+	},
+	"envoy.config.route.v3.DirectResponseAction": {supported: names("status", "body")},
+	"envoy.config.route.v3.RedirectAction": {
+		supported: names("https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
+			"path_redirect", "prefix_rewrite", "regex_rewrite", "response_code", "strip_query"),
+	},
+	"envoy.config.route.v3.HeaderMatcher": {
+		supported: names("name", "exact_match", "safe_regex_match", "range_match", "present_match",
+			"prefix_match", "suffix_match", "contains_match", "string_match",
+			"invert_match", "treat_missing_header_as_empty"),
+	},
+	"envoy.config.route.v3.QueryParameterMatcher": {supported: names("name", "string_match", "present_match")},
+	"envoy.config.route.v3.RetryPolicy": {
+		supported: names("retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
+			"retriable_status_codes", "retry_back_off", "host_selection_retry_max_attempts"),
+	},
+	"envoy.config.route.v3.RetryPolicy.RetryBackOff": {supported: names("base_interval", "max_interval")},
+	"envoy.type.matcher.v3.StringMatcher":            {supported: names("exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case")},
+	"envoy.type.matcher.v3.RegexMatcher":             {supported: names("regex"), ignored: names("google_re2")},
+	"envoy.type.matcher.v3.RegexMatchAndSubstitute":  {supported: names("pattern", "substitution")},
+	"envoy.config.core.v3.HeaderValueOption":         {supported: names("header", "append", "append_action", "keep_empty_value")},
+	"envoy.config.core.v3.HeaderValue":               {supported: names("key", "value", "raw_value")},
+	"envoy.config.core.v3.DataSource":                {supported: names("filename", "inline_bytes", "inline_string")},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+		supported: names("explicit_http_config", "common_http_protocol_options"),
+	},
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {
 		supported: names("http_protocol_options", "http2_protocol_options"),
 	},
 
-	// Clusters and endpoints.
+	// Clusters and endpoints (what proxy/upstream compiles).
 	"envoy.config.cluster.v3.Cluster": {
 		supported: names("name", "type", "connect_timeout", "lb_policy", "load_assignment",
-			"typed_extension_protocol_options", "transport_socket", "eds_cluster_config"),
+			"typed_extension_protocol_options", "transport_socket", "eds_cluster_config",
+			"dns_refresh_rate", "circuit_breakers", "preconnect_policy", "upstream_connection_options",
+			"per_connection_buffer_limit_bytes", "outlier_detection",
+			// Deprecated in Envoy in favour of typed_extension_protocol_options,
+			// still honoured by Envoy and by meshd.
+			"http2_protocol_options", "common_http_protocol_options", "max_requests_per_connection"),
 	},
-	"envoy.config.cluster.v3.Cluster.EdsClusterConfig": {supported: names("eds_config", "service_name")},
-	"envoy.config.endpoint.v3.ClusterLoadAssignment":   {supported: names("cluster_name", "endpoints")},
+	"envoy.config.cluster.v3.Cluster.EdsClusterConfig":  {supported: names("eds_config", "service_name")},
+	"envoy.config.cluster.v3.Cluster.PreconnectPolicy":  {supported: names("per_upstream_preconnect_ratio")},
+	"envoy.config.cluster.v3.UpstreamConnectionOptions": {supported: names("tcp_keepalive")},
+	"envoy.config.core.v3.TcpKeepalive":                 {supported: names("keepalive_probes", "keepalive_time", "keepalive_interval")},
+	"envoy.config.cluster.v3.CircuitBreakers":           {supported: names("thresholds")},
+	"envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
+		supported: names("priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "retry_budget"),
+	},
+	"envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget": {
+		supported: names("budget_percent", "min_retry_concurrency"),
+	},
+	"envoy.config.cluster.v3.OutlierDetection": {
+		supported: names("consecutive_5xx", "consecutive_gateway_failure", "consecutive_local_origin_failure",
+			"enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure",
+			"enforcing_consecutive_local_origin_failure", "split_external_local_origin_errors",
+			"interval", "base_ejection_time", "max_ejection_time", "max_ejection_time_jitter",
+			"max_ejection_percent", "always_eject_one_host", "successful_active_health_check_uneject_host"),
+	},
+	"envoy.config.endpoint.v3.ClusterLoadAssignment": {supported: names("cluster_name", "endpoints")},
 	"envoy.config.endpoint.v3.LocalityLbEndpoints": {
 		supported: names("lb_endpoints"),
 		ignored:   names("locality"),
 	},
-	"envoy.config.endpoint.v3.LbEndpoint": {supported: names("endpoint")},
+	"envoy.config.endpoint.v3.LbEndpoint": {supported: names("endpoint", "load_balancing_weight")},
 	"envoy.config.endpoint.v3.Endpoint":   {supported: names("address")},
 
 	// TLS.
@@ -134,10 +199,11 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 var leafMessages = map[protoreflect.FullName]bool{
 	"google.protobuf.Duration":      true,
 	"google.protobuf.Struct":        true,
-	"google.protobuf.Value":         true,
-	"google.protobuf.ListValue":     true,
 	"google.protobuf.BoolValue":     true,
 	"google.protobuf.UInt32Value":   true,
+	"google.protobuf.DoubleValue":   true,
+	"envoy.type.v3.Int64Range":      true,
+	"envoy.type.v3.Percent":         true,
 	"envoy.config.core.v3.Locality": true,
 }
 

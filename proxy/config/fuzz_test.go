@@ -20,17 +20,43 @@ func fuzzSeeds(t testing.TB) map[string][]byte {
 		"example-sidecar":     base,
 		"example-sidecar-tls": exampleFile(t, "sidecar-tls.yaml"),
 	}
-	for i, tc := range badCases {
-		seeds[fmt.Sprintf("bad-%02d", i)] = []byte(mutate(t, string(base), tc.edits))
+	for _, tc := range badCases {
+		slug := strings.Map(func(r rune) rune {
+			if 'a' <= r && r <= 'z' || '0' <= r && r <= '9' {
+				return r
+			}
+			if 'A' <= r && r <= 'Z' {
+				return r + 'a' - 'A'
+			}
+			return '-'
+		}, tc.name)
+		seeds["bad-"+slug] = []byte(mutate(t, string(base), tc.edits))
 	}
 	return seeds
 }
 
 // TestFuzzCorpus keeps testdata/fuzz/FuzzParseBootstrap's seed-* files in
-// step with fuzzSeeds; -update rewrites them.
+// step with fuzzSeeds; -update rewrites them (and removes stale ones).
 func TestFuzzCorpus(t *testing.T) {
 	dir := filepath.Join("testdata", "fuzz", "FuzzParseBootstrap")
-	for name, data := range fuzzSeeds(t) {
+	seeds := fuzzSeeds(t)
+	existing, err := filepath.Glob(filepath.Join(dir, "seed-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range existing {
+		if _, ok := seeds[strings.TrimPrefix(filepath.Base(path), "seed-")]; ok {
+			continue
+		}
+		if !*update {
+			t.Errorf("%s is not a seed any more; run go test ./proxy/config -run TestFuzzCorpus -update", path)
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, data := range seeds {
 		path := filepath.Join(dir, "seed-"+name)
 		want := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
 		got, err := os.ReadFile(path)

@@ -17,6 +17,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -558,8 +559,11 @@ func (v *validator) listener(path string, l *listenerv3.Listener, opts ResourceO
 	case sa != nil:
 		v.bindAddress(join(path, "address.socket_address"), sa)
 	}
-	if len(l.GetFilterChains()) == 0 {
+	switch n := len(l.GetFilterChains()); {
+	case n == 0:
 		v.addf(join(path, "filter_chains"), "at least one filter chain is required")
+	case n > 1:
+		v.addf(join(path, "filter_chains"), "exactly one filter chain is supported, got %d (filter_chain_match is not supported yet)", n)
 	}
 	for i, fc := range l.GetFilterChains() {
 		v.filterChain(fmt.Sprintf("%s[%d]", join(path, "filter_chains"), i), fc, opts)
@@ -637,6 +641,19 @@ const routerType = "envoy.extensions.filters.http.router.v3.Router"
 func (v *validator) hcm(path string, h *hcmv3.HttpConnectionManager, opts ResourceOptions) {
 	if h.GetCodecType() == hcmv3.HttpConnectionManager_HTTP3 {
 		v.addf(join(path, "codec_type"), "HTTP3 is not supported yet (AUTO, HTTP1, HTTP2)")
+	}
+	// Fields of the shared protocol option messages that only clusters honour.
+	if cp := h.GetCommonHttpProtocolOptions(); cp != nil {
+		cpath := join(path, "common_http_protocol_options")
+		if cp.GetMaxConnectionDuration() != nil {
+			v.addf(join(cpath, "max_connection_duration"), "not supported on the connection manager yet (clusters only)")
+		}
+		if cp.GetMaxRequestsPerConnection() != nil {
+			v.addf(join(cpath, "max_requests_per_connection"), "not supported on the connection manager yet (clusters only)")
+		}
+	}
+	if h.GetHttp2ProtocolOptions().GetConnectionKeepalive() != nil {
+		v.addf(join(path, "http2_protocol_options.connection_keepalive"), "downstream keepalive PINGs are not supported yet (clusters only)")
 	}
 	switch {
 	case h.GetRouteConfig() != nil:
@@ -743,9 +760,28 @@ func (v *validator) cluster(path string, c *clusterv3.Cluster, opts ResourceOpti
 	default:
 		v.endpoints(path, c, typ)
 	}
+	for _, p := range []struct {
+		path string
+		opts *corev3.HttpProtocolOptions
+	}{
+		{"common_http_protocol_options", c.GetCommonHttpProtocolOptions()}, //nolint:staticcheck // deprecated, still honoured
+		{fmt.Sprintf("typed_extension_protocol_options[%q].common_http_protocol_options", httpProtocolOptionsName), httpProtocolOptions(c).GetCommonHttpProtocolOptions()},
+	} {
+		if p.opts.GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_ALLOW {
+			v.addf(join(path, p.path+".headers_with_underscores_action"), "applies to downstream connections only (set it on the http_connection_manager)")
+		}
+	}
 	if !slices.Contains(supportedLbPolicies, c.GetLbPolicy()) {
 		v.addf(join(path, "lb_policy"), "%s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)", c.GetLbPolicy())
 	}
+}
+
+const httpProtocolOptionsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+// httpProtocolOptions returns c's HttpProtocolOptions, or nil.
+func httpProtocolOptions(c *clusterv3.Cluster) *upstreamhttpv3.HttpProtocolOptions {
+	o, _ := unpack(c.GetTypedExtensionProtocolOptions()[httpProtocolOptionsName]).(*upstreamhttpv3.HttpProtocolOptions)
+	return o
 }
 
 // endpoints checks the load assignment of a STATIC or STRICT_DNS cluster.
