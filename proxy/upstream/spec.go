@@ -140,6 +140,10 @@ type Spec struct {
 	PerConnectionBufferLimit uint32
 	// TLS is the client TLS config, nil for plaintext.
 	TLS *tls.Config
+	// Outlier is outlier_detection, nil when unset; HealthCheck is
+	// health_checks[0], nil when unset (outlier.go, health.go).
+	Outlier     *OutlierSpec
+	HealthCheck *HealthCheckSpec
 
 	raw *clusterv3.Cluster
 }
@@ -244,6 +248,9 @@ func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
 			return nil, fmt.Errorf("transport_socket.typed_config: %w", err)
 		}
 		s.TLS = cfg
+	}
+	if err := s.compileHealth(c); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
