@@ -75,8 +75,6 @@ type Host struct {
 	// outlier receives request outcomes; nil when the cluster has no
 	// outlier_detection.
 	outlier resultSink
-	// health holds the active health check and outlier flags (health.go).
-	health hostHealth
 }
 
 // resultSink is where a host's request outcomes go: outlier detection.
@@ -123,10 +121,9 @@ type Cluster struct {
 	set    atomic.Pointer[hostSet]
 	stop   chan struct{}
 	stopWG sync.WaitGroup
-	// outlier and checker are nil unless the spec configures
-	// outlier_detection / health_checks (health.go).
-	outlier *outlierDetector
-	checker *healthChecker
+	// pools is the circuit breaker and pool stats shared by the pools of
+	// all the cluster's hosts.
+	pools *poolShared
 }
 
 // Spec returns the cluster's compiled config.
@@ -159,7 +156,7 @@ func newCluster(spec *Spec, store *stats.Store, logger *slog.Logger) *Cluster {
 		logger: logger.With("cluster", spec.Name),
 		stop:   make(chan struct{}),
 	}
-	c.initHealth()
+	c.pools = newPoolShared(spec, c.stats)
 	if spec.Discovery == Static {
 		eps := make([]resolved, 0, len(spec.Endpoints))
 		for _, e := range spec.Endpoints {
@@ -194,15 +191,12 @@ func (c *Cluster) setHosts(eps []resolved) {
 	}
 	hs := &hostSet{byLB: map[*lb.Host]*Host{}}
 	lbHosts := make([]*lb.Host, 0, len(eps))
-	var added []*Host
 	for _, e := range eps {
 		h := prev[e.addr]
 		if h != nil && h.LB.Weight == e.weight {
 			delete(prev, e.addr)
 		} else {
 			h = &Host{LB: lb.NewHost(e.addr, e.weight, ""), Addr: e.addr, pool: c.newPool(e.addr)}
-			c.attachHealth(h)
-			added = append(added, h)
 		}
 		hs.hosts = append(hs.hosts, h)
 		hs.byLB[h.LB] = h
@@ -217,22 +211,21 @@ func (c *Cluster) setHosts(eps []resolved) {
 		hs.picker = b
 	}
 	c.set.Store(hs)
-	c.startHealth(added)
 	for _, h := range prev {
-		c.detachHealth(h)
 		h.pool.Drain()
 	}
 }
 
 func (c *Cluster) newPool(addr string) connPool {
 	if c.spec.Protocol == HTTP2 {
-		return newH2Pool(addr, c.spec, c.stats, c.logger)
+		return newH2Pool(addr, c.spec, c.stats, c.pools, c.logger)
 	}
 	return &h1Pool{Client: h1.NewClient(h1.ClientConfig{
 		Addr:           addr,
 		ConnectTimeout: c.spec.ConnectTimeout,
 		IdleTimeout:    c.spec.Lifetimes.IdleTimeout,
 		MaxConns:       c.spec.Thresholds.MaxConnections,
+		MaxIdleConns:   c.spec.Thresholds.MaxConnections,
 		TCPKeepalive:   c.spec.TCPKeepalive,
 		TLS:            c.spec.TLS,
 		Logger:         c.logger,
@@ -302,7 +295,6 @@ func (c *Cluster) resolve(ctx context.Context) {
 func (c *Cluster) drain() {
 	close(c.stop)
 	c.stopWG.Wait()
-	c.closeHealth()
 	for _, h := range c.set.Load().hosts {
 		h.pool.Drain()
 	}

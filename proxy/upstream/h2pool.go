@@ -6,203 +6,536 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
+	"slices"
 	"sync"
+	"time"
 
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/stats"
 )
 
 // assumedStreamsPerConn is the stream capacity the pool expects of a
-// connection whose SETTINGS have not arrived yet, when deciding how many
-// connections to dial for the streams waiting.
+// connection being dialled before any peer SETTINGS told it better.
 const assumedStreamsPerConn = 100
 
+// maxPlaceAttempts bounds how often one NewStream tries another connection
+// after losing a race for a slot (the connection filled up or went away
+// between the pick and the open).
+const maxPlaceAttempts = 8
+
 // h2Pool multiplexes streams to one endpoint over as few HTTP/2 connections
-// as the peer's SETTINGS_MAX_CONCURRENT_STREAMS allows. A stream goes to a
-// healthy connection with free capacity; when there is none, the pool dials
-// as many connections as the waiting streams need (never more than
-// maxConns) and the streams wait for capacity.
+// as the peer's SETTINGS_MAX_CONCURRENT_STREAMS allows.
+//
+// A stream goes to the oldest usable connection with a free slot, where a
+// connection's capacity is min(peer SETTINGS_MAX_CONCURRENT_STREAMS,
+// http2_protocol_options.max_concurrent_streams), read from the codec at
+// every pick so a lowered limit applies at once. With no free slot the pool
+// dials another connection if the cluster's max_connections allows, and
+// the stream waits in a FIFO queue bounded cluster-wide by
+// max_pending_requests; beyond that NewStream fails with ErrOverflow.
+// Failed dials back off per endpoint with full jitter; while backing off
+// with no connection, streams fail at once with a connect failure.
+//
+// The pool outlives its connections and remembers per endpoint the
+// keepalive interval, doubled on each GOAWAY ENHANCE_YOUR_CALM
+// "too_many_pings" up to maxKeepaliveInterval.
 type h2Pool struct {
-	addr     string
-	spec     *Spec
-	stats    *Stats
-	logger   *slog.Logger
-	maxConns int
+	addr   string
+	spec   *Spec
+	stats  *Stats
+	sh     *poolShared
+	logger *slog.Logger
 
 	mu         sync.Mutex
-	conns      []*h2.ClientConn
+	conns      []*pconn // usable and draining connections, oldest first
 	connecting int
-	waiting    int
+	waiters    []*waiter // FIFO
 	closed     bool
-	// changed is closed and replaced whenever capacity may have appeared
-	// (a SETTINGS frame, a finished stream, a new or failed connection).
-	changed chan struct{}
-	dialErr error
+	// limitHint is the stream limit the last SETTINGS gave (capped by the
+	// local max_concurrent_streams), used to plan dials.
+	limitHint int
+	// Dial backoff.
+	failures  int
+	retryAt   time.Time
+	lastErr   error
+	kickTimer *time.Timer
+	// kaInterval is this endpoint's current keepalive interval.
+	kaInterval time.Duration
+	kaGauge    *stats.Gauge
 }
 
-func newH2Pool(addr string, spec *Spec, st *Stats, logger *slog.Logger) *h2Pool {
-	return &h2Pool{
-		addr:     addr,
-		spec:     spec,
-		stats:    st,
-		logger:   logger,
-		maxConns: spec.Thresholds.MaxConnections,
-		changed:  make(chan struct{}),
+// pconn is one connection of the pool. Fields other than cc are guarded
+// by the pool's mu.
+type pconn struct {
+	cc         *h2.ClientConn // set once before the conn joins the pool
+	kaInterval time.Duration  // immutable: the interval it was opened with
+	active     int            // streams placed and not yet done (may dip below 0 briefly)
+	reserved   int            // slots promised to waiters not yet opened
+	total      uint32         // streams ever placed
+	draining   bool           // no new streams
+	settled    bool           // the peer's first SETTINGS arrived (or were assumed)
+	closed     bool
+	localClose bool // the pool closed it (Close)
+	idleTimer  *time.Timer
+	ageTimer   *time.Timer
+}
+
+// waiter is a stream queued for a slot.
+type waiter struct {
+	ready chan struct{} // closed once pc or err is set
+	pc    *pconn        // the connection with a slot reserved for it
+	err   error
+	done  bool // handed a slot or an error (guarded by the pool's mu)
+}
+
+func newH2Pool(addr string, spec *Spec, st *Stats, sh *poolShared, logger *slog.Logger) *h2Pool {
+	p := &h2Pool{
+		addr:       addr,
+		spec:       spec,
+		stats:      st,
+		sh:         sh,
+		logger:     logger.With("endpoint", addr),
+		limitHint:  assumedStreamsPerConn,
+		kaInterval: spec.HTTP2.Keepalive.Interval,
+		kaGauge:    sh.stats.keepaliveGauge(addr),
 	}
-}
-
-// broadcast wakes every stream waiting for capacity.
-func (p *h2Pool) broadcast() {
-	p.mu.Lock()
-	close(p.changed)
-	p.changed = make(chan struct{})
-	p.mu.Unlock()
-}
-
-// NewStream opens a stream on a connection with capacity, waiting for one
-// while ctx allows.
-func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error) {
-	counted := false
-	defer func() {
-		if counted {
-			p.mu.Lock()
-			p.waiting--
-			p.mu.Unlock()
-		}
-	}()
-	for {
+	if m := spec.HTTP2.MaxConcurrentStreams; m > 0 {
+		p.limitHint = min(p.limitHint, int(m))
+	}
+	p.kaGauge.Set(p.kaInterval.Milliseconds())
+	if spec.PreconnectRatio > 1 {
+		// Envoy: with a preconnect ratio above 1 each host gets a
+		// connection before the first stream needs it.
 		p.mu.Lock()
+		p.planDialsLocked()
+		p.mu.Unlock()
+	}
+	return p
+}
+
+// NewStream opens a stream on a connection with a free slot, waiting in
+// the pool's queue while ctx allows. Errors: ErrOverflow (wrapped) when a
+// circuit breaker is full; an unprocessed *stream.Error with Reason
+// "connect failure" when the endpoint cannot be reached; ctx's error
+// (wrapped in a CANCEL *stream.Error) when ctx ends while queued.
+func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error) {
+	sh := p.sh
+	if sh.breaker.requests.Load() >= sh.breaker.maxRequests {
+		sh.stats.rqPendingOverflow.Inc()
+		return nil, fmt.Errorf("%w: max_requests (%d) reached", ErrOverflow, sh.breaker.maxRequests)
+	}
+	start := time.Now()
+	p.mu.Lock()
+	for attempt := 0; ; attempt++ {
 		if p.closed {
 			p.mu.Unlock()
 			return nil, &stream.Error{Code: stream.ErrCodeRefusedStream, Unprocessed: true, Reason: "connection pool closed"}
 		}
-		cc := p.pickLocked()
-		if cc == nil {
-			if !counted {
-				counted = true
-				p.waiting++
-			}
-			if p.dialErr != nil && p.connecting == 0 && len(p.conns) == 0 {
-				err := p.dialErr
-				p.dialErr = nil
-				p.mu.Unlock()
-				return nil, &stream.Error{Code: stream.ErrCodeRefusedStream, Unprocessed: true, Reason: "connect failure", Err: err}
-			}
-			p.maybeDialLocked()
+		var pc *pconn
+		if len(p.waiters) == 0 { // FIFO: never overtake a queued stream
+			pc = p.pickLocked()
 		}
-		wake := p.changed
-		p.mu.Unlock()
-
-		if cc != nil {
-			s, err := cc.NewStream(ctx, req, endStream)
-			if err == nil {
-				return s, nil
-			}
-			if !stream.Unprocessed(err) || ctx.Err() != nil {
+		if pc != nil {
+			pc.reserved++
+		} else {
+			var err error
+			pc, err = p.waitLocked(ctx) // unlocks while waiting
+			if err != nil {
+				p.mu.Unlock()
 				return nil, err
 			}
-			continue // lost a race for the last slot or the connection went away
 		}
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if attempt == 0 {
+			sh.stats.streamWait.Record(float64(time.Since(start).Microseconds()) / 1000)
 		}
+		p.mu.Unlock()
+
+		s, err := pc.cc.NewStream(ctx, req, endStream)
+
+		p.mu.Lock()
+		pc.reserved--
+		if err == nil {
+			p.placedLocked(pc)
+			p.mu.Unlock()
+			return s, nil
+		}
+		if !stream.Unprocessed(err) || ctx.Err() != nil || attempt+1 >= maxPlaceAttempts {
+			p.dispatchLocked()
+			p.mu.Unlock()
+			return nil, err
+		}
+		// Lost a race for the slot (the limit fell or the connection
+		// went away): try again.
 	}
 }
 
-// pickLocked returns the healthy connection with the most free capacity and
-// drops connections that have ended.
-func (p *h2Pool) pickLocked() *h2.ClientConn {
-	var best *h2.ClientConn
-	bestCap := 0
-	live := p.conns[:0]
-	for _, cc := range p.conns {
-		select {
-		case <-cc.Done():
-			continue
-		default:
-		}
-		live = append(live, cc)
-		if !cc.Healthy() {
-			continue
-		}
-		if c := cc.Capacity(); c > bestCap {
-			best, bestCap = cc, c
-		}
+// waitLocked queues the caller until a slot is reserved for it, dialling
+// as needed. It returns with mu held.
+func (p *h2Pool) waitLocked(ctx context.Context) (*pconn, error) {
+	sh := p.sh
+	if len(p.conns) == 0 && p.connecting == 0 && time.Now().Before(p.retryAt) {
+		return nil, connectFailure(fmt.Errorf("backing off after failed connects to %s: %w", p.addr, p.lastErr))
 	}
-	clear(p.conns[len(live):])
-	p.conns = live
-	return best
+	if !tryAcquire(&sh.breaker.pending, sh.breaker.maxPending) {
+		sh.stats.rqPendingOverflow.Inc()
+		return nil, fmt.Errorf("%w: max_pending_requests (%d) reached", ErrOverflow, sh.breaker.maxPending)
+	}
+	sh.stats.rqPendingTotal.Inc()
+	sh.stats.rqPendingActive.Inc()
+	defer func() {
+		sh.breaker.pending.Add(-1)
+		sh.stats.rqPendingActive.Dec()
+	}()
+	w := &waiter{ready: make(chan struct{})}
+	p.waiters = append(p.waiters, w)
+	p.planDialsLocked()
+	p.mu.Unlock()
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	if !w.done {
+		w.done = true
+		if i := slices.Index(p.waiters, w); i >= 0 {
+			p.waiters = slices.Delete(p.waiters, i, i+1)
+		}
+		return nil, &stream.Error{Code: stream.ErrCodeCancel, Unprocessed: true, Reason: "context done while waiting for a connection", Err: ctx.Err()}
+	}
+	if w.err != nil {
+		return nil, w.err
+	}
+	return w.pc, nil
 }
 
-// maybeDialLocked starts dials until the connections being dialled can be
-// expected to hold every waiting stream.
-func (p *h2Pool) maybeDialLocked() {
-	for p.connecting*assumedStreamsPerConn < p.waiting && len(p.conns)+p.connecting < p.maxConns {
+// freeLocked is how many more streams pc takes now.
+func (p *h2Pool) freeLocked(pc *pconn) int {
+	if pc.draining || pc.closed {
+		return 0
+	}
+	return pc.cc.Capacity() - pc.reserved
+}
+
+// pickLocked returns the oldest usable connection with a free slot.
+// Packing streams onto the oldest connections lets idle_timeout reclaim
+// the ones a burst left behind.
+func (p *h2Pool) pickLocked() *pconn {
+	for _, pc := range p.conns {
+		if p.freeLocked(pc) > 0 {
+			return pc
+		}
+	}
+	return nil
+}
+
+// placedLocked accounts a stream opened on pc.
+func (p *h2Pool) placedLocked(pc *pconn) {
+	p.sh.breaker.requests.Add(1)
+	pc.active++
+	pc.total++
+	p.sh.stats.streamPlaced(pc.total > 1)
+	if pc.idleTimer != nil {
+		pc.idleTimer.Stop()
+	}
+	if m := p.spec.Lifetimes.MaxRequestsPerConnection; m > 0 && pc.total >= m && !pc.draining {
+		p.sh.stats.cxMaxRequests.Inc()
+		p.drainConnLocked(pc)
+	}
+	p.planDialsLocked()
+}
+
+// streamDone accounts a stream of pc that ended.
+func (p *h2Pool) streamDone(pc *pconn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pc.closed {
+		return // onClose released what was left
+	}
+	pc.active--
+	p.sh.breaker.requests.Add(-1)
+	if pc.active <= 0 && pc.reserved == 0 && pc.idleTimer != nil && !pc.draining {
+		pc.idleTimer.Reset(p.spec.Lifetimes.IdleTimeout)
+	}
+	p.dispatchLocked()
+}
+
+// dispatchLocked hands free slots to queued streams in FIFO order and
+// dials for those left waiting.
+func (p *h2Pool) dispatchLocked() {
+	for len(p.waiters) > 0 {
+		pc := p.pickLocked()
+		if pc == nil {
+			break
+		}
+		w := p.waiters[0]
+		p.waiters[0] = nil
+		p.waiters = p.waiters[1:]
+		pc.reserved++
+		w.pc, w.done = pc, true
+		close(w.ready)
+	}
+	if len(p.waiters) == 0 {
+		p.waiters = nil
+	}
+	p.planDialsLocked()
+}
+
+// failWaitersLocked ends every queued stream with err.
+func (p *h2Pool) failWaitersLocked(err error) {
+	for _, w := range p.waiters {
+		w.err, w.done = err, true
+		close(w.ready)
+	}
+	p.waiters = nil
+}
+
+// planDialsLocked dials until the connections open and being dialled can
+// hold the streams in use and waiting, times the preconnect ratio, within
+// max_connections and the dial backoff. With a ratio above 1 an idle pool
+// keeps one connection.
+func (p *h2Pool) planDialsLocked() {
+	if p.closed {
+		return
+	}
+	if wait := time.Until(p.retryAt); wait > 0 {
+		if len(p.waiters) > 0 && p.kickTimer == nil {
+			p.kickTimer = time.AfterFunc(wait, p.kick)
+		}
+		return
+	}
+	demand, supply := len(p.waiters), 0
+	for _, pc := range p.conns {
+		demand += max(pc.active, 0) + pc.reserved
+		if pc.draining || pc.closed {
+			continue
+		}
+		used := max(pc.active, 0) + pc.reserved
+		if pc.settled {
+			supply += max(p.freeLocked(pc), 0) + used
+		} else {
+			// Until its SETTINGS arrive a connection takes one stream;
+			// plan with the limit the endpoint's last SETTINGS gave.
+			supply += max(p.limitHint, used)
+		}
+	}
+	want := demand
+	if r := p.spec.PreconnectRatio; r > 1 {
+		want = max(1, int(math.Ceil(r*float64(demand))))
+	}
+	for supply+p.connecting*p.limitHint < want {
+		if !tryAcquire(&p.sh.breaker.conns, p.sh.breaker.maxConns) {
+			if len(p.waiters) > 0 {
+				p.sh.stats.cxPoolOverflow.Inc()
+			}
+			return
+		}
 		p.connecting++
 		go p.dial()
 	}
 }
 
-func (p *h2Pool) dial() {
-	cc, err := p.connect()
+// kick re-plans dials once a backoff has passed.
+func (p *h2Pool) kick() {
 	p.mu.Lock()
-	p.connecting--
-	if err != nil {
-		p.dialErr = err
-	} else if p.closed {
-		cc.Close()
-	} else {
-		p.conns = append(p.conns, cc)
-	}
-	close(p.changed)
-	p.changed = make(chan struct{})
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	p.kickTimer = nil
+	p.dispatchLocked()
 }
 
-func (p *h2Pool) connect() (*h2.ClientConn, error) {
+func (p *h2Pool) dial() {
+	p.mu.Lock()
+	ka := p.kaInterval
+	p.mu.Unlock()
+	pc := &pconn{kaInterval: ka}
+	err := p.connect(pc)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.connecting--
+	if err != nil {
+		p.sh.breaker.conns.Add(-1)
+		p.failures++
+		p.lastErr = err
+		p.retryAt = time.Now().Add(dialBackoff(p.failures))
+		p.logger.Debug("upstream connect failed", "err", err, "failures", p.failures)
+		if p.connecting == 0 && !p.hasUsableLocked() {
+			p.failWaitersLocked(connectFailure(err))
+		}
+		p.planDialsLocked() // arms the kick timer if streams still wait
+		return
+	}
+	p.failures = 0
+	if p.closed {
+		pc.localClose = true
+		p.mu.Unlock()
+		pc.cc.Close()
+		p.mu.Lock()
+		return
+	}
+	if !pc.closed {
+		p.conns = append(p.conns, pc)
+		if d := p.spec.Lifetimes.IdleTimeout; d > 0 {
+			pc.idleTimer = time.AfterFunc(d, func() { p.idleExpired(pc) })
+		}
+		if d := p.spec.Lifetimes.MaxConnectionDuration; d > 0 {
+			pc.ageTimer = time.AfterFunc(d, func() { p.maxDurationReached(pc) })
+		}
+	}
+	p.dispatchLocked()
+}
+
+func (p *h2Pool) hasUsableLocked() bool {
+	for _, pc := range p.conns {
+		if !pc.draining && !pc.closed {
+			return true
+		}
+	}
+	return false
+}
+
+// connect dials the endpoint and starts an HTTP/2 connection for pc.
+func (p *h2Pool) connect(pc *pconn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.spec.ConnectTimeout)
 	defer cancel()
-	conn, err := dialTCP(ctx, p.addr, p.spec.TLS, p.stats)
+	conn, err := dialUpstream(ctx, p.addr, p.spec.TLS, p.spec.TCPKeepalive, p.stats)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol != "h2" {
 		conn.Close()
 		p.stats.CxConnectFail.Inc()
-		return nil, fmt.Errorf("upstream %s: TLS peer did not negotiate h2 (ALPN %q)", p.addr, tc.ConnectionState().NegotiatedProtocol)
+		return fmt.Errorf("upstream %s: TLS peer did not negotiate h2 (ALPN %q)", p.addr, tc.ConnectionState().NegotiatedProtocol)
 	}
 	p.stats.CxTotal.Inc()
 	p.stats.CxActive.Inc()
 	o := p.spec.HTTP2
-	cc := h2.NewClientConn(conn, &h2.ClientConfig{
+	ka := pc.kaInterval
+	pc.cc = h2.NewClientConn(conn, &h2.ClientConfig{
 		MaxConcurrentStreams:        o.MaxConcurrentStreams,
 		InitialStreamWindowSize:     o.InitialStreamWindowSize,
 		InitialConnectionWindowSize: o.InitialConnectionWindowSize,
-		KeepaliveInterval:           o.Keepalive.Interval,
+		KeepaliveInterval:           ka,
 		KeepaliveTimeout:            o.Keepalive.Timeout,
+		KeepaliveJitterPercent:      o.Keepalive.JitterPercent,
 		Logger:                      p.logger,
 		Stats:                       p.stats.HTTP2,
-		OnSettings:                  func(uint32) { p.broadcast() },
-		OnGoAway: func(_ uint32, _ stream.ErrCode, _ string) {
-			p.stats.CxCloseNotify.Inc()
-			p.broadcast()
-		},
-		OnStreamDone: p.broadcast,
-		OnClose: func(error) {
-			p.stats.CxActive.Dec()
-			p.broadcast()
-		},
+		OnSettings:                  func(mcs uint32) { p.onSettings(pc, mcs) },
+		OnGoAway:                    func(_ uint32, code stream.ErrCode, debug string) { p.onGoAway(pc, code, debug) },
+		OnStreamDone:                func() { p.streamDone(pc) },
+		OnClose:                     func(err error) { p.onClose(pc, err) },
 	})
-	return cc, nil
+	return nil
 }
 
-// dialTCP connects to addr within ctx, with TCP_NODELAY, and completes the
-// TLS handshake when cfg is set: connect_timeout covers the handshake.
+func (p *h2Pool) onSettings(pc *pconn, mcs uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc.settled = true
+	l := int(min(mcs, math.MaxInt32))
+	if m := p.spec.HTTP2.MaxConcurrentStreams; m > 0 {
+		l = min(l, int(m))
+	}
+	p.limitHint = max(l, 1)
+	p.dispatchLocked()
+}
+
+// onGoAway stops new streams on pc and, for ENHANCE_YOUR_CALM
+// "too_many_pings", doubles the endpoint's keepalive interval once per
+// interval in use (several connections reporting the same strike double
+// it once).
+func (p *h2Pool) onGoAway(pc *pconn, code stream.ErrCode, debug string) {
+	p.stats.CxCloseNotify.Inc()
+	p.sh.stats.goAwayRx(code)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc.draining = true
+	if code == stream.ErrCodeEnhanceYourCalm && debug == "too_many_pings" && pc.kaInterval > 0 && pc.kaInterval >= p.kaInterval && p.kaInterval < maxKeepaliveInterval {
+		p.kaInterval = min(2*p.kaInterval, maxKeepaliveInterval)
+		p.kaGauge.Set(p.kaInterval.Milliseconds())
+		p.sh.stats.keepaliveBackoff.Inc()
+		p.logger.Info("upstream sent too_many_pings; doubling keepalive interval", "interval", p.kaInterval)
+	}
+	p.dispatchLocked()
+}
+
+func (p *h2Pool) onClose(pc *pconn, err error) {
+	p.stats.CxActive.Dec()
+	p.sh.breaker.conns.Add(-1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc.closed = true
+	if pc.idleTimer != nil {
+		pc.idleTimer.Stop()
+	}
+	if pc.ageTimer != nil {
+		pc.ageTimer.Stop()
+	}
+	if pc.active > 0 && err != nil {
+		if pc.localClose || errors.Is(err, h2.ErrKeepaliveTimeout) {
+			p.sh.stats.cxDestroyLocalRq.Inc()
+		} else {
+			p.sh.stats.cxDestroyRemoteRq.Inc()
+		}
+	}
+	if pc.active > 0 {
+		p.sh.breaker.requests.Add(-int64(pc.active))
+	}
+	pc.active = 0
+	if i := slices.Index(p.conns, pc); i >= 0 {
+		p.conns = slices.Delete(p.conns, i, i+1)
+	}
+	p.dispatchLocked()
+}
+
+// drainConnLocked stops new streams on pc and closes it gracefully (GOAWAY)
+// once its streams end.
+func (p *h2Pool) drainConnLocked(pc *pconn) {
+	pc.draining = true
+	if pc.idleTimer != nil {
+		pc.idleTimer.Stop()
+	}
+	go pc.cc.Shutdown() // takes the connection's lock; never under ours in its callbacks' order
+}
+
+func (p *h2Pool) idleExpired(pc *pconn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pc.active > 0 || pc.reserved > 0 || pc.draining || pc.closed {
+		return
+	}
+	p.sh.stats.cxIdleTimeout.Inc()
+	p.drainConnLocked(pc)
+}
+
+func (p *h2Pool) maxDurationReached(pc *pconn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pc.draining || pc.closed {
+		return
+	}
+	p.sh.stats.cxMaxDuration.Inc()
+	p.drainConnLocked(pc)
+	p.dispatchLocked()
+}
+
+// dialTCP connects to addr within ctx like dialUpstream, without TCP
+// keepalive.
 func dialTCP(ctx context.Context, addr string, cfg *tls.Config, st *Stats) (net.Conn, error) {
+	return dialUpstream(ctx, addr, cfg, nil, st)
+}
+
+// dialUpstream connects to addr within ctx, with TCP_NODELAY and, when ka is
+// set, TCP keepalive (upstream_connection_options.tcp_keepalive), and
+// completes the TLS handshake when cfg is set: connect_timeout covers the
+// handshake.
+func dialUpstream(ctx context.Context, addr string, cfg *tls.Config, ka *net.KeepAliveConfig, st *Stats) (net.Conn, error) {
 	d := net.Dialer{KeepAlive: -1}
+	if ka != nil {
+		d.KeepAliveConfig = *ka
+	}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		st.CxConnectFail.Inc()
@@ -229,36 +562,54 @@ func dialTCP(ctx context.Context, addr string, cfg *tls.Config, st *Stats) (net.
 	return tc, nil
 }
 
-// ActiveConns is the number of open connections.
+// ActiveConns is the number of connections open, draining ones included.
 func (p *h2Pool) ActiveConns() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns)
 }
 
+// stop marks the pool closed and fails queued streams; it returns the
+// connections to end.
+func (p *h2Pool) stop() []*pconn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if p.kickTimer != nil {
+		p.kickTimer.Stop()
+		p.kickTimer = nil
+	}
+	p.failWaitersLocked(&stream.Error{Code: stream.ErrCodeRefusedStream, Unprocessed: true, Reason: "connection pool closed"})
+	conns := slices.Clone(p.conns)
+	for _, pc := range conns {
+		pc.draining = true
+		if pc.idleTimer != nil {
+			pc.idleTimer.Stop()
+		}
+		if pc.ageTimer != nil {
+			pc.ageTimer.Stop()
+		}
+	}
+	return conns
+}
+
 // Drain stops new streams and closes each connection once its streams end.
 func (p *h2Pool) Drain() {
-	p.mu.Lock()
-	p.closed = true
-	conns := p.conns
-	p.conns = nil
-	close(p.changed)
-	p.changed = make(chan struct{})
-	p.mu.Unlock()
-	for _, cc := range conns {
-		cc.Shutdown()
+	for _, pc := range p.stop() {
+		pc.cc.Shutdown()
 	}
 }
 
-// Close closes every connection at once.
+// Close closes every connection at once, failing their streams.
 func (p *h2Pool) Close() error {
+	conns := p.stop()
 	p.mu.Lock()
-	p.closed = true
-	conns := p.conns
-	p.conns = nil
+	for _, pc := range conns {
+		pc.localClose = true
+	}
 	p.mu.Unlock()
-	for _, cc := range conns {
-		cc.Close()
+	for _, pc := range conns {
+		pc.cc.Close()
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"time"
@@ -41,6 +42,10 @@ type ClientConfig struct {
 	// the connection closes, counting http2.keepalive_timeout, when the ACK
 	// does not arrive within KeepaliveTimeout (0 means 20 s).
 	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// KeepaliveJitterPercent adds a random delay of up to this percentage
+	// of KeepaliveInterval to each interval (Envoy's interval_jitter), so
+	// that connections opened together do not ping together. 0 means none.
+	KeepaliveJitterPercent float64
 	// SettingsTimeout is how long to wait for the peer's first SETTINGS
 	// before assuming SETTINGS_MAX_CONCURRENT_STREAMS=100. Until then one
 	// stream may be open. 0 means 1 s.
@@ -115,7 +120,7 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 	cc.c.mu.Lock()
 	cc.settingsTimer = time.AfterFunc(cf.SettingsTimeout, cc.settingsExpired)
 	if cf.KeepaliveInterval > 0 {
-		cc.kaTimer = time.AfterFunc(cf.KeepaliveInterval, cc.keepalive)
+		cc.kaTimer = time.AfterFunc(cc.keepaliveDelay(), cc.keepalive)
 	}
 	cc.c.mu.Unlock()
 	go cc.c.writeLoop()
@@ -342,12 +347,27 @@ func (cc *ClientConn) keepalive() {
 			cc.kaTimeoutTimer.Reset(cc.cfg.KeepaliveTimeout)
 		}
 	}
-	cc.kaTimer.Reset(cc.cfg.KeepaliveInterval)
+	cc.kaTimer.Reset(cc.keepaliveDelay())
+}
+
+// keepaliveDelay is the time until the next keepalive PING: the interval
+// plus a uniformly random jitter in [0, interval*KeepaliveJitterPercent/100).
+func (cc *ClientConn) keepaliveDelay() time.Duration {
+	d := cc.cfg.KeepaliveInterval
+	if j := time.Duration(float64(d) * cc.cfg.KeepaliveJitterPercent / 100); j > 0 {
+		d += rand.N(j)
+	}
+	return d
 }
 
 // errKeepaliveTimeout is the cause of a connection closed because a
 // keepalive PING went unanswered.
 var errKeepaliveTimeout = errors.New("http2: keepalive PING not acknowledged in time")
+
+// ErrKeepaliveTimeout is the error OnClose reports (errors.Is) for a
+// connection closed because a keepalive PING was not acknowledged within
+// KeepaliveTimeout.
+var ErrKeepaliveTimeout = errKeepaliveTimeout
 
 func (cc *ClientConn) keepaliveExpired() {
 	c := cc.c
