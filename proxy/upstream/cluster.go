@@ -75,6 +75,8 @@ type Host struct {
 	// outlier receives request outcomes; nil when the cluster has no
 	// outlier_detection.
 	outlier resultSink
+	// health holds the active health check and outlier flags (health.go).
+	health hostHealth
 }
 
 // resultSink is where a host's request outcomes go: outlier detection.
@@ -121,6 +123,10 @@ type Cluster struct {
 	set    atomic.Pointer[hostSet]
 	stop   chan struct{}
 	stopWG sync.WaitGroup
+	// outlier and checker are nil unless the spec configures
+	// outlier_detection / health_checks (health.go).
+	outlier *outlierDetector
+	checker *healthChecker
 	// pools is the circuit breaker and pool stats shared by the pools of
 	// all the cluster's hosts.
 	pools *poolShared
@@ -156,6 +162,7 @@ func newCluster(spec *Spec, store *stats.Store, logger *slog.Logger) *Cluster {
 		logger: logger.With("cluster", spec.Name),
 		stop:   make(chan struct{}),
 	}
+	c.initHealth()
 	c.pools = newPoolShared(spec, c.stats)
 	if spec.Discovery == Static {
 		eps := make([]resolved, 0, len(spec.Endpoints))
@@ -191,12 +198,15 @@ func (c *Cluster) setHosts(eps []resolved) {
 	}
 	hs := &hostSet{byLB: map[*lb.Host]*Host{}}
 	lbHosts := make([]*lb.Host, 0, len(eps))
+	var added []*Host
 	for _, e := range eps {
 		h := prev[e.addr]
 		if h != nil && h.LB.Weight == e.weight {
 			delete(prev, e.addr)
 		} else {
 			h = &Host{LB: lb.NewHost(e.addr, e.weight, ""), Addr: e.addr, pool: c.newPool(e.addr)}
+			c.attachHealth(h)
+			added = append(added, h)
 		}
 		hs.hosts = append(hs.hosts, h)
 		hs.byLB[h.LB] = h
@@ -211,7 +221,9 @@ func (c *Cluster) setHosts(eps []resolved) {
 		hs.picker = b
 	}
 	c.set.Store(hs)
+	c.startHealth(added)
 	for _, h := range prev {
+		c.detachHealth(h)
 		h.pool.Drain()
 	}
 }
@@ -295,6 +307,7 @@ func (c *Cluster) resolve(ctx context.Context) {
 func (c *Cluster) drain() {
 	close(c.stop)
 	c.stopWG.Wait()
+	c.closeHealth()
 	for _, h := range c.set.Load().hosts {
 		h.pool.Drain()
 	}
