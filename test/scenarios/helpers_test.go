@@ -8,6 +8,7 @@ package scenarios
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"maps"
@@ -341,7 +342,8 @@ func (s *scenarioService) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.
 	}
 }
 
-// sendParams sends one response per parameter, each after its interval.
+// sendParams sends one response per parameter, each after its interval,
+// stamped with its send time (stampSent).
 // Intervals are measured from the previous send, so a slow send does not
 // bunch up later messages behind it.
 func sendParams(ctx context.Context, send func(*testpb.StreamingOutputCallResponse) error, params []*testpb.ResponseParameters) error {
@@ -360,11 +362,35 @@ func sendParams(ctx context.Context, send func(*testpb.StreamingOutputCallRespon
 		if p.GetSize() < 0 {
 			return status.Errorf(codes.InvalidArgument, "response size %d is negative", p.GetSize())
 		}
-		if err := send(&testpb.StreamingOutputCallResponse{Payload: payload(int(p.GetSize()))}); err != nil {
+		body := payload(int(p.GetSize()))
+		stampSent(body.Body)
+		if err := send(&testpb.StreamingOutputCallResponse{Payload: body}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// epoch is the origin of the send stamps. The backend runs in the test's
+// process, so a client there can subtract a stamp from its own clock.
+var epoch = time.Now()
+
+// stampSent writes the time since epoch (nanoseconds, big-endian) into the
+// first 8 bytes of a streamed payload of at least 8 bytes, just before it is
+// sent; sinceSent reads it back.
+func stampSent(body []byte) {
+	if len(body) >= 8 {
+		binary.BigEndian.PutUint64(body, uint64(time.Since(epoch)))
+	}
+}
+
+// sinceSent returns how long ago the backend stamped a streamed payload
+// (stampSent), and false for a payload too short to carry a stamp.
+func sinceSent(body []byte) (time.Duration, bool) {
+	if len(body) < 8 {
+		return 0, false
+	}
+	return time.Since(epoch) - time.Duration(binary.BigEndian.Uint64(body)), true
 }
 
 func payload(n int) *testpb.Payload {
@@ -814,6 +840,47 @@ func procRSSKiB(pid int) (int64, error) {
 		return 0, fmt.Errorf("reading RSS of pid %d: %w", pid, err)
 	}
 	return 0, fmt.Errorf("reading RSS of pid %d: no VmRSS line in /proc/%d/status", pid, pid)
+}
+
+// procRunDelay returns how long the threads of process pid have waited on
+// a CPU run queue in total (the second field of each
+// /proc/PID/task/TID/schedstat). A delta far above zero over a measurement
+// means the machine was too busy to schedule the process promptly, which
+// timing tests report so a loaded machine is not mistaken for a slow proxy.
+func procRunDelay(pid int) (time.Duration, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("run delay of pid %d: %w", pid, err)
+	}
+	var total time.Duration
+	for _, task := range tasks {
+		data, err := os.ReadFile(dir + "/" + task.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread exited since ReadDir
+		}
+		fields := strings.Fields(string(data))
+		if len(fields) < 2 {
+			return 0, fmt.Errorf("run delay of pid %d: schedstat %q: want 3 fields", pid, data)
+		}
+		ns, err := strconv.ParseInt(fields[1], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("run delay of pid %d: schedstat %q: %w", pid, data, err)
+		}
+		total += time.Duration(ns)
+	}
+	return total, nil
+}
+
+// loadAverage returns the first three fields of /proc/loadavg, or why they
+// could not be read, for messages.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return err.Error()
+	}
+	f := strings.Fields(string(data))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 // waitFor polls cond every pollInterval until it returns true, and fails the
