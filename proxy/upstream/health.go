@@ -231,7 +231,11 @@ func compileHealthCheck(hc *corev3.HealthCheck, cluster string) (*HealthCheckSpe
 			if k == "" || strings.HasPrefix(k, ":") {
 				return nil, fmt.Errorf("grpc_health_check.initial_metadata[%d].header.key: %q is not a metadata key", i, k)
 			}
-			s.GRPC.Metadata = append(s.GRPC.Metadata, k, md.GetHeader().GetValue())
+			v := md.GetHeader().GetValue()
+			if v == "" {
+				v = string(md.GetHeader().GetRawValue())
+			}
+			s.GRPC.Metadata = append(s.GRPC.Metadata, k, v)
 		}
 	case hc.GetTcpHealthCheck() != nil:
 		return nil, errors.New("tcp_health_check: not supported (http_health_check and grpc_health_check are)")
@@ -279,9 +283,13 @@ func compileHTTPHealthCheck(h *corev3.HealthCheck_HttpHealthCheck, cluster strin
 			return nil, fmt.Errorf("request_headers_to_add[%d].header.key: %q cannot be set", i, name)
 		}
 		add := HeaderToAdd{Name: name, Value: hv.GetHeader().GetValue()}
+		if add.Value == "" {
+			add.Value = string(hv.GetHeader().GetRawValue())
+		}
 		switch hv.GetAppendAction() {
 		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
-			add.Append = true
+			// The deprecated append field, when set, decides instead.
+			add.Append = hv.GetAppend() == nil || hv.GetAppend().GetValue() //nolint:staticcheck // deprecated, still honoured by Envoy
 		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
 		default:
 			return nil, fmt.Errorf("request_headers_to_add[%d].append_action: %s is not supported", i, hv.GetAppendAction())
