@@ -54,7 +54,7 @@ func Main(m *testing.M) int {
 
 // BuildMeshd returns the path of a meshd binary: $MESHD_BIN when set (it must
 // name an existing file), otherwise ./cmd/meshd of this module built once per
-// test binary. It fails the test, with the build output, when there is none.
+// test binary (with -race under go test -race). It fails the test, with the build output, when there is none.
 func BuildMeshd(t testing.TB) string {
 	t.Helper()
 	if bin := os.Getenv(MeshdBinEnv); bin != "" {
@@ -67,7 +67,9 @@ func BuildMeshd(t testing.TB) string {
 }
 
 // BuildGoBinary builds the main package pkg once per test binary and returns
-// the binary's path. pkg is a path relative to the module root
+// the binary's path. Under `go test -race` the binary is built with -race
+// too, so a data race in it makes it exit non-zero (status 66) and fails the
+// test that waits for its exit. pkg is a path relative to the module root
 // ("./cmd/meshd") or an import path the module's go.mod resolves
 // ("meshd.dev/meshd/test/e2e/internal/interopclient"). A failed build fails
 // every test that asks for it, with the compiler's output.
@@ -100,7 +102,11 @@ func buildGoBinary(pkg string) (string, error) {
 	out := filepath.Join(dir, name)
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	args := []string{"build", "-o", out}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
 	cmd.Dir = root
 	cmd.WaitDelay = time.Second
 	output, err := cmd.CombinedOutput()

@@ -257,10 +257,18 @@ func (s *Sidecar) Signal(sig os.Signal) error {
 // (-1 if a signal killed it). It returns an error, and leaves the process
 // running, if it has not exited by then.
 func (s *Sidecar) Wait(timeout time.Duration) (int, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
 	select {
 	case <-s.done:
 		return s.state.ExitCode(), nil
-	case <-time.After(timeout):
+	case <-timer.C:
+	}
+	// An exit racing the deadline (or a zero timeout) still counts.
+	select {
+	case <-s.done:
+		return s.state.ExitCode(), nil
+	default:
 		return 0, fmt.Errorf("meshd (pid %d) still running %v later", s.cmd.Process.Pid, timeout)
 	}
 }
