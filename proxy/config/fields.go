@@ -150,7 +150,7 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 		supported: names("name", "type", "connect_timeout", "lb_policy", "load_assignment",
 			"typed_extension_protocol_options", "transport_socket", "eds_cluster_config",
 			"dns_refresh_rate", "circuit_breakers", "preconnect_policy", "upstream_connection_options",
-			"per_connection_buffer_limit_bytes", "outlier_detection",
+			"per_connection_buffer_limit_bytes", "outlier_detection", "health_checks",
 			// Deprecated in Envoy in favour of typed_extension_protocol_options,
 			// still honoured by Envoy and by meshd.
 			"http2_protocol_options", "common_http_protocol_options", "max_requests_per_connection"),
@@ -173,7 +173,18 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 			"interval", "base_ejection_time", "max_ejection_time", "max_ejection_time_jitter",
 			"max_ejection_percent", "always_eject_one_host", "successful_active_health_check_uneject_host"),
 	},
-	"envoy.config.endpoint.v3.ClusterLoadAssignment": {supported: names("cluster_name", "endpoints")},
+	"envoy.config.core.v3.HealthCheck": {
+		supported: names("timeout", "interval", "unhealthy_interval", "healthy_edge_interval",
+			"unhealthy_edge_interval", "no_traffic_interval", "no_traffic_healthy_interval",
+			"initial_jitter", "interval_jitter", "interval_jitter_percent", "reuse_connection",
+			"unhealthy_threshold", "healthy_threshold", "http_health_check", "grpc_health_check"),
+	},
+	"envoy.config.core.v3.HealthCheck.HttpHealthCheck": {
+		supported: names("host", "path", "method", "codec_client_type", "request_headers_to_add",
+			"request_headers_to_remove", "expected_statuses", "retriable_statuses"),
+	},
+	"envoy.config.core.v3.HealthCheck.GrpcHealthCheck": {supported: names("service_name", "authority", "initial_metadata")},
+	"envoy.config.endpoint.v3.ClusterLoadAssignment":   {supported: names("cluster_name", "endpoints")},
 	"envoy.config.endpoint.v3.LocalityLbEndpoints": {
 		supported: names("lb_endpoints"),
 		ignored:   names("locality"),
