@@ -26,6 +26,9 @@ type Handler struct {
 	clusters *upstream.Manager
 	stats    *Stats
 	logger   *slog.Logger
+	// retryStats caches each cluster's retry stats, keyed by
+	// weak.Pointer[upstream.Stats].
+	retryStats sync.Map
 }
 
 // NewHandler returns a handler serving cfg with clusters from cm.

@@ -3,8 +3,10 @@ package hcm
 import (
 	"errors"
 	mrand "math/rand/v2"
+	"runtime"
 	"strconv"
 	"time"
+	"weak"
 
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
@@ -37,8 +39,9 @@ const (
 // on an endpoint not tried yet (at most once per other endpoint); beyond
 // that the route's retry_on connect-failure decides.
 
-// retryStats are the router's per-cluster retry stats, looked up only when
-// a retry is considered (the common path never touches them).
+// retryStats are the router's per-cluster retry stats. They are created
+// with the first request to the cluster, so they read 0 before any retry
+// (as Envoy's do), and cached per cluster by Handler.retryStatsFor.
 type retryStats struct {
 	retry          *stats.Counter // upstream_rq_retry
 	success        *stats.Counter // upstream_rq_retry_success
@@ -78,11 +81,21 @@ type retryState struct {
 	holding bool
 }
 
-func (rs *retryState) stats() *retryStats {
-	if rs.st == nil {
-		rs.st = newRetryStats(rs.c.Stats().Scope)
+func (rs *retryState) stats() *retryStats { return rs.st }
+
+// retryStatsFor returns the retry stats of the cluster whose stats are cs.
+// The cache holds cs weakly: the entry goes when the cluster does.
+func (h *Handler) retryStatsFor(cs *upstream.Stats) *retryStats {
+	k := weak.Make(cs)
+	if v, ok := h.retryStats.Load(k); ok {
+		return v.(*retryStats)
 	}
-	return rs.st
+	st := newRetryStats(cs.Scope)
+	if v, loaded := h.retryStats.LoadOrStore(k, st); loaded {
+		return v.(*retryStats)
+	}
+	runtime.AddCleanup(cs, func(k weak.Pointer[upstream.Stats]) { h.retryStats.Delete(k) }, k)
+	return st
 }
 
 // release returns the active retry slot the request holds, if any.

@@ -65,7 +65,7 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 		go ex.body.fill(ctx, ex.ds, ex.wd.touch, ex.wd.requestComplete)
 	}
 
-	rs := &retryState{policy: r.Retry, c: c}
+	rs := &retryState{policy: r.Retry, c: c, st: ex.h.retryStatsFor(c.Stats())}
 	defer rs.release()
 	for {
 		host := ex.pickHost(c, r.Retry)
@@ -207,7 +207,7 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	case ctx.Err() != nil:
 		ex.exchangeEnded(cs, ctx)
 	case context.Cause(actx) == errUpstreamMaxDuration:
-		rsStats(c).maxDurationHit.Inc()
+		ex.h.retryStatsFor(cs).maxDurationHit.Inc()
 		ex.ds.Reset(stream.ErrCodeCancel)
 	default:
 		cs.RqReset.Inc()
@@ -216,9 +216,6 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 		ex.ds.Reset(stream.CodeOf(err))
 	}
 }
-
-// rsStats returns c's retry stats outside a retry state.
-func rsStats(c *upstream.Cluster) *retryStats { return newRetryStats(c.Stats().Scope) }
 
 // errDownstreamGone ends the response pump when the downstream stream can
 // take no more data.
@@ -280,6 +277,13 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 	case errUpstreamMaxDuration:
 		rs.stats().maxDurationHit.Inc()
 		ex.localReply(ex.timeoutCode(), errUpstreamMaxDuration.Error())
+		return false, 0
+	}
+	if errors.Is(err, upstream.ErrOverflow) {
+		// The pool is at max_pending_requests: fail fast, no retry.
+		cs.Scope.ResponseCode("upstream_rq", 503)
+		ex.overloaded = true
+		ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
 		return false, 0
 	}
 	if stream.Unprocessed(err) {
