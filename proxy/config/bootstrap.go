@@ -89,6 +89,9 @@ func toJSON(data []byte) ([]byte, error) {
 			}
 			return nil, errors.New("invalid JSON")
 		}
+		if err := duplicateKeys(trimmed); err != nil {
+			return nil, err
+		}
 		return trimmed, nil
 	}
 	js, err := yaml.YAMLToJSONStrict(data)
@@ -99,6 +102,91 @@ func toJSON(data []byte) ([]byte, error) {
 		return nil, errors.New("the document is not a mapping of Bootstrap fields")
 	}
 	return js, nil
+}
+
+// duplicateKeys returns an error naming the first object key that appears
+// twice in one JSON object, with its path as written in the document. (YAML
+// input is checked by the YAML decoder; decoding JSON into maps would hide
+// duplicates and protojson reports them without a path.)
+func duplicateKeys(js []byte) error {
+	type frame struct {
+		path   string
+		keys   map[string]bool // nil for an array
+		index  int             // next element index, arrays only
+		expect bool            // objects: the next string token is a key
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	var stack []*frame
+	path := func() string {
+		if len(stack) == 0 {
+			return ""
+		}
+		return stack[len(stack)-1].path
+	}
+	// child returns the path of the value about to be read.
+	var pendingKey string
+	child := func() string {
+		if len(stack) == 0 {
+			return ""
+		}
+		top := stack[len(stack)-1]
+		if top.keys == nil {
+			p := fmt.Sprintf("%s[%d]", top.path, top.index)
+			top.index++
+			return p
+		}
+		return join(top.path, pendingKey)
+	}
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("invalid JSON: %w", err)
+		}
+		if len(stack) > 0 {
+			top := stack[len(stack)-1]
+			if top.keys != nil && top.expect {
+				if d, ok := tok.(json.Delim); ok && d == '}' {
+					stack = stack[:len(stack)-1]
+					continue
+				}
+				key, _ := tok.(string)
+				if top.keys[key] {
+					where := path()
+					if where == "" {
+						where = "the top level"
+					}
+					return fmt.Errorf("invalid JSON: duplicate key %q in %s", key, where)
+				}
+				top.keys[key] = true
+				pendingKey = key
+				top.expect = false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			p := child()
+			f := &frame{path: p}
+			if tok == json.Delim('{') {
+				f.keys = map[string]bool{}
+				f.expect = true
+			}
+			if len(stack) > 0 && stack[len(stack)-1].keys != nil {
+				stack[len(stack)-1].expect = true
+			}
+			stack = append(stack, f)
+		case json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		default:
+			child()
+			if len(stack) > 0 && stack[len(stack)-1].keys != nil {
+				stack[len(stack)-1].expect = true
+			}
+		}
+	}
 }
 
 // decodeStrict unmarshals js into m. Before doing so it walks the JSON tree

@@ -451,6 +451,9 @@ func TestParseBootstrapSyntax(t *testing.T) {
 		{"not a mapping", "- a\n- b\n", "not a mapping"},
 		{"bad JSON", `{"node": }`, "invalid JSON"},
 		{"duplicate YAML key", "node: {id: a}\nnode: {id: b}\n", "invalid YAML"},
+		{"duplicate top-level JSON key", `{"node": {"id": "a"}, "node": {}}`, `duplicate key "node" in the top level`},
+		{"duplicate nested JSON key", `{"static_resources": {"listeners": [{}, {"name": "a", "name": "b"}]}}`, `duplicate key "name" in static_resources.listeners[1]`},
+		{"duplicate key after an array", `{"a": [1, [2, {"x": 1}]], "b": {"y": {"z": 1}, "y": 2}}`, `duplicate key "y" in b`},
 		{"bad YAML", "node: [\n", "invalid YAML"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,15 +10,21 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
 )
 
 // fuzzSeeds returns the examples and every bad case of
 // TestParseBootstrapRejects, by name.
 func fuzzSeeds(t testing.TB) map[string][]byte {
 	base := exampleFile(t, "sidecar.yaml")
+	js, err := yaml.YAMLToJSON(base)
+	if err != nil {
+		t.Fatal(err)
+	}
 	seeds := map[string][]byte{
-		"example-sidecar":     base,
-		"example-sidecar-tls": exampleFile(t, "sidecar-tls.yaml"),
+		"example-sidecar":      base,
+		"example-sidecar-tls":  exampleFile(t, "sidecar-tls.yaml"),
+		"example-sidecar-json": js,
 	}
 	for _, tc := range badCases {
 		slug := strings.Map(func(r rune) rune {
