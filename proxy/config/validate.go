@@ -100,6 +100,9 @@ type ResourceOptions struct {
 // and ValidateRouteConfiguration hold. All problems are returned together as
 // a *ValidationError; nil means the bootstrap is valid.
 func ValidateBootstrap(b *bootstrapv3.Bootstrap) error {
+	if b == nil {
+		return missing("bootstrap")
+	}
 	v := &validator{}
 	v.pgvAll("", b)
 	v.walk("", b.ProtoReflect(), OtherExtension)
@@ -139,6 +142,9 @@ func ValidateBootstrap(b *bootstrapv3.Bootstrap) error {
 // applies to a static listener, for xDS updates. Paths are relative to the
 // listener.
 func ValidateListener(l *listenerv3.Listener, opts ResourceOptions) error {
+	if l == nil {
+		return missing("listener")
+	}
 	v := &validator{}
 	v.pgvAll("", l)
 	v.walk("", l.ProtoReflect(), OtherExtension)
@@ -149,6 +155,9 @@ func ValidateListener(l *listenerv3.Listener, opts ResourceOptions) error {
 // ValidateCluster applies to one cluster the checks ValidateBootstrap applies
 // to a static cluster, for xDS updates. Paths are relative to the cluster.
 func ValidateCluster(c *clusterv3.Cluster, opts ResourceOptions) error {
+	if c == nil {
+		return missing("cluster")
+	}
 	v := &validator{}
 	v.pgvAll("", c)
 	v.walk("", c.ProtoReflect(), OtherExtension)
@@ -160,11 +169,19 @@ func ValidateCluster(c *clusterv3.Cluster, opts ResourceOptions) error {
 // resource) the checks ValidateBootstrap applies to an HCM's inline
 // route_config. Paths are relative to the route configuration.
 func ValidateRouteConfiguration(rc *routev3.RouteConfiguration, opts ResourceOptions) error {
+	if rc == nil {
+		return missing("route configuration")
+	}
 	v := &validator{}
 	v.pgvAll("", rc)
 	v.walk("", rc.ProtoReflect(), OtherExtension)
 	v.routeConfig("", rc, opts)
 	return v.result(fmt.Sprintf("route configuration %q", rc.GetName()))
+}
+
+// missing is the error for a nil resource.
+func missing(kind string) error {
+	return &ValidationError{Source: kind, Problems: []*FieldError{{Reason: "missing (nil)"}}}
 }
 
 // validator accumulates problems.

@@ -202,6 +202,19 @@ func TestValidateResources(t *testing.T) {
 	}
 }
 
+func TestValidateNil(t *testing.T) {
+	for name, err := range map[string]error{
+		"bootstrap":           ValidateBootstrap(nil),
+		"listener":            ValidateListener(nil, ResourceOptions{}),
+		"cluster":             ValidateCluster(nil, ResourceOptions{}),
+		"route configuration": ValidateRouteConfiguration(nil, ResourceOptions{}),
+	} {
+		if probs := problems(t, err); len(probs) != 1 || err.Error() != name+": invalid: missing (nil)" {
+			t.Errorf("Validate(nil %s) = %v, want one problem saying it is missing", name, err)
+		}
+	}
+}
+
 func TestValidateListenerNamesSource(t *testing.T) {
 	l := testListener(t, testHCM(t, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: testRouteConfig("x")}))
 	err := ValidateListener(l, ResourceOptions{})
