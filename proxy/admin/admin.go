@@ -565,6 +565,9 @@ func (s *Server) handleQuit(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", contentText)
 	w.Header().Set("Connection", "close")
+	// A complete, length-delimited response is on the wire after the flush,
+	// so the process may exit right after it without truncating the answer.
+	w.Header().Set("Content-Length", "3")
 	s.write(w, "OK\n")
 	if err := http.NewResponseController(w).Flush(); err != nil {
 		s.logger.Debug("admin quitquitquit response not flushed", "error", err)
