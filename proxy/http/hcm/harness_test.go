@@ -3,7 +3,6 @@ package hcm
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -108,23 +107,25 @@ type env struct {
 	cm    *upstream.Manager
 }
 
-// clusterJSON renders a STATIC HTTP/2 cluster named "backend" with the
-// given endpoints and extra top-level fields (JSON object members).
+// clusterJSON renders a STATIC cluster named "backend" with the given
+// endpoints and extra top-level fields (JSON object members); it speaks
+// HTTP/2 unless extra sets typed_extension_protocol_options.
 func clusterJSON(addrs []string, extra string) string {
 	var eps []string
 	for _, a := range addrs {
 		host, port, _ := net.SplitHostPort(a)
 		eps = append(eps, fmt.Sprintf(`{"endpoint":{"address":{"socket_address":{"address":%q,"port_value":%s}}}}`, host, port))
 	}
-	if extra != "" {
-		extra = "," + extra
+	// extra may bring its own protocol options; HTTP/2 is the default.
+	if !strings.Contains(extra, "typed_extension_protocol_options") {
+		extra = strings.TrimSuffix(`"typed_extension_protocol_options":{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":{
+   "@type":"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+   "explicit_http_config":{"http2_protocol_options":{}}}},`+extra, ",")
 	}
 	return fmt.Sprintf(`{
  "name":"backend","type":"STATIC","connect_timeout":"1s",
  "load_assignment":{"cluster_name":"backend","endpoints":[{"lb_endpoints":[%s]}]},
- "typed_extension_protocol_options":{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":{
-   "@type":"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-   "explicit_http_config":{"http2_protocol_options":{}}}}%s}`, strings.Join(eps, ","), extra)
+ %s}`, strings.Join(eps, ","), extra)
 }
 
 // hcmJSON renders an HCM whose one virtual host has the given routes (a
@@ -311,10 +312,4 @@ func (fs *fakeStream) result() result {
 		r.status, r.end, r.header = fs.resp.Status, fs.respEnd, fs.resp.Header
 	}
 	return r
-}
-
-// jsonString quotes s for embedding in the JSON configs.
-func jsonString(s string) string {
-	b, _ := json.Marshal(s)
-	return string(b)
 }

@@ -354,6 +354,43 @@ func TestRetries(t *testing.T) {
 			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_retry_overflow": 1, "cluster.backend.upstream_rq_retry": 0},
 		},
 		{
+			name:        "retry_budget with no room overflows",
+			script:      []action{{status: 503}, {status: 200}},
+			retryPolicy: `{"retry_on":"5xx","num_retries":3}`,
+			cluster:     `"circuit_breakers":{"thresholds":[{"retry_budget":{"budget_percent":{"value":0},"min_retry_concurrency":0}}]}`,
+			wantStatus:  503,
+			wantBody:    "status 503",
+			wantStreams: 1,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_retry_overflow": 1},
+		},
+		{
+			name:        "retry_budget with room retries",
+			script:      []action{{status: 503}, {status: 200}},
+			retryPolicy: `{"retry_on":"5xx","num_retries":3,"retry_back_off":{"base_interval":"0.001s"}}`,
+			cluster:     `"circuit_breakers":{"thresholds":[{"retry_budget":{"budget_percent":{"value":20},"min_retry_concurrency":1}}]}`,
+			wantStatus:  200,
+			wantBody:    "status 200",
+			wantStreams: 2,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_retry": 1, "cluster.backend.upstream_rq_retry_success": 1},
+		},
+		{
+			name:        "retriable-status-codes",
+			script:      []action{{status: 409}, {status: 200}},
+			retryPolicy: `{"retry_on":"retriable-status-codes","retriable_status_codes":[409],"retry_back_off":{"base_interval":"0.001s"}}`,
+			wantStatus:  200,
+			wantBody:    "status 200",
+			wantStreams: 2,
+		},
+		{
+			name:        "cluster max_stream_duration ends the upstream stream",
+			script:      []action{{hang: true}},
+			cluster:     `"typed_extension_protocol_options":{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":{"@type":"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions","common_http_protocol_options":{"max_stream_duration":"0.1s"},"explicit_http_config":{"http2_protocol_options":{}}}}`,
+			wantStatus:  504,
+			wantBody:    "upstream max stream duration reached",
+			wantStreams: 1,
+			wantStats:   map[string]uint64{"cluster.backend.upstream_rq_max_duration_reached": 1},
+		},
+		{
 			name:        "body over the buffer limit is streamed whole",
 			script:      []action{{echo: true}},
 			routeExtra:  `,"per_request_buffer_limit_bytes":1024`,
@@ -460,4 +497,54 @@ func TestRetryPrefersOtherHost(t *testing.T) {
 	if bad.Load() == 0 || good.Load() != 10 {
 		t.Errorf("bad host saw %d, good host %d; want every request answered by the good host", bad.Load(), good.Load())
 	}
+}
+
+// TestOverflowNotRetried: a request the cluster's circuit breaker refuses
+// (upstream.ErrOverflow) gets 503 with x-envoy-overloaded (gRPC
+// UNAVAILABLE) at once, and is not retried even with a retry_policy.
+func TestOverflowNotRetried(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	up, streams := scriptedUpstream(t, action{hang: true})
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"5s","retry_policy":{"retry_on":"5xx,reset,refused-stream","num_retries":3}}}`
+	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, `"circuit_breakers":{"thresholds":[{"max_requests":1}]}`))
+	hung := newFakeStream("GET", "/", header.Make(0), nil)
+	hungDone := make(chan struct{})
+	go func() {
+		defer close(hungDone)
+		e.h.ServeStream(hung)
+	}()
+	deadline := time.Now().Add(slack)
+	for streams.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if streams.Load() != 1 {
+		t.Fatal("the first request did not reach the upstream")
+	}
+	for _, tc := range []struct {
+		name     string
+		hdr      header.Header
+		status   int
+		grpcCode string
+	}{
+		{name: "HTTP", hdr: header.Make(0), status: 503},
+		{name: "gRPC", hdr: grpcHeaders(), status: 200, grpcCode: "14"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFakeStream("GET", "/", tc.hdr, nil)
+			e.serve(t, fs)
+			r := fs.result()
+			if r.status != tc.status || r.header.Get("x-envoy-overloaded") != "true" || r.header.Get("grpc-status") != tc.grpcCode {
+				t.Fatalf("got %d x-envoy-overloaded=%q grpc-status=%q, want %d true %q",
+					r.status, r.header.Get("x-envoy-overloaded"), r.header.Get("grpc-status"), tc.status, tc.grpcCode)
+			}
+		})
+	}
+	if got := streams.Load(); got != 1 {
+		t.Errorf("upstream saw %d streams, want 1 (overflow is not retried)", got)
+	}
+	if got := e.counter("cluster.backend.upstream_rq_retry"); got != 0 {
+		t.Errorf("upstream_rq_retry = %d, want 0", got)
+	}
+	hung.Reset(stream.ErrCodeCancel)
+	<-hungDone
 }
