@@ -241,9 +241,7 @@ func (b *grpcBackend) unaryInterceptor(ctx context.Context, req any, _ *grpc.Una
 	b.active.Add(1)
 	defer b.active.Add(-1)
 	resp, err := h(ctx, req)
-	if ctx.Err() != nil {
-		b.cancelled.Add(1)
-	}
+	b.countCancelled(ctx, err)
 	return resp, err
 }
 
@@ -252,10 +250,28 @@ func (b *grpcBackend) streamInterceptor(srv any, ss grpc.ServerStream, _ *grpc.S
 	b.active.Add(1)
 	defer b.active.Add(-1)
 	err := h(srv, ss)
-	if ss.Context().Err() != nil {
+	b.countCancelled(ss.Context(), err)
+	return err
+}
+
+// handlerCtxGrace bounds the wait, after a handler failed, for grpc-go to
+// cancel the call's context: a Send can fail on a reset or closed stream
+// a moment before the transport cancels the context.
+const handlerCtxGrace = time.Second
+
+// countCancelled counts a handler that ended with its call's context done.
+func (b *grpcBackend) countCancelled(ctx context.Context, err error) {
+	if err != nil && ctx.Err() == nil {
+		timer := time.NewTimer(handlerCtxGrace)
+		defer timer.Stop()
+		select {
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+	}
+	if ctx.Err() != nil {
 		b.cancelled.Add(1)
 	}
-	return err
 }
 
 // scenarioService implements the interop TestService with handlers a test
@@ -412,12 +428,19 @@ func streamParams(n, size int, interval time.Duration) []*testpb.ResponseParamet
 // closed when the test ends.
 func dialGRPC(t testing.TB, addr string, opts ...grpc.DialOption) testgrpc.TestServiceClient {
 	t.Helper()
+	return testgrpc.NewTestServiceClient(dialGRPCConn(t, addr, opts...))
+}
+
+// dialGRPCConn returns a plaintext grpc-go ClientConn to addr, closed when
+// the test ends if the test has not closed it.
+func dialGRPCConn(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
 	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 	if err != nil {
 		t.Fatalf("grpc.NewClient(%s): %v", addr, err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
-	return testgrpc.NewTestServiceClient(cc)
+	return cc
 }
 
 // scenarioBootstrap describes a sidecar bootstrap: one listener (codec AUTO,
