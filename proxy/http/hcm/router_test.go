@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"io"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -547,4 +548,58 @@ func TestOverflowNotRetried(t *testing.T) {
 	}
 	hung.Reset(stream.ErrCodeCancel)
 	<-hungDone
+}
+
+// TestTimeoutsAfterResponseStarted: activity keeps the idle timer from
+// firing, and a timeout that fires once the response started resets the
+// downstream stream instead of answering it.
+func TestTimeoutsAfterResponseStarted(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	const chunks = 8
+	const gap = 50 * time.Millisecond // well under the 150 ms idle timeout
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		if err := s.WriteHeader(&stream.Response{Status: 200, Header: header.Make(0), ContentLength: -1}, false); err != nil {
+			return
+		}
+		if s.Request().Path == "/hang" {
+			select {
+			case <-s.Context().Done():
+			case <-time.After(hang):
+			}
+			return
+		}
+		for range chunks {
+			time.Sleep(gap)
+			if _, err := io.WriteString(s, "x"); err != nil {
+				return
+			}
+		}
+		_ = s.CloseWrite()
+	})
+	routes := `{"match":{"path":"/hang"},"route":{"cluster":"backend","timeout":"0.15s"}},
+	{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"0s","idle_timeout":"0.15s"}}`
+	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, ""))
+
+	t.Run("activity re-arms the idle timer", func(t *testing.T) {
+		fs := newFakeStream("GET", "/stream", header.Make(0), nil)
+		e.serve(t, fs)
+		r := fs.result()
+		if r.status != 200 || r.body != strings.Repeat("x", chunks) || r.reset != nil {
+			t.Fatalf("got %d %q reset %v, want 200 %q and no reset", r.status, r.body, r.reset, strings.Repeat("x", chunks))
+		}
+		if got := e.counter("http.test.downstream_rq_idle_timeout"); got != 0 {
+			t.Errorf("downstream_rq_idle_timeout = %d, want 0", got)
+		}
+	})
+	t.Run("route timeout after headers resets downstream", func(t *testing.T) {
+		fs := newFakeStream("GET", "/hang", header.Make(0), nil)
+		e.serve(t, fs)
+		r := fs.result()
+		if r.status != 200 || r.reset == nil {
+			t.Fatalf("got %d reset %v, want 200 headers then a reset", r.status, r.reset)
+		}
+		if got := e.counter("cluster.backend.upstream_rq_timeout"); got != 1 {
+			t.Errorf("upstream_rq_timeout = %d, want 1", got)
+		}
+	})
 }
