@@ -83,7 +83,7 @@ func BenchmarkPoolS1(b *testing.B) {
 			slices.Sort(all)
 			b.ReportMetric(float64(all[(len(all)*99+99)/100-1].Nanoseconds()), "p99-ns")
 			b.ReportMetric(float64(srv.accepted.Load()), "conns")
-			b.ReportMetric(float64((processCPU(b) - cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 		})
 	}
 }
