@@ -59,10 +59,10 @@ const (
 func timing(t *testing.T) {
 	t.Helper()
 	if !strings.Contains(t.Name(), "Timing") {
-		t.Fatalf("%s calls timing(t) but its name lacks \"Timing\": the non-race CI step (go test -run Timing ./test/scenarios/) would never run it", t.Name())
+		t.Fatalf("%s calls timing(t) but its name lacks \"Timing\": the non-race CI step (go test -run 'Timing|S8' ./test/scenarios/) would never run it", t.Name())
 	}
 	if raceEnabled {
-		t.Skip("timing test: skipped under -race (the detector distorts latency); .ci/run runs it without -race: go test -count=1 -run Timing ./test/scenarios/")
+		t.Skip("timing test: skipped under -race (the detector distorts latency); .ci/run runs it without -race: go test -count=1 -run 'Timing|S8' ./test/scenarios/")
 	}
 }
 
