@@ -202,10 +202,10 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 		return
 	}
 	switch {
-	case ex.ds.Context().Err() != nil, errors.Is(err, errDownstreamGone) && ctx.Err() == nil:
-		cs.RqCancelled.Inc()
 	case ctx.Err() != nil:
 		ex.exchangeEnded(cs, ctx)
+	case ex.ds.Context().Err() != nil, errors.Is(err, errDownstreamGone):
+		cs.RqCancelled.Inc()
 	case context.Cause(actx) == errUpstreamMaxDuration:
 		ex.h.retryStatsFor(cs).maxDurationHit.Inc()
 		ex.ds.Reset(stream.ErrCodeCancel)
@@ -325,16 +325,18 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 }
 
 // exchangeEnded accounts for an exchange whose context ended: the
-// downstream went away, or one of the exchange's timeouts fired. It
-// answers locally while the response has not started and resets the
-// downstream stream otherwise.
+// downstream went away, or one of the exchange's timeouts fired, in which
+// case it answers locally while the response has not started and resets
+// the downstream stream otherwise.
 func (ex *exchange) exchangeEnded(cs *upstream.Stats, ctx context.Context) {
-	if ex.ds.Context().Err() != nil {
+	// The first cause wins: a timeout that reset the downstream stream is
+	// still a timeout.
+	cause := context.Cause(ctx)
+	if !isTimeout(cause) {
 		cs.RqCancelled.Inc()
 		ex.h.stats.RqRxReset.Inc()
 		return
 	}
-	cause := context.Cause(ctx)
 	code, msg := 504, cause.Error()
 	switch cause {
 	case errRouteTimeout:
@@ -349,10 +351,6 @@ func (ex *exchange) exchangeEnded(cs *upstream.Stats, ctx context.Context) {
 	case errMaxStreamDuration:
 		ex.h.stats.RqMaxDurationReached.Inc()
 		code = ex.timeoutCode()
-	default:
-		ex.h.logger.Debug("exchange ended", "cause", cause)
-		ex.ds.Reset(stream.ErrCodeCancel)
-		return
 	}
 	if ex.headersSent.Load() {
 		ex.ds.Reset(stream.ErrCodeCancel)
