@@ -64,6 +64,11 @@ func Compile(b *bootstrapv3.Bootstrap) (*Snapshot, error) {
 		s.Admin = addr
 	}
 	var errs []error
+	if b.GetDynamicResources() != nil {
+		// Validation accepts ADS configs so the xDS client can reuse it;
+		// until that client exists, say so rather than ignore the block.
+		errs = append(errs, fmt.Errorf("dynamic_resources: xDS (ADS) is not supported by this meshd yet; use static_resources"))
+	}
 	for i, l := range b.GetStaticResources().GetListeners() {
 		cl, err := CompileListener(l)
 		if err != nil {
