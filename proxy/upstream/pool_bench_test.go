@@ -47,7 +47,11 @@ const (
 // the same for both sides) it reports:
 //   - conns: connections the server accepted;
 //   - p99-ns: the 99th percentile request latency seen by a caller;
-//   - cpu-ns/op: user+system CPU of the whole process per request.
+//   - cpu-ns/op: user+system CPU of the whole process per request;
+//   - errors: requests that failed (x/net's Transport can send more streams
+//     than the peer allows on a connection whose SETTINGS it has not read
+//     yet, which an x/net server resets with PROTOCOL_ERROR). More than 1%
+//     fails the benchmark.
 //
 // Compare with: go test -run '^$' -bench PoolS1 -benchtime 20000x -count 5
 // ./proxy/upstream/ | benchstat -col /client -
@@ -67,22 +71,26 @@ func BenchmarkPoolS1(b *testing.B) {
 			// One request per caller first, so dialling is not timed
 			// and both pools start with the connections the load
 			// needs.
-			if err := runS1(rt, s1Callers, nil); err != nil {
-				b.Fatalf("warm-up: %v", err)
+			if failed, err := runS1(rt, s1Callers, nil); err != nil {
+				b.Logf("warm-up: %d of %d requests failed, the first with: %v", failed, s1Callers, err)
 			}
 			lat := make([][]time.Duration, s1Callers)
 			cpu0 := processCPU(b)
 			b.ReportAllocs()
 			b.ResetTimer()
-			err := runS1(rt, b.N, lat)
+			failed, err := runS1(rt, b.N, lat)
 			b.StopTimer()
 			if err != nil {
-				b.Fatal(err)
+				b.Logf("%d of %d requests failed, the first with: %v", failed, b.N, err)
+			}
+			if failed*100 > int64(b.N) {
+				b.Fatalf("%d of %d requests failed (more than 1%%), the first with: %v", failed, b.N, err)
 			}
 			all := slices.Concat(lat...)
 			slices.Sort(all)
 			b.ReportMetric(float64(all[(len(all)*99+99)/100-1].Nanoseconds()), "p99-ns")
 			b.ReportMetric(float64(srv.accepted.Load()), "conns")
+			b.ReportMetric(float64(failed), "errors")
 			b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 		})
 	}
@@ -92,13 +100,14 @@ func BenchmarkPoolS1(b *testing.B) {
 type roundTripper func(ctx context.Context) error
 
 // runS1 runs n requests on s1Callers goroutines and, when lat is non-nil,
-// records each caller's latencies in lat[caller]. It returns the first
-// error.
-func runS1(rt roundTripper, n int, lat [][]time.Duration) error {
+// records the latency of each successful request in lat[caller]. It
+// returns how many requests failed and the first failure.
+func runS1(rt roundTripper, n int, lat [][]time.Duration) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var (
 		next     atomic.Int64
+		failed   atomic.Int64
 		wg       sync.WaitGroup
 		errOnce  sync.Once
 		firstErr error
@@ -110,8 +119,12 @@ func runS1(rt roundTripper, n int, lat [][]time.Duration) error {
 			for next.Add(1) <= int64(n) {
 				start := time.Now()
 				if err := rt(ctx); err != nil {
-					errOnce.Do(func() { firstErr = err; cancel() })
-					return
+					failed.Add(1)
+					errOnce.Do(func() { firstErr = err })
+					if ctx.Err() != nil {
+						return
+					}
+					continue
 				}
 				if lat != nil {
 					lat[caller] = append(lat[caller], time.Since(start))
@@ -120,7 +133,7 @@ func runS1(rt roundTripper, n int, lat [][]time.Duration) error {
 		}()
 	}
 	wg.Wait()
-	return firstErr
+	return failed.Load(), firstErr
 }
 
 // processCPU returns the user plus system CPU time the process has used.
