@@ -52,19 +52,22 @@ type retryStats struct {
 	active         *stats.Gauge   // meshd: upstream_rq_retry_active
 	pendingActive  *stats.Gauge   // upstream_rq_pending_active (the pool's)
 	maxDurationHit *stats.Counter // upstream_rq_max_duration_reached
+	// perTryIdleTimeout is upstream_rq_per_try_idle_timeout.
+	perTryIdleTimeout *stats.Counter
 }
 
 func newRetryStats(sc *stats.Scope) *retryStats {
 	return &retryStats{
-		retry:          sc.Counter("upstream_rq_retry"),
-		success:        sc.Counter("upstream_rq_retry_success"),
-		overflow:       sc.Counter("upstream_rq_retry_overflow"),
-		limitExceeded:  sc.Counter("upstream_rq_retry_limit_exceeded"),
-		transparent:    sc.Counter("upstream_rq_transparent_retry"),
-		bufferAbandon:  sc.Counter("retry_or_shadow_abandoned"),
-		active:         sc.Gauge("upstream_rq_retry_active"),
-		pendingActive:  sc.Gauge("upstream_rq_pending_active"),
-		maxDurationHit: sc.Counter("upstream_rq_max_duration_reached"),
+		retry:             sc.Counter("upstream_rq_retry"),
+		success:           sc.Counter("upstream_rq_retry_success"),
+		overflow:          sc.Counter("upstream_rq_retry_overflow"),
+		limitExceeded:     sc.Counter("upstream_rq_retry_limit_exceeded"),
+		transparent:       sc.Counter("upstream_rq_transparent_retry"),
+		bufferAbandon:     sc.Counter("retry_or_shadow_abandoned"),
+		active:            sc.Gauge("upstream_rq_retry_active"),
+		pendingActive:     sc.Gauge("upstream_rq_pending_active"),
+		maxDurationHit:    sc.Counter("upstream_rq_max_duration_reached"),
+		perTryIdleTimeout: sc.Counter("upstream_rq_per_try_idle_timeout"),
 	}
 }
 
@@ -180,7 +183,8 @@ const (
 )
 
 // retriableResponse reports whether policy p retries response resp, as
-// Envoy's router does: 5xx, gateway-error (502, 503, 504),
+// Envoy's router does: 5xx, gateway-error (502, 503, 504), retriable-4xx
+// (409), envoy-ratelimited (x-envoy-ratelimited present),
 // retriable-status-codes, and the gRPC conditions on a grpc-status carried
 // in the response headers (a trailers-only response).
 func retriableResponse(p *route.RetryPolicy, resp *stream.Response) bool {
@@ -192,6 +196,10 @@ func retriableResponse(p *route.RetryPolicy, resp *stream.Response) bool {
 	case p.Has(route.Retry5xx) && s >= 500 && s <= 599:
 		return true
 	case p.Has(route.RetryGatewayError) && (s == 502 || s == 503 || s == 504):
+		return true
+	case p.Has(route.RetryRetriable4xx) && s == 409:
+		return true
+	case p.Has(route.RetryEnvoyRateLimited) && resp.Header.Has("x-envoy-ratelimited"):
 		return true
 	case p.Has(route.RetryRetriableStatusCodes):
 		for _, c := range p.RetriableStatusCodes {
@@ -225,8 +233,9 @@ func retriableResponse(p *route.RetryPolicy, resp *stream.Response) bool {
 
 // retriableReset reports whether policy p retries an attempt that failed
 // with err before response headers: a reset or disconnect (5xx,
-// gateway-error, reset), a connect failure (connect-failure too), a
-// REFUSED_STREAM (refused-stream too).
+// gateway-error, reset), a connect failure (connect-failure too), a stream
+// the upstream did not process (reset-before-request too), a REFUSED_STREAM
+// (refused-stream too).
 func retriableReset(p *route.RetryPolicy, err error) bool {
 	if p == nil {
 		return false
@@ -235,7 +244,10 @@ func retriableReset(p *route.RetryPolicy, err error) bool {
 		return true
 	}
 	if isConnectFailure(err) {
-		return p.Has(route.RetryConnectFailure)
+		return p.Has(route.RetryConnectFailure | route.RetryResetBeforeRequest)
+	}
+	if stream.Unprocessed(err) && p.Has(route.RetryResetBeforeRequest) {
+		return true
 	}
 	var se *stream.Error
 	if errors.As(err, &se) && se.Code == stream.ErrCodeRefusedStream && se.Remote {
@@ -245,7 +257,8 @@ func retriableReset(p *route.RetryPolicy, err error) bool {
 }
 
 // retriableTimeout reports whether policy p retries an attempt that hit
-// per_try_timeout: Envoy retries it on 5xx, gateway-error and reset.
+// per_try_timeout or per_try_idle_timeout: Envoy retries it on 5xx,
+// gateway-error and reset.
 func retriableTimeout(p *route.RetryPolicy) bool {
 	return p != nil && p.Has(route.Retry5xx|route.RetryGatewayError|route.RetryReset)
 }

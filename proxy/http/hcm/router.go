@@ -23,7 +23,8 @@ const maxHostSelectionAttempts = 3
 //
 // Timeouts: the route timeout (or grpc-timeout) runs from the start of the
 // stream to the end of the response; per_try_timeout from the start of an
-// attempt until its response headers are forwarded; the stream idle
+// attempt until its response headers are forwarded; per_try_idle_timeout
+// over the whole attempt, on activity in either direction; the stream idle
 // timeout (route idle_timeout, else stream_idle_timeout) on activity in
 // either direction; request_timeout until the request was received whole
 // or the response started; max_stream_duration (route, else HCM) over the
@@ -123,11 +124,11 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 	cs := c.Stats()
 	actx, acancel := context.WithCancelCause(ctx)
 	defer acancel(nil)
-	var perTry time.Duration
+	var perTry, perTryIdle time.Duration
 	if r.Retry != nil {
-		perTry = r.Retry.PerTryTimeout
+		perTry, perTryIdle = r.Retry.PerTryTimeout, r.Retry.PerTryIdleTimeout
 	}
-	ex.wd.startAttempt(acancel, perTry, c.Spec().Lifetimes.MaxStreamDuration)
+	ex.wd.startAttempt(acancel, perTry, perTryIdle, c.Spec().Lifetimes.MaxStreamDuration)
 	defer ex.wd.endAttempt()
 
 	host.LB.Acquire()
@@ -209,6 +210,10 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	case context.Cause(actx) == errUpstreamMaxDuration:
 		ex.h.retryStatsFor(cs).maxDurationHit.Inc()
 		ex.ds.Reset(stream.ErrCodeCancel)
+	case context.Cause(actx) == errPerTryIdleTimeout:
+		ex.h.retryStatsFor(cs).perTryIdleTimeout.Inc()
+		host.ReportLocalOrigin(false)
+		ex.ds.Reset(stream.ErrCodeCancel)
 	default:
 		cs.RqReset.Inc()
 		host.ReportLocalOrigin(false)
@@ -262,9 +267,13 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 		return false, 0
 	}
 	replayable := ex.body == nil || ex.body.replayable()
-	switch context.Cause(actx) {
-	case errPerTryTimeout:
-		cs.RqPerTryTimeout.Inc()
+	switch cause := context.Cause(actx); cause {
+	case errPerTryTimeout, errPerTryIdleTimeout:
+		if cause == errPerTryTimeout {
+			cs.RqPerTryTimeout.Inc()
+		} else {
+			rs.stats().perTryIdleTimeout.Inc()
+		}
 		host.ReportLocalOrigin(false)
 		if retriableTimeout(rs.policy) && replayable {
 			if d, ok := rs.allowRetry(); ok {

@@ -15,6 +15,9 @@ var (
 	errRouteTimeout = errors.New("upstream request timeout")
 	// errPerTryTimeout: the retry policy's per_try_timeout elapsed.
 	errPerTryTimeout = errors.New("upstream per-try timeout")
+	// errPerTryIdleTimeout: the attempt saw no activity for the retry
+	// policy's per_try_idle_timeout.
+	errPerTryIdleTimeout = errors.New("upstream per-try idle timeout")
 	// errStreamIdle: no activity in either direction for the stream idle
 	// timeout (route idle_timeout, else HCM stream_idle_timeout).
 	errStreamIdle = errors.New("stream timeout")
@@ -49,8 +52,11 @@ type watchdog struct {
 	route, request, maxStream, idle time.Duration
 	// Attempt deadlines; firing one cancels cancelTry.
 	try, tryMax time.Duration
-	cancelEx    context.CancelCauseFunc
-	cancelTry   context.CancelCauseFunc
+	// tryIdle is the attempt's idle limit (a duration: its deadline moves
+	// with last); 0 = none.
+	tryIdle   time.Duration
+	cancelEx  context.CancelCauseFunc
+	cancelTry context.CancelCauseFunc
 }
 
 // newWatchdog returns a watchdog for an exchange that started at start and
@@ -79,14 +85,16 @@ func (w *watchdog) requestComplete() {
 	w.mu.Unlock()
 }
 
-// startAttempt arms the deadlines of one attempt, relative to now, that
-// cancel the attempt's context with their cause.
-func (w *watchdog) startAttempt(cancel context.CancelCauseFunc, perTry, maxDuration time.Duration) {
+// startAttempt arms the limits of one attempt, relative to now, that
+// cancel the attempt's context with their cause. Starting an attempt counts
+// as activity.
+func (w *watchdog) startAttempt(cancel context.CancelCauseFunc, perTry, perTryIdle, maxDuration time.Duration) {
+	w.touch()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := w.now()
 	w.cancelTry = cancel
-	w.try, w.tryMax = 0, 0
+	w.try, w.tryMax, w.tryIdle = 0, 0, perTryIdle
 	if perTry > 0 {
 		w.try = now + perTry
 	}
@@ -107,7 +115,7 @@ func (w *watchdog) stopPerTry() {
 // endAttempt disarms the attempt's deadlines.
 func (w *watchdog) endAttempt() {
 	w.mu.Lock()
-	w.cancelTry, w.try, w.tryMax = nil, 0, 0
+	w.cancelTry, w.try, w.tryMax, w.tryIdle = nil, 0, 0, 0
 	w.mu.Unlock()
 }
 
@@ -127,9 +135,11 @@ func (w *watchdog) earliestLocked() time.Duration {
 			min = d
 		}
 	}
-	if w.idle > 0 {
-		if d := time.Duration(w.last.Load()) + w.idle; min == 0 || d < min {
-			min = d
+	for _, idle := range [...]time.Duration{w.idle, w.tryIdle} {
+		if idle > 0 {
+			if d := time.Duration(w.last.Load()) + idle; min == 0 || d < min {
+				min = d
+			}
 		}
 	}
 	return min
@@ -182,12 +192,14 @@ func (w *watchdog) fire() {
 		tryCause = errUpstreamMaxDuration
 	case due(w.try):
 		tryCause = errPerTryTimeout
+	case w.tryIdle > 0 && time.Duration(w.last.Load())+w.tryIdle <= now:
+		tryCause = errPerTryIdleTimeout
 	}
 	if tryCause != nil {
 		if w.cancelTry != nil {
 			w.cancelTry(tryCause)
 		}
-		w.cancelTry, w.try, w.tryMax = nil, 0, 0
+		w.cancelTry, w.try, w.tryMax, w.tryIdle = nil, 0, 0, 0
 	}
 	w.rearmLocked(now)
 }
