@@ -134,6 +134,9 @@ func TestTimeouts(t *testing.T) {
 			if got := r.header.Get("grpc-status"); got != tc.wantGRPC {
 				t.Errorf("grpc-status %q, want %q", got, tc.wantGRPC)
 			}
+			if tc.wantGRPC != "" && (!r.end || r.header.Get("grpc-message") != "upstream request timeout") {
+				t.Errorf("gRPC reply: END_STREAM %v, grpc-message %q; want a trailers-only reply with \"upstream request timeout\"", r.end, r.header.Get("grpc-message"))
+			}
 			if took < shortTimeout || took > shortTimeout+slack {
 				t.Errorf("took %v, want %v (+%v)", took, shortTimeout, slack)
 			}
