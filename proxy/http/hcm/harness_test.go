@@ -40,7 +40,7 @@ type h2Upstream struct {
 	conns []*h2.ServerConn
 }
 
-func startH2Upstream(t *testing.T, cfg h2.ServerConfig, handler stream.HandlerFunc) *h2Upstream {
+func startH2Upstream(t testing.TB, cfg h2.ServerConfig, handler stream.HandlerFunc) *h2Upstream {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -137,7 +137,7 @@ func hcmJSON(routes, extra string) string {
 	return fmt.Sprintf(`{"stat_prefix":"test","route_config":{"virtual_hosts":[{"name":"vh","domains":["*"],"routes":[%s]}]}%s}`, routes, extra)
 }
 
-func newEnv(t *testing.T, hcmSrc, clusterSrc string) *env {
+func newEnv(t testing.TB, hcmSrc, clusterSrc string) *env {
 	t.Helper()
 	var m hcmv3.HttpConnectionManager
 	if err := protojson.Unmarshal([]byte(hcmSrc), &m); err != nil {
