@@ -27,6 +27,27 @@ var errConnClosed = errors.New("http2: connection closed")
 // GOAWAY to a peer that does not read.
 const goAwayFlushTimeout = time.Second
 
+// Flood limits of a server connection, Envoy's http2_protocol_options
+// defaults. Exceeding one closes the connection with GOAWAY
+// ENHANCE_YOUR_CALM and counts the matching http2.*_flood stat.
+const (
+	// maxOutboundControlFrames caps PING, SETTINGS and RST_STREAM frames
+	// queued but not yet written (max_outbound_control_frames): a peer that
+	// provokes them without reading its socket cannot grow the queue.
+	maxOutboundControlFrames = 1000
+	// maxConsecutiveEmptyFrames caps DATA or HEADERS frames in a row with
+	// an empty payload and no END_STREAM
+	// (max_consecutive_inbound_frames_with_empty_payload).
+	maxConsecutiveEmptyFrames = 1
+	// maxPriorityFramesPerStream: PRIORITY frames may not exceed this many
+	// times (1 + streams opened) (max_inbound_priority_frames_per_stream).
+	maxPriorityFramesPerStream = 100
+	// maxWindowUpdatesPerDataFrame: WINDOW_UPDATE frames may not exceed
+	// 5 + 2*(streams opened + this many times DATA frames sent)
+	// (max_inbound_window_update_frames_per_data_frame_sent).
+	maxWindowUpdatesPerDataFrame = 10
+)
+
 type ctrlKind uint8
 
 const (
@@ -78,6 +99,25 @@ type conn struct {
 	hbuf bytes.Buffer   // writer
 
 	resetStrikes atomic.Bool // writer sets when it sends HEADERS or DATA; server reader clears
+
+	// Flood accounting (server connections only enforce it).
+	floodChecks   bool         // immutable: enforce the inbound and outbound flood limits
+	outCtrl       int          // guarded by mu: PING/SETTINGS/RST_STREAM frames queued, not yet written
+	ctrlFlood     atomic.Bool  // set under mu when outCtrl exceeded maxOutboundControlFrames; reader checks
+	dataFramesTx  atomic.Int64 // writer: DATA frames written
+	emptyRun      int          // reader: consecutive empty frames without END_STREAM
+	priorityRx    int64        // reader: PRIORITY frames received
+	windowUpdRx   int64        // reader: WINDOW_UPDATE frames received
+	streamsOpened int64        // guarded by mu: streams ever added to the map
+
+	// Send-side buffer bound (per_connection_buffer_limit_bytes).
+	sendLimit   int64 // immutable: cap on body bytes queued across streams; 0 = none
+	pendingSend int64 // guarded by mu: body bytes queued across streams
+	sendBlocked bool  // guarded by mu: a write waits for pendingSend to fall below sendLimit
+
+	// onPeerReset is called under mu when the peer resets an open stream,
+	// before the stream is failed. May be nil.
+	onPeerReset func(s *strm)
 
 	mu    sync.Mutex
 	wcond sync.Cond // writer waits here; guarded by mu
@@ -195,7 +235,23 @@ func (c *conn) queue(it ctrlItem) {
 	if len(c.ctrl) == 0 {
 		c.wcond.Signal()
 	}
+	if it.isControl() {
+		c.outCtrl++
+		if c.floodChecks && c.outCtrl > maxOutboundControlFrames {
+			c.ctrlFlood.Store(true)
+		}
+	}
 	c.ctrl = append(c.ctrl, it)
+}
+
+// isControl reports whether the frame counts against
+// maxOutboundControlFrames.
+func (it *ctrlItem) isControl() bool {
+	switch it.kind {
+	case ctrlSettings, ctrlSettingsAck, ctrlPing, ctrlRST:
+		return true
+	}
+	return false
 }
 
 // markReady puts s on the writer's round-robin list if it has something the
@@ -261,7 +317,7 @@ func (c *conn) pickData(j *dataJob) bool {
 		n = int64(len(data))
 		s.sendWin -= n
 		c.sendConnWin -= n
-		c.st.PendingSendBytes.Add(-n)
+		c.releaseSend(n)
 		*j = dataJob{s: s, data: data, release: rel}
 		c.popReady()
 		s.inReady = false
@@ -283,6 +339,23 @@ func (c *conn) popReady() {
 	c.ready = c.ready[1:]
 	if len(c.ready) == 0 {
 		c.ready = c.ready[:0:cap(c.ready)]
+	}
+}
+
+// releaseSend accounts for n queued body bytes leaving the send queues
+// (written or dropped) and wakes writers blocked on the connection's
+// buffer limit once there is room. Caller holds mu.
+func (c *conn) releaseSend(n int64) {
+	if n == 0 {
+		return
+	}
+	c.pendingSend -= n
+	c.st.PendingSendBytes.Add(-n)
+	if c.sendBlocked && c.pendingSend < c.sendLimit {
+		c.sendBlocked = false
+		for _, s := range c.streams {
+			s.cond.Broadcast()
+		}
 	}
 }
 
@@ -309,8 +382,15 @@ func (c *conn) writeLoop() {
 			c.ctrl = c.ctrlSpare[:0]
 			c.mu.Unlock()
 			err := c.writeCtrl(items)
+			written := 0
+			for i := range items {
+				if items[i].isControl() {
+					written++
+				}
+			}
 			clear(items)
 			c.mu.Lock()
+			c.outCtrl -= written
 			c.ctrlSpare = items[:0]
 			if err != nil {
 				c.mu.Unlock()
@@ -439,6 +519,7 @@ func (c *conn) writeData(j *dataJob) error {
 		err = c.writeHeaders(j.s.id, j.trailers, true)
 	} else {
 		c.resetStrikes.Store(true)
+		c.dataFramesTx.Add(1)
 		err = c.fr.WriteData(j.s.id, j.endStream, j.data)
 	}
 	if j.release != nil {
@@ -517,7 +598,7 @@ func (c *conn) removeStream(s *strm, err *stream.Error) {
 	}
 	s.removed = true
 	if s.err != nil {
-		c.st.PendingSendBytes.Add(-int64(s.sendQ.reset()))
+		c.releaseSend(int64(s.sendQ.reset()))
 		// Bytes the peer sent that nobody will read return to the
 		// connection window.
 		c.consumeConn(int64(s.recvQ.reset()))
@@ -650,6 +731,44 @@ func (c *conn) lastPeerStream() uint32 {
 }
 
 func (c *conn) handleFrame(h frameHandler, f http2.Frame) error {
+	if err := c.dispatchFrame(h, f); err != nil {
+		return err
+	}
+	if c.ctrlFlood.Load() {
+		c.st.OutboundControlFlood.Inc()
+		return connErr(http2.ErrCodeEnhanceYourCalm, "too many control frames queued: outbound control frame flood")
+	}
+	return nil
+}
+
+// floodError counts stat and returns the connection error that ends a
+// flooding connection.
+func floodError(stat interface{ Inc() }, reason string) error {
+	stat.Inc()
+	return connErr(http2.ErrCodeEnhanceYourCalm, reason)
+}
+
+// checkEmptyFrame tracks consecutive frames with an empty payload and no
+// END_STREAM. Reader only.
+func (c *conn) checkEmptyFrame(empty, endStream bool) error {
+	if !c.floodChecks {
+		return nil
+	}
+	if !empty {
+		c.emptyRun = 0
+		return nil
+	}
+	if endStream {
+		return nil
+	}
+	c.emptyRun++
+	if c.emptyRun > maxConsecutiveEmptyFrames {
+		return floodError(c.st.InboundEmptyFramesFlood, "too many consecutive frames with an empty payload")
+	}
+	return nil
+}
+
+func (c *conn) dispatchFrame(h frameHandler, f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
 		return h.handleHeaders(f)
@@ -667,6 +786,15 @@ func (c *conn) handleFrame(h frameHandler, f http2.Frame) error {
 		c.st.GoAwayRx.Inc()
 		return h.handleGoAway(f)
 	case *http2.PriorityFrame:
+		if c.floodChecks {
+			c.priorityRx++
+			c.mu.Lock()
+			opened := c.streamsOpened
+			c.mu.Unlock()
+			if c.priorityRx > maxPriorityFramesPerStream*(1+opened) {
+				return floodError(c.st.InboundPriorityFlood, "too many PRIORITY frames")
+			}
+		}
 		if f.StreamDep == f.StreamID {
 			c.mu.Lock()
 			defer c.unlock()
@@ -738,6 +866,12 @@ func (c *conn) handleSettings(h frameHandler, f *http2.SettingsFrame) error {
 func (c *conn) handleWindowUpdate(h frameHandler, f *http2.WindowUpdateFrame) error {
 	c.mu.Lock()
 	defer c.unlock()
+	if c.floodChecks {
+		c.windowUpdRx++
+		if c.windowUpdRx > 5+2*(c.streamsOpened+maxWindowUpdatesPerDataFrame*c.dataFramesTx.Load()) {
+			return floodError(c.st.InboundWindowUpdateFlood, "too many WINDOW_UPDATE frames")
+		}
+	}
 	if f.StreamID == 0 {
 		c.sendConnWin += int64(f.Increment)
 		if c.sendConnWin > maxWindow {
@@ -775,6 +909,9 @@ func (c *conn) handleRST(h frameHandler, f *http2.RSTStreamFrame) error {
 		return nil
 	}
 	c.st.RxReset.Inc()
+	if c.onPeerReset != nil {
+		c.onPeerReset(s)
+	}
 	e := &stream.Error{Code: stream.ErrCode(f.ErrCode), Remote: true, Reason: "reset by peer"}
 	if c.isClient && f.ErrCode == http2.ErrCodeRefusedStream {
 		c.st.StreamRefused.Inc()
@@ -788,6 +925,9 @@ func (c *conn) handleRST(h frameHandler, f *http2.RSTStreamFrame) error {
 func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
 	n := int64(f.Length)
 	data := f.Data()
+	if err := c.checkEmptyFrame(n == 0, f.StreamEnded()); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.unlock()
 	if n > c.recvConnAvail {
@@ -868,6 +1008,7 @@ type strm struct {
 	rstAfterEnd  bool // server: RST_STREAM NO_ERROR after the final frame
 
 	client *clientStream // set on client streams
+	server *serverStream // set on server streams
 
 	err     *stream.Error // set once the stream failed
 	removed bool
@@ -887,6 +1028,7 @@ func (c *conn) newStrm(s *strm, id uint32) {
 	s.recvCL = -1
 	s.sendWin = c.peerInitWin
 	c.streams[id] = s
+	c.streamsOpened++
 	c.st.StreamsActive.Inc()
 }
 
@@ -936,12 +1078,20 @@ func (s *strm) write(p []byte) (int, error) {
 		if s.sendEnd {
 			return n, errWriteAfterEnd
 		}
-		if s.sendQ.n >= sendBufLimit {
+		room := sendBufLimit - s.sendQ.n
+		if c.sendLimit > 0 {
+			room = min(room, int(c.sendLimit-c.pendingSend))
+		}
+		if room <= 0 {
+			if s.sendQ.n < sendBufLimit {
+				c.sendBlocked = true
+			}
 			s.cond.Wait()
 			continue
 		}
-		k := min(len(p), sendBufLimit-s.sendQ.n)
+		k := min(len(p), room)
 		s.sendQ.append(p[:k])
+		c.pendingSend += int64(k)
 		c.st.PendingSendBytes.Add(int64(k))
 		p = p[k:]
 		n += k

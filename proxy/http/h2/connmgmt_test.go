@@ -279,63 +279,6 @@ func TestKeepaliveAnswered(t *testing.T) {
 	}
 }
 
-func TestTooManyPings(t *testing.T) {
-	tests := []struct {
-		name      string
-		interval  time.Duration
-		wantCalm  bool
-		openFirst bool
-	}{
-		{name: "pings without streams", interval: time.Millisecond, wantCalm: true},
-		{name: "pings slower than the minimum", interval: 60 * time.Millisecond},
-		{name: "pings with an active stream", interval: time.Millisecond, openFirst: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
-			hold := make(chan struct{})
-			h := stream.HandlerFunc(func(s stream.ServerStream) { <-hold; s.Reset(stream.ErrCodeCancel) })
-			ts := startServer(t, &ServerConfig{MinPingInterval: 50 * time.Millisecond}, h)
-			defer close(hold)
-			p := dialRawClient(t, ts.addr())
-			if tt.openFirst {
-				p.headers(1, true, ":method", "GET", ":scheme", "http", ":authority", "a", ":path", "/")
-			}
-			gotGoAway := make(chan *http2.GoAwayFrame, 1)
-			go func() {
-				for {
-					f, err := p.fr.ReadFrame()
-					if err != nil {
-						close(gotGoAway)
-						return
-					}
-					if g, ok := f.(*http2.GoAwayFrame); ok {
-						gotGoAway <- &http2.GoAwayFrame{LastStreamID: g.LastStreamID, ErrCode: g.ErrCode, FrameHeader: http2.FrameHeader{}}
-						return
-					}
-				}
-			}()
-			for i := range 5 {
-				if err := p.fr.WritePing(false, [8]byte{byte(i)}); err != nil {
-					break
-				}
-				time.Sleep(tt.interval)
-			}
-			select {
-			case g := <-gotGoAway:
-				calm := g != nil && g.ErrCode == http2.ErrCodeEnhanceYourCalm
-				if calm != tt.wantCalm {
-					t.Fatalf("GOAWAY ENHANCE_YOUR_CALM = %v, want %v (frame %+v)", calm, tt.wantCalm, g)
-				}
-			case <-time.After(300 * time.Millisecond):
-				if tt.wantCalm {
-					t.Fatal("no GOAWAY after too many pings")
-				}
-			}
-		})
-	}
-}
-
 func TestShutdownDrainsInFlight(t *testing.T) {
 	checkLeaks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)

@@ -58,6 +58,25 @@ type Stats struct {
 	TooManyPings     *stats.Counter // too_many_pings (meshd): GOAWAY ENHANCE_YOUR_CALM sent for ping strikes
 	StreamsActive    *stats.Gauge   // streams_active
 	PendingSendBytes *stats.Gauge   // pending_send_bytes: body bytes queued but not yet written
+
+	// Flood protection (Envoy's names; each closes the connection with
+	// GOAWAY ENHANCE_YOUR_CALM).
+	OutboundControlFlood     *stats.Counter // outbound_control_flood: too many PING/SETTINGS ACKs and RST_STREAMs queued unsent
+	InboundEmptyFramesFlood  *stats.Counter // inbound_empty_frames_flood: consecutive empty DATA/HEADERS frames
+	InboundPriorityFlood     *stats.Counter // inbound_priority_frames_flood: PRIORITY frames beyond 100 per opened stream
+	InboundWindowUpdateFlood *stats.Counter // inbound_window_update_frames_flood: WINDOW_UPDATEs out of proportion to DATA sent
+
+	// Connection manager counters the server connection feeds. Envoy keeps
+	// them in the connection manager's scope ("http.<stat_prefix>."), so
+	// the connection manager points these at its own counters; NewStats
+	// creates them under scope as a fallback.
+	CxIdleTimeout        *stats.Counter // downstream_cx_idle_timeout: closed by idle_timeout
+	CxMaxDurationReached *stats.Counter // downstream_cx_max_duration_reached: drained by max_connection_duration
+	CxMaxRequestsReached *stats.Counter // downstream_cx_max_requests_reached: drained by max_requests_per_connection
+	// DownstreamPrematureResets is downstream_rq_too_many_premature_resets:
+	// connections closed because most of their streams were reset by the
+	// client before a response (rapid reset, CVE-2023-44487).
+	DownstreamPrematureResets *stats.Counter
 }
 
 // NewStats creates the counters in scope, which is normally a scope named
@@ -78,6 +97,15 @@ func NewStats(scope *stats.Scope) *Stats {
 		TooManyPings:     scope.Counter("too_many_pings"),
 		StreamsActive:    scope.Gauge("streams_active"),
 		PendingSendBytes: scope.Gauge("pending_send_bytes"),
+
+		OutboundControlFlood:      scope.Counter("outbound_control_flood"),
+		InboundEmptyFramesFlood:   scope.Counter("inbound_empty_frames_flood"),
+		InboundPriorityFlood:      scope.Counter("inbound_priority_frames_flood"),
+		InboundWindowUpdateFlood:  scope.Counter("inbound_window_update_frames_flood"),
+		DownstreamPrematureResets: scope.Counter("downstream_rq_too_many_premature_resets"),
+		CxIdleTimeout:             scope.Counter("downstream_cx_idle_timeout"),
+		CxMaxDurationReached:      scope.Counter("downstream_cx_max_duration_reached"),
+		CxMaxRequestsReached:      scope.Counter("downstream_cx_max_requests_reached"),
 	}
 }
 
@@ -85,7 +113,7 @@ func NewStats(scope *stats.Scope) *Stats {
 // codec can count unconditionally.
 func discardStats() *Stats {
 	var d struct {
-		c [12]stats.Counter
+		c [20]stats.Counter
 		g [2]stats.Gauge
 	}
 	return &Stats{
@@ -94,6 +122,9 @@ func discardStats() *Stats {
 		TxFlushTimeout: &d.c[7], StreamRefused: &d.c[8], TxRefusedStream: &d.c[9],
 		TooManyHeaders: &d.c[10], TooManyPings: &d.c[11],
 		StreamsActive: &d.g[0], PendingSendBytes: &d.g[1],
+		OutboundControlFlood: &d.c[12], InboundEmptyFramesFlood: &d.c[13], InboundPriorityFlood: &d.c[14],
+		InboundWindowUpdateFlood: &d.c[15], DownstreamPrematureResets: &d.c[16],
+		CxIdleTimeout: &d.c[17], CxMaxDurationReached: &d.c[18], CxMaxRequestsReached: &d.c[19],
 	}
 }
 

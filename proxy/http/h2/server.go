@@ -29,6 +29,17 @@ const (
 	// maxPingStrikes is how many early pings a client gets before
 	// GOAWAY ENHANCE_YOUR_CALM (grpc-go's limit).
 	maxPingStrikes = 2
+	// pingWithoutStreamInterval is the minimum ping interval while no
+	// stream is open and PermitWithoutStream is false: any ping sooner is
+	// a strike (grpc-go's defaultPingTimeout, 2 hours).
+	pingWithoutStreamInterval = 2 * time.Hour
+	// Rapid reset (CVE-2023-44487), as Envoy's connection manager judges
+	// it: once prematureResetMinStreams streams have closed on a
+	// connection, it is closed with GOAWAY ENHANCE_YOUR_CALM if at least
+	// half of them were reset by the client prematurely, that is before
+	// the response headers were sent or within prematureResetLifetime.
+	prematureResetMinStreams = 500
+	prematureResetLifetime   = time.Second
 )
 
 // shutdownPingData marks the PING sent between the two shutdown GOAWAYs.
@@ -55,15 +66,38 @@ type ServerConfig struct {
 	// larger request header list gets a 431 response. 0 means 60 KiB
 	// (Envoy's max_request_headers_kb default).
 	MaxHeaderListSize uint32
-	// MinPingInterval is meshd's ping policy (Envoy has no field for it):
-	// a PING arriving sooner than this after the previous one while no
-	// stream is active is a strike, and more than two strikes end the
-	// connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", as grpc-go
-	// servers do. Sending HEADERS or DATA clears the strikes. 0 disables it.
+	// MinPingInterval is meshd's ping policy (Envoy has no field for it),
+	// grpc-go's keepalive.EnforcementPolicy.MinTime: a PING arriving sooner
+	// than this after the previous one is a strike; while no stream is open
+	// and PermitWithoutStream is false, any PING within 2 hours of the
+	// previous one is. More than two strikes end the connection with
+	// GOAWAY ENHANCE_YOUR_CALM, debug data "too_many_pings". Sending
+	// HEADERS or DATA clears the strikes. 0 disables the policy.
 	MinPingInterval time.Duration
+	// PermitWithoutStream lets clients ping at MinPingInterval while no
+	// stream is open (grpc-go's EnforcementPolicy.PermitWithoutStream).
+	PermitWithoutStream bool
 	// IdleTimeout closes the connection with GOAWAY NO_ERROR after it had
-	// no active stream for this long. 0 means never.
+	// no active stream for this long (counting
+	// downstream_cx_idle_timeout). 0 means never.
 	IdleTimeout time.Duration
+	// MaxConnectionDuration starts a graceful drain (GOAWAY, in-flight
+	// streams finish) once the connection is this old, counting
+	// downstream_cx_max_duration_reached. 0 means never.
+	MaxConnectionDuration time.Duration
+	// MaxRequestsPerConnection starts a graceful drain once this many
+	// streams were accepted, counting downstream_cx_max_requests_reached.
+	// 0 means no limit.
+	MaxRequestsPerConnection uint32
+	// MaxBufferedBytes bounds what the connection buffers
+	// (per_connection_buffer_limit_bytes): the receive windows advertised
+	// are clamped so the client can never have more than this many request
+	// body bytes in flight (stream windows to it, the connection window to
+	// max(it, 65535)), and response body bytes queued across all streams
+	// are capped at it, blocking handler writes until the client's windows
+	// let them drain. 0 means no bound beyond the windows and 64 KiB queued
+	// per stream.
+	MaxBufferedBytes uint32
 	// Logger receives debug logs of protocol errors; nil discards them.
 	Logger *slog.Logger
 	// Stats counts connection events; nil counts nothing.
@@ -84,6 +118,11 @@ type ServerConn struct {
 	pingStrikes int
 	lastPingAt  time.Time
 
+	// Guarded by c.mu: rapid reset accounting.
+	closedStreams   int
+	prematureResets int
+	accepted        uint32 // streams accepted
+
 	// Guarded by c.mu.
 	draining      bool // Shutdown started: the first GOAWAY is queued
 	finalGoAway   bool // the GOAWAY with the real last-stream-ID is queued
@@ -91,6 +130,7 @@ type ServerConn struct {
 	idleSince     time.Time
 	idleTimer     *time.Timer
 	shutdownTimer *time.Timer
+	durationTimer *time.Timer
 }
 
 // NewServerConn prepares to serve c, which may be a *tls.Conn after its
@@ -107,14 +147,22 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 	if info.Proto == "" {
 		info.Proto = "HTTP/2"
 	}
+	streamWin, connWin := cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize
+	if lim := cf.MaxBufferedBytes; lim > 0 {
+		streamWin = min(orDefault(streamWin, DefaultWindowSize), lim)
+		connWin = min(orDefault(connWin, DefaultWindowSize), max(lim, initialWindowSize))
+	}
 	sc := &ServerConn{
-		c:    newConn(c, false, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize),
+		c:    newConn(c, false, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, streamWin, connWin),
 		cfg:  cf,
 		h:    h,
 		info: info,
 	}
 	sc.base, sc.stop = context.WithCancel(context.Background())
 	sc.c.onRemove = sc.onRemove
+	sc.c.onPeerReset = sc.onPeerReset
+	sc.c.floodChecks = true
+	sc.c.sendLimit = int64(cf.MaxBufferedBytes)
 	return sc
 }
 
@@ -136,6 +184,9 @@ func (sc *ServerConn) Serve() error {
 	}
 	if sc.shutdownTimer != nil {
 		sc.shutdownTimer.Stop()
+	}
+	if sc.durationTimer != nil {
+		sc.durationTimer.Stop()
 	}
 	cause := c.closeErr
 	c.mu.Unlock()
@@ -173,12 +224,21 @@ func (sc *ServerConn) serve() error {
 	if err := c.handleFrame(sc, f); err != nil {
 		return c.readFailed(err)
 	}
+	c.mu.Lock()
 	if sc.cfg.IdleTimeout > 0 {
-		c.mu.Lock()
 		sc.idleSince = time.Now()
 		sc.idleTimer = time.AfterFunc(sc.cfg.IdleTimeout, sc.checkIdle)
-		c.mu.Unlock()
 	}
+	if d := sc.cfg.MaxConnectionDuration; d > 0 {
+		sc.durationTimer = time.AfterFunc(d, func() {
+			c.mu.Lock()
+			defer c.unlock()
+			if sc.startShutdown() {
+				c.st.CxMaxDurationReached.Inc()
+			}
+		})
+	}
+	c.mu.Unlock()
 	return c.readLoop(sc)
 }
 
@@ -190,14 +250,23 @@ func (sc *ServerConn) Shutdown() {
 	c := sc.c
 	c.mu.Lock()
 	defer c.unlock()
+	sc.startShutdown()
+}
+
+// startShutdown queues the first GOAWAY and PING of a graceful close and
+// reports whether it started one (false if the connection was already
+// draining or closing). Caller holds mu.
+func (sc *ServerConn) startShutdown() bool {
+	c := sc.c
 	if sc.draining || c.closing || c.closed {
-		return
+		return false
 	}
 	sc.draining = true
 	c.goAwaySent = true
 	c.queue(ctrlItem{kind: ctrlGoAway, id: maxStreamID, code: http2.ErrCodeNo})
 	c.queue(ctrlItem{kind: ctrlPing, ping: shutdownPingData})
 	sc.shutdownTimer = time.AfterFunc(shutdownPingTimeout, sc.finishShutdown)
+	return true
 }
 
 // finishShutdown sends the final GOAWAY.
@@ -233,6 +302,19 @@ func (sc *ServerConn) ActiveStreams() int {
 // onRemove runs under mu whenever a stream leaves the connection.
 func (sc *ServerConn) onRemove(*strm) {
 	c := sc.c
+	sc.closedStreams++
+	if sc.closedStreams >= prematureResetMinStreams && 2*sc.prematureResets >= sc.closedStreams && !c.closing && !c.closed {
+		// Rapid reset: the GOAWAY tells the client which streams were
+		// processed; the connection closes at once.
+		c.st.DownstreamPrematureResets.Inc()
+		c.log.Debug("http2 client resets most streams prematurely", "closed", sc.closedStreams, "premature", sc.prematureResets)
+		c.closing = true
+		c.goAwaySent = true
+		reason := "too many premature stream resets"
+		c.queue(ctrlItem{kind: ctrlGoAway, id: c.maxPeerID, code: http2.ErrCodeEnhanceYourCalm, debug: reason})
+		c.queue(ctrlItem{kind: ctrlClose, err: connErr(http2.ErrCodeEnhanceYourCalm, reason)})
+		return
+	}
 	if len(c.streams) > 0 {
 		return
 	}
@@ -251,6 +333,7 @@ func (sc *ServerConn) checkIdle() {
 		return
 	}
 	if idle := time.Since(sc.idleSince); len(c.streams) == 0 && idle >= sc.cfg.IdleTimeout {
+		c.st.CxIdleTimeout.Inc()
 		c.closing = true
 		c.goAwaySent = true
 		c.queue(ctrlItem{kind: ctrlGoAway, id: c.maxPeerID, code: http2.ErrCodeNo, debug: "idle timeout"})
@@ -299,27 +382,45 @@ func (sc *ServerConn) handlePing(f *http2.PingFrame) error {
 		}
 		return nil
 	}
-	if sc.cfg.MinPingInterval > 0 {
-		if c.resetStrikes.Swap(false) {
-			sc.pingStrikes = 0
-		}
-		now := time.Now()
-		c.mu.Lock()
-		active := len(c.streams)
-		c.mu.Unlock()
-		if active == 0 && !sc.lastPingAt.IsZero() && now.Sub(sc.lastPingAt) < sc.cfg.MinPingInterval {
-			sc.pingStrikes++
-		}
-		sc.lastPingAt = now
-		if sc.pingStrikes > maxPingStrikes {
-			c.st.TooManyPings.Inc()
-			return connErr(http2.ErrCodeEnhanceYourCalm, "too_many_pings")
-		}
-	}
 	c.mu.Lock()
 	c.queue(ctrlItem{kind: ctrlPing, ack: true, ping: f.Data})
+	active := len(c.streams)
 	c.mu.Unlock()
+	if sc.cfg.MinPingInterval > 0 && sc.pingStrike(time.Now(), active) {
+		c.st.TooManyPings.Inc()
+		return connErr(http2.ErrCodeEnhanceYourCalm, "too_many_pings")
+	}
 	return nil
+}
+
+// pingStrike applies the ping policy to a PING received at now with
+// active streams open, as grpc-go's server does, and reports whether the
+// client ran out of strikes. Reader only.
+func (sc *ServerConn) pingStrike(now time.Time, active int) bool {
+	last := sc.lastPingAt
+	sc.lastPingAt = now
+	// Sending HEADERS or DATA since the previous PING forgives everything,
+	// this PING included.
+	if sc.c.resetStrikes.Swap(false) {
+		sc.pingStrikes = 0
+		return false
+	}
+	minGap := sc.cfg.MinPingInterval
+	if active == 0 && !sc.cfg.PermitWithoutStream {
+		minGap = pingWithoutStreamInterval
+	}
+	if !last.IsZero() && now.Sub(last) < minGap {
+		sc.pingStrikes++
+	}
+	return sc.pingStrikes > maxPingStrikes
+}
+
+// onPeerReset counts a client RST_STREAM on an open stream for the rapid
+// reset check. Caller holds mu.
+func (sc *ServerConn) onPeerReset(s *strm) {
+	if ss := s.server; ss != nil && (!ss.finalSent || time.Since(ss.start) < prematureResetLifetime) {
+		sc.prematureResets++
+	}
 }
 
 func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
@@ -336,6 +437,9 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	if id <= c.maxPeerID {
 		return connErr(http2.ErrCodeStreamClosed, "HEADERS on a closed stream")
+	}
+	if err := c.checkEmptyFrame(len(f.Fields) == 0, f.StreamEnded()); err != nil {
+		return err
 	}
 	c.maxPeerID = id
 	if f.HasPriority() && f.Priority.StreamDep == id {
@@ -369,7 +473,13 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	s := &ss.strm
 	c.newStrm(s, id)
+	s.server = ss
+	ss.start = time.Now()
 	s.recvCL = ss.req.ContentLength
+	sc.accepted++
+	if m := sc.cfg.MaxRequestsPerConnection; m > 0 && sc.accepted == m && sc.startShutdown() {
+		c.st.CxMaxRequestsReached.Inc()
+	}
 	if f.StreamEnded() {
 		ss.req.EndStream = true
 		s.recvDone = true
@@ -445,7 +555,8 @@ type serverStream struct {
 	req stream.Request
 	ctx context.Context
 
-	finalSent bool // guarded by c.mu: non-1xx response headers queued
+	finalSent bool      // guarded by c.mu: non-1xx response headers queued
+	start     time.Time // immutable: when the stream was accepted
 }
 
 // Request returns the request headers.
