@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -630,4 +631,57 @@ func TestTimeoutsAfterResponseStarted(t *testing.T) {
 			t.Errorf("upstream_rq_timeout = %d, want 1", got)
 		}
 	})
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestConnectFailure: a connect failure is retried transparently only on
+// an endpoint not tried yet; with none left the client gets 503 at once
+// ("connection failure"), not a hundred retries against the same address.
+func TestConnectFailure(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	up, streams := scriptedUpstream(t, action{status: 200})
+	dead := deadAddr(t)
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"5s"}}`
+	tests := []struct {
+		name       string
+		addrs      []string
+		requests   int
+		wantStatus int
+		wantBody   string
+	}{
+		{name: "fails over to the live endpoint", addrs: []string{dead, up.addr}, requests: 4, wantStatus: 200, wantBody: "status 200"},
+		{name: "single dead endpoint answers 503", addrs: []string{dead}, requests: 1, wantStatus: 503,
+			wantBody: "upstream connect error or disconnect/reset before headers. reset reason: connection failure"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, hcmJSON(routes, ""), clusterJSON(tc.addrs, ""))
+			for i := range tc.requests {
+				fs := newFakeStream("GET", "/", header.Make(0), nil)
+				if took := e.serve(t, fs); took > slack {
+					t.Errorf("request %d took %v, want under %v", i, took, slack)
+				}
+				if r := fs.result(); r.status != tc.wantStatus || r.body != tc.wantBody {
+					t.Fatalf("request %d: got %d %q, want %d %q", i, r.status, r.body, tc.wantStatus, tc.wantBody)
+				}
+			}
+			if got := e.counter("cluster.backend.upstream_rq_transparent_retry"); got > uint64(tc.requests) {
+				t.Errorf("upstream_rq_transparent_retry = %d, want at most one per request (%d)", got, tc.requests)
+			}
+		})
+	}
+	if streams.Load() == 0 {
+		t.Error("the live endpoint saw no stream")
+	}
 }
