@@ -363,9 +363,9 @@ func (s *scenarioService) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.
 // Intervals are measured from the previous send, so a slow send does not
 // bunch up later messages behind it.
 func sendParams(ctx context.Context, send func(*testpb.StreamingOutputCallResponse) error, params []*testpb.ResponseParameters) error {
-	timer := time.NewTimer(0)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop() // armed by Reset before each wait
 	defer timer.Stop()
-	<-timer.C
 	for _, p := range params {
 		if us := p.GetIntervalUs(); us > 0 {
 			timer.Reset(time.Duration(us) * time.Microsecond)
