@@ -1,0 +1,372 @@
+// Package model is meshd's mesh file: the Kubernetes-style documents
+// (apiVersion meshd.dev/v1alpha1) that describe a mesh to the control plane,
+// their strict parsing, their validation and the tuning warnings derived from
+// them.
+//
+// Parse and Load accept a file only when every document decodes without an
+// unknown field or a mistyped value, every value is in range and every
+// reference resolves; otherwise they return an *Error listing every problem as
+// "FILE: document N (Kind ns/name): field.path: reason". A *Mesh returned by
+// them is complete and consistent: references are resolved, defaults are
+// filled in, and it is never modified afterwards, so it may be shared.
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// APIVersion is the only apiVersion the mesh file accepts.
+const APIVersion = "meshd.dev/v1alpha1"
+
+// DefaultNamespace is the namespace of a document whose metadata has none.
+const DefaultNamespace = "default"
+
+// DefaultTrustDomain is the trust domain when the file has no Mesh document
+// or the Mesh document leaves spec.trustDomain empty.
+const DefaultTrustDomain = "cluster.local"
+
+// Kinds of documents.
+const (
+	KindMesh          = "Mesh"
+	KindService       = "Service"
+	KindWorkload      = "Workload"
+	KindTrafficPolicy = "TrafficPolicy"
+)
+
+// Service protocols (Service.spec.protocol).
+const (
+	ProtocolGRPC  = "grpc"
+	ProtocolHTTP  = "http"
+	ProtocolHTTP2 = "http2"
+	ProtocolTCP   = "tcp"
+)
+
+// Load balancers (spec.loadBalancer).
+const (
+	LBRoundRobin   = "round_robin"
+	LBLeastRequest = "least_request"
+	LBRandom       = "random"
+)
+
+// Mesh is a parsed and validated mesh file. Slices are sorted by namespace
+// then name; the value is immutable once returned by Parse.
+type Mesh struct {
+	// Metadata is the Mesh document's metadata ("default"/"default" when the
+	// file has no Mesh document).
+	Metadata Metadata
+	// Spec is the Mesh document's spec with defaults applied.
+	Spec            MeshSpec
+	Services        []*Service
+	Workloads       []*Workload
+	TrafficPolicies []*TrafficPolicy
+	// Source is the file name the mesh was parsed from, as given to Parse.
+	Source string
+
+	meshOrigin origin // zero when the file has no Mesh document
+	services   map[string]*Service
+	workloads  map[string]*Workload
+	policies   map[string]*TrafficPolicy // by target Service key
+}
+
+// Metadata names a document. Namespace is never empty after parsing.
+type Metadata struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// MeshSpec is the mesh-wide configuration.
+type MeshSpec struct {
+	// TrustDomain is the SPIFFE trust domain of every identity in the mesh
+	// (DefaultTrustDomain when empty).
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// Defaults apply to every destination Service; a TrafficPolicy targeting
+	// a Service overrides them field by field.
+	Defaults *Policy `json:"defaults,omitempty"`
+}
+
+// Service is a destination: what its servers speak and where they are.
+type Service struct {
+	Metadata Metadata
+	Spec     ServiceSpec
+	origin   origin
+}
+
+// ServiceSpec is a Service document's spec.
+type ServiceSpec struct {
+	// Protocol is what the service's applications speak: grpc, http, http2
+	// or tcp.
+	Protocol string `json:"protocol"`
+	// Port is the service's port, 1..65535; proxyless clients dial
+	// "<name>.<namespace>:<port>".
+	Port uint32 `json:"port"`
+	// Endpoints are the service's servers in file mode, used when no
+	// Workload serves the service (an external or sidecar-less service).
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// UpstreamProtocol is the protocol between sidecars: "http2" (the
+	// default for grpc and http2) or "http1" (the default for http). It must
+	// be empty for tcp.
+	UpstreamProtocol string `json:"upstreamProtocol,omitempty"`
+	// ServerLimits declares what the service's servers enforce; validation
+	// warns about client settings that conflict with them.
+	ServerLimits *ServerLimits `json:"serverLimits,omitempty"`
+}
+
+// Endpoint is one server of a Service in file mode.
+type Endpoint struct {
+	// Address is an IP address.
+	Address string `json:"address"`
+	Port    uint32 `json:"port"`
+	// Weight is the endpoint's load-balancing weight, 1 when unset.
+	Weight *uint32 `json:"weight,omitempty"`
+	// Zone groups endpoints into localities.
+	Zone string `json:"zone,omitempty"`
+}
+
+// ServerLimits is what a Service's servers enforce on their clients.
+type ServerLimits struct {
+	// MinPingInterval is the shortest interval between client PINGs the
+	// server tolerates before GOAWAY ENHANCE_YOUR_CALM too_many_pings
+	// (grpc-go's keepalive.EnforcementPolicy.MinTime).
+	MinPingInterval *Duration `json:"minPingInterval,omitempty"`
+	// MaxConcurrentStreams is the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+	MaxConcurrentStreams *uint32 `json:"maxConcurrentStreams,omitempty"`
+}
+
+// Workload is one sidecar in file mode; its xDS node ID is NodeID().
+type Workload struct {
+	Metadata Metadata
+	Spec     WorkloadSpec
+	// ServiceRef is the Service named by Spec.Service, nil when the
+	// workload serves none.
+	ServiceRef *Service
+	// OutboundRefs[i] is the Service named by Spec.Outbound[i].Service.
+	OutboundRefs []*Service
+	origin       origin
+}
+
+// NodeID returns the workload's xDS node ID, "<name>.<namespace>".
+func (w *Workload) NodeID() string { return w.Metadata.Name + "." + w.Metadata.Namespace }
+
+// WorkloadSpec is a Workload document's spec.
+type WorkloadSpec struct {
+	// ServiceAccount names the workload's identity
+	// (spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>).
+	ServiceAccount string `json:"serviceAccount"`
+	// Service is the Service the workload serves, "name.namespace" or
+	// "name" (the workload's namespace). Required with Inbound.
+	Service string `json:"service,omitempty"`
+	// Inbound is where the sidecar receives the service's traffic.
+	Inbound *Inbound `json:"inbound,omitempty"`
+	// Outbound lists the services the application calls through the
+	// sidecar, each on its own local port.
+	Outbound []Outbound `json:"outbound,omitempty"`
+	// Admin is the sidecar's admin address, host:port.
+	Admin string `json:"admin,omitempty"`
+}
+
+// Inbound is a workload's inbound side.
+type Inbound struct {
+	// Port is the port the sidecar's inbound listener binds on 127.0.0.1.
+	Port uint32 `json:"port"`
+	// App is the local application's address, host:port.
+	App string `json:"app"`
+}
+
+// Outbound is one service a workload calls.
+type Outbound struct {
+	// Service is "name.namespace" or "name" (the workload's namespace).
+	Service string `json:"service"`
+	// Port is the local port, on 127.0.0.1, the application calls.
+	Port uint32 `json:"port"`
+}
+
+// TrafficPolicy sets how clients reach one Service.
+type TrafficPolicy struct {
+	Metadata Metadata
+	Spec     TrafficPolicySpec
+	// Target is the Service named by Spec.TargetRef.
+	Target *Service
+	origin origin
+}
+
+// TrafficPolicySpec is a TrafficPolicy document's spec: a target and the
+// Policy fields, inline.
+type TrafficPolicySpec struct {
+	TargetRef TargetRef `json:"targetRef"`
+	Policy
+}
+
+// TargetRef names the Service a TrafficPolicy applies to.
+type TargetRef struct {
+	// Kind must be "Service".
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	// Namespace defaults to the TrafficPolicy's namespace.
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// Policy is the client-side traffic settings for one destination. Every field
+// is optional; an unset field keeps the value from the mesh defaults, or
+// Envoy's default when the defaults leave it unset too.
+type Policy struct {
+	HTTP2            *HTTP2            `json:"http2,omitempty"`
+	ConnectionPool   *ConnectionPool   `json:"connectionPool,omitempty"`
+	Retries          *Retries          `json:"retries,omitempty"`
+	Timeout          *Duration         `json:"timeout,omitempty"`
+	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
+	// LoadBalancer is round_robin, least_request or random.
+	LoadBalancer string `json:"loadBalancer,omitempty"`
+}
+
+// HTTP2 is the client's HTTP/2 settings (Envoy Http2ProtocolOptions).
+type HTTP2 struct {
+	MaxConcurrentStreams        *uint32    `json:"maxConcurrentStreams,omitempty"`
+	InitialStreamWindowSize     *uint32    `json:"initialStreamWindowSize,omitempty"`
+	InitialConnectionWindowSize *uint32    `json:"initialConnectionWindowSize,omitempty"`
+	Keepalive                   *Keepalive `json:"keepalive,omitempty"`
+}
+
+// Keepalive is HTTP/2 PING keepalive (Envoy connection_keepalive): a PING
+// every Interval, the connection closed when one is not answered in Timeout.
+type Keepalive struct {
+	Interval *Duration `json:"interval,omitempty"`
+	Timeout  *Duration `json:"timeout,omitempty"`
+}
+
+// ConnectionPool is the client's pool limits and connection lifetimes.
+type ConnectionPool struct {
+	MaxConnections           *uint32   `json:"maxConnections,omitempty"`
+	MaxPendingRequests       *uint32   `json:"maxPendingRequests,omitempty"`
+	MaxRequests              *uint32   `json:"maxRequests,omitempty"`
+	IdleTimeout              *Duration `json:"idleTimeout,omitempty"`
+	MaxConnectionDuration    *Duration `json:"maxConnectionDuration,omitempty"`
+	MaxRequestsPerConnection *uint32   `json:"maxRequestsPerConnection,omitempty"`
+	ConnectTimeout           *Duration `json:"connectTimeout,omitempty"`
+}
+
+// Retries is the route's retry policy.
+type Retries struct {
+	// Attempts is the number of retries (Envoy num_retries), 0..MaxAttempts.
+	Attempts *uint32 `json:"attempts,omitempty"`
+	// RetryOn are Envoy retry_on conditions (5xx, reset, refused-stream,
+	// unavailable, ...).
+	RetryOn       []string  `json:"retryOn,omitempty"`
+	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
+	// BudgetPercent caps active retries at this percentage of active
+	// requests (Envoy retry_budget.budget_percent), in (0, 100].
+	BudgetPercent *float64 `json:"budgetPercent,omitempty"`
+}
+
+// OutlierDetection ejects endpoints that fail consecutively.
+type OutlierDetection struct {
+	Consecutive5xx   *uint32   `json:"consecutive5xx,omitempty"`
+	Interval         *Duration `json:"interval,omitempty"`
+	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
+}
+
+// Duration is a duration written as a Go duration string ("1s", "500ms",
+// "1m30s"), the subset of Envoy's JSON durations people write by hand.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String returns the Go form, e.g. "1m30s".
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON encodes d as its string form.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON accepts a duration string; anything else is an error.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("expected a duration string such as \"1s\": %w", err)
+	}
+	v, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. \"1s\", \"500ms\")", s)
+	}
+	return v, nil
+}
+
+// Key returns "name.namespace", the form Workload outbound entries use.
+func (s *Service) Key() string { return s.Metadata.Name + "." + s.Metadata.Namespace }
+
+// HostPort returns "<name>.<namespace>:<port>", the proxyless target and
+// API listener name.
+func (s *Service) HostPort() string { return s.Key() + ":" + strconv.Itoa(int(s.Spec.Port)) }
+
+// SidecarProtocol returns the protocol sidecars speak to each other for this
+// service: "http2", "http1" or "tcp".
+func (s *Service) SidecarProtocol() string {
+	switch {
+	case s.Spec.Protocol == ProtocolTCP:
+		return ProtocolTCP
+	case s.Spec.UpstreamProtocol != "":
+		return s.Spec.UpstreamProtocol
+	case s.Spec.Protocol == ProtocolHTTP:
+		return "http1"
+	default:
+		return "http2"
+	}
+}
+
+// AppProtocol returns the protocol the service's applications speak on the
+// wire: "http2" (grpc, http2), "http1" (http) or "tcp".
+func (s *Service) AppProtocol() string {
+	switch s.Spec.Protocol {
+	case ProtocolTCP:
+		return ProtocolTCP
+	case ProtocolHTTP:
+		return "http1"
+	default:
+		return "http2"
+	}
+}
+
+// Service returns the Service with key "name.namespace", or nil.
+func (m *Mesh) Service(key string) *Service { return m.services[key] }
+
+// Workload returns the Workload with node ID "name.namespace", or nil.
+func (m *Mesh) Workload(nodeID string) *Workload { return m.workloads[nodeID] }
+
+// PolicyFor returns the TrafficPolicy targeting s, or nil.
+func (m *Mesh) PolicyFor(s *Service) *TrafficPolicy { return m.policies[s.Key()] }
+
+// WorkloadsOf returns the workloads serving s, in m.Workloads order.
+func (m *Mesh) WorkloadsOf(s *Service) []*Workload {
+	var ws []*Workload
+	for _, w := range m.Workloads {
+		if w.ServiceRef == s {
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}
+
+// SPIFFEID returns the workload's SPIFFE ID in m's trust domain.
+func (m *Mesh) SPIFFEID(w *Workload) string {
+	return "spiffe://" + m.Spec.TrustDomain + "/ns/" + w.Metadata.Namespace + "/sa/" + w.Spec.ServiceAccount
+}
+
+// resolveRef turns "name.namespace" or "name" (in ns) into a Service key.
+func resolveRef(ref, ns string) string {
+	if strings.Contains(ref, ".") {
+		return ref
+	}
+	return ref + "." + ns
+}
