@@ -59,23 +59,23 @@ func tryAcquire(v *atomic.Int64, limit int64) bool {
 // poolStats are the cluster-scope stats the connection pools keep beyond
 // Stats: Envoy's names, plus meshd's own documented in README.md.
 type poolStats struct {
-	scope              *stats.Scope
-	cxIdleTimeout      *stats.Counter // upstream_cx_idle_timeout
-	cxMaxRequests      *stats.Counter // upstream_cx_max_requests
-	cxMaxDuration      *stats.Counter // upstream_cx_max_duration_reached
-	cxDestroyRemoteRq  *stats.Counter // upstream_cx_destroy_remote_with_active_rq
-	cxDestroyLocalRq   *stats.Counter // upstream_cx_destroy_local_with_active_rq
-	cxPoolOverflow     *stats.Counter // upstream_cx_pool_overflow: max_connections reached
-	rqPendingTotal     *stats.Counter // upstream_rq_pending_total
-	rqPendingOverflow  *stats.Counter // upstream_rq_pending_overflow
-	rqPendingActive    *stats.Gauge   // upstream_rq_pending_active
-	keepaliveBackoff   *stats.Counter // http2.keepalive_backoff (meshd)
-	streamWait         *stats.Histogram
-	reusePermille      *stats.Gauge // upstream_cx_reuse_ratio_permille (meshd)
-	streamsTotal       atomic.Uint64
-	streamsReused      atomic.Uint64
-	http2Scope         *stats.Scope
-	endpointScope      *stats.Scope
+	scope             *stats.Scope
+	cxIdleTimeout     *stats.Counter // upstream_cx_idle_timeout
+	cxMaxRequests     *stats.Counter // upstream_cx_max_requests
+	cxMaxDuration     *stats.Counter // upstream_cx_max_duration_reached
+	cxDestroyRemoteRq *stats.Counter // upstream_cx_destroy_remote_with_active_rq
+	cxDestroyLocalRq  *stats.Counter // upstream_cx_destroy_local_with_active_rq
+	cxPoolOverflow    *stats.Counter // upstream_cx_pool_overflow: max_connections reached
+	rqPendingTotal    *stats.Counter // upstream_rq_pending_total
+	rqPendingOverflow *stats.Counter // upstream_rq_pending_overflow
+	rqPendingActive   *stats.Gauge   // upstream_rq_pending_active
+	keepaliveBackoff  *stats.Counter // http2.keepalive_backoff (meshd)
+	streamWait        *stats.Histogram
+	reusePermille     *stats.Gauge // upstream_cx_reuse_ratio_permille (meshd)
+	streamsTotal      atomic.Uint64
+	streamsReused     atomic.Uint64
+	http2Scope        *stats.Scope
+	endpointScope     *stats.Scope
 }
 
 func newPoolStats(sc *stats.Scope) *poolStats {

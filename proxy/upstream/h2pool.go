@@ -77,6 +77,7 @@ type pconn struct {
 	total      uint32         // streams ever placed
 	draining   bool           // no new streams
 	settled    bool           // the peer's first SETTINGS arrived (or were assumed)
+	limit      int            // stream limit from the last SETTINGS, capped locally
 	closed     bool
 	localClose bool // the pool closed it (Close)
 	idleTimer  *time.Timer
@@ -162,6 +163,7 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 			p.mu.Unlock()
 			return s, nil
 		}
+		p.idleCheckLocked(pc)
 		if !stream.Unprocessed(err) || ctx.Err() != nil || attempt+1 >= maxPlaceAttempts {
 			p.dispatchLocked()
 			p.mu.Unlock()
@@ -211,12 +213,24 @@ func (p *h2Pool) waitLocked(ctx context.Context) (*pconn, error) {
 	return w.pc, nil
 }
 
-// freeLocked is how many more streams pc takes now.
+// freeLocked is how many more streams pc takes now. Two counts, each of
+// which can only fall short: the codec's capacity less the pool's
+// reservations (short while a reserved stream is being opened: the codec
+// has it and the pool still holds its reservation), and, once the peer's
+// SETTINGS are known, the pool's own count of streams placed against the
+// current limit (short while a stream's end has not been reported yet).
+// Before SETTINGS arrive the codec allows one stream. A codec that has
+// fewer slots than the pool believes (a lowered limit in flight) refuses
+// with an unprocessed error and NewStream tries again.
 func (p *h2Pool) freeLocked(pc *pconn) int {
 	if pc.draining || pc.closed {
 		return 0
 	}
-	return pc.cc.Capacity() - pc.reserved
+	free := pc.cc.Capacity() - pc.reserved
+	if pc.settled {
+		free = max(free, pc.limit-max(pc.active, 0)-pc.reserved)
+	}
+	return free
 }
 
 // pickLocked returns the oldest usable connection with a free slot.
@@ -237,14 +251,14 @@ func (p *h2Pool) placedLocked(pc *pconn) {
 	pc.active++
 	pc.total++
 	p.sh.stats.streamPlaced(pc.total > 1)
-	if pc.idleTimer != nil {
-		pc.idleTimer.Stop()
-	}
+	p.idleCheckLocked(pc)
 	if m := p.spec.Lifetimes.MaxRequestsPerConnection; m > 0 && pc.total >= m && !pc.draining {
 		p.sh.stats.cxMaxRequests.Inc()
 		p.drainConnLocked(pc)
 	}
-	p.planDialsLocked()
+	// The stream may have ended (and been reported) before it was placed,
+	// so a slot can be free now.
+	p.dispatchLocked()
 }
 
 // streamDone accounts a stream of pc that ended.
@@ -256,10 +270,21 @@ func (p *h2Pool) streamDone(pc *pconn) {
 	}
 	pc.active--
 	p.sh.breaker.requests.Add(-1)
-	if pc.active <= 0 && pc.reserved == 0 && pc.idleTimer != nil && !pc.draining {
-		pc.idleTimer.Reset(p.spec.Lifetimes.IdleTimeout)
-	}
+	p.idleCheckLocked(pc)
 	p.dispatchLocked()
+}
+
+// idleCheckLocked starts pc's idle timer when pc has no stream placed or
+// promised, and stops it otherwise.
+func (p *h2Pool) idleCheckLocked(pc *pconn) {
+	if pc.idleTimer == nil {
+		return
+	}
+	if pc.active <= 0 && pc.reserved == 0 && !pc.draining && !pc.closed {
+		pc.idleTimer.Reset(p.spec.Lifetimes.IdleTimeout)
+	} else {
+		pc.idleTimer.Stop()
+	}
 }
 
 // dispatchLocked hands free slots to queued streams in FIFO order and
@@ -292,10 +317,13 @@ func (p *h2Pool) failWaitersLocked(err error) {
 	p.waiters = nil
 }
 
-// planDialsLocked dials until the connections open and being dialled can
-// hold the streams in use and waiting, times the preconnect ratio, within
-// max_connections and the dial backoff. With a ratio above 1 an idle pool
-// keeps one connection.
+// planDialsLocked dials for the streams that wait: while the connections
+// being dialled, and those open whose SETTINGS have not arrived, cannot be
+// expected to hold every queued stream (a queued stream means no settled
+// connection has a free slot). With a preconnect ratio r above 1 it also
+// dials until the connections' stream limits add up to r times the
+// streams in use and waiting, and keeps one connection when idle. All
+// within max_connections and the dial backoff.
 func (p *h2Pool) planDialsLocked() {
 	if p.closed {
 		return
@@ -306,26 +334,32 @@ func (p *h2Pool) planDialsLocked() {
 		}
 		return
 	}
-	demand, supply := len(p.waiters), 0
+	// spare is the room expected for queued streams: free slots, and on
+	// connections not yet settled (until its SETTINGS arrive a connection
+	// takes one stream) the limit the endpoint's last SETTINGS gave.
+	spare := p.connecting * p.limitHint
+	demand, supply := len(p.waiters), p.connecting*p.limitHint
 	for _, pc := range p.conns {
-		demand += max(pc.active, 0) + pc.reserved
+		used := max(pc.active, 0) + pc.reserved
+		demand += used
 		if pc.draining || pc.closed {
 			continue
 		}
-		used := max(pc.active, 0) + pc.reserved
 		if pc.settled {
-			supply += max(p.freeLocked(pc), 0) + used
+			supply += pc.limit
+			// A slot freed since the last dispatch (its stream-done
+			// report still on the way) serves a queued stream soon.
+			spare += max(p.freeLocked(pc), 0)
 		} else {
-			// Until its SETTINGS arrive a connection takes one stream;
-			// plan with the limit the endpoint's last SETTINGS gave.
-			supply += max(p.limitHint, used)
+			supply += p.limitHint
+			spare += max(p.limitHint-used, 0)
 		}
 	}
-	want := demand
+	want := 0
 	if r := p.spec.PreconnectRatio; r > 1 {
 		want = max(1, int(math.Ceil(r*float64(demand))))
 	}
-	for supply+p.connecting*p.limitHint < want {
+	for len(p.waiters) > spare || supply < want {
 		if !tryAcquire(&p.sh.breaker.conns, p.sh.breaker.maxConns) {
 			if len(p.waiters) > 0 {
 				p.sh.stats.cxPoolOverflow.Inc()
@@ -333,6 +367,8 @@ func (p *h2Pool) planDialsLocked() {
 			return
 		}
 		p.connecting++
+		spare += p.limitHint
+		supply += p.limitHint
 		go p.dial()
 	}
 }
@@ -433,11 +469,11 @@ func (p *h2Pool) connect(pc *pconn) error {
 func (p *h2Pool) onSettings(pc *pconn, mcs uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	pc.settled = true
 	l := int(min(mcs, math.MaxInt32))
 	if m := p.spec.HTTP2.MaxConcurrentStreams; m > 0 {
 		l = min(l, int(m))
 	}
+	pc.settled, pc.limit = true, l
 	p.limitHint = max(l, 1)
 	p.dispatchLocked()
 }

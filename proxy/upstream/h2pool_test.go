@@ -82,6 +82,7 @@ func TestH2PoolCapacity(t *testing.T) {
 	}{
 		{"peer limit", 3, 0, 9, 3},
 		{"local limit below peer", 3, 2, 9, 5},
+		{"cold burst", 10, 0, 100, 10},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
