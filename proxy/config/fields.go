@@ -46,7 +46,12 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.config.core.v3.SocketAddress": {supported: names("protocol", "address", "port_value")},
 
 	// Listeners.
-	"envoy.config.listener.v3.Listener":    {supported: names("name", "address", "filter_chains")},
+	"envoy.config.listener.v3.Listener": {
+		supported: names("name", "address", "filter_chains", "per_connection_buffer_limit_bytes", "metadata"),
+	},
+	// Listener metadata carries meshd's own HTTP/2 settings under
+	// "meshd.http2" (see MeshdHTTP2MetadataKey); other keys are data.
+	"envoy.config.core.v3.Metadata":        {supported: names("filter_metadata")},
 	"envoy.config.listener.v3.FilterChain": {supported: names("name", "filters", "transport_socket")},
 	"envoy.config.listener.v3.Filter":      {supported: names("name", "typed_config")},
 	"envoy.config.core.v3.TransportSocket": {supported: names("name", "typed_config")},

@@ -114,6 +114,9 @@ func CompileListener(l *listenerv3.Listener) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("filter_chains[0].filters[0].typed_config.%w", err)
 	}
+	if err := compileListenerHTTP2(l, &h.HTTP2); err != nil {
+		return nil, err
+	}
 	out := &Listener{Name: l.GetName(), Address: addr, HCM: h, raw: l}
 	if ts := fc.GetTransportSocket(); ts != nil {
 		var dtc tlsv3.DownstreamTlsContext

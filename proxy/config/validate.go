@@ -660,15 +660,6 @@ func (v *validator) hcm(path string, h *hcmv3.HttpConnectionManager, opts Resour
 		v.addf(join(path, "codec_type"), "HTTP3 is not supported yet (AUTO, HTTP1, HTTP2)")
 	}
 	// Fields of the shared protocol option messages that only clusters honour.
-	if cp := h.GetCommonHttpProtocolOptions(); cp != nil {
-		cpath := join(path, "common_http_protocol_options")
-		if cp.GetMaxConnectionDuration() != nil {
-			v.addf(join(cpath, "max_connection_duration"), "not supported on the connection manager yet (clusters only)")
-		}
-		if cp.GetMaxRequestsPerConnection() != nil {
-			v.addf(join(cpath, "max_requests_per_connection"), "not supported on the connection manager yet (clusters only)")
-		}
-	}
 	if h.GetHttp2ProtocolOptions().GetConnectionKeepalive() != nil {
 		v.addf(join(path, "http2_protocol_options.connection_keepalive"), "downstream keepalive PINGs are not supported yet (clusters only)")
 	}

@@ -164,9 +164,13 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	hst := hcm.NewStats(s.store, hc.StatPrefix)
 	handler := hcm.NewHandler(hc, s.clusters, hst, s.logger)
 	h1s := h1.NewServer(h1.ServerConfig{
-		IdleTimeout:    hc.IdleTimeout,
-		MaxHeaderBytes: hc.MaxRequestHeadersBytes,
-		Logger:         s.logger,
+		IdleTimeout:              hc.IdleTimeout,
+		MaxConnectionDuration:    hc.MaxConnectionDuration,
+		MaxRequestsPerConnection: hc.MaxRequestsPerConnection,
+		MaxDurationReached:       hst.HTTP2.CxMaxDurationReached,
+		MaxRequestsReached:       hst.HTTP2.CxMaxRequestsReached,
+		MaxHeaderBytes:           hc.MaxRequestHeadersBytes,
+		Logger:                   s.logger,
 	}, handler)
 	codec := listener.Auto
 	switch hc.Codec {

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/stats"
 )
 
 // UnderscoreAction is what the server does with a request header whose name
@@ -60,6 +61,22 @@ type ServerConfig struct {
 	// MaxHeaderBytes bounds the request line plus header section; larger
 	// requests get 431. Zero means net/http's default (1 MiB).
 	MaxHeaderBytes int
+	// MaxConnectionDuration makes a connection close once it is this old:
+	// at once if it is idle, otherwise after its in-flight request, whose
+	// response carries "Connection: close" (HCM
+	// common_http_protocol_options.max_connection_duration). Zero means
+	// no limit.
+	MaxConnectionDuration time.Duration
+	// MaxRequestsPerConnection makes the response to a connection's Nth
+	// request carry "Connection: close" and the connection close after it
+	// (common_http_protocol_options.max_requests_per_connection). Zero
+	// means no limit.
+	MaxRequestsPerConnection uint32
+	// MaxDurationReached and MaxRequestsReached, when not nil, count
+	// connections drained by the two limits above (Envoy's
+	// downstream_cx_max_duration_reached and
+	// downstream_cx_max_requests_reached).
+	MaxDurationReached, MaxRequestsReached *stats.Counter
 	// HeadersWithUnderscoresAction: see UnderscoreAction.
 	HeadersWithUnderscoresAction UnderscoreAction
 	// Logger receives connection-level diagnostics (net/http's ErrorLog,
@@ -193,6 +210,7 @@ type serverConn struct {
 	mu       sync.Mutex
 	state    http.ConnState // last state net/http reported
 	draining bool           // Shutdown was called: close once idle
+	requests uint32         // requests started
 }
 
 // CloseWrite half-closes the connection when the underlying conn supports
@@ -235,12 +253,38 @@ func (c *serverConn) Serve() error {
 		return errors.New("h1: server shut down before the connection was served")
 	}
 	s.start()
+	if d := s.cfg.MaxConnectionDuration; d > 0 {
+		t := time.AfterFunc(d, func() {
+			if !c.isDraining() && s.cfg.MaxDurationReached != nil {
+				s.cfg.MaxDurationReached.Inc()
+			}
+			c.Shutdown()
+		})
+		defer t.Stop()
+	}
 	if !s.ln.deliver(c) {
 		c.Close()
 		return errors.New("h1: server shut down before the connection was served")
 	}
 	<-c.done
 	return nil
+}
+
+// startRequest counts a request and, when it is the last one
+// MaxRequestsPerConnection allows, marks the connection draining so the
+// response carries "Connection: close".
+func (c *serverConn) startRequest() {
+	limit := c.srv.cfg.MaxRequestsPerConnection
+	c.mu.Lock()
+	c.requests++
+	last := limit > 0 && c.requests == limit && !c.draining
+	if last {
+		c.draining = true
+	}
+	c.mu.Unlock()
+	if last && c.srv.cfg.MaxRequestsReached != nil {
+		c.srv.cfg.MaxRequestsReached.Inc()
+	}
 }
 
 // Shutdown makes the connection close after its in-flight request, or at

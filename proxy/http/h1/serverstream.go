@@ -26,6 +26,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		// Unreachable: every connection is delivered as a *serverConn.
 		panic(http.ErrAbortHandler)
 	}
+	sc.startRequest()
 	if act := s.cfg.HeadersWithUnderscoresAction; act != UnderscoreAllow {
 		for k := range r.Header {
 			if strings.IndexByte(k, '_') < 0 {

@@ -69,7 +69,7 @@ type Stats struct {
 	// Connection manager counters the server connection feeds. Envoy keeps
 	// them in the connection manager's scope ("http.<stat_prefix>."), so
 	// the connection manager points these at its own counters; NewStats
-	// creates them under scope as a fallback.
+	// leaves them counting in no store.
 	CxIdleTimeout        *stats.Counter // downstream_cx_idle_timeout: closed by idle_timeout
 	CxMaxDurationReached *stats.Counter // downstream_cx_max_duration_reached: drained by max_connection_duration
 	CxMaxRequestsReached *stats.Counter // downstream_cx_max_requests_reached: drained by max_requests_per_connection
@@ -102,10 +102,10 @@ func NewStats(scope *stats.Scope) *Stats {
 		InboundEmptyFramesFlood:   scope.Counter("inbound_empty_frames_flood"),
 		InboundPriorityFlood:      scope.Counter("inbound_priority_frames_flood"),
 		InboundWindowUpdateFlood:  scope.Counter("inbound_window_update_frames_flood"),
-		DownstreamPrematureResets: scope.Counter("downstream_rq_too_many_premature_resets"),
-		CxIdleTimeout:             scope.Counter("downstream_cx_idle_timeout"),
-		CxMaxDurationReached:      scope.Counter("downstream_cx_max_duration_reached"),
-		CxMaxRequestsReached:      scope.Counter("downstream_cx_max_requests_reached"),
+		DownstreamPrematureResets: new(stats.Counter),
+		CxIdleTimeout:             new(stats.Counter),
+		CxMaxDurationReached:      new(stats.Counter),
+		CxMaxRequestsReached:      new(stats.Counter),
 	}
 }
 

@@ -52,7 +52,15 @@ type Config struct {
 	RequestTimeout time.Duration
 	// MaxStreamDuration bounds a stream's life (0 = none).
 	MaxStreamDuration time.Duration
-	Underscores       UnderscoreAction
+	// MaxConnectionDuration drains a downstream connection gracefully once
+	// it is this old (common_http_protocol_options.max_connection_duration;
+	// 0 = never).
+	MaxConnectionDuration time.Duration
+	// MaxRequestsPerConnection drains a downstream connection gracefully
+	// after this many requests
+	// (common_http_protocol_options.max_requests_per_connection; 0 = no limit).
+	MaxRequestsPerConnection uint32
+	Underscores              UnderscoreAction
 	// ServerName is the "server" response header value.
 	ServerName        string
 	GenerateRequestID bool
@@ -103,6 +111,10 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 		if d := cp.GetMaxStreamDuration(); d != nil {
 			c.MaxStreamDuration = d.AsDuration()
 		}
+		if d := cp.GetMaxConnectionDuration(); d != nil {
+			c.MaxConnectionDuration = d.AsDuration()
+		}
+		c.MaxRequestsPerConnection = cp.GetMaxRequestsPerConnection().GetValue()
 		switch cp.GetHeadersWithUnderscoresAction() {
 		case corev3.HttpProtocolOptions_REJECT_REQUEST:
 			c.Underscores = UnderscoreReject
@@ -111,8 +123,10 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 		}
 	}
 	c.HTTP2 = h2.ServerConfig{
-		MaxHeaderListSize: uint32(c.MaxRequestHeadersBytes),
-		IdleTimeout:       c.IdleTimeout,
+		MaxHeaderListSize:        uint32(c.MaxRequestHeadersBytes),
+		IdleTimeout:              c.IdleTimeout,
+		MaxConnectionDuration:    c.MaxConnectionDuration,
+		MaxRequestsPerConnection: c.MaxRequestsPerConnection,
 	}
 	if o := m.GetHttp2ProtocolOptions(); o != nil {
 		c.HTTP2.MaxConcurrentStreams = o.GetMaxConcurrentStreams().GetValue()
@@ -164,6 +178,13 @@ type Stats struct {
 // NewStats returns the stats for stat prefix p.
 func NewStats(store *stats.Store, p string) *Stats {
 	sc := store.Root().Scope("http").Tagged("envoy_http_conn_manager_prefix", p)
+	// Envoy keeps codec stats at "http2.*" of the listener's scope, and the
+	// connection-level limits the codec enforces under the manager's prefix.
+	h2st := h2.NewStats(store.Root().Scope("http2"))
+	h2st.CxIdleTimeout = sc.Counter("downstream_cx_idle_timeout")
+	h2st.CxMaxDurationReached = sc.Counter("downstream_cx_max_duration_reached")
+	h2st.CxMaxRequestsReached = sc.Counter("downstream_cx_max_requests_reached")
+	h2st.DownstreamPrematureResets = sc.Counter("downstream_rq_too_many_premature_resets")
 	return &Stats{
 		Scope:                sc,
 		RqTotal:              sc.Counter("downstream_rq_total"),
@@ -186,7 +207,6 @@ func NewStats(store *stats.Store, p string) *Stats {
 		CxHTTP1Active:        sc.Gauge("downstream_cx_http1_active"),
 		CxHTTP2Active:        sc.Gauge("downstream_cx_http2_active"),
 		CxDestroy:            sc.Counter("downstream_cx_destroy"),
-		// Envoy keeps codec stats at "http2.*" of the listener's scope.
-		HTTP2: h2.NewStats(store.Root().Scope("http2")),
+		HTTP2:                h2st,
 	}
 }
