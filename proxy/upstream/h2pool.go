@@ -76,6 +76,7 @@ type pconn struct {
 	reserved   int            // slots promised to waiters not yet opened
 	total      uint32         // streams ever placed
 	draining   bool           // no new streams
+	idleSince  time.Time      // when the last stream ended (for connection_idle_interval)
 	settled    bool           // the peer's first SETTINGS arrived (or were assumed)
 	limit      int            // stream limit from the last SETTINGS, capped locally
 	closed     bool
@@ -245,8 +246,13 @@ func (p *h2Pool) pickLocked() *pconn {
 	return nil
 }
 
-// placedLocked accounts a stream opened on pc.
+// placedLocked accounts a stream opened on pc. A stream that is the
+// first after pc sat idle for connection_idle_interval sends a keepalive
+// PING along, so a dead peer is found within the keepalive timeout.
 func (p *h2Pool) placedLocked(pc *pconn) {
+	if d := p.spec.HTTP2.Keepalive.ConnectionIdleInterval; d > 0 && pc.total > 0 && pc.active <= 0 && time.Since(pc.idleSince) >= d {
+		pc.cc.KeepalivePing()
+	}
 	p.sh.breaker.requests.Add(1)
 	pc.active++
 	pc.total++
@@ -270,6 +276,9 @@ func (p *h2Pool) streamDone(pc *pconn) {
 	}
 	pc.active--
 	p.sh.breaker.requests.Add(-1)
+	if pc.active <= 0 {
+		pc.idleSince = time.Now()
+	}
 	p.idleCheckLocked(pc)
 	p.dispatchLocked()
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -494,5 +495,103 @@ func TestH2PoolPreconnect(t *testing.T) {
 	}
 	for _, s := range held {
 		s.Reset(stream.ErrCodeCancel)
+	}
+}
+
+// TestDialUpstreamSocketOptions: every upstream TCP socket has TCP_NODELAY,
+// and SO_KEEPALIVE exactly when upstream_connection_options.tcp_keepalive
+// is set.
+func TestDialUpstreamSocketOptions(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	tests := []struct {
+		name string
+		ka   *net.KeepAliveConfig
+		want int
+	}{
+		{"no tcp_keepalive", nil, 0},
+		{"tcp_keepalive", &net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3}, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			st := NewStats(stats.NewStore(), "backend")
+			conn, err := dialUpstream(ctx, ln.Addr().String(), nil, tc.ka, st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			raw, err := conn.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var keepalive, nodelay int
+			var serr error
+			if err := raw.Control(func(fd uintptr) {
+				keepalive, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
+				if serr == nil {
+					nodelay, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY)
+				}
+			}); err != nil || serr != nil {
+				t.Fatal(err, serr)
+			}
+			if (keepalive != 0) != (tc.want != 0) {
+				t.Errorf("SO_KEEPALIVE = %d, want %d", keepalive, tc.want)
+			}
+			if nodelay == 0 {
+				t.Error("TCP_NODELAY is off")
+			}
+		})
+	}
+}
+
+// TestH2PoolConnectionIdleInterval: with connection_idle_interval 50 ms
+// (and no periodic PINGs), the first stream on a connection idle for
+// longer sends a PING along; a peer that does not answer it loses the
+// connection within the keepalive timeout (100 ms) plus 500 ms of
+// scheduling tolerance, counted in http2.keepalive_timeout. A busy
+// connection sends no such PING.
+func TestH2PoolConnectionIdleInterval(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	srv := startRawServer(t, 100)
+	srv.onPing = func(*rawConn, int) bool { return false }
+	p := newTestPool(t, srv.addr(), testSpec(func(s *Spec) {
+		s.HTTP2.Keepalive = Keepalive{Timeout: 100 * time.Millisecond, ConnectionIdleInterval: 50 * time.Millisecond}
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	for range 3 { // back to back: never idle for 50 ms
+		if err := roundTrip(ctx, p, "/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(150 * time.Millisecond)
+	if got := p.ActiveConns(); got != 1 {
+		t.Fatalf("connections = %d before the idle interval passed, want 1 (no PING sent yet)", got)
+	}
+	time.Sleep(100 * time.Millisecond) // idle well past 50 ms
+	if err := roundTrip(ctx, p, "/after-idle"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, testTimeout, "the unanswered idle PING to close the connection", func() bool { return p.ActiveConns() == 0 })
+	if d := time.Since(start); d > 600*time.Millisecond {
+		t.Errorf("connection closed %v after the stream, want within 600ms", d)
+	}
+	if got := p.stats.HTTP2.KeepaliveTimeout.Value(); got != 1 {
+		t.Errorf("http2.keepalive_timeout = %d, want 1", got)
 	}
 }

@@ -336,18 +336,40 @@ func (cc *ClientConn) keepalive() {
 	if c.closed {
 		return
 	}
-	if !cc.pingOutstanding {
-		cc.pingOutstanding = true
-		cc.pingSeq++
-		binary.BigEndian.PutUint64(cc.pingData[:], cc.pingSeq)
-		c.queue(ctrlItem{kind: ctrlPing, ping: cc.pingData})
-		if cc.kaTimeoutTimer == nil {
-			cc.kaTimeoutTimer = time.AfterFunc(cc.cfg.KeepaliveTimeout, cc.keepaliveExpired)
-		} else {
-			cc.kaTimeoutTimer.Reset(cc.cfg.KeepaliveTimeout)
-		}
-	}
+	cc.pingLocked()
 	cc.kaTimer.Reset(cc.keepaliveDelay())
+}
+
+// KeepalivePing sends a keepalive PING now, unless one is already
+// outstanding, and closes the connection (counting http2.keepalive_timeout)
+// if its ACK does not arrive within KeepaliveTimeout. A pool calls it before
+// reusing a connection that has been idle (Envoy's
+// connection_keepalive.connection_idle_interval). It does not block.
+func (cc *ClientConn) KeepalivePing() {
+	c := cc.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		cc.pingLocked()
+	}
+}
+
+// pingLocked queues a keepalive PING and arms its timeout unless one is
+// outstanding. Caller holds mu.
+func (cc *ClientConn) pingLocked() {
+	if cc.pingOutstanding {
+		return
+	}
+	c := cc.c
+	cc.pingOutstanding = true
+	cc.pingSeq++
+	binary.BigEndian.PutUint64(cc.pingData[:], cc.pingSeq)
+	c.queue(ctrlItem{kind: ctrlPing, ping: cc.pingData})
+	if cc.kaTimeoutTimer == nil {
+		cc.kaTimeoutTimer = time.AfterFunc(cc.cfg.KeepaliveTimeout, cc.keepaliveExpired)
+	} else {
+		cc.kaTimeoutTimer.Reset(cc.cfg.KeepaliveTimeout)
+	}
 }
 
 // keepaliveDelay is the time until the next keepalive PING: the interval
