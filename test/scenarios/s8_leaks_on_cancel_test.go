@@ -18,6 +18,13 @@ import (
 // connection, mid-stream. RST_STREAM CANCEL must travel upstream (the
 // backend's handlers see their calls end) and the sidecar's goroutines, file
 // descriptors and memory must return to their baseline after the churn.
+//
+// Each stream is cancelled after its response headers and first messages
+// arrived: ordinary gRPC behaviour, which Envoy's rapid-reset guard
+// (CVE-2023-44487) does not count as a premature reset, since Envoy's
+// isPrematureRstStream requires both a short lifetime and no response
+// headers sent. A sidecar that sends GOAWAY ENHANCE_YOUR_CALM here fails the
+// test with that error.
 const (
 	// s8Cancelled streams are cancelled by the client after their first
 	// messages; s8Disconnects clients each open s8PerDisconnect streams and
