@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -130,6 +131,35 @@ func (ps *poolStats) streamPlaced(reused bool) {
 type poolShared struct {
 	breaker *breaker
 	stats   *poolStats
+
+	mu sync.Mutex
+	// starved are the pools with queued streams that could not dial
+	// because the cluster was at max_connections; a connection closing
+	// anywhere in the cluster wakes them.
+	starved map[*h2Pool]struct{}
+}
+
+// starve records that p waits for the cluster's connection budget.
+func (sh *poolShared) starve(p *h2Pool) {
+	sh.mu.Lock()
+	if sh.starved == nil {
+		sh.starved = map[*h2Pool]struct{}{}
+	}
+	sh.starved[p] = struct{}{}
+	sh.mu.Unlock()
+}
+
+// connReleased wakes the starved pools after a connection slot of the
+// cluster was freed. Each wakes on its own goroutine, so no pool's lock is
+// ever taken while another's is held.
+func (sh *poolShared) connReleased() {
+	sh.mu.Lock()
+	starved := sh.starved
+	sh.starved = nil
+	sh.mu.Unlock()
+	for p := range starved {
+		go p.wake()
+	}
 }
 
 func newPoolShared(spec *Spec, st *Stats) *poolShared {

@@ -141,7 +141,7 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 			pc = p.pickLocked()
 		}
 		if pc != nil {
-			pc.reserved++
+			p.reserveLocked(pc)
 		} else {
 			var err error
 			pc, err = p.waitLocked(ctx) // unlocks while waiting
@@ -246,13 +246,18 @@ func (p *h2Pool) pickLocked() *pconn {
 	return nil
 }
 
-// placedLocked accounts a stream opened on pc. A stream that is the
-// first after pc sat idle for connection_idle_interval sends a keepalive
-// PING along, so a dead peer is found within the keepalive timeout.
-func (p *h2Pool) placedLocked(pc *pconn) {
-	if d := p.spec.HTTP2.Keepalive.ConnectionIdleInterval; d > 0 && pc.total > 0 && pc.active <= 0 && time.Since(pc.idleSince) >= d {
+// reserveLocked promises a slot of pc to a stream. The first stream after
+// pc sat idle for connection_idle_interval sends a keepalive PING along,
+// so a dead peer is found within the keepalive timeout.
+func (p *h2Pool) reserveLocked(pc *pconn) {
+	pc.reserved++
+	if d := p.spec.HTTP2.Keepalive.ConnectionIdleInterval; d > 0 && pc.total > 0 && pc.active <= 0 && pc.reserved == 1 && time.Since(pc.idleSince) >= d {
 		pc.cc.KeepalivePing()
 	}
+}
+
+// placedLocked accounts a stream opened on pc.
+func (p *h2Pool) placedLocked(pc *pconn) {
 	p.sh.breaker.requests.Add(1)
 	pc.active++
 	pc.total++
@@ -307,7 +312,7 @@ func (p *h2Pool) dispatchLocked() {
 		w := p.waiters[0]
 		p.waiters[0] = nil
 		p.waiters = p.waiters[1:]
-		pc.reserved++
+		p.reserveLocked(pc)
 		w.pc, w.done = pc, true
 		close(w.ready)
 	}
@@ -372,6 +377,7 @@ func (p *h2Pool) planDialsLocked() {
 		if !tryAcquire(&p.sh.breaker.conns, p.sh.breaker.maxConns) {
 			if len(p.waiters) > 0 {
 				p.sh.stats.cxPoolOverflow.Inc()
+				p.sh.starve(p)
 			}
 			return
 		}
@@ -390,6 +396,13 @@ func (p *h2Pool) kick() {
 	p.dispatchLocked()
 }
 
+// wake re-plans dials after the cluster freed a connection slot.
+func (p *h2Pool) wake() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dispatchLocked()
+}
+
 func (p *h2Pool) dial() {
 	p.mu.Lock()
 	ka := p.kaInterval
@@ -402,6 +415,7 @@ func (p *h2Pool) dial() {
 	p.connecting--
 	if err != nil {
 		p.sh.breaker.conns.Add(-1)
+		p.sh.connReleased()
 		p.failures++
 		p.lastErr = err
 		p.retryAt = time.Now().Add(dialBackoff(p.failures))
@@ -509,6 +523,7 @@ func (p *h2Pool) onGoAway(pc *pconn, code stream.ErrCode, debug string) {
 func (p *h2Pool) onClose(pc *pconn, err error) {
 	p.stats.CxActive.Dec()
 	p.sh.breaker.conns.Add(-1)
+	p.sh.connReleased()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pc.closed = true

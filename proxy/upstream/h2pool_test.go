@@ -278,8 +278,7 @@ func TestH2PoolMaxConnectionsClusterWide(t *testing.T) {
 	for _, s := range held {
 		s.Reset(stream.ErrCodeCancel)
 	}
-	pa.Close() // frees the cluster's connection slots
-	pb.kick()
+	pa.Close() // frees the cluster's connection slots, which wakes host B's pool
 	if err := <-done; err != nil {
 		t.Fatalf("stream to host B: %v", err)
 	}
