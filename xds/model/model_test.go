@@ -142,6 +142,8 @@ func TestParseErrors(t *testing.T) {
 			[]string{"spec.inbound.app: \"localhost\" is not host:port"}},
 		{"port clash", greeter + "---\n" + header + "kind: Workload\nmetadata: {name: w, namespace: demo}\nspec: {serviceAccount: sa, outbound: [{service: greeter, port: 9}, {service: greeter, port: 9}]}\n",
 			[]string{"spec.outbound[1].port: port 9 is already used by spec.outbound[0].port"}},
+		{"admin port clash across workloads", greeter + "---\n" + header + "kind: Workload\nmetadata: {name: w, namespace: demo}\nspec: {serviceAccount: sa, outbound: [{service: greeter, port: 9}]}\n---\n" + header + "kind: Workload\nmetadata: {name: v, namespace: demo}\nspec: {serviceAccount: sa, admin: \"127.0.0.1:9\"}\n",
+			[]string{"document 3 (Workload demo/v): spec.admin: port 9 is already used by document 2 (Workload demo/w) spec.outbound[0].port"}},
 		{"dangling targetRef", header + "kind: TrafficPolicy\nmetadata: {name: p}\nspec: {targetRef: {kind: Service, name: nope}}\n",
 			[]string{"document 1 (TrafficPolicy default/p): spec.targetRef: no Service nope.default in the mesh file"}},
 		{"targetRef kind", greeter + "---\n" + header + "kind: TrafficPolicy\nmetadata: {name: p, namespace: demo}\nspec: {targetRef: {kind: Workload, name: greeter}}\n",

@@ -187,6 +187,8 @@ func validatePorts(ps *problems, m *Mesh) {
 		field string
 	}
 	seen := make(map[uint32]use)
+	// File order, so that the later of two clashing documents is blamed.
+	inFileOrder := slices.SortedFunc(slices.Values(m.Workloads), func(a, b *Workload) int { return a.origin.index - b.origin.index })
 	claim := func(o origin, field string, port uint32) {
 		if port == 0 {
 			return
@@ -201,12 +203,17 @@ func validatePorts(ps *problems, m *Mesh) {
 		}
 		seen[port] = use{o, field}
 	}
-	for _, w := range m.Workloads {
+	for _, w := range inFileOrder {
 		if w.Spec.Inbound != nil {
 			claim(w.origin, "spec.inbound.port", w.Spec.Inbound.Port)
 		}
 		for i, out := range w.Spec.Outbound {
 			claim(w.origin, fmt.Sprintf("spec.outbound[%d].port", i), out.Port)
+		}
+		if host, port, err := net.SplitHostPort(w.Spec.Admin); err == nil && (host == "127.0.0.1" || host == "localhost") {
+			if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+				claim(w.origin, "spec.admin", uint32(n))
+			}
 		}
 	}
 }
