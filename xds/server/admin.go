@@ -1,0 +1,102 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/xds/model"
+)
+
+// Status is the body of GET /status.
+type Status struct {
+	// Version is the published snapshot version ("" before the first).
+	Version     string     `json:"version"`
+	PublishedAt *time.Time `json:"published_at,omitempty"`
+	// Sidecars are the node IDs with their own snapshot.
+	Sidecars []string `json:"sidecars"`
+	// LastError is the last rejected mesh file or publish, cleared by the
+	// next successful publish.
+	LastError *ErrorRecord `json:"last_error,omitempty"`
+	// Streams are the connected xDS streams with, per resource type, the
+	// version sent, the version ACKed and the last NACK.
+	Streams []StreamStatus `json:"streams"`
+}
+
+// Status returns what /status shows.
+func (s *Server) Status() Status {
+	st := Status{Streams: s.tracker.snapshot(), Sidecars: []string{}}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.published; p != nil {
+		at := p.at
+		st.Version, st.PublishedAt = p.version, &at
+		st.Sidecars = append(st.Sidecars, p.nodes...)
+	}
+	if s.lastError != nil {
+		e := *s.lastError
+		st.LastError = &e
+	}
+	return st
+}
+
+// Warnings returns the tuning warnings of the published mesh.
+func (s *Server) Warnings() []model.Warning {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.published == nil {
+		return nil
+	}
+	return append([]model.Warning(nil), s.published.warnings...)
+}
+
+// AdminHandler returns the control plane's HTTP API:
+//
+//	GET /status    Status as JSON
+//	GET /warnings  the published mesh's tuning warnings as a JSON array
+//	GET /metrics   the server's counters in Prometheus text format
+//	GET /healthz   200 while Serve runs, 503 otherwise
+//	GET /readyz    200 once serving with a published snapshot, 503 otherwise
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, s.Status())
+	})
+	mux.HandleFunc("GET /warnings", func(w http.ResponseWriter, _ *http.Request) {
+		ws := s.Warnings()
+		if ws == nil {
+			ws = []model.Warning{}
+		}
+		writeJSON(w, ws)
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_ = s.store.WritePrometheus(w, stats.Filter{})
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Serving() {
+			http.Error(w, "not serving xDS", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case !s.Serving():
+			http.Error(w, "not serving xDS", http.StatusServiceUnavailable)
+		case s.Version() == "":
+			http.Error(w, "no mesh published yet", http.StatusServiceUnavailable)
+		default:
+			_, _ = w.Write([]byte("ok\n"))
+		}
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
