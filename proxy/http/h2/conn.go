@@ -909,6 +909,15 @@ func (c *conn) handleRST(h frameHandler, f *http2.RSTStreamFrame) error {
 		return nil
 	}
 	c.st.RxReset.Inc()
+	if c.isClient && f.ErrCode == http2.ErrCodeNo && s.recvDone {
+		// RFC 9113 section 8.1: after a complete response, RST_STREAM
+		// NO_ERROR only asks the client to stop sending the request; the
+		// response stands and must not be discarded.
+		c.releaseSend(int64(s.sendQ.reset()))
+		s.sendEnd, s.sentEnd, s.stoppedByPeer = true, true, true
+		c.removeStream(s, nil)
+		return nil
+	}
 	if c.onPeerReset != nil {
 		c.onPeerReset(s)
 	}
@@ -1012,7 +1021,9 @@ type strm struct {
 
 	err     *stream.Error // set once the stream failed
 	removed bool
-	cancel  context.CancelFunc
+	// stoppedByPeer: the peer answered in full, then RST_STREAM NO_ERROR.
+	stoppedByPeer bool
+	cancel        context.CancelFunc
 }
 
 func (c *conn) newStrm(s *strm, id uint32) {
@@ -1065,6 +1076,12 @@ func (s *strm) read(p []byte) (int, error) {
 // errWriteAfterEnd is returned by writes after the send side ended.
 var errWriteAfterEnd = errors.New("http2: write after end of stream")
 
+// ErrRequestStopped is returned by a client stream's Write and CloseWrite
+// after the server sent a complete response and then RST_STREAM NO_ERROR
+// (RFC 9113 section 8.1): the rest of the request is not wanted, and the
+// response remains readable.
+var ErrRequestStopped = errors.New("http2: server completed the response and stopped the request")
+
 // write implements the body Write of both stream kinds.
 func (s *strm) write(p []byte) (int, error) {
 	c := s.c
@@ -1074,6 +1091,9 @@ func (s *strm) write(p []byte) (int, error) {
 	for len(p) > 0 {
 		if s.err != nil {
 			return n, s.err
+		}
+		if s.stoppedByPeer {
+			return n, ErrRequestStopped
 		}
 		if s.sendEnd {
 			return n, errWriteAfterEnd
@@ -1105,6 +1125,9 @@ func (s *strm) write(p []byte) (int, error) {
 func (s *strm) end(trailers []hpack.HeaderField) error {
 	if s.err != nil {
 		return s.err
+	}
+	if s.stoppedByPeer {
+		return ErrRequestStopped
 	}
 	if s.sendEnd {
 		return errWriteAfterEnd

@@ -170,7 +170,7 @@ func roundTrip(ctx context.Context, cc *ClientConn, req *stream.Request, body []
 		return nil, nil, header.Header{}, err
 	}
 	got, err := io.ReadAll(readerOnly{cs})
-	if werr := <-errc; werr != nil && err == nil {
+	if werr := <-errc; werr != nil && err == nil && !errors.Is(werr, ErrRequestStopped) {
 		err = werr
 	}
 	return resp, got, cs.Trailers(), err
