@@ -161,7 +161,7 @@ func ProxylessClusterName(s *model.Service) string { return "proxyless|" + s.Hos
 func (t *translator) node(w *model.Workload) *Resources {
 	r := &Resources{}
 	if in := w.Spec.Inbound; in != nil {
-		t.inbound(r, w.ServiceRef, in)
+		t.inbound(r, w, in)
 	}
 	clusters := make(map[string]bool)
 	for i, out := range w.Spec.Outbound {
@@ -185,7 +185,8 @@ func (t *translator) node(w *model.Workload) *Resources {
 }
 
 // inbound adds the listener on in.Port and the STATIC cluster to the app.
-func (t *translator) inbound(r *Resources, svc *model.Service, in *model.Inbound) {
+func (t *translator) inbound(r *Resources, w *model.Workload, in *model.Inbound) {
+	svc := w.ServiceRef
 	name := InboundListenerName(in.Port)
 	cname := InboundClusterName(in.Port, in.App)
 	if svc.Spec.Protocol == model.ProtocolTCP {
@@ -211,7 +212,7 @@ func (t *translator) inbound(r *Resources, svc *model.Service, in *model.Inbound
 	}
 	host, portStr, err := net.SplitHostPort(in.App)
 	if err != nil {
-		t.fail(fmt.Errorf("translate: workload inbound.app %q: %w", in.App, err))
+		t.fail(fmt.Errorf("translate: Workload %s/%s: spec.inbound.app %q: %w", w.Metadata.Namespace, w.Metadata.Name, in.App, err))
 		return
 	}
 	port, _ := strconv.Atoi(portStr)
