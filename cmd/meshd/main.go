@@ -23,6 +23,8 @@ type command struct {
 
 var commands = []command{
 	{"sidecar", "run the data plane from an Envoy v3 bootstrap", runSidecar},
+	{"control-plane", "serve xDS (ADS, SotW and delta) from a mesh file", runControlPlane},
+	{"bootstrap", "print the sidecar bootstrap of a mesh file's Workload", runBootstrap},
 	{"version", "print meshd, Go and dependency versions", runVersion},
 }
 

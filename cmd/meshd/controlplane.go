@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"meshd.dev/meshd/xds/server"
+	"meshd.dev/meshd/xds/source"
+)
+
+// controlPlaneStopTimeout bounds the graceful stop of the xDS and admin
+// servers after SIGTERM or SIGINT.
+const controlPlaneStopTimeout = 5 * time.Second
+
+func runControlPlane(args []string, _, stderr io.Writer) int {
+	fs := flag.NewFlagSet("control-plane", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	meshPath := fs.String("config", "", "mesh file (meshd.dev/v1alpha1 documents), watched for changes")
+	xdsAddr := fs.String("xds-address", "127.0.0.1:15010", "address of the gRPC ADS/xDS server")
+	adminAddr := fs.String("admin-address", "127.0.0.1:15014", "address of the status, health and metrics HTTP server")
+	xdsAddrPath := fs.String("xds-address-path", "", "write the bound xDS address to this file")
+	adminAddrPath := fs.String("admin-address-path", "", "write the bound admin address to this file")
+	poll := fs.Duration("poll-interval", source.DefaultPollInterval, "how often the mesh file is checked for changes")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "meshd control-plane: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "meshd control-plane: --log-level: %v\n", err)
+		return 2
+	}
+	if *meshPath == "" {
+		fmt.Fprintln(stderr, "meshd control-plane: --config MESH.yaml is required")
+		return 2
+	}
+	if *poll <= 0 {
+		fmt.Fprintln(stderr, "meshd control-plane: --poll-interval: must be positive")
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+
+	srv := server.New(server.Options{Logger: logger})
+	watcher := source.NewFileWatcher(*meshPath, srv, source.FileOptions{PollInterval: *poll, Logger: logger})
+	if err := watcher.Load(); err != nil {
+		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
+		return 1
+	}
+
+	xdsLis, err := net.Listen("tcp", *xdsAddr)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd control-plane: --xds-address: %v\n", err)
+		return 1
+	}
+	adminLis, err := net.Listen("tcp", *adminAddr)
+	if err != nil {
+		_ = xdsLis.Close()
+		fmt.Fprintf(stderr, "meshd control-plane: --admin-address: %v\n", err)
+		return 1
+	}
+	for _, f := range []struct{ path, addr string }{
+		{*xdsAddrPath, xdsLis.Addr().String()},
+		{*adminAddrPath, adminLis.Addr().String()},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if err := writeAddressFile(f.path, f.addr); err != nil {
+			_ = xdsLis.Close()
+			_ = adminLis.Close()
+			fmt.Fprintf(stderr, "meshd control-plane: %v\n", err)
+			return 1
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	errs := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(xdsLis); err != nil {
+			errs <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := admin.Serve(adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- fmt.Errorf("admin server on %s: %w", adminLis.Addr(), err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		watcher.Run(ctx)
+	}()
+	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "config", *meshPath, "version", srv.Version())
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	code := 0
+	select {
+	case s := <-sigs:
+		logger.Info("shutting down", "signal", s.String())
+	case err := <-errs:
+		logger.Error("shutting down", "err", err)
+		code = 1
+	}
+	cancel()
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), controlPlaneStopTimeout)
+	defer stopCancel()
+	srv.Stop(stopCtx)
+	if err := admin.Shutdown(stopCtx); err != nil {
+		_ = admin.Close()
+	}
+	wg.Wait()
+	logger.Info("stopped")
+	return code
+}
+
+// writeAddressFile writes addr to path through a temporary file and a
+// rename, so a reader never sees half an address.
+func writeAddressFile(path, addr string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".addr-*")
+	if err != nil {
+		return fmt.Errorf("address file %s: %w", path, err)
+	}
+	_, werr := tmp.WriteString(addr + "\n")
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("address file %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("address file %s: %w", path, err)
+	}
+	return nil
+}
