@@ -479,6 +479,7 @@ func (p *h2Pool) connect(pc *pconn) error {
 		KeepaliveInterval:           ka,
 		KeepaliveTimeout:            o.Keepalive.Timeout,
 		KeepaliveJitterPercent:      o.Keepalive.JitterPercent,
+		MaxBufferedBytes:            p.spec.PerConnectionBufferLimit,
 		Logger:                      p.logger,
 		Stats:                       p.stats.HTTP2,
 		OnSettings:                  func(mcs uint32) { p.onSettings(pc, mcs) },

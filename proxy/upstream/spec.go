@@ -135,8 +135,8 @@ type Spec struct {
 	// TCPKeepalive is upstream_connection_options.tcp_keepalive; nil when
 	// unset (no TCP keepalive, as in Envoy).
 	TCPKeepalive *net.KeepAliveConfig
-	// PerConnectionBufferLimit is per_connection_buffer_limit_bytes
-	// (Envoy's default 1 MiB).
+	// PerConnectionBufferLimit is per_connection_buffer_limit_bytes; 0 when
+	// unset, leaving buffering bounded by the HTTP/2 windows alone.
 	PerConnectionBufferLimit uint32
 	// TLS is the client TLS config, nil for plaintext.
 	TLS *tls.Config
@@ -172,9 +172,8 @@ func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
 			MaxRequests:        1024,
 			MaxRetries:         3,
 		},
-		PreconnectRatio:          1,
-		PerConnectionBufferLimit: 1 << 20,
-		raw:                      c,
+		PreconnectRatio: 1,
+		raw:             c,
 	}
 	if s.Name == "" {
 		return nil, fmt.Errorf("name: must not be empty")

@@ -69,6 +69,12 @@ type ClientConfig struct {
 	OnStreamDone func()
 	// OnClose reports that the connection closed, with its cause.
 	OnClose func(err error)
+	// MaxBufferedBytes bounds what the connection buffers (the cluster's
+	// per_connection_buffer_limit_bytes): advertised receive windows are
+	// clamped to it and request bytes queued across streams are capped at
+	// it, so a slow peer back-pressures instead of growing memory. 0 = no
+	// limit beyond the windows.
+	MaxBufferedBytes uint32
 }
 
 // ClientConn is an upstream HTTP/2 connection. It implements
@@ -105,13 +111,15 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 	if cf.KeepaliveTimeout == 0 {
 		cf.KeepaliveTimeout = defaultKeepaliveTimeout
 	}
+	streamWin, connWin := bufferedWindows(cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize, cf.MaxBufferedBytes)
 	cc := &ClientConn{
-		c:       newConn(c, true, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize),
+		c:       newConn(c, true, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, streamWin, connWin),
 		cfg:     cf,
 		nextID:  1,
 		peerMCS: 1,
 	}
 	cc.c.onRemove = cc.onRemove
+	cc.c.sendLimit = int64(cf.MaxBufferedBytes)
 	cc.c.onStreamDone = cf.OnStreamDone
 	cc.c.onClosed = cc.onClosed
 	// The writer is not running yet, so writing the preface here is safe.

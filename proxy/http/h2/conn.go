@@ -1073,6 +1073,17 @@ func (s *strm) read(p []byte) (int, error) {
 	return n, nil
 }
 
+// bufferedWindows clamps the receive windows a connection advertises to its
+// buffer limit (0 = no limit), so the peer can never make it buffer more;
+// the connection window stays at least the RFC's initial 65535.
+func bufferedWindows(streamWin, connWin, limit uint32) (uint32, uint32) {
+	if limit == 0 {
+		return streamWin, connWin
+	}
+	return min(orDefault(streamWin, DefaultWindowSize), limit),
+		min(orDefault(connWin, DefaultWindowSize), max(limit, initialWindowSize))
+}
+
 // errWriteAfterEnd is returned by writes after the send side ended.
 var errWriteAfterEnd = errors.New("http2: write after end of stream")
 

@@ -147,11 +147,7 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 	if info.Proto == "" {
 		info.Proto = "HTTP/2"
 	}
-	streamWin, connWin := cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize
-	if lim := cf.MaxBufferedBytes; lim > 0 {
-		streamWin = min(orDefault(streamWin, DefaultWindowSize), lim)
-		connWin = min(orDefault(connWin, DefaultWindowSize), max(lim, initialWindowSize))
-	}
+	streamWin, connWin := bufferedWindows(cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize, cf.MaxBufferedBytes)
 	sc := &ServerConn{
 		c:    newConn(c, false, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, streamWin, connWin),
 		cfg:  cf,
