@@ -6,18 +6,25 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 
 	"meshd.dev/meshd/proxy/datasource"
 	httpcm "meshd.dev/meshd/proxy/http/hcm"
+	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/upstream"
 )
 
@@ -32,6 +39,31 @@ type Snapshot struct {
 	Clusters  []*upstream.Spec
 	// Bootstrap is the source document, for /config_dump.
 	Bootstrap *bootstrapv3.Bootstrap
+	// Dynamic is what the xDS client had accepted when it compiled the
+	// snapshot (for /config_dump); nil for a bootstrap-only snapshot.
+	Dynamic *DynamicResources
+}
+
+// XDSResource is one resource accepted from the control plane.
+type XDSResource struct {
+	Name string
+	// Version is the version_info of the response that carried it (SotW)
+	// or the resource's own version (delta).
+	Version     string
+	LastUpdated time.Time
+	Resource    proto.Message
+}
+
+// DynamicResources are the xDS resources a snapshot is compiled from:
+// Listener, RouteConfiguration, Cluster and ClusterLoadAssignment messages.
+// Compiling never modifies them.
+type DynamicResources struct {
+	Listeners []XDSResource
+	Routes    []XDSResource
+	Clusters  []XDSResource
+	Endpoints []XDSResource
+	// Versions is the last accepted version_info per type URL.
+	Versions map[string]string
 }
 
 // Listener is a compiled listener with its HTTP connection manager.
@@ -52,10 +84,26 @@ func (l *Listener) SameSocket(o *Listener) bool {
 		l.HCM.Codec == o.HCM.Codec
 }
 
-// Compile turns a validated bootstrap into a snapshot. Errors name the
-// field path.
+// Compile turns a validated bootstrap into a snapshot of its static
+// resources. A bootstrap with dynamic_resources compiles too: its static
+// part is what the sidecar runs while the xDS client warms up, and
+// CompileResources adds the dynamic resources. Errors name the field path.
 func Compile(b *bootstrapv3.Bootstrap) (*Snapshot, error) {
-	s := &Snapshot{Version: "bootstrap", Node: b.GetNode(), Bootstrap: b}
+	return CompileResources(b, nil)
+}
+
+// CompileResources compiles the bootstrap's static resources together with
+// the dynamic resources d (nil: none) into one snapshot, named by
+// version. An EDS cluster gets the endpoints of the ClusterLoadAssignment
+// named by its service name (none when it has not arrived; the xDS client
+// decides when a cluster may go live without them); a connection manager
+// using rds gets the RouteConfiguration of that name, which must be
+// present. Errors name the resource and the field path below it.
+func CompileResources(b *bootstrapv3.Bootstrap, d *DynamicResources) (*Snapshot, error) {
+	s := &Snapshot{Version: "bootstrap", Node: b.GetNode(), Bootstrap: b, Dynamic: d}
+	if d != nil {
+		s.Version = versionString(d.Versions)
+	}
 	if a := b.GetAdmin().GetAddress(); a != nil {
 		addr, err := socketAddress(a)
 		if err != nil {
@@ -64,31 +112,120 @@ func Compile(b *bootstrapv3.Bootstrap) (*Snapshot, error) {
 		s.Admin = addr
 	}
 	var errs []error
-	if b.GetDynamicResources() != nil {
-		// Validation accepts ADS configs so the xDS client can reuse it;
-		// until that client exists, say so rather than ignore the block.
-		errs = append(errs, fmt.Errorf("dynamic_resources: xDS (ADS) is not supported by this meshd yet; use static_resources"))
+	routes := map[string]*route.Table{}
+	assignments := map[string][]upstream.Endpoint{}
+	if d != nil {
+		for _, r := range d.Routes {
+			rc, ok := r.Resource.(*routev3.RouteConfiguration)
+			if !ok {
+				errs = append(errs, fmt.Errorf("route configuration %q: not a RouteConfiguration (%T)", r.Name, r.Resource))
+				continue
+			}
+			t, err := route.Compile(rc)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("route configuration %q: %w", r.Name, err))
+				continue
+			}
+			routes[r.Name] = t
+		}
+		for _, r := range d.Endpoints {
+			cla, ok := r.Resource.(*endpointv3.ClusterLoadAssignment)
+			if !ok {
+				errs = append(errs, fmt.Errorf("cluster load assignment %q: not a ClusterLoadAssignment (%T)", r.Name, r.Resource))
+				continue
+			}
+			eps, err := upstream.CompileAssignment(cla)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("cluster load assignment %q: %w", r.Name, err))
+				continue
+			}
+			assignments[r.Name] = eps
+		}
 	}
-	for i, l := range b.GetStaticResources().GetListeners() {
+	addListener := func(where string, l *listenerv3.Listener) {
 		cl, err := CompileListener(l)
+		if err == nil {
+			err = bindRoutes(cl, routes)
+		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("static_resources.listeners[%d]: %w", i, err))
-			continue
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			return
 		}
 		s.Listeners = append(s.Listeners, cl)
 	}
-	for i, c := range b.GetStaticResources().GetClusters() {
+	addCluster := func(where string, c *clusterv3.Cluster) {
 		spec, err := upstream.CompileCluster(c)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("static_resources.clusters[%d]: %w", i, err))
-			continue
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			return
+		}
+		if spec.Discovery == upstream.EDS {
+			spec = spec.WithEndpoints(assignments[spec.EDSServiceName])
 		}
 		s.Clusters = append(s.Clusters, spec)
+	}
+	for i, l := range b.GetStaticResources().GetListeners() {
+		addListener(fmt.Sprintf("static_resources.listeners[%d]", i), l)
+	}
+	for i, c := range b.GetStaticResources().GetClusters() {
+		addCluster(fmt.Sprintf("static_resources.clusters[%d]", i), c)
+	}
+	if d != nil {
+		for _, r := range d.Listeners {
+			l, ok := r.Resource.(*listenerv3.Listener)
+			if !ok {
+				errs = append(errs, fmt.Errorf("listener %q: not a Listener (%T)", r.Name, r.Resource))
+				continue
+			}
+			addListener(fmt.Sprintf("listener %q", r.Name), l)
+		}
+		for _, r := range d.Clusters {
+			c, ok := r.Resource.(*clusterv3.Cluster)
+			if !ok {
+				errs = append(errs, fmt.Errorf("cluster %q: not a Cluster (%T)", r.Name, r.Resource))
+				continue
+			}
+			addCluster(fmt.Sprintf("cluster %q", r.Name), c)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// bindRoutes gives a connection manager that uses rds its route table.
+func bindRoutes(l *Listener, routes map[string]*route.Table) error {
+	if l.HCM == nil || l.HCM.RDSName == "" {
+		return nil
+	}
+	t, ok := routes[l.HCM.RDSName]
+	if !ok {
+		return fmt.Errorf("filter_chains[0].filters[0].typed_config.rds.route_config_name: route configuration %q has not been received", l.HCM.RDSName)
+	}
+	l.HCM = l.HCM.WithRoutes(t)
+	return nil
+}
+
+// versionString joins per-type versions in a fixed order, e.g.
+// "cds=v3,eds=v3,lds=v3,rds=v3".
+func versionString(v map[string]string) string {
+	keys := make([]string, 0, len(v))
+	for k := range v {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		short := k[strings.LastIndexByte(k, '.')+1:]
+		b.WriteString(short)
+		b.WriteByte('=')
+		b.WriteString(v[k])
+	}
+	return b.String()
 }
 
 // CompileListener compiles one listener. Errors name the field path below

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -164,12 +165,8 @@ func newCluster(spec *Spec, store *stats.Store, logger *slog.Logger) *Cluster {
 	}
 	c.initHealth()
 	c.pools = newPoolShared(spec, c.stats)
-	if spec.Discovery == Static {
-		eps := make([]resolved, 0, len(spec.Endpoints))
-		for _, e := range spec.Endpoints {
-			eps = append(eps, resolved{addr: net.JoinHostPort(e.Host, strconv.Itoa(e.Port)), weight: e.Weight})
-		}
-		c.setHosts(eps)
+	if spec.Discovery == Static || spec.Discovery == EDS {
+		c.setHosts(resolveStatic(spec.Endpoints))
 		return c
 	}
 	c.setHosts(nil)
@@ -184,6 +181,22 @@ func newCluster(spec *Spec, store *stats.Store, logger *slog.Logger) *Cluster {
 type resolved struct {
 	addr   string
 	weight uint32
+}
+
+// hasHosts reports whether the live host set is exactly eps, in order.
+func (c *Cluster) hasHosts(eps []resolved) bool {
+	return slices.EqualFunc(c.set.Load().hosts, eps, func(h *Host, e resolved) bool {
+		return h.Addr == e.addr && h.LB.Weight == e.weight
+	})
+}
+
+// resolveStatic returns the addresses of IP endpoints.
+func resolveStatic(eps []Endpoint) []resolved {
+	out := make([]resolved, 0, len(eps))
+	for _, e := range eps {
+		out = append(out, resolved{addr: net.JoinHostPort(e.Host, strconv.Itoa(e.Port)), weight: e.Weight})
+	}
+	return out
 }
 
 // setHosts publishes a host set for eps, keeping the Host (and its pool) of
@@ -338,7 +351,9 @@ func (m *Manager) All() map[string]*Cluster { return *m.clusters.Load() }
 
 // Apply makes specs the live set of clusters: unchanged clusters keep their
 // hosts and connections; changed and removed ones are drained after the
-// swap, so requests already using them finish.
+// swap, so requests already using them finish. An unchanged EDS cluster
+// whose endpoints changed keeps the hosts still assigned (and their pools)
+// and drains the removed ones.
 func (m *Manager) Apply(specs []*Spec) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -346,6 +361,11 @@ func (m *Manager) Apply(specs []*Spec) {
 	next := make(map[string]*Cluster, len(specs))
 	for _, s := range specs {
 		if c, ok := old[s.Name]; ok && c.spec.Equal(s) {
+			if s.Discovery == EDS {
+				if eps := resolveStatic(s.Endpoints); !c.hasHosts(eps) {
+					c.setHosts(eps)
+				}
+			}
 			next[s.Name] = c
 			continue
 		}

@@ -12,10 +12,12 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -48,6 +50,9 @@ type Discovery int
 const (
 	Static Discovery = iota
 	StrictDNS
+	// EDS clusters take their endpoints from ClusterLoadAssignment updates
+	// (xDS); the snapshot compiler fills Spec.Endpoints from the assignment.
+	EDS
 )
 
 // Endpoint is one configured endpoint: an IP (STATIC) or a host name
@@ -122,6 +127,10 @@ type Spec struct {
 	Discovery      Discovery
 	Endpoints      []Endpoint
 	DNSRefreshRate time.Duration
+	// EDSServiceName is the ClusterLoadAssignment name an EDS cluster
+	// subscribes to (eds_cluster_config.service_name, else the cluster
+	// name); "" for other discovery types.
+	EDSServiceName string
 	LBPolicy       string // lb registry name: ROUND_ROBIN, LEAST_REQUEST, RANDOM
 	ConnectTimeout time.Duration
 	Protocol       Protocol
@@ -148,8 +157,57 @@ type Spec struct {
 	raw *clusterv3.Cluster
 }
 
-// Equal reports whether two specs come from the same cluster config.
+// Equal reports whether two specs come from the same cluster config. For
+// EDS clusters the endpoints are not compared: a new assignment updates the
+// live cluster's hosts in place (Manager.Apply).
 func (s *Spec) Equal(o *Spec) bool { return proto.Equal(s.raw, o.raw) }
+
+// WithEndpoints returns a copy of the EDS spec s with eps as its endpoints;
+// s is not modified.
+func (s *Spec) WithEndpoints(eps []Endpoint) *Spec {
+	c := *s
+	c.Endpoints = slices.Clone(eps)
+	return &c
+}
+
+// CompileAssignment compiles an EDS ClusterLoadAssignment into endpoints
+// (IP addresses; weight 1 when load_balancing_weight is unset). Errors name
+// the field below the assignment.
+func CompileAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error) {
+	var eps []Endpoint
+	for i, lep := range cla.GetEndpoints() {
+		for j, lbe := range lep.GetLbEndpoints() {
+			path := fmt.Sprintf("endpoints[%d].lb_endpoints[%d].endpoint.address", i, j)
+			e, err := compileLbEndpoint(lbe, true)
+			if err != nil {
+				return nil, fmt.Errorf("%s.%w", path, err)
+			}
+			eps = append(eps, e)
+		}
+	}
+	return eps, nil
+}
+
+// compileLbEndpoint compiles one endpoint; needIP requires an IP address.
+// Errors name the field below endpoint.address.
+func compileLbEndpoint(lbe *endpointv3.LbEndpoint, needIP bool) (Endpoint, error) {
+	sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
+	if sa == nil {
+		return Endpoint{}, fmt.Errorf("socket_address: required")
+	}
+	port, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_PortValue)
+	if !ok || port.PortValue == 0 || port.PortValue > 65535 {
+		return Endpoint{}, fmt.Errorf("socket_address.port_value: must be 1..65535")
+	}
+	if needIP && net.ParseIP(sa.GetAddress()) == nil {
+		return Endpoint{}, fmt.Errorf("socket_address.address: %q is not an IP address (a STATIC or EDS cluster needs IPs; use STRICT_DNS for names)", sa.GetAddress())
+	}
+	w := uint32(1)
+	if lbe.GetLoadBalancingWeight() != nil {
+		w = lbe.GetLoadBalancingWeight().GetValue()
+	}
+	return Endpoint{Host: sa.GetAddress(), Port: int(port.PortValue), Weight: w}, nil
+}
 
 // Raw returns the cluster proto the spec was compiled from. Callers must not
 // modify it.
@@ -183,8 +241,14 @@ func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
 		s.Discovery = Static
 	case clusterv3.Cluster_STRICT_DNS:
 		s.Discovery = StrictDNS
+	case clusterv3.Cluster_EDS:
+		s.Discovery = EDS
+		s.EDSServiceName = c.GetEdsClusterConfig().GetServiceName()
+		if s.EDSServiceName == "" {
+			s.EDSServiceName = s.Name
+		}
 	default:
-		return nil, fmt.Errorf("type: %s is not supported (STATIC, STRICT_DNS)", t)
+		return nil, fmt.Errorf("type: %s is not supported (STATIC, STRICT_DNS, EDS)", t)
 	}
 	switch p := c.GetLbPolicy(); p {
 	case clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST, clusterv3.Cluster_RANDOM:
@@ -256,24 +320,13 @@ func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
 
 func (s *Spec) compileEndpoints(c *clusterv3.Cluster) error {
 	for i, lep := range c.GetLoadAssignment().GetEndpoints() {
-		for j, lb := range lep.GetLbEndpoints() {
-			path := fmt.Sprintf("load_assignment.endpoints[%d].lb_endpoints[%d]", i, j)
-			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-			if sa == nil {
-				return fmt.Errorf("%s.endpoint.address: a socket_address is required", path)
+		for j, lbe := range lep.GetLbEndpoints() {
+			path := fmt.Sprintf("load_assignment.endpoints[%d].lb_endpoints[%d].endpoint.address", i, j)
+			e, err := compileLbEndpoint(lbe, s.Discovery == Static)
+			if err != nil {
+				return fmt.Errorf("%s.%w", path, err)
 			}
-			port, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_PortValue)
-			if !ok || port.PortValue == 0 || port.PortValue > 65535 {
-				return fmt.Errorf("%s.endpoint.address.socket_address.port_value: must be 1..65535", path)
-			}
-			if s.Discovery == Static && net.ParseIP(sa.GetAddress()) == nil {
-				return fmt.Errorf("%s.endpoint.address.socket_address.address: %q is not an IP address (a STATIC cluster needs IPs; use STRICT_DNS for names)", path, sa.GetAddress())
-			}
-			w := uint32(1)
-			if lb.GetLoadBalancingWeight() != nil {
-				w = lb.GetLoadBalancingWeight().GetValue()
-			}
-			s.Endpoints = append(s.Endpoints, Endpoint{Host: sa.GetAddress(), Port: int(port.PortValue), Weight: w})
+			s.Endpoints = append(s.Endpoints, e)
 		}
 	}
 	return nil

@@ -41,7 +41,12 @@ const (
 type Config struct {
 	StatPrefix string
 	Codec      Codec
-	Routes     *route.Table
+	// Routes is the route table: compiled from route_config, or, when the
+	// HCM uses rds, bound by the snapshot compiler from the
+	// RouteConfiguration named RDSName before the config is published.
+	Routes *route.Table
+	// RDSName is rds.route_config_name; "" for an inline route_config.
+	RDSName string
 	// HTTP2 is the downstream HTTP/2 server config (SETTINGS and timeouts).
 	HTTP2 h2.ServerConfig
 	// IdleTimeout closes downstream connections with no streams (default 1h).
@@ -133,9 +138,16 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 		c.HTTP2.InitialStreamWindowSize = o.GetInitialStreamWindowSize().GetValue()
 		c.HTTP2.InitialConnectionWindowSize = o.GetInitialConnectionWindowSize().GetValue()
 	}
+	if rds := m.GetRds(); rds != nil {
+		if rds.GetRouteConfigName() == "" {
+			return nil, fmt.Errorf("rds.route_config_name: required")
+		}
+		c.RDSName = rds.GetRouteConfigName()
+		return c, nil
+	}
 	rc := m.GetRouteConfig()
 	if rc == nil {
-		return nil, fmt.Errorf("route_config: required (rds arrives with the xDS client)")
+		return nil, fmt.Errorf("route_config: required (or rds)")
 	}
 	t, err := route.Compile(rc)
 	if err != nil {
@@ -143,6 +155,14 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	}
 	c.Routes = t
 	return c, nil
+}
+
+// WithRoutes returns a copy of c using route table t; c is not modified.
+// The snapshot compiler uses it to bind an RDS route configuration.
+func (c *Config) WithRoutes(t *route.Table) *Config {
+	n := *c
+	n.Routes = t
+	return &n
 }
 
 // Stats are the connection manager's Envoy-named stats
