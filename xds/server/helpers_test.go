@@ -152,9 +152,13 @@ func proxylessResources(t testing.TB, port uint32) *translate.Resources {
 	}
 }
 
+// testResult is a mesh of the sidecar sidecarNode and the proxyless
+// resources, both with their endpoint on port.
 func testResult(t testing.TB, version string, port uint32) *translate.Result {
+	sc := sidecarResources(t, 15001)
+	sc.Endpoints = []types.Resource{assignment("outbound|greeter.demo", port)}
 	return &translate.Result{
-		Nodes:     map[string]*translate.Resources{sidecarNode: sidecarResources(t, 15001)},
+		Nodes:     map[string]*translate.Resources{sidecarNode: sc},
 		Proxyless: proxylessResources(t, port),
 		Version:   version,
 	}

@@ -3,11 +3,13 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/model"
@@ -429,6 +432,140 @@ func TestAdminHandler(t *testing.T) {
 		code, body := get(tc.path)
 		if code != tc.code || !strings.Contains(body, tc.contains) {
 			t.Errorf("GET %s: %d %q, want %d containing %q", tc.path, code, body, tc.code, tc.contains)
+		}
+	}
+}
+
+// TestConcurrentPublishes hammers the server: delta and SotW clients ACK
+// every push while versions are published back to back and /status is
+// read; every client ends on the last version. Run it with -race.
+func TestConcurrentPublishes(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	const (
+		clients  = 40
+		versions = 20
+	)
+	s := New(Options{})
+	if err := s.Publish(testResult(t, "v0", 50000), nil); err != nil {
+		t.Fatal(err)
+	}
+	cc := startServer(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	acks := make(chan ack, clients*8)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // this test reads /status, not the ACK reports
+		defer wg.Done()
+		for {
+			select {
+			case <-acks:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				runDeltaClient(ctx, cc, sidecarNode, acks)
+			} else {
+				runSotWClient(ctx, cc, sidecarNode, acks)
+			}
+		}()
+	}
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	// Every client is subscribed before the first publish.
+	waitStatus(t, s, func(st Status) bool {
+		if len(st.Streams) != clients {
+			return false
+		}
+		for _, ss := range st.Streams {
+			if len(ss.Types) != 4 || !allAcked(ss, "v0") {
+				return false
+			}
+		}
+		return true
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= versions; i++ {
+			if err := s.Publish(testResult(t, fmt.Sprintf("v%d", i), uint32(50000+i)), nil); err != nil {
+				t.Errorf("publish v%d: %v", i, err)
+			}
+			_ = s.Status()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatal("publishes did not finish")
+	}
+	// SotW resends every type on a new version; delta sends only the
+	// changed resources (the endpoints).
+	final := fmt.Sprintf("v%d", versions)
+	waitStatus(t, s, func(st Status) bool {
+		if len(st.Streams) != clients {
+			return false
+		}
+		for _, ss := range st.Streams {
+			if len(ss.Types) != 4 {
+				return false
+			}
+			if ss.Stream == StreamSotW && !allAcked(ss, final) {
+				return false
+			}
+			if ss.Stream == StreamDelta && ss.Types[resource.EndpointType].AckedVersion != final {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// runSotWClient subscribes like a sidecar over SotW and ACKs every
+// response, reporting each ACK when the channel has room, until ctx ends.
+func runSotWClient(ctx context.Context, cc *grpc.ClientConn, node string, acks chan<- ack) {
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		return
+	}
+	names := map[string][]string{
+		resource.ClusterType:  nil,
+		resource.EndpointType: {"outbound|greeter.demo"},
+		resource.ListenerType: nil,
+		resource.RouteType:    {"outbound_greeter"},
+	}
+	first := true
+	for _, typ := range typeNames[1:] {
+		req := &discovery.DiscoveryRequest{TypeUrl: typ, ResourceNames: names[typ]}
+		if first {
+			req.Node, first = &core.Node{Id: node}, false
+		}
+		if st.Send(req) != nil {
+			return
+		}
+	}
+	for {
+		r, err := st.Recv()
+		if err != nil {
+			return
+		}
+		ackReq := &discovery.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResourceNames: names[r.GetTypeUrl()], VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}
+		if st.Send(ackReq) != nil {
+			return
+		}
+		select {
+		case acks <- ack{r.GetVersionInfo(), time.Now()}:
+		case <-ctx.Done():
+			return
+		default: // the test does not read every ACK
 		}
 	}
 }
