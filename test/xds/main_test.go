@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,7 +41,8 @@ func TestMain(m *testing.M) {
 }
 
 // proxylessClient dials target (xds:///...) and makes proxylessCalls
-// EmptyCalls, printing the first error; it returns the exit code.
+// EmptyCalls, printing the first error, then waits for stdin to close; it
+// returns the exit code.
 func proxylessClient(target string) int {
 	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -58,7 +60,10 @@ func proxylessClient(target string) int {
 			return 1
 		}
 	}
+	// Stay connected (so the test can see this node on /status) until the
+	// test closes stdin.
 	fmt.Printf("%d calls ok\n", proxylessCalls)
+	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
 }
 
