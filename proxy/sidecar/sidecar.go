@@ -94,12 +94,11 @@ func (s *Sidecar) Stats() *stats.Store { return s.store }
 func (s *Sidecar) Start(snap *config.Snapshot) error {
 	if snap.Admin != "" {
 		a := admin.New(s, s.store, s.logger)
-		addr, err := a.Listen(snap.Admin)
+		_, err := a.Listen(snap.Admin)
 		if err != nil {
 			return fmt.Errorf("admin.address %s: %w", snap.Admin, err)
 		}
 		s.admin = a
-		s.logger.Info("admin listening", "address", addr.String())
 		if s.opts.AdminAddressPath != "" {
 			if err := a.WriteAddressFile(s.opts.AdminAddressPath); err != nil {
 				return fmt.Errorf("--admin-address-path: %w", err)

@@ -36,8 +36,10 @@ const (
 	// Rapid reset (CVE-2023-44487), as Envoy's connection manager judges
 	// it: once prematureResetMinStreams streams have closed on a
 	// connection, it is closed with GOAWAY ENHANCE_YOUR_CALM if at least
-	// half of them were reset by the client prematurely, that is before
-	// the response headers were sent or within prematureResetLifetime.
+	// half of them were reset by the client prematurely: within
+	// prematureResetLifetime and before the response headers were sent
+	// (Envoy's isPrematureRstStream). A client cancelling a stream that is
+	// being answered — a streaming RPC it no longer wants — is normal.
 	prematureResetMinStreams = 500
 	prematureResetLifetime   = time.Second
 )
@@ -414,7 +416,7 @@ func (sc *ServerConn) pingStrike(now time.Time, active int) bool {
 // onPeerReset counts a client RST_STREAM on an open stream for the rapid
 // reset check. Caller holds mu.
 func (sc *ServerConn) onPeerReset(s *strm) {
-	if ss := s.server; ss != nil && (!ss.finalSent || time.Since(ss.start) < prematureResetLifetime) {
+	if ss := s.server; ss != nil && !ss.finalSent && time.Since(ss.start) < prematureResetLifetime {
 		sc.prematureResets++
 	}
 }
