@@ -1,7 +1,8 @@
 // Package listener accepts downstream TCP connections for meshd: it sets
 // TCP_NODELAY, terminates TLS with ALPN, decides between HTTP/1.1 and
 // HTTP/2 (the HttpConnectionManager's codec_type, with AUTO detecting the
-// HTTP/2 connection preface), hands each connection to a codec, and drains
+// HTTP/2 connection preface), hands each connection to a codec (or, in TCP
+// mode, to a network filter without reading from it), and drains
 // gracefully.
 //
 // Every connection is handled on its own goroutine; the accept loop never
@@ -39,6 +40,9 @@ const (
 	// HTTP2 serves every connection as HTTP/2; a client that does not send
 	// the preface is the HTTP/2 codec's to reject.
 	HTTP2
+	// TCP hands every connection, after TLS when configured, to Config.TCP
+	// without reading from it: raw byte streams for tcp_proxy.
+	TCP
 )
 
 func (c Codec) String() string {
@@ -49,6 +53,8 @@ func (c Codec) String() string {
 		return "HTTP1"
 	case HTTP2:
 		return "HTTP2"
+	case TCP:
+		return "TCP"
 	}
 	return fmt.Sprintf("Codec(%d)", int(c))
 }
@@ -79,6 +85,8 @@ type Config struct {
 	// HTTP1 and HTTP2 build the codec for a connection. A connection that
 	// needs a nil factory is closed.
 	HTTP1, HTTP2 ConnFactory
+	// TCP serves connections when Codec is TCP.
+	TCP ConnFactory
 	// Logger receives per-connection diagnostics at debug level. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -127,9 +135,9 @@ func Listen(cfg Config) (*Listener, error) {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	switch cfg.Codec {
-	case Auto, HTTP1, HTTP2:
+	case Auto, HTTP1, HTTP2, TCP:
 	default:
-		return nil, fmt.Errorf("listener %q: codec %v is not AUTO, HTTP1 or HTTP2", cfg.Name, cfg.Codec)
+		return nil, fmt.Errorf("listener %q: codec %v is not AUTO, HTTP1, HTTP2 or TCP", cfg.Name, cfg.Codec)
 	}
 	ln, err := net.Listen("tcp", cfg.Address)
 	if err != nil {
@@ -379,8 +387,11 @@ func (l *Listener) serve(c *conn) {
 		return
 	}
 	factory, proto := l.cfg.HTTP1, "HTTP/1.1"
-	if codec == HTTP2 {
+	switch codec {
+	case HTTP2:
 		factory, proto = l.cfg.HTTP2, "HTTP/2"
+	case TCP:
+		factory, proto = l.cfg.TCP, "TCP"
 	}
 	if factory == nil {
 		log.Debug("listener: no codec configured for protocol", slog.String("proto", proto))

@@ -56,7 +56,8 @@ type ConnInfo struct {
 	RemoteAddr net.Addr
 	// TLS is nil for plaintext connections.
 	TLS *tls.ConnectionState
-	// Proto is "HTTP/1.1", "HTTP/2" or "HTTP/3".
+	// Proto is "HTTP/1.1", "HTTP/2" or "HTTP/3", or "TCP" for a raw
+	// connection handed to a network filter such as tcp_proxy.
 	Proto string
 }
 
