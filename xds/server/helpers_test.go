@@ -13,6 +13,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/grpc"
@@ -131,6 +132,12 @@ func sidecarResources(t testing.TB, port uint32) *translate.Resources {
 		Routes:    []types.Resource{routeConfig("outbound_greeter", "outbound|greeter.demo")},
 		Clusters:  []types.Resource{edsCluster("outbound|greeter.demo")},
 		Endpoints: []types.Resource{assignment("outbound|greeter.demo", 50051)},
+		Secrets: []types.Resource{&tlsv3.Secret{
+			Name: "spiffe://example.org/ns/demo/sa/client",
+			Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: "-----BEGIN CERTIFICATE-----"}},
+			}},
+		}},
 	}
 }
 

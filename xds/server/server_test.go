@@ -43,7 +43,7 @@ func namesOf(t testing.TB, r *discovery.DiscoveryResponse) []string {
 	return out
 }
 
-// TestSotWSidecar walks one sidecar through CDS, EDS, LDS and RDS over a
+// TestSotWSidecar walks one sidecar through CDS, EDS, LDS, RDS and SDS over a
 // state-of-the-world ADS stream, ACKing each, and checks /status.
 func TestSotWSidecar(t *testing.T) {
 	testutil.CheckGoroutines(t)
@@ -68,6 +68,7 @@ func TestSotWSidecar(t *testing.T) {
 		{resource.EndpointType, []string{"outbound|greeter.demo"}, []string{"outbound|greeter.demo"}},
 		{resource.ListenerType, nil, []string{"outbound_greeter"}},
 		{resource.RouteType, []string{"outbound_greeter"}, []string{"outbound_greeter"}},
+		{resource.SecretType, []string{"spiffe://example.org/ns/demo/sa/client"}, []string{"spiffe://example.org/ns/demo/sa/client"}},
 	}
 	for _, step := range steps {
 		if err := st.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: step.typ, ResourceNames: step.names}); err != nil {
@@ -86,7 +87,7 @@ func TestSotWSidecar(t *testing.T) {
 		}
 	}
 	status := waitStatus(t, s, func(st Status) bool {
-		return len(st.Streams) == 1 && len(st.Streams[0].Types) == 4 && allAcked(st.Streams[0], "v1")
+		return len(st.Streams) == 1 && len(st.Streams[0].Types) == 5 && allAcked(st.Streams[0], "v1")
 	})
 	got := status.Streams[0]
 	if got.Node != sidecarNode || got.CacheKey != sidecarNode || got.Stream != StreamSotW {
@@ -98,7 +99,7 @@ func TestSotWSidecar(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := map[string]string{}
-	for len(seen) < 4 {
+	for len(seen) < 5 {
 		r := recvSotW(t, st)
 		seen[r.GetTypeUrl()] = r.GetVersionInfo()
 	}
