@@ -2,7 +2,6 @@ package config
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -22,9 +21,9 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 
-	"meshd.dev/meshd/proxy/datasource"
 	httpcm "meshd.dev/meshd/proxy/http/hcm"
 	"meshd.dev/meshd/proxy/route"
+	"meshd.dev/meshd/proxy/tlscontext"
 	"meshd.dev/meshd/proxy/upstream"
 )
 
@@ -303,30 +302,16 @@ func serverTLS(dtc *tlsv3.DownstreamTlsContext, codec httpcm.Codec) (*tls.Config
 	if len(ctx.GetTlsCertificates()) == 0 {
 		return nil, fmt.Errorf("common_tls_context.tls_certificates: at least one certificate is required")
 	}
-	for i, tc := range ctx.GetTlsCertificates() {
-		certPEM, err := datasource.Read(tc.GetCertificateChain())
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d].certificate_chain: %w", i, err)
-		}
-		keyPEM, err := datasource.Read(tc.GetPrivateKey())
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d].private_key: %w", i, err)
-		}
-		cert, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d]: %w", i, err)
-		}
-		cfg.Certificates = append(cfg.Certificates, cert)
+	certs, err := tlscontext.Certificates(ctx)
+	if err != nil {
+		return nil, err
 	}
-	if vc := ctx.GetValidationContext(); vc != nil && vc.GetTrustedCa() != nil {
-		caPEM, err := datasource.Read(vc.GetTrustedCa())
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.validation_context.trusted_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(caPEM) {
-			return nil, fmt.Errorf("common_tls_context.validation_context.trusted_ca: no PEM certificates found")
-		}
+	cfg.Certificates = certs
+	pool, err := tlscontext.TrustedCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if pool != nil {
 		cfg.ClientCAs = pool
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}

@@ -9,7 +9,6 @@ package upstream
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"slices"
@@ -17,14 +16,14 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
 
-	"meshd.dev/meshd/proxy/datasource"
 	"meshd.dev/meshd/proxy/lb"
+	"meshd.dev/meshd/proxy/tlscontext"
 )
 
 // Protocol is the HTTP version a cluster speaks to its endpoints.
@@ -447,30 +446,16 @@ func clientTLS(utc *tlsv3.UpstreamTlsContext, p Protocol) (*tls.Config, error) {
 	if len(ctx.GetAlpnProtocols()) > 0 {
 		cfg.NextProtos = ctx.GetAlpnProtocols()
 	}
-	for i, tc := range ctx.GetTlsCertificates() {
-		certPEM, err := datasource.Read(tc.GetCertificateChain())
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d].certificate_chain: %w", i, err)
-		}
-		keyPEM, err := datasource.Read(tc.GetPrivateKey())
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d].private_key: %w", i, err)
-		}
-		cert, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.tls_certificates[%d]: %w", i, err)
-		}
-		cfg.Certificates = append(cfg.Certificates, cert)
+	certs, err := tlscontext.Certificates(ctx)
+	if err != nil {
+		return nil, err
 	}
-	if vc := ctx.GetValidationContext(); vc != nil && vc.GetTrustedCa() != nil {
-		caPEM, err := datasource.Read(vc.GetTrustedCa())
-		if err != nil {
-			return nil, fmt.Errorf("common_tls_context.validation_context.trusted_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(caPEM) {
-			return nil, fmt.Errorf("common_tls_context.validation_context.trusted_ca: no PEM certificates found")
-		}
+	cfg.Certificates = certs
+	pool, err := tlscontext.TrustedCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if pool != nil {
 		cfg.RootCAs = pool
 	} else {
 		// Envoy does not verify the upstream without a validation context.
