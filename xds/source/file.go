@@ -37,6 +37,10 @@ type FileOptions struct {
 	PollInterval time.Duration
 	// Logger receives the watcher's logs; nil discards them.
 	Logger *slog.Logger
+	// Adjust, when set, is applied to every parsed mesh before it is
+	// translated (`meshd up` moves busy loopback ports with it). An error
+	// rejects that version of the file like a parse error would.
+	Adjust func(*model.Mesh) error
 }
 
 // FileWatcher publishes a mesh file and republishes it when it changes.
@@ -55,6 +59,7 @@ type FileWatcher struct {
 	sink     Sink
 	interval time.Duration
 	log      *slog.Logger
+	adjust   func(*model.Mesh) error
 
 	// Owned by the goroutine calling Load and Run.
 	stat fileStat
@@ -70,7 +75,7 @@ type fileStat struct {
 
 // NewFileWatcher returns a watcher of path publishing to sink.
 func NewFileWatcher(path string, sink Sink, opts FileOptions) *FileWatcher {
-	w := &FileWatcher{path: path, sink: sink, interval: opts.PollInterval, log: opts.Logger}
+	w := &FileWatcher{path: path, sink: sink, interval: opts.PollInterval, log: opts.Logger, adjust: opts.Adjust}
 	if w.interval <= 0 {
 		w.interval = DefaultPollInterval
 	}
@@ -157,6 +162,11 @@ func (w *FileWatcher) load(st fileStat, force bool) error {
 	m, err := model.Parse(data, w.path)
 	if err != nil {
 		return w.fail(err)
+	}
+	if w.adjust != nil {
+		if err := w.adjust(m); err != nil {
+			return w.fail(fmt.Errorf("%s: %w", w.path, err))
+		}
 	}
 	res, err := translate.Translate(m)
 	if err != nil {

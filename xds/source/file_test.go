@@ -202,3 +202,62 @@ func TestFileWatcherLoadErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestFileWatcherAdjust checks that FileOptions.Adjust sees every parsed
+// mesh before translation (its change reaches the published version) and
+// that its error rejects the file like a parse error.
+func TestFileWatcherAdjust(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mesh.yaml")
+	if err := os.WriteFile(path, examples.Mesh, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plain := newFakeSink()
+	if err := NewFileWatcher(path, plain, FileOptions{}).Load(); err != nil {
+		t.Fatalf("Load without Adjust: %v", err)
+	}
+	plainVersion := <-plain.published
+
+	tests := []struct {
+		name    string
+		adjust  func(*model.Mesh) error
+		wantErr string
+	}{
+		{
+			name: "moves a port",
+			adjust: func(m *model.Mesh) error {
+				for _, w := range m.Workloads {
+					if w.Spec.Inbound != nil {
+						w.Spec.Inbound.Port = 1
+					}
+				}
+				return nil
+			},
+		},
+		{
+			name:    "rejects",
+			adjust:  func(*model.Mesh) error { return errors.New("no free port") },
+			wantErr: "no free port",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := newFakeSink()
+			err := NewFileWatcher(path, sink, FileOptions{Adjust: tc.adjust}).Load()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("Load = %v, want an error naming %s and %q", err, path, tc.wantErr)
+				}
+				if len(sink.versions) != 0 {
+					t.Fatalf("published %v after a rejected Adjust", sink.versions)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if got := <-sink.published; got == plainVersion {
+				t.Fatalf("version %s equals the unadjusted one: Adjust did not reach the translation", got)
+			}
+		})
+	}
+}
