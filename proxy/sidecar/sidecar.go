@@ -18,8 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
-
 	"meshd.dev/meshd/proxy/admin"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/http/h1"
@@ -28,7 +26,9 @@ import (
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/listener"
 	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/proxy/tcpproxy"
 	"meshd.dev/meshd/proxy/upstream"
+	"meshd.dev/meshd/xds/client"
 )
 
 // Options configure a Sidecar.
@@ -52,6 +52,12 @@ type Sidecar struct {
 	listeners map[string]*liveListener
 	admin     *admin.Server
 
+	// xds runs the ADS client when the bootstrap has dynamic_resources;
+	// xdsStop ends it and xdsDone is closed when it returned.
+	xds     *client.Client
+	xdsStop context.CancelFunc
+	xdsDone chan struct{}
+
 	ready    atomic.Bool
 	hcFailed atomic.Bool
 	draining atomic.Bool
@@ -62,9 +68,10 @@ type Sidecar struct {
 type liveListener struct {
 	cfg     *config.Listener
 	ln      *listener.Listener
-	handler *hcm.Handler
-	h1      *h1.Server
-	served  chan struct{} // closed when Serve returned
+	handler *hcm.Handler    // nil for tcp_proxy
+	h1      *h1.Server      // nil for tcp_proxy
+	tcp     *tcpproxy.Proxy // nil for HTTP
+	served  chan struct{}   // closed when Serve returned
 }
 
 // New returns a sidecar with no config.
@@ -90,7 +97,10 @@ func New(opts Options) *Sidecar {
 func (s *Sidecar) Stats() *stats.Store { return s.store }
 
 // Start starts the admin server (when the snapshot names one) and applies the
-// first snapshot; the sidecar is ready when it returns nil.
+// first snapshot. With a static bootstrap the sidecar is ready when it
+// returns nil. When the bootstrap has dynamic_resources, Start also starts
+// the ADS client: every snapshot it compiles is applied with Apply, and the
+// sidecar becomes ready (/ready LIVE) once the first one is applied.
 func (s *Sidecar) Start(snap *config.Snapshot) error {
 	if snap.Admin != "" {
 		a := admin.New(s, s.store, s.logger)
@@ -108,9 +118,38 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 	if err := s.Apply(snap); err != nil {
 		return err
 	}
-	s.ready.Store(true)
+	if snap.Bootstrap.GetDynamicResources() == nil {
+		s.ready.Store(true)
+		return nil
+	}
+	xc, err := client.New(client.Options{
+		Bootstrap: snap.Bootstrap,
+		Apply:     s.Apply,
+		Stats:     s.store,
+		Logger:    s.logger,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.xds, s.xdsStop, s.xdsDone = xc, cancel, make(chan struct{})
+	go func() {
+		defer close(s.xdsDone)
+		_ = xc.Run(ctx)
+	}()
+	go func() {
+		select {
+		case <-xc.Warmed():
+			s.ready.Store(true)
+		case <-s.xdsDone:
+		}
+	}()
 	return nil
 }
+
+// XDS returns the ADS client, nil when the bootstrap has no
+// dynamic_resources.
+func (s *Sidecar) XDS() *client.Client { return s.xds }
 
 // Apply makes snap the live configuration. A listener that cannot bind
 // fails the whole apply before anything is swapped.
@@ -145,7 +184,7 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 		}
 		ll := s.listeners[lc.Name]
 		ll.cfg = lc
-		ll.handler.Swap(lc.HCM)
+		ll.swap(lc)
 		next[lc.Name] = ll
 	}
 	for name, ll := range s.listeners {
@@ -159,6 +198,9 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 }
 
 func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
+	if lc.TCP != nil {
+		return s.bindTCP(lc)
+	}
 	hc := lc.HCM
 	hst := hcm.NewStats(s.store, hc.StatPrefix)
 	handler := hcm.NewHandler(hc, s.clusters, hst, s.logger)
@@ -216,7 +258,7 @@ func (s *Sidecar) drainListener(ll *liveListener) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTime)
 	defer cancel()
 	_ = ll.ln.Shutdown(ctx)
-	_ = ll.h1.Shutdown(ctx)
+	ll.shutdownHTTP1(ctx)
 	<-ll.served
 }
 
@@ -253,6 +295,10 @@ func (s *Sidecar) Done() <-chan struct{} { return s.quit }
 // are closed. Then upstream pools and the admin server close.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
+	if s.xdsStop != nil {
+		s.xdsStop()
+		<-s.xdsDone
+	}
 	s.mu.Lock()
 	lls := make([]*liveListener, 0, len(s.listeners))
 	for _, ll := range s.listeners {
@@ -267,7 +313,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	for i, ll := range lls {
 		wg.Go(func() {
 			errs[i] = ll.ln.Shutdown(ctx)
-			_ = ll.h1.Shutdown(ctx)
+			ll.shutdownHTTP1(ctx)
 			<-ll.served
 		})
 	}
@@ -290,21 +336,15 @@ func (s *Sidecar) Ready() bool { return s.ready.Load() }
 // Draining reports whether shutdown has begun.
 func (s *Sidecar) Draining() bool { return s.draining.Load() }
 
-// ConfigDump returns the current config in Envoy's /config_dump shape
-// (bootstrap only until xDS arrives).
+// ConfigDump returns the current config in Envoy's /config_dump shape: the
+// bootstrap, and with xDS the listeners, clusters, route configurations and
+// endpoints with the version and time each was accepted.
 func (s *Sidecar) ConfigDump() ([]byte, error) {
 	snap := s.snap.Load()
 	if snap == nil {
 		return []byte(`{"configs":[]}`), nil
 	}
-	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(snap.Bootstrap)
-	if err != nil {
-		return nil, err
-	}
-	out := []byte(`{"configs":[{"@type":"type.googleapis.com/envoy.admin.v3.BootstrapConfigDump","bootstrap":`)
-	out = append(out, b...)
-	out = append(out, `}]}`...)
-	return out, nil
+	return configDump(snap)
 }
 
 // Clusters reports every cluster and host.
