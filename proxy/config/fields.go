@@ -80,9 +80,13 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 			"max_requests_per_connection", "headers_with_underscores_action"),
 	},
 
-	// TCP proxy: not registered yet; listed so that registering it is all
-	// that is needed to accept it.
-	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {supported: names("stat_prefix", "cluster")},
+	// TCP proxy (proxy/tcpproxy). access_log and the other fields are not
+	// implemented and are rejected.
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {
+		supported: names("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"),
+	},
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster":               {supported: names("clusters")},
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {supported: names("name", "weight")},
 
 	// Routes (what proxy/route compiles).
 	"envoy.config.route.v3.RouteConfiguration": {

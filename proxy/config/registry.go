@@ -50,6 +50,7 @@ func init() {
 		name  string
 	}{
 		{NetworkFilter, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"},
+		{NetworkFilter, tcpProxyType},
 		{HTTPFilter, "envoy.extensions.filters.http.router.v3.Router"},
 		{DownstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"},
 		{UpstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"},

@@ -23,6 +23,7 @@ import (
 
 	httpcm "meshd.dev/meshd/proxy/http/hcm"
 	"meshd.dev/meshd/proxy/route"
+	"meshd.dev/meshd/proxy/tcpproxy"
 	"meshd.dev/meshd/proxy/tlscontext"
 	"meshd.dev/meshd/proxy/upstream"
 )
@@ -65,13 +66,15 @@ type DynamicResources struct {
 	Versions map[string]string
 }
 
-// Listener is a compiled listener with its HTTP connection manager.
+// Listener is a compiled listener with its terminal network filter: an
+// HTTP connection manager (HCM) or a tcp_proxy (TCP); exactly one is set.
 type Listener struct {
 	Name    string
 	Address string // "ip:port"
 	// TLS is the server TLS config, nil for plaintext.
 	TLS *tls.Config
 	HCM *httpcm.Config
+	TCP *tcpproxy.Config
 	raw *listenerv3.Listener
 }
 
@@ -80,7 +83,7 @@ type Listener struct {
 func (l *Listener) SameSocket(o *Listener) bool {
 	return l.Address == o.Address &&
 		proto.Equal(l.raw.GetFilterChains()[0].GetTransportSocket(), o.raw.GetFilterChains()[0].GetTransportSocket()) &&
-		l.HCM.Codec == o.HCM.Codec
+		sameFilter(l, o)
 }
 
 // Compile turns a validated bootstrap into a snapshot of its static
@@ -241,6 +244,9 @@ func CompileListener(l *listenerv3.Listener) (*Listener, error) {
 	fc := fcs[0]
 	if len(fc.GetFilters()) != 1 {
 		return nil, fmt.Errorf("filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported, got %d", len(fc.GetFilters()))
+	}
+	if isTCPProxy(fc.GetFilters()[0]) {
+		return compileTCPListener(l, addr)
 	}
 	var m hcmv3.HttpConnectionManager
 	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&m); err != nil {

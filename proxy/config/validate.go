@@ -609,6 +609,9 @@ func (v *validator) filterChain(path string, fc *listenerv3.FilterChain, opts Re
 			if c := cfg.GetCluster(); c != "" {
 				v.clusterRef(join(fpath, "typed_config.cluster"), c, opts)
 			}
+			for j, cw := range cfg.GetWeightedClusters().GetClusters() {
+				v.clusterRef(fmt.Sprintf("%s.clusters[%d].name", join(fpath, "typed_config.weighted_clusters"), j), cw.GetName(), opts)
+			}
 		case nil:
 			if f.GetTypedConfig() == nil {
 				v.addf(join(fpath, "typed_config"), "required")

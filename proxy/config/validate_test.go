@@ -224,8 +224,7 @@ func TestValidateListenerNamesSource(t *testing.T) {
 }
 
 func TestTCPProxyReferences(t *testing.T) {
-	// tcp_proxy is not registered yet; its semantic checks are exercised
-	// directly so that registering it is all that is left to do.
+	// The filter chain checks alone, without the rest of a listener.
 	for _, tc := range []struct {
 		name    string
 		filters []proto.Message
@@ -234,6 +233,10 @@ func TestTCPProxyReferences(t *testing.T) {
 		{"known cluster", []proto.Message{&tcpproxyv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "backend"}}}, nil},
 		{"unknown cluster", []proto.Message{&tcpproxyv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "gone"}}},
 			[]string{`fc.filters[0].typed_config.cluster: unknown cluster "gone"`}},
+		{"weighted clusters", []proto.Message{&tcpproxyv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{
+			WeightedClusters: &tcpproxyv3.TcpProxy_WeightedCluster{Clusters: []*tcpproxyv3.TcpProxy_WeightedCluster_ClusterWeight{
+				{Name: "backend", Weight: 1}, {Name: "gone", Weight: 1}}}}}},
+			[]string{`fc.filters[0].typed_config.weighted_clusters.clusters[1].name: unknown cluster "gone"`}},
 		{"not last", []proto.Message{
 			&tcpproxyv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "backend"}},
 			&tcpproxyv3.TcpProxy{StatPrefix: "u", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "backend"}},
