@@ -196,7 +196,7 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.config.endpoint.v3.ClusterLoadAssignment":   {supported: names("cluster_name", "endpoints")},
 	"envoy.config.endpoint.v3.LocalityLbEndpoints": {
 		supported: names("lb_endpoints"),
-		ignored:   names("locality"),
+		ignored:   names("locality", "load_balancing_weight"),
 	},
 	"envoy.config.endpoint.v3.LbEndpoint": {supported: names("endpoint", "load_balancing_weight")},
 	"envoy.config.endpoint.v3.Endpoint":   {supported: names("address")},
