@@ -25,6 +25,7 @@ var commands = []command{
 	{"sidecar", "run the data plane from an Envoy v3 bootstrap", runSidecar},
 	{"control-plane", "serve xDS (ADS, SotW and delta) from a mesh file", runControlPlane},
 	{"bootstrap", "print the sidecar bootstrap of a mesh file's Workload", runBootstrap},
+	{"up", "run a local mesh on loopback: control plane, sidecars, sample apps", runUp},
 	{"version", "print meshd, Go and dependency versions", runVersion},
 }
 
