@@ -92,6 +92,7 @@ type Options struct {
 // returns. It returns an error when the mesh cannot start or a part failed
 // while running; the parts it started are stopped either way.
 func Run(ctx context.Context, opts Options) (err error) {
+	began := time.Now()
 	if opts.Executable == "" {
 		return errors.New("localmesh: Options.Executable is required")
 	}
@@ -150,7 +151,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 	stopErr := lm.stop()
 	if lm.rec != nil {
 		totals, _ := lm.rec.Take()
-		fmt.Fprintln(opts.Out, totals.Summary())
+		fmt.Fprintln(opts.Out, totals.Summary(began))
 	}
 	if opts.KeepLogs || startErr != nil || runErr != nil {
 		fmt.Fprintf(opts.Out, "logs kept in %s\n", dir)

@@ -79,6 +79,7 @@ type Recorder struct {
 	calls    uint64 // successful calls
 	errors   uint64 // failed calls after the first success
 	warmup   uint64 // failed calls before the first success
+	first    time.Time // when the first successful call ended
 	byCode   map[codes.Code]uint64
 	interval Histogram // latencies of successful calls since the last Take
 }
@@ -93,6 +94,9 @@ func (r *Recorder) Record(d time.Duration, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err == nil {
+		if r.calls == 0 {
+			r.first = time.Now()
+		}
 		r.calls++
 		r.interval.Add(d)
 		return
@@ -110,6 +114,8 @@ type Totals struct {
 	Calls, Errors, WarmupErrors uint64
 	// ByCode counts the errors (not warm-up errors) by gRPC status code.
 	ByCode map[codes.Code]uint64
+	// FirstSuccess is when the first successful call ended (zero: none).
+	FirstSuccess time.Time
 }
 
 // Take returns the totals and the latencies recorded since the previous
@@ -117,7 +123,7 @@ type Totals struct {
 func (r *Recorder) Take() (Totals, Histogram) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t := Totals{Calls: r.calls, Errors: r.errors, WarmupErrors: r.warmup, ByCode: make(map[codes.Code]uint64, len(r.byCode))}
+	t := Totals{Calls: r.calls, Errors: r.errors, WarmupErrors: r.warmup, FirstSuccess: r.first, ByCode: make(map[codes.Code]uint64, len(r.byCode))}
 	for c, n := range r.byCode {
 		t.ByCode[c] = n
 	}
@@ -254,11 +260,16 @@ func formatLatency(d time.Duration) string {
 	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
 }
 
-// Summary is the final line meshd up prints on exit.
-func (t Totals) Summary() string {
+// Summary is the final line meshd up prints on exit: "meshd up: N calls,
+// M errors", the errors by code, how long after start the first call
+// succeeded, and the warm-up errors if any.
+func (t Totals) Summary(start time.Time) string {
 	s := fmt.Sprintf("meshd up: %d calls, %d errors", t.Calls, t.Errors)
 	if codes := formatCodes(t.ByCode); codes != "" {
 		s += " (" + codes + ")"
+	}
+	if !t.FirstSuccess.IsZero() {
+		s += fmt.Sprintf(", first success %.1fs after start", t.FirstSuccess.Sub(start).Seconds())
 	}
 	if t.WarmupErrors > 0 {
 		s += fmt.Sprintf(", %d failed before the first success (warm-up)", t.WarmupErrors)

@@ -107,8 +107,12 @@ func TestRecorder(t *testing.T) {
 	if h.Count() != 2 {
 		t.Fatalf("interval latencies = %d, want the 2 successes", h.Count())
 	}
-	const wantSummary = "meshd up: 2 calls, 4 errors (Unavailable 2, Unknown 1, DeadlineExceeded 1), 1 failed before the first success (warm-up)"
-	if got := totals.Summary(); got != wantSummary {
+	const wantSummary = "meshd up: 2 calls, 4 errors (Unavailable 2, Unknown 1, DeadlineExceeded 1), first success 1.5s after start, 1 failed before the first success (warm-up)"
+	if totals.FirstSuccess.IsZero() {
+		t.Fatal("FirstSuccess not set after a success")
+	}
+	start := totals.FirstSuccess.Add(-1500 * time.Millisecond)
+	if got := totals.Summary(start); got != wantSummary {
 		t.Errorf("Summary = %q\nwant      %q", got, wantSummary)
 	}
 	if _, h2 := r.Take(); h2.Count() != 0 {

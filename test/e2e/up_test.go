@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"meshd.dev/meshd/internal/testutil"
+)
+
+// Timeouts of the `meshd up` test.
+const (
+	// upStartTimeout bounds the time until the start-up block is printed
+	// (every sidecar ready).
+	upStartTimeout = 30 * time.Second
+	// upFirstCallWithin is acceptance 8: successful calls within 30 s.
+	upFirstCallWithin = 30 * time.Second
+	// upExitTimeout bounds the wait for meshd up to exit once it stops.
+	upExitTimeout = 30 * time.Second
+)
+
+var summaryRE = regexp.MustCompile(`^meshd up: (\d+) calls, (\d+) errors.*?(?:, first success ([0-9.]+)s after start)?(?:, (\d+) failed before the first success)?`)
+
+// TestUp runs `meshd up` with the built-in example (acceptance 8): the
+// sample client's calls succeed through two sidecars within 30 s, with no
+// error after the first success; it stops cleanly after --duration and on
+// SIGINT, exits 0, leaves no sidecar process behind and removes its
+// temporary directory.
+func TestUp(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	bin := testutil.BuildMeshd(t)
+	tests := []struct {
+		name string
+		args []string
+		// interrupt, when set, sends SIGINT this long after start-up
+		// instead of waiting for --duration.
+		interrupt time.Duration
+	}{
+		{name: "duration", args: []string{"--duration", "20s", "--quiet"}},
+		{name: "SIGINT", args: []string{"--quiet"}, interrupt: 3 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), upStartTimeout+upExitTimeout+30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, append([]string{"up"}, tc.args...)...)
+			cmd.Dir = t.TempDir()
+			cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if cmd.ProcessState == nil {
+					_ = cmd.Process.Kill()
+					_ = cmd.Wait()
+				}
+			})
+
+			lines := make(chan string, 256)
+			go func() {
+				defer close(lines)
+				sc := bufio.NewScanner(out)
+				for sc.Scan() {
+					lines <- sc.Text()
+				}
+			}()
+
+			// The start-up block: note the log directory; it ends with
+			// "Ctrl-C stops everything." once every sidecar is ready.
+			var logDir string
+			var children []int
+			startDeadline := time.After(upStartTimeout)
+		startup:
+			for {
+				select {
+				case l, ok := <-lines:
+					if !ok {
+						t.Fatal("meshd up exited before it was ready")
+					}
+					t.Log(l)
+					if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "logs "); ok {
+						logDir, _, _ = strings.Cut(strings.TrimSpace(rest), ",")
+					}
+					if l == "Ctrl-C stops everything." {
+						break startup
+					}
+				case <-startDeadline:
+					t.Fatalf("no start-up block within %s", upStartTimeout)
+				}
+			}
+			if logDir == "" {
+				t.Fatal("the start-up block names no log directory")
+			}
+			children = childPIDs(t, cmd.Process.Pid)
+			if len(children) != 2 {
+				t.Fatalf("meshd up has %d child processes %v, want 2 sidecars", len(children), children)
+			}
+
+			if tc.interrupt > 0 {
+				time.Sleep(tc.interrupt)
+				if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var summary string
+			exitDeadline := time.After(upExitTimeout + 20*time.Second)
+		run:
+			for {
+				select {
+				case l, ok := <-lines:
+					if !ok {
+						break run
+					}
+					t.Log(l)
+					if strings.HasPrefix(l, "meshd up: ") && summaryRE.MatchString(l) {
+						summary = l
+					}
+				case <-exitDeadline:
+					t.Fatal("meshd up did not exit in time")
+				}
+			}
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("meshd up: %v, want exit 0", err)
+			}
+
+			m := summaryRE.FindStringSubmatch(summary)
+			if m == nil {
+				t.Fatal("no summary line \"meshd up: N calls, M errors\"")
+			}
+			calls, _ := strconv.Atoi(m[1])
+			errs, _ := strconv.Atoi(m[2])
+			if calls == 0 || errs != 0 {
+				t.Errorf("summary %q: want calls > 0 and 0 errors after the first success", summary)
+			}
+			if m[3] == "" {
+				t.Errorf("summary %q names no first success", summary)
+			} else if first, err := strconv.ParseFloat(m[3], 64); err != nil || time.Duration(first*float64(time.Second)) > upFirstCallWithin {
+				t.Errorf("first success %ss after start, want within %s", m[3], upFirstCallWithin)
+			}
+			for _, pid := range children {
+				if alive(pid) {
+					t.Errorf("sidecar process %d still runs after meshd up exited", pid)
+				}
+			}
+			if _, err := os.Stat(logDir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("log directory %s still there after exit (err %v), want it removed without --keep-logs", logDir, err)
+			}
+		})
+	}
+}
+
+// childPIDs returns the processes whose parent is pid, from /proc.
+func childPIDs(t *testing.T, pid int) []int {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil || len(stats) == 0 {
+		t.Skipf("no /proc to find child processes in: %v", err)
+	}
+	var pids []int
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// "pid (comm) state ppid ...": comm may hold spaces, so split
+		// after its closing parenthesis.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
+			continue
+		}
+		child, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err == nil {
+			pids = append(pids, child)
+		}
+	}
+	return pids
+}
+
+// alive reports whether pid is a running (not zombie) process.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
+}
+
+// prefixWriter logs what is written to it through t.Log, line by line.
+type prefixWriter struct {
+	t      *testing.T
+	prefix string
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		w.t.Log(w.prefix + l)
+	}
+	return len(p), nil
+}
