@@ -76,9 +76,9 @@ func bucketUpper(i int) time.Duration {
 // Recorder counts the sample clients' calls. It is safe for concurrent use.
 type Recorder struct {
 	mu       sync.Mutex
-	calls    uint64 // successful calls
-	errors   uint64 // failed calls after the first success
-	warmup   uint64 // failed calls before the first success
+	calls    uint64    // successful calls
+	errors   uint64    // failed calls after the first success
+	warmup   uint64    // failed calls before the first success
 	first    time.Time // when the first successful call ended
 	byCode   map[codes.Code]uint64
 	interval Histogram // latencies of successful calls since the last Take
