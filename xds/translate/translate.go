@@ -460,10 +460,9 @@ func (t *translator) assignment(cluster string, svc *model.Service) *endpointv3.
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
 	for _, zone := range slices.Sorted(maps.Keys(zones)) {
-		l := &endpointv3.LocalityLbEndpoints{}
-		if zone != "" {
-			l.Locality = &corev3.Locality{Zone: zone}
-		}
+		// Every locality carries a Locality, even with an empty zone:
+		// grpc-go NACKs an assignment whose locality has no ID.
+		l := &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{Zone: zone}}
 		var total uint64
 		for _, e := range zones[zone] {
 			l.LbEndpoints = append(l.LbEndpoints, lbEndpoint(e.addr, e.port, e.weight))
