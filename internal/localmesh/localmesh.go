@@ -143,8 +143,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 	lm := &localMesh{opts: opts, mesh: m, plan: plan, dir: dir, logger: logger, http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}
 	defer lm.http.CloseIdleConnections()
 	startErr := lm.start(ctx)
+	if startErr != nil && ctx.Err() != nil {
+		// Stopped (Ctrl-C, --duration) while coming up: a clean stop.
+		startErr = nil
+	}
 	var runErr error
-	if startErr == nil {
+	if startErr == nil && ctx.Err() == nil {
 		lm.printStart()
 		runErr = lm.watch(ctx)
 	}
