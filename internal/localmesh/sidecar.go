@@ -196,6 +196,14 @@ func (s *sidecar) stop() error {
 	defer t.Stop()
 	select {
 	case <-s.exited:
+		// A sidecar stopped before it installed its signal handler dies
+		// of the SIGTERM itself: that is the stop asked for.
+		var ee *exec.ExitError
+		if errors.As(s.exitErr, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
+				return nil
+			}
+		}
 		return s.exitError()
 	case <-t.C:
 		_ = s.cmd.Process.Kill()
