@@ -1,0 +1,466 @@
+package xds_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/protobuf/proto"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/xds/model"
+	"meshd.dev/meshd/xds/server"
+	"meshd.dev/meshd/xds/translate"
+)
+
+// Node IDs of the two workloads of tunedMesh.
+const (
+	serverNode = "greeter-server.demo"
+	clientNode = "greeter-client.demo"
+)
+
+// knobs are the values of tunedMesh that the edit tests change: each lands
+// in a different part of the sidecars' config.
+type knobs struct {
+	// Timeout is the greeter route's timeout (RDS of the client node).
+	Timeout time.Duration
+	// Attempts is the greeter route's retry count (RDS of the client node).
+	Attempts int
+	// KeepaliveInterval is the greeter cluster's HTTP/2 keepalive
+	// interval (CDS of the client node).
+	KeepaliveInterval time.Duration
+	// MaxStreams is maxConcurrentStreams of the greeter policy (CDS of the
+	// client node, the inbound listener of the server node).
+	MaxStreams int
+	// Weight is the endpoint weight of the "direct" service (EDS of the
+	// client node).
+	Weight int
+}
+
+// baseKnobs are tunedMesh's values before any edit. The timeouts stay far
+// above any test's duration so that no edit cuts a long-lived stream.
+var baseKnobs = knobs{Timeout: 300 * time.Second, Attempts: 1, KeepaliveInterval: 30 * time.Second, MaxStreams: 100, Weight: 1}
+
+// edit returns k with the i-th edit applied: edits rotate through the
+// route timeout and retries, the keepalive interval, maxConcurrentStreams
+// and the endpoint weight, each time with a value not used before.
+func (k knobs) edit(i int) (knobs, string) {
+	switch i % 4 {
+	case 0:
+		k.Timeout += time.Second
+		k.Attempts = 1 + (k.Attempts % 3)
+		return k, fmt.Sprintf("route timeout %v, %d retries", k.Timeout, k.Attempts)
+	case 1:
+		k.KeepaliveInterval += time.Second
+		return k, fmt.Sprintf("keepalive interval %v", k.KeepaliveInterval)
+	case 2:
+		k.MaxStreams++
+		return k, fmt.Sprintf("maxConcurrentStreams %d", k.MaxStreams)
+	default:
+		k.Weight++
+		return k, fmt.Sprintf("endpoint weight %d", k.Weight)
+	}
+}
+
+// inDump returns, per node ID, strings the sidecar's /config_dump (Envoy's
+// JSON with proto field names) contains once it applied k.
+func (k knobs) inDump() map[string][]string {
+	return map[string][]string{
+		clientNode: {
+			fmt.Sprintf(`"timeout":"%ds"`, int(k.Timeout.Seconds())),
+			fmt.Sprintf(`"num_retries":%d`, k.Attempts),
+			fmt.Sprintf(`"connection_keepalive":{"interval":"%ds"`, int(k.KeepaliveInterval.Seconds())),
+			fmt.Sprintf(`"max_concurrent_streams":%d`, k.MaxStreams),
+			fmt.Sprintf(`"load_balancing_weight":%d`, k.Weight),
+		},
+		// The inbound listener advertises the policy's stream limit.
+		serverNode: {fmt.Sprintf(`"max_concurrent_streams":%d`, k.MaxStreams)},
+	}
+}
+
+// checkDumps fails the test unless each sidecar's /config_dump shows k's
+// values and, for the state-of-the-world sidecar (serverNode), version
+// (a delta sidecar shows per-resource versions instead).
+func checkDumps(t *testing.T, sidecars map[string]*testutil.Sidecar, version string, k knobs) {
+	t.Helper()
+	for node, wants := range k.inDump() {
+		if node == serverNode {
+			wants = append(wants, `"version_info":"`+version+`"`)
+		}
+		dump := sidecars[node].Admin(t, http.MethodGet, "/config_dump")
+		for _, want := range wants {
+			if !strings.Contains(dump, want) {
+				t.Errorf("%s: /config_dump lacks %s after the ACK", node, want)
+			}
+		}
+	}
+}
+
+// tunedMeshPorts are the loopback ports of tunedMesh.
+type tunedMeshPorts struct {
+	Inbound, Outbound, Direct, AdminServer, AdminClient int
+}
+
+func newTunedMeshPorts(t *testing.T) tunedMeshPorts {
+	p := freePorts(t, 5)
+	return tunedMeshPorts{Inbound: p[0], Outbound: p[1], Direct: p[2], AdminServer: p[3], AdminClient: p[4]}
+}
+
+// tunedMesh is the two-sidecar mesh of twoSidecarMesh (client sidecar
+// outbound → server sidecar inbound → app) plus a TrafficPolicy for greeter
+// and a second service, "direct", whose one endpoint is the app itself
+// (reached from the client sidecar's port p.Direct), so that every kind of
+// edit has a field to change.
+func tunedMesh(app string, p tunedMeshPorts, k knobs) string {
+	host, port, _ := strings.Cut(app, ":")
+	return fmt.Sprintf(`apiVersion: meshd.dev/v1alpha1
+kind: Mesh
+metadata:
+  name: test
+spec:
+  trustDomain: test.example
+---
+apiVersion: meshd.dev/v1alpha1
+kind: Service
+metadata:
+  name: greeter
+  namespace: demo
+spec:
+  protocol: grpc
+  port: 50051
+  upstreamProtocol: http2
+---
+apiVersion: meshd.dev/v1alpha1
+kind: Service
+metadata:
+  name: direct
+  namespace: demo
+spec:
+  protocol: grpc
+  port: 50052
+  endpoints:
+    - address: %s
+      port: %s
+      weight: %d
+---
+apiVersion: meshd.dev/v1alpha1
+kind: Workload
+metadata:
+  name: greeter-server
+  namespace: demo
+spec:
+  serviceAccount: greeter-server
+  service: greeter
+  inbound:
+    port: %d
+    app: %s
+  admin: 127.0.0.1:%d
+---
+apiVersion: meshd.dev/v1alpha1
+kind: Workload
+metadata:
+  name: greeter-client
+  namespace: demo
+spec:
+  serviceAccount: greeter-client
+  outbound:
+    - service: greeter.demo
+      port: %d
+    - service: direct.demo
+      port: %d
+  admin: 127.0.0.1:%d
+---
+apiVersion: meshd.dev/v1alpha1
+kind: TrafficPolicy
+metadata:
+  name: greeter
+  namespace: demo
+spec:
+  targetRef:
+    kind: Service
+    name: greeter
+    namespace: demo
+  timeout: %s
+  retries:
+    attempts: %d
+    retryOn: ["unavailable"]
+  http2:
+    maxConcurrentStreams: %d
+    keepalive:
+      interval: %s
+      timeout: 5s
+`, host, port, k.Weight, p.Inbound, app, p.AdminServer, p.Outbound, p.Direct, p.AdminClient,
+		k.Timeout, k.Attempts, k.MaxStreams, k.KeepaliveInterval)
+}
+
+// writeFileAtomic replaces path with data by renaming a temporary file over
+// it, as editors do, so the watcher never reads a half-written file.
+func writeFileAtomic(t *testing.T, path, data string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	writeFile(t, tmp, data)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nodeTypes is the set of resource types, per node ID, whose resources
+// differ between two meshes.
+type nodeTypes map[string][]string
+
+// translated parses and translates a mesh text as the control plane does.
+func translated(t *testing.T, text string) *translate.Result {
+	t.Helper()
+	m, err := model.Parse([]byte(text), "test mesh")
+	if err != nil {
+		t.Fatalf("the test's mesh does not parse: %v", err)
+	}
+	res, err := translate.Translate(m)
+	if err != nil {
+		t.Fatalf("the test's mesh does not translate: %v", err)
+	}
+	return res
+}
+
+// changedTypes returns, per sidecar node, the resource types whose
+// resources differ between before and after: those are the types a delta
+// stream gets a response for (a state-of-the-world stream gets every type
+// at the new version).
+func changedTypes(before, after *translate.Result) nodeTypes {
+	out := nodeTypes{}
+	for id, a := range after.Nodes {
+		b := before.Nodes[id]
+		if b == nil {
+			b = &translate.Resources{}
+		}
+		for _, tc := range []struct {
+			url  string
+			x, y []types.Resource
+		}{
+			{resourcev3.ListenerType, b.Listeners, a.Listeners},
+			{resourcev3.RouteType, b.Routes, a.Routes},
+			{resourcev3.ClusterType, b.Clusters, a.Clusters},
+			{resourcev3.EndpointType, b.Endpoints, a.Endpoints},
+			{resourcev3.SecretType, b.Secrets, a.Secrets},
+		} {
+			if !slices.EqualFunc(tc.x, tc.y, func(x, y types.Resource) bool { return proto.Equal(x, y) }) {
+				out[id] = append(out[id], tc.url)
+			}
+		}
+	}
+	return out
+}
+
+// applied reports whether /status shows, for every node and type in want,
+// a stream of that node that ACKed version for that type, and (for a
+// state-of-the-world stream, which gets every type at every version) every
+// type it was sent ACKed at version.
+func applied(st server.Status, version string, want nodeTypes) bool {
+	for node, urls := range want {
+		ok := false
+		for _, s := range st.Streams {
+			if s.Node != node {
+				continue
+			}
+			all := true
+			for _, url := range urls {
+				if s.Types[url].AckedVersion != version {
+					all = false
+				}
+			}
+			if s.Stream == server.StreamSotW {
+				for _, ts := range s.Types {
+					if ts.AckedVersion != version {
+						all = false
+					}
+				}
+			}
+			ok = ok || all
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// statusOnce fetches and decodes /status; ok is false on any failure.
+func (cp *controlPlane) statusOnce(t *testing.T) (server.Status, bool) {
+	code, body := cp.get(t, "/status")
+	var st server.Status
+	if code != http.StatusOK || json.Unmarshal(body, &st) != nil {
+		return server.Status{}, false
+	}
+	return st, true
+}
+
+// meshEdit writes text over meshPath and waits until both sidecars ACKed
+// the new version for every type whose resources changed; it returns that
+// version and the time from the write to the last ACK seen.
+func meshEdit(t *testing.T, cp *controlPlane, meshPath, before, after string, timeout time.Duration) (string, time.Duration) {
+	t.Helper()
+	prev, ok := cp.statusOnce(t)
+	if !ok {
+		t.Fatal("control plane /status unreadable before the edit")
+	}
+	want := changedTypes(translated(t, before), translated(t, after))
+	start := time.Now()
+	writeFileAtomic(t, meshPath, after)
+	deadline := start.Add(timeout)
+	var last server.Status
+	for time.Now().Before(deadline) {
+		st, ok := cp.statusOnce(t)
+		if ok {
+			last = st
+			if st.LastError != nil {
+				t.Fatalf("the control plane rejected the edit: %s", st.LastError.Message)
+			}
+			if st.Version != "" && st.Version != prev.Version && applied(st, st.Version, want) {
+				return st.Version, time.Since(start)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("edit not ACKed by %v within %v; last /status: %+v", want, timeout, last)
+	return "", 0
+}
+
+// startTunedMesh writes tunedMesh with baseKnobs, starts the control plane
+// on it and one sidecar per workload from `meshd bootstrap` (the server
+// sidecar over state of the world, the client over delta), and waits until
+// both ACKed the first version.
+func startTunedMesh(t *testing.T, app string) (cp *controlPlane, sidecars map[string]*testutil.Sidecar, meshPath, text string, p tunedMeshPorts) {
+	t.Helper()
+	p = newTunedMeshPorts(t)
+	meshPath = filepath.Join(t.TempDir(), "mesh.yaml")
+	text = tunedMesh(app, p, baseKnobs)
+	writeFile(t, meshPath, text)
+	cp = startControlPlane(t, meshPath)
+	st := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	sidecars = startSidecars(t, meshPath, cp.XDS)
+	all := changedTypes(&translate.Result{}, translated(t, text))
+	cp.waitStatus(t, "both sidecars ACKing the first version", func(s server.Status) bool { return applied(s, st.Version, all) })
+	return cp, sidecars, meshPath, text, p
+}
+
+// startSidecars starts the server sidecar (state of the world) and the
+// client sidecar (delta) from `meshd bootstrap` output for meshPath, and
+// returns them by node ID.
+func startSidecars(t *testing.T, meshPath, xds string) map[string]*testutil.Sidecar {
+	t.Helper()
+	out := map[string]*testutil.Sidecar{}
+	for _, sc := range []struct {
+		node  string
+		delta bool
+	}{{serverNode, false}, {clientNode, true}} {
+		args := []string{"bootstrap", "-f", meshPath, "--workload", sc.node, "--xds", xds}
+		if sc.delta {
+			args = append(args, "--delta")
+		}
+		res := testutil.RunMeshd(t, waitTimeout, args...)
+		if res.ExitCode != 0 {
+			t.Fatalf("meshd bootstrap %s: exit %d\n%s", sc.node, res.ExitCode, res.Stderr)
+		}
+		out[sc.node] = testutil.StartSidecar(t, res.Stdout)
+	}
+	return out
+}
+
+// dialLoopback opens a plaintext gRPC client to 127.0.0.1:port, closed at
+// cleanup.
+func dialLoopback(t *testing.T, port int) testgrpc.TestServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient("127.0.0.1:"+strconv.Itoa(port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return testgrpc.NewTestServiceClient(cc)
+}
+
+// callLoad runs callers goroutines that each make EmptyCalls back to back
+// through client until stop is called, counting successes and failures.
+type callLoad struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	ok, fail int
+	firstErr error
+}
+
+// callTimeout bounds one call of callLoad.
+const callTimeout = 5 * time.Second
+
+func startCallLoad(t *testing.T, client testgrpc.TestServiceClient, callers int) *callLoad {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &callLoad{cancel: cancel}
+	for range callers {
+		l.wg.Go(func() {
+			for ctx.Err() == nil {
+				cctx, ccancel := context.WithTimeout(ctx, callTimeout)
+				_, err := client.EmptyCall(cctx, &testgrpc.Empty{})
+				ccancel()
+				if ctx.Err() != nil {
+					return // stopped mid-call: not the sidecar's failure
+				}
+				l.mu.Lock()
+				if err != nil {
+					l.fail++
+					if l.firstErr == nil {
+						l.firstErr = err
+					}
+				} else {
+					l.ok++
+				}
+				l.mu.Unlock()
+				time.Sleep(2 * time.Millisecond)
+			}
+		})
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+// stop ends the callers and waits for them; it may be called again.
+func (l *callLoad) stop() {
+	l.cancel()
+	l.wg.Wait()
+}
+
+// counts returns the successes and failures so far and the first error.
+func (l *callLoad) counts() (ok, fail int, firstErr error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ok, l.fail, l.firstErr
+}
+
+// waitCalls waits until the load has n more successful calls than it had
+// when waitCalls was called.
+func (l *callLoad) waitCalls(t *testing.T, n int, what string) {
+	t.Helper()
+	start, _, _ := l.counts()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		if ok, _, _ := l.counts(); ok >= start+n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ok, fail, err := l.counts()
+	t.Fatalf("%s: %d successful calls (want %d more than %d), %d failed (first: %v)", what, ok, n, start, fail, err)
+}
