@@ -1,0 +1,187 @@
+package xds_test
+
+import (
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/xds/server"
+	"meshd.dev/meshd/xds/translate"
+)
+
+// Timing of TestControlPlaneRestartUnderLoad.
+const (
+	// controlPlaneDown is how long the control plane stays dead.
+	controlPlaneDown = 2 * time.Second
+	// reconnectTimeout bounds the sidecars' reconnect after the restart:
+	// their backoff has grown while the control plane was down (500 ms
+	// doubling, with jitter).
+	reconnectTimeout = 30 * time.Second
+)
+
+// startControlPlaneOn is startControlPlane with the xDS server on a fixed
+// address, so a restarted control plane is found where the sidecars'
+// bootstraps point.
+func startControlPlaneOn(t *testing.T, meshPath, xdsAddr string) *controlPlane {
+	t.Helper()
+	bin := testutil.BuildMeshd(t)
+	adminPath := filepath.Join(t.TempDir(), "admin-address")
+	cp := &controlPlane{XDS: xdsAddr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	cp.cmd = exec.Command(bin, "control-plane", "--config", meshPath,
+		"--xds-address", xdsAddr, "--admin-address", "127.0.0.1:0",
+		"--admin-address-path", adminPath, "--poll-interval", "50ms")
+	cp.cmd.Stderr = cp.stderr
+	cp.cmd.WaitDelay = time.Second
+	if err := cp.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = cp.cmd.Wait()
+		close(cp.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-cp.done:
+		default:
+			_ = cp.cmd.Process.Kill()
+			<-cp.done
+		}
+		if t.Failed() {
+			t.Logf("control-plane (pid %d) stderr:\n%s", cp.cmd.Process.Pid, cp.stderr)
+		}
+	})
+	deadline := time.Now().Add(startTimeout)
+	for {
+		select {
+		case <-cp.done:
+			t.Fatalf("control plane exited before it was ready:\n%s", cp.stderr)
+		default:
+		}
+		a, _ := os.ReadFile(adminPath)
+		if cp.Admin = strings.TrimSpace(string(a)); cp.Admin != "" {
+			if code, _ := cp.get(t, "/readyz"); code == http.StatusOK {
+				return cp
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("control plane not ready within %v:\n%s", startTimeout, cp.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// bothConnected reports whether /status shows a stream of each sidecar of
+// tunedMesh that ACKed version for at least one type.
+func bothConnected(st server.Status, version string) bool {
+	for _, node := range []string{serverNode, clientNode} {
+		ok := false
+		for _, s := range st.Streams {
+			if s.Node != node {
+				continue
+			}
+			for _, ts := range s.Types {
+				ok = ok || ts.AckedVersion == version
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// TestControlPlaneRestartUnderLoad (issue 4, acceptance 4): with callers
+// going through client sidecar (delta) → server sidecar (SotW) → app, the
+// control plane is SIGKILLed, stays down controlPlaneDown, and is restarted
+// on the same xDS port with the same mesh file. No call fails; the sidecars
+// notice (control_plane.connected_state), reconnect, and ACK the same
+// deterministic version as before; their config is unchanged.
+func TestControlPlaneRestartUnderLoad(t *testing.T) {
+	app := testutil.StartGRPCInteropServer(t)
+	p := newTunedMeshPorts(t)
+	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
+	text := tunedMesh(app.Addr, p, baseKnobs)
+	writeFile(t, meshPath, text)
+	xdsAddr := "127.0.0.1:" + strconv.Itoa(freePorts(t, 1)[0])
+
+	cp := startControlPlaneOn(t, meshPath, xdsAddr)
+	first := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	sidecars := startSidecars(t, meshPath, xdsAddr)
+	all := changedTypes(&translate.Result{}, translated(t, text))
+	cp.waitStatus(t, "both sidecars ACKing", func(st server.Status) bool { return applied(st, first.Version, all) })
+	dumps := map[string]string{}
+	for node, sc := range sidecars {
+		dumps[node] = sc.Admin(t, http.MethodGet, "/config_dump")
+	}
+
+	load := startCallLoad(t, dialLoopback(t, p.Outbound), 4)
+	load.waitCalls(t, 50, "calls before the kill")
+
+	if err := cp.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cp.done:
+	case <-time.After(waitTimeout):
+		t.Fatal("control plane not reaped after SIGKILL")
+	}
+	for node, sc := range sidecars {
+		waitStat(t, sc, "control_plane.connected_state", 0, node+" seeing the control plane gone")
+	}
+	time.Sleep(controlPlaneDown)
+	load.waitCalls(t, 50, "calls while the control plane is down")
+
+	restartedAt := time.Now()
+	restarted := startControlPlaneOn(t, meshPath, xdsAddr)
+	deadline := time.Now().Add(reconnectTimeout)
+	var st server.Status
+	for time.Now().Before(deadline) {
+		if s, ok := restarted.statusOnce(t); ok {
+			st = s
+			if s.Version != "" && bothConnected(s, s.Version) {
+				break
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !bothConnected(st, st.Version) {
+		t.Fatalf("sidecars not reconnected and ACKing within %v; last /status: %+v", reconnectTimeout, st)
+	}
+	t.Logf("both sidecars reconnected and ACKing %v after the restart began", time.Since(restartedAt).Round(time.Millisecond))
+	if st.Version != first.Version {
+		t.Errorf("restarted control plane publishes version %q, want the same %q as before", st.Version, first.Version)
+	}
+	for node, sc := range sidecars {
+		waitStat(t, sc, "control_plane.connected_state", 1, node+" reconnected")
+		if dump := sc.Admin(t, http.MethodGet, "/config_dump"); dump != dumps[node] {
+			t.Errorf("%s: /config_dump changed across the restart of an unchanged control plane:\nbefore %.1500s\nafter  %.1500s", node, dumps[node], dump)
+		}
+	}
+	load.waitCalls(t, 50, "calls after the restart")
+	load.stop()
+	ok, fail, err := load.counts()
+	if fail != 0 {
+		t.Errorf("%d of %d calls failed across the restart; first: %v", fail, ok+fail, err)
+	}
+	t.Logf("%d calls, %d failed, across a SIGKILL, %v down and a restart; version %s before and after", ok+fail, fail, controlPlaneDown, st.Version)
+}
+
+// waitStat waits until the sidecar's stat name has value want.
+func waitStat(t *testing.T, sc *testutil.Sidecar, name string, want int64, what string) {
+	t.Helper()
+	deadline := time.Now().Add(reconnectTimeout)
+	var got int64
+	for time.Now().Before(deadline) {
+		if got = sc.Stats(t)[name]; got == want {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: %s = %d, want %d within %v", what, name, got, want, reconnectTimeout)
+}
