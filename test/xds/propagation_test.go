@@ -29,6 +29,7 @@ func TestMeshEditPropagationTiming(t *testing.T) {
 	if raceEnabled {
 		t.Skip("timing assertion: the race detector slows meshd several-fold")
 	}
+	testutil.CheckGoroutines(t)
 	app := testutil.StartGRPCInteropServer(t)
 	cp, sidecars, meshPath, text, p := startTunedMesh(t, app.Addr)
 	load := startCallLoad(t, dialLoopback(t, p.Outbound), 2)
@@ -70,6 +71,7 @@ const pingPongInterval = 50 * time.Millisecond
 // back, in order (the response size encodes the sequence number), and the
 // stream must end with a clean OK.
 func TestStreamingAcrossUpdates(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	app := testutil.StartGRPCInteropServer(t)
 	cp, sidecars, meshPath, text, p := startTunedMesh(t, app.Addr)
 	client := dialLoopback(t, p.Outbound)

@@ -103,6 +103,7 @@ func bothConnected(st server.Status, version string) bool {
 // notice (control_plane.connected_state), reconnect, and ACK the same
 // deterministic version as before; their config is unchanged.
 func TestControlPlaneRestartUnderLoad(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	app := testutil.StartGRPCInteropServer(t)
 	p := newTunedMeshPorts(t)
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
