@@ -444,6 +444,17 @@ func (c *conn) writeCtrl(items []ctrlItem) error {
 			c.st.GoAwaySent.Inc()
 			err = c.fr.WriteGoAway(it.id, it.code, []byte(it.debug))
 		case ctrlRST:
+			if it.s != nil {
+				c.mu.Lock()
+				unopened := it.s.headersSkipped
+				c.mu.Unlock()
+				if unopened {
+					// The stream was reset before its HEADERS went out, so
+					// the peer never saw it: RST_STREAM on an idle stream
+					// is a connection error (RFC 9113 section 6.4).
+					continue
+				}
+			}
 			c.st.TxReset.Inc()
 			err = c.fr.WriteRSTStream(it.id, it.code)
 		case ctrlWindowUpdate:
@@ -452,6 +463,9 @@ func (c *conn) writeCtrl(items []ctrlItem) error {
 			if it.s != nil {
 				c.mu.Lock()
 				skip := it.s.rstSent
+				// Only a client's HEADERS open the stream; a server's
+				// skipped response still needs its RST_STREAM.
+				it.s.headersSkipped = skip && c.isClient
 				c.mu.Unlock()
 				if skip {
 					continue
@@ -625,7 +639,7 @@ func (c *conn) resetStream(s *strm, code http2.ErrCode, remote bool, reason stri
 	}
 	if !remote {
 		s.rstSent = true
-		c.queue(ctrlItem{kind: ctrlRST, id: s.id, code: code})
+		c.queue(ctrlItem{kind: ctrlRST, id: s.id, code: code, s: s})
 	}
 	c.failStream(s, &stream.Error{Code: stream.ErrCode(code), Remote: remote, Reason: reason})
 }
@@ -1014,7 +1028,11 @@ type strm struct {
 	sentEnd      bool // the final frame was handed to the writer
 	inReady      bool
 	rstSent      bool
-	rstAfterEnd  bool // server: RST_STREAM NO_ERROR after the final frame
+	// headersSkipped: the writer dropped this client stream's opening
+	// HEADERS because it was reset first, so its RST_STREAM must be dropped
+	// too. Guarded by mu.
+	headersSkipped bool
+	rstAfterEnd    bool // server: RST_STREAM NO_ERROR after the final frame
 
 	client *clientStream // set on client streams
 	server *serverStream // set on server streams
