@@ -1,9 +1,12 @@
-// Command meshd is the meshd service mesh: the sidecar data plane and, in
-// later releases, the control plane and tools around it.
+// Command meshd is the meshd service mesh: the sidecar data plane, the xDS
+// control plane, and a local mesh runner.
 //
 // Usage:
 //
 //	meshd sidecar -c BOOTSTRAP.yaml [--admin-address-path FILE] [--drain-time-s N] [--log-level LEVEL]
+//	meshd control-plane --config MESH.yaml [--xds-address ADDR] [--admin-address ADDR] [...]
+//	meshd bootstrap --workload NAME.NAMESPACE --xds HOST:PORT [-f MESH.yaml] [--delta]
+//	meshd up [-f MESH.yaml] [--duration D] [...]
 //	meshd version
 package main
 

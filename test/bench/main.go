@@ -1,6 +1,6 @@
 // Command bench is meshd's whole-proxy load harness: it measures one
 // `meshd sidecar` against a direct connection to the same backend, in one run,
-// the way ../shared/bench/peers describes (proxy pinned to one core, load
+// by the method in test/bench/README.md (proxy pinned to one core, load
 // generator and backend on another, interleaved runs, proxy CPU-seconds per
 // 100k requests from /proc).
 //

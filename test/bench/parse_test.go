@@ -129,9 +129,9 @@ func TestDurationArg(t *testing.T) {
 	}
 }
 
-// TestGRPCFrame pins the framed request to the bytes of
-// ../shared/bench/peers/grpc_req.bin: flag 0, length 3, then field 2
-// (response_size) varint 1024.
+// TestGRPCFrame pins the framed request to the bytes the peer-proxy
+// benchmarks sent with h2load -d (test/bench/README.md): flag 0, length 3,
+// then field 2 (response_size) varint 1024.
 func TestGRPCFrame(t *testing.T) {
 	got, err := grpcFrame()
 	if err != nil {

@@ -139,7 +139,7 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t\n", q.Scenario, q.RPS, q.P50, q.P99)
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nreference, proxy CPU-s per 100k gRPC unary 1 KiB (../shared/bench/peers): nghttpx 2.30, HAProxy 3.92, Go ReverseProxy 23.2")
+	fmt.Fprintln(w, "\nreference, proxy CPU-s per 100k gRPC unary 1 KiB (test/bench/README.md): nghttpx 2.30, HAProxy 3.92, nginx 9.70, Go ReverseProxy 23.2")
 }
 
 // writeReport writes r as indented JSON into dir (created if needed) and

@@ -120,7 +120,7 @@ func TestBadBootstrap(t *testing.T) {
 	})
 }
 
-// TestVersion checks `meshd version` (DESIGN.md: version, Go version,
+// TestVersion checks `meshd version` (README: version, Go version,
 // dependency versions).
 func TestVersion(t *testing.T) {
 	r := testutil.RunMeshd(t, badBootstrapTimeout, "version")

@@ -1,6 +1,6 @@
 package scenarios
 
-// Shared harness of the scenario tests (SCENARIOS.md S1–S11): a connection-
+// Shared harness of the scenario tests (docs/scenarios.md, S1–S11): a connection-
 // counting listener, a grpc-go TestService backend that can be told to
 // misbehave, a bootstrap builder for the Envoy fields the scenarios set, stat
 // readers, the timing guard, and process counters for a running sidecar.

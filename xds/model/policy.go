@@ -48,7 +48,7 @@ func overlay(dst, src reflect.Value) {
 }
 
 // Warning is risky but legal tuning: a setting that works but is likely to
-// hurt in production (SCENARIOS.md, "Rules of thumb"). Warnings never stop a
+// hurt in production (docs/scenarios.md, "Rules of thumb"). Warnings never stop a
 // mesh file from being served.
 type Warning struct {
 	// Source is the file name.

@@ -177,8 +177,8 @@ func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 		return nil, &connectError{fmt.Errorf("dial %s: %w", c.cfg.Addr, err)}
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
-		// Go sets TCP_NODELAY by default; meshd depends on it (DESIGN.md:
-		// no added latency for small streamed messages), so say it here.
+		// Go sets TCP_NODELAY by default; meshd depends on it (docs/scenarios.md,
+		// S7: no added latency for small streamed messages), so say it here.
 		if err := tc.SetNoDelay(true); err != nil {
 			conn.Close()
 			return nil, &connectError{fmt.Errorf("set TCP_NODELAY on %s: %w", c.cfg.Addr, err)}
