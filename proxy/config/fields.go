@@ -62,12 +62,32 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
 		supported: names("codec_type", "stat_prefix", "route_config", "rds", "http_filters",
 			"http2_protocol_options", "common_http_protocol_options", "stream_idle_timeout", "request_timeout",
-			"server_name", "generate_request_id", "max_request_headers_kb"),
+			"server_name", "generate_request_id", "max_request_headers_kb",
+			"forward_client_cert_details", "set_current_client_cert_details"),
+	},
+	// XFCC (proxy/http/hcm): cert and chain are not implemented.
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails": {
+		supported: names("subject", "uri", "dns"),
 	},
 	"envoy.extensions.filters.network.http_connection_manager.v3.Rds":        {supported: names("config_source", "route_config_name")},
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": {supported: names("name", "typed_config")},
 	"envoy.extensions.filters.http.router.v3.Router":                         {},
-	"envoy.config.core.v3.Http1ProtocolOptions":                              {},
+	// RBAC (filters/rbac).
+	"envoy.extensions.filters.http.rbac.v3.RBAC": {supported: names("rules", "rules_stat_prefix")},
+	"envoy.config.rbac.v3.RBAC":                  {supported: names("action", "policies")},
+	"envoy.config.rbac.v3.Policy":                {supported: names("permissions", "principals")},
+	"envoy.config.rbac.v3.Permission": {
+		supported: names("any", "header", "url_path", "destination_port", "and_rules", "or_rules", "not_rule"),
+	},
+	"envoy.config.rbac.v3.Permission.Set": {supported: names("rules")},
+	"envoy.config.rbac.v3.Principal": {
+		supported: names("any", "authenticated", "direct_remote_ip", "and_ids", "or_ids", "not_id"),
+	},
+	"envoy.config.rbac.v3.Principal.Set":           {supported: names("ids")},
+	"envoy.config.rbac.v3.Principal.Authenticated": {supported: names("principal_name")},
+	"envoy.type.matcher.v3.PathMatcher":            {supported: names("path")},
+	"envoy.config.core.v3.CidrRange":               {supported: names("address_prefix", "prefix_len")},
+	"envoy.config.core.v3.Http1ProtocolOptions":    {},
 	"envoy.config.core.v3.Http2ProtocolOptions": {
 		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
 			"connection_keepalive"),

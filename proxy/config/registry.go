@@ -8,6 +8,9 @@ import (
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"meshd.dev/meshd/filters"
+	_ "meshd.dev/meshd/filters/all" // the built-in HTTP filters
 )
 
 // ExtensionPoint names a place in the Envoy API where a typed_config (an Any)
@@ -51,7 +54,6 @@ func init() {
 	}{
 		{NetworkFilter, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"},
 		{NetworkFilter, tcpProxyType},
-		{HTTPFilter, "envoy.extensions.filters.http.router.v3.Router"},
 		{DownstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"},
 		{UpstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"},
 		{ClusterProtocolOptions, "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},
@@ -89,8 +91,13 @@ func RegisterType(point ExtensionPoint, typeURL string) {
 }
 
 // IsSupported reports whether meshd implements the message type named by
-// typeURL at point.
+// typeURL at point. HTTP filters are the ones registered with package
+// filters (the router and every filter package linked through filters/all)
+// besides any registered here.
 func IsSupported(point ExtensionPoint, typeURL string) bool {
+	if point == HTTPFilter && filters.IsRegistered(typeURL) {
+		return true
+	}
 	registry.RLock()
 	defer registry.RUnlock()
 	return registry.types[point][typeName(typeURL)]
@@ -104,6 +111,10 @@ func SupportedTypes(point ExtensionPoint) []string {
 	for n := range registry.types[point] {
 		names = append(names, string(n))
 	}
+	if point == HTTPFilter {
+		names = append(names, filters.RegisteredTypes()...)
+	}
 	slices.Sort(names)
+	names = slices.Compact(names)
 	return names
 }

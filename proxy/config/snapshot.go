@@ -270,6 +270,11 @@ func CompileListener(l *listenerv3.Listener) (*Listener, error) {
 			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config.%w", err)
 		}
 		out.TLS = cfg
+		if len(cfg.Certificates) > 0 {
+			if p := httpcm.LocalPrincipal(cfg.Certificates[0].Leaf); p != "" {
+				h.LocalPrincipal = p
+			}
+		}
 	}
 	return out, nil
 }

@@ -71,6 +71,16 @@ type Config struct {
 	GenerateRequestID bool
 	// MaxRequestHeadersBytes limits the request header section.
 	MaxRequestHeadersBytes int
+	// Filters are the http_filters before the router, in order; empty
+	// when the router is the only filter.
+	Filters []FilterEntry
+	// ForwardClientCert is forward_client_cert_details.
+	ForwardClientCert ForwardClientCert
+	// XFCCDetails is set_current_client_cert_details.
+	XFCCDetails XFCCDetails
+	// LocalPrincipal is the SPIFFE ID of the listener's own certificate,
+	// XFCC's By field; "" when it has none. The snapshot compiler sets it.
+	LocalPrincipal string
 }
 
 // Compile validates and compiles an HttpConnectionManager. Errors name the
@@ -137,6 +147,14 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 		c.HTTP2.MaxConcurrentStreams = o.GetMaxConcurrentStreams().GetValue()
 		c.HTTP2.InitialStreamWindowSize = o.GetInitialStreamWindowSize().GetValue()
 		c.HTTP2.InitialConnectionWindowSize = o.GetInitialConnectionWindowSize().GetValue()
+	}
+	fs, err := compileFilters(m.GetHttpFilters(), c.StatPrefix)
+	if err != nil {
+		return nil, err
+	}
+	c.Filters = fs
+	if err := compileXFCC(m, c); err != nil {
+		return nil, err
 	}
 	if rds := m.GetRds(); rds != nil {
 		if rds.GetRouteConfigName() == "" {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"meshd.dev/meshd/filters"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
@@ -86,6 +87,16 @@ type exchange struct {
 	// overloaded marks a local reply to a circuit-breaker overflow: it
 	// carries x-envoy-overloaded: true, as Envoy's.
 	overloaded bool
+
+	// HTTP filters (filters.go); all nil when the router is the only one.
+	filters []filters.Filter
+	// replied is set once a filter sent a local reply.
+	replied bool
+	// inResponseFilters is set while response hooks run.
+	inResponseFilters bool
+	// route is the cached route match; valid when routed.
+	route  *route.Route
+	routed bool
 }
 
 func isGRPC(req *stream.Request) bool {
@@ -98,7 +109,10 @@ func (ex *exchange) serve() {
 		ex.localReply(400, "")
 		return
 	}
-	r, _ := ex.cfg.Routes.Match(req)
+	if len(ex.cfg.Filters) > 0 && !ex.runRequestFilters() {
+		return
+	}
+	r := ex.Route()
 	if r == nil {
 		ex.h.stats.NoRoute.Inc()
 		ex.localReply(404, "")
@@ -162,6 +176,7 @@ func (ex *exchange) upstreamRequest(r *route.Route, cluster string, tlsUpstream 
 		out.Scheme = "https"
 	}
 	out.Header.StripHopByHop()
+	ex.applyXFCC(out)
 	proto := "http"
 	if ex.ds.Conn().TLS != nil {
 		proto = "https"
@@ -246,7 +261,9 @@ func (ex *exchange) localReply(code int, body string) {
 			resp.Header.Add("grpc-message", encodeGRPCMessage(body))
 		}
 		ex.finishHeaders(nil, "", resp)
-		_ = ex.ds.WriteHeader(resp, true)
+		if ex.runResponseFilters(resp, true) {
+			_ = ex.ds.WriteHeader(resp, true)
+		}
 		return
 	}
 	if body != "" {
@@ -254,7 +271,11 @@ func (ex *exchange) localReply(code int, body string) {
 	}
 	resp.Header.Add("content-length", strconv.Itoa(len(body)))
 	ex.finishHeaders(nil, "", resp)
-	if body == "" || ex.req.Method == "HEAD" {
+	noBody := body == "" || ex.req.Method == "HEAD"
+	if !ex.runResponseFilters(resp, noBody) {
+		return
+	}
+	if noBody {
 		_ = ex.ds.WriteHeader(resp, true)
 		return
 	}
@@ -276,7 +297,11 @@ func (ex *exchange) directReply(r *route.Route, status int, body []byte, locatio
 		resp.Header.Add("content-type", "text/plain")
 	}
 	ex.finishHeaders(r, "", resp)
-	if len(body) == 0 || ex.req.Method == "HEAD" {
+	noBody := len(body) == 0 || ex.req.Method == "HEAD"
+	if !ex.runResponseFilters(resp, noBody) {
+		return
+	}
+	if noBody {
 		_ = ex.ds.WriteHeader(resp, true)
 		return
 	}

@@ -194,6 +194,9 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	resp.Header.StripHopByHop()
 	resp.Header.Set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(ex.start).Milliseconds(), 10))
 	ex.finishHeaders(r, c.Spec().Name, resp)
+	if !ex.runResponseFilters(resp, resp.EndStream) {
+		return // a filter answered instead; attempt resets the upstream stream
+	}
 	ex.headersSent.Store(true)
 	if err := ex.ds.WriteHeader(resp, resp.EndStream); err != nil || resp.EndStream {
 		return
