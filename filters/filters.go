@@ -48,12 +48,12 @@ import (
 	"sync/atomic"
 
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3" // the router's config type
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"meshd.dev/meshd/mtls"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
@@ -319,15 +319,13 @@ func Build(typedConfig *anypb.Any, ctx FactoryContext) (Factory, error) {
 	return f, nil
 }
 
-// PeerPrincipal returns the SPIFFE ID of the peer's verified leaf
-// certificate in cs, and false when there is none (plaintext, no client
-// certificate, an unverified one, or no valid SPIFFE URI SAN).
+// PeerPrincipal returns the SPIFFE ID of the peer's leaf certificate in cs
+// (mtls.PeerID), and false when there is none: plaintext, no client
+// certificate, or no valid SPIFFE URI SAN. The listener's handshake
+// verified the chain when the certificate was presented.
 func PeerPrincipal(cs *tls.ConnectionState) (string, bool) {
-	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
-		return "", false
-	}
-	id, err := x509svid.IDFromCert(cs.VerifiedChains[0][0])
-	if err != nil {
+	id, ok := mtls.PeerID(cs)
+	if !ok {
 		return "", false
 	}
 	return id.String(), true

@@ -381,7 +381,7 @@ func (f *Filter) OnRequestHeaders(cb filters.Callbacks, req *stream.Request, _ b
 	st := f.stats.Get(cb.Stats(), f.newCounters)
 	q := request{req: req, cb: cb}
 	q.peer, _ = cb.PeerPrincipal()
-	if tls := cb.Conn().TLS; tls != nil && len(tls.VerifiedChains) > 0 {
+	if tls := cb.Conn().TLS; tls != nil && len(tls.PeerCertificates) > 0 {
 		q.auth = true
 	}
 	matched := ""

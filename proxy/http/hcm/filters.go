@@ -133,8 +133,8 @@ func (ex *exchange) applyXFCC(out *stream.Request) {
 		return
 	}
 	var leaf *x509.Certificate
-	if cs := ex.ds.Conn().TLS; cs != nil && len(cs.VerifiedChains) > 0 && len(cs.VerifiedChains[0]) > 0 {
-		leaf = cs.VerifiedChains[0][0]
+	if cs := ex.ds.Conn().TLS; cs != nil && len(cs.PeerCertificates) > 0 {
+		leaf = cs.PeerCertificates[0]
 	}
 	if leaf == nil || mode == XFCCSanitize {
 		out.Header.Del(xfccHeader)
