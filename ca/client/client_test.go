@@ -47,10 +47,7 @@ func startCA(t *testing.T, opts ca.Options) (*ca.CA, *grpc.ClientConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := model.Parse(examples.Mesh, "example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := exampleMesh(t)
 	tokens := ca.NewTokenAuthenticator(secret, td)
 	if err := tokens.SetMesh(m); err != nil {
 		t.Fatal(err)
@@ -247,4 +244,13 @@ func testCSR(t *testing.T, uri string) []byte {
 		t.Fatal(err)
 	}
 	return der
+}
+
+func exampleMesh(t *testing.T) *model.Mesh {
+	t.Helper()
+	m, err := model.Parse(examples.Mesh, "example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/examples"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/xds/model"
@@ -26,6 +27,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	xdsAddr := fs.String("xds", "", "the control plane's xDS address, HOST:PORT")
 	meshPath := fs.String("f", "", "mesh file (default: the built-in example mesh)")
 	delta := fs.Bool("delta", false, "use incremental (delta) ADS instead of state of the world")
+	caDir := fs.String("ca-dir", "", "the control plane's --ca-dir: embed the workload's CA bootstrap token (node.metadata[\"meshd.token\"]) derived from the secret there")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -57,6 +59,14 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	}
 	if *delta {
 		b.GetDynamicResources().GetAdsConfig().ApiType = corev3.ApiConfigSource_DELTA_GRPC
+	}
+	if *caDir != "" {
+		secret, err := ca.LoadOrCreateTokenSecret(*caDir)
+		if err != nil {
+			fmt.Fprintf(stderr, "meshd bootstrap: --ca-dir: %v\n", err)
+			return 1
+		}
+		ca.SetNodeToken(b.Node, ca.BootstrapToken(secret, *workload))
 	}
 	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(b)
 	if err != nil {

@@ -16,6 +16,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"meshd.dev/meshd/ca"
+	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
 	"meshd.dev/meshd/xds/source"
 )
@@ -34,6 +39,10 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	adminAddrPath := fs.String("admin-address-path", "", "write the bound admin address to this file")
 	poll := fs.Duration("poll-interval", source.DefaultPollInterval, "how often the mesh file is checked for changes")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	caDir := fs.String("ca-dir", defaultCADir(), "directory of the built-in CA: the generated root (when --ca-cert is not set) and the bootstrap-token secret, created on first use")
+	caCert := fs.String("ca-cert", "", "signing certificate PEM of the built-in CA (followed by its chain up to the root); default: a root generated in --ca-dir")
+	caKey := fs.String("ca-key", "", "private key PEM of --ca-cert")
+	svidTTL := fs.Duration("svid-ttl", ca.DefaultTTL, "lifetime of the SVIDs the built-in CA issues (at least 1s)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -54,10 +63,32 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "meshd control-plane: --poll-interval: must be positive")
 		return 2
 	}
+	if (*caCert == "") != (*caKey == "") {
+		fmt.Fprintln(stderr, "meshd control-plane: --ca-cert and --ca-key go together")
+		return 2
+	}
+	if *svidTTL < ca.MinTTL {
+		fmt.Fprintf(stderr, "meshd control-plane: --svid-ttl: %v is below the minimum %v\n", *svidTTL, ca.MinTTL)
+		return 2
+	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
-	srv := server.New(server.Options{Logger: logger})
-	watcher := source.NewFileWatcher(*meshPath, srv, source.FileOptions{PollInterval: *poll, Logger: logger})
+	// The CA's trust domain is the mesh's; peek at the file once for it.
+	// The watcher then keeps the token table in step with every version
+	// it publishes (a mesh whose trust domain changed is rejected).
+	m, err := model.Load(*meshPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
+		return 1
+	}
+	st := stats.NewStore()
+	caSvc, tokens, err := newBuiltinCA(m.Spec.TrustDomain, *caDir, *caCert, *caKey, *svidTTL, logger, st)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd control-plane: built-in CA: %v\n", err)
+		return 1
+	}
+	srv := server.New(server.Options{Logger: logger, Stats: st, Services: caSvc.Register})
+	watcher := source.NewFileWatcher(*meshPath, srv, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: tokens.SetMesh})
 	if err := watcher.Load(); err != nil {
 		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
 		return 1
@@ -154,4 +185,45 @@ func writeAddressFile(path, addr string) error {
 		return fmt.Errorf("address file %s: %w", path, err)
 	}
 	return nil
+}
+
+// defaultCADir is where the built-in CA keeps its generated root and token
+// secret: <user config dir>/meshd/ca, or under the temp dir when there is
+// no config dir (no $HOME).
+func defaultCADir() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	return filepath.Join(dir, "meshd", "ca")
+}
+
+// newBuiltinCA loads (or generates and persists) the CA's signing
+// authority and the bootstrap-token secret, and returns the gRPC service
+// with the authenticator the mesh watcher keeps up to date.
+func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration, logger *slog.Logger, st *stats.Store) (*ca.Service, *ca.TokenAuthenticator, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mesh trust domain %q: %w", trustDomain, err)
+	}
+	var a *ca.Authority
+	if certFile != "" {
+		a, err = ca.LoadAuthority(certFile, keyFile)
+	} else {
+		a, err = ca.LoadOrGenerate(dir, td)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	authority, err := ca.New(td, ca.Options{DefaultTTL: ttl}, a)
+	if err != nil {
+		return nil, nil, err
+	}
+	secret, err := ca.LoadOrCreateTokenSecret(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	tokens := ca.NewTokenAuthenticator(secret, td)
+	logger.Info("built-in CA ready", "trust_domain", td.Name(), "root", a.Root.Subject.String(), "root_expires", a.Root.NotAfter, "dir", dir, "svid_ttl", ttl)
+	return ca.NewService(authority, tokens, ca.ServiceOptions{Logger: logger, Stats: st}), tokens, nil
 }

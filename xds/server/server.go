@@ -67,14 +67,18 @@ type Options struct {
 	// "snapshots_published", "snapshots_rejected" and the gauge
 	// "control_plane.xds_streams_active".
 	Stats *stats.Store
+	// Services, when set, registers further gRPC services (meshd's CA)
+	// on the gRPC server Serve creates, beside the xDS services.
+	Services func(grpc.ServiceRegistrar)
 }
 
 // Server serves xDS from the last published mesh. All methods are safe for
 // concurrent use.
 type Server struct {
-	log     *slog.Logger
-	store   *stats.Store
-	metrics metrics
+	log      *slog.Logger
+	store    *stats.Store
+	services func(grpc.ServiceRegistrar) // immutable; nil: xDS only
+	metrics  metrics
 
 	hash    *nodeHash
 	cache   cachev3.SnapshotCache
@@ -125,8 +129,9 @@ func New(opts Options) *Server {
 	}
 	sc := store.Root().Scope("control_plane")
 	s := &Server{
-		log:   logger,
-		store: store,
+		log:      logger,
+		store:    store,
+		services: opts.Services,
 		metrics: metrics{
 			pushes:        sc.Counter("xds_pushes"),
 			acks:          sc.Counter("xds_acks"),
@@ -168,6 +173,9 @@ func (s *Server) Serve(lis net.Listener) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	s.Register(g)
+	if s.services != nil {
+		s.services(g)
+	}
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
