@@ -326,37 +326,3 @@ func BenchmarkHandshake(b *testing.B) {
 		}
 	}
 }
-
-func BenchmarkResumption(b *testing.B) {
-	ca := mtlstest.NewCA(b, "example.org")
-	serverCfg := ServerConfig(staticSource(b, ca.Issue(b, "spiffe://example.org/ns/a/sa/api"), ca.Bundle()), nil, alpn)
-	clientCfg := ClientConfig(staticSource(b, ca.Issue(b, "spiffe://example.org/ns/a/sa/web"), ca.Bundle()), nil, alpn, "api")
-	clientCfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
-	// TLS 1.3 sends the ticket after the handshake; read it by a round trip.
-	warm := func() bool {
-		c, s := net.Pipe()
-		defer c.Close()
-		defer s.Close()
-		tc, ts := tls.Client(c, clientCfg), tls.Server(s, serverCfg)
-		go func() {
-			if ts.Handshake() == nil {
-				ts.Write([]byte{1})
-			}
-		}()
-		tc.SetDeadline(time.Now().Add(handshakeTimeout))
-		buf := make([]byte, 1)
-		_, err := tc.Read(buf)
-		return err == nil && tc.ConnectionState().DidResume
-	}
-	warm()
-	resumed := 0
-	b.ReportAllocs()
-	for b.Loop() {
-		if warm() {
-			resumed++
-		}
-	}
-	if resumed == 0 {
-		b.Fatal("no handshake resumed")
-	}
-}
