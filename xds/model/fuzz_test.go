@@ -78,7 +78,7 @@ func TestCheckValueCoversTypes(t *testing.T) {
 		}
 	}
 	for _, ty := range []reflect.Type{reflect.TypeFor[envelope](), reflect.TypeFor[MeshSpec](), reflect.TypeFor[ServiceSpec](),
-		reflect.TypeFor[WorkloadSpec](), reflect.TypeFor[TrafficPolicySpec]()} {
+		reflect.TypeFor[WorkloadSpec](), reflect.TypeFor[TrafficPolicySpec](), reflect.TypeFor[AuthorizationPolicySpec]()} {
 		walk(ty.Name(), ty)
 	}
 	if len(seen) < 20 {

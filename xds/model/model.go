@@ -35,6 +35,22 @@ const (
 	KindService       = "Service"
 	KindWorkload      = "Workload"
 	KindTrafficPolicy = "TrafficPolicy"
+	// KindAuthorizationPolicy lists the SPIFFE IDs allowed to call a Service.
+	KindAuthorizationPolicy = "AuthorizationPolicy"
+)
+
+// mTLS modes between sidecars (Mesh.spec.mtls). Parse accepts them in any
+// case and stores the upper-case form.
+const (
+	// MTLSStrict: inbound listeners accept only mTLS with a client SVID of
+	// the mesh's trust domain; outbound clusters to sidecars use mTLS and
+	// verify the server's SPIFFE ID. The default.
+	MTLSStrict = "STRICT"
+	// MTLSPermissive: inbound listeners accept mTLS and plaintext (told
+	// apart by tls_inspector); outbound clusters to sidecars use mTLS.
+	MTLSPermissive = "PERMISSIVE"
+	// MTLSDisable: plaintext between sidecars.
+	MTLSDisable = "DISABLE"
 )
 
 // Service protocols (Service.spec.protocol).
@@ -63,6 +79,9 @@ type Mesh struct {
 	Services        []*Service
 	Workloads       []*Workload
 	TrafficPolicies []*TrafficPolicy
+	// AuthorizationPolicies are sorted like the other kinds; a Service may
+	// be the target of several, which then allow the union of their IDs.
+	AuthorizationPolicies []*AuthorizationPolicy
 	// Source is the file name the mesh was parsed from, as given to Parse.
 	Source string
 
@@ -70,6 +89,7 @@ type Mesh struct {
 	services   map[string]*Service
 	workloads  map[string]*Workload
 	policies   map[string]*TrafficPolicy // by target Service key
+	authz      map[string][]*AuthorizationPolicy
 }
 
 // Metadata names a document. Namespace is never empty after parsing.
@@ -86,6 +106,10 @@ type MeshSpec struct {
 	// Defaults apply to every destination Service; a TrafficPolicy targeting
 	// a Service overrides them field by field.
 	Defaults *Policy `json:"defaults,omitempty"`
+	// MTLS is the mTLS mode between sidecars: STRICT (the default),
+	// PERMISSIVE or DISABLE; lower case is accepted. After parsing it is
+	// always one of MTLSStrict, MTLSPermissive, MTLSDisable.
+	MTLS string `json:"mtls,omitempty"`
 }
 
 // Service is a destination: what its servers speak and where they are.
@@ -207,6 +231,29 @@ type TargetRef struct {
 	Name string `json:"name"`
 	// Namespace defaults to the TrafficPolicy's namespace.
 	Namespace string `json:"namespace,omitempty"`
+}
+
+// AuthorizationPolicy allows the listed SPIFFE IDs to call one Service
+// through its workloads' inbound listeners; every other caller is denied
+// (403, gRPC PERMISSION_DENIED). A Service with no AuthorizationPolicy
+// accepts every caller that passes the mTLS mode.
+type AuthorizationPolicy struct {
+	Metadata Metadata
+	Spec     AuthorizationPolicySpec
+	// Target is the Service named by Spec.TargetRef.
+	Target *Service
+	origin origin
+}
+
+// AuthorizationPolicySpec is an AuthorizationPolicy document's spec.
+type AuthorizationPolicySpec struct {
+	TargetRef TargetRef `json:"targetRef"`
+	// Allow lists the callers: SPIFFE IDs ("spiffe://td/ns/NS/sa/SA") or
+	// patterns whose path segments may be "*" (mtls.AuthorizePattern: a
+	// last "*" matches one or more segments, any other exactly one), such
+	// as "spiffe://td/ns/NS/*" or "spiffe://td/ns/NS/sa/*". At least one
+	// entry; each in the mesh's trust domain.
+	Allow []string `json:"allow"`
 }
 
 // Policy is the client-side traffic settings for one destination. Every field
@@ -346,6 +393,12 @@ func (m *Mesh) Workload(nodeID string) *Workload { return m.workloads[nodeID] }
 
 // PolicyFor returns the TrafficPolicy targeting s, or nil.
 func (m *Mesh) PolicyFor(s *Service) *TrafficPolicy { return m.policies[s.Key()] }
+
+// AuthorizationPoliciesFor returns the AuthorizationPolicies targeting s,
+// in m.AuthorizationPolicies order; none means every caller is allowed.
+func (m *Mesh) AuthorizationPoliciesFor(s *Service) []*AuthorizationPolicy {
+	return m.authz[s.Key()]
+}
 
 // WorkloadsOf returns the workloads serving s, in m.Workloads order.
 func (m *Mesh) WorkloadsOf(s *Service) []*Workload {

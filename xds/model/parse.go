@@ -38,6 +38,7 @@ func Parse(data []byte, source string) (*Mesh, error) {
 		services:  make(map[string]*Service),
 		workloads: make(map[string]*Workload),
 		policies:  make(map[string]*TrafficPolicy),
+		authz:     make(map[string][]*AuthorizationPolicy),
 	}
 	docs := splitDocuments(data)
 	seen := make(map[string]origin) // kind/ns/name -> first document
@@ -79,6 +80,10 @@ func Parse(data []byte, source string) (*Mesh, error) {
 			p := &TrafficPolicy{Metadata: env.Metadata, origin: o}
 			decodeSpec(ps, o, spec, &p.Spec)
 			m.TrafficPolicies = append(m.TrafficPolicies, p)
+		case KindAuthorizationPolicy:
+			p := &AuthorizationPolicy{Metadata: env.Metadata, origin: o}
+			decodeSpec(ps, o, spec, &p.Spec)
+			m.AuthorizationPolicies = append(m.AuthorizationPolicies, p)
 		}
 	}
 	if len(ps.list) > 0 {
@@ -88,6 +93,7 @@ func Parse(data []byte, source string) (*Mesh, error) {
 	sortByName(m.Services, func(s *Service) Metadata { return s.Metadata })
 	sortByName(m.Workloads, func(w *Workload) Metadata { return w.Metadata })
 	sortByName(m.TrafficPolicies, func(p *TrafficPolicy) Metadata { return p.Metadata })
+	sortByName(m.AuthorizationPolicies, func(p *AuthorizationPolicy) Metadata { return p.Metadata })
 	validate(ps, m)
 	if err := ps.err(); err != nil {
 		return nil, err
@@ -103,10 +109,10 @@ type envelope struct {
 	Spec       json.RawMessage `json:"spec"`
 }
 
-var supportedKinds = []string{KindMesh, KindService, KindWorkload, KindTrafficPolicy}
+var supportedKinds = []string{KindMesh, KindService, KindWorkload, KindTrafficPolicy, KindAuthorizationPolicy}
 
 // laterKinds are kinds the design names that arrive with later issues.
-var laterKinds = []string{"AuthorizationPolicy", "RateLimitPolicy"}
+var laterKinds = []string{"RateLimitPolicy"}
 
 // decodeEnvelope converts one YAML document to JSON and checks apiVersion,
 // kind and metadata, filling o's kind, namespace and name. It returns the

@@ -54,6 +54,7 @@ func validate(ps *problems, m *Mesh) {
 	} else if reason := trustDomain(m.Spec.TrustDomain); reason != "" {
 		ps.add(m.meshOrigin, "spec.trustDomain", "%q %s", m.Spec.TrustDomain, reason)
 	}
+	validateMTLS(ps, m)
 	if m.Spec.Defaults != nil {
 		validatePolicy(ps, m.meshOrigin, "spec.defaults", m.Spec.Defaults)
 	}
@@ -68,6 +69,9 @@ func validate(ps *problems, m *Mesh) {
 	validatePorts(ps, m)
 	for _, p := range m.TrafficPolicies {
 		validateTrafficPolicy(ps, m, p)
+	}
+	for _, p := range m.AuthorizationPolicies {
+		validateAuthorizationPolicy(ps, m, p)
 	}
 	if m.Spec.Defaults != nil {
 		checkKeepalivePair(ps, m.meshOrigin, "spec.defaults", "", m.Spec.Defaults)
@@ -219,24 +223,11 @@ func validatePorts(ps *problems, m *Mesh) {
 }
 
 func validateTrafficPolicy(ps *problems, m *Mesh, p *TrafficPolicy) {
-	o, ref := p.origin, &p.Spec.TargetRef
-	switch {
-	case ref.Kind == "":
-		ps.add(o, "spec.targetRef.kind", "required (Service)")
-	case ref.Kind != KindService:
-		ps.add(o, "spec.targetRef.kind", "unsupported kind %q (Service)", ref.Kind)
-	}
-	ns := ref.Namespace
-	if ns == "" {
-		ns = p.Metadata.Namespace
-	}
-	if ref.Name == "" {
-		ps.add(o, "spec.targetRef.name", "required")
-	} else if ref.Kind == KindService {
-		key := ref.Name + "." + ns
-		if p.Target = m.services[key]; p.Target == nil {
-			ps.add(o, "spec.targetRef", "no Service %s in the mesh file", key)
-		} else if prev := m.policies[key]; prev != nil {
+	o := p.origin
+	p.Target = resolveTarget(ps, m, o, &p.Spec.TargetRef, p.Metadata.Namespace)
+	if p.Target != nil {
+		key := p.Target.Key()
+		if prev := m.policies[key]; prev != nil {
 			ps.add(o, "spec.targetRef", "Service %s is already the target of %s", key, prev.origin.label())
 		} else {
 			m.policies[key] = p
@@ -246,6 +237,34 @@ func validateTrafficPolicy(ps *problems, m *Mesh, p *TrafficPolicy) {
 	if p.Target != nil && p.Target.Spec.Protocol == ProtocolTCP && (p.Spec.HTTP2 != nil || p.Spec.Retries != nil || p.Spec.Timeout != nil) {
 		ps.add(o, "spec", "http2, retries and timeout do not apply to tcp Service %s", p.Target.Key())
 	}
+}
+
+// resolveTarget checks a targetRef (kind Service, a name, a namespace
+// defaulting to ns) and returns the Service it names, or nil after
+// reporting why there is none.
+func resolveTarget(ps *problems, m *Mesh, o origin, ref *TargetRef, ns string) *Service {
+	switch {
+	case ref.Kind == "":
+		ps.add(o, "spec.targetRef.kind", "required (Service)")
+	case ref.Kind != KindService:
+		ps.add(o, "spec.targetRef.kind", "unsupported kind %q (Service)", ref.Kind)
+	}
+	if ref.Namespace != "" {
+		ns = ref.Namespace
+	}
+	if ref.Name == "" {
+		ps.add(o, "spec.targetRef.name", "required")
+		return nil
+	}
+	if ref.Kind != KindService {
+		return nil
+	}
+	key := ref.Name + "." + ns
+	s := m.services[key]
+	if s == nil {
+		ps.add(o, "spec.targetRef", "no Service %s in the mesh file", key)
+	}
+	return s
 }
 
 // validatePolicy rejects impossible values; risky ones are warnings (see
