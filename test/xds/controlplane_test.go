@@ -72,7 +72,7 @@ func TestControlPlaneRejectsBadStart(t *testing.T) {
 		{"no config", []string{"control-plane"}, 2, "--config MESH.yaml is required"},
 		{"missing file", []string{"control-plane", "--config", filepath.Join(dir, "absent.yaml")}, 1, "no such file"},
 		{"unknown field", []string{"control-plane", "--config", bad}, 1, "spec.colour"},
-		{"bad address", []string{"control-plane", "--config", writeGood(t, dir), "--xds-address", "127.0.0.1:99999"}, 1, "--xds-address"},
+		{"bad address", []string{"control-plane", "--config", writeGood(t, dir), "--ca-dir", filepath.Join(dir, "ca"), "--xds-address", "127.0.0.1:99999"}, 1, "--xds-address"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

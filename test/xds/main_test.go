@@ -76,9 +76,13 @@ const (
 // controlPlane is a running `meshd control-plane`.
 type controlPlane struct {
 	XDS, Admin string
-	cmd        *exec.Cmd
-	stderr     *lockedBuffer
-	done       chan struct{}
+	// CADir is the built-in CA's --ca-dir (under the test's temp dir, so
+	// no test writes into the user's config dir); `meshd bootstrap
+	// --ca-dir` derives workload tokens from it.
+	CADir  string
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	done   chan struct{}
 }
 
 type lockedBuffer struct {
@@ -98,18 +102,20 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startControlPlane starts meshd control-plane on port 0 for meshPath and
+// startControlPlane starts meshd control-plane on port 0 for meshPath, with
+// its CA in a fresh directory under t.TempDir() and any extra flags, and
 // waits until /readyz answers 200. The process is killed at cleanup.
-func startControlPlane(t *testing.T, meshPath string) *controlPlane {
+func startControlPlane(t *testing.T, meshPath string, extra ...string) *controlPlane {
 	t.Helper()
 	bin := testutil.BuildMeshd(t)
 	dir := t.TempDir()
 	xdsPath, adminPath := filepath.Join(dir, "xds-address"), filepath.Join(dir, "admin-address")
-	cp := &controlPlane{stderr: &lockedBuffer{}, done: make(chan struct{})}
-	cp.cmd = exec.Command(bin, "control-plane", "--config", meshPath,
+	cp := &controlPlane{CADir: filepath.Join(dir, "ca"), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	args := []string{"control-plane", "--config", meshPath,
 		"--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
 		"--xds-address-path", xdsPath, "--admin-address-path", adminPath,
-		"--poll-interval", "50ms")
+		"--poll-interval", "50ms", "--ca-dir", cp.CADir}
+	cp.cmd = exec.Command(bin, append(args, extra...)...)
 	cp.cmd.Stderr = cp.stderr
 	cp.cmd.WaitDelay = time.Second
 	if err := cp.cmd.Start(); err != nil {

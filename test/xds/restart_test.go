@@ -26,16 +26,16 @@ const (
 )
 
 // startControlPlaneOn is startControlPlane with the xDS server on a fixed
-// address, so a restarted control plane is found where the sidecars'
-// bootstraps point.
-func startControlPlaneOn(t *testing.T, meshPath, xdsAddr string) *controlPlane {
+// address and its CA in caDir, so a restarted control plane is found where
+// the sidecars' bootstraps point and keeps the same root and token secret.
+func startControlPlaneOn(t *testing.T, meshPath, xdsAddr, caDir string) *controlPlane {
 	t.Helper()
 	bin := testutil.BuildMeshd(t)
 	adminPath := filepath.Join(t.TempDir(), "admin-address")
-	cp := &controlPlane{XDS: xdsAddr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	cp := &controlPlane{XDS: xdsAddr, CADir: caDir, stderr: &lockedBuffer{}, done: make(chan struct{})}
 	cp.cmd = exec.Command(bin, "control-plane", "--config", meshPath,
 		"--xds-address", xdsAddr, "--admin-address", "127.0.0.1:0",
-		"--admin-address-path", adminPath, "--poll-interval", "50ms")
+		"--admin-address-path", adminPath, "--poll-interval", "50ms", "--ca-dir", caDir)
 	cp.cmd.Stderr = cp.stderr
 	cp.cmd.WaitDelay = time.Second
 	if err := cp.cmd.Start(); err != nil {
@@ -111,7 +111,8 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	writeFile(t, meshPath, text)
 	xdsAddr := "127.0.0.1:" + strconv.Itoa(freePorts(t, 1)[0])
 
-	cp := startControlPlaneOn(t, meshPath, xdsAddr)
+	caDir := filepath.Join(t.TempDir(), "ca")
+	cp := startControlPlaneOn(t, meshPath, xdsAddr, caDir)
 	first := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
 	sidecars := startSidecars(t, meshPath, xdsAddr)
 	all := changedTypes(&translate.Result{}, translated(t, text))
@@ -139,7 +140,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	load.waitCalls(t, 50, "calls while the control plane is down")
 
 	restartedAt := time.Now()
-	restarted := startControlPlaneOn(t, meshPath, xdsAddr)
+	restarted := startControlPlaneOn(t, meshPath, xdsAddr, caDir)
 	deadline := time.Now().Add(reconnectTimeout)
 	var st server.Status
 	for time.Now().Before(deadline) {
