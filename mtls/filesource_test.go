@@ -151,6 +151,11 @@ func TestFileSourceRotation(t *testing.T) {
 	if got := len(b.X509Authorities()); got != 2 {
 		t.Fatalf("bundle has %d roots after adding one, want 2", got)
 	}
+	// The log line follows the publish; wait for it.
+	deadline := time.Now().Add(fileWaitTimeout)
+	for strings.Count(logs.String(), "SVID reloaded from files") < rotations+1 && time.Now().Before(deadline) {
+		time.Sleep(filePoll)
+	}
 	if n := strings.Count(logs.String(), "SVID reloaded from files"); n != rotations+1 {
 		t.Errorf("%d reload log lines, want %d:\n%s", n, rotations+1, logs)
 	}
