@@ -34,6 +34,9 @@ func validateAuthorizationPolicy(ps *problems, m *Mesh, p *AuthorizationPolicy) 
 		key := p.Target.Key()
 		m.authz[key] = append(m.authz[key], p)
 	}
+	if m.Spec.MTLS == MTLSDisable {
+		ps.add(o, "", "needs mTLS to know its callers, but the Mesh's spec.mtls is DISABLE (every call would be denied)")
+	}
 	if len(p.Spec.Allow) == 0 {
 		ps.add(o, "spec.allow", "at least one SPIFFE ID or pattern is required")
 	}

@@ -93,6 +93,9 @@ func TestAuthorizationPolicyErrors(t *testing.T) {
 		{"tcp target", meshTD + header + "kind: Service\nmetadata: {name: db, namespace: demo}\nspec: {protocol: tcp, port: 5432}\n" +
 			authzDoc("{targetRef: {kind: Service, name: db}, allow: [\"spiffe://td.test/ns/a/sa/b\"]}"),
 			[]string{"spec.targetRef: Service db.demo is tcp"}},
+		{"policy without mTLS", header + "kind: Mesh\nmetadata: {name: m}\nspec: {mtls: disable}\n---\n" + greeter +
+			authzDoc("{targetRef: {kind: Service, name: greeter}, allow: [\"spiffe://cluster.local/ns/a/sa/b\"]}"),
+			[]string{"document 3 (AuthorizationPolicy demo/a): needs mTLS to know its callers"}},
 		{"bad mtls mode", header + "kind: Mesh\nmetadata: {name: m}\nspec: {mtls: optional}\n",
 			[]string{"document 1 (Mesh default/m): spec.mtls: unknown mode \"optional\" (one of STRICT, PERMISSIVE, DISABLE)"}},
 	}

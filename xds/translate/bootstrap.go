@@ -11,6 +11,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -29,7 +30,10 @@ const xdsConnectTimeout = time.Second
 // workload's spec.admin, and dynamic_resources with ads_config over gRPC to
 // the static HTTP/2 cluster XDSClusterName at xdsAddr (host:port; a host
 // that is not an IP is resolved with STRICT_DNS) and lds_config/cds_config
-// from ADS. Admin is not an xDS resource, which is why it lives here.
+// from ADS, and the static cluster IdentityClusterName to the same address
+// over which the mTLS SDS secrets are fetched. Admin is not an xDS
+// resource, which is why it lives here. The caller adds the workload's CA
+// token to node.metadata (ca.SetNodeToken).
 func Bootstrap(m *model.Mesh, nodeID, xdsAddr string) (*bootstrapv3.Bootstrap, error) {
 	w := m.Workload(nodeID)
 	if w == nil {
@@ -61,6 +65,13 @@ func Bootstrap(m *model.Mesh, nodeID, xdsAddr string) (*bootstrapv3.Bootstrap, e
 	}
 	xds.TypedExtensionProtocolOptions = map[string]*anypb.Any{HTTPProtocolOptionsKey: opts}
 
+	// The SDS secrets of mTLS (SVIDSecretName, BundleSecretName) come over
+	// their own cluster to the same address: the built-in CA serves next
+	// to xDS, and a sidecar can tell identity traffic from config traffic.
+	identity := proto.Clone(xds).(*clusterv3.Cluster)
+	identity.Name = IdentityClusterName
+	identity.LoadAssignment.ClusterName = IdentityClusterName
+
 	b := &bootstrapv3.Bootstrap{
 		Node: &corev3.Node{Id: nodeID, Cluster: cluster},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
@@ -74,7 +85,7 @@ func Bootstrap(m *model.Mesh, nodeID, xdsAddr string) (*bootstrapv3.Bootstrap, e
 			LdsConfig: ads(),
 			CdsConfig: ads(),
 		},
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds}},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds, identity}},
 	}
 	if w.Spec.Admin != "" {
 		ahost, aport, err := splitHostPort(w.Spec.Admin)

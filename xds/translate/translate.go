@@ -70,7 +70,9 @@ type Resources struct {
 	Routes    []types.Resource // *routev3.RouteConfiguration
 	Clusters  []types.Resource // *clusterv3.Cluster
 	Endpoints []types.Resource // *endpointv3.ClusterLoadAssignment
-	Secrets   []types.Resource // *tlsv3.Secret (none until mTLS lands)
+	// Secrets stays empty: SVIDs and bundles reach sidecars from their own
+	// CA client as local SDS secrets (SVIDSecretName, BundleSecretName).
+	Secrets []types.Resource // *tlsv3.Secret
 }
 
 // Result is the translation of a whole mesh.
@@ -171,14 +173,16 @@ func (t *translator) node(w *model.Workload) *Resources {
 		if svc.Spec.Protocol == model.ProtocolTCP {
 			r.Listeners = append(r.Listeners, t.tcpListener(name, out.Port, cname))
 		} else {
-			r.Listeners = append(r.Listeners, t.httpListener(name, out.Port, t.rds(name), nil))
+			r.Listeners = append(r.Listeners, t.httpListener(name, out.Port, t.rds(name), nil, nil))
 			r.Routes = append(r.Routes, t.routeConfig(name, svc.Key(), t.route(cname, t.m.EffectivePolicy(svc), false)))
 		}
 		if clusters[cname] {
 			continue
 		}
 		clusters[cname] = true
-		r.Clusters = append(r.Clusters, t.outboundCluster(cname, svc))
+		c := t.outboundCluster(cname, svc)
+		t.secureOutbound(c, svc)
+		r.Clusters = append(r.Clusters, c)
 		r.Endpoints = append(r.Endpoints, t.assignment(cname, svc))
 	}
 	return r
@@ -208,8 +212,9 @@ func (t *translator) inbound(r *Resources, w *model.Workload, in *model.Inbound)
 				h2 = nil
 			}
 		}
-		r.Listeners = append(r.Listeners, t.httpListener(name, in.Port, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}, h2))
+		r.Listeners = append(r.Listeners, t.httpListener(name, in.Port, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}, h2, t.rbacFilter(svc)))
 	}
+	t.secureInbound(r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener))
 	host, portStr, err := net.SplitHostPort(in.App)
 	if err != nil {
 		t.fail(fmt.Errorf("translate: Workload %s/%s: spec.inbound.app %q: %w", w.Metadata.Namespace, w.Metadata.Name, in.App, err))
@@ -235,15 +240,17 @@ func (t *translator) rds(name string) *hcmv3.HttpConnectionManager_Rds {
 	return &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: ads(), RouteConfigName: name}}
 }
 
-func (t *translator) hcm(statPrefix string, routes any, h2 *corev3.Http2ProtocolOptions) *hcmv3.HttpConnectionManager {
+// hcm is an HTTP connection manager whose http_filters are filters (nil:
+// none) followed by the router.
+func (t *translator) hcm(statPrefix string, routes any, h2 *corev3.Http2ProtocolOptions, filters []*hcmv3.HttpFilter) *hcmv3.HttpConnectionManager {
 	h := &hcmv3.HttpConnectionManager{
 		StatPrefix:           statPrefix,
 		CodecType:            hcmv3.HttpConnectionManager_AUTO,
 		Http2ProtocolOptions: h2,
-		HttpFilters: []*hcmv3.HttpFilter{{
+		HttpFilters: append(slices.Clip(filters), &hcmv3.HttpFilter{
 			Name:       RouterFilterName,
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: t.typed(&routerv3.Router{})},
-		}},
+		}),
 	}
 	switch r := routes.(type) {
 	case *hcmv3.HttpConnectionManager_Rds:
@@ -260,13 +267,13 @@ func statPrefix(name string) string {
 	return strings.NewReplacer("|", "_", ":", "_", ".", "_").Replace(name)
 }
 
-func (t *translator) httpListener(name string, port uint32, routes any, h2 *corev3.Http2ProtocolOptions) *listenerv3.Listener {
+func (t *translator) httpListener(name string, port uint32, routes any, h2 *corev3.Http2ProtocolOptions, filters []*hcmv3.HttpFilter) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:    name,
 		Address: socketAddress(LocalAddress, port),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name:       HCMFilterName,
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: t.typed(t.hcm(statPrefix(name), routes, h2))},
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: t.typed(t.hcm(statPrefix(name), routes, h2, filters))},
 		}}}},
 	}
 }
@@ -488,7 +495,7 @@ func (t *translator) proxyless() *Resources {
 		p := t.m.EffectivePolicy(svc)
 		r.Listeners = append(r.Listeners, &listenerv3.Listener{
 			Name:        name,
-			ApiListener: &listenerv3.ApiListener{ApiListener: t.typed(t.hcm(statPrefix(name), t.rds(name), nil))},
+			ApiListener: &listenerv3.ApiListener{ApiListener: t.typed(t.hcm(statPrefix(name), t.rds(name), nil, nil))},
 		})
 		r.Routes = append(r.Routes, t.routeConfig(name, svc.Key(), t.route(cname, p, true)))
 		c := t.edsCluster(cname, p)
