@@ -77,6 +77,14 @@ type Config struct {
 	// TLS, when non-nil, makes the listener terminate TLS with it. The
 	// caller sets NextProtos (e.g. "h2", "http/1.1") for ALPN.
 	TLS *tls.Config
+	// TLSOptional, with TLS set, serves a connection whose first byte is
+	// not a TLS record of type handshake (22, which every ClientHello
+	// starts with) in plaintext instead of failing its handshake: Envoy's
+	// tls_inspector choosing between a filter chain matching
+	// transport_protocol "tls" and a plaintext ("raw_buffer") one. The
+	// byte is read within HandshakeTimeout and replayed to the TLS server
+	// or the codec.
+	TLSOptional bool
 	// HandshakeTimeout bounds the TLS handshake plus protocol detection.
 	// Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
@@ -95,8 +103,10 @@ type Config struct {
 	// StatsScope). The listener adds downstream_cx_total,
 	// downstream_cx_active, downstream_cx_destroy, downstream_cx_length_ms,
 	// downstream_pre_cx_active, downstream_pre_cx_timeout,
-	// downstream_cx_transport_socket_connect_timeout, ssl.handshake and
-	// ssl.connection_error. Nil keeps stats private to the listener.
+	// downstream_cx_transport_socket_connect_timeout, ssl.handshake,
+	// ssl.connection_error and, with TLSOptional, tls_inspector.tls_found
+	// and tls_inspector.tls_not_found. Nil keeps stats private to the
+	// listener.
 	Stats *stats.Scope
 }
 
@@ -121,6 +131,7 @@ type Listener struct {
 type listenerStats struct {
 	cxTotal, cxDestroy, preCxTimeout, transportTimeout *stats.Counter
 	sslHandshake, sslConnError                         *stats.Counter
+	tlsFound, tlsNotFound                              *stats.Counter
 	cxActive, preCxActive                              *stats.Gauge
 	cxLength                                           *stats.Histogram
 }
@@ -166,6 +177,8 @@ func Listen(cfg Config) (*Listener, error) {
 			transportTimeout: scope.Counter("downstream_cx_transport_socket_connect_timeout"),
 			sslHandshake:     ssl.Counter("handshake"),
 			sslConnError:     ssl.Counter("connection_error"),
+			tlsFound:         scope.Scope("tls_inspector").Counter("tls_found"),
+			tlsNotFound:      scope.Scope("tls_inspector").Counter("tls_not_found"),
 			cxActive:         scope.Gauge("downstream_cx_active"),
 			preCxActive:      scope.Gauge("downstream_pre_cx_active"),
 			cxLength:         scope.Histogram("downstream_cx_length_ms"),
@@ -427,8 +440,24 @@ func (l *Listener) prepare(raw net.Conn, info *stream.ConnInfo) (net.Conn, Codec
 	}
 	nc := raw
 	codec := l.cfg.Codec
-	if l.cfg.TLS != nil {
-		tc := tls.Server(raw, l.cfg.TLS)
+	useTLS := l.cfg.TLS != nil
+	if useTLS && l.cfg.TLSOptional {
+		var err error
+		nc, useTLS, err = inspectTLS(raw)
+		if err != nil {
+			if isTimeout(err) {
+				l.stat.preCxTimeout.Inc()
+			}
+			return nil, 0, fmt.Errorf("detecting TLS: %w", err)
+		}
+		if useTLS {
+			l.stat.tlsFound.Inc()
+		} else {
+			l.stat.tlsNotFound.Inc()
+		}
+	}
+	if useTLS {
+		tc := tls.Server(nc, l.cfg.TLS)
 		if err := tc.Handshake(); err != nil {
 			l.stat.sslConnError.Inc()
 			if isTimeout(err) {
@@ -468,6 +497,25 @@ func (l *Listener) prepare(raw net.Conn, info *stream.ConnInfo) (net.Conn, Codec
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// recordTypeHandshake is the TLS record content type of a ClientHello
+// (RFC 8446 section 5.1, RFC 5246 section 6.2.1).
+const recordTypeHandshake = 22
+
+// inspectTLS reads the connection's first byte and reports whether it
+// opens a TLS handshake record. The returned conn replays that byte.
+func inspectTLS(c net.Conn) (net.Conn, bool, error) {
+	var b [1]byte
+	for {
+		n, err := c.Read(b[:])
+		if n == 1 {
+			return &replayConn{Conn: c, buf: b[:]}, b[0] == recordTypeHandshake, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+	}
 }
 
 // preface is the HTTP/2 client connection preface (RFC 9113 section 3.4).
