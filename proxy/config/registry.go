@@ -33,6 +33,8 @@ const (
 	UpstreamTransportSocket ExtensionPoint = "upstream transport socket"
 	// ClusterProtocolOptions is a value of Cluster.typed_extension_protocol_options.
 	ClusterProtocolOptions ExtensionPoint = "cluster protocol options"
+	// ListenerFilter is envoy.config.listener.v3.ListenerFilter.typed_config.
+	ListenerFilter ExtensionPoint = "listener filter"
 	// AccessLogger is envoy.config.accesslog.v3.AccessLog.typed_config.
 	AccessLogger ExtensionPoint = "access logger"
 	// OtherExtension is every other Any in the API.
@@ -54,6 +56,7 @@ func init() {
 	}{
 		{NetworkFilter, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"},
 		{NetworkFilter, tcpProxyType},
+		{ListenerFilter, tlsInspectorType},
 		{DownstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"},
 		{UpstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"},
 		{ClusterProtocolOptions, "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},
