@@ -314,8 +314,8 @@ var badCases = []struct {
 	{
 		name:       "admin pipe address",
 		edits:      []edit{{"socket_address: { address: 127.0.0.1, port_value: 9901 }", "pipe: { path: /tmp/admin.sock }"}},
-		wantPath:   "admin.address.pipe",
-		wantReason: "field not supported by meshd",
+		wantPath:   "admin.address",
+		wantReason: "a socket_address is required",
 	},
 	{
 		name:       "protocol options under the wrong key",

@@ -38,11 +38,15 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.config.core.v3.ApiConfigSource":                 {supported: names("api_type", "transport_api_version", "grpc_services")},
 	"envoy.config.core.v3.GrpcService":                     {supported: names("envoy_grpc", "timeout")},
 	"envoy.config.core.v3.GrpcService.EnvoyGrpc":           {supported: names("cluster_name")},
-	"envoy.config.core.v3.ConfigSource":                    {supported: names("ads", "resource_api_version")},
-	"envoy.config.core.v3.AggregatedConfigSource":          {},
+	// api_config_source is honoured only in TLS contexts' sds_config
+	// (validate.go); lds/cds/rds/eds config sources must be ads.
+	"envoy.config.core.v3.ConfigSource":           {supported: names("ads", "api_config_source", "resource_api_version")},
+	"envoy.config.core.v3.AggregatedConfigSource": {},
 
 	// Addresses.
-	"envoy.config.core.v3.Address":       {supported: names("socket_address")},
+	// pipe only in a cluster naming an SDS or Workload API socket.
+	"envoy.config.core.v3.Address":       {supported: names("socket_address", "pipe")},
+	"envoy.config.core.v3.Pipe":          {supported: names("path")},
 	"envoy.config.core.v3.SocketAddress": {supported: names("protocol", "address", "port_value")},
 
 	// Listeners.
@@ -227,10 +231,16 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	},
 	"envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext": {supported: names("common_tls_context", "sni")},
 	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext": {
-		supported: names("tls_certificates", "validation_context", "alpn_protocols"),
+		supported: names("tls_certificates", "validation_context", "alpn_protocols",
+			"tls_certificate_sds_secret_configs", "validation_context_sds_secret_config", "combined_validation_context"),
 	},
+	"envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig": {supported: names("name", "sds_config")},
+	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext": {
+		supported: names("default_validation_context", "validation_context_sds_secret_config"),
+	},
+	"envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher":        {supported: names("san_type", "matcher")},
 	"envoy.extensions.transport_sockets.tls.v3.TlsCertificate":               {supported: names("certificate_chain", "private_key")},
-	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext": {supported: names("trusted_ca")},
+	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext": {supported: names("trusted_ca", "match_typed_subject_alt_names")},
 }
 
 // leafMessages are the message types honoured whole: every field they have

@@ -21,6 +21,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 
+	"meshd.dev/meshd/mtls"
 	httpcm "meshd.dev/meshd/proxy/http/hcm"
 	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/tcpproxy"
@@ -73,9 +74,12 @@ type Listener struct {
 	Address string // "ip:port"
 	// TLS is the server TLS config, nil for plaintext.
 	TLS *tls.Config
-	HCM *httpcm.Config
-	TCP *tcpproxy.Config
-	raw *listenerv3.Listener
+	// Identity is the SVID source of an SDS-fed TLS context, nil
+	// otherwise; for the admin's /certs and /listeners.
+	Identity mtls.Source
+	HCM      *httpcm.Config
+	TCP      *tcpproxy.Config
+	raw      *listenerv3.Listener
 }
 
 // SameSocket reports whether o can keep l's bound socket and connections:
@@ -102,6 +106,13 @@ func Compile(b *bootstrapv3.Bootstrap) (*Snapshot, error) {
 // using rds gets the RouteConfiguration of that name, which must be
 // present. Errors name the resource and the field path below it.
 func CompileResources(b *bootstrapv3.Bootstrap, d *DynamicResources) (*Snapshot, error) {
+	return CompileResourcesWith(b, d, nil)
+}
+
+// CompileResourcesWith is CompileResources with TLS contexts' SDS secrets
+// resolved through secrets (the sidecar's identity manager). With nil
+// secrets, a TLS context using SDS is a compile error naming it.
+func CompileResourcesWith(b *bootstrapv3.Bootstrap, d *DynamicResources, secrets tlscontext.Secrets) (*Snapshot, error) {
 	s := &Snapshot{Version: "bootstrap", Node: b.GetNode(), Bootstrap: b, Dynamic: d}
 	if d != nil {
 		s.Version = versionString(d.Versions)
@@ -145,7 +156,7 @@ func CompileResources(b *bootstrapv3.Bootstrap, d *DynamicResources) (*Snapshot,
 		}
 	}
 	addListener := func(where string, l *listenerv3.Listener) {
-		cl, err := CompileListener(l)
+		cl, err := CompileListenerWith(l, secrets)
 		if err == nil {
 			err = bindRoutes(cl, routes)
 		}
@@ -156,7 +167,11 @@ func CompileResources(b *bootstrapv3.Bootstrap, d *DynamicResources) (*Snapshot,
 		s.Listeners = append(s.Listeners, cl)
 	}
 	addCluster := func(where string, c *clusterv3.Cluster) {
-		spec, err := upstream.CompileCluster(c)
+		if IsIdentityCluster(c) {
+			// A pipe cluster only names an SDS or Workload API socket.
+			return
+		}
+		spec, err := upstream.CompileClusterWith(c, secrets)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", where, err))
 			return
@@ -231,8 +246,15 @@ func versionString(v map[string]string) string {
 }
 
 // CompileListener compiles one listener. Errors name the field path below
-// the listener.
+// the listener. A TLS context with SDS secrets is an error here;
+// CompileListenerWith resolves them.
 func CompileListener(l *listenerv3.Listener) (*Listener, error) {
+	return CompileListenerWith(l, nil)
+}
+
+// CompileListenerWith is CompileListener with the SDS secrets of a
+// DownstreamTlsContext resolved through secrets (nil: SDS is an error).
+func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*Listener, error) {
 	addr, err := socketAddress(l.GetAddress())
 	if err != nil {
 		return nil, fmt.Errorf("address: %w", err)
@@ -246,7 +268,7 @@ func CompileListener(l *listenerv3.Listener) (*Listener, error) {
 		return nil, fmt.Errorf("filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported, got %d", len(fc.GetFilters()))
 	}
 	if isTCPProxy(fc.GetFilters()[0]) {
-		return compileTCPListener(l, addr)
+		return compileTCPListener(l, addr, secrets)
 	}
 	var m hcmv3.HttpConnectionManager
 	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
@@ -265,14 +287,21 @@ func CompileListener(l *listenerv3.Listener) (*Listener, error) {
 		if err := ts.GetTypedConfig().UnmarshalTo(&dtc); err != nil {
 			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config: %w", err)
 		}
-		cfg, err := serverTLS(&dtc, h.Codec)
+		cfg, src, err := downstreamTLS(&dtc, codecALPN(h.Codec), secrets)
 		if err != nil {
 			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config.%w", err)
 		}
-		out.TLS = cfg
+		out.TLS, out.Identity = cfg, src
 		if len(cfg.Certificates) > 0 {
 			if p := httpcm.LocalPrincipal(cfg.Certificates[0].Leaf); p != "" {
 				h.LocalPrincipal = p
+			}
+		}
+		if src != nil {
+			// The SVID's ID is stable across rotations; the identity
+			// manager has it before the first snapshot is compiled.
+			if svid, err := src.GetX509SVID(); err == nil {
+				h.LocalPrincipal = svid.ID.String()
 			}
 		}
 	}
@@ -294,19 +323,35 @@ func socketAddress(a *corev3.Address) (string, error) {
 	return net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(port))), nil
 }
 
-// serverTLS builds a server tls.Config from static certificate files in a
-// DownstreamTlsContext. ALPN defaults to what the codec can serve.
-func serverTLS(dtc *tlsv3.DownstreamTlsContext, codec httpcm.Codec) (*tls.Config, error) {
-	ctx := dtc.GetCommonTlsContext()
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+// codecALPN is the ALPN a listener offers by default: what its codec can
+// serve.
+func codecALPN(codec httpcm.Codec) []string {
 	switch codec {
 	case httpcm.CodecHTTP2:
-		cfg.NextProtos = []string{"h2"}
+		return []string{"h2"}
 	case httpcm.CodecHTTP1:
-		cfg.NextProtos = []string{"http/1.1"}
+		return []string{"http/1.1"}
 	default:
-		cfg.NextProtos = []string{"h2", "http/1.1"}
+		return []string{"h2", "http/1.1"}
 	}
+}
+
+// downstreamTLS builds a listener's server tls.Config: from SDS secrets
+// through secrets (returning their source too), or from static files.
+// ALPN is alpn_protocols, else defaultALPN.
+func downstreamTLS(dtc *tlsv3.DownstreamTlsContext, defaultALPN []string, secrets tlscontext.Secrets) (*tls.Config, mtls.Source, error) {
+	if tlscontext.UsesSDS(dtc.GetCommonTlsContext()) {
+		return tlscontext.SDSServerConfig(dtc, defaultALPN, secrets)
+	}
+	cfg, err := serverTLS(dtc, defaultALPN)
+	return cfg, nil, err
+}
+
+// serverTLS builds a server tls.Config from static certificate files in a
+// DownstreamTlsContext. ALPN is alpn_protocols, else defaultALPN.
+func serverTLS(dtc *tlsv3.DownstreamTlsContext, defaultALPN []string) (*tls.Config, error) {
+	ctx := dtc.GetCommonTlsContext()
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: defaultALPN}
 	if p := ctx.GetAlpnProtocols(); len(p) > 0 {
 		cfg.NextProtos = p
 	}
@@ -346,3 +391,20 @@ func (s *Store) Load() *Snapshot { return s.p.Load() }
 
 // Swap publishes snap and returns the previous snapshot.
 func (s *Store) Swap(snap *Snapshot) *Snapshot { return s.p.Swap(snap) }
+
+// IsIdentityCluster reports whether c is a static cluster whose endpoints
+// are all pipe (Unix socket) addresses: such a cluster only names the
+// socket of an SDS server or SPIFFE Workload API for TLS contexts'
+// sds_config and is not compiled as an upstream.
+func IsIdentityCluster(c *clusterv3.Cluster) bool {
+	n := 0
+	for _, lle := range c.GetLoadAssignment().GetEndpoints() {
+		for _, lbe := range lle.GetLbEndpoints() {
+			if lbe.GetEndpoint().GetAddress().GetPipe() == nil {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
+}

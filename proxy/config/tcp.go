@@ -7,8 +7,8 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
-	httpcm "meshd.dev/meshd/proxy/http/hcm"
 	"meshd.dev/meshd/proxy/tcpproxy"
+	"meshd.dev/meshd/proxy/tlscontext"
 )
 
 // tcpProxyType is the full name of the tcp_proxy network filter's config.
@@ -23,7 +23,7 @@ func isTCPProxy(f *listenerv3.Filter) bool {
 // tcp_proxy. Its TLS context, if any, negotiates ALPN only when
 // common_tls_context.alpn_protocols lists protocols (a byte stream has no
 // default). Errors name the field path below the listener.
-func compileTCPListener(l *listenerv3.Listener, addr string) (*Listener, error) {
+func compileTCPListener(l *listenerv3.Listener, addr string, secrets tlscontext.Secrets) (*Listener, error) {
 	fc := l.GetFilterChains()[0]
 	var tp tcpproxyv3.TcpProxy
 	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&tp); err != nil {
@@ -42,12 +42,11 @@ func compileTCPListener(l *listenerv3.Listener, addr string) (*Listener, error) 
 		if err := ts.GetTypedConfig().UnmarshalTo(&dtc); err != nil {
 			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config: %w", err)
 		}
-		tc, err := serverTLS(&dtc, httpcm.CodecAuto)
+		tc, src, err := downstreamTLS(&dtc, nil, secrets)
 		if err != nil {
 			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config.%w", err)
 		}
-		tc.NextProtos = dtc.GetCommonTlsContext().GetAlpnProtocols()
-		out.TLS = tc
+		out.TLS, out.Identity = tc, src
 	}
 	return out, nil
 }

@@ -24,6 +24,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"meshd.dev/meshd/proxy/tlscontext"
 )
 
 // FieldError is one problem in a configuration: the path of the field, in
@@ -89,6 +91,9 @@ type ResourceOptions struct {
 	// tcp_proxy references must name. When nil (clusters come from CDS and
 	// are checked by the caller) references are not checked.
 	Clusters map[string]bool
+	// IdentityClusters are the static clusters with pipe endpoints (see
+	// IsIdentityCluster), which routes and tcp_proxy must not name.
+	IdentityClusters map[string]bool
 }
 
 // ValidateBootstrap validates a decoded bootstrap: the protos' generated
@@ -112,6 +117,12 @@ func ValidateBootstrap(b *bootstrapv3.Bootstrap) error {
 	static := map[string]bool{}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		static[c.GetName()] = true
+		if IsIdentityCluster(c) {
+			if opts.IdentityClusters == nil {
+				opts.IdentityClusters = map[string]bool{}
+			}
+			opts.IdentityClusters[c.GetName()] = true
+		}
 	}
 	if dyn.GetCdsConfig() == nil {
 		opts.Clusters = static
@@ -575,6 +586,8 @@ func (v *validator) listener(path string, l *listenerv3.Listener, opts ResourceO
 		v.addf(join(path, "address"), "required")
 	case sa != nil:
 		v.bindAddress(join(path, "address.socket_address"), sa)
+	default:
+		v.addf(join(path, "address"), "a socket_address is required (listeners on pipes are not supported)")
 	}
 	switch n := len(l.GetFilterChains()); {
 	case n == 0:
@@ -634,6 +647,13 @@ func (v *validator) filterChain(path string, fc *listenerv3.FilterChain, opts Re
 func (v *validator) downstreamTLS(path string, tc *tlsv3.DownstreamTlsContext) {
 	ctx := tc.GetCommonTlsContext()
 	cpath := join(path, "common_tls_context")
+	if tlscontext.UsesSDS(ctx) {
+		if !tc.GetRequireClientCertificate().GetValue() {
+			v.addf(join(path, "require_client_certificate"), "must be true with SDS secrets (mutual TLS between SPIFFE identities)")
+		}
+		v.sdsSecrets(cpath, ctx)
+		return
+	}
 	if len(ctx.GetTlsCertificates()) == 0 {
 		v.addf(join(cpath, "tls_certificates"), "a server certificate is required")
 	}
@@ -641,6 +661,32 @@ func (v *validator) downstreamTLS(path string, tc *tlsv3.DownstreamTlsContext) {
 	if tc.GetRequireClientCertificate().GetValue() && ctx.GetValidationContext().GetTrustedCa() == nil {
 		v.addf(join(cpath, "validation_context.trusted_ca"), "required when require_client_certificate is true")
 	}
+}
+
+// sdsSecrets checks the SDS secret configs of a common_tls_context at
+// path: each names a gRPC config source cluster or ads (the rest is
+// checked when the context is compiled, with the secrets at hand).
+func (v *validator) sdsSecrets(path string, ctx *tlsv3.CommonTlsContext) {
+	check := func(p string, sc *tlsv3.SdsSecretConfig) {
+		if sc == nil {
+			return
+		}
+		if sc.GetName() == "" {
+			v.addf(join(p, "name"), "required")
+		}
+		if sc.GetSdsConfig() == nil {
+			v.addf(join(p, "sds_config"), "required (static_resources.secrets are not supported)")
+			return
+		}
+		if _, _, err := tlscontext.SDSClusterName(sc.GetSdsConfig()); err != nil {
+			v.addf(p, "%v", err)
+		}
+	}
+	for i, sc := range ctx.GetTlsCertificateSdsSecretConfigs() {
+		check(fmt.Sprintf("%s[%d]", join(path, "tls_certificate_sds_secret_configs"), i), sc)
+	}
+	check(join(path, "validation_context_sds_secret_config"), ctx.GetValidationContextSdsSecretConfig())
+	check(join(path, "combined_validation_context.validation_context_sds_secret_config"), ctx.GetCombinedValidationContext().GetValidationContextSdsSecretConfig())
 }
 
 func (v *validator) certificates(path string, certs []*tlsv3.TlsCertificate) {
@@ -743,6 +789,9 @@ func (v *validator) clusterRef(path, name string, opts ResourceOptions) {
 	if opts.Clusters != nil && !opts.Clusters[name] {
 		v.addf(path, "unknown cluster %q", name)
 	}
+	if opts.IdentityClusters[name] {
+		v.addf(path, "cluster %q has pipe endpoints: it serves only as an SDS or Workload API source, not as an upstream", name)
+	}
 }
 
 var (
@@ -803,6 +852,17 @@ func (v *validator) endpoints(path string, c *clusterv3.Cluster, typ clusterv3.C
 		for j, lbe := range lle.GetLbEndpoints() {
 			n++
 			epath := fmt.Sprintf("%s.endpoints[%d].lb_endpoints[%d].endpoint.address", lpath, i, j)
+			if p := lbe.GetEndpoint().GetAddress().GetPipe(); p != nil {
+				switch {
+				case !IsIdentityCluster(c):
+					v.addf(join(epath, "pipe"), "a cluster's endpoints are either all pipes (an SDS or Workload API socket) or all socket addresses")
+				case typ != clusterv3.Cluster_STATIC:
+					v.addf(join(epath, "pipe"), "pipe endpoints need a STATIC cluster")
+				case p.GetPath() == "":
+					v.addf(join(epath, "pipe.path"), "required")
+				}
+				continue
+			}
 			sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
 			if sa == nil {
 				v.addf(epath, "a socket_address is required")

@@ -22,6 +22,7 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
 
+	"meshd.dev/meshd/mtls"
 	"meshd.dev/meshd/proxy/lb"
 	"meshd.dev/meshd/proxy/tlscontext"
 )
@@ -148,6 +149,9 @@ type Spec struct {
 	PerConnectionBufferLimit uint32
 	// TLS is the client TLS config, nil for plaintext.
 	TLS *tls.Config
+	// Identity is the SVID source of an SDS-fed UpstreamTlsContext (the
+	// SVID the cluster presents), nil otherwise; for the admin's /certs.
+	Identity mtls.Source
 	// Outlier is outlier_detection, nil when unset; HealthCheck is
 	// health_checks[0], nil when unset (outlier.go, health.go).
 	Outlier     *OutlierSpec
@@ -190,6 +194,9 @@ func CompileAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error
 // compileLbEndpoint compiles one endpoint; needIP requires an IP address.
 // Errors name the field below endpoint.address.
 func compileLbEndpoint(lbe *endpointv3.LbEndpoint, needIP bool) (Endpoint, error) {
+	if p := lbe.GetEndpoint().GetAddress().GetPipe(); p != nil {
+		return Endpoint{}, fmt.Errorf("pipe: %q is a Unix socket; a pipe cluster serves only as an SDS or Workload API source, not as an HTTP or TCP upstream", p.GetPath())
+	}
 	sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
 	if sa == nil {
 		return Endpoint{}, fmt.Errorf("socket_address: required")
@@ -215,8 +222,15 @@ func (s *Spec) Raw() *clusterv3.Cluster { return s.raw }
 const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 // CompileCluster validates c's semantics meshd needs and compiles it.
-// Errors name the field.
+// Errors name the field. An UpstreamTlsContext with SDS secrets is an
+// error here; CompileClusterWith resolves them.
 func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
+	return CompileClusterWith(c, nil)
+}
+
+// CompileClusterWith is CompileCluster with the SDS secrets of an
+// UpstreamTlsContext resolved through secrets (nil: SDS is an error).
+func CompileClusterWith(c *clusterv3.Cluster, secrets tlscontext.Secrets) (*Spec, error) {
 	s := &Spec{
 		Name:           c.GetName(),
 		DNSRefreshRate: 5 * time.Second,
@@ -305,9 +319,15 @@ func CompileCluster(c *clusterv3.Cluster) (*Spec, error) {
 		if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
 			return nil, fmt.Errorf("transport_socket.typed_config: %w", err)
 		}
-		cfg, err := clientTLS(&utc, s.Protocol)
+		var cfg *tls.Config
+		var err error
+		if tlscontext.UsesSDS(utc.GetCommonTlsContext()) {
+			cfg, s.Identity, err = tlscontext.SDSClientConfig(&utc, defaultALPN(s.Protocol), secrets)
+		} else {
+			cfg, err = clientTLS(&utc, s.Protocol)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("transport_socket.typed_config: %w", err)
+			return nil, fmt.Errorf("transport_socket.typed_config.%w", err)
 		}
 		s.TLS = cfg
 	}
@@ -433,16 +453,21 @@ func (s *Spec) compileThresholds(cb *clusterv3.CircuitBreakers) error {
 	return nil
 }
 
+// defaultALPN is the ALPN a cluster offers when alpn_protocols is unset:
+// the one protocol it speaks.
+func defaultALPN(p Protocol) []string {
+	if p == HTTP2 {
+		return []string{"h2"}
+	}
+	return []string{"http/1.1"}
+}
+
 // clientTLS builds a client tls.Config from static certificate files in an
-// UpstreamTlsContext. SDS-delivered secrets arrive with the mTLS issue.
+// UpstreamTlsContext (SDS secrets go through tlscontext.SDSClientConfig).
 func clientTLS(utc *tlsv3.UpstreamTlsContext, p Protocol) (*tls.Config, error) {
 	ctx := utc.GetCommonTlsContext()
 	cfg := &tls.Config{ServerName: utc.GetSni(), MinVersion: tls.VersionTLS12}
-	if p == HTTP2 {
-		cfg.NextProtos = []string{"h2"}
-	} else {
-		cfg.NextProtos = []string{"http/1.1"}
-	}
+	cfg.NextProtos = defaultALPN(p)
 	if len(ctx.GetAlpnProtocols()) > 0 {
 		cfg.NextProtos = ctx.GetAlpnProtocols()
 	}
