@@ -27,7 +27,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	xdsAddr := fs.String("xds", "", "the control plane's xDS address, HOST:PORT")
 	meshPath := fs.String("f", "", "mesh file (default: the built-in example mesh)")
 	delta := fs.Bool("delta", false, "use incremental (delta) ADS instead of state of the world")
-	caDir := fs.String("ca-dir", "", "the control plane's --ca-dir: embed the workload's CA bootstrap token (node.metadata[\"meshd.token\"]) derived from the secret there")
+	caDir := fs.String("ca-dir", defaultCADir(), "the control plane's --ca-dir: the workload's CA bootstrap token (node.metadata[\"meshd.token\"]) is derived from the secret there (created when missing); empty: no token")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

@@ -47,7 +47,7 @@ func TestBootstrapCommand(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			code := run(append([]string{"bootstrap"}, tc.args...), &out, &errOut)
+			code := run(append([]string{"bootstrap", "--ca-dir", t.TempDir()}, tc.args...), &out, &errOut)
 			if code != tc.wantCode {
 				t.Fatalf("exit code %d, want %d (stderr %q)", code, tc.wantCode, errOut.String())
 			}

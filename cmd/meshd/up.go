@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/internal/localmesh"
 )
 
@@ -24,6 +25,7 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("quiet", false, "print no live progress (the start-up block and summary still print)")
 	rate := fs.Float64("rate", localmesh.DefaultRate, "sample calls per second, all callers together (negative: as fast as possible)")
 	callers := fs.Int("callers", localmesh.DefaultCallers, "concurrent sample callers per outbound port")
+	svidTTL := fs.Duration("svid-ttl", ca.DefaultTTL, "lifetime of the sidecars' SVIDs from the built-in CA (at least 1s; renewed at half-life)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -45,6 +47,9 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 		return 2
 	case *callers <= 0:
 		fmt.Fprintln(stderr, "meshd up: --callers: must be positive")
+		return 2
+	case *svidTTL < ca.MinTTL:
+		fmt.Fprintf(stderr, "meshd up: --svid-ttl: %v is below the minimum %v\n", *svidTTL, ca.MinTTL)
 		return 2
 	}
 	exe, err := os.Executable()
@@ -70,6 +75,7 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 		Out:        stdout,
 		Terminal:   isTerminal(stdout),
 		Quiet:      *quiet,
+		SVIDTTL:    *svidTTL,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "meshd up: %v\n", err)

@@ -9,6 +9,13 @@
 // translation (see PlanPorts), and the moves are printed; a mesh file given
 // by path is watched, and edits are pushed to the running sidecars with the
 // same moves applied.
+//
+// The control plane runs the built-in CA (package ca) on its xDS port, as
+// `meshd control-plane` does, with a root generated for the run in the work
+// directory (Options.CADir overrides it); each sidecar's bootstrap carries
+// its token, so the mesh runs with the mTLS mode of its file (STRICT by
+// default, as in the built-in example), and the start-up block prints
+// every sidecar's SPIFFE ID.
 package localmesh
 
 import (
@@ -25,6 +32,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/examples"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
@@ -84,6 +94,15 @@ type Options struct {
 	// Logger receives the control plane's logs; nil writes them to
 	// control-plane.log in Dir.
 	Logger *slog.Logger
+	// CADir is where the in-process control plane's built-in CA keeps its
+	// root and bootstrap-token secret; empty uses "ca" in Dir, a fresh
+	// root for every run that goes away with the temporary directory
+	// (nothing outlives `meshd up`, and its CA never mixes with a
+	// `meshd control-plane`'s).
+	CADir string
+	// SVIDTTL is the lifetime of the sidecars' SVIDs (ca.DefaultTTL, 24h,
+	// when 0; at least ca.MinTTL); sidecars renew at half-life.
+	SVIDTTL time.Duration
 }
 
 // Run starts the local mesh and runs it until ctx ends, then stops the
@@ -107,6 +126,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 	if opts.ReadyTimeout <= 0 {
 		opts.ReadyTimeout = DefaultReadyTimeout
+	}
+	if opts.SVIDTTL == 0 {
+		opts.SVIDTTL = ca.DefaultTTL
+	}
+	if opts.SVIDTTL < ca.MinTTL {
+		return fmt.Errorf("localmesh: SVID TTL %v is below the minimum %v", opts.SVIDTTL, ca.MinTTL)
 	}
 
 	m, err := loadMesh(opts.MeshPath)
@@ -225,6 +250,9 @@ type localMesh struct {
 	http   *http.Client
 
 	srv         *server.Server
+	tokens      *ca.TokenAuthenticator
+	tokenSecret []byte
+	caDir       string
 	xdsAddr     string
 	adminAddr   string
 	cpCancel    context.CancelFunc
@@ -257,7 +285,7 @@ func (lm *localMesh) start(ctx context.Context) error {
 		}
 	}
 	for _, w := range lm.mesh.Workloads {
-		s, err := startSidecar(lm.opts.Executable, lm.mesh, w, lm.xdsAddr, lm.dir)
+		s, err := startSidecar(lm.opts.Executable, lm.mesh, w, lm.xdsAddr, lm.dir, ca.BootstrapToken(lm.tokenSecret, w.NodeID()))
 		if err != nil {
 			return err
 		}
@@ -294,8 +322,15 @@ func (lm *localMesh) start(ctx context.Context) error {
 // 127.0.0.1 port 0 and publishes the mesh (watching the file if there is
 // one).
 func (lm *localMesh) startControlPlane() error {
-	lm.srv = server.New(server.Options{Logger: lm.logger})
+	caSvc, err := lm.startCA()
+	if err != nil {
+		return err
+	}
+	lm.srv = server.New(server.Options{Logger: lm.logger, Services: caSvc.Register})
 	if lm.opts.MeshPath == "" {
+		if err := lm.tokens.SetMesh(lm.mesh); err != nil {
+			return fmt.Errorf("%s: CA tokens: %w", lm.mesh.Source, err)
+		}
 		res, err := translate.Translate(lm.mesh)
 		if err != nil {
 			return fmt.Errorf("%s: translating: %w", lm.mesh.Source, err)
@@ -306,7 +341,13 @@ func (lm *localMesh) startControlPlane() error {
 	}
 	var watcher *source.FileWatcher
 	if lm.opts.MeshPath != "" {
-		watcher = source.NewFileWatcher(lm.opts.MeshPath, lm.srv, source.FileOptions{Logger: lm.logger, Adjust: lm.plan.Apply})
+		adjust := func(m *model.Mesh) error {
+			if err := lm.plan.Apply(m); err != nil {
+				return err
+			}
+			return lm.tokens.SetMesh(m)
+		}
+		watcher = source.NewFileWatcher(lm.opts.MeshPath, lm.srv, source.FileOptions{Logger: lm.logger, Adjust: adjust})
 		if err := watcher.Load(); err != nil {
 			return fmt.Errorf("publishing %s: %w", lm.opts.MeshPath, err)
 		}
@@ -348,6 +389,36 @@ func (lm *localMesh) startControlPlane() error {
 	return nil
 }
 
+// startCA loads or generates the built-in CA in opts.CADir (default: "ca"
+// in the work directory) for the mesh's trust domain and returns its gRPC
+// service, to be registered on the xDS server like `meshd control-plane`
+// does.
+func (lm *localMesh) startCA() (*ca.Service, error) {
+	dir := lm.opts.CADir
+	if dir == "" {
+		dir = filepath.Join(lm.dir, "ca")
+	}
+	td, err := spiffeid.TrustDomainFromString(lm.mesh.Spec.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("built-in CA: mesh trust domain %q: %w", lm.mesh.Spec.TrustDomain, err)
+	}
+	a, err := ca.LoadOrGenerate(dir, td)
+	if err != nil {
+		return nil, fmt.Errorf("built-in CA: %w", err)
+	}
+	authority, err := ca.New(td, ca.Options{DefaultTTL: lm.opts.SVIDTTL}, a)
+	if err != nil {
+		return nil, fmt.Errorf("built-in CA: %w", err)
+	}
+	if lm.tokenSecret, err = ca.LoadOrCreateTokenSecret(dir); err != nil {
+		return nil, fmt.Errorf("built-in CA: %w", err)
+	}
+	lm.tokens = ca.NewTokenAuthenticator(lm.tokenSecret, td)
+	lm.caDir = dir
+	lm.logger.Info("built-in CA ready", "trust_domain", td.Name(), "root", a.Root.Subject.String(), "dir", dir, "svid_ttl", lm.opts.SVIDTTL)
+	return ca.NewService(authority, lm.tokens, ca.ServiceOptions{Logger: lm.logger}), nil
+}
+
 // printStart prints where everything is.
 func (lm *localMesh) printStart() {
 	w := lm.opts.Out
@@ -356,8 +427,12 @@ func (lm *localMesh) printStart() {
 		fmt.Fprintf(w, "  moved    %s\n", mv)
 	}
 	fmt.Fprintf(w, "  control plane  xDS %s  status http://%s/status\n", lm.xdsAddr, lm.adminAddr)
+	fmt.Fprintf(w, "  mTLS     %s, trust domain %s, built-in CA in %s, SVIDs live %s\n", lm.mesh.Spec.MTLS, lm.mesh.Spec.TrustDomain, lm.caDir, lm.opts.SVIDTTL)
 	for _, s := range lm.sidecars {
 		fmt.Fprintf(w, "  sidecar  %-26s admin http://%s  log %s\n", s.nodeID, s.admin, filepath.Base(s.logPath))
+		if wl := lm.mesh.Workload(s.nodeID); wl != nil {
+			fmt.Fprintf(w, "           identity %s\n", lm.mesh.SPIFFEID(wl))
+		}
 		ls, err := s.listeners(context.Background(), lm.http)
 		if err != nil {
 			fmt.Fprintf(w, "           listeners: %v\n", err)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/translate"
 )
@@ -46,13 +47,15 @@ type sidecar struct {
 }
 
 // startSidecar writes w's bootstrap (translate.Bootstrap with xdsAddr) to
-// dir and starts exe as `sidecar -c` on it, logging to dir/<node>.log.
-func startSidecar(exe string, m *model.Mesh, w *model.Workload, xdsAddr, dir string) (*sidecar, error) {
+// dir, with the CA bootstrap token in node.metadata["meshd.token"], and
+// starts exe as `sidecar -c` on it, logging to dir/<node>.log.
+func startSidecar(exe string, m *model.Mesh, w *model.Workload, xdsAddr, dir, token string) (*sidecar, error) {
 	id := w.NodeID()
 	b, err := translate.Bootstrap(m, id, xdsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("sidecar %s: %w", id, err)
 	}
+	ca.SetNodeToken(b.Node, token)
 	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(b)
 	if err != nil {
 		return nil, fmt.Errorf("sidecar %s: encoding bootstrap: %w", id, err)
