@@ -351,23 +351,24 @@ func startTunedMesh(t *testing.T, app string) (cp *controlPlane, sidecars map[st
 	writeFile(t, meshPath, text)
 	cp = startControlPlane(t, meshPath)
 	st := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
-	sidecars = startSidecars(t, meshPath, cp.XDS)
+	sidecars = startSidecars(t, meshPath, cp.XDS, cp.CADir)
 	all := changedTypes(&translate.Result{}, translated(t, text))
 	cp.waitStatus(t, "both sidecars ACKing the first version", func(s server.Status) bool { return applied(s, st.Version, all) })
 	return cp, sidecars, meshPath, text, p
 }
 
 // startSidecars starts the server sidecar (state of the world) and the
-// client sidecar (delta) from `meshd bootstrap` output for meshPath, and
-// returns them by node ID.
-func startSidecars(t *testing.T, meshPath, xds string) map[string]*testutil.Sidecar {
+// client sidecar (delta) from `meshd bootstrap --ca-dir caDir` output for
+// meshPath (so they carry their CA bootstrap tokens), and returns them by
+// node ID.
+func startSidecars(t *testing.T, meshPath, xds, caDir string) map[string]*testutil.Sidecar {
 	t.Helper()
 	out := map[string]*testutil.Sidecar{}
 	for _, sc := range []struct {
 		node  string
 		delta bool
 	}{{serverNode, false}, {clientNode, true}} {
-		args := []string{"bootstrap", "-f", meshPath, "--workload", sc.node, "--xds", xds}
+		args := []string{"bootstrap", "-f", meshPath, "--workload", sc.node, "--xds", xds, "--ca-dir", caDir}
 		if sc.delta {
 			args = append(args, "--delta")
 		}

@@ -114,7 +114,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	caDir := filepath.Join(t.TempDir(), "ca")
 	cp := startControlPlaneOn(t, meshPath, xdsAddr, caDir)
 	first := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
-	sidecars := startSidecars(t, meshPath, xdsAddr)
+	sidecars := startSidecars(t, meshPath, xdsAddr, caDir)
 	all := changedTypes(&translate.Result{}, translated(t, text))
 	cp.waitStatus(t, "both sidecars ACKing", func(st server.Status) bool { return applied(st, first.Version, all) })
 	dumps := map[string]string{}

@@ -117,7 +117,7 @@ func TestSidecarsUnderControlPlane(t *testing.T) {
 
 			var sidecars []*testutil.Sidecar
 			for _, w := range []string{"greeter-server.demo", "greeter-client.demo"} {
-				args := []string{"bootstrap", "-f", meshPath, "--workload", w, "--xds", cp.XDS}
+				args := []string{"bootstrap", "-f", meshPath, "--workload", w, "--xds", cp.XDS, "--ca-dir", cp.CADir}
 				if delta {
 					args = append(args, "--delta")
 				}
