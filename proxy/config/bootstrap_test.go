@@ -252,10 +252,10 @@ var badCases = []struct {
 		wantReason: "requires dynamic_resources.ads_config",
 	},
 	{
-		name:       "listener_filters not supported",
+		name:       "listener filter without typed_config",
 		edits:      []edit{{"    filter_chains:\n", "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n    filter_chains:\n"}},
-		wantPath:   lis0 + ".listener_filters",
-		wantReason: "field not supported by meshd",
+		wantPath:   lis0 + ".listener_filters[0].typed_config",
+		wantReason: "required",
 	},
 	{
 		name:       "use_original_dst not supported",
@@ -285,7 +285,7 @@ var badCases = []struct {
 		name:       "two filter chains",
 		edits:      []edit{{"    filter_chains:\n    - filters:\n", "    filter_chains:\n    - filters: []\n    - filters:\n"}},
 		wantPath:   lis0 + ".filter_chains",
-		wantReason: "exactly one filter chain is supported, got 2",
+		wantReason: "two chains are supported only as a transport_protocol \"tls\" chain and a plaintext chain",
 	},
 	{
 		name:       "HTTP3 codec",

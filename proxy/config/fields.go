@@ -51,14 +51,22 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 
 	// Listeners.
 	"envoy.config.listener.v3.Listener": {
-		supported: names("name", "address", "filter_chains", "per_connection_buffer_limit_bytes", "metadata"),
+		supported: names("name", "address", "filter_chains", "per_connection_buffer_limit_bytes", "metadata",
+			"listener_filters"),
 	},
 	// Listener metadata carries meshd's own HTTP/2 settings under
 	// "meshd.http2" (see MeshdHTTP2MetadataKey); other keys are data.
 	"envoy.config.core.v3.Metadata":        {supported: names("filter_metadata")},
-	"envoy.config.listener.v3.FilterChain": {supported: names("name", "filters", "transport_socket")},
-	"envoy.config.listener.v3.Filter":      {supported: names("name", "typed_config")},
-	"envoy.config.core.v3.TransportSocket": {supported: names("name", "typed_config")},
+	"envoy.config.listener.v3.FilterChain": {supported: names("name", "filters", "transport_socket", "filter_chain_match")},
+	// Chains are selected on transport_protocol only (filterchain.go):
+	// PERMISSIVE mTLS's tls chain and plaintext twin.
+	"envoy.config.listener.v3.FilterChainMatch": {supported: names("transport_protocol")},
+	"envoy.config.listener.v3.ListenerFilter":   {supported: names("name", "typed_config")},
+	// tls_inspector detects TLS from the first byte; JA3/JA4 fingerprints
+	// and the read buffer size are not implemented.
+	"envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {},
+	"envoy.config.listener.v3.Filter":                                 {supported: names("name", "typed_config")},
+	"envoy.config.core.v3.TransportSocket":                            {supported: names("name", "typed_config")},
 
 	// HTTP connection manager and HTTP filters. HttpProtocolOptions and
 	// Http2ProtocolOptions are shared with clusters; the fields only a

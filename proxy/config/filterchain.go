@@ -46,6 +46,9 @@ type chainSelection struct {
 func selectFilterChain(l *listenerv3.Listener) (chainSelection, error) {
 	inspector := false
 	for i, lf := range l.GetListenerFilters() {
+		if lf.GetTypedConfig() == nil {
+			return chainSelection{}, fmt.Errorf("listener_filters[%d].typed_config: required (%s for %s)", i, tlsInspectorType, TLSInspectorName)
+		}
 		if lf.GetTypedConfig().MessageName() != tlsInspectorType {
 			return chainSelection{}, fmt.Errorf("listener_filters[%d]: unsupported listener filter %q (meshd implements %s only)", i, lf.GetTypedConfig().GetTypeUrl(), TLSInspectorName)
 		}

@@ -77,16 +77,23 @@ type Listener struct {
 	// Identity is the SVID source of an SDS-fed TLS context, nil
 	// otherwise; for the admin's /certs and /listeners.
 	Identity mtls.Source
-	HCM      *httpcm.Config
-	TCP      *tcpproxy.Config
-	raw      *listenerv3.Listener
+	// TLSOptional is set for a tls_inspector listener with a
+	// transport_protocol "tls" chain and a plaintext twin (PERMISSIVE
+	// mTLS): connections that do not open with a TLS handshake are served
+	// in plaintext by the same filters (listener.Config.TLSOptional).
+	TLSOptional bool
+	HCM         *httpcm.Config
+	TCP         *tcpproxy.Config
+	raw         *listenerv3.Listener
+	chain       int // index of the served filter chain in raw
 }
 
 // SameSocket reports whether o can keep l's bound socket and connections:
 // same address and same transport. Everything else swaps in place.
 func (l *Listener) SameSocket(o *Listener) bool {
 	return l.Address == o.Address &&
-		proto.Equal(l.raw.GetFilterChains()[0].GetTransportSocket(), o.raw.GetFilterChains()[0].GetTransportSocket()) &&
+		l.TLSOptional == o.TLSOptional &&
+		proto.Equal(l.raw.GetFilterChains()[l.chain].GetTransportSocket(), o.raw.GetFilterChains()[o.chain].GetTransportSocket()) &&
 		sameFilter(l, o)
 }
 
@@ -259,16 +266,21 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 	if err != nil {
 		return nil, fmt.Errorf("address: %w", err)
 	}
-	fcs := l.GetFilterChains()
-	if len(fcs) != 1 {
-		return nil, fmt.Errorf("filter_chains: exactly one filter chain is supported, got %d", len(fcs))
+	sel, err := selectFilterChain(l)
+	if err != nil {
+		return nil, err
 	}
-	fc := fcs[0]
+	fc := l.GetFilterChains()[sel.index]
 	if len(fc.GetFilters()) != 1 {
-		return nil, fmt.Errorf("filter_chains[0].filters: exactly one network filter (http_connection_manager) is supported, got %d", len(fc.GetFilters()))
+		return nil, fmt.Errorf("filter_chains[%d].filters: exactly one network filter (http_connection_manager) is supported, got %d", sel.index, len(fc.GetFilters()))
 	}
 	if isTCPProxy(fc.GetFilters()[0]) {
-		return compileTCPListener(l, addr, secrets)
+		out, err := compileTCPListener(l, fc, addr, secrets)
+		if err != nil {
+			return nil, err
+		}
+		out.TLSOptional, out.chain = sel.tlsOptional, sel.index
+		return out, nil
 	}
 	var m hcmv3.HttpConnectionManager
 	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
@@ -281,7 +293,7 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 	if err := compileListenerHTTP2(l, &h.HTTP2); err != nil {
 		return nil, err
 	}
-	out := &Listener{Name: l.GetName(), Address: addr, HCM: h, raw: l}
+	out := &Listener{Name: l.GetName(), Address: addr, HCM: h, raw: l, TLSOptional: sel.tlsOptional, chain: sel.index}
 	if ts := fc.GetTransportSocket(); ts != nil {
 		var dtc tlsv3.DownstreamTlsContext
 		if err := ts.GetTypedConfig().UnmarshalTo(&dtc); err != nil {

@@ -19,12 +19,11 @@ func isTCPProxy(f *listenerv3.Filter) bool {
 	return typeName(f.GetTypedConfig().GetTypeUrl()) == tcpProxyType
 }
 
-// compileTCPListener compiles a listener whose one network filter is
-// tcp_proxy. Its TLS context, if any, negotiates ALPN only when
+// compileTCPListener compiles a listener whose served filter chain fc has
+// one network filter, tcp_proxy. Its TLS context, if any, negotiates ALPN only when
 // common_tls_context.alpn_protocols lists protocols (a byte stream has no
 // default). Errors name the field path below the listener.
-func compileTCPListener(l *listenerv3.Listener, addr string, secrets tlscontext.Secrets) (*Listener, error) {
-	fc := l.GetFilterChains()[0]
+func compileTCPListener(l *listenerv3.Listener, fc *listenerv3.FilterChain, addr string, secrets tlscontext.Secrets) (*Listener, error) {
 	var tp tcpproxyv3.TcpProxy
 	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&tp); err != nil {
 		return nil, fmt.Errorf("filter_chains[0].filters[0].typed_config: %w", err)

@@ -423,6 +423,8 @@ func extensionPoint(parent protoreflect.FullName, field protoreflect.Name, side 
 	switch {
 	case parent == "envoy.config.listener.v3.Filter" && field == "typed_config":
 		return NetworkFilter
+	case parent == "envoy.config.listener.v3.ListenerFilter" && field == "typed_config":
+		return ListenerFilter
 	case parent == "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" && field == "typed_config":
 		return HTTPFilter
 	case parent == "envoy.config.core.v3.TransportSocket" && field == "typed_config":
@@ -589,11 +591,12 @@ func (v *validator) listener(path string, l *listenerv3.Listener, opts ResourceO
 	default:
 		v.addf(join(path, "address"), "a socket_address is required (listeners on pipes are not supported)")
 	}
-	switch n := len(l.GetFilterChains()); {
-	case n == 0:
+	if len(l.GetFilterChains()) == 0 {
 		v.addf(join(path, "filter_chains"), "at least one filter chain is required")
-	case n > 1:
-		v.addf(join(path, "filter_chains"), "exactly one filter chain is supported, got %d (filter_chain_match is not supported yet)", n)
+	} else if _, err := selectFilterChain(l); err != nil {
+		// The error starts with the field path below the listener.
+		field, reason, _ := strings.Cut(err.Error(), ": ")
+		v.addf(join(path, field), "%s", reason)
 	}
 	for i, fc := range l.GetFilterChains() {
 		v.filterChain(fmt.Sprintf("%s[%d]", join(path, "filter_chains"), i), fc, opts)
