@@ -225,7 +225,9 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 		Name:    lc.Name,
 		Address: lc.Address,
 		TLS:     lc.TLS,
-		Codec:   codec,
+		// PERMISSIVE: plaintext connections are served too.
+		TLSOptional: lc.TLSOptional,
+		Codec:       codec,
 		HTTP1: func(c net.Conn, info stream.ConnInfo) stream.ServerConn {
 			return countConn(h1s.NewConn(c, info), hst.CxHTTP1Total, hst.CxHTTP1Active, hst)
 		},

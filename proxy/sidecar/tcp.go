@@ -17,10 +17,12 @@ func (s *Sidecar) bindTCP(lc *config.Listener) (*liveListener, error) {
 		Name:    lc.Name,
 		Address: lc.Address,
 		TLS:     lc.TLS,
-		Codec:   listener.TCP,
-		TCP:     p.NewConn,
-		Logger:  s.logger,
-		Stats:   listener.StatsScope(s.store.Root(), lc.Address),
+		// PERMISSIVE: plaintext connections are served too.
+		TLSOptional: lc.TLSOptional,
+		Codec:       listener.TCP,
+		TCP:         p.NewConn,
+		Logger:      s.logger,
+		Stats:       listener.StatsScope(s.store.Root(), lc.Address),
 	})
 	if err != nil {
 		return nil, err
