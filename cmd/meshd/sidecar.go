@@ -11,8 +11,12 @@ import (
 	"syscall"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
 	"meshd.dev/meshd/proxy/config"
+	"meshd.dev/meshd/proxy/identity"
 	"meshd.dev/meshd/proxy/sidecar"
+	"meshd.dev/meshd/proxy/stats"
 )
 
 func runSidecar(args []string, _, stderr io.Writer) int {
@@ -22,6 +26,7 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	fs.StringVar(path, "config-path", "", "same as -c")
 	adminPath := fs.String("admin-address-path", "", "write the bound admin address to this file")
 	drain := fs.Int("drain-time-s", 10, "seconds in-flight streams get to finish on shutdown")
+	identityWait := fs.Duration("identity-wait", 30*time.Second, "how long start-up waits for the SVIDs of SDS identity sources before binding listeners (the sidecar is not ready until they arrive)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(level, "l", "info", "same as --log-level")
 	if err := fs.Parse(args); err != nil {
@@ -46,8 +51,15 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd sidecar: invalid bootstrap %s:\n%v\n", *path, err)
 		return 1
 	}
-	snap, err := config.Compile(b)
+	store := stats.NewStore()
+	ids, err := identity.New(identity.Options{Bootstrap: b, Stats: store, Logger: logger})
 	if err != nil {
+		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
+		return 1
+	}
+	snap, err := compileWithIdentities(b, ids, *identityWait, logger)
+	if err != nil {
+		_ = ids.Close()
 		fmt.Fprintf(stderr, "meshd sidecar: invalid bootstrap %s:\n%v\n", *path, err)
 		return 1
 	}
@@ -55,6 +67,8 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		AdminAddressPath: *adminPath,
 		DrainTime:        time.Duration(*drain) * time.Second,
 		Logger:           logger,
+		Stats:            store,
+		Identities:       ids,
 	})
 	if err := sc.Start(snap); err != nil {
 		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
@@ -81,4 +95,34 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	}
 	logger.Info("stopped")
 	return 0
+}
+
+// compileWithIdentities compiles b with its TLS contexts' SDS secrets
+// served by ids. Compiling starts the identity sources the static
+// resources name (and StartWellKnown those a dynamic configuration will);
+// when any run, it waits up to wait for their SVIDs and compiles again, so
+// listeners start with their SPIFFE ID as local principal. After wait it
+// goes on: the sidecar stays unready until the SVIDs arrive.
+func compileWithIdentities(b *bootstrapv3.Bootstrap, ids *identity.Manager, wait time.Duration, logger *slog.Logger) (*config.Snapshot, error) {
+	snap, err := config.CompileResourcesWith(b, nil, ids)
+	if err != nil {
+		return nil, err
+	}
+	n, err := ids.StartWellKnown()
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return snap, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := ids.Wait(ctx); err != nil {
+		logger.Warn("starting without every SVID; not ready until they arrive", "err", err)
+		return snap, nil
+	}
+	for _, cs := range ids.Certs() {
+		logger.Info("identity ready", "source", cs.Source, "spiffe_id", cs.Chain[0].URIs[0].String(), "expires", cs.Chain[0].NotAfter)
+	}
+	return config.CompileResourcesWith(b, nil, ids)
 }

@@ -98,6 +98,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		"/stats/prometheus":    {help: "print server stats in prometheus format; ?filter=REGEX, ?usedonly", handle: s.handlePrometheus},
 		"/config_dump":         {help: "dump current Envoy configs", handle: s.handleConfigDump},
 		"/clusters":            {help: "upstream cluster status; ?format=json", handle: s.handleClusters},
+		"/certs":               {help: "print certs on machine (TLS identities in use, JSON)", handle: s.handleCerts},
 		"/listeners":           {help: "print listener info; ?format=json", handle: s.handleListeners},
 		"/healthcheck/fail":    {help: "cause the server to fail health checks", mutates: true, handle: s.handleHealthcheck(true)},
 		"/healthcheck/ok":      {help: "cause the server to pass health checks", mutates: true, handle: s.handleHealthcheck(false)},

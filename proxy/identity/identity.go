@@ -26,11 +26,14 @@ package identity
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -177,6 +180,34 @@ func (m *Manager) Source(cert, validation *tlsv3.SdsSecretConfig) (mtls.Source, 
 	return p.src, nil
 }
 
+// StartWellKnown starts the providers of the static clusters named
+// BuiltinCACluster and WorkloadAPICluster at once, serving the secrets
+// tlscontext.SVIDSecretName and tlscontext.BundleSecretName, so that the
+// SVID is fetched while dynamic listeners and clusters are still on their
+// way. It reports how many providers run afterwards.
+func (m *Manager) StartWellKnown() (int, error) {
+	for _, name := range []string{BuiltinCACluster, WorkloadAPICluster} {
+		if _, ok := m.clusters[name]; !ok {
+			continue
+		}
+		sc := func(secret string) *tlsv3.SdsSecretConfig {
+			return &tlsv3.SdsSecretConfig{Name: secret, SdsConfig: &corev3.ConfigSource{
+				ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+					ApiType: corev3.ApiConfigSource_GRPC,
+					GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: name}}}},
+				}},
+			}}
+		}
+		if _, err := m.Source(sc(tlscontext.SVIDSecretName), sc(tlscontext.BundleSecretName)); err != nil {
+			return 0, err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.providers), nil
+}
+
 func (p *provider) describe() string {
 	if p.key == "" {
 		return "ads"
@@ -304,51 +335,43 @@ func dial(c *clusterv3.Cluster) (*grpc.ClientConn, error) {
 // node returns the bootstrap's node.
 func (m *Manager) node() *corev3.Node { return m.opts.Bootstrap.GetNode() }
 
-// CertInfo describes one certificate in use, for the admin's /certs.
-type CertInfo struct {
-	// Secret is the SDS secret name; Source describes where it comes from.
-	Secret, Source string
-	// Kind is "builtin_ca", "workload_api", "sds" or "ads".
-	Kind string
-	// SPIFFEID is the leaf's URI SAN, "" for a CA certificate.
-	SPIFFEID string
-	// Serial is the certificate's serial number in hex.
-	Serial string
-	// NotBefore and NotAfter bound its validity.
-	NotBefore, NotAfter time.Time
-	// CA reports a trust bundle root.
-	CA bool
+// CertSet is one identity source's certificates in use, for the admin's
+// /certs.
+type CertSet struct {
+	// Source describes the config source ("cluster \"meshd_identity\"",
+	// "ads"); Kind is "builtin_ca", "workload_api", "sds" or "ads".
+	Source, Kind string
+	// CertSecret and ValidationSecret are the SDS secret names served.
+	CertSecret, ValidationSecret string
+	// Chain is the current SVID's chain, leaf first; Roots the trust
+	// bundle of its trust domain. Both are shared: do not modify.
+	Chain, Roots []*x509.Certificate
+	// Version counts the source's updates so far.
+	Version uint64
 }
 
-// Certs lists every provider's current SVID leaf and bundle roots.
-func (m *Manager) Certs() []CertInfo {
+// Certs lists the current SVID chain and bundle roots of every source that
+// has an SVID, ordered by source.
+func (m *Manager) Certs() []CertSet {
 	m.mu.Lock()
 	ps := make([]*provider, 0, len(m.providers))
 	for _, p := range m.providers {
 		ps = append(ps, p)
 	}
 	m.mu.Unlock()
-	var out []CertInfo
+	slices.SortFunc(ps, func(a, b *provider) int { return strings.Compare(a.key, b.key) })
+	var out []CertSet
 	for _, p := range ps {
+		version, _ := p.src.Watch()
 		svid, err := p.src.GetX509SVID()
 		if err != nil {
 			continue
 		}
-		leaf := svid.Certificates[0]
-		out = append(out, CertInfo{
-			Secret: p.certName, Source: p.describe(), Kind: p.kind, SPIFFEID: svid.ID.String(),
-			Serial: leaf.SerialNumber.Text(16), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
-		})
-		b, err := p.src.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
-		if err != nil {
-			continue
+		cs := CertSet{Source: p.describe(), Kind: p.kind, CertSecret: p.certName, ValidationSecret: p.validName, Chain: svid.Certificates, Version: version}
+		if b, err := p.src.GetX509BundleForTrustDomain(svid.ID.TrustDomain()); err == nil {
+			cs.Roots = b.X509Authorities()
 		}
-		for _, root := range b.X509Authorities() {
-			out = append(out, CertInfo{
-				Secret: p.validName, Source: p.describe(), Kind: p.kind, CA: true,
-				Serial: root.SerialNumber.Text(16), NotBefore: root.NotBefore, NotAfter: root.NotAfter,
-			})
-		}
+		out = append(out, cs)
 	}
 	return out
 }

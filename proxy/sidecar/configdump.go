@@ -1,9 +1,14 @@
 package sidecar
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"strconv"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -11,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"meshd.dev/meshd/proxy/config"
+	"meshd.dev/meshd/proxy/identity"
 )
 
 // configDump renders snap as Envoy's admin.v3.ConfigDump: a
@@ -18,8 +24,10 @@ import (
 // static and dynamic_listeners, ClustersConfigDump with static and
 // dynamic_active_clusters, RoutesConfigDump with dynamic_route_configs and
 // EndpointsConfigDump with dynamic_endpoint_configs, each dynamic resource
-// with its version_info and last_updated.
-func configDump(snap *config.Snapshot) ([]byte, error) {
+// with its version_info and last_updated; and with identities a
+// SecretsConfigDump whose dynamic_active_secrets are the SDS secrets in use
+// (private keys shown as "[redacted]", as Envoy does).
+func configDump(snap *config.Snapshot, ids *identity.Manager) ([]byte, error) {
 	dumps := []proto.Message{&adminv3.BootstrapConfigDump{Bootstrap: snap.Bootstrap}}
 	if d := snap.Dynamic; d != nil {
 		b := snap.Bootstrap
@@ -82,6 +90,13 @@ func configDump(snap *config.Snapshot) ([]byte, error) {
 		}
 		dumps = append(dumps, ls, cs, rs, es)
 	}
+	if ids != nil {
+		sd, err := secretsDump(ids)
+		if err != nil {
+			return nil, err
+		}
+		dumps = append(dumps, sd)
+	}
 	cd := &adminv3.ConfigDump{}
 	for _, m := range dumps {
 		a, err := anypb.New(m)
@@ -91,4 +106,47 @@ func configDump(snap *config.Snapshot) ([]byte, error) {
 		cd.Configs = append(cd.Configs, a)
 	}
 	return protojson.MarshalOptions{UseProtoNames: true}.Marshal(cd)
+}
+
+// secretsDump renders the identity sources' current secrets.
+func secretsDump(ids *identity.Manager) (*adminv3.SecretsConfigDump, error) {
+	sd := &adminv3.SecretsConfigDump{}
+	add := func(version uint64, s *tlsv3.Secret) error {
+		a, err := anypb.New(s)
+		if err != nil {
+			return fmt.Errorf("config_dump: secret %q: %w", s.GetName(), err)
+		}
+		sd.DynamicActiveSecrets = append(sd.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{
+			Name: s.GetName(), VersionInfo: strconv.FormatUint(version, 10), Secret: a,
+		})
+		return nil
+	}
+	for _, cs := range ids.Certs() {
+		cert := &tlsv3.Secret{Name: cs.CertSecret, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: inlinePEM(cs.Chain),
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "[redacted]"}},
+		}}}
+		if err := add(cs.Version, cert); err != nil {
+			return nil, err
+		}
+		if cs.ValidationSecret == cs.CertSecret {
+			continue
+		}
+		ca := &tlsv3.Secret{Name: cs.ValidationSecret, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: inlinePEM(cs.Roots),
+		}}}
+		if err := add(cs.Version, ca); err != nil {
+			return nil, err
+		}
+	}
+	return sd, nil
+}
+
+// inlinePEM is certs as a PEM inline_bytes data source.
+func inlinePEM(certs []*x509.Certificate) *corev3.DataSource {
+	var b []byte
+	for _, c := range certs {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 }

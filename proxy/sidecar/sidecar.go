@@ -24,9 +24,11 @@ import (
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/http/hcm"
 	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/identity"
 	"meshd.dev/meshd/proxy/listener"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/proxy/tcpproxy"
+	"meshd.dev/meshd/proxy/tlscontext"
 	"meshd.dev/meshd/proxy/upstream"
 	"meshd.dev/meshd/xds/client"
 )
@@ -38,6 +40,14 @@ type Options struct {
 	// DrainTime bounds the graceful drain on shutdown (default 10s).
 	DrainTime time.Duration
 	Logger    *slog.Logger
+	// Stats is the sidecar's stats store; nil creates one. Pass the store
+	// the identity manager counts into, so /stats shows both.
+	Stats *stats.Store
+	// Identities serves the SDS secrets of TLS contexts (see
+	// proxy/identity); nil when the configuration has none. The sidecar
+	// reports ready only once every identity source it uses has an SVID,
+	// shows them on /certs and /config_dump, and closes it on Shutdown.
+	Identities *identity.Manager
 }
 
 // Sidecar is one running data plane.
@@ -57,6 +67,11 @@ type Sidecar struct {
 	xds     *client.Client
 	xdsStop context.CancelFunc
 	xdsDone chan struct{}
+
+	// readyStop ends the goroutine started by readyAfterIdentities;
+	// readyDone is closed when it returned (both nil when none runs).
+	readyStop context.CancelFunc
+	readyDone chan struct{}
 
 	ready    atomic.Bool
 	hcFailed atomic.Bool
@@ -82,7 +97,10 @@ func New(opts Options) *Sidecar {
 	if opts.DrainTime <= 0 {
 		opts.DrainTime = 10 * time.Second
 	}
-	store := stats.NewStore()
+	store := opts.Stats
+	if store == nil {
+		store = stats.NewStore()
+	}
 	return &Sidecar{
 		opts:      opts,
 		logger:    opts.Logger,
@@ -119,14 +137,19 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 		return err
 	}
 	if snap.Bootstrap.GetDynamicResources() == nil {
-		s.ready.Store(true)
+		s.readyAfterIdentities(nil)
 		return nil
+	}
+	var secrets tlscontext.Secrets
+	if s.opts.Identities != nil {
+		secrets = s.opts.Identities
 	}
 	xc, err := client.New(client.Options{
 		Bootstrap: snap.Bootstrap,
 		Apply:     s.Apply,
 		Stats:     s.store,
 		Logger:    s.logger,
+		Secrets:   secrets,
 	})
 	if err != nil {
 		return err
@@ -137,14 +160,38 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 		defer close(s.xdsDone)
 		_ = xc.Run(ctx)
 	}()
-	go func() {
-		select {
-		case <-xc.Warmed():
-			s.ready.Store(true)
-		case <-s.xdsDone:
-		}
-	}()
+	s.readyAfterIdentities(xc.Warmed())
 	return nil
+}
+
+// readyAfterIdentities marks the sidecar ready once warmed is closed (nil:
+// at once) and then every identity source in use has an SVID: like
+// Envoy's listener warming on SDS secrets, /ready stays 503 until TLS
+// contexts can handshake. It gives up when shutdown begins.
+func (s *Sidecar) readyAfterIdentities(warmed <-chan struct{}) {
+	if warmed == nil && s.opts.Identities == nil {
+		s.ready.Store(true)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.readyStop = cancel
+	s.readyDone = make(chan struct{})
+	go func() {
+		defer close(s.readyDone)
+		if warmed != nil {
+			select {
+			case <-warmed:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if ids := s.opts.Identities; ids != nil {
+			if err := ids.Wait(ctx); err != nil {
+				return
+			}
+		}
+		s.ready.Store(true)
+	}()
 }
 
 // XDS returns the ADS client, nil when the bootstrap has no
@@ -301,6 +348,10 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		s.xdsStop()
 		<-s.xdsDone
 	}
+	if s.readyStop != nil {
+		s.readyStop()
+		<-s.readyDone
+	}
 	s.mu.Lock()
 	lls := make([]*liveListener, 0, len(s.listeners))
 	for _, ll := range s.listeners {
@@ -324,6 +375,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	if s.admin != nil {
 		_ = s.admin.Close()
 	}
+	if s.opts.Identities != nil {
+		_ = s.opts.Identities.Close()
+	}
 	return errors.Join(errs...)
 }
 
@@ -346,7 +400,24 @@ func (s *Sidecar) ConfigDump() ([]byte, error) {
 	if snap == nil {
 		return []byte(`{"configs":[]}`), nil
 	}
-	return configDump(snap)
+	return configDump(snap, s.opts.Identities)
+}
+
+// Certificates lists the TLS identities in use for /certs: every SDS
+// source's SVID chain (with its SPIFFE ID as URI SAN) and trust bundle.
+func (s *Sidecar) Certificates() []admin.CertificateStatus {
+	if s.opts.Identities == nil {
+		return nil
+	}
+	var out []admin.CertificateStatus
+	for _, cs := range s.opts.Identities.Certs() {
+		out = append(out, admin.CertificateStatus{
+			Path:      fmt.Sprintf("sds secrets %q and %q from %s (%s)", cs.CertSecret, cs.ValidationSecret, cs.Source, cs.Kind),
+			CertChain: cs.Chain,
+			CACerts:   cs.Roots,
+		})
+	}
+	return out
 }
 
 // Clusters reports every cluster and host.
@@ -416,4 +487,7 @@ func (s *Sidecar) DrainListeners(graceful, _ bool) {
 // Quit asks the process to shut down gracefully.
 func (s *Sidecar) Quit() { s.quitOnce.Do(func() { close(s.quit) }) }
 
-var _ admin.Backend = (*Sidecar)(nil)
+var (
+	_ admin.Backend      = (*Sidecar)(nil)
+	_ admin.CertProvider = (*Sidecar)(nil)
+)

@@ -39,6 +39,7 @@ import (
 
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/proxy/tlscontext"
 )
 
 // Defaults for Options.
@@ -67,6 +68,10 @@ type Options struct {
 	// Stats receives the client's Envoy-named stats; nil: a private store.
 	Stats  *stats.Store
 	Logger *slog.Logger
+	// Secrets resolves the SDS secrets of listeners' and clusters' TLS
+	// contexts (the sidecar's identity manager); nil makes a TLS context
+	// with SDS secrets a NACK naming it.
+	Secrets tlscontext.Secrets
 }
 
 // Client is one ADS client. Run drives it; the other methods are safe for

@@ -20,6 +20,7 @@ import (
 
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/route"
+	"meshd.dev/meshd/proxy/tlscontext"
 	"meshd.dev/meshd/proxy/upstream"
 )
 
@@ -204,7 +205,7 @@ func (st *state) candidate(ts *typeState, r *response) (map[string]config.XDSRes
 			next[name] = old // unchanged: keeps its version and timestamp
 			continue
 		}
-		if err := validate(msg); err != nil {
+		if err := validate(msg, st.c.opts.Secrets); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -286,20 +287,20 @@ var dynamicOpts = config.ResourceOptions{Dynamic: true}
 
 // validate checks one resource and compiles it on its own, so that a
 // resource still warming is rejected now rather than when it would go live.
-func validate(msg proto.Message) error {
+func validate(msg proto.Message, secrets tlscontext.Secrets) error {
 	switch m := msg.(type) {
 	case *listenerv3.Listener:
 		if err := config.ValidateListener(m, dynamicOpts); err != nil {
 			return err
 		}
-		if _, err := config.CompileListener(m); err != nil {
+		if _, err := config.CompileListenerWith(m, secrets); err != nil {
 			return fmt.Errorf("listener %q: %w", m.GetName(), err)
 		}
 	case *clusterv3.Cluster:
 		if err := config.ValidateCluster(m, dynamicOpts); err != nil {
 			return err
 		}
-		if _, err := upstream.CompileCluster(m); err != nil {
+		if _, err := upstream.CompileClusterWith(m, secrets); err != nil {
 			return fmt.Errorf("cluster %q: %w", m.GetName(), err)
 		}
 	case *routev3.RouteConfiguration:
@@ -381,7 +382,7 @@ func (st *state) publish() error {
 	for _, name := range slices.Sorted(maps.Keys(eds.accepted)) {
 		d.Endpoints = append(d.Endpoints, eds.accepted[name])
 	}
-	snap, err := config.CompileResources(st.c.opts.Bootstrap, d)
+	snap, err := config.CompileResourcesWith(st.c.opts.Bootstrap, d, st.c.opts.Secrets)
 	if err != nil {
 		return err
 	}
