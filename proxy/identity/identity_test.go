@@ -183,7 +183,7 @@ func TestBuiltinCA(t *testing.T) {
 		t.Errorf("ROOTCA updates %d, renewals %d", counter(st, "sds.ROOTCA.update_success"), counter(st, "ca_client.renewals"))
 	}
 	certs := m.Certs()
-	if len(certs) != 2 || certs[0].SPIFFEID != svid.ID.String() || !certs[1].CA || certs[0].Kind != "builtin_ca" {
+	if len(certs) != 1 || certs[0].Kind != "builtin_ca" || len(certs[0].Chain) == 0 || len(certs[0].Roots) != 1 || !certs[0].Roots[0].Equal(root.Root) {
 		t.Errorf("Certs() = %+v", certs)
 	}
 }
