@@ -82,7 +82,7 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		return 1
 	}
 	st := stats.NewStore()
-	caSvc, tokens, err := newBuiltinCA(m.Spec.TrustDomain, *caDir, *caCert, *caKey, *svidTTL, logger, st)
+	caSvc, tokens, rotation, err := newBuiltinCA(m.Spec.TrustDomain, *caDir, *caCert, *caKey, *svidTTL, logger, st)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshd control-plane: built-in CA: %v\n", err)
 		return 1
@@ -122,7 +122,10 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	adminMux := http.NewServeMux()
+	adminMux.Handle(CARotatePath, rotation)
+	adminMux.Handle("/", srv.AdminHandler())
+	admin := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 2)
 	var wg sync.WaitGroup
 	wg.Add(3)
@@ -201,10 +204,10 @@ func defaultCADir() string {
 // newBuiltinCA loads (or generates and persists) the CA's signing
 // authority and the bootstrap-token secret, and returns the gRPC service
 // with the authenticator the mesh watcher keeps up to date.
-func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration, logger *slog.Logger, st *stats.Store) (*ca.Service, *ca.TokenAuthenticator, error) {
+func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration, logger *slog.Logger, st *stats.Store) (*ca.Service, *ca.TokenAuthenticator, *caRotation, error) {
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
-		return nil, nil, fmt.Errorf("mesh trust domain %q: %w", trustDomain, err)
+		return nil, nil, nil, fmt.Errorf("mesh trust domain %q: %w", trustDomain, err)
 	}
 	var a *ca.Authority
 	if certFile != "" {
@@ -213,17 +216,21 @@ func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration,
 		a, err = ca.LoadOrGenerate(dir, td)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	authority, err := ca.New(td, ca.Options{DefaultTTL: ttl}, a)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	secret, err := ca.LoadOrCreateTokenSecret(dir)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	tokens := ca.NewTokenAuthenticator(secret, td)
+	rotation := &caRotation{ca: authority, log: logger}
+	if certFile == "" {
+		rotation.dir = dir // the root was generated there: persist its successor
+	}
 	logger.Info("built-in CA ready", "trust_domain", td.Name(), "root", a.Root.Subject.String(), "root_expires", a.Root.NotAfter, "dir", dir, "svid_ttl", ttl)
-	return ca.NewService(authority, tokens, ca.ServiceOptions{Logger: logger, Stats: st}), tokens, nil
+	return ca.NewService(authority, tokens, ca.ServiceOptions{Logger: logger, Stats: st}), tokens, rotation, nil
 }
