@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +36,8 @@ var summaryRE = regexp.MustCompile(`^meshd up: (\d+) calls, (\d+) errors.*?(?:, 
 // sample client's calls succeed through two sidecars within 30 s, with no
 // error after the first success; it stops cleanly after --duration and on
 // SIGINT, exits 0, leaves no sidecar process behind and removes its
-// temporary directory.
+// temporary directory. The example runs STRICT mTLS: the start-up block
+// prints both SPIFFE IDs and the server sidecar counts TLS handshakes.
 func TestUp(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	bin := testutil.BuildMeshd(t)
@@ -82,6 +85,8 @@ func TestUp(t *testing.T) {
 			// "Ctrl-C stops everything." once every sidecar is ready.
 			var logDir string
 			var children []int
+			var identities []string
+			admins := map[string]string{} // sidecar node ID -> admin address
 			startDeadline := time.After(upStartTimeout)
 		startup:
 			for {
@@ -94,6 +99,12 @@ func TestUp(t *testing.T) {
 					if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "logs "); ok {
 						logDir, _, _ = strings.Cut(strings.TrimSpace(rest), ",")
 					}
+					if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "identity "); ok {
+						identities = append(identities, strings.TrimSpace(rest))
+					}
+					if f := strings.Fields(l); len(f) >= 5 && f[0] == "sidecar" && f[2] == "admin" {
+						admins[f[1]] = strings.TrimPrefix(f[3], "http://")
+					}
 					if l == "Ctrl-C stops everything." {
 						break startup
 					}
@@ -104,6 +115,14 @@ func TestUp(t *testing.T) {
 			if logDir == "" {
 				t.Fatal("the start-up block names no log directory")
 			}
+			wantIDs := []string{"spiffe://example.org/ns/demo/sa/greeter-client", "spiffe://example.org/ns/demo/sa/greeter-server"}
+			if strings.Join(identities, " ") != strings.Join(wantIDs, " ") {
+				t.Errorf("start-up block identities %q, want %q", identities, wantIDs)
+			}
+			// The built-in example is STRICT: the server sidecar's
+			// inbound listener completes TLS handshakes with the client
+			// sidecar (a plaintext caller could not get through).
+			waitHandshakes(t, admins["greeter-server.demo"])
 			children = childPIDs(t, cmd.Process.Pid)
 			if len(children) != 2 {
 				t.Fatalf("meshd up has %d child processes %v, want 2 sidecars", len(children), children)
@@ -159,6 +178,34 @@ func TestUp(t *testing.T) {
 				t.Errorf("log directory %s still there after exit (err %v), want it removed without --keep-logs", logDir, err)
 			}
 		})
+	}
+}
+
+// waitHandshakes polls the sidecar admin at addr until a listener's
+// ssl.handshake counter is positive, for up to 10 s.
+func waitHandshakes(t *testing.T, addr string) {
+	t.Helper()
+	if addr == "" {
+		t.Fatal("the start-up block names no admin address for greeter-server.demo")
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := client.Get("http://" + addr + "/stats")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, line := range strings.Split(string(body), "\n") {
+				name, value, ok := strings.Cut(line, ": ")
+				if n, _ := strconv.Atoi(strings.TrimSpace(value)); ok && strings.HasPrefix(name, "listener.") && strings.HasSuffix(name, ".ssl.handshake") && n > 0 {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("greeter-server.demo's admin %s shows no listener ssl.handshake after 10 s (last error %v): the mesh is not running mTLS", addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
