@@ -28,7 +28,6 @@ import (
 	"meshd.dev/meshd/proxy/listener"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/proxy/tcpproxy"
-	"meshd.dev/meshd/proxy/tlscontext"
 	"meshd.dev/meshd/proxy/upstream"
 	"meshd.dev/meshd/xds/client"
 )
@@ -140,17 +139,16 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 		s.readyAfterIdentities(nil)
 		return nil
 	}
-	var secrets tlscontext.Secrets
-	if s.opts.Identities != nil {
-		secrets = s.opts.Identities
-	}
-	xc, err := client.New(client.Options{
+	xo := client.Options{
 		Bootstrap: snap.Bootstrap,
 		Apply:     s.Apply,
 		Stats:     s.store,
 		Logger:    s.logger,
-		Secrets:   secrets,
-	})
+	}
+	if ids := s.opts.Identities; ids != nil {
+		xo.Secrets, xo.ADSSecrets = ids, ids.UpdateADS
+	}
+	xc, err := client.New(xo)
 	if err != nil {
 		return err
 	}

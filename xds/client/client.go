@@ -38,6 +38,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"meshd.dev/meshd/proxy/config"
+	"meshd.dev/meshd/proxy/identity"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/proxy/tlscontext"
 )
@@ -72,6 +73,11 @@ type Options struct {
 	// contexts (the sidecar's identity manager); nil makes a TLS context
 	// with SDS secrets a NACK naming it.
 	Secrets tlscontext.Secrets
+	// ADSSecrets receives every accepted set of Secret resources (those
+	// TLS contexts name with `sds_config: {ads: {}}`), parsed; normally
+	// identity.Manager.UpdateADS. An error NACKs the update. Nil: secrets
+	// are validated and otherwise unused.
+	ADSSecrets func([]identity.ADSSecret) error
 }
 
 // Client is one ADS client. Run drives it; the other methods are safe for

@@ -15,10 +15,12 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
 	"meshd.dev/meshd/proxy/config"
+	"meshd.dev/meshd/proxy/identity"
 	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/tlscontext"
 	"meshd.dev/meshd/proxy/upstream"
@@ -26,7 +28,9 @@ import (
 
 // Type URLs, in the order a new stream subscribes to them (Envoy's: CDS
 // before LDS, so clusters can warm before listeners route to them).
-var allTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+// Secrets come last: they are subscribed by name once a listener or
+// cluster names an SDS secret with `sds_config: {ads: {}}`.
+var allTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType}
 
 // typeStatScope is where each type's update counters live (Envoy's names
 // for LDS and CDS; meshd's own for RDS and EDS, which Envoy keeps per
@@ -36,6 +40,7 @@ var typeStatScope = map[string]string{
 	resourcev3.ClusterType:  "cluster_manager.cds",
 	resourcev3.RouteType:    "xds.rds",
 	resourcev3.EndpointType: "xds.eds",
+	resourcev3.SecretType:   "xds.sds",
 }
 
 // typeState is what the client holds for one resource type. Owned by
@@ -158,6 +163,9 @@ func (st *state) handle(t transport, r *response) error {
 	st.c.st.byType[r.typeURL].attempt.Inc()
 
 	next, err := st.candidate(ts, r)
+	if err == nil && r.typeURL == resourcev3.SecretType {
+		err = st.deliverSecrets(next)
+	}
 	if err == nil {
 		prev, prevVersion, prevReceived := ts.accepted, ts.version, ts.received
 		ts.accepted, ts.version, ts.received = next, r.version, true
@@ -244,6 +252,8 @@ func decode(typeURL string, raw rawResource) (proto.Message, string, error) {
 		msg = &clusterv3.Cluster{}
 	case resourcev3.RouteType:
 		msg = &routev3.RouteConfiguration{}
+	case resourcev3.SecretType:
+		msg = &tlsv3.Secret{}
 	case resourcev3.EndpointType:
 		cla = &endpointv3.ClusterLoadAssignment{}
 		if err := raw.any.UnmarshalTo(cla); err != nil {
@@ -274,6 +284,8 @@ func kindOf(typeURL string) string {
 		return "route configuration"
 	case resourcev3.EndpointType:
 		return "cluster load assignment"
+	case resourcev3.SecretType:
+		return "secret"
 	}
 	return typeURL
 }
@@ -312,8 +324,71 @@ func validate(msg proto.Message, secrets tlscontext.Secrets) error {
 		}
 	case *endpointv3.ClusterLoadAssignment:
 		return config.ValidateClusterLoadAssignment(m)
+	case *tlsv3.Secret:
+		if _, err := identity.ParseSecret(m); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// deliverSecrets hands the secrets an update would leave accepted to the
+// identity manager, which applies them to the sources of TLS contexts
+// using `sds_config: {ads: {}}`; an error NACKs the update.
+func (st *state) deliverSecrets(next map[string]config.XDSResource) error {
+	if st.c.opts.ADSSecrets == nil {
+		return nil
+	}
+	out := make([]identity.ADSSecret, 0, len(next))
+	for _, name := range slices.Sorted(maps.Keys(next)) {
+		ps, err := identity.ParseSecret(next[name].Resource.(*tlsv3.Secret))
+		if err != nil {
+			return err
+		}
+		out = append(out, identity.ADSSecret{Name: name, Parsed: ps})
+	}
+	return st.c.opts.ADSSecrets(out)
+}
+
+// adsSecretNames returns the SDS secrets msg's TLS contexts take over ADS
+// (`sds_config: {ads: {}}`).
+func adsSecretNames(msg proto.Message) []string {
+	var ctxs []*tlsv3.CommonTlsContext
+	switch m := msg.(type) {
+	case *listenerv3.Listener:
+		for _, fc := range m.GetFilterChains() {
+			var dtc tlsv3.DownstreamTlsContext
+			if a := fc.GetTransportSocket().GetTypedConfig(); a.MessageIs(&dtc) && a.UnmarshalTo(&dtc) == nil {
+				ctxs = append(ctxs, dtc.GetCommonTlsContext())
+			}
+		}
+	case *clusterv3.Cluster:
+		var utc tlsv3.UpstreamTlsContext
+		if a := m.GetTransportSocket().GetTypedConfig(); a.MessageIs(&utc) && a.UnmarshalTo(&utc) == nil {
+			ctxs = append(ctxs, utc.GetCommonTlsContext())
+		}
+	}
+	var names []string
+	for _, ctx := range ctxs {
+		scs := append([]*tlsv3.SdsSecretConfig{ctx.GetValidationContextSdsSecretConfig(), ctx.GetCombinedValidationContext().GetValidationContextSdsSecretConfig()},
+			ctx.GetTlsCertificateSdsSecretConfigs()...)
+		for _, sc := range scs {
+			if sc.GetSdsConfig().GetAds() != nil {
+				names = append(names, sc.GetName())
+			}
+		}
+	}
+	return names
+}
+
+// secretsReady reports whether every ADS secret msg names was accepted.
+func secretsReady(msg proto.Message, secrets map[string]config.XDSResource) bool {
+	for _, n := range adsSecretNames(msg) {
+		if !hasKey(secrets, n) {
+			return false
+		}
+	}
+	return true
 }
 
 // rdsName returns the route configuration a listener's connection manager
@@ -347,6 +422,7 @@ func edsName(c *clusterv3.Cluster) string {
 func (st *state) publish() error {
 	lds, cds := st.types[resourcev3.ListenerType], st.types[resourcev3.ClusterType]
 	rds, eds := st.types[resourcev3.RouteType], st.types[resourcev3.EndpointType]
+	sds := st.types[resourcev3.SecretType]
 	d := &config.DynamicResources{Versions: map[string]string{}}
 	for _, ts := range st.types {
 		if ts.received {
@@ -356,7 +432,10 @@ func (st *state) publish() error {
 	warming := 0
 	for _, name := range slices.Sorted(maps.Keys(cds.accepted)) {
 		r := cds.accepted[name]
-		if n := edsName(r.Resource.(*clusterv3.Cluster)); n != "" && !hasKey(eds.accepted, n) && !st.timedOut {
+		// Like Envoy, a cluster warms until its EDS assignment and its
+		// ADS secrets have arrived.
+		n := edsName(r.Resource.(*clusterv3.Cluster))
+		if (n != "" && !hasKey(eds.accepted, n) || !secretsReady(r.Resource, sds.accepted)) && !st.timedOut {
 			warming++
 			if old, ok := st.live[cds.url][name]; ok {
 				d.Clusters = append(d.Clusters, old)
@@ -367,7 +446,7 @@ func (st *state) publish() error {
 	}
 	for _, name := range slices.Sorted(maps.Keys(lds.accepted)) {
 		r := lds.accepted[name]
-		if n := rdsName(r.Resource.(*listenerv3.Listener)); n != "" && !hasKey(rds.accepted, n) {
+		if n := rdsName(r.Resource.(*listenerv3.Listener)); n != "" && !hasKey(rds.accepted, n) || !secretsReady(r.Resource, sds.accepted) {
 			warming++
 			if old, ok := st.live[lds.url][name]; ok {
 				d.Listeners = append(d.Listeners, old)
@@ -437,11 +516,14 @@ func (st *state) initTimedOut() {
 // accepted and live listeners and clusters need, drops resources no longer
 // needed, and tells the server.
 func (st *state) resubscribe(t transport) error {
-	want := map[string]map[string]bool{resourcev3.RouteType: {}, resourcev3.EndpointType: {}}
+	want := map[string]map[string]bool{resourcev3.RouteType: {}, resourcev3.EndpointType: {}, resourcev3.SecretType: {}}
 	for _, m := range []map[string]config.XDSResource{st.types[resourcev3.ListenerType].accepted, st.live[resourcev3.ListenerType]} {
 		for _, r := range m {
 			if n := rdsName(r.Resource.(*listenerv3.Listener)); n != "" {
 				want[resourcev3.RouteType][n] = true
+			}
+			for _, n := range adsSecretNames(r.Resource) {
+				want[resourcev3.SecretType][n] = true
 			}
 		}
 	}
@@ -450,9 +532,12 @@ func (st *state) resubscribe(t transport) error {
 			if n := edsName(r.Resource.(*clusterv3.Cluster)); n != "" {
 				want[resourcev3.EndpointType][n] = true
 			}
+			for _, n := range adsSecretNames(r.Resource) {
+				want[resourcev3.SecretType][n] = true
+			}
 		}
 	}
-	for _, tu := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+	for _, tu := range []string{resourcev3.EndpointType, resourcev3.RouteType, resourcev3.SecretType} {
 		ts := st.types[tu]
 		if maps.Equal(ts.names, want[tu]) {
 			continue
