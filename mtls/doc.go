@@ -20,8 +20,8 @@
 //
 // # Selecting the Workload API in a bootstrap
 //
-// The bootstrap wiring lands with SDS in the sidecar. Its intended form
-// keeps the bootstrap valid for Envoy: a TLS context names an SDS secret
+// The sidecar's proxy/identity implements it, keeping the bootstrap valid
+// for Envoy: a TLS context names an SDS secret
 // whose sds_config points at a static cluster called
 // "meshd_spiffe_workload_api" with a pipe (Unix socket) address. Envoy
 // would speak SDS to it, which the SPIRE agent also serves; meshd instead
