@@ -241,7 +241,8 @@ func clientBootstrap(node, inbound, idCluster, clusterYAML string) string {
   - name: greeter
     type: STATIC
     connect_timeout: 1s
-` + h2Options + `    transport_socket:
+` + h2Options + `        common_http_protocol_options: {max_requests_per_connection: 500}
+    transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
@@ -370,9 +371,9 @@ func TestMTLSSidecarsBuiltinCA(t *testing.T) {
 				}
 			})
 		}
-		// Rotations must not disturb the sidecar-to-sidecar connection
-		// in use; the handshakes with rotated SVIDs are covered by
-		// proxy/tlscontext and mtls.
+		// The client cluster's connections carry 500 requests each, so
+		// new sidecar-to-sidecar handshakes keep happening while both
+		// SVIDs rotate.
 		deadline := time.Now().Add(20 * time.Second)
 		for time.Now().Before(deadline) {
 			if server.Stats(t)["sds.default.update_success"]-startServer >= 3 &&
@@ -404,8 +405,11 @@ func TestMTLSSidecarsBuiltinCA(t *testing.T) {
 		if freshErr != nil {
 			t.Errorf("call on a fresh connection after rotations: %v", freshErr)
 		}
-		if calls.Load() == 0 {
-			t.Error("no calls were made")
+		if calls.Load() < 2000 {
+			t.Errorf("only %d calls: too few to cross several connection rotations", calls.Load())
+		}
+		if n := client.Stats(t)["cluster.greeter.upstream_cx_total"]; n < 3 {
+			t.Errorf("cluster.greeter.upstream_cx_total = %d, want new connections (handshakes) during the rotations", n)
 		}
 	})
 }
