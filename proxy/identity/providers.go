@@ -62,6 +62,7 @@ func (m *Manager) startWorkloadAPI(p *provider, c *clusterv3.Cluster) error {
 		var w *mtls.WorkloadAPISource
 		for w == nil {
 			ctx, cancel := context.WithTimeout(m.ctx, 30*time.Second)
+			var err error
 			w, err = mtls.NewWorkloadAPISource(ctx, addr, m.log)
 			cancel()
 			if err != nil {

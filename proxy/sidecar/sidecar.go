@@ -167,9 +167,15 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 // Envoy's listener warming on SDS secrets, /ready stays 503 until TLS
 // contexts can handshake. It gives up when shutdown begins.
 func (s *Sidecar) readyAfterIdentities(warmed <-chan struct{}) {
-	if warmed == nil && s.opts.Identities == nil {
-		s.ready.Store(true)
-		return
+	if warmed == nil {
+		// A static bootstrap whose identities are all there (or that has
+		// none) is ready when Start returns, as before identities.
+		done, cancel := context.WithCancel(context.Background())
+		cancel()
+		if s.opts.Identities == nil || s.opts.Identities.Wait(done) == nil {
+			s.ready.Store(true)
+			return
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.readyStop = cancel
