@@ -20,10 +20,13 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/translate"
 )
 
@@ -47,9 +50,40 @@ type xdsReply struct {
 	TypeURL, Version, ErrorDetail string
 }
 
-// startTestXDS serves ADS (SotW and delta) on 127.0.0.1:0 until the test
-// ends.
-func startTestXDS(t *testing.T) *testXDS {
+// testCA returns the registration of a built-in CA service (root and
+// token secret in caDir, tokens of meshPath's workloads), so a plain
+// go-control-plane server stands in for meshd control-plane's CA too: a
+// sidecar bootstrapped by `meshd bootstrap` is ready only once it has its
+// SVID, whatever the mesh's mtls mode.
+func testCA(t *testing.T, caDir, meshPath string) func(grpc.ServiceRegistrar) {
+	t.Helper()
+	m, err := model.Load(meshPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString(m.Spec.TrustDomain)
+	root, err := ca.LoadOrGenerate(caDir, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.New(td, ca.Options{}, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := ca.LoadOrCreateTokenSecret(caDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := ca.NewTokenAuthenticator(secret, td)
+	if err := tokens.SetMesh(m); err != nil {
+		t.Fatal(err)
+	}
+	return ca.NewService(authority, tokens, ca.ServiceOptions{}).Register
+}
+
+// startTestXDS serves ADS (SotW and delta) and any extra services on
+// 127.0.0.1:0 until the test ends.
+func startTestXDS(t *testing.T, services ...func(grpc.ServiceRegistrar)) *testXDS {
 	t.Helper()
 	x := &testXDS{cache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), sent: map[string]string{}}
 	cb := serverv3.CallbackFuncs{
@@ -72,6 +106,9 @@ func startTestXDS(t *testing.T) *testXDS {
 	srv := serverv3.NewServer(ctx, x.cache, cb)
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+	for _, register := range services {
+		register(gs)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -262,9 +299,10 @@ func TestBadResourceNACKed(t *testing.T) {
 				bad := cloneResources(good)
 				tc.spoil(bad, outbound)
 
-				x := startTestXDS(t)
+				caDir := filepath.Join(t.TempDir(), "ca")
+				x := startTestXDS(t, testCA(t, caDir, meshPath))
 				x.set(t, clientNode, "v1", good)
-				args := []string{"bootstrap", "-f", meshPath, "--workload", clientNode, "--xds", x.addr}
+				args := []string{"bootstrap", "-f", meshPath, "--workload", clientNode, "--xds", x.addr, "--ca-dir", caDir}
 				if delta {
 					args = append(args, "--delta")
 				}
