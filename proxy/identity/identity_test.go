@@ -326,6 +326,10 @@ func TestSDSOverUnixSocket(t *testing.T) {
 	if second.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) == 0 {
 		t.Fatal("SVID did not rotate")
 	}
+	// The source publishes before the stat is counted: poll briefly.
+	for deadline := time.Now().Add(testTimeout); counter(st, "sds.default.update_success") < 2 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := counter(st, "sds.default.update_success"); n != 2 {
 		t.Errorf("sds.default.update_success = %d, want 2", n)
 	}
