@@ -98,8 +98,21 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.config.rbac.v3.Principal.Set":           {supported: names("ids")},
 	"envoy.config.rbac.v3.Principal.Authenticated": {supported: names("principal_name")},
 	"envoy.type.matcher.v3.PathMatcher":            {supported: names("path")},
-	"envoy.config.core.v3.CidrRange":               {supported: names("address_prefix", "prefix_len")},
-	"envoy.config.core.v3.Http1ProtocolOptions":    {},
+	// Local rate limit (filters/localratelimit): descriptors and the other
+	// route-keyed fields are rejected; runtime keys have no runtime to read.
+	"envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": {
+		supported: names("stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
+			"request_headers_to_add_when_not_enforced", "response_headers_to_add",
+			"local_rate_limit_per_downstream_connection", "enable_x_ratelimit_headers",
+			"rate_limited_as_resource_exhausted", "enable_retry_after_header", "stage", "vh_rate_limits",
+			"always_consume_default_token_bucket"),
+	},
+	"envoy.config.core.v3.RuntimeFractionalPercent": {supported: names("default_value"), ignored: names("runtime_key")},
+	"envoy.type.v3.TokenBucket":                     {supported: names("max_tokens", "tokens_per_fill", "fill_interval")},
+	"envoy.type.v3.HttpStatus":                      {supported: names("code")},
+	"envoy.type.v3.FractionalPercent":               {supported: names("numerator", "denominator")},
+	"envoy.config.core.v3.CidrRange":                {supported: names("address_prefix", "prefix_len")},
+	"envoy.config.core.v3.Http1ProtocolOptions":     {},
 	"envoy.config.core.v3.Http2ProtocolOptions": {
 		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
 			"connection_keepalive"),

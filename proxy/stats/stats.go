@@ -336,3 +336,7 @@ func sortedValues[T any](m map[string]*T) []*T {
 	}
 	return out
 }
+
+// Store returns the store the scope names metrics in, so that code handed
+// a scope can name metrics elsewhere in the same store (Store().Root()).
+func (sc *Scope) Store() *Store { return sc.store }
