@@ -375,9 +375,14 @@ func TestMTLSSidecarsBuiltinCA(t *testing.T) {
 		// new sidecar-to-sidecar handshakes keep happening while both
 		// SVIDs rotate.
 		deadline := time.Now().Add(20 * time.Second)
+		// Run until both SVIDs rotated 3 times and the client cluster
+		// opened 3 connections (handshakes under rotating SVIDs), however
+		// slow the machine: the deadline only bounds the test.
 		for time.Now().Before(deadline) {
+			cs := client.Stats(t)
 			if server.Stats(t)["sds.default.update_success"]-startServer >= 3 &&
-				client.Stats(t)["sds.default.update_success"]-startClient >= 3 {
+				cs["sds.default.update_success"]-startClient >= 3 &&
+				cs["cluster.greeter.upstream_cx_total"] >= 3 {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
@@ -404,9 +409,6 @@ func TestMTLSSidecarsBuiltinCA(t *testing.T) {
 		}
 		if freshErr != nil {
 			t.Errorf("call on a fresh connection after rotations: %v", freshErr)
-		}
-		if calls.Load() < 2000 {
-			t.Errorf("only %d calls: too few to cross several connection rotations", calls.Load())
 		}
 		if n := client.Stats(t)["cluster.greeter.upstream_cx_total"]; n < 3 {
 			t.Errorf("cluster.greeter.upstream_cx_total = %d, want new connections (handshakes) during the rotations", n)
