@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"time"
+)
+
+// bucketState is one token bucket as stored in shared data: 16 bytes, the
+// token count (float64 bits) and the time it was last refilled (Unix ns).
+// Refilling is a pure function of elapsed time, so any VM (a request's or a
+// tick's) may apply it and the result does not depend on who did.
+type bucketState struct {
+	tokens float64
+	last   int64
+}
+
+const bucketStateSize = 16
+
+func (b bucketState) encode() []byte {
+	buf := make([]byte, bucketStateSize)
+	binary.LittleEndian.PutUint64(buf[0:], math.Float64bits(b.tokens))
+	binary.LittleEndian.PutUint64(buf[8:], uint64(b.last))
+	return buf
+}
+
+func decodeBucket(buf []byte) (bucketState, error) {
+	if len(buf) != bucketStateSize {
+		return bucketState{}, fmt.Errorf("bucket state: want %d bytes, got %d", bucketStateSize, len(buf))
+	}
+	return bucketState{
+		tokens: math.Float64frombits(binary.LittleEndian.Uint64(buf[0:])),
+		last:   int64(binary.LittleEndian.Uint64(buf[8:])),
+	}, nil
+}
+
+// limits is the immutable shape of every bucket of one plugin configuration.
+type limits struct {
+	capacity float64 // tokens a full bucket holds (burst)
+	perNano  float64 // tokens added per nanosecond
+}
+
+// refill adds the tokens earned between b.last and now, capped at capacity.
+// A clock that went backwards earns nothing.
+func (l limits) refill(b bucketState, now time.Time) bucketState {
+	n := now.UnixNano()
+	if n > b.last {
+		b.tokens = math.Min(l.capacity, b.tokens+float64(n-b.last)*l.perNano)
+		b.last = n
+	}
+	return b
+}
+
+// take refills b and takes one token if there is one.
+func (l limits) take(b bucketState, now time.Time) (bucketState, bool) {
+	b = l.refill(b, now)
+	if b.tokens < 1 {
+		return b, false
+	}
+	b.tokens--
+	return b, true
+}
+
+// full is a bucket as first seen: full at now.
+func (l limits) full(now time.Time) bucketState {
+	return bucketState{tokens: l.capacity, last: now.UnixNano()}
+}
+
+// resetSeconds is the whole number of seconds (rounded up) until b is full.
+func (l limits) resetSeconds(b bucketState) int64 {
+	missing := l.capacity - b.tokens
+	if missing <= 0 {
+		return 0
+	}
+	return int64(math.Ceil(missing / l.perNano / float64(time.Second)))
+}

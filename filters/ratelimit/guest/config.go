@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// config is the plugin configuration (JSON, unknown fields rejected):
+//
+//	{"requests_per_unit": 100, "unit": "second", "burst": 10,
+//	 "key": "source-identity" | "header:NAME" | "path" | "global",
+//	 "dry_run": false}
+//
+// Each key value gets a bucket holding burst tokens (requests_per_unit when
+// burst is 0), refilled continuously at requests_per_unit per unit.
+type config struct {
+	RequestsPerUnit int64  `json:"requests_per_unit"`
+	Unit            string `json:"unit"`
+	Burst           int64  `json:"burst"`
+	Key             string `json:"key"`
+	DryRun          bool   `json:"dry_run"`
+}
+
+// keyKind says where a request's bucket key comes from.
+type keyKind int
+
+const (
+	keyGlobal keyKind = iota
+	keyPath
+	keyHeader
+	keySourceIdentity
+)
+
+// settings is a validated configuration.
+type settings struct {
+	limits
+	rpu    int64
+	kind   keyKind
+	header string // for keyHeader, lower case
+	dryRun bool
+}
+
+func parseConfig(data []byte) (settings, error) {
+	var c config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return settings{}, fmt.Errorf("plugin configuration: %w", err)
+	}
+	if c.RequestsPerUnit <= 0 {
+		return settings{}, errors.New("plugin configuration: requests_per_unit must be > 0")
+	}
+	if c.Burst < 0 {
+		return settings{}, errors.New("plugin configuration: burst must be >= 0")
+	}
+	var unit time.Duration
+	switch c.Unit {
+	case "second", "":
+		unit = time.Second
+	case "minute":
+		unit = time.Minute
+	default:
+		return settings{}, fmt.Errorf("plugin configuration: unit %q: want second or minute", c.Unit)
+	}
+	s := settings{rpu: c.RequestsPerUnit, dryRun: c.DryRun}
+	capacity := c.Burst
+	if capacity == 0 {
+		capacity = c.RequestsPerUnit
+	}
+	s.limits = limits{capacity: float64(capacity), perNano: float64(c.RequestsPerUnit) / float64(unit)}
+	switch {
+	case c.Key == "global" || c.Key == "":
+		s.kind = keyGlobal
+	case c.Key == "path":
+		s.kind = keyPath
+	case c.Key == "source-identity":
+		s.kind = keySourceIdentity
+	case strings.HasPrefix(c.Key, "header:") && len(c.Key) > len("header:"):
+		s.kind, s.header = keyHeader, strings.ToLower(strings.TrimPrefix(c.Key, "header:"))
+	default:
+		return settings{}, fmt.Errorf("plugin configuration: key %q: want source-identity, header:NAME, path or global", c.Key)
+	}
+	return s, nil
+}

@@ -1,0 +1,293 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+)
+
+// fakeClock is a manual clock for the guest's vmContext.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+// newHost starts the plugin in the SDK's host emulator with config.
+func newHost(t *testing.T, config string, clock *fakeClock, props map[string]string) proxytest.HostEmulator {
+	t.Helper()
+	opt := proxytest.NewEmulatorOption().
+		WithVMContext(&vmContext{now: clock.now}).
+		WithPluginConfiguration([]byte(config))
+	for k, v := range props {
+		opt = opt.WithProperty(strings.Split(k, "."), []byte(v))
+	}
+	host, reset := proxytest.NewHostEmulator(opt)
+	t.Cleanup(reset)
+	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+		t.Fatalf("StartPlugin = %v, logs: %v", st, host.GetCriticalLogs())
+	}
+	return host
+}
+
+// request runs one request through a new HTTP context and returns the
+// request-headers action, the local response (nil if none) and the response
+// headers the filter left.
+func request(host proxytest.HostEmulator, hdrs [][2]string) (types.Action, *proxytest.LocalHttpResponse, [][2]string) {
+	id := host.InitializeHttpContext()
+	act := host.CallOnRequestHeaders(id, hdrs, false)
+	local := host.GetSentLocalResponse(id)
+	var resp [][2]string
+	if local == nil {
+		host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}}, false)
+		resp = host.GetCurrentResponseHeaders(id)
+	}
+	host.CompleteHttpContext(id)
+	return act, local, resp
+}
+
+func header(hdrs [][2]string, name string) string {
+	for _, kv := range hdrs {
+		if kv[0] == name {
+			return kv[1]
+		}
+	}
+	return ""
+}
+
+func counter(t *testing.T, host proxytest.HostEmulator, name string) uint64 {
+	t.Helper()
+	v, err := host.GetCounterMetric(name)
+	if err != nil {
+		t.Fatalf("counter %s: %v", name, err)
+	}
+	return v
+}
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name, config, wantErr string
+		wantKind              keyKind
+		wantCap               float64
+	}{
+		{name: "global default burst", config: `{"requests_per_unit":100}`, wantKind: keyGlobal, wantCap: 100},
+		{name: "header", config: `{"requests_per_unit":5,"unit":"minute","burst":2,"key":"header:X-User"}`, wantKind: keyHeader, wantCap: 2},
+		{name: "identity", config: `{"requests_per_unit":5,"key":"source-identity"}`, wantKind: keySourceIdentity, wantCap: 5},
+		{name: "path", config: `{"requests_per_unit":5,"key":"path"}`, wantKind: keyPath, wantCap: 5},
+		{name: "zero rate", config: `{"requests_per_unit":0}`, wantErr: "requests_per_unit"},
+		{name: "bad unit", config: `{"requests_per_unit":1,"unit":"hour"}`, wantErr: "unit"},
+		{name: "bad key", config: `{"requests_per_unit":1,"key":"cookie"}`, wantErr: "key"},
+		{name: "empty header", config: `{"requests_per_unit":1,"key":"header:"}`, wantErr: "key"},
+		{name: "negative burst", config: `{"requests_per_unit":1,"burst":-1}`, wantErr: "burst"},
+		{name: "unknown field", config: `{"requests_per_unit":1,"rate":2}`, wantErr: "rate"},
+		{name: "not json", config: `{`, wantErr: "plugin configuration"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := parseConfig([]byte(tc.config))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.kind != tc.wantKind || s.capacity != tc.wantCap {
+				t.Fatalf("kind %v capacity %v, want %v %v", s.kind, s.capacity, tc.wantKind, tc.wantCap)
+			}
+		})
+	}
+}
+
+func TestLimit(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, `{"requests_per_unit":10,"unit":"second","burst":3,"key":"global"}`, clock, nil)
+
+	// A full bucket admits burst requests, then rejects.
+	for i := range 3 {
+		act, local, resp := request(host, [][2]string{{":path", "/"}})
+		if act != types.ActionContinue || local != nil {
+			t.Fatalf("request %d: action %v local %+v, want admitted", i, act, local)
+		}
+		if got, want := header(resp, "x-ratelimit-remaining"), []string{"2", "1", "0"}[i]; got != want {
+			t.Fatalf("request %d: remaining %q, want %q", i, got, want)
+		}
+		if header(resp, "x-ratelimit-limit") != "10" {
+			t.Fatalf("request %d: limit header %q", i, header(resp, "x-ratelimit-limit"))
+		}
+	}
+	act, local, _ := request(host, [][2]string{{":path", "/"}})
+	if act != types.ActionPause || local == nil || local.StatusCode != 429 || local.GRPCStatus != -1 {
+		t.Fatalf("4th request: action %v local %+v, want 429 without grpc status", act, local)
+	}
+	if header(local.Headers, "x-ratelimit-remaining") != "0" || header(local.Headers, "x-ratelimit-reset") != "1" {
+		t.Fatalf("429 headers %v", local.Headers)
+	}
+
+	// 100ms later one token has been earned.
+	clock.advance(100 * time.Millisecond)
+	if act, local, _ := request(host, nil); act != types.ActionContinue || local != nil {
+		t.Fatalf("after refill: action %v local %+v", act, local)
+	}
+	if _, local, _ := request(host, nil); local == nil {
+		t.Fatal("bucket should be empty again")
+	}
+	if got := counter(t, host, "wasm_ratelimit.ok"); got != 4 {
+		t.Fatalf("ok = %d, want 4", got)
+	}
+	if got := counter(t, host, "wasm_ratelimit.enforced"); got != 2 {
+		t.Fatalf("enforced = %d, want 2", got)
+	}
+
+	// The tick refills the buckets used without any request.
+	clock.advance(time.Second)
+	host.Tick()
+	if host.GetTickPeriod() != uint32(tickPeriod/time.Millisecond) {
+		t.Fatalf("tick period %d", host.GetTickPeriod())
+	}
+	if _, _, resp := request(host, nil); header(resp, "x-ratelimit-remaining") != "2" {
+		t.Fatalf("after tick: remaining %q, want 2", header(resp, "x-ratelimit-remaining"))
+	}
+}
+
+func TestGRPCResourceExhausted(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, `{"requests_per_unit":1,"burst":1}`, clock, nil)
+	grpc := [][2]string{{":path", "/pkg.Svc/M"}, {"content-type", "application/grpc+proto"}}
+	request(host, grpc)
+	_, local, _ := request(host, grpc)
+	if local == nil || local.GRPCStatus != grpcResourceExhausted {
+		t.Fatalf("local response %+v, want grpc-status %d", local, grpcResourceExhausted)
+	}
+}
+
+func TestDryRun(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, `{"requests_per_unit":1,"burst":1,"dry_run":true}`, clock, nil)
+	for i := range 5 {
+		act, local, resp := request(host, nil)
+		if act != types.ActionContinue || local != nil || header(resp, "x-ratelimit-limit") != "" {
+			t.Fatalf("request %d: action %v local %+v resp %v, want untouched", i, act, local, resp)
+		}
+	}
+	if got := counter(t, host, "wasm_ratelimit.rate_limited"); got != 4 {
+		t.Fatalf("rate_limited = %d, want 4", got)
+	}
+	if got := counter(t, host, "wasm_ratelimit.enforced"); got != 0 {
+		t.Fatalf("enforced = %d, want 0", got)
+	}
+}
+
+// TestKeys checks that distinct descriptor values get independent buckets and
+// requests without the descriptor are not limited.
+func TestKeys(t *testing.T) {
+	tests := []struct {
+		name     string
+		key      string
+		props    map[string]string
+		a, b     [][2]string // two requests with different descriptor values
+		noKey    [][2]string // a request without the descriptor; nil if none
+		sameAsA  [][2]string // a request sharing a's bucket
+	}{
+		{
+			name:    "header",
+			key:     "header:x-user",
+			a:       [][2]string{{"x-user", "alice"}},
+			b:       [][2]string{{"x-user", "bob"}},
+			noKey:   [][2]string{{"x-other", "1"}},
+			sameAsA: [][2]string{{"x-user", "alice"}, {"x-other", "2"}},
+		},
+		{
+			name:    "path ignores query",
+			key:     "path",
+			a:       [][2]string{{":path", "/a?x=1"}},
+			b:       [][2]string{{":path", "/b"}},
+			sameAsA: [][2]string{{":path", "/a?x=2"}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+			host := newHost(t, `{"requests_per_unit":1,"burst":1,"key":"`+tc.key+`"}`, clock, tc.props)
+			if _, local, _ := request(host, tc.a); local != nil {
+				t.Fatal("first a rejected")
+			}
+			if _, local, _ := request(host, tc.b); local != nil {
+				t.Fatal("b shares a's bucket")
+			}
+			if _, local, _ := request(host, tc.sameAsA); local == nil {
+				t.Fatal("second request for a's bucket admitted")
+			}
+			if tc.noKey != nil {
+				for range 3 {
+					if _, local, _ := request(host, tc.noKey); local != nil {
+						t.Fatal("request without descriptor rejected")
+					}
+				}
+				if got := counter(t, host, "wasm_ratelimit.no_key"); got != 3 {
+					t.Fatalf("no_key = %d, want 3", got)
+				}
+			}
+		})
+	}
+}
+
+// TestSourceIdentity checks the descriptor for key source-identity: the
+// peer's SPIFFE ID, else its IP. The emulator has one set of properties, so
+// the descriptor is checked directly; TestKeys shows distinct descriptors get
+// distinct buckets.
+func TestSourceIdentity(t *testing.T) {
+	tests := []struct {
+		name  string
+		props map[string]string
+		want  string
+		ok    bool
+	}{
+		{name: "principal", props: map[string]string{"source.principal": "spiffe://td/ns/a/sa/x", "source.address": "10.0.0.1:5000"}, want: "principal=spiffe://td/ns/a/sa/x", ok: true},
+		{name: "address fallback", props: map[string]string{"source.address": "10.0.0.1:5000"}, want: "address=10.0.0.1", ok: true},
+		{name: "neither", props: nil, ok: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+			host := newHost(t, `{"requests_per_unit":1,"key":"source-identity"}`, clock, tc.props)
+			// Drive one request so the emulator's current context is an HTTP one.
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, nil, false)
+			hc := &httpContext{plugin: &pluginContext{cfg: settings{kind: keySourceIdentity}}}
+			got, ok := hc.descriptor()
+			if got != tc.want || ok != tc.ok {
+				t.Fatalf("descriptor = %q, %v; want %q, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestBadConfigFailsStart(t *testing.T) {
+	opt := proxytest.NewEmulatorOption().
+		WithVMContext(&vmContext{now: time.Now}).
+		WithPluginConfiguration([]byte(`{"requests_per_unit":-1}`))
+	host, reset := proxytest.NewHostEmulator(opt)
+	defer reset()
+	if st := host.StartPlugin(); st != types.OnPluginStartStatusFailed {
+		t.Fatalf("StartPlugin = %v, want failed", st)
+	}
+	if logs := host.GetCriticalLogs(); len(logs) == 0 || !strings.Contains(logs[0], "requests_per_unit") {
+		t.Fatalf("critical logs %v, want the field named", logs)
+	}
+}
+
+func TestBucketEncoding(t *testing.T) {
+	b := bucketState{tokens: 2.5, last: 123456789}
+	got, err := decodeBucket(b.encode())
+	if err != nil || got != b {
+		t.Fatalf("round trip = %+v, %v", got, err)
+	}
+	if _, err := decodeBucket([]byte{1, 2}); err == nil {
+		t.Fatal("short state accepted")
+	}
+}
