@@ -186,12 +186,12 @@ func TestDryRun(t *testing.T) {
 // requests without the descriptor are not limited.
 func TestKeys(t *testing.T) {
 	tests := []struct {
-		name     string
-		key      string
-		props    map[string]string
-		a, b     [][2]string // two requests with different descriptor values
-		noKey    [][2]string // a request without the descriptor; nil if none
-		sameAsA  [][2]string // a request sharing a's bucket
+		name    string
+		key     string
+		props   map[string]string
+		a, b    [][2]string // two requests with different descriptor values
+		noKey   [][2]string // a request without the descriptor; nil if none
+		sameAsA [][2]string // a request sharing a's bucket
 	}{
 		{
 			name:    "header",
