@@ -30,8 +30,9 @@ const xdsConnectTimeout = time.Second
 // workload's spec.admin, and dynamic_resources with ads_config over gRPC to
 // the static HTTP/2 cluster XDSClusterName at xdsAddr (host:port; a host
 // that is not an IP is resolved with STRICT_DNS) and lds_config/cds_config
-// from ADS, and the static cluster IdentityClusterName to the same address
-// over which the mTLS SDS secrets are fetched. Admin is not an xDS
+// from ADS, and (unless the mesh's mTLS is DISABLE) the static cluster
+// IdentityClusterName to the same address over which the mTLS SDS secrets
+// are fetched. Admin is not an xDS
 // resource, which is why it lives here. The caller adds the workload's CA
 // token to node.metadata (ca.SetNodeToken).
 func Bootstrap(m *model.Mesh, nodeID, xdsAddr string) (*bootstrapv3.Bootstrap, error) {
@@ -85,7 +86,12 @@ func Bootstrap(m *model.Mesh, nodeID, xdsAddr string) (*bootstrapv3.Bootstrap, e
 			LdsConfig: ads(),
 			CdsConfig: ads(),
 		},
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds, identity}},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds}},
+	}
+	// With mTLS off nothing references the secrets; a sidecar that sees
+	// the identity cluster would wait for an SVID before it is ready.
+	if m.Spec.MTLS != model.MTLSDisable {
+		b.StaticResources.Clusters = append(b.StaticResources.Clusters, identity)
 	}
 	if w.Spec.Admin != "" {
 		ahost, aport, err := splitHostPort(w.Spec.Admin)

@@ -110,6 +110,22 @@ func TestBootstrap(t *testing.T) {
 		t.Errorf("xds cluster for a host name is %v, want STRICT_DNS", got)
 	}
 
+	// With mTLS off the bootstrap has no identity cluster, so the sidecar
+	// does not wait for an SVID nothing will use.
+	if w := inputs(t)["disable"].Workloads; len(w) > 0 {
+		off, err := translate.Bootstrap(inputs(t)["disable"], w[0].NodeID(), "127.0.0.1:15010")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range off.GetStaticResources().GetClusters() {
+			if c.GetName() == translate.IdentityClusterName {
+				t.Errorf("mtls DISABLE: bootstrap has the %s cluster", translate.IdentityClusterName)
+			}
+		}
+	} else {
+		t.Fatal("testdata/disable.yaml has no Workload")
+	}
+
 	bad := []struct{ node, addr, want string }{
 		{"nobody.demo", "127.0.0.1:15010", `no Workload "nobody.demo"`},
 		{"greeter-server.demo", "127.0.0.1", "xDS address"},
