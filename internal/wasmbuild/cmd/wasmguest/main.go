@@ -65,6 +65,10 @@ func run(ctx context.Context, out, overlayDir string, patterns []string) error {
 	if err != nil {
 		return err
 	}
+	// The go command runs in the module root; make out independent of it.
+	if out, err = filepath.Abs(out); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
