@@ -20,17 +20,22 @@
 //     for the stream: on a local reply sent by a request hook, that is the
 //     filter that answered and those before it.
 //   - The body and trailer hooks (RequestBodyFilter, RequestTrailersFilter,
-//     ResponseBodyFilter, ResponseTrailersFilter) are declared here so that
-//     filters can be written against a stable API, but the connection
-//     manager does not call them yet: it streams bodies and trailers
-//     without filtering them. A filter that needs them (local rate limit
-//     does not; proxy-wasm body callbacks do) arrives together with that
-//     plumbing.
+//     ResponseBodyFilter, ResponseTrailersFilter) run on proxied bodies:
+//     request data and trailers in http_filters order before they go
+//     upstream, response data and trailers in reverse order before they go
+//     downstream. The bodies of local and direct replies are not passed to
+//     them. Request body hooks run on the goroutine that reads the request
+//     body, concurrently with nothing else of the stream's filters: the
+//     connection manager serialises every hook of a stream whose chain has
+//     body or trailer hooks. A chain without them costs nothing.
 //
 // A hook returns Continue to pass the stream on, or Stop after it called
 // Callbacks.SendLocalReply. Iteration also stops when a hook sent a local
-// reply and returned Continue. Envoy's asynchronous pause/resume
-// (StopIteration followed by continueDecoding) is not part of this API.
+// reply and returned Continue. A body hook may return StopAndBuffer (see
+// there). Envoy's asynchronous pause/resume (StopIteration followed by
+// continueDecoding) is not part of this API: a filter waiting for an
+// external answer (a proxy-wasm http_call) blocks in its hook, bounded by
+// the stream's context.
 //
 // The router (envoy.filters.http.router) is the connection manager's own
 // proxying. It is registered here as the terminal filter, so that config
@@ -70,8 +75,21 @@ const (
 	// returns it after calling Callbacks.SendLocalReply; the connection
 	// manager then neither routes nor proxies the request. A response hook
 	// returning Stop without a local reply leaves the response unchanged
-	// and skips the remaining response hooks.
+	// and skips the remaining response hooks. A body or trailer hook
+	// returning Stop without a local reply skips the remaining hooks for
+	// that chunk, which moves on unchanged.
 	Stop
+	// StopAndBuffer, from a body hook, holds the chunk in the connection
+	// manager: the filter is called again at the next chunk with
+	// everything it held followed by the new chunk, and the data moves on
+	// when a call returns Continue. On the last chunk (endStream) it means
+	// Continue. When trailers follow, held data moves on before the
+	// trailer hooks run. Held bytes per direction are bounded by the
+	// route's per_request_buffer_limit_bytes (default
+	// hcm.DefaultPerRequestBufferLimit): over it a request is answered 413
+	// and a response (whose headers went downstream) is reset. From a
+	// header hook it means Stop.
+	StopAndBuffer
 )
 
 func (s Status) String() string {
@@ -80,6 +98,8 @@ func (s Status) String() string {
 		return "Continue"
 	case Stop:
 		return "Stop"
+	case StopAndBuffer:
+		return "StopAndBuffer"
 	}
 	return fmt.Sprintf("Status(%d)", int(s))
 }
@@ -136,30 +156,33 @@ type Filter interface {
 }
 
 // RequestBodyFilter is implemented by filters that inspect request body
-// data. Not called by the connection manager yet (see the package doc).
+// data (see the package doc for when it runs).
 type RequestBodyFilter interface {
 	// OnRequestData sees one chunk of request body; endStream marks the
-	// last one (no trailers follow).
+	// last one (no trailers follow), which may be empty. The filter may
+	// change the bytes in place but must not keep data after returning
+	// (the connection manager keeps what StopAndBuffer holds).
 	OnRequestData(cb Callbacks, data []byte, endStream bool) Status
 }
 
 // RequestTrailersFilter is implemented by filters that inspect request
-// trailers. Not called by the connection manager yet.
+// trailers.
 type RequestTrailersFilter interface {
 	// OnRequestTrailers sees the request trailers, which it may modify.
 	OnRequestTrailers(cb Callbacks, trailers *header.Header) Status
 }
 
 // ResponseBodyFilter is implemented by filters that inspect response body
-// data. Not called by the connection manager yet.
+// data.
 type ResponseBodyFilter interface {
 	// OnResponseData sees one chunk of response body; endStream marks the
-	// last one.
+	// last one (no trailers follow), which may be empty. The same rules as
+	// OnRequestData apply to data.
 	OnResponseData(cb Callbacks, data []byte, endStream bool) Status
 }
 
 // ResponseTrailersFilter is implemented by filters that inspect response
-// trailers. Not called by the connection manager yet.
+// trailers.
 type ResponseTrailersFilter interface {
 	// OnResponseTrailers sees the response trailers, which it may modify.
 	OnResponseTrailers(cb Callbacks, trailers *header.Header) Status

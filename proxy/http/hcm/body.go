@@ -57,8 +57,11 @@ func (b *replayBody) notifyLocked() {
 
 // fill reads the downstream body and trailers into b until the end of the
 // request, a read error, or ctx ending. onActivity is called for each chunk
-// and onComplete once the whole request has been received.
-func (b *replayBody) fill(ctx context.Context, ds stream.ServerStream, onActivity, onComplete func()) {
+// and onComplete once the whole request has been received. With a chain,
+// every chunk and the trailers pass its hooks first; a hook's local reply
+// or buffer overflow ends the body with that error (the hook already
+// cancelled the exchange for a reply; fail cancels it for an overflow).
+func (b *replayBody) fill(ctx context.Context, ds stream.ServerStream, chain *bodyChain, fail context.CancelCauseFunc, onActivity, onComplete func()) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -68,30 +71,42 @@ func (b *replayBody) fill(ctx context.Context, ds stream.ServerStream, onActivit
 			onActivity()
 			chunk := make([]byte, n)
 			copy(chunk, buf[:n])
-			b.mu.Lock()
-			b.chunks = append(b.chunks, chunk)
-			b.size += n
-			if b.size > b.limit {
-				b.overflow = true
-			}
-			b.notifyLocked()
-			for b.overflow && b.size > b.limit {
-				wait := b.changed
-				b.mu.Unlock()
-				select {
-				case <-wait:
-				case <-ctx.Done():
+			if chain != nil {
+				var ferr error
+				if chunk, ferr = chain.onData(chunk, false); ferr != nil {
+					b.fail(ferr, fail)
 					return
 				}
-				b.mu.Lock()
 			}
-			b.mu.Unlock()
+			if !b.push(ctx, chunk) {
+				return
+			}
 		}
 		if err != nil {
+			var trailers header.Header
+			if err == io.EOF {
+				trailers = ds.Trailers()
+				if chain != nil {
+					var rest []byte
+					var ferr error
+					if trailers.Len() > 0 {
+						rest, ferr = chain.onTrailers(&trailers)
+					} else {
+						rest, ferr = chain.onData(nil, true)
+					}
+					if ferr != nil {
+						b.fail(ferr, fail)
+						return
+					}
+					if !b.push(ctx, rest) {
+						return
+					}
+				}
+			}
 			b.mu.Lock()
 			if err == io.EOF {
 				b.eof = true
-				b.trailers = ds.Trailers()
+				b.trailers = trailers
 			} else {
 				b.err = err
 			}
@@ -103,6 +118,43 @@ func (b *replayBody) fill(ctx context.Context, ds stream.ServerStream, onActivit
 			return
 		}
 	}
+}
+
+// push appends chunk, then waits while the body is over its limit in
+// streaming mode. It returns false when ctx ended.
+func (b *replayBody) push(ctx context.Context, chunk []byte) bool {
+	if len(chunk) == 0 {
+		return true
+	}
+	b.mu.Lock()
+	b.chunks = append(b.chunks, chunk)
+	b.size += len(chunk)
+	if b.size > b.limit {
+		b.overflow = true
+	}
+	b.notifyLocked()
+	for b.overflow && b.size > b.limit {
+		wait := b.changed
+		b.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return false
+		}
+		b.mu.Lock()
+	}
+	b.mu.Unlock()
+	return true
+}
+
+// fail ends the body with a filter's error: senders reset their upstream
+// stream, and the exchange ends with cause err.
+func (b *replayBody) fail(err error, cancel context.CancelCauseFunc) {
+	b.mu.Lock()
+	b.err = err
+	b.notifyLocked()
+	b.mu.Unlock()
+	cancel(err)
 }
 
 // replayable reports whether a new attempt can send the body from its start.

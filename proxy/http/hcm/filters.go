@@ -218,7 +218,7 @@ func (ex *exchange) runRequestFilters() bool {
 		if ex.replied {
 			return false
 		}
-		if st == filters.Stop {
+		if st != filters.Continue {
 			// Stop without a reply: Envoy would wait for the filter to
 			// resume, which this API does not offer; answer rather than hang.
 			ex.h.logger.Error("http filter stopped the request without a local reply", "filter", e.Name)
@@ -226,6 +226,7 @@ func (ex *exchange) runRequestFilters() bool {
 			return false
 		}
 	}
+	ex.buildBodyChains()
 	return true
 }
 
@@ -236,6 +237,10 @@ func (ex *exchange) runResponseFilters(resp *stream.Response, endStream bool) bo
 	if len(ex.filters) == 0 || ex.inResponseFilters {
 		return true
 	}
+	if ex.hooksShared() {
+		ex.hooks.mu.Lock()
+		defer ex.hooks.mu.Unlock()
+	}
 	ex.inResponseFilters = true
 	defer func() { ex.inResponseFilters = false }()
 	wasReplied := ex.replied
@@ -244,7 +249,7 @@ func (ex *exchange) runResponseFilters(resp *stream.Response, endStream bool) bo
 		if ex.replied != wasReplied {
 			return false
 		}
-		if st == filters.Stop {
+		if st != filters.Continue {
 			break
 		}
 	}
@@ -253,6 +258,16 @@ func (ex *exchange) runResponseFilters(resp *stream.Response, endStream bool) bo
 
 // SendLocalReply implements filters.Callbacks.
 func (ex *exchange) SendLocalReply(status int, body string, details string) {
+	if hs := ex.hooks; hs != nil && hs.inBodyReader {
+		// A request body hook: the stream's goroutine answers once the
+		// upstream attempt is torn down (exchangeEnded).
+		if hs.pending == nil && !ex.headersSent.Load() {
+			ex.h.logger.Debug("local reply from http filter body hook", "status", status, "details", details)
+			hs.pending = &pendingReply{status: status, body: body}
+			hs.cancel(errFilterReply)
+		}
+		return
+	}
 	if ex.replied || ex.headersSent.Load() {
 		return
 	}

@@ -97,6 +97,10 @@ type exchange struct {
 	// route is the cached route match; valid when routed.
 	route  *route.Route
 	routed bool
+
+	// hooks is the body and trailer hook state (bodyfilter.go); nil when
+	// no filter has a body or trailer hook.
+	hooks *hookState
 }
 
 func isGRPC(req *stream.Request) bool {

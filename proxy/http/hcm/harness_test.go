@@ -185,6 +185,8 @@ type fakeStream struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	info   stream.ConnInfo
+	// reqTrailers are the request trailers Trailers returns.
+	reqTrailers header.Header
 
 	mu       sync.Mutex
 	resp     *stream.Response
@@ -230,7 +232,7 @@ func (fs *fakeStream) Read(p []byte) (int, error) {
 	}
 	return fs.body.Read(p)
 }
-func (fs *fakeStream) Trailers() header.Header { return header.Header{} }
+func (fs *fakeStream) Trailers() header.Header { return fs.reqTrailers.Clone() }
 func (fs *fakeStream) WriteHeader(resp *stream.Response, endStream bool) error {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()

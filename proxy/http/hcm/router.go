@@ -32,6 +32,9 @@ const maxHostSelectionAttempts = 3
 func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 	ctx, cancel := context.WithCancelCause(ex.ds.Context())
 	defer cancel(nil)
+	if ex.hooks != nil {
+		ex.hooks.cancel = cancel
+	}
 	cfg := ex.cfg
 	idle := cfg.StreamIdleTimeout
 	if r.IdleTimeout != nil {
@@ -63,7 +66,10 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 			limit = DefaultPerRequestBufferLimit
 		}
 		ex.body = newReplayBody(limit)
-		go ex.body.fill(ctx, ex.ds, ex.wd.touch, ex.wd.requestComplete)
+		ex.setBufferLimit(limit)
+		go ex.body.fill(ctx, ex.ds, ex.reqChain(), cancel, ex.wd.touch, ex.wd.requestComplete)
+	} else {
+		ex.setBufferLimit(DefaultPerRequestBufferLimit)
 	}
 
 	rs := &retryState{policy: r.Retry, c: c, st: ex.h.retryStatsFor(c.Stats())}
@@ -213,6 +219,10 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	case context.Cause(actx) == errUpstreamMaxDuration:
 		ex.h.retryStatsFor(cs).maxDurationHit.Inc()
 		ex.ds.Reset(stream.ErrCodeCancel)
+	case errors.Is(err, errBufferLimit):
+		ex.h.logger.Debug("response body over the buffer limit of an http filter")
+		ex.h.stats.RqTxReset.Inc()
+		ex.ds.Reset(stream.ErrCodeInternal)
 	case context.Cause(actx) == errPerTryIdleTimeout:
 		ex.h.retryStatsFor(cs).perTryIdleTimeout.Inc()
 		host.ReportLocalOrigin(false)
@@ -225,6 +235,26 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	}
 }
 
+// filterEnded finishes an exchange a request body hook ended: with the
+// hook's local reply, or 413 when hooks buffered more than the limit (as
+// Envoy's buffer overflow on a request), unless the response started.
+func (ex *exchange) filterEnded(cause error) {
+	if ex.headersSent.Load() {
+		ex.ds.Reset(stream.ErrCodeCancel)
+		return
+	}
+	if cause == errBufferLimit {
+		ex.h.logger.Debug("request body over the buffer limit of an http filter")
+		ex.localReply(413, "Payload Too Large")
+		return
+	}
+	ex.hooks.mu.Lock()
+	p := ex.hooks.pending
+	ex.hooks.mu.Unlock()
+	ex.replied = true
+	ex.localReply(p.status, p.body)
+}
+
 // errDownstreamGone ends the response pump when the downstream stream can
 // take no more data.
 var errDownstreamGone = errors.New("downstream stream closed")
@@ -234,6 +264,9 @@ var errDownstreamGone = errors.New("downstream stream closed")
 // forwarded whole, errDownstreamGone when downstream went away, and the
 // upstream's error otherwise.
 func (ex *exchange) pumpResponse(us stream.ClientStream) error {
+	if c := ex.respChain(); c != nil {
+		return ex.pumpFilteredResponse(us, c)
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -344,6 +377,11 @@ func (ex *exchange) exchangeEnded(cs *upstream.Stats, ctx context.Context) {
 	// The first cause wins: a timeout that reset the downstream stream is
 	// still a timeout.
 	cause := context.Cause(ctx)
+	switch cause {
+	case errFilterReply, errBufferLimit:
+		ex.filterEnded(cause)
+		return
+	}
 	if !isTimeout(cause) {
 		cs.RqCancelled.Inc()
 		ex.h.stats.RqRxReset.Inc()
@@ -387,4 +425,62 @@ func isTimeout(cause error) bool {
 		return true
 	}
 	return false
+}
+
+// pumpFilteredResponse is pumpResponse through the response body and
+// trailer hooks.
+func (ex *exchange) pumpFilteredResponse(us stream.ClientStream, c *bodyChain) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	write := func(d []byte) error {
+		if len(d) == 0 {
+			return nil
+		}
+		if _, err := ex.ds.Write(d); err != nil {
+			return errDownstreamGone
+		}
+		ex.wd.touch()
+		return nil
+	}
+	for {
+		n, err := us.Read(buf)
+		if n > 0 {
+			ex.wd.touch()
+			chunk := make([]byte, n)
+			copy(chunk, buf[:n])
+			out, ferr := c.onData(chunk, false)
+			if ferr != nil {
+				return ferr
+			}
+			if werr := write(out); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			if t := us.Trailers(); t.Len() > 0 {
+				rest, ferr := c.onTrailers(&t)
+				if ferr != nil {
+					return ferr
+				}
+				if werr := write(rest); werr != nil {
+					return werr
+				}
+				_ = ex.ds.WriteTrailers(t) // a failure means downstream is gone
+				return nil
+			}
+			rest, ferr := c.onData(nil, true)
+			if ferr != nil {
+				return ferr
+			}
+			if werr := write(rest); werr != nil {
+				return werr
+			}
+			_ = ex.ds.CloseWrite()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
