@@ -1,0 +1,154 @@
+package wasm
+
+import (
+	"fmt"
+
+	"github.com/tetratelabs/wazero/api"
+)
+
+// HTTPContext is one stream's proxy-wasm HTTP context, pinned to one VM
+// instance for its life. Its callbacks must be called in stream order from
+// one goroutine at a time; each returns ErrUnavailable (wrapped) when the
+// instance broke, and then the FILTER side applies fail_open. Done must be
+// called once at the end of the stream.
+type HTTPContext struct {
+	p    *Plugin
+	inst *instance // nil when no healthy instance existed
+	host StreamHost
+	id   uint32
+
+	// Owned by the instance lock.
+	created bool
+	ended   bool
+	props   map[string][]byte // set by proxy_set_property
+}
+
+// NewHTTPContext pins a new stream to a healthy instance (round robin).
+// proxy_on_context_create runs lazily with the first callback, so creating
+// a context never calls the guest.
+func (p *Plugin) NewHTTPContext(s StreamHost) *HTTPContext {
+	c := &HTTPContext{p: p, host: s}
+	if !p.closing.Load() {
+		c.inst = p.pick()
+	}
+	if c.inst != nil {
+		c.id = c.inst.nextID.Add(1)
+	}
+	return c
+}
+
+// OnRequestHeaders runs proxy_on_request_headers.
+func (c *HTTPContext) OnRequestHeaders(numHeaders int, endStream bool) (Action, error) {
+	return c.action(func(f *guestFuncs) api.Function { return f.requestHeaders }, "proxy_on_request_headers", uint64(numHeaders), b2u(endStream))
+}
+
+// OnRequestBody runs proxy_on_request_body with the size of the body
+// buffered so far.
+func (c *HTTPContext) OnRequestBody(size int, endStream bool) (Action, error) {
+	return c.action(func(f *guestFuncs) api.Function { return f.requestBody }, "proxy_on_request_body", uint64(size), b2u(endStream))
+}
+
+// OnRequestTrailers runs proxy_on_request_trailers.
+func (c *HTTPContext) OnRequestTrailers(numTrailers int) (Action, error) {
+	return c.action(func(f *guestFuncs) api.Function { return f.requestTrailers }, "proxy_on_request_trailers", uint64(numTrailers))
+}
+
+// OnResponseHeaders runs proxy_on_response_headers.
+func (c *HTTPContext) OnResponseHeaders(numHeaders int, endStream bool) (Action, error) {
+	return c.action(func(f *guestFuncs) api.Function { return f.responseHeaders }, "proxy_on_response_headers", uint64(numHeaders), b2u(endStream))
+}
+
+// OnResponseBody runs proxy_on_response_body.
+func (c *HTTPContext) OnResponseBody(size int, endStream bool) (Action, error) {
+	return c.action(func(f *guestFuncs) api.Function { return f.responseBody }, "proxy_on_response_body", uint64(size), b2u(endStream))
+}
+
+// OnResponseTrailers runs proxy_on_response_trailers.
+func (c *HTTPContext) OnResponseTrailers(numTrailers int) (Action, error) {
+	return c.action(func(f *guestFuncs) api.Function { return f.responseTrailers }, "proxy_on_response_trailers", uint64(numTrailers))
+}
+
+// Done ends the stream's context: proxy_on_done, proxy_on_log and
+// proxy_on_delete, in Envoy's order. It is idempotent; after it the
+// StreamHost is never called again.
+func (c *HTTPContext) Done() error {
+	i := c.inst
+	if i == nil {
+		return nil
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if c.ended {
+		return nil
+	}
+	c.ended = true
+	defer delete(i.streams, c.id)
+	if !c.created || i.broken.Load() {
+		return nil
+	}
+	prev := i.effective
+	defer func() { i.effective = prev }()
+	for _, cb := range []struct {
+		fn   api.Function
+		name string
+	}{{i.fns.done, "proxy_on_done"}, {i.fns.log, "proxy_on_log"}, {i.fns.deleteContext, "proxy_on_delete"}} {
+		if cb.fn == nil {
+			continue
+		}
+		i.effective = c.id
+		if _, err := i.call(cb.fn, cb.name, uint64(c.id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// action runs one stream callback: it creates the context on first use,
+// makes it the effective context, calls the export (Continue when the guest
+// does not export it) and maps the result to an Action.
+func (c *HTTPContext) action(pick func(*guestFuncs) api.Function, name string, args ...uint64) (Action, error) {
+	i := c.inst
+	if i == nil {
+		return Continue, fmt.Errorf("%s: %w: no healthy instance", name, ErrUnavailable)
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if c.ended {
+		return Continue, fmt.Errorf("%s: context already done", name)
+	}
+	if i.broken.Load() {
+		return Continue, fmt.Errorf("%s: %w", name, ErrUnavailable)
+	}
+	prev := i.effective
+	defer func() { i.effective = prev }()
+	i.effective = c.id
+	if !c.created {
+		i.streams[c.id] = c
+		if _, err := i.call(i.fns.contextCreate, "proxy_on_context_create", uint64(c.id), rootContextID); err != nil {
+			return Continue, err
+		}
+		c.created = true
+	}
+	fn := pick(&i.fns)
+	if fn == nil {
+		return Continue, nil
+	}
+	var stack [3]uint64
+	stack[0] = uint64(c.id)
+	copy(stack[1:], args)
+	r, err := i.call(fn, name, stack[:1+len(args)]...)
+	if err != nil {
+		return Continue, err
+	}
+	if uint32(r) == uint32(Continue) {
+		return Continue, nil
+	}
+	return Pause, nil
+}
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}

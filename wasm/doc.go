@@ -1,0 +1,56 @@
+// Package wasm is meshd's proxy-wasm host: it runs proxy-wasm ABI 0.2.0 and
+// 0.2.1 modules (reactors, `_initialize` first) on wazero, pure Go, and
+// exposes a Go API that filters/wasm drives. It imports nothing from
+// filters/ or proxy/: the proxy side comes in through HostServices (HTTP
+// calls, metrics, plugin-wide properties) and StreamHost (one stream's
+// header maps, bodies, properties, local replies, resume/reset).
+//
+// # Lifecycle
+//
+// An Engine is one wazero runtime with WASI (wasi_snapshot_preview1) and the
+// "env" host module, a compile cache keyed by sha256, and shared data and
+// shared queues per vm_id. NewPlugin starts PoolSize instances; each runs
+// _initialize, proxy_on_context_create(root), proxy_on_vm_start and
+// proxy_on_configure. A stream's HTTPContext runs proxy_on_context_create,
+// then header/body/trailer callbacks (Pause tells the FILTER side to buffer
+// and wait for StreamHost.Resume), and Done runs proxy_on_done, proxy_on_log
+// and proxy_on_delete. Guest memory for results is allocated with the
+// guest's proxy_on_memory_allocate, or malloc for modules built that way.
+//
+// # Imports
+//
+// The env functions are listed in hostFuncs: logging, time, ticks, buffers,
+// header maps, properties, local responses, stream continue/close, shared
+// data with CAS, shared queues, http_call, metrics, effective context, done
+// and call_foreign_function (always NotFound: no foreign functions are
+// registered). A module importing anything else (including gRPC calls) fails
+// NewPlugin with an error naming every missing import.
+//
+// # Limits and robustness
+//
+//   - Memory: each instance's linear memory is capped by
+//     EngineConfig.MemoryLimitPages (DefaultMemoryLimitPages, 128 MiB).
+//   - Time: each callback has Config.CallbackTimeout (DefaultCallbackTimeout,
+//     100 ms). The runtime is built WithCloseOnContextDone(true) and every
+//     callback runs under the instance's context, cancelled by a per-instance
+//     timer at the deadline; wazero then closes the module at the next loop
+//     header or function entry, so an infinite loop ends within about the
+//     deadline. Instance start has Config.StartTimeout.
+//   - Guest pointers: every pointer and length from the guest is
+//     bounds-checked; out of range gives StatusInvalidMemoryAccess, never a
+//     host panic.
+//   - A trap, a deadline overrun or a failing allocator breaks the instance:
+//     the call returns an error wrapping ErrUnavailable (the FILTER side
+//     applies fail_open), the instance's streams fail fast, and a new
+//     instance is started in its slot in the background (backoff 100 ms to
+//     5 s while starting fails).
+//
+// # Pool
+//
+// Streams are pinned to an instance for their life (contexts live in one
+// VM) and spread round robin; callbacks of one instance are serialized by a
+// mutex, since the ABI is single-threaded per VM. Ticks, queue readiness and
+// HTTP-call responses run on one worker goroutine per instance, under the
+// same mutex. PoolSize defaults to GOMAXPROCS so that, with one callback per
+// core in flight, callbacks rarely wait.
+package wasm

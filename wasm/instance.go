@@ -1,0 +1,400 @@
+package wasm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+)
+
+// rootContextID is the id of the root context in every instance; stream
+// contexts count up from it.
+const rootContextID = 1
+
+type instKey struct{}
+
+// guestFuncs are the guest exports the host calls; a nil entry is an export
+// the module does not have, and the host then skips that callback.
+type guestFuncs struct {
+	malloc, contextCreate, vmStart, configure                    api.Function
+	requestHeaders, requestBody, requestTrailers                 api.Function
+	responseHeaders, responseBody, responseTrailers              api.Function
+	httpCallResponse, tick, queueReady, log, done, deleteContext api.Function
+}
+
+// instance is one VM: a module instance with its root context. Guest calls
+// are serialized by mu (the ABI is single-threaded per VM).
+type instance struct {
+	p    *Plugin
+	slot int
+	mod  api.Module
+	fns  guestFuncs
+
+	// ctx carries instKey → the instance to host functions; cancelled when
+	// a callback overruns its deadline (timer) or the instance closes.
+	ctx    context.Context
+	cancel context.CancelFunc
+	timer  *time.Timer
+
+	broken atomic.Bool
+	closed atomic.Bool
+	nextID atomic.Uint32 // context ids
+
+	mu        sync.Mutex
+	stack     []uint64                // guarded by mu
+	streams   map[uint32]*HTTPContext // guarded by mu
+	effective uint32                  // guarded by mu: context host calls act on
+	callResp  *httpCallResult         // guarded by mu: set during proxy_on_http_call_response
+	nextToken uint32                  // guarded by mu
+
+	// Events for the worker goroutine (ticks, queue ready, HTTP-call
+	// responses); evMu is never held while calling the guest.
+	evMu       sync.Mutex
+	tickPeriod time.Duration    // guarded by evMu
+	tickDirty  bool             // guarded by evMu
+	queueReady map[uint32]bool  // guarded by evMu
+	responses  []httpCallResult // guarded by evMu
+	signal     chan struct{}
+}
+
+type httpCallResult struct {
+	token             uint32
+	headers, trailers [][2]string
+	body              []byte
+	err               error
+}
+
+// startInstance instantiates the module and runs _initialize,
+// proxy_on_context_create(root), proxy_on_vm_start and proxy_on_configure.
+func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error) {
+	i := &instance{
+		p:          p,
+		slot:       slot,
+		streams:    make(map[uint32]*HTTPContext),
+		queueReady: make(map[uint32]bool),
+		signal:     make(chan struct{}, 1),
+		stack:      make([]uint64, 8),
+	}
+	i.nextID.Store(rootContextID)
+	ictx, cancel := context.WithCancel(p.ctx)
+	i.ctx, i.cancel = context.WithValue(ictx, instKey{}, i), cancel
+	i.timer = time.AfterFunc(time.Hour, cancel)
+	i.timer.Stop()
+
+	sctx, scancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
+	defer scancel()
+	sctx = context.WithValue(sctx, instKey{}, i)
+	out := &logWriter{log: p.log, slot: slot}
+	mc := wazero.NewModuleConfig().WithName("").WithStartFunctions().
+		WithSysWalltime().WithSysNanotime().WithSysNanosleep().WithRandSource(rand.Reader).
+		WithStdout(out).WithStderr(out)
+	mod, err := p.engine.rt.InstantiateModule(sctx, p.code, mc)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("instantiate: %w", err)
+	}
+	i.mod = mod
+	fail := func(err error) (*instance, error) {
+		cancel()
+		_ = mod.Close(context.Background())
+		return nil, err
+	}
+	if mod.Memory() == nil {
+		return fail(errors.New("module exports no memory"))
+	}
+	f := mod.ExportedFunction
+	i.fns = guestFuncs{
+		malloc: f("proxy_on_memory_allocate"), contextCreate: f("proxy_on_context_create"),
+		vmStart: f("proxy_on_vm_start"), configure: f("proxy_on_configure"),
+		requestHeaders: f("proxy_on_request_headers"), requestBody: f("proxy_on_request_body"),
+		requestTrailers: f("proxy_on_request_trailers"), responseHeaders: f("proxy_on_response_headers"),
+		responseBody: f("proxy_on_response_body"), responseTrailers: f("proxy_on_response_trailers"),
+		httpCallResponse: f("proxy_on_http_call_response"), tick: f("proxy_on_tick"),
+		queueReady: f("proxy_on_queue_ready"), log: f("proxy_on_log"), done: f("proxy_on_done"),
+		deleteContext: f("proxy_on_delete"),
+	}
+	if i.fns.malloc == nil {
+		i.fns.malloc = f("malloc")
+	}
+	if i.fns.malloc == nil {
+		return fail(errors.New("module exports neither proxy_on_memory_allocate nor malloc"))
+	}
+	if i.fns.contextCreate == nil {
+		return fail(errors.New("module does not export proxy_on_context_create"))
+	}
+	if init := f("_initialize"); init != nil {
+		if _, err := i.invoke(sctx, init, "_initialize"); err != nil {
+			return fail(err)
+		}
+	}
+	i.effective = rootContextID
+	if _, err := i.invoke(sctx, i.fns.contextCreate, "proxy_on_context_create(root)", rootContextID, 0); err != nil {
+		return fail(err)
+	}
+	for _, step := range []struct {
+		fn   api.Function
+		name string
+		size int
+	}{
+		{i.fns.vmStart, "proxy_on_vm_start", len(p.cfg.VMConfig)},
+		{i.fns.configure, "proxy_on_configure", len(p.cfg.PluginConfig)},
+	} {
+		if step.fn == nil {
+			continue
+		}
+		ok, err := i.invoke(sctx, step.fn, step.name, rootContextID, uint64(step.size))
+		if err != nil {
+			return fail(err)
+		}
+		if uint32(ok) == 0 {
+			return fail(fmt.Errorf("%s returned false (the guest rejected its configuration; see its log)", step.name))
+		}
+	}
+	p.wg.Add(1)
+	go i.worker()
+	return i, nil
+}
+
+// invoke calls fn with args and returns its first result. It neither locks
+// nor applies the callback deadline: ctx bounds it.
+func (i *instance) invoke(ctx context.Context, fn api.Function, name string, args ...uint64) (uint64, error) {
+	stack := i.stack
+	if len(stack) < len(args) {
+		stack = make([]uint64, len(args))
+	}
+	copy(stack, args)
+	if err := fn.CallWithStack(ctx, stack); err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	return stack[0], nil
+}
+
+// call runs one callback under the callback deadline; i.mu must be held.
+// Any failure (trap, deadline, closed module) breaks the instance, which is
+// then replaced in the background, and returns an error wrapping
+// ErrUnavailable.
+func (i *instance) call(fn api.Function, name string, args ...uint64) (uint64, error) {
+	if i.broken.Load() {
+		return 0, ErrUnavailable
+	}
+	i.timer.Reset(i.p.cfg.CallbackTimeout)
+	r, err := i.invoke(i.ctx, fn, name, args...)
+	if !i.timer.Stop() {
+		// The deadline fired: the context is cancelled for good, so the
+		// instance is unusable even if the call happened to finish.
+		err = fmt.Errorf("%s: exceeded the %v callback deadline: %w", name, i.p.cfg.CallbackTimeout, errors.Join(err, context.DeadlineExceeded))
+	}
+	if err == nil && i.broken.Load() {
+		err = fmt.Errorf("%s: instance broke during the call", name)
+	}
+	if err != nil {
+		i.fail(err)
+		return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return r, nil
+}
+
+// fail marks the instance broken once and hands it to the plugin for
+// replacement.
+func (i *instance) fail(err error) {
+	if i.broken.CompareAndSwap(false, true) {
+		i.p.replace(i, err)
+	}
+}
+
+func (i *instance) isBroken() bool { return i.broken.Load() }
+func (i *instance) isClosed() bool { return i.closed.Load() }
+
+// close stops the worker and closes the module; in-flight callbacks finish
+// (or hit their deadline) first.
+func (i *instance) close() {
+	i.broken.Store(true)
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.closed.Swap(true) {
+		return
+	}
+	i.cancel()
+	i.timer.Stop()
+	_ = i.mod.Close(context.Background())
+}
+
+// shutdown runs proxy_on_done and proxy_on_delete on the root context of a
+// healthy instance, then closes it.
+func (i *instance) shutdown() {
+	i.mu.Lock()
+	if !i.broken.Load() && !i.closed.Load() {
+		i.effective = rootContextID
+		if i.fns.done != nil {
+			_, _ = i.call(i.fns.done, "proxy_on_done(root)", rootContextID)
+		}
+		if i.fns.deleteContext != nil && !i.broken.Load() {
+			_, _ = i.call(i.fns.deleteContext, "proxy_on_delete(root)", rootContextID)
+		}
+	}
+	i.broken.Store(true)
+	i.mu.Unlock()
+	i.close()
+}
+
+// notify wakes the worker.
+func (i *instance) notify() {
+	select {
+	case i.signal <- struct{}{}:
+	default:
+	}
+}
+
+// setTick records a new tick period for the worker (0 stops ticks).
+func (i *instance) setTick(d time.Duration) {
+	i.evMu.Lock()
+	i.tickPeriod, i.tickDirty = d, true
+	i.evMu.Unlock()
+	i.notify()
+}
+
+// queueNotify asks the worker to run proxy_on_queue_ready(root, id);
+// notifications for one queue coalesce until the callback runs.
+func (i *instance) queueNotify(id uint32) {
+	i.evMu.Lock()
+	i.queueReady[id] = true
+	i.evMu.Unlock()
+	i.notify()
+}
+
+// httpCallDone queues an HTTP-call response for the worker.
+func (i *instance) httpCallDone(r httpCallResult) {
+	i.evMu.Lock()
+	i.responses = append(i.responses, r)
+	i.evMu.Unlock()
+	i.notify()
+}
+
+// worker runs the root context's asynchronous callbacks: ticks, queue
+// readiness and HTTP-call responses, each under i.mu like stream callbacks.
+// It exits when the instance's context ends (close, deadline, plugin Close).
+func (i *instance) worker() {
+	defer i.p.wg.Done()
+	var ticker *time.Ticker
+	var tickC <-chan time.Time
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-i.ctx.Done():
+			return
+		case <-tickC:
+			i.rootCallback(i.fns.tick, "proxy_on_tick", rootContextID)
+		case <-i.signal:
+			i.evMu.Lock()
+			period, dirty := i.tickPeriod, i.tickDirty
+			i.tickDirty = false
+			var queues []uint32
+			for id := range i.queueReady {
+				queues = append(queues, id)
+			}
+			clear(i.queueReady)
+			responses := i.responses
+			i.responses = nil
+			i.evMu.Unlock()
+			if dirty {
+				if ticker != nil {
+					ticker.Stop()
+					ticker, tickC = nil, nil
+				}
+				if period > 0 {
+					ticker = time.NewTicker(period)
+					tickC = ticker.C
+				}
+			}
+			sort.Slice(queues, func(a, b int) bool { return queues[a] < queues[b] })
+			for _, id := range queues {
+				i.rootCallback(i.fns.queueReady, "proxy_on_queue_ready", rootContextID, uint64(id))
+			}
+			for _, r := range responses {
+				i.deliverHTTPCall(r)
+			}
+		}
+	}
+}
+
+// rootCallback runs fn on the root context if the module exports it.
+func (i *instance) rootCallback(fn api.Function, name string, args ...uint64) {
+	if fn == nil {
+		return
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.broken.Load() {
+		return
+	}
+	i.effective = rootContextID
+	_, _ = i.call(fn, name, args...)
+}
+
+// deliverHTTPCall runs proxy_on_http_call_response on the root context that
+// dispatched the call; a failed call is delivered with no headers, body or
+// trailers, as Envoy does.
+func (i *instance) deliverHTTPCall(r httpCallResult) {
+	if i.fns.httpCallResponse == nil {
+		return
+	}
+	if r.err != nil {
+		i.p.log.Debug("wasm http_call failed", "token", r.token, "error", r.err)
+		r.headers, r.body, r.trailers = nil, nil, nil
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.broken.Load() {
+		return
+	}
+	i.effective = rootContextID
+	i.callResp = &r
+	_, _ = i.call(i.fns.httpCallResponse, "proxy_on_http_call_response", rootContextID, uint64(r.token),
+		uint64(len(r.headers)), uint64(len(r.body)), uint64(len(r.trailers)))
+	i.callResp = nil
+}
+
+// logWriter sends a guest's stdout/stderr to the plugin logger, one record
+// per line (Go guests write a panic trace in many small writes). Lines
+// longer than maxGuestLine are split.
+type logWriter struct {
+	log  *slog.Logger
+	slot int
+	mu   sync.Mutex
+	buf  []byte
+}
+
+const maxGuestLine = 4096
+
+func (w *logWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, b...)
+	for {
+		n := bytes.IndexByte(w.buf, '\n')
+		if n < 0 && len(w.buf) < maxGuestLine {
+			return len(b), nil
+		}
+		if n < 0 {
+			n = maxGuestLine
+		}
+		w.log.Info("wasm guest output", "wasm_slot", w.slot, "text", string(w.buf[:n]))
+		w.buf = w.buf[min(n+1, len(w.buf)):]
+	}
+}
+
+var _ io.Writer = (*logWriter)(nil)
