@@ -21,6 +21,15 @@ type EngineConfig struct {
 	// MemoryLimitPages caps every instance's linear memory, in 64 KiB pages.
 	// 0 means DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
+	// TrustedGuests builds the runtime without WithCloseOnContextDone. wazero
+	// then neither inserts termination checks into compiled code nor starts a
+	// watcher goroutine per guest call, which saves about 1.5 µs per callback
+	// (BenchmarkNoopHeaders: ~10 µs → ~1.3 µs per stream of six callbacks),
+	// but a callback that loops forever can no longer be interrupted: it
+	// hangs its instance and the streams pinned to it. A callback that
+	// overruns Config.CallbackTimeout and then returns still breaks (and
+	// replaces) its instance. Use it only for modules you trust.
+	TrustedGuests bool
 	// Cache, when set, shares compiled machine code across Engines (for
 	// example wazero.NewCompilationCacheWithDir for faster sidecar restarts).
 	// Code in a Cache lives until the Cache is closed, even after the last
@@ -50,7 +59,7 @@ type compiledEntry struct {
 	refs int
 }
 
-// NewEngine creates a runtime with WithCloseOnContextDone(true), so a guest
+// NewEngine creates a runtime with WithCloseOnContextDone(!cfg.TrustedGuests), so a guest
 // callback that overruns its deadline is interrupted, and the configured
 // memory limit.
 func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
@@ -61,7 +70,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	if pages > 65536 {
 		return nil, fmt.Errorf("wasm: memory_limit_pages %d exceeds the 32-bit maximum 65536", pages)
 	}
-	rc := wazero.NewRuntimeConfig().WithCloseOnContextDone(true).WithMemoryLimitPages(pages)
+	rc := wazero.NewRuntimeConfig().WithCloseOnContextDone(!cfg.TrustedGuests).WithMemoryLimitPages(pages)
 	if cfg.Cache != nil {
 		rc = rc.WithCompilationCache(cfg.Cache)
 	}

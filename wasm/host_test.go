@@ -379,6 +379,25 @@ func TestBrokenInstanceReplaced(t *testing.T) {
 	}
 }
 
+func TestMemoryLimit(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	eng, err := NewEngine(context.Background(), EngineConfig{Cache: testCache, MemoryLimitPages: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	p, _ := newTestPlugin(t, "grow", func(c *Config) { c.Engine = eng; c.PoolSize = 1 })
+	c := p.NewHTTPContext(newStream())
+	if _, err := c.OnRequestHeaders(0, true); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("64 MiB allocation under a 32 MiB limit: err = %v, want ErrUnavailable", err)
+	}
+	_ = c.Done()
+	waitFor(t, 20*time.Second, "the instance to be replaced", func() bool { return p.healthyInstances() == 1 })
+	if _, err := NewEngine(context.Background(), EngineConfig{MemoryLimitPages: 65537}); err == nil {
+		t.Error("NewEngine accepted 65537 pages")
+	}
+}
+
 func TestDeadlineAllowsSlowCallback(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	p, _ := newTestPlugin(t, "slow", func(c *Config) { c.CallbackTimeout = 2 * time.Second })
@@ -458,24 +477,35 @@ func TestDoneRunsOnce(t *testing.T) {
 
 // BenchmarkNoopHeaders measures the host overhead of one stream through a
 // filter that does nothing: context create, request and response headers,
-// done/log/delete.
+// done/log/delete (six guest calls), with interruptible callbacks (the
+// default) and with EngineConfig.TrustedGuests.
 func BenchmarkNoopHeaders(b *testing.B) {
-	p, _ := newTestPlugin(b, "noop", func(c *Config) { c.PoolSize = 4 })
-	s := newStream()
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			c := p.NewHTTPContext(s)
-			if _, err := c.OnRequestHeaders(3, true); err != nil {
-				b.Error(err)
-				return
+	for _, trusted := range []bool{false, true} {
+		b.Run(fmt.Sprintf("trusted=%v", trusted), func(b *testing.B) {
+			eng, err := NewEngine(context.Background(), EngineConfig{Cache: testCache, TrustedGuests: trusted})
+			if err != nil {
+				b.Fatal(err)
 			}
-			if _, err := c.OnResponseHeaders(2, true); err != nil {
-				b.Error(err)
-				return
-			}
-			_ = c.Done()
-		}
-	})
+			defer eng.Close(context.Background())
+			p, _ := newTestPlugin(b, "noop", func(c *Config) { c.PoolSize = 4; c.Engine = eng })
+			defer p.Close()
+			s := newStream()
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					c := p.NewHTTPContext(s)
+					if _, err := c.OnRequestHeaders(3, true); err != nil {
+						b.Error(err)
+						return
+					}
+					if _, err := c.OnResponseHeaders(2, true); err != nil {
+						b.Error(err)
+						return
+					}
+					_ = c.Done()
+				}
+			})
+		})
+	}
 }

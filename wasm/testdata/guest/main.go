@@ -275,6 +275,12 @@ func onRequestHeaders(id, n uint32, end bool) uint32 {
 		addHeader(0, "x-oob", strconv.Itoa(int(st1))+","+strconv.Itoa(int(st2))+","+strconv.Itoa(int(st3)))
 	case "panic":
 		panic("guest panic on request headers")
+	case "grow":
+		// 64 MiB: past a 32 MiB memory limit, memory.grow fails and the Go
+		// runtime aborts.
+		big := make([]byte, 64<<20)
+		big[len(big)-1] = 1
+		allocs = append(allocs, big)
 	case "loop":
 		for {
 		}
