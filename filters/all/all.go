@@ -6,4 +6,5 @@ package all
 import (
 	_ "meshd.dev/meshd/filters/localratelimit" // envoy.filters.http.local_ratelimit
 	_ "meshd.dev/meshd/filters/rbac"           // envoy.filters.http.rbac
+	_ "meshd.dev/meshd/filters/wasm"           // envoy.filters.http.wasm
 )

@@ -111,8 +111,18 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.type.v3.TokenBucket":                     {supported: names("max_tokens", "tokens_per_fill", "fill_interval")},
 	"envoy.type.v3.HttpStatus":                      {supported: names("code")},
 	"envoy.type.v3.FractionalPercent":               {supported: names("numerator", "denominator")},
-	"envoy.config.core.v3.CidrRange":                {supported: names("address_prefix", "prefix_len")},
-	"envoy.config.core.v3.Http1ProtocolOptions":     {},
+	// Wasm (filters/wasm): every runtime name runs on wazero; remote code is
+	// fetched from http_uri.uri directly (cluster is only named in errors).
+	"envoy.extensions.filters.http.wasm.v3.Wasm": {supported: names("config")},
+	"envoy.extensions.wasm.v3.PluginConfig": {
+		supported: names("name", "root_id", "vm_config", "configuration", "fail_open"),
+	},
+	"envoy.extensions.wasm.v3.VmConfig":         {supported: names("vm_id", "runtime", "code", "configuration")},
+	"envoy.config.core.v3.AsyncDataSource":      {supported: names("local", "remote")},
+	"envoy.config.core.v3.RemoteDataSource":     {supported: names("http_uri", "sha256")},
+	"envoy.config.core.v3.HttpUri":              {supported: names("uri", "timeout"), ignored: names("cluster")},
+	"envoy.config.core.v3.CidrRange":            {supported: names("address_prefix", "prefix_len")},
+	"envoy.config.core.v3.Http1ProtocolOptions": {},
 	"envoy.config.core.v3.Http2ProtocolOptions": {
 		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
 			"connection_keepalive"),

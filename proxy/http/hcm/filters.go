@@ -16,6 +16,7 @@ import (
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/proxy/upstream"
 )
 
 // FilterEntry is one compiled http_filters entry before the router.
@@ -302,3 +303,7 @@ func (ex *exchange) Logger() *slog.Logger { return ex.h.logger }
 
 // Context implements filters.Callbacks.
 func (ex *exchange) Context() context.Context { return ex.ds.Context() }
+
+// Clusters returns the sidecar's cluster manager, for filters that call
+// clusters themselves (proxy-wasm http_call in filters/wasm).
+func (ex *exchange) Clusters() *upstream.Manager { return ex.h.clusters }
