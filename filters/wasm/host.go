@@ -53,8 +53,9 @@ type clusterSource interface {
 
 // hostEnv is what plugins reach beyond a stream: the sidecar's cluster
 // manager and stats store. Filter builders do not see them, so they are
-// bound from the first stream's Callbacks; until then http_call fails and
-// metric values are kept locally, then carried into the store.
+// bound from the streams' Callbacks; until the first stream http_call fails
+// and metric values are kept locally, then carried into the store. Metrics
+// stay in the first store bound (a process has one).
 type hostEnv struct {
 	clusters atomic.Pointer[upstream.Manager]
 	store    atomic.Pointer[stats.Store]
@@ -63,11 +64,12 @@ type hostEnv struct {
 	pending []*metric // created before the store was bound; guarded by mu
 }
 
-// bind records the cluster manager and stats store of cb, once.
+// bind records the cluster manager of cb (the latest stream's: a sidecar
+// has one, tests have several) and, the first time, its stats store.
 func (e *hostEnv) bind(cb filters.Callbacks) {
-	if e.clusters.Load() == nil {
-		if cs, ok := cb.(clusterSource); ok {
-			e.clusters.CompareAndSwap(nil, cs.Clusters())
+	if cs, ok := cb.(clusterSource); ok {
+		if m := cs.Clusters(); e.clusters.Load() != m {
+			e.clusters.Store(m)
 		}
 	}
 	if e.store.Load() != nil {

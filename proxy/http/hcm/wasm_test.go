@@ -86,3 +86,48 @@ func runGuests(t *testing.T, headersWasm, denyWasm string) {
 		}
 	}
 }
+
+// TestWasmHTTPCallGuest runs the SDK http_call test guest: the request is
+// paused while the guest calls cluster backend, then resumed with the
+// callout's body in a request header; a callout to an unknown cluster gets
+// the guest's local 503.
+func TestWasmHTTPCallGuest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds wasm guests")
+	}
+	callWasm := wasmbuild.Build(t, "meshd.dev/meshd/test/wasm/guests/httpcall")
+	testutil.CheckGoroutines(t)
+	t.Cleanup(func() { waitPluginsClosed(t) })
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		if s.Request().Path == "/callout" {
+			respond(s, 200, "from-callout", header.Header{})
+			return
+		}
+		respond(s, 200, "saw:"+s.Request().Header.Get("x-callout-body"), header.Header{})
+	})
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend"}}`
+	tests := []struct {
+		name, config string
+		wantStatus   int
+		wantBody     string
+		wantCallout  string
+	}{
+		{name: "callout to backend", config: `{"cluster":"backend","path":"/callout","timeout_ms":2000}`,
+			wantStatus: 200, wantBody: "saw:from-callout", wantCallout: "200"},
+		{name: "unknown cluster", config: `{"cluster":"nowhere","path":"/callout","timeout_ms":2000}`,
+			wantStatus: 503, wantBody: "callout failed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			chain := wasmFilter(callWasm, tc.config) + "," + routerFilter
+			e := newEnv(t, hcmJSON(routes, `"http_filters":[`+chain+`]`), clusterJSON([]string{up.addr}, ""))
+			s := newFakeStream("GET", "/app", header.Make(0), nil)
+			e.serve(t, s)
+			r := s.result()
+			if r.status != tc.wantStatus || r.body != tc.wantBody || r.header.Get("x-callout-status") != tc.wantCallout {
+				t.Errorf("got %d %q x-callout-status %q, want %d %q %q", r.status, r.body, r.header.Get("x-callout-status"),
+					tc.wantStatus, tc.wantBody, tc.wantCallout)
+			}
+		})
+	}
+}
