@@ -82,6 +82,9 @@ type Mesh struct {
 	// AuthorizationPolicies are sorted like the other kinds; a Service may
 	// be the target of several, which then allow the union of their IDs.
 	AuthorizationPolicies []*AuthorizationPolicy
+	// RateLimitPolicies are sorted like the other kinds; a Service is the
+	// target of at most one.
+	RateLimitPolicies []*RateLimitPolicy
 	// Source is the file name the mesh was parsed from, as given to Parse.
 	Source string
 
@@ -90,6 +93,7 @@ type Mesh struct {
 	workloads  map[string]*Workload
 	policies   map[string]*TrafficPolicy // by target Service key
 	authz      map[string][]*AuthorizationPolicy
+	rateLimits map[string]*RateLimitPolicy // by target Service key
 }
 
 // Metadata names a document. Namespace is never empty after parsing.

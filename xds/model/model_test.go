@@ -114,8 +114,6 @@ func TestParseErrors(t *testing.T) {
 			[]string{"document 1 (Service default/a): apiVersion: unsupported \"v1\""}},
 		{"unknown kind", header + "kind: Gateway\nmetadata: {name: a}\nspec: {}\n",
 			[]string{"kind: unknown kind \"Gateway\""}},
-		{"later kind", header + "kind: RateLimitPolicy\nmetadata: {name: a}\nspec: {}\n",
-			[]string{"kind: kind RateLimitPolicy is not supported yet"}},
 		{"missing name", header + "kind: Service\nmetadata: {}\nspec: {protocol: grpc, port: 1}\n",
 			[]string{"document 1 (Service): metadata.name: required"}},
 		{"bad name", header + "kind: Service\nmetadata: {name: Greeter}\nspec: {protocol: grpc, port: 1}\n",

@@ -33,12 +33,13 @@ func Load(path string) (*Mesh, error) {
 func Parse(data []byte, source string) (*Mesh, error) {
 	ps := &problems{}
 	m := &Mesh{
-		Source:    source,
-		Metadata:  Metadata{Name: "default", Namespace: DefaultNamespace},
-		services:  make(map[string]*Service),
-		workloads: make(map[string]*Workload),
-		policies:  make(map[string]*TrafficPolicy),
-		authz:     make(map[string][]*AuthorizationPolicy),
+		Source:     source,
+		Metadata:   Metadata{Name: "default", Namespace: DefaultNamespace},
+		services:   make(map[string]*Service),
+		workloads:  make(map[string]*Workload),
+		policies:   make(map[string]*TrafficPolicy),
+		authz:      make(map[string][]*AuthorizationPolicy),
+		rateLimits: make(map[string]*RateLimitPolicy),
 	}
 	docs := splitDocuments(data)
 	seen := make(map[string]origin) // kind/ns/name -> first document
@@ -84,6 +85,10 @@ func Parse(data []byte, source string) (*Mesh, error) {
 			p := &AuthorizationPolicy{Metadata: env.Metadata, origin: o}
 			decodeSpec(ps, o, spec, &p.Spec)
 			m.AuthorizationPolicies = append(m.AuthorizationPolicies, p)
+		case KindRateLimitPolicy:
+			p := &RateLimitPolicy{Metadata: env.Metadata, origin: o}
+			decodeSpec(ps, o, spec, &p.Spec)
+			m.RateLimitPolicies = append(m.RateLimitPolicies, p)
 		}
 	}
 	if len(ps.list) > 0 {
@@ -94,6 +99,7 @@ func Parse(data []byte, source string) (*Mesh, error) {
 	sortByName(m.Workloads, func(w *Workload) Metadata { return w.Metadata })
 	sortByName(m.TrafficPolicies, func(p *TrafficPolicy) Metadata { return p.Metadata })
 	sortByName(m.AuthorizationPolicies, func(p *AuthorizationPolicy) Metadata { return p.Metadata })
+	sortByName(m.RateLimitPolicies, func(p *RateLimitPolicy) Metadata { return p.Metadata })
 	validate(ps, m)
 	if err := ps.err(); err != nil {
 		return nil, err
@@ -109,10 +115,7 @@ type envelope struct {
 	Spec       json.RawMessage `json:"spec"`
 }
 
-var supportedKinds = []string{KindMesh, KindService, KindWorkload, KindTrafficPolicy, KindAuthorizationPolicy}
-
-// laterKinds are kinds the design names that arrive with later issues.
-var laterKinds = []string{"RateLimitPolicy"}
+var supportedKinds = []string{KindMesh, KindService, KindWorkload, KindTrafficPolicy, KindAuthorizationPolicy, KindRateLimitPolicy}
 
 // decodeEnvelope converts one YAML document to JSON and checks apiVersion,
 // kind and metadata, filling o's kind, namespace and name. It returns the
@@ -174,9 +177,6 @@ func decodeEnvelope(ps *problems, o *origin, doc []byte) (envelope, any, bool) {
 	switch {
 	case env.Kind == "":
 		ps.add(*o, "kind", "required (one of %s)", strings.Join(supportedKinds, ", "))
-		ok = false
-	case slices.Contains(laterKinds, env.Kind):
-		ps.add(*o, "kind", "kind %s is not supported yet", env.Kind)
 		ok = false
 	case !slices.Contains(supportedKinds, env.Kind):
 		ps.add(*o, "kind", "unknown kind %q (one of %s)", env.Kind, strings.Join(supportedKinds, ", "))

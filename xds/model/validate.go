@@ -73,6 +73,9 @@ func validate(ps *problems, m *Mesh) {
 	for _, p := range m.AuthorizationPolicies {
 		validateAuthorizationPolicy(ps, m, p)
 	}
+	for _, p := range m.RateLimitPolicies {
+		validateRateLimitPolicy(ps, m, p)
+	}
 	if m.Spec.Defaults != nil {
 		checkKeepalivePair(ps, m.meshOrigin, "spec.defaults", "", m.Spec.Defaults)
 	}
