@@ -398,6 +398,26 @@ func TestMemoryLimit(t *testing.T) {
 	}
 }
 
+// TestTrustedGuestOverrunBreaksInstance: without interruption a callback
+// runs to its end, but one that overran the deadline still breaks and
+// replaces its instance.
+func TestTrustedGuestOverrunBreaksInstance(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	eng, err := NewEngine(context.Background(), EngineConfig{Cache: testCache, TrustedGuests: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	p, _ := newTestPlugin(t, "slow", func(c *Config) { c.Engine = eng; c.PoolSize = 1; c.CallbackTimeout = time.Microsecond })
+	c := p.NewHTTPContext(newStream())
+	_, err = c.OnRequestHeaders(0, true)
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want ErrUnavailable and DeadlineExceeded", err)
+	}
+	_ = c.Done()
+	waitFor(t, 20*time.Second, "the instance to be replaced", func() bool { return p.healthyInstances() == 1 })
+}
+
 func TestDeadlineAllowsSlowCallback(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	p, _ := newTestPlugin(t, "slow", func(c *Config) { c.CallbackTimeout = 2 * time.Second })
