@@ -106,6 +106,8 @@ type Runtime struct {
 	engine  *wasm.Engine
 	engErr  error
 
+	closeMu sync.Mutex // serialises plugin Close calls
+
 	mu      sync.Mutex
 	plugins map[pluginKey]*pluginEntry // guarded by mu
 	fetched map[string][]byte          // remote code by sha256; guarded by mu
@@ -364,6 +366,10 @@ func (r *Runtime) release(e *pluginEntry) {
 	}
 	r.mu.Unlock()
 	if last {
+		// Cleanups run on concurrent goroutines; plugins close one at a
+		// time (wasm.Engine.release reads its refcount after unlocking).
+		r.closeMu.Lock()
+		defer r.closeMu.Unlock()
 		e.vm.Close()
 	}
 }
