@@ -212,7 +212,10 @@ func (t *translator) inbound(r *Resources, w *model.Workload, in *model.Inbound)
 				h2 = nil
 			}
 		}
-		r.Listeners = append(r.Listeners, t.httpListener(name, in.Port, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}, h2, t.rbacFilter(svc)))
+		// Authorization first, then the limiter, as Envoy orders them: a
+		// denied caller spends no token.
+		filters := append(t.rbacFilter(svc), t.rateLimitFilter(svc)...)
+		r.Listeners = append(r.Listeners, t.httpListener(name, in.Port, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}, h2, filters))
 	}
 	t.secureInbound(r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener))
 	host, portStr, err := net.SplitHostPort(in.App)
