@@ -126,14 +126,17 @@ func (e *Engine) compile(ctx context.Context, bin []byte) (wazero.CompiledModule
 func (e *Engine) release(ctx context.Context, sum [32]byte) {
 	e.mu.Lock()
 	c, ok := e.compiled[sum]
+	last := false
 	if ok {
 		c.refs--
-		if c.refs == 0 {
+		if last = c.refs == 0; last {
 			delete(e.compiled, sum)
 		}
 	}
 	e.mu.Unlock()
-	if ok && c.refs == 0 && !e.cached {
+	// Decide under the lock: a concurrent compile of the same module may
+	// already have taken a new reference by now.
+	if last && !e.cached {
 		_ = c.mod.Close(ctx)
 	}
 }
