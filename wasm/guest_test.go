@@ -179,7 +179,10 @@ func (s *fakeStream) header(m MapType, k string) string {
 func newTestPlugin(t testing.TB, cfg string, mutate ...func(*Config)) (*Plugin, *fakeHost) {
 	t.Helper()
 	host := newFakeHost()
-	c := Config{Module: goGuest(t), RootID: "root", VMID: "vm", PluginConfig: []byte(cfg), PoolSize: 2, Host: host}
+	// Generous start bounds: a Go guest's runtime init under -race on a
+	// busy 2-core machine takes seconds per instance.
+	c := Config{Module: goGuest(t), RootID: "root", VMID: "vm", PluginConfig: []byte(cfg), PoolSize: 2, Host: host,
+		StartTimeout: 60 * time.Second}
 	for _, f := range mutate {
 		f(&c)
 	}
@@ -191,7 +194,7 @@ func newTestPlugin(t testing.TB, cfg string, mutate ...func(*Config)) (*Plugin, 
 		t.Cleanup(func() { _ = eng.Close(context.Background()) })
 		c.Engine = eng
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	p, err := NewPlugin(ctx, c)
 	if err != nil {

@@ -22,8 +22,9 @@ const DefaultCallbackTimeout = 100 * time.Millisecond
 
 // DefaultStartTimeout bounds instantiation of one VM: _initialize,
 // proxy_on_vm_start and proxy_on_configure together. Go guests start their
-// runtime in _initialize, which takes milliseconds, not microseconds.
-const DefaultStartTimeout = 10 * time.Second
+// runtime in _initialize, which takes milliseconds on an idle machine and
+// seconds on a busy one; the bound only catches a guest that never starts.
+const DefaultStartTimeout = 30 * time.Second
 
 // ErrUnavailable is returned by callbacks when the stream's instance broke
 // (trap, deadline, closed plugin) or no healthy instance exists. The FILTER

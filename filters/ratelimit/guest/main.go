@@ -94,6 +94,18 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	p.enforced = proxywasm.DefineCounterMetric("wasm_ratelimit.enforced")
 	p.casExhausted = proxywasm.DefineCounterMetric("wasm_ratelimit.cas_exhausted")
 	p.noKey = proxywasm.DefineCounterMetric("wasm_ratelimit.no_key")
+	if p.cfg.kind == keyGlobal {
+		// VMs start one after another, so creating the one bucket here,
+		// only when absent, leaves no creation race at all for it.
+		key := p.prefix + "global"
+		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
+			if err := proxywasm.SetSharedData(key, p.cfg.full(p.now()).encode(), 0); err != nil {
+				proxywasm.LogCriticalf("ratelimit: create the global bucket: %v", err)
+				return types.OnPluginStartStatusFailed
+			}
+		}
+		p.seen[key] = true
+	}
 	if err := proxywasm.SetTickPeriodMilliSeconds(uint32(tickPeriod / time.Millisecond)); err != nil {
 		proxywasm.LogCriticalf("ratelimit: set tick period: %v", err)
 		return types.OnPluginStartStatusFailed
@@ -124,7 +136,15 @@ func (p *pluginContext) update(key string, now time.Time, f func(bucketState) (b
 		var b bucketState
 		switch {
 		case errors.Is(err, types.ErrorStatusNotFound):
-			b, cas = p.cfg.full(now), 0
+			// The ABI has no create-if-absent: a write to a missing key
+			// ignores the CAS. So create the bucket full, consuming
+			// nothing, and take from it with CAS on the next round;
+			// concurrent creators then all write the same full state.
+			if err := proxywasm.SetSharedData(key, p.cfg.full(now).encode(), 0); err != nil {
+				proxywasm.LogErrorf("ratelimit: create shared data %q: %v", key, err)
+				return bucketState{}, true, false
+			}
+			continue
 		case err != nil:
 			proxywasm.LogErrorf("ratelimit: get shared data %q: %v", key, err)
 			return bucketState{}, true, false
