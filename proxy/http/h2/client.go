@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -92,9 +93,14 @@ type ClientConn struct {
 	gotSettings     bool
 	shuttingDown    bool
 	pingOutstanding bool
-	pingSeq         uint64
-	pingData        [8]byte
-	kaTimeoutTimer  *time.Timer
+	// idlePing: the outstanding keepalive PING went out with no stream
+	// open. New streams wait for its ACK (see NewStream); pingWait (on
+	// c.mu) wakes them when it comes or the connection stops being usable.
+	idlePing       bool
+	pingWait       *sync.Cond
+	pingSeq        uint64
+	pingData       [8]byte
+	kaTimeoutTimer *time.Timer
 }
 
 // NewClientConn starts an HTTP/2 client connection over c: it queues the
@@ -118,6 +124,7 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 		nextID:  1,
 		peerMCS: 1,
 	}
+	cc.pingWait = sync.NewCond(&cc.c.mu)
 	cc.c.onRemove = cc.onRemove
 	cc.c.sendLimit = int64(cf.MaxBufferedBytes)
 	cc.c.onStreamDone = cf.OnStreamDone
@@ -217,6 +224,7 @@ func (cc *ClientConn) onClosed(err error) {
 	if cc.kaTimeoutTimer != nil {
 		cc.kaTimeoutTimer.Stop()
 	}
+	cc.pingWait.Broadcast()
 	cc.c.mu.Unlock()
 	if cc.cfg.OnClose != nil {
 		if errors.Is(err, errGracefulClose) {
@@ -257,6 +265,27 @@ func (cc *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStr
 	s := &cs.strm
 	c := cc.c
 	c.mu.Lock()
+	if cc.idlePing && cc.healthy() {
+		// A server enforcing a ping policy (grpc-go's too_many_pings)
+		// answers a ping it counts as the last strike with GOAWAY and
+		// closes at once; a stream sent right behind that ping would die
+		// with the connection, processed or not. Waiting for the ACK (one
+		// round trip, only while an idle keepalive is in flight) sends the
+		// stream to a connection known to be alive instead.
+		stop := context.AfterFunc(ctx, func() {
+			c.mu.Lock()
+			cc.pingWait.Broadcast()
+			c.mu.Unlock()
+		})
+		for cc.idlePing && cc.healthy() && ctx.Err() == nil {
+			cc.pingWait.Wait()
+		}
+		stop()
+		if err := ctx.Err(); err != nil {
+			c.mu.Unlock()
+			return nil, &stream.Error{Code: stream.ErrCodeCancel, Unprocessed: true, Reason: "context done waiting for a keepalive ACK", Err: err}
+		}
+	}
 	if !cc.healthy() {
 		c.mu.Unlock()
 		return nil, unprocessed("connection is not accepting streams", c.closeErr)
@@ -344,7 +373,10 @@ func (cc *ClientConn) keepalive() {
 	if c.closed {
 		return
 	}
-	cc.pingLocked()
+	if !cc.pingOutstanding {
+		cc.pingLocked()
+		cc.idlePing = len(c.streams) == 0
+	}
 	cc.kaTimer.Reset(cc.keepaliveDelay())
 }
 
@@ -420,6 +452,10 @@ func (cc *ClientConn) handlePing(f *http2.PingFrame) error {
 		if cc.pingOutstanding && f.Data == cc.pingData {
 			cc.pingOutstanding = false
 			cc.kaTimeoutTimer.Stop()
+			if cc.idlePing {
+				cc.idlePing = false
+				cc.pingWait.Broadcast()
+			}
 		}
 		return nil
 	}
@@ -454,6 +490,7 @@ func (cc *ClientConn) handleGoAway(f *http2.GoAwayFrame) error {
 	code := stream.ErrCode(f.ErrCode)
 	c.mu.Lock()
 	c.goAwayRecv = true
+	cc.pingWait.Broadcast()
 	for id, s := range c.streams {
 		if id > f.LastStreamID {
 			c.failStream(s, &stream.Error{Code: code, Remote: true, Unprocessed: true, Reason: "above GOAWAY last-stream-id"})
