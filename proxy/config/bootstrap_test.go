@@ -291,7 +291,7 @@ var badCases = []struct {
 		name:       "HTTP3 codec",
 		edits:      []edit{{"codec_type: AUTO", "codec_type: HTTP3"}},
 		wantPath:   hcm + ".codec_type",
-		wantReason: "HTTP3 is not supported yet",
+		wantReason: "HTTP3 needs a UDP listener with udp_listener_config.quic_options",
 	},
 	{
 		name:       "unknown enum value",

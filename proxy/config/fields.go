@@ -52,8 +52,24 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	// Listeners.
 	"envoy.config.listener.v3.Listener": {
 		supported: names("name", "address", "filter_chains", "per_connection_buffer_limit_bytes", "metadata",
-			"listener_filters"),
+			"listener_filters", "udp_listener_config"),
 	},
+	// HTTP/3 (proxy/config/quic.go): a UDP listener serves QUIC only.
+	"envoy.config.listener.v3.UdpListenerConfig": {supported: names("quic_options")},
+	"envoy.config.listener.v3.QuicProtocolOptions": {
+		supported: names("quic_protocol_options", "idle_timeout", "crypto_handshake_timeout", "enabled"),
+	},
+	"envoy.config.core.v3.QuicProtocolOptions": {
+		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+			"connection_keepalive", "idle_network_timeout"),
+	},
+	// initial_interval (faster PINGs early in a connection) is not
+	// implemented: quic-go sends PINGs at one period.
+	"envoy.config.core.v3.QuicKeepAliveSettings":                         {supported: names("max_interval")},
+	"envoy.config.core.v3.Http3ProtocolOptions":                          {supported: names("quic_protocol_options")},
+	"envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport": {supported: names("downstream_tls_context", "enable_early_data")},
+	"envoy.extensions.transport_sockets.quic.v3.QuicUpstreamTransport":   {supported: names("upstream_tls_context")},
+	"envoy.config.core.v3.RuntimeFeatureFlag":                            {supported: names("default_value"), ignored: names("runtime_key")},
 	// Listener metadata carries meshd's own HTTP/2 settings under
 	// "meshd.http2" (see MeshdHTTP2MetadataKey); other keys are data.
 	"envoy.config.core.v3.Metadata":        {supported: names("filter_metadata")},
@@ -73,7 +89,7 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	// cluster honours are rejected on the HCM by the semantic checks.
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
 		supported: names("codec_type", "stat_prefix", "route_config", "rds", "http_filters",
-			"http2_protocol_options", "common_http_protocol_options", "stream_idle_timeout", "request_timeout",
+			"http2_protocol_options", "http3_protocol_options", "common_http_protocol_options", "stream_idle_timeout", "request_timeout",
 			"server_name", "generate_request_id", "max_request_headers_kb",
 			"forward_client_cert_details", "set_current_client_cert_details"),
 	},

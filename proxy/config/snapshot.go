@@ -84,8 +84,11 @@ type Listener struct {
 	TLSOptional bool
 	HCM         *httpcm.Config
 	TCP         *tcpproxy.Config
-	raw         *listenerv3.Listener
-	chain       int // index of the served filter chain in raw
+	// QUIC is set for a UDP listener serving HTTP/3 (Address is then a UDP
+	// address); nil for TCP listeners.
+	QUIC  *QUICListener
+	raw   *listenerv3.Listener
+	chain int // index of the served filter chain in raw
 }
 
 // SameSocket reports whether o can keep l's bound socket and connections:
@@ -93,6 +96,7 @@ type Listener struct {
 func (l *Listener) SameSocket(o *Listener) bool {
 	return l.Address == o.Address &&
 		l.TLSOptional == o.TLSOptional &&
+		(l.QUIC == nil) == (o.QUIC == nil) && (l.QUIC == nil || *l.QUIC == *o.QUIC) &&
 		proto.Equal(l.raw.GetFilterChains()[l.chain].GetTransportSocket(), o.raw.GetFilterChains()[o.chain].GetTransportSocket()) &&
 		sameFilter(l, o)
 }
@@ -286,6 +290,9 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
 		return nil, fmt.Errorf("filter_chains[0].filters[0].typed_config: %w", err)
 	}
+	if err := checkHTTP3Codec(&m, isQUICListener(l)); err != nil {
+		return nil, fmt.Errorf("filter_chains[0].filters[0].typed_config.%w", err)
+	}
 	h, err := httpcm.Compile(&m)
 	if err != nil {
 		return nil, fmt.Errorf("filter_chains[0].filters[0].typed_config.%w", err)
@@ -294,6 +301,16 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 		return nil, err
 	}
 	out := &Listener{Name: l.GetName(), Address: addr, HCM: h, raw: l, TLSOptional: sel.tlsOptional, chain: sel.index}
+	if isQUICListener(l) {
+		if out.QUIC, err = compileQUICListener(l); err != nil {
+			return nil, err
+		}
+		if err := quicDownstreamTLS(fc, sel.index, secrets, out); err != nil {
+			return nil, err
+		}
+		setLocalPrincipal(h, out)
+		return out, nil
+	}
 	if ts := fc.GetTransportSocket(); ts != nil {
 		var dtc tlsv3.DownstreamTlsContext
 		if err := ts.GetTypedConfig().UnmarshalTo(&dtc); err != nil {
@@ -304,20 +321,26 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 			return nil, fmt.Errorf("filter_chains[0].transport_socket.typed_config.%w", err)
 		}
 		out.TLS, out.Identity = cfg, src
-		if len(cfg.Certificates) > 0 {
-			if p := httpcm.LocalPrincipal(cfg.Certificates[0].Leaf); p != "" {
-				h.LocalPrincipal = p
-			}
-		}
-		if src != nil {
-			// The SVID's ID is stable across rotations; the identity
-			// manager has it before the first snapshot is compiled.
-			if svid, err := src.GetX509SVID(); err == nil {
-				h.LocalPrincipal = svid.ID.String()
-			}
-		}
+		setLocalPrincipal(h, out)
 	}
 	return out, nil
+}
+
+// setLocalPrincipal gives the connection manager the SPIFFE ID of the
+// listener's certificate (XFCC's By field).
+func setLocalPrincipal(h *httpcm.Config, l *Listener) {
+	if len(l.TLS.Certificates) > 0 {
+		if p := httpcm.LocalPrincipal(l.TLS.Certificates[0].Leaf); p != "" {
+			h.LocalPrincipal = p
+		}
+	}
+	if l.Identity != nil {
+		// The SVID's ID is stable across rotations; the identity
+		// manager has it before the first snapshot is compiled.
+		if svid, err := l.Identity.GetX509SVID(); err == nil {
+			h.LocalPrincipal = svid.ID.String()
+		}
+	}
 }
 
 func socketAddress(a *corev3.Address) (string, error) {

@@ -16,6 +16,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	quicv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/quic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -586,6 +587,11 @@ func (v *validator) listener(path string, l *listenerv3.Listener, opts ResourceO
 	switch sa := l.GetAddress().GetSocketAddress(); {
 	case l.GetAddress() == nil:
 		v.addf(join(path, "address"), "required")
+	case sa != nil && isQUICListener(l):
+		// compileQUICListener requires protocol UDP.
+		if _, err := netip.ParseAddr(sa.GetAddress()); err != nil {
+			v.addf(join(path, "address.socket_address.address"), "must be an IP address to listen on, got %q", sa.GetAddress())
+		}
 	case sa != nil:
 		v.bindAddress(join(path, "address.socket_address"), sa)
 	default:
@@ -599,7 +605,16 @@ func (v *validator) listener(path string, l *listenerv3.Listener, opts ResourceO
 		v.addf(join(path, field), "%s", reason)
 	}
 	for i, fc := range l.GetFilterChains() {
-		v.filterChain(fmt.Sprintf("%s[%d]", join(path, "filter_chains"), i), fc, opts)
+		fcpath := fmt.Sprintf("%s[%d]", join(path, "filter_chains"), i)
+		v.filterChain(fcpath, fc, opts)
+		for j, f := range fc.GetFilters() {
+			if m, ok := unpack(f.GetTypedConfig()).(*hcmv3.HttpConnectionManager); ok {
+				if err := checkHTTP3Codec(m, isQUICListener(l)); err != nil {
+					field, reason, _ := strings.Cut(err.Error(), ": ")
+					v.addf(fmt.Sprintf("%s.filters[%d].typed_config.%s", fcpath, j, field), "%s", reason)
+				}
+			}
+		}
 	}
 }
 
@@ -639,8 +654,13 @@ func (v *validator) filterChain(path string, fc *listenerv3.FilterChain, opts Re
 		}
 	}
 	if ts := fc.GetTransportSocket(); ts != nil {
-		if tc, ok := unpack(ts.GetTypedConfig()).(*tlsv3.DownstreamTlsContext); ok {
+		switch tc := unpack(ts.GetTypedConfig()).(type) {
+		case *tlsv3.DownstreamTlsContext:
 			v.downstreamTLS(join(path, "transport_socket.typed_config"), tc)
+		case *quicv3.QuicDownstreamTransport:
+			if dtc := tc.GetDownstreamTlsContext(); dtc != nil {
+				v.downstreamTLS(join(path, "transport_socket.typed_config.downstream_tls_context"), dtc)
+			}
 		}
 	}
 }
@@ -708,9 +728,6 @@ const routerType = "envoy.extensions.filters.http.router.v3.Router"
 
 // hcm checks an HTTP connection manager at path.
 func (v *validator) hcm(path string, h *hcmv3.HttpConnectionManager, opts ResourceOptions) {
-	if h.GetCodecType() == hcmv3.HttpConnectionManager_HTTP3 {
-		v.addf(join(path, "codec_type"), "HTTP3 is not supported yet (AUTO, HTTP1, HTTP2)")
-	}
 	// Fields of the shared protocol option messages that only clusters honour.
 	if h.GetHttp2ProtocolOptions().GetConnectionKeepalive() != nil {
 		v.addf(join(path, "http2_protocol_options.connection_keepalive"), "downstream keepalive PINGs are not supported yet (clusters only)")

@@ -79,9 +79,19 @@ type Sidecar struct {
 	quitOnce sync.Once
 }
 
+// boundListener is a bound socket serving connections: a TCP
+// listener.Listener or a QUIC listener.QUICListener.
+type boundListener interface {
+	Addr() net.Addr
+	Serve() error
+	StopAccepting()
+	Shutdown(ctx context.Context) error
+	Close() error
+}
+
 type liveListener struct {
 	cfg     *config.Listener
-	ln      *listener.Listener
+	ln      boundListener
 	handler *hcm.Handler    // nil for tcp_proxy
 	h1      *h1.Server      // nil for tcp_proxy
 	tcp     *tcpproxy.Proxy // nil for HTTP
@@ -251,6 +261,9 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	if lc.TCP != nil {
 		return s.bindTCP(lc)
+	}
+	if lc.QUIC != nil {
+		return s.bindQUIC(lc)
 	}
 	hc := lc.HCM
 	hst := hcm.NewStats(s.store, hc.StatPrefix)

@@ -24,6 +24,8 @@ const (
 	CodecAuto Codec = iota
 	CodecHTTP1
 	CodecHTTP2
+	// CodecHTTP3 serves HTTP/3 on a QUIC listener (proxy/http/h3).
+	CodecHTTP3
 )
 
 // UnderscoreAction is what to do with request headers whose names contain
@@ -101,8 +103,10 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 		c.Codec = CodecHTTP1
 	case hcmv3.HttpConnectionManager_HTTP2:
 		c.Codec = CodecHTTP2
+	case hcmv3.HttpConnectionManager_HTTP3:
+		c.Codec = CodecHTTP3
 	default:
-		return nil, fmt.Errorf("codec_type: %s is not supported (AUTO, HTTP1, HTTP2)", ct)
+		return nil, fmt.Errorf("codec_type: %s is not supported (AUTO, HTTP1, HTTP2, HTTP3)", ct)
 	}
 	if m.GetServerName() != "" {
 		c.ServerName = m.GetServerName()
@@ -191,6 +195,7 @@ type Stats struct {
 	RqActive *stats.Gauge
 	RqHTTP1  *stats.Counter
 	RqHTTP2  *stats.Counter
+	RqHTTP3  *stats.Counter
 	// RqTimeout counts request_timeout expiries (downstream_rq_timeout).
 	RqTimeout *stats.Counter
 	// RqIdleTimeout counts streams reset by the stream idle timeout.
@@ -209,6 +214,8 @@ type Stats struct {
 	CxHTTP2Total         *stats.Counter
 	CxHTTP1Active        *stats.Gauge
 	CxHTTP2Active        *stats.Gauge
+	CxHTTP3Total         *stats.Counter
+	CxHTTP3Active        *stats.Gauge
 	CxDestroy            *stats.Counter
 	HTTP2                *h2.Stats
 }
@@ -229,6 +236,7 @@ func NewStats(store *stats.Store, p string) *Stats {
 		RqActive:             sc.Gauge("downstream_rq_active"),
 		RqHTTP1:              sc.Counter("downstream_rq_http1_total"),
 		RqHTTP2:              sc.Counter("downstream_rq_http2_total"),
+		RqHTTP3:              sc.Counter("downstream_rq_http3_total"),
 		RqTimeout:            sc.Counter("downstream_rq_timeout"),
 		RqIdleTimeout:        sc.Counter("downstream_rq_idle_timeout"),
 		RqMaxDurationReached: sc.Counter("downstream_rq_max_duration_reached"),
@@ -244,6 +252,8 @@ func NewStats(store *stats.Store, p string) *Stats {
 		CxHTTP2Total:         sc.Counter("downstream_cx_http2_total"),
 		CxHTTP1Active:        sc.Gauge("downstream_cx_http1_active"),
 		CxHTTP2Active:        sc.Gauge("downstream_cx_http2_active"),
+		CxHTTP3Total:         sc.Counter("downstream_cx_http3_total"),
+		CxHTTP3Active:        sc.Gauge("downstream_cx_http3_active"),
 		CxDestroy:            sc.Counter("downstream_cx_destroy"),
 		HTTP2:                h2st,
 	}

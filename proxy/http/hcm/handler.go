@@ -57,9 +57,12 @@ func (h *Handler) ServeStream(ds stream.ServerStream) {
 	st.RqTotal.Inc()
 	st.RqActive.Inc()
 	defer st.RqActive.Dec()
-	if ds.Conn().Proto == "HTTP/2" {
+	switch ds.Conn().Proto {
+	case "HTTP/2":
 		st.RqHTTP2.Inc()
-	} else {
+	case "HTTP/3":
+		st.RqHTTP3.Inc()
+	default:
 		st.RqHTTP1.Inc()
 	}
 	req := ds.Request()

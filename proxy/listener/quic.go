@@ -1,0 +1,197 @@
+package listener
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
+
+	"meshd.dev/meshd/proxy/http/h3"
+	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/stats"
+)
+
+// QUICConfig configures a QUICListener: Envoy's UDP listener with
+// udp_listener_config.quic_options, the envoy.transport_sockets.quic
+// downstream transport and an HTTP/3 connection manager.
+type QUICConfig struct {
+	// Name identifies the listener in logs and errors.
+	Name string
+	// Address is host:port to bind (UDP); port 0 picks a free port.
+	Address string
+	// TLS is the server TLS config (from the QuicDownstreamTransport's
+	// DownstreamTlsContext). The listener uses a copy with NextProtos
+	// "h3" and TLS 1.3 as the minimum; certificates are looked up per
+	// handshake as the config says, so SDS rotation applies to new
+	// connections.
+	TLS *tls.Config
+	// QUIC holds the QUIC transport settings.
+	QUIC h3.QUICOptions
+	// Retry and RetryThreshold decide when client addresses are validated
+	// with a Retry packet.
+	Retry          h3.RetryPolicy
+	RetryThreshold int
+	// StatelessResetKey keys stateless resets; nil generates a random key
+	// for the listener's life (resets then work until a restart).
+	StatelessResetKey *quic.StatelessResetKey
+	// HTTP3 configures the HTTP/3 server (ConnInfo is set by the listener).
+	HTTP3 h3.ServerConfig
+	// Handler serves the streams.
+	Handler stream.Handler
+	// OnConn, when set, is called with each new connection's context,
+	// which ends when the connection closes (connection manager stats).
+	OnConn func(ctx context.Context)
+	// Logger receives diagnostics; nil means slog.Default().
+	Logger *slog.Logger
+	// Stats is the listener's scope (see StatsScope); the listener counts
+	// downstream_cx_total, downstream_cx_active, downstream_cx_destroy and
+	// the meshd counter quic.retry_required. Nil keeps them private.
+	Stats *stats.Scope
+}
+
+// QUICListener is a bound UDP socket serving HTTP/3 over QUIC.
+type QUICListener struct {
+	cfg  QUICConfig
+	udp  *net.UDPConn
+	tr   *quic.Transport
+	ln   *quic.Listener
+	srv  *h3.Server
+	log  *slog.Logger
+	stop sync.Once
+
+	active        atomic.Int64
+	cxTotal       *stats.Counter
+	cxDestroy     *stats.Counter
+	cxActive      *stats.Gauge
+	retryRequired *stats.Counter
+}
+
+// ListenQUIC binds cfg.Address (UDP) and starts the QUIC transport; it
+// accepts nothing until Serve.
+func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
+	if cfg.TLS == nil {
+		return nil, fmt.Errorf("listener %q: QUIC requires a TLS context", cfg.Name)
+	}
+	ua, err := net.ResolveUDPAddr("udp", cfg.Address)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: address %s: %w", cfg.Name, cfg.Address, err)
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: bind udp %s: %w", cfg.Name, cfg.Address, err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With(slog.String("listener", cfg.Name), slog.String("address", udp.LocalAddr().String()), slog.String("transport", "quic"))
+	scope := cfg.Stats
+	if scope == nil {
+		scope = stats.NewStore().Root()
+	}
+	l := &QUICListener{
+		cfg:           cfg,
+		udp:           udp,
+		log:           log,
+		cxTotal:       scope.Counter("downstream_cx_total"),
+		cxDestroy:     scope.Counter("downstream_cx_destroy"),
+		cxActive:      scope.Gauge("downstream_cx_active"),
+		retryRequired: scope.Scope("quic").Counter("retry_required"),
+	}
+	key := cfg.StatelessResetKey
+	if key == nil {
+		key = new(quic.StatelessResetKey)
+		_, _ = rand.Read(key[:])
+	}
+	needRetry := h3.NewRetryDecider(cfg.Retry, cfg.RetryThreshold)
+	l.tr = &quic.Transport{
+		Conn:              udp,
+		StatelessResetKey: key,
+		VerifySourceAddress: func(net.Addr) bool {
+			if needRetry() {
+				l.retryRequired.Inc()
+				return true
+			}
+			return false
+		},
+	}
+	tc := cfg.TLS.Clone()
+	tc.NextProtos = []string{h3.NextProto}
+	tc.MinVersion = tls.VersionTLS13
+	ln, err := l.tr.Listen(tc, cfg.QUIC.Config())
+	if err != nil {
+		_ = l.tr.Close()
+		return nil, fmt.Errorf("listener %q: quic: %w", cfg.Name, err)
+	}
+	l.ln = ln
+	hc := cfg.HTTP3
+	hc.Logger = log
+	hc.ConnInfo = l.connInfo
+	l.srv = h3.NewServer(hc, cfg.Handler)
+	return l, nil
+}
+
+// connInfo counts an accepted connection and numbers it.
+func (l *QUICListener) connInfo(c *quic.Conn) stream.ConnInfo {
+	l.cxTotal.Inc()
+	l.cxActive.Inc()
+	l.active.Add(1)
+	context.AfterFunc(c.Context(), func() {
+		l.cxActive.Dec()
+		l.cxDestroy.Inc()
+		l.active.Add(-1)
+	})
+	if l.cfg.OnConn != nil {
+		l.cfg.OnConn(c.Context())
+	}
+	return stream.ConnInfo{ID: nextConnID.Add(1)}
+}
+
+// Addr is the bound UDP address.
+func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
+
+// Serve serves connections until StopAccepting, Shutdown or Close, then
+// returns nil.
+func (l *QUICListener) Serve() error {
+	err := l.srv.ServeListener(l.ln)
+	if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return fmt.Errorf("listener %q: %w", l.cfg.Name, err)
+}
+
+// StopAccepting stops accepting new connections; connections in progress
+// keep running (the UDP socket stays open for them).
+func (l *QUICListener) StopAccepting() {
+	l.stop.Do(func() { _ = l.ln.Close() })
+}
+
+// Shutdown sends HTTP/3 GOAWAY on every connection and waits until their
+// streams end or ctx is done; then it closes the socket.
+func (l *QUICListener) Shutdown(ctx context.Context) error {
+	l.StopAccepting()
+	err := l.srv.Shutdown(ctx)
+	_ = l.tr.Close()
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// Close closes every connection and the socket at once.
+func (l *QUICListener) Close() error {
+	l.StopAccepting()
+	_ = l.srv.Close()
+	return l.tr.Close()
+}
+
+// ActiveConns is the number of open QUIC connections.
+func (l *QUICListener) ActiveConns() int { return int(l.active.Load()) }
