@@ -1,6 +1,6 @@
 // Package admin is meshd's admin server: Envoy's admin API (/ready, /stats,
 // /stats/prometheus, /config_dump, /clusters, /listeners, /healthcheck/fail,
-// /healthcheck/ok, /drain_listeners, /quitquitquit) plus /debug/pprof/, on
+// /healthcheck/ok, /drain_listeners, /quitquitquit) plus /debug/pprof/ and meshd's /debug/streams, on
 // the bootstrap's admin.address.
 //
 // Paths, methods, status codes, body formats and JSON shapes follow Envoy's
@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/stats"
 )
 
@@ -106,6 +107,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		"/quitquitquit":        {help: "exit the server", mutates: true, handle: s.handleQuit},
 		pprofPrefix:            {help: "Go runtime profiles (net/http/pprof)", handle: pprof.Index},
 		"/debug/pprof":         {handle: http.RedirectHandler(pprofPrefix, http.StatusMovedPermanently).ServeHTTP},
+		"/debug/streams":       {help: "HTTP/2 streams that are not moving and why (meshd; JSON)", handle: s.handleStreams},
 		"/debug/pprof/cmdline": {handle: pprof.Cmdline},
 		"/debug/pprof/profile": {handle: pprof.Profile},
 		"/debug/pprof/symbol":  {handle: pprof.Symbol},
@@ -376,6 +378,21 @@ func (s *Server) wantJSON(w http.ResponseWriter, r *http.Request) (asJSON, ok bo
 		s.write(w, fmt.Sprintf("invalid format=%q: want text or json\n", f))
 		return false, false
 	}
+}
+
+// handleStreams serves meshd's /debug/streams: the HTTP/2 codec's live
+// connections in this process's stats store and every stream waiting on
+// something (h2.StreamsReport), as JSON.
+func (s *Server) handleStreams(w http.ResponseWriter, _ *http.Request) {
+	body, err := json.MarshalIndent(h2.TableOf(s.store).Snapshot(), "", "  ")
+	if err != nil {
+		w.Header().Set("Content-Type", contentText)
+		w.WriteHeader(http.StatusInternalServerError)
+		s.write(w, fmt.Sprintf("debug streams: %v\n", err))
+		return
+	}
+	w.Header().Set("Content-Type", contentJSON)
+	s.write(w, string(body)+"\n")
 }
 
 // handleClusters prints Envoy's /clusters: in text, one

@@ -34,6 +34,9 @@ type Store struct {
 	counters map[string]*Counter
 	gauges   map[string]*Gauge
 	hists    map[string]*Histogram
+	// shared holds process-wide objects that live beside the metrics
+	// (Shared); keys are the owning package's unexported types.
+	shared sync.Map
 }
 
 // NewStore returns an empty store.
@@ -80,6 +83,20 @@ func (sc *Scope) Tagged(tagName, value string) *Scope {
 		promPrefix: sc.promPrefix,
 		tags:       append(tags, Tag{tagName, value}),
 	}
+}
+
+// Shared returns the object stored under key, storing create() first when
+// there is none; concurrent callers get the same object. It lets a package
+// keep one process-wide object (such as the HTTP/2 codec's table of live
+// streams) beside the metrics it counts in, found by whoever holds the
+// store, without a global. key should be a value of an unexported type of
+// the calling package.
+func (s *Store) Shared(key any, create func() any) any {
+	if v, ok := s.shared.Load(key); ok {
+		return v
+	}
+	v, _ := s.shared.LoadOrStore(key, create())
+	return v
 }
 
 // Name returns the scope's flat prefix without the trailing dot.

@@ -196,10 +196,12 @@ func (p *h2Pool) waitLocked(ctx context.Context) (*pconn, error) {
 	p.waiters = append(p.waiters, w)
 	p.planDialsLocked()
 	p.mu.Unlock()
+	waited := p.stats.HTTP2.WaitForSlot(p.addr) // /debug/streams: stream_slot
 	select {
 	case <-w.ready:
 	case <-ctx.Done():
 	}
+	waited()
 	p.mu.Lock()
 	if !w.done {
 		w.done = true

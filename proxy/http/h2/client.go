@@ -299,6 +299,7 @@ func (cc *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStr
 	c.newStrm(s, id)
 	s.client = cs
 	s.awaitingHeaders = true
+	c.setStall(s, StallPeerHeaders)
 	c.queue(ctrlItem{kind: ctrlHeaders, s: s, id: id, fields: fields, endStream: endStream})
 	if endStream {
 		s.sendEnd, s.sentEnd = true, true
@@ -562,6 +563,7 @@ func (cc *ClientConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	s.awaitingHeaders = false
+	c.setStall(s, StallNone)
 	resp.EndStream = f.StreamEnded()
 	cs.resp = resp
 	cs.haveResp = true

@@ -202,6 +202,9 @@ func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, 
 	c.fr.SetMaxReadFrameSize(c.localMaxFrame)
 	c.fr.SetReuseFrames()
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	if st.table != nil {
+		st.table.add(c)
+	}
 	return c
 }
 
@@ -307,9 +310,13 @@ func (c *conn) pickData(j *dataJob) bool {
 		if s.sendWin <= 0 {
 			c.popReady()
 			s.inReady = false
+			c.setStall(s, StallPeerWindow)
 			continue
 		}
 		if c.sendConnWin <= 0 {
+			for _, r := range c.ready {
+				c.setStall(r, StallPeerWindow)
+			}
 			return false
 		}
 		n := min(int64(s.sendQ.n), s.sendWin, c.sendConnWin, int64(c.peerMaxFrame))
@@ -321,6 +328,7 @@ func (c *conn) pickData(j *dataJob) bool {
 		*j = dataJob{s: s, data: data, release: rel}
 		c.popReady()
 		s.inReady = false
+		c.sendProgress(s)
 		if s.sendQ.n == 0 && s.sendEnd && s.sendTrailers == nil {
 			j.endStream, j.isEnd, j.rstAfter = true, true, s.rstAfterEnd
 			s.sentEnd = true
@@ -574,6 +582,9 @@ func (c *conn) closeWith(err error) {
 	c.wcond.Broadcast()
 	c.mu.Unlock()
 	_ = c.nc.Close()
+	if c.st.table != nil {
+		c.st.table.remove(c)
+	}
 	close(c.done)
 	if c.onClosed != nil {
 		c.onClosed(err)
@@ -618,6 +629,7 @@ func (c *conn) removeStream(s *strm, err *stream.Error) {
 		c.consumeConn(int64(s.recvQ.reset()))
 	}
 	delete(c.streams, s.id)
+	c.setStall(s, StallNone)
 	c.st.StreamsActive.Dec()
 	if !c.closed {
 		c.pendingDone++
@@ -981,6 +993,9 @@ func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
 		return nil
 	}
 	s.recvWin -= n
+	if s.recvWin <= 0 {
+		c.setStall(s, StallLocalRead)
+	}
 	// Padding is consumed at once.
 	c.consumeConn(n - int64(len(data)))
 	s.recvUnacked += n - int64(len(data))
@@ -1042,6 +1057,11 @@ type strm struct {
 	// stoppedByPeer: the peer answered in full, then RST_STREAM NO_ERROR.
 	stoppedByPeer bool
 	cancel        context.CancelFunc
+
+	// Stall detection (stall.go): why the stream is not moving, and since
+	// when (nanotime).
+	stall      StallReason
+	stallSince int64
 }
 
 func (c *conn) newStrm(s *strm, id uint32) {
@@ -1086,6 +1106,9 @@ func (s *strm) read(p []byte) (int, error) {
 			s.recvWin += s.recvUnacked
 			c.queue(ctrlItem{kind: ctrlWindowUpdate, id: s.id, n: uint32(s.recvUnacked)})
 			s.recvUnacked = 0
+			if s.stall == StallLocalRead {
+				c.setStall(s, StallNone)
+			}
 		}
 	}
 	return n, nil
@@ -1134,6 +1157,11 @@ func (s *strm) write(p []byte) (int, error) {
 		if room <= 0 {
 			if s.sendQ.n < sendBufLimit {
 				c.sendBlocked = true
+			}
+			if s.sendWin <= 0 || c.sendConnWin <= 0 {
+				c.setStall(s, StallPeerWindow)
+			} else {
+				c.setStall(s, StallWriteFlush)
 			}
 			s.cond.Wait()
 			continue

@@ -77,6 +77,13 @@ type Stats struct {
 	// connections closed because most of their streams were reset by the
 	// client before a response (rapid reset, CVE-2023-44487).
 	DownstreamPrematureResets *stats.Counter
+
+	// Stalls[r] is stream_stall_<r> (meshd): streams that spent at least
+	// StallCountThreshold in stall reason r (index StallNone is nil).
+	Stalls [numStallReasons]*stats.Counter
+
+	label string       // the scope's name, for /debug/streams
+	table *StreamTable // the store's live connections; nil counts nowhere
 }
 
 // NewStats creates the counters in scope, which is normally a scope named
@@ -106,6 +113,9 @@ func NewStats(scope *stats.Scope) *Stats {
 		CxIdleTimeout:             new(stats.Counter),
 		CxMaxDurationReached:      new(stats.Counter),
 		CxMaxRequestsReached:      new(stats.Counter),
+		Stalls:                    newStallCounters(scope),
+		label:                     scope.Name(),
+		table:                     TableOf(scope.Store()),
 	}
 }
 
@@ -125,6 +135,7 @@ func discardStats() *Stats {
 		OutboundControlFlood: &d.c[12], InboundEmptyFramesFlood: &d.c[13], InboundPriorityFlood: &d.c[14],
 		InboundWindowUpdateFlood: &d.c[15], DownstreamPrematureResets: &d.c[16],
 		CxIdleTimeout: &d.c[17], CxMaxDurationReached: &d.c[18], CxMaxRequestsReached: &d.c[19],
+		Stalls: newStallCounters(nil),
 	}
 }
 
