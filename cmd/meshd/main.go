@@ -7,6 +7,7 @@
 //	meshd control-plane --config MESH.yaml [--xds-address ADDR] [--admin-address ADDR] [...]
 //	meshd bootstrap --workload NAME.NAMESPACE --xds HOST:PORT [-f MESH.yaml] [--delta]
 //	meshd up [-f MESH.yaml] [--duration D] [...]
+//	meshd doctor [-f MESH.yaml | --admin HOST:PORT | --control-plane HOST:PORT] [--window D] [-o json]
 //	meshd version
 package main
 
@@ -29,6 +30,7 @@ var commands = []command{
 	{"control-plane", "serve xDS (ADS, SotW and delta) from a mesh file", runControlPlane},
 	{"bootstrap", "print the sidecar bootstrap of a mesh file's Workload", runBootstrap},
 	{"up", "run a local mesh on loopback: control plane, sidecars, sample apps", runUp},
+	{"doctor", "diagnose a mesh file, a sidecar or a fleet against the failure scenarios", runDoctor},
 	{"version", "print meshd, Go and dependency versions", runVersion},
 }
 

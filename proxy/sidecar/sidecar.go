@@ -18,6 +18,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
 	"meshd.dev/meshd/proxy/admin"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/http/h1"
@@ -149,8 +154,14 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 		s.readyAfterIdentities(nil)
 		return nil
 	}
+	bs := snap.Bootstrap
+	if s.admin != nil {
+		// Tell the control plane where this sidecar's admin listens
+		// (meshd doctor --control-plane finds sidecars by it).
+		bs = withNodeMetadata(bs, NodeAdminKey, s.admin.Addr().String())
+	}
 	xo := client.Options{
-		Bootstrap: snap.Bootstrap,
+		Bootstrap: bs,
 		Apply:     s.Apply,
 		Stats:     s.store,
 		Logger:    s.logger,
@@ -508,3 +519,24 @@ var (
 	_ admin.Backend      = (*Sidecar)(nil)
 	_ admin.CertProvider = (*Sidecar)(nil)
 )
+
+// NodeAdminKey is the node.metadata key carrying the sidecar's bound admin
+// address to the control plane (the same key as xds/server.NodeAdminKey).
+const NodeAdminKey = "meshd.admin"
+
+// withNodeMetadata returns a copy of b whose node.metadata has key set to
+// value; b is not modified.
+func withNodeMetadata(b *bootstrapv3.Bootstrap, key, value string) *bootstrapv3.Bootstrap {
+	b = proto.Clone(b).(*bootstrapv3.Bootstrap)
+	if b.Node == nil {
+		b.Node = &corev3.Node{}
+	}
+	if b.Node.Metadata == nil {
+		b.Node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	}
+	if b.Node.Metadata.Fields == nil {
+		b.Node.Metadata.Fields = map[string]*structpb.Value{}
+	}
+	b.Node.Metadata.Fields[key] = structpb.NewStringValue(value)
+	return b
+}

@@ -9,6 +9,10 @@ import (
 	"meshd.dev/meshd/xds/model"
 )
 
+// NodeAdminKey is the node.metadata key under which a meshd sidecar reports
+// its bound admin address ("ip:port") to the control plane.
+const NodeAdminKey = "meshd.admin"
+
 // Status is the body of GET /status.
 type Status struct {
 	// Version is the published snapshot version ("" before the first).

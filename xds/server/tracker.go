@@ -298,6 +298,10 @@ type StreamStatus struct {
 	Stream         string                `json:"stream"`
 	ConnectedSince time.Time             `json:"connected_since"`
 	Types          map[string]TypeStatus `json:"types"`
+	// Admin is the node's bound admin address as the sidecar reports it in
+	// node.metadata["meshd.admin"] (meshd doctor --control-plane reads it);
+	// empty for nodes that do not report one.
+	Admin string `json:"admin,omitempty"`
 }
 
 // TypeStatus is one resource type of a stream on /status.
@@ -329,6 +333,7 @@ func (t *tracker) snapshot() []StreamStatus {
 			Stream:         st.kind,
 			ConnectedSince: st.since,
 			Types:          make(map[string]TypeStatus, len(st.types)),
+			Admin:          st.node.GetMetadata().GetFields()[NodeAdminKey].GetStringValue(),
 		}
 		for url, ts := range st.types {
 			s := TypeStatus{SentVersion: ts.sentVersion, AckedVersion: ts.acked}

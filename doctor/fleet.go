@@ -1,0 +1,107 @@
+package doctor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// FleetNode is a sidecar connected to a control plane.
+type FleetNode struct {
+	// Node is the xDS node ID; Admin the admin address the sidecar reported
+	// in node.metadata["meshd.admin"] ("" when it reported none).
+	Node  string
+	Admin string
+}
+
+// FleetNodes reads the control plane's GET /status (on its admin address,
+// "host:port") and returns every connected node once, sorted by node ID,
+// with the admin address it reported.
+func FleetNodes(ctx context.Context, client *http.Client, controlPlane string) ([]FleetNode, error) {
+	if client == nil {
+		client = &http.Client{Timeout: 5 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+controlPlane+"/status", nil)
+	if err != nil {
+		return nil, fmt.Errorf("control plane %s: %w", controlPlane, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("control plane %s/status: %w", controlPlane, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("control plane %s/status: %s", controlPlane, resp.Status)
+	}
+	var st struct {
+		Streams []struct {
+			Node  string `json:"node"`
+			Admin string `json:"admin"`
+		} `json:"streams"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("control plane %s/status: %w", controlPlane, err)
+	}
+	seen := map[string]string{}
+	for _, s := range st.Streams {
+		if s.Node == "" {
+			continue
+		}
+		if seen[s.Node] == "" {
+			seen[s.Node] = s.Admin
+		}
+	}
+	out := make([]FleetNode, 0, len(seen))
+	for n, a := range seen {
+		out = append(out, FleetNode{Node: n, Admin: a})
+	}
+	slices.SortFunc(out, func(a, b FleetNode) int {
+		if a.Node < b.Node {
+			return -1
+		}
+		if a.Node > b.Node {
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// Fleet runs Live on every sidecar connected to the control plane at once
+// (same window) and returns one report with a NodeReport per node. A node
+// that reported no admin address (a proxyless client, another proxy, a
+// sidecar without admin) is listed as skipped, with the reason; a sidecar
+// that cannot be sampled is an error in its NodeReport. procNet is
+// Sampler.ProcNet.
+func Fleet(ctx context.Context, controlPlane string, procNet string, opts LiveOptions) (*Report, error) {
+	nodes, err := FleetNodes(ctx, nil, controlPlane)
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{Target: controlPlane, Mode: "fleet", WindowSeconds: opts.window().Seconds(), Findings: []Finding{}}
+	r.Nodes = make([]NodeReport, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		r.Nodes[i] = NodeReport{Node: n.Node, Admin: n.Admin}
+		if n.Admin == "" {
+			r.Nodes[i].Skipped = "no admin address reported in node.metadata meshd.admin (a proxyless client, another proxy, or a sidecar without admin)"
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep, err := Live(ctx, &Sampler{Admin: n.Admin, ProcNet: procNet}, opts)
+			if err != nil {
+				r.Nodes[i].Error = err.Error()
+				return
+			}
+			r.Nodes[i].Report = rep
+		}()
+	}
+	wg.Wait()
+	return r, nil
+}
