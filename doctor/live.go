@@ -31,8 +31,8 @@ const (
 	// refusedStorm is the count of refused streams in a window that is a
 	// storm, not a lowered limit met once.
 	refusedStorm = 5
-	// rotationsPerWindowWarn: more than one rotation per this much time
-	// is a rollout that never ends.
+	// rotationPeriodWarn: a new connection more often than this, by
+	// GOAWAY, is a rollout that never ends.
 	rotationPeriodWarn = 10 * time.Second
 	// streamWaitP99Warn is the stream-wait p99 (ms) that says the pool is
 	// too small for the load.
@@ -106,11 +106,6 @@ func Diagnose(before, after *Sample, opts LiveOptions) *Report {
 		} else {
 			lc.cfg = &ClusterConfig{Name: c.Name}
 		}
-		for _, bc := range before.Clusters {
-			if bc.Name == c.Name {
-				lc.beforeCluster = bc
-			}
-		}
 		lc.run()
 	}
 	diagnoseStalls(r, before, after, opts)
@@ -126,7 +121,6 @@ type liveCheck struct {
 	opts          LiveOptions
 	name          string
 	cluster       ClusterSample
-	beforeCluster ClusterSample
 	cfg           *ClusterConfig
 }
 
@@ -169,6 +163,9 @@ func (c *liveCheck) run() {
 			scen = S4
 			fix = "keep idle HTTP/1.1 connections: remove connectionPool.maxRequestsPerConnection, keep maxConnections ≥ concurrent requests, and make sure the server does not answer Connection: close"
 		}
+		if it := c.cfg.IdleTimeout; c.cfg.IdleTimeoutSet && it > 0 && it < MinIdleTimeout {
+			fix = fmt.Sprintf("idle_timeout %s closes connections between requests: set the destination's connectionPool.idleTimeout to 5m", it)
+		}
 		if n := c.cfg.MaxRequestsPerConnection; n > 0 && n < MinRequestsPerConnection {
 			fix = fmt.Sprintf("max_requests_per_connection is %d: remove connectionPool.maxRequestsPerConnection (or set ≥ 1000) in the destination's TrafficPolicy", n)
 		}
@@ -182,6 +179,9 @@ func (c *liveCheck) run() {
 		}
 		if n := c.cfg.MaxRequestsPerConnection; n > 0 {
 			ev += fmt.Sprintf("; max_requests_per_connection %d", n)
+		}
+		if c.cfg.IdleTimeoutSet {
+			ev += fmt.Sprintf("; idle_timeout %s", fmtDur(c.cfg.IdleTimeout))
 		}
 		c.add(Warning, scen, "connection-churn", ev, fix,
 			map[string]float64{"new_connections": float64(cx), "requests": float64(rq), "reuse_percent": reuse, "time_wait": float64(tw)})
@@ -284,9 +284,13 @@ func (c *liveCheck) run() {
 
 	// S9: connections rotated by GOAWAY (the upstream's, or max_connection_duration).
 	goaways, maxDur := c.d("http2.goaway_rx_NO_ERROR"), c.d("upstream_cx_max_duration_reached")
-	if rot := goaways + maxDur; rot > 0 {
+	if goaways+maxDur > 0 {
 		failed := c.d("upstream_cx_destroy_remote_with_active_rq") + c.d("upstream_rq_5xx")
-		period := c.win / time.Duration(rot)
+		// A graceful GOAWAY may come in two frames (grpc-go sends a
+		// provisional one first): count rotations by the connections
+		// that replaced the drained ones.
+		rotations := max(min(cx, goaways+maxDur), 1)
+		period := c.win / time.Duration(rotations)
 		sev := Info
 		if failed > 0 || period < rotationPeriodWarn {
 			sev = Warning
@@ -296,9 +300,10 @@ func (c *liveCheck) run() {
 			fix = fmt.Sprintf("max_connection_duration %s rotates every connection that often: set the destination's connectionPool.maxConnectionDuration to 30m or more", fmtDur(c.cfg.MaxConnectionDuration))
 		}
 		c.add(sev, S9, "connection-rotation",
-			fmt.Sprintf("%d connections drained by the upstream's GOAWAY NO_ERROR and %d by max_connection_duration in %s (one every %s); %d streams retried transparently, %d requests failed",
-				goaways, maxDur, win, period.Round(10*time.Millisecond), c.d("upstream_rq_transparent_retry"), failed),
-			fix, map[string]float64{"goaway_no_error": float64(goaways), "max_duration_reached": float64(maxDur), "failed": float64(failed), "rotation_period_ms": float64(period.Milliseconds())})
+			fmt.Sprintf("%d GOAWAY NO_ERROR received from the upstream and %d connections drained by max_connection_duration (%s) in %s: a new connection every %s; %d streams retried transparently, %d requests failed",
+				goaways, maxDur, fmtDur(c.cfg.MaxConnectionDuration), win, period.Round(10*time.Millisecond), c.d("upstream_rq_transparent_retry"), failed),
+			fix, map[string]float64{"goaway_no_error": float64(goaways), "max_duration_reached": float64(maxDur), "new_connections": float64(cx),
+				"failed": float64(failed), "rotation_period_ms": float64(period.Milliseconds())})
 	}
 
 	// S10: dead peers and idle connections.
@@ -308,13 +313,13 @@ func (c *liveCheck) run() {
 			"if the peers are alive, raise http2.keepalive.timeout (interval ≥ 3 × timeout + 2 × p99 RTT); otherwise remove the dead endpoints",
 			map[string]float64{"keepalive_timeouts": float64(ka)})
 	}
-	var idleConns, idleHosts int64
-	for _, h := range c.cluster.Hosts {
-		if h.CxActive > 0 && h.RqActive == 0 && c.hostRequests(h) == 0 && c.beforeHostConns(h.Address) > 0 {
-			idleConns += h.CxActive
-			idleHosts++
-		}
+	// /clusters carries no per-host connection count: the cluster's
+	// gauges say whether connections stayed open with nothing to carry.
+	idleConns := c.stat(c.after, "upstream_cx_active")
+	if idleConns == 0 || c.stat(c.before, "upstream_cx_active") == 0 || rq != 0 || c.stat(c.after, "upstream_rq_active") != 0 {
+		idleConns = 0
 	}
+	idleHosts := len(c.cluster.Hosts)
 	if idleConns > 0 {
 		it, how := c.cfg.IdleTimeout, ""
 		if !c.cfg.IdleTimeoutSet {
@@ -325,29 +330,10 @@ func (c *liveCheck) run() {
 			sev = Warning
 		}
 		c.add(sev, S10, "idle-connections",
-			fmt.Sprintf("%d connections to %d endpoints carried no request for the whole %s; idle_timeout %s%s", idleConns, idleHosts, win, fmtDur(it), how),
+			fmt.Sprintf("%d connections (to %d endpoints) open and carrying no request for the whole %s; idle_timeout %s%s", idleConns, idleHosts, win, fmtDur(it), how),
 			"set the destination's connectionPool.idleTimeout (e.g. 5m, below every middlebox's idle timeout) so idle connections are closed",
 			map[string]float64{"idle_connections": float64(idleConns), "idle_timeout_ms": float64(it.Milliseconds())})
 	}
-}
-
-// hostRequests is the change of a host's rq_total over the window.
-func (c *liveCheck) hostRequests(h HostSample) int64 {
-	for _, b := range c.beforeCluster.Hosts {
-		if b.Address == h.Address {
-			return h.RqTotal - b.RqTotal
-		}
-	}
-	return h.RqTotal
-}
-
-func (c *liveCheck) beforeHostConns(addr string) int64 {
-	for _, b := range c.beforeCluster.Hosts {
-		if b.Address == addr {
-			return b.CxActive
-		}
-	}
-	return 0
 }
 
 // endpointSegment is the stat name segment of an endpoint ("ip:port" →

@@ -42,9 +42,7 @@ type ClusterSample struct {
 // HostSample is one endpoint of a cluster with its /clusters stats.
 type HostSample struct {
 	Address  string // "ip:port"
-	CxActive int64
 	RqActive int64
-	RqTotal  int64
 }
 
 // ClusterConfig is the part of a cluster's configuration the live rules
@@ -225,13 +223,8 @@ func parseClustersJSON(body []byte) ([]ClusterSample, error) {
 			hs := HostSample{Address: net.JoinHostPort(h.Address.SocketAddress.Address, strconv.Itoa(h.Address.SocketAddress.PortValue))}
 			for _, st := range h.Stats {
 				v, _ := strconv.ParseInt(strings.Trim(string(st.Value), `"`), 10, 64)
-				switch st.Name {
-				case "cx_active":
-					hs.CxActive = v
-				case "rq_active":
+				if st.Name == "rq_active" {
 					hs.RqActive = v
-				case "rq_total":
-					hs.RqTotal = v
 				}
 			}
 			cs.Hosts = append(cs.Hosts, hs)

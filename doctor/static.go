@@ -27,6 +27,9 @@ const (
 	// MinRequestsPerConnection is the smallest max_requests_per_connection
 	// that is not churn.
 	MinRequestsPerConnection = 100
+	// MinIdleTimeout is the shortest idle timeout that does not close
+	// connections between the requests of an ordinary load.
+	MinIdleTimeout = time.Second
 )
 
 // StaticFile loads the mesh file at path and checks it (Static). A file that
@@ -222,6 +225,10 @@ func (c *staticCheck) run() {
 		c.add(Warning, S10, "idle-timeout",
 			"idleTimeout 0 disables the idle timeout: connections to peers that went away pile up until the process restarts",
 			fmt.Sprintf("%s: 5m (below the idle timeout of every load balancer and NAT on the path)", idleField), map[string]float64{"idle_timeout_ms": 0})
+	case it != nil && it.D() < MinIdleTimeout:
+		c.add(Warning, churn, "short-idle-timeout",
+			fmt.Sprintf("idleTimeout %s closes connections in the pauses between requests: a new connection (and a socket in TIME_WAIT) for most requests", it),
+			fmt.Sprintf("%s: 5m (below the idle timeout of every load balancer and NAT on the path)", idleField), map[string]float64{"idle_timeout_ms": ms(it.D())})
 	case it == nil || it.D() > MiddleboxIdleTimeout:
 		d := DefaultUpstreamIdleTimeout
 		how := "unset: Envoy's default"

@@ -69,6 +69,8 @@ func TestStaticRules(t *testing.T) {
 			"idle-timeout", S10, Warning, "Envoy's default 1h0m0s", "spec.connectionPool.idleTimeout: 5m"},
 		{"idle timeout disabled", meshFile("", strings.Replace(healthy, "idleTimeout: 5m", "idleTimeout: 0s", 1)),
 			"idle-timeout", S10, Warning, "idleTimeout 0 disables", "spec.connectionPool.idleTimeout: 5m"},
+		{"idle timeout shorter than the pauses between requests", meshFile("", strings.Replace(healthy, "idleTimeout: 5m", "idleTimeout: 10ms", 1)),
+			"short-idle-timeout", S1, Warning, "idleTimeout 10ms closes connections in the pauses between requests", "spec.connectionPool.idleTimeout: 5m"},
 		{"idle timeout above middleboxes'", meshFile("", strings.Replace(healthy, "idleTimeout: 5m", "idleTimeout: 10m", 1)),
 			"idle-timeout", S10, Warning, "set to 10m0s is longer than common middlebox idle timeouts", "idleTimeout: 5m"},
 		{"long connect timeout", meshFile("", strings.Replace(healthy, "connectTimeout: 1s", "connectTimeout: 30s", 1)),
