@@ -161,7 +161,7 @@ func (c *liveCheck) run() {
 		scen, fix := S1, "keep connections: remove connectionPool.maxRequestsPerConnection / raise maxConnectionDuration; check that the upstream does not close them (goaway_rx, upstream_cx_destroy_remote)"
 		if c.cfg.HTTP1 {
 			scen = S4
-			fix = "keep idle HTTP/1.1 connections: remove connectionPool.maxRequestsPerConnection, keep maxConnections ≥ concurrent requests, and make sure the server does not answer Connection: close"
+			fix = "keep idle HTTP/1.1 connections: connectionPool.idleTimeout above the pause between requests, maxConnections ≥ concurrent requests, no maxRequestsPerConnection, and a server that does not answer Connection: close"
 		}
 		if it := c.cfg.IdleTimeout; c.cfg.IdleTimeoutSet && it > 0 && it < MinIdleTimeout {
 			fix = fmt.Sprintf("idle_timeout %s closes connections between requests: set the destination's connectionPool.idleTimeout to 5m", it)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/stats"
 )
 
@@ -561,5 +562,27 @@ func TestLifecycle(t *testing.T) {
 	}
 	if _, err := srv.Listen("127.0.0.1:0"); err == nil {
 		t.Errorf("Listen after Close succeeded")
+	}
+}
+
+// TestDebugStreams: /debug/streams serves the store's HTTP/2 stream table
+// as JSON, here with one stream waiting in a pool for a slot.
+func TestDebugStreams(t *testing.T) {
+	store := stats.NewStore()
+	st := h2.NewStats(store.Root().Scope("cluster").Tagged("envoy_cluster_name", "backend").Scope("http2"))
+	h := start(t, newFakeBackend(), store)
+	done := st.WaitForSlot("127.0.0.1:9")
+	r := h.do(t, http.MethodGet, "/debug/streams")
+	done()
+	var rep h2.StreamsReport
+	if err := json.Unmarshal([]byte(r.body), &rep); err != nil || r.code != http.StatusOK || r.hdr.Get("Content-Type") != contentJSON {
+		t.Fatalf("/debug/streams = %d %q (%s): %v", r.code, r.body, r.hdr.Get("Content-Type"), err)
+	}
+	if len(rep.Waiting) != 1 || rep.Waiting[0].State != "stream_slot" || rep.Waiting[0].Scope != "cluster.backend.http2" ||
+		rep.Waiting[0].Peer != "127.0.0.1:9" || rep.States["stream_slot"] != 1 || rep.CountThresholdMS != 1000 {
+		t.Errorf("/debug/streams = %+v; want one stream_slot wait to 127.0.0.1:9 in cluster.backend.http2", rep)
+	}
+	if r := h.do(t, http.MethodGet, "/debug/streams"); !strings.Contains(r.body, `"waiting": []`) {
+		t.Errorf("/debug/streams after the wait ended = %s; want no waiting streams", r.body)
 	}
 }
