@@ -7,7 +7,7 @@ package scenarios
 // while the scenario plays, and asserts that the report names the scenario
 // with the right evidence; TestDoctorHealthy runs the real command against
 // a well-configured sidecar under steady load and expects nothing above
-// info (exit 0). Each case samples a window of 2–8 s.
+// info (exit 0). Each case samples a window of 2–10 s.
 
 import (
 	"context"
@@ -168,7 +168,7 @@ func TestDoctorS2TooManyPings(t *testing.T) {
 		UpstreamH2: h2Options{Keepalive: &h2Keepalive{Interval: time.Second, Timeout: 500 * time.Millisecond}},
 	})
 	client := dialGRPC(t, sc.Addr)
-	rep := doctorRun(t, sc, 8*time.Second, func(ctx context.Context) {
+	rep := doctorRun(t, sc, 10*time.Second, func(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 		defer cancel()
 		if _, err := client.EmptyCall(cctx, &testpb.Empty{}); err != nil {

@@ -1,0 +1,69 @@
+package doctor
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+// TestFleetNodes reads a control plane's /status: one entry per node
+// (a node with two streams appears once), sorted, with its reported admin.
+func TestFleetNodes(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/status" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(`{"version":"v1","sidecars":["b.ns","a.ns"],"streams":[
+			{"stream_id":1,"node":"b.ns","admin":"127.0.0.1:2"},
+			{"stream_id":2,"node":"a.ns","admin":"127.0.0.1:1"},
+			{"stream_id":3,"node":"a.ns"},
+			{"stream_id":4,"node":"proxyless-client"}]}`))
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addr := srv.Listener.Addr().String()
+	got, err := FleetNodes(ctx, srv.Client(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []FleetNode{{"a.ns", "127.0.0.1:1"}, {"b.ns", "127.0.0.1:2"}, {"proxyless-client", ""}}
+	if len(got) != len(want) {
+		t.Fatalf("FleetNodes = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("node %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	if _, err := FleetNodes(ctx, srv.Client(), addr+"0"); err == nil {
+		t.Error("FleetNodes of a wrong address succeeded")
+	}
+}
+
+// TestFleetSkipsNodesWithoutAdmin: a node that reported no admin address
+// is skipped, not an error, and a sidecar that cannot be reached is.
+func TestFleetSkipsNodesWithoutAdmin(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadAddr := dead.Listener.Addr().String()
+	dead.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(`{"streams":[{"node":"gone.ns","admin":"` + deadAddr + `"},{"node":"proxyless"}]}`))
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := Fleet(ctx, srv.Listener.Addr().String(), "-", LiveOptions{Window: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Nodes) != 2 || r.Nodes[0].Node != "gone.ns" || r.Nodes[0].Error == "" || r.Nodes[1].Skipped == "" || r.Nodes[1].Error != "" {
+		t.Fatalf("nodes %+v: want gone.ns failed and proxyless skipped", r.Nodes)
+	}
+	if r.ExitCode() != 2 {
+		t.Errorf("exit code %d, want 2 (a sidecar could not be sampled)", r.ExitCode())
+	}
+}
