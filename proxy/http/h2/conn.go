@@ -1106,10 +1106,11 @@ func (s *strm) read(p []byte) (int, error) {
 			s.recvWin += s.recvUnacked
 			c.queue(ctrlItem{kind: ctrlWindowUpdate, id: s.id, n: uint32(s.recvUnacked)})
 			s.recvUnacked = 0
-			if s.stall == StallLocalRead {
-				c.setStall(s, StallNone)
-			}
 		}
+	}
+	if s.stall == StallLocalRead && (s.recvQ.n == 0 || s.recvWin > 0) {
+		// Read everything that arrived, or reopened the window.
+		c.setStall(s, StallNone)
 	}
 	return n, nil
 }
