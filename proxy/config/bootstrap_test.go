@@ -324,9 +324,9 @@ var badCases = []struct {
 		wantReason: `key must be the type name of its value, "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"`,
 	},
 	{
-		name:       "HTTP/3 upstream not supported",
-		edits:      []edit{{"http2_protocol_options: {}", "http3_protocol_options: {}"}},
-		wantPath:   clu0 + `.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].explicit_http_config.http3_protocol_options`,
+		name:       "HTTP/3 upstream options unsupported",
+		edits:      []edit{{"http2_protocol_options: {}", "http3_protocol_options: { allow_extended_connect: true }"}},
+		wantPath:   clu0 + `.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].explicit_http_config.http3_protocol_options.allow_extended_connect`,
 		wantReason: "field not supported by meshd",
 	},
 	{

@@ -219,11 +219,19 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.config.core.v3.HeaderValue":               {supported: names("key", "value", "raw_value")},
 	"envoy.config.core.v3.DataSource":                {supported: names("filename", "inline_bytes", "inline_string")},
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-		supported: names("explicit_http_config", "common_http_protocol_options"),
+		supported: names("explicit_http_config", "auto_config", "common_http_protocol_options"),
 	},
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {
-		supported: names("http_protocol_options", "http2_protocol_options"),
+		supported: names("http_protocol_options", "http2_protocol_options", "http3_protocol_options"),
 	},
+	// auto_config is HTTP/3 first with HTTP/2 over TCP while an endpoint's
+	// HTTP/3 is broken (proxy/upstream/h3pool.go): every endpoint is
+	// treated as advertising h3, so the alternate protocols cache is named
+	// only.
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig": {
+		supported: names("http2_protocol_options", "http3_protocol_options", "alternate_protocols_cache_options"),
+	},
+	"envoy.config.core.v3.AlternateProtocolsCacheOptions": {supported: names("name")},
 
 	// Clusters and endpoints (what proxy/upstream compiles).
 	"envoy.config.cluster.v3.Cluster": {

@@ -43,6 +43,8 @@ type Stats struct {
 	RqReset           *stats.Counter // upstream_rq_rx_reset
 	NoHealthyUpstream *stats.Counter
 	HTTP2             *h2.Stats
+	// H3 are the HTTP/3 connection stats (h3pool.go).
+	H3 *H3Stats
 }
 
 // NewStats returns the stats of cluster name in store.
@@ -63,6 +65,7 @@ func NewStats(store *stats.Store, name string) *Stats {
 		RqReset:           sc.Counter("upstream_rq_rx_reset"),
 		NoHealthyUpstream: sc.Counter("upstream_cx_none_healthy"),
 		HTTP2:             h2.NewStats(sc.Scope("http2")),
+		H3:                newH3Stats(sc),
 	}
 }
 
@@ -242,7 +245,10 @@ func (c *Cluster) setHosts(eps []resolved) {
 }
 
 func (c *Cluster) newPool(addr string) connPool {
-	if c.spec.Protocol == HTTP2 {
+	switch {
+	case c.spec.Protocol == HTTP3 && c.spec.HTTP3Fallback:
+		return newH3FallbackPool(addr, c.spec, c.stats, c.pools, c.logger)
+	case c.spec.Protocol == HTTP2 || c.spec.Protocol == HTTP3:
 		return newH2Pool(addr, c.spec, c.stats, c.pools, c.logger)
 	}
 	return &h1Pool{Client: h1.NewClient(h1.ClientConfig{

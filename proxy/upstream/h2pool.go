@@ -26,8 +26,27 @@ const assumedStreamsPerConn = 100
 // between the pick and the open).
 const maxPlaceAttempts = 8
 
-// h2Pool multiplexes streams to one endpoint over as few HTTP/2 connections
-// as the peer's SETTINGS_MAX_CONCURRENT_STREAMS allows.
+// muxConn is a multiplexed upstream connection as the pool drives it:
+// an HTTP/2 connection (*h2.ClientConn) or an HTTP/3 one (*h3.ClientConn).
+// Its events reach the pool through the callbacks the pool's connector
+// installs (limit, GOAWAY, stream done, close).
+type muxConn interface {
+	// Capacity is how many more streams the connection takes now.
+	Capacity() int
+	NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error)
+	// Shutdown closes the connection gracefully once its streams end.
+	Shutdown()
+	Close() error
+}
+
+// keepalivePinger is a muxConn that can send a keepalive PING on demand
+// (HTTP/2; QUIC keepalive runs inside quic-go).
+type keepalivePinger interface{ KeepalivePing() }
+
+// h2Pool multiplexes streams to one endpoint over as few connections as
+// the peer's stream limit allows: HTTP/2 connections limited by
+// SETTINGS_MAX_CONCURRENT_STREAMS, or HTTP/3 ones limited by QUIC's
+// MAX_STREAMS (h3pool.go supplies that connector; the policy is the same).
 //
 // A stream goes to the oldest usable connection with a free slot, where a
 // connection's capacity is min(peer SETTINGS_MAX_CONCURRENT_STREAMS,
@@ -65,20 +84,23 @@ type h2Pool struct {
 	// kaInterval is this endpoint's current keepalive interval.
 	kaInterval time.Duration
 	kaGauge    *stats.Gauge
+	// connect dials the endpoint and sets pc.cc, wiring the connection's
+	// events to the pool: connectH2, or connectH3 for HTTP/3.
+	connect func(pc *pconn) error
 }
 
 // pconn is one connection of the pool. Fields other than cc are guarded
 // by the pool's mu.
 type pconn struct {
-	cc         *h2.ClientConn // set once before the conn joins the pool
-	kaInterval time.Duration  // immutable: the interval it was opened with
-	active     int            // streams placed and not yet done (may dip below 0 briefly)
-	reserved   int            // slots promised to waiters not yet opened
-	total      uint32         // streams ever placed
-	draining   bool           // no new streams
-	idleSince  time.Time      // when the last stream ended (for connection_idle_interval)
-	settled    bool           // the peer's first SETTINGS arrived (or were assumed)
-	limit      int            // stream limit from the last SETTINGS, capped locally
+	cc         muxConn       // set once before the conn joins the pool
+	kaInterval time.Duration // immutable: the interval it was opened with
+	active     int           // streams placed and not yet done (may dip below 0 briefly)
+	reserved   int           // slots promised to waiters not yet opened
+	total      uint32        // streams ever placed
+	draining   bool          // no new streams
+	idleSince  time.Time     // when the last stream ended (for connection_idle_interval)
+	settled    bool          // the peer's first SETTINGS arrived (or were assumed)
+	limit      int           // stream limit from the last SETTINGS, capped locally
 	closed     bool
 	localClose bool // the pool closed it (Close)
 	idleTimer  *time.Timer
@@ -104,7 +126,11 @@ func newH2Pool(addr string, spec *Spec, st *Stats, sh *poolShared, logger *slog.
 		kaInterval: spec.HTTP2.Keepalive.Interval,
 		kaGauge:    sh.stats.keepaliveGauge(addr),
 	}
-	if m := spec.HTTP2.MaxConcurrentStreams; m > 0 {
+	p.connect = p.connectH2
+	if spec.Protocol == HTTP3 {
+		p.connect = p.connectH3
+	}
+	if m := p.localStreamLimit(); m > 0 {
 		p.limitHint = min(p.limitHint, int(m))
 	}
 	p.kaGauge.Set(p.kaInterval.Milliseconds())
@@ -254,7 +280,9 @@ func (p *h2Pool) pickLocked() *pconn {
 func (p *h2Pool) reserveLocked(pc *pconn) {
 	pc.reserved++
 	if d := p.spec.HTTP2.Keepalive.ConnectionIdleInterval; d > 0 && pc.total > 0 && pc.active <= 0 && pc.reserved == 1 && time.Since(pc.idleSince) >= d {
-		pc.cc.KeepalivePing()
+		if kp, ok := pc.cc.(keepalivePinger); ok {
+			kp.KeepalivePing()
+		}
 	}
 }
 
@@ -457,8 +485,17 @@ func (p *h2Pool) hasUsableLocked() bool {
 	return false
 }
 
-// connect dials the endpoint and starts an HTTP/2 connection for pc.
-func (p *h2Pool) connect(pc *pconn) error {
+// localStreamLimit is the configured cap on streams per connection
+// (max_concurrent_streams of the protocol's options; 0: none).
+func (p *h2Pool) localStreamLimit() uint32 {
+	if p.spec.Protocol == HTTP3 {
+		return uint32(min(max(p.spec.HTTP3.MaxConcurrentStreams, 0), math.MaxUint32))
+	}
+	return p.spec.HTTP2.MaxConcurrentStreams
+}
+
+// connectH2 dials the endpoint and starts an HTTP/2 connection for pc.
+func (p *h2Pool) connectH2(pc *pconn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.spec.ConnectTimeout)
 	defer cancel()
 	conn, err := dialUpstream(ctx, p.addr, p.spec.TLS, p.spec.TCPKeepalive, p.stats)
@@ -485,9 +522,12 @@ func (p *h2Pool) connect(pc *pconn) error {
 		Logger:                      p.logger,
 		Stats:                       p.stats.HTTP2,
 		OnSettings:                  func(mcs uint32) { p.onSettings(pc, mcs) },
-		OnGoAway:                    func(_ uint32, code stream.ErrCode, debug string) { p.onGoAway(pc, code, debug) },
-		OnStreamDone:                func() { p.streamDone(pc) },
-		OnClose:                     func(err error) { p.onClose(pc, err) },
+		OnGoAway: func(_ uint32, code stream.ErrCode, debug string) {
+			p.sh.stats.goAwayRx(code)
+			p.onGoAway(pc, code, debug)
+		},
+		OnStreamDone: func() { p.streamDone(pc) },
+		OnClose:      func(err error) { p.onClose(pc, err) },
 	})
 	return nil
 }
@@ -496,7 +536,7 @@ func (p *h2Pool) onSettings(pc *pconn, mcs uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := int(min(mcs, math.MaxInt32))
-	if m := p.spec.HTTP2.MaxConcurrentStreams; m > 0 {
+	if m := p.localStreamLimit(); m > 0 {
 		l = min(l, int(m))
 	}
 	pc.settled, pc.limit = true, l
@@ -510,7 +550,6 @@ func (p *h2Pool) onSettings(pc *pconn, mcs uint32) {
 // it once).
 func (p *h2Pool) onGoAway(pc *pconn, code stream.ErrCode, debug string) {
 	p.stats.CxCloseNotify.Inc()
-	p.sh.stats.goAwayRx(code)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pc.draining = true

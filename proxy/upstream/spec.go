@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"meshd.dev/meshd/mtls"
+	"meshd.dev/meshd/proxy/http/h3"
 	"meshd.dev/meshd/proxy/lb"
 	"meshd.dev/meshd/proxy/tlscontext"
 )
@@ -34,11 +35,16 @@ type Protocol int
 const (
 	HTTP1 Protocol = iota
 	HTTP2
+	// HTTP3 is HTTP/3 over QUIC (h3pool.go).
+	HTTP3
 )
 
 func (p Protocol) String() string {
-	if p == HTTP2 {
+	switch p {
+	case HTTP2:
 		return "HTTP/2"
+	case HTTP3:
+		return "HTTP/3"
 	}
 	return "HTTP/1.1"
 }
@@ -135,8 +141,15 @@ type Spec struct {
 	ConnectTimeout time.Duration
 	Protocol       Protocol
 	HTTP2          HTTP2Options
-	Lifetimes      Lifetimes
-	Thresholds     Thresholds
+	// HTTP3 holds the QUIC settings of an HTTP/3 cluster
+	// (http3_protocol_options.quic_protocol_options).
+	HTTP3 h3.QUICOptions
+	// HTTP3Fallback is set for auto_config with HTTP/3: an endpoint whose
+	// QUIC handshake fails is marked broken for a while and reached over
+	// HTTP/2 on TCP meanwhile (TLSFallback, HTTP2 options).
+	HTTP3Fallback bool
+	Lifetimes     Lifetimes
+	Thresholds    Thresholds
 	// PreconnectRatio is preconnect_policy.per_upstream_preconnect_ratio:
 	// connections are kept so that capacity is at least this multiple of
 	// the streams in use (1 = off, Envoy's default).
@@ -149,6 +162,9 @@ type Spec struct {
 	PerConnectionBufferLimit uint32
 	// TLS is the client TLS config, nil for plaintext.
 	TLS *tls.Config
+	// TLSFallback is the TLS config (ALPN h2) of the HTTP/2 fallback of an
+	// HTTP3Fallback cluster.
+	TLSFallback *tls.Config
 	// Identity is the SVID source of an SDS-fed UpstreamTlsContext (the
 	// SVID the cluster presents), nil otherwise; for the admin's /certs.
 	Identity mtls.Source
@@ -315,21 +331,22 @@ func CompileClusterWith(c *clusterv3.Cluster, secrets tlscontext.Secrets) (*Spec
 		return nil, err
 	}
 	if ts := c.GetTransportSocket(); ts != nil {
-		var utc tlsv3.UpstreamTlsContext
-		if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
-			return nil, fmt.Errorf("transport_socket.typed_config: %w", err)
-		}
-		var cfg *tls.Config
-		var err error
-		if tlscontext.UsesSDS(utc.GetCommonTlsContext()) {
-			cfg, s.Identity, err = tlscontext.SDSClientConfig(&utc, defaultALPN(s.Protocol), secrets)
-		} else {
-			cfg, err = clientTLS(&utc, s.Protocol)
-		}
+		utc, where, err := s.upstreamTLSContext(ts)
 		if err != nil {
-			return nil, fmt.Errorf("transport_socket.typed_config.%w", err)
+			return nil, err
 		}
-		s.TLS = cfg
+		cfg, id, err := s.clientTLS(utc, s.Protocol, secrets)
+		if err != nil {
+			return nil, fmt.Errorf("%s.%w", where, err)
+		}
+		s.TLS, s.Identity = cfg, id
+		if s.HTTP3Fallback {
+			if s.TLSFallback, _, err = s.clientTLS(utc, HTTP2, secrets); err != nil {
+				return nil, fmt.Errorf("%s.%w", where, err)
+			}
+		}
+	} else if s.Protocol == HTTP3 {
+		return nil, fmt.Errorf("transport_socket: HTTP/3 needs %s with an upstream_tls_context", quicUpstreamType)
 	}
 	if err := s.compileHealth(c); err != nil {
 		return nil, err
@@ -368,8 +385,21 @@ func (s *Spec) compileProtocol(c *clusterv3.Cluster) error {
 				s.Protocol = HTTP2
 				h2 = e.GetHttp2ProtocolOptions()
 			} else if e.GetHttp3ProtocolOptions() != nil {
-				return fmt.Errorf("%s.explicit_http_config.http3_protocol_options: HTTP/3 upstreams are not supported yet", path)
+				s.Protocol = HTTP3
+				if err := s.compileHTTP3(e.GetHttp3ProtocolOptions()); err != nil {
+					return fmt.Errorf("%s.explicit_http_config.http3_protocol_options.%w", path, err)
+				}
 			}
+		case o.GetAutoConfig() != nil:
+			a := o.GetAutoConfig()
+			if a.GetHttp3ProtocolOptions() == nil {
+				return fmt.Errorf("%s.auto_config.http3_protocol_options: required (meshd's auto_config is HTTP/3 with HTTP/2 fallback)", path)
+			}
+			s.Protocol, s.HTTP3Fallback = HTTP3, true
+			if err := s.compileHTTP3(a.GetHttp3ProtocolOptions()); err != nil {
+				return fmt.Errorf("%s.auto_config.http3_protocol_options.%w", path, err)
+			}
+			h2 = a.GetHttp2ProtocolOptions()
 		case o.GetUpstreamProtocolOptions() != nil:
 			return fmt.Errorf("%s: only explicit_http_config is supported", path)
 		}
@@ -456,8 +486,11 @@ func (s *Spec) compileThresholds(cb *clusterv3.CircuitBreakers) error {
 // defaultALPN is the ALPN a cluster offers when alpn_protocols is unset:
 // the one protocol it speaks.
 func defaultALPN(p Protocol) []string {
-	if p == HTTP2 {
+	switch p {
+	case HTTP2:
 		return []string{"h2"}
+	case HTTP3:
+		return []string{h3.NextProto}
 	}
 	return []string{"http/1.1"}
 }
@@ -480,7 +513,12 @@ func clientTLS(utc *tlsv3.UpstreamTlsContext, p Protocol) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	if pool != nil {
+	if verify, err := tlscontext.PeerSANVerifier(ctx.GetValidationContext(), pool); err != nil {
+		return nil, err
+	} else if verify != nil {
+		// Envoy checks the SAN matchers instead of the host name.
+		cfg.InsecureSkipVerify, cfg.VerifyConnection = true, verify //nolint:gosec // VerifyConnection verifies the chain
+	} else if pool != nil {
 		cfg.RootCAs = pool
 	} else {
 		// Envoy does not verify the upstream without a validation context.

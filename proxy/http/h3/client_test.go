@@ -1,0 +1,169 @@
+package h3
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/mtls/mtlstest"
+	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/stream"
+)
+
+// testServer runs quic-go's HTTP/3 server with h on 127.0.0.1 allowing
+// maxStreams concurrent request streams; it returns the address and a
+// client TLS config trusting it.
+func testServer(t *testing.T, maxStreams int64, h http.Handler) (string, *tls.Config, *http3.Server) {
+	t.Helper()
+	ca := mtlstest.NewCA(t, "test.example")
+	svid := ca.Issue(t, "spiffe://test.example/ns/a/sa/server")
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http3.Server{
+		Handler:    h,
+		TLSConfig:  http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}}),
+		QUICConfig: &quic.Config{MaxIncomingStreams: maxStreams},
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(udp) }()
+	t.Cleanup(func() { _ = srv.Close(); _ = udp.Close(); <-done })
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Bundle().X509Authorities()[0])
+	return udp.LocalAddr().String(), &tls.Config{RootCAs: pool, InsecureSkipVerify: true}, srv
+}
+
+func TestClientRoundTripTrailersAndLimit(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	addr, tc, _ := testServer(t, 10, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Trailer", "X-Got-Trailer")
+		w.Header().Set("X-Path", r.URL.RequestURI())
+		_, _ = w.Write(body)
+		w.Header().Set("X-Got-Trailer", r.Trailer.Get("X-Req"))
+	}))
+	var limit atomic.Uint32
+	var done atomic.Int32
+	closed := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cc, err := Dial(ctx, addr, tc, &ClientConfig{
+		OnStreamLimit: func(l uint32) { limit.Store(l) },
+		OnStreamDone:  func() { done.Add(1) },
+		OnClose:       func(err error) { closed <- err },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := limit.Load(); got != 10 {
+		t.Errorf("stream limit %d, want the peer's 10", got)
+	}
+	if got := cc.Capacity(); got != 10 {
+		t.Errorf("Capacity %d, want 10", got)
+	}
+	cs, err := cc.NewStream(ctx, &stream.Request{Method: "POST", Scheme: "https", Authority: "svc", Path: "/a%2Fb?q=1", Header: header.Make(0), ContentLength: -1}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	tr := header.Make(1)
+	tr.Add("x-req", "t1")
+	if err := cs.CloseWrite(tr); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cs.Response(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trailers := cs.Trailers()
+	if resp.Status != 200 || string(body) != "hello" || resp.Header.Get("x-path") != "/a%2Fb?q=1" || trailers.Get("x-got-trailer") != "t1" {
+		t.Fatalf("status %d body %q path %q trailers %v", resp.Status, body, resp.Header.Get("x-path"), trailers.Fields())
+	}
+	if done.Load() != 1 {
+		t.Errorf("OnStreamDone ran %d times, want 1", done.Load())
+	}
+	if err := cc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("OnClose(%v) after a local graceful close, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnClose not called")
+	}
+}
+
+// TestClientGoAway: a server shutting down sends GOAWAY; the connection
+// reports it, takes no new stream (an unprocessed refusal), and the stream
+// in flight completes.
+func TestClientGoAway(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	addr, tc, srv := testServer(t, 10, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-release
+		_, _ = io.WriteString(w, "done")
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	goaway := make(chan struct{})
+	cc, err := Dial(ctx, addr, tc, &ClientConfig{OnGoAway: func() { close(goaway) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cs, err := cc.NewStream(ctx, &stream.Request{Method: "GET", Scheme: "https", Authority: "svc", Path: "/", Header: header.Make(0)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	select {
+	case <-goaway:
+	case <-ctx.Done():
+		t.Fatal("no GOAWAY reported")
+	}
+	if got := cc.Capacity(); got != 0 {
+		t.Errorf("Capacity after GOAWAY = %d, want 0", got)
+	}
+	if _, err := cc.NewStream(ctx, &stream.Request{Method: "GET", Scheme: "https", Authority: "svc", Path: "/", Header: header.Make(0)}, true); !stream.Unprocessed(err) {
+		t.Errorf("NewStream after GOAWAY: %v, want an unprocessed error", err)
+	}
+	close(release)
+	if _, err := cs.Response(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(cs)
+	if err != nil || !strings.EqualFold(string(b), "done") {
+		t.Fatalf("body %q err %v", b, err)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
