@@ -379,3 +379,19 @@ func (c *StatsCache[T]) Get(scope *stats.Scope, build func(*stats.Scope) T) T {
 	c.p.Store(e)
 	return e.v
 }
+
+// SpanTagger is implemented by the Callbacks of a stream that is traced:
+// a filter records a decision (a rate-limit verdict, an authorization
+// result) as an attribute of the stream's server span.
+type SpanTagger interface {
+	// SetSpanTag adds key=value to the stream's server span.
+	SetSpanTag(key, value string)
+}
+
+// TagSpan records key=value on cb's stream span when the stream is traced,
+// and does nothing otherwise.
+func TagSpan(cb Callbacks, key, value string) {
+	if t, ok := cb.(SpanTagger); ok {
+		t.SetSpanTag(key, value)
+	}
+}

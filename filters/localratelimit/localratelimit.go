@@ -56,6 +56,11 @@ const TypeURL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelim
 // Name is the filter's well-known name.
 const Name = "envoy.filters.http.local_ratelimit"
 
+// RateLimitTag is the span attribute carrying the filter's decision on a
+// traced request: "ok", "limited" (answered with the configured status) or
+// "limited_not_enforced" (over the limit, let through by filter_enforced).
+const RateLimitTag = "meshd.ratelimit"
+
 // MinFillInterval is the shortest fill_interval Envoy accepts.
 const MinFillInterval = 50 * time.Millisecond
 
@@ -308,16 +313,19 @@ func (s *filter) OnRequestHeaders(cb filters.Callbacks, req *stream.Request, _ b
 	s.checked, s.remaining, s.reset = true, remaining, reset
 	if ok {
 		c.ok.Inc()
+		filters.TagSpan(cb, RateLimitTag, "ok")
 		return filters.Continue
 	}
 	c.rateLimited.Inc()
 	if !f.enforced.sample() {
+		filters.TagSpan(cb, RateLimitTag, "limited_not_enforced")
 		for _, h := range f.notEnforcedAdd {
 			h.apply(&req.Header)
 		}
 		return filters.Continue
 	}
 	c.enforced.Inc()
+	filters.TagSpan(cb, RateLimitTag, "limited")
 	s.limited = true
 	cb.SendLocalReply(f.status, "local_rate_limited", "local_rate_limited")
 	return filters.Stop

@@ -91,8 +91,23 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 		supported: names("codec_type", "stat_prefix", "route_config", "rds", "http_filters",
 			"http2_protocol_options", "http3_protocol_options", "common_http_protocol_options", "stream_idle_timeout", "request_timeout",
 			"server_name", "generate_request_id", "max_request_headers_kb",
-			"forward_client_cert_details", "set_current_client_cert_details"),
+			"forward_client_cert_details", "set_current_client_cert_details", "tracing"),
 	},
+	// Tracing (otel/tracing): OpenTelemetry over gRPC to a cluster.
+	// verbose (span logs) is not implemented.
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing": {
+		supported: names("client_sampling", "random_sampling", "overall_sampling", "custom_tags", "provider",
+			"max_path_tag_length", "spawn_upstream_span"),
+	},
+	"envoy.config.trace.v3.Tracing.Http": {supported: names("name", "typed_config")},
+	// Spans go to grpc_service.envoy_grpc's cluster; http_service (OTLP
+	// over HTTP), custom exporters, samplers and resource detectors are
+	// not implemented.
+	"envoy.config.trace.v3.OpenTelemetryConfig":   {supported: names("grpc_service", "service_name")},
+	"envoy.type.tracing.v3.CustomTag":             {supported: names("tag", "literal", "environment", "request_header")},
+	"envoy.type.tracing.v3.CustomTag.Literal":     {supported: names("value")},
+	"envoy.type.tracing.v3.CustomTag.Environment": {supported: names("name", "default_value")},
+	"envoy.type.tracing.v3.CustomTag.Header":      {supported: names("name", "default_value")},
 	// XFCC (proxy/http/hcm): cert and chain are not implemented.
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails": {
 		supported: names("subject", "uri", "dns"),

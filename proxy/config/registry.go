@@ -11,6 +11,7 @@ import (
 
 	"meshd.dev/meshd/filters"
 	_ "meshd.dev/meshd/filters/all" // the built-in HTTP filters
+	"meshd.dev/meshd/otel/tracing"
 )
 
 // ExtensionPoint names a place in the Envoy API where a typed_config (an Any)
@@ -37,6 +38,9 @@ const (
 	ListenerFilter ExtensionPoint = "listener filter"
 	// AccessLogger is envoy.config.accesslog.v3.AccessLog.typed_config.
 	AccessLogger ExtensionPoint = "access logger"
+	// Tracer is envoy.config.trace.v3.Tracing.Http.typed_config (the
+	// connection manager's tracing provider).
+	Tracer ExtensionPoint = "tracer"
 	// OtherExtension is every other Any in the API.
 	OtherExtension ExtensionPoint = "extension"
 )
@@ -60,6 +64,7 @@ func init() {
 		{DownstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"},
 		{UpstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"},
 		{ClusterProtocolOptions, "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},
+		{Tracer, tracing.OpenTelemetryConfigType},
 	} {
 		RegisterType(r.point, r.name)
 	}

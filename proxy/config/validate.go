@@ -434,6 +434,8 @@ func extensionPoint(parent protoreflect.FullName, field protoreflect.Name, side 
 		return ClusterProtocolOptions
 	case parent == "envoy.config.accesslog.v3.AccessLog" && field == "typed_config":
 		return AccessLogger
+	case parent == "envoy.config.trace.v3.Tracing.Http" && field == "typed_config":
+		return Tracer
 	}
 	return OtherExtension
 }
@@ -741,6 +743,7 @@ func (v *validator) hcm(path string, h *hcmv3.HttpConnectionManager, opts Resour
 		}
 		v.adsSource(join(path, "rds.config_source"), h.GetRds().GetConfigSource())
 	}
+	v.tracing(join(path, "tracing"), h.GetTracing(), opts)
 	filters := h.GetHttpFilters()
 	fpath := join(path, "http_filters")
 	if len(filters) == 0 {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/admin"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/http/h1"
@@ -61,6 +62,9 @@ type Sidecar struct {
 	store    *stats.Store
 	clusters *upstream.Manager
 	snap     config.Store
+	// tracers are the span exporters of every connection manager that
+	// traces, kept across config swaps.
+	tracers *tracing.Providers
 
 	mu        sync.Mutex // serialises Apply and shutdown
 	listeners map[string]*liveListener
@@ -115,15 +119,20 @@ func New(opts Options) *Sidecar {
 	if store == nil {
 		store = stats.NewStore()
 	}
+	clusters := upstream.NewManager(store, opts.Logger)
 	return &Sidecar{
 		opts:      opts,
 		logger:    opts.Logger,
 		store:     store,
-		clusters:  upstream.NewManager(store, opts.Logger),
+		clusters:  clusters,
+		tracers:   hcm.NewTracers(clusters, store, opts.Logger),
 		listeners: map[string]*liveListener{},
 		quit:      make(chan struct{}),
 	}
 }
+
+// tracerFlushTime bounds sending the spans still queued at shutdown.
+const tracerFlushTime = 2 * time.Second
 
 // Stats returns the sidecar's stats store.
 func (s *Sidecar) Stats() *stats.Store { return s.store }
@@ -279,6 +288,7 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	hc := lc.HCM
 	hst := hcm.NewStats(s.store, hc.StatPrefix)
 	handler := hcm.NewHandler(hc, s.clusters, hst, s.logger)
+	handler.SetTracing(s.tracers)
 	h1s := h1.NewServer(h1.ServerConfig{
 		IdleTimeout:              hc.IdleTimeout,
 		MaxConnectionDuration:    hc.MaxConnectionDuration,
@@ -399,6 +409,11 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
+	fctx, cancel := context.WithTimeout(context.Background(), tracerFlushTime)
+	if err := s.tracers.Close(fctx); err != nil {
+		s.logger.Warn("tracing: spans not flushed at shutdown", "err", err)
+	}
+	cancel()
 	s.clusters.Close()
 	if s.admin != nil {
 		_ = s.admin.Close()

@@ -11,6 +11,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
+	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/stats"
@@ -83,6 +84,9 @@ type Config struct {
 	// LocalPrincipal is the SPIFFE ID of the listener's own certificate,
 	// XFCC's By field; "" when it has none. The snapshot compiler sets it.
 	LocalPrincipal string
+	// Tracing is the compiled tracing config, nil when the connection
+	// manager does not trace.
+	Tracing *tracing.Config
 }
 
 // Compile validates and compiles an HttpConnectionManager. Errors name the
@@ -159,6 +163,9 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	c.Filters = fs
 	if err := compileXFCC(m, c); err != nil {
 		return nil, err
+	}
+	if c.Tracing, err = tracing.Compile(m.GetTracing()); err != nil {
+		return nil, fmt.Errorf("tracing.%w", err)
 	}
 	if rds := m.GetRds(); rds != nil {
 		if rds.GetRouteConfigName() == "" {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"meshd.dev/meshd/filters"
+	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
@@ -30,6 +31,9 @@ type Handler struct {
 	// retryStats caches each cluster's retry stats, keyed by
 	// weak.Pointer[upstream.Stats].
 	retryStats sync.Map
+	// tracers and tracingStats are set by SetTracing (tracing.go).
+	tracers      *tracing.Providers
+	tracingStats *tracingStats
 }
 
 // NewHandler returns a handler serving cfg with clusters from cm.
@@ -67,7 +71,13 @@ func (h *Handler) ServeStream(ds stream.ServerStream) {
 	}
 	req := ds.Request()
 	ex := &exchange{h: h, cfg: cfg, ds: ds, req: req, grpc: isGRPC(req), start: time.Now()}
+	if cfg.Tracing != nil && h.tracers != nil {
+		ex.startTrace()
+	}
 	ex.serve()
+	if ex.tr != nil {
+		ex.endTrace()
+	}
 }
 
 // exchange is one proxied stream.
@@ -104,6 +114,10 @@ type exchange struct {
 	// hooks is the body and trailer hook state (bodyfilter.go); nil when
 	// no filter has a body or trailer hook.
 	hooks *hookState
+
+	// tr is the tracing state (tracing.go); nil when the connection
+	// manager does not trace.
+	tr *trace
 }
 
 func isGRPC(req *stream.Request) bool {
@@ -122,6 +136,7 @@ func (ex *exchange) serve() {
 	r := ex.Route()
 	if r == nil {
 		ex.h.stats.NoRoute.Inc()
+		ex.flag("NR")
 		ex.localReply(404, "")
 		return
 	}
@@ -227,6 +242,7 @@ func (ex *exchange) finishHeaders(r *route.Route, cluster string, resp *stream.R
 	if ex.cfg.ServerName != "" {
 		resp.Header.Set("server", ex.cfg.ServerName)
 	}
+	ex.traceResponse(resp)
 	ex.h.stats.Scope.ResponseCode("downstream_rq", resp.Status)
 }
 

@@ -78,6 +78,7 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 		host := ex.pickHost(c, r.Retry)
 		if host == nil {
 			c.Stats().NoHealthyUpstream.Inc()
+			ex.flag("UH")
 			ex.localReply(503, "no healthy upstream")
 			return
 		}
@@ -136,6 +137,11 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 	}
 	ex.wd.startAttempt(acancel, perTry, perTryIdle, c.Spec().Lifetimes.MaxStreamDuration)
 	defer ex.wd.endAttempt()
+	var attErr error // why the attempt failed before a response, for its span
+	if ex.tr != nil {
+		ex.beginAttempt(c, host, ureq)
+		defer func() { ex.endAttempt(attErr) }()
+	}
 
 	host.LB.Acquire()
 	defer host.LB.Release()
@@ -145,6 +151,7 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 
 	us, err := host.NewStream(actx, ureq, ureq.EndStream)
 	if err != nil {
+		attErr = err
 		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
 	}
 	// Cancellation and timeouts travel upstream as RST_STREAM CANCEL.
@@ -167,7 +174,11 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 
 	resp, err := us.Response(actx)
 	if err != nil {
+		attErr = err
 		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
+	}
+	if ex.tr != nil {
+		ex.attemptResponse(us, resp)
 	}
 	ex.wd.touch()
 	rs.release()
@@ -216,6 +227,7 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 		ex.exchangeEnded(cs, ctx)
 	case ex.ds.Context().Err() != nil, errors.Is(err, errDownstreamGone):
 		cs.RqCancelled.Inc()
+		ex.flag("DC")
 	case context.Cause(actx) == errUpstreamMaxDuration:
 		ex.h.retryStatsFor(cs).maxDurationHit.Inc()
 		ex.ds.Reset(stream.ErrCodeCancel)
@@ -281,6 +293,7 @@ func (ex *exchange) pumpResponse(us stream.ClientStream) error {
 		}
 		if err == io.EOF {
 			if t := us.Trailers(); t.Len() > 0 {
+				ex.traceTrailers(&t)
 				_ = ex.ds.WriteTrailers(t) // a failure means downstream is gone
 				return nil
 			}
@@ -317,6 +330,7 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 			}
 		}
 		cs.Scope.ResponseCode("upstream_rq", 504)
+		ex.flag("UT")
 		ex.localReply(504, "upstream request timeout")
 		return false, 0
 	case errUpstreamMaxDuration:
@@ -328,6 +342,7 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 		// The pool is at max_pending_requests: fail fast, no retry.
 		cs.Scope.ResponseCode("upstream_rq", 503)
 		ex.overloaded = true
+		ex.flag("UO")
 		ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
 		return false, 0
 	}
@@ -357,13 +372,14 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 		}
 	}
 	cs.Scope.ResponseCode("upstream_rq", 503)
-	reason := "remote reset"
+	reason, flag := "remote reset", "UR"
 	switch {
 	case isConnectFailure(err):
-		reason = "connection failure"
+		reason, flag = "connection failure", "UF"
 	case stream.Unprocessed(err):
 		reason = "remote refused stream reset"
 	}
+	ex.flag(flag)
 	ex.h.logger.Debug("upstream failed", "err", err)
 	ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: "+reason)
 	return false, 0
@@ -391,6 +407,7 @@ func (ex *exchange) exchangeEnded(cs *upstream.Stats, ctx context.Context) {
 	switch cause {
 	case errRouteTimeout:
 		cs.RqTimeout.Inc()
+		ex.flag("UT")
 		cs.Scope.ResponseCode("upstream_rq", 504)
 	case errRequestTimeout:
 		ex.h.stats.RqTimeout.Inc()
@@ -459,6 +476,7 @@ func (ex *exchange) pumpFilteredResponse(us stream.ClientStream, c *bodyChain) e
 		}
 		if err == io.EOF {
 			if t := us.Trailers(); t.Len() > 0 {
+				ex.traceTrailers(&t)
 				rest, ferr := c.onTrailers(&t)
 				if ferr != nil {
 					return ferr

@@ -1,0 +1,220 @@
+package tracing
+
+import (
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// OTLP field numbers (opentelemetry/proto/{collector/trace,trace,common,
+// resource}/v1). The request is encoded directly from Spans: no
+// intermediate protobuf structs, one buffer reused per batch.
+const (
+	fReqResourceSpans = 1 // ExportTraceServiceRequest.resource_spans
+
+	fRSResource   = 1 // ResourceSpans.resource
+	fRSScopeSpans = 2 // ResourceSpans.scope_spans
+	fResAttrs     = 1 // Resource.attributes
+	fSSScope      = 1 // ScopeSpans.scope
+	fSSSpans      = 2 // ScopeSpans.spans
+	fScopeName    = 1 // InstrumentationScope.name
+	fScopeVersion = 2 // InstrumentationScope.version
+
+	fSpanTraceID    = 1
+	fSpanSpanID     = 2
+	fSpanTraceState = 3
+	fSpanParentID   = 4
+	fSpanName       = 5
+	fSpanKind       = 6
+	fSpanStart      = 7
+	fSpanEnd        = 8
+	fSpanAttrs      = 9
+	fSpanEvents     = 11
+	fSpanStatus     = 15
+	fSpanFlags      = 16
+
+	fEventTime  = 1
+	fEventName  = 2
+	fEventAttrs = 3
+
+	fStatusMessage = 2
+	fStatusCode    = 3
+	statusError    = 2
+
+	fKVKey      = 1
+	fKVValue    = 2
+	fAnyString  = 1
+	fAnyInt     = 3
+	spanSampled = 0x01 // Span.flags: the W3C sampled trace flag
+)
+
+func sizeField(num protowire.Number, n int) int {
+	return protowire.SizeTag(num) + protowire.SizeBytes(n)
+}
+
+func sizeStr(num protowire.Number, s string) int {
+	if s == "" {
+		return 0
+	}
+	return sizeField(num, len(s))
+}
+
+func appendStr(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+func appendMsgHeader(b []byte, num protowire.Number, n int) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
+}
+
+func anyValueSize(a *Attr) int {
+	if a.IsInt {
+		return protowire.SizeTag(fAnyInt) + protowire.SizeVarint(uint64(a.Int))
+	}
+	return sizeField(fAnyString, len(a.Str))
+}
+
+func kvSize(a *Attr) int {
+	return sizeStr(fKVKey, a.Key) + sizeField(fKVValue, anyValueSize(a))
+}
+
+func appendKV(b []byte, num protowire.Number, a *Attr) []byte {
+	b = appendMsgHeader(b, num, kvSize(a))
+	b = appendStr(b, fKVKey, a.Key)
+	b = appendMsgHeader(b, fKVValue, anyValueSize(a))
+	if a.IsInt {
+		b = protowire.AppendTag(b, fAnyInt, protowire.VarintType)
+		return protowire.AppendVarint(b, uint64(a.Int))
+	}
+	b = protowire.AppendTag(b, fAnyString, protowire.BytesType)
+	return protowire.AppendString(b, a.Str)
+}
+
+func attrsSize(num protowire.Number, attrs []Attr) int {
+	n := 0
+	for i := range attrs {
+		n += sizeField(num, kvSize(&attrs[i]))
+	}
+	return n
+}
+
+func eventSize(e *Event) int {
+	return protowire.SizeTag(fEventTime) + 8 + sizeStr(fEventName, e.Name) + attrsSize(fEventAttrs, e.Attrs)
+}
+
+func statusSize(s *Span) int {
+	if !s.Error {
+		return 0
+	}
+	return sizeStr(fStatusMessage, s.StatusMessage) + protowire.SizeTag(fStatusCode) + 1
+}
+
+func unixNano(s *Span, start bool) uint64 {
+	if start {
+		return uint64(s.Start.UnixNano())
+	}
+	return uint64(s.End.UnixNano())
+}
+
+// spanSize returns the encoded size of s (without its own tag and length).
+func spanSize(s *Span) int {
+	n := sizeField(fSpanTraceID, 16) + sizeField(fSpanSpanID, 8) +
+		sizeStr(fSpanTraceState, s.TraceState) + sizeStr(fSpanName, s.Name) +
+		protowire.SizeTag(fSpanKind) + 1 +
+		2*(protowire.SizeTag(fSpanStart)+8) +
+		attrsSize(fSpanAttrs, s.Attrs) +
+		protowire.SizeTag(fSpanFlags) + 4
+	if s.ParentSpanID.IsValid() {
+		n += sizeField(fSpanParentID, 8)
+	}
+	for i := range s.Events {
+		n += sizeField(fSpanEvents, eventSize(&s.Events[i]))
+	}
+	if st := statusSize(s); st > 0 {
+		n += sizeField(fSpanStatus, st)
+	}
+	return n
+}
+
+func appendSpan(b []byte, s *Span) []byte {
+	b = appendMsgHeader(b, fSpanTraceID, 16)
+	b = append(b, s.TraceID[:]...)
+	b = appendMsgHeader(b, fSpanSpanID, 8)
+	b = append(b, s.SpanID[:]...)
+	b = appendStr(b, fSpanTraceState, s.TraceState)
+	if s.ParentSpanID.IsValid() {
+		b = appendMsgHeader(b, fSpanParentID, 8)
+		b = append(b, s.ParentSpanID[:]...)
+	}
+	b = appendStr(b, fSpanName, s.Name)
+	b = protowire.AppendTag(b, fSpanKind, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(s.Kind))
+	b = protowire.AppendTag(b, fSpanStart, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, unixNano(s, true))
+	b = protowire.AppendTag(b, fSpanEnd, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, unixNano(s, false))
+	for i := range s.Attrs {
+		b = appendKV(b, fSpanAttrs, &s.Attrs[i])
+	}
+	for i := range s.Events {
+		e := &s.Events[i]
+		b = appendMsgHeader(b, fSpanEvents, eventSize(e))
+		b = protowire.AppendTag(b, fEventTime, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, uint64(e.Time.UnixNano()))
+		b = appendStr(b, fEventName, e.Name)
+		for j := range e.Attrs {
+			b = appendKV(b, fEventAttrs, &e.Attrs[j])
+		}
+	}
+	if st := statusSize(s); st > 0 {
+		b = appendMsgHeader(b, fSpanStatus, st)
+		b = appendStr(b, fStatusMessage, s.StatusMessage)
+		b = protowire.AppendTag(b, fStatusCode, protowire.VarintType)
+		b = protowire.AppendVarint(b, statusError)
+	}
+	// flags: the W3C trace flags in the low byte; recorded spans are
+	// sampled.
+	b = protowire.AppendTag(b, fSpanFlags, protowire.Fixed32Type)
+	return protowire.AppendFixed32(b, spanSampled)
+}
+
+// resource is the encoded Resource and InstrumentationScope of an
+// exporter, computed once.
+type resource struct {
+	res   []byte // Resource message body
+	scope []byte // InstrumentationScope message body
+}
+
+func newResource(attrs []Attr, scopeName, scopeVersion string) resource {
+	var r resource
+	for i := range attrs {
+		r.res = appendKV(r.res, fResAttrs, &attrs[i])
+	}
+	r.scope = appendStr(r.scope, fScopeName, scopeName)
+	r.scope = appendStr(r.scope, fScopeVersion, scopeVersion)
+	return r
+}
+
+// appendRequest appends an ExportTraceServiceRequest holding spans to b.
+func appendRequest(b []byte, r *resource, spans []*Span) []byte {
+	ss := sizeField(fSSScope, len(r.scope))
+	for _, s := range spans {
+		s.size = spanSize(s)
+		ss += sizeField(fSSSpans, s.size)
+	}
+	rs := sizeField(fRSResource, len(r.res)) + sizeField(fRSScopeSpans, ss)
+	b = appendMsgHeader(b, fReqResourceSpans, rs)
+	b = appendMsgHeader(b, fRSResource, len(r.res))
+	b = append(b, r.res...)
+	b = appendMsgHeader(b, fRSScopeSpans, ss)
+	b = appendMsgHeader(b, fSSScope, len(r.scope))
+	b = append(b, r.scope...)
+	for _, s := range spans {
+		b = appendMsgHeader(b, fSSSpans, s.size)
+		b = appendSpan(b, s)
+	}
+	return b
+}

@@ -1,0 +1,289 @@
+package tracing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
+
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+)
+
+// exportMethod is the OTLP/gRPC trace export method.
+const exportMethod = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+// Exporter defaults, the OpenTelemetry batch span processor's except the
+// flush interval (the SDK's is 5 s; a mesh operator watching a trace wants
+// it sooner).
+const (
+	DefaultQueueSize     = 2048
+	DefaultBatchSize     = 512
+	DefaultFlushInterval = time.Second
+	DefaultExportTimeout = 5 * time.Second
+)
+
+// Counter is the part of a stats counter the exporter uses.
+type Counter interface{ Add(uint64) }
+
+// ExporterStats are the exporter's counters; nil fields are not counted.
+// The sidecar names them as Envoy's OpenTelemetry tracer does
+// ("tracing.opentelemetry.spans_sent", "timer_flushed") plus meshd's
+// "spans_dropped".
+type ExporterStats struct {
+	// SpansSent counts spans the collector accepted.
+	SpansSent Counter
+	// SpansDropped counts spans lost: the queue was full, an export
+	// failed, or the collector rejected them (partial success).
+	SpansDropped Counter
+	// TimerFlushed counts batches sent because the flush interval elapsed
+	// rather than because the batch was full.
+	TimerFlushed Counter
+}
+
+// ExporterConfig configures an Exporter. Zero values take the defaults.
+type ExporterConfig struct {
+	// Target is the collector's gRPC target; with Dial set it only names
+	// the collector in logs and errors.
+	Target string
+	// Dial, when set, opens every connection to the collector (the sidecar
+	// dials an endpoint of the tracing provider's cluster).
+	Dial func(ctx context.Context) (net.Conn, error)
+	// ServiceName is the resource's service.name.
+	ServiceName string
+	// ResourceAttrs are added to the resource after service.name.
+	ResourceAttrs []Attr
+	// QueueSize bounds the spans waiting for export; beyond it spans are
+	// dropped and counted, never waited for.
+	QueueSize int
+	// BatchSize is the most spans per export request.
+	BatchSize int
+	// FlushInterval is the longest a span waits in a partial batch.
+	FlushInterval time.Duration
+	// ExportTimeout bounds one export request.
+	ExportTimeout time.Duration
+	Stats         ExporterStats
+	Logger        *slog.Logger
+}
+
+// Exporter sends spans to an OTLP/gRPC collector in batches from one
+// goroutine. Export never blocks: a full queue drops the span. A failed
+// export drops its batch (counted) and the next batch is tried on a
+// connection gRPC re-establishes with its own back-off, so export resumes
+// by itself when the collector returns.
+type Exporter struct {
+	cfg  ExporterConfig
+	conn *grpc.ClientConn
+	res  resource
+	q    chan *Span
+
+	closeOnce sync.Once
+	quit      chan struct{}
+	done      chan struct{}
+
+	mu      sync.Mutex // guards failing
+	failing bool       // the last export failed (logged once per outage)
+}
+
+// NewExporter validates cfg and starts an exporter. It does not wait for
+// the collector: connecting happens in the background.
+func NewExporter(cfg ExporterConfig) (*Exporter, error) {
+	if cfg.Target == "" {
+		return nil, errors.New("tracing exporter: target: required")
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = DefaultFlushInterval
+	}
+	if cfg.ExportTimeout <= 0 {
+		cfg.ExportTimeout = DefaultExportTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ServiceName == "" {
+		cfg.ServiceName = "meshd"
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	}
+	target := cfg.Target
+	if cfg.Dial != nil {
+		dial := cfg.Dial
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx) }))
+		target = "passthrough:///" + cfg.Target
+	}
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("tracing exporter: target %q: %w", cfg.Target, err)
+	}
+	attrs := append([]Attr{{Key: "service.name", Str: cfg.ServiceName}}, cfg.ResourceAttrs...)
+	e := &Exporter{
+		cfg:  cfg,
+		conn: conn,
+		res:  newResource(attrs, "meshd", ""),
+		q:    make(chan *Span, cfg.QueueSize),
+		quit: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	go e.run()
+	return e, nil
+}
+
+// Export queues an ended span for export and takes ownership of it. It
+// never blocks: when the queue is full the span is dropped and counted.
+func (e *Exporter) Export(s *Span) {
+	select {
+	case e.q <- s:
+	default:
+		release(s)
+		add(e.cfg.Stats.SpansDropped, 1)
+	}
+}
+
+// Close stops the exporter: spans already queued are sent within ctx's
+// deadline (dropped and counted past it), then the connection closes.
+// Spans exported after Close are dropped.
+func (e *Exporter) Close(ctx context.Context) error {
+	e.closeOnce.Do(func() { close(e.quit) })
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return e.conn.Close()
+}
+
+func add(c Counter, n uint64) {
+	if c != nil && n > 0 {
+		c.Add(n)
+	}
+}
+
+func (e *Exporter) run() {
+	defer close(e.done)
+	t := time.NewTicker(e.cfg.FlushInterval)
+	defer t.Stop()
+	batch := make([]*Span, 0, e.cfg.BatchSize)
+	var buf []byte
+	flush := func(ctx context.Context) {
+		if len(batch) == 0 {
+			return
+		}
+		buf = e.send(ctx, buf[:0], batch)
+		clear(batch)
+		batch = batch[:0]
+	}
+	for {
+		select {
+		case s := <-e.q:
+			batch = append(batch, s)
+			if len(batch) >= e.cfg.BatchSize {
+				flush(context.Background())
+			}
+		case <-t.C:
+			if len(batch) > 0 {
+				add(e.cfg.Stats.TimerFlushed, 1)
+				flush(context.Background())
+			}
+		case <-e.quit:
+			for drained := false; !drained; {
+				select {
+				case s := <-e.q:
+					batch = append(batch, s)
+					if len(batch) >= e.cfg.BatchSize {
+						flush(context.Background())
+					}
+				default:
+					drained = true
+				}
+			}
+			flush(context.Background())
+			return
+		}
+	}
+}
+
+// send exports one batch and releases its spans; it returns buf for reuse.
+func (e *Exporter) send(ctx context.Context, buf []byte, batch []*Span) []byte {
+	buf = appendRequest(buf, &e.res, batch)
+	n := uint64(len(batch))
+	for _, s := range batch {
+		release(s)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.ExportTimeout)
+	defer cancel()
+	var resp coltracepb.ExportTraceServiceResponse
+	err := e.conn.Invoke(ctx, exportMethod, rawMessage(buf), &resp, grpc.ForceCodec(rawCodec{}))
+	if err != nil {
+		add(e.cfg.Stats.SpansDropped, n)
+		e.setFailing(true, err)
+		return buf
+	}
+	e.setFailing(false, nil)
+	rejected := uint64(max(resp.GetPartialSuccess().GetRejectedSpans(), 0))
+	rejected = min(rejected, n)
+	add(e.cfg.Stats.SpansDropped, rejected)
+	add(e.cfg.Stats.SpansSent, n-rejected)
+	if rejected > 0 {
+		e.cfg.Logger.Warn("tracing: collector rejected spans", "collector", e.cfg.Target,
+			"rejected", rejected, "message", resp.GetPartialSuccess().GetErrorMessage())
+	}
+	return buf
+}
+
+// setFailing logs the start and the end of an export outage once each.
+func (e *Exporter) setFailing(failing bool, err error) {
+	e.mu.Lock()
+	changed := e.failing != failing
+	e.failing = failing
+	e.mu.Unlock()
+	switch {
+	case changed && failing:
+		e.cfg.Logger.Warn("tracing: export to the collector failing; spans are dropped until it recovers",
+			"collector", e.cfg.Target, "err", err)
+	case changed:
+		e.cfg.Logger.Info("tracing: export to the collector recovered", "collector", e.cfg.Target)
+	}
+}
+
+// rawMessage is an already encoded request.
+type rawMessage []byte
+
+// rawCodec sends rawMessage as is and decodes responses as protobuf. Its
+// name is "proto", so the request's content-type is application/grpc+proto
+// as collectors expect.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) {
+	if m, ok := v.(rawMessage); ok {
+		return m, nil
+	}
+	return nil, fmt.Errorf("tracing exporter: cannot marshal %T", v)
+}
+
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("tracing exporter: cannot unmarshal into %T", v)
+	}
+	return proto.Unmarshal(data, m)
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+var _ encoding.Codec = rawCodec{}

@@ -1,0 +1,141 @@
+// Package tracing is meshd's request tracing: Envoy's HttpConnectionManager
+// tracing config (provider envoy.tracers.opentelemetry) compiled into an
+// immutable Config, the sampling decision, W3C trace context (and B3)
+// propagation, spans recorded with fixed, allocation-light fields, and an
+// OTLP/gRPC exporter with a bounded queue that never blocks a request.
+//
+// The sidecar records spans with this package rather than with the
+// OpenTelemetry SDK: a proxied request must stay within a few microseconds
+// of CPU for its two spans and their export (docs/RATIONALE.md). The span
+// model and the wire format are OpenTelemetry's (OTLP), so any collector
+// receives them. The control plane, whose spans are few, uses the SDK
+// (NewSDKProvider).
+package tracing
+
+import (
+	"encoding/hex"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+)
+
+// TraceID and SpanID are W3C trace-context identifiers.
+type (
+	TraceID [16]byte
+	SpanID  [8]byte
+)
+
+// IsValid reports whether the ID is not all zeros.
+func (t TraceID) IsValid() bool { return t != TraceID{} }
+
+// IsValid reports whether the ID is not all zeros.
+func (s SpanID) IsValid() bool { return s != SpanID{} }
+
+// String returns the ID in lower-case hex.
+func (t TraceID) String() string { return hex.EncodeToString(t[:]) }
+
+// String returns the ID in lower-case hex.
+func (s SpanID) String() string { return hex.EncodeToString(s[:]) }
+
+// NewTraceID returns a random, valid trace ID.
+func NewTraceID() TraceID {
+	var t TraceID
+	for !t.IsValid() {
+		a, b := mrand.Uint64(), mrand.Uint64()
+		for i := range 8 {
+			t[i], t[8+i] = byte(a>>(8*i)), byte(b>>(8*i))
+		}
+	}
+	return t
+}
+
+// NewSpanID returns a random, valid span ID.
+func NewSpanID() SpanID {
+	var s SpanID
+	for !s.IsValid() {
+		a := mrand.Uint64()
+		for i := range 8 {
+			s[i] = byte(a >> (8 * i))
+		}
+	}
+	return s
+}
+
+// Kind is an OTLP span kind.
+type Kind int8
+
+// The span kinds meshd records (OTLP's numbering).
+const (
+	KindInternal Kind = 1
+	KindServer   Kind = 2
+	KindClient   Kind = 3
+)
+
+// Attr is one span or event attribute: a string, or an integer when IsInt.
+type Attr struct {
+	Key   string
+	Str   string
+	Int   int64
+	IsInt bool
+}
+
+// Event is a timestamped annotation on a span.
+type Event struct {
+	Name  string
+	Time  time.Time
+	Attrs []Attr
+}
+
+// Span is one recorded span. A Span comes from NewSpan, is filled by one
+// goroutine, and is handed to Exporter.Export once ended; the exporter owns
+// it from then on and recycles it, so the caller must not touch it again.
+type Span struct {
+	TraceID      TraceID
+	SpanID       SpanID
+	ParentSpanID SpanID // zero for a root span
+	TraceState   string
+	Kind         Kind
+	Name         string
+	Start, End   time.Time
+	// Error marks the span's status as ERROR with StatusMessage; otherwise
+	// the status is UNSET, as OTel's HTTP conventions want for success.
+	Error         bool
+	StatusMessage string
+	Attrs         []Attr
+	Events        []Event
+
+	size int // encoded size, set by the exporter
+}
+
+var spanPool = sync.Pool{New: func() any { return &Span{Attrs: make([]Attr, 0, 16)} }}
+
+// NewSpan returns an empty span from a pool.
+func NewSpan() *Span { return spanPool.Get().(*Span) }
+
+// release returns s to the pool with its slices kept for reuse.
+func release(s *Span) {
+	attrs, events := s.Attrs[:0], s.Events[:0]
+	clear(s.Attrs[:cap(s.Attrs)])
+	for i := range s.Events {
+		s.Events[i] = Event{}
+	}
+	*s = Span{Attrs: attrs, Events: events}
+	spanPool.Put(s)
+}
+
+// SetStr adds a string attribute; an empty value is skipped.
+func (s *Span) SetStr(key, v string) {
+	if v != "" {
+		s.Attrs = append(s.Attrs, Attr{Key: key, Str: v})
+	}
+}
+
+// SetInt adds an integer attribute.
+func (s *Span) SetInt(key string, v int64) {
+	s.Attrs = append(s.Attrs, Attr{Key: key, Int: v, IsInt: true})
+}
+
+// AddEvent adds an event at t.
+func (s *Span) AddEvent(name string, t time.Time, attrs ...Attr) {
+	s.Events = append(s.Events, Event{Name: name, Time: t, Attrs: attrs})
+}

@@ -1,0 +1,333 @@
+package hcm
+
+import (
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"meshd.dev/meshd/otel/tracing"
+	"meshd.dev/meshd/otel/tracing/tracingtest"
+	"meshd.dev/meshd/proxy/http/h2"
+	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/proxy/upstream"
+)
+
+// tracingJSON is an HCM tracing member exporting to cluster "otel" with
+// random_sampling pct and extra tracing fields.
+func tracingJSON(pct float64, extra string) string {
+	if extra != "" {
+		extra = "," + extra
+	}
+	return fmt.Sprintf(`"tracing":{"random_sampling":{"value":%v},"provider":{"name":"envoy.tracers.opentelemetry",
+  "typed_config":{"@type":"type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+  "grpc_service":{"envoy_grpc":{"cluster_name":"otel"}},"service_name":"sidecar-a"}}%s}`, pct, extra)
+}
+
+// newTracedEnv is newEnv with the "otel" cluster pointing at collector
+// and tracing on; exporters flush every 20 ms and close with the test.
+func newTracedEnv(t testing.TB, hcmSrc, backend, collector string) *env {
+	t.Helper()
+	var m hcmv3.HttpConnectionManager
+	if err := protojson.Unmarshal([]byte(hcmSrc), &m); err != nil {
+		t.Fatalf("HCM JSON: %v\n%s", err, hcmSrc)
+	}
+	cfg, err := Compile(&m)
+	if err != nil {
+		t.Fatalf("Compile: %v", err)
+	}
+	store := stats.NewStore()
+	logger := slog.New(slog.DiscardHandler)
+	cm := upstream.NewManager(store, logger)
+	var specs []*upstream.Spec
+	for _, src := range []string{backend, strings.ReplaceAll(clusterJSON([]string{collector}, ""), `"backend"`, `"otel"`)} {
+		var c clusterv3.Cluster
+		if err := protojson.Unmarshal([]byte(src), &c); err != nil {
+			t.Fatalf("cluster JSON: %v\n%s", err, src)
+		}
+		spec, err := upstream.CompileCluster(&c)
+		if err != nil {
+			t.Fatalf("CompileCluster: %v", err)
+		}
+		specs = append(specs, spec)
+	}
+	cm.Apply(specs)
+	t.Cleanup(cm.Close)
+	tr := NewTracers(cm, store, logger)
+	tr.SetExporterDefaults(tracing.ExporterConfig{FlushInterval: 20 * time.Millisecond})
+	t.Cleanup(func() { _ = tr.Close(t.Context()) })
+	h := NewHandler(cfg, cm, NewStats(store, cfg.StatPrefix), logger)
+	h.SetTracing(tr)
+	return &env{h: h, store: store, cm: cm}
+}
+
+// waitSpans waits until the collector holds n spans and returns them.
+func waitSpans(t *testing.T, c *tracingtest.Collector, n int) []tracingtest.Span {
+	t.Helper()
+	deadline := time.Now().Add(exchangeTimeout)
+	for {
+		s := c.Spans()
+		if len(s) >= n || time.Now().After(deadline) {
+			if len(s) != n {
+				t.Fatalf("collector has %d spans, want %d", len(s), n)
+			}
+			return s
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func spanOfKind(t *testing.T, spans []tracingtest.Span, kind int32, attempt string) tracingtest.Span {
+	t.Helper()
+	for _, s := range spans {
+		if int32(s.GetKind()) != kind {
+			continue
+		}
+		if a, _ := s.Attr(AttrAttempt); attempt == "" || a == attempt {
+			return s
+		}
+	}
+	t.Fatalf("no span of kind %d attempt %q in %v", kind, attempt, spans)
+	return tracingtest.Span{}
+}
+
+func wantAttrs(t *testing.T, s tracingtest.Span, kv ...string) {
+	t.Helper()
+	for i := 0; i+1 < len(kv); i += 2 {
+		if got, ok := s.Attr(kv[i]); !ok || got != kv[i+1] {
+			t.Errorf("span %q: %s = %q (present %v), want %q", s.GetName(), kv[i], got, ok, kv[i+1])
+		}
+	}
+}
+
+const clientTraceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+// TestTracingParentAndAttempts proxies a gRPC request carrying a sampled
+// traceparent through a route that retries one 503: the server span is
+// the client's span's child, each attempt has its own client span (child
+// of the server span), and the upstream saw the final attempt's context.
+func TestTracingParentAndAttempts(t *testing.T) {
+	var calls atomic.Int32
+	var mu sync.Mutex
+	var seen []string
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		mu.Lock()
+		seen = append(seen, s.Request().Header.Get("traceparent"))
+		mu.Unlock()
+		if calls.Add(1) == 1 {
+			respond(s, 503, "busy", header.Header{})
+			return
+		}
+		tr := header.Make(1)
+		tr.Add("grpc-status", "5")
+		resp := &stream.Response{Status: 200, Header: grpcHeaders(), ContentLength: -1}
+		_ = s.WriteHeader(resp, false)
+		_, _ = s.Write([]byte{0, 0, 0, 0, 0})
+		_ = s.WriteTrailers(tr)
+	})
+	col := tracingtest.Start(t)
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","retry_policy":{"retry_on":"5xx","num_retries":2}}}`
+	e := newTracedEnv(t, hcmJSON(routes, tracingJSON(0, `"custom_tags":[{"tag":"team","literal":{"value":"mesh"}},{"tag":"tenant","request_header":{"name":"X-Tenant","default_value":"none"}}]`)),
+		clusterJSON([]string{up.addr}, ""), col.Addr())
+	fs := newFakeStream("POST", "/grpc.testing.TestService/UnaryCall", grpcHeaders("traceparent", clientTraceparent, "tracestate", "k=v", "x-tenant", "t1"), nil)
+	e.serve(t, fs)
+	if r := fs.result(); r.status != 200 {
+		t.Fatalf("status %d", r.status)
+	}
+	spans := waitSpans(t, col, 3)
+	srv := spanOfKind(t, spans, 2, "")
+	a1, a2 := spanOfKind(t, spans, 3, "1"), spanOfKind(t, spans, 3, "2")
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	for _, s := range spans {
+		if got := hex.EncodeToString(s.GetTraceId()); got != traceID {
+			t.Errorf("span %q trace %s, want %s", s.GetName(), got, traceID)
+		}
+		if s.GetTraceState() != "k=v" {
+			t.Errorf("span %q tracestate %q", s.GetName(), s.GetTraceState())
+		}
+		if s.Service != "sidecar-a" {
+			t.Errorf("service.name %q", s.Service)
+		}
+	}
+	if got := hex.EncodeToString(srv.GetParentSpanId()); got != "00f067aa0ba902b7" {
+		t.Errorf("server span parent %s, want the client's span", got)
+	}
+	for _, a := range []tracingtest.Span{a1, a2} {
+		if string(a.GetParentSpanId()) != string(srv.GetSpanId()) {
+			t.Errorf("attempt %x parent %x, want server span %x", a.GetSpanId(), a.GetParentSpanId(), srv.GetSpanId())
+		}
+	}
+	if srv.GetName() != "grpc.testing.TestService/UnaryCall" {
+		t.Errorf("server span name %q", srv.GetName())
+	}
+	wantAttrs(t, srv, "http.request.method", "POST", "url.path", "/grpc.testing.TestService/UnaryCall",
+		"http.response.status_code", "200", "rpc.grpc.status_code", "5", "upstream_cluster", "backend",
+		"upstream_address", up.addr, "team", "mesh", "tenant", "t1")
+	wantAttrs(t, a1, "http.response.status_code", "503", "upstream_cluster", "backend", "server.address", "127.0.0.1")
+	wantAttrs(t, a2, "http.response.status_code", "200", "rpc.grpc.status_code", "5")
+	if a1.GetStatus().GetCode() != 2 {
+		t.Errorf("503 attempt status %v, want ERROR", a1.GetStatus())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Fatalf("upstream saw %d requests", len(seen))
+	}
+	for i, a := range []tracingtest.Span{a1, a2} {
+		if want := tracing.FormatTraceparent(tracing.TraceID(a.GetTraceId()), tracing.SpanID(a.GetSpanId()), true); seen[i] != want {
+			t.Errorf("attempt %d sent traceparent %q, want %q", i+1, seen[i], want)
+		}
+	}
+	if got := e.counter("tracing.opentelemetry.spans_sent"); got != 3 {
+		t.Errorf("spans_sent %d, want 3", got)
+	}
+	if got := e.counter("http.test.tracing.service_forced"); got != 1 {
+		t.Errorf("service_forced %d, want 1", got)
+	}
+}
+
+// TestTracingSampling checks the decision and what goes upstream for
+// requests without a parent (random_sampling), with an unsampled parent
+// (forwarded unchanged, nothing recorded), and with B3.
+func TestTracingSampling(t *testing.T) {
+	var mu sync.Mutex
+	var last header.Header
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		mu.Lock()
+		last = s.Request().Header.Clone()
+		mu.Unlock()
+		respond(s, 200, "ok", header.Header{})
+	})
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend"}}`
+	for _, tc := range []struct {
+		name      string
+		pct       float64
+		hdr       []string
+		wantSpans int
+		check     func(t *testing.T, h header.Header)
+	}{
+		{"0% no parent", 0, nil, 0, func(t *testing.T, h header.Header) {
+			sc, ok := tracing.ParseTraceparent(h.Get("traceparent"))
+			if !ok || sc.Sampled {
+				t.Errorf("traceparent %q: want a valid unsampled context", h.Get("traceparent"))
+			}
+		}},
+		{"100% no parent", 100, nil, 2, func(t *testing.T, h header.Header) {
+			if sc, ok := tracing.ParseTraceparent(h.Get("traceparent")); !ok || !sc.Sampled {
+				t.Errorf("traceparent %q: want a sampled context", h.Get("traceparent"))
+			}
+		}},
+		{"100% unsampled parent", 100, []string{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}, 0, func(t *testing.T, h header.Header) {
+			if got := h.Get("traceparent"); got != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00" {
+				t.Errorf("traceparent %q, want the parent's unchanged", got)
+			}
+		}},
+		{"0% sampled b3 parent", 0, []string{"x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7", "x-b3-spanid", "e457b5a2e4d86bd1", "x-b3-sampled", "1"}, 2, func(t *testing.T, h header.Header) {
+			if h.Has("x-b3-traceid") || !strings.HasPrefix(h.Get("b3"), "80f198ee56343ba864fe8b2a57d3eff7-") {
+				t.Errorf("b3 %q x-b3-traceid %q: want the single b3 header of the trace", h.Get("b3"), h.Get("x-b3-traceid"))
+			}
+			if !strings.HasPrefix(h.Get("traceparent"), "00-80f198ee56343ba864fe8b2a57d3eff7-") {
+				t.Errorf("traceparent %q not in the b3 trace", h.Get("traceparent"))
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			col := tracingtest.Start(t)
+			e := newTracedEnv(t, hcmJSON(routes, tracingJSON(tc.pct, "")), clusterJSON([]string{up.addr}, ""), col.Addr())
+			fs := newFakeStream("GET", "/x?q=1", header.Make(0), nil)
+			for i := 0; i+1 < len(tc.hdr); i += 2 {
+				fs.req.Header.Add(tc.hdr[i], tc.hdr[i+1])
+			}
+			e.serve(t, fs)
+			if r := fs.result(); r.status != 200 {
+				t.Fatalf("status %d", r.status)
+			}
+			mu.Lock()
+			tc.check(t, last)
+			mu.Unlock()
+			if tc.wantSpans == 0 {
+				time.Sleep(100 * time.Millisecond) // five flush intervals
+			}
+			spans := waitSpans(t, col, tc.wantSpans)
+			if tc.wantSpans > 0 {
+				wantAttrs(t, spanOfKind(t, spans, 2, ""), "url.path", "/x", "http.request.method", "GET")
+			}
+		})
+	}
+}
+
+// TestTracingCollectorDown: with no collector listening, requests are
+// served and every span is counted as dropped.
+func TestTracingCollectorDown(t *testing.T) {
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) { respond(s, 200, "ok", header.Header{}) })
+	col := tracingtest.Start(t)
+	col.Stop()
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend"}}`
+	e := newTracedEnv(t, hcmJSON(routes, tracingJSON(100, "")), clusterJSON([]string{up.addr}, ""), col.Addr())
+	const n = 20
+	for range n {
+		fs := newFakeStream("GET", "/", header.Make(0), nil)
+		e.serve(t, fs)
+		if r := fs.result(); r.status != 200 {
+			t.Fatalf("status %d", r.status)
+		}
+	}
+	deadline := time.Now().Add(exchangeTimeout)
+	for e.counter("tracing.opentelemetry.spans_dropped") < 2*n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := e.counter("tracing.opentelemetry.spans_dropped"); got != 2*n {
+		t.Errorf("spans_dropped %d, want %d", got, 2*n)
+	}
+}
+
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkProxyUnaryTracing is BenchmarkProxyUnary with tracing off and
+// at 100% (two spans per request, exported to an in-process collector).
+// cpu-ns/op is the whole process's CPU per request (the proxy, the
+// upstream, the exporter and the collector); the difference between the
+// two sub-benchmarks of one run is what tracing adds.
+func BenchmarkProxyUnaryTracing(b *testing.B) {
+	up := startH2Upstream(b, h2.ServerConfig{}, func(s stream.ServerStream) { respond(s, 200, "ok", header.Header{}) })
+	col := tracingtest.Start(b)
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","retry_policy":{"retry_on":"5xx","num_retries":2}}}`
+	for _, tc := range []struct {
+		name string
+		hcm  string
+	}{
+		{"off", hcmJSON(routes, "")},
+		{"100pct", hcmJSON(routes, tracingJSON(100, ""))},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			e := newTracedEnv(b, tc.hcm, clusterJSON([]string{up.addr}, ""), col.Addr())
+			b.ReportAllocs()
+			c0 := cpuNow()
+			for b.Loop() {
+				fs := newFakeStream("GET", "/", header.Make(0), nil)
+				e.h.ServeStream(fs)
+				fs.cancel()
+				if r := fs.result(); r.status != 200 {
+					b.Fatalf("status %d", r.status)
+				}
+			}
+			b.ReportMetric(float64(cpuNow()-c0)/float64(b.N), "cpu-ns/op")
+			col.Reset()
+		})
+	}
+}
