@@ -156,16 +156,24 @@ func (e *Exporter) Export(s *Span) {
 }
 
 // Close stops the exporter: spans already queued are sent within ctx's
-// deadline (dropped and counted past it), then the connection closes.
-// Spans exported after Close are dropped.
+// deadline, then the connection closes. Past the deadline the connection
+// closes at once, failing the export in flight (its spans are counted as
+// dropped), and Close returns ctx's error once the exporter stopped.
+// Spans exported after Close are dropped with the queue.
 func (e *Exporter) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() { close(e.quit) })
+	var err error
 	select {
 	case <-e.done:
 	case <-ctx.Done():
-		return ctx.Err()
+		err = ctx.Err()
 	}
-	return e.conn.Close()
+	cerr := e.conn.Close()
+	<-e.done
+	if err != nil {
+		return err
+	}
+	return cerr
 }
 
 func add(c Counter, n uint64) {

@@ -1,6 +1,7 @@
 package hcm
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/otel/tracing/tracingtest"
 	"meshd.dev/meshd/proxy/http/h2"
@@ -66,7 +68,11 @@ func newTracedEnv(t testing.TB, hcmSrc, backend, collector string) *env {
 	t.Cleanup(cm.Close)
 	tr := NewTracers(cm, store, logger)
 	tr.SetExporterDefaults(tracing.ExporterConfig{FlushInterval: 20 * time.Millisecond})
-	t.Cleanup(func() { _ = tr.Close(t.Context()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), exchangeTimeout)
+		defer cancel()
+		_ = tr.Close(ctx)
+	})
 	h := NewHandler(cfg, cm, NewStats(store, cfg.StatPrefix), logger)
 	h.SetTracing(tr)
 	return &env{h: h, store: store, cm: cm}
@@ -118,6 +124,7 @@ const clientTraceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 // the client's span's child, each attempt has its own client span (child
 // of the server span), and the upstream saw the final attempt's context.
 func TestTracingParentAndAttempts(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	var calls atomic.Int32
 	var mu sync.Mutex
 	var seen []string
@@ -201,6 +208,7 @@ func TestTracingParentAndAttempts(t *testing.T) {
 // requests without a parent (random_sampling), with an unsampled parent
 // (forwarded unchanged, nothing recorded), and with B3.
 func TestTracingSampling(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	var mu sync.Mutex
 	var last header.Header
 	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
@@ -270,6 +278,7 @@ func TestTracingSampling(t *testing.T) {
 // TestTracingCollectorDown: with no collector listening, requests are
 // served and every span is counted as dropped.
 func TestTracingCollectorDown(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) { respond(s, 200, "ok", header.Header{}) })
 	col := tracingtest.Start(t)
 	col.Stop()
