@@ -114,6 +114,9 @@ type MeshSpec struct {
 	// PERMISSIVE or DISABLE; lower case is accepted. After parsing it is
 	// always one of MTLSStrict, MTLSPermissive, MTLSDisable.
 	MTLS string `json:"mtls,omitempty"`
+	// Tracing, when set, makes every sidecar trace requests and export
+	// the spans to a collector (tracing.go).
+	Tracing *Tracing `json:"tracing,omitempty"`
 }
 
 // Service is a destination: what its servers speak and where they are.

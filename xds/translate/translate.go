@@ -122,6 +122,8 @@ func Translate(m *model.Mesh) (*Result, error) {
 type translator struct {
 	m   *model.Mesh
 	err error
+	// cur is the workload whose node is being built; nil otherwise.
+	cur *model.Workload
 }
 
 func (t *translator) fail(err error) {
@@ -162,6 +164,11 @@ func ProxylessClusterName(s *model.Service) string { return "proxyless|" + s.Hos
 
 func (t *translator) node(w *model.Workload) *Resources {
 	r := &Resources{}
+	t.cur = w
+	defer func() { t.cur = nil }()
+	if t.m.Spec.Tracing != nil {
+		r.Clusters = append(r.Clusters, t.tracingCluster())
+	}
 	if in := w.Spec.Inbound; in != nil {
 		t.inbound(r, w, in)
 	}
@@ -271,12 +278,16 @@ func statPrefix(name string) string {
 }
 
 func (t *translator) httpListener(name string, port uint32, routes any, h2 *corev3.Http2ProtocolOptions, filters []*hcmv3.HttpFilter) *listenerv3.Listener {
+	h := t.hcm(statPrefix(name), routes, h2, filters)
+	if t.cur != nil {
+		h.Tracing = t.tracing(t.cur)
+	}
 	return &listenerv3.Listener{
 		Name:    name,
 		Address: socketAddress(LocalAddress, port),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name:       HCMFilterName,
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: t.typed(t.hcm(statPrefix(name), routes, h2, filters))},
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: t.typed(h)},
 		}}}},
 	}
 }
