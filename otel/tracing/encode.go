@@ -46,6 +46,26 @@ const (
 	spanSampled = 0x01 // Span.flags: the W3C sampled trace flag
 )
 
+// appendTag appends a field key: one byte for field numbers below 16.
+func appendTag(b []byte, num protowire.Number, typ protowire.Type) []byte {
+	if num < 16 {
+		return append(b, byte(num)<<3|byte(typ))
+	}
+	return protowire.AppendTag(b, num, typ)
+}
+
+// appendVarint is protowire.AppendVarint with the one- and two-byte cases
+// inline.
+func appendVarint(b []byte, v uint64) []byte {
+	switch {
+	case v < 1<<7:
+		return append(b, byte(v))
+	case v < 1<<14:
+		return append(b, byte(v)|0x80, byte(v>>7))
+	}
+	return protowire.AppendVarint(b, v)
+}
+
 func sizeField(num protowire.Number, n int) int {
 	return protowire.SizeTag(num) + protowire.SizeBytes(n)
 }
@@ -61,13 +81,14 @@ func appendStr(b []byte, num protowire.Number, s string) []byte {
 	if s == "" {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	b = appendTag(b, num, protowire.BytesType)
+	b = appendVarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
 func appendMsgHeader(b []byte, num protowire.Number, n int) []byte {
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendVarint(b, uint64(n))
+	b = appendTag(b, num, protowire.BytesType)
+	return appendVarint(b, uint64(n))
 }
 
 func anyValueSize(a *Attr) int {
@@ -81,28 +102,38 @@ func kvSize(a *Attr) int {
 	return sizeStr(fKVKey, a.Key) + sizeField(fKVValue, anyValueSize(a))
 }
 
+// appendKV appends a KeyValue; a's sizes were cached by attrsSize.
 func appendKV(b []byte, num protowire.Number, a *Attr) []byte {
-	b = appendMsgHeader(b, num, kvSize(a))
+	b = appendMsgHeader(b, num, int(a.kvLen))
 	b = appendStr(b, fKVKey, a.Key)
-	b = appendMsgHeader(b, fKVValue, anyValueSize(a))
+	b = appendMsgHeader(b, fKVValue, int(a.anyLen))
 	if a.IsInt {
-		b = protowire.AppendTag(b, fAnyInt, protowire.VarintType)
-		return protowire.AppendVarint(b, uint64(a.Int))
+		b = appendTag(b, fAnyInt, protowire.VarintType)
+		return appendVarint(b, uint64(a.Int))
 	}
-	b = protowire.AppendTag(b, fAnyString, protowire.BytesType)
-	return protowire.AppendString(b, a.Str)
+	b = appendTag(b, fAnyString, protowire.BytesType)
+	b = appendVarint(b, uint64(len(a.Str)))
+	return append(b, a.Str...)
 }
 
+// attrsSize returns the size of attrs as repeated field num, caching each
+// attribute's sizes for appendKV.
 func attrsSize(num protowire.Number, attrs []Attr) int {
 	n := 0
 	for i := range attrs {
-		n += sizeField(num, kvSize(&attrs[i]))
+		a := &attrs[i]
+		a.anyLen = int32(anyValueSize(a))
+		a.kvLen = int32(sizeStr(fKVKey, a.Key) + sizeField(fKVValue, int(a.anyLen)))
+		n += sizeField(num, int(a.kvLen))
 	}
 	return n
 }
 
 func eventSize(e *Event) int {
-	return protowire.SizeTag(fEventTime) + 8 + sizeStr(fEventName, e.Name) + attrsSize(fEventAttrs, e.Attrs)
+	if e.size == 0 {
+		e.size = int32(protowire.SizeTag(fEventTime) + 8 + sizeStr(fEventName, e.Name) + attrsSize(fEventAttrs, e.Attrs))
+	}
+	return int(e.size)
 }
 
 func statusSize(s *Span) int {
@@ -150,11 +181,11 @@ func appendSpan(b []byte, s *Span) []byte {
 		b = append(b, s.ParentSpanID[:]...)
 	}
 	b = appendStr(b, fSpanName, s.Name)
-	b = protowire.AppendTag(b, fSpanKind, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(s.Kind))
-	b = protowire.AppendTag(b, fSpanStart, protowire.Fixed64Type)
+	b = appendTag(b, fSpanKind, protowire.VarintType)
+	b = appendVarint(b, uint64(s.Kind))
+	b = appendTag(b, fSpanStart, protowire.Fixed64Type)
 	b = protowire.AppendFixed64(b, unixNano(s, true))
-	b = protowire.AppendTag(b, fSpanEnd, protowire.Fixed64Type)
+	b = appendTag(b, fSpanEnd, protowire.Fixed64Type)
 	b = protowire.AppendFixed64(b, unixNano(s, false))
 	for i := range s.Attrs {
 		b = appendKV(b, fSpanAttrs, &s.Attrs[i])
@@ -162,7 +193,7 @@ func appendSpan(b []byte, s *Span) []byte {
 	for i := range s.Events {
 		e := &s.Events[i]
 		b = appendMsgHeader(b, fSpanEvents, eventSize(e))
-		b = protowire.AppendTag(b, fEventTime, protowire.Fixed64Type)
+		b = appendTag(b, fEventTime, protowire.Fixed64Type)
 		b = protowire.AppendFixed64(b, uint64(e.Time.UnixNano()))
 		b = appendStr(b, fEventName, e.Name)
 		for j := range e.Attrs {
@@ -172,12 +203,12 @@ func appendSpan(b []byte, s *Span) []byte {
 	if st := statusSize(s); st > 0 {
 		b = appendMsgHeader(b, fSpanStatus, st)
 		b = appendStr(b, fStatusMessage, s.StatusMessage)
-		b = protowire.AppendTag(b, fStatusCode, protowire.VarintType)
-		b = protowire.AppendVarint(b, statusError)
+		b = appendTag(b, fStatusCode, protowire.VarintType)
+		b = appendVarint(b, statusError)
 	}
 	// flags: the W3C trace flags in the low byte; recorded spans are
 	// sampled.
-	b = protowire.AppendTag(b, fSpanFlags, protowire.Fixed32Type)
+	b = appendTag(b, fSpanFlags, protowire.Fixed32Type)
 	return protowire.AppendFixed32(b, spanSampled)
 }
 
@@ -190,6 +221,7 @@ type resource struct {
 
 func newResource(attrs []Attr, scopeName, scopeVersion string) resource {
 	var r resource
+	attrsSize(fResAttrs, attrs) // caches the sizes appendKV uses
 	for i := range attrs {
 		r.res = appendKV(r.res, fResAttrs, &attrs[i])
 	}

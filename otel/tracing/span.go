@@ -77,6 +77,8 @@ type Attr struct {
 	Str   string
 	Int   int64
 	IsInt bool
+
+	anyLen, kvLen int32 // encoded sizes, cached by the exporter
 }
 
 // Event is a timestamped annotation on a span.
@@ -84,6 +86,8 @@ type Event struct {
 	Name  string
 	Time  time.Time
 	Attrs []Attr
+
+	size int32 // encoded size, cached by the exporter
 }
 
 // Span is one recorded span. A Span comes from NewSpan, is filled by one
@@ -114,11 +118,10 @@ func NewSpan() *Span { return spanPool.Get().(*Span) }
 
 // release returns s to the pool with its slices kept for reuse.
 func release(s *Span) {
+	// Entries beyond len were cleared by the previous release.
+	clear(s.Attrs)
+	clear(s.Events)
 	attrs, events := s.Attrs[:0], s.Events[:0]
-	clear(s.Attrs[:cap(s.Attrs)])
-	for i := range s.Events {
-		s.Events[i] = Event{}
-	}
 	*s = Span{Attrs: attrs, Events: events}
 	spanPool.Put(s)
 }

@@ -351,9 +351,6 @@ func BenchmarkTracingSpanPath(b *testing.B) {
 	col := tracingtest.StartDiscard(b)
 	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend"}}`
 	e := newTracedEnv(b, hcmJSON(routes, tracingJSON(100, "")), clusterJSON([]string{"127.0.0.1:1"}, ""), col.Addr())
-	// A queue that holds the whole run, so that every span is exported
-	// and its cost counted (a full queue would drop them for free).
-	e.h.tracers.SetExporterDefaults(tracing.ExporterConfig{QueueSize: 1 << 19, FlushInterval: 20 * time.Millisecond})
 	c := e.cm.Get("backend")
 	host := c.Hosts()[0]
 	hdr := grpcHeaders("traceparent", clientTraceparent, "user-agent", "grpc-go/1.85.0", "x-request-id", "6c0b4a4e-0d0e-4d5c-9d43-3f2e5f7a9b10")
@@ -363,9 +360,21 @@ func BenchmarkTracingSpanPath(b *testing.B) {
 	trailers := header.Make(1)
 	trailers.Add("grpc-status", "0")
 	cfg := e.h.Config()
+	sent := func() uint64 {
+		return e.counter("tracing.opentelemetry.spans_sent") + e.counter("tracing.opentelemetry.spans_dropped")
+	}
 	b.ReportAllocs()
 	c0 := cpuNow()
+	n := 0
 	for b.Loop() {
+		// Pace the loop to the exporter so the queue never overflows:
+		// every span is exported and its cost counted (a full queue
+		// would drop spans for free).
+		if n++; n%512 == 0 {
+			for sent()+1024 < uint64(2*n) {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
 		ureq := &stream.Request{Method: "POST", Path: fs.req.Path, Header: fs.req.Header.Clone()}
 		ex := &exchange{h: e.h, cfg: cfg, ds: fs, req: &fs.req, grpc: true, start: time.Now()}
 		ex.startTrace()
@@ -379,7 +388,7 @@ func BenchmarkTracingSpanPath(b *testing.B) {
 	b.StopTimer()
 	// Wait for the last spans to be sent, so their export is counted.
 	deadline := time.Now().Add(exchangeTimeout)
-	for e.counter("tracing.opentelemetry.spans_sent")+e.counter("tracing.opentelemetry.spans_dropped") < uint64(2*b.N) && time.Now().Before(deadline) {
+	for sent() < uint64(2*b.N) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	b.ReportMetric(float64(cpuNow()-c0)/float64(b.N), "cpu-ns/op")
