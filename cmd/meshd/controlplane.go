@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"meshd.dev/meshd/ca"
+	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
@@ -43,6 +44,7 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	caCert := fs.String("ca-cert", "", "signing certificate PEM of the built-in CA (followed by its chain up to the root); default: a root generated in --ca-dir")
 	caKey := fs.String("ca-key", "", "private key PEM of --ca-cert")
 	svidTTL := fs.Duration("svid-ttl", ca.DefaultTTL, "lifetime of the SVIDs the built-in CA issues (at least 1s)")
+	otlpEndpoint := fs.String("otlp-endpoint", "", "HOST:PORT of an OpenTelemetry collector (OTLP/gRPC, plaintext): the control plane traces each xDS push until its ACK or NACK there")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -87,7 +89,21 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd control-plane: built-in CA: %v\n", err)
 		return 1
 	}
-	srv := server.New(server.Options{Logger: logger, Stats: st, Services: caSvc.Register})
+	opts := server.Options{Logger: logger, Stats: st, Services: caSvc.Register}
+	if *otlpEndpoint != "" {
+		tp, err := tracing.NewSDKProvider(context.Background(), *otlpEndpoint, "meshd-control-plane")
+		if err != nil {
+			fmt.Fprintf(stderr, "meshd control-plane: --otlp-endpoint: %v\n", err)
+			return 1
+		}
+		defer func() {
+			if err := tracing.ShutdownSDKProvider(tp); err != nil {
+				logger.Warn("tracing: spans not flushed at exit", "err", err)
+			}
+		}()
+		opts.Tracer = tp.Tracer("meshd.dev/meshd/xds/server")
+	}
+	srv := server.New(opts)
 	watcher := source.NewFileWatcher(*meshPath, srv, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: tokens.SetMesh})
 	if err := watcher.Load(); err != nil {
 		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)

@@ -45,6 +45,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
@@ -70,6 +71,10 @@ type Options struct {
 	// Services, when set, registers further gRPC services (meshd's CA)
 	// on the gRPC server Serve creates, beside the xDS services.
 	Services func(grpc.ServiceRegistrar)
+	// Tracer, when set, records a span per push from the response to the
+	// node's ACK or NACK (span "xds.push", status ERROR with the NACK's
+	// error_detail).
+	Tracer trace.Tracer
 }
 
 // Server serves xDS from the last published mesh. All methods are safe for
@@ -147,6 +152,7 @@ func New(opts Options) *Server {
 	// the snapshot, and grpc-go's xDS client names just the ones it needs.
 	s.cache = cachev3.NewSnapshotCache(false, s.hash, slogAdapter{logger})
 	s.tracker = newTracker(s.hash, &s.metrics, logger)
+	s.tracker.tracer = opts.Tracer
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.xds = serverv3.NewServer(s.ctx, &holdCache{inner: s.cache, holds: s.tracker}, s.tracker)
 	return s

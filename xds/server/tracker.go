@@ -11,6 +11,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -38,6 +39,9 @@ type tracker struct {
 	// holds maps a NACK request (by pointer) to the version it rejected,
 	// from OnStreamRequest until holdCache.CreateWatch takes it.
 	holds sync.Map
+
+	// tracer records a span per push answered (tracing.go); nil: none.
+	tracer trace.Tracer
 }
 
 // streamKey names a stream: the SotW and delta servers number their
@@ -144,6 +148,7 @@ func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, vers
 		return "", false
 	case nackMsg != nil:
 		t.metrics.nacks.Inc()
+		t.tracePush(st.node.GetId(), typeURL, ts.sentVersion, ts.sentAt, nackMsg)
 		rec := &NACKRecord{Version: ts.sentVersion, Error: *nackMsg, At: time.Now()}
 		if ts.nack == nil || ts.nack.Version != rec.Version || ts.nack.Error != rec.Error {
 			t.log.Warn("xDS NACK; holding the node on its last good version until the config changes",
@@ -153,6 +158,7 @@ func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, vers
 		return ts.sentVersion, true
 	default:
 		t.metrics.acks.Inc()
+		t.tracePush(st.node.GetId(), typeURL, ts.sentVersion, ts.sentAt, nil)
 		ts.acked, ts.ackedAt = ts.sentVersion, time.Now()
 		return "", false
 	}
