@@ -138,8 +138,9 @@ type ServiceSpec struct {
 	// Workload serves the service (an external or sidecar-less service).
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 	// UpstreamProtocol is the protocol between sidecars: "http2" (the
-	// default for grpc and http2) or "http1" (the default for http). It must
-	// be empty for tcp.
+	// default for grpc and http2), "http1" (the default for http) or
+	// "http3" (QUIC, for grpc and http2; falls back to HTTP/2 over TCP to
+	// an endpoint whose UDP is blocked). It must be empty for tcp.
 	UpstreamProtocol string `json:"upstreamProtocol,omitempty"`
 	// ServerLimits declares what the service's servers enforce; validation
 	// warns about client settings that conflict with them.
@@ -364,8 +365,11 @@ func (s *Service) Key() string { return s.Metadata.Name + "." + s.Metadata.Names
 // API listener name.
 func (s *Service) HostPort() string { return s.Key() + ":" + strconv.Itoa(int(s.Spec.Port)) }
 
+// UpstreamHTTP3 is the upstreamProtocol of HTTP/3 between sidecars.
+const UpstreamHTTP3 = "http3"
+
 // SidecarProtocol returns the protocol sidecars speak to each other for this
-// service: "http2", "http1" or "tcp".
+// service: "http2", "http1", "http3" or "tcp".
 func (s *Service) SidecarProtocol() string {
 	switch {
 	case s.Spec.Protocol == ProtocolTCP:

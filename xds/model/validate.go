@@ -56,6 +56,13 @@ func validate(ps *problems, m *Mesh) {
 	}
 	validateMTLS(ps, m)
 	validateTracing(ps, m)
+	if m.Spec.MTLS == MTLSDisable {
+		for _, s := range m.Services {
+			if s.Spec.UpstreamProtocol == UpstreamHTTP3 {
+				ps.add(s.origin, "spec.upstreamProtocol", "http3 needs mTLS between sidecars (QUIC is always TLS); the mesh's spec.mtls is DISABLE")
+			}
+		}
+	}
 	if m.Spec.Defaults != nil {
 		validatePolicy(ps, m.meshOrigin, "spec.defaults", m.Spec.Defaults)
 	}
@@ -122,8 +129,10 @@ func validateService(ps *problems, s *Service) {
 		ps.add(o, "spec.upstreamProtocol", "must be empty for protocol tcp (sidecars relay bytes)")
 	case sp.UpstreamProtocol == "http1" && sp.Protocol != ProtocolHTTP:
 		ps.add(o, "spec.upstreamProtocol", "http1 cannot carry protocol %s (HTTP/2 only)", sp.Protocol)
-	case sp.UpstreamProtocol != "http2" && sp.UpstreamProtocol != "http1":
-		ps.add(o, "spec.upstreamProtocol", "unknown protocol %q (http2 or http1)", sp.UpstreamProtocol)
+	case sp.UpstreamProtocol == UpstreamHTTP3 && sp.Protocol == ProtocolHTTP:
+		ps.add(o, "spec.upstreamProtocol", "http3 carries grpc and http2 services (applications keep speaking HTTP/2 to their sidecar); use http2 or http1 for http")
+	case sp.UpstreamProtocol != "http2" && sp.UpstreamProtocol != "http1" && sp.UpstreamProtocol != UpstreamHTTP3:
+		ps.add(o, "spec.upstreamProtocol", "unknown protocol %q (http2, http1 or http3)", sp.UpstreamProtocol)
 	}
 	seen := make(map[string]int)
 	for i, e := range sp.Endpoints {

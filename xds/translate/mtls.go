@@ -150,6 +150,9 @@ func (t *translator) secureOutbound(c *clusterv3.Cluster, svc *model.Service) {
 		alpn = []string{"h2"}
 	case "http1":
 		alpn = []string{"http/1.1"}
+	case model.UpstreamHTTP3:
+		c.TransportSocket = t.quicUpstream(&tlsv3.UpstreamTlsContext{CommonTlsContext: commonTLS(sans, nil)})
+		return
 	}
 	c.TransportSocket = &corev3.TransportSocket{
 		Name: TLSTransportSocketName,

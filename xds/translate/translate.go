@@ -225,6 +225,11 @@ func (t *translator) inbound(r *Resources, w *model.Workload, in *model.Inbound)
 		r.Listeners = append(r.Listeners, t.httpListener(name, in.Port, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}, h2, filters))
 	}
 	t.secureInbound(r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener))
+	if svc.SidecarProtocol() == model.UpstreamHTTP3 && t.m.Spec.MTLS != model.MTLSDisable {
+		if l := t.inboundQUIC(in.Port, r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener)); l != nil {
+			r.Listeners = append(r.Listeners, l)
+		}
+	}
 	host, portStr, err := net.SplitHostPort(in.App)
 	if err != nil {
 		t.fail(fmt.Errorf("translate: Workload %s/%s: spec.inbound.app %q: %w", w.Metadata.Namespace, w.Metadata.Name, in.App, err))
@@ -367,7 +372,11 @@ func (t *translator) outboundCluster(name string, svc *model.Service) *clusterv3
 	if len(t.m.WorkloadsOf(svc)) > 0 {
 		protocol = svc.SidecarProtocol()
 	}
-	if protocol != model.ProtocolTCP {
+	switch protocol {
+	case model.ProtocolTCP:
+	case model.UpstreamHTTP3:
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{HTTPProtocolOptionsKey: t.typed(autoHTTP3(p.HTTP2, p.ConnectionPool))}
+	default:
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{HTTPProtocolOptionsKey: t.typed(explicitHTTP(protocol, p.HTTP2, p.ConnectionPool))}
 	}
 	if cp := p.ConnectionPool; cp != nil || (p.Retries != nil && p.Retries.BudgetPercent != nil) {
