@@ -21,11 +21,12 @@ import (
 
 // tracedMesh starts a STRICT mTLS mesh (greeter-client's sidecar →
 // greeter-server's sidecar → a grpc-go interop server) whose
-// Mesh.spec.tracing exports to an in-process OTLP collector with
-// samplingPercent pct.
-func tracedMesh(t *testing.T, pct float64) (client testgrpc.TestServiceClient, col *tracingtest.Collector, srv, cli *testutil.Sidecar) {
+// Mesh.spec.tracing exports with samplingPercent pct to a real
+// OpenTelemetry collector when one is built (MESHD_OTELCOL=1 or a cached
+// binary), else to the in-process OTLP receiver.
+func tracedMesh(t *testing.T, pct float64) (client testgrpc.TestServiceClient, col receiver, srv, cli *testutil.Sidecar) {
 	t.Helper()
-	col = tracingtest.Start(t)
+	col = startReceiver(t)
 	app := testutil.StartGRPCInteropServer(t)
 	p := newMTLSPorts(t)
 	text := strings.Replace(mtlsMesh(app.Addr, p, nil), "  mtls: STRICT\n",
@@ -54,7 +55,7 @@ func statValue(t *testing.T, sc *testutil.Sidecar, name string) int64 {
 }
 
 // spansWhere waits until pred holds for the collector's spans.
-func spansWhere(t *testing.T, col *tracingtest.Collector, what string, pred func([]tracingtest.Span) bool) []tracingtest.Span {
+func spansWhere(t *testing.T, col receiver, what string, pred func([]tracingtest.Span) bool) []tracingtest.Span {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for {
