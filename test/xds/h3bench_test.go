@@ -1,0 +1,135 @@
+package xds_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/xds/server"
+)
+
+// timedCalls makes n EmptyCalls over callers goroutines and returns each
+// call's latency, the failures and the first error.
+func timedCalls(client testgrpc.TestServiceClient, callers, n int, timeout time.Duration) (lat []time.Duration, fail int, first error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	lat = make([]time.Duration, 0, n)
+	for i := range callers {
+		share := n / callers
+		if i < n%callers {
+			share++
+		}
+		wg.Go(func() {
+			own := make([]time.Duration, 0, share)
+			for range share {
+				start := time.Now()
+				_, err := client.EmptyCall(ctx, &testgrpc.Empty{})
+				own = append(own, time.Since(start))
+				if err != nil {
+					mu.Lock()
+					fail++
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+			mu.Lock()
+			lat = append(lat, own...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return lat, fail, first
+}
+
+// TestHTTP3VersusHTTP2 (issue 8, benchmark; MESHD_BENCH=1): unary gRPC
+// calls through client sidecar -> server sidecar with STRICT mTLS, the
+// sidecars speaking HTTP/2 over TCP in one mesh and HTTP/3 over QUIC in the
+// other (Service.spec.upstreamProtocol), both meshes running side by side.
+// After costWarmup, costRounds windows of costCalls calls from costCallers
+// callers alternate between the meshes; for each it reads throughput, p99
+// latency and the two sidecars' utime+stime per call; the medians and the
+// HTTP/3 / HTTP/2 ratios are logged. No call may fail.
+func TestHTTP3VersusHTTP2(t *testing.T) {
+	if os.Getenv(benchEnv) != "1" {
+		t.Skipf("set %s=1 to compare HTTP/3 and HTTP/2 between sidecars", benchEnv)
+	}
+	if raceEnabled {
+		t.Skip("throughput and CPU figures under the race detector mean nothing")
+	}
+	hz := clockTicks(t)
+	type env struct {
+		proto               string
+		client              testgrpc.TestServiceClient
+		sidecars            []*testutil.Sidecar
+		rate, p99, cpuPerUs []float64
+	}
+	var envs []*env
+	for _, proto := range []string{"http2", "http3"} {
+		app := testutil.StartGRPCInteropServer(t)
+		p := newMTLSPorts(t)
+		meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
+		writeFile(t, meshPath, strings.Replace(mtlsMesh(app.Addr, p, nil), "upstreamProtocol: http2", "upstreamProtocol: "+proto, 1))
+		cp := startControlPlane(t, meshPath)
+		cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+		e := &env{proto: proto, sidecars: []*testutil.Sidecar{
+			mtlsSidecar(t, cp, meshPath, serverNode, false),
+			mtlsSidecar(t, cp, meshPath, clientNode, false),
+		}}
+		e.client = dialLoopback(t, p.Outbound)
+		waitCallCode(t, e.client, codes.OK, waitTimeout)
+		warm := time.Now().Add(costWarmup)
+		for time.Now().Before(warm) {
+			if _, fail, err := timedCalls(e.client, costCallers, 1000, costTimeout); fail != 0 {
+				t.Fatalf("%s warm-up: %d calls failed; first: %v", proto, fail, err)
+			}
+		}
+		envs = append(envs, e)
+	}
+	for round := range costRounds {
+		for _, e := range envs {
+			var before int64
+			for _, sc := range e.sidecars {
+				before += procCPUTicks(t, sc.PID())
+			}
+			start := time.Now()
+			lat, fail, err := timedCalls(e.client, costCallers, costCalls, costTimeout)
+			elapsed := time.Since(start)
+			var after int64
+			for _, sc := range e.sidecars {
+				after += procCPUTicks(t, sc.PID())
+			}
+			if fail != 0 {
+				t.Fatalf("%s round %d: %d of %d calls failed; first: %v", e.proto, round, fail, costCalls, err)
+			}
+			cpu := float64(after-before) / hz
+			if cpu <= 0 {
+				t.Fatalf("%s: the sidecars used no measurable CPU over %d calls", e.proto, costCalls)
+			}
+			slices.Sort(lat)
+			p99 := lat[len(lat)*99/100]
+			rate := costCalls / elapsed.Seconds()
+			us := cpu / costCalls * 1e6
+			e.rate, e.p99, e.cpuPerUs = append(e.rate, rate), append(e.p99, float64(p99.Microseconds())), append(e.cpuPerUs, us)
+			t.Logf("round %d %s: %.0f calls/s, p99 %v, both sidecars %.1f µs CPU/call", round, e.proto, rate, p99, us)
+		}
+	}
+	h2, h3 := envs[0], envs[1]
+	t.Logf("HTTP/3 vs HTTP/2 between sidecars (medians of %d rounds of %d calls, %d callers): throughput %.0f / %.0f calls/s = %.2fx; p99 %.0f / %.0f µs = %.2fx; CPU per call %.1f / %.1f µs = %.2fx",
+		costRounds, costCalls, costCallers,
+		median(h3.rate), median(h2.rate), median(h3.rate)/median(h2.rate),
+		median(h3.p99), median(h2.p99), median(h3.p99)/median(h2.p99),
+		median(h3.cpuPerUs), median(h2.cpuPerUs), median(h3.cpuPerUs)/median(h2.cpuPerUs))
+}
