@@ -19,11 +19,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"meshd.dev/meshd/ca"
+	"meshd.dev/meshd/internal/wasmbuild"
 	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
 	"meshd.dev/meshd/xds/source"
+	"meshd.dev/meshd/xds/translate"
 )
 
 // controlPlaneStopTimeout bounds the graceful stop of the xDS and admin
@@ -45,6 +47,8 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	caKey := fs.String("ca-key", "", "private key PEM of --ca-cert")
 	svidTTL := fs.Duration("svid-ttl", ca.DefaultTTL, "lifetime of the SVIDs the built-in CA issues (at least 1s)")
 	otlpEndpoint := fs.String("otlp-endpoint", "", "HOST:PORT of an OpenTelemetry collector (OTLP/gRPC, plaintext): the control plane traces each xDS push until its ACK or NACK there")
+	rlWasm := fs.String("ratelimit-wasm", "", "the rate-limit proxy-wasm module (filters/ratelimit/guest, built by go generate ./internal/wasmbuild) served to sidecars for RateLimitPolicies with engine wasm")
+	moduleAddr := fs.String("module-address", "", "host:port sidecars reach the admin server at to fetch WASM modules (default: the bound --admin-address, an unspecified IP as loopback)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -89,6 +93,13 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd control-plane: built-in CA: %v\n", err)
 		return 1
 	}
+	var rlModule *server.Module
+	if *rlWasm != "" {
+		if rlModule, err = loadRateLimitModule(*rlWasm); err != nil {
+			fmt.Fprintf(stderr, "meshd control-plane: --ratelimit-wasm: %v\n", err)
+			return 1
+		}
+	}
 	opts := server.Options{Logger: logger, Stats: st, Services: caSvc.Register}
 	if *otlpEndpoint != "" {
 		tp, err := tracing.NewSDKProvider(context.Background(), *otlpEndpoint, "meshd-control-plane")
@@ -104,11 +115,6 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		opts.Tracer = tp.Tracer("meshd.dev/meshd/xds/server")
 	}
 	srv := server.New(opts)
-	watcher := source.NewFileWatcher(*meshPath, srv, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: tokens.SetMesh})
-	if err := watcher.Load(); err != nil {
-		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
-		return 1
-	}
 
 	xdsLis, err := net.Listen("tcp", *xdsAddr)
 	if err != nil {
@@ -119,6 +125,29 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	if err != nil {
 		_ = xdsLis.Close()
 		fmt.Fprintf(stderr, "meshd control-plane: --admin-address: %v\n", err)
+		return 1
+	}
+	// The module's URL names the admin server, so the mesh is translated
+	// once it is bound.
+	var topts translate.Options
+	if rlModule != nil {
+		addr := adminLis.Addr().String()
+		if *moduleAddr != "" {
+			addr = *moduleAddr
+		}
+		if topts.RateLimitModule, err = rlModule.Ref(addr); err != nil {
+			_ = xdsLis.Close()
+			_ = adminLis.Close()
+			fmt.Fprintf(stderr, "meshd control-plane: --module-address: %v\n", err)
+			return 1
+		}
+		logger.Info("serving the rate-limit module", "url", topts.RateLimitModule.URL, "sha256", rlModule.SHA256)
+	}
+	watcher := source.NewFileWatcher(*meshPath, srv, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: tokens.SetMesh, Translate: topts})
+	if err := watcher.Load(); err != nil {
+		_ = xdsLis.Close()
+		_ = adminLis.Close()
+		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
 		return 1
 	}
 	for _, f := range []struct{ path, addr string }{
@@ -140,6 +169,9 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	defer cancel()
 	adminMux := http.NewServeMux()
 	adminMux.Handle(CARotatePath, rotation)
+	if rlModule != nil {
+		adminMux.Handle("GET "+rlModule.Path, rlModule)
+	}
 	adminMux.Handle("/", srv.AdminHandler())
 	admin := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 2)
@@ -249,4 +281,18 @@ func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration,
 	}
 	logger.Info("built-in CA ready", "trust_domain", td.Name(), "root", a.Root.Subject.String(), "root_expires", a.Root.NotAfter, "dir", dir, "svid_ttl", ttl)
 	return ca.NewService(authority, tokens, ca.ServiceOptions{Logger: logger, Stats: st}), tokens, rotation, nil
+}
+
+// loadRateLimitModule reads the rate-limit module from path and checks
+// that it exports the proxy-wasm ABI (a module built without
+// internal/wasmbuild's overlay links but exports nothing).
+func loadRateLimitModule(path string) (*server.Module, error) {
+	m, err := server.ReadModule("ratelimit", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := wasmbuild.CheckExports(context.Background(), m.Data()); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
 }

@@ -26,6 +26,7 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 	rate := fs.Float64("rate", localmesh.DefaultRate, "sample calls per second, all callers together (negative: as fast as possible)")
 	callers := fs.Int("callers", localmesh.DefaultCallers, "concurrent sample callers per outbound port")
 	svidTTL := fs.Duration("svid-ttl", ca.DefaultTTL, "lifetime of the sidecars' SVIDs from the built-in CA (at least 1s; renewed at half-life)")
+	rlWasm := fs.String("ratelimit-wasm", "", "the rate-limit proxy-wasm module for RateLimitPolicies with engine wasm (default: built from filters/ratelimit/guest when the mesh has one)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -66,16 +67,17 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 		defer cancel()
 	}
 	err = localmesh.Run(ctx, localmesh.Options{
-		MeshPath:   *meshPath,
-		Executable: exe,
-		Samples:    *samples,
-		Callers:    *callers,
-		Rate:       *rate,
-		KeepLogs:   *keepLogs,
-		Out:        stdout,
-		Terminal:   isTerminal(stdout),
-		Quiet:      *quiet,
-		SVIDTTL:    *svidTTL,
+		MeshPath:      *meshPath,
+		Executable:    exe,
+		Samples:       *samples,
+		Callers:       *callers,
+		Rate:          *rate,
+		KeepLogs:      *keepLogs,
+		RateLimitWasm: *rlWasm,
+		Out:           stdout,
+		Terminal:      isTerminal(stdout),
+		Quiet:         *quiet,
+		SVIDTTL:       *svidTTL,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "meshd up: %v\n", err)

@@ -36,6 +36,7 @@ import (
 
 	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/examples"
+	"meshd.dev/meshd/internal/wasmbuild"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
 	"meshd.dev/meshd/xds/source"
@@ -103,6 +104,12 @@ type Options struct {
 	// SVIDTTL is the lifetime of the sidecars' SVIDs (ca.DefaultTTL, 24h,
 	// when 0; at least ca.MinTTL); sidecars renew at half-life.
 	SVIDTTL time.Duration
+	// RateLimitWasm is the rate-limit proxy-wasm module served to the
+	// sidecars for RateLimitPolicies with engine wasm. Empty builds it
+	// from filters/ratelimit/guest with internal/wasmbuild (cached
+	// outside the repository) when the mesh has such a policy at start,
+	// which needs the meshd source tree and a Go toolchain.
+	RateLimitWasm string
 }
 
 // Run starts the local mesh and runs it until ctx ends, then stops the
@@ -250,6 +257,7 @@ type localMesh struct {
 	http   *http.Client
 
 	srv         *server.Server
+	watcher     *source.FileWatcher // with a mesh file: polled until the control plane stops
 	tokens      *ca.TokenAuthenticator
 	tokenSecret []byte
 	caDir       string
@@ -326,32 +334,11 @@ func (lm *localMesh) startControlPlane() error {
 	if err != nil {
 		return err
 	}
+	mod, err := lm.rateLimitModule()
+	if err != nil {
+		return err
+	}
 	lm.srv = server.New(server.Options{Logger: lm.logger, Services: caSvc.Register})
-	if lm.opts.MeshPath == "" {
-		if err := lm.tokens.SetMesh(lm.mesh); err != nil {
-			return fmt.Errorf("%s: CA tokens: %w", lm.mesh.Source, err)
-		}
-		res, err := translate.Translate(lm.mesh)
-		if err != nil {
-			return fmt.Errorf("%s: translating: %w", lm.mesh.Source, err)
-		}
-		if err := lm.srv.Publish(res, lm.mesh.Warnings()); err != nil {
-			return fmt.Errorf("publishing %s: %w", lm.mesh.Source, err)
-		}
-	}
-	var watcher *source.FileWatcher
-	if lm.opts.MeshPath != "" {
-		adjust := func(m *model.Mesh) error {
-			if err := lm.plan.Apply(m); err != nil {
-				return err
-			}
-			return lm.tokens.SetMesh(m)
-		}
-		watcher = source.NewFileWatcher(lm.opts.MeshPath, lm.srv, source.FileOptions{Logger: lm.logger, Adjust: adjust})
-		if err := watcher.Load(); err != nil {
-			return fmt.Errorf("publishing %s: %w", lm.opts.MeshPath, err)
-		}
-	}
 	xdsLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("control plane xDS listener: %w", err)
@@ -361,8 +348,26 @@ func (lm *localMesh) startControlPlane() error {
 		_ = xdsLis.Close()
 		return fmt.Errorf("control plane admin listener: %w", err)
 	}
+	closeListeners := func() {
+		_ = xdsLis.Close()
+		_ = adminLis.Close()
+	}
 	lm.xdsAddr, lm.adminAddr = xdsLis.Addr().String(), adminLis.Addr().String()
-	lm.adminServer = &http.Server{Handler: lm.srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	adminMux := http.NewServeMux()
+	adminMux.Handle("/", lm.srv.AdminHandler())
+	var topts translate.Options
+	if mod != nil {
+		adminMux.Handle("GET "+mod.Path, mod)
+		if topts.RateLimitModule, err = mod.Ref(lm.adminAddr); err != nil {
+			closeListeners()
+			return err
+		}
+	}
+	if err := lm.publish(topts); err != nil {
+		closeListeners()
+		return err
+	}
+	lm.adminServer = &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second}
 	lm.cpErrs = make(chan error, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	lm.cpCancel = cancel
@@ -379,14 +384,85 @@ func (lm *localMesh) startControlPlane() error {
 			lm.cpErrs <- fmt.Errorf("control plane admin server: %w", err)
 		}
 	}()
-	if watcher != nil {
+	if lm.watcher != nil {
 		lm.cpWG.Add(1)
 		go func() {
 			defer lm.cpWG.Done()
-			watcher.Run(ctx)
+			lm.watcher.Run(ctx)
 		}()
 	}
 	return nil
+}
+
+// publish translates and publishes the mesh with topts: the built-in
+// example once, a file through a watcher (lm.watcher) that Run keeps
+// polling.
+func (lm *localMesh) publish(topts translate.Options) error {
+	if lm.opts.MeshPath == "" {
+		if err := lm.tokens.SetMesh(lm.mesh); err != nil {
+			return fmt.Errorf("%s: CA tokens: %w", lm.mesh.Source, err)
+		}
+		res, err := translate.TranslateWith(lm.mesh, topts)
+		if err != nil {
+			return fmt.Errorf("%s: translating: %w", lm.mesh.Source, err)
+		}
+		if err := lm.srv.Publish(res, lm.mesh.Warnings()); err != nil {
+			return fmt.Errorf("publishing %s: %w", lm.mesh.Source, err)
+		}
+		return nil
+	}
+	adjust := func(m *model.Mesh) error {
+		if err := lm.plan.Apply(m); err != nil {
+			return err
+		}
+		return lm.tokens.SetMesh(m)
+	}
+	lm.watcher = source.NewFileWatcher(lm.opts.MeshPath, lm.srv, source.FileOptions{Logger: lm.logger, Adjust: adjust, Translate: topts})
+	if err := lm.watcher.Load(); err != nil {
+		return fmt.Errorf("publishing %s: %w", lm.opts.MeshPath, err)
+	}
+	return nil
+}
+
+// rateLimitModule returns the module of Options.RateLimitWasm, else, when
+// the mesh at start has a RateLimitPolicy with engine wasm, the module
+// built from filters/ratelimit/guest; else nil.
+func (lm *localMesh) rateLimitModule() (*server.Module, error) {
+	if lm.opts.RateLimitWasm != "" {
+		return server.ReadModule("ratelimit", lm.opts.RateLimitWasm)
+	}
+	var wasmPolicy *model.RateLimitPolicy
+	for _, p := range lm.mesh.RateLimitPolicies {
+		if p.Spec.Engine == model.EngineWasm {
+			wasmPolicy = p
+			break
+		}
+	}
+	if wasmPolicy == nil {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wasmbuild.BuildTimeout)
+	defer cancel()
+	lm.logger.Info("building the rate-limit module", "package", RateLimitGuestPackage, "cache", wasmbuild.CacheDir())
+	path, err := buildRateLimitModule(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("RateLimitPolicy %s/%s has engine wasm, and building the rate-limit module failed (it needs the meshd source tree and a Go toolchain; or pass --ratelimit-wasm FILE): %w",
+			wasmPolicy.Metadata.Namespace, wasmPolicy.Metadata.Name, err)
+	}
+	return server.ReadModule("ratelimit", path)
+}
+
+// RateLimitGuestPackage is the rate-limit guest's package.
+const RateLimitGuestPackage = "meshd.dev/meshd/filters/ratelimit/guest"
+
+// buildRateLimitModule builds (or finds in the cache) the rate-limit
+// guest of the meshd module enclosing the working directory.
+func buildRateLimitModule(ctx context.Context) (string, error) {
+	env, err := wasmbuild.LoadEnv(ctx, ".")
+	if err != nil {
+		return "", err
+	}
+	return env.Cached(ctx, RateLimitGuestPackage)
 }
 
 // startCA loads or generates the built-in CA in opts.CADir (default: "ca"

@@ -1,7 +1,12 @@
 package model
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"net"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -22,10 +27,9 @@ const (
 	// per sidecar. The default.
 	EngineNative = "native"
 	// EngineWasm is the proxy-wasm rate-limit filter
-	// (filters/ratelimit/guest) run by envoy.filters.http.wasm. The mesh
-	// file accepts the name so that files stay forward compatible, but
-	// validation rejects it: the control plane cannot serve the module to
-	// sidecars yet.
+	// (filters/ratelimit/guest) run by envoy.filters.http.wasm, with
+	// buckets per key shared by all VM instances of a sidecar. The control
+	// plane serves the module to sidecars (see xds/translate.Options).
 	EngineWasm = "wasm"
 )
 
@@ -70,9 +74,25 @@ type RateLimitPolicySpec struct {
 	// "source-identity", "path" or "header:NAME". Only global is
 	// supported with engine native.
 	Key string `json:"key,omitempty"`
-	// Engine is "native" (the default) or "wasm" (not supported by the
-	// control plane yet).
+	// Engine is "native" (the default) or "wasm".
 	Engine string `json:"engine,omitempty"`
+	// DryRun counts requests over the limit without rejecting them.
+	DryRun bool `json:"dryRun,omitempty"`
+	// Module, with engine wasm, has sidecars fetch the rate-limit module
+	// from this URL, checked against its sha256, instead of from the
+	// control plane (which then needs none): for modules kept on an
+	// artifact server, or to pin one build per policy.
+	Module *ModuleRef `json:"module,omitempty"`
+}
+
+// ModuleRef locates a proxy-wasm module on an HTTP server.
+type ModuleRef struct {
+	// URL is http://HOST:PORT/PATH (an explicit port: it becomes an Envoy
+	// cluster endpoint).
+	URL string `json:"url"`
+	// SHA256 is the module's hex SHA-256 digest; a sidecar that fetches
+	// other bytes rejects the config.
+	SHA256 string `json:"sha256"`
 }
 
 // TokenBucket is an Envoy token bucket (type.v3.TokenBucket).
@@ -145,14 +165,23 @@ func validateRateLimitPolicy(ps *problems, m *Mesh, p *RateLimitPolicy) {
 	switch sp.Engine {
 	case "":
 		sp.Engine = EngineNative
-	case EngineNative:
-	case EngineWasm:
-		ps.add(o, "spec.engine", "engine wasm is not supported by the control plane yet (it cannot serve the rate-limit module to sidecars); use engine native")
+	case EngineNative, EngineWasm:
 	default:
 		ps.add(o, "spec.engine", "unknown engine %q (native or wasm)", sp.Engine)
 	}
 	if sp.Engine == EngineNative && sp.Key != KeyGlobal && checkRateLimitKey(sp.Key) == "" {
 		ps.add(o, "spec.key", "engine native supports only key global (one bucket per sidecar); key %q needs per-key buckets, which only engine wasm has", sp.Key)
+	}
+	if sp.Module != nil {
+		if sp.Engine != EngineWasm {
+			ps.add(o, "spec.module", "only engine wasm runs a module (engine is %s)", sp.Engine)
+		}
+		if reason := checkModuleURL(sp.Module.URL); reason != "" {
+			ps.add(o, "spec.module.url", "%s", reason)
+		}
+		if b, err := hex.DecodeString(sp.Module.SHA256); err != nil || len(b) != sha256.Size {
+			ps.add(o, "spec.module.sha256", "%q is not a hex SHA-256 digest (64 hex digits)", sp.Module.SHA256)
+		}
 	}
 	if sp.RequestsPerUnit == 0 || (sp.Unit != UnitSecond && sp.Unit != UnitMinute) {
 		return
@@ -185,6 +214,23 @@ func checkRateLimitKey(key string) string {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.ContainsRune("!#$%&'*+-.^_`|~", c)) {
 			return fmt.Sprintf("%q: header name %q must be a lower-case HTTP token (no pseudo-headers)", key, name)
 		}
+	}
+	return ""
+}
+
+// checkModuleURL returns why u is not an http://HOST:PORT/PATH URL, or "".
+func checkModuleURL(u string) string {
+	pu, err := url.Parse(u)
+	if err != nil {
+		return err.Error()
+	}
+	if pu.Scheme != "http" || pu.Host == "" || pu.User != nil {
+		return fmt.Sprintf("%q: want http://HOST:PORT/PATH", u)
+	}
+	if _, p, err := net.SplitHostPort(pu.Host); err != nil || p == "" {
+		return fmt.Sprintf("%q: the host needs an explicit port", u)
+	} else if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+		return fmt.Sprintf("%q: port %q is not in 1..65535", u, p)
 	}
 	return ""
 }

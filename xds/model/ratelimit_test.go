@@ -43,6 +43,12 @@ func TestRateLimitPolicyParse(t *testing.T) {
 		{"rate above 20 per fill interval", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 30, burst: 2}",
 			RateLimitPolicySpec{RequestsPerUnit: 30, Unit: UnitSecond, Burst: u32(2), Key: KeyGlobal, Engine: EngineNative},
 			TokenBucket{MaxTokens: 2, TokensPerFill: 2, FillInterval: 66666666 * time.Nanosecond}},
+		{"wasm keyed by source identity, dry run", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 100, burst: 10, key: source-identity, engine: wasm, dryRun: true}",
+			RateLimitPolicySpec{RequestsPerUnit: 100, Unit: UnitSecond, Burst: u32(10), Key: KeySourceIdentity, Engine: EngineWasm, DryRun: true},
+			TokenBucket{MaxTokens: 10, TokensPerFill: 5, FillInterval: 50 * time.Millisecond}},
+		{"wasm keyed by header", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 60, unit: minute, key: \"header:x-user\", engine: wasm}",
+			RateLimitPolicySpec{RequestsPerUnit: 60, Unit: UnitMinute, Burst: u32(60), Key: "header:x-user", Engine: EngineWasm},
+			TokenBucket{MaxTokens: 60, TokensPerFill: 1, FillInterval: time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,7 +70,7 @@ func TestRateLimitPolicyParse(t *testing.T) {
 			got := p.Spec
 			got.TargetRef = TargetRef{}
 			if got.RequestsPerUnit != tt.want.RequestsPerUnit || got.Unit != tt.want.Unit || got.Burst == nil || *got.Burst != *tt.want.Burst ||
-				got.Key != tt.want.Key || got.Engine != tt.want.Engine {
+				got.Key != tt.want.Key || got.Engine != tt.want.Engine || got.DryRun != tt.want.DryRun {
 				t.Errorf("spec = %+v (burst %v), want %+v (burst %d)", got, got.Burst, tt.want, *tt.want.Burst)
 			}
 			b := p.Spec.TokenBucket()
@@ -106,8 +112,14 @@ func TestRateLimitPolicyErrors(t *testing.T) {
 			[]string{doc + "spec.key: engine native supports only key global"}},
 		{"native with header key", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, key: \"header:x-user\", engine: native}", "",
 			[]string{doc + "spec.key: engine native supports only key global"}},
-		{"wasm engine", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, engine: wasm}", "",
-			[]string{doc + "spec.engine: engine wasm is not supported by the control plane yet"}},
+		{"module with engine native", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, module: {url: \"http://127.0.0.1:80/m.wasm\", sha256: " + strings.Repeat("a", 64) + "}}", "",
+			[]string{doc + "spec.module: only engine wasm runs a module (engine is native)"}},
+		{"module without port", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, engine: wasm, module: {url: \"http://h.example/m.wasm\", sha256: " + strings.Repeat("a", 64) + "}}", "",
+			[]string{doc + "spec.module.url: \"http://h.example/m.wasm\": the host needs an explicit port"}},
+		{"module over https", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, engine: wasm, module: {url: \"https://h.example:443/m.wasm\", sha256: " + strings.Repeat("a", 64) + "}}", "",
+			[]string{doc + "spec.module.url: \"https://h.example:443/m.wasm\": want http://HOST:PORT/PATH"}},
+		{"module bad digest", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, engine: wasm, module: {url: \"http://127.0.0.1:80/m.wasm\", sha256: abc}}", "",
+			[]string{doc + "spec.module.sha256: \"abc\" is not a hex SHA-256 digest (64 hex digits)"}},
 		{"unknown engine", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, engine: lua}", "",
 			[]string{doc + "spec.engine: unknown engine \"lua\" (native or wasm)"}},
 		{"zero burst", "{targetRef: {kind: Service, name: web}, requestsPerUnit: 5, burst: 0}", "",

@@ -41,6 +41,9 @@ type FileOptions struct {
 	// translated (`meshd up` moves busy loopback ports with it). An error
 	// rejects that version of the file like a parse error would.
 	Adjust func(*model.Mesh) error
+	// Translate holds the translation's inputs from outside the file
+	// (the rate-limit module of engine wasm).
+	Translate translate.Options
 }
 
 // FileWatcher publishes a mesh file and republishes it when it changes.
@@ -50,7 +53,7 @@ type FileOptions struct {
 // and, when the modification time, size or inode changed and then held
 // still for a tenth of the interval, reads the file and
 // compares its SHA-256 with the last one seen. A changed file is parsed with
-// model.Parse, translated with translate.Translate and published; an error
+// model.Parse, translated with translate.TranslateWith and published; an error
 // at any step is logged and passed to Sink.RecordError, and the sink keeps
 // serving the last good translation. Polling needs no platform notification
 // API and cannot miss an event; its cost is one stat per interval.
@@ -60,6 +63,7 @@ type FileWatcher struct {
 	interval time.Duration
 	log      *slog.Logger
 	adjust   func(*model.Mesh) error
+	topts    translate.Options
 
 	// Owned by the goroutine calling Load and Run.
 	stat fileStat
@@ -75,7 +79,7 @@ type fileStat struct {
 
 // NewFileWatcher returns a watcher of path publishing to sink.
 func NewFileWatcher(path string, sink Sink, opts FileOptions) *FileWatcher {
-	w := &FileWatcher{path: path, sink: sink, interval: opts.PollInterval, log: opts.Logger, adjust: opts.Adjust}
+	w := &FileWatcher{path: path, sink: sink, interval: opts.PollInterval, log: opts.Logger, adjust: opts.Adjust, topts: opts.Translate}
 	if w.interval <= 0 {
 		w.interval = DefaultPollInterval
 	}
@@ -168,7 +172,7 @@ func (w *FileWatcher) load(st fileStat, force bool) error {
 			return w.fail(fmt.Errorf("%s: %w", w.path, err))
 		}
 	}
-	res, err := translate.Translate(m)
+	res, err := translate.TranslateWith(m, w.topts)
 	if err != nil {
 		return w.fail(fmt.Errorf("%s: translating: %w", w.path, err))
 	}

@@ -95,8 +95,13 @@ type Result struct {
 // clients from m, which must come from model.Parse or model.Load. An error
 // names the document and field whose value cannot be expressed in Envoy's
 // fields.
-func Translate(m *model.Mesh) (*Result, error) {
-	t := &translator{m: m}
+func Translate(m *model.Mesh) (*Result, error) { return TranslateWith(m, Options{}) }
+
+// TranslateWith is Translate with the inputs the mesh file does not hold
+// (the rate-limit module of engine wasm). Equal meshes and options give
+// equal results.
+func TranslateWith(m *model.Mesh, opts Options) (*Result, error) {
+	t := &translator{m: m, opts: opts}
 	res := &Result{Nodes: make(map[string]*Resources, len(m.Workloads))}
 	for _, w := range m.Workloads {
 		res.Nodes[w.NodeID()] = t.node(w)
@@ -120,10 +125,14 @@ func Translate(m *model.Mesh) (*Result, error) {
 // translator carries the first error of a translation so that the builders
 // stay expression-shaped.
 type translator struct {
-	m   *model.Mesh
-	err error
+	m    *model.Mesh
+	opts Options
+	err  error
 	// cur is the workload whose node is being built; nil otherwise.
 	cur *model.Workload
+	// moduleHost is set while building a node whose filters fetch a
+	// module through ModuleClusterName: the module it names.
+	moduleHost *WasmModule
 }
 
 func (t *translator) fail(err error) {
@@ -169,8 +178,14 @@ func (t *translator) node(w *model.Workload) *Resources {
 	if t.m.Spec.Tracing != nil {
 		r.Clusters = append(r.Clusters, t.tracingCluster())
 	}
+	t.moduleHost = nil
 	if in := w.Spec.Inbound; in != nil {
 		t.inbound(r, w, in)
+	}
+	if t.moduleHost != nil {
+		if c := t.moduleCluster(t.moduleHost); c != nil {
+			r.Clusters = append(r.Clusters, c)
+		}
 	}
 	clusters := make(map[string]bool)
 	for i, out := range w.Spec.Outbound {
