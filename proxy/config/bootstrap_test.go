@@ -50,6 +50,25 @@ const (
 	routerFilter = `          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router`
+	// wasmFilter is the Wasm filter as Envoy's documentation writes it
+	// (the module file is only read when the filter is compiled).
+	wasmFilter = `          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: headers
+                root_id: headers
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"x": "y"}'
+                vm_config:
+                  vm_id: headers
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: /nonexistent/headers.wasm } }
+                  configuration:
+                    "@type": type.googleapis.com/google.protobuf.BytesValue
+                    value: AAE=
+`
 	corsFilter = `          - name: envoy.filters.http.cors
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
@@ -117,6 +136,12 @@ var badCases = []struct {
 		edits:      []edit{{routerFilter, corsFilter + routerFilter}},
 		wantPath:   hcm + ".http_filters[0].typed_config",
 		wantReason: `unsupported typed_config type "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" for extension point "http filter"`,
+	},
+	{
+		name:       "wasm configuration not a string or bytes",
+		edits:      []edit{{routerFilter, strings.Replace(wasmFilter, "google.protobuf.StringValue\n                  value: '{\"x\": \"y\"}'", "envoy.extensions.filters.http.router.v3.Router", 1) + routerFilter}},
+		wantPath:   hcm + ".http_filters[0].typed_config.config.configuration",
+		wantReason: `unsupported typed_config type "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" for extension point "wasm configuration" (meshd supports: google.protobuf.BytesValue, google.protobuf.StringValue)`,
 	},
 	{
 		name: "downstream TLS context on a cluster",
@@ -423,6 +448,7 @@ func TestParseBootstrapAccepts(t *testing.T) {
 		{"examples/sidecar-tls.yaml", exampleFile(t, "sidecar-tls.yaml")},
 		{"sidecar as JSON", append([]byte("\n  "), sidecarJSON...)},
 		{"ADS with RDS and EDS", []byte(ads)},
+		{"wasm filter as Envoy documents it", []byte(mutate(t, string(sidecar), []edit{{routerFilter, wasmFilter + routerFilter}}))},
 		{"accepted and ignored fields", []byte(mutate(t, string(sidecar), []edit{
 			{"admin:\n", "layered_runtime: { layers: [{ name: static, static_layer: {} }] }\nadmin:\n  access_log_path: /dev/null\n"},
 			{"      - lb_endpoints:", "      - locality: { zone: a }\n        lb_endpoints:"},

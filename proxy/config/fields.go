@@ -320,6 +320,8 @@ var leafMessages = map[protoreflect.FullName]bool{
 	"google.protobuf.Duration":      true,
 	"google.protobuf.Struct":        true,
 	"google.protobuf.BoolValue":     true,
+	"google.protobuf.StringValue":   true, // wasm configuration
+	"google.protobuf.BytesValue":    true, // wasm configuration
 	"google.protobuf.UInt32Value":   true,
 	"google.protobuf.DoubleValue":   true,
 	"envoy.type.v3.Int64Range":      true,

@@ -41,6 +41,11 @@ const (
 	// Tracer is envoy.config.trace.v3.Tracing.Http.typed_config (the
 	// connection manager's tracing provider).
 	Tracer ExtensionPoint = "tracer"
+	// WasmConfiguration is the configuration of a proxy-wasm plugin or VM
+	// (envoy.extensions.wasm.v3.PluginConfig.configuration,
+	// VmConfig.configuration): google.protobuf.StringValue or BytesValue,
+	// handed to the guest as bytes.
+	WasmConfiguration ExtensionPoint = "wasm configuration"
 	// OtherExtension is every other Any in the API.
 	OtherExtension ExtensionPoint = "extension"
 )
@@ -65,6 +70,8 @@ func init() {
 		{UpstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"},
 		{ClusterProtocolOptions, "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},
 		{Tracer, tracing.OpenTelemetryConfigType},
+		{WasmConfiguration, "google.protobuf.StringValue"},
+		{WasmConfiguration, "google.protobuf.BytesValue"},
 	} {
 		RegisterType(r.point, r.name)
 	}

@@ -436,6 +436,8 @@ func extensionPoint(parent protoreflect.FullName, field protoreflect.Name, side 
 		return AccessLogger
 	case parent == "envoy.config.trace.v3.Tracing.Http" && field == "typed_config":
 		return Tracer
+	case (parent == "envoy.extensions.wasm.v3.PluginConfig" || parent == "envoy.extensions.wasm.v3.VmConfig") && field == "configuration":
+		return WasmConfiguration
 	}
 	return OtherExtension
 }
