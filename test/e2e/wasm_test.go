@@ -189,3 +189,87 @@ func TestWasmSDKGuests(t *testing.T) {
 		}
 	})
 }
+
+// TestWasmFaultyGuest (issue 6, acceptance 5) runs the faulty guest in a
+// sidecar process with fail_open true and false. A guest that traps (a Go
+// panic, which ends the module) or loops forever (interrupted at the
+// 100 ms callback deadline: wazero closes the module at the next loop
+// header once the instance's context is cancelled) breaks its VM instance:
+// the request passes to the upstream with fail_open and gets 503 without,
+// wasm.faulty.vm_failed and fail_open/fail_closed count it, and a new
+// instance replaces the broken one. Out-of-bounds pointers to a host call
+// get InvalidMemoryAccess (6), and the guest carries on. The sidecar stays
+// up and ready throughout.
+func TestWasmFaultyGuest(t *testing.T) {
+	module := wasmbuild.Build(t, guestFaulty)
+	backend := testutil.StartEchoBackend(t)
+	for _, failOpen := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fail_open=%t", failOpen), func(t *testing.T) {
+			sc := testutil.StartSidecar(t, withFilters(t, backend.Addr, wasmFilter("faulty", module, "", failOpen)))
+			base := "http://" + sc.ListenerAddr(t, testutil.DefaultListenerName)
+			client := http1Client()
+			defer client.CloseIdleConnections()
+			healthy := func(what string) {
+				t.Helper()
+				// A broken instance is replaced in the background: wait
+				// for 10 requests in a row to pass.
+				deadline := time.Now().Add(10 * time.Second)
+				for streak := 0; streak < 10; {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: requests did not pass again within 10 s", what)
+					}
+					if resp, _ := get(t, client, base+"/echo"); resp.StatusCode == http.StatusOK {
+						streak++
+					} else {
+						streak = 0
+						time.Sleep(50 * time.Millisecond)
+					}
+				}
+			}
+			healthy("before")
+			want := http.StatusServiceUnavailable
+			if failOpen {
+				want = http.StatusOK
+			}
+			for _, fault := range []string{"trap", "loop"} {
+				before := backend.Requests()
+				start := time.Now()
+				resp, body := get(t, client, base+"/echo", "x-fault", fault)
+				took := time.Since(start)
+				t.Logf("x-fault %s: %d %q after %v", fault, resp.StatusCode, body, took.Round(time.Millisecond))
+				if resp.StatusCode != want {
+					t.Errorf("x-fault %s: status %d, want %d", fault, resp.StatusCode, want)
+				}
+				if reached := backend.Requests() - before; failOpen != (reached == 1) {
+					t.Errorf("x-fault %s: the request reached the backend %d times; fail_open %t", fault, reached, failOpen)
+				}
+				if took > 5*time.Second {
+					t.Errorf("x-fault %s took %v: the callback deadline did not bound it", fault, took)
+				}
+				healthy("after x-fault " + fault)
+			}
+			resp, _ := get(t, client, base+"/echo", "x-fault", "oob")
+			if resp.StatusCode != http.StatusOK || resp.Header.Get("x-oob-statuses") != "6,6" {
+				t.Errorf("x-fault oob: %d with x-oob-statuses %q, want 200 and \"6,6\" (InvalidMemoryAccess for both calls)",
+					resp.StatusCode, resp.Header.Get("x-oob-statuses"))
+			}
+			select {
+			case <-sc.Done():
+				t.Fatalf("the sidecar exited:\n%s", sc.Stderr())
+			default:
+			}
+			if code, _, err := sc.AdminRequest(http.MethodGet, "/ready"); err != nil || code != http.StatusOK {
+				t.Errorf("/ready = %d (%v), want 200", code, err)
+			}
+			st := sc.Stats(t)
+			failed, opened, closed := st["wasm.faulty.vm_failed"], st["wasm.faulty.fail_open"], st["wasm.faulty.fail_closed"]
+			t.Logf("wasm.faulty.vm_failed %d, fail_open %d, fail_closed %d", failed, opened, closed)
+			if failed < 2 {
+				t.Errorf("wasm.faulty.vm_failed = %d, want at least 2 (the trap and the loop)", failed)
+			}
+			if failOpen && (opened < 2 || closed != 0) || !failOpen && (closed < 2 || opened != 0) {
+				t.Errorf("fail_open %d, fail_closed %d with fail_open %t: want the failures counted on the configured side only", opened, closed, failOpen)
+			}
+		})
+	}
+}
