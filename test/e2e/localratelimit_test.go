@@ -4,7 +4,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,8 +12,20 @@ import (
 	"meshd.dev/meshd/internal/testutil"
 )
 
-// localRateLimitFilter limits to 100 requests per second (10 tokens every
-// 100 ms) with a burst of 100, enforced on every request.
+// The limit and the load of the rate-limit accuracy tests, the same for
+// the native and the WASM filter: 100 requests per second with a burst of
+// 100, offered 300 per second by 3 clients for 10 s.
+const (
+	accuracyRate     = 100 // the limit, req/s
+	accuracyBurst    = 100
+	accuracyClients  = 3
+	accuracyPerSec   = 100 // per client
+	accuracyDuration = 10 * time.Second
+)
+
+// localRateLimitFilter limits to accuracyRate requests per second (10
+// tokens every 100 ms) with a burst of accuracyBurst, enforced on every
+// request.
 const localRateLimitFilter = `          - name: envoy.filters.http.local_ratelimit
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
@@ -25,40 +36,36 @@ const localRateLimitFilter = `          - name: envoy.filters.http.local_ratelim
               enable_x_ratelimit_headers: DRAFT_VERSION_03
 `
 
-// TestLocalRateLimitAccuracy offers 300 req/s from 3 clients for 5 s to a
-// sidecar limiting to 100 req/s with a burst of 100: the admitted count must
-// be 100 per second of the run plus the burst, within ±5% of the 500.
+// TestLocalRateLimitAccuracy (issue 6, acceptance 2, native filter): see
+// checkRateLimitAccuracy.
 func TestLocalRateLimitAccuracy(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	const (
-		clients  = 3
-		perSec   = 100 // per client
-		duration = 5 * time.Second
-		rate     = 100 // the limit, req/s
-		burst    = 100
-	)
 	backend := testutil.StartEchoBackend(t)
-	bootstrap := testutil.MustBootstrap(t, testutil.BootstrapParams{BackendAddr: backend.Addr, UpstreamProtocol: testutil.UpstreamHTTP1})
-	const filtersLine = "          http_filters:\n"
-	if !strings.Contains(bootstrap, filtersLine) {
-		t.Fatalf("bootstrap has no http_filters line:\n%s", bootstrap)
-	}
-	bootstrap = strings.Replace(bootstrap, filtersLine, filtersLine+localRateLimitFilter, 1)
-	sc := testutil.StartSidecar(t, bootstrap)
-	url := "http://" + sc.ListenerAddr(t, testutil.DefaultListenerName) + "/echo"
+	sc := testutil.StartSidecar(t, withFilters(t, backend.Addr, localRateLimitFilter))
+	checkRateLimitAccuracy(t, sc, "http_local_rate_limiter.http_local_rate_limit.rate_limited")
+}
 
+// checkRateLimitAccuracy offers accuracyClients × accuracyPerSec req/s for
+// accuracyDuration to sc, whose listener limits to accuracyRate req/s
+// with a burst of accuracyBurst: the admitted count must be the burst plus
+// the rate times the run's length, within ±5% of rate × duration (the
+// 1000 of a 10 s run); every other request gets 429, counted in the
+// sidecar's stat limitedStat. A machine too loaded to offer 80% of the
+// load fails the test, or skips it under the race detector.
+func checkRateLimitAccuracy(t *testing.T, sc *testutil.Sidecar, limitedStat string) {
+	t.Helper()
+	url := "http://" + sc.ListenerAddr(t, testutil.DefaultListenerName) + "/echo"
+	limitedBefore := sc.Stats(t)[limitedStat]
 	var ok, limited, other atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for range accuracyClients {
+		wg.Go(func() {
 			client := http1Client()
 			defer client.CloseIdleConnections()
-			tick := time.NewTicker(time.Second / perSec)
+			tick := time.NewTicker(time.Second / accuracyPerSec)
 			defer tick.Stop()
-			for time.Since(start) < duration {
+			for time.Since(start) < accuracyDuration {
 				<-tick.C
 				resp, err := client.Get(url)
 				if err != nil {
@@ -76,25 +83,28 @@ func TestLocalRateLimitAccuracy(t *testing.T) {
 					other.Add(1)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	offered := ok.Load() + limited.Load() + other.Load()
-	want := float64(burst) + rate*elapsed.Seconds()
-	t.Logf("offered %d in %v (%.0f req/s): admitted %d, limited %d, other %d; expected admitted %.0f",
-		offered, elapsed.Round(time.Millisecond), float64(offered)/elapsed.Seconds(), ok.Load(), limited.Load(), other.Load(), want)
+	want := accuracyBurst + accuracyRate*elapsed.Seconds()
+	tol := 0.05 * accuracyRate * accuracyDuration.Seconds()
+	t.Logf("offered %d in %v (%.0f req/s): admitted %d, limited %d, other %d; expected admitted %.0f ± %.0f",
+		offered, elapsed.Round(time.Millisecond), float64(offered)/elapsed.Seconds(), ok.Load(), limited.Load(), other.Load(), want, tol)
 	if other.Load() != 0 {
 		t.Errorf("%d requests failed or got another status", other.Load())
 	}
-	if float64(offered) < 0.8*clients*perSec*duration.Seconds() {
-		t.Fatalf("offered only %d requests; the machine is too slow for this test", offered)
+	if min := 0.8 * accuracyClients * accuracyPerSec * accuracyDuration.Seconds(); float64(offered) < min {
+		if raceEnabled {
+			t.Skipf("offered only %d requests (want ≥ %.0f) under the race detector; the machine is too slow for this test", offered, min)
+		}
+		t.Fatalf("offered only %d requests (want ≥ %.0f); the machine is too slow for this test", offered, min)
 	}
-	if tol := 0.05 * rate * duration.Seconds(); math.Abs(float64(ok.Load())-want) > tol {
+	if math.Abs(float64(ok.Load())-want) > tol {
 		t.Errorf("admitted %d, want %.0f ± %.0f", ok.Load(), want, tol)
 	}
-	st := sc.Stats(t)
-	if got := st["http_local_rate_limiter.http_local_rate_limit.rate_limited"]; got != limited.Load() {
-		t.Errorf("http_local_rate_limiter.http_local_rate_limit.rate_limited = %d, want %d", got, limited.Load())
+	if got := sc.Stats(t)[limitedStat] - limitedBefore; got != limited.Load() {
+		t.Errorf("%s = %d, want %d (the 429s the clients saw)", limitedStat, got, limited.Load())
 	}
 }

@@ -273,3 +273,16 @@ func TestWasmFaultyGuest(t *testing.T) {
 		})
 	}
 }
+
+// TestWasmRateLimitAccuracy (issue 6, acceptance 2, WASM filter): the
+// rate-limit guest, configured as TestLocalRateLimitAccuracy's native
+// filter (100 req/s, burst 100, one global bucket), on a pool of
+// max(2, GOMAXPROCS) VM instances that share the bucket through shared
+// data; see checkRateLimitAccuracy.
+func TestWasmRateLimitAccuracy(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	backend := testutil.StartEchoBackend(t)
+	config := fmt.Sprintf(`{"requests_per_unit": %d, "unit": "second", "burst": %d, "key": "global"}`, accuracyRate, accuracyBurst)
+	sc := testutil.StartSidecar(t, withFilters(t, backend.Addr, wasmFilter("ratelimit", wasmbuild.Build(t, guestRateLimit), config, false)))
+	checkRateLimitAccuracy(t, sc, "wasmcustom.wasm_ratelimit.rate_limited")
+}
