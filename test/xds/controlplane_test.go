@@ -63,6 +63,10 @@ func TestControlPlaneRejectsBadStart(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
 	writeFile(t, bad, "apiVersion: meshd.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: m\nspec:\n  trustDomain: x\n  colour: blue\n")
+	wasmPolicy := filepath.Join(dir, "wasm.yaml")
+	writeFile(t, wasmPolicy, greeterMesh("127.0.0.1:50061")+wasmRateLimitDoc(10, 10, "global", ""))
+	emptyModule := filepath.Join(dir, "empty.wasm")
+	writeFile(t, emptyModule, "\x00asm\x01\x00\x00\x00") // valid, exports nothing
 	tests := []struct {
 		name string
 		args []string
@@ -73,6 +77,12 @@ func TestControlPlaneRejectsBadStart(t *testing.T) {
 		{"missing file", []string{"control-plane", "--config", filepath.Join(dir, "absent.yaml")}, 1, "no such file"},
 		{"unknown field", []string{"control-plane", "--config", bad}, 1, "spec.colour"},
 		{"bad address", []string{"control-plane", "--config", writeGood(t, dir), "--ca-dir", filepath.Join(dir, "ca"), "--xds-address", "127.0.0.1:99999"}, 1, "--xds-address"},
+		{"engine wasm without a module", []string{"control-plane", "--config", wasmPolicy, "--ca-dir", filepath.Join(dir, "ca"), "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"}, 1,
+			"RateLimitPolicy demo/greeter-limit: spec.engine wasm: the control plane has no rate-limit module to serve (meshd control-plane --ratelimit-wasm FILE)"},
+		{"ratelimit-wasm not wasm", []string{"control-plane", "--config", wasmPolicy, "--ca-dir", filepath.Join(dir, "ca"), "--ratelimit-wasm", bad}, 1,
+			"--ratelimit-wasm: ratelimit module " + bad + ": not a WebAssembly binary module"},
+		{"ratelimit-wasm without proxy-wasm exports", []string{"control-plane", "--config", wasmPolicy, "--ca-dir", filepath.Join(dir, "ca"), "--ratelimit-wasm", emptyModule}, 1,
+			"module does not export 23 proxy-wasm functions"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

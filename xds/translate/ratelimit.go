@@ -175,7 +175,7 @@ func (t *translator) wasmRateLimitFilter(p *model.RateLimitPolicy) []*hcmv3.Http
 		mod = &WasmModule{URL: ref.URL, SHA256: ref.SHA256}
 	}
 	if mod == nil {
-		t.fail(fmt.Errorf("translate: %s: spec.engine wasm: the control plane has no rate-limit module to serve (meshd control-plane --ratelimit-wasm FILE)", policyLabel(p)))
+		t.fail(noModule(p))
 		return nil
 	}
 	if _, _, err := mod.check(); err != nil {
@@ -212,6 +212,21 @@ func (t *translator) wasmRateLimitFilter(p *model.RateLimitPolicy) []*hcmv3.Http
 		Name:       WasmFilterName,
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: t.typed(cfg)},
 	}}
+}
+
+// checkRateLimitModules fails the translation when a policy with engine
+// wasm has no module, whether or not a Workload serves its target yet.
+func (t *translator) checkRateLimitModules() {
+	for _, p := range t.m.RateLimitPolicies {
+		if p.Spec.Engine == model.EngineWasm && p.Spec.Module == nil && t.opts.RateLimitModule == nil {
+			t.fail(noModule(p))
+			return
+		}
+	}
+}
+
+func noModule(p *model.RateLimitPolicy) error {
+	return fmt.Errorf("translate: %s: spec.engine wasm: the control plane has no rate-limit module to serve (meshd control-plane --ratelimit-wasm FILE)", policyLabel(p))
 }
 
 // moduleCluster is the cluster ModuleClusterName to the host serving mod.

@@ -102,6 +102,7 @@ func Translate(m *model.Mesh) (*Result, error) { return TranslateWith(m, Options
 // equal results.
 func TranslateWith(m *model.Mesh, opts Options) (*Result, error) {
 	t := &translator{m: m, opts: opts}
+	t.checkRateLimitModules()
 	res := &Result{Nodes: make(map[string]*Resources, len(m.Workloads))}
 	for _, w := range m.Workloads {
 		res.Nodes[w.NodeID()] = t.node(w)
