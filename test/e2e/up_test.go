@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"meshd.dev/meshd/examples"
 	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/internal/wasmbuild"
 )
 
 // Timeouts of the `meshd up` test.
@@ -263,4 +265,53 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 		w.t.Log(w.prefix + l)
 	}
 	return len(p), nil
+}
+
+// TestUpWasmRateLimit runs `meshd up -f` on the built-in example with its
+// RateLimitPolicy switched to engine wasm at 20 calls/s (burst 20) and the
+// rate-limit module given with --ratelimit-wasm: the in-process control
+// plane serves the module, the server sidecar fetches it, and the sample
+// client's 100 calls/s end OK or RESOURCE_EXHAUSTED, nothing else.
+func TestUpWasmRateLimit(t *testing.T) {
+	wasmProcessTest(t)
+	bin := testutil.BuildMeshd(t)
+	module := wasmbuild.Build(t, guestRateLimit)
+	mesh := string(examples.Mesh)
+	for _, e := range [][2]string{{"engine: native", "engine: wasm"}, {"requestsPerUnit: 500", "requestsPerUnit: 20"}, {"burst: 500", "burst: 20"}} {
+		if !strings.Contains(mesh, e[0]) {
+			t.Fatalf("examples/mesh.yaml has no %q", e[0])
+		}
+		mesh = strings.Replace(mesh, e[0], e[1], 1)
+	}
+	dir := t.TempDir()
+	meshPath := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(meshPath, []byte(mesh), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), upStartTimeout+upExitTimeout+30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "up", "-f", meshPath, "--samples", "--quiet", "--duration", "8s", "--ratelimit-wasm", module)
+	cmd.Dir = dir
+	cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
+	cmd.WaitDelay = time.Second
+	out, err := cmd.Output()
+	t.Logf("meshd up output:\n%s", out)
+	if err != nil {
+		t.Fatalf("meshd up: %v, want exit 0", err)
+	}
+	var summary string
+	for l := range strings.Lines(string(out)) {
+		if strings.HasPrefix(l, "meshd up: ") {
+			summary = strings.TrimSpace(l)
+		}
+	}
+	m := regexp.MustCompile(`^meshd up: (\d+) calls, (\d+) errors \(ResourceExhausted (\d+)\)`).FindStringSubmatch(summary)
+	if m == nil {
+		t.Fatalf("summary %q: want calls with ResourceExhausted errors only", summary)
+	}
+	calls, _ := strconv.Atoi(m[1])
+	errs, _ := strconv.Atoi(m[2])
+	if exhausted, _ := strconv.Atoi(m[3]); exhausted != errs || calls <= errs {
+		t.Errorf("summary %q: want some calls admitted and every error ResourceExhausted", summary)
+	}
 }

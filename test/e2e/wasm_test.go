@@ -25,6 +25,23 @@ const (
 	guestRateLimit     = "meshd.dev/meshd/filters/ratelimit/guest"
 )
 
+// wasmProcessTest marks a test that runs WASM modules in meshd processes.
+// A race-built meshd compiles a module with wazero's compiler instrumented
+// by the detector, which takes longer (tens of seconds for the 3–4 MB
+// SDK guests on a loaded 2-core machine) than a sidecar's readiness bound;
+// so such a test is skipped under -race, and .ci/run runs it once more
+// without -race, selecting tests by "Wasm" in their name. The WASM host
+// itself is race-tested in-process (wasm, filters/wasm, proxy/http/hcm).
+func wasmProcessTest(t *testing.T) {
+	t.Helper()
+	if !strings.Contains(t.Name(), "Wasm") {
+		t.Fatalf("%s calls wasmProcessTest but its name lacks \"Wasm\": the non-race CI step (go test -run Wasm ./test/e2e/ ./test/xds/) would never run it", t.Name())
+	}
+	if raceEnabled {
+		t.Skip("runs WASM modules in sidecar processes: skipped under -race (see wasmProcessTest); .ci/run runs it without -race: go test -count=1 -run Wasm ./test/e2e/ ./test/xds/")
+	}
+}
+
 // wasmFilter is one entry of http_filters running the module file, written
 // the way Envoy's documentation writes the Wasm filter: typed_config
 // envoy.extensions.filters.http.wasm.v3.Wasm, runtime envoy.wasm.runtime.v8,
@@ -96,6 +113,7 @@ func get(t *testing.T, client *http.Client, url string, headers ...string) (*htt
 // the tick publishes it; http_call reaches a cluster and its response
 // resumes the paused request.
 func TestWasmSDKGuests(t *testing.T) {
+	wasmProcessTest(t)
 	backend := testutil.StartEchoBackend(t)
 	start := func(t *testing.T, name, pkg, config string) (*http.Client, string) {
 		sc := testutil.StartSidecar(t, withFilters(t, backend.Addr, wasmFilter(name, wasmbuild.Build(t, pkg), config, false)))
@@ -201,6 +219,7 @@ func TestWasmSDKGuests(t *testing.T) {
 // get InvalidMemoryAccess (6), and the guest carries on. The sidecar stays
 // up and ready throughout.
 func TestWasmFaultyGuest(t *testing.T) {
+	wasmProcessTest(t)
 	module := wasmbuild.Build(t, guestFaulty)
 	backend := testutil.StartEchoBackend(t)
 	for _, failOpen := range []bool{true, false} {
@@ -280,6 +299,7 @@ func TestWasmFaultyGuest(t *testing.T) {
 // max(2, GOMAXPROCS) VM instances that share the bucket through shared
 // data; see checkRateLimitAccuracy.
 func TestWasmRateLimitAccuracy(t *testing.T) {
+	wasmProcessTest(t)
 	testutil.CheckGoroutines(t)
 	backend := testutil.StartEchoBackend(t)
 	config := fmt.Sprintf(`{"requests_per_unit": %d, "unit": "second", "burst": %d, "key": "global"}`, accuracyRate, accuracyBurst)
