@@ -271,7 +271,8 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 // RateLimitPolicy switched to engine wasm at 20 calls/s (burst 20) and the
 // rate-limit module given with --ratelimit-wasm: the in-process control
 // plane serves the module, the server sidecar fetches it, and the sample
-// client's 100 calls/s end OK or RESOURCE_EXHAUSTED, nothing else.
+// client's 100 calls/s, for 3 s after start-up, end OK or
+// RESOURCE_EXHAUSTED, nothing else.
 func TestUpWasmRateLimit(t *testing.T) {
 	wasmProcessTest(t)
 	bin := testutil.BuildMeshd(t)
@@ -290,28 +291,63 @@ func TestUpWasmRateLimit(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), upStartTimeout+upExitTimeout+30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "up", "-f", meshPath, "--samples", "--quiet", "--duration", "8s", "--ratelimit-wasm", module)
+	// No --duration: it would count the start-up (the module's compile).
+	cmd := exec.CommandContext(ctx, bin, "up", "-f", meshPath, "--samples", "--quiet", "--ratelimit-wasm", module)
 	cmd.Dir = dir
 	cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
 	cmd.WaitDelay = time.Second
-	out, err := cmd.Output()
-	t.Logf("meshd up output:\n%s", out)
+	out, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatalf("meshd up: %v, want exit 0", err)
+		t.Fatal(err)
 	}
-	var summary string
-	for l := range strings.Lines(string(out)) {
-		if strings.HasPrefix(l, "meshd up: ") {
-			summary = strings.TrimSpace(l)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
 		}
+	})
+	lines := make(chan string, 256)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var summary string
+	ready := time.After(upStartTimeout)
+	var stop <-chan time.Time
+	for l := range lines {
+		t.Log(l)
+		if l == "Ctrl-C stops everything." {
+			ready, stop = nil, time.After(3*time.Second)
+			go func() {
+				<-stop
+				_ = cmd.Process.Signal(syscall.SIGINT)
+			}()
+		}
+		select {
+		case <-ready:
+			t.Fatalf("meshd up not ready within %v", upStartTimeout)
+		default:
+		}
+		if strings.HasPrefix(l, "meshd up: ") {
+			summary = l
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("meshd up: %v, want exit 0", err)
 	}
 	m := regexp.MustCompile(`^meshd up: (\d+) calls, (\d+) errors \(ResourceExhausted (\d+)\)`).FindStringSubmatch(summary)
 	if m == nil {
 		t.Fatalf("summary %q: want calls with ResourceExhausted errors only", summary)
 	}
+	// "N calls" counts the successful ones.
 	calls, _ := strconv.Atoi(m[1])
 	errs, _ := strconv.Atoi(m[2])
-	// "N calls" counts the successful ones.
 	if exhausted, _ := strconv.Atoi(m[3]); exhausted != errs || errs == 0 || calls == 0 {
 		t.Errorf("summary %q: want calls admitted, calls limited, and every error ResourceExhausted", summary)
 	}
