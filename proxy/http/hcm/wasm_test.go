@@ -41,7 +41,7 @@ func TestWasmGuestsInChain(t *testing.T) {
 
 // waitPluginsClosed waits until the plugins of the test's (collected)
 // factories are closed, so that their VM goroutines are gone.
-func waitPluginsClosed(t *testing.T) {
+func waitPluginsClosed(t testing.TB) {
 	deadline := time.Now().Add(10 * time.Second)
 	for wasmfilter.Default.Running() > 0 {
 		if time.Now().After(deadline) {
