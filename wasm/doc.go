@@ -31,11 +31,17 @@
 //   - Memory: each instance's linear memory is capped by
 //     EngineConfig.MemoryLimitPages (DefaultMemoryLimitPages, 128 MiB).
 //   - Time: each callback has Config.CallbackTimeout (DefaultCallbackTimeout,
-//     100 ms). The runtime is built WithCloseOnContextDone(true) and every
-//     callback runs under the instance's context, cancelled by a per-instance
-//     timer at the deadline; wazero then closes the module at the next loop
-//     header or function entry, so an infinite loop ends within about the
-//     deadline. Instance start has Config.StartTimeout.
+//     100 ms); instance start has Config.StartTimeout. The engine rewrites
+//     every module before compiling it (instrumentLoops): each loop head
+//     tests an exported interrupt global, and every 4096 iterations exits
+//     to Go once (a memory.grow of 0 pages) so the goroutine can be
+//     preempted. One watchdog goroutine per Plugin, ticking every quarter of
+//     the callback timeout (1 to 25 ms), sets the global of an instance
+//     whose call has overrun; the guest traps at its next loop iteration.
+//     So an infinite loop ends within the deadline plus one tick, and a
+//     guest call costs no goroutine (wazero's WithCloseOnContextDone starts
+//     one per call and exits to Go at every loop iteration). Trusted guests
+//     (EngineConfig.TrustedGuests) are not rewritten and cannot be stopped.
 //   - Guest pointers: every pointer and length from the guest is
 //     bounds-checked; out of range gives StatusInvalidMemoryAccess, never a
 //     host panic.

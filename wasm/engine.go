@@ -21,14 +21,14 @@ type EngineConfig struct {
 	// MemoryLimitPages caps every instance's linear memory, in 64 KiB pages.
 	// 0 means DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
-	// TrustedGuests builds the runtime without WithCloseOnContextDone. wazero
-	// then neither inserts termination checks into compiled code nor starts a
-	// watcher goroutine per guest call, which saves about 1.5 µs per callback
-	// (BenchmarkNoopHeaders: ~10 µs → ~1.3 µs per stream of six callbacks),
-	// but a callback that loops forever can no longer be interrupted: it
-	// hangs its instance and the streams pinned to it. A callback that
-	// overruns Config.CallbackTimeout and then returns still breaks (and
-	// replaces) its instance. Use it only for modules you trust.
+	// TrustedGuests skips the loop instrumentation that lets the host stop a
+	// callback at its deadline (see instrumentLoops): the module runs as
+	// compiled from its own bytes, and a callback that loops forever can no
+	// longer be interrupted: it hangs its instance and the streams pinned to
+	// it. A callback that overruns Config.CallbackTimeout and then returns
+	// still breaks (and replaces) its instance. The instrumentation costs one
+	// load and branch per loop iteration, so this saves little; use it only
+	// for modules you trust.
 	TrustedGuests bool
 	// Cache, when set, shares compiled machine code across Engines (for
 	// example wazero.NewCompilationCacheWithDir for faster sidecar restarts).
@@ -48,6 +48,8 @@ type Engine struct {
 	// cached: compiled code belongs to an EngineConfig.Cache, so release
 	// must not delete it from there.
 	cached bool
+	// trusted: modules are compiled without the interruption checks.
+	trusted bool
 
 	mu       sync.Mutex
 	compiled map[[32]byte]*compiledEntry // guarded by mu
@@ -59,9 +61,10 @@ type compiledEntry struct {
 	refs int
 }
 
-// NewEngine creates a runtime with WithCloseOnContextDone(!cfg.TrustedGuests), so a guest
-// callback that overruns its deadline is interrupted, and the configured
-// memory limit.
+// NewEngine creates a runtime with the configured memory limit. Guest
+// callbacks are bounded by loop instrumentation and a per-plugin watchdog
+// (see instrumentLoops), not by wazero's WithCloseOnContextDone, which costs
+// a goroutine per guest call and an exit to Go at every loop iteration.
 func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	pages := cfg.MemoryLimitPages
 	if pages == 0 {
@@ -70,7 +73,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	if pages > 65536 {
 		return nil, fmt.Errorf("wasm: memory_limit_pages %d exceeds the 32-bit maximum 65536", pages)
 	}
-	rc := wazero.NewRuntimeConfig().WithCloseOnContextDone(!cfg.TrustedGuests).WithMemoryLimitPages(pages)
+	rc := wazero.NewRuntimeConfig().WithMemoryLimitPages(pages)
 	if cfg.Cache != nil {
 		rc = rc.WithCompilationCache(cfg.Cache)
 	}
@@ -83,7 +86,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		_ = rt.Close(ctx)
 		return nil, fmt.Errorf("wasm: instantiate proxy-wasm host module: %w", err)
 	}
-	e := &Engine{rt: rt, compiled: make(map[[32]byte]*compiledEntry), cached: cfg.Cache != nil}
+	e := &Engine{rt: rt, compiled: make(map[[32]byte]*compiledEntry), cached: cfg.Cache != nil, trusted: cfg.TrustedGuests}
 	e.shared.init()
 	return e, nil
 }
@@ -106,7 +109,14 @@ func (e *Engine) compile(ctx context.Context, bin []byte) (wazero.CompiledModule
 	}
 	e.mu.Unlock()
 	// Compile outside the lock: compiling a multi-MiB module takes seconds.
-	mod, err := e.rt.CompileModule(ctx, bin)
+	code := bin
+	if !e.trusted {
+		var err error
+		if code, err = instrumentLoops(bin); err != nil {
+			return nil, sum, fmt.Errorf("compile module sha256 %x: add interruption checks: %w", sum, err)
+		}
+	}
+	mod, err := e.rt.CompileModule(ctx, code)
 	if err != nil {
 		return nil, sum, fmt.Errorf("compile module sha256 %x: %w", sum, err)
 	}

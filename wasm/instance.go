@@ -27,6 +27,7 @@ type instKey struct{}
 // the module does not have, and the host then skips that callback.
 type guestFuncs struct {
 	malloc, contextCreate, vmStart, configure                    api.Function
+	contextCreateMask                                            api.Function // meshd_on_context_create
 	requestHeaders, requestBody, requestTrailers                 api.Function
 	responseHeaders, responseBody, responseTrailers              api.Function
 	httpCallResponse, tick, queueReady, log, done, deleteContext api.Function
@@ -41,10 +42,18 @@ type instance struct {
 	fns  guestFuncs
 
 	// ctx carries instKey → the instance to host functions; cancelled when
-	// a callback overruns its deadline (timer) or the instance closes.
+	// the instance closes (which stops the worker).
 	ctx    context.Context
 	cancel context.CancelFunc
-	timer  *time.Timer
+
+	// interrupt is the guest's interruptExport global (nil for trusted
+	// guests): the watchdog sets it to stop a callback that overran.
+	interrupt api.MutableGlobal
+	// The running guest call, for the watchdog (Plugin.watchdog).
+	wdMu      sync.Mutex
+	wdStart   time.Time     // guarded by wdMu; zero while no call runs
+	wdLimit   time.Duration // guarded by wdMu
+	wdTripped bool          // guarded by wdMu: the watchdog stopped the call
 
 	broken atomic.Bool
 	closed atomic.Bool
@@ -88,10 +97,9 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 	i.nextID.Store(rootContextID)
 	ictx, cancel := context.WithCancel(p.ctx)
 	i.ctx, i.cancel = context.WithValue(ictx, instKey{}, i), cancel
-	i.timer = time.AfterFunc(time.Hour, cancel)
-	i.timer.Stop()
 
-	sctx, scancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
+	startDeadline := time.Now().Add(p.cfg.StartTimeout)
+	sctx, scancel := context.WithDeadline(ctx, startDeadline)
 	defer scancel()
 	sctx = context.WithValue(sctx, instKey{}, i)
 	out := &logWriter{log: p.log, slot: slot}
@@ -104,13 +112,31 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
 	i.mod = mod
+	p.watch(i)
 	fail := func(err error) (*instance, error) {
+		p.unwatch(i)
 		cancel()
 		_ = mod.Close(context.Background())
 		return nil, err
 	}
 	if mod.Memory() == nil {
 		return fail(errors.New("module exports no memory"))
+	}
+	if !p.engine.trusted {
+		g, ok := mod.ExportedGlobal(interruptExport).(api.MutableGlobal)
+		if !ok {
+			return fail(fmt.Errorf("instrumented module lacks the mutable global %s", interruptExport))
+		}
+		i.interrupt = g
+	}
+	// startCall runs one start step under what is left of StartTimeout,
+	// enforced by the watchdog like a callback deadline.
+	startCall := func(fn api.Function, name string, args ...uint64) (uint64, error) {
+		r, err, overran := i.guarded(sctx, fn, name, time.Until(startDeadline), args...)
+		if overran {
+			err = fmt.Errorf("%s: exceeded the %v start timeout: %w", name, p.cfg.StartTimeout, errors.Join(err, context.DeadlineExceeded))
+		}
+		return r, err
 	}
 	f := mod.ExportedFunction
 	i.fns = guestFuncs{
@@ -121,7 +147,7 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 		responseBody: f("proxy_on_response_body"), responseTrailers: f("proxy_on_response_trailers"),
 		httpCallResponse: f("proxy_on_http_call_response"), tick: f("proxy_on_tick"),
 		queueReady: f("proxy_on_queue_ready"), log: f("proxy_on_log"), done: f("proxy_on_done"),
-		deleteContext: f("proxy_on_delete"),
+		deleteContext: f("proxy_on_delete"), contextCreateMask: f("meshd_on_context_create"),
 	}
 	if i.fns.malloc == nil {
 		i.fns.malloc = f("malloc")
@@ -133,12 +159,12 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 		return fail(errors.New("module does not export proxy_on_context_create"))
 	}
 	if init := f("_initialize"); init != nil {
-		if _, err := i.invoke(sctx, init, "_initialize"); err != nil {
+		if _, err := startCall(init, "_initialize"); err != nil {
 			return fail(err)
 		}
 	}
 	i.effective = rootContextID
-	if _, err := i.invoke(sctx, i.fns.contextCreate, "proxy_on_context_create(root)", rootContextID, 0); err != nil {
+	if _, err := startCall(i.fns.contextCreate, "proxy_on_context_create(root)", rootContextID, 0); err != nil {
 		return fail(err)
 	}
 	for _, step := range []struct {
@@ -152,7 +178,7 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 		if step.fn == nil {
 			continue
 		}
-		ok, err := i.invoke(sctx, step.fn, step.name, rootContextID, uint64(step.size))
+		ok, err := startCall(step.fn, step.name, rootContextID, uint64(step.size))
 		if err != nil {
 			return fail(err)
 		}
@@ -166,7 +192,8 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 }
 
 // invoke calls fn with args and returns its first result. It neither locks
-// nor applies the callback deadline: ctx bounds it.
+// nor applies a deadline: host functions use it for nested calls (the
+// guest's allocator), which the enclosing guarded call bounds.
 func (i *instance) invoke(ctx context.Context, fn api.Function, name string, args ...uint64) (uint64, error) {
 	stack := i.stack
 	if len(stack) < len(args) {
@@ -179,6 +206,38 @@ func (i *instance) invoke(ctx context.Context, fn api.Function, name string, arg
 	return stack[0], nil
 }
 
+// guarded is invoke under a deadline of limit from now, which the plugin's
+// watchdog enforces by setting the interrupt global (the guest then traps at
+// its next loop iteration). overran reports that the call ran past limit,
+// whether or not it was stopped; the instance must then be discarded.
+func (i *instance) guarded(ctx context.Context, fn api.Function, name string, limit time.Duration, args ...uint64) (r uint64, err error, overran bool) {
+	start := time.Now()
+	i.wdMu.Lock()
+	i.wdStart, i.wdLimit = start, limit
+	i.wdMu.Unlock()
+	r, err = i.invoke(ctx, fn, name, args...)
+	i.wdMu.Lock()
+	tripped := i.wdTripped
+	i.wdStart = time.Time{}
+	i.wdMu.Unlock()
+	return r, err, tripped || time.Since(start) > limit
+}
+
+// checkDeadline is the watchdog's test of one instance at now: a call that
+// has run past its limit is marked tripped and, unless the guest is
+// trusted, interrupted.
+func (i *instance) checkDeadline(now time.Time) {
+	i.wdMu.Lock()
+	defer i.wdMu.Unlock()
+	if i.wdStart.IsZero() || i.wdTripped || now.Sub(i.wdStart) <= i.wdLimit {
+		return
+	}
+	i.wdTripped = true
+	if i.interrupt != nil {
+		i.interrupt.Set(1)
+	}
+}
+
 // call runs one callback under the callback deadline; i.mu must be held.
 // Any failure (trap, deadline, closed module) breaks the instance, which is
 // then replaced in the background, and returns an error wrapping
@@ -187,11 +246,11 @@ func (i *instance) call(fn api.Function, name string, args ...uint64) (uint64, e
 	if i.broken.Load() {
 		return 0, ErrUnavailable
 	}
-	i.timer.Reset(i.p.cfg.CallbackTimeout)
-	r, err := i.invoke(i.ctx, fn, name, args...)
-	if !i.timer.Stop() {
-		// The deadline fired: the context is cancelled for good, so the
-		// instance is unusable even if the call happened to finish.
+	r, err, overran := i.guarded(i.ctx, fn, name, i.p.cfg.CallbackTimeout, args...)
+	if overran {
+		// Even a call that finished is suspect after the deadline (the
+		// watchdog may have set the interrupt flag as it returned), so the
+		// instance is not used again.
 		err = fmt.Errorf("%s: exceeded the %v callback deadline: %w", name, i.p.cfg.CallbackTimeout, errors.Join(err, context.DeadlineExceeded))
 	}
 	if err == nil && i.broken.Load() {
@@ -225,7 +284,7 @@ func (i *instance) close() {
 		return
 	}
 	i.cancel()
-	i.timer.Stop()
+	i.p.unwatch(i)
 	_ = i.mod.Close(context.Background())
 }
 

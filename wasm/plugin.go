@@ -15,9 +15,10 @@ import (
 
 // DefaultCallbackTimeout bounds one guest callback (headers, body, trailers,
 // tick, queue ready, HTTP-call response, log/done/delete). A callback still
-// running at the deadline is interrupted (wazero closes the module, which
-// WithCloseOnContextDone makes observable at every loop header and function
-// entry), the instance is replaced, and the call returns an error.
+// running at the deadline is interrupted (the plugin's watchdog sets the
+// instance's interrupt flag, which the guest tests at every loop iteration;
+// see instrumentLoops), the instance is replaced, and the call returns an
+// error.
 const DefaultCallbackTimeout = 100 * time.Millisecond
 
 // DefaultStartTimeout bounds instantiation of one VM: _initialize,
@@ -162,6 +163,9 @@ type Plugin struct {
 	next    atomic.Uint32
 	closing atomic.Bool
 
+	watchMu sync.Mutex
+	watched map[*instance]struct{} // guarded by watchMu: instances the watchdog checks
+
 	mu        sync.Mutex
 	instances []*instance // guarded by mu; a broken one is replaced in place
 	metricIDs map[string]uint32
@@ -217,6 +221,9 @@ func NewPlugin(ctx context.Context, cfg Config) (*Plugin, error) {
 		return nil, fmt.Errorf("wasm: module sha256 %x: %w", sum, err)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.watched = make(map[*instance]struct{})
+	p.wg.Add(1)
+	go p.watchdog()
 	p.instances = make([]*instance, cfg.PoolSize)
 	for i := range p.instances {
 		inst, err := p.startInstance(ctx, i)
@@ -260,6 +267,53 @@ func (p *Plugin) closeEngine() {
 	if p.ownEng {
 		_ = p.engine.Close(context.Background())
 	}
+}
+
+// watchPeriod is how often the watchdog checks running calls for a
+// callback deadline of d: a quarter of it, between 1 ms and 25 ms, so a
+// callback is stopped at most max(d/4, 1 ms, 25 ms) late.
+func watchPeriod(d time.Duration) time.Duration {
+	return min(max(d/4, time.Millisecond), 25*time.Millisecond)
+}
+
+// watchdog stops guest calls that overran their deadline (see
+// instance.checkDeadline) until the plugin closes. One goroutine per plugin
+// replaces wazero's goroutine per guest call.
+func (p *Plugin) watchdog() {
+	defer p.wg.Done()
+	t := time.NewTicker(watchPeriod(p.cfg.CallbackTimeout))
+	defer t.Stop()
+	var insts []*instance
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case now := <-t.C:
+			p.watchMu.Lock()
+			for i := range p.watched {
+				insts = append(insts, i)
+			}
+			p.watchMu.Unlock()
+			for _, i := range insts {
+				i.checkDeadline(now)
+			}
+			clear(insts)
+			insts = insts[:0]
+		}
+	}
+}
+
+// watch and unwatch add and remove an instance from the watchdog's set.
+func (p *Plugin) watch(i *instance) {
+	p.watchMu.Lock()
+	p.watched[i] = struct{}{}
+	p.watchMu.Unlock()
+}
+
+func (p *Plugin) unwatch(i *instance) {
+	p.watchMu.Lock()
+	delete(p.watched, i)
+	p.watchMu.Unlock()
 }
 
 // pick returns a healthy instance, round robin, or nil when all are broken.
