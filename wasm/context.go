@@ -19,6 +19,7 @@ type HTTPContext struct {
 
 	// Owned by the instance lock.
 	created bool
+	mask    uint32 // the callbacks to run (cb* bits), set at creation
 	ended   bool
 	props   map[string][]byte // set by proxy_set_property
 }
@@ -39,33 +40,33 @@ func (p *Plugin) NewHTTPContext(s StreamHost) *HTTPContext {
 
 // OnRequestHeaders runs proxy_on_request_headers.
 func (c *HTTPContext) OnRequestHeaders(numHeaders int, endStream bool) (Action, error) {
-	return c.action(func(f *guestFuncs) api.Function { return f.requestHeaders }, "proxy_on_request_headers", uint64(numHeaders), b2u(endStream))
+	return c.action(cbRequestHeaders, func(f *guestFuncs) api.Function { return f.requestHeaders }, "proxy_on_request_headers", uint64(numHeaders), b2u(endStream))
 }
 
 // OnRequestBody runs proxy_on_request_body with the size of the body
 // buffered so far.
 func (c *HTTPContext) OnRequestBody(size int, endStream bool) (Action, error) {
-	return c.action(func(f *guestFuncs) api.Function { return f.requestBody }, "proxy_on_request_body", uint64(size), b2u(endStream))
+	return c.action(cbRequestBody, func(f *guestFuncs) api.Function { return f.requestBody }, "proxy_on_request_body", uint64(size), b2u(endStream))
 }
 
 // OnRequestTrailers runs proxy_on_request_trailers.
 func (c *HTTPContext) OnRequestTrailers(numTrailers int) (Action, error) {
-	return c.action(func(f *guestFuncs) api.Function { return f.requestTrailers }, "proxy_on_request_trailers", uint64(numTrailers))
+	return c.action(cbRequestTrailers, func(f *guestFuncs) api.Function { return f.requestTrailers }, "proxy_on_request_trailers", uint64(numTrailers))
 }
 
 // OnResponseHeaders runs proxy_on_response_headers.
 func (c *HTTPContext) OnResponseHeaders(numHeaders int, endStream bool) (Action, error) {
-	return c.action(func(f *guestFuncs) api.Function { return f.responseHeaders }, "proxy_on_response_headers", uint64(numHeaders), b2u(endStream))
+	return c.action(cbResponseHeaders, func(f *guestFuncs) api.Function { return f.responseHeaders }, "proxy_on_response_headers", uint64(numHeaders), b2u(endStream))
 }
 
 // OnResponseBody runs proxy_on_response_body.
 func (c *HTTPContext) OnResponseBody(size int, endStream bool) (Action, error) {
-	return c.action(func(f *guestFuncs) api.Function { return f.responseBody }, "proxy_on_response_body", uint64(size), b2u(endStream))
+	return c.action(cbResponseBody, func(f *guestFuncs) api.Function { return f.responseBody }, "proxy_on_response_body", uint64(size), b2u(endStream))
 }
 
 // OnResponseTrailers runs proxy_on_response_trailers.
 func (c *HTTPContext) OnResponseTrailers(numTrailers int) (Action, error) {
-	return c.action(func(f *guestFuncs) api.Function { return f.responseTrailers }, "proxy_on_response_trailers", uint64(numTrailers))
+	return c.action(cbResponseTrailers, func(f *guestFuncs) api.Function { return f.responseTrailers }, "proxy_on_response_trailers", uint64(numTrailers))
 }
 
 // Done ends the stream's context: proxy_on_done, proxy_on_log and
@@ -88,11 +89,12 @@ func (c *HTTPContext) Done() error {
 	}
 	prev := i.effective
 	defer func() { i.effective = prev }()
-	for _, cb := range []struct {
+	for _, cb := range [...]struct {
 		fn   api.Function
 		name string
-	}{{i.fns.done, "proxy_on_done"}, {i.fns.log, "proxy_on_log"}, {i.fns.deleteContext, "proxy_on_delete"}} {
-		if cb.fn == nil {
+		bit  uint32
+	}{{i.fns.done, "proxy_on_done", cbDone}, {i.fns.log, "proxy_on_log", cbStreamDone}, {i.fns.deleteContext, "proxy_on_delete", cbDelete}} {
+		if cb.fn == nil || c.mask&cb.bit == 0 {
 			continue
 		}
 		i.effective = c.id
@@ -105,8 +107,9 @@ func (c *HTTPContext) Done() error {
 
 // action runs one stream callback: it creates the context on first use,
 // makes it the effective context, calls the export (Continue when the guest
-// does not export it) and maps the result to an Action.
-func (c *HTTPContext) action(pick func(*guestFuncs) api.Function, name string, args ...uint64) (Action, error) {
+// does not export it, or its context leaves bit to the SDK default) and maps
+// the result to an Action.
+func (c *HTTPContext) action(bit uint32, pick func(*guestFuncs) api.Function, name string, args ...uint64) (Action, error) {
 	i := c.inst
 	if i == nil {
 		return Continue, fmt.Errorf("%s: %w: no healthy instance", name, ErrUnavailable)
@@ -124,13 +127,20 @@ func (c *HTTPContext) action(pick func(*guestFuncs) api.Function, name string, a
 	i.effective = c.id
 	if !c.created {
 		i.streams[c.id] = c
-		if _, err := i.call(i.fns.contextCreate, "proxy_on_context_create", uint64(c.id), rootContextID); err != nil {
+		c.mask = cbAll
+		if i.fns.contextCreateMask != nil {
+			m, err := i.call(i.fns.contextCreateMask, "meshd_on_context_create", uint64(c.id), rootContextID)
+			if err != nil {
+				return Continue, err
+			}
+			c.mask = uint32(m)&cbHTTP | cbDelete
+		} else if _, err := i.call(i.fns.contextCreate, "proxy_on_context_create", uint64(c.id), rootContextID); err != nil {
 			return Continue, err
 		}
 		c.created = true
 	}
 	fn := pick(&i.fns)
-	if fn == nil {
+	if fn == nil || c.mask&bit == 0 {
 		return Continue, nil
 	}
 	var stack [3]uint64
@@ -145,6 +155,25 @@ func (c *HTTPContext) action(pick func(*guestFuncs) api.Function, name string, a
 	}
 	return Pause, nil
 }
+
+// The bits of HTTPContext.mask, as meshd_on_context_create returns them (an
+// optional guest export, see doc.go "Skipped callbacks"): one per HTTP
+// context callback the guest implements itself.
+const (
+	cbRequestHeaders uint32 = 1 << iota
+	cbRequestBody
+	cbRequestTrailers
+	cbResponseHeaders
+	cbResponseBody
+	cbResponseTrailers
+	cbStreamDone // proxy_on_log
+	cbDone       // proxy_on_done
+	// cbHTTP is every bit a guest may clear.
+	cbHTTP = 1<<iota - 1
+	// cbDelete is proxy_on_delete, which always runs.
+	cbDelete uint32 = 1 << 31
+	cbAll           = cbHTTP | cbDelete
+)
 
 func b2u(b bool) uint64 {
 	if b {

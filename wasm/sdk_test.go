@@ -3,6 +3,7 @@ package wasm
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -112,6 +113,36 @@ func BenchmarkSDKRateLimitGuest(b *testing.B) {
 					_ = c.Done()
 				}
 			})
+		})
+	}
+}
+
+// TestSDKCallbackMask checks meshd_on_context_create's report of the
+// callbacks each SDK guest's HTTP context implements, and that the host
+// then runs only those (plus proxy_on_delete).
+func TestSDKCallbackMask(t *testing.T) {
+	tests := []struct {
+		pkg, config string
+		want        uint32
+	}{
+		{"meshd.dev/meshd/test/wasm/guests/noop", "", cbDelete},
+		{"meshd.dev/meshd/filters/ratelimit/guest", `{"requests_per_unit": 100}`, cbRequestHeaders | cbResponseHeaders | cbDelete},
+		{"meshd.dev/meshd/test/wasm/guests/headers", `{}`, cbRequestHeaders | cbResponseHeaders | cbDelete},
+	}
+	for _, tc := range tests {
+		t.Run(tc.pkg[strings.LastIndex(tc.pkg, "/")+1:], func(t *testing.T) {
+			mod := sdkGuest(t, tc.pkg)
+			p, _ := newTestPlugin(t, tc.config, func(c *Config) { c.Module = mod; c.PoolSize = 1 })
+			c := p.NewHTTPContext(newStream([2]string{":path", "/"}))
+			if _, err := c.OnRequestHeaders(1, true); err != nil {
+				t.Fatal(err)
+			}
+			if c.mask != tc.want {
+				t.Errorf("mask = %#x, want %#x", c.mask, tc.want)
+			}
+			if err := c.Done(); err != nil {
+				t.Fatal(err)
+			}
 		})
 	}
 }

@@ -95,6 +95,7 @@ var RequiredExports = []string{
 	"proxy_on_downstream_connection_close",
 	"proxy_on_upstream_data",
 	"proxy_on_upstream_connection_close",
+	"meshd_on_context_create",
 }
 
 // Overlay is the JSON document `go build -overlay` reads: build path → file
