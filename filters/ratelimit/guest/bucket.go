@@ -18,8 +18,10 @@ type bucketState struct {
 
 const bucketStateSize = 16
 
-func (b bucketState) encode() []byte {
-	buf := make([]byte, bucketStateSize)
+// encodeTo encodes b into buf (at least bucketStateSize bytes) and returns
+// the encoded bytes.
+func (b bucketState) encodeTo(buf []byte) []byte {
+	buf = buf[:bucketStateSize]
 	binary.LittleEndian.PutUint64(buf[0:], math.Float64bits(b.tokens))
 	binary.LittleEndian.PutUint64(buf[8:], uint64(b.last))
 	return buf

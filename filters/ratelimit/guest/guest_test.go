@@ -283,7 +283,7 @@ func TestBadConfigFailsStart(t *testing.T) {
 
 func TestBucketEncoding(t *testing.T) {
 	b := bucketState{tokens: 2.5, last: 123456789}
-	got, err := decodeBucket(b.encode())
+	got, err := decodeBucket(b.encodeTo(make([]byte, bucketStateSize)))
 	if err != nil || got != b {
 		t.Fatalf("round trip = %+v, %v", got, err)
 	}

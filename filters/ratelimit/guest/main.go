@@ -69,6 +69,12 @@ type pluginContext struct {
 	cfg    settings
 	prefix string          // shared-data key prefix: identifies the configuration
 	seen   map[string]bool // shared-data keys this VM has used, refilled on tick
+	// globalKey is prefix+"global", built once; limit the
+	// x-ratelimit-limit value.
+	globalKey, limit string
+	// state is the buffer bucket states are encoded into before a write
+	// (the host copies it), so a request allocates none.
+	state [bucketStateSize]byte
 
 	ok, rateLimited, enforced, casExhausted, noKey proxywasm.MetricCounter
 }
@@ -89,6 +95,8 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	// Buckets of different configurations sharing a VM group never mix.
 	sum := sha256.Sum256(data)
 	p.prefix = "meshd.ratelimit/" + hex.EncodeToString(sum[:8]) + "/"
+	p.globalKey = p.prefix + "global"
+	p.limit = strconv.FormatInt(p.cfg.rpu, 10)
 	p.ok = proxywasm.DefineCounterMetric("wasm_ratelimit.ok")
 	p.rateLimited = proxywasm.DefineCounterMetric("wasm_ratelimit.rate_limited")
 	p.enforced = proxywasm.DefineCounterMetric("wasm_ratelimit.enforced")
@@ -97,9 +105,9 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	if p.cfg.kind == keyGlobal {
 		// VMs start one after another, so creating the one bucket here,
 		// only when absent, leaves no creation race at all for it.
-		key := p.prefix + "global"
+		key := p.globalKey
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
-			if err := proxywasm.SetSharedData(key, p.cfg.full(p.now()).encode(), 0); err != nil {
+			if err := proxywasm.SetSharedData(key, p.cfg.full(p.now()).encodeTo(p.state[:]), 0); err != nil {
 				proxywasm.LogCriticalf("ratelimit: create the global bucket: %v", err)
 				return types.OnPluginStartStatusFailed
 			}
@@ -140,7 +148,7 @@ func (p *pluginContext) update(key string, now time.Time, f func(bucketState) (b
 			// ignores the CAS. So create the bucket full, consuming
 			// nothing, and take from it with CAS on the next round;
 			// concurrent creators then all write the same full state.
-			if err := proxywasm.SetSharedData(key, p.cfg.full(now).encode(), 0); err != nil {
+			if err := proxywasm.SetSharedData(key, p.cfg.full(now).encodeTo(p.state[:]), 0); err != nil {
 				proxywasm.LogErrorf("ratelimit: create shared data %q: %v", key, err)
 				return bucketState{}, true, false
 			}
@@ -155,7 +163,7 @@ func (p *pluginContext) update(key string, now time.Time, f func(bucketState) (b
 			}
 		}
 		nb, verdict := f(b)
-		err = proxywasm.SetSharedData(key, nb.encode(), cas)
+		err = proxywasm.SetSharedData(key, nb.encodeTo(p.state[:]), cas)
 		if err == nil {
 			return nb, verdict, true
 		}
@@ -183,8 +191,13 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 		p.noKey.Increment(1)
 		return types.ActionContinue
 	}
-	key := p.prefix + desc
-	p.seen[key] = true
+	key := p.globalKey
+	if desc != "global" {
+		key = p.prefix + desc
+	}
+	if !p.seen[key] {
+		p.seen[key] = true
+	}
 	now := p.now()
 	b, allowed, stored := p.update(key, now, func(b bucketState) (bucketState, bool) {
 		return p.cfg.take(b, now)
@@ -197,7 +210,7 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 		return types.ActionContinue
 	}
 	hdrs := [][2]string{
-		{"x-ratelimit-limit", strconv.FormatInt(p.cfg.rpu, 10)},
+		{"x-ratelimit-limit", p.limit},
 		{"x-ratelimit-remaining", strconv.FormatInt(int64(b.tokens), 10)},
 		{"x-ratelimit-reset", strconv.FormatInt(p.cfg.resetSeconds(b), 10)},
 	}
