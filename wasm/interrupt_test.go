@@ -160,23 +160,6 @@ func TestInstrumentLoopsSectionLayout(t *testing.T) {
 	}
 }
 
-// TestInstrumentSDKGuest instruments a real Go guest (every opcode the Go
-// toolchain emits) and checks that wazero accepts the result.
-func TestInstrumentSDKGuest(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a wasm guest")
-	}
-	bin, err := instrumentLoops(sdkGuest(t, "meshd.dev/meshd/filters/ratelimit/guest"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt := wazero.NewRuntime(context.Background())
-	defer rt.Close(context.Background())
-	if _, err := rt.CompileModule(context.Background(), bin); err != nil {
-		t.Fatalf("compile instrumented guest: %v", err)
-	}
-}
-
 // FuzzInstrumentLoops: arbitrary bytes never panic the rewriter.
 func FuzzInstrumentLoops(f *testing.F) {
 	f.Add(minimalGuest(opLoopForever))
