@@ -307,6 +307,18 @@ var badCases = []struct {
 		wantReason: "applies to downstream connections only",
 	},
 	{
+		name:       "max_headers_count on a cluster",
+		edits:      []edit{{"        explicit_http_config:", "        common_http_protocol_options: { max_headers_count: 10 }\n        explicit_http_config:"}},
+		wantPath:   clu0 + `.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].common_http_protocol_options.max_headers_count`,
+		wantReason: "applies to downstream connections only",
+	},
+	{
+		name:       "flood limit on a cluster",
+		edits:      []edit{{"          http2_protocol_options: {}", "          http2_protocol_options: { max_outbound_frames: 10 }"}},
+		wantPath:   clu0 + `.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].explicit_http_config.http2_protocol_options.max_outbound_frames`,
+		wantReason: "flood limits apply to downstream connections only",
+	},
+	{
 		name:       "two filter chains",
 		edits:      []edit{{"    filter_chains:\n    - filters:\n", "    filter_chains:\n    - filters: []\n    - filters:\n"}},
 		wantPath:   lis0 + ".filter_chains",

@@ -90,7 +90,7 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
 		supported: names("codec_type", "stat_prefix", "route_config", "rds", "http_filters",
 			"http2_protocol_options", "http3_protocol_options", "common_http_protocol_options", "stream_idle_timeout", "request_timeout",
-			"server_name", "generate_request_id", "max_request_headers_kb",
+			"server_name", "generate_request_id", "max_request_headers_kb", "request_headers_timeout",
 			"forward_client_cert_details", "set_current_client_cert_details", "tracing"),
 	},
 	// Tracing (otel/tracing): OpenTelemetry over gRPC to a cluster.
@@ -155,15 +155,18 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	"envoy.config.core.v3.CidrRange":            {supported: names("address_prefix", "prefix_len")},
 	"envoy.config.core.v3.Http1ProtocolOptions": {},
 	"envoy.config.core.v3.Http2ProtocolOptions": {
+		// The flood limits are honoured on the HCM only (validate.go).
 		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
-			"connection_keepalive"),
+			"connection_keepalive", "max_outbound_frames", "max_outbound_control_frames",
+			"max_consecutive_inbound_frames_with_empty_payload", "max_inbound_priority_frames_per_stream",
+			"max_inbound_window_update_frames_per_data_frame_sent"),
 	},
 	"envoy.config.core.v3.KeepaliveSettings": {
 		supported: names("interval", "timeout", "interval_jitter", "connection_idle_interval"),
 	},
 	"envoy.config.core.v3.HttpProtocolOptions": {
 		supported: names("idle_timeout", "max_connection_duration", "max_stream_duration",
-			"max_requests_per_connection", "headers_with_underscores_action"),
+			"max_requests_per_connection", "headers_with_underscores_action", "max_headers_count"),
 	},
 
 	// TCP proxy (proxy/tcpproxy). access_log and the other fields are not

@@ -855,10 +855,46 @@ func (v *validator) cluster(path string, c *clusterv3.Cluster, opts ResourceOpti
 		if p.opts.GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_ALLOW {
 			v.addf(join(path, p.path+".headers_with_underscores_action"), "applies to downstream connections only (set it on the http_connection_manager)")
 		}
+		if p.opts.GetMaxHeadersCount() != nil {
+			v.addf(join(path, p.path+".max_headers_count"), "applies to downstream connections only (set it on the http_connection_manager)")
+		}
+	}
+	for _, p := range []struct {
+		path string
+		opts *corev3.Http2ProtocolOptions
+	}{
+		{"http2_protocol_options", c.GetHttp2ProtocolOptions()}, //nolint:staticcheck // deprecated, still honoured
+		{fmt.Sprintf("typed_extension_protocol_options[%q].explicit_http_config.http2_protocol_options", httpProtocolOptionsName),
+			httpProtocolOptions(c).GetExplicitHttpConfig().GetHttp2ProtocolOptions()},
+	} {
+		for _, f := range downstreamOnlyHTTP2Fields(p.opts) {
+			v.addf(join(path, p.path+"."+f), "flood limits apply to downstream connections only (set them on the http_connection_manager)")
+		}
 	}
 	if !slices.Contains(supportedLbPolicies, c.GetLbPolicy()) {
 		v.addf(join(path, "lb_policy"), "%s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)", c.GetLbPolicy())
 	}
+}
+
+// downstreamOnlyHTTP2Fields names the flood limit fields set in o, which
+// meshd enforces on downstream connections only.
+func downstreamOnlyHTTP2Fields(o *corev3.Http2ProtocolOptions) []string {
+	var out []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"max_outbound_frames", o.GetMaxOutboundFrames() != nil},
+		{"max_outbound_control_frames", o.GetMaxOutboundControlFrames() != nil},
+		{"max_consecutive_inbound_frames_with_empty_payload", o.GetMaxConsecutiveInboundFramesWithEmptyPayload() != nil},
+		{"max_inbound_priority_frames_per_stream", o.GetMaxInboundPriorityFramesPerStream() != nil},
+		{"max_inbound_window_update_frames_per_data_frame_sent", o.GetMaxInboundWindowUpdateFramesPerDataFrameSent() != nil},
+	} {
+		if f.set {
+			out = append(out, f.name)
+		}
+	}
+	return out
 }
 
 const httpProtocolOptionsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

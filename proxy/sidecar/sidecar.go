@@ -296,6 +296,8 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 		MaxDurationReached:       hst.HTTP2.CxMaxDurationReached,
 		MaxRequestsReached:       hst.HTTP2.CxMaxRequestsReached,
 		MaxHeaderBytes:           hc.MaxRequestHeadersBytes,
+		MaxHeadersCount:          int(hc.MaxHeadersCount),
+		ReadHeaderTimeout:        hc.HTTP1HeaderTimeout(),
 		Logger:                   s.logger,
 	}, handler)
 	codec := listener.Auto

@@ -61,6 +61,11 @@ type ServerConfig struct {
 	// MaxHeaderBytes bounds the request line plus header section; larger
 	// requests get 431. Zero means net/http's default (1 MiB).
 	MaxHeaderBytes int
+	// MaxHeadersCount bounds the request's header fields (values of a
+	// repeated name count once each); more get 431 and the connection
+	// closes (common_http_protocol_options.max_headers_count). Zero means
+	// no limit.
+	MaxHeadersCount int
 	// MaxConnectionDuration makes a connection close once it is this old:
 	// at once if it is idle, otherwise after its in-flight request, whose
 	// response carries "Connection: close" (HCM

@@ -27,6 +27,19 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 	sc.startRequest()
+	if limit := s.cfg.MaxHeadersCount; limit > 0 {
+		n := 0
+		for _, vs := range r.Header {
+			n += len(vs)
+		}
+		if n > limit {
+			s.log.Debug("h1: rejecting request with too many headers", slog.Int("count", n), slog.Int("max_headers_count", limit),
+				slog.Uint64("conn", sc.info.ID))
+			w.Header().Set("Connection", "close")
+			http.Error(w, "Request Header Fields Too Large", http.StatusRequestHeaderFieldsTooLarge)
+			return
+		}
+	}
 	if act := s.cfg.HeadersWithUnderscoresAction; act != UnderscoreAllow {
 		for k := range r.Header {
 			if strings.IndexByte(k, '_') < 0 {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,7 +47,51 @@ const (
 	// 5 + 2*(streams opened + this many times DATA frames sent)
 	// (max_inbound_window_update_frames_per_data_frame_sent).
 	maxWindowUpdatesPerDataFrame = 10
+	// maxOutboundFrames caps every frame queued but not yet written,
+	// response body bytes counted in 16 KiB frames (max_outbound_frames).
+	maxOutboundFrames = 10000
 )
+
+// FloodLimits are a server connection's flood limits, Envoy's
+// http2_protocol_options fields of the same names. Exceeding one closes the
+// connection with GOAWAY ENHANCE_YOUR_CALM (when the peer still reads) and
+// counts the matching http2.*_flood stat.
+type FloodLimits struct {
+	// MaxOutboundFrames caps frames queued for the peer and not yet
+	// written, every kind, with queued response body bytes counted as one
+	// frame per 16 KiB (max_outbound_frames, default 10000; http2.outbound_flood).
+	MaxOutboundFrames uint32
+	// MaxOutboundControlFrames caps queued PING, SETTINGS and RST_STREAM
+	// frames (max_outbound_control_frames, default 1000;
+	// http2.outbound_control_flood).
+	MaxOutboundControlFrames uint32
+	// MaxConsecutiveEmptyFrames caps DATA or HEADERS frames in a row with an
+	// empty payload and no END_STREAM; 0 ends the connection at the first
+	// (max_consecutive_inbound_frames_with_empty_payload, default 1;
+	// http2.inbound_empty_frames_flood).
+	MaxConsecutiveEmptyFrames uint32
+	// MaxPriorityFramesPerStream: PRIORITY frames received may not exceed
+	// it times (1 + streams opened) (max_inbound_priority_frames_per_stream,
+	// default 100; http2.inbound_priority_frames_flood).
+	MaxPriorityFramesPerStream uint32
+	// MaxWindowUpdatesPerDataFrame: WINDOW_UPDATE frames received may not
+	// exceed 5 + 2*(streams opened + it times DATA frames sent)
+	// (max_inbound_window_update_frames_per_data_frame_sent, default 10;
+	// http2.inbound_window_update_frames_flood).
+	MaxWindowUpdatesPerDataFrame uint32
+}
+
+// DefaultFloodLimits returns Envoy's defaults, which a ServerConfig with a
+// nil Flood uses.
+func DefaultFloodLimits() FloodLimits {
+	return FloodLimits{
+		MaxOutboundFrames:            maxOutboundFrames,
+		MaxOutboundControlFrames:     maxOutboundControlFrames,
+		MaxConsecutiveEmptyFrames:    maxConsecutiveEmptyFrames,
+		MaxPriorityFramesPerStream:   maxPriorityFramesPerStream,
+		MaxWindowUpdatesPerDataFrame: maxWindowUpdatesPerDataFrame,
+	}
+}
 
 type ctrlKind uint8
 
@@ -102,8 +147,12 @@ type conn struct {
 
 	// Flood accounting (server connections only enforce it).
 	floodChecks   bool         // immutable: enforce the inbound and outbound flood limits
+	limits        FloodLimits  // immutable: the limits floodChecks enforces
 	outCtrl       int          // guarded by mu: PING/SETTINGS/RST_STREAM frames queued, not yet written
-	ctrlFlood     atomic.Bool  // set under mu when outCtrl exceeded maxOutboundControlFrames; reader checks
+	ctrlFlood     atomic.Bool  // set under mu when outCtrl exceeded limits.MaxOutboundControlFrames; reader checks
+	outFrames     int          // guarded by mu: frames of every kind queued, not yet written
+	outFlood      bool         // guarded by mu: outbound_flood tripped
+	outFloodSeen  atomic.Bool  // set with outFlood; reader checks
 	dataFramesTx  atomic.Int64 // writer: DATA frames written
 	emptyRun      int          // reader: consecutive empty frames without END_STREAM
 	priorityRx    int64        // reader: PRIORITY frames received
@@ -118,6 +167,16 @@ type conn struct {
 	// onPeerReset is called under mu when the peer resets an open stream,
 	// before the stream is failed. May be nil.
 	onPeerReset func(s *strm)
+	// onPeerFault is called under mu when a frame from the peer makes us
+	// reset one of its streams (a server-induced reset, MadeYouReset,
+	// CVE-2025-8671), s nil when the stream was never opened. May be nil.
+	onPeerFault func(s *strm)
+
+	// hdrTimeout bounds reading a HEADERS frame and its CONTINUATIONs
+	// from its first byte (request_headers_timeout); 0 means none.
+	// Immutable. When set, br buffers the socket for the framer.
+	hdrTimeout time.Duration
+	br         *bufio.Reader // reader
 
 	mu    sync.Mutex
 	wcond sync.Cond // writer waits here; guarded by mu
@@ -197,15 +256,20 @@ func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, 
 	c.recvConnAvail = int64(c.localConnWin)
 	c.wcond.L = &c.mu
 	c.fr = http2.NewFramer(c.bw, nc)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = c.localMaxHeaderList
-	c.fr.SetMaxReadFrameSize(c.localMaxFrame)
-	c.fr.SetReuseFrames()
+	c.configureFramer()
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	if st.table != nil {
 		st.table.add(c)
 	}
 	return c
+}
+
+// configureFramer applies what we advertised to c.fr's reading side.
+func (c *conn) configureFramer() {
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = c.localMaxHeaderList
+	c.fr.SetMaxReadFrameSize(c.localMaxFrame)
+	c.fr.SetReuseFrames()
 }
 
 func orDefault(v, d uint32) uint32 {
@@ -240,11 +304,34 @@ func (c *conn) queue(it ctrlItem) {
 	}
 	if it.isControl() {
 		c.outCtrl++
-		if c.floodChecks && c.outCtrl > maxOutboundControlFrames {
+		if c.floodChecks && c.outCtrl > int(c.limits.MaxOutboundControlFrames) {
 			c.ctrlFlood.Store(true)
 		}
 	}
+	c.outFrames++
 	c.ctrl = append(c.ctrl, it)
+	c.checkOutbound()
+}
+
+// checkOutbound trips outbound_flood once more than MaxOutboundFrames
+// frames are queued, counting queued body bytes as 16 KiB frames. A peer
+// that provokes frames without reading cannot grow the queues further: the
+// writer gets goAwayFlushTimeout to flush what it can, then fails, and the
+// reader ends the connection with GOAWAY ENHANCE_YOUR_CALM if the peer
+// sends anything meanwhile. Caller holds mu.
+func (c *conn) checkOutbound() {
+	if !c.floodChecks || c.outFlood {
+		return
+	}
+	queued := c.outFrames + int((c.pendingSend+chunkSize-1)/chunkSize)
+	if queued <= int(c.limits.MaxOutboundFrames) {
+		return
+	}
+	c.outFlood = true
+	c.outFloodSeen.Store(true)
+	c.st.OutboundFlood.Inc()
+	c.log.Debug("http2 outbound frame flood", "queued", queued, "limit", c.limits.MaxOutboundFrames)
+	_ = c.nc.SetWriteDeadline(time.Now().Add(goAwayFlushTimeout))
 }
 
 // isControl reports whether the frame counts against
@@ -385,6 +472,19 @@ func (c *conn) writeLoop() {
 			c.mu.Unlock()
 			return
 		}
+		if c.outFlood {
+			// Stop feeding a peer that does not read: one GOAWAY, flushed
+			// within the write deadline checkOutbound set, then close.
+			id := c.maxPeerID
+			c.mu.Unlock()
+			const reason = "too many frames queued: outbound frame flood"
+			c.st.GoAwaySent.Inc()
+			if c.fr.WriteGoAway(id, http2.ErrCodeEnhanceYourCalm, []byte(reason)) != nil || c.bw.Flush() != nil {
+				c.st.TxFlushTimeout.Inc()
+			}
+			c.closeWith(connErr(http2.ErrCodeEnhanceYourCalm, reason))
+			return
+		}
 		if len(c.ctrl) > 0 {
 			items := c.ctrl
 			c.ctrl = c.ctrlSpare[:0]
@@ -399,6 +499,7 @@ func (c *conn) writeLoop() {
 			clear(items)
 			c.mu.Lock()
 			c.outCtrl -= written
+			c.outFrames -= len(items)
 			c.ctrlSpare = items[:0]
 			if err != nil {
 				c.mu.Unlock()
@@ -687,6 +788,11 @@ type frameHandler interface {
 // that ended it (nil for a clean close).
 func (c *conn) readLoop(h frameHandler) error {
 	for {
+		if c.hdrTimeout > 0 {
+			if err := c.awaitFrame(); err != nil {
+				return c.readFailed(err)
+			}
+		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -696,8 +802,11 @@ func (c *conn) readLoop(h frameHandler) error {
 				h.streamErrorOnNew(se.StreamID)
 				c.mu.Lock()
 				if s := c.streams[se.StreamID]; s != nil {
-					c.resetStream(s, se.Code, false, "invalid frame")
+					c.resetForPeer(s, se.Code, "invalid frame")
 				} else {
+					if c.onPeerFault != nil {
+						c.onPeerFault(nil)
+					}
 					c.queue(ctrlItem{kind: ctrlRST, id: se.StreamID, code: se.Code})
 				}
 				c.unlock()
@@ -709,6 +818,32 @@ func (c *conn) readLoop(h frameHandler) error {
 			return c.readFailed(err)
 		}
 	}
+}
+
+// errRequestHeadersTimeout is the reason a connection ends when its peer
+// took longer than request_headers_timeout to send a frame header or a
+// header block it had started.
+var errRequestHeadersTimeout = errors.New("request header block not received within request_headers_timeout")
+
+// awaitFrame waits, without a deadline, for the first byte of the next
+// frame; from then on the frame header must arrive within hdrTimeout, and
+// a HEADERS or CONTINUATION frame's whole header block too (the framer
+// reads CONTINUATIONs as part of the block). A header block dribbled a
+// byte at a time (slowloris) thus cannot hold the connection. Reader only.
+func (c *conn) awaitFrame() error {
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if _, err := c.br.Peek(1); err != nil {
+		return err
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.hdrTimeout))
+	hdr, err := c.br.Peek(9)
+	if err != nil {
+		return err
+	}
+	if t := http2.FrameType(hdr[3]); t != http2.FrameHeaders && t != http2.FrameContinuation {
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+	return nil
 }
 
 // readFailed turns a reader error into the connection's end.
@@ -725,6 +860,9 @@ func (c *conn) readFailed(err error) error {
 		mine = connError{code: stream.ErrCode(ce), reason: reason}
 	case errors.Is(err, http2.ErrFrameTooLarge):
 		mine = connError{code: stream.ErrCodeFrameSize, reason: "frame larger than SETTINGS_MAX_FRAME_SIZE"}
+	case c.hdrTimeout > 0 && errors.Is(err, os.ErrDeadlineExceeded):
+		c.st.RequestHeadersTimeout.Inc()
+		mine = connError{code: stream.ErrCodeEnhanceYourCalm, reason: errRequestHeadersTimeout.Error()}
 	default:
 		c.mu.Lock()
 		closing := c.closing || c.closed
@@ -764,7 +902,19 @@ func (c *conn) handleFrame(h frameHandler, f http2.Frame) error {
 		c.st.OutboundControlFlood.Inc()
 		return connErr(http2.ErrCodeEnhanceYourCalm, "too many control frames queued: outbound control frame flood")
 	}
+	if c.outFloodSeen.Load() {
+		return connErr(http2.ErrCodeEnhanceYourCalm, "too many frames queued: outbound frame flood")
+	}
 	return nil
+}
+
+// resetForPeer resets s because of a frame the peer sent, and counts it
+// against the peer's premature reset budget. Caller holds mu.
+func (c *conn) resetForPeer(s *strm, code http2.ErrCode, reason string) {
+	if !s.removed && c.onPeerFault != nil {
+		c.onPeerFault(s)
+	}
+	c.resetStream(s, code, false, reason)
 }
 
 // floodError counts stat and returns the connection error that ends a
@@ -788,7 +938,7 @@ func (c *conn) checkEmptyFrame(empty, endStream bool) error {
 		return nil
 	}
 	c.emptyRun++
-	if c.emptyRun > maxConsecutiveEmptyFrames {
+	if c.emptyRun > int(c.limits.MaxConsecutiveEmptyFrames) {
 		return floodError(c.st.InboundEmptyFramesFlood, "too many consecutive frames with an empty payload")
 	}
 	return nil
@@ -817,7 +967,7 @@ func (c *conn) dispatchFrame(h frameHandler, f http2.Frame) error {
 			c.mu.Lock()
 			opened := c.streamsOpened
 			c.mu.Unlock()
-			if c.priorityRx > maxPriorityFramesPerStream*(1+opened) {
+			if c.priorityRx > int64(c.limits.MaxPriorityFramesPerStream)*(1+opened) {
 				return floodError(c.st.InboundPriorityFlood, "too many PRIORITY frames")
 			}
 		}
@@ -825,7 +975,7 @@ func (c *conn) dispatchFrame(h frameHandler, f http2.Frame) error {
 			c.mu.Lock()
 			defer c.unlock()
 			if s := c.streams[f.StreamID]; s != nil {
-				c.resetStream(s, http2.ErrCodeProtocol, false, "stream depends on itself")
+				c.resetForPeer(s, http2.ErrCodeProtocol, "stream depends on itself")
 			} else {
 				c.queue(ctrlItem{kind: ctrlRST, id: f.StreamID, code: http2.ErrCodeProtocol})
 			}
@@ -894,7 +1044,7 @@ func (c *conn) handleWindowUpdate(h frameHandler, f *http2.WindowUpdateFrame) er
 	defer c.unlock()
 	if c.floodChecks {
 		c.windowUpdRx++
-		if c.windowUpdRx > 5+2*(c.streamsOpened+maxWindowUpdatesPerDataFrame*c.dataFramesTx.Load()) {
+		if c.windowUpdRx > 5+2*(c.streamsOpened+int64(c.limits.MaxWindowUpdatesPerDataFrame)*c.dataFramesTx.Load()) {
 			return floodError(c.st.InboundWindowUpdateFlood, "too many WINDOW_UPDATE frames")
 		}
 	}
@@ -917,7 +1067,7 @@ func (c *conn) handleWindowUpdate(h frameHandler, f *http2.WindowUpdateFrame) er
 	}
 	s.sendWin += int64(f.Increment)
 	if s.sendWin > maxWindow {
-		c.resetStream(s, http2.ErrCodeFlowControl, false, "stream window above 2^31-1")
+		c.resetForPeer(s, http2.ErrCodeFlowControl, "stream window above 2^31-1")
 		return nil
 	}
 	c.markReady(s)
@@ -976,7 +1126,7 @@ func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
 			return connErr(http2.ErrCodeProtocol, "DATA on idle stream")
 		}
 		if s != nil {
-			c.resetStream(s, http2.ErrCodeStreamClosed, false, "DATA after END_STREAM")
+			c.resetForPeer(s, http2.ErrCodeStreamClosed, "DATA after END_STREAM")
 		} else {
 			c.queue(ctrlItem{kind: ctrlRST, id: f.StreamID, code: http2.ErrCodeStreamClosed})
 		}
@@ -984,12 +1134,12 @@ func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
 	}
 	if s.awaitingHeaders {
 		c.consumeConn(n)
-		c.resetStream(s, http2.ErrCodeProtocol, false, "DATA before HEADERS")
+		c.resetForPeer(s, http2.ErrCodeProtocol, "DATA before HEADERS")
 		return nil
 	}
 	if n > s.recvWin {
 		c.consumeConn(n)
-		c.resetStream(s, http2.ErrCodeFlowControl, false, "DATA beyond the stream window")
+		c.resetForPeer(s, http2.ErrCodeFlowControl, "DATA beyond the stream window")
 		return nil
 	}
 	s.recvWin -= n
@@ -1002,7 +1152,7 @@ func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
 	s.recvN += int64(len(data))
 	if s.recvCL >= 0 && (s.recvN > s.recvCL || (f.StreamEnded() && s.recvN != s.recvCL)) {
 		c.consumeConn(int64(len(data)))
-		c.resetStream(s, http2.ErrCodeProtocol, false, "body length differs from content-length")
+		c.resetForPeer(s, http2.ErrCodeProtocol, "body length differs from content-length")
 		return nil
 	}
 	if len(data) > 0 {
@@ -1171,6 +1321,7 @@ func (s *strm) write(p []byte) (int, error) {
 		s.sendQ.append(p[:k])
 		c.pendingSend += int64(k)
 		c.st.PendingSendBytes.Add(int64(k))
+		c.checkOutbound()
 		p = p[k:]
 		n += k
 		c.markReady(s)

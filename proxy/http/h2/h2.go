@@ -65,6 +65,11 @@ type Stats struct {
 	InboundEmptyFramesFlood  *stats.Counter // inbound_empty_frames_flood: consecutive empty DATA/HEADERS frames
 	InboundPriorityFlood     *stats.Counter // inbound_priority_frames_flood: PRIORITY frames beyond 100 per opened stream
 	InboundWindowUpdateFlood *stats.Counter // inbound_window_update_frames_flood: WINDOW_UPDATEs out of proportion to DATA sent
+	OutboundFlood            *stats.Counter // outbound_flood: too many frames of any kind queued unsent
+	// RequestHeadersTimeout counts connections closed because a header
+	// block was not complete within request_headers_timeout (Envoy's
+	// downstream_rq_header_timeout, in the connection manager's scope).
+	RequestHeadersTimeout *stats.Counter
 
 	// Connection manager counters the server connection feeds. Envoy keeps
 	// them in the connection manager's scope ("http.<stat_prefix>."), so
@@ -109,6 +114,8 @@ func NewStats(scope *stats.Scope) *Stats {
 		InboundEmptyFramesFlood:   scope.Counter("inbound_empty_frames_flood"),
 		InboundPriorityFlood:      scope.Counter("inbound_priority_frames_flood"),
 		InboundWindowUpdateFlood:  scope.Counter("inbound_window_update_frames_flood"),
+		OutboundFlood:             scope.Counter("outbound_flood"),
+		RequestHeadersTimeout:     new(stats.Counter),
 		DownstreamPrematureResets: new(stats.Counter),
 		CxIdleTimeout:             new(stats.Counter),
 		CxMaxDurationReached:      new(stats.Counter),
@@ -123,7 +130,7 @@ func NewStats(scope *stats.Scope) *Stats {
 // codec can count unconditionally.
 func discardStats() *Stats {
 	var d struct {
-		c [20]stats.Counter
+		c [22]stats.Counter
 		g [2]stats.Gauge
 	}
 	return &Stats{
@@ -135,6 +142,7 @@ func discardStats() *Stats {
 		OutboundControlFlood: &d.c[12], InboundEmptyFramesFlood: &d.c[13], InboundPriorityFlood: &d.c[14],
 		InboundWindowUpdateFlood: &d.c[15], DownstreamPrematureResets: &d.c[16],
 		CxIdleTimeout: &d.c[17], CxMaxDurationReached: &d.c[18], CxMaxRequestsReached: &d.c[19],
+		OutboundFlood: &d.c[20], RequestHeadersTimeout: &d.c[21],
 		Stalls: newStallCounters(nil),
 	}
 }

@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -42,6 +43,8 @@ const (
 	// being answered — a streaming RPC it no longer wants — is normal.
 	prematureResetMinStreams = 500
 	prematureResetLifetime   = time.Second
+	// defaultMaxHeadersCount is Envoy's max_headers_count default.
+	defaultMaxHeadersCount = 100
 )
 
 // shutdownPingData marks the PING sent between the two shutdown GOAWAYs.
@@ -100,6 +103,20 @@ type ServerConfig struct {
 	// let them drain. 0 means no bound beyond the windows and 64 KiB queued
 	// per stream.
 	MaxBufferedBytes uint32
+	// MaxHeadersCount caps the fields (pseudo-headers included) of a
+	// request header section; more get a 431 response and count
+	// header_overflow (common_http_protocol_options.max_headers_count).
+	// 0 means 100, Envoy's default.
+	MaxHeadersCount uint32
+	// RequestHeadersTimeout bounds reading a header block (HEADERS and its
+	// CONTINUATIONs) from its first byte (request_headers_timeout); a peer
+	// exceeding it loses the connection with GOAWAY ENHANCE_YOUR_CALM. 0
+	// means no bound (Envoy's default), and the framer reads the socket
+	// without an extra buffer.
+	RequestHeadersTimeout time.Duration
+	// Flood caps the frames a client may provoke or send; nil means
+	// DefaultFloodLimits.
+	Flood *FloodLimits
 	// Logger receives debug logs of protocol errors; nil discards them.
 	Logger *slog.Logger
 	// Stats counts connection events; nil counts nothing.
@@ -160,6 +177,20 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 	sc.c.onRemove = sc.onRemove
 	sc.c.onPeerReset = sc.onPeerReset
 	sc.c.floodChecks = true
+	sc.c.limits = DefaultFloodLimits()
+	if cf.Flood != nil {
+		sc.c.limits = *cf.Flood
+	}
+	if sc.cfg.MaxHeadersCount == 0 {
+		sc.cfg.MaxHeadersCount = defaultMaxHeadersCount
+	}
+	sc.c.onPeerFault = sc.onPeerFault
+	if cf.RequestHeadersTimeout > 0 {
+		sc.c.hdrTimeout = cf.RequestHeadersTimeout
+		sc.c.br = bufio.NewReaderSize(c, 16<<10)
+		sc.c.fr = http2.NewFramer(sc.c.bw, sc.c.br)
+		sc.c.configureFramer()
+	}
 	sc.c.sendLimit = int64(cf.MaxBufferedBytes)
 	return sc
 }
@@ -301,16 +332,7 @@ func (sc *ServerConn) ActiveStreams() int {
 func (sc *ServerConn) onRemove(*strm) {
 	c := sc.c
 	sc.closedStreams++
-	if sc.closedStreams >= prematureResetMinStreams && 2*sc.prematureResets >= sc.closedStreams && !c.closing && !c.closed {
-		// Rapid reset: the GOAWAY tells the client which streams were
-		// processed; the connection closes at once.
-		c.st.DownstreamPrematureResets.Inc()
-		c.log.Debug("http2 client resets most streams prematurely", "closed", sc.closedStreams, "premature", sc.prematureResets)
-		c.closing = true
-		c.goAwaySent = true
-		reason := "too many premature stream resets"
-		c.queue(ctrlItem{kind: ctrlGoAway, id: c.maxPeerID, code: http2.ErrCodeEnhanceYourCalm, debug: reason})
-		c.queue(ctrlItem{kind: ctrlClose, err: connErr(http2.ErrCodeEnhanceYourCalm, reason)})
+	if sc.checkPrematureResets() {
 		return
 	}
 	if len(c.streams) > 0 {
@@ -413,6 +435,41 @@ func (sc *ServerConn) pingStrike(now time.Time, active int) bool {
 	return sc.pingStrikes > maxPingStrikes
 }
 
+// checkPrematureResets ends the connection with GOAWAY ENHANCE_YOUR_CALM
+// once prematureResetMinStreams streams have closed and at least half of
+// them were reset prematurely, by the client (rapid reset) or by us because
+// of a frame the client sent (MadeYouReset). It reports whether it did.
+// Caller holds mu.
+func (sc *ServerConn) checkPrematureResets() bool {
+	c := sc.c
+	if sc.closedStreams < prematureResetMinStreams || 2*sc.prematureResets < sc.closedStreams || c.closing || c.closed {
+		return false
+	}
+	// The GOAWAY tells the client which streams were processed; the
+	// connection closes at once.
+	c.st.DownstreamPrematureResets.Inc()
+	c.log.Debug("http2 client's streams are mostly reset prematurely", "closed", sc.closedStreams, "premature", sc.prematureResets)
+	c.closing = true
+	c.goAwaySent = true
+	reason := "too many premature stream resets"
+	c.queue(ctrlItem{kind: ctrlGoAway, id: c.maxPeerID, code: http2.ErrCodeEnhanceYourCalm, debug: reason})
+	c.queue(ctrlItem{kind: ctrlClose, err: connErr(http2.ErrCodeEnhanceYourCalm, reason)})
+	return true
+}
+
+// onPeerFault counts a stream we reset because of the client's frame
+// (MadeYouReset, CVE-2025-8671) as premature, whatever its age: the
+// client chose to provoke it. A stream that was never opened (a malformed
+// request) also counts as closed, so a client cannot spend the budget on
+// streams the rapid reset check never sees. Caller holds mu.
+func (sc *ServerConn) onPeerFault(s *strm) {
+	sc.prematureResets++
+	if s == nil {
+		sc.closedStreams++
+		sc.checkPrematureResets()
+	}
+}
+
 // onPeerReset counts a client RST_STREAM on an open stream for the rapid
 // reset check. Caller holds mu.
 func (sc *ServerConn) onPeerReset(s *strm) {
@@ -448,7 +505,7 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeRefusedStream})
 		return nil
 	}
-	if f.Truncated {
+	if f.Truncated || len(f.Fields) > int(sc.cfg.MaxHeadersCount) {
 		c.st.HeaderOverflow.Inc()
 		c.queue(ctrlItem{kind: ctrlHeaders, id: id, endStream: true,
 			fields: []hpack.HeaderField{{Name: ":status", Value: "431"}}})
@@ -461,6 +518,7 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	if reason := parseRequest(&ss.req, f); reason != "" {
 		c.st.RxMessagingError.Inc()
 		c.log.Debug("http2 malformed request", "stream", id, "reason", reason)
+		sc.onPeerFault(nil)
 		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeProtocol})
 		return nil
 	}

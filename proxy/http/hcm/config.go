@@ -74,6 +74,15 @@ type Config struct {
 	GenerateRequestID bool
 	// MaxRequestHeadersBytes limits the request header section.
 	MaxRequestHeadersBytes int
+	// MaxHeadersCount limits the fields of a request header section
+	// (common_http_protocol_options.max_headers_count, default 100): more
+	// get 431.
+	MaxHeadersCount uint32
+	// RequestHeadersTimeout bounds receiving a request's header section
+	// (request_headers_timeout). 0 (Envoy's default) leaves HTTP/2 header
+	// blocks unbounded and bounds an HTTP/1.1 header section by
+	// StreamIdleTimeout: see HTTP1HeaderTimeout.
+	RequestHeadersTimeout time.Duration
 	// Filters are the http_filters before the router, in order; empty
 	// when the router is the only filter.
 	Filters []FilterEntry
@@ -121,6 +130,13 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	if v := m.GetMaxRequestHeadersKb(); v != nil {
 		c.MaxRequestHeadersBytes = int(v.GetValue()) << 10
 	}
+	if d := m.GetRequestHeadersTimeout(); d != nil {
+		c.RequestHeadersTimeout = d.AsDuration()
+		if c.RequestHeadersTimeout < 0 {
+			return nil, fmt.Errorf("request_headers_timeout: must not be negative")
+		}
+	}
+	c.MaxHeadersCount = 100
 	if d := m.GetStreamIdleTimeout(); d != nil {
 		c.StreamIdleTimeout = d.AsDuration()
 	}
@@ -138,6 +154,12 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 			c.MaxConnectionDuration = d.AsDuration()
 		}
 		c.MaxRequestsPerConnection = cp.GetMaxRequestsPerConnection().GetValue()
+		if v := cp.GetMaxHeadersCount(); v != nil {
+			if v.GetValue() == 0 {
+				return nil, fmt.Errorf("common_http_protocol_options.max_headers_count: must be at least 1")
+			}
+			c.MaxHeadersCount = v.GetValue()
+		}
 		switch cp.GetHeadersWithUnderscoresAction() {
 		case corev3.HttpProtocolOptions_REJECT_REQUEST:
 			c.Underscores = UnderscoreReject
@@ -151,10 +173,17 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 		MaxConnectionDuration:    c.MaxConnectionDuration,
 		MaxRequestsPerConnection: c.MaxRequestsPerConnection,
 	}
+	c.HTTP2.MaxHeadersCount = c.MaxHeadersCount
+	c.HTTP2.RequestHeadersTimeout = c.RequestHeadersTimeout
 	if o := m.GetHttp2ProtocolOptions(); o != nil {
 		c.HTTP2.MaxConcurrentStreams = o.GetMaxConcurrentStreams().GetValue()
 		c.HTTP2.InitialStreamWindowSize = o.GetInitialStreamWindowSize().GetValue()
 		c.HTTP2.InitialConnectionWindowSize = o.GetInitialConnectionWindowSize().GetValue()
+		fl, err := compileFloodLimits(o)
+		if err != nil {
+			return nil, fmt.Errorf("http2_protocol_options.%w", err)
+		}
+		c.HTTP2.Flood = fl
 	}
 	fs, err := compileFilters(m.GetHttpFilters(), c.StatPrefix)
 	if err != nil {
@@ -184,6 +213,50 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	}
 	c.Routes = t
 	return c, nil
+}
+
+// compileFloodLimits reads the flood limits of o over Envoy's defaults.
+// The error starts with the field name.
+func compileFloodLimits(o *corev3.Http2ProtocolOptions) (*h2.FloodLimits, error) {
+	fl := h2.DefaultFloodLimits()
+	for _, f := range []struct {
+		name    string
+		v       interface{ GetValue() uint32 }
+		set     bool
+		dst     *uint32
+		atLeast uint32
+	}{
+		{"max_outbound_frames", o.GetMaxOutboundFrames(), o.GetMaxOutboundFrames() != nil, &fl.MaxOutboundFrames, 1},
+		{"max_outbound_control_frames", o.GetMaxOutboundControlFrames(), o.GetMaxOutboundControlFrames() != nil, &fl.MaxOutboundControlFrames, 1},
+		{"max_consecutive_inbound_frames_with_empty_payload", o.GetMaxConsecutiveInboundFramesWithEmptyPayload(),
+			o.GetMaxConsecutiveInboundFramesWithEmptyPayload() != nil, &fl.MaxConsecutiveEmptyFrames, 0},
+		{"max_inbound_priority_frames_per_stream", o.GetMaxInboundPriorityFramesPerStream(),
+			o.GetMaxInboundPriorityFramesPerStream() != nil, &fl.MaxPriorityFramesPerStream, 0},
+		{"max_inbound_window_update_frames_per_data_frame_sent", o.GetMaxInboundWindowUpdateFramesPerDataFrameSent(),
+			o.GetMaxInboundWindowUpdateFramesPerDataFrameSent() != nil, &fl.MaxWindowUpdatesPerDataFrame, 1},
+	} {
+		if !f.set {
+			continue
+		}
+		if f.v.GetValue() < f.atLeast {
+			return nil, fmt.Errorf("%s: must be at least %d", f.name, f.atLeast)
+		}
+		*f.dst = f.v.GetValue()
+	}
+	return &fl, nil
+}
+
+// HTTP1HeaderTimeout is how long an HTTP/1.1 client may take to send a
+// request's header section: RequestHeadersTimeout when set, otherwise
+// StreamIdleTimeout. net/http gives meshd no stream until the header
+// section is complete, so a stream idle timer cannot cover a slowloris
+// client as Envoy's does; bounding the whole header section by the same
+// duration is the nearest equivalent. 0 means no bound.
+func (c *Config) HTTP1HeaderTimeout() time.Duration {
+	if c.RequestHeadersTimeout > 0 {
+		return c.RequestHeadersTimeout
+	}
+	return c.StreamIdleTimeout
 }
 
 // WithRoutes returns a copy of c using route table t; c is not modified.
@@ -237,6 +310,7 @@ func NewStats(store *stats.Store, p string) *Stats {
 	h2st.CxMaxDurationReached = sc.Counter("downstream_cx_max_duration_reached")
 	h2st.CxMaxRequestsReached = sc.Counter("downstream_cx_max_requests_reached")
 	h2st.DownstreamPrematureResets = sc.Counter("downstream_rq_too_many_premature_resets")
+	h2st.RequestHeadersTimeout = sc.Counter("downstream_rq_header_timeout")
 	return &Stats{
 		Scope:                sc,
 		RqTotal:              sc.Counter("downstream_rq_total"),
