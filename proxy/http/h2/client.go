@@ -72,9 +72,12 @@ type ClientConfig struct {
 	OnClose func(err error)
 	// MaxBufferedBytes bounds what the connection buffers (the cluster's
 	// per_connection_buffer_limit_bytes): advertised receive windows are
-	// clamped to it and request bytes queued across streams are capped at
-	// it, so a slow peer back-pressures instead of growing memory. 0 = no
-	// limit beyond the windows.
+	// clamped to it (so each stream buffers at most this much unread
+	// response body, and a stream whose reader stalls never holds the
+	// connection window, which is returned on receipt) and request bytes
+	// queued across streams are capped at it, so a slow peer
+	// back-pressures instead of growing memory. 0 = no limit beyond the
+	// windows.
 	MaxBufferedBytes uint32
 }
 

@@ -725,9 +725,8 @@ func (c *conn) removeStream(s *strm, err *stream.Error) {
 	s.removed = true
 	if s.err != nil {
 		c.releaseSend(int64(s.sendQ.reset()))
-		// Bytes the peer sent that nobody will read return to the
-		// connection window.
-		c.consumeConn(int64(s.recvQ.reset()))
+		// The connection window had these bytes back on receipt.
+		s.recvQ.reset()
 	}
 	delete(c.streams, s.id)
 	c.setStall(s, StallNone)
@@ -1146,12 +1145,15 @@ func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
 	if s.recvWin <= 0 {
 		c.setStall(s, StallLocalRead)
 	}
+	// The connection window is returned on receipt, as grpc-go does: the
+	// stream window bounds what one stream buffers, so a stream whose
+	// reader stalls (a slow downstream client behind this upstream
+	// stream) cannot hold the connection window and block its siblings.
+	c.consumeConn(n)
 	// Padding is consumed at once.
-	c.consumeConn(n - int64(len(data)))
 	s.recvUnacked += n - int64(len(data))
 	s.recvN += int64(len(data))
 	if s.recvCL >= 0 && (s.recvN > s.recvCL || (f.StreamEnded() && s.recvN != s.recvCL)) {
-		c.consumeConn(int64(len(data)))
 		c.resetForPeer(s, http2.ErrCodeProtocol, "body length differs from content-length")
 		return nil
 	}
@@ -1249,7 +1251,6 @@ func (s *strm) read(p []byte) (int, error) {
 		s.cond.Wait()
 	}
 	n := s.recvQ.read(p)
-	c.consumeConn(int64(n))
 	if !s.recvDone && s.err == nil {
 		s.recvUnacked += int64(n)
 		if s.recvUnacked >= int64(c.localStreamWin)/4 {

@@ -98,9 +98,11 @@ type ServerConfig struct {
 	// (per_connection_buffer_limit_bytes): the receive windows advertised
 	// are clamped so the client can never have more than this many request
 	// body bytes in flight (stream windows to it, the connection window to
-	// max(it, 65535)), and response body bytes queued across all streams
-	// are capped at it, blocking handler writes until the client's windows
-	// let them drain. 0 means no bound beyond the windows and 64 KiB queued
+	// max(it, 65535)) nor buffered unread per stream (the connection window
+	// is returned on receipt, so a stalled stream cannot block its
+	// siblings), and response body bytes queued across all streams are
+	// capped at it, blocking handler writes until the client's windows let
+	// them drain. 0 means no bound beyond the windows and 64 KiB queued
 	// per stream.
 	MaxBufferedBytes uint32
 	// MaxHeadersCount caps the fields (pseudo-headers included) of a
