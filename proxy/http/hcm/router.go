@@ -143,6 +143,15 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 		defer func() { ex.endAttempt(attErr) }()
 	}
 
+	// A stream the client reset before it could be forwarded (rapid reset,
+	// CVE-2023-44487: HEADERS then RST_STREAM at once) never reaches the
+	// upstream: the attacker's churn stays in this proxy instead of
+	// filling the shared upstream connection. Envoy counts it the same way
+	// (upstream_rq_cancelled: cancelled before obtaining a connection).
+	if ctx.Err() != nil {
+		ex.exchangeEnded(cs, ctx)
+		return false, 0
+	}
 	host.LB.Acquire()
 	defer host.LB.Release()
 	cs.RqTotal.Inc()

@@ -1,0 +1,545 @@
+package hardening
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// floodHCM is the connection manager of TestHTTP2Floods: Envoy's flood
+// limits set explicitly (most at their defaults), small header limits so
+// the header floods trip fast, and short stream timeouts so stalled
+// streams end within the test.
+const floodHCM = `stream_idle_timeout: 3s
+request_headers_timeout: 2s
+max_request_headers_kb: 16
+common_http_protocol_options: { max_headers_count: 50, idle_timeout: 30s }
+http2_protocol_options:
+  max_concurrent_streams: 1000
+  max_outbound_frames: 2000
+  max_outbound_control_frames: 1000
+  max_consecutive_inbound_frames_with_empty_payload: 1
+  max_inbound_priority_frames_per_stream: 100
+  max_inbound_window_update_frames_per_data_frame_sent: 10`
+
+// Bounds of one flood.
+const (
+	// floodRounds caps attacker connections per flood; the attack also
+	// stops once the probe's measurement under attack is over.
+	floodRounds = 1000
+	// floodWorkers is how many attacker connections run at once.
+	floodWorkers = 1
+	// roundPause separates one worker's attacker connections. The
+	// attackers share the test process (and CI's two cores) with the
+	// backend and the probe; unpaced, they would starve those rather than
+	// the sidecar, and the probe would measure the attacker's CPU.
+	roundPause = 100 * time.Millisecond
+	// outcomeWait bounds the wait for the server's answer to one attack.
+	outcomeWait = 8 * time.Second
+	// maxRSSGrowth bounds how much the sidecar's RSS may grow during a flood.
+	maxRSSGrowth = 96 << 20
+	// maxAttackCores bounds the sidecar's CPU during a flood, in cores: it
+	// must not be pinned on both of CI's cores.
+	maxAttackCores = 1.8
+	// maxAfterCores bounds its CPU in the second after the flood stopped,
+	// above what the probe alone costs: nothing keeps spinning once the
+	// attacker is gone.
+	maxAfterCores = 0.25
+	// floodPhases is how many quiet and how many attack phases alternate.
+	floodPhases = 3
+	// phaseSettle starts each phase unmeasured (attacks in flight finish).
+	phaseSettle = 150 * time.Millisecond
+	// phaseLength is the measured part of a phase.
+	phaseLength = 450 * time.Millisecond
+	// latencyFloor is the least quiet p99 the 2x bound is taken of:
+	// below it, a shared 2-core machine's scheduling noise dominates.
+	latencyFloor = 10 * time.Millisecond
+)
+
+// flood is one attack of TestHTTP2Floods.
+type flood struct {
+	name string
+	// settings are the attacker's SETTINGS.
+	settings []http2.Setting
+	// smallBuffers shrinks the attacker's receive buffer, so a server
+	// writing to an attacker that does not read fills it quickly.
+	smallBuffers bool
+	// send drives one attacker connection; it returns what it sent (in
+	// frames or streams) and stops at the first write error.
+	send func(c *rawConn) int
+	// noRead: the attacker reads nothing until send returns (so the
+	// server's replies pile up); otherwise it reads concurrently.
+	noRead bool
+	// done reports the server's answer is complete (nil: wait for the end
+	// of the connection or outcomeWait).
+	done func(o *outcome) bool
+	// rounds caps attacker connections (0: floodRounds).
+	rounds int
+	// pause separates attacker connections (0: roundPause).
+	pause time.Duration
+	// check judges one connection's outcome.
+	check func(o *outcome, sent int) error
+	// stat is the sidecar stat the flood must increment.
+	stat string
+}
+
+var getPath = func(path string) []string {
+	return []string{":method", "GET", ":scheme", "http", ":authority", "hardening", ":path", path}
+}
+
+func wantGoAway(code http2.ErrCode) func(o *outcome, _ int) error {
+	return func(o *outcome, _ int) error {
+		if !o.goAway || o.goAwayCode != code {
+			return fmt.Errorf("got GOAWAY %v %v %q (closed %v), want GOAWAY %v", o.goAway, o.goAwayCode, o.debug, o.closed, code)
+		}
+		return nil
+	}
+}
+
+// wantCalmOrCut accepts GOAWAY ENHANCE_YOUR_CALM or, for an attacker
+// that did not read, the connection being cut.
+func wantCalmOrCut(o *outcome, _ int) error {
+	if (o.goAway && o.goAwayCode == http2.ErrCodeEnhanceYourCalm) || (!o.goAway && o.closed) {
+		return nil
+	}
+	return fmt.Errorf("got GOAWAY %v %v %q (closed %v), want ENHANCE_YOUR_CALM or the connection cut", o.goAway, o.goAwayCode, o.debug, o.closed)
+}
+
+func floods() []flood {
+	return []flood{
+		{
+			name: "rapid reset (CVE-2023-44487)",
+			// Each connection gets 500 streams to a handler before the
+			// GOAWAY; at 100 ms apart (~5500 streams/s) the probe's p99
+			// rose to ~30 ms on a loaded 2-core machine
+			// (docs/RELIABILITY.md), so this one attacker is paced more.
+			pause: 200 * time.Millisecond,
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 2000; n++ {
+					id := uint32(2*n + 1)
+					if c.request(id, "/hang", true) != nil || c.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http.plain.downstream_rq_too_many_premature_resets",
+		},
+		{
+			name: "MadeYouReset: WINDOW_UPDATE 0 after HEADERS (CVE-2025-8671)",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 2000; n++ {
+					id := uint32(2*n + 1)
+					if c.request(id, "/hang", false) != nil || c.fr.WriteWindowUpdate(id, 0) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http.plain.downstream_rq_too_many_premature_resets",
+		},
+		{
+			name: "MadeYouReset: DATA after END_STREAM (CVE-2025-8671)",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 2000; n++ {
+					id := uint32(2*n + 1)
+					if c.request(id, "/hang", true) != nil || c.fr.WriteData(id, false, []byte("x")) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http.plain.downstream_rq_too_many_premature_resets",
+		},
+		{
+			name: "CONTINUATION flood (CVE-2024-27316)",
+			send: func(c *rawConn) int {
+				if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.block(getPath("/")...)}) != nil {
+					return 0
+				}
+				junk := c.block("x-junk", strings.Repeat("j", 4000))
+				n := 0
+				for ; n < 5000; n++ {
+					if c.fr.WriteContinuation(1, false, junk) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: func(o *outcome, _ int) error {
+				if !o.goAway || (o.goAwayCode != http2.ErrCodeProtocol && o.goAwayCode != http2.ErrCodeEnhanceYourCalm) {
+					return fmt.Errorf("got GOAWAY %v %v (closed %v), want PROTOCOL_ERROR", o.goAway, o.goAwayCode, o.closed)
+				}
+				return nil
+			},
+			stat: "http2.rx_messaging_error",
+		},
+		{
+			name: "HPACK bomb (max_request_headers_kb)",
+			send: func(c *rawConn) int {
+				// One 4000-byte value enters the dynamic table, then each
+				// stream references it 20 times: ~80 KB decoded from a few
+				// dozen bytes on the wire.
+				n := 0
+				for ; n < 100; n++ {
+					kv := getPath("/")
+					for range 20 {
+						kv = append(kv, "x-bomb", strings.Repeat("b", 4000))
+					}
+					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
+						break
+					}
+				}
+				return n
+			},
+			done: func(o *outcome) bool { return o.status["431"] >= 100 },
+			check: func(o *outcome, sent int) error {
+				if o.status["431"] != sent || o.goAway {
+					return fmt.Errorf("%d of %d streams answered 431 (statuses %v, GOAWAY %v)", o.status["431"], sent, o.status, o.goAway)
+				}
+				return nil
+			},
+			stat: "http2.header_overflow",
+		},
+		{
+			name: "header count (max_headers_count)",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 100; n++ {
+					kv := getPath("/")
+					for i := range 60 {
+						kv = append(kv, "x-h"+strconv.Itoa(i), "v")
+					}
+					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
+						break
+					}
+				}
+				return n
+			},
+			done: func(o *outcome) bool { return o.status["431"] >= 100 },
+			check: func(o *outcome, sent int) error {
+				if o.status["431"] != sent {
+					return fmt.Errorf("%d of %d streams answered 431 (statuses %v)", o.status["431"], sent, o.status)
+				}
+				return nil
+			},
+			stat: "http2.header_overflow",
+		},
+		{
+			name:         "PING flood, attacker not reading (CVE-2019-9512)",
+			rounds:       4,
+			smallBuffers: true,
+			noRead:       true,
+			send: func(c *rawConn) int {
+				n := 0
+				end := time.Now().Add(5 * time.Second)
+				for ; n < 3_000_000 && time.Now().Before(end); n++ {
+					if c.fr.WritePing(false, [8]byte{byte(n)}) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantCalmOrCut,
+			stat:  "http2.outbound_control_flood",
+		},
+		{
+			name:         "SETTINGS flood, attacker not reading",
+			rounds:       4,
+			smallBuffers: true,
+			noRead:       true,
+			send: func(c *rawConn) int {
+				n := 0
+				end := time.Now().Add(5 * time.Second)
+				for ; n < 3_000_000 && time.Now().Before(end); n++ {
+					if c.fr.WriteSettings() != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantCalmOrCut,
+			stat:  "http2.outbound_control_flood",
+		},
+		{
+			name: "RST_STREAM flood: malformed requests provoking resets (CVE-2019-9514)",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 2000; n++ {
+					kv := append(getPath("/"), "connection", "close")
+					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http.plain.downstream_rq_too_many_premature_resets",
+		},
+		{
+			name: "empty DATA frames (CVE-2019-9518)",
+			send: func(c *rawConn) int {
+				if c.request(1, "/hang", false) != nil {
+					return 0
+				}
+				n := 0
+				for ; n < 1000; n++ {
+					if c.fr.WriteData(1, false, nil) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http2.inbound_empty_frames_flood",
+		},
+		{
+			name: "empty HEADERS frames (CVE-2019-9518)",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 1000; n++ {
+					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), EndHeaders: true}) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http2.inbound_empty_frames_flood",
+		},
+		{
+			name: "zero-length header names (CVE-2019-9516)",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 50; n++ {
+					kv := append(getPath("/"), "", "v")
+					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
+						break
+					}
+				}
+				return n
+			},
+			done: func(o *outcome) bool { return o.rst[http2.ErrCodeProtocol] >= 50 },
+			check: func(o *outcome, sent int) error {
+				if o.rst[http2.ErrCodeProtocol] != sent || len(o.status) != 0 {
+					return fmt.Errorf("%d of %d streams reset PROTOCOL_ERROR, statuses %v", o.rst[http2.ErrCodeProtocol], sent, o.status)
+				}
+				return nil
+			},
+			stat: "http2.rx_messaging_error",
+		},
+		{
+			name:     "1-byte window data dribble (CVE-2019-9511/9517)",
+			settings: []http2.Setting{{ID: http2.SettingInitialWindowSize, Val: 1}},
+			send: func(c *rawConn) int {
+				// Large responses the attacker lets through one byte per
+				// stream and then never again: the sidecar must neither
+				// buffer them whole nor keep the streams past
+				// stream_idle_timeout.
+				n := 0
+				for ; n < 20; n++ {
+					if c.request(uint32(2*n+1), "/big?size=4194304", true) != nil {
+						break
+					}
+				}
+				return n
+			},
+			done: func(o *outcome) bool { return o.rst[http2.ErrCodeCancel]+o.rst[http2.ErrCodeInternal] >= 20 },
+			check: func(o *outcome, sent int) error {
+				if got := o.rst[http2.ErrCodeCancel] + o.rst[http2.ErrCodeInternal]; got != sent {
+					return fmt.Errorf("%d of %d dribbled streams reset (RST_STREAM codes %v, GOAWAY %v %v)", got, sent, o.rst, o.goAway, o.goAwayCode)
+				}
+				return nil
+			},
+			stat: "http.plain.downstream_rq_idle_timeout",
+		},
+		{
+			name: "PRIORITY churn (CVE-2019-9513)",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 5000; n++ {
+					if c.fr.WritePriority(uint32(2*(n%1000)+1), http2.PriorityParam{StreamDep: uint32(2*((n+7)%1000) + 1), Weight: uint8(n)}) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http2.inbound_priority_frames_flood",
+		},
+		{
+			name: "WINDOW_UPDATE flood",
+			send: func(c *rawConn) int {
+				n := 0
+				for ; n < 5000; n++ {
+					if c.fr.WriteWindowUpdate(0, 1) != nil {
+						break
+					}
+				}
+				return n
+			},
+			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
+			stat:  "http2.inbound_window_update_frames_flood",
+		},
+	}
+}
+
+// TestHTTP2Floods runs each flood from raw-frame clients against a sidecar
+// process while a well-behaved client probes it on its own connection.
+// Each attacker connection must end as the flood's check says; the
+// flood's stat must count it; the sidecar's RSS must grow less than
+// maxRSSGrowth, its CPU stay under maxAttackCores during the flood and
+// fall under maxAfterCores after it; and (without -race) the probe's p99
+// latency must stay within 2x its baseline (median of short windows, with
+// a 2 ms floor).
+func TestHTTP2Floods(t *testing.T) {
+	// Envoy's default per_connection_buffer_limit_bytes (1 MiB), which
+	// meshd leaves unset unless configured (docs/RELIABILITY.md), on the
+	// listeners and the cluster: with it a dribbled response is buffered a
+	// window at a time instead of whole.
+	m := startSidecar(t, sidecarParams{HCM: floodHCM, ConnBufferLimit: 1 << 20})
+	pid := m.sc.PID()
+	pr := startProbe(t, m.plain)
+	for _, fl := range floods() {
+		t.Run(fl.name, func(t *testing.T) {
+			stat0 := m.stat(t, fl.stat)
+			stop := make(chan struct{})
+			var on atomic.Bool
+			var mu sync.Mutex
+			var failures []string
+			var firstSent int
+			var first *outcome
+			rounds := fl.rounds
+			if rounds == 0 {
+				rounds = floodRounds
+			}
+			pause := fl.pause
+			if pause == 0 {
+				pause = roundPause
+			}
+			wait := attack(floodWorkers, rounds, pause, stop, &on, func(round int) {
+				var prep func(*net.TCPConn)
+				if fl.smallBuffers {
+					prep = func(tc *net.TCPConn) { _ = tc.SetReadBuffer(4096) }
+				}
+				c, err := dialRawErr(m.plain, nil, prep, fl.settings...)
+				if err != nil {
+					mu.Lock()
+					failures = append(failures, err.Error())
+					mu.Unlock()
+					return
+				}
+				defer c.nc.Close()
+				var o *outcome
+				var sent int
+				if fl.noRead {
+					sent = fl.send(c)
+					o = c.readUntilEnd(outcomeWait, nil)
+				} else {
+					done := make(chan *outcome, 1)
+					go func() {
+						done <- c.readUntilEnd(outcomeWait, func(o *outcome) bool { return fl.done != nil && fl.done(o) })
+					}()
+					sent = fl.send(c)
+					o = <-done
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if first == nil {
+					first, firstSent = o, sent
+				}
+				if err := fl.check(o, sent); err != nil {
+					failures = append(failures, fmt.Sprintf("round %d (sent %d): %v", round, sent, err))
+				}
+			})
+			// Quiet and attack phases alternate, so both see the same
+			// machine load; the first part of each phase is not measured.
+			var quiet, loud latency
+			var quietCPU, loudCPU float64
+			var rssBefore, rssMax int64
+			for ph := range 2 * floodPhases {
+				attacking := ph%2 == 1
+				on.Store(attacking)
+				time.Sleep(phaseSettle)
+				a := sampleProc(t, pid)
+				if ph == 0 {
+					rssBefore = a.rss
+				}
+				from := time.Now()
+				time.Sleep(phaseLength)
+				b := sampleProc(t, pid)
+				rssMax = max(rssMax, b.rss)
+				l := pr.between(from, time.Now())
+				if attacking {
+					loud.add(l)
+					loudCPU += cpuFraction(a, b) / floodPhases
+				} else {
+					quiet.add(l)
+					quietCPU += cpuFraction(a, b) / floodPhases
+				}
+			}
+			on.Store(false)
+			close(stop)
+			rounds = wait()
+			during := sampleProc(t, pid)
+			time.Sleep(time.Second)
+			after := sampleProc(t, pid)
+			quiet.finish()
+			loud.finish()
+
+			mu.Lock()
+			defer mu.Unlock()
+			for i, f := range failures {
+				if i < 5 {
+					t.Errorf("attacker: %s", f)
+				}
+			}
+			if len(failures) > 5 {
+				t.Errorf("... and %d more attacker failures", len(failures)-5)
+			}
+			if d := m.stat(t, fl.stat) - stat0; d <= 0 {
+				t.Errorf("%s did not increase", fl.stat)
+			}
+			growth := rssMax - rssBefore
+			baseCores, cores, afterCores := quietCPU, loudCPU, cpuFraction(during, after)
+			firstDesc := "none"
+			if first != nil {
+				firstDesc = fmt.Sprintf("sent %d, GOAWAY %v %v, RST %v, statuses %v", firstSent, first.goAway, first.goAwayCode, first.rst, first.status)
+			}
+			t.Logf("FIGURES %s: %d attacker connections; first: %s; sidecar CPU %.2f cores quiet (probe only), %.2f under attack, %.2f after; RSS %d MiB -> max %d MiB; probe quiet %v; under attack %v",
+				fl.name, rounds, firstDesc, baseCores, cores, afterCores, rssBefore>>20, rssMax>>20, quiet, loud)
+			if growth > maxRSSGrowth {
+				t.Errorf("sidecar RSS grew by %d MiB during the flood, want < %d MiB", growth>>20, maxRSSGrowth>>20)
+			}
+			if raceEnabled {
+				return
+			}
+			if cores > maxAttackCores {
+				t.Errorf("sidecar used %.2f cores during the flood, want <= %.1f", cores, maxAttackCores)
+			}
+			if afterCores > baseCores+maxAfterCores {
+				t.Errorf("sidecar used %.2f cores in the second after the flood, want <= %.2f above the %.2f before it", afterCores, maxAfterCores, baseCores)
+			}
+			if loud.errs > 0 {
+				t.Errorf("well-behaved client: %d failed requests under attack", loud.errs)
+			}
+			limit := 2 * max(quiet.median, latencyFloor)
+			if loud.median > limit {
+				t.Errorf("well-behaved client p99 %v under attack, want <= %v (2x the quiet phases' %v, floor %v)", loud.median, limit, quiet.median, latencyFloor)
+			}
+		})
+	}
+}
