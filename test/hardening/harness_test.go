@@ -68,7 +68,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {{.Name}}
-          codec_type: AUTO
+          codec_type: {{.Codec}}
           route_config:
             name: local
             virtual_hosts:
@@ -129,13 +129,15 @@ func indent(s string, n int) string {
 	return strings.TrimRight(b.String(), "\n")
 }
 
-// mesh is a running sidecar in front of the suite's backend, with a
-// plaintext listener ("plain") and a TLS one ("tls").
+// mesh is a running sidecar in front of the suite's backend, with three
+// listeners: cleartext AUTO ("plain"), TLS AUTO ("tls") and cleartext
+// HTTP2 ("h2c").
 type mesh struct {
 	sc      *testutil.Sidecar
 	backend *backend
-	plain   string // listener addresses
-	tlsAddr string
+	plain   string // listener addresses: cleartext AUTO,
+	tlsAddr string // TLS AUTO (ALPN h2 or http/1.1),
+	h2c     string // cleartext HTTP2 only
 	certDir string
 }
 
@@ -157,9 +159,9 @@ func startSidecar(t *testing.T, p sidecarParams) *mesh {
 		"CertDir":         certDir,
 		"BackendPort":     port,
 		"Listeners": []struct {
-			Name string
-			TLS  bool
-		}{{"plain", false}, {"tls", true}},
+			Name, Codec string
+			TLS         bool
+		}{{"plain", "AUTO", false}, {"tls", "AUTO", true}, {"h2c", "HTTP2", false}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +172,7 @@ func startSidecar(t *testing.T, p sidecarParams) *mesh {
 		backend: be,
 		plain:   sc.ListenerAddr(t, "plain"),
 		tlsAddr: sc.ListenerAddr(t, "tls"),
+		h2c:     sc.ListenerAddr(t, "h2c"),
 		certDir: certDir,
 	}
 }
@@ -194,7 +197,8 @@ func (m *mesh) tlsConfig(t *testing.T, protos ...string) *tls.Config {
 
 // backend is the upstream: an HTTP/2 (h2c) server with a few endpoints.
 //
-//	/            drains the request body, answers "ok\n"
+//	/            drains the request body, answers "hello from meshd\n" (h2spec
+//	             skips a flow-control case for bodies under 5 bytes)
 //	/hang        answers nothing until the request is cancelled (at most 30 s)
 //	/big?size=N  N bytes
 //	/fat         204 with ~16 KB of unique response headers
@@ -212,7 +216,7 @@ func startBackend(t *testing.T) *backend {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
-		_, _ = io.WriteString(w, "ok\n")
+		_, _ = io.WriteString(w, "hello from meshd\n")
 	})
 	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
 		select {
