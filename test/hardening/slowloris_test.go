@@ -243,4 +243,3 @@ func (r deadlineReader) Read(p []byte) (int, error) {
 	_ = r.nc.SetReadDeadline(time.Now().Add(r.d))
 	return r.nc.Read(p)
 }
-

@@ -27,6 +27,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 	sc.startRequest()
+	if reason := badTarget(r); reason != "" {
+		s.log.Debug("h1: rejecting request target", slog.String("method", r.Method), slog.String("target", r.RequestURI),
+			slog.String("reason", reason), slog.Uint64("conn", sc.info.ID))
+		w.Header().Set("Connection", "close")
+		http.Error(w, "Bad Request", http.StatusBadRequest)
+		return
+	}
 	if limit := s.cfg.MaxHeadersCount; limit > 0 {
 		n := 0
 		for _, vs := range r.Header {
@@ -99,6 +106,29 @@ func newServerStream(w http.ResponseWriter, r *http.Request, sc *serverConn) *se
 		cancel: cancel,
 		head:   r.Method == http.MethodHead,
 	}
+}
+
+// badTarget says why r's request target cannot be forwarded, or "". net/http
+// accepts some targets a proxy must not pass on: asterisk-form for methods
+// other than OPTIONS (RFC 9112 section 3.2.4), and absolute-form URIs that
+// are not http or https with an authority ("a:0" parses as scheme "a" with
+// opaque "0"), which would become an invalid ":path".
+func badTarget(r *http.Request) string {
+	switch t := r.RequestURI; {
+	case r.Method == http.MethodConnect:
+		return ""
+	case t == "*":
+		if r.Method != http.MethodOptions {
+			return "asterisk-form is for OPTIONS only"
+		}
+	case strings.HasPrefix(t, "/"):
+	default:
+		scheme := strings.ToLower(r.URL.Scheme)
+		if (scheme != "http" && scheme != "https") || r.URL.Host == "" || r.URL.Opaque != "" {
+			return "absolute-form target is not an http or https URI with an authority"
+		}
+	}
+	return ""
 }
 
 // requestOf converts net/http's parsed request into a stream.Request.
