@@ -63,7 +63,9 @@ func FuzzServerRequest(f *testing.F) {
 			if err != nil {
 				return
 			}
-			go func() { _ = srv.NewConn(c, stream.ConnInfo{ID: 1, LocalAddr: c.LocalAddr(), RemoteAddr: c.RemoteAddr()}).Serve() }()
+			go func() {
+				_ = srv.NewConn(c, stream.ConnInfo{ID: 1, LocalAddr: c.LocalAddr(), RemoteAddr: c.RemoteAddr()}).Serve()
+			}()
 		}
 	}()
 	f.Cleanup(func() {
