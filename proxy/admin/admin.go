@@ -108,6 +108,8 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		pprofPrefix:            {help: "Go runtime profiles (net/http/pprof)", handle: pprof.Index},
 		"/debug/pprof":         {handle: http.RedirectHandler(pprofPrefix, http.StatusMovedPermanently).ServeHTTP},
 		"/debug/streams":       {help: "HTTP/2 streams that are not moving and why (meshd; JSON)", handle: s.handleStreams},
+		"/memory":              {help: "print current allocation and heap statistics (JSON)", handle: s.handleMemory},
+		"/debug/gc":            {help: "run two garbage collections, return memory to the OS, print /memory (meshd)", mutates: true, handle: s.handleGC},
 		"/debug/pprof/cmdline": {handle: pprof.Cmdline},
 		"/debug/pprof/profile": {handle: pprof.Profile},
 		"/debug/pprof/symbol":  {handle: pprof.Symbol},

@@ -96,6 +96,12 @@ var getPath = func(path string) []string {
 
 func wantGoAway(code http2.ErrCode) func(o *outcome, _ int) error {
 	return func(o *outcome, _ int) error {
+		if raceEnabled && !o.goAway && o.closed {
+			// Under -race the sidecar can be slow enough to close with
+			// the attacker's frames unread, so TCP resets the connection
+			// and the GOAWAY before it is lost.
+			return nil
+		}
 		if !o.goAway || o.goAwayCode != code {
 			return fmt.Errorf("got GOAWAY %v %v %q (closed %v), want GOAWAY %v", o.goAway, o.goAwayCode, o.debug, o.closed, code)
 		}
@@ -536,8 +542,12 @@ func TestHTTP2Floods(t *testing.T) {
 			}
 			t.Logf("FIGURES %s: %d attacker connections; first: %s; sidecar CPU %.2f cores quiet (probe only), %.2f under attack, %.2f after; RSS %d MiB -> max %d MiB; probe: %s",
 				fl.name, rounds, firstDesc, baseCores, cores, afterCores, rssBefore>>20, rssMax>>20, strings.Join(attempts, "; then "))
-			if growth > maxRSSGrowth {
-				t.Errorf("sidecar RSS grew by %d MiB during the flood, want < %d MiB", growth>>20, maxRSSGrowth>>20)
+			rssBound := int64(maxRSSGrowth)
+			if raceEnabled {
+				rssBound *= 4 // the race detector's shadow memory
+			}
+			if growth > rssBound {
+				t.Errorf("sidecar RSS grew by %d MiB during the flood, want < %d MiB", growth>>20, rssBound>>20)
 			}
 			if raceEnabled {
 				return
