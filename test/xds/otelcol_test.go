@@ -189,7 +189,7 @@ func (c *otelcol) Restart() {
         endpoint: %s
 exporters:
   debug: {}
-  otlp:
+  otlp_grpc:
     endpoint: %s
     tls:
       insecure: true
@@ -200,7 +200,7 @@ service:
   pipelines:
     traces:
       receivers: [otlp]
-      exporters: [otlp, debug]
+      exporters: [otlp_grpc, debug]
 `, c.addr, c.sink.Addr())
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		c.t.Fatal(err)
