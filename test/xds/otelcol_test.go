@@ -237,6 +237,16 @@ func (c *otelcol) Stop() {
 // Reset forgets the spans received so far.
 func (c *otelcol) Reset() { c.sink.Reset() }
 
+// Output is what the running collector printed ("" when stopped).
+func (c *otelcol) Output() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.proc == nil {
+		return ""
+	}
+	return c.proc.Output()
+}
+
 // Spans returns the spans the collector forwarded.
 func (c *otelcol) Spans() []tracingtest.Span { return c.sink.Spans() }
 

@@ -64,7 +64,12 @@ func spansWhere(t *testing.T, col receiver, what string, pred func([]tracingtest
 			return s
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; collector has %d spans", what, len(s))
+			out := ""
+			if o, ok := col.(interface{ Output() string }); ok {
+				out = o.Output()
+				out = "\ncollector output:\n" + out[max(0, len(out)-4000):]
+			}
+			t.Fatalf("timed out waiting for %s; collector has %d spans%s", what, len(s), out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
