@@ -290,8 +290,9 @@ func (cc *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStr
 		}
 	}
 	if !cc.healthy() {
+		cause := c.closeErr // read under mu: closeWith writes it
 		c.mu.Unlock()
-		return nil, unprocessed("connection is not accepting streams", c.closeErr)
+		return nil, unprocessed("connection is not accepting streams", cause)
 	}
 	if len(c.streams) >= cc.limit() {
 		c.mu.Unlock()
