@@ -176,8 +176,14 @@ func Run(ctx context.Context, opts Options) (err error) {
 	defer lm.http.CloseIdleConnections()
 	startErr := lm.start(ctx)
 	if startErr != nil && ctx.Err() != nil {
-		// Stopped (Ctrl-C, --duration) while coming up: a clean stop.
-		startErr = nil
+		if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			// The run's time limit (--duration) ran out before the mesh
+			// came up: the run showed nothing, which is a failure.
+			startErr = fmt.Errorf("the run's time limit ran out before the mesh was ready: %w", startErr)
+		} else {
+			// Stopped (Ctrl-C, SIGTERM) while coming up: a clean stop.
+			startErr = nil
+		}
 	}
 	var runErr error
 	if startErr == nil && ctx.Err() == nil {
