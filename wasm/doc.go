@@ -31,7 +31,7 @@
 //   - Memory: each instance's linear memory is capped by
 //     EngineConfig.MemoryLimitPages (DefaultMemoryLimitPages, 128 MiB).
 //   - Time: each callback has Config.CallbackTimeout (DefaultCallbackTimeout,
-//     100 ms); instance start has Config.StartTimeout. The engine rewrites
+//     1 s); instance start has Config.StartTimeout. The engine rewrites
 //     every module before compiling it (instrumentLoops): each loop head
 //     tests an exported interrupt global, and every 4096 iterations exits
 //     to Go once (a memory.grow of 0 pages) so the goroutine can be

@@ -211,8 +211,9 @@ func TestWasmSDKGuests(t *testing.T) {
 // TestWasmFaultyGuest (issue 6, acceptance 5) runs the faulty guest in a
 // sidecar process with fail_open true and false. A guest that traps (a Go
 // panic, which ends the module) or loops forever (interrupted at the
-// 100 ms callback deadline: wazero closes the module at the next loop
-// header once the instance's context is cancelled) breaks its VM instance:
+// 1 s callback deadline: the plugin's watchdog sets the instance's
+// interrupt flag, which the guest tests at every loop head) breaks its VM
+// instance:
 // the request passes to the upstream with fail_open and gets 503 without,
 // wasm.faulty.vm_failed and fail_open/fail_closed count it, and a new
 // instance replaces the broken one. Out-of-bounds pointers to a host call
