@@ -17,6 +17,7 @@ import (
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/lb"
 	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/xds/observe"
 )
 
 // connPool carries streams to one endpoint over one protocol.
@@ -134,6 +135,19 @@ type Cluster struct {
 	// pools is the circuit breaker and pool stats shared by the pools of
 	// all the cluster's hosts.
 	pools *poolShared
+}
+
+// Observe returns, for each HTTP/2 endpoint of the cluster, what its pool
+// saw since the previous call (xds/observe), keyed by "ip:port". Other
+// protocols report nothing.
+func (c *Cluster) Observe() map[string]observe.Endpoint {
+	out := make(map[string]observe.Endpoint)
+	for _, h := range c.Hosts() {
+		if p, ok := h.pool.(*h2Pool); ok {
+			out[h.Addr] = p.observe()
+		}
+	}
+	return out
 }
 
 // Spec returns the cluster's compiled config.

@@ -10,11 +10,13 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/xds/observe"
 )
 
 // assumedStreamsPerConn is the stream capacity the pool expects of a
@@ -42,6 +44,9 @@ type muxConn interface {
 // keepalivePinger is a muxConn that can send a keepalive PING on demand
 // (HTTP/2; QUIC keepalive runs inside quic-go).
 type keepalivePinger interface{ KeepalivePing() }
+
+// observer is a muxConn that measures its path and load (HTTP/2).
+type observer interface{ Observe() h2.Observation }
 
 // h2Pool multiplexes streams to one endpoint over as few connections as
 // the peer's stream limit allows: HTTP/2 connections limited by
@@ -87,6 +92,19 @@ type h2Pool struct {
 	// connect dials the endpoint and sets pc.cc, wiring the connection's
 	// events to the pool: connectH2, or connectH3 for HTTP/3.
 	connect func(pc *pconn) error
+	// obs accumulates what Observe reports for the current interval.
+	obs poolObs
+}
+
+// poolObs is an endpoint's observation in progress (xds/observe). Guarded
+// by the pool's mu, except overflow.
+type poolObs struct {
+	since    time.Time
+	peerMCS  uint32
+	peak     int
+	pings    uint64
+	wait     time.Duration
+	overflow atomic.Uint64
 }
 
 // pconn is one connection of the pool. Fields other than cc are guarded
@@ -105,6 +123,7 @@ type pconn struct {
 	localClose bool // the pool closed it (Close)
 	idleTimer  *time.Timer
 	ageTimer   *time.Timer
+	lastRx     int64 // ReceivedBytes at the previous Observe
 }
 
 // waiter is a stream queued for a slot.
@@ -126,6 +145,7 @@ func newH2Pool(addr string, spec *Spec, st *Stats, sh *poolShared, logger *slog.
 		kaInterval: spec.HTTP2.Keepalive.Interval,
 		kaGauge:    sh.stats.keepaliveGauge(addr),
 	}
+	p.obs.since = time.Now()
 	p.connect = p.connectH2
 	if spec.Protocol == HTTP3 {
 		p.connect = p.connectH3
@@ -153,6 +173,7 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 	sh := p.sh
 	if sh.breaker.requests.Load() >= sh.breaker.maxRequests {
 		sh.stats.rqPendingOverflow.Inc()
+		p.obs.overflow.Add(1)
 		return nil, fmt.Errorf("%w: max_requests (%d) reached", ErrOverflow, sh.breaker.maxRequests)
 	}
 	start := time.Now()
@@ -177,7 +198,9 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 			}
 		}
 		if attempt == 0 {
-			sh.stats.streamWait.Record(float64(time.Since(start).Microseconds()) / 1000)
+			wait := time.Since(start)
+			sh.stats.streamWait.Record(float64(wait.Microseconds()) / 1000)
+			p.obs.wait = max(p.obs.wait, wait)
 		}
 		p.mu.Unlock()
 
@@ -210,6 +233,7 @@ func (p *h2Pool) waitLocked(ctx context.Context) (*pconn, error) {
 	}
 	if !tryAcquire(&sh.breaker.pending, sh.breaker.maxPending) {
 		sh.stats.rqPendingOverflow.Inc()
+		p.obs.overflow.Add(1)
 		return nil, fmt.Errorf("%w: max_pending_requests (%d) reached", ErrOverflow, sh.breaker.maxPending)
 	}
 	sh.stats.rqPendingTotal.Inc()
@@ -220,6 +244,7 @@ func (p *h2Pool) waitLocked(ctx context.Context) (*pconn, error) {
 	}()
 	w := &waiter{ready: make(chan struct{})}
 	p.waiters = append(p.waiters, w)
+	p.notePeakLocked()
 	p.planDialsLocked()
 	p.mu.Unlock()
 	waited := p.stats.HTTP2.WaitForSlot(p.addr) // /debug/streams: stream_slot
@@ -291,6 +316,7 @@ func (p *h2Pool) placedLocked(pc *pconn) {
 	p.sh.breaker.requests.Add(1)
 	pc.active++
 	pc.total++
+	p.notePeakLocked()
 	p.sh.stats.streamPlaced(pc.total > 1)
 	p.idleCheckLocked(pc)
 	if m := p.spec.Lifetimes.MaxRequestsPerConnection; m > 0 && pc.total >= m && !pc.draining {
@@ -540,6 +566,7 @@ func (p *h2Pool) onSettings(pc *pconn, mcs uint32) {
 		l = min(l, int(m))
 	}
 	pc.settled, pc.limit = true, l
+	p.obs.peerMCS = mcs
 	p.limitHint = max(l, 1)
 	p.dispatchLocked()
 }
@@ -557,6 +584,7 @@ func (p *h2Pool) onGoAway(pc *pconn, code stream.ErrCode, debug string) {
 		p.kaInterval = min(2*p.kaInterval, maxKeepaliveInterval)
 		p.kaGauge.Set(p.kaInterval.Milliseconds())
 		p.sh.stats.keepaliveBackoff.Inc()
+		p.obs.pings++
 		p.logger.Info("upstream sent too_many_pings; doubling keepalive interval", "interval", p.kaInterval)
 	}
 	p.dispatchLocked()
@@ -717,3 +745,71 @@ func (p *h2Pool) Close() error {
 }
 
 var _ connPool = (*h2Pool)(nil)
+
+// notePeakLocked records the demand on the endpoint (streams placed,
+// promised or queued) for the observation's peak.
+func (p *h2Pool) notePeakLocked() {
+	n := len(p.waiters)
+	for _, pc := range p.conns {
+		n += max(pc.active, 0) + pc.reserved
+	}
+	p.obs.peak = max(p.obs.peak, n)
+}
+
+// observe returns the endpoint's observation since the previous call and
+// starts the next interval.
+func (p *h2Pool) observe() observe.Endpoint {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	o := p.spec.HTTP2
+	sw, cw := advertisedWindows(o.InitialStreamWindowSize, o.InitialConnectionWindowSize, p.spec.PerConnectionBufferLimit)
+	e := observe.Endpoint{
+		PeerMaxConcurrentStreams: p.obs.peerMCS,
+		KeepaliveInterval:        p.kaInterval,
+		TooManyPings:             p.obs.pings,
+		PeakStreams:              uint32(p.obs.peak),
+		Overflow:                 p.obs.overflow.Swap(0),
+		MaxStreamWait:            p.obs.wait,
+		StreamWindow:             sw,
+		ConnectionWindow:         cw,
+	}
+	elapsed := now.Sub(p.obs.since).Seconds()
+	for _, pc := range p.conns {
+		ob, ok := pc.cc.(observer)
+		if !ok {
+			continue
+		}
+		co := ob.Observe()
+		e.RTT = max(e.RTT, co.RTT)
+		if elapsed > 0 {
+			e.Throughput = max(e.Throughput, float64(co.ReceivedBytes-pc.lastRx)/elapsed)
+		}
+		pc.lastRx = co.ReceivedBytes
+	}
+	p.obs.since, p.obs.pings, p.obs.wait = now, 0, 0
+	p.notePeakReset()
+	return e
+}
+
+// notePeakReset starts the next interval's peak at the current demand.
+func (p *h2Pool) notePeakReset() {
+	p.obs.peak = 0
+	p.notePeakLocked()
+}
+
+// advertisedWindows is the receive windows an h2.ClientConn advertises for
+// the configured ones: 0 is h2.DefaultWindowSize, and a buffer limit caps
+// both (the connection window not below 65535).
+func advertisedWindows(stream, conn, limit uint32) (uint32, uint32) {
+	if stream == 0 {
+		stream = h2.DefaultWindowSize
+	}
+	if conn == 0 {
+		conn = h2.DefaultWindowSize
+	}
+	if limit == 0 {
+		return stream, conn
+	}
+	return min(stream, limit), min(conn, max(limit, 65535))
+}

@@ -88,6 +88,7 @@ type ClientConn struct {
 	cfg ClientConfig
 
 	settingsTimer *time.Timer // immutable after NewClientConn
+	start         time.Time   // immutable: when our preface and SETTINGS were queued
 	kaTimer       *time.Timer // immutable after NewClientConn
 
 	// Guarded by c.mu.
@@ -103,6 +104,8 @@ type ClientConn struct {
 	pingWait       *sync.Cond
 	pingSeq        uint64
 	pingData       [8]byte
+	pingSentAt     time.Time     // when the outstanding PING was queued
+	pingRTT        time.Duration // the last PING round trip; 0: none yet
 	kaTimeoutTimer *time.Timer
 }
 
@@ -126,6 +129,7 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 		cfg:     cf,
 		nextID:  1,
 		peerMCS: 1,
+		start:   time.Now(),
 	}
 	cc.pingWait = sync.NewCond(&cc.c.mu)
 	cc.c.onRemove = cc.onRemove
@@ -355,6 +359,30 @@ func requestFields(req *stream.Request) []hpack.HeaderField {
 	return fields
 }
 
+// Observation is what a connection measured of its path and load.
+type Observation struct {
+	// RTT is the last round trip measured: a keepalive PING's ACK or,
+	// before any, the ACK of our first SETTINGS (which also waits for the
+	// peer to read the preface). 0: none yet.
+	RTT time.Duration
+	// ReceivedBytes counts the DATA bytes received (flow-controlled length,
+	// padding included) since the connection opened.
+	ReceivedBytes int64
+}
+
+// Observe returns what the connection measured so far. It does not block
+// on I/O.
+func (cc *ClientConn) Observe() Observation {
+	c := cc.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := Observation{RTT: cc.pingRTT, ReceivedBytes: c.recvData}
+	if o.RTT == 0 && c.settingsAcked {
+		o.RTT = c.settingsAckedAt.Sub(cc.start)
+	}
+	return o
+}
+
 func (cc *ClientConn) settingsExpired() {
 	c := cc.c
 	c.mu.Lock()
@@ -407,6 +435,7 @@ func (cc *ClientConn) pingLocked() {
 	}
 	c := cc.c
 	cc.pingOutstanding = true
+	cc.pingSentAt = time.Now()
 	cc.pingSeq++
 	binary.BigEndian.PutUint64(cc.pingData[:], cc.pingSeq)
 	c.queue(ctrlItem{kind: ctrlPing, ping: cc.pingData})
@@ -456,6 +485,7 @@ func (cc *ClientConn) handlePing(f *http2.PingFrame) error {
 	if f.IsAck() {
 		if cc.pingOutstanding && f.Data == cc.pingData {
 			cc.pingOutstanding = false
+			cc.pingRTT = time.Since(cc.pingSentAt)
 			cc.kaTimeoutTimer.Stop()
 			if cc.idlePing {
 				cc.idlePing = false

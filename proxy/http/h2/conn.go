@@ -186,20 +186,22 @@ type conn struct {
 	ready     []*strm    // guarded by mu: streams with body bytes or an end to send
 	streams   map[uint32]*strm
 
-	sendConnWin     int64  // guarded by mu: what the peer lets us send on the connection
-	peerInitWin     int64  // guarded by mu: peer's SETTINGS_INITIAL_WINDOW_SIZE
-	peerMaxFrame    uint32 // guarded by mu
-	peerMaxHdrList  uint32 // guarded by mu; 0 = unlimited
-	recvConnAvail   int64  // guarded by mu: what the peer may still send on the connection
-	recvConnUnacked int64  // guarded by mu: consumed bytes not yet returned by WINDOW_UPDATE
-	settingsAcked   bool   // guarded by mu: the peer acknowledged our SETTINGS
-	goAwaySent      bool   // guarded by mu
-	goAwayRecv      bool   // guarded by mu
-	closed          bool   // guarded by mu
-	closeErr        error  // guarded by mu
-	closing         bool   // guarded by mu: a ctrlClose is queued
-	maxPeerID       uint32 // guarded by mu: highest peer-initiated stream ID seen
-	pendingDone     int    // guarded by mu: removed streams not yet reported to onStreamDone
+	sendConnWin     int64     // guarded by mu: what the peer lets us send on the connection
+	peerInitWin     int64     // guarded by mu: peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame    uint32    // guarded by mu
+	peerMaxHdrList  uint32    // guarded by mu; 0 = unlimited
+	recvConnAvail   int64     // guarded by mu: what the peer may still send on the connection
+	recvConnUnacked int64     // guarded by mu: consumed bytes not yet returned by WINDOW_UPDATE
+	settingsAcked   bool      // guarded by mu: the peer acknowledged our SETTINGS
+	settingsAckedAt time.Time // guarded by mu: when the first SETTINGS ACK arrived
+	recvData        int64     // guarded by mu: DATA payload bytes received (flow-controlled length)
+	goAwaySent      bool      // guarded by mu
+	goAwayRecv      bool      // guarded by mu
+	closed          bool      // guarded by mu
+	closeErr        error     // guarded by mu
+	closing         bool      // guarded by mu: a ctrlClose is queued
+	maxPeerID       uint32    // guarded by mu: highest peer-initiated stream ID seen
+	pendingDone     int       // guarded by mu: removed streams not yet reported to onStreamDone
 
 	done       chan struct{} // closed once the connection is closed
 	writerDone chan struct{}
@@ -990,6 +992,9 @@ func (c *conn) dispatchFrame(h frameHandler, f http2.Frame) error {
 func (c *conn) handleSettings(h frameHandler, f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		c.mu.Lock()
+		if !c.settingsAcked {
+			c.settingsAckedAt = time.Now()
+		}
 		c.settingsAcked = true
 		c.mu.Unlock()
 		return nil
@@ -1118,6 +1123,7 @@ func (c *conn) handleData(h frameHandler, f *http2.DataFrame) error {
 		return connErr(http2.ErrCodeFlowControl, "DATA beyond the connection window")
 	}
 	c.recvConnAvail -= n
+	c.recvData += n
 	s := c.streams[f.StreamID]
 	if s == nil || s.recvDone {
 		c.consumeConn(n)
