@@ -25,9 +25,12 @@ type messageFields struct {
 var supportedFields = map[protoreflect.FullName]messageFields{
 	// Bootstrap.
 	"envoy.config.bootstrap.v3.Bootstrap": {
-		supported: names("node", "admin", "static_resources", "dynamic_resources"),
+		supported: names("node", "admin", "static_resources", "dynamic_resources", "cluster_manager"),
 		ignored:   names("layered_runtime"),
 	},
+	// load_stats_config: LRS reports with meshd's per-endpoint
+	// observations (xds/observe), for the control plane's autoTune.
+	"envoy.config.bootstrap.v3.ClusterManager": {supported: names("load_stats_config")},
 	"envoy.config.bootstrap.v3.Admin": {
 		supported: names("address"),
 		ignored:   names("access_log_path"),

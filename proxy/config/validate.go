@@ -134,6 +134,9 @@ func ValidateBootstrap(b *bootstrapv3.Bootstrap) error {
 	if dyn != nil {
 		v.dynamicResources("dynamic_resources", dyn, b.GetStaticResources().GetClusters())
 	}
+	if lsc := b.GetClusterManager().GetLoadStatsConfig(); lsc != nil {
+		v.grpcSource("cluster_manager.load_stats_config", lsc, b.GetStaticResources().GetClusters(), false)
+	}
 
 	seen := map[string]string{}
 	for i, l := range b.GetStaticResources().GetListeners() {
@@ -530,17 +533,30 @@ func (v *validator) dynamicResources(path string, d *bootstrapv3.Bootstrap_Dynam
 		}
 		return
 	}
-	apath := join(path, "ads_config")
-	switch ads.GetApiType() {
-	case corev3.ApiConfigSource_GRPC, corev3.ApiConfigSource_DELTA_GRPC:
-	default:
-		v.addf(join(apath, "api_type"), "%s is not supported (GRPC or DELTA_GRPC)", ads.GetApiType())
+	v.grpcSource(join(path, "ads_config"), ads, static, true)
+	if d.GetLdsConfig() != nil {
+		v.adsSource(join(path, "lds_config"), d.GetLdsConfig())
 	}
-	v.apiVersion(join(apath, "transport_api_version"), ads.GetTransportApiVersion())
-	if n := len(ads.GetGrpcServices()); n != 1 {
+	if d.GetCdsConfig() != nil {
+		v.adsSource(join(path, "cds_config"), d.GetCdsConfig())
+	}
+}
+
+// grpcSource checks an ApiConfigSource served by one envoy_grpc service on
+// a static cluster: ADS (delta allowed) or LRS (GRPC only).
+func (v *validator) grpcSource(apath string, src *corev3.ApiConfigSource, static []*clusterv3.Cluster, delta bool) {
+	switch t := src.GetApiType(); {
+	case t == corev3.ApiConfigSource_GRPC, delta && t == corev3.ApiConfigSource_DELTA_GRPC:
+	case delta:
+		v.addf(join(apath, "api_type"), "%s is not supported (GRPC or DELTA_GRPC)", t)
+	default:
+		v.addf(join(apath, "api_type"), "%s is not supported (GRPC)", t)
+	}
+	v.apiVersion(join(apath, "transport_api_version"), src.GetTransportApiVersion())
+	if n := len(src.GetGrpcServices()); n != 1 {
 		v.addf(join(apath, "grpc_services"), "exactly one gRPC service is required, got %d", n)
 	}
-	for i, gs := range ads.GetGrpcServices() {
+	for i, gs := range src.GetGrpcServices() {
 		gpath := fmt.Sprintf("%s.grpc_services[%d]", apath, i)
 		name := gs.GetEnvoyGrpc().GetClusterName()
 		if gs.GetEnvoyGrpc() == nil {
@@ -548,14 +564,8 @@ func (v *validator) dynamicResources(path string, d *bootstrapv3.Bootstrap_Dynam
 			continue
 		}
 		if !slices.ContainsFunc(static, func(c *clusterv3.Cluster) bool { return c.GetName() == name }) {
-			v.addf(join(gpath, "envoy_grpc.cluster_name"), "cluster %q is not a static cluster (the ADS cluster must be in static_resources)", name)
+			v.addf(join(gpath, "envoy_grpc.cluster_name"), "cluster %q is not a static cluster (it must be in static_resources)", name)
 		}
-	}
-	if d.GetLdsConfig() != nil {
-		v.adsSource(join(path, "lds_config"), d.GetLdsConfig())
-	}
-	if d.GetCdsConfig() != nil {
-		v.adsSource(join(path, "cds_config"), d.GetCdsConfig())
 	}
 }
 

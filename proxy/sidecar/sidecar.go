@@ -182,11 +182,20 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 	if err != nil {
 		return err
 	}
+	lr, err := client.NewLoadReporter(bs, s.loadStats, s.logger)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.xds, s.xdsStop, s.xdsDone = xc, cancel, make(chan struct{})
 	go func() {
 		defer close(s.xdsDone)
+		var wg sync.WaitGroup
+		if lr != nil {
+			wg.Go(func() { _ = lr.Run(ctx) })
+		}
 		_ = xc.Run(ctx)
+		wg.Wait()
 	}()
 	s.readyAfterIdentities(xc.Warmed())
 	return nil

@@ -176,7 +176,12 @@ func controlPlaneAddress(b *bootstrapv3.Bootstrap) (string, error) {
 	if len(gs) != 1 || gs[0].GetEnvoyGrpc() == nil {
 		return "", errors.New("dynamic_resources.ads_config.grpc_services: exactly one envoy_grpc service is required")
 	}
-	name := gs[0].GetEnvoyGrpc().GetClusterName()
+	return staticClusterAddress(b, gs[0].GetEnvoyGrpc().GetClusterName(), "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name")
+}
+
+// staticClusterAddress returns host:port of the first endpoint of the
+// static cluster name; field names the bootstrap field that refers to it.
+func staticClusterAddress(b *bootstrapv3.Bootstrap, name, field string) (string, error) {
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if c.GetName() != name {
 			continue
@@ -189,9 +194,9 @@ func controlPlaneAddress(b *bootstrapv3.Bootstrap) (string, error) {
 				}
 			}
 		}
-		return "", fmt.Errorf("static cluster %q (ads_config): load_assignment has no endpoint with a port", name)
+		return "", fmt.Errorf("%s: static cluster %q: load_assignment has no endpoint with a port", field, name)
 	}
-	return "", fmt.Errorf("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: no static cluster %q", name)
+	return "", fmt.Errorf("%s: no static cluster %q", field, name)
 }
 
 // Warmed is closed once the first snapshot was applied.

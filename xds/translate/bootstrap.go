@@ -87,6 +87,15 @@ func Bootstrap(m *model.Mesh, nodeID, xdsAddr string) (*bootstrapv3.Bootstrap, e
 			CdsConfig: ads(),
 		},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds}},
+		// Load reports go to the control plane too: they carry the
+		// observations autoTune learns from (xds/observe).
+		ClusterManager: &bootstrapv3.ClusterManager{LoadStatsConfig: &corev3.ApiConfigSource{
+			ApiType:             corev3.ApiConfigSource_GRPC,
+			TransportApiVersion: corev3.ApiVersion_V3,
+			GrpcServices: []*corev3.GrpcService{{
+				TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSClusterName}},
+			}},
+		}},
 	}
 	// With mTLS off nothing references the secrets; a sidecar that sees
 	// the identity cluster would wait for an SVID before it is ready.
