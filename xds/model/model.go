@@ -275,6 +275,37 @@ type Policy struct {
 	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
 	// LoadBalancer is round_robin, least_request or random.
 	LoadBalancer string `json:"loadBalancer,omitempty"`
+	// AutoTune lets the control plane adjust settings from what the
+	// sidecars observe (xds/autotune).
+	AutoTune *AutoTune `json:"autoTune,omitempty"`
+}
+
+// AutoTune opts a Service's clients into closed-loop tuning: the control
+// plane derives settings from the sidecars' observations of the Service's
+// endpoints and pushes them to every sidecar that calls it. Learned values
+// are an input to translation; the mesh file is never rewritten. Each
+// bound caps what the control plane may choose.
+type AutoTune struct {
+	// Keepalive raises http2.keepalive.interval to at least the minimum
+	// ping interval the endpoints enforce (learned from GOAWAY
+	// too_many_pings) and to 3 × timeout + 2 × p99 PING RTT. It has an
+	// effect only where the effective policy sets http2.keepalive.
+	Keepalive *bool `json:"keepalive,omitempty"`
+	// ConnectionPool raises connectionPool.maxConnections to
+	// ceil(peak concurrent streams / the peer's
+	// SETTINGS_MAX_CONCURRENT_STREAMS) + headroom.
+	ConnectionPool *bool `json:"connectionPool,omitempty"`
+	// Windows sets http2.initialStreamWindowSize and
+	// initialConnectionWindowSize from bandwidth × RTT.
+	Windows *bool `json:"windows,omitempty"`
+	// MaxKeepaliveInterval bounds a learned keepalive interval (default
+	// 5m).
+	MaxKeepaliveInterval *Duration `json:"maxKeepaliveInterval,omitempty"`
+	// MaxConnections bounds a learned maxConnections (default 64).
+	MaxConnections *uint32 `json:"maxConnections,omitempty"`
+	// WindowMemoryBudget bounds a learned window in bytes (default 16 MiB):
+	// what one connection may buffer for the Service.
+	WindowMemoryBudget *uint32 `json:"windowMemoryBudget,omitempty"`
 }
 
 // HTTP2 is the client's HTTP/2 settings (Envoy Http2ProtocolOptions).

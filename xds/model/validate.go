@@ -328,6 +328,12 @@ func validatePolicy(ps *problems, o origin, path string, p *Policy) {
 	if p.LoadBalancer != "" && !slices.Contains(loadBalancers, p.LoadBalancer) {
 		ps.add(o, path+".loadBalancer", "unknown load balancer %q (one of %s)", p.LoadBalancer, strings.Join(loadBalancers, ", "))
 	}
+	if a := p.AutoTune; a != nil {
+		ap := path + ".autoTune"
+		checkDuration(ps, o, ap+".maxKeepaliveInterval", a.MaxKeepaliveInterval, time.Millisecond)
+		atLeastOne(ps, o, ap+".maxConnections", a.MaxConnections, "no connection could be opened")
+		checkWindow(ps, o, ap+".windowMemoryBudget", a.WindowMemoryBudget)
+	}
 }
 
 func checkWindow(ps *problems, o origin, field string, v *uint32) {

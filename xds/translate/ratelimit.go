@@ -58,6 +58,10 @@ type Options struct {
 	// sidecars fetch for RateLimitPolicies with engine wasm. When nil, a
 	// mesh with such a policy is a translation error naming it.
 	RateLimitModule *WasmModule
+	// Tuning is what closed-loop tuning learned (xds/autotune), laid over
+	// each Service's effective policy for the aspects its autoTune
+	// enables. Nil gives the mesh file's values.
+	Tuning Tuning
 }
 
 // WasmModule is a proxy-wasm module sidecars fetch over HTTP.

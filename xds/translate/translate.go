@@ -197,7 +197,7 @@ func (t *translator) node(w *model.Workload) *Resources {
 			r.Listeners = append(r.Listeners, t.tcpListener(name, out.Port, cname))
 		} else {
 			r.Listeners = append(r.Listeners, t.httpListener(name, out.Port, t.rds(name), nil, nil))
-			r.Routes = append(r.Routes, t.routeConfig(name, svc.Key(), t.route(cname, t.m.EffectivePolicy(svc), false)))
+			r.Routes = append(r.Routes, t.routeConfig(name, svc.Key(), t.route(cname, t.policy(svc), false)))
 		}
 		if clusters[cname] {
 			continue
@@ -225,7 +225,7 @@ func (t *translator) inbound(r *Resources, w *model.Workload, in *model.Inbound)
 		// The inbound side advertises the HTTP/2 settings the clients of
 		// the service are configured with, so both ends of the
 		// sidecar-to-sidecar connection agree.
-		if p := t.m.EffectivePolicy(svc); p.HTTP2 != nil {
+		if p := t.policy(svc); p.HTTP2 != nil {
 			h2 = &corev3.Http2ProtocolOptions{
 				MaxConcurrentStreams:        u32(p.HTTP2.MaxConcurrentStreams),
 				InitialStreamWindowSize:     u32(p.HTTP2.InitialStreamWindowSize),
@@ -381,7 +381,7 @@ func (t *translator) route(cluster string, p model.Policy, grpcOnly bool) *route
 // inbound listeners are the endpoints) and the service's own protocol
 // otherwise.
 func (t *translator) outboundCluster(name string, svc *model.Service) *clusterv3.Cluster {
-	p := t.m.EffectivePolicy(svc)
+	p := t.policy(svc)
 	c := t.edsCluster(name, p)
 	c.LbPolicy = lbPolicy(p.LoadBalancer, false)
 	protocol := svc.AppProtocol()
