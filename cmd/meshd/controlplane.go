@@ -17,11 +17,13 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 
 	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/internal/wasmbuild"
 	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/stats"
+	"meshd.dev/meshd/xds/autotune"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
 	"meshd.dev/meshd/xds/source"
@@ -100,7 +102,13 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 			return 1
 		}
 	}
-	opts := server.Options{Logger: logger, Stats: st, Services: caSvc.Register}
+	// Closed-loop tuning (xds/autotune) sits between the mesh watcher and
+	// the xDS server: it learns from the sidecars' load reports (LRS on
+	// the xDS port) and re-publishes the mesh with what it learned.
+	var tuner *autotune.Tuner
+	opts := server.Options{Logger: logger, Stats: st,
+		Services: func(g grpc.ServiceRegistrar) { caSvc.Register(g); tuner.Register(g) },
+		Tuning:   func() []server.TuningChange { return tuner.Changes() }}
 	if *otlpEndpoint != "" {
 		tp, err := tracing.NewSDKProvider(context.Background(), *otlpEndpoint, "meshd-control-plane")
 		if err != nil {
@@ -143,7 +151,19 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		}
 		logger.Info("serving the rate-limit module", "url", topts.RateLimitModule.URL, "sha256", rlModule.SHA256)
 	}
-	watcher := source.NewFileWatcher(*meshPath, srv, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: tokens.SetMesh, Translate: topts})
+	if tuner, err = autotune.New(autotune.Options{Sink: srv, Logger: logger, Translate: topts}); err != nil {
+		_ = xdsLis.Close()
+		_ = adminLis.Close()
+		fmt.Fprintf(stderr, "meshd control-plane: %v\n", err)
+		return 1
+	}
+	adjust := func(m *model.Mesh) error {
+		if err := tokens.SetMesh(m); err != nil {
+			return err
+		}
+		return tuner.Adjust(m)
+	}
+	watcher := source.NewFileWatcher(*meshPath, tuner, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: adjust, Translate: topts})
 	if err := watcher.Load(); err != nil {
 		_ = xdsLis.Close()
 		_ = adminLis.Close()

@@ -33,10 +33,12 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 
 	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/examples"
 	"meshd.dev/meshd/internal/wasmbuild"
+	"meshd.dev/meshd/xds/autotune"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
 	"meshd.dev/meshd/xds/source"
@@ -263,6 +265,7 @@ type localMesh struct {
 	http   *http.Client
 
 	srv         *server.Server
+	tuner       *autotune.Tuner     // between the mesh and srv (closed-loop tuning); set by publish
 	watcher     *source.FileWatcher // with a mesh file: polled until the control plane stops
 	tokens      *ca.TokenAuthenticator
 	tokenSecret []byte
@@ -344,7 +347,13 @@ func (lm *localMesh) startControlPlane() error {
 	if err != nil {
 		return err
 	}
-	lm.srv = server.New(server.Options{Logger: lm.logger, Services: caSvc.Register})
+	// Closed-loop tuning (xds/autotune) sits between the mesh and the xDS
+	// server: it learns from the sidecars' load reports and re-publishes
+	// the mesh with what it learned. publish creates it; no stream can
+	// reach these closures before Serve.
+	lm.srv = server.New(server.Options{Logger: lm.logger,
+		Services: func(g grpc.ServiceRegistrar) { caSvc.Register(g); lm.tuner.Register(g) },
+		Tuning:   func() []server.TuningChange { return lm.tuner.Changes() }})
 	xdsLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("control plane xDS listener: %w", err)
@@ -404,6 +413,11 @@ func (lm *localMesh) startControlPlane() error {
 // example once, a file through a watcher (lm.watcher) that Run keeps
 // polling.
 func (lm *localMesh) publish(topts translate.Options) error {
+	tuner, err := autotune.New(autotune.Options{Sink: lm.srv, Logger: lm.logger, Translate: topts})
+	if err != nil {
+		return err
+	}
+	lm.tuner = tuner
 	if lm.opts.MeshPath == "" {
 		if err := lm.tokens.SetMesh(lm.mesh); err != nil {
 			return fmt.Errorf("%s: CA tokens: %w", lm.mesh.Source, err)
@@ -412,7 +426,8 @@ func (lm *localMesh) publish(topts translate.Options) error {
 		if err != nil {
 			return fmt.Errorf("%s: translating: %w", lm.mesh.Source, err)
 		}
-		if err := lm.srv.Publish(res, lm.mesh.Warnings()); err != nil {
+		_ = tuner.Adjust(lm.mesh)
+		if err := tuner.Publish(res, lm.mesh.Warnings()); err != nil {
 			return fmt.Errorf("publishing %s: %w", lm.mesh.Source, err)
 		}
 		return nil
@@ -421,9 +436,12 @@ func (lm *localMesh) publish(topts translate.Options) error {
 		if err := lm.plan.Apply(m); err != nil {
 			return err
 		}
-		return lm.tokens.SetMesh(m)
+		if err := lm.tokens.SetMesh(m); err != nil {
+			return err
+		}
+		return tuner.Adjust(m)
 	}
-	lm.watcher = source.NewFileWatcher(lm.opts.MeshPath, lm.srv, source.FileOptions{Logger: lm.logger, Adjust: adjust, Translate: topts})
+	lm.watcher = source.NewFileWatcher(lm.opts.MeshPath, tuner, source.FileOptions{Logger: lm.logger, Adjust: adjust, Translate: topts})
 	if err := lm.watcher.Load(); err != nil {
 		return fmt.Errorf("publishing %s: %w", lm.opts.MeshPath, err)
 	}

@@ -26,11 +26,34 @@ type Status struct {
 	// Streams are the connected xDS streams with, per resource type, the
 	// version sent, the version ACKed and the last NACK.
 	Streams []StreamStatus `json:"streams"`
+	// AutoTune lists the automatic changes closed-loop tuning made, oldest
+	// first (absent when the control plane runs without it).
+	AutoTune []TuningChange `json:"autotune,omitempty"`
+}
+
+// TuningChange is one value the control plane changed on its own
+// (xds/autotune): which Service and field, from what to what, and why.
+type TuningChange struct {
+	At time.Time `json:"at"`
+	// Service is "<namespace>/<name>".
+	Service string `json:"service"`
+	// Field is the mesh-file field the learned value replaces, e.g.
+	// "http2.keepalive.interval".
+	Field string `json:"field"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+	// Reason says which observation led to the change, with the numbers.
+	Reason string `json:"reason"`
+	// Values are the numbers behind Reason, by name, for machines.
+	Values map[string]float64 `json:"values,omitempty"`
 }
 
 // Status returns what /status shows.
 func (s *Server) Status() Status {
 	st := Status{Streams: s.tracker.snapshot(), Sidecars: []string{}}
+	if s.tuning != nil {
+		st.AutoTune = s.tuning()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.published; p != nil {

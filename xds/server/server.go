@@ -75,6 +75,9 @@ type Options struct {
 	// node's ACK or NACK (span "xds.push", status ERROR with the NACK's
 	// error_detail).
 	Tracer trace.Tracer
+	// Tuning, when set, lists the automatic changes of closed-loop tuning
+	// (xds/autotune) for /status.
+	Tuning func() []TuningChange
 }
 
 // Server serves xDS from the last published mesh. All methods are safe for
@@ -83,6 +86,7 @@ type Server struct {
 	log      *slog.Logger
 	store    *stats.Store
 	services func(grpc.ServiceRegistrar) // immutable; nil: xDS only
+	tuning   func() []TuningChange       // immutable; nil: no autoTune
 	metrics  metrics
 
 	hash    *nodeHash
@@ -137,6 +141,7 @@ func New(opts Options) *Server {
 		log:      logger,
 		store:    store,
 		services: opts.Services,
+		tuning:   opts.Tuning,
 		metrics: metrics{
 			pushes:        sc.Counter("xds_pushes"),
 			acks:          sc.Counter("xds_acks"),
