@@ -284,7 +284,9 @@ func (c *Cluster) newPool(addr string) connPool {
 				c.stats.CxConnectTimeout.Inc()
 			}
 		},
-		OnConnClose: c.stats.CxActive.Dec,
+		OnConnClose:              c.stats.CxActive.Dec,
+		MaxRequestsPerConnection: c.spec.Lifetimes.MaxRequestsPerConnection,
+		OnMaxRequests:            c.pools.stats.cxMaxRequests.Inc,
 	})}
 }
 

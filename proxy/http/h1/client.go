@@ -66,6 +66,13 @@ type ClientConfig struct {
 	OnConnect        func()
 	OnConnectFailure func(err error)
 	OnConnClose      func()
+	// MaxRequestsPerConnection (max_requests_per_connection) closes a
+	// connection after this many requests: the last one goes out with
+	// "Connection: close" and the connection is not reused. Zero means no
+	// limit. OnMaxRequests, when set, is called each time a connection
+	// reaches it.
+	MaxRequestsPerConnection uint32
+	OnMaxRequests            func()
 }
 
 // Client is a pool of HTTP/1.1 connections to one endpoint, built on a
@@ -146,22 +153,42 @@ func (c *Client) observe(conn net.Conn, err error) (net.Conn, error) {
 	if c.cfg.OnConnect != nil {
 		c.cfg.OnConnect()
 	}
-	if c.cfg.OnConnClose == nil {
+	if c.cfg.OnConnClose == nil && c.cfg.MaxRequestsPerConnection == 0 {
 		return conn, nil
 	}
 	return &observedConn{Conn: conn, onClose: c.cfg.OnConnClose}, nil
 }
 
-// observedConn reports its first Close.
+// observedConn reports its first Close and counts the requests sent on it.
 type observedConn struct {
 	net.Conn
-	once    sync.Once
-	onClose func()
+	once     sync.Once
+	onClose  func() // nil: not reported
+	requests atomic.Uint32
 }
 
 func (c *observedConn) Close() error {
-	c.once.Do(c.onClose)
+	if c.onClose != nil {
+		c.once.Do(c.onClose)
+	}
 	return c.Conn.Close()
+}
+
+// lastRequest counts a request that got conn and reports whether it is the
+// connection's last under MaxRequestsPerConnection.
+func (c *Client) lastRequest(conn net.Conn) bool {
+	limit := c.cfg.MaxRequestsPerConnection
+	oc, ok := conn.(*observedConn)
+	if limit == 0 || !ok {
+		return false
+	}
+	if oc.requests.Add(1) != limit {
+		return false
+	}
+	if c.cfg.OnMaxRequests != nil {
+		c.cfg.OnMaxRequests()
+	}
+	return true
 }
 
 // dial connects to cfg.Addr (the addr net/http derived from the URL is the
@@ -343,10 +370,20 @@ func (c *Client) NewStream(ctx context.Context, req *stream.Request, endStream b
 		}
 	}
 	var once sync.Once
+	var sent *http.Request // the request handed to the transport
 	trace := &httptrace.ClientTrace{
 		WroteHeaders: func() { once.Do(func() { close(s.wroteHeaders) }) },
+		// GotConn runs on the transport's caller goroutine before the
+		// request is written: the last request of a connection asks the
+		// server to close it, and the transport will not reuse it.
+		GotConn: func(info httptrace.GotConnInfo) {
+			if c.lastRequest(info.Conn) {
+				sent.Close = true
+			}
+		},
 	}
 	hreq = hreq.WithContext(httptrace.WithClientTrace(sctx, trace))
+	sent = hreq
 	if !c.track(s) {
 		cancel()
 		return nil, &stream.Error{Code: stream.ErrCodeRefusedStream, Unprocessed: true, Reason: "client closed"}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -450,4 +451,51 @@ func TestClientDrain(t *testing.T) {
 	}
 	// The connection is closed once its stream ended, not kept idle.
 	waitFor(t, func() bool { return up.closed.Load() == 1 })
+}
+
+// TestClientMaxRequestsPerConnection checks max_requests_per_connection:
+// sequential requests use a connection for exactly the limit, the last one
+// carries "Connection: close", and each reached limit is reported.
+func TestClientMaxRequestsPerConnection(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	for _, tc := range []struct {
+		limit, requests uint32
+		wantConns       int32
+		wantReached     int32
+	}{
+		{limit: 0, requests: 6, wantConns: 1, wantReached: 0},
+		{limit: 1, requests: 4, wantConns: 4, wantReached: 4},
+		{limit: 3, requests: 9, wantConns: 3, wantReached: 3},
+		{limit: 4, requests: 6, wantConns: 2, wantReached: 1},
+	} {
+		t.Run(fmt.Sprintf("limit %d", tc.limit), func(t *testing.T) {
+			var closes atomic.Int32
+			up := startUpstream(t, false, func(w http.ResponseWriter, r *http.Request) {
+				if r.Close {
+					closes.Add(1)
+				}
+				io.WriteString(w, "ok")
+			})
+			var reached atomic.Int32
+			c := newTestClient(t, ClientConfig{Addr: up.Listener.Addr().String(), MaxRequestsPerConnection: tc.limit, OnMaxRequests: func() { reached.Add(1) }})
+			for i := range tc.requests {
+				s, err := c.NewStream(testCtx(t), getRequest("/"), true)
+				if err != nil {
+					t.Fatalf("stream %d: %v", i, err)
+				}
+				if _, err := s.Response(testCtx(t)); err != nil {
+					t.Fatalf("stream %d: %v", i, err)
+				}
+				if got := readAll(t, s); got != "ok" {
+					t.Fatalf("stream %d: body %q", i, got)
+				}
+			}
+			if n := up.conns.Load(); n != tc.wantConns {
+				t.Errorf("%d requests with limit %d: upstream saw %d connections, want %d", tc.requests, tc.limit, n, tc.wantConns)
+			}
+			if n := reached.Load(); n != tc.wantReached || closes.Load() != tc.wantReached {
+				t.Errorf("limit reached %d times, %d requests asked to close; want %d", n, closes.Load(), tc.wantReached)
+			}
+		})
+	}
 }
