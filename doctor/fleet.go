@@ -22,29 +22,14 @@ type FleetNode struct {
 // "host:port") and returns every connected node once, sorted by node ID,
 // with the admin address it reported.
 func FleetNodes(ctx context.Context, client *http.Client, controlPlane string) ([]FleetNode, error) {
-	if client == nil {
-		client = &http.Client{Timeout: 5 * time.Second}
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+controlPlane+"/status", nil)
-	if err != nil {
-		return nil, fmt.Errorf("control plane %s: %w", controlPlane, err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("control plane %s/status: %w", controlPlane, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("control plane %s/status: %s", controlPlane, resp.Status)
-	}
 	var st struct {
 		Streams []struct {
 			Node  string `json:"node"`
 			Admin string `json:"admin"`
 		} `json:"streams"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, fmt.Errorf("control plane %s/status: %w", controlPlane, err)
+	if err := getStatus(ctx, client, controlPlane, &st); err != nil {
+		return nil, err
 	}
 	seen := map[string]string{}
 	for _, s := range st.Streams {
@@ -103,5 +88,65 @@ func Fleet(ctx context.Context, controlPlane string, procNet string, opts LiveOp
 		}()
 	}
 	wg.Wait()
+	tuned, err := FleetTuning(ctx, nil, controlPlane)
+	if err != nil {
+		return nil, err
+	}
+	r.Findings = append(r.Findings, tuned...)
 	return r, nil
+}
+
+// FleetTuning reads the automatic changes the control plane's closed-loop
+// tuning made (GET /status, "autotune") and returns each as an info
+// finding: rule "autotune", the Service as subject, the field, the values
+// and the reason as evidence, and the numbers behind it in Values.
+func FleetTuning(ctx context.Context, client *http.Client, controlPlane string) ([]Finding, error) {
+	var st struct {
+		AutoTune []struct {
+			At      time.Time          `json:"at"`
+			Service string             `json:"service"`
+			Field   string             `json:"field"`
+			From    string             `json:"from"`
+			To      string             `json:"to"`
+			Reason  string             `json:"reason"`
+			Values  map[string]float64 `json:"values"`
+		} `json:"autotune"`
+	}
+	if err := getStatus(ctx, client, controlPlane, &st); err != nil {
+		return nil, err
+	}
+	out := make([]Finding, 0, len(st.AutoTune))
+	for _, c := range st.AutoTune {
+		out = append(out, Finding{
+			Severity: Info,
+			Rule:     "autotune",
+			Subject:  "Service " + c.Service,
+			Evidence: fmt.Sprintf("%s: control plane set %s (was %s) at %s: %s", c.Field, c.To, c.From, c.At.Format(time.RFC3339), c.Reason),
+			Values:   c.Values,
+		})
+	}
+	return out, nil
+}
+
+// getStatus decodes the control plane's GET /status into v.
+func getStatus(ctx context.Context, client *http.Client, controlPlane string, v any) error {
+	if client == nil {
+		client = &http.Client{Timeout: 5 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+controlPlane+"/status", nil)
+	if err != nil {
+		return fmt.Errorf("control plane %s: %w", controlPlane, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("control plane %s/status: %w", controlPlane, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("control plane %s/status: %s", controlPlane, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("control plane %s/status: %w", controlPlane, err)
+	}
+	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,5 +67,40 @@ func TestFleetSkipsNodesWithoutAdmin(t *testing.T) {
 	}
 	if r.ExitCode() != 2 {
 		t.Errorf("exit code %d, want 2 (a sidecar could not be sampled)", r.ExitCode())
+	}
+}
+
+// TestFleetTuning turns the control plane's autotune changes on /status
+// into info findings with the field, the values, the reason and the
+// numbers; a control plane without autotune gives none.
+func TestFleetTuning(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       []Finding
+	}{{
+		name: "two changes",
+		body: `{"autotune":[
+ {"at":"2026-01-02T03:04:05Z","service":"demo/greeter","field":"http2.keepalive.interval","from":"1s","to":"4s","reason":"refused at 1s","values":{"interval_ms":4000}},
+ {"at":"2026-01-02T03:04:06Z","service":"demo/pool","field":"connectionPool.maxConnections","from":"2","to":"5","reason":"overflow","values":{"max_connections":5}}]}`,
+		want: []Finding{
+			{Severity: Info, Rule: "autotune", Subject: "Service demo/greeter", Evidence: "http2.keepalive.interval: control plane set 4s (was 1s) at 2026-01-02T03:04:05Z: refused at 1s", Values: map[string]float64{"interval_ms": 4000}},
+			{Severity: Info, Rule: "autotune", Subject: "Service demo/pool", Evidence: "connectionPool.maxConnections: control plane set 5 (was 2) at 2026-01-02T03:04:06Z: overflow", Values: map[string]float64{"max_connections": 5}},
+		},
+	}, {
+		name: "no autotune",
+		body: `{"version":"v1","streams":[]}`,
+		want: []Finding{},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(tc.body)) }))
+			defer srv.Close()
+			got, err := FleetTuning(context.Background(), nil, strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
 	}
 }
