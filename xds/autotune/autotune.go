@@ -126,8 +126,10 @@ type svcState struct {
 	// too_many_pings.
 	refusedPing time.Duration
 	rtts        []sample // PING RTTs, oldest first, within RTTWindow
-	needs       []sample // connections asked for, oldest first, within ShrinkAfter
-	// window: the largest bandwidth × RTT seen while window-limited.
+	// lowSince is when reports began to ask for fewer connections than
+	// pushed (zero: the last one did not); lowPeak the most they asked.
+	lowSince time.Time
+	lowPeak  uint32
 }
 
 type sample struct {
@@ -428,7 +430,11 @@ func (t *Tuner) deriveLocked(svc *model.Service, now time.Time) bool {
 		if have == 0 {
 			have = configured
 		}
-		if overflow > 0 && have > 0 {
+		// Overflow means the demand seen was cut by the pool, but only when
+		// the pool was full (every allowed connection at the peer's
+		// limit): overflow while connections were still being opened
+		// (a new pool after a push) says nothing about the demand.
+		if overflow > 0 && have > 0 && saturated(st, p, have) {
 			need = max(need, 2*int(have))
 		}
 		bound := uint32(DefaultMaxConnections)
@@ -438,27 +444,35 @@ func (t *Tuner) deriveLocked(svc *model.Service, now time.Time) bool {
 		want := uint32(0)
 		if need > 0 {
 			want = min(uint32(need+max(1, (need+3)/4)), max(bound, configured))
-			st.needs = append(st.needs, sample{now, float64(want)})
 		}
-		st.needs = trim(st.needs, now.Add(-t.shrinkAfter))
 		switch {
-		case want > have:
+		case want > have && (have == 0 || uint32(need) > have):
+			// The headroom is the hysteresis band: a peak that still fits
+			// the connections pushed (a few streams counted twice while
+			// their end is reported) changes nothing.
+			st.lowSince, st.lowPeak = time.Time{}, 0
 			next.MaxConnections = want
 			change("connectionPool.maxConnections", strconv.Itoa(int(have)), strconv.Itoa(int(want)),
 				fmt.Sprintf("%d connections carry the peak demand at the peer's stream limit (+ headroom), %d requests overflowed the pool", need, overflow),
 				map[string]float64{"max_connections": float64(want), "needed": float64(need), "overflow": float64(overflow)})
-		case want > 0 && want < have && len(st.needs) > 0 && now.Sub(st.needs[0].at) >= t.shrinkAfter-t.interval:
-			// Every report of the last ShrinkAfter asked for less.
-			peak := 0.0
-			for _, s := range st.needs {
-				peak = max(peak, s.v)
+		case want > 0 && want < have && uint32(need) < have:
+			// Shrink only when every report for ShrinkAfter asked for
+			// less, and then to the most any of them asked for.
+			if st.lowSince.IsZero() {
+				st.lowSince = now
 			}
-			if lower := max(uint32(peak), configured); lower < have {
-				next.MaxConnections = lower
-				change("connectionPool.maxConnections", strconv.Itoa(int(have)), strconv.Itoa(int(lower)),
-					fmt.Sprintf("no report of the last %s needed more than %d connections", t.shrinkAfter, lower),
-					map[string]float64{"max_connections": float64(lower)})
+			st.lowPeak = max(st.lowPeak, want)
+			if now.Sub(st.lowSince) >= t.shrinkAfter {
+				if lower := max(st.lowPeak, configured); lower < have {
+					next.MaxConnections = lower
+					change("connectionPool.maxConnections", strconv.Itoa(int(have)), strconv.Itoa(int(lower)),
+						fmt.Sprintf("no report of the last %s needed more than %d connections", now.Sub(st.lowSince).Round(time.Second), lower),
+						map[string]float64{"max_connections": float64(lower)})
+				}
+				st.lowSince, st.lowPeak = time.Time{}, 0
 			}
+		default:
+			st.lowSince, st.lowPeak = time.Time{}, 0
 		}
 	}
 
@@ -489,6 +503,25 @@ func (t *Tuner) deriveLocked(svc *model.Service, now time.Time) bool {
 		t.changes = append([]server.TuningChange(nil), t.changes[n-maxChanges:]...)
 	}
 	return true
+}
+
+// saturated reports whether some node's last report shows its pool full:
+// peak demand at least have connections × the peer's stream limit.
+func saturated(st *svcState, p model.Policy, have uint32) bool {
+	for _, eps := range st.last {
+		limit, peak := uint32(0), uint32(0)
+		for _, o := range eps {
+			if l := streamLimit(o.PeerMaxConcurrentStreams, p); l > 0 && (limit == 0 || l < limit) {
+				limit = l
+			}
+			peak += o.PeakStreams
+		}
+		// max_connections holds for the whole cluster.
+		if limit > 0 && peak >= have*limit {
+			return true
+		}
+	}
+	return false
 }
 
 // streamLimit is the streams one connection carries: the peer's limit,
