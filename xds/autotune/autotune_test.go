@@ -169,7 +169,7 @@ func TestRules(t *testing.T) {
 		policy: `  connectionPool: {maxConnections: 2}
   autoTune: {connectionPool: true, maxConnections: 6}
 `,
-		steps: []step{{obs: observe.Endpoint{PeerMaxConcurrentStreams: 10, PeakStreams: 100, Overflow: 1}, want: translate.Tuned{MaxConnections: 6}}},
+		steps:     []step{{obs: observe.Endpoint{PeerMaxConcurrentStreams: 10, PeakStreams: 100, Overflow: 1}, want: translate.Tuned{MaxConnections: 6}}},
 		published: 1,
 	}, {
 		name: "windows: window-limited grows 4x, link-limited stays",
@@ -186,7 +186,7 @@ func TestRules(t *testing.T) {
 		name: "windows: capped by the memory budget",
 		policy: `  autoTune: {windows: true, windowMemoryBudget: 131072}
 `,
-		steps: []step{{obs: observe.Endpoint{StreamWindow: 65535, RTT: 50 * time.Millisecond, Throughput: 65535 / 0.05}, want: translate.Tuned{StreamWindow: 131072, ConnectionWindow: 131072}}},
+		steps:     []step{{obs: observe.Endpoint{StreamWindow: 65535, RTT: 50 * time.Millisecond, Throughput: 65535 / 0.05}, want: translate.Tuned{StreamWindow: 131072, ConnectionWindow: 131072}}},
 		published: 1,
 	}, {
 		name:   "no autoTune: reports are ignored",
