@@ -373,6 +373,30 @@ var badCases = []struct {
 		wantReason: `cluster "xds" is not a static cluster`,
 	},
 	{
+		name: "load reports to a cluster that is not static",
+		edits: []edit{{"static_resources:", `cluster_manager:
+  load_stats_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+      - envoy_grpc: { cluster_name: lrs }
+static_resources:`}},
+		wantPath:   "cluster_manager.load_stats_config.grpc_services[0].envoy_grpc.cluster_name",
+		wantReason: `cluster "lrs" is not a static cluster`,
+	},
+	{
+		name: "load reports over REST",
+		edits: []edit{{"static_resources:", `cluster_manager:
+  load_stats_config:
+    api_type: REST
+    transport_api_version: V3
+    grpc_services:
+      - envoy_grpc: { cluster_name: backend }
+static_resources:`}},
+		wantPath:   "cluster_manager.load_stats_config.api_type",
+		wantReason: "REST is not supported (GRPC)",
+	},
+	{
 		name:       "CDS must use ADS",
 		edits:      []edit{{"static_resources:", adsConfig[:len(adsConfig)-len("static_resources:")] + "  cds_config: { path: /etc/cds.yaml }\nstatic_resources:"}},
 		wantPath:   "dynamic_resources.cds_config",
