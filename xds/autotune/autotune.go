@@ -4,7 +4,7 @@
 // UpstreamEndpointStats.metadata, see xds/observe), derives settings for
 // every Service whose effective policy has autoTune, and publishes a new
 // translation of the current mesh with the learned values laid over the
-// policy (translate.TranslateTuned). The mesh file is never rewritten: the
+// policy (translate.Options.Tuning). The mesh file is never rewritten: the
 // learned values are an input to translation, held in memory.
 //
 // Rules (docs/RATIONALE.md, "Why closed-loop tuning learns this way"):

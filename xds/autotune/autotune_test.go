@@ -229,7 +229,7 @@ func TestPublishedTranslationCarriesTuning(t *testing.T) {
 	tu, sink, _, m := newTuner(t, policy)
 	tu.Report("client.demo", report(m, observe.Endpoint{KeepaliveInterval: 2 * time.Second, TooManyPings: 1}))
 	last := sink.published[len(sink.published)-1]
-	want, err := translate.TranslateTuned(m, translate.Tuning{"svc.demo": {KeepaliveInterval: 4 * time.Second}})
+	want, err := translate.TranslateWith(m, translate.Options{Tuning: translate.Tuning{"svc.demo": {KeepaliveInterval: 4 * time.Second}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestPublishedTranslationCarriesTuning(t *testing.T) {
 	if err := tu.Publish(res2, nil); err != nil {
 		t.Fatal(err)
 	}
-	want2, _ := translate.TranslateTuned(m2, translate.Tuning{"svc.demo": {KeepaliveInterval: 4 * time.Second}})
+	want2, _ := translate.TranslateWith(m2, translate.Options{Tuning: translate.Tuning{"svc.demo": {KeepaliveInterval: 4 * time.Second}}})
 	if got := sink.published[len(sink.published)-1].Version; got != want2.Version {
 		t.Errorf("after an edit: published %s, want the tuned %s", got, want2.Version)
 	}
