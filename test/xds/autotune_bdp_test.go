@@ -113,8 +113,9 @@ func (r *shapingRelay) pipe(src, dst net.Conn) {
 }
 
 // transfer streams size bytes from the app through client (256 KiB
-// messages) and returns the payload rate in bytes per second.
-func transfer(t *testing.T, client testgrpc.TestServiceClient, size int) float64 {
+// messages) and returns the payload rate in bytes per second; a transfer
+// that ends early is an error.
+func transfer(t *testing.T, client testgrpc.TestServiceClient, size int) (float64, error) {
 	t.Helper()
 	const msg = 256 << 10
 	params := make([]*testgrpc.ResponseParameters, size/msg)
@@ -126,20 +127,20 @@ func transfer(t *testing.T, client testgrpc.TestServiceClient, size int) float64
 	start := time.Now()
 	s, err := client.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: params})
 	if err != nil {
-		t.Fatalf("StreamingOutputCall: %v", err)
+		return 0, fmt.Errorf("StreamingOutputCall: %w", err)
 	}
 	got := 0
 	for {
 		m, err := s.Recv()
 		if err != nil {
 			if got != size {
-				t.Fatalf("transfer: %d of %d bytes, then %v", got, size, err)
+				return 0, fmt.Errorf("transfer: %d of %d bytes, then %w", got, size, err)
 			}
 			break
 		}
 		got += len(m.GetPayload().GetBody())
 	}
-	return float64(got) / time.Since(start).Seconds()
+	return float64(got) / time.Since(start).Seconds(), nil
 }
 
 // TestAutoTuneWindows is acceptance 5 of issue 10: two sidecars with a
@@ -255,7 +256,14 @@ spec:
 	var changes []server.TuningChange
 	lastChange := time.Now()
 	for {
-		r := transfer(t, tunedClient, 2<<20)
+		r, err := transfer(t, tunedClient, 2<<20)
+		if err != nil {
+			// A push replaces the cluster; the stream in flight on the
+			// drained connection has been seen reset (RST_STREAM
+			// NO_ERROR) since main's recent h2 changes. Learning goes on;
+			// the measured transfers below must not fail.
+			t.Logf("learning transfer cut short by a push: %v", err)
+		}
 		st, _ := cp.statusOnce(t)
 		if cs := tuningChanges(st, "http2.initialStreamWindowSize"); len(cs) != len(changes) {
 			changes, lastChange = cs, time.Now()
@@ -268,8 +276,14 @@ spec:
 			t.Fatalf("windows still changing (or never changed) after 40 s: %+v", changes)
 		}
 	}
-	tunedRate := transfer(t, tunedClient, size)
-	staticRate := transfer(t, staticClient, size)
+	tunedRate, err := transfer(t, tunedClient, size)
+	if err != nil {
+		t.Fatalf("autoTune.windows transfer: %v", err)
+	}
+	staticRate, err := transfer(t, staticClient, size)
+	if err != nil {
+		t.Fatalf("static windows transfer: %v", err)
+	}
 	t.Logf("8 MiB over a %v RTT, %.1f MB/s link: autoTune.windows %.2f MB/s (%.0f%%, stream window %s), static 64 KiB windows %.2f MB/s (%.0f%%)",
 		2*delay, rate/1e6, tunedRate/1e6, 100*tunedRate/rate, changes[len(changes)-1].To, staticRate/1e6, 100*staticRate/rate)
 	if tunedRate < 0.8*rate {
