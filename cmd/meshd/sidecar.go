@@ -29,6 +29,9 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	identityWait := fs.Duration("identity-wait", 30*time.Second, "how long start-up waits for the SVIDs of SDS identity sources before binding listeners (the sidecar is not ready until they arrive)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(level, "l", "info", "same as --log-level")
+	configYAML := fs.String("config-yaml", "", "the bootstrap as a YAML string, instead of -c (as Envoy's --config-yaml; merging with -c is not supported)")
+	serviceNode := fs.String("service-node", "", "node.id, replacing the bootstrap's (as Envoy's --service-node)")
+	tokenFile := fs.String("token-file", "", "read the built-in CA token from this file (a projected service-account token on Kubernetes) into node.metadata[\"meshd.token\"]")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -38,18 +41,21 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	if *path == "" {
-		fmt.Fprintln(stderr, "meshd sidecar: -c BOOTSTRAP is required")
+	if (*path == "") == (*configYAML == "") {
+		fmt.Fprintln(stderr, "meshd sidecar: -c BOOTSTRAP is required (or --config-yaml YAML, not both)")
 		return 2
 	}
 	if *drain < 0 {
 		fmt.Fprintln(stderr, "meshd sidecar: --drain-time-s: must not be negative")
 		return 2
 	}
-	b, err := config.LoadBootstrap(*path)
+	b, err := loadSidecarBootstrap(*path, *configYAML, *serviceNode, *tokenFile)
 	if err != nil {
-		fmt.Fprintf(stderr, "meshd sidecar: invalid bootstrap %s:\n%v\n", *path, err)
+		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
 		return 1
+	}
+	if *path == "" {
+		*path = "--config-yaml"
 	}
 	store := stats.NewStore()
 	ids, err := identity.New(identity.Options{Bootstrap: b, Stats: store, Logger: logger})

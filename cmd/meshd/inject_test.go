@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"meshd.dev/meshd/ca"
+	"meshd.dev/meshd/kube/inject"
+)
+
+// TestInjectCommand runs `meshd inject` on the inject package's test
+// inputs and compares with what the package produces for the same flags.
+func TestInjectCommand(t *testing.T) {
+	in := filepath.Join("..", "..", "kube", "inject", "testdata", "deployment.yaml")
+	data, err := os.ReadFile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := inject.Config{Image: "meshd:v9", XDSAddress: "cp.meshd-system.svc:15010", ExcludeOutboundPorts: []int32{53, 5432}}.Manifest(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := run([]string{"inject", "-f", in, "--image", "meshd:v9", "--xds", "cp.meshd-system.svc:15010", "--exclude-outbound-ports", "53, 5432"}, &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !bytes.Equal(out.Bytes(), want) {
+		t.Fatalf("meshd inject printed\n%s\nwant\n%s", out.Bytes(), want)
+	}
+
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no file", []string{"inject"}, 2, "usage: meshd inject -f"},
+		{"bad port list", []string{"inject", "-f", in, "--exclude-inbound-ports", "80,x"}, 2, "--exclude-inbound-ports"},
+		{"bad xds", []string{"inject", "-f", in, "--xds", "nohost"}, 2, "xds address"},
+		{"missing file", []string{"inject", "-f", "none.yaml"}, 1, "none.yaml"},
+		{"injector without TLS", []string{"injector"}, 2, "--tls-cert and --tls-key are required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			if code := run(tt.args, &out, &errOut); code != tt.code || !strings.Contains(errOut.String(), tt.want) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, errOut.String(), tt.code, tt.want)
+			}
+		})
+	}
+}
+
+// TestSidecarBootstrapFlags checks --config-yaml, --service-node and
+// --token-file, which the injected sidecar runs with.
+func TestSidecarBootstrapFlags(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("eyJhbGciOi.projected.token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inline := "node: {id: pod.namespace, cluster: c}\nadmin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}\n"
+	b, err := loadSidecarBootstrap("", inline, "web-5d8f-x2x.demo", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Node.Id != "web-5d8f-x2x.demo" || b.Node.Cluster != "c" {
+		t.Fatalf("node = %v", b.Node)
+	}
+	if got, ok := ca.NodeToken(b.Node); !ok || got != "eyJhbGciOi.projected.token" {
+		t.Fatalf("token = %q, %v", got, ok)
+	}
+	for _, tt := range []struct{ name, inline, token, want string }{
+		{"bad yaml", "node: {idd: x}\n", "", "idd"},
+		{"missing token", inline, filepath.Join(dir, "none"), "--token-file"},
+		{"empty token", inline, os.DevNull, "empty"},
+	} {
+		if _, err := loadSidecarBootstrap("", tt.inline, "", tt.token); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v, want %q", tt.name, err, tt.want)
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"sidecar", "-c", "x.yaml", "--config-yaml", inline}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "not both") {
+		t.Fatalf("-c with --config-yaml: exit %d, %q", code, errOut.String())
+	}
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"meshd.dev/meshd/kube/inject"
+)
+
+// injectorStopTimeout bounds the graceful stop of the webhook server.
+const injectorStopTimeout = 5 * time.Second
+
+func runInjector(args []string, _, stderr io.Writer) int {
+	fs := flag.NewFlagSet("injector", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "0.0.0.0:9443", "HTTPS address of the webhook (POST /inject, GET /healthz)")
+	certFile := fs.String("tls-cert", "", "serving certificate PEM (its CA is the webhook's caBundle)")
+	keyFile := fs.String("tls-key", "", "private key PEM of --tls-cert")
+	addrPath := fs.String("address-path", "", "write the bound address to this file")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	config := injectFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "meshd injector: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "meshd injector: --log-level: %v\n", err)
+		return 2
+	}
+	if *certFile == "" || *keyFile == "" {
+		fmt.Fprintln(stderr, "meshd injector: --tls-cert and --tls-key are required (the API server calls webhooks over HTTPS only)")
+		return 2
+	}
+	cfg, err := config()
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd injector: %v\n", err)
+		return 2
+	}
+	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd injector: --tls-cert/--tls-key: %v\n", err)
+		return 1
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd injector: --listen: %v\n", err)
+		return 1
+	}
+	if *addrPath != "" {
+		if err := writeAddressFile(*addrPath, lis.Addr().String()); err != nil {
+			_ = lis.Close()
+			fmt.Fprintf(stderr, "meshd injector: %v\n", err)
+			return 1
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/inject", &inject.Webhook{Config: cfg, Logger: logger})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	}
+	errs := make(chan error, 1)
+	go func() {
+		if err := srv.ServeTLS(lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- err
+		}
+		close(errs)
+	}()
+	logger.Info("injector serving", "address", lis.Addr().String(), "image", cfg.Image, "xds", cfg.XDSAddress)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	code := 0
+	select {
+	case s := <-sigs:
+		logger.Info("shutting down", "signal", s.String())
+	case err := <-errs:
+		logger.Error("shutting down", "err", err)
+		code = 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), injectorStopTimeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		_ = srv.Close()
+	}
+	<-errs
+	return code
+}

@@ -1,0 +1,438 @@
+// Package inject adds the meshd sidecar to Kubernetes pod specs: the
+// mutation `meshd inject` applies to manifests and `meshd injector` applies
+// to pods at admission.
+//
+// An injected pod gets, in this order:
+//
+//   - the init container "meshd-init" running `meshd capture`, which
+//     installs the traffic-capture rules of the pod's network namespace
+//     (inbound TCP to the sidecar's inbound port, outbound TCP to its
+//     outbound port, the sidecar's own UID and excluded ports untouched);
+//   - the sidecar "meshd-sidecar" running `meshd sidecar` with the bootstrap
+//     inline (--config-yaml), its node ID from the downward API
+//     (<pod>.<namespace>) and the projected service-account token the
+//     control plane reviews (TokenReview) before issuing the pod's SVID. By
+//     default it is a native sidecar (an init container with
+//     restartPolicy Always, Kubernetes >= 1.29), so it starts before and
+//     stops after the application; Config.RegularContainer makes it the
+//     first regular container instead;
+//   - the volume "meshd-token" (the projected token, audience
+//     TokenAudience);
+//   - the annotation AnnotationStatus, which makes injection idempotent.
+//
+// kubelet probes of the application's containers reach the application
+// directly: their ports are excluded from inbound capture (listed in the
+// capture arguments), since kubelet has no mesh identity to present.
+//
+// A pod is left alone when it opts out (annotation AnnotationInject
+// "false"), when it runs on the host network, or when it already carries
+// AnnotationStatus.
+package inject
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"meshd.dev/meshd/xds/model"
+	"meshd.dev/meshd/xds/translate"
+)
+
+// Annotations and labels the injector reads and writes.
+const (
+	// AnnotationInject on a pod (or a workload's pod template): "false"
+	// opts the pod out of injection. The same key as a namespace label
+	// with value "enabled" selects the namespace for the webhook.
+	AnnotationInject = "meshd.dev/inject"
+	// AnnotationStatus marks an injected pod with the injection format
+	// version (StatusVersion); a pod carrying it is never injected again.
+	AnnotationStatus = "meshd.dev/injected"
+	// AnnotationExcludeInboundPorts and AnnotationExcludeOutboundPorts
+	// list ports ("8080,9090") that traffic capture leaves alone, added to
+	// Config's own lists.
+	AnnotationExcludeInboundPorts  = "meshd.dev/exclude-inbound-ports"
+	AnnotationExcludeOutboundPorts = "meshd.dev/exclude-outbound-ports"
+)
+
+// StatusVersion is the value of AnnotationStatus this package writes.
+const StatusVersion = "v1"
+
+// Names of what the injector adds.
+const (
+	SidecarName     = "meshd-sidecar"
+	InitName        = "meshd-init"
+	TokenVolumeName = "meshd-token"
+	// TokenPath is where the sidecar reads its projected service-account
+	// token.
+	TokenPath = "/var/run/secrets/meshd/token"
+	// TokenAudience is the audience of the projected token; the control
+	// plane's TokenReview asks for it, so a token minted for another
+	// audience (the API server's default one) is refused.
+	TokenAudience = "meshd"
+)
+
+// Defaults of Config.
+const (
+	DefaultInboundPort  = 15006
+	DefaultOutboundPort = 15001
+	DefaultAdminPort    = 15000
+	// DefaultProxyUID is the sidecar's UID; capture exempts its traffic
+	// so the sidecar's own connections are not captured again.
+	DefaultProxyUID = 1337
+	// DefaultTokenExpiration is the projected token's lifetime in seconds.
+	DefaultTokenExpiration = 86400
+)
+
+// Config is what the injector adds. The zero value of every field but
+// Image and XDSAddress means its default; call Validate (or use a
+// constructor that does) before Pod.
+type Config struct {
+	// Image is the meshd image of the sidecar and the init container.
+	Image string
+	// XDSAddress is the control plane's host:port as the pod sees it
+	// (e.g. meshd-control-plane.meshd-system.svc:15010).
+	XDSAddress string
+	// RegularContainer adds the sidecar as the first regular container
+	// instead of a native sidecar (for clusters before 1.29).
+	RegularContainer bool
+	// InboundPort, OutboundPort and AdminPort are the sidecar's capture
+	// listeners and admin port (defaults 15006, 15001, 15000).
+	InboundPort, OutboundPort, AdminPort int32
+	// ProxyUID is the UID the sidecar runs as (default 1337).
+	ProxyUID int64
+	// ExcludeInboundPorts and ExcludeOutboundPorts are never captured,
+	// in every pod.
+	ExcludeInboundPorts, ExcludeOutboundPorts []int32
+	// TokenExpirationSeconds is the projected token's lifetime (default
+	// 86400, at least 600 as kubelet requires).
+	TokenExpirationSeconds int64
+}
+
+// withDefaults returns c with its zero fields set to their defaults.
+func (c Config) withDefaults() Config {
+	if c.InboundPort == 0 {
+		c.InboundPort = DefaultInboundPort
+	}
+	if c.OutboundPort == 0 {
+		c.OutboundPort = DefaultOutboundPort
+	}
+	if c.AdminPort == 0 {
+		c.AdminPort = DefaultAdminPort
+	}
+	if c.ProxyUID == 0 {
+		c.ProxyUID = DefaultProxyUID
+	}
+	if c.TokenExpirationSeconds == 0 {
+		c.TokenExpirationSeconds = DefaultTokenExpiration
+	}
+	return c
+}
+
+// Validate reports the first invalid field of c (after defaults), naming it.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if c.Image == "" {
+		errs = append(errs, errors.New("image: required"))
+	}
+	if _, _, err := splitHostPort(c.XDSAddress); err != nil {
+		errs = append(errs, fmt.Errorf("xds address: %w", err))
+	}
+	ports := map[string]int32{"inbound port": c.InboundPort, "outbound port": c.OutboundPort, "admin port": c.AdminPort}
+	for _, name := range []string{"inbound port", "outbound port", "admin port"} {
+		if p := ports[name]; p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("%s: %d is not in 1..65535", name, p))
+		}
+	}
+	if c.InboundPort == c.OutboundPort || c.InboundPort == c.AdminPort || c.OutboundPort == c.AdminPort {
+		errs = append(errs, fmt.Errorf("inbound, outbound and admin ports must differ (%d, %d, %d)", c.InboundPort, c.OutboundPort, c.AdminPort))
+	}
+	if c.ProxyUID < 1 {
+		errs = append(errs, fmt.Errorf("proxy uid: %d must be positive (root's traffic cannot be told from the app's)", c.ProxyUID))
+	}
+	if c.TokenExpirationSeconds < 600 {
+		errs = append(errs, fmt.Errorf("token expiration: %ds is below kubelet's minimum of 600s", c.TokenExpirationSeconds))
+	}
+	for _, p := range slices.Concat(c.ExcludeInboundPorts, c.ExcludeOutboundPorts) {
+		if p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("excluded port %d is not in 1..65535", p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Skip reports why a pod with meta and spec is not injected, or "" when it
+// should be.
+func Skip(meta *metav1.ObjectMeta, spec *corev1.PodSpec) string {
+	switch {
+	case meta.Annotations[AnnotationStatus] != "":
+		return "already injected (" + AnnotationStatus + ")"
+	case strings.EqualFold(meta.Annotations[AnnotationInject], "false"):
+		return "opted out (" + AnnotationInject + ": \"false\")"
+	case spec.HostNetwork:
+		return "hostNetwork pods share the node's network namespace"
+	}
+	return ""
+}
+
+// Pod injects the sidecar into the pod (or pod template) with meta and
+// spec, in place. It returns false, changing nothing, when Skip says so; an
+// error (nothing changed) when c is invalid or an annotation of the pod
+// does not parse.
+func (c Config) Pod(meta *metav1.ObjectMeta, spec *corev1.PodSpec) (bool, error) {
+	if err := c.Validate(); err != nil {
+		return false, fmt.Errorf("inject: %w", err)
+	}
+	if Skip(meta, spec) != "" {
+		return false, nil
+	}
+	c = c.withDefaults()
+	exIn, err := parsePorts(meta.Annotations[AnnotationExcludeInboundPorts])
+	if err != nil {
+		return false, fmt.Errorf("inject: annotation %s: %w", AnnotationExcludeInboundPorts, err)
+	}
+	exOut, err := parsePorts(meta.Annotations[AnnotationExcludeOutboundPorts])
+	if err != nil {
+		return false, fmt.Errorf("inject: annotation %s: %w", AnnotationExcludeOutboundPorts, err)
+	}
+	for _, name := range []string{SidecarName, InitName} {
+		if hasContainer(spec, name) {
+			return false, fmt.Errorf("inject: the pod already has a container named %q but no %s annotation", name, AnnotationStatus)
+		}
+	}
+	bootstrap, err := c.bootstrap()
+	if err != nil {
+		return false, err
+	}
+	exIn = slices.Concat(c.ExcludeInboundPorts, exIn, probePorts(spec))
+	exOut = slices.Concat(c.ExcludeOutboundPorts, exOut)
+
+	sidecar := c.sidecar(bootstrap)
+	init := c.captureInit(exIn, exOut)
+	if c.RegularContainer {
+		spec.InitContainers = append([]corev1.Container{init}, spec.InitContainers...)
+		spec.Containers = append([]corev1.Container{sidecar}, spec.Containers...)
+	} else {
+		always := corev1.ContainerRestartPolicyAlways
+		sidecar.RestartPolicy = &always
+		spec.InitContainers = append([]corev1.Container{init, sidecar}, spec.InitContainers...)
+	}
+	expiration := c.TokenExpirationSeconds
+	spec.Volumes = append(spec.Volumes, corev1.Volume{
+		Name: TokenVolumeName,
+		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience:          TokenAudience,
+				ExpirationSeconds: &expiration,
+				Path:              "token",
+			}}},
+		}},
+	})
+	if meta.Annotations == nil {
+		meta.Annotations = map[string]string{}
+	}
+	meta.Annotations[AnnotationStatus] = StatusVersion
+	return true, nil
+}
+
+// bootstrap is the sidecar's Envoy bootstrap as YAML: ADS to the control
+// plane and admin on 127.0.0.1:AdminPort. The node ID is a placeholder the
+// sidecar's --service-node replaces.
+func (c Config) bootstrap() (string, error) {
+	const placeholder = "pod.namespace"
+	m, err := model.Parse(fmt.Appendf(nil, `apiVersion: %s
+kind: Workload
+metadata: {name: pod, namespace: namespace}
+spec: {serviceAccount: default, admin: "127.0.0.1:%d"}
+`, model.APIVersion, c.AdminPort), "inject")
+	if err != nil {
+		return "", fmt.Errorf("inject: bootstrap: %w", err)
+	}
+	b, err := translate.Bootstrap(m, placeholder, c.XDSAddress)
+	if err != nil {
+		return "", fmt.Errorf("inject: bootstrap: %w", err)
+	}
+	return bootstrapYAML(b)
+}
+
+func bootstrapYAML(b *bootstrapv3.Bootstrap) (string, error) {
+	js, err := protojson.Marshal(b)
+	if err != nil {
+		return "", fmt.Errorf("inject: bootstrap: %w", err)
+	}
+	y, err := yaml.JSONToYAML(js)
+	if err != nil {
+		return "", fmt.Errorf("inject: bootstrap: %w", err)
+	}
+	return string(y), nil
+}
+
+func (c Config) sidecar(bootstrap string) corev1.Container {
+	uid := c.ProxyUID
+	no, yes := false, true
+	return corev1.Container{
+		Name:  SidecarName,
+		Image: c.Image,
+		Args: []string{
+			"sidecar",
+			"--config-yaml", bootstrap,
+			"--service-node", "$(POD_NAME).$(POD_NAMESPACE)",
+			"--token-file", TokenPath,
+		},
+		Env: []corev1.EnvVar{
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		},
+		// No kubelet probes: the admin API (and its /ready) binds
+		// 127.0.0.1 only, since it can drain and stop the sidecar, and
+		// kubelet probes come from the node to the pod IP.
+		Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("50m"),
+			corev1.ResourceMemory: resource.MustParse("64Mi"),
+		}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                &uid,
+			RunAsGroup:               &uid,
+			RunAsNonRoot:             &yes,
+			AllowPrivilegeEscalation: &no,
+			ReadOnlyRootFilesystem:   &yes,
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+		VolumeMounts: []corev1.VolumeMount{{Name: TokenVolumeName, MountPath: "/var/run/secrets/meshd", ReadOnly: true}},
+	}
+}
+
+// captureInit is the init container installing the capture rules: root
+// with NET_ADMIN and NET_RAW only, for the pod's network namespace.
+func (c Config) captureInit(exIn, exOut []int32) corev1.Container {
+	root := int64(0)
+	no := false
+	args := []string{
+		"capture",
+		"--inbound-port", strconv.Itoa(int(c.InboundPort)),
+		"--outbound-port", strconv.Itoa(int(c.OutboundPort)),
+		"--proxy-uid", strconv.FormatInt(c.ProxyUID, 10),
+	}
+	if s := joinPorts(exIn); s != "" {
+		args = append(args, "--exclude-inbound-ports", s)
+	}
+	if s := joinPorts(exOut); s != "" {
+		args = append(args, "--exclude-outbound-ports", s)
+	}
+	return corev1.Container{
+		Name:  InitName,
+		Image: c.Image,
+		Args:  args,
+		Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("10m"),
+			corev1.ResourceMemory: resource.MustParse("16Mi"),
+		}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                &root,
+			RunAsNonRoot:             &no,
+			AllowPrivilegeEscalation: &no,
+			Capabilities: &corev1.Capabilities{
+				Add:  []corev1.Capability{"NET_ADMIN", "NET_RAW"},
+				Drop: []corev1.Capability{"ALL"},
+			},
+		},
+	}
+}
+
+// probePorts returns the numeric ports of the application's kubelet
+// probes, so that capture leaves them alone. Named ports are resolved
+// against the containers' ports.
+func probePorts(spec *corev1.PodSpec) []int32 {
+	var out []int32
+	for _, c := range spec.Containers {
+		for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+			if p == nil {
+				continue
+			}
+			var port intstr.IntOrString
+			switch {
+			case p.HTTPGet != nil:
+				port = p.HTTPGet.Port
+			case p.TCPSocket != nil:
+				port = p.TCPSocket.Port
+			case p.GRPC != nil:
+				port = intstr.FromInt32(p.GRPC.Port)
+			default:
+				continue
+			}
+			if port.Type == intstr.String {
+				for _, cp := range c.Ports {
+					if cp.Name == port.StrVal {
+						out = append(out, cp.ContainerPort)
+					}
+				}
+				continue
+			}
+			out = append(out, port.IntVal)
+		}
+	}
+	return out
+}
+
+func hasContainer(spec *corev1.PodSpec, name string) bool {
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range cs {
+			if c.Name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// parsePorts parses "80,8080" (spaces allowed, empty is none).
+func parsePorts(s string) ([]int32, error) {
+	var out []int32
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || p == 0 {
+			return nil, fmt.Errorf("%q is not a port in 1..65535", f)
+		}
+		out = append(out, int32(p))
+	}
+	return out, nil
+}
+
+// joinPorts returns the sorted, deduplicated ports as "a,b,c".
+func joinPorts(ports []int32) string {
+	ports = slices.Clone(ports)
+	slices.Sort(ports)
+	ports = slices.Compact(ports)
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ",")
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	i := strings.LastIndexByte(addr, ':')
+	if i <= 0 {
+		return "", 0, fmt.Errorf("%q is not host:port", addr)
+	}
+	p, err := strconv.ParseUint(addr[i+1:], 10, 16)
+	if err != nil || p == 0 {
+		return "", 0, fmt.Errorf("%q: the port is not in 1..65535", addr)
+	}
+	return addr[:i], int(p), nil
+}
