@@ -198,6 +198,12 @@ type WorkloadSpec struct {
 	Outbound []Outbound `json:"outbound,omitempty"`
 	// Admin is the sidecar's admin address, host:port.
 	Admin string `json:"admin,omitempty"`
+	// Address is the IP of the workload's own network namespace (a pod
+	// IP on Kubernetes, where the control plane's Kubernetes source sets
+	// it): the inbound listener binds Address:inbound.port and other
+	// sidecars reach the workload there; its ports then clash with no other
+	// workload's. Empty in file mode: every workload shares 127.0.0.1.
+	Address string `json:"address,omitempty"`
 }
 
 // Inbound is a workload's inbound side.

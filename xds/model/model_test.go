@@ -132,6 +132,10 @@ func TestParseErrors(t *testing.T) {
 			[]string{"spec.upstreamProtocol: unknown protocol \"h3\" (http2, http1 or http3)"}},
 		{"http3 without mTLS", header + "kind: Mesh\nmetadata: {name: m}\nspec: {mtls: DISABLE}\n---\n" + header + "kind: Service\nmetadata: {name: a}\nspec: {protocol: grpc, port: 80, upstreamProtocol: http3}\n",
 			[]string{"document 2 (Service default/a): spec.upstreamProtocol: http3 needs mTLS between sidecars"}},
+		{"bad workload address", greeter + "---\n" + header + "kind: Workload\nmetadata: {name: w, namespace: demo}\nspec: {serviceAccount: sa, address: 10.0.0.300}\n",
+			[]string{"document 2 (Workload demo/w): spec.address: \"10.0.0.300\" is not an IP address"}},
+		{"port clash inside an addressed workload", greeter + "---\n" + header + "kind: Workload\nmetadata: {name: w, namespace: demo}\nspec: {serviceAccount: sa, address: 10.0.0.3, service: greeter, inbound: {port: 15006, app: 127.0.0.1:1}, outbound: [{service: greeter, port: 15006}]}\n",
+			[]string{"spec.outbound[0].port: port 15006 is already used by spec.inbound.port"}},
 		{"port out of range", header + "kind: Service\nmetadata: {name: a}\nspec: {protocol: grpc, port: 70000}\n",
 			[]string{"spec.port: 70000 is out of range 1..65535"}},
 		{"endpoint not an IP", header + "kind: Service\nmetadata: {name: a}\nspec: {protocol: grpc, port: 1, endpoints: [{address: db.local, port: 5}]}\n",
@@ -309,5 +313,20 @@ func TestSplitDocuments(t *testing.T) {
 		if !slices.Equal(gs, tt.want) {
 			t.Errorf("splitDocuments(%q) = %q, want %q", tt.in, gs, tt.want)
 		}
+	}
+}
+
+// TestWorkloadAddress checks that workloads with their own network
+// namespace (spec.address, as on Kubernetes) may reuse each other's ports.
+func TestWorkloadAddress(t *testing.T) {
+	pod := func(name, ip string) string {
+		return header + "kind: Workload\nmetadata: {name: " + name + ", namespace: demo}\nspec: {serviceAccount: sa, address: " + ip + ", service: greeter, inbound: {port: 15006, app: 127.0.0.1:50051}, outbound: [{service: greeter, port: 15201}]}\n"
+	}
+	m, err := Parse([]byte(greeter+"---\n"+pod("a", "10.0.0.1")+"---\n"+pod("b", "fd00::2")), "f.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Workload("b.demo").Spec.Address; got != "fd00::2" {
+		t.Fatalf("address = %q", got)
 	}
 }

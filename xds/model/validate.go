@@ -194,16 +194,24 @@ func validateWorkload(ps *problems, m *Mesh, w *Workload) {
 		checkPort(ps, o, f+".port", out.Port)
 	}
 	checkHostPort(ps, o, "spec.admin", sp.Admin, false)
+	if sp.Address != "" {
+		if _, err := netip.ParseAddr(sp.Address); err != nil {
+			ps.add(o, "spec.address", "%q is not an IP address", sp.Address)
+		}
+	}
 }
 
 // validatePorts reports two listeners of the mesh on one 127.0.0.1 port: in
-// file mode every sidecar runs on the same host.
+// file mode every sidecar runs on the same host. A workload with
+// spec.address has a network namespace of its own: its ports are checked
+// against each other only.
 func validatePorts(ps *problems, m *Mesh) {
 	type use struct {
 		o     origin
 		field string
 	}
-	seen := make(map[uint32]use)
+	shared := make(map[uint32]use)
+	var seen map[uint32]use
 	// File order, so that the later of two clashing documents is blamed.
 	inFileOrder := slices.SortedFunc(slices.Values(m.Workloads), func(a, b *Workload) int { return a.origin.index - b.origin.index })
 	claim := func(o origin, field string, port uint32) {
@@ -221,6 +229,10 @@ func validatePorts(ps *problems, m *Mesh) {
 		seen[port] = use{o, field}
 	}
 	for _, w := range inFileOrder {
+		seen = shared
+		if w.Spec.Address != "" {
+			seen = make(map[uint32]use)
+		}
 		if w.Spec.Inbound != nil {
 			claim(w.origin, "spec.inbound.port", w.Spec.Inbound.Port)
 		}

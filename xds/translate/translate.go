@@ -5,7 +5,7 @@
 //
 // Resource names (Istio-like, so operators recognise them):
 //
-//	inbound|<port>                       inbound listener of a workload (127.0.0.1:<port>)
+//	inbound|<port>                       inbound listener of a workload (127.0.0.1:<port>, or spec.address:<port>)
 //	inbound|<port>|<app>                 STATIC cluster to the local application
 //	outbound|<port>                      outbound listener (127.0.0.1:<port>) and its RDS route configuration
 //	outbound|<svcport>||<name>.<ns>      EDS cluster (and its ClusterLoadAssignment) to a Service
@@ -240,10 +240,16 @@ func (t *translator) inbound(r *Resources, w *model.Workload, in *model.Inbound)
 		filters := append(t.rbacFilter(svc), t.rateLimitFilter(svc)...)
 		r.Listeners = append(r.Listeners, t.httpListener(name, in.Port, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}, h2, filters))
 	}
-	t.secureInbound(r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener))
+	l := r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener)
+	if w.Spec.Address != "" {
+		// Its own network namespace (a pod): bind the pod IP, where
+		// other sidecars and captured inbound traffic arrive.
+		l.Address = socketAddress(w.Spec.Address, in.Port)
+	}
+	t.secureInbound(l)
 	if svc.SidecarProtocol() == model.UpstreamHTTP3 && t.m.Spec.MTLS != model.MTLSDisable {
-		if l := t.inboundQUIC(in.Port, r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener)); l != nil {
-			r.Listeners = append(r.Listeners, l)
+		if q := t.inboundQUIC(in.Port, l); q != nil {
+			r.Listeners = append(r.Listeners, q)
 		}
 	}
 	host, portStr, err := net.SplitHostPort(in.App)
@@ -493,7 +499,11 @@ func (t *translator) assignment(cluster string, svc *model.Service) *endpointv3.
 	zones := make(map[string][]ep)
 	if ws := t.m.WorkloadsOf(svc); len(ws) > 0 {
 		for _, w := range ws {
-			zones[""] = append(zones[""], ep{LocalAddress, w.Spec.Inbound.Port, 1})
+			addr := LocalAddress
+			if w.Spec.Address != "" {
+				addr = w.Spec.Address
+			}
+			zones[""] = append(zones[""], ep{addr, w.Spec.Inbound.Port, 1})
 		}
 	} else {
 		for _, e := range svc.Spec.Endpoints {
