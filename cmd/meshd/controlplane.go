@@ -51,6 +51,9 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	otlpEndpoint := fs.String("otlp-endpoint", "", "HOST:PORT of an OpenTelemetry collector (OTLP/gRPC, plaintext): the control plane traces each xDS push until its ACK or NACK there")
 	rlWasm := fs.String("ratelimit-wasm", "", "the rate-limit proxy-wasm module (filters/ratelimit/guest, built by go generate ./internal/wasmbuild) served to sidecars for RateLimitPolicies with engine wasm")
 	moduleAddr := fs.String("module-address", "", "host:port sidecars reach the admin server at to fetch WASM modules (default: the bound --admin-address, an unspecified IP as loopback)")
+	kube := fs.Bool("kube", false, "read the mesh from the Kubernetes API (Services, EndpointSlices, Pods, the meshd.dev CRDs) instead of --config; sidecars authenticate to the CA with their service-account token (TokenReview)")
+	kubeconfig := fs.String("kubeconfig", "", "with --kube: kubeconfig file; default: the in-cluster service account")
+	kubeTrustDomain := fs.String("trust-domain", model.DefaultTrustDomain, "with --kube: the CA's trust domain (a Mesh resource must agree)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -63,8 +66,12 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd control-plane: --log-level: %v\n", err)
 		return 2
 	}
-	if *meshPath == "" {
-		fmt.Fprintln(stderr, "meshd control-plane: --config MESH.yaml is required")
+	if *meshPath == "" && !*kube {
+		fmt.Fprintln(stderr, "meshd control-plane: --config MESH.yaml is required (or --kube)")
+		return 2
+	}
+	if *meshPath != "" && *kube {
+		fmt.Fprintln(stderr, "meshd control-plane: --config and --kube are exclusive")
 		return 2
 	}
 	if *poll <= 0 {
@@ -84,13 +91,24 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	// The CA's trust domain is the mesh's; peek at the file once for it.
 	// The watcher then keeps the token table in step with every version
 	// it publishes (a mesh whose trust domain changed is rejected).
-	m, err := model.Load(*meshPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
-		return 1
+	td := *kubeTrustDomain
+	var kc *kubeClients
+	if *kube {
+		var err error
+		if kc, err = newKubeClients(*kubeconfig); err != nil {
+			fmt.Fprintf(stderr, "meshd control-plane: --kube: %v\n", err)
+			return 1
+		}
+	} else {
+		m, err := model.Load(*meshPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
+			return 1
+		}
+		td = m.Spec.TrustDomain
 	}
 	st := stats.NewStore()
-	caSvc, tokens, rotation, err := newBuiltinCA(m.Spec.TrustDomain, *caDir, *caCert, *caKey, *svidTTL, logger, st)
+	caSvc, tokens, rotation, err := newBuiltinCA(td, *caDir, *caCert, *caKey, *svidTTL, logger, st, kc)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshd control-plane: built-in CA: %v\n", err)
 		return 1
@@ -157,18 +175,33 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd control-plane: %v\n", err)
 		return 1
 	}
-	adjust := func(m *model.Mesh) error {
-		if err := tokens.SetMesh(m); err != nil {
-			return err
+	// runSource feeds the server until its context ends: the mesh file's
+	// watcher (through the tuner), or the Kubernetes source.
+	var runSource func(context.Context) error
+	if kc != nil {
+		ks, err := kc.source(srv, td, logger)
+		if err != nil {
+			_ = xdsLis.Close()
+			_ = adminLis.Close()
+			fmt.Fprintf(stderr, "meshd control-plane: --kube: %v\n", err)
+			return 1
 		}
-		return tuner.Adjust(m)
-	}
-	watcher := source.NewFileWatcher(*meshPath, tuner, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: adjust, Translate: topts})
-	if err := watcher.Load(); err != nil {
-		_ = xdsLis.Close()
-		_ = adminLis.Close()
-		fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
-		return 1
+		runSource = ks.Run
+	} else {
+		adjust := func(m *model.Mesh) error {
+			if err := tokens.SetMesh(m); err != nil {
+				return err
+			}
+			return tuner.Adjust(m)
+		}
+		watcher := source.NewFileWatcher(*meshPath, tuner, source.FileOptions{PollInterval: *poll, Logger: logger, Adjust: adjust, Translate: topts})
+		if err := watcher.Load(); err != nil {
+			_ = xdsLis.Close()
+			_ = adminLis.Close()
+			fmt.Fprintf(stderr, "meshd control-plane: invalid mesh file:\n%v\n", err)
+			return 1
+		}
+		runSource = func(ctx context.Context) error { watcher.Run(ctx); return nil }
 	}
 	for _, f := range []struct{ path, addr string }{
 		{*xdsAddrPath, xdsLis.Addr().String()},
@@ -194,7 +227,7 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	}
 	adminMux.Handle("/", srv.AdminHandler())
 	admin := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second}
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() {
@@ -211,9 +244,11 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	}()
 	go func() {
 		defer wg.Done()
-		watcher.Run(ctx)
+		if err := runSource(ctx); err != nil {
+			errs <- err
+		}
 	}()
-	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "config", *meshPath, "version", srv.Version())
+	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "config", *meshPath, "kube", *kube, "version", srv.Version())
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -272,7 +307,11 @@ func defaultCADir() string {
 // newBuiltinCA loads (or generates and persists) the CA's signing
 // authority and the bootstrap-token secret, and returns the gRPC service
 // with the authenticator the mesh watcher keeps up to date.
-func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration, logger *slog.Logger, st *stats.Store) (*ca.Service, *ca.TokenAuthenticator, *caRotation, error) {
+//
+// With kc (--kube) sidecars authenticate with their service-account token
+// (TokenReview) instead of bootstrap tokens: there is no token secret and
+// the returned *ca.TokenAuthenticator is nil.
+func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration, logger *slog.Logger, st *stats.Store, kc *kubeClients) (*ca.Service, *ca.TokenAuthenticator, *caRotation, error) {
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("mesh trust domain %q: %w", trustDomain, err)
@@ -290,15 +329,19 @@ func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration,
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	rotation := &caRotation{ca: authority, log: logger}
+	if certFile == "" {
+		rotation.dir = dir // the root was generated there: persist its successor
+	}
+	if kc != nil {
+		logger.Info("built-in CA ready", "trust_domain", td.Name(), "root", a.Root.Subject.String(), "root_expires", a.Root.NotAfter, "authentication", "TokenReview", "svid_ttl", ttl)
+		return ca.NewService(authority, kc.authenticator(td), ca.ServiceOptions{Logger: logger, Stats: st}), nil, rotation, nil
+	}
 	secret, err := ca.LoadOrCreateTokenSecret(dir)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	tokens := ca.NewTokenAuthenticator(secret, td)
-	rotation := &caRotation{ca: authority, log: logger}
-	if certFile == "" {
-		rotation.dir = dir // the root was generated there: persist its successor
-	}
 	logger.Info("built-in CA ready", "trust_domain", td.Name(), "root", a.Root.Subject.String(), "root_expires", a.Root.NotAfter, "dir", dir, "svid_ttl", ttl)
 	return ca.NewService(authority, tokens, ca.ServiceOptions{Logger: logger, Stats: st}), tokens, rotation, nil
 }

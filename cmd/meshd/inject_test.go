@@ -43,6 +43,8 @@ func TestInjectCommand(t *testing.T) {
 		{"bad xds", []string{"inject", "-f", in, "--xds", "nohost"}, 2, "xds address"},
 		{"missing file", []string{"inject", "-f", "none.yaml"}, 1, "none.yaml"},
 		{"injector without TLS", []string{"injector"}, 2, "--tls-cert and --tls-key are required"},
+		{"control plane config and kube", []string{"control-plane", "--config", in, "--kube"}, 2, "exclusive"},
+		{"control plane bad kubeconfig", []string{"control-plane", "--kube", "--kubeconfig", "none.kubeconfig"}, 1, "--kube: kubernetes client config"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

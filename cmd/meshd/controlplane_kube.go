@@ -1,0 +1,69 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"meshd.dev/meshd/ca"
+	kubesource "meshd.dev/meshd/kube/source"
+	"meshd.dev/meshd/kube/tokenreview"
+	"meshd.dev/meshd/xds/model"
+	"meshd.dev/meshd/xds/source"
+)
+
+// kubeResync is the Kubernetes informers' resync period: a periodic full
+// rebuild that heals any missed event.
+const kubeResync = 10 * time.Minute
+
+// kubeClients are the API clients of `control-plane --kube`.
+type kubeClients struct {
+	client  kubernetes.Interface
+	dynamic dynamic.Interface
+}
+
+// newKubeClients connects with kubeconfig, or with the pod's service
+// account when kubeconfig is empty.
+func newKubeClients(kubeconfig string) (*kubeClients, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	cfg.UserAgent = "meshd-control-plane"
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	d, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	return &kubeClients{client: c, dynamic: d}, nil
+}
+
+// authenticator reviews sidecars' service-account tokens.
+func (kc *kubeClients) authenticator(td spiffeid.TrustDomain) ca.Authenticator {
+	return tokenreview.New(kc.client, td, "")
+}
+
+// source returns the Kubernetes source publishing to sink; a mesh whose
+// Mesh resource names another trust domain than the CA's is rejected.
+func (kc *kubeClients) source(sink source.Sink, trustDomain string, logger *slog.Logger) (*kubesource.Source, error) {
+	return kubesource.New(sink, kubesource.Options{
+		Client:  kc.client,
+		Dynamic: kc.dynamic,
+		Resync:  kubeResync,
+		Logger:  logger,
+		Adjust: func(m *model.Mesh) error {
+			if m.Spec.TrustDomain != trustDomain {
+				return fmt.Errorf("Mesh spec.trustDomain %q is not the CA's %q (--trust-domain)", m.Spec.TrustDomain, trustDomain)
+			}
+			return nil
+		},
+	})
+}
