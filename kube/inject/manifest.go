@@ -145,7 +145,7 @@ func (c Config) list(doc []byte) ([]byte, error) {
 	if err := yaml.UnmarshalStrict(doc, &l); err != nil {
 		return nil, fmt.Errorf("List: %w", err)
 	}
-	any := false
+	injected := false
 	for i, item := range l.Items {
 		var tm metav1.TypeMeta
 		if err := json.Unmarshal(item, &tm); err != nil {
@@ -156,10 +156,10 @@ func (c Config) list(doc []byte) ([]byte, error) {
 			return nil, fmt.Errorf("List items[%d]: %w", i, err)
 		}
 		if changed {
-			l.Items[i], any = out, true
+			l.Items[i], injected = out, true
 		}
 	}
-	if !any {
+	if !injected {
 		return doc, nil
 	}
 	js, err := json.Marshal(l)

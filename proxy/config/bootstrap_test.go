@@ -283,10 +283,16 @@ var badCases = []struct {
 		wantReason: "required",
 	},
 	{
-		name:       "use_original_dst not supported",
+		name:       "transparent not supported",
+		edits:      []edit{{"    filter_chains:\n", "    transparent: true\n    filter_chains:\n"}},
+		wantPath:   lis0 + ".transparent",
+		wantReason: "field not supported by meshd",
+	},
+	{
+		name:       "use_original_dst without original_dst",
 		edits:      []edit{{"    filter_chains:\n", "    use_original_dst: true\n    filter_chains:\n"}},
 		wantPath:   lis0 + ".use_original_dst",
-		wantReason: "field not supported by meshd",
+		wantReason: "needs listener_filters with envoy.filters.listener.original_dst",
 	},
 	{
 		name:       "transport_socket_matches not supported",

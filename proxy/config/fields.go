@@ -55,7 +55,7 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	// Listeners.
 	"envoy.config.listener.v3.Listener": {
 		supported: names("name", "address", "filter_chains", "per_connection_buffer_limit_bytes", "metadata",
-			"listener_filters", "udp_listener_config"),
+			"listener_filters", "udp_listener_config", "use_original_dst", "bind_to_port"),
 	},
 	// HTTP/3 (proxy/config/quic.go): a UDP listener serves QUIC only.
 	"envoy.config.listener.v3.UdpListenerConfig": {supported: names("quic_options")},
@@ -84,8 +84,11 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	// tls_inspector detects TLS from the first byte; JA3/JA4 fingerprints
 	// and the read buffer size are not implemented.
 	"envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {},
-	"envoy.config.listener.v3.Filter":                                 {supported: names("name", "typed_config")},
-	"envoy.config.core.v3.TransportSocket":                            {supported: names("name", "typed_config")},
+	// original_dst recovers SO_ORIGINAL_DST (IPv4 and IPv6 on Linux);
+	// traffic_type and the Windows redirect records are not implemented.
+	"envoy.extensions.filters.listener.original_dst.v3.OriginalDst": {},
+	"envoy.config.listener.v3.Filter":                               {supported: names("name", "typed_config")},
+	"envoy.config.core.v3.TransportSocket":                          {supported: names("name", "typed_config")},
 
 	// HTTP connection manager and HTTP filters. HttpProtocolOptions and
 	// Http2ProtocolOptions are shared with clusters; the fields only a

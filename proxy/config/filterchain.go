@@ -15,6 +15,12 @@ const (
 	// filter_chain_match.transport_protocol selects on.
 	TLSInspectorName = "envoy.filters.listener.tls_inspector"
 	tlsInspectorType = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+	// OriginalDstName is envoy.filters.listener.original_dst: the
+	// connection's local address becomes the destination it had before an
+	// iptables/nftables REDIRECT (SO_ORIGINAL_DST), which use_original_dst
+	// then routes by.
+	OriginalDstName = "envoy.filters.listener.original_dst"
+	originalDstType = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 	// TransportTLS and TransportRawBuffer are the transport_protocol values
 	// tls_inspector detects.
 	TransportTLS       = "tls"
@@ -28,6 +34,8 @@ type chainSelection struct {
 	// tlsOptional: the chain at index is a "tls" chain and plaintext
 	// connections are served by its plaintext twin (Listener.TLSOptional).
 	tlsOptional bool
+	// originalDst: the listener runs original_dst.
+	originalDst bool
 }
 
 // selectFilterChain decides which of l's filter chains meshd serves. meshd
@@ -44,15 +52,22 @@ type chainSelection struct {
 //
 // Anything else is an error naming the field.
 func selectFilterChain(l *listenerv3.Listener) (chainSelection, error) {
-	inspector := false
+	inspector, originalDst := false, false
 	for i, lf := range l.GetListenerFilters() {
 		if lf.GetTypedConfig() == nil {
-			return chainSelection{}, fmt.Errorf("listener_filters[%d].typed_config: required (%s for %s)", i, tlsInspectorType, TLSInspectorName)
+			return chainSelection{}, fmt.Errorf("listener_filters[%d].typed_config: required (%s for %s, %s for %s)", i, tlsInspectorType, TLSInspectorName, originalDstType, OriginalDstName)
 		}
-		if lf.GetTypedConfig().MessageName() != tlsInspectorType {
-			return chainSelection{}, fmt.Errorf("listener_filters[%d]: unsupported listener filter %q (meshd implements %s only)", i, lf.GetTypedConfig().GetTypeUrl(), TLSInspectorName)
+		switch lf.GetTypedConfig().MessageName() {
+		case tlsInspectorType:
+			inspector = true
+		case originalDstType:
+			originalDst = true
+		default:
+			return chainSelection{}, fmt.Errorf("listener_filters[%d]: unsupported listener filter %q (meshd implements %s and %s)", i, lf.GetTypedConfig().GetTypeUrl(), TLSInspectorName, OriginalDstName)
 		}
-		inspector = true
+	}
+	if l.GetUseOriginalDst().GetValue() && !originalDst {
+		return chainSelection{}, fmt.Errorf("use_original_dst: needs listener_filters with %s to recover the original destination", OriginalDstName)
 	}
 	fcs := l.GetFilterChains()
 	for i, fc := range fcs {
@@ -71,7 +86,7 @@ func selectFilterChain(l *listenerv3.Listener) (chainSelection, error) {
 	}
 	switch len(fcs) {
 	case 1:
-		return chainSelection{index: 0}, nil
+		return chainSelection{index: 0, originalDst: originalDst}, nil
 	case 2:
 	default:
 		return chainSelection{}, fmt.Errorf("filter_chains: one chain, or a transport_protocol %q and a plaintext chain, are supported; got %d", TransportTLS, len(fcs))
@@ -97,5 +112,5 @@ func selectFilterChain(l *listenerv3.Listener) (chainSelection, error) {
 			return chainSelection{}, fmt.Errorf("filter_chains[%d].filters[%d]: must equal filter_chains[%d].filters[%d] (meshd serves one set of filters on a listener)", 1-tlsIdx, i, tlsIdx, i)
 		}
 	}
-	return chainSelection{index: tlsIdx, tlsOptional: true}, nil
+	return chainSelection{index: tlsIdx, tlsOptional: true, originalDst: originalDst}, nil
 }

@@ -66,6 +66,7 @@ func init() {
 		{NetworkFilter, "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"},
 		{NetworkFilter, tcpProxyType},
 		{ListenerFilter, tlsInspectorType},
+		{ListenerFilter, originalDstType},
 		{DownstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"},
 		{UpstreamTransportSocket, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"},
 		{ClusterProtocolOptions, "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},

@@ -86,9 +86,19 @@ type Listener struct {
 	TCP         *tcpproxy.Config
 	// QUIC is set for a UDP listener serving HTTP/3 (Address is then a UDP
 	// address); nil for TCP listeners.
-	QUIC  *QUICListener
-	raw   *listenerv3.Listener
-	chain int // index of the served filter chain in raw
+	QUIC *QUICListener
+	// OriginalDst: the listener runs envoy.filters.listener.original_dst
+	// (listener.Config.OriginalDst).
+	OriginalDst bool
+	// UseOriginalDst: connections whose original destination is another
+	// listener's address are handed to that listener (Envoy's
+	// use_original_dst).
+	UseOriginalDst bool
+	// NoBind: bind_to_port false; the listener only receives connections
+	// handed over by a use_original_dst listener.
+	NoBind bool
+	raw    *listenerv3.Listener
+	chain  int // index of the served filter chain in raw
 }
 
 // SameSocket reports whether o can keep l's bound socket and connections:
@@ -96,6 +106,7 @@ type Listener struct {
 func (l *Listener) SameSocket(o *Listener) bool {
 	return l.Address == o.Address &&
 		l.TLSOptional == o.TLSOptional &&
+		l.OriginalDst == o.OriginalDst && l.UseOriginalDst == o.UseOriginalDst && l.NoBind == o.NoBind &&
 		(l.QUIC == nil) == (o.QUIC == nil) && (l.QUIC == nil || *l.QUIC == *o.QUIC) &&
 		proto.Equal(l.raw.GetFilterChains()[l.chain].GetTransportSocket(), o.raw.GetFilterChains()[o.chain].GetTransportSocket()) &&
 		sameFilter(l, o)
@@ -284,6 +295,7 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 			return nil, err
 		}
 		out.TLSOptional, out.chain = sel.tlsOptional, sel.index
+		setOriginalDst(out, l, sel)
 		return out, nil
 	}
 	var m hcmv3.HttpConnectionManager
@@ -301,6 +313,10 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 		return nil, err
 	}
 	out := &Listener{Name: l.GetName(), Address: addr, HCM: h, raw: l, TLSOptional: sel.tlsOptional, chain: sel.index}
+	setOriginalDst(out, l, sel)
+	if isQUICListener(l) && (out.OriginalDst || out.UseOriginalDst || out.NoBind) {
+		return nil, fmt.Errorf("listener_filters: %s, use_original_dst and bind_to_port are for TCP listeners", OriginalDstName)
+	}
 	if isQUICListener(l) {
 		if out.QUIC, err = compileQUICListener(l); err != nil {
 			return nil, err
@@ -442,4 +458,11 @@ func IsIdentityCluster(c *clusterv3.Cluster) bool {
 		}
 	}
 	return n > 0
+}
+
+// setOriginalDst copies the listener's original-destination settings.
+func setOriginalDst(out *Listener, l *listenerv3.Listener, sel chainSelection) {
+	out.OriginalDst = sel.originalDst
+	out.UseOriginalDst = l.GetUseOriginalDst().GetValue()
+	out.NoBind = l.GetBindToPort() != nil && !l.GetBindToPort().GetValue()
 }

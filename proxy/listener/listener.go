@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,6 +99,20 @@ type Config struct {
 	// Logger receives per-connection diagnostics at debug level. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// OriginalDst runs envoy.filters.listener.original_dst: each accepted
+	// connection's local address becomes its destination before a
+	// netfilter REDIRECT (SO_ORIGINAL_DST). A connection without one keeps
+	// its own and counts original_dst.missing.
+	OriginalDst bool
+	// Redirect, with OriginalDst, is Envoy's use_original_dst: it returns
+	// the listener owning the original destination (nil for none), and
+	// the connection is handed to it (Handoff); otherwise this listener
+	// serves it.
+	Redirect func(dst netip.AddrPort) *Listener
+	// NoBind is bind_to_port false: no socket is bound; the listener
+	// serves only connections handed to it. Address must then be an IP
+	// and a port.
+	NoBind bool
 	// Stats is the listener's own scope, which the caller names as Envoy
 	// does: "listener.<address>." tagged envoy_listener_address (see
 	// StatsScope). The listener adds downstream_cx_total,
@@ -132,6 +147,7 @@ type listenerStats struct {
 	cxTotal, cxDestroy, preCxTimeout, transportTimeout *stats.Counter
 	sslHandshake, sslConnError                         *stats.Counter
 	tlsFound, tlsNotFound                              *stats.Counter
+	origDstMissing                                     *stats.Counter
 	cxActive, preCxActive                              *stats.Gauge
 	cxLength                                           *stats.Histogram
 }
@@ -150,9 +166,19 @@ func Listen(cfg Config) (*Listener, error) {
 	default:
 		return nil, fmt.Errorf("listener %q: codec %v is not AUTO, HTTP1, HTTP2 or TCP", cfg.Name, cfg.Codec)
 	}
-	ln, err := net.Listen("tcp", cfg.Address)
-	if err != nil {
-		return nil, fmt.Errorf("listener %q: bind %s: %w", cfg.Name, cfg.Address, err)
+	var ln net.Listener
+	if cfg.NoBind {
+		ap, err := netip.ParseAddrPort(cfg.Address)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: bind_to_port false needs an IP:port address: %w", cfg.Name, err)
+		}
+		ln = &unbound{addr: net.TCPAddrFromAddrPort(ap), closed: make(chan struct{})}
+	} else {
+		var err error
+		ln, err = net.Listen("tcp", cfg.Address)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: bind %s: %w", cfg.Name, cfg.Address, err)
+		}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -179,6 +205,7 @@ func Listen(cfg Config) (*Listener, error) {
 			sslConnError:     ssl.Counter("connection_error"),
 			tlsFound:         scope.Scope("tls_inspector").Counter("tls_found"),
 			tlsNotFound:      scope.Scope("tls_inspector").Counter("tls_not_found"),
+			origDstMissing:   scope.Scope("original_dst").Counter("missing"),
 			cxActive:         scope.Gauge("downstream_cx_active"),
 			preCxActive:      scope.Gauge("downstream_pre_cx_active"),
 			cxLength:         scope.Histogram("downstream_cx_length_ms"),
@@ -228,6 +255,12 @@ func (l *Listener) Serve() error {
 			continue
 		}
 		backoff = 0
+		if l.cfg.OriginalDst {
+			var handed bool
+			if c, handed = l.restore(c); handed {
+				continue
+			}
+		}
 		l.start(c)
 	}
 }
@@ -348,6 +381,25 @@ func (c *conn) close() {
 		return
 	}
 	c.raw.Close()
+}
+
+// Handoff serves c, accepted by another listener, as if this listener had
+// accepted it (use_original_dst). It reports false, leaving c to the
+// caller, when this listener no longer takes connections.
+func (l *Listener) Handoff(c net.Conn) bool {
+	select {
+	case <-l.stopped:
+		return false
+	default:
+	}
+	l.mu.Lock()
+	closing := l.closing || l.draining
+	l.mu.Unlock()
+	if closing {
+		return false
+	}
+	l.start(c)
+	return true
 }
 
 func (l *Listener) start(raw net.Conn) {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -68,7 +69,11 @@ type Sidecar struct {
 
 	mu        sync.Mutex // serialises Apply and shutdown
 	listeners map[string]*liveListener
-	admin     *admin.Server
+	// byAddr is the TCP listeners by configured address, replaced whole
+	// by Apply; use_original_dst looks connections' original
+	// destinations up in it.
+	byAddr atomic.Pointer[map[string]*listener.Listener]
+	admin  *admin.Server
 
 	// xds runs the ADS client when the bootstrap has dynamic_resources;
 	// xdsStop ends it and xdsDone is closed when it returned.
@@ -283,8 +288,38 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 		}
 	}
 	s.listeners = next
+	byAddr := make(map[string]*listener.Listener, len(next))
+	for _, ll := range next {
+		if l, ok := ll.ln.(*listener.Listener); ok {
+			byAddr[ll.cfg.Address] = l
+		}
+	}
+	s.byAddr.Store(&byAddr)
 	s.snap.Swap(snap)
 	return nil
+}
+
+// redirect returns lc's use_original_dst hook, nil without it: the
+// listener whose address is the original destination, else one on the
+// wildcard address and that port, as Envoy picks.
+func (s *Sidecar) redirect(lc *config.Listener) func(netip.AddrPort) *listener.Listener {
+	if !lc.UseOriginalDst {
+		return nil
+	}
+	return func(dst netip.AddrPort) *listener.Listener {
+		m := s.byAddr.Load()
+		if m == nil {
+			return nil
+		}
+		if l := (*m)[dst.String()]; l != nil {
+			return l
+		}
+		wildcard := netip.IPv4Unspecified()
+		if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+			wildcard = netip.IPv6Unspecified()
+		}
+		return (*m)[netip.AddrPortFrom(wildcard, dst.Port()).String()]
+	}
 }
 
 func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
@@ -324,6 +359,9 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 		// PERMISSIVE: plaintext connections are served too.
 		TLSOptional: lc.TLSOptional,
 		Codec:       codec,
+		OriginalDst: lc.OriginalDst,
+		Redirect:    s.redirect(lc),
+		NoBind:      lc.NoBind,
 		HTTP1: func(c net.Conn, info stream.ConnInfo) stream.ServerConn {
 			return countConn(h1s.NewConn(c, info), hst.CxHTTP1Total, hst.CxHTTP1Active, hst)
 		},

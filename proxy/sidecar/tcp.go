@@ -20,6 +20,9 @@ func (s *Sidecar) bindTCP(lc *config.Listener) (*liveListener, error) {
 		// PERMISSIVE: plaintext connections are served too.
 		TLSOptional: lc.TLSOptional,
 		Codec:       listener.TCP,
+		OriginalDst: lc.OriginalDst,
+		Redirect:    s.redirect(lc),
+		NoBind:      lc.NoBind,
 		TCP:         p.NewConn,
 		Logger:      s.logger,
 		Stats:       listener.StatsScope(s.store.Root(), lc.Address),
