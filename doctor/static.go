@@ -147,7 +147,11 @@ func (c *staticCheck) run() {
 	if limits == nil {
 		limits = &model.ServerLimits{}
 	}
-	http2 := c.s.SidecarProtocol() == "http2"
+	// An http3 service's clients fall back to HTTP/2 over TCP with the
+	// policy's HTTP/2 settings when UDP is blocked, so the HTTP/2 rules
+	// hold for it too.
+	proto := c.s.SidecarProtocol()
+	http2 := proto == "http2" || proto == model.UpstreamHTTP3
 	cp := p.ConnectionPool
 	if cp == nil {
 		cp = &model.ConnectionPool{}

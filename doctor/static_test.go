@@ -31,6 +31,11 @@ spec:
 	return b.String()
 }
 
+// http3Service makes mesh's greeter an upstreamProtocol http3 service.
+func http3Service(mesh string) string {
+	return strings.Replace(mesh, "  port: 50051\n", "  port: 50051\n  upstreamProtocol: http3\n", 1)
+}
+
 // healthy is a policy that fires no rule above info.
 const healthy = `  http2:
     keepalive: {interval: 30s, timeout: 5s}
@@ -87,6 +92,12 @@ func TestStaticRules(t *testing.T) {
 			"connection-window-below-stream-window", S7, Warning, "initialConnectionWindowSize 65535 is below initialStreamWindowSize 1048576", "spec.http2.initialConnectionWindowSize: 4194304"},
 		{"max streams above the servers'", meshFile("", strings.Replace(healthy, "  http2:\n", "  http2:\n    maxConcurrentStreams: 1000\n", 1)),
 			"max-streams-above-server-limit", S3, Info, "maxConcurrentStreams 1000 is above the servers' 100", "spec.http2.maxConcurrentStreams: 100"},
+		// An http3 service's clients fall back to HTTP/2 with the same
+		// settings: the HTTP/2 rules hold.
+		{"keepalive below the servers' min ping interval, http3 service", http3Service(meshFile("", strings.Replace(healthy, "interval: 30s, timeout: 5s", "interval: 5s, timeout: 1s", 1))),
+			"keepalive-below-min-ping", S2, Warning, "interval 5s is below the servers' serverLimits.minPingInterval 10s", "spec.http2.keepalive.interval: 10s"},
+		{"connection window below the stream window, http3 service", http3Service(meshFile("", strings.Replace(healthy, "  http2:\n", "  http2:\n    initialStreamWindowSize: 1048576\n    initialConnectionWindowSize: 65535\n", 1))),
+			"connection-window-below-stream-window", S7, Warning, "initialConnectionWindowSize 65535 is below initialStreamWindowSize 1048576", "spec.http2.initialConnectionWindowSize: 4194304"},
 		{"no TrafficPolicy: the fix names a new one", meshFile("    http2:\n      keepalive: {interval: 30s, timeout: 5s}\n    connectionPool: {idleTimeout: 5m}\n    outlierDetection: {consecutive5xx: 5}\n    timeout: 0s\n", ""),
 			"no-route-timeout", S6, Warning, "timeout 0s", "Mesh m: spec.defaults.timeout: 10s"},
 	}

@@ -189,26 +189,45 @@ func (p *PortPlan) moveAddr(addr string, unset uint32) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(int(p.port(port)))), nil
 }
 
-// PortFree reports whether a TCP listener can bind host:port now.
+// PortFree reports whether both a TCP listener and a UDP socket can bind
+// host:port now: an inbound port of an http3 Service is served on both
+// (HTTP/3 over QUIC on UDP, the HTTP/2 fallback on TCP).
 func PortFree(host string, port uint32) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(int(port))))
+	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return false
 	}
 	_ = l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	_ = u.Close()
 	return true
 }
 
-// PickPort returns a port the OS chose as free on host. Nothing holds it
-// afterwards, so another process could take it first; the local mesh binds
-// it within a second or two, which makes that unlikely on a workstation.
+// dualAttempts bounds PickPort's search for a port free on both TCP and
+// UDP.
+const dualAttempts = 20
+
+// PickPort returns a port the OS chose as free on host, for TCP and UDP
+// alike (see PortFree). Nothing holds it afterwards, so another process
+// could take it first; the local mesh binds it within a second or two,
+// which makes that unlikely on a workstation.
 func PickPort(host string) (uint32, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, err
+	for range dualAttempts {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return 0, err
+		}
+		port := uint32(l.Addr().(*net.TCPAddr).Port)
+		_ = l.Close()
+		if PortFree(host, port) {
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return uint32(l.Addr().(*net.TCPAddr).Port), nil
+	return 0, fmt.Errorf("no port free for both TCP and UDP on %s after %d tries", host, dualAttempts)
 }
 
 func splitHostPort(addr string) (string, uint32, error) {

@@ -2,6 +2,8 @@ package localmesh
 
 import (
 	"errors"
+	"io"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -193,6 +195,31 @@ func TestPortFreeAndPick(t *testing.T) {
 	}
 	if !PortFree("127.0.0.1", p) {
 		t.Fatalf("port %d just picked is not free", p)
+	}
+	// A port held on either transport is busy: http3 inbound ports bind
+	// UDP as well as TCP.
+	for _, network := range []string{"tcp", "udp"} {
+		t.Run(network, func(t *testing.T) {
+			var c io.Closer
+			var port uint32
+			if network == "tcp" {
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				c, port = l, uint32(l.Addr().(*net.TCPAddr).Port)
+			} else {
+				u, err := net.ListenPacket("udp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				c, port = u, uint32(u.LocalAddr().(*net.UDPAddr).Port)
+			}
+			defer c.Close()
+			if PortFree("127.0.0.1", port) {
+				t.Errorf("PortFree(%d) = true while a %s socket holds it", port, network)
+			}
+		})
 	}
 }
 

@@ -38,8 +38,11 @@ var summaryRE = regexp.MustCompile(`^meshd up: (\d+) calls, (\d+) errors.*?(?:, 
 // sample client's calls succeed through two sidecars within 30 s, with no
 // error after the first success; it stops cleanly after --duration and on
 // SIGINT, exits 0, leaves no sidecar process behind and removes its
-// temporary directory. The example runs STRICT mTLS: the start-up block
-// prints both SPIFFE IDs and the server sidecar counts TLS handshakes.
+// temporary directory. The example runs STRICT mTLS and carries greeter
+// over HTTP/3 between the sidecars: the start-up block prints both SPIFFE
+// IDs, the client sidecar opens QUIC connections (upstream_cx_http3_total)
+// and never falls back to HTTP/2 (upstream_http3_broken 0), and the server
+// sidecar's QUIC listener serves the calls.
 func TestUp(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	bin := testutil.BuildMeshd(t)
@@ -121,10 +124,13 @@ func TestUp(t *testing.T) {
 			if strings.Join(identities, " ") != strings.Join(wantIDs, " ") {
 				t.Errorf("start-up block identities %q, want %q", identities, wantIDs)
 			}
-			// The built-in example is STRICT: the server sidecar's
-			// inbound listener completes TLS handshakes with the client
-			// sidecar (a plaintext caller could not get through).
-			waitHandshakes(t, admins["greeter-server.demo"])
+			// The built-in example carries greeter over HTTP/3 between
+			// the sidecars: the client sidecar's cluster opens QUIC
+			// connections (always TLS; the server sidecar requires client
+			// SVIDs, so this is mTLS) without falling back to HTTP/2, and
+			// the server sidecar's QUIC listener serves the requests.
+			waitStat(t, "greeter-client.demo", admins["greeter-client.demo"], "cluster.", ".upstream_cx_http3_total")
+			waitStat(t, "greeter-server.demo", admins["greeter-server.demo"], "http.inbound-quic_", ".downstream_rq_http3_total")
 			children = childPIDs(t, cmd.Process.Pid)
 			if len(children) != 2 {
 				t.Fatalf("meshd up has %d child processes %v, want 2 sidecars", len(children), children)
@@ -132,9 +138,16 @@ func TestUp(t *testing.T) {
 
 			if tc.interrupt > 0 {
 				time.Sleep(tc.interrupt)
+				checkNoHTTP3Fallback(t, admins["greeter-client.demo"])
 				if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 					t.Fatal(err)
 				}
+			}
+			if tc.interrupt == 0 {
+				// After a few hundred sample calls, well before
+				// --duration ends.
+				time.Sleep(3 * time.Second)
+				checkNoHTTP3Fallback(t, admins["greeter-client.demo"])
 			}
 			var summary string
 			exitDeadline := time.After(upExitTimeout + 20*time.Second)
@@ -183,31 +196,63 @@ func TestUp(t *testing.T) {
 	}
 }
 
-// waitHandshakes polls the sidecar admin at addr until a listener's
-// ssl.handshake counter is positive, for up to 10 s.
-func waitHandshakes(t *testing.T, addr string) {
+// sidecarStats GETs the sidecar admin at addr's /stats as name -> value.
+func sidecarStats(addr string) (map[string]int64, error) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + addr + "/stats")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	st := map[string]int64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		name, value, ok := strings.Cut(line, ": ")
+		if n, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64); ok && err == nil {
+			st[name] = n
+		}
+	}
+	return st, nil
+}
+
+// waitStat polls node's admin at addr until a counter named
+// prefix...suffix is positive, for up to 10 s.
+func waitStat(t *testing.T, node, addr, prefix, suffix string) {
 	t.Helper()
 	if addr == "" {
-		t.Fatal("the start-up block names no admin address for greeter-server.demo")
+		t.Fatalf("the start-up block names no admin address for %s", node)
 	}
-	client := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		resp, err := client.Get("http://" + addr + "/stats")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			for _, line := range strings.Split(string(body), "\n") {
-				name, value, ok := strings.Cut(line, ": ")
-				if n, _ := strconv.Atoi(strings.TrimSpace(value)); ok && strings.HasPrefix(name, "listener.") && strings.HasSuffix(name, ".ssl.handshake") && n > 0 {
-					return
-				}
+		st, err := sidecarStats(addr)
+		for name, n := range st {
+			if strings.HasPrefix(name, prefix) && strings.HasSuffix(name, suffix) && n > 0 {
+				t.Logf("%s: %s = %d", node, name, n)
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("greeter-server.demo's admin %s shows no listener ssl.handshake after 10 s (last error %v): the mesh is not running mTLS", addr, err)
+			t.Fatalf("%s's admin %s shows no positive %s*%s after 10 s (last error %v): greeter is not carried over HTTP/3", node, addr, prefix, suffix, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkNoHTTP3Fallback fails the test when the client sidecar at addr
+// counted an HTTP/3 failure that sent calls to HTTP/2 over TCP.
+func checkNoHTTP3Fallback(t *testing.T, addr string) {
+	t.Helper()
+	st, err := sidecarStats(addr)
+	if err != nil {
+		t.Fatalf("greeter-client.demo stats: %v", err)
+	}
+	for name, n := range st {
+		if strings.HasSuffix(name, ".upstream_http3_broken") && n != 0 {
+			t.Errorf("greeter-client.demo: %s = %d: calls fell back to HTTP/2", name, n)
+		}
 	}
 }
 

@@ -255,7 +255,13 @@ func TestPolicyReachesEnvoyFields(t *testing.T) {
 	if err := c.GetTypedExtensionProtocolOptions()[translate.HTTPProtocolOptionsKey].UnmarshalTo(&opts); err != nil {
 		t.Fatal(err)
 	}
-	h2 := opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions()
+	// greeter is upstreamProtocol http3: auto_config with HTTP/3 over the
+	// QUIC transport, the policy's HTTP/2 settings for the fallback.
+	auto := opts.GetAutoConfig()
+	if auto.GetHttp3ProtocolOptions() == nil || c.GetTransportSocket().GetName() != translate.QUICTransportSocketName {
+		t.Errorf("cluster is not auto_config HTTP/3 over %s: protocol options %v, transport socket %q", translate.QUICTransportSocketName, &opts, c.GetTransportSocket().GetName())
+	}
+	h2 := auto.GetHttp2ProtocolOptions()
 	th := c.GetCircuitBreakers().GetThresholds()[0]
 	checks := []struct {
 		field     string
@@ -304,9 +310,12 @@ func TestPolicyReachesEnvoyFields(t *testing.T) {
 	if pl.GetApiListener() == nil {
 		t.Error("proxyless listener has no api_listener")
 	}
-	if sidecar := res.Nodes["greeter-server.demo"]; len(sidecar.Listeners) != 1 || len(sidecar.Clusters) != 1 {
-		t.Errorf("server sidecar: %d listeners, %d clusters; want only its inbound pair", len(sidecar.Listeners), len(sidecar.Clusters))
+	// The server sidecar: the inbound listener on TCP, its HTTP/3 twin on
+	// UDP, and the application's cluster.
+	if sidecar := res.Nodes["greeter-server.demo"]; len(sidecar.Listeners) != 2 || len(sidecar.Clusters) != 1 {
+		t.Errorf("server sidecar: %d listeners, %d clusters; want its inbound TCP and QUIC listeners and one cluster", len(sidecar.Listeners), len(sidecar.Clusters))
 	}
+	find[*listenerv3.Listener](t, res.Nodes["greeter-server.demo"].Listeners, translate.InboundQUICListenerName(15101))
 }
 
 func find[T interface {
