@@ -172,7 +172,7 @@ func (sc *Scope) Histogram(name string) *Histogram {
 func (sc *Scope) meta(full, prom string, extra []Tag) meta {
 	tags := make([]Tag, 0, len(sc.tags)+len(extra))
 	tags = append(append(tags, sc.tags...), extra...)
-	return meta{flat: full, prom: promName(sc.promPrefix + prom), tags: tags}
+	return meta{flat: full, base: sc.promPrefix + prom, prom: promName(sc.promPrefix + prom), tags: tags}
 }
 
 // promName turns "cluster.upstream_rq_total" into
@@ -194,6 +194,7 @@ func promName(s string) string {
 
 type meta struct {
 	flat string
+	base string // the tag-extracted name: flat name without tag values
 	prom string
 	tags []Tag
 }
@@ -309,6 +310,12 @@ func (s HistogramSnapshot) Quantile(q float64) float64 {
 
 // FlatName is the metric's Envoy flat name.
 func (m *meta) FlatName() string { return m.flat }
+
+// TagExtractedName is the metric's flat name with its tag segments
+// removed, as Envoy's tag extraction leaves it: "cluster.upstream_rq_total"
+// for "cluster.backend.upstream_rq_total", "cluster.upstream_rq" for
+// "cluster.backend.upstream_rq_200". Tags carries what was removed.
+func (m *meta) TagExtractedName() string { return m.base }
 
 // PromName is the metric's Prometheus name.
 func (m *meta) PromName() string { return m.prom }
