@@ -13,6 +13,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
+	"meshd.dev/meshd/otel/metrics"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/identity"
 	"meshd.dev/meshd/proxy/sidecar"
@@ -57,6 +58,15 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	if *path == "" {
 		*path = "--config-yaml"
 	}
+	sink, err := config.CompileStatsSinks(b)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd sidecar: invalid bootstrap %s:\n%v\n", *path, err)
+		return 1
+	}
+	var durations *metrics.HTTPDurations
+	if sink != nil {
+		durations = metrics.NewHTTPDurations()
+	}
 	store := stats.NewStore()
 	ids, err := identity.New(identity.Options{Bootstrap: b, Stats: store, Logger: logger})
 	if err != nil {
@@ -75,6 +85,7 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		Logger:           logger,
 		Stats:            store,
 		Identities:       ids,
+		Durations:        durations,
 	})
 	if err := sc.Start(snap); err != nil {
 		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
@@ -84,15 +95,32 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		return 1
 	}
 	logger.Info("sidecar ready", "bootstrap", *path)
+	if sink != nil {
+		stop, err := startStatsSink(sink, b, store, durations, logger)
+		if err != nil {
+			logger.Error("metrics export not started", "err", err)
+		} else {
+			defer stop() // after the drain: the last export has the final counts
+		}
+	}
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
-	select {
-	case s := <-sigs:
-		logger.Info("shutting down", "signal", s.String(), "drain", sc.DrainTime())
-	case <-sc.Done():
-		logger.Info("shutting down", "reason", "/quitquitquit", "drain", sc.DrainTime())
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGUSR1 {
+				logger.Info("reopening access logs", "signal", s.String())
+				sc.ReopenLogs()
+				continue
+			}
+			logger.Info("shutting down", "signal", s.String(), "drain", sc.DrainTime())
+		case <-sc.Done():
+			logger.Info("shutting down", "reason", "/quitquitquit", "drain", sc.DrainTime())
+		}
+		break wait
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), sc.DrainTime())
 	defer cancel()

@@ -105,6 +105,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		"/healthcheck/ok":      {help: "cause the server to pass health checks", mutates: true, handle: s.handleHealthcheck(false)},
 		"/drain_listeners":     {help: "drain listeners; ?graceful, ?inboundonly", mutates: true, handle: s.handleDrain},
 		"/quitquitquit":        {help: "exit the server", mutates: true, handle: s.handleQuit},
+		"/reopen_logs":         {help: "reopen access logs (log rotation)", mutates: true, handle: s.handleReopenLogs},
 		pprofPrefix:            {help: "Go runtime profiles (net/http/pprof)", handle: pprof.Index},
 		"/debug/pprof":         {handle: http.RedirectHandler(pprofPrefix, http.StatusMovedPermanently).ServeHTTP},
 		"/debug/streams":       {help: "HTTP/2 streams that are not moving and why (meshd; JSON)", handle: s.handleStreams},

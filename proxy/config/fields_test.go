@@ -23,7 +23,7 @@ var update = flag.Bool("update", false, "rewrite docs/bootstrap.md's generated s
 // extensionPoints lists the points in documentation order.
 var extensionPoints = []ExtensionPoint{
 	NetworkFilter, HTTPFilter, DownstreamTransportSocket, UpstreamTransportSocket,
-	ClusterProtocolOptions, AccessLogger, Tracer, WasmConfiguration,
+	ClusterProtocolOptions, AccessLogger, Tracer, WasmConfiguration, StatsSink,
 }
 
 // reachable returns the message types reachable from the roots through

@@ -441,6 +441,8 @@ func extensionPoint(parent protoreflect.FullName, field protoreflect.Name, side 
 		return Tracer
 	case (parent == "envoy.extensions.wasm.v3.PluginConfig" || parent == "envoy.extensions.wasm.v3.VmConfig") && field == "configuration":
 		return WasmConfiguration
+	case parent == "envoy.config.metrics.v3.StatsSink" && field == "typed_config":
+		return StatsSink
 	}
 	return OtherExtension
 }

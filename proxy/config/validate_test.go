@@ -316,7 +316,9 @@ func TestRegistry(t *testing.T) {
 		{UpstreamTransportSocket, "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", false},
 		{UpstreamTransportSocket, "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", true},
 		{ClusterProtocolOptions, "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", true},
-		{AccessLogger, "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", false},
+		{AccessLogger, "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", true},
+		{AccessLogger, "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig", false},
+		{StatsSink, "type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig", true},
 	} {
 		if got := IsSupported(tc.point, tc.url); got != tc.want {
 			t.Errorf("IsSupported(%q, %q) = %v, want %v", tc.point, tc.url, got, tc.want)

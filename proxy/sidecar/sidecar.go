@@ -24,7 +24,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"meshd.dev/meshd/otel/metrics"
 	"meshd.dev/meshd/otel/tracing"
+	"meshd.dev/meshd/proxy/accesslog"
 	"meshd.dev/meshd/proxy/admin"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/http/h1"
@@ -54,6 +56,10 @@ type Options struct {
 	// reports ready only once every identity source it uses has an SVID,
 	// shows them on /certs and /config_dump, and closes it on Shutdown.
 	Identities *identity.Manager
+	// Durations, when set, records the semantic-convention HTTP duration
+	// histograms of every connection manager (see otel/metrics); nil
+	// records none.
+	Durations *metrics.HTTPDurations
 }
 
 // Sidecar is one running data plane.
@@ -66,6 +72,9 @@ type Sidecar struct {
 	// tracers are the span exporters of every connection manager that
 	// traces, kept across config swaps.
 	tracers *tracing.Providers
+	// accessLogs owns the access-log files of every connection manager;
+	// it outlives config swaps and is closed (flushed) after the drain.
+	accessLogs *accesslog.Manager
 
 	mu        sync.Mutex // serialises Apply and shutdown
 	listeners map[string]*liveListener
@@ -126,13 +135,14 @@ func New(opts Options) *Sidecar {
 	}
 	clusters := upstream.NewManager(store, opts.Logger)
 	return &Sidecar{
-		opts:      opts,
-		logger:    opts.Logger,
-		store:     store,
-		clusters:  clusters,
-		tracers:   hcm.NewTracers(clusters, store, opts.Logger),
-		listeners: map[string]*liveListener{},
-		quit:      make(chan struct{}),
+		opts:       opts,
+		logger:     opts.Logger,
+		store:      store,
+		clusters:   clusters,
+		tracers:    hcm.NewTracers(clusters, store, opts.Logger),
+		listeners:  map[string]*liveListener{},
+		accessLogs: accesslog.NewManager(accesslog.ManagerOptions{Stats: store, Logger: opts.Logger}),
+		quit:       make(chan struct{}),
 	}
 }
 
@@ -254,6 +264,16 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 	if s.draining.Load() {
 		return errors.New("sidecar is draining")
 	}
+	// Open every access log first: a path that cannot be written fails
+	// the config, as in Envoy.
+	for _, lc := range snap.Listeners {
+		if lc.HCM == nil {
+			continue
+		}
+		if err := s.accessLogs.Open(lc.HCM.AccessLogs); err != nil {
+			return fmt.Errorf("listener %q: %w", lc.Name, err)
+		}
+	}
 	// Bind every new socket first so a bind failure changes nothing.
 	fresh := map[string]*liveListener{}
 	for _, lc := range snap.Listeners {
@@ -333,6 +353,7 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	hst := hcm.NewStats(s.store, hc.StatPrefix)
 	handler := hcm.NewHandler(hc, s.clusters, hst, s.logger)
 	handler.SetTracing(s.tracers)
+	handler.SetObservers(hcm.Observers{AccessLogs: s.accessLogs, Durations: s.opts.Durations})
 	h1s := h1.NewServer(h1.ServerConfig{
 		IdleTimeout:              hc.IdleTimeout,
 		MaxConnectionDuration:    hc.MaxConnectionDuration,
@@ -463,6 +484,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		s.logger.Warn("tracing: spans not flushed at shutdown", "err", err)
 	}
 	cancel()
+	if err := s.accessLogs.Close(); err != nil {
+		s.logger.Warn("closing access logs", "err", err)
+	}
 	s.clusters.Close()
 	if s.admin != nil {
 		_ = s.admin.Close()
@@ -472,6 +496,10 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// ReopenLogs makes every access-log file close and reopen its path (log
+// rotation: SIGUSR1 and POST /reopen_logs).
+func (s *Sidecar) ReopenLogs() { s.accessLogs.Reopen() }
 
 // DrainTime is the configured drain bound.
 func (s *Sidecar) DrainTime() time.Duration { return s.opts.DrainTime }
@@ -582,6 +610,7 @@ func (s *Sidecar) Quit() { s.quitOnce.Do(func() { close(s.quit) }) }
 var (
 	_ admin.Backend      = (*Sidecar)(nil)
 	_ admin.CertProvider = (*Sidecar)(nil)
+	_ admin.LogReopener  = (*Sidecar)(nil)
 )
 
 // NodeAdminKey is the node.metadata key carrying the sidecar's bound admin

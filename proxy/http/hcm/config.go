@@ -12,6 +12,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"meshd.dev/meshd/otel/tracing"
+	"meshd.dev/meshd/proxy/accesslog"
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/stats"
@@ -96,6 +97,9 @@ type Config struct {
 	// Tracing is the compiled tracing config, nil when the connection
 	// manager does not trace.
 	Tracing *tracing.Config
+	// AccessLogs are the compiled access_log entries, written through the
+	// handler's Observers.AccessLogs.
+	AccessLogs []*accesslog.Logger
 }
 
 // Compile validates and compiles an HttpConnectionManager. Errors name the
@@ -195,6 +199,9 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	}
 	if c.Tracing, err = tracing.Compile(m.GetTracing()); err != nil {
 		return nil, fmt.Errorf("tracing.%w", err)
+	}
+	if c.AccessLogs, err = accesslog.Compile(m.GetAccessLog()); err != nil {
+		return nil, err
 	}
 	if rds := m.GetRds(); rds != nil {
 		if rds.GetRouteConfigName() == "" {

@@ -274,6 +274,7 @@ func (ex *exchange) SendLocalReply(status int, body string, details string) {
 	}
 	ex.replied = true
 	ex.h.logger.Debug("local reply from http filter", "status", status, "details", details)
+	ex.noteFilterReply(details)
 	ex.localReply(status, body)
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"meshd.dev/meshd/filters"
 	"meshd.dev/meshd/otel/tracing"
+	"meshd.dev/meshd/proxy/accesslog"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
@@ -34,6 +35,8 @@ type Handler struct {
 	// tracers and tracingStats are set by SetTracing (tracing.go).
 	tracers      *tracing.Providers
 	tracingStats *tracingStats
+	// obs receives finished streams (observe.go); set before serving.
+	obs Observers
 }
 
 // NewHandler returns a handler serving cfg with clusters from cm.
@@ -73,6 +76,14 @@ func (h *Handler) ServeStream(ds stream.ServerStream) {
 	ex := &exchange{h: h, cfg: cfg, ds: ds, req: req, grpc: isGRPC(req), start: time.Now()}
 	if cfg.Tracing != nil && h.tracers != nil {
 		ex.startTrace()
+	}
+	if h.observing(cfg) {
+		o := newObservedStream(ds, ex.start, cfg)
+		ex.ds, ex.info = o, &o.info
+		if t := ex.tr; t != nil && t.span != nil {
+			o.info.TraceID = t.traceID.String()
+		}
+		defer h.finish(cfg, o)
 	}
 	ex.serve()
 	if ex.tr != nil {
@@ -118,6 +129,10 @@ type exchange struct {
 	// tr is the tracing state (tracing.go); nil when the connection
 	// manager does not trace.
 	tr *trace
+
+	// info is the access-log record of an observed stream (observe.go);
+	// nil when nothing observes the handler's streams.
+	info *accesslog.Info
 }
 
 func isGRPC(req *stream.Request) bool {
@@ -137,11 +152,16 @@ func (ex *exchange) serve() {
 	if r == nil {
 		ex.h.stats.NoRoute.Inc()
 		ex.flag("NR")
+		ex.note(accesslog.NoRouteFound, "route_not_found")
 		ex.localReply(404, "")
 		return
 	}
+	if ex.info != nil {
+		ex.info.RouteName = r.Name
+	}
 	if d := r.Direct; d != nil {
 		ex.h.stats.RqDirect.Inc()
+		ex.note(0, "direct_response")
 		ex.directReply(r, d.Status, d.Body, "")
 		return
 	}
@@ -157,6 +177,7 @@ func (ex *exchange) serve() {
 	c := ex.h.clusters.Get(name)
 	if c == nil {
 		ex.h.stats.NoCluster.Inc()
+		ex.note(accesslog.NoClusterFound, "cluster_not_found")
 		ex.localReply(r.ClusterNotFoundStatus, "")
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"meshd.dev/meshd/proxy/accesslog"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/upstream"
@@ -79,6 +80,7 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 		if host == nil {
 			c.Stats().NoHealthyUpstream.Inc()
 			ex.flag("UH")
+			ex.note(accesslog.NoHealthyUpstream, "no_healthy_upstream")
 			ex.localReply(503, "no healthy upstream")
 			return
 		}
@@ -154,6 +156,12 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 	}
 	host.LB.Acquire()
 	defer host.LB.Release()
+	ex.noteAttempt(c.Spec().Name, host)
+	var status int
+	var failure error
+	if ex.h.obs.Durations != nil {
+		defer ex.observeAttempt(c.Spec().Name, host, time.Now(), &status, &failure)
+	}
 	cs.RqTotal.Inc()
 	cs.RqActive.Inc()
 	defer cs.RqActive.Dec()
@@ -161,6 +169,7 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 	us, err := host.NewStream(actx, ureq, ureq.EndStream)
 	if err != nil {
 		attErr = err
+		failure = err
 		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
 	}
 	// Cancellation and timeouts travel upstream as RST_STREAM CANCEL.
@@ -184,11 +193,14 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 	resp, err := us.Response(actx)
 	if err != nil {
 		attErr = err
+		failure = err
 		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
 	}
 	if ex.tr != nil {
 		ex.attemptResponse(us, resp)
 	}
+	status = resp.Status
+	ex.noteUpstreamResponse()
 	ex.wd.touch()
 	rs.release()
 	cs.Scope.ResponseCode("upstream_rq", resp.Status)
@@ -237,7 +249,9 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	case ex.ds.Context().Err() != nil, errors.Is(err, errDownstreamGone):
 		cs.RqCancelled.Inc()
 		ex.flag("DC")
+		ex.note(accesslog.DownstreamConnectionTermination, "downstream_remote_disconnect")
 	case context.Cause(actx) == errUpstreamMaxDuration:
+		ex.note(accesslog.UpstreamMaxStreamDurationReached, "upstream_max_stream_duration_reached")
 		ex.h.retryStatsFor(cs).maxDurationHit.Inc()
 		ex.ds.Reset(stream.ErrCodeCancel)
 	case errors.Is(err, errBufferLimit):
@@ -251,6 +265,7 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	default:
 		cs.RqReset.Inc()
 		host.ReportLocalOrigin(false)
+		ex.note(accesslog.UpstreamRemoteReset, "upstream_reset_after_response_started{remote_reset}")
 		ex.h.stats.RqTxReset.Inc()
 		ex.ds.Reset(stream.CodeOf(err))
 	}
@@ -340,10 +355,12 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 		}
 		cs.Scope.ResponseCode("upstream_rq", 504)
 		ex.flag("UT")
+		ex.note(accesslog.UpstreamRequestTimeout, "upstream_per_try_timeout")
 		ex.localReply(504, "upstream request timeout")
 		return false, 0
 	case errUpstreamMaxDuration:
 		rs.stats().maxDurationHit.Inc()
+		ex.note(accesslog.UpstreamMaxStreamDurationReached, "upstream_max_stream_duration_reached")
 		ex.localReply(ex.timeoutCode(), errUpstreamMaxDuration.Error())
 		return false, 0
 	}
@@ -352,6 +369,7 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 		cs.Scope.ResponseCode("upstream_rq", 503)
 		ex.overloaded = true
 		ex.flag("UO")
+		ex.note(accesslog.UpstreamOverflow, "upstream_reset_before_response_started{overflow}")
 		ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
 		return false, 0
 	}
@@ -360,6 +378,7 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 		case !replayable:
 			rs.stats().bufferAbandon.Inc()
 			cs.Scope.ResponseCode("upstream_rq", 503)
+			ex.note(accesslog.UpstreamRemoteReset, "upstream_reset_before_response_started{remote_refused_stream_reset}")
 			ex.localReply(503, "upstream reset: "+errBodyNotReplayable.Error())
 			return false, 0
 		case isConnectFailure(err):
@@ -385,8 +404,15 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 	switch {
 	case isConnectFailure(err):
 		reason, flag = "connection failure", "UF"
+		ex.note(accesslog.UpstreamConnectionFailure, "upstream_reset_before_response_started{connection_failure}")
+		if ex.info != nil {
+			ex.info.UpstreamTransportFailureReason = err.Error()
+		}
 	case stream.Unprocessed(err):
 		reason = "remote refused stream reset"
+		ex.note(accesslog.UpstreamRemoteReset, "upstream_reset_before_response_started{remote_refused_stream_reset}")
+	default:
+		ex.note(accesslog.UpstreamRemoteReset, "upstream_reset_before_response_started{remote_reset}")
 	}
 	ex.flag(flag)
 	ex.h.logger.Debug("upstream failed", "err", err)
@@ -410,6 +436,7 @@ func (ex *exchange) exchangeEnded(cs *upstream.Stats, ctx context.Context) {
 	if !isTimeout(cause) {
 		cs.RqCancelled.Inc()
 		ex.h.stats.RqRxReset.Inc()
+		ex.note(accesslog.DownstreamConnectionTermination, "downstream_remote_disconnect")
 		return
 	}
 	code, msg := 504, cause.Error()
@@ -418,15 +445,19 @@ func (ex *exchange) exchangeEnded(cs *upstream.Stats, ctx context.Context) {
 		cs.RqTimeout.Inc()
 		ex.flag("UT")
 		cs.Scope.ResponseCode("upstream_rq", 504)
+		ex.note(accesslog.UpstreamRequestTimeout, "response_timeout")
 	case errRequestTimeout:
 		ex.h.stats.RqTimeout.Inc()
 		code = 408
+		ex.note(0, "request_overall_timeout")
 	case errStreamIdle:
 		ex.h.stats.RqIdleTimeout.Inc()
 		code = ex.timeoutCode()
+		ex.note(accesslog.StreamIdleTimeout, "stream_idle_timeout")
 	case errMaxStreamDuration:
 		ex.h.stats.RqMaxDurationReached.Inc()
 		code = ex.timeoutCode()
+		ex.note(accesslog.DurationTimeout, "max_duration_timeout")
 	}
 	if ex.headersSent.Load() {
 		ex.ds.Reset(stream.ErrCodeCancel)
