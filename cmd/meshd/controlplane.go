@@ -21,6 +21,7 @@ import (
 
 	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/internal/wasmbuild"
+	"meshd.dev/meshd/otel/metrics"
 	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/xds/autotune"
@@ -54,6 +55,8 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	kube := fs.Bool("kube", false, "read the mesh from the Kubernetes API (Services, EndpointSlices, Pods, the meshd.dev CRDs) instead of --config; sidecars authenticate to the CA with their service-account token (TokenReview)")
 	kubeconfig := fs.String("kubeconfig", "", "with --kube: kubeconfig file; default: the in-cluster service account")
 	kubeTrustDomain := fs.String("trust-domain", model.DefaultTrustDomain, "with --kube: the CA's trust domain (a Mesh resource must agree)")
+	otlpMetrics := fs.String("otlp-metrics-address", "", "OTLP/gRPC collector (host:port, plaintext) to export the control plane's metrics to; default: none")
+	metricsInterval := fs.Duration("metrics-interval", metrics.DefaultInterval, "how often metrics are exported with --otlp-metrics-address")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -249,6 +252,14 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		}
 	}()
 	logger.Info("control plane serving", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "config", *meshPath, "kube", *kube, "version", srv.Version())
+	if *otlpMetrics != "" {
+		stop, err := exportControlPlaneMetrics(*otlpMetrics, *metricsInterval, st, logger)
+		if err != nil {
+			logger.Error("metrics export not started", "err", err)
+		} else {
+			defer stop()
+		}
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

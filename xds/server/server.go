@@ -65,8 +65,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Stats is the store the server's counters live in; nil creates one.
 	// The counters are "control_plane.xds_pushes", "xds_acks", "xds_nacks",
-	// "snapshots_published", "snapshots_rejected" and the gauge
-	// "control_plane.xds_streams_active".
+	// "snapshots_published", "snapshots_rejected", the gauges
+	// "control_plane.xds_streams_active" and "control_plane.connected_nodes"
+	// (distinct node IDs with a stream), and the histogram
+	// "control_plane.xds_push_ack_latency_ms" (response sent to ACK).
 	Stats *stats.Store
 	// Services, when set, registers further gRPC services (meshd's CA)
 	// on the gRPC server Serve creates, beside the xDS services.
@@ -123,6 +125,11 @@ type metrics struct {
 	pushes, acks, nacks *stats.Counter
 	published, rejected *stats.Counter
 	streamsActive       *stats.Gauge
+	// connectedNodes counts distinct node IDs with an open stream.
+	connectedNodes *stats.Gauge
+	// pushLatency is the time from a response being sent to the node's
+	// ACK of it, in ms: how long nodes take to apply a push.
+	pushLatency *stats.Histogram
 }
 
 // New returns a Server with nothing published: streams that open before the
@@ -143,12 +150,14 @@ func New(opts Options) *Server {
 		services: opts.Services,
 		tuning:   opts.Tuning,
 		metrics: metrics{
-			pushes:        sc.Counter("xds_pushes"),
-			acks:          sc.Counter("xds_acks"),
-			nacks:         sc.Counter("xds_nacks"),
-			published:     sc.Counter("snapshots_published"),
-			rejected:      sc.Counter("snapshots_rejected"),
-			streamsActive: sc.Gauge("xds_streams_active"),
+			pushes:         sc.Counter("xds_pushes"),
+			acks:           sc.Counter("xds_acks"),
+			nacks:          sc.Counter("xds_nacks"),
+			published:      sc.Counter("snapshots_published"),
+			rejected:       sc.Counter("snapshots_rejected"),
+			streamsActive:  sc.Gauge("xds_streams_active"),
+			connectedNodes: sc.Gauge("connected_nodes"),
+			pushLatency:    sc.Histogram("xds_push_ack_latency_ms"),
 		},
 		hash: newNodeHash(),
 	}

@@ -42,6 +42,9 @@ type tracker struct {
 
 	// tracer records a span per push answered (tracing.go); nil: none.
 	tracer trace.Tracer
+
+	nodesMu sync.Mutex     // guards nodes
+	nodes   map[string]int // node ID → open streams that identified it
 }
 
 // streamKey names a stream: the SotW and delta servers number their
@@ -83,7 +86,7 @@ type NACKRecord struct {
 var _ serverv3.Callbacks = (*tracker)(nil)
 
 func newTracker(hash *nodeHash, m *metrics, log *slog.Logger) *tracker {
-	return &tracker{hash: hash, metrics: m, log: log, streams: map[streamKey]*streamState{}}
+	return &tracker{hash: hash, metrics: m, log: log, streams: map[streamKey]*streamState{}, nodes: map[string]int{}}
 }
 
 func (t *tracker) open(id int64, kind string) {
@@ -106,7 +109,11 @@ func (t *tracker) closed(id int64, kind string) {
 	if st.pending != nil {
 		t.holds.Delete(st.pending)
 	}
+	node := st.node
 	st.mu.Unlock()
+	if node != nil {
+		t.nodeStreams(node.GetId(), -1)
+	}
 	t.metrics.streamsActive.Dec()
 }
 
@@ -132,6 +139,9 @@ func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, vers
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if node != nil {
+		if st.node == nil {
+			t.nodeStreams(node.GetId(), 1)
+		}
 		st.node = node
 	}
 	ts := st.typ(typeURL)
@@ -160,8 +170,24 @@ func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, vers
 		t.metrics.acks.Inc()
 		t.tracePush(st.node.GetId(), typeURL, ts.sentVersion, ts.sentAt, nil)
 		ts.acked, ts.ackedAt = ts.sentVersion, time.Now()
+		t.metrics.pushLatency.Record(float64(ts.ackedAt.Sub(ts.sentAt).Microseconds()) / 1000)
 		return "", false
 	}
+}
+
+// nodeStreams adds delta to the open streams of node id and keeps the
+// connected-nodes gauge (distinct node IDs with a stream) in step.
+func (t *tracker) nodeStreams(id string, delta int) {
+	t.nodesMu.Lock()
+	defer t.nodesMu.Unlock()
+	n := t.nodes[id] + delta
+	switch {
+	case n <= 0:
+		delete(t.nodes, id)
+	default:
+		t.nodes[id] = n
+	}
+	t.metrics.connectedNodes.Set(int64(len(t.nodes)))
 }
 
 func (t *tracker) response(id int64, kind, typeURL, nonce, version string) {
