@@ -117,6 +117,17 @@ func checkValue(ps *problems, o origin, path string, v any, t reflect.Type) {
 		for i, e := range l {
 			checkValue(ps, o, fmt.Sprintf("%s[%d]", path, i), e, t.Elem())
 		}
+	case reflect.Map:
+		// String-keyed maps (Mesh.spec.accessLog.json): any key, each
+		// value checked as the element type.
+		m, ok := v.(map[string]any)
+		if !ok || t.Key().Kind() != reflect.String {
+			ps.add(o, path, "expected an object, got %s", jsonKind(v))
+			return
+		}
+		for _, k := range sortedKeys(m) {
+			checkValue(ps, o, join(path, k), m[k], t.Elem())
+		}
 	case reflect.String:
 		if _, ok := v.(string); !ok {
 			ps.add(o, path, "expected a string, got %s", jsonKind(v))

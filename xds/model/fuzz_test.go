@@ -66,7 +66,7 @@ func TestCheckValueCoversTypes(t *testing.T) {
 			return
 		}
 		switch ty.Kind() {
-		case reflect.Pointer, reflect.Slice:
+		case reflect.Pointer, reflect.Slice, reflect.Map:
 			walk(path, ty.Elem())
 		case reflect.Struct:
 			for name, ft := range jsonFields(ty) {

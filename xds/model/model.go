@@ -117,6 +117,9 @@ type MeshSpec struct {
 	// Tracing, when set, makes every sidecar trace requests and export
 	// the spans to a collector (tracing.go).
 	Tracing *Tracing `json:"tracing,omitempty"`
+	// AccessLog, when set, is written by every sidecar's HTTP connection
+	// managers (see AccessLogSpec).
+	AccessLog *AccessLogSpec `json:"accessLog,omitempty"`
 }
 
 // Service is a destination: what its servers speak and where they are.

@@ -63,6 +63,7 @@ func validate(ps *problems, m *Mesh) {
 			}
 		}
 	}
+	validateAccessLog(ps, m)
 	if m.Spec.Defaults != nil {
 		validatePolicy(ps, m.meshOrigin, "spec.defaults", m.Spec.Defaults)
 	}

@@ -284,6 +284,7 @@ func (t *translator) hcm(statPrefix string, routes any, h2 *corev3.Http2Protocol
 		StatPrefix:           statPrefix,
 		CodecType:            hcmv3.HttpConnectionManager_AUTO,
 		Http2ProtocolOptions: h2,
+		AccessLog:            t.accessLogs(),
 		HttpFilters: append(slices.Clip(filters), &hcmv3.HttpFilter{
 			Name:       RouterFilterName,
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: t.typed(&routerv3.Router{})},
