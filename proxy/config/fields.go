@@ -25,12 +25,23 @@ type messageFields struct {
 var supportedFields = map[protoreflect.FullName]messageFields{
 	// Bootstrap.
 	"envoy.config.bootstrap.v3.Bootstrap": {
-		supported: names("node", "admin", "static_resources", "dynamic_resources", "cluster_manager"),
+		supported: names("node", "admin", "static_resources", "dynamic_resources", "cluster_manager", "overload_manager"),
 		ignored:   names("layered_runtime"),
 	},
 	// load_stats_config: LRS reports with meshd's per-endpoint
 	// observations (xds/observe), for the control plane's autoTune.
 	"envoy.config.bootstrap.v3.ClusterManager": {supported: names("load_stats_config")},
+	// Overload manager (proxy/overload): the fixed_heap monitor and the
+	// stop_accepting_connections, stop_accepting_requests and shrink_heap
+	// actions.
+	"envoy.config.overload.v3.OverloadManager":                         {supported: names("refresh_interval", "resource_monitors", "actions")},
+	"envoy.config.overload.v3.ResourceMonitor":                         {supported: names("name", "typed_config")},
+	"envoy.config.overload.v3.OverloadAction":                          {supported: names("name", "triggers", "typed_config")},
+	"envoy.config.overload.v3.Trigger":                                 {supported: names("name", "threshold", "scaled")},
+	"envoy.config.overload.v3.ThresholdTrigger":                        {supported: names("value")},
+	"envoy.config.overload.v3.ScaledTrigger":                           {supported: names("scaling_threshold", "saturation_threshold")},
+	"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig": {supported: names("max_heap_size_bytes")},
+	"envoy.config.overload.v3.ShrinkHeapConfig":                        {supported: names("timer_interval")},
 	"envoy.config.bootstrap.v3.Admin": {
 		supported: names("address"),
 		ignored:   names("access_log_path"),

@@ -23,7 +23,8 @@ var update = flag.Bool("update", false, "rewrite docs/bootstrap.md's generated s
 // extensionPoints lists the points in documentation order.
 var extensionPoints = []ExtensionPoint{
 	NetworkFilter, HTTPFilter, DownstreamTransportSocket, UpstreamTransportSocket,
-	ClusterProtocolOptions, AccessLogger, Tracer, WasmConfiguration, StatsSink,
+	ClusterProtocolOptions, AccessLogger, Tracer, WasmConfiguration, StatsSink, ResourceMonitor,
+	OverloadActionConfig,
 }
 
 // reachable returns the message types reachable from the roots through

@@ -12,6 +12,7 @@ import (
 	"meshd.dev/meshd/filters"
 	_ "meshd.dev/meshd/filters/all" // the built-in HTTP filters
 	"meshd.dev/meshd/otel/tracing"
+	"meshd.dev/meshd/proxy/overload"
 )
 
 // ExtensionPoint names a place in the Envoy API where a typed_config (an Any)
@@ -46,6 +47,10 @@ const (
 	// VmConfig.configuration): google.protobuf.StringValue or BytesValue,
 	// handed to the guest as bytes.
 	WasmConfiguration ExtensionPoint = "wasm configuration"
+	// ResourceMonitor is envoy.config.overload.v3.ResourceMonitor.typed_config.
+	ResourceMonitor ExtensionPoint = "resource monitor"
+	// OverloadActionConfig is envoy.config.overload.v3.OverloadAction.typed_config.
+	OverloadActionConfig ExtensionPoint = "overload action"
 	// OtherExtension is every other Any in the API.
 	OtherExtension ExtensionPoint = "extension"
 )
@@ -73,6 +78,8 @@ func init() {
 		{Tracer, tracing.OpenTelemetryConfigType},
 		{WasmConfiguration, "google.protobuf.StringValue"},
 		{WasmConfiguration, "google.protobuf.BytesValue"},
+		{ResourceMonitor, overload.FixedHeapConfigType},
+		{OverloadActionConfig, overload.ShrinkHeapConfigType},
 	} {
 		RegisterType(r.point, r.name)
 	}

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"meshd.dev/meshd/proxy/overload"
 	"meshd.dev/meshd/proxy/tlscontext"
 )
 
@@ -136,6 +137,16 @@ func ValidateBootstrap(b *bootstrapv3.Bootstrap) error {
 	}
 	if lsc := b.GetClusterManager().GetLoadStatsConfig(); lsc != nil {
 		v.grpcSource("cluster_manager.load_stats_config", lsc, b.GetStaticResources().GetClusters(), false)
+	}
+	if om := b.GetOverloadManager(); om != nil && !v.has("overload_manager") {
+		if _, err := overload.Compile(om); err != nil {
+			var fe *overload.FieldError
+			for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+				if errors.As(e, &fe) {
+					v.addf("overload_manager."+fe.Field, "%s", fe.Reason)
+				}
+			}
+		}
 	}
 
 	seen := map[string]string{}
@@ -439,6 +450,10 @@ func extensionPoint(parent protoreflect.FullName, field protoreflect.Name, side 
 		return AccessLogger
 	case parent == "envoy.config.trace.v3.Tracing.Http" && field == "typed_config":
 		return Tracer
+	case parent == "envoy.config.overload.v3.ResourceMonitor" && field == "typed_config":
+		return ResourceMonitor
+	case parent == "envoy.config.overload.v3.OverloadAction" && field == "typed_config":
+		return OverloadActionConfig
 	case (parent == "envoy.extensions.wasm.v3.PluginConfig" || parent == "envoy.extensions.wasm.v3.VmConfig") && field == "configuration":
 		return WasmConfiguration
 	case parent == "envoy.config.metrics.v3.StatsSink" && field == "typed_config":

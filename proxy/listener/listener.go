@@ -123,6 +123,13 @@ type Config struct {
 	// and tls_inspector.tls_not_found. Nil keeps stats private to the
 	// listener.
 	Stats *stats.Scope
+	// Admit, when non-nil, is called with each accepted connection before
+	// it is served, and blocks while accepting is suspended (the overload
+	// manager's stop_accepting_connections: further connections wait in
+	// the kernel's backlog, as with Envoy's disabled listeners). It
+	// returns false when stop is closed first; the connection is then
+	// closed.
+	Admit func(stop <-chan struct{}) bool
 }
 
 // Listener is a bound TCP socket serving HTTP connections.
@@ -255,6 +262,10 @@ func (l *Listener) Serve() error {
 			continue
 		}
 		backoff = 0
+		if l.cfg.Admit != nil && !l.cfg.Admit(l.stopped) {
+			_ = c.Close()
+			return nil
+		}
 		if l.cfg.OriginalDst {
 			var handed bool
 			if c, handed = l.restore(c); handed {

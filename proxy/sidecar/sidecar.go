@@ -35,6 +35,7 @@ import (
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/identity"
 	"meshd.dev/meshd/proxy/listener"
+	"meshd.dev/meshd/proxy/overload"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/proxy/tcpproxy"
 	"meshd.dev/meshd/proxy/upstream"
@@ -94,6 +95,10 @@ type Sidecar struct {
 	// readyDone is closed when it returned (both nil when none runs).
 	readyStop context.CancelFunc
 	readyDone chan struct{}
+
+	// overload is the bootstrap's overload manager, started by Start (nil
+	// without overload_manager).
+	overload *overload.Manager
 
 	ready    atomic.Bool
 	hcFailed atomic.Bool
@@ -158,10 +163,17 @@ func (s *Sidecar) Stats() *stats.Store { return s.store }
 // the ADS client: every snapshot it compiles is applied with Apply, and the
 // sidecar becomes ready (/ready LIVE) once the first one is applied.
 func (s *Sidecar) Start(snap *config.Snapshot) error {
+	ocfg, err := overload.Compile(snap.Bootstrap.GetOverloadManager())
+	if err != nil {
+		return err
+	}
+	if ocfg != nil {
+		// Listeners bound by Apply consult it; sampling starts once they are.
+		s.overload = overload.New(ocfg, s.store, s.logger, nil)
+	}
 	if snap.Admin != "" {
 		a := admin.New(s, s.store, s.logger)
-		_, err := a.Listen(snap.Admin)
-		if err != nil {
+		if _, err := a.Listen(snap.Admin); err != nil {
 			return fmt.Errorf("admin.address %s: %w", snap.Admin, err)
 		}
 		s.admin = a
@@ -174,6 +186,7 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 	if err := s.Apply(snap); err != nil {
 		return err
 	}
+	s.overload.Start()
 	if snap.Bootstrap.GetDynamicResources() == nil {
 		s.readyAfterIdentities(nil)
 		return nil
@@ -354,6 +367,9 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	handler := hcm.NewHandler(hc, s.clusters, hst, s.logger)
 	handler.SetTracing(s.tracers)
 	handler.SetObservers(hcm.Observers{AccessLogs: s.accessLogs, Durations: s.opts.Durations})
+	if s.overload != nil {
+		handler.SetOverload(s.overload.ShedRequest)
+	}
 	h1s := h1.NewServer(h1.ServerConfig{
 		IdleTimeout:              hc.IdleTimeout,
 		MaxConnectionDuration:    hc.MaxConnectionDuration,
@@ -395,6 +411,7 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 		},
 		Logger: s.logger,
 		Stats:  listener.StatsScope(s.store.Root(), lc.Address),
+		Admit:  s.admit(),
 	})
 	if err != nil {
 		return nil, err
@@ -402,6 +419,15 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	ll.ln = ln
 	s.logger.Info("listener bound", "name", lc.Name, "address", ln.Addr().String())
 	return ll, nil
+}
+
+// admit is the listeners' Admit: the overload manager's
+// stop_accepting_connections gate, nil without an overload manager.
+func (s *Sidecar) admit() func(<-chan struct{}) bool {
+	if s.overload == nil {
+		return nil
+	}
+	return s.overload.WaitAccepting
 }
 
 func (s *Sidecar) serve(ll *liveListener) {
@@ -469,6 +495,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	for _, ll := range lls {
 		ll.ln.StopAccepting()
 	}
+	s.overload.Stop()
 	var wg sync.WaitGroup
 	errs := make([]error, len(lls))
 	for i, ll := range lls {

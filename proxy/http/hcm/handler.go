@@ -18,6 +18,7 @@ import (
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/route"
+	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/proxy/upstream"
 )
 
@@ -37,6 +38,19 @@ type Handler struct {
 	tracingStats *tracingStats
 	// obs receives finished streams (observe.go); set before serving.
 	obs Observers
+	// shed and overloadClose are set by SetOverload.
+	shed          func() bool
+	overloadClose *stats.Counter
+}
+
+// SetOverload makes the handler refuse new streams for which shed returns
+// true (the overload manager's stop_accepting_requests) with Envoy's local
+// reply: 503 "envoy overloaded", response flag OL (details "overload" in
+// the debug log), counted in downstream_rq_overload_close. Call it before
+// serving.
+func (h *Handler) SetOverload(shed func() bool) {
+	h.shed = shed
+	h.overloadClose = h.stats.Scope.Counter("downstream_rq_overload_close")
 }
 
 // NewHandler returns a handler serving cfg with clusters from cm.
@@ -141,6 +155,14 @@ func isGRPC(req *stream.Request) bool {
 
 func (ex *exchange) serve() {
 	req := ex.req
+	if ex.h.shed != nil && ex.h.shed() {
+		// Envoy sheds as soon as headers are decoded, before any filter.
+		ex.h.overloadClose.Inc()
+		ex.flag("OL")
+		ex.h.logger.Debug("local reply", "status", 503, "details", "overload")
+		ex.localReply(503, "envoy overloaded")
+		return
+	}
 	if !ex.checkUnderscores() {
 		ex.localReply(400, "")
 		return
