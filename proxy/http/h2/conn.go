@@ -28,6 +28,10 @@ var errConnClosed = errors.New("http2: connection closed")
 // GOAWAY to a peer that does not read.
 const goAwayFlushTimeout = time.Second
 
+// lingerTimeout bounds how long a gracefully closed connection keeps
+// reading (and dropping) what the peer still sends; see lingerClose.
+const lingerTimeout = time.Second
+
 // Flood limits of a server connection, Envoy's http2_protocol_options
 // defaults. Exceeding one closes the connection with GOAWAY
 // ENHANCE_YOUR_CALM and counts the matching http2.*_flood stat.
@@ -202,6 +206,12 @@ type conn struct {
 	closing         bool      // guarded by mu: a ctrlClose is queued
 	maxPeerID       uint32    // guarded by mu: highest peer-initiated stream ID seen
 	pendingDone     int       // guarded by mu: removed streams not yet reported to onStreamDone
+
+	// lingering is set once a graceful close half-closed the socket: the
+	// reader drops what still arrives and closes the socket at EOF or at
+	// lingerUntil (see lingerClose).
+	lingering   atomic.Bool
+	lingerUntil time.Time // written before lingering is set
 
 	done       chan struct{} // closed once the connection is closed
 	writerDone chan struct{}
@@ -684,7 +694,9 @@ func (c *conn) closeWith(err error) {
 	c.ctrl = nil
 	c.wcond.Broadcast()
 	c.mu.Unlock()
-	_ = c.nc.Close()
+	if !errors.Is(err, errGracefulClose) || !c.lingerClose() {
+		_ = c.nc.Close()
+	}
 	if c.st.table != nil {
 		c.st.table.remove(c)
 	}
@@ -692,6 +704,28 @@ func (c *conn) closeWith(err error) {
 	if c.onClosed != nil {
 		c.onClosed(err)
 	}
+}
+
+// lingerClose ends a graceful close the way a careful TCP endpoint does
+// (Go's net/http and nginx call it a lingering close): it half-closes the
+// write side, so the peer gets FIN (or TLS close_notify) after everything
+// written, and leaves the socket open for reading for up to lingerTimeout,
+// while the reader drops what still arrives. Closing at once while the
+// peer's late frames (WINDOW_UPDATE, PING ACK) sit unread makes the kernel
+// answer with a TCP RST, and an RST makes the peer's kernel discard what
+// it received but its application has not read yet: the end of the last
+// response, a transfer cut a window short when a config push drained its
+// connection. It reports false, and the caller closes at once, when the
+// connection cannot half-close. Called once, by closeWith.
+func (c *conn) lingerClose() bool {
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return false
+	}
+	c.lingerUntil = time.Now().Add(lingerTimeout)
+	c.lingering.Store(true)
+	_ = c.nc.SetReadDeadline(c.lingerUntil)
+	return true
 }
 
 // goAwayAndClose sends GOAWAY with code and then closes the connection
@@ -789,12 +823,19 @@ type frameHandler interface {
 // that ended it (nil for a clean close).
 func (c *conn) readLoop(h frameHandler) error {
 	for {
+		if c.lingering.Load() {
+			return c.drainLinger()
+		}
 		if c.hdrTimeout > 0 {
 			if err := c.awaitFrame(); err != nil {
 				return c.readFailed(err)
 			}
 		}
 		f, err := c.fr.ReadFrame()
+		if c.lingering.Load() {
+			// Closed gracefully while this frame was on its way: drop it.
+			return c.drainLinger()
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -819,6 +860,20 @@ func (c *conn) readLoop(h frameHandler) error {
 			return c.readFailed(err)
 		}
 	}
+}
+
+// drainLinger reads and drops what the peer still sends after a graceful
+// close, until it closes its side or the linger time ends, then closes the
+// socket. Reader only.
+func (c *conn) drainLinger() error {
+	_ = c.nc.SetReadDeadline(c.lingerUntil) // awaitFrame may have reset it
+	var r io.Reader = c.nc
+	if c.br != nil { // the framer reads through it
+		r = c.br
+	}
+	_, _ = io.Copy(io.Discard, r)
+	_ = c.nc.Close()
+	return nil
 }
 
 // errRequestHeadersTimeout is the reason a connection ends when its peer
