@@ -127,16 +127,7 @@ func floods() []flood {
 			// rose to ~30 ms on a loaded 2-core machine
 			// (docs/RELIABILITY.md), so this one attacker is paced more.
 			pause: 200 * time.Millisecond,
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 2000; n++ {
-					id := uint32(2*n + 1)
-					if c.request(id, "/hang", true) != nil || c.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
-						break
-					}
-				}
-				return n
-			},
+			send:  streamLoop(true, func(c *rawConn, id uint32) error { return c.fr.WriteRSTStream(id, http2.ErrCodeCancel) }),
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http.plain.downstream_rq_too_many_premature_resets",
 		},
@@ -144,16 +135,7 @@ func floods() []flood {
 			name: "MadeYouReset: WINDOW_UPDATE 0 after HEADERS (CVE-2025-8671)",
 			// 500 streams reach a handler per connection, as with rapid reset.
 			pause: 200 * time.Millisecond,
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 2000; n++ {
-					id := uint32(2*n + 1)
-					if c.request(id, "/hang", false) != nil || c.fr.WriteWindowUpdate(id, 0) != nil {
-						break
-					}
-				}
-				return n
-			},
+			send:  streamLoop(false, func(c *rawConn, id uint32) error { return c.fr.WriteWindowUpdate(id, 0) }),
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http.plain.downstream_rq_too_many_premature_resets",
 		},
@@ -161,16 +143,7 @@ func floods() []flood {
 			name: "MadeYouReset: DATA after END_STREAM (CVE-2025-8671)",
 			// 500 streams reach a handler per connection, as with rapid reset.
 			pause: 200 * time.Millisecond,
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 2000; n++ {
-					id := uint32(2*n + 1)
-					if c.request(id, "/hang", true) != nil || c.fr.WriteData(id, false, []byte("x")) != nil {
-						break
-					}
-				}
-				return n
-			},
+			send:  streamLoop(true, func(c *rawConn, id uint32) error { return c.fr.WriteData(id, false, []byte("x")) }),
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http.plain.downstream_rq_too_many_premature_resets",
 		},
@@ -566,5 +539,21 @@ func TestHTTP2Floods(t *testing.T) {
 				t.Errorf("well-behaved client p99 %v under attack, want <= %v (2x the quiet phases' %v, floor %v)", loud.median, limit, quiet.median, latencyFloor)
 			}
 		})
+	}
+}
+
+// streamLoop opens up to 2000 streams on /hang (HEADERS with END_STREAM
+// when end), each followed at once by the frame follow writes, and returns
+// how many it sent before the connection failed.
+func streamLoop(end bool, follow func(c *rawConn, id uint32) error) func(c *rawConn) int {
+	return func(c *rawConn) int {
+		n := 0
+		for ; n < 2000; n++ {
+			id := uint32(2*n + 1)
+			if c.request(id, "/hang", end) != nil || follow(c, id) != nil {
+				break
+			}
+		}
+		return n
 	}
 }
