@@ -2,17 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
+	"meshd.dev/meshd/kube/probe"
 	"meshd.dev/meshd/otel/metrics"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/identity"
@@ -33,6 +38,7 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	configYAML := fs.String("config-yaml", "", "the bootstrap as a YAML string, instead of -c (as Envoy's --config-yaml; merging with -c is not supported)")
 	serviceNode := fs.String("service-node", "", "node.id, replacing the bootstrap's (as Envoy's --service-node)")
 	tokenFile := fs.String("token-file", "", "read the built-in CA token from this file (a projected service-account token on Kubernetes) into node.metadata[\"meshd.token\"]")
+	statusAddr := fs.String("status-address", "", "serve the status port here (host:port; empty: none): GET /app-health/<container>/<livez|readyz|startupz> runs the application's original kubelet probe from $"+probe.EnvAppProbes+" (set by meshd inject) against 127.0.0.1, and /healthz/ready answers 200 once the sidecar is ready")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -49,6 +55,18 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	if *drain < 0 {
 		fmt.Fprintln(stderr, "meshd sidecar: --drain-time-s: must not be negative")
 		return 2
+	}
+	var sidecarRef atomic.Pointer[sidecar.Sidecar]
+	if *statusAddr != "" {
+		_, stop, err := startStatusServer(*statusAddr, os.Getenv(probe.EnvAppProbes), func() bool {
+			sc := sidecarRef.Load()
+			return sc != nil && sc.Ready()
+		}, logger)
+		if err != nil {
+			fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
+			return 1
+		}
+		defer stop()
 	}
 	b, err := loadSidecarBootstrap(*path, *configYAML, *serviceNode, *tokenFile)
 	if err != nil {
@@ -87,6 +105,7 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		Identities:       ids,
 		Durations:        durations,
 	})
+	sidecarRef.Store(sc)
 	if err := sc.Start(snap); err != nil {
 		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -159,4 +178,41 @@ func compileWithIdentities(b *bootstrapv3.Bootstrap, ids *identity.Manager, wait
 		logger.Info("identity ready", "source", cs.Source, "spiffe_id", cs.Chain[0].URIs[0].String(), "expires", cs.Chain[0].NotAfter)
 	}
 	return config.CompileResourcesWith(b, nil, ids)
+}
+
+// statusReadHeaderTimeout bounds a status-port request's headers; the
+// probe itself is bounded by its own timeout.
+const statusReadHeaderTimeout = 5 * time.Second
+
+// startStatusServer serves the status port on addr with the application
+// probes of probesJSON (probe.EnvAppProbes' value) and ready as the
+// sidecar's readiness, and returns the bound address and a stop that
+// closes it; bad probes or an address that cannot be bound are an error
+// naming them.
+func startStatusServer(addr, probesJSON string, ready func() bool, logger *slog.Logger) (bound net.Addr, stop func(), err error) {
+	probes, err := probe.Parse(probesJSON)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--status-address: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           &probe.Handler{Probes: probes, Ready: ready},
+		ReadHeaderTimeout: statusReadHeaderTimeout,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("status server stopped", "address", ln.Addr().String(), "err", err)
+		}
+	}()
+	logger.Info("status port serving", "address", ln.Addr().String(), "app_probes", len(probes))
+	return ln.Addr(), func() {
+		_ = srv.Close()
+		<-done
+	}, nil
 }

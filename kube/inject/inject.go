@@ -20,9 +20,18 @@
 //     TokenAudience);
 //   - the annotation AnnotationStatus, which makes injection idempotent.
 //
-// kubelet probes of the application's containers reach the application
-// directly: their ports are excluded from inbound capture (listed in the
-// capture arguments), since kubelet has no mesh identity to present.
+// kubelet has no mesh identity to present, so its probes cannot go
+// through the sidecar's mTLS inbound listener. Every httpGet, tcpSocket and
+// grpc liveness, readiness and startup probe of an application container
+// is rewritten to an httpGet on the sidecar's status port (Config.
+// StatusPort, excluded from capture) at
+// /app-health/<container>/<livez|readyz|startupz>; the original probes
+// travel to the sidecar as JSON in its environment (probe.EnvAppProbes),
+// and the sidecar performs them against the application on 127.0.0.1
+// (package probe). Timing fields (period, thresholds, timeout) stay on the
+// rewritten probe; exec probes are left alone. A pod annotated
+// AnnotationRewriteProbes "false" keeps its probes, and their ports are
+// excluded from inbound capture instead.
 //
 // A pod is left alone when it opts out (annotation AnnotationInject
 // "false"), when it runs on the host network, or when it already carries
@@ -30,6 +39,7 @@
 package inject
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -45,6 +55,7 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"meshd.dev/meshd/kube/probe"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/translate"
 )
@@ -63,6 +74,10 @@ const (
 	// Config's own lists.
 	AnnotationExcludeInboundPorts  = "meshd.dev/exclude-inbound-ports"
 	AnnotationExcludeOutboundPorts = "meshd.dev/exclude-outbound-ports"
+	// AnnotationRewriteProbes "false" keeps the application's kubelet
+	// probes as they are and excludes their ports from inbound capture,
+	// instead of sending them through the sidecar's status port.
+	AnnotationRewriteProbes = "meshd.dev/rewrite-probes"
 )
 
 // StatusVersion is the value of AnnotationStatus this package writes.
@@ -87,6 +102,7 @@ const (
 	DefaultInboundPort  = 15006
 	DefaultOutboundPort = 15001
 	DefaultAdminPort    = 15000
+	DefaultStatusPort   = probe.DefaultStatusPort
 	// DefaultProxyUID is the sidecar's UID; capture exempts its traffic
 	// so the sidecar's own connections are not captured again.
 	DefaultProxyUID = 1337
@@ -109,6 +125,10 @@ type Config struct {
 	// InboundPort, OutboundPort and AdminPort are the sidecar's capture
 	// listeners and admin port (defaults 15006, 15001, 15000).
 	InboundPort, OutboundPort, AdminPort int32
+	// StatusPort is the sidecar's status port serving the rewritten
+	// probes and its own readiness (default 15021); capture leaves it
+	// alone.
+	StatusPort int32
 	// ProxyUID is the UID the sidecar runs as (default 1337).
 	ProxyUID int64
 	// ExcludeInboundPorts and ExcludeOutboundPorts are never captured,
@@ -130,6 +150,9 @@ func (c Config) withDefaults() Config {
 	if c.AdminPort == 0 {
 		c.AdminPort = DefaultAdminPort
 	}
+	if c.StatusPort == 0 {
+		c.StatusPort = DefaultStatusPort
+	}
 	if c.ProxyUID == 0 {
 		c.ProxyUID = DefaultProxyUID
 	}
@@ -149,14 +172,19 @@ func (c Config) Validate() error {
 	if _, _, err := splitHostPort(c.XDSAddress); err != nil {
 		errs = append(errs, fmt.Errorf("xds address: %w", err))
 	}
-	ports := map[string]int32{"inbound port": c.InboundPort, "outbound port": c.OutboundPort, "admin port": c.AdminPort}
-	for _, name := range []string{"inbound port", "outbound port", "admin port"} {
+	ports := map[string]int32{"inbound port": c.InboundPort, "outbound port": c.OutboundPort, "admin port": c.AdminPort, "status port": c.StatusPort}
+	names := []string{"inbound port", "outbound port", "admin port", "status port"}
+	for _, name := range names {
 		if p := ports[name]; p < 1 || p > 65535 {
 			errs = append(errs, fmt.Errorf("%s: %d is not in 1..65535", name, p))
 		}
 	}
-	if c.InboundPort == c.OutboundPort || c.InboundPort == c.AdminPort || c.OutboundPort == c.AdminPort {
-		errs = append(errs, fmt.Errorf("inbound, outbound and admin ports must differ (%d, %d, %d)", c.InboundPort, c.OutboundPort, c.AdminPort))
+	for i, a := range names {
+		for _, b := range names[i+1:] {
+			if ports[a] == ports[b] {
+				errs = append(errs, fmt.Errorf("%s and %s must differ (both %d)", a, b, ports[a]))
+			}
+		}
 	}
 	if c.ProxyUID < 1 {
 		errs = append(errs, fmt.Errorf("proxy uid: %d must be positive (root's traffic cannot be told from the app's)", c.ProxyUID))
@@ -215,10 +243,22 @@ func (c Config) Pod(meta *metav1.ObjectMeta, spec *corev1.PodSpec) (bool, error)
 	if err != nil {
 		return false, err
 	}
-	exIn = slices.Concat(c.ExcludeInboundPorts, exIn, probePorts(spec))
+	// kubelet reaches the status port directly.
+	exIn = slices.Concat(c.ExcludeInboundPorts, exIn, []int32{c.StatusPort})
 	exOut = slices.Concat(c.ExcludeOutboundPorts, exOut)
+	var probes map[string]*probe.Prober
+	containers := spec.Containers
+	if strings.EqualFold(meta.Annotations[AnnotationRewriteProbes], "false") {
+		exIn = append(exIn, probePorts(spec)...)
+	} else if containers, probes, err = c.rewriteProbes(spec.Containers); err != nil {
+		return false, fmt.Errorf("inject: %w", err)
+	}
 
-	sidecar := c.sidecar(bootstrap)
+	sidecar, err := c.sidecar(bootstrap, probes)
+	if err != nil {
+		return false, err
+	}
+	spec.Containers = containers
 	init := c.captureInit(exIn, exOut)
 	if c.RegularContainer {
 		spec.InitContainers = append([]corev1.Container{init}, spec.InitContainers...)
@@ -278,9 +318,22 @@ func bootstrapYAML(b *bootstrapv3.Bootstrap) (string, error) {
 	return string(y), nil
 }
 
-func (c Config) sidecar(bootstrap string) corev1.Container {
+// sidecar is the sidecar container; probes (nil: none) are the
+// application's original probes it performs on the status port.
+func (c Config) sidecar(bootstrap string, probes map[string]*probe.Prober) (corev1.Container, error) {
 	uid := c.ProxyUID
 	no, yes := false, true
+	env := []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+	}
+	if len(probes) > 0 {
+		js, err := json.Marshal(probes) // map keys sorted: deterministic
+		if err != nil {
+			return corev1.Container{}, fmt.Errorf("inject: probes: %w", err)
+		}
+		env = append(env, corev1.EnvVar{Name: probe.EnvAppProbes, Value: string(js)})
+	}
 	return corev1.Container{
 		Name:  SidecarName,
 		Image: c.Image,
@@ -289,14 +342,20 @@ func (c Config) sidecar(bootstrap string) corev1.Container {
 			"--config-yaml", bootstrap,
 			"--service-node", "$(POD_NAME).$(POD_NAMESPACE)",
 			"--token-file", TokenPath,
+			"--status-address", ":" + strconv.Itoa(int(c.StatusPort)),
 		},
-		Env: []corev1.EnvVar{
-			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		Env:   env,
+		Ports: []corev1.ContainerPort{{Name: "meshd-status", ContainerPort: c.StatusPort, Protocol: corev1.ProtocolTCP}},
+		// The admin API binds 127.0.0.1 only, since it can drain and
+		// stop the sidecar; kubelet probes come from the node to the
+		// pod IP, so readiness is asked of the status port.
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: probe.ReadyPath, Port: intstr.FromInt32(c.StatusPort), Scheme: corev1.URISchemeHTTP,
+			}},
+			PeriodSeconds:    2,
+			FailureThreshold: 30,
 		},
-		// No kubelet probes: the admin API (and its /ready) binds
-		// 127.0.0.1 only, since it can drain and stop the sidecar, and
-		// kubelet probes come from the node to the pod IP.
 		Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
 			corev1.ResourceCPU:    resource.MustParse("50m"),
 			corev1.ResourceMemory: resource.MustParse("64Mi"),
@@ -310,7 +369,7 @@ func (c Config) sidecar(bootstrap string) corev1.Container {
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 		VolumeMounts: []corev1.VolumeMount{{Name: TokenVolumeName, MountPath: "/var/run/secrets/meshd", ReadOnly: true}},
-	}
+	}, nil
 }
 
 // captureInit is the init container installing the capture rules: root
@@ -348,6 +407,80 @@ func (c Config) captureInit(exIn, exOut []int32) corev1.Container {
 			},
 		},
 	}
+}
+
+// rewriteProbes returns copies of containers whose httpGet, tcpSocket and
+// grpc probes point at the status port, and the original probes by status
+// path (nil when there are none). A probe already on the status port at its
+// own path stays as it is, so rewriting is idempotent. Named ports are
+// resolved against the container's ports; one that names none is an error.
+func (c Config) rewriteProbes(containers []corev1.Container) ([]corev1.Container, map[string]*probe.Prober, error) {
+	out := make([]corev1.Container, len(containers))
+	var probes map[string]*probe.Prober
+	for i := range containers {
+		ct := containers[i].DeepCopy()
+		for _, slot := range []struct {
+			p    **corev1.Probe
+			kind string
+			name string
+		}{
+			{&ct.LivenessProbe, probe.Liveness, "livenessProbe"},
+			{&ct.ReadinessProbe, probe.Readiness, "readinessProbe"},
+			{&ct.StartupProbe, probe.Startup, "startupProbe"},
+		} {
+			p := *slot.p
+			if p == nil {
+				continue
+			}
+			path := probe.Path(ct.Name, slot.kind)
+			if h := p.HTTPGet; h != nil && h.Port.Type == intstr.Int && h.Port.IntVal == c.StatusPort && h.Path == path {
+				continue // already rewritten
+			}
+			orig := &probe.Prober{TimeoutSeconds: p.TimeoutSeconds}
+			var port *intstr.IntOrString
+			switch {
+			case p.HTTPGet != nil:
+				orig.HTTPGet = p.HTTPGet.DeepCopy()
+				port = &orig.HTTPGet.Port
+			case p.TCPSocket != nil:
+				orig.TCPSocket = p.TCPSocket.DeepCopy()
+				port = &orig.TCPSocket.Port
+			case p.GRPC != nil:
+				orig.GRPC = p.GRPC.DeepCopy()
+			default:
+				continue // exec: runs in the container, no network
+			}
+			if port != nil && port.Type == intstr.String {
+				n, ok := containerPort(ct, port.StrVal)
+				if !ok {
+					return nil, nil, fmt.Errorf("container %q %s: port %q names none of the container's ports", ct.Name, slot.name, port.StrVal)
+				}
+				*port = intstr.FromInt32(n)
+			}
+			if err := orig.Validate(); err != nil {
+				return nil, nil, fmt.Errorf("container %q %s: %w", ct.Name, slot.name, err)
+			}
+			if probes == nil {
+				probes = map[string]*probe.Prober{}
+			}
+			probes[path] = orig
+			p.ProbeHandler = corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromInt32(c.StatusPort), Scheme: corev1.URISchemeHTTP,
+			}}
+		}
+		out[i] = *ct
+	}
+	return out, probes, nil
+}
+
+// containerPort resolves the named port of ct.
+func containerPort(ct *corev1.Container, name string) (int32, bool) {
+	for _, cp := range ct.Ports {
+		if cp.Name == name {
+			return cp.ContainerPort, true
+		}
+	}
+	return 0, false
 }
 
 // probePorts returns the numeric ports of the application's kubelet

@@ -20,9 +20,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/kube/probe"
 	"meshd.dev/meshd/proxy/config"
 )
 
@@ -45,6 +47,7 @@ func TestGolden(t *testing.T) {
 		{"cronjob", "cronjob.yaml", testConfig},
 		{"list", "list.yaml", testConfig},
 		{"multi", "multi.yaml", testConfig},
+		{"probes", "probes.yaml", testConfig},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,7 +111,7 @@ func TestGoldenContents(t *testing.T) {
 		}
 		args := strings.Join(init.Args, " ")
 		for _, want := range []string{"capture", "--inbound-port 15006", "--outbound-port 15001", "--proxy-uid 1337",
-			"--exclude-inbound-ports 8081", "--exclude-outbound-ports 53,5432"} {
+			"--exclude-inbound-ports 15021", "--exclude-outbound-ports 53,5432"} {
 			if !strings.Contains(args, want) {
 				t.Errorf("regular=%v: capture args %q lack %q", regular, args, want)
 			}
@@ -143,6 +146,106 @@ func TestGoldenContents(t *testing.T) {
 		v := pod.Spec.Volumes[len(pod.Spec.Volumes)-1]
 		if v.Name != TokenVolumeName || v.Projected.Sources[0].ServiceAccountToken.Audience != TokenAudience {
 			t.Errorf("token volume = %+v", v)
+		}
+	}
+}
+
+// TestProbeRewrite checks what probes.golden.yaml promises: every
+// network probe of the first pod points at the status port and its
+// original, with named ports resolved, is in the sidecar's environment;
+// the pod that opts out keeps its probes and has their ports excluded
+// from capture.
+func TestProbeRewrite(t *testing.T) {
+	in, err := os.ReadFile("testdata/probes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := testConfig.Manifest(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := splitDocuments(out)
+	if len(docs) != 2 {
+		t.Fatalf("%d documents, want 2", len(docs))
+	}
+	var pod, legacy corev1.Pod
+	if err := yaml.UnmarshalStrict(docs[0], &pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict(docs[1], &legacy); err != nil {
+		t.Fatal(err)
+	}
+	web, cart := pod.Spec.Containers[0], pod.Spec.Containers[1]
+	for _, tt := range []struct {
+		p    *corev1.Probe
+		path string
+	}{
+		{web.StartupProbe, "/app-health/web/startupz"},
+		{web.LivenessProbe, "/app-health/web/livez"},
+		{cart.ReadinessProbe, "/app-health/cart/readyz"},
+	} {
+		if h := tt.p.HTTPGet; h == nil || h.Path != tt.path || h.Port.IntValue() != DefaultStatusPort || tt.p.TCPSocket != nil || tt.p.GRPC != nil {
+			t.Errorf("probe %s not rewritten: %+v", tt.path, tt.p.ProbeHandler)
+		}
+	}
+	if web.StartupProbe.TimeoutSeconds != 5 || web.StartupProbe.FailureThreshold != 30 || web.LivenessProbe.PeriodSeconds != 20 || cart.ReadinessProbe.InitialDelaySeconds != 3 {
+		t.Error("the rewritten probes lost their timing fields")
+	}
+	if web.ReadinessProbe.Exec == nil {
+		t.Errorf("exec probe changed: %+v", web.ReadinessProbe)
+	}
+	sidecar := pod.Spec.InitContainers[1]
+	var env string
+	for _, e := range sidecar.Env {
+		if e.Name == probe.EnvAppProbes {
+			env = e.Value
+		}
+	}
+	probes, err := probe.Parse(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(probes) != 3 {
+		t.Fatalf("%d original probes in %s, want 3: %s", len(probes), probe.EnvAppProbes, env)
+	}
+	if p := probes["/app-health/web/startupz"].HTTPGet; p.Port.IntValue() != 9901 || p.Scheme != corev1.URISchemeHTTPS || p.Path != "/started" || len(p.HTTPHeaders) != 1 {
+		t.Errorf("startup original = %+v", p)
+	}
+	if p := probes["/app-health/web/livez"].TCPSocket; p.Port.IntValue() != 8080 {
+		t.Errorf("liveness original = %+v", p)
+	}
+	if p := probes["/app-health/cart/readyz"].GRPC; p.Port != 50051 || *p.Service != "cart" {
+		t.Errorf("readiness original = %+v", p)
+	}
+	if !slices.Contains(sidecar.Args, "--status-address") || sidecar.ReadinessProbe.HTTPGet.Path != probe.ReadyPath {
+		t.Errorf("sidecar args %q, readiness %+v", sidecar.Args, sidecar.ReadinessProbe)
+	}
+	if args := strings.Join(pod.Spec.InitContainers[0].Args, " "); !strings.Contains(args, "--exclude-inbound-ports 15021 ") {
+		t.Errorf("capture args %q: only the status port should be excluded", args)
+	}
+
+	// A probe already on the status port at its own path stays as is and
+	// has no original to pass on.
+	pre := corev1.PodSpec{Containers: []corev1.Container{{Name: "a", LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+		HTTPGet: &corev1.HTTPGetAction{Path: probe.Path("a", probe.Liveness), Port: intstr.FromInt32(DefaultStatusPort)}}}}}}
+	want := pre.Containers[0].LivenessProbe.DeepCopy()
+	if _, err := testConfig.Pod(&metav1.ObjectMeta{}, &pre); err != nil {
+		t.Fatal(err)
+	}
+	if !equalJSON(t, pre.Containers[0].LivenessProbe, want) || slices.ContainsFunc(pre.InitContainers[1].Env, func(e corev1.EnvVar) bool { return e.Name == probe.EnvAppProbes }) {
+		t.Errorf("an already rewritten probe changed: %+v, env %+v", pre.Containers[0].LivenessProbe, pre.InitContainers[1].Env)
+	}
+
+	lw := legacy.Spec.Containers[0]
+	if lw.LivenessProbe.HTTPGet.Port.StrVal != "http" || lw.ReadinessProbe.GRPC == nil {
+		t.Errorf("opted-out probes changed: %+v %+v", lw.LivenessProbe, lw.ReadinessProbe)
+	}
+	if args := strings.Join(legacy.Spec.InitContainers[0].Args, " "); !strings.Contains(args, "--exclude-inbound-ports 8080,15021,50051 ") {
+		t.Errorf("opted-out capture args %q lack the probe ports", args)
+	}
+	for _, e := range legacy.Spec.InitContainers[1].Env {
+		if e.Name == probe.EnvAppProbes {
+			t.Errorf("opted-out pod's sidecar has %s", e.Name)
 		}
 	}
 }
@@ -192,6 +295,8 @@ func TestErrors(t *testing.T) {
 		{"port clash", Config{Image: "m", XDSAddress: "cp:1", InboundPort: 15000}, "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: a}]}\n", "must differ"},
 		{"unknown field", testConfig, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\nspec: {replicaz: 2}\n", "document 1: Deployment"},
 		{"bad annotation", testConfig, "apiVersion: v1\nkind: Pod\nmetadata: {name: a, annotations: {meshd.dev/exclude-inbound-ports: \"80,http\"}}\nspec: {containers: [{name: a}]}\n", "meshd.dev/exclude-inbound-ports: \"http\""},
+		{"probe port unknown", testConfig, "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: a, livenessProbe: {tcpSocket: {port: web}}}]}\n", "container \"a\" livenessProbe: port \"web\" names none"},
+		{"status port clash", Config{Image: "m", XDSAddress: "cp:1", StatusPort: 15001}, "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: a}]}\n", "outbound port and status port must differ"},
 		{"name taken", testConfig, "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: meshd-sidecar}]}\n", "already has a container named \"meshd-sidecar\""},
 	}
 	for _, tt := range tests {
@@ -232,7 +337,7 @@ func TestWebhookSamePatch(t *testing.T) {
 		t.Fatal("test server client without TLS")
 	}
 
-	for _, file := range []string{"pod.yaml", "deployment.yaml", "statefulset.yaml", "daemonset.yaml", "replicaset.yaml", "job.yaml", "cronjob.yaml", "multi.yaml"} {
+	for _, file := range []string{"pod.yaml", "probes.yaml", "deployment.yaml", "statefulset.yaml", "daemonset.yaml", "replicaset.yaml", "job.yaml", "cronjob.yaml", "multi.yaml"} {
 		data, err := os.ReadFile(filepath.Join("testdata", file))
 		if err != nil {
 			t.Fatal(err)
