@@ -7,15 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
-	"sync"
 	"time"
-)
-
-// Target names.
-const (
-	targetDirect = "direct"
-	targetMeshd  = "meshd"
 )
 
 // rssSampleInterval is how often a run samples meshd's VmRSS.
@@ -30,16 +24,23 @@ type runRecord struct {
 	Scenario string `json:"scenario"`
 	Target   string `json:"target"`
 	Round    int    `json:"round"`
+	// Generator is the load generator that drove the run.
+	Generator string `json:"generator"`
 	loadResult
-	// ProxyCPUSeconds and ProxyCPUPer100k are meshd's user+system CPU over
-	// the window, total and per 100k successful requests; absent for the
-	// direct target.
+	// ProxyCPUSeconds and ProxyCPUPer100k are the proxies' user+system CPU
+	// over the window (summed over the target's processes), total and per
+	// 100k successful requests; absent for the direct target.
 	ProxyCPUSeconds *float64 `json:"proxy_cpu_seconds,omitempty"`
 	ProxyCPUPer100k *float64 `json:"proxy_cpu_s_per_100k,omitempty"`
-	// ProxyRSSLoadedMB is meshd's largest VmRSS sampled during the window.
+	// ProxyRSSLoadedMB is the largest sum of the proxies' VmRSS sampled
+	// during the window.
 	ProxyRSSLoadedMB *float64 `json:"proxy_rss_loaded_mb,omitempty"`
+	// IdleConnKiB is the proxies' RSS growth per idle connection (idle
+	// scenario only): VmRSS with the idle connections open minus before,
+	// divided by their number.
+	IdleConnKiB *float64 `json:"idle_conn_kib,omitempty"`
 	// BackendCPUPer100k is the backend's CPU per 100k requests, for
-	// context: the same work on both targets.
+	// context: the same work on every target.
 	BackendCPUPer100k float64 `json:"backend_cpu_s_per_100k"`
 }
 
@@ -51,42 +52,64 @@ type machine struct {
 	GoVersion string `json:"go_version"`
 }
 
+// targetInfo is a started target as the report records it.
+type targetInfo struct {
+	targetSpec
+	// Processes is the number of proxy processes (2 for two-sidecar
+	// targets), CPUs their allowed CPUs.
+	Processes int    `json:"processes"`
+	CPUs      string `json:"cpus_allowed,omitempty"`
+	// RSSIdleMB is the proxies' summed VmRSS after start-up.
+	RSSIdleMB float64 `json:"rss_idle_mb"`
+	// Stats are meshd counters read at the end (meshd targets).
+	Stats map[string]int64 `json:"meshd_stats,omitempty"`
+}
+
 // report is everything one harness run produced; it is written as JSON.
 type report struct {
-	Started        time.Time        `json:"started"`
-	Machine        machine          `json:"machine"`
-	Options        options          `json:"options"`
-	Generator      string           `json:"generator"`
-	ClockTicks     int              `json:"clock_ticks_per_s"`
-	ClockSource    string           `json:"clock_ticks_source"`
-	Pinned         bool             `json:"pinned"`
-	HarnessCPUs    string           `json:"harness_cpus_allowed"`
-	MeshdCPUs      string           `json:"meshd_cpus_allowed"`
-	ProxyRSSIdleMB float64          `json:"proxy_rss_idle_mb"`
-	Runs           []runRecord      `json:"runs"`
-	Summary        []summaryRow     `json:"summary"`
-	Ratios         []ratioRow       `json:"ratios"`
-	MeshdStats     map[string]int64 `json:"meshd_stats"`
-	Errors         int64            `json:"errors"`
+	Started     time.Time    `json:"started"`
+	Machine     machine      `json:"machine"`
+	Options     options      `json:"options"`
+	Generator   string       `json:"generator"`
+	ClockTicks  int          `json:"clock_ticks_per_s"`
+	ClockSource string       `json:"clock_ticks_source"`
+	Pinned      bool         `json:"pinned"`
+	HarnessCPUs string       `json:"harness_cpus_allowed"`
+	NoFile      uint64       `json:"rlimit_nofile"`
+	Targets     []targetInfo `json:"targets"`
+	// Skipped maps a target that did not run to the reason.
+	Skipped map[string]string `json:"skipped,omitempty"`
+	// TraceSpans is how many spans the in-harness OTLP receiver got from
+	// the tracing target.
+	TraceSpans int64        `json:"trace_spans,omitempty"`
+	Runs       []runRecord  `json:"runs"`
+	Summary    []summaryRow `json:"summary"`
+	Ratios     []ratioRow   `json:"ratios"`
+	Errors     int64        `json:"errors"`
+	// Charts are the PNG files drawn from Summary.
+	Charts []string `json:"charts"`
 }
 
-// meshdStatNames are the sidecar counters recorded in the report, showing
-// that load went through meshd and how many upstream connections it used.
-var meshdStatNames = []string{
-	"cluster.grpc.upstream_rq_total", "cluster.grpc.upstream_cx_total",
-	"cluster.http.upstream_rq_total", "cluster.http.upstream_cx_total",
-	"http." + listenerName + ".downstream_rq_total",
+// meshdStatSuffixes are the sidecar counters recorded in the report (for
+// every cluster and the bench listener), showing that load went through
+// meshd, how many upstream connections it used and over which protocol.
+var meshdStatSuffixes = []string{
+	".upstream_rq_total", ".upstream_cx_total", ".upstream_cx_http3_total",
+	".downstream_rq_total", ".upstream_rq_5xx", ".downstream_rq_5xx",
 }
 
-// bench starts the backend and the sidecar, runs every scenario for every
-// round against both targets, and returns the report.
+// bench starts the backend and the targets, runs every scenario for every
+// round against each target in turn, and returns the report.
 func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error) {
-	rep := &report{Started: time.Now().UTC(), Options: o, Pinned: o.Pin, Machine: describeMachine()}
+	rep := &report{Started: time.Now().UTC(), Options: o, Pinned: o.Pin, Machine: describeMachine(), Skipped: map[string]string{}}
 	hz, src, err := clockTicks(ctx)
 	if err != nil {
 		return nil, err
 	}
 	rep.ClockTicks, rep.ClockSource = hz, src
+	if rep.NoFile, err = raiseNoFile(); err != nil {
+		logger.Warn("RLIMIT_NOFILE not raised", "err", err)
+	}
 
 	dir, err := os.MkdirTemp("", "meshd-bench-")
 	if err != nil {
@@ -102,7 +125,7 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 		rep.Options.OutDir = root + "/test/bench/results"
 	}
 	meshd := o.Meshd
-	if meshd == "" {
+	if meshd == "" && slices.ContainsFunc(o.Targets, func(t targetSpec) bool { return strings.HasPrefix(t.Name, "meshd") }) {
 		logger.Info("building meshd", "module", root)
 		if meshd, err = buildMeshd(ctx, root, dir); err != nil {
 			return nil, err
@@ -115,6 +138,18 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 	rep.Generator = gen.Name()
 	logger.Info("load generator", "generator", rep.Generator)
 
+	var peers map[string]string
+	if slices.ContainsFunc(o.Targets, func(t targetSpec) bool { return t.Peer }) {
+		var missing map[string]string
+		peers, missing = ensurePeers(ctx, logger)
+		for name, why := range missing {
+			if slices.ContainsFunc(o.Targets, func(t targetSpec) bool { return t.Name == name }) {
+				logger.Warn("skipping peer", "target", name, "reason", why)
+				rep.Skipped[name] = why
+			}
+		}
+	}
+
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("own executable: %w", err)
@@ -124,48 +159,74 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 		return nil, err
 	}
 	defer be.Stop()
-
-	boot, err := renderBootstrap(be.GRPCAddr, be.HTTPAddr)
-	if err != nil {
+	if rep.HarnessCPUs, err = readCPUsAllowed(os.Getpid()); err != nil {
 		return nil, err
 	}
+
 	cpu := -1
 	if o.Pin {
 		cpu = o.ProxyCPU
 	}
-	sc, err := startSidecar(ctx, meshd, dir, boot, cpu)
-	if err != nil {
-		return nil, err
+	st := &starter{meshd: meshd, dir: dir, root: root, be: be, cpu: cpu, noFile: rep.NoFile, peers: peers, logger: logger}
+	var targets []*target
+	defer func() {
+		for _, t := range targets {
+			if err := t.Stop(); err != nil {
+				logger.Warn("target stop", "target", t.Name, "err", err)
+			}
+		}
+	}()
+	for _, spec := range o.Targets {
+		if _, skip := rep.Skipped[spec.Name]; skip {
+			continue
+		}
+		t, err := st.start(ctx, spec)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", spec.Name, err)
+		}
+		targets = append(targets, t)
+		logger.Info("started", "target", t.Name, "pids", t.PIDs, "grpc", t.GRPCAddr, "http", t.HTTPAddr)
 	}
-	stopSidecar := sync.OnceValue(sc.Stop)
-	defer stopSidecar()
-	logger.Info("started", "backend_grpc", be.GRPCAddr, "backend_http", be.HTTPAddr,
-		"meshd_pid", sc.PID(), "meshd_listener", sc.ListenerAddr, "meshd_admin", sc.AdminAddr)
-
-	if rep.HarnessCPUs, err = readCPUsAllowed(os.Getpid()); err != nil {
-		return nil, err
-	}
-	if rep.MeshdCPUs, err = readCPUsAllowed(sc.PID()); err != nil {
-		return nil, err
-	}
+	logger.Info("backend", "grpc", be.GRPCAddr, "http", be.HTTPAddr, "pid", be.PID())
 
 	time.Sleep(idleSettle)
-	idle, err := readRSS(sc.PID())
-	if err != nil {
-		return nil, fmt.Errorf("meshd idle RSS: %w", err)
+	for _, t := range targets {
+		info := targetInfo{targetSpec: t.targetSpec, Processes: len(t.PIDs)}
+		if len(t.PIDs) > 0 {
+			if info.CPUs, err = readCPUsAllowed(t.PIDs[0]); err != nil {
+				return nil, err
+			}
+			if t.IdleRSS, err = sumRSS(t.PIDs); err != nil {
+				return nil, fmt.Errorf("%s idle RSS: %w", t.Name, err)
+			}
+		}
+		info.RSSIdleMB = mb(t.IdleRSS)
+		rep.Targets = append(rep.Targets, info)
 	}
-	rep.ProxyRSSIdleMB = mb(idle)
 
-	targets := []target{
-		{Name: targetDirect, GRPCAddr: be.GRPCAddr, HTTPAddr: be.HTTPAddr},
-		{Name: targetMeshd, GRPCAddr: sc.ListenerAddr, HTTPAddr: sc.ListenerAddr},
-	}
 	for _, s := range o.Scenarios {
+		g := gen
+		if s.Kind == kindGRPCStream {
+			g = goGenerator{} // h2load has no gRPC streaming
+		}
 		for round := 1; round <= o.Rounds; round++ {
 			for _, t := range targets {
-				rec, err := measure(ctx, gen, s, t, o, hz, be.PID(), sc.PID())
+				if t.Variant && !s.Variants {
+					continue
+				}
+				if s.Kind == kindIdle && len(t.PIDs) == 0 {
+					continue // no proxy whose memory per connection to read
+				}
+				rec, err := measure(ctx, g, s, t, o, hz, be.PID())
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
 				if err != nil {
-					return nil, fmt.Errorf("%s via %s, round %d: %w", s.Name, t.Name, round, err)
+					// Recorded and counted as a failure; the other runs
+					// go on, so one broken target does not lose a long run.
+					logger.Error("run failed", "scenario", s.Name, "target", t.Name, "round", round, "err", err)
+					rec.ErrorDetail = err.Error()
+					rec.Errors = max(rec.Errors, 1)
 				}
 				rec.Round = round
 				rep.Runs = append(rep.Runs, rec)
@@ -173,48 +234,110 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 				logger.Info("run", "scenario", s.Name, "target", t.Name, "round", round,
 					"rps", fmt.Sprintf("%.0f", rec.RPS), "p50_ms", fmt.Sprintf("%.3f", rec.P50Ms),
 					"p99_ms", fmt.Sprintf("%.3f", rec.P99Ms), "errors", rec.Errors,
-					"proxy_cpu_s_per_100k", fmtOpt(rec.ProxyCPUPer100k, 2), "error_detail", rec.ErrorDetail)
+					"proxy_cpu_s_per_100k", fmtOpt(rec.ProxyCPUPer100k, 2), "idle_conn_kib", fmtOpt(rec.IdleConnKiB, 1),
+					"error_detail", rec.ErrorDetail)
 			}
 		}
 	}
 
-	rep.MeshdStats = make(map[string]int64)
-	for _, name := range meshdStatNames {
-		v, ok, err := sc.counter(name)
-		if err != nil {
-			return nil, fmt.Errorf("meshd /stats: %w", err)
-		}
-		if ok {
-			rep.MeshdStats[name] = v
+	for i, t := range targets {
+		for _, sc := range t.sidecars {
+			stats, err := sc.stats()
+			if err != nil {
+				return nil, fmt.Errorf("%s /stats: %w", t.Name, err)
+			}
+			if rep.Targets[i].Stats == nil {
+				rep.Targets[i].Stats = map[string]int64{}
+			}
+			for name, v := range stats {
+				for _, suf := range meshdStatSuffixes {
+					if strings.HasSuffix(name, suf) && v != 0 {
+						rep.Targets[i].Stats[sc.name+":"+name] = v
+					}
+				}
+			}
 		}
 	}
-	if err := stopSidecar(); err != nil {
-		logger.Warn("meshd stop", "err", err, "log", sc.Log())
+	if st.collector != nil {
+		rep.TraceSpans = st.collector.Spans()
 	}
-	rep.Summary, rep.Ratios = summarize(o.Scenarios, rep.Runs)
+	rep.Summary, rep.Ratios = summarize(o.Scenarios, rep.Targets, rep.Runs)
 	return rep, nil
 }
 
-// measure runs one scenario against one target and adds the /proc figures of
-// the measurement window.
-func measure(ctx context.Context, gen generator, s scenario, t target, o options, hz, backendPID, meshdPID int) (runRecord, error) {
+// sumRSS returns the summed VmRSS of pids.
+func sumRSS(pids []int) (int64, error) {
+	var sum int64
+	for _, pid := range pids {
+		r, err := readRSS(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += r
+	}
+	return sum, nil
+}
+
+// sumCPU returns the summed CPU ticks of pids.
+func sumCPU(pids []int) (uint64, error) {
+	var sum uint64
+	for _, pid := range pids {
+		c, err := readProcCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += c.Total()
+	}
+	return sum, nil
+}
+
+// measure runs one scenario against one target and adds the /proc figures
+// of the measurement window. For an idle scenario it first opens the idle
+// connections and reads the proxies' RSS growth per connection; they stay
+// open during the load and are closed after it.
+func measure(ctx context.Context, gen generator, s scenario, t *target, o options, hz, backendPID int) (runRecord, error) {
+	rec := runRecord{Scenario: s.Name, Target: t.Name, Generator: gen.Name()}
+	if s.Kind == kindIdle {
+		before, err := sumRSS(t.PIDs)
+		if err != nil {
+			return rec, err
+		}
+		ic, err := openIdle(ctx, t.HTTPAddr, s.Idle)
+		if err != nil {
+			return rec, err
+		}
+		defer ic.Close()
+		time.Sleep(idleConnSettle)
+		after, err := sumRSS(t.PIDs)
+		if err != nil {
+			return rec, err
+		}
+		kib := float64(after-before) / 1024 / float64(ic.Len())
+		rec.IdleConnKiB = &kib
+	}
 	var (
-		procErr               error
-		meshdBefore, beBefore procCPU
-		maxRSS                int64
-		stopRSS               = make(chan struct{})
-		rssDone               = make(chan struct{})
-		started               bool
+		procErr     error
+		proxyBefore uint64
+		beBefore    procCPU
+		maxRSS      int64
+		stopRSS     = make(chan struct{})
+		rssDone     = make(chan struct{})
+		started     bool
+		proxyAfter  uint64
+		errP        error
 	)
 	sample := func() {
-		rss, err := readRSS(meshdPID)
+		if len(t.PIDs) == 0 {
+			return
+		}
+		rss, err := sumRSS(t.PIDs)
 		if err == nil && rss > maxRSS {
 			maxRSS = rss
 		}
 	}
-	res, err := gen.Run(ctx, s, t, o.Warmup, o.Duration, func() {
+	res, err := gen.Run(ctx, s, t.addr(s), o.Warmup, o.Duration, func() {
 		started = true
-		if meshdBefore, procErr = readProcCPU(meshdPID); procErr != nil {
+		if proxyBefore, procErr = sumCPU(t.PIDs); procErr != nil {
 			close(rssDone)
 			return
 		}
@@ -236,7 +359,7 @@ func measure(ctx context.Context, gen generator, s scenario, t target, o options
 			}
 		}()
 	})
-	meshdAfter, errM := readProcCPU(meshdPID)
+	proxyAfter, errP = sumCPU(t.PIDs)
 	beAfter, errB := readProcCPU(backendPID)
 	if started {
 		close(stopRSS)
@@ -244,18 +367,18 @@ func measure(ctx context.Context, gen generator, s scenario, t target, o options
 	}
 	switch {
 	case err != nil:
-		return runRecord{}, err
+		return rec, err
 	case !started:
-		return runRecord{}, fmt.Errorf("generator %s never started measuring", gen.Name())
+		return rec, fmt.Errorf("generator %s never started measuring", gen.Name())
 	case procErr != nil:
-		return runRecord{}, procErr
-	case errM != nil:
-		return runRecord{}, errM
+		return rec, procErr
+	case errP != nil:
+		return rec, errP
 	case errB != nil:
-		return runRecord{}, errB
+		return rec, errB
 	}
 	sample()
-	rec := runRecord{Scenario: s.Name, Target: t.Name, loadResult: res}
+	rec.loadResult = res
 	per100k := func(d uint64) float64 {
 		if res.Requests == 0 {
 			return 0
@@ -263,14 +386,14 @@ func measure(ctx context.Context, gen generator, s scenario, t target, o options
 		return float64(d) / float64(hz) / float64(res.Requests) * 1e5
 	}
 	rec.BackendCPUPer100k = per100k(beAfter.Total() - beBefore.Total())
-	if t.Name == targetMeshd {
-		secs := float64(meshdAfter.Total()-meshdBefore.Total()) / float64(hz)
-		p := per100k(meshdAfter.Total() - meshdBefore.Total())
+	if len(t.PIDs) > 0 {
+		secs := float64(proxyAfter-proxyBefore) / float64(hz)
+		p := per100k(proxyAfter - proxyBefore)
 		rss := mb(maxRSS)
 		rec.ProxyCPUSeconds, rec.ProxyCPUPer100k, rec.ProxyRSSLoadedMB = &secs, &p, &rss
 	}
 	if res.Requests == 0 {
-		return rec, fmt.Errorf("no request succeeded (%d failed)", res.Errors)
+		return rec, fmt.Errorf("no request succeeded (%d failed: %s)", res.Errors, res.ErrorDetail)
 	}
 	return rec, nil
 }

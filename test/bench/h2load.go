@@ -62,9 +62,8 @@ const h2loadExitGrace = 15 * time.Second
 // Run implements generator. measuring is called warmup after h2load starts;
 // h2load's own warm-up begins once its connections are up, a difference of
 // the connection set-up time.
-func (g h2loadGenerator) Run(ctx context.Context, sc scenario, t target, warmup, duration time.Duration, measuring func()) (loadResult, error) {
-	addr := t.addr(sc)
-	logPath := filepath.Join(g.dir, "h2load-"+sc.Name+"-"+t.Name+".log")
+func (g h2loadGenerator) Run(ctx context.Context, sc scenario, addr string, warmup, duration time.Duration, measuring func()) (loadResult, error) {
+	logPath := filepath.Join(g.dir, "h2load-"+sc.Name+".log")
 	args := []string{
 		"-t", "1",
 		"-c", strconv.Itoa(sc.Conns),
@@ -74,6 +73,10 @@ func (g h2loadGenerator) Run(ctx context.Context, sc scenario, t target, warmup,
 	}
 	if warmup > 0 {
 		args = append(args, "--warm-up-time="+durationArg(warmup))
+	}
+	if sc.Rate > 0 {
+		// --rps is per client; the rate is split evenly.
+		args = append(args, "--rps="+strconv.Itoa(max(1, sc.Rate/sc.Conns)))
 	}
 	switch sc.Kind {
 	case kindGRPCUnary:
@@ -89,7 +92,7 @@ func (g h2loadGenerator) Run(ctx context.Context, sc scenario, t target, warmup,
 			"-H", "content-type: application/grpc",
 			"-H", "te: trailers",
 			"http://"+addr+grpcUnaryPath)
-	case kindH2CGet:
+	case kindH2CGet, kindIdle:
 		args = append(args, "http://"+addr+getPath)
 	default:
 		return loadResult{}, fmt.Errorf("scenario %s: unknown kind %q", sc.Name, sc.Kind)
@@ -136,6 +139,7 @@ func (g h2loadGenerator) Run(ctx context.Context, sc scenario, t target, warmup,
 		RPS:      sum.RPS,
 		P50Ms:    ms(percentile(lat, 50)),
 		P99Ms:    ms(percentile(lat, 99)),
+		P999Ms:   ms(percentile(lat, 99.9)),
 	}
 	if r.Errors > 0 {
 		r.ErrorDetail = fmt.Sprintf("%d failed, %d errored, %d timeout; %s", sum.Failed, sum.Errored, sum.Timeout, sum.StatusCodes)

@@ -20,9 +20,21 @@ import (
 
 // Scenario kinds.
 const (
+	// kindGRPCUnary is UnaryCall(SimpleRequest{response_size: 1024}).
 	kindGRPCUnary = "grpc-unary"
-	kindH2CGet    = "h2c-get"
+	// kindH2CGet is GET /1k (1024-byte body).
+	kindH2CGet = "h2c-get"
+	// kindGRPCStream is one FullDuplexCall per stream slot, each request a
+	// ping-pong of 100-byte messages on it (built-in generator only).
+	kindGRPCStream = "grpc-stream"
+	// kindIdle opens Idle HTTP/2 connections that stay idle, reads the
+	// proxy's memory per connection, then drives GETs on Conns more.
+	kindIdle = "idle"
 )
+
+// streamMessageSize is the payload size of both directions' messages in
+// the streaming scenarios.
+const streamMessageSize = 100
 
 // scenario is one load shape: what each request is and how many connections
 // and concurrent streams per connection drive it (a closed loop: every stream
@@ -32,28 +44,39 @@ type scenario struct {
 	Kind    string `json:"kind"`
 	Conns   int    `json:"connections"`
 	Streams int    `json:"streams_per_connection"`
+	// Rate, when positive, holds the load at this many requests per second
+	// in total (a fixed low rate for latency) instead of saturating.
+	Rate int `json:"rate,omitempty"`
+	// Idle is the number of idle connections of a kindIdle scenario.
+	Idle int `json:"idle_connections,omitempty"`
+	// Variants runs the meshd feature variants (targetSpec.Variant) too.
+	Variants bool `json:"variants,omitempty"`
 }
 
-// allScenarios are the scenarios of issue 2's acceptance 6, in run order.
+// allScenarios are the scenarios of issue 12, in run order.
 var allScenarios = []scenario{
-	{Name: "grpc-unary-16x32", Kind: kindGRPCUnary, Conns: 16, Streams: 32},
+	{Name: "grpc-unary-16x32", Kind: kindGRPCUnary, Conns: 16, Streams: 32, Variants: true},
 	{Name: "grpc-unary-1x1", Kind: kindGRPCUnary, Conns: 1, Streams: 1},
+	{Name: "grpc-unary-1000rps", Kind: kindGRPCUnary, Conns: 1, Streams: 4, Rate: 1000, Variants: true},
 	{Name: "h2c-get-16x32", Kind: kindH2CGet, Conns: 16, Streams: 32},
+	{Name: "grpc-stream-16x1", Kind: kindGRPCStream, Conns: 16, Streams: 1},
+	{Name: "grpc-stream-16x100", Kind: kindGRPCStream, Conns: 16, Streams: 100},
+	{Name: "idle-10k-active-1k", Kind: kindIdle, Conns: 1000, Streams: 1, Idle: 10000},
 }
 
-// target is where load goes: gRPC calls to GRPCAddr, GETs to HTTPAddr.
-type target struct {
-	Name     string
-	GRPCAddr string
-	HTTPAddr string
-}
-
-// addr returns the address the scenario's requests go to.
-func (t target) addr(sc scenario) string {
-	if sc.Kind == kindGRPCUnary {
-		return t.GRPCAddr
+// requests returns what the scenario's requests are, for the report.
+func (s scenario) requests() string {
+	switch s.Kind {
+	case kindGRPCUnary:
+		return "gRPC UnaryCall, 1 KiB response"
+	case kindH2CGet:
+		return "HTTP/2 GET, 1 KiB response"
+	case kindGRPCStream:
+		return "gRPC FullDuplexCall ping-pong, 100-byte messages"
+	case kindIdle:
+		return "HTTP/2 GET, 1 KiB response, beside idle connections"
 	}
-	return t.HTTPAddr
+	return s.Kind
 }
 
 // loadResult is what a generator measured over the measurement window
@@ -67,10 +90,11 @@ type loadResult struct {
 	Seconds float64 `json:"seconds"`
 	// RPS is Requests / Seconds.
 	RPS float64 `json:"rps"`
-	// P50Ms and P99Ms are latency percentiles of successful requests in
-	// milliseconds.
-	P50Ms float64 `json:"p50_ms"`
-	P99Ms float64 `json:"p99_ms"`
+	// P50Ms, P99Ms and P999Ms are latency percentiles of successful
+	// requests in milliseconds.
+	P50Ms  float64 `json:"p50_ms"`
+	P99Ms  float64 `json:"p99_ms"`
+	P999Ms float64 `json:"p999_ms"`
 	// ErrorDetail describes the failures when Errors > 0: the first error
 	// (built-in generator) or h2load's status code line.
 	ErrorDetail string `json:"error_detail,omitempty"`
@@ -82,7 +106,7 @@ type loadResult struct {
 // window ends when Run returns.
 type generator interface {
 	Name() string
-	Run(ctx context.Context, sc scenario, t target, warmup, duration time.Duration, measuring func()) (loadResult, error)
+	Run(ctx context.Context, sc scenario, addr string, warmup, duration time.Duration, measuring func()) (loadResult, error)
 }
 
 // Built-in generator limits.
@@ -114,11 +138,11 @@ func (goGenerator) Name() string { return "built-in (grpc-go, x/net/http2)" }
 type worker func(ctx context.Context) error
 
 // Run implements generator.
-func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, duration time.Duration, measuring func()) (loadResult, error) {
+func (g goGenerator) Run(ctx context.Context, sc scenario, addr string, warmup, duration time.Duration, measuring func()) (loadResult, error) {
 	if sc.Conns < 1 || sc.Streams < 1 {
 		return loadResult{}, fmt.Errorf("scenario %s: connections and streams must be positive", sc.Name)
 	}
-	newConnWorker, closeAll, err := g.connect(ctx, sc, t.addr(sc))
+	newWorker, closeAll, err := g.connect(ctx, sc, addr)
 	if err != nil {
 		return loadResult{}, err
 	}
@@ -128,16 +152,28 @@ func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, dur
 	var ok, failed atomic.Int64
 	var firstErr atomic.Pointer[string]
 	lat := make([][]time.Duration, sc.Conns*sc.Streams)
+	// With a rate, every slot paces itself to an equal share of it.
+	var interval time.Duration
+	if sc.Rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(sc.Conns*sc.Streams) / float64(sc.Rate))
+	}
 	var wg sync.WaitGroup
 	for c := range sc.Conns {
-		do := newConnWorker(c)
 		for s := range sc.Streams {
 			slot := c*sc.Streams + s
+			do := newWorker(c)
 			wg.Go(func() {
+				next := time.Now()
 				for {
 					p := phase.Load()
 					if p == phaseStop || ctx.Err() != nil {
 						return
+					}
+					if interval > 0 {
+						if d := time.Until(next); d > 0 {
+							time.Sleep(d)
+						}
+						next = next.Add(interval)
 					}
 					rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 					start := time.Now()
@@ -188,6 +224,7 @@ func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, dur
 		Seconds:  window.Seconds(),
 		P50Ms:    ms(percentile(all, 50)),
 		P99Ms:    ms(percentile(all, 99)),
+		P999Ms:   ms(percentile(all, 99.9)),
 	}
 	r.RPS = float64(r.Requests) / r.Seconds
 	if e := firstErr.Load(); e != nil {
@@ -200,12 +237,13 @@ func (g goGenerator) Run(ctx context.Context, sc scenario, t target, warmup, dur
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // connect opens sc.Conns connections to addr and returns a constructor for
-// the request function bound to connection i, and a func closing them all.
+// one stream slot's request function on connection i (each call a new
+// slot), and a func closing them all.
 func (goGenerator) connect(ctx context.Context, sc scenario, addr string) (func(i int) worker, func(), error) {
 	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	switch sc.Kind {
-	case kindGRPCUnary:
+	case kindGRPCUnary, kindGRPCStream:
 		conns := make([]*grpc.ClientConn, 0, sc.Conns)
 		closeAll := func() {
 			for _, cc := range conns {
@@ -224,6 +262,9 @@ func (goGenerator) connect(ctx context.Context, sc scenario, addr string) (func(
 				return nil, nil, fmt.Errorf("grpc connect to %s: %w", addr, err)
 			}
 		}
+		if sc.Kind == kindGRPCStream {
+			return func(i int) worker { return streamWorker(ctx, testgrpc.NewTestServiceClient(conns[i])) }, closeAll, nil
+		}
 		req := unaryRequest()
 		return func(i int) worker {
 			client := testgrpc.NewTestServiceClient(conns[i])
@@ -239,7 +280,7 @@ func (goGenerator) connect(ctx context.Context, sc scenario, addr string) (func(
 			}
 		}, closeAll, nil
 
-	case kindH2CGet:
+	case kindH2CGet, kindIdle:
 		tr := &http2.Transport{AllowHTTP: true}
 		conns := make([]*http2.ClientConn, 0, sc.Conns)
 		closeAll := func() {
@@ -300,5 +341,53 @@ func waitReady(ctx context.Context, cc *grpc.ClientConn) error {
 		if !cc.WaitForStateChange(ctx, s) {
 			return fmt.Errorf("still %v: %w", s, context.Cause(ctx))
 		}
+	}
+}
+
+// streamWorker returns a worker whose every request is one ping-pong on its
+// own FullDuplexCall: a 100-byte message out, a 100-byte message back. The
+// stream is opened on the first request and again after a failure; a
+// request not answered within requestTimeout cancels its stream.
+func streamWorker(ctx context.Context, client testgrpc.TestServiceClient) worker {
+	req := &testgrpc.StreamingOutputCallRequest{
+		ResponseParameters: []*testgrpc.ResponseParameters{{Size: streamMessageSize}},
+		Payload:            &testgrpc.Payload{Body: make([]byte, streamMessageSize)},
+	}
+	var (
+		stream testgrpc.TestService_FullDuplexCallClient
+		cancel context.CancelFunc
+	)
+	reset := func() {
+		if cancel != nil {
+			cancel()
+		}
+		stream, cancel = nil, nil
+	}
+	return func(rctx context.Context) error {
+		if stream == nil {
+			sctx, c := context.WithCancel(ctx)
+			s, err := client.FullDuplexCall(sctx)
+			if err != nil {
+				c()
+				return fmt.Errorf("FullDuplexCall: %w", err)
+			}
+			stream, cancel = s, c
+		}
+		stop := context.AfterFunc(rctx, cancel)
+		defer stop()
+		if err := stream.Send(req); err != nil {
+			reset()
+			return fmt.Errorf("stream send: %w", err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			reset()
+			return fmt.Errorf("stream recv: %w", err)
+		}
+		if n := len(resp.GetPayload().GetBody()); n != streamMessageSize {
+			reset()
+			return fmt.Errorf("stream response payload %d bytes, want %d", n, streamMessageSize)
+		}
+		return nil
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ const (
 
 // startTestBackend runs the backend subcommand's server in this process and
 // stops it (by closing its stdin) when the test ends.
-func startTestBackend(t *testing.T) target {
+func startTestBackend(t *testing.T) *target {
 	t.Helper()
 	stdinR, stdinW := io.Pipe()
 	stdoutR, stdoutW := io.Pipe()
@@ -61,11 +62,11 @@ func startTestBackend(t *testing.T) target {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return target{Name: "direct", GRPCAddr: g, HTTPAddr: h}
+		return &target{targetSpec: targetSpec{Name: targetDirect}, GRPCAddr: g, HTTPAddr: h}
 	case <-time.After(backendStartTimeout):
 		t.Fatalf("backend not started within %v", backendStartTimeout)
 	}
-	return target{}
+	return nil
 }
 
 // smallScenarios are allScenarios' kinds at a concurrency a test machine
@@ -74,19 +75,27 @@ var smallScenarios = []scenario{
 	{Name: "grpc-2x4", Kind: kindGRPCUnary, Conns: 2, Streams: 4},
 	{Name: "grpc-1x1", Kind: kindGRPCUnary, Conns: 1, Streams: 1},
 	{Name: "get-2x4", Kind: kindH2CGet, Conns: 2, Streams: 4},
+	{Name: "grpc-rate", Kind: kindGRPCUnary, Conns: 1, Streams: 2, Rate: 200},
+}
+
+// streamScenarios are the streaming kind, which only the built-in
+// generator drives.
+var streamScenarios = []scenario{
+	{Name: "stream-2x1", Kind: kindGRPCStream, Conns: 2, Streams: 1},
+	{Name: "stream-2x8", Kind: kindGRPCStream, Conns: 2, Streams: 8},
 }
 
 // checkGenerator runs gen on every small scenario against the backend and
 // checks what it reports.
-func checkGenerator(t *testing.T, gen generator, tgt target) {
-	for _, sc := range smallScenarios {
+func checkGenerator(t *testing.T, gen generator, tgt *target, scenarios []scenario) {
+	for _, sc := range scenarios {
 		t.Run(sc.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), testRunTimeout)
 			defer cancel()
 			calls := 0
 			var measuredAt time.Time
 			start := time.Now()
-			res, err := gen.Run(ctx, sc, tgt, testWarmup, testDuration, func() { calls++; measuredAt = time.Now() })
+			res, err := gen.Run(ctx, sc, tgt.addr(sc), testWarmup, testDuration, func() { calls++; measuredAt = time.Now() })
 			if err != nil {
 				t.Fatalf("Run: %v", err)
 			}
@@ -105,8 +114,13 @@ func checkGenerator(t *testing.T, gen generator, tgt target) {
 			if res.RPS <= 0 {
 				t.Errorf("rps %v, want > 0", res.RPS)
 			}
-			if res.P50Ms <= 0 || res.P99Ms < res.P50Ms {
-				t.Errorf("p50 %vms p99 %vms: want 0 < p50 <= p99", res.P50Ms, res.P99Ms)
+			if res.P50Ms <= 0 || res.P99Ms < res.P50Ms || res.P999Ms < res.P99Ms {
+				t.Errorf("p50 %vms p99 %vms p99.9 %vms: want 0 < p50 <= p99 <= p99.9", res.P50Ms, res.P99Ms, res.P999Ms)
+			}
+			// A rate far below what the backend serves holds: allow for
+			// a loaded machine below it, never far above.
+			if sc.Rate > 0 && (res.RPS > float64(sc.Rate)*1.2 || res.RPS < float64(sc.Rate)*0.3) {
+				t.Errorf("rps %.0f at a fixed rate of %d", res.RPS, sc.Rate)
 			}
 		})
 	}
@@ -114,7 +128,7 @@ func checkGenerator(t *testing.T, gen generator, tgt target) {
 
 func TestGoGenerator(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	checkGenerator(t, goGenerator{}, startTestBackend(t))
+	checkGenerator(t, goGenerator{}, startTestBackend(t), append(slices.Clone(smallScenarios), streamScenarios...))
 }
 
 func TestH2loadGenerator(t *testing.T) {
@@ -123,7 +137,7 @@ func TestH2loadGenerator(t *testing.T) {
 		t.Skip("h2load not installed (apt-get install nghttp2-client)")
 	}
 	testutil.CheckGoroutines(t)
-	checkGenerator(t, h2loadGenerator{path: path, dir: t.TempDir()}, startTestBackend(t))
+	checkGenerator(t, h2loadGenerator{path: path, dir: t.TempDir()}, startTestBackend(t), smallScenarios)
 }
 
 func TestGoGeneratorUnreachable(t *testing.T) {
@@ -132,9 +146,8 @@ func TestGoGeneratorUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
 	// Port 1 on loopback: nothing listens there in a test environment.
-	tgt := target{Name: "nowhere", GRPCAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:1"}
-	for _, sc := range []scenario{smallScenarios[0], smallScenarios[2]} {
-		_, err := goGenerator{}.Run(ctx, sc, tgt, 0, testDuration, func() {})
+	for _, sc := range []scenario{smallScenarios[0], smallScenarios[2], streamScenarios[0]} {
+		_, err := goGenerator{}.Run(ctx, sc, "127.0.0.1:1", 0, testDuration, func() {})
 		if err == nil {
 			t.Errorf("%s: Run against a closed port succeeded", sc.Name)
 		}

@@ -1,13 +1,16 @@
-// Command bench is meshd's whole-proxy load harness: it measures one
-// `meshd sidecar` against a direct connection to the same backend, in one run,
-// by the method in test/bench/README.md (proxy pinned to one core, load
-// generator and backend on another, interleaved runs, proxy CPU-seconds per
-// 100k requests from /proc).
+// Command bench is meshd's whole-proxy load harness: in one run it measures
+// meshd sidecars (one, two with mTLS, and feature variants), the peer
+// proxies nghttpx and HAProxy, and a direct connection to the same backend,
+// by the method in test/bench/README.md (each proxy pinned to one core with
+// one worker, load generator and backend on another, interleaved runs,
+// proxy CPU-seconds per 100k requests from /proc), and writes the table,
+// JSON and PNG charts.
 //
 // Usage (from the module root):
 //
 //	go run ./test/bench [-duration 10s] [-warmup 2s] [-rounds 3] [-scenarios LIST]
-//	                    [-meshd PATH] [-generator auto|h2load|go] [-quick] [-out DIR]
+//	                    [-targets LIST] [-meshd PATH] [-generator auto|h2load|go]
+//	                    [-quick] [-out DIR]
 //
 // See test/bench/README.md for what it measures and how to read the table.
 package main
@@ -55,6 +58,7 @@ type options struct {
 	Warmup    time.Duration `json:"warmup_ns"`
 	Rounds    int           `json:"rounds"`
 	Scenarios []scenario    `json:"scenarios"`
+	Targets   []targetSpec  `json:"targets"`
 	Meshd     string        `json:"meshd"`
 	Generator string        `json:"generator_flag"`
 	Quick     bool          `json:"quick"`
@@ -68,6 +72,10 @@ type options struct {
 const (
 	quickDuration = time.Second
 	quickWarmup   = 500 * time.Millisecond
+	// quickIdle and quickIdleActive replace the idle scenario's 10 000
+	// idle and 1 000 active connections.
+	quickIdle       = 1000
+	quickIdleActive = 100
 )
 
 // parseFlags parses args into options; errors name the flag.
@@ -75,11 +83,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
-	var scenarios string
+	var scenarios, targets string
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measured length of each run")
 	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "warm-up before each run's measurement")
 	fs.IntVar(&o.Rounds, "rounds", 3, "interleaved rounds (direct, meshd) per scenario; the table shows medians")
 	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+scenarioNames())
+	fs.StringVar(&targets, "targets", "all", "comma-separated targets: "+targetNames())
 	fs.StringVar(&o.Meshd, "meshd", "", "meshd binary (default: go build ./cmd/meshd into a temp dir)")
 	fs.StringVar(&o.Generator, "generator", "auto", "load generator: auto (h2load when installed, else go), h2load, go")
 	fs.BoolVar(&o.Quick, "quick", false, "1s runs, 0.5s warm-up, 1 round (smoke test)")
@@ -116,6 +125,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-scenarios: %w", err)
 	}
 	o.Scenarios = sc
+	if o.Quick {
+		for i := range o.Scenarios {
+			if o.Scenarios[i].Kind == kindIdle {
+				o.Scenarios[i].Idle, o.Scenarios[i].Conns = quickIdle, quickIdleActive
+			}
+		}
+	}
+	if o.Targets, err = selectTargets(targets); err != nil {
+		return o, fmt.Errorf("-targets: %w", err)
+	}
 	return o, nil
 }
 
@@ -178,6 +197,9 @@ func run(ctx context.Context, args []string, stdout io.Writer, logger *slog.Logg
 		return 1
 	}
 	fmt.Fprintf(stdout, "\nresults: %s\n", path)
+	for _, c := range rep.Charts {
+		fmt.Fprintf(stdout, "chart: %s\n", c)
+	}
 	if rep.Errors > 0 {
 		fmt.Fprintf(os.Stderr, "bench: %d requests failed during measurement\n", rep.Errors)
 		return 1

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/template"
 	"time"
 )
 
@@ -32,8 +31,6 @@ const (
 	sidecarDrainSeconds = 1
 	// sidecarStopTimeout bounds the wait for exit after SIGTERM.
 	sidecarStopTimeout = sidecarDrainSeconds*time.Second + 5*time.Second
-	// listenerName is the name of the sidecar's one listener.
-	listenerName = "bench"
 )
 
 // buildMeshd builds ./cmd/meshd of the module at root into dir.
@@ -68,116 +65,33 @@ func moduleRoot() (string, error) {
 	}
 }
 
-// bootstrapTemplate is the sidecar's Envoy v3 bootstrap: admin and one
-// listener on 127.0.0.1:0 (codec AUTO), gRPC TestService calls routed to the
-// backend's gRPC port, everything else to its HTTP port, both clusters STATIC
-// with explicit HTTP/2 upstream and no route timeout. The same file runs
-// under `envoy -c`.
-var bootstrapTemplate = template.Must(template.New("bootstrap").Parse(`# Rendered by meshd's test/bench harness.
-node: { id: bench-sidecar, cluster: bench }
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
-static_resources:
-  listeners:
-  - name: {{.Listener}}
-    address:
-      socket_address: { address: 127.0.0.1, port_value: 0 }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {{.Listener}}
-          codec_type: AUTO
-          route_config:
-            name: bench
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/grpc.testing.TestService/" }
-                route: { cluster: grpc, timeout: 0s }
-              - match: { prefix: "/" }
-                route: { cluster: http, timeout: 0s }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{{- range .Clusters}}
-  - name: {{.Name}}
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: ROUND_ROBIN
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {}
-    load_assignment:
-      cluster_name: {{.Name}}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: {{.Host}}, port_value: {{.Port}} }
-{{- end}}
-`))
-
-// renderBootstrap returns the bootstrap for a backend at grpcAddr/httpAddr.
-func renderBootstrap(grpcAddr, httpAddr string) (string, error) {
-	type cluster struct {
-		Name, Host string
-		Port       uint16
-	}
-	var cs []cluster
-	for _, c := range []struct{ name, addr string }{{"grpc", grpcAddr}, {"http", httpAddr}} {
-		host, portText, err := net.SplitHostPort(c.addr)
-		if err != nil {
-			return "", fmt.Errorf("bootstrap: cluster %s address %q: %w", c.name, c.addr, err)
-		}
-		port, err := strconv.ParseUint(portText, 10, 16)
-		if err != nil || port == 0 {
-			return "", fmt.Errorf("bootstrap: cluster %s address %q: port must be in [1, 65535]", c.name, c.addr)
-		}
-		cs = append(cs, cluster{Name: c.name, Host: host, Port: uint16(port)})
-	}
-	var b strings.Builder
-	if err := bootstrapTemplate.Execute(&b, struct {
-		Listener string
-		Clusters []cluster
-	}{listenerName, cs}); err != nil {
-		return "", fmt.Errorf("bootstrap: %w", err)
-	}
-	return b.String(), nil
-}
-
 // sidecarProc is a running `meshd sidecar`.
 type sidecarProc struct {
 	// AdminAddr is the bound admin address; ListenerAddr the bound address
 	// of the bench listener. Immutable.
 	AdminAddr, ListenerAddr string
 
+	name    string
 	cmd     *exec.Cmd
 	logPath string
 	done    chan struct{} // closed when cmd.Wait returns
 	client  *http.Client
 }
 
-// startSidecar writes the bootstrap into dir and starts meshd on it, pinned
-// to cpu with `taskset -c` when cpu >= 0, with GOMAXPROCS=1. It returns once
-// GET /ready answers 200 and the listener's bound address is known.
-func startSidecar(ctx context.Context, meshd, dir, bootstrap string, cpu int) (*sidecarProc, error) {
-	bootPath := filepath.Join(dir, "bootstrap.yaml")
+// startSidecar writes the bootstrap into dir as NAME.yaml and starts meshd
+// on it, pinned to cpu with `taskset -c` when cpu >= 0, with GOMAXPROCS=1.
+// It returns once GET /ready answers 200 and the bound address of the
+// listener called listenerName is known.
+func startSidecar(ctx context.Context, meshd, dir, name, bootstrap string, cpu int) (*sidecarProc, error) {
+	bootPath := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(bootPath, []byte(bootstrap), 0o644); err != nil {
-		return nil, fmt.Errorf("sidecar: write bootstrap: %w", err)
+		return nil, fmt.Errorf("sidecar %s: write bootstrap: %w", name, err)
 	}
-	adminPath := filepath.Join(dir, "admin-address")
-	logPath := filepath.Join(dir, "meshd.log")
+	adminPath := filepath.Join(dir, name+".admin-address")
+	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
-		return nil, fmt.Errorf("sidecar: log file: %w", err)
+		return nil, fmt.Errorf("sidecar %s: log file: %w", name, err)
 	}
 	defer logFile.Close() // the child has its own descriptor
 
@@ -190,16 +104,16 @@ func startSidecar(ctx context.Context, meshd, dir, bootstrap string, cpu int) (*
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("sidecar: start %s: %w", strings.Join(args, " "), err)
+		return nil, fmt.Errorf("sidecar %s: start %s: %w", name, strings.Join(args, " "), err)
 	}
 	s := &sidecarProc{
-		cmd: cmd, logPath: logPath, done: make(chan struct{}),
+		name: name, cmd: cmd, logPath: logPath, done: make(chan struct{}),
 		client: &http.Client{Timeout: adminTimeout},
 	}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 	if err := s.waitReady(ctx, adminPath); err != nil {
 		s.Stop()
-		return nil, fmt.Errorf("sidecar: %w\n%s", err, s.Log())
+		return nil, fmt.Errorf("sidecar %s: %w\n%s", name, err, s.Log())
 	}
 	return s, nil
 }
@@ -297,18 +211,33 @@ func (s *sidecarProc) listenerAddr(name string) (string, error) {
 	return parseListenerAddr(body, name)
 }
 
-// counter reads one counter from the admin /stats text ("name: value"
-// lines); ok is false when the sidecar does not have it.
-func (s *sidecarProc) counter(name string) (int64, bool, error) {
+// stats reads every integer stat of the admin /stats text ("name: value"
+// lines).
+func (s *sidecarProc) stats() (map[string]int64, error) {
 	code, body, err := s.admin("/stats")
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
 	if code != http.StatusOK {
-		return 0, false, fmt.Errorf("/stats: status %d", code)
+		return nil, fmt.Errorf("/stats: status %d", code)
 	}
-	v, ok := parseStat(body, name)
-	return v, ok, nil
+	return parseStats(body), nil
+}
+
+// parseStats returns every "name: integer" line of Envoy's /stats text;
+// other lines (histograms) are skipped.
+func parseStats(body []byte) map[string]int64 {
+	out := make(map[string]int64)
+	for line := range strings.Lines(string(body)) {
+		k, v, found := strings.Cut(strings.TrimSpace(line), ": ")
+		if !found {
+			continue
+		}
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			out[k] = n
+		}
+	}
+	return out
 }
 
 // parseStat finds "name: value" in Envoy's /stats text.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -172,23 +174,12 @@ func TestParseListenerAddr(t *testing.T) {
 	}
 }
 
-func TestParseStat(t *testing.T) {
-	body := []byte("cluster.grpc.upstream_cx_total: 16\ncluster.grpc.upstream_rq_total: 123456\ncluster.grpc.upstream_rq_total_x: 1\nhistogram: P0(nan,1)\n")
-	tests := []struct {
-		name   string
-		want   int64
-		wantOK bool
-	}{
-		{"cluster.grpc.upstream_rq_total", 123456, true},
-		{"cluster.grpc.upstream_cx_total", 16, true},
-		{"cluster.http.upstream_rq_total", 0, false},
-		{"histogram", 0, false},
-	}
-	for _, tt := range tests {
-		got, ok := parseStat(body, tt.name)
-		if got != tt.want || ok != tt.wantOK {
-			t.Errorf("parseStat(%q) = %d, %v; want %d, %v", tt.name, got, ok, tt.want, tt.wantOK)
-		}
+func TestParseStats(t *testing.T) {
+	body := []byte("cluster.grpc.upstream_cx_total: 16\ncluster.grpc.upstream_rq_total: 123456\nhistogram: P0(nan,1)\nbroken line\nx.y: -3\n")
+	got := parseStats(body)
+	want := map[string]int64{"cluster.grpc.upstream_cx_total": 16, "cluster.grpc.upstream_rq_total": 123456, "x.y": -3}
+	if !maps.Equal(got, want) {
+		t.Fatalf("parseStats = %v, want %v", got, want)
 	}
 }
 
@@ -223,20 +214,27 @@ func TestParseFlags(t *testing.T) {
 		wantWarmup    time.Duration
 		wantRounds    int
 		wantScenarios []string
-		wantErr       string
+		// wantTargets is the number of targets, wantFirstTarget the
+		// first one when set.
+		wantTargets     int
+		wantFirstTarget string
+		wantErr         string
 	}{
 		{name: "defaults", wantDuration: 10 * time.Second, wantWarmup: 2 * time.Second, wantRounds: 3,
-			wantScenarios: []string{"grpc-unary-16x32", "grpc-unary-1x1", "h2c-get-16x32"}},
+			wantScenarios: []string{"grpc-unary-16x32", "grpc-unary-1x1", "grpc-unary-1000rps", "h2c-get-16x32", "grpc-stream-16x1", "grpc-stream-16x100", "idle-10k-active-1k"}, wantTargets: 9},
 		{name: "quick overrides", args: []string{"-quick", "-rounds", "5"}, wantDuration: time.Second, wantWarmup: 500 * time.Millisecond, wantRounds: 1,
-			wantScenarios: []string{"grpc-unary-16x32", "grpc-unary-1x1", "h2c-get-16x32"}},
+			wantScenarios: []string{"grpc-unary-16x32", "grpc-unary-1x1", "grpc-unary-1000rps", "h2c-get-16x32", "grpc-stream-16x1", "grpc-stream-16x100", "idle-10k-active-1k"}, wantTargets: 9},
 		{name: "subset keeps canonical order", args: []string{"-scenarios", "h2c-get-16x32, grpc-unary-16x32", "-duration", "3s"},
-			wantDuration: 3 * time.Second, wantWarmup: 2 * time.Second, wantRounds: 3, wantScenarios: []string{"grpc-unary-16x32", "h2c-get-16x32"}},
+			wantDuration: 3 * time.Second, wantWarmup: 2 * time.Second, wantRounds: 3, wantScenarios: []string{"grpc-unary-16x32", "h2c-get-16x32"}, wantTargets: 9},
+		{name: "targets subset keeps canonical order", args: []string{"-targets", "haproxy,direct,meshd"}, wantDuration: 10 * time.Second, wantWarmup: 2 * time.Second,
+			wantRounds: 3, wantScenarios: []string{"grpc-unary-16x32", "grpc-unary-1x1", "grpc-unary-1000rps", "h2c-get-16x32", "grpc-stream-16x1", "grpc-stream-16x100", "idle-10k-active-1k"}, wantTargets: 3, wantFirstTarget: "direct"},
 		{name: "unknown scenario", args: []string{"-scenarios", "grpc-stream"}, wantErr: `-scenarios: unknown scenario "grpc-stream"`},
+		{name: "unknown target", args: []string{"-targets", "envoy"}, wantErr: `-targets: unknown target "envoy"`},
 		{name: "zero duration", args: []string{"-duration", "0s"}, wantErr: "-duration 0s"},
 		{name: "zero rounds", args: []string{"-rounds", "0"}, wantErr: "-rounds 0"},
 		{name: "bad generator", args: []string{"-generator", "wrk"}, wantErr: `-generator "wrk"`},
 		{name: "same cpus are fine to parse", args: []string{"-proxy-cpu", "1"}, wantDuration: 10 * time.Second, wantWarmup: 2 * time.Second, wantRounds: 3,
-			wantScenarios: []string{"grpc-unary-16x32", "grpc-unary-1x1", "h2c-get-16x32"}},
+			wantScenarios: []string{"grpc-unary-16x32", "grpc-unary-1x1", "grpc-unary-1000rps", "h2c-get-16x32", "grpc-stream-16x1", "grpc-stream-16x100", "idle-10k-active-1k"}, wantTargets: 9},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -262,6 +260,14 @@ func TestParseFlags(t *testing.T) {
 			if strings.Join(names, ",") != strings.Join(tt.wantScenarios, ",") {
 				t.Fatalf("scenarios %v, want %v", names, tt.wantScenarios)
 			}
+			if len(o.Targets) != tt.wantTargets || (tt.wantFirstTarget != "" && o.Targets[0].Name != tt.wantFirstTarget) {
+				t.Fatalf("targets %v, want %d starting with %q", o.Targets, tt.wantTargets, tt.wantFirstTarget)
+			}
+			for _, s := range o.Scenarios {
+				if s.Kind == kindIdle && slices.Contains(tt.args, "-quick") && (s.Idle != quickIdle || s.Conns != quickIdleActive) {
+					t.Errorf("-quick: idle scenario %+v, want %d idle and %d active connections", s, quickIdle, quickIdleActive)
+				}
+			}
 		})
 	}
 }
@@ -269,31 +275,58 @@ func TestParseFlags(t *testing.T) {
 func TestSummarize(t *testing.T) {
 	f := func(v float64) *float64 { return &v }
 	sc := []scenario{allScenarios[0], allScenarios[1]}
-	runs := []runRecord{
-		{Scenario: sc[0].Name, Target: targetDirect, Round: 1, loadResult: loadResult{RPS: 100, P50Ms: 1, P99Ms: 10}, BackendCPUPer100k: 3},
-		{Scenario: sc[0].Name, Target: targetMeshd, Round: 1, loadResult: loadResult{RPS: 50, P50Ms: 2, P99Ms: 30, Errors: 1}, ProxyCPUPer100k: f(5), ProxyRSSLoadedMB: f(20), BackendCPUPer100k: 3},
-		{Scenario: sc[0].Name, Target: targetDirect, Round: 2, loadResult: loadResult{RPS: 300, P50Ms: 3, P99Ms: 20}, BackendCPUPer100k: 3},
-		{Scenario: sc[0].Name, Target: targetMeshd, Round: 2, loadResult: loadResult{RPS: 70, P50Ms: 4, P99Ms: 50}, ProxyCPUPer100k: f(7), ProxyRSSLoadedMB: f(22), BackendCPUPer100k: 3},
-		{Scenario: sc[0].Name, Target: targetDirect, Round: 3, loadResult: loadResult{RPS: 200, P50Ms: 2, P99Ms: 15}, BackendCPUPer100k: 3},
-		{Scenario: sc[0].Name, Target: targetMeshd, Round: 3, loadResult: loadResult{RPS: 100, P50Ms: 3, P99Ms: 40}, ProxyCPUPer100k: f(6), ProxyRSSLoadedMB: f(21), BackendCPUPer100k: 3},
-		// Only the direct target ran for the second scenario: no ratio.
-		{Scenario: sc[1].Name, Target: targetDirect, Round: 1, loadResult: loadResult{RPS: 9, P50Ms: 1, P99Ms: 1}},
+	targets := []targetInfo{
+		{targetSpec: targetSpec{Name: targetDirect}},
+		{targetSpec: targetSpec{Name: targetMeshd}, Processes: 1, RSSIdleMB: 15},
+		{targetSpec: targetSpec{Name: targetNghttpx, Peer: true}, Processes: 1, RSSIdleMB: 10},
+		{targetSpec: targetSpec{Name: targetHAProxy, Peer: true}, Processes: 1, RSSIdleMB: 12},
 	}
-	rows, ratios := summarize(sc, runs)
-	if len(rows) != 3 {
-		t.Fatalf("got %d rows, want 3: %+v", len(rows), rows)
+	run := func(s scenario, target string, round int, rps, p50, p99, p999 float64, cpu, rss *float64) runRecord {
+		return runRecord{Scenario: s.Name, Target: target, Round: round,
+			loadResult: loadResult{Requests: 1000, RPS: rps, P50Ms: p50, P99Ms: p99, P999Ms: p999}, ProxyCPUPer100k: cpu, ProxyRSSLoadedMB: rss, BackendCPUPer100k: 3}
+	}
+	runs := []runRecord{
+		run(sc[0], targetDirect, 1, 100, 1, 10, 11, nil, nil),
+		run(sc[0], targetMeshd, 1, 50, 2, 30, 31, f(5), f(20)),
+		run(sc[0], targetNghttpx, 1, 80, 2, 20, 25, f(2), f(30)),
+		run(sc[0], targetHAProxy, 1, 90, 3, 16, 40, f(3), f(25)),
+		run(sc[0], targetDirect, 2, 300, 3, 20, 21, nil, nil),
+		run(sc[0], targetMeshd, 2, 70, 4, 50, 51, f(7), f(22)),
+		run(sc[0], targetNghttpx, 2, 80, 2, 20, 25, f(2), f(30)),
+		run(sc[0], targetHAProxy, 2, 90, 3, 16, 40, f(3), f(25)),
+		run(sc[0], targetDirect, 3, 200, 2, 15, 16, nil, nil),
+		run(sc[0], targetMeshd, 3, 100, 3, 40, 41, f(6), f(21)),
+		run(sc[0], targetNghttpx, 3, 80, 2, 20, 25, f(2), f(30)),
+		run(sc[0], targetHAProxy, 3, 90, 3, 16, 40, f(3), f(25)),
+		// No peer ran the second scenario: no ratio.
+		run(sc[1], targetDirect, 1, 9, 1, 1, 1, nil, nil),
+		run(sc[1], targetMeshd, 1, 8, 2, 2, 2, f(1), f(1)),
+		// A failed run adds its errors and nothing else.
+		{Scenario: sc[0].Name, Target: targetMeshd, Round: 4, loadResult: loadResult{Errors: 7}},
+	}
+	runs[1].Errors = 1
+	rows, ratios := summarize(sc, targets, runs)
+	if len(rows) != 6 {
+		t.Fatalf("got %d rows, want 6: %+v", len(rows), rows)
 	}
 	d, m := rows[0], rows[1]
-	if d.Target != targetDirect || d.Rounds != 3 || d.RPS != 200 || d.P50Ms != 2 || d.P99Ms != 15 || d.ProxyCPUPer100k != nil {
+	if d.Target != targetDirect || d.Rounds != 3 || d.RPS != 200 || d.P50Ms != 2 || d.P99Ms != 15 || d.P999Ms != 16 || d.ProxyCPUPer100k != nil || d.ProxyRSSIdleMB != nil {
 		t.Fatalf("direct row %+v", d)
 	}
-	if m.Target != targetMeshd || m.RPS != 70 || m.P99Ms != 40 || *m.ProxyCPUPer100k != 6 || *m.ProxyRSSLoadedMB != 21 || m.Errors != 1 {
+	if m.Target != targetMeshd || m.RPS != 70 || m.P99Ms != 40 || *m.ProxyCPUPer100k != 6 || *m.ProxyRSSLoadedMB != 21 || *m.ProxyRSSIdleMB != 15 || m.Errors != 8 || m.Rounds != 3 {
 		t.Fatalf("meshd row %+v", m)
 	}
-	if len(ratios) != 1 {
-		t.Fatalf("got %d ratios, want 1: %+v", len(ratios), ratios)
+	if len(ratios) != 2 {
+		t.Fatalf("got %d ratios, want 2 (direct and meshd in the first scenario): %+v", len(ratios), ratios)
 	}
-	if r := ratios[0]; r.RPS != 0.35 || r.P50 != 1.5 || r.P99 != 40.0/15 {
-		t.Fatalf("ratio %+v, want rps 0.35, p50 1.5, p99 %v", r, 40.0/15)
+	// Best peer per figure: req/s 90 (HAProxy), p50 2 and p99.9 25
+	// (nghttpx), p99 16 (HAProxy), CPU 2 (nghttpx), RSS 25 (HAProxy).
+	want := ratioRow{Scenario: sc[0].Name, Target: targetMeshd, RPS: 70.0 / 90, P50: 1.5, P99: 40.0 / 16, P999: 41.0 / 25,
+		CPU: 3, RSS: 21.0 / 25, BestCPUPeer: targetNghttpx}
+	if ratios[1] != want {
+		t.Fatalf("meshd ratios %+v, want %+v", ratios[1], want)
+	}
+	if r := ratios[0]; r.Target != targetDirect || r.CPU != 0 || r.RSS != 0 || r.RPS != 200.0/90 {
+		t.Fatalf("direct ratios %+v: want req/s 200/90 and no CPU or RSS ratio", r)
 	}
 }
