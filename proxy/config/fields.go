@@ -77,9 +77,9 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 		supported: names("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
 			"connection_keepalive", "idle_network_timeout"),
 	},
-	// initial_interval (faster PINGs early in a connection) is not
-	// implemented: quic-go sends PINGs at one period.
-	"envoy.config.core.v3.QuicKeepAliveSettings":                         {supported: names("max_interval")},
+	// initial_interval: a server PINGs only when it is set (Envoy's
+	// default); quic-go sends PINGs at one period, max_interval.
+	"envoy.config.core.v3.QuicKeepAliveSettings":                         {supported: names("max_interval", "initial_interval")},
 	"envoy.config.core.v3.Http3ProtocolOptions":                          {supported: names("quic_protocol_options")},
 	"envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport": {supported: names("downstream_tls_context", "enable_early_data")},
 	"envoy.extensions.transport_sockets.quic.v3.QuicUpstreamTransport":   {supported: names("upstream_tls_context")},

@@ -66,14 +66,20 @@ func compileQUICListener(l *listenerv3.Listener) (*QUICListener, error) {
 		return nil, fmt.Errorf("udp_listener_config.quic_options.enabled: a disabled QUIC listener is not supported")
 	}
 	out := &QUICListener{}
-	o, err := quicOptions(qo.GetQuicProtocolOptions())
+	o, err := h3.OptionsFromProto(qo.GetQuicProtocolOptions(), h3.RoleServer)
 	if err != nil {
 		return nil, fmt.Errorf("udp_listener_config.quic_options.quic_protocol_options.%w", err)
 	}
 	if d := qo.GetIdleTimeout(); d != nil {
+		if d.AsDuration() <= 0 {
+			return nil, fmt.Errorf("udp_listener_config.quic_options.idle_timeout: must be positive, got %v", d.AsDuration())
+		}
 		o.IdleTimeout = d.AsDuration()
 	}
 	if d := qo.GetCryptoHandshakeTimeout(); d != nil {
+		if d.AsDuration() <= 0 {
+			return nil, fmt.Errorf("udp_listener_config.quic_options.crypto_handshake_timeout: must be positive, got %v", d.AsDuration())
+		}
 		o.HandshakeTimeout = d.AsDuration()
 	}
 	out.Options = o
@@ -118,36 +124,6 @@ func (q *QUICListener) metadata(md *structpb.Struct) error {
 		}
 	}
 	return nil
-}
-
-// quicOptions compiles a core QuicProtocolOptions (nil: defaults). Errors
-// start with the field name.
-func quicOptions(p *corev3.QuicProtocolOptions) (h3.QUICOptions, error) {
-	var o h3.QUICOptions
-	if p == nil {
-		return o, nil
-	}
-	if v := p.GetMaxConcurrentStreams(); v != nil {
-		if v.GetValue() == 0 {
-			return o, fmt.Errorf("max_concurrent_streams: must be at least 1")
-		}
-		o.MaxConcurrentStreams = int64(v.GetValue())
-	}
-	if v := p.GetInitialStreamWindowSize(); v != nil {
-		o.InitialStreamWindowSize = uint64(v.GetValue())
-	}
-	if v := p.GetInitialConnectionWindowSize(); v != nil {
-		o.InitialConnectionWindowSize = uint64(v.GetValue())
-	}
-	if d := p.GetIdleNetworkTimeout(); d != nil {
-		o.IdleTimeout = d.AsDuration()
-	}
-	if ka := p.GetConnectionKeepalive(); ka != nil {
-		if d := ka.GetMaxInterval(); d != nil {
-			o.KeepalivePeriod = d.AsDuration()
-		}
-	}
-	return o, nil
 }
 
 // quicDownstreamTLS unpacks a QuicDownstreamTransport and builds its TLS

@@ -27,7 +27,7 @@ static_resources:
           max_concurrent_streams: 10
           initial_stream_window_size: 1048576
           initial_connection_window_size: 2097152
-          connection_keepalive: { max_interval: 15s }
+          connection_keepalive: { max_interval: 15s, initial_interval: 1s }
     metadata:
       filter_metadata:
         meshd.quic: { retry: always, retry_threshold: 5 }
@@ -122,7 +122,9 @@ func TestCompileQUICListenerRejects(t *testing.T) {
 		{"bad retry", []edit{{"retry: always", "retry: sometimes"}}, "", `"sometimes" is not always, under_load or never`},
 		{"bad threshold", []edit{{"retry_threshold: 5", "retry_threshold: 0.5"}}, "", "retry_threshold: must be a positive integer"},
 		{"unknown metadata", []edit{{"retry: always", "retries: 3"}}, "", "unknown field"},
-		{"initial keepalive interval", []edit{{"max_interval: 15s", "initial_interval: 1s"}}, lis + ".udp_listener_config.quic_options.quic_protocol_options.connection_keepalive.initial_interval", "field not supported"},
+		{"keepalive below 1s", []edit{{"max_interval: 15s", "max_interval: 0.5s"}}, "", "udp_listener_config.quic_options.quic_protocol_options.connection_keepalive.max_interval: 500ms must be 0 (no keepalive) or at least 1s"},
+		{"zero idle timeout", []edit{{"idle_timeout: 30s", "idle_timeout: 0s"}}, "", "udp_listener_config.quic_options.idle_timeout: must be positive"},
+		{"stream window too big", []edit{{"initial_stream_window_size: 1048576", "initial_stream_window_size: 16777217"}}, lis + ".udp_listener_config.quic_options.quic_protocol_options.initial_stream_window_size", ""},
 		{"TLS transport on QUIC", []edit{{"quic.v3.QuicDownstreamTransport\n          downstream_tls_context:\n            common_tls_context:", "tls.v3.DownstreamTlsContext\n          common_tls_context:"}}, "", "must be " + quicDownstreamType},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

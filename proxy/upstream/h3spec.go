@@ -9,6 +9,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"meshd.dev/meshd/mtls"
+	"meshd.dev/meshd/proxy/http/h3"
 	"meshd.dev/meshd/proxy/tlscontext"
 )
 
@@ -16,31 +17,15 @@ import (
 // (envoy.transport_sockets.quic).
 const quicUpstreamType = "envoy.extensions.transport_sockets.quic.v3.QuicUpstreamTransport"
 
-// compileHTTP3 reads http3_protocol_options: the QUIC settings. Errors
+// compileHTTP3 reads http3_protocol_options: the QUIC settings, with
+// Envoy's client defaults (keepalive PINGs every 15 s) when absent. Errors
 // start with the field below it.
 func (s *Spec) compileHTTP3(o *corev3.Http3ProtocolOptions) error {
-	p := o.GetQuicProtocolOptions()
-	if p == nil {
-		return nil
+	q, err := h3.OptionsFromProto(o.GetQuicProtocolOptions(), h3.RoleClient)
+	if err != nil {
+		return fmt.Errorf("quic_protocol_options.%w", err)
 	}
-	if v := p.GetMaxConcurrentStreams(); v != nil {
-		if v.GetValue() == 0 {
-			return fmt.Errorf("quic_protocol_options.max_concurrent_streams: must be at least 1")
-		}
-		s.HTTP3.MaxConcurrentStreams = int64(v.GetValue())
-	}
-	if v := p.GetInitialStreamWindowSize(); v != nil {
-		s.HTTP3.InitialStreamWindowSize = uint64(v.GetValue())
-	}
-	if v := p.GetInitialConnectionWindowSize(); v != nil {
-		s.HTTP3.InitialConnectionWindowSize = uint64(v.GetValue())
-	}
-	if d := p.GetIdleNetworkTimeout(); d != nil {
-		s.HTTP3.IdleTimeout = d.AsDuration()
-	}
-	if d := p.GetConnectionKeepalive().GetMaxInterval(); d != nil {
-		s.HTTP3.KeepalivePeriod = d.AsDuration()
-	}
+	s.HTTP3 = q
 	return nil
 }
 

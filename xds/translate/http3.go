@@ -9,6 +9,8 @@ import (
 	quicv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/quic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"meshd.dev/meshd/xds/model"
@@ -36,12 +38,49 @@ func autoHTTP3(h2 *model.HTTP2, cp *model.ConnectionPool) *upstreamhttpv3.HttpPr
 	h2opts := o.GetExplicitHttpConfig().GetHttp2ProtocolOptions()
 	o.UpstreamProtocolOptions = &upstreamhttpv3.HttpProtocolOptions_AutoConfig{AutoConfig: &upstreamhttpv3.HttpProtocolOptions_AutoHttpConfig{
 		Http2ProtocolOptions: h2opts,
-		Http3ProtocolOptions: &corev3.Http3ProtocolOptions{},
+		Http3ProtocolOptions: &corev3.Http3ProtocolOptions{QuicProtocolOptions: quicPolicy(h2)},
 		AlternateProtocolsCacheOptions: &corev3.AlternateProtocolsCacheOptions{
 			Name: AlternateProtocolsCacheName,
 		},
 	}}
 	return o
+}
+
+// Envoy's (QUICHE's) upper bounds of the QUIC receive windows; larger
+// HTTP/2 windows of a policy are clamped to them.
+const (
+	maxQUICStreamWindow     = 16 << 20
+	maxQUICConnectionWindow = 24 << 20
+)
+
+// quicPolicy carries the policy's HTTP/2 settings over to QUIC, so an
+// http3 service's connections follow the same policy as its HTTP/2
+// fallback: the stream limit and receive windows (clamped to QUIC's
+// bounds), a PING every keepalive.interval (connection_keepalive.max_interval)
+// and, where HTTP/2 closes a connection whose PING goes unanswered for
+// keepalive.timeout, an idle_network_timeout of interval + timeout: a
+// silent peer is given up after about the same time. Without a keepalive
+// in the policy the sidecar's defaults apply (PINGs every 15 s). nil when
+// the policy sets none of these.
+func quicPolicy(h2 *model.HTTP2) *corev3.QuicProtocolOptions {
+	if h2 == nil {
+		return nil
+	}
+	q := &corev3.QuicProtocolOptions{MaxConcurrentStreams: u32(h2.MaxConcurrentStreams)}
+	if w := h2.InitialStreamWindowSize; w != nil {
+		q.InitialStreamWindowSize = wrapperspb.UInt32(min(*w, maxQUICStreamWindow))
+	}
+	if w := h2.InitialConnectionWindowSize; w != nil {
+		q.InitialConnectionWindowSize = wrapperspb.UInt32(min(*w, maxQUICConnectionWindow))
+	}
+	if k := h2.Keepalive; k != nil && k.Interval != nil && k.Timeout != nil {
+		q.ConnectionKeepalive = &corev3.QuicKeepAliveSettings{MaxInterval: dur(k.Interval)}
+		q.IdleNetworkTimeout = durationpb.New(k.Interval.D() + k.Timeout.D())
+	}
+	if proto.Equal(q, &corev3.QuicProtocolOptions{}) {
+		return nil
+	}
+	return q
 }
 
 // quicUpstream wraps an http3 cluster's TLS context in the QUIC transport

@@ -262,6 +262,7 @@ func TestPolicyReachesEnvoyFields(t *testing.T) {
 		t.Errorf("cluster is not auto_config HTTP/3 over %s: protocol options %v, transport socket %q", translate.QUICTransportSocketName, &opts, c.GetTransportSocket().GetName())
 	}
 	h2 := auto.GetHttp2ProtocolOptions()
+	q := auto.GetHttp3ProtocolOptions().GetQuicProtocolOptions()
 	th := c.GetCircuitBreakers().GetThresholds()[0]
 	checks := []struct {
 		field     string
@@ -272,6 +273,12 @@ func TestPolicyReachesEnvoyFields(t *testing.T) {
 		{"initial_connection_window_size", h2.GetInitialConnectionWindowSize().GetValue(), uint32(4194304)},
 		{"connection_keepalive.interval", h2.GetConnectionKeepalive().GetInterval().AsDuration().String(), "30s"},
 		{"connection_keepalive.timeout", h2.GetConnectionKeepalive().GetTimeout().AsDuration().String(), "5s"},
+		// The QUIC connections follow the same policy: PINGs every
+		// keepalive.interval, given up after interval + timeout of silence.
+		{"quic max_concurrent_streams", q.GetMaxConcurrentStreams().GetValue(), uint32(100)},
+		{"quic initial_connection_window_size", q.GetInitialConnectionWindowSize().GetValue(), uint32(4194304)},
+		{"quic connection_keepalive.max_interval", q.GetConnectionKeepalive().GetMaxInterval().AsDuration().String(), "30s"},
+		{"quic idle_network_timeout", q.GetIdleNetworkTimeout().AsDuration().String(), "35s"},
 		{"idle_timeout", opts.GetCommonHttpProtocolOptions().GetIdleTimeout().AsDuration().String(), "5m0s"},
 		{"max_connection_duration", opts.GetCommonHttpProtocolOptions().GetMaxConnectionDuration().AsDuration().String(), "30m0s"},
 		{"circuit_breakers.max_connections", th.GetMaxConnections().GetValue(), uint32(4)},

@@ -47,6 +47,8 @@ type QUICOptions struct {
 	IdleTimeout time.Duration
 	// KeepalivePeriod sends a QUIC PING after this long without sending
 	// (connection_keepalive.max_interval; zero: no keepalive).
+	// OptionsFromProto applies Envoy's defaults: 15 s for a client, none
+	// for a server.
 	KeepalivePeriod time.Duration
 	// HandshakeTimeout bounds the handshake (crypto_handshake_timeout,
 	// default 20 s; a cluster's connect_timeout when dialling).
