@@ -52,8 +52,10 @@ type QUICConfig struct {
 	// Logger receives diagnostics; nil means slog.Default().
 	Logger *slog.Logger
 	// Stats is the listener's scope (see StatsScope); the listener counts
-	// downstream_cx_total, downstream_cx_active, downstream_cx_destroy and
-	// the meshd counter quic.retry_required. Nil keeps them private.
+	// downstream_cx_total, downstream_cx_active, downstream_cx_destroy,
+	// ssl.handshake (QUIC handshakes completed), ssl.connection_error
+	// (connections that ended before their handshake completed) and the
+	// meshd counter quic.retry_required. Nil keeps them private.
 	Stats *stats.Scope
 }
 
@@ -72,7 +74,13 @@ type QUICListener struct {
 	cxDestroy     *stats.Counter
 	cxActive      *stats.Gauge
 	retryRequired *stats.Counter
+	sslHandshake  *stats.Counter
+	sslConnError  *stats.Counter
 }
+
+// handshakeKey marks a connection's context with its *atomic.Bool, set
+// once the handshake completed.
+type handshakeKey struct{}
 
 // ListenQUIC binds cfg.Address (UDP) and starts the QUIC transport; it
 // accepts nothing until Serve.
@@ -105,6 +113,8 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 		cxDestroy:     scope.Counter("downstream_cx_destroy"),
 		cxActive:      scope.Gauge("downstream_cx_active"),
 		retryRequired: scope.Scope("quic").Counter("retry_required"),
+		sslHandshake:  scope.Scope("ssl").Counter("handshake"),
+		sslConnError:  scope.Scope("ssl").Counter("connection_error"),
 	}
 	key := cfg.StatelessResetKey
 	if key == nil {
@@ -122,6 +132,7 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 			}
 			return false
 		},
+		ConnContext: l.connContext,
 	}
 	tc := cfg.TLS.Clone()
 	tc.NextProtos = []string{h3.NextProto}
@@ -139,8 +150,29 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 	return l, nil
 }
 
-// connInfo counts an accepted connection and numbers it.
+// connContext runs when quic-go creates a server connection, before its
+// handshake. quic-go ends the context when the connection closes or its
+// handshake fails; one that ends before connInfo marked the handshake
+// complete counts as ssl.connection_error (TLS alert, client certificate
+// refused, handshake timeout).
+func (l *QUICListener) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	done := new(atomic.Bool)
+	ctx = context.WithValue(ctx, handshakeKey{}, done)
+	context.AfterFunc(ctx, func() {
+		if !done.Load() {
+			l.sslConnError.Inc()
+		}
+	})
+	return ctx, nil
+}
+
+// connInfo counts an accepted connection (its handshake is complete) and
+// numbers it.
 func (l *QUICListener) connInfo(c *quic.Conn) stream.ConnInfo {
+	if done, ok := c.Context().Value(handshakeKey{}).(*atomic.Bool); ok {
+		done.Store(true)
+	}
+	l.sslHandshake.Inc()
 	l.cxTotal.Inc()
 	l.cxActive.Inc()
 	l.active.Add(1)
@@ -148,6 +180,9 @@ func (l *QUICListener) connInfo(c *quic.Conn) stream.ConnInfo {
 		l.cxActive.Dec()
 		l.cxDestroy.Inc()
 		l.active.Add(-1)
+		if st := l.cfg.HTTP3.Stats; st != nil && st.IdleTimeout != nil && h3.IsIdleTimeout(context.Cause(c.Context())) {
+			st.IdleTimeout.Inc()
+		}
 	})
 	if l.cfg.OnConn != nil {
 		l.cfg.OnConn(c.Context())

@@ -215,15 +215,39 @@ func TestHTTP3Downstream(t *testing.T) {
 		}
 	})
 
-	st := sc.Stats(t)
-	// The listener's scope is named after its configured address.
-	for name, min := range map[string]int64{
-		"http.h3.downstream_cx_http3_total":        1,
-		"http.h3.downstream_rq_http3_total":        103,
-		"listener.127.0.0.1_0.quic.retry_required": 1,
-	} {
+	t.Run("failed handshake", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := quic.DialAddr(ctx, sc.ListenerAddr(t, "h3"), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"not-h3"}}, nil)
+		if err == nil {
+			_ = c.CloseWithError(0, "")
+			t.Fatal("a QUIC handshake offering only ALPN not-h3 succeeded")
+		}
+	})
+
+	// The listener's scope is named after its configured address. The
+	// failed handshake ends on the server side asynchronously.
+	want := map[string]int64{
+		"http.h3.downstream_cx_http3_total":         1,
+		"http.h3.downstream_rq_http3_total":         103,
+		"listener.127.0.0.1_0.quic.retry_required":  1,
+		"listener.127.0.0.1_0.ssl.handshake":        1,
+		"listener.127.0.0.1_0.ssl.connection_error": 1,
+		"listener.127.0.0.1_0.downstream_cx_total":  1,
+	}
+	var st map[string]int64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		st = sc.Stats(t)
+		if st["listener.127.0.0.1_0.ssl.connection_error"] > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for name, min := range want {
 		if st[name] < min {
 			t.Errorf("%s = %d, want at least %d", name, st[name], min)
 		}
+	}
+	if hs, cx := st["listener.127.0.0.1_0.ssl.handshake"], st["listener.127.0.0.1_0.downstream_cx_total"]; hs != cx {
+		t.Errorf("ssl.handshake = %d, want one per accepted connection (downstream_cx_total %d)", hs, cx)
 	}
 }

@@ -124,6 +124,9 @@ func (c *ClientConn) closed(cause error) {
 		s := c.qc.ConnectionStats()
 		c.cfg.Stats.PacketsLost.Add(s.PacketsLost)
 		c.cfg.Stats.PacketsSent.Add(s.PacketsSent)
+		if IsIdleTimeout(cause) {
+			c.cfg.Stats.IdleTimeout.Inc()
+		}
 		var err error
 		if ae, ok := errors.AsType[*quic.ApplicationError](cause); !ok || http3.ErrCode(ae.ErrorCode) != http3.ErrCodeNoError {
 			err = cause

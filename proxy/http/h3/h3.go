@@ -39,6 +39,10 @@ type Stats struct {
 	// close (meshd: packets_lost, packets_sent).
 	PacketsLost *stats.Counter
 	PacketsSent *stats.Counter
+	// IdleTimeout counts connections QUIC closed after idle_network_timeout
+	// without network activity (meshd: idle_timeout); keepalive PINGs
+	// prevent it while the peer answers.
+	IdleTimeout *stats.Counter
 }
 
 // NewStats creates the counters in scope, normally one named "http3"
@@ -55,7 +59,15 @@ func NewStats(scope *stats.Scope) *Stats {
 		RTTMs:         scope.Histogram("rtt_ms"),
 		PacketsLost:   scope.Counter("packets_lost"),
 		PacketsSent:   scope.Counter("packets_sent"),
+		IdleTimeout:   scope.Counter("idle_timeout"),
 	}
+}
+
+// IsIdleTimeout reports whether a connection's close cause is QUIC's idle
+// timeout (RFC 9000 section 10.1).
+func IsIdleTimeout(cause error) bool {
+	_, ok := errors.AsType[*quic.IdleTimeoutError](cause)
+	return ok
 }
 
 // codeOf maps an HTTP/3 error code to the HTTP/2 code the stream
