@@ -2,6 +2,8 @@ package xds_test
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -132,4 +134,64 @@ func TestHTTP3VersusHTTP2(t *testing.T) {
 		median(h3.rate), median(h2.rate), median(h3.rate)/median(h2.rate),
 		median(h3.p99), median(h2.p99), median(h3.p99)/median(h2.p99),
 		median(h3.cpuPerUs), median(h2.cpuPerUs), median(h3.cpuPerUs)/median(h2.cpuPerUs))
+	if dir := os.Getenv(benchProfileEnv); dir != "" {
+		for _, e := range envs {
+			profileSidecars(t, dir, e.proto, e.client, e.sidecars)
+		}
+	}
+}
+
+// benchProfileEnv names a directory where TestHTTP3VersusHTTP2 writes a
+// CPU profile of each sidecar under load after its measured rounds.
+const benchProfileEnv = "MESHD_BENCH_PROFILE"
+
+// profileSeconds is the length of each sidecar CPU profile.
+const profileSeconds = 8
+
+// profileSidecars keeps costCallers callers busy while it takes a
+// profileSeconds CPU profile of each sidecar through its admin
+// /debug/pprof/profile, written to dir as PROTO-INDEX.pprof (0: the server
+// side's sidecar, 1: the client side's).
+func profileSidecars(t *testing.T, dir, proto string, client testgrpc.TestServiceClient, sidecars []*testutil.Sidecar) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatalf("%s: %v", benchProfileEnv, err)
+	}
+	stop := make(chan struct{})
+	var load sync.WaitGroup
+	load.Go(func() {
+		deadline := time.Now().Add(2 * profileSeconds * time.Second)
+		for time.Now().Before(deadline) {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			timedCalls(client, costCallers, 1000, costTimeout)
+		}
+	})
+	defer func() { close(stop); load.Wait() }()
+	var wg sync.WaitGroup
+	for i, sc := range sidecars {
+		wg.Go(func() {
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sc.AdminAddr, profileSeconds)
+			resp, err := http.Get(url)
+			if err != nil {
+				t.Errorf("%s profile of sidecar %d: %v", proto, i, err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", proto, i)))
+			if err != nil {
+				t.Errorf("%s profile: %v", proto, err)
+				return
+			}
+			defer f.Close()
+			if _, err := f.ReadFrom(resp.Body); err != nil {
+				t.Errorf("%s profile of sidecar %d: %v", proto, i, err)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%s: CPU profiles of both sidecars in %s", proto, dir)
 }
