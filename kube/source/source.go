@@ -19,7 +19,11 @@
 //     its service account, spec.address the pod IP, the first mesh Service
 //     whose EndpointSlices list the pod as spec.service with inbound
 //     {port: the capture inbound port, app: 127.0.0.1:<the slice's target
-//     port>}, and spec.outbound from AnnotationOutbound.
+//     port>}, spec.outbound from AnnotationOutbound, and spec.capture
+//     {outboundPort: the capture outbound port} when the pod has the
+//     capture init container;
+//   - a Service's cluster IPs (not a headless Service's) are its
+//     spec.addresses, so captured connections to them reach it.
 //
 // A set of objects that does not validate is reported to the sink with the
 // problems (each naming the object's kind, namespace and name) and the last
@@ -357,6 +361,9 @@ func (s *Source) Mesh() (*model.Mesh, error) {
 		if len(limits) > 0 {
 			spec["serverLimits"] = limits
 		}
+		if ips := clusterIPs(svc); len(ips) > 0 {
+			spec["addresses"] = ips
+		}
 		var endpoints []map[string]any
 		sl := slicesOf[k]
 		sortByKey(sl, func(es *discoveryv1.EndpointSlice) string { return es.Name })
@@ -424,6 +431,9 @@ func (s *Source) Mesh() (*model.Mesh, error) {
 				"app":  "127.0.0.1:" + strconv.Itoa(int(sv.target)),
 			}
 		}
+		if port, ok := captureArg(p, "--outbound-port"); ok {
+			spec["capture"] = map[string]any{"outboundPort": port}
+		}
 		if v := p.Annotations[AnnotationOutbound]; v != "" {
 			out, err := parseOutbound(v)
 			if err != nil {
@@ -470,24 +480,51 @@ func slicePort(es *discoveryv1.EndpointSlice, sp corev1.ServicePort) (int32, boo
 // inboundPort reads --inbound-port from the pod's capture init container,
 // def when absent.
 func inboundPort(p *corev1.Pod, def uint32) uint32 {
+	if n, ok := captureArg(p, "--inbound-port"); ok && n > 0 {
+		return n
+	}
+	return def
+}
+
+// captureArg reads the port flag of the pod's capture init container
+// (`meshd capture`): false when the pod has no such container; the
+// capture command's default when the flag is absent or not a port.
+func captureArg(p *corev1.Pod, flag string) (uint32, bool) {
+	defaults := map[string]uint32{"--inbound-port": inject.DefaultInboundPort, "--outbound-port": inject.DefaultOutboundPort}
 	for _, c := range p.Spec.InitContainers {
 		if c.Name != inject.InitName {
 			continue
 		}
 		for i, a := range c.Args {
-			v, ok := strings.CutPrefix(a, "--inbound-port=")
-			if !ok && a == "--inbound-port" && i+1 < len(c.Args) {
+			v, ok := strings.CutPrefix(a, flag+"=")
+			if !ok && a == flag && i+1 < len(c.Args) {
 				v, ok = c.Args[i+1], true
 			}
 			if !ok {
 				continue
 			}
 			if n, err := strconv.ParseUint(v, 10, 16); err == nil && n > 0 {
-				return uint32(n)
+				return uint32(n), true
 			}
 		}
+		return defaults[flag], true
 	}
-	return def
+	return 0, false
+}
+
+// clusterIPs returns svc's cluster IPs (none for a headless Service).
+func clusterIPs(svc *corev1.Service) []string {
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	var out []string
+	for _, ip := range ips {
+		if _, err := netip.ParseAddr(ip); err == nil {
+			out = append(out, ip) // "None" (headless) does not parse
+		}
+	}
+	return out
 }
 
 // parseOutbound parses "greeter.demo:15201,db:15202".

@@ -11,6 +11,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -236,6 +237,30 @@ func TestKubernetesSource(t *testing.T) {
 	}
 	if got := strings.Join(endpointsOf(cla(client1.Endpoints, "outbound|50051||greeter.demo")), ","); got != "10.1.0.5:15006,10.1.0.6:15006" {
 		t.Fatalf("client-1's endpoints of greeter = %s, want the sidecars' inbound listeners at the pod IPs", got)
+	}
+
+	// Capture: every injected pod's sidecar gets the virtualOutbound
+	// listener on the capture outbound port and, for the Service's
+	// cluster IP, a filter chain on 10.96.0.10:50051 (bind_to_port false)
+	// routing to greeter's cluster, also in pods that never named greeter.
+	for _, node := range []string{"client-1.demo", "greeter-a.demo"} {
+		n := res.Nodes[node]
+		vo := find[*listenerv3.Listener](n.Listeners, translate.VirtualOutboundName)
+		if a := vo.GetAddress().GetSocketAddress(); a.GetPortValue() != inject.DefaultOutboundPort || !vo.GetUseOriginalDst().GetValue() ||
+			len(vo.GetListenerFilters()) != 1 || vo.GetListenerFilters()[0].GetName() != translate.OriginalDstFilterName {
+			t.Fatalf("%s: virtualOutbound = %v", node, vo)
+		}
+		vl := find[*listenerv3.Listener](n.Listeners, translate.VirtualServiceName("10.96.0.10", 50051))
+		if a := vl.GetAddress().GetSocketAddress(); a.GetAddress() != "10.96.0.10" || a.GetPortValue() != 50051 || vl.GetBindToPort() == nil || vl.GetBindToPort().GetValue() {
+			t.Fatalf("%s: no bind_to_port false listener on greeter's cluster IP: %v", node, vl)
+		}
+		rc := find[*routev3.RouteConfiguration](n.Routes, vl.GetName())
+		if c := rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute().GetCluster(); c != "outbound|50051||greeter.demo" {
+			t.Fatalf("%s: the cluster IP routes to %q", node, c)
+		}
+		if find[*clusterv3.Cluster](n.Clusters, "outbound|50051||greeter.demo") == nil || find[*clusterv3.Cluster](n.Clusters, translate.BlackHoleClusterName) == nil {
+			t.Fatalf("%s: clusters %v lack greeter's or the black hole", node, n.Clusters)
+		}
 	}
 
 	// A TrafficPolicy custom resource reaches the client's cluster.

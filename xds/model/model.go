@@ -148,6 +148,11 @@ type ServiceSpec struct {
 	// ServerLimits declares what the service's servers enforce; validation
 	// warns about client settings that conflict with them.
 	ServerLimits *ServerLimits `json:"serverLimits,omitempty"`
+	// Addresses are virtual IPs that clients dial on Port (a Kubernetes
+	// Service's cluster IPs, which the Kubernetes source sets). A
+	// Workload with spec.capture routes a captured connection whose
+	// original destination is one of them, on Port, to this Service.
+	Addresses []string `json:"addresses,omitempty"`
 }
 
 // Endpoint is one server of a Service in file mode.
@@ -207,6 +212,19 @@ type WorkloadSpec struct {
 	// sidecars reach the workload there; its ports then clash with no other
 	// workload's. Empty in file mode: every workload shares 127.0.0.1.
 	Address string `json:"address,omitempty"`
+	// Capture, when set, says that traffic capture (`meshd capture`)
+	// redirects the application's outbound TCP to the sidecar (the
+	// Kubernetes source sets it for injected pods): the sidecar gets the
+	// capture listener on 127.0.0.1:capture.outboundPort, which hands each
+	// connection to the Service whose spec.addresses and spec.port are its
+	// original destination.
+	Capture *Capture `json:"capture,omitempty"`
+}
+
+// Capture is a workload's traffic-capture side.
+type Capture struct {
+	// OutboundPort is the port capture redirects outbound TCP to.
+	OutboundPort uint32 `json:"outboundPort"`
 }
 
 // Inbound is a workload's inbound side.

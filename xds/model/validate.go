@@ -76,6 +76,7 @@ func validate(ps *problems, m *Mesh) {
 		validateWorkload(ps, m, w)
 	}
 	validatePorts(ps, m)
+	validateAddresses(ps, m)
 	for _, p := range m.TrafficPolicies {
 		validateTrafficPolicy(ps, m, p)
 	}
@@ -153,6 +154,22 @@ func validateService(ps *problems, s *Service) {
 		}
 		seen[key] = i
 	}
+	seenAddr := make(map[netip.Addr]int)
+	for i, a := range sp.Addresses {
+		f := fmt.Sprintf("spec.addresses[%d]", i)
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			ps.add(o, f, "%q is not an IP address", a)
+			continue
+		}
+		if ip.IsUnspecified() || ip.IsLoopback() {
+			ps.add(o, f, "%s cannot be a Service's virtual address (unspecified or loopback)", a)
+		}
+		if j, dup := seenAddr[ip]; dup {
+			ps.add(o, f, "duplicate address %s (also spec.addresses[%d])", a, j)
+		}
+		seenAddr[ip] = i
+	}
 	if l := sp.ServerLimits; l != nil {
 		if l.MinPingInterval != nil && *l.MinPingInterval <= 0 {
 			ps.add(o, "spec.serverLimits.minPingInterval", "must be positive, got %s", l.MinPingInterval)
@@ -200,6 +217,9 @@ func validateWorkload(ps *problems, m *Mesh, w *Workload) {
 			ps.add(o, "spec.address", "%q is not an IP address", sp.Address)
 		}
 	}
+	if sp.Capture != nil {
+		checkPort(ps, o, "spec.capture.outboundPort", sp.Capture.OutboundPort)
+	}
 }
 
 // validatePorts reports two listeners of the mesh on one 127.0.0.1 port: in
@@ -240,10 +260,34 @@ func validatePorts(ps *problems, m *Mesh) {
 		for i, out := range w.Spec.Outbound {
 			claim(w.origin, fmt.Sprintf("spec.outbound[%d].port", i), out.Port)
 		}
+		if w.Spec.Capture != nil {
+			claim(w.origin, "spec.capture.outboundPort", w.Spec.Capture.OutboundPort)
+		}
 		if host, port, err := net.SplitHostPort(w.Spec.Admin); err == nil && (host == "127.0.0.1" || host == "localhost") {
 			if n, err := strconv.ParseUint(port, 10, 16); err == nil {
 				claim(w.origin, "spec.admin", uint32(n))
 			}
+		}
+	}
+}
+
+// validateAddresses reports two Services claiming one virtual address and
+// port: a captured connection to it could go to either.
+func validateAddresses(ps *problems, m *Mesh) {
+	claimed := make(map[netip.AddrPort]*Service)
+	inFileOrder := slices.SortedFunc(slices.Values(m.Services), func(a, b *Service) int { return a.origin.index - b.origin.index })
+	for _, s := range inFileOrder {
+		for i, a := range s.Spec.Addresses {
+			ip, err := netip.ParseAddr(a)
+			if err != nil || s.Spec.Port == 0 || s.Spec.Port > 65535 {
+				continue // reported by validateService
+			}
+			ap := netip.AddrPortFrom(ip, uint16(s.Spec.Port))
+			if prev := claimed[ap]; prev != nil && prev != s {
+				ps.add(s.origin, fmt.Sprintf("spec.addresses[%d]", i), "%s is already the address of %s", ap, prev.origin.label())
+				continue
+			}
+			claimed[ap] = s
 		}
 	}
 }

@@ -8,6 +8,9 @@
 //	inbound|<port>                       inbound listener of a workload (127.0.0.1:<port>, or spec.address:<port>)
 //	inbound|<port>|<app>                 STATIC cluster to the local application
 //	outbound|<port>                      outbound listener (127.0.0.1:<port>) and its RDS route configuration
+//	virtualOutbound                      capture listener (127.0.0.1:<spec.capture.outboundPort>, use_original_dst)
+//	outbound|<ip>:<port>                 listener on a Service's virtual address (bind_to_port false) and its RDS route configuration
+//	BlackHoleCluster                     EDS cluster without endpoints for captured connections to no Service
 //	outbound|<svcport>||<name>.<ns>      EDS cluster (and its ClusterLoadAssignment) to a Service
 //	<name>.<ns>:<port>                   proxyless API listener and its RDS route configuration
 //	proxyless|<name>.<ns>:<port>         proxyless EDS cluster (and its ClusterLoadAssignment)
@@ -208,6 +211,9 @@ func (t *translator) node(w *model.Workload) *Resources {
 		r.Clusters = append(r.Clusters, c)
 		r.Endpoints = append(r.Endpoints, t.assignment(cname, svc))
 	}
+	if c := w.Spec.Capture; c != nil {
+		t.capture(r, c, clusters)
+	}
 	return r
 }
 
@@ -300,9 +306,9 @@ func (t *translator) hcm(statPrefix string, routes any, h2 *corev3.Http2Protocol
 }
 
 // statPrefix turns a resource name into a stat prefix without the '|' and
-// ':' that stat names reserve.
+// ':' that stat names reserve (and an IPv6 address's brackets).
 func statPrefix(name string) string {
-	return strings.NewReplacer("|", "_", ":", "_", ".", "_").Replace(name)
+	return strings.NewReplacer("|", "_", ":", "_", ".", "_", "[", "", "]", "").Replace(name)
 }
 
 func (t *translator) httpListener(name string, port uint32, routes any, h2 *corev3.Http2ProtocolOptions, filters []*hcmv3.HttpFilter) *listenerv3.Listener {
