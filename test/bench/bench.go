@@ -32,11 +32,12 @@ type runRecord struct {
 	// 100k successful requests; absent for the direct target.
 	ProxyCPUSeconds *float64 `json:"proxy_cpu_seconds,omitempty"`
 	ProxyCPUPer100k *float64 `json:"proxy_cpu_s_per_100k,omitempty"`
-	// ProxyRSSLoadedMB is the largest sum of the proxies' VmRSS sampled
-	// during the window.
-	ProxyRSSLoadedMB *float64 `json:"proxy_rss_loaded_mb,omitempty"`
-	// IdleConnKiB is the proxies' RSS growth per idle connection (idle
-	// scenario only): VmRSS with the idle connections open minus before,
+	// ProxyRSSLoadedMB and ProxyAnonLoadedMB are the largest sums of the
+	// proxies' VmRSS and RssAnon sampled during the window.
+	ProxyRSSLoadedMB  *float64 `json:"proxy_rss_loaded_mb,omitempty"`
+	ProxyAnonLoadedMB *float64 `json:"proxy_anon_loaded_mb,omitempty"`
+	// IdleConnKiB is the proxies' memory growth per idle connection (idle
+	// scenario only): RssAnon with the idle connections open minus before,
 	// divided by their number.
 	IdleConnKiB *float64 `json:"idle_conn_kib,omitempty"`
 	// BackendCPUPer100k is the backend's CPU per 100k requests, for
@@ -59,8 +60,10 @@ type targetInfo struct {
 	// targets), CPUs their allowed CPUs.
 	Processes int    `json:"processes"`
 	CPUs      string `json:"cpus_allowed,omitempty"`
-	// RSSIdleMB is the proxies' summed VmRSS after start-up.
-	RSSIdleMB float64 `json:"rss_idle_mb"`
+	// RSSIdleMB and AnonIdleMB are the proxies' summed VmRSS and RssAnon
+	// after start-up.
+	RSSIdleMB  float64 `json:"rss_idle_mb"`
+	AnonIdleMB float64 `json:"anon_idle_mb"`
 	// Stats are meshd counters read at the end (meshd targets).
 	Stats map[string]int64 `json:"meshd_stats,omitempty"`
 }
@@ -196,11 +199,11 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 			if info.CPUs, err = readCPUsAllowed(t.PIDs[0]); err != nil {
 				return nil, err
 			}
-			if t.IdleRSS, err = sumRSS(t.PIDs); err != nil {
+			if t.IdleMem, err = sumMem(t.PIDs); err != nil {
 				return nil, fmt.Errorf("%s idle RSS: %w", t.Name, err)
 			}
 		}
-		info.RSSIdleMB = mb(t.IdleRSS)
+		info.RSSIdleMB, info.AnonIdleMB = mb(t.IdleMem.RSS), mb(t.IdleMem.Anon)
 		rep.Targets = append(rep.Targets, info)
 	}
 
@@ -265,15 +268,15 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 	return rep, nil
 }
 
-// sumRSS returns the summed VmRSS of pids.
-func sumRSS(pids []int) (int64, error) {
-	var sum int64
+// sumMem returns the summed memory of pids.
+func sumMem(pids []int) (memSample, error) {
+	var sum memSample
 	for _, pid := range pids {
-		r, err := readRSS(pid)
+		m, err := readMem(pid)
 		if err != nil {
-			return 0, err
+			return memSample{}, err
 		}
-		sum += r
+		sum = sum.add(m)
 	}
 	return sum, nil
 }
@@ -298,7 +301,7 @@ func sumCPU(pids []int) (uint64, error) {
 func measure(ctx context.Context, gen generator, s scenario, t *target, o options, hz, backendPID int) (runRecord, error) {
 	rec := runRecord{Scenario: s.Name, Target: t.Name, Generator: gen.Name()}
 	if s.Kind == kindIdle {
-		before, err := sumRSS(t.PIDs)
+		before, err := sumMem(t.PIDs)
 		if err != nil {
 			return rec, err
 		}
@@ -308,18 +311,18 @@ func measure(ctx context.Context, gen generator, s scenario, t *target, o option
 		}
 		defer ic.Close()
 		time.Sleep(idleConnSettle)
-		after, err := sumRSS(t.PIDs)
+		after, err := sumMem(t.PIDs)
 		if err != nil {
 			return rec, err
 		}
-		kib := float64(after-before) / 1024 / float64(ic.Len())
+		kib := float64(after.Anon-before.Anon) / 1024 / float64(ic.Len())
 		rec.IdleConnKiB = &kib
 	}
 	var (
 		procErr     error
 		proxyBefore uint64
 		beBefore    procCPU
-		maxRSS      int64
+		maxMem      memSample
 		stopRSS     = make(chan struct{})
 		rssDone     = make(chan struct{})
 		started     bool
@@ -330,9 +333,8 @@ func measure(ctx context.Context, gen generator, s scenario, t *target, o option
 		if len(t.PIDs) == 0 {
 			return
 		}
-		rss, err := sumRSS(t.PIDs)
-		if err == nil && rss > maxRSS {
-			maxRSS = rss
+		if m, err := sumMem(t.PIDs); err == nil {
+			maxMem = maxMem.max(m)
 		}
 	}
 	res, err := gen.Run(ctx, s, t.addr(s), o.Warmup, o.Duration, func() {
@@ -389,8 +391,8 @@ func measure(ctx context.Context, gen generator, s scenario, t *target, o option
 	if len(t.PIDs) > 0 {
 		secs := float64(proxyAfter-proxyBefore) / float64(hz)
 		p := per100k(proxyAfter - proxyBefore)
-		rss := mb(maxRSS)
-		rec.ProxyCPUSeconds, rec.ProxyCPUPer100k, rec.ProxyRSSLoadedMB = &secs, &p, &rss
+		rss, anon := mb(maxMem.RSS), mb(maxMem.Anon)
+		rec.ProxyCPUSeconds, rec.ProxyCPUPer100k, rec.ProxyRSSLoadedMB, rec.ProxyAnonLoadedMB = &secs, &p, &rss, &anon
 	}
 	if res.Requests == 0 {
 		return rec, fmt.Errorf("no request succeeded (%d failed: %s)", res.Errors, res.ErrorDetail)

@@ -277,13 +277,13 @@ func TestSummarize(t *testing.T) {
 	sc := []scenario{allScenarios[0], allScenarios[1]}
 	targets := []targetInfo{
 		{targetSpec: targetSpec{Name: targetDirect}},
-		{targetSpec: targetSpec{Name: targetMeshd}, Processes: 1, RSSIdleMB: 15},
+		{targetSpec: targetSpec{Name: targetMeshd}, Processes: 1, RSSIdleMB: 15, AnonIdleMB: 6},
 		{targetSpec: targetSpec{Name: targetNghttpx, Peer: true}, Processes: 1, RSSIdleMB: 10},
 		{targetSpec: targetSpec{Name: targetHAProxy, Peer: true}, Processes: 1, RSSIdleMB: 12},
 	}
 	run := func(s scenario, target string, round int, rps, p50, p99, p999 float64, cpu, rss *float64) runRecord {
 		return runRecord{Scenario: s.Name, Target: target, Round: round,
-			loadResult: loadResult{Requests: 1000, RPS: rps, P50Ms: p50, P99Ms: p99, P999Ms: p999}, ProxyCPUPer100k: cpu, ProxyRSSLoadedMB: rss, BackendCPUPer100k: 3}
+			loadResult: loadResult{Requests: 1000, RPS: rps, P50Ms: p50, P99Ms: p99, P999Ms: p999}, ProxyCPUPer100k: cpu, ProxyRSSLoadedMB: rss, ProxyAnonLoadedMB: rss, BackendCPUPer100k: 3}
 	}
 	runs := []runRecord{
 		run(sc[0], targetDirect, 1, 100, 1, 10, 11, nil, nil),
@@ -313,20 +313,20 @@ func TestSummarize(t *testing.T) {
 	if d.Target != targetDirect || d.Rounds != 3 || d.RPS != 200 || d.P50Ms != 2 || d.P99Ms != 15 || d.P999Ms != 16 || d.ProxyCPUPer100k != nil || d.ProxyRSSIdleMB != nil {
 		t.Fatalf("direct row %+v", d)
 	}
-	if m.Target != targetMeshd || m.RPS != 70 || m.P99Ms != 40 || *m.ProxyCPUPer100k != 6 || *m.ProxyRSSLoadedMB != 21 || *m.ProxyRSSIdleMB != 15 || m.Errors != 8 || m.Rounds != 3 {
+	if m.Target != targetMeshd || m.RPS != 70 || m.P99Ms != 40 || *m.ProxyCPUPer100k != 6 || *m.ProxyRSSLoadedMB != 21 || *m.ProxyRSSIdleMB != 15 || *m.ProxyAnonIdleMB != 6 || *m.ProxyAnonLoadedMB != 21 || m.Errors != 8 || m.Rounds != 3 {
 		t.Fatalf("meshd row %+v", m)
 	}
 	if len(ratios) != 2 {
 		t.Fatalf("got %d ratios, want 2 (direct and meshd in the first scenario): %+v", len(ratios), ratios)
 	}
 	// Best peer per figure: req/s 90 (HAProxy), p50 2 and p99.9 25
-	// (nghttpx), p99 16 (HAProxy), CPU 2 (nghttpx), RSS 25 (HAProxy).
+	// (nghttpx), p99 16 (HAProxy), CPU 2 (nghttpx), anon RSS 25 (HAProxy).
 	want := ratioRow{Scenario: sc[0].Name, Target: targetMeshd, RPS: 70.0 / 90, P50: 1.5, P99: 40.0 / 16, P999: 41.0 / 25,
-		CPU: 3, RSS: 21.0 / 25, BestCPUPeer: targetNghttpx}
+		CPU: 3, Anon: 21.0 / 25, BestCPUPeer: targetNghttpx}
 	if ratios[1] != want {
 		t.Fatalf("meshd ratios %+v, want %+v", ratios[1], want)
 	}
-	if r := ratios[0]; r.Target != targetDirect || r.CPU != 0 || r.RSS != 0 || r.RPS != 200.0/90 {
-		t.Fatalf("direct ratios %+v: want req/s 200/90 and no CPU or RSS ratio", r)
+	if r := ratios[0]; r.Target != targetDirect || r.CPU != 0 || r.Anon != 0 || r.RPS != 200.0/90 {
+		t.Fatalf("direct ratios %+v: want req/s 200/90 and no CPU or memory ratio", r)
 	}
 }

@@ -48,24 +48,57 @@ func parseProcStat(data []byte) (procCPU, error) {
 	return procCPU{UserTicks: utime, SystemTicks: stime}, nil
 }
 
-// parseVmRSS returns the VmRSS line of /proc/PID/status in bytes.
-func parseVmRSS(data []byte) (int64, error) {
+// parseStatusKB returns a "Key: <n> kB" line of /proc/PID/status in bytes.
+func parseStatusKB(data []byte, key string) (int64, error) {
 	for line := range strings.Lines(string(data)) {
-		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		rest, ok := strings.CutPrefix(line, key+":")
 		if !ok {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("proc status: VmRSS %q: want \"<n> kB\"", strings.TrimSpace(rest))
+			return 0, fmt.Errorf("proc status: %s %q: want \"<n> kB\"", key, strings.TrimSpace(rest))
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("proc status: VmRSS: %w", err)
+			return 0, fmt.Errorf("proc status: %s: %w", key, err)
 		}
 		return kb * 1024, nil
 	}
-	return 0, fmt.Errorf("proc status: no VmRSS line (kernel thread or exited process?)")
+	return 0, fmt.Errorf("proc status: no %s line (kernel thread or exited process?)", key)
+}
+
+// memSample is a process's resident memory in bytes: VmRSS, and its
+// anonymous part RssAnon (heap, stacks, buffers). VmRSS also counts the
+// file pages of the executable and libraries mapped in, which for a large
+// statically linked Go binary are tens of MiB of shared page cache and no
+// cost per process or per connection.
+type memSample struct {
+	RSS, Anon int64
+}
+
+// add returns the sum of m and o.
+func (m memSample) add(o memSample) memSample { return memSample{m.RSS + o.RSS, m.Anon + o.Anon} }
+
+// max returns the larger of each field.
+func (m memSample) max(o memSample) memSample {
+	return memSample{max(m.RSS, o.RSS), max(m.Anon, o.Anon)}
+}
+
+// readMem reads VmRSS and RssAnon of process pid.
+func readMem(pid int) (memSample, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return memSample{}, err
+	}
+	var m memSample
+	if m.RSS, err = parseStatusKB(data, "VmRSS"); err != nil {
+		return m, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if m.Anon, err = parseStatusKB(data, "RssAnon"); err != nil {
+		return m, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return m, nil
 }
 
 // readProcCPU reads the CPU ticks of process pid.
@@ -79,19 +112,6 @@ func readProcCPU(pid int) (procCPU, error) {
 		return procCPU{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	return c, nil
-}
-
-// readRSS reads the resident set size of process pid in bytes.
-func readRSS(pid int) (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	rss, err := parseVmRSS(data)
-	if err != nil {
-		return 0, fmt.Errorf("pid %d: %w", pid, err)
-	}
-	return rss, nil
 }
 
 // Clock tick calibration.

@@ -46,30 +46,33 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-func TestParseVmRSS(t *testing.T) {
+func TestParseStatusKB(t *testing.T) {
+	const status = "Name:\tmeshd\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nRssAnon:\t 1 kB\nRssFile:\t12344 kB\n"
 	tests := []struct {
 		name    string
-		in      string
+		in, key string
 		want    int64
 		wantErr string
 	}{
-		{name: "status file", in: "Name:\tmeshd\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nRssAnon:\t 1 kB\n", want: 12345 * 1024},
-		{name: "last line without newline", in: "Name:\tx\nVmRSS:\t8 kB", want: 8 * 1024},
-		{name: "missing", in: "Name:\tkthreadd\nState:\tS\n", wantErr: "no VmRSS"},
-		{name: "wrong unit", in: "VmRSS:\t12 MB\n", wantErr: "want \"<n> kB\""},
-		{name: "not a number", in: "VmRSS:\tx kB\n", wantErr: "VmRSS"},
+		{name: "VmRSS", in: status, key: "VmRSS", want: 12345 * 1024},
+		{name: "RssAnon", in: status, key: "RssAnon", want: 1024},
+		{name: "last line without newline", in: "Name:\tx\nVmRSS:\t8 kB", key: "VmRSS", want: 8 * 1024},
+		{name: "missing", in: "Name:\tkthreadd\nState:\tS\n", key: "VmRSS", wantErr: "no VmRSS"},
+		{name: "prefix of another key", in: "RssAnonX:\t1 kB\n", key: "RssAnon", wantErr: "no RssAnon"},
+		{name: "wrong unit", in: "VmRSS:\t12 MB\n", key: "VmRSS", wantErr: "want \"<n> kB\""},
+		{name: "not a number", in: "VmRSS:\tx kB\n", key: "VmRSS", wantErr: "VmRSS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseVmRSS([]byte(tt.in))
+			got, err := parseStatusKB([]byte(tt.in), tt.key)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("parseVmRSS error = %v, want it to contain %q", err, tt.wantErr)
+					t.Fatalf("parseStatusKB error = %v, want it to contain %q", err, tt.wantErr)
 				}
 				return
 			}
 			if err != nil || got != tt.want {
-				t.Fatalf("parseVmRSS = %d, %v; want %d", got, err, tt.want)
+				t.Fatalf("parseStatusKB = %d, %v; want %d", got, err, tt.want)
 			}
 		})
 	}
@@ -77,9 +80,9 @@ func TestParseVmRSS(t *testing.T) {
 
 // TestOwnProcess reads this test process's /proc files, the real format.
 func TestOwnProcess(t *testing.T) {
-	rss, err := readRSS(os.Getpid())
-	if err != nil || rss <= 0 {
-		t.Fatalf("readRSS(self) = %d, %v; want a positive size", rss, err)
+	m, err := readMem(os.Getpid())
+	if err != nil || m.Anon <= 0 || m.RSS < m.Anon {
+		t.Fatalf("readMem(self) = %+v, %v; want 0 < RssAnon <= VmRSS", m, err)
 	}
 	if _, err := readProcCPU(os.Getpid()); err != nil {
 		t.Fatalf("readProcCPU(self): %v", err)

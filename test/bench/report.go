@@ -23,6 +23,8 @@ type summaryRow struct {
 	ProxyCPUPer100k   *float64 `json:"proxy_cpu_s_per_100k,omitempty"`
 	ProxyRSSIdleMB    *float64 `json:"proxy_rss_idle_mb,omitempty"`
 	ProxyRSSLoadedMB  *float64 `json:"proxy_rss_loaded_mb,omitempty"`
+	ProxyAnonIdleMB   *float64 `json:"proxy_anon_idle_mb,omitempty"`
+	ProxyAnonLoadedMB *float64 `json:"proxy_anon_loaded_mb,omitempty"`
 	IdleConnKiB       *float64 `json:"idle_conn_kib,omitempty"`
 	BackendCPUPer100k float64  `json:"backend_cpu_s_per_100k"`
 	Errors            int64    `json:"errors"`
@@ -41,7 +43,9 @@ type ratioRow struct {
 	P99      float64 `json:"p99"`
 	P999     float64 `json:"p999"`
 	CPU      float64 `json:"proxy_cpu"`
-	RSS      float64 `json:"proxy_rss_loaded"`
+	// Anon compares the anonymous resident memory under load (RssAnon):
+	// VmRSS would compare the sizes of the executables' mapped pages.
+	Anon float64 `json:"proxy_anon_loaded"`
 	// BestCPUPeer names the peer with the lowest CPU per 100k.
 	BestCPUPeer string `json:"best_cpu_peer"`
 }
@@ -56,7 +60,7 @@ func summarize(scenarios []scenario, targets []targetInfo, runs []runRecord) ([]
 	for _, s := range scenarios {
 		var sRows []summaryRow
 		for _, t := range targets {
-			var rps, p50, p99, p999, cpu, rss, kib, be []float64
+			var rps, p50, p99, p999, cpu, rss, anon, kib, be []float64
 			row := summaryRow{Scenario: s.Name, Target: t.Name}
 			for _, r := range runs {
 				if r.Scenario != s.Name || r.Target != t.Name {
@@ -75,7 +79,7 @@ func summarize(scenarios []scenario, targets []targetInfo, runs []runRecord) ([]
 				for _, f := range []struct {
 					dst *[]float64
 					v   *float64
-				}{{&cpu, r.ProxyCPUPer100k}, {&rss, r.ProxyRSSLoadedMB}, {&kib, r.IdleConnKiB}} {
+				}{{&cpu, r.ProxyCPUPer100k}, {&rss, r.ProxyRSSLoadedMB}, {&anon, r.ProxyAnonLoadedMB}, {&kib, r.IdleConnKiB}} {
 					if f.v != nil {
 						*f.dst = append(*f.dst, *f.v)
 					}
@@ -91,10 +95,11 @@ func summarize(scenarios []scenario, targets []targetInfo, runs []runRecord) ([]
 			row.BackendCPUPer100k, _ = median(be)
 			row.ProxyCPUPer100k = optMedian(cpu)
 			row.ProxyRSSLoadedMB = optMedian(rss)
+			row.ProxyAnonLoadedMB = optMedian(anon)
 			row.IdleConnKiB = optMedian(kib)
 			if t.Processes > 0 {
-				idle := t.RSSIdleMB
-				row.ProxyRSSIdleMB = &idle
+				idle, anonIdle := t.RSSIdleMB, t.AnonIdleMB
+				row.ProxyRSSIdleMB, row.ProxyAnonIdleMB = &idle, &anonIdle
 			}
 			sRows = append(sRows, row)
 		}
@@ -129,8 +134,8 @@ func peerRatios(scenario string, targets []targetInfo, rows []summaryRow) []rati
 		if r.ProxyCPUPer100k != nil && (bestCPU == nil || *r.ProxyCPUPer100k < *bestCPU) {
 			bestCPU, bestCPUPeer = r.ProxyCPUPer100k, r.Target
 		}
-		if r.ProxyRSSLoadedMB != nil && (best.ProxyRSSLoadedMB == nil || *r.ProxyRSSLoadedMB < *best.ProxyRSSLoadedMB) {
-			best.ProxyRSSLoadedMB = r.ProxyRSSLoadedMB
+		if r.ProxyAnonLoadedMB != nil && (best.ProxyAnonLoadedMB == nil || *r.ProxyAnonLoadedMB < *best.ProxyAnonLoadedMB) {
+			best.ProxyAnonLoadedMB = r.ProxyAnonLoadedMB
 		}
 	}
 	if !found {
@@ -151,7 +156,7 @@ func peerRatios(scenario string, targets []targetInfo, rows []summaryRow) []rati
 			Scenario: scenario, Target: r.Target,
 			RPS: ratio(r.RPS, best.RPS), P50: ratio(r.P50Ms, best.P50Ms), P99: ratio(r.P99Ms, best.P99Ms),
 			P999: ratio(r.P999Ms, best.P999Ms), CPU: optRatio(r.ProxyCPUPer100k, bestCPU),
-			RSS: optRatio(r.ProxyRSSLoadedMB, best.ProxyRSSLoadedMB), BestCPUPeer: bestCPUPeer,
+			Anon: optRatio(r.ProxyAnonLoadedMB, best.ProxyAnonLoadedMB), BestCPUPeer: bestCPUPeer,
 		})
 	}
 	return out
@@ -204,11 +209,11 @@ func printReport(w io.Writer, r *report) {
 	fmt.Fprintln(w)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tp50 ms\tp99 ms\tp99.9 ms\tproxy CPU-s/100k\tRSS idle MiB\tRSS loaded MiB\tKiB/idle conn\tbackend CPU-s/100k\terrors\t")
+	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tp50 ms\tp99 ms\tp99.9 ms\tproxy CPU-s/100k\tRSS idle MiB (anon)\tRSS loaded MiB (anon)\tKiB/idle conn\tbackend CPU-s/100k\terrors\t")
 	for _, row := range r.Summary {
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%.2f\t%d\t\n",
 			row.Scenario, row.Target, row.RPS, row.P50Ms, row.P99Ms, row.P999Ms,
-			fmtOpt(row.ProxyCPUPer100k, 2), fmtOpt(row.ProxyRSSIdleMB, 1), fmtOpt(row.ProxyRSSLoadedMB, 1),
+			fmtOpt(row.ProxyCPUPer100k, 2), fmtMem(row.ProxyRSSIdleMB, row.ProxyAnonIdleMB), fmtMem(row.ProxyRSSLoadedMB, row.ProxyAnonLoadedMB),
 			fmtOpt(row.IdleConnKiB, 1), row.BackendCPUPer100k, row.Errors)
 	}
 	tw.Flush()
@@ -219,12 +224,20 @@ func printReport(w io.Writer, r *report) {
 	}
 	fmt.Fprintln(w, "\nratio to the best peer per figure (< 1 beats every peer; > 1 for req/s):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tp50\tp99\tp99.9\tproxy CPU\tRSS loaded\tlowest-CPU peer\t")
+	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tp50\tp99\tp99.9\tproxy CPU\tanon RSS loaded\tlowest-CPU peer\t")
 	for _, q := range r.Ratios {
 		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t\n", q.Scenario, q.Target, q.RPS, q.P50, q.P99, q.P999,
-			fmtRatio(q.CPU), fmtRatio(q.RSS), q.BestCPUPeer)
+			fmtRatio(q.CPU), fmtRatio(q.Anon), q.BestCPUPeer)
 	}
 	tw.Flush()
+}
+
+// fmtMem formats VmRSS and RssAnon as "RSS (anon)", "-" when absent.
+func fmtMem(rss, anon *float64) string {
+	if rss == nil || anon == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f (%.1f)", *rss, *anon)
 }
 
 // fmtRatio formats a ratio, "-" for 0 (not measured).

@@ -112,8 +112,8 @@ type target struct {
 	HTTPAddr string
 	// PIDs are the proxy processes; their CPU and RSS are summed.
 	PIDs []int
-	// IdleRSS is the sum of the proxies' VmRSS after start-up, in bytes.
-	IdleRSS int64
+	// IdleMem is the sum of the proxies' memory after start-up.
+	IdleMem memSample
 	// sidecars are the target's meshd processes (client side first).
 	sidecars []*sidecarProc
 	// stops stop the processes, last started first.
