@@ -56,8 +56,14 @@ type Options struct {
 	// xDS connection (the CA is served on the xDS port). Required.
 	Conn grpc.ClientConnInterface
 	// Token is the bootstrap token sent as "authorization: Bearer
-	// <token>" (the bootstrap's node.metadata["meshd.token"]). Required.
+	// <token>" (the bootstrap's node.metadata["meshd.token"]). Token or
+	// TokenSource is required, not both.
 	Token string
+	// TokenSource, instead of Token, is called for every SVID request
+	// (retries included), so a token that rotates underneath, such as a
+	// projected service-account token (TokenFile.Token), is always sent
+	// as it is now. An error fails that attempt, which is retried.
+	TokenSource func() (string, error)
 	// Sink receives each SVID. Required.
 	Sink Sink
 	// TTL is the lifetime to ask for; zero takes the CA's default.
@@ -92,8 +98,10 @@ func New(opts Options) (*Client, error) {
 	switch {
 	case opts.Conn == nil:
 		return nil, errors.New("ca client: Conn is required")
-	case opts.Token == "":
-		return nil, errors.New("ca client: Token is required")
+	case opts.Token == "" && opts.TokenSource == nil:
+		return nil, errors.New("ca client: Token or TokenSource is required")
+	case opts.Token != "" && opts.TokenSource != nil:
+		return nil, errors.New("ca client: Token and TokenSource are exclusive")
 	case opts.Sink == nil:
 		return nil, errors.New("ca client: Sink is required")
 	case opts.TTL < 0:
@@ -189,9 +197,18 @@ func (c *Client) fetch(ctx context.Context) (*x509svid.SVID, *x509bundle.Bundle,
 	if c.opts.TTL > 0 {
 		req.Ttl = durationpb.New(c.opts.TTL)
 	}
+	token := c.opts.Token
+	if c.opts.TokenSource != nil {
+		if token, err = c.opts.TokenSource(); err == nil && token == "" {
+			err = errNoToken
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading the token: %w", err)
+		}
+	}
 	callCtx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
 	defer cancel()
-	callCtx = metadata.AppendToOutgoingContext(callCtx, ca.AuthorizationMetadata, "Bearer "+c.opts.Token)
+	callCtx = metadata.AppendToOutgoingContext(callCtx, ca.AuthorizationMetadata, "Bearer "+token)
 	resp, err := c.cli.Sign(callCtx, req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("Sign: %w", err)

@@ -207,6 +207,7 @@ func TestNewValidates(t *testing.T) {
 	}{
 		{"no conn", Options{Token: "t", Sink: sink}},
 		{"no token", Options{Conn: cc, Sink: sink}},
+		{"token and token source", Options{Conn: cc, Sink: sink, Token: "t", TokenSource: func() (string, error) { return "t", nil }}},
 		{"no sink", Options{Conn: cc, Token: "t"}},
 		{"negative TTL", Options{Conn: cc, Token: "t", Sink: sink, TTL: -time.Second}},
 	} {

@@ -17,6 +17,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
+	caclient "meshd.dev/meshd/ca/client"
 	"meshd.dev/meshd/kube/probe"
 	"meshd.dev/meshd/otel/metrics"
 	"meshd.dev/meshd/proxy/config"
@@ -37,7 +38,7 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	fs.StringVar(level, "l", "info", "same as --log-level")
 	configYAML := fs.String("config-yaml", "", "the bootstrap as a YAML string, instead of -c (as Envoy's --config-yaml; merging with -c is not supported)")
 	serviceNode := fs.String("service-node", "", "node.id, replacing the bootstrap's (as Envoy's --service-node)")
-	tokenFile := fs.String("token-file", "", "read the built-in CA token from this file (a projected service-account token on Kubernetes) into node.metadata[\"meshd.token\"]")
+	tokenFile := fs.String("token-file", "", "the built-in CA token's file (a projected service-account token on Kubernetes, which kubelet rotates): read for every SVID request and re-read every 5 min or halfway to the token's exp claim; also copied into node.metadata[\"meshd.token\"] at start")
 	statusAddr := fs.String("status-address", "", "serve the status port here (host:port; empty: none): GET /app-health/<container>/<livez|readyz|startupz> runs the application's original kubelet probe from $"+probe.EnvAppProbes+" (set by meshd inject) against 127.0.0.1, and /healthz/ready answers 200 once the sidecar is ready")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -86,7 +87,22 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		durations = metrics.NewHTTPDurations()
 	}
 	store := stats.NewStore()
-	ids, err := identity.New(identity.Options{Bootstrap: b, Stats: store, Logger: logger})
+	idOpts := identity.Options{Bootstrap: b, Stats: store, Logger: logger}
+	if *tokenFile != "" {
+		// kubelet rotates the projected token: it is read for every SVID
+		// request and re-read in the background, not only at start.
+		tf, err := caclient.NewTokenFile(*tokenFile, caclient.DefaultTokenRefresh, logger)
+		if err != nil {
+			fmt.Fprintf(stderr, "meshd sidecar: --token-file: %v\n", err)
+			return 1
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = tf.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		idOpts.CAToken = tf.Token
+	}
+	ids, err := identity.New(idOpts)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
 		return 1

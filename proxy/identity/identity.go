@@ -73,6 +73,11 @@ type Options struct {
 	// CATTL is the SVID lifetime asked of the built-in CA; zero takes the
 	// CA's default.
 	CATTL time.Duration
+	// CAToken, when set, supplies the built-in CA token for every SVID
+	// request instead of node.metadata["meshd.token"] (which is read once
+	// at start): `meshd sidecar --token-file` passes a rotating projected
+	// service-account token (caclient.TokenFile.Token) here.
+	CAToken func() (string, error)
 }
 
 // Manager owns the identity providers of one sidecar. It implements

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 
 	"meshd.dev/meshd/ca"
+	caclient "meshd.dev/meshd/ca/client"
 	"meshd.dev/meshd/examples"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/mtls"
@@ -185,6 +187,34 @@ func TestBuiltinCA(t *testing.T) {
 	certs := m.Certs()
 	if len(certs) != 1 || certs[0].Kind != "builtin_ca" || len(certs[0].Chain) == 0 || len(certs[0].Roots) != 1 || !certs[0].Roots[0].Equal(root.Root) {
 		t.Errorf("Certs() = %+v", certs)
+	}
+
+	// With Options.CAToken (meshd sidecar --token-file) the node needs no
+	// token: the client asks the function for every request.
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenPath, []byte(ca.BootstrapToken(secret, "greeter-client.demo")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tf, err := caclient.NewTokenFile(tokenPath, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := New(Options{
+		Bootstrap: &bootstrapv3.Bootstrap{Node: &corev3.Node{Id: "greeter-client.demo"}, StaticResources: &bootstrapv3.Bootstrap_StaticResources{
+			Clusters: []*clusterv3.Cluster{staticCluster(BuiltinCACluster, tcpAddr(t, lis.Addr().String()))}}},
+		CAToken: tf.Token,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	src2, err := m2.Source(secretConfig("default", BuiltinCACluster), secretConfig("ROOTCA", BuiltinCACluster))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSVID(t, m2)
+	if svid, err := src2.GetX509SVID(); err != nil || svid.ID.String() != "spiffe://example.org/ns/demo/sa/greeter-client" {
+		t.Fatalf("SVID from the token file: %v, %v", svid, err)
 	}
 }
 

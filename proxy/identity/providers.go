@@ -15,24 +15,29 @@ import (
 )
 
 // startBuiltinCA runs ca/client against the control plane's CA at
-// cluster c, with the node's bootstrap token, feeding p's source.
+// cluster c, with Options.CAToken or else the node's bootstrap token,
+// feeding p's source.
 func (m *Manager) startBuiltinCA(p *provider, c *clusterv3.Cluster) error {
 	p.kind = "builtin_ca"
-	token, ok := ca.NodeToken(m.node())
-	if !ok {
-		return fmt.Errorf("node.metadata[%q]: a bootstrap token is required by the built-in CA (meshd bootstrap --ca-dir writes it)", ca.TokenMetadataKey)
+	var token string
+	if m.opts.CAToken == nil {
+		var ok bool
+		if token, ok = ca.NodeToken(m.node()); !ok {
+			return fmt.Errorf("node.metadata[%q]: a bootstrap token is required by the built-in CA (meshd bootstrap --ca-dir writes it)", ca.TokenMetadataKey)
+		}
 	}
 	cc, err := dial(c)
 	if err != nil {
 		return err
 	}
 	cli, err := caclient.New(caclient.Options{
-		Conn:   cc,
-		Token:  token,
-		Sink:   p.src,
-		TTL:    m.opts.CATTL,
-		Stats:  m.opts.Stats,
-		Logger: m.log,
+		Conn:        cc,
+		Token:       token,
+		TokenSource: m.opts.CAToken,
+		Sink:        p.src,
+		TTL:         m.opts.CATTL,
+		Stats:       m.opts.Stats,
+		Logger:      m.log,
 	})
 	if err != nil {
 		_ = cc.Close()
