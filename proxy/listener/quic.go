@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -55,7 +56,9 @@ type QUICConfig struct {
 	// downstream_cx_total, downstream_cx_active, downstream_cx_destroy,
 	// ssl.handshake (QUIC handshakes completed), ssl.connection_error
 	// (connections that ended before their handshake completed) and the
-	// meshd counter quic.retry_required. Nil keeps them private.
+	// meshd stats quic.retry_required, quic.conn_state_created,
+	// quic.conn_state_active and quic.amplification_dropped. Nil keeps
+	// them private.
 	Stats *stats.Scope
 }
 
@@ -76,6 +79,12 @@ type QUICListener struct {
 	retryRequired *stats.Counter
 	sslHandshake  *stats.Counter
 	sslConnError  *stats.Counter
+	// stateCreated and stateActive count quic-go connection state from
+	// the Initial that creates it, handshake complete or not, until it is
+	// released (closed, or the handshake failed or timed out): what a
+	// flood of Initials from unvalidated addresses costs the listener.
+	stateCreated *stats.Counter
+	stateActive  *stats.Gauge
 }
 
 // handshakeKey marks a connection's context with its *atomic.Bool, set
@@ -115,6 +124,8 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 		retryRequired: scope.Scope("quic").Counter("retry_required"),
 		sslHandshake:  scope.Scope("ssl").Counter("handshake"),
 		sslConnError:  scope.Scope("ssl").Counter("connection_error"),
+		stateCreated:  scope.Scope("quic").Counter("conn_state_created"),
+		stateActive:   scope.Scope("quic").Gauge("conn_state_active"),
 	}
 	key := cfg.StatelessResetKey
 	if key == nil {
@@ -122,8 +133,10 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 		_, _ = rand.Read(key[:])
 	}
 	needRetry := h3.NewRetryDecider(cfg.Retry, cfg.RetryThreshold)
+	qc := cfg.QUIC.Config()
+	amp := newAmplificationConn(udp, qc.HandshakeIdleTimeout+time.Second, scope.Scope("quic").Counter("amplification_dropped"))
 	l.tr = &quic.Transport{
-		Conn:              udp,
+		Conn:              amp,
 		StatelessResetKey: key,
 		VerifySourceAddress: func(net.Addr) bool {
 			if needRetry() {
@@ -137,7 +150,7 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 	tc := cfg.TLS.Clone()
 	tc.NextProtos = []string{h3.NextProto}
 	tc.MinVersion = tls.VersionTLS13
-	ln, err := l.tr.Listen(tc, cfg.QUIC.Config())
+	ln, err := l.tr.Listen(tc, qc)
 	if err != nil {
 		_ = l.tr.Close()
 		return nil, fmt.Errorf("listener %q: quic: %w", cfg.Name, err)
@@ -151,14 +164,18 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 }
 
 // connContext runs when quic-go creates a server connection, before its
-// handshake. quic-go ends the context when the connection closes or its
-// handshake fails; one that ends before connInfo marked the handshake
-// complete counts as ssl.connection_error (TLS alert, client certificate
-// refused, handshake timeout).
+// handshake, and counts the connection state (quic.conn_state_*). quic-go
+// ends the context when the connection closes or its handshake fails or
+// times out, which releases the state; one that ends before connInfo
+// marked the handshake complete counts as ssl.connection_error (TLS
+// alert, client certificate refused, handshake timeout).
 func (l *QUICListener) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	l.stateCreated.Inc()
+	l.stateActive.Inc()
 	done := new(atomic.Bool)
 	ctx = context.WithValue(ctx, handshakeKey{}, done)
 	context.AfterFunc(ctx, func() {
+		l.stateActive.Dec()
 		if !done.Load() {
 			l.sslConnError.Inc()
 		}
