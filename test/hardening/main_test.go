@@ -1,7 +1,9 @@
 // Package hardening is meshd's attack-resistance suite: h2spec against a
 // sidecar's downstream listeners, HTTP/2 floods from raw-frame clients,
-// slowloris and slow readers, leak checks after churn, and the overload
-// manager, each against a real `meshd sidecar` process. Figures the tests
+// slowloris and slow readers, leak checks after churn, QUIC attacks
+// (spoofed Initial floods, stateless resets, stream and connection-ID
+// limits) and the overload manager, each against a real `meshd sidecar`
+// process. Figures the tests
 // log with the prefix FIGURES are recorded in docs/RELIABILITY.md.
 package hardening
 
