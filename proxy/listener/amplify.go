@@ -146,18 +146,24 @@ func (c *amplificationConn) received(a net.Addr, d []byte) {
 	if !ok {
 		return
 	}
-	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now.Sub(c.swept) >= time.Second {
-		c.sweep(now)
-	}
 	u := c.addrs[ap]
 	if u == nil {
-		if !isInitial || len(c.addrs) >= maxUnvalidatedAddrs {
+		if !isInitial {
 			return
 		}
-		u = &unvalidated{}
+		// Only new addresses grow the table: sweep it here, at most
+		// once a second (time.Now is a system call on some VMs, so
+		// packets of validated peers do not read the clock).
+		now := time.Now()
+		if now.Sub(c.swept) >= time.Second {
+			c.sweep(now)
+		}
+		if len(c.addrs) >= maxUnvalidatedAddrs {
+			return
+		}
+		u = &unvalidated{last: now}
 		c.addrs[ap] = u
 		c.tracked.Add(1)
 	}
@@ -167,7 +173,9 @@ func (c *amplificationConn) received(a net.Addr, d []byte) {
 		return
 	}
 	u.received += int64(len(d))
-	u.last = now
+	if isInitial {
+		u.last = time.Now()
+	}
 }
 
 // allow says whether datagram b may go to a, and counts it. Only
