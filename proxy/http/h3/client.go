@@ -1,6 +1,7 @@
 package h3
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,22 +9,25 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/http"
-	"net/http/httptrace"
-	"net/url"
-	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
-	h3qlog "github.com/quic-go/quic-go/http3/qlog"
 	"github.com/quic-go/quic-go/qlog"
 	"github.com/quic-go/quic-go/qlogwriter"
+	"github.com/quic-go/quic-go/quicvarint"
 
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 )
+
+// DefaultMaxResponseHeaderBytes bounds a response's header section when
+// ClientConfig.MaxHeaderBytes is zero (quic-go's client default).
+const DefaultMaxResponseHeaderBytes = 10 << 20
 
 // ClientConfig configures an upstream HTTP/3 connection. The callbacks
 // are how a pool learns what the connection can carry; they run on quic-go
@@ -33,8 +37,9 @@ type ClientConfig struct {
 	// http3_protocol_options.quic_protocol_options). Its
 	// MaxConcurrentStreams caps the streams meshd opens on the connection.
 	QUIC QUICOptions
-	// MaxHeaderBytes bounds a response's header section; zero: 10 MiB
-	// (quic-go's default).
+	// MaxHeaderBytes bounds a response's header section (and its
+	// trailers); zero: DefaultMaxResponseHeaderBytes. It is announced to
+	// the peer as SETTINGS_MAX_FIELD_SECTION_SIZE.
 	MaxHeaderBytes int
 	Stats          *Stats
 	Logger         *slog.Logger
@@ -53,21 +58,32 @@ type ClientConfig struct {
 	OnClose func(err error)
 }
 
-// ClientConn is one upstream HTTP/3 connection (quic-go's
-// http3.ClientConn) seen through the stream interface.
+// ClientConn is one upstream HTTP/3 connection: meshd's HTTP/3 client
+// framing (RFC 9114) over a quic-go connection.
+//
+// quic-go does QUIC (TLS, loss recovery, flow control) and QPACK's
+// static-table coding; the connection writes and reads HTTP/3 frames on
+// its request streams itself, so a request costs no goroutine, pipe or
+// net/http conversion, a stream is opened without blocking on the peer's
+// stream credit, and GOAWAY is read off the peer's control stream with
+// its stream ID, which tells exactly which requests the peer never saw.
 //
 // Stream capacity follows QUIC's stream credit: the peer's
 // initial_max_streams_bidi and every MAX_STREAMS frame raise the count of
 // streams meshd may open; Capacity is that count less the streams opened,
-// capped by the local limit. quic-go does not expose either number, so
-// the connection reads them from its qlog events, as it reads HTTP/3
-// GOAWAY frames.
+// capped by the local limit. quic-go does not expose the credit, so the
+// connection reads it from the qlog events of transport parameters and
+// received frames (a trace that records nothing else).
 type ClientConn struct {
 	qc  *quic.Conn
-	hc  *http3.ClientConn
 	cfg *ClientConfig
 	// localLimit caps concurrent streams (QUIC.MaxConcurrentStreams).
-	localLimit int64
+	localLimit     int64
+	maxHeaderBytes int
+
+	encMu sync.Mutex // guards enc and block: QPACK encoding of request headers
+	enc   *qpack.Encoder
+	block sliceWriter
 
 	maxStreams atomic.Int64 // the peer's cumulative bidirectional stream credit
 	opened     atomic.Int64 // request streams opened
@@ -76,6 +92,10 @@ type ClientConn struct {
 	goAwayOnce sync.Once
 	closeOnce  sync.Once
 	closing    atomic.Bool // Shutdown called
+	loops      sync.WaitGroup
+
+	mu      sync.Mutex
+	streams map[quic.StreamID]*clientStream // request streams not yet done
 }
 
 // Dial connects to addr (host:port, UDP) within ctx with TLS config tlsConf
@@ -87,10 +107,14 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg *ClientConf
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &ClientConn{cfg: cfg, localLimit: cfg.QUIC.MaxConcurrentStreams}
+	c := &ClientConn{cfg: cfg, localLimit: cfg.QUIC.MaxConcurrentStreams, maxHeaderBytes: cfg.MaxHeaderBytes, streams: map[quic.StreamID]*clientStream{}}
 	if c.localLimit <= 0 {
 		c.localLimit = math.MaxInt32
 	}
+	if c.maxHeaderBytes <= 0 {
+		c.maxHeaderBytes = DefaultMaxResponseHeaderBytes
+	}
+	c.enc = qpack.NewEncoder(&c.block)
 	c.goAwayID.Store(-1)
 	qconf := cfg.QUIC.Config()
 	qconf.MaxIncomingStreams = -1 // a server opens no request streams (RFC 9114 section 6.1)
@@ -106,16 +130,163 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg *ClientConf
 		return nil, fmt.Errorf("QUIC peer %s did not negotiate h3 (ALPN %q)", addr, p)
 	}
 	c.qc = qc
-	tr := &http3.Transport{MaxResponseHeaderBytes: cfg.MaxHeaderBytes, DisableCompression: true, Logger: cfg.Logger}
-	c.hc = tr.NewClientConn(qc)
+	if err := c.openControlStream(); err != nil {
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
+		return nil, fmt.Errorf("HTTP/3 control stream to %s: %w", addr, err)
+	}
 	if f := cfg.OnStreamLimit; f != nil {
 		f(uint32(min(c.maxStreams.Load(), c.localLimit, math.MaxUint32)))
 	}
+	c.loops.Go(c.acceptUniStreams)
 	go func() {
 		<-qc.Context().Done()
+		c.loops.Wait()
 		c.closed(context.Cause(qc.Context()))
 	}()
 	return c, nil
+}
+
+// openControlStream opens the client's control stream with its SETTINGS
+// (RFC 9114 section 6.2.1): the largest header section it accepts; no
+// dynamic QPACK table, so no QPACK streams.
+func (c *ClientConn) openControlStream() error {
+	s, err := c.qc.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	var settings []byte
+	settings = quicvarint.Append(settings, settingMaxFieldSectionSize)
+	settings = quicvarint.Append(settings, uint64(c.maxHeaderBytes))
+	b := quicvarint.Append(nil, streamControl)
+	b = appendFrameHeader(b, frameSettings, uint64(len(settings)))
+	_, err = s.Write(append(b, settings...))
+	return err
+}
+
+// acceptUniStreams serves the peer's unidirectional streams until the
+// connection ends: its control stream is read for GOAWAY, QPACK streams
+// are drained (no dynamic table was allowed), others are refused.
+func (c *ClientConn) acceptUniStreams() {
+	ctx := c.qc.Context()
+	for {
+		s, err := c.qc.AcceptUniStream(ctx)
+		if err != nil {
+			return
+		}
+		c.loops.Go(func() { c.serveUniStream(s) })
+	}
+}
+
+func (c *ClientConn) serveUniStream(s *quic.ReceiveStream) {
+	r := bufio.NewReaderSize(s, 512)
+	typ, err := quicvarint.Read(r)
+	if err != nil {
+		return
+	}
+	switch typ {
+	case streamControl:
+		err := c.readControlStream(r)
+		var he *h3Error
+		if !errors.As(err, &he) {
+			// The peer must not close its control stream (section 6.2.1).
+			he = &h3Error{http3.ErrCodeClosedCriticalStream, fmt.Sprintf("control stream ended: %v", err)}
+		}
+		if c.qc.Context().Err() == nil {
+			c.cfg.Logger.Debug("HTTP/3 connection error", "err", he)
+		}
+		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(he.code), he.reason)
+	case streamQPACKEncoder, streamQPACKDecoder:
+		_, _ = io.Copy(io.Discard, r)
+	case streamPush:
+		// No MAX_PUSH_ID was sent, so no push is allowed (section 4.6).
+		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeIDError), "push stream without MAX_PUSH_ID")
+	default:
+		s.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
+	}
+}
+
+// readControlStream reads the peer's control stream: SETTINGS first, then
+// GOAWAY frames whose IDs may only fall. It returns the error that ends
+// the connection.
+func (c *ClientConn) readControlStream(r *bufio.Reader) error {
+	first := true
+	for {
+		typ, length, err := readFrameHeader(r)
+		if err != nil {
+			return err
+		}
+		if first != (typ == frameSettings) {
+			if first {
+				return &h3Error{http3.ErrCodeMissingSettings, "control stream does not start with SETTINGS"}
+			}
+			return &h3Error{http3.ErrCodeFrameUnexpected, "second SETTINGS frame"}
+		}
+		first = false
+		switch typ {
+		case frameData, frameHeaders, framePushPromise, frameMaxPushID:
+			return &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on the control stream", typ)}
+		case frameGoAway:
+			if length > maxControlFrame {
+				return &h3Error{http3.ErrCodeFrameError, "oversized GOAWAY"}
+			}
+			p, err := readBlock(r, length, maxControlFrame)
+			if err != nil {
+				return err
+			}
+			id, n, err := quicvarint.Parse(p)
+			if err != nil || n != len(p) {
+				return &h3Error{http3.ErrCodeFrameError, "malformed GOAWAY"}
+			}
+			if err := c.goAway(int64(id)); err != nil {
+				return err
+			}
+		default: // SETTINGS (nothing the client needs), CANCEL_PUSH, unknown
+			if err := skip(r, length); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// goAway records a GOAWAY's stream ID: requests on streams at or above it
+// were not processed (RFC 9114 section 5.2), so they are cancelled at once
+// and fail as unprocessed, to be retried elsewhere. IDs must be
+// client-initiated bidirectional ones and may not grow.
+func (c *ClientConn) goAway(id int64) error {
+	if id%4 != 0 || id > 1<<62 {
+		return &h3Error{http3.ErrCodeIDError, fmt.Sprintf("GOAWAY stream ID %d is not a request stream", id)}
+	}
+	for {
+		cur := c.goAwayID.Load()
+		if cur >= 0 && id > cur {
+			return &h3Error{http3.ErrCodeIDError, fmt.Sprintf("GOAWAY stream ID grew from %d to %d", cur, id)}
+		}
+		if c.goAwayID.CompareAndSwap(cur, id) {
+			break
+		}
+	}
+	c.goAwayOnce.Do(func() {
+		c.cfg.Stats.GoAwayRx.Inc()
+		if c.cfg.OnGoAway != nil {
+			c.cfg.OnGoAway()
+		}
+	})
+	c.mu.Lock()
+	var unseen []*clientStream
+	for sid, s := range c.streams {
+		if int64(sid) >= id {
+			unseen = append(unseen, s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range unseen {
+		s.qs.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+		s.qs.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+	}
+	if c.active.Load() == 0 {
+		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	}
+	return nil
 }
 
 // closed runs once when the QUIC connection ended.
@@ -152,173 +323,193 @@ func (c *ClientConn) Capacity() int {
 func (c *ClientConn) Shutdown() {
 	c.closing.Store(true)
 	if c.active.Load() == 0 {
-		_ = c.hc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
 	}
 }
 
 // Close closes the connection at once, failing its streams.
 func (c *ClientConn) Close() error {
 	c.closing.Store(true)
-	return c.hc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	return c.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
 }
 
 // ConnectionStats returns quic-go's counters of the connection (RTT, loss).
 func (c *ClientConn) ConnectionStats() quic.ConnectionStats { return c.qc.ConnectionStats() }
 
+// refused is the error of a stream the connection cannot take: the peer
+// never saw it.
+func refused(reason string, err error) *stream.Error {
+	return &stream.Error{Code: stream.ErrCodeRefusedStream, Unprocessed: true, Reason: reason, Err: err}
+}
+
 // NewStream opens a request stream and sends req's headers; the request
 // is then written with Write and ended with CloseWrite. An error, or an
 // error from the stream's Response, whose stream.Unprocessed is true
 // guarantees the peer did not process the request: refused with
-// H3_REQUEST_REJECTED, at or above a GOAWAY's stream ID, or failed before
-// its headers were written.
+// H3_REQUEST_REJECTED, on a stream at or above a GOAWAY's ID, no stream
+// credit left, or failed before its headers were written.
 func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error) {
-	if c.Capacity() <= 0 && (c.goAwayID.Load() >= 0 || c.closing.Load()) {
-		return nil, &stream.Error{Code: stream.ErrCodeRefusedStream, Unprocessed: true, Reason: "HTTP/3 connection is going away"}
+	if c.goAwayID.Load() >= 0 || c.closing.Load() {
+		return nil, refused("HTTP/3 connection is going away", nil)
 	}
-	// The path goes out as given: quic-go writes URL.RequestURI(), which
-	// is Opaque and the query (an Opaque starting with "//" would gain
-	// the scheme, so such a path is parsed instead).
-	u := &url.URL{Scheme: "https", Host: req.Authority}
-	p, q, _ := strings.Cut(req.Path, "?")
-	if strings.HasPrefix(p, "//") {
-		pu, err := url.ParseRequestURI(req.Path)
-		if err != nil {
-			return nil, &stream.Error{Code: stream.ErrCodeProtocol, Unprocessed: true, Reason: fmt.Sprintf("invalid :path %q", req.Path), Err: err}
+	frame, err := c.requestHeaders(req)
+	if err != nil {
+		return nil, &stream.Error{Code: stream.ErrCodeProtocol, Unprocessed: true, Reason: "encoding request headers", Err: err}
+	}
+	qs, err := c.qc.OpenStream()
+	if err != nil {
+		if _, ok := errors.AsType[*quic.StreamLimitReachedError](err); ok {
+			return nil, refused("peer's stream limit (MAX_STREAMS) reached", err)
 		}
-		u.Path, u.RawPath, u.RawQuery = pu.Path, pu.RawPath, pu.RawQuery
-	} else {
-		u.Opaque, u.RawQuery = p, q
+		return nil, refused("opening a request stream", err)
 	}
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &clientStream{
-		c:         c,
-		cancel:    cancel,
-		wrote:     make(chan struct{}),
-		respReady: make(chan struct{}),
-	}
-	sctx = httptrace.WithClientTrace(sctx, &httptrace.ClientTrace{WroteHeaders: func() { close(s.wrote) }})
-	hreq := &http.Request{
-		Method:        req.Method,
-		URL:           u,
-		Host:          req.Authority,
-		Proto:         "HTTP/3.0",
-		ProtoMajor:    3,
-		Header:        make(http.Header, req.Header.Len()),
-		ContentLength: req.ContentLength,
-		Trailer:       http.Header{},
-	}
-	copyFields(hreq.Header, &req.Header)
-	delete(hreq.Header, "Trailer")
-	if endStream {
-		hreq.Body, hreq.ContentLength = http.NoBody, 0
-	} else {
-		pr, pw := io.Pipe()
-		hreq.Body, s.pw = pr, pw
-		if hreq.ContentLength == 0 {
-			hreq.ContentLength = -1
-		}
-	}
-	hreq = hreq.WithContext(sctx)
-	s.hreq = hreq
 	c.opened.Add(1)
 	c.active.Add(1)
-	go s.roundTrip()
+	s := &clientStream{c: c, qs: qs, r: bufio.NewReaderSize(qs, 1024), ended: endStream}
+	c.mu.Lock()
+	c.streams[qs.StreamID()] = s
+	c.mu.Unlock()
+	if id := c.goAwayID.Load(); id >= 0 && int64(qs.StreamID()) >= id {
+		s.abort(http3.ErrCodeRequestCanceled)
+		return nil, refused("HTTP/3 connection is going away", nil)
+	}
+	if _, err := qs.Write(frame); err != nil {
+		se := s.classify("sending request headers", err)
+		se.Unprocessed = se.Unprocessed || !se.Remote
+		s.abort(http3.ErrCodeRequestCanceled)
+		return nil, se
+	}
+	if endStream {
+		_ = qs.Close()
+	}
 	return s, nil
+}
+
+// requestHeaders encodes req's header section as a HEADERS frame, the way
+// the HTTP/2 codec does: pseudo-fields, then the fields that are not
+// connection-specific, and content-length when declared.
+func (c *ClientConn) requestHeaders(req *stream.Request) ([]byte, error) {
+	authority := req.Authority
+	if authority == "" {
+		authority = req.Header.Get("host")
+	}
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	return encodeHeaders(make([]byte, 0, 64+req.Header.Size()), c.enc, &c.block, func(add func(name, value string)) {
+		add(":method", req.Method)
+		if req.Method == "CONNECT" {
+			add(":authority", authority)
+		} else {
+			scheme, path := req.Scheme, req.Path
+			if scheme == "" {
+				scheme = "https"
+			}
+			if path == "" {
+				path = "/"
+			}
+			add(":scheme", scheme)
+			add(":authority", authority)
+			add(":path", path)
+		}
+		for _, f := range req.Header.Fields() {
+			if header.IsConnectionSpecific(f.Name) || f.Name == "host" || (f.Name == "te" && f.Value != "trailers") {
+				continue
+			}
+			add(f.Name, f.Value)
+		}
+		if req.ContentLength > 0 && !req.Header.Has("content-length") {
+			add("content-length", strconv.FormatInt(req.ContentLength, 10))
+		}
+	})
 }
 
 // streamDone accounts a stream that ended.
 func (c *ClientConn) streamDone() {
 	c.cfg.Stats.RTTMs.Record(float64(c.qc.ConnectionStats().SmoothedRTT.Microseconds()) / 1000)
-	if c.active.Add(-1) == 0 && c.closing.Load() {
-		_ = c.hc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	if c.active.Add(-1) == 0 && (c.closing.Load() || c.goAwayID.Load() >= 0) {
+		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
 	}
 	if c.cfg.OnStreamDone != nil {
 		c.cfg.OnStreamDone()
 	}
 }
 
-// clientStream is one request on a ClientConn. The request body flows
-// through a pipe to quic-go's RoundTrip, which sends it (and the request
-// trailers) while the response is read.
+// clientStream is one request on a ClientConn. The send side (Write,
+// CloseWrite) and the receive side (Response, Read) may be used from two
+// goroutines; each side's fields are owned by its user.
 type clientStream struct {
-	c      *ClientConn
-	hreq   *http.Request
-	pw     *io.PipeWriter // nil without a request body
-	cancel context.CancelFunc
-	wrote  chan struct{} // closed when the request headers were written
+	c  *ClientConn
+	qs *quic.Stream
 
-	respReady chan struct{} // closed once resp or respErr is set
-	resp      *http.Response
+	// Send side.
+	ended bool   // the request's FIN was sent
+	hdr   []byte // DATA frame header scratch
+
+	// Receive side.
+	r         *bufio.Reader
+	gotResp   bool
 	respErr   error
+	remaining uint64 // payload bytes left in the current DATA frame
+	trailers  header.Header
+	eof       bool
 
-	trailers header.Header // valid after Read returned io.EOF
 	doneOnce sync.Once
 	reset    atomic.Bool
 }
 
-func (s *clientStream) roundTrip() {
-	resp, err := s.c.hc.RoundTrip(s.hreq)
-	if err != nil {
-		err = s.classify("sending request", err)
-		if s.pw != nil {
-			_ = s.pw.CloseWithError(err)
-		}
-		s.respErr = err
-		close(s.respReady)
-		s.done()
-		return
-	}
-	s.resp = resp
-	close(s.respReady)
+// abort resets both directions of the stream with code and ends it.
+func (s *clientStream) abort(code http3.ErrCode) {
+	s.qs.CancelWrite(quic.StreamErrorCode(code))
+	s.qs.CancelRead(quic.StreamErrorCode(code))
+	s.done()
 }
 
-// classify turns a request error into a *stream.Error, marking it
-// Unprocessed when the peer cannot have processed the request.
+func (s *clientStream) done() {
+	s.doneOnce.Do(func() {
+		s.c.mu.Lock()
+		delete(s.c.streams, s.qs.StreamID())
+		s.c.mu.Unlock()
+		s.c.streamDone()
+	})
+}
+
+// classify turns a stream error into a *stream.Error, marking it
+// Unprocessed when the peer cannot have processed the request: refused
+// with H3_REQUEST_REJECTED, or on a stream at or above a GOAWAY's ID.
 func (s *clientStream) classify(op string, err error) *stream.Error {
 	if s.reset.Load() {
 		return &stream.Error{Code: stream.ErrCodeCancel, Reason: "stream reset locally", Err: err}
+	}
+	if he, ok := errors.AsType[*h3Error](err); ok {
+		return &stream.Error{Code: codeOf(he.code), Reason: op + ": " + he.reason, Err: err}
 	}
 	se := streamError(op, err)
 	if se.Code == stream.ErrCodeRefusedStream {
 		s.c.cfg.Stats.StreamRefused.Inc()
 	}
-	select {
-	case <-s.wrote:
-		if se.Remote && !se.Unprocessed {
-			s.c.cfg.Stats.RxReset.Inc()
-		}
-		if id := s.c.goAwayID.Load(); id >= 0 && s.resp == nil && se.Code != stream.ErrCodeRefusedStream {
-			// Streams at or above a GOAWAY's ID were not processed
-			// (RFC 9114 section 5.2); quic-go does not say which stream
-			// this was, so only a connection closed after GOAWAY before
-			// any response is taken as that case.
-			if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && http3.ErrCode(ae.ErrorCode) == http3.ErrCodeNoError {
-				se.Unprocessed = true
-			}
-		}
-	default:
-		// The request headers never left: nothing was processed.
+	if id := s.c.goAwayID.Load(); id >= 0 && int64(s.qs.StreamID()) >= id && !s.gotResp {
 		se.Unprocessed = true
-		if se.Reason == op {
-			se.Reason = op + ": headers not sent"
-		}
+	}
+	if se.Remote && !se.Unprocessed {
+		s.c.cfg.Stats.RxReset.Inc()
 	}
 	return se
 }
 
-func (s *clientStream) done() {
-	s.doneOnce.Do(func() {
-		s.cancel()
-		s.c.streamDone()
-	})
-}
-
-// Write sends request body data; it blocks until quic-go took it.
+// Write sends request body data in one DATA frame; it blocks while QUIC
+// flow control allows no more.
 func (s *clientStream) Write(p []byte) (int, error) {
-	if s.pw == nil {
-		return 0, errors.New("h3: Write on a request that ended with its headers")
+	if s.ended {
+		return 0, errors.New("h3: Write after the request ended")
 	}
-	n, err := s.pw.Write(p)
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.hdr = appendFrameHeader(s.hdr[:0], frameData, uint64(len(p)))
+	if _, err := s.qs.Write(s.hdr); err != nil {
+		return 0, s.sendError(err)
+	}
+	n, err := s.qs.Write(p)
 	if err != nil {
 		return n, s.sendError(err)
 	}
@@ -326,125 +517,243 @@ func (s *clientStream) Write(p []byte) (int, error) {
 }
 
 func (s *clientStream) sendError(err error) error {
-	if se, ok := errors.AsType[*stream.Error](err); ok {
-		return se
-	}
 	if s.reset.Load() {
 		return &stream.Error{Code: stream.ErrCodeCancel, Reason: "stream reset locally", Err: err}
 	}
-	return &stream.Error{Code: stream.ErrCodeCancel, Reason: "request body not accepted", Err: err}
+	return s.classify("sending request body", err)
 }
 
 // CloseWrite ends the request, with trailers when t is non-empty.
 func (s *clientStream) CloseWrite(t header.Header) error {
-	if s.pw == nil {
+	if s.ended {
 		if t.Len() > 0 {
-			return errors.New("h3: trailers on a request that ended with its headers")
+			return errors.New("h3: trailers on a request that already ended")
 		}
 		return nil
 	}
+	s.ended = true
 	if t.Len() > 0 {
-		// quic-go reads Trailer when it writes the headers and again
-		// after the body; set them only in between.
-		select {
-		case <-s.wrote:
-		case <-s.respReady:
-			if s.respErr != nil {
-				return s.respErr
+		s.c.encMu.Lock()
+		frame, err := encodeHeaders(nil, s.c.enc, &s.c.block, func(add func(name, value string)) {
+			for _, f := range t.Fields() {
+				if !header.IsConnectionSpecific(f.Name) {
+					add(f.Name, f.Value)
+				}
 			}
-			<-s.wrote
+		})
+		s.c.encMu.Unlock()
+		if err != nil {
+			return err
 		}
-		for _, f := range t.Fields() {
-			k := http.CanonicalHeaderKey(f.Name)
-			s.hreq.Trailer[k] = append(s.hreq.Trailer[k], f.Value)
+		if _, err := s.qs.Write(frame); err != nil {
+			return s.sendError(err)
 		}
 	}
-	if err := s.pw.Close(); err != nil {
+	if err := s.qs.Close(); err != nil {
 		return s.sendError(err)
 	}
 	return nil
 }
 
-// Response waits for the final response headers. A gRPC response whose
-// headers carry grpc-status is Trailers-Only and is reported with
-// EndStream, as HTTP/2's END_STREAM on HEADERS would say.
+// Response waits for the final response headers; interim 1xx responses
+// are skipped. A gRPC response whose headers carry grpc-status is
+// Trailers-Only and is reported with EndStream, as HTTP/2's END_STREAM on
+// HEADERS would say.
 func (s *clientStream) Response(ctx context.Context) (*stream.Response, error) {
-	select {
-	case <-s.respReady:
-	case <-ctx.Done():
-		return nil, &stream.Error{Code: stream.ErrCodeCancel, Reason: "waiting for response headers", Err: ctx.Err()}
+	if s.gotResp || s.respErr != nil {
+		return nil, errors.New("h3: Response called twice")
 	}
-	if s.respErr != nil {
-		return nil, s.respErr
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { _ = s.qs.SetReadDeadline(time.Unix(1, 0)) })
+		defer stop()
 	}
-	r := s.resp
-	out := &stream.Response{Status: r.StatusCode, Header: fromHTTPHeader(r.Header), ContentLength: r.ContentLength}
-	if _, ok := r.Header["Grpc-Status"]; ok {
-		out.EndStream = true
-		s.finishBody()
+	resp, err := s.readResponse()
+	if err != nil {
+		if ctx.Err() != nil && !s.reset.Load() {
+			err = &stream.Error{Code: stream.ErrCodeCancel, Reason: "waiting for response headers", Err: ctx.Err()}
+		}
+		s.respErr = err
+		s.fail(err)
+		return nil, err
 	}
-	return out, nil
+	s.gotResp = true
+	if resp.Header.Has("grpc-status") {
+		resp.EndStream = true
+		if err := s.finishTrailersOnly(); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
 }
 
-// finishBody reads a Trailers-Only response's (empty) body to its end.
-func (s *clientStream) finishBody() {
-	_, _ = io.Copy(io.Discard, s.resp.Body)
-	s.trailers = fromHTTPHeader(s.resp.Trailer)
-	_ = s.resp.Body.Close()
-	s.done()
+// readResponse reads frames up to the final response's HEADERS.
+func (s *clientStream) readResponse() (*stream.Response, error) {
+	for {
+		typ, length, err := readFrameHeader(s.r)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, s.classify("reading response headers", err)
+		}
+		switch typ {
+		case frameHeaders:
+			block, err := readBlock(s.r, length, s.c.maxHeaderBytes)
+			if err != nil {
+				return nil, s.classify("reading response headers", err)
+			}
+			f, err := decodeFields(block, false)
+			if err != nil {
+				return nil, s.classify("decoding response headers", err)
+			}
+			if f.status >= 100 && f.status < 200 && f.status != 101 {
+				continue // interim response (RFC 9114 section 4.1)
+			}
+			return &stream.Response{Status: f.status, Header: f.header, ContentLength: f.contentLength}, nil
+		case frameData, frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
+			return nil, s.classify("reading response headers", &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x before the response headers", typ)})
+		default:
+			if err := skip(s.r, length); err != nil {
+				return nil, s.classify("reading response headers", err)
+			}
+		}
+	}
 }
 
-// Read reads response body data; io.EOF at the end, after which Trailers
-// is valid.
+// finishTrailersOnly reads a Trailers-Only response's end: no frame but
+// unknown ones may follow its HEADERS.
+func (s *clientStream) finishTrailersOnly() error {
+	var buf [1]byte
+	for {
+		n, err := s.Read(buf[:])
+		switch {
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return err
+		case n > 0:
+			return s.readFailed(&h3Error{http3.ErrCodeMessageError, "DATA after a Trailers-Only response"})
+		}
+	}
+}
+
+// fail ends a stream whose receive side failed: a stream error from the
+// peer already ended it; an error found locally resets it (a connection
+// error closes the connection).
+func (s *clientStream) fail(err error) {
+	if he, ok := errors.AsType[*h3Error](err); ok {
+		switch he.code {
+		case http3.ErrCodeFrameUnexpected, http3.ErrCodeFrameError, http3.ErrCodeQPACKDecompressionFailed:
+			_ = s.c.qc.CloseWithError(quic.ApplicationErrorCode(he.code), he.reason)
+		}
+		s.abort(he.code)
+		return
+	}
+	if se, ok := errors.AsType[*stream.Error](err); ok && !se.Remote {
+		s.abort(h3Code(se.Code))
+		return
+	}
+	s.abort(http3.ErrCodeRequestCanceled)
+}
+
+// Read reads response body data (DATA frame payloads); io.EOF at the end,
+// after which Trailers is valid.
 func (s *clientStream) Read(p []byte) (int, error) {
-	<-s.respReady
-	if s.respErr != nil {
-		return 0, s.respErr
+	if !s.gotResp {
+		if s.respErr != nil {
+			return 0, s.respErr
+		}
+		return 0, errors.New("h3: Read before Response")
 	}
-	n, err := s.resp.Body.Read(p)
-	switch {
-	case err == io.EOF:
-		s.trailers = fromHTTPHeader(s.resp.Trailer)
-		s.done()
-	case err != nil:
-		err = s.classify("reading response body", err)
-		s.done()
+	if s.eof {
+		return 0, io.EOF
 	}
-	return n, err
+	for s.remaining == 0 {
+		typ, length, err := readFrameHeader(s.r)
+		if err == io.EOF {
+			s.eof = true
+			s.done()
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, s.readFailed(err)
+		}
+		switch typ {
+		case frameData:
+			s.remaining = length
+		case frameHeaders:
+			block, err := readBlock(s.r, length, s.c.maxHeaderBytes)
+			if err != nil {
+				return 0, s.readFailed(err)
+			}
+			f, err := decodeFields(block, true)
+			if err != nil {
+				return 0, s.readFailed(err)
+			}
+			// Nothing may follow the trailers (section 4.1).
+			if _, _, err := readFrameHeader(s.r); err != io.EOF {
+				if err == nil {
+					err = &h3Error{http3.ErrCodeFrameUnexpected, "frame after the trailers"}
+				}
+				return 0, s.readFailed(err)
+			}
+			s.trailers, s.eof = f.header, true
+			s.done()
+			return 0, io.EOF
+		case frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
+			return 0, s.readFailed(&h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)})
+		default:
+			if err := skip(s.r, length); err != nil {
+				return 0, s.readFailed(err)
+			}
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := s.r.Read(p[:min(uint64(len(p)), s.remaining)])
+	s.remaining -= uint64(n)
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the stream ended inside a DATA frame
+		}
+		return n, s.readFailed(err)
+	}
+	return n, nil
+}
+
+func (s *clientStream) readFailed(err error) error {
+	se := s.classify("reading response body", err)
+	s.fail(err)
+	return se
 }
 
 // Trailers returns the response trailers; valid after Read returned io.EOF.
 func (s *clientStream) Trailers() header.Header { return s.trailers }
 
-// Reset cancels the stream (RESET_STREAM and STOP_SENDING with
-// H3_REQUEST_CANCELLED, quic-go's code for a cancelled request).
+// Reset cancels the stream: RESET_STREAM and STOP_SENDING with the HTTP/3
+// code for code (H3_REQUEST_CANCELLED for a cancel). A no-op once the
+// stream ended.
 func (s *clientStream) Reset(code stream.ErrCode) {
 	if s.reset.Swap(true) {
 		return
 	}
 	s.c.cfg.Stats.TxReset.Inc()
-	s.cancel()
-	if s.pw != nil {
-		_ = s.pw.CloseWithError(&stream.Error{Code: code, Reason: "stream reset locally"})
-	}
-	go func() {
-		<-s.respReady
-		if s.resp != nil {
-			_ = s.resp.Body.Close()
-		}
-		s.done()
-	}()
+	_ = s.qs.SetReadDeadline(time.Unix(1, 0))
+	s.abort(h3Code(code))
 }
 
 // connTrace is the qlog trace of one ClientConn: it records nothing and
-// only watches for the events the pool needs.
+// only watches for the events that carry the peer's stream credit.
 type connTrace ClientConn
 
 func (t *connTrace) AddProducer() qlogwriter.Recorder { return t }
 func (t *connTrace) Close() error                     { return nil }
 
-// RecordEvent watches transport parameters and MAX_STREAMS frames (the
-// stream credit) and HTTP/3 GOAWAY frames.
+// RecordEvent watches transport parameters and MAX_STREAMS frames.
 func (t *connTrace) RecordEvent(ev qlogwriter.Event) {
 	c := (*ClientConn)(t)
 	switch e := ev.(type) {
@@ -458,10 +767,6 @@ func (t *connTrace) RecordEvent(ev qlogwriter.Event) {
 		c.framesReceived(e.Frames)
 	case *qlog.PacketReceived:
 		c.framesReceived(e.Frames)
-	case h3qlog.FrameParsed:
-		c.frameParsed(e.Frame.Frame)
-	case *h3qlog.FrameParsed:
-		c.frameParsed(e.Frame.Frame)
 	}
 }
 
@@ -491,25 +796,6 @@ func (c *ClientConn) raiseCredit(n int64) bool {
 			return true
 		}
 	}
-}
-
-func (c *ClientConn) frameParsed(f any) {
-	ga, ok := f.(h3qlog.GoAwayFrame)
-	if !ok {
-		if p, isPtr := f.(*h3qlog.GoAwayFrame); isPtr {
-			ga, ok = *p, true
-		}
-	}
-	if !ok {
-		return
-	}
-	c.goAwayOnce.Do(func() {
-		c.goAwayID.Store(int64(ga.StreamID))
-		c.cfg.Stats.GoAwayRx.Inc()
-		if c.cfg.OnGoAway != nil {
-			c.cfg.OnGoAway()
-		}
-	})
 }
 
 var (

@@ -1,0 +1,189 @@
+package h3
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/quic-go/qpack"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+
+	"meshd.dev/meshd/proxy/http/header"
+)
+
+// HTTP/3 frame types (RFC 9114 section 7.2) and unidirectional stream
+// types (section 6.2) the client reads or writes itself.
+const (
+	frameData        = 0x0
+	frameHeaders     = 0x1
+	frameCancelPush  = 0x3
+	frameSettings    = 0x4
+	framePushPromise = 0x5
+	frameGoAway      = 0x7
+	frameMaxPushID   = 0xd
+
+	streamControl      = 0x0
+	streamPush         = 0x1
+	streamQPACKEncoder = 0x2
+	streamQPACKDecoder = 0x3
+
+	// settingMaxFieldSectionSize is SETTINGS_MAX_FIELD_SECTION_SIZE
+	// (section 7.2.4.1).
+	settingMaxFieldSectionSize = 0x6
+)
+
+// maxControlFrame bounds the payload of a frame on the peer's control
+// stream that the client reads (SETTINGS, GOAWAY); others are skipped.
+const maxControlFrame = 16 << 10
+
+// h3Error is an HTTP/3 error the client detected in what the peer sent:
+// the stream or connection is closed with code.
+type h3Error struct {
+	code   http3.ErrCode
+	reason string
+}
+
+func (e *h3Error) Error() string { return fmt.Sprintf("HTTP/3 %s: %s", e.code, e.reason) }
+
+// appendFrameHeader appends an HTTP/3 frame's type and length.
+func appendFrameHeader(b []byte, typ, length uint64) []byte {
+	return quicvarint.Append(quicvarint.Append(b, typ), length)
+}
+
+// readFrameHeader reads the type and length of the next frame; io.EOF
+// when the stream ended cleanly between frames.
+func readFrameHeader(r *bufio.Reader) (typ, length uint64, err error) {
+	typ, err = quicvarint.Read(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	length, err = quicvarint.Read(r)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return typ, length, err
+}
+
+// encodeHeaders appends a HEADERS frame carrying fields, QPACK-encoded
+// with the static table only (the client allows no dynamic table, and
+// uses none of the peer's).
+func encodeHeaders(dst []byte, enc *qpack.Encoder, block *sliceWriter, fields func(add func(name, value string))) ([]byte, error) {
+	block.b = block.b[:0]
+	var err error
+	fields(func(name, value string) {
+		if err == nil {
+			err = enc.WriteField(qpack.HeaderField{Name: name, Value: value})
+		}
+	})
+	if err == nil {
+		err = enc.Close()
+	}
+	if err != nil {
+		return dst, fmt.Errorf("QPACK encoding: %w", err)
+	}
+	dst = appendFrameHeader(dst, frameHeaders, uint64(len(block.b)))
+	return append(dst, block.b...), nil
+}
+
+// sliceWriter is an io.Writer appending to b.
+type sliceWriter struct{ b []byte }
+
+func (w *sliceWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+// decodedFields is a decoded response header section: the status (0 in
+// trailers) and the regular fields.
+type decodedFields struct {
+	status        int
+	header        header.Header
+	contentLength int64
+}
+
+// decodeFields decodes a QPACK header block of a response (trailers
+// false) or its trailers. Field names must be lower case and pseudo-fields
+// come first (RFC 9114 section 4.3); a malformed section is
+// H3_MESSAGE_ERROR, an undecodable one H3_QPACK_DECOMPRESSION_FAILED.
+func decodeFields(block []byte, trailers bool) (decodedFields, error) {
+	out := decodedFields{header: header.Make(8), contentLength: -1}
+	next := qpack.NewDecoder().Decode(block)
+	regular := false
+	for {
+		f, err := next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return out, &h3Error{http3.ErrCodeQPACKDecompressionFailed, err.Error()}
+		}
+		if len(f.Name) == 0 {
+			return out, &h3Error{http3.ErrCodeMessageError, "empty field name"}
+		}
+		if f.Name[0] == ':' {
+			if regular || trailers || f.Name != ":status" || out.status != 0 {
+				return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("unexpected pseudo-header %q", f.Name)}
+			}
+			s, err := strconv.Atoi(f.Value)
+			if err != nil || s < 100 || s > 999 {
+				return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid :status %q", f.Value)}
+			}
+			out.status = s
+			continue
+		}
+		regular = true
+		for i := 0; i < len(f.Name); i++ {
+			if c := f.Name[i]; c >= 'A' && c <= 'Z' {
+				return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("upper-case field name %q", f.Name)}
+			}
+		}
+		if header.IsConnectionSpecific(f.Name) {
+			return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("connection-specific field %q", f.Name)}
+		}
+		if f.Name == "content-length" && !trailers {
+			n, err := strconv.ParseInt(f.Value, 10, 64)
+			if err != nil || n < 0 || (out.contentLength >= 0 && n != out.contentLength) {
+				return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid content-length %q", f.Value)}
+			}
+			out.contentLength = n
+		}
+		out.header.Add(f.Name, f.Value)
+	}
+	if !trailers && out.status == 0 {
+		return out, &h3Error{http3.ErrCodeMessageError, "response without :status"}
+	}
+	return out, nil
+}
+
+// readBlock reads a frame payload of length bytes, at most limit.
+func readBlock(r *bufio.Reader, length uint64, limit int) ([]byte, error) {
+	if length > uint64(limit) {
+		return nil, &h3Error{http3.ErrCodeExcessiveLoad, fmt.Sprintf("header section of %d bytes exceeds the limit of %d", length, limit)}
+	}
+	b := make([]byte, length)
+	if _, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// skip discards n bytes of r.
+func skip(r *bufio.Reader, n uint64) error {
+	for n > 0 {
+		k, err := r.Discard(int(min(n, 1<<20)))
+		n -= uint64(k)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
