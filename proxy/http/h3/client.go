@@ -443,7 +443,7 @@ type clientStream struct {
 
 	// Send side.
 	ended bool   // the request's FIN was sent
-	hdr   []byte // DATA frame header scratch
+	hdr   []byte // DATA frame header (and small payload) scratch
 
 	// Receive side.
 	r         *bufio.Reader
@@ -496,6 +496,12 @@ func (s *clientStream) classify(op string, err error) *stream.Error {
 	return se
 }
 
+// coalesceLimit is the largest body chunk Write copies behind its DATA
+// frame header so both go to quic-go in one Write (one wake-up of the
+// connection's send loop, usually one packet); larger chunks are written
+// after the header without a copy.
+const coalesceLimit = 4 << 10
+
 // Write sends request body data in one DATA frame; it blocks while QUIC
 // flow control allows no more.
 func (s *clientStream) Write(p []byte) (int, error) {
@@ -506,6 +512,15 @@ func (s *clientStream) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	s.hdr = appendFrameHeader(s.hdr[:0], frameData, uint64(len(p)))
+	if len(p) <= coalesceLimit {
+		h := len(s.hdr)
+		s.hdr = append(s.hdr, p...)
+		n, err := s.qs.Write(s.hdr)
+		if err != nil {
+			return max(n-h, 0), s.sendError(err)
+		}
+		return len(p), nil
+	}
 	if _, err := s.qs.Write(s.hdr); err != nil {
 		return 0, s.sendError(err)
 	}

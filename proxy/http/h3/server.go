@@ -361,10 +361,32 @@ func fromHTTPHeader(h http.Header) header.Header {
 	slices.Sort(keys)
 	out := header.Make(n)
 	for _, k := range keys {
-		name := strings.ToLower(k)
+		name, ok := lowerNames[k]
+		if !ok {
+			name = strings.ToLower(k)
+		}
 		for _, v := range h[k] {
 			out.Add(name, v)
 		}
 	}
 	return out
+}
+
+// lowerNames maps the canonical form of common field names (how quic-go
+// hands them over) to their HTTP/3 wire form, so converting a request's
+// header section allocates no name. Filled once at init; read-only.
+var lowerNames = map[string]string{}
+
+func init() {
+	for _, n := range []string{
+		"accept", "accept-encoding", "accept-language", "authorization", "cache-control",
+		"content-encoding", "content-length", "content-type", "cookie", "date", "etag",
+		"grpc-accept-encoding", "grpc-encoding", "grpc-message", "grpc-status", "grpc-timeout",
+		"if-modified-since", "if-none-match", "last-modified", "location", "origin", "range",
+		"referer", "server", "set-cookie", "te", "traceparent", "tracestate", "user-agent", "vary",
+		"x-b3-sampled", "x-b3-spanid", "x-b3-traceid", "x-forwarded-client-cert", "x-forwarded-for",
+		"x-forwarded-proto", "x-request-id",
+	} {
+		lowerNames[http.CanonicalHeaderKey(n)] = n
+	}
 }
