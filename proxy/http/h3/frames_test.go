@@ -247,4 +247,3 @@ func TestClientControlStreamErrors(t *testing.T) {
 		})
 	}
 }
-
