@@ -197,14 +197,31 @@ func (l *QUICListener) connInfo(c *quic.Conn) stream.ConnInfo {
 		l.cxActive.Dec()
 		l.cxDestroy.Inc()
 		l.active.Add(-1)
-		if st := l.cfg.HTTP3.Stats; st != nil && st.IdleTimeout != nil && h3.IsIdleTimeout(context.Cause(c.Context())) {
-			st.IdleTimeout.Inc()
+		if st := l.cfg.HTTP3.Stats; st != nil {
+			connClosedStats(st, c)
 		}
 	})
 	if l.cfg.OnConn != nil {
 		l.cfg.OnConn(c.Context())
 	}
 	return stream.ConnInfo{ID: nextConnID.Add(1)}
+}
+
+// connClosedStats adds a closed connection's quic-go metrics to st: its
+// packets sent and lost, its smoothed RTT, and whether QUIC's idle timeout
+// closed it. Stats a server was given without those counters are skipped.
+func connClosedStats(st *h3.Stats, c *quic.Conn) {
+	cs := c.ConnectionStats()
+	if st.PacketsSent != nil && st.PacketsLost != nil {
+		st.PacketsSent.Add(cs.PacketsSent)
+		st.PacketsLost.Add(cs.PacketsLost)
+	}
+	if st.RTTMs != nil {
+		st.RTTMs.Record(float64(cs.SmoothedRTT.Microseconds()) / 1000)
+	}
+	if st.IdleTimeout != nil && h3.IsIdleTimeout(context.Cause(c.Context())) {
+		st.IdleTimeout.Inc()
+	}
 }
 
 // Addr is the bound UDP address.

@@ -226,7 +226,9 @@ func TestHTTP3Downstream(t *testing.T) {
 	})
 
 	// The listener's scope is named after its configured address. The
-	// failed handshake ends on the server side asynchronously.
+	// failed handshake ends on the server side asynchronously, and a
+	// connection's packet counts are added when it closes.
+	client.CloseIdleConnections()
 	want := map[string]int64{
 		"http.h3.downstream_cx_http3_total":         1,
 		"http.h3.downstream_rq_http3_total":         103,
@@ -234,11 +236,12 @@ func TestHTTP3Downstream(t *testing.T) {
 		"listener.127.0.0.1_0.ssl.handshake":        1,
 		"listener.127.0.0.1_0.ssl.connection_error": 1,
 		"listener.127.0.0.1_0.downstream_cx_total":  1,
+		"http3.packets_sent":                        1,
 	}
 	var st map[string]int64
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		st = sc.Stats(t)
-		if st["listener.127.0.0.1_0.ssl.connection_error"] > 0 || time.Now().After(deadline) {
+		if (st["listener.127.0.0.1_0.ssl.connection_error"] > 0 && st["http3.packets_sent"] > 0) || time.Now().After(deadline) {
 			break
 		}
 	}
