@@ -7,6 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -25,6 +26,9 @@ const kubeResync = 10 * time.Minute
 type kubeClients struct {
 	client  kubernetes.Interface
 	dynamic dynamic.Interface
+	// informers is shared by the source (which starts it) and the CA's
+	// authenticator (its ServiceAccount informer).
+	informers informers.SharedInformerFactory
 }
 
 // newKubeClients connects with kubeconfig, or with the pod's service
@@ -43,22 +47,25 @@ func newKubeClients(kubeconfig string) (*kubeClients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
-	return &kubeClients{client: c, dynamic: d}, nil
+	return &kubeClients{client: c, dynamic: d, informers: informers.NewSharedInformerFactory(c, kubeResync)}, nil
 }
 
-// authenticator reviews sidecars' service-account tokens.
+// authenticator reviews sidecars' service-account tokens and issues SVIDs
+// only for ServiceAccounts that exist (the shared ServiceAccount informer,
+// started with the source).
 func (kc *kubeClients) authenticator(td spiffeid.TrustDomain) ca.Authenticator {
-	return tokenreview.New(kc.client, td, "")
+	return tokenreview.New(kc.client, td, tokenreview.Options{ServiceAccounts: kc.informers.Core().V1().ServiceAccounts()})
 }
 
 // source returns the Kubernetes source publishing to sink; a mesh whose
 // Mesh resource names another trust domain than the CA's is rejected.
 func (kc *kubeClients) source(sink source.Sink, trustDomain string, logger *slog.Logger) (*kubesource.Source, error) {
 	return kubesource.New(sink, kubesource.Options{
-		Client:  kc.client,
-		Dynamic: kc.dynamic,
-		Resync:  kubeResync,
-		Logger:  logger,
+		Client:    kc.client,
+		Dynamic:   kc.dynamic,
+		Informers: kc.informers,
+		Resync:    kubeResync,
+		Logger:    logger,
 		Adjust: func(m *model.Mesh) error {
 			if m.Spec.TrustDomain != trustDomain {
 				return fmt.Errorf("Mesh spec.trustDomain %q is not the CA's %q (--trust-domain)", m.Spec.TrustDomain, trustDomain)

@@ -1,7 +1,9 @@
 // Package source is the control plane's Kubernetes source (`meshd
 // control-plane --kube`): informers on Services, EndpointSlices and Pods
 // (client-go) and on the mesh's CRDs (the dynamic client) feed the same
-// parsing, validation and translation as the mesh file.
+// parsing, validation and translation as the mesh file. Its informer
+// factory also runs the ServiceAccount informer of the CA's TokenReview
+// authenticator (Options.Informers).
 //
 // The cluster's objects become mesh documents (docs/mesh.md):
 //
@@ -122,6 +124,12 @@ type Options struct {
 	Dynamic dynamic.Interface
 	// Resync is the informers' resync period; zero disables resyncs.
 	Resync time.Duration
+	// Informers, when set, is the shared informer factory of Client that
+	// Run uses (and starts) instead of its own, so that other watchers of
+	// the same cluster share its caches: the control plane's
+	// TokenReview authenticator registers its ServiceAccount informer
+	// there, and Run's start and cache sync cover it.
+	Informers informers.SharedInformerFactory
 	// Debounce is the quiet time after a change before publishing;
 	// DefaultDebounce when zero.
 	Debounce time.Duration
@@ -177,7 +185,10 @@ func New(sink meshsource.Sink, opts Options) (*Source, error) {
 // server refused the watches). A mesh that does not validate is recorded
 // in the sink, not returned.
 func (s *Source) Run(ctx context.Context) error {
-	f := informers.NewSharedInformerFactory(s.opts.Client, s.opts.Resync)
+	f := s.opts.Informers
+	if f == nil {
+		f = informers.NewSharedInformerFactory(s.opts.Client, s.opts.Resync)
+	}
 	df := dynamicinformer.NewDynamicSharedInformerFactory(s.opts.Dynamic, s.opts.Resync)
 	defer f.Shutdown()
 	defer df.Shutdown()

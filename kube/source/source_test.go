@@ -13,6 +13,8 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,10 +22,13 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/kube/inject"
+	"meshd.dev/meshd/kube/tokenreview"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/translate"
 )
@@ -151,7 +156,12 @@ func TestKubernetesSource(t *testing.T) {
 		RateLimitPoliciesResource:     "RateLimitPolicyList",
 	})
 	sk := &sink{}
-	src, err := New(sk, Options{Client: client, Dynamic: dyn, Debounce: 20 * time.Millisecond})
+	// A shared factory with the CA authenticator's ServiceAccount
+	// informer registered: Run starts and syncs it with its own.
+	factory := informers.NewSharedInformerFactory(client, 0)
+	sas := factory.Core().V1().ServiceAccounts()
+	auth := tokenreview.New(client, spiffeid.RequireTrustDomainFromString(model.DefaultTrustDomain), tokenreview.Options{ServiceAccounts: sas})
+	src, err := New(sk, Options{Client: client, Dynamic: dyn, Debounce: 20 * time.Millisecond, Informers: factory})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,6 +174,19 @@ func TestKubernetesSource(t *testing.T) {
 		}
 	}()
 	sk.waitFor(t, "the empty cluster's mesh", func(r *translate.Result) bool { return len(r.Nodes) == 0 })
+	if !sas.Informer().HasSynced() {
+		t.Fatal("the shared factory's ServiceAccount informer was not started with the source's")
+	}
+	// No ServiceAccount yet: the authenticator refuses before any review.
+	client.PrependReactor("create", "tokenreviews", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		tr := action.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
+		tr.Status = authnv1.TokenReviewStatus{Authenticated: true, Audiences: []string{inject.TokenAudience},
+			User: authnv1.UserInfo{Username: "system:serviceaccount:demo:greeter"}}
+		return true, tr, nil
+	})
+	if _, err := auth.Authenticate(ctx, "token"); err == nil || !strings.Contains(err.Error(), "ServiceAccount demo/greeter does not exist") {
+		t.Fatalf("Authenticate without the ServiceAccount: %v", err)
+	}
 
 	core, disc := client.CoreV1(), client.DiscoveryV1()
 	must := func(_ any, err error) {
