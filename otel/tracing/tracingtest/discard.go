@@ -1,10 +1,15 @@
 package tracingtest
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"net"
+	"os/exec"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 )
@@ -27,6 +32,26 @@ func StartDiscard(t testing.TB) *Discard {
 		t.Fatalf("discard collector listen: %v", err)
 	}
 	d := &Discard{addr: ln.Addr().String()}
+	srv := d.Server()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-done
+	})
+	return d
+}
+
+// NewDiscard returns a Discard that is not serving yet: serve its Server
+// on a listener at addr (the discardcollector command does so in a
+// process of its own).
+func NewDiscard(addr string) *Discard { return &Discard{addr: addr} }
+
+// Server returns a gRPC server with d's TraceService registered.
+func (d *Discard) Server() *grpc.Server {
 	srv := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}))
 	srv.RegisterService(&grpc.ServiceDesc{
 		ServiceName: "opentelemetry.proto.collector.trace.v1.TraceService",
@@ -44,16 +69,7 @@ func StartDiscard(t testing.TB) *Discard {
 			},
 		}},
 	}, struct{}{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
-	})
-	return d
+	return srv
 }
 
 // Addr is the endpoint's host:port.
@@ -76,3 +92,58 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 }
 
 func (rawCodec) Name() string { return "proto" }
+
+// DiscardAddrPrefix starts the line on which the discardcollector command
+// announces its address.
+const DiscardAddrPrefix = "listening "
+
+// StartDiscardProcess runs bin, a build of the discardcollector command,
+// and returns its address: a Discard endpoint in a process of its own, so
+// a benchmark's CPU figures (getrusage of the test process) leave out the
+// collector's receiving work and garbage. The process ends with the test
+// (its stdin is closed, then it is killed if it lingers).
+func StartDiscardProcess(t testing.TB, bin string) string {
+	t.Helper()
+	cmd := exec.Command(bin)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatalf("discard collector stdin: %v", err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatalf("discard collector stdout: %v", err)
+	}
+	cmd.WaitDelay = time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting the discard collector %s: %v", bin, err)
+	}
+	waited := make(chan error, 1)
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-waited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-waited
+		}
+	})
+	line := make(chan string, 1)
+	go func() {
+		r := bufio.NewReader(stdout)
+		l, _ := r.ReadString('\n')
+		line <- l
+		_, _ = io.Copy(io.Discard, r)
+		waited <- cmd.Wait()
+	}()
+	select {
+	case l := <-line:
+		addr, ok := strings.CutPrefix(strings.TrimSpace(l), DiscardAddrPrefix)
+		if !ok {
+			t.Fatalf("discard collector: first line %q, want %q ADDR", l, DiscardAddrPrefix)
+		}
+		return addr
+	case <-time.After(10 * time.Second):
+	}
+	t.Fatalf("discard collector %s: no address within 10 s", bin)
+	return ""
+}
