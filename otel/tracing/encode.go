@@ -91,49 +91,48 @@ func appendMsgHeader(b []byte, num protowire.Number, n int) []byte {
 	return appendVarint(b, uint64(n))
 }
 
-func anyValueSize(a *Attr) int {
-	if a.IsInt {
-		return protowire.SizeTag(fAnyInt) + protowire.SizeVarint(uint64(a.Int))
-	}
-	return sizeField(fAnyString, len(a.Str))
-}
+// strAnySize and intAnySize are the sizes of an AnyValue holding v.
+func strAnySize(v string) int { return sizeField(fAnyString, len(v)) }
 
+func intAnySize(v int64) int { return protowire.SizeTag(fAnyInt) + protowire.SizeVarint(uint64(v)) }
+
+// kvSize returns the size of a's KeyValue message.
 func kvSize(a *Attr) int {
-	return sizeStr(fKVKey, a.Key) + sizeField(fKVValue, anyValueSize(a))
+	n := intAnySize(a.Int)
+	if !a.IsInt {
+		n = strAnySize(a.Str)
+	}
+	return sizeStr(fKVKey, a.Key) + sizeField(fKVValue, n)
 }
 
-// appendKV appends a KeyValue; a's sizes were cached by attrsSize.
+// appendKV appends a as KeyValue field num.
 func appendKV(b []byte, num protowire.Number, a *Attr) []byte {
-	b = appendMsgHeader(b, num, int(a.kvLen))
-	b = appendStr(b, fKVKey, a.Key)
-	b = appendMsgHeader(b, fKVValue, int(a.anyLen))
 	if a.IsInt {
-		b = appendTag(b, fAnyInt, protowire.VarintType)
-		return appendVarint(b, uint64(a.Int))
+		return appendIntKV(b, num, a.Key, a.Int)
 	}
+	return appendStrKV(b, num, a.Key, a.Str)
+}
+
+// appendStrKV appends a KeyValue with a string value as field num, in one
+// pass: its sizes follow from the lengths of key and v.
+func appendStrKV(b []byte, num protowire.Number, key, v string) []byte {
+	av := strAnySize(v)
+	b = appendMsgHeader(b, num, sizeStr(fKVKey, key)+sizeField(fKVValue, av))
+	b = appendStr(b, fKVKey, key)
+	b = appendMsgHeader(b, fKVValue, av)
 	b = appendTag(b, fAnyString, protowire.BytesType)
-	b = appendVarint(b, uint64(len(a.Str)))
-	return append(b, a.Str...)
+	b = appendVarint(b, uint64(len(v)))
+	return append(b, v...)
 }
 
-// attrsSize returns the size of attrs as repeated field num, caching each
-// attribute's sizes for appendKV.
-func attrsSize(num protowire.Number, attrs []Attr) int {
-	n := 0
-	for i := range attrs {
-		a := &attrs[i]
-		a.anyLen = int32(anyValueSize(a))
-		a.kvLen = int32(sizeStr(fKVKey, a.Key) + sizeField(fKVValue, int(a.anyLen)))
-		n += sizeField(num, int(a.kvLen))
-	}
-	return n
-}
-
-func eventSize(e *Event) int {
-	if e.size == 0 {
-		e.size = int32(protowire.SizeTag(fEventTime) + 8 + sizeStr(fEventName, e.Name) + attrsSize(fEventAttrs, e.Attrs))
-	}
-	return int(e.size)
+// appendIntKV appends a KeyValue with an integer value as field num.
+func appendIntKV(b []byte, num protowire.Number, key string, v int64) []byte {
+	av := intAnySize(v)
+	b = appendMsgHeader(b, num, sizeStr(fKVKey, key)+sizeField(fKVValue, av))
+	b = appendStr(b, fKVKey, key)
+	b = appendMsgHeader(b, fKVValue, av)
+	b = appendTag(b, fAnyInt, protowire.VarintType)
+	return appendVarint(b, uint64(v))
 }
 
 func statusSize(s *Span) int {
@@ -143,26 +142,16 @@ func statusSize(s *Span) int {
 	return sizeStr(fStatusMessage, s.StatusMessage) + protowire.SizeTag(fStatusCode) + 1
 }
 
-func unixNano(s *Span, start bool) uint64 {
-	if start {
-		return uint64(s.Start.UnixNano())
-	}
-	return uint64(s.End.UnixNano())
-}
-
 // spanSize returns the encoded size of s (without its own tag and length).
 func spanSize(s *Span) int {
 	n := sizeField(fSpanTraceID, 16) + sizeField(fSpanSpanID, 8) +
 		sizeStr(fSpanTraceState, s.TraceState) + sizeStr(fSpanName, s.Name) +
 		protowire.SizeTag(fSpanKind) + 1 +
 		2*(protowire.SizeTag(fSpanStart)+8) +
-		attrsSize(fSpanAttrs, s.Attrs) +
+		len(s.attrs) + len(s.events) +
 		protowire.SizeTag(fSpanFlags) + 4
 	if s.ParentSpanID.IsValid() {
 		n += sizeField(fSpanParentID, 8)
-	}
-	for i := range s.Events {
-		n += sizeField(fSpanEvents, eventSize(&s.Events[i]))
 	}
 	if st := statusSize(s); st > 0 {
 		n += sizeField(fSpanStatus, st)
@@ -184,22 +173,11 @@ func appendSpan(b []byte, s *Span) []byte {
 	b = appendTag(b, fSpanKind, protowire.VarintType)
 	b = appendVarint(b, uint64(s.Kind))
 	b = appendTag(b, fSpanStart, protowire.Fixed64Type)
-	b = protowire.AppendFixed64(b, unixNano(s, true))
+	b = protowire.AppendFixed64(b, uint64(s.Start.UnixNano()))
 	b = appendTag(b, fSpanEnd, protowire.Fixed64Type)
-	b = protowire.AppendFixed64(b, unixNano(s, false))
-	for i := range s.Attrs {
-		b = appendKV(b, fSpanAttrs, &s.Attrs[i])
-	}
-	for i := range s.Events {
-		e := &s.Events[i]
-		b = appendMsgHeader(b, fSpanEvents, eventSize(e))
-		b = appendTag(b, fEventTime, protowire.Fixed64Type)
-		b = protowire.AppendFixed64(b, uint64(e.Time.UnixNano()))
-		b = appendStr(b, fEventName, e.Name)
-		for j := range e.Attrs {
-			b = appendKV(b, fEventAttrs, &e.Attrs[j])
-		}
-	}
+	b = protowire.AppendFixed64(b, uint64(s.End.UnixNano()))
+	b = append(b, s.attrs...)
+	b = append(b, s.events...)
 	if st := statusSize(s); st > 0 {
 		b = appendMsgHeader(b, fSpanStatus, st)
 		b = appendStr(b, fStatusMessage, s.StatusMessage)
@@ -221,7 +199,6 @@ type resource struct {
 
 func newResource(attrs []Attr, scopeName, scopeVersion string) resource {
 	var r resource
-	attrsSize(fResAttrs, attrs) // caches the sizes appendKV uses
 	for i := range attrs {
 		r.res = appendKV(r.res, fResAttrs, &attrs[i])
 	}

@@ -64,7 +64,8 @@ type ExporterConfig struct {
 	// QueueSize bounds the spans waiting for export; beyond it spans are
 	// dropped and counted, never waited for.
 	QueueSize int
-	// BatchSize is the most spans per export request.
+	// BatchSize is the most spans per export request (at most QueueSize);
+	// a full batch is sent at once.
 	BatchSize int
 	// FlushInterval is the longest a span waits in a partial batch.
 	FlushInterval time.Duration
@@ -79,11 +80,23 @@ type ExporterConfig struct {
 // export drops its batch (counted) and the next batch is tried on a
 // connection gRPC re-establishes with its own back-off, so export resumes
 // by itself when the collector returns.
+//
+// The queue is a ring under a mutex rather than a channel: a request
+// appends its span and goes on, and only the span that completes a batch
+// wakes the export goroutine (a channel receive would wake it, and often
+// an idle P with it, for every span). Partial batches go out on the
+// flush interval's tick.
 type Exporter struct {
 	cfg  ExporterConfig
 	conn *grpc.ClientConn
 	res  resource
-	q    chan *Span
+
+	qmu    sync.Mutex // guards ring, head, n and closed
+	ring   []*Span    // QueueSize slots; n spans from head, wrapping
+	head   int
+	n      int
+	closed bool          // the export goroutine has drained the queue for good
+	wake   chan struct{} // cap 1: a full batch is waiting
 
 	closeOnce sync.Once
 	quit      chan struct{}
@@ -105,6 +118,9 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchSize
 	}
+	// A batch larger than the queue would never fill: the queue is full
+	// first.
+	cfg.BatchSize = min(cfg.BatchSize, cfg.QueueSize)
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = DefaultFlushInterval
 	}
@@ -136,7 +152,8 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 		cfg:  cfg,
 		conn: conn,
 		res:  newResource(attrs, "meshd", ""),
-		q:    make(chan *Span, cfg.QueueSize),
+		ring: make([]*Span, cfg.QueueSize),
+		wake: make(chan struct{}, 1),
 		quit: make(chan struct{}),
 		done: make(chan struct{}),
 	}
@@ -145,21 +162,61 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 }
 
 // Export queues an ended span for export and takes ownership of it. It
-// never blocks: when the queue is full the span is dropped and counted.
+// never blocks: when the queue is full, or the exporter has closed, the
+// span is dropped and counted.
 func (e *Exporter) Export(s *Span) {
-	select {
-	case e.q <- s:
-	default:
+	e.qmu.Lock()
+	if e.n == len(e.ring) || e.closed {
+		e.qmu.Unlock()
 		release(s)
 		add(e.cfg.Stats.SpansDropped, 1)
+		return
 	}
+	i := e.head + e.n
+	if i >= len(e.ring) {
+		i -= len(e.ring)
+	}
+	e.ring[i] = s
+	e.n++
+	full := e.n == e.cfg.BatchSize
+	e.qmu.Unlock()
+	if full {
+		select {
+		case e.wake <- struct{}{}:
+		default: // already signalled
+		}
+	}
+}
+
+// take moves up to BatchSize queued spans into batch; with whole set, only
+// a full batch is taken. last marks the queue closed when it comes back
+// empty, so no span is queued after the final drain.
+func (e *Exporter) take(batch []*Span, whole, last bool) []*Span {
+	e.qmu.Lock()
+	defer e.qmu.Unlock()
+	k := min(e.n, e.cfg.BatchSize)
+	if whole && k < e.cfg.BatchSize {
+		return batch
+	}
+	if k == 0 && last {
+		e.closed = true
+	}
+	for range k {
+		batch = append(batch, e.ring[e.head])
+		e.ring[e.head] = nil
+		if e.head++; e.head == len(e.ring) {
+			e.head = 0
+		}
+	}
+	e.n -= k
+	return batch
 }
 
 // Close stops the exporter: spans already queued are sent within ctx's
 // deadline, then the connection closes. Past the deadline the connection
 // closes at once, failing the export in flight (its spans are counted as
 // dropped), and Close returns ctx's error once the exporter stopped.
-// Spans exported after Close are dropped with the queue.
+// Spans exported once the queue is drained are dropped and counted.
 func (e *Exporter) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() { close(e.quit) })
 	var err error
@@ -188,39 +245,29 @@ func (e *Exporter) run() {
 	defer t.Stop()
 	batch := make([]*Span, 0, e.cfg.BatchSize)
 	var buf []byte
-	flush := func(ctx context.Context) {
-		if len(batch) == 0 {
-			return
-		}
-		buf = e.send(ctx, buf[:0], batch)
+	flush := func() {
+		buf = e.send(context.Background(), buf[:0], batch)
 		clear(batch)
 		batch = batch[:0]
 	}
 	for {
 		select {
-		case s := <-e.q:
-			batch = append(batch, s)
-			if len(batch) >= e.cfg.BatchSize {
-				flush(context.Background())
+		case <-e.wake:
+			// Full batches only: a partial one waits for the tick.
+			for batch = e.take(batch, true, false); len(batch) > 0; batch = e.take(batch, true, false) {
+				flush()
 			}
 		case <-t.C:
-			if len(batch) > 0 {
-				add(e.cfg.Stats.TimerFlushed, 1)
-				flush(context.Background())
+			for batch = e.take(batch, false, false); len(batch) > 0; batch = e.take(batch, false, false) {
+				if len(batch) < e.cfg.BatchSize {
+					add(e.cfg.Stats.TimerFlushed, 1)
+				}
+				flush()
 			}
 		case <-e.quit:
-			for drained := false; !drained; {
-				select {
-				case s := <-e.q:
-					batch = append(batch, s)
-					if len(batch) >= e.cfg.BatchSize {
-						flush(context.Background())
-					}
-				default:
-					drained = true
-				}
+			for batch = e.take(batch, false, true); len(batch) > 0; batch = e.take(batch, false, true) {
+				flush()
 			}
-			flush(context.Background())
 			return
 		}
 	}

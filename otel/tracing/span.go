@@ -17,6 +17,8 @@ import (
 	mrand "math/rand/v2"
 	"sync"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // TraceID and SpanID are W3C trace-context identifiers.
@@ -71,28 +73,30 @@ const (
 	KindClient   Kind = 3
 )
 
-// Attr is one span or event attribute: a string, or an integer when IsInt.
+// Attr is one event or resource attribute: a string, or an integer when
+// IsInt.
 type Attr struct {
 	Key   string
 	Str   string
 	Int   int64
 	IsInt bool
-
-	anyLen, kvLen int32 // encoded sizes, cached by the exporter
 }
 
-// Event is a timestamped annotation on a span.
-type Event struct {
-	Name  string
-	Time  time.Time
-	Attrs []Attr
-
-	size int32 // encoded size, cached by the exporter
-}
+// maxPooledBuf is the largest attribute buffer a released span keeps: a
+// span with unusually large attributes (long custom tags) does not pin
+// its memory in the pool.
+const maxPooledBuf = 16 << 10
 
 // Span is one recorded span. A Span comes from NewSpan, is filled by one
 // goroutine, and is handed to Exporter.Export once ended; the exporter owns
 // it from then on and recycles it, so the caller must not touch it again.
+//
+// Attributes and events are encoded to OTLP protobuf as they are set
+// (SetStr, SetInt, AddEvent) into buffers the span keeps across reuse: a
+// pooled span holds no pointers into request memory, the exporter copies
+// bytes instead of encoding, and the garbage collector has little to scan.
+// An attribute set twice is sent twice, as an OTel SDK span without
+// de-duplication would; callers set each key once.
 type Span struct {
 	TraceID      TraceID
 	SpanID       SpanID
@@ -105,40 +109,54 @@ type Span struct {
 	// the status is UNSET, as OTel's HTTP conventions want for success.
 	Error         bool
 	StatusMessage string
-	Attrs         []Attr
-	Events        []Event
 
-	size int // encoded size, set by the exporter
+	attrs  []byte // encoded Span.attributes fields (KeyValue)
+	events []byte // encoded Span.events fields (Event)
+	size   int    // encoded size, set by the exporter
 }
 
-var spanPool = sync.Pool{New: func() any { return &Span{Attrs: make([]Attr, 0, 16)} }}
+var spanPool = sync.Pool{New: func() any { return &Span{attrs: make([]byte, 0, 1024)} }}
 
 // NewSpan returns an empty span from a pool.
 func NewSpan() *Span { return spanPool.Get().(*Span) }
 
-// release returns s to the pool with its slices kept for reuse.
+// release returns s to the pool with its buffers kept for reuse.
 func release(s *Span) {
-	// Entries beyond len were cleared by the previous release.
-	clear(s.Attrs)
-	clear(s.Events)
-	attrs, events := s.Attrs[:0], s.Events[:0]
-	*s = Span{Attrs: attrs, Events: events}
+	attrs, events := s.attrs[:0], s.events[:0]
+	if cap(attrs) > maxPooledBuf {
+		attrs = make([]byte, 0, 1024)
+	}
+	if cap(events) > maxPooledBuf {
+		events = nil
+	}
+	*s = Span{attrs: attrs, events: events}
 	spanPool.Put(s)
 }
 
 // SetStr adds a string attribute; an empty value is skipped.
 func (s *Span) SetStr(key, v string) {
 	if v != "" {
-		s.Attrs = append(s.Attrs, Attr{Key: key, Str: v})
+		s.attrs = appendStrKV(s.attrs, fSpanAttrs, key, v)
 	}
 }
 
 // SetInt adds an integer attribute.
 func (s *Span) SetInt(key string, v int64) {
-	s.Attrs = append(s.Attrs, Attr{Key: key, Int: v, IsInt: true})
+	s.attrs = appendIntKV(s.attrs, fSpanAttrs, key, v)
 }
 
-// AddEvent adds an event at t.
+// AddEvent adds an event at t with attrs.
 func (s *Span) AddEvent(name string, t time.Time, attrs ...Attr) {
-	s.Events = append(s.Events, Event{Name: name, Time: t, Attrs: attrs})
+	n := protowire.SizeTag(fEventTime) + 8 + sizeStr(fEventName, name)
+	for i := range attrs {
+		n += sizeField(fEventAttrs, kvSize(&attrs[i]))
+	}
+	b := appendMsgHeader(s.events, fSpanEvents, n)
+	b = appendTag(b, fEventTime, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, uint64(t.UnixNano()))
+	b = appendStr(b, fEventName, name)
+	for i := range attrs {
+		b = appendKV(b, fEventAttrs, &attrs[i])
+	}
+	s.events = b
 }

@@ -151,6 +151,13 @@ func (c *Collector) Spans() []Span {
 	return append([]Span(nil), c.spans...)
 }
 
+// Requests returns how many export requests the collector received.
+func (c *Collector) Requests() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.requests
+}
+
 // Reset forgets the spans received so far.
 func (c *Collector) Reset() {
 	c.mu.Lock()

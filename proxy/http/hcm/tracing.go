@@ -141,8 +141,8 @@ type trace struct {
 	upstreamID string
 	attempts   int
 
-	att      *tracing.Span // the current attempt's client span
-	attStart time.Time
+	att     *tracing.Span // the current attempt's client span
+	attGRPC int           // the attempt's grpc-status, -1 until known
 }
 
 // startTrace decides sampling and starts the server span. It is called
@@ -318,10 +318,9 @@ func (ex *exchange) traceTrailers(tr *header.Header) {
 		if v, ok := tr.Lookup("grpc-status"); ok {
 			t.grpcStatus = v
 		}
-		if a := t.att; a != nil {
+		if t.att != nil {
 			if code, err := strconv.Atoi(t.grpcStatus); err == nil {
-				a.SetInt(attrGRPCStatus, int64(code))
-				a.Error = a.Error || code != 0
+				t.attGRPC = code
 			}
 		}
 	}
@@ -343,7 +342,7 @@ func (ex *exchange) beginAttempt(c *upstream.Cluster, host *upstream.Host, ureq 
 		a.Kind = tracing.KindClient
 		a.Name = t.span.Name
 		a.Start = time.Now()
-		t.att = a
+		t.att, t.attGRPC = a, -1
 		id = a.SpanID
 	} else if t.sampled && t.attempts > 1 {
 		t.span.AddEvent("upstream retry", time.Now(), tracing.Attr{Key: AttrAttempt, Int: int64(t.attempts), IsInt: true})
@@ -374,8 +373,7 @@ func (ex *exchange) attemptResponse(us stream.ClientStream, resp *stream.Respons
 		a.Error = resp.Status >= 400
 		if v, ok := resp.Header.Lookup("grpc-status"); ok {
 			if code, err := strconv.Atoi(v); err == nil {
-				a.SetInt(attrGRPCStatus, int64(code))
-				a.Error = a.Error || code != 0
+				t.attGRPC = code
 			}
 		}
 	}
@@ -404,6 +402,12 @@ func (ex *exchange) endAttempt(err error) {
 	a.SetInt(AttrAttempt, int64(t.attempts))
 	if ex.grpc {
 		a.SetStr(attrRPCSystem, "grpc")
+	}
+	// grpc-status is set once, from the trailers when they came, else
+	// from a trailers-only response's headers.
+	if t.attGRPC >= 0 {
+		a.SetInt(attrGRPCStatus, int64(t.attGRPC))
+		a.Error = a.Error || t.attGRPC != 0
 	}
 	if err != nil {
 		a.Error = true
