@@ -114,9 +114,19 @@ func appendKV(b []byte, num protowire.Number, a *Attr) []byte {
 }
 
 // appendStrKV appends a KeyValue with a string value as field num, in one
-// pass: its sizes follow from the lengths of key and v.
-func appendStrKV(b []byte, num protowire.Number, key, v string) []byte {
-	av := strAnySize(v)
+// pass: its sizes follow from the lengths of key and v. Short attributes
+// (nearly all: every length fits one varint byte) take a path without
+// size arithmetic.
+func appendStrKV[S string | []byte](b []byte, num protowire.Number, key string, v S) []byte {
+	if n := len(key) + len(v); n < 128-6 && num < 16 && key != "" {
+		b = append(b, byte(num)<<3|byte(protowire.BytesType), byte(n+6),
+			byte(fKVKey)<<3|byte(protowire.BytesType), byte(len(key)))
+		b = append(b, key...)
+		b = append(b, byte(fKVValue)<<3|byte(protowire.BytesType), byte(len(v)+2),
+			byte(fAnyString)<<3|byte(protowire.BytesType), byte(len(v)))
+		return append(b, v...)
+	}
+	av := sizeField(fAnyString, len(v))
 	b = appendMsgHeader(b, num, sizeStr(fKVKey, key)+sizeField(fKVValue, av))
 	b = appendStr(b, fKVKey, key)
 	b = appendMsgHeader(b, fKVValue, av)
@@ -128,6 +138,14 @@ func appendStrKV(b []byte, num protowire.Number, key, v string) []byte {
 // appendIntKV appends a KeyValue with an integer value as field num.
 func appendIntKV(b []byte, num protowire.Number, key string, v int64) []byte {
 	av := intAnySize(v)
+	if len(key) < 128-15 && num < 16 && key != "" {
+		b = append(b, byte(num)<<3|byte(protowire.BytesType), byte(len(key)+4+av),
+			byte(fKVKey)<<3|byte(protowire.BytesType), byte(len(key)))
+		b = append(b, key...)
+		b = append(b, byte(fKVValue)<<3|byte(protowire.BytesType), byte(av),
+			byte(fAnyInt)<<3|byte(protowire.VarintType))
+		return appendVarint(b, uint64(v))
+	}
 	b = appendMsgHeader(b, num, sizeStr(fKVKey, key)+sizeField(fKVValue, av))
 	b = appendStr(b, fKVKey, key)
 	b = appendMsgHeader(b, fKVValue, av)

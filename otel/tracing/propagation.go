@@ -186,13 +186,19 @@ func hexByte(a, b byte) (byte, bool) {
 	return x<<4 | y, ok1 && ok2
 }
 
-// nibble accepts lower-case hex only, as trace-context requires.
-func nibble(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
+// nibbles maps a lower-case hex digit to its value and every other byte
+// to 0xff: trace-context accepts lower-case hex only.
+var nibbles = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
 	}
-	return 0, false
+	for i, c := range []byte(hexDigits) {
+		t[c] = byte(i)
+	}
+	return t
+}()
+
+func nibble(c byte) (byte, bool) {
+	v := nibbles[c]
+	return v, v != 0xff
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Providers holds the exporters of a process, one per Provider, created
@@ -22,6 +23,15 @@ type Providers struct {
 	mu     sync.Mutex // serialises creation and Close
 	closed bool
 	m      sync.Map // Provider → *Exporter
+	// last is the most recently created (or, under mu, looked up)
+	// exporter, nil once closed: a mesh has one provider, and comparing
+	// it is cheaper than hashing into m on every request.
+	last atomic.Pointer[providerExporter]
+}
+
+type providerExporter struct {
+	p Provider
+	e *Exporter
 }
 
 // NewProviders returns an empty set of exporters. dial opens a connection
@@ -46,12 +56,18 @@ func (p *Providers) SetExporterDefaults(cfg ExporterConfig) {
 // Get returns the exporter of pr, creating it on first use; nil once
 // Providers is closed or when it cannot be created (logged).
 func (p *Providers) Get(pr Provider) *Exporter {
+	if l := p.last.Load(); l != nil && l.p == pr {
+		return l.e
+	}
 	if e, ok := p.m.Load(pr); ok {
 		return e.(*Exporter)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if e, ok := p.m.Load(pr); ok {
+		if !p.closed {
+			p.last.Store(&providerExporter{p: pr, e: e.(*Exporter)})
+		}
 		return e.(*Exporter)
 	}
 	if p.closed {
@@ -74,6 +90,7 @@ func (p *Providers) Get(pr Provider) *Exporter {
 		return nil
 	}
 	p.m.Store(pr, e)
+	p.last.Store(&providerExporter{p: pr, e: e})
 	return e
 }
 
@@ -81,6 +98,7 @@ func (p *Providers) Get(pr Provider) *Exporter {
 func (p *Providers) Close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closed = true
+	p.last.Store(nil)
 	p.mu.Unlock()
 	var errs []error
 	p.m.Range(func(k, v any) bool {

@@ -15,6 +15,7 @@ package tracing
 import (
 	"encoding/hex"
 	mrand "math/rand/v2"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -137,6 +138,15 @@ func release(s *Span) {
 func (s *Span) SetStr(key, v string) {
 	if v != "" {
 		s.attrs = appendStrKV(s.attrs, fSpanAttrs, key, v)
+	}
+}
+
+// SetAddr adds an IP address attribute in its text form (an IPv4-mapped
+// address as IPv4), without allocating; an invalid address is skipped.
+func (s *Span) SetAddr(key string, ip netip.Addr) {
+	if ip.IsValid() {
+		var buf [64]byte
+		s.attrs = appendStrKV(s.attrs, fSpanAttrs, key, ip.Unmap().AppendTo(buf[:0]))
 	}
 }
 

@@ -2,12 +2,15 @@ package tracing
 
 import (
 	"encoding/base64"
+	"math"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -93,6 +96,9 @@ func TestEncodeMatchesOTLP(t *testing.T) {
 	s1.SetInt("http.response.status_code", 200)
 	s1.SetInt("negative", -3)
 	s1.SetStr("long", strings.Repeat("x", 300))
+	s1.SetAddr("peer4", netip.MustParseAddr("::ffff:127.0.0.1"))
+	s1.SetAddr("peer6", netip.MustParseAddr("2001:db8::1"))
+	s1.SetAddr("invalid", netip.Addr{})
 	s1.AddEvent("upstream retry", start.Add(time.Millisecond), Attr{Key: "meshd.attempt", Int: 2, IsInt: true})
 	s1.Error, s1.StatusMessage = true, "reset"
 	s2 := NewSpan()
@@ -109,7 +115,8 @@ func TestEncodeMatchesOTLP(t *testing.T) {
 {"traceId":"` + hexB64(s1.TraceID[:]) + `","spanId":"` + hexB64(s1.SpanID[:]) + `","traceState":"k=v","parentSpanId":"` + hexB64(s1.ParentSpanID[:]) + `",
 "name":"grpc.testing.TestService/UnaryCall","kind":"SPAN_KIND_SERVER","startTimeUnixNano":"1700000000123456789","endTimeUnixNano":"1700000000124956789",
 "attributes":[{"key":"http.request.method","value":{"stringValue":"POST"}},{"key":"http.response.status_code","value":{"intValue":"200"}},
-{"key":"negative","value":{"intValue":"-3"}},{"key":"long","value":{"stringValue":"` + strings.Repeat("x", 300) + `"}}],
+{"key":"negative","value":{"intValue":"-3"}},{"key":"long","value":{"stringValue":"` + strings.Repeat("x", 300) + `"}},
+{"key":"peer4","value":{"stringValue":"127.0.0.1"}},{"key":"peer6","value":{"stringValue":"2001:db8::1"}}],
 "events":[{"timeUnixNano":"1700000000124456789","name":"upstream retry","attributes":[{"key":"meshd.attempt","value":{"intValue":"2"}}]}],
 "status":{"message":"reset","code":"STATUS_CODE_ERROR"},"flags":1},
 {"traceId":"` + hexB64(s2.TraceID[:]) + `","spanId":"` + hexB64(s2.SpanID[:]) + `","name":"GET","kind":"SPAN_KIND_CLIENT",
@@ -238,4 +245,36 @@ func BenchmarkEncode(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(buf))/256, "bytes/request")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/256, "ns/request")
+}
+
+// TestKVEncodingBoundaries decodes attributes of lengths around the
+// one-byte varint limits (the encoder's fast path ends there) with the
+// OTLP protobuf types.
+func TestKVEncodingBoundaries(t *testing.T) {
+	keys := []int{0, 1, 60, 111, 112, 113, 121, 122, 127, 128, 200}
+	vals := []int{0, 1, 60, 115, 116, 119, 120, 121, 125, 126, 127, 128, 300}
+	ints := []int64{0, 1, 127, 128, -1, math.MaxInt64, math.MinInt64}
+	for _, kl := range keys {
+		key := strings.Repeat("k", kl)
+		var want commonpb.KeyValueList
+		var b []byte
+		for _, vl := range vals {
+			v := strings.Repeat("v", vl)
+			b = appendStrKV(b, 1, key, v)
+			b = appendStrKV(b, 1, key, []byte(v))
+			sv := &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}
+			want.Values = append(want.Values, &commonpb.KeyValue{Key: key, Value: sv}, &commonpb.KeyValue{Key: key, Value: sv})
+		}
+		for _, v := range ints {
+			b = appendIntKV(b, 1, key, v)
+			want.Values = append(want.Values, &commonpb.KeyValue{Key: key, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: v}}})
+		}
+		var got commonpb.KeyValueList
+		if err := proto.Unmarshal(b, &got); err != nil {
+			t.Fatalf("key length %d: unmarshal: %v", kl, err)
+		}
+		if !proto.Equal(&got, &want) {
+			t.Errorf("key length %d: decoded\n%v\nwant\n%v", kl, &got, &want)
+		}
+	}
 }

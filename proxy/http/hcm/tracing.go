@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -223,7 +224,8 @@ func (ex *exchange) endTrace() {
 	s.SetStr(attrServerAddr, req.Authority)
 	conn := ex.ds.Conn()
 	if a, ok := conn.RemoteAddr.(*net.TCPAddr); ok {
-		s.SetStr(attrPeerAddr, a.IP.String())
+		ip, _ := netip.AddrFromSlice(a.IP)
+		s.SetAddr(attrPeerAddr, ip)
 	}
 	s.SetStr(attrProtoVersion, strings.TrimPrefix(conn.Proto, "HTTP/"))
 	s.SetStr(attrUserAgent, req.Header.Get("user-agent"))
