@@ -224,6 +224,12 @@ func (ex *exchange) checkUnderscores() bool {
 	return true
 }
 
+// forwardingFields is room for the fields a proxied request usually gains
+// (x-forwarded-proto, x-request-id, traceparent, x-forwarded-client-cert
+// or a route's request_headers_to_add), so adding them does not grow the
+// cloned list several times.
+const forwardingFields = 4
+
 // upstreamRequest builds the request sent to the cluster: hop-by-hop fields
 // removed, the forwarding headers Envoy adds, and the route's mutations.
 func (ex *exchange) upstreamRequest(r *route.Route, cluster string, tlsUpstream bool) *stream.Request {
@@ -233,7 +239,7 @@ func (ex *exchange) upstreamRequest(r *route.Route, cluster string, tlsUpstream 
 		Scheme:        "http",
 		Authority:     in.Authority,
 		Path:          in.Path,
-		Header:        in.Header.Clone(),
+		Header:        in.Header.CloneGrow(forwardingFields),
 		ContentLength: in.ContentLength,
 		EndStream:     in.EndStream,
 	}

@@ -104,6 +104,14 @@ func (h *Header) Clone() Header {
 	return Header{fields: append([]Field(nil), h.fields...)}
 }
 
+// CloneGrow is Clone with room for extra more fields, so that adding up
+// to extra fields (a proxy's forwarding headers) does not reallocate.
+func (h *Header) CloneGrow(extra int) Header {
+	fs := make([]Field, len(h.fields), len(h.fields)+max(extra, 0))
+	copy(fs, h.fields)
+	return Header{fields: fs}
+}
+
 // Size is the HPACK size of the list (RFC 7541 section 4.1: name + value +
 // 32 per field), the measure SETTINGS_MAX_HEADER_LIST_SIZE limits.
 func (h *Header) Size() int {
