@@ -3,6 +3,7 @@ package accesslog
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"net"
 	"net/url"
@@ -28,7 +29,10 @@ func testInfo() *Info {
 	resp.Header.Add("x-envoy-upstream-service-time", "3")
 	tr := header.Make(1)
 	tr.Add("grpc-status", "14")
-	peer := &x509.Certificate{URIs: []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/demo/sa/client"}}}
+	peer := &x509.Certificate{URIs: []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/demo/sa/client"}},
+		Subject: pkix.Name{Organization: []string{"demo"}, CommonName: "client"}}
+	upstreamPeer := &x509.Certificate{URIs: []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/demo/sa/greeter"}},
+		Subject: pkix.Name{Organization: []string{"demo"}, CommonName: "greeter"}}
 	return &Info{
 		Start:             t0,
 		RequestDone:       t0.Add(2 * time.Millisecond),
@@ -43,16 +47,17 @@ func testInfo() *Info {
 			Proto:      "HTTP/2",
 			TLS:        &tls.ConnectionState{ServerName: "greeter.demo.svc", PeerCertificates: []*x509.Certificate{peer}},
 		},
-		Flags:           UpstreamRemoteReset | UpstreamConnectionFailure,
-		CodeDetails:     "via_upstream",
-		BytesReceived:   17,
-		BytesSent:       42,
-		RouteName:       "default",
-		UpstreamCluster: "greeter",
-		UpstreamHost:    "127.0.0.1:50051",
-		Attempts:        2,
-		LocalURISAN:     "spiffe://cluster.local/ns/demo/sa/server",
-		TraceID:         "4bf92f3577b34da6a3ce929d0e0e4736",
+		Flags:            UpstreamRemoteReset | UpstreamConnectionFailure,
+		CodeDetails:      "via_upstream",
+		BytesReceived:    17,
+		BytesSent:        42,
+		RouteName:        "default",
+		UpstreamCluster:  "greeter",
+		UpstreamHost:     "127.0.0.1:50051",
+		UpstreamPeerCert: upstreamPeer,
+		Attempts:         2,
+		LocalURISAN:      "spiffe://cluster.local/ns/demo/sa/server",
+		TraceID:          "4bf92f3577b34da6a3ce929d0e0e4736",
 	}
 }
 
@@ -83,6 +88,9 @@ func TestTextOperators(t *testing.T) {
 		{"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%", full, "10.0.0.7 127.0.0.1"},
 		{"%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN%", full, "spiffe://cluster.local/ns/demo/sa/client spiffe://cluster.local/ns/demo/sa/server"},
 		{"%DOWNSTREAM_PEER_URI_SAN% %REQUESTED_SERVER_NAME% %UPSTREAM_PEER_URI_SAN%", bare, "- - -"},
+		{"%UPSTREAM_PEER_URI_SAN%|%UPSTREAM_PEER_SUBJECT%", full, "spiffe://cluster.local/ns/demo/sa/greeter|CN=greeter,O=demo"},
+		{"%DOWNSTREAM_PEER_SUBJECT%", full, "CN=client,O=demo"},
+		{"%UPSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_SUBJECT%", bare, "- -"},
 		{"%REQUESTED_SERVER_NAME% %ROUTE_NAME%", full, "greeter.demo.svc default"},
 		{"%GRPC_STATUS% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)% %GRPC_STATUS_NUMBER%", full, "Unavailable UNAVAILABLE 14 14"},
 		{"%GRPC_STATUS%", bare, "-"},

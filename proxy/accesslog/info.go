@@ -11,6 +11,7 @@
 package accesslog
 
 import (
+	"crypto/x509"
 	"strings"
 	"time"
 
@@ -62,9 +63,10 @@ type Info struct {
 	UpstreamHost string
 	// UpstreamTransportFailureReason is why connecting upstream failed.
 	UpstreamTransportFailureReason string
-	// UpstreamPeerURISAN is the first URI SAN of the upstream peer
-	// certificate, when known.
-	UpstreamPeerURISAN string
+	// UpstreamPeerCert is the leaf certificate the upstream peer of the
+	// last attempt that got a response presented; nil over plaintext or
+	// when the upstream codec does not report it.
+	UpstreamPeerCert *x509.Certificate
 	// Attempts counts upstream attempts (%UPSTREAM_REQUEST_ATTEMPT_COUNT%).
 	Attempts int
 	// LocalURISAN is the listener certificate's URI SAN (its SPIFFE ID).

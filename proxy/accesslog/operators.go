@@ -56,12 +56,14 @@ func init() {
 		"UPSTREAM_HOST":                          noArg(stringOp(func(i *Info) string { return i.UpstreamHost })),
 		"UPSTREAM_CLUSTER":                       noArg(stringOp(func(i *Info) string { return i.UpstreamCluster })),
 		"UPSTREAM_TRANSPORT_FAILURE_REASON":      noArg(stringOp(func(i *Info) string { return i.UpstreamTransportFailureReason })),
-		"UPSTREAM_PEER_URI_SAN":                  noArg(stringOp(func(i *Info) string { return i.UpstreamPeerURISAN })),
+		"UPSTREAM_PEER_URI_SAN":                  noArg(stringOp(func(i *Info) string { return firstURISAN(i.UpstreamPeerCert) })),
+		"UPSTREAM_PEER_SUBJECT":                  noArg(stringOp(func(i *Info) string { return subject(i.UpstreamPeerCert) })),
 		"DOWNSTREAM_REMOTE_ADDRESS":              addrOp(true, true),
 		"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": addrOp(true, false),
 		"DOWNSTREAM_LOCAL_ADDRESS":               addrOp(false, true),
 		"DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":  addrOp(false, false),
 		"DOWNSTREAM_PEER_URI_SAN":                noArg(peerURISAN),
+		"DOWNSTREAM_PEER_SUBJECT":                noArg(stringOp(func(i *Info) string { return subject(downstreamPeerCert(i)) })),
 		"DOWNSTREAM_LOCAL_URI_SAN":               noArg(stringOp(func(i *Info) string { return i.LocalURISAN })),
 		"REQUESTED_SERVER_NAME": noArg(stringOp(func(i *Info) string {
 			if i.Conn == nil || i.Conn.TLS == nil {
@@ -204,11 +206,26 @@ func firstURISAN(c *x509.Certificate) string {
 	return c.URIs[0].String()
 }
 
-func peerURISAN(dst []byte, i *Info) ([]byte, kind) {
-	if i.Conn == nil || i.Conn.TLS == nil || len(i.Conn.TLS.PeerCertificates) == 0 {
-		return dst, missing
+// subject is a certificate's subject as an RFC 2253 distinguished name,
+// the form Envoy prints for %..._PEER_SUBJECT%; "" for nil.
+func subject(c *x509.Certificate) string {
+	if c == nil {
+		return ""
 	}
-	s := firstURISAN(i.Conn.TLS.PeerCertificates[0])
+	return c.Subject.String()
+}
+
+// downstreamPeerCert is the client certificate of the downstream
+// connection, nil when there is none.
+func downstreamPeerCert(i *Info) *x509.Certificate {
+	if i.Conn == nil || i.Conn.TLS == nil || len(i.Conn.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	return i.Conn.TLS.PeerCertificates[0]
+}
+
+func peerURISAN(dst []byte, i *Info) ([]byte, kind) {
+	s := firstURISAN(downstreamPeerCert(i))
 	if s == "" {
 		return dst, missing
 	}

@@ -3,6 +3,7 @@ package h1
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -495,6 +496,21 @@ func (s *clientStream) roundTrip(hreq *http.Request) {
 	if err != nil {
 		s.release()
 	}
+}
+
+// PeerCertificate returns the leaf certificate the upstream presented on
+// the connection that carried the response, nil over plaintext. It is
+// valid once Response has returned a response.
+func (s *clientStream) PeerCertificate() *x509.Certificate {
+	select {
+	case <-s.done:
+	default:
+		return nil
+	}
+	if s.resp == nil || s.resp.TLS == nil || len(s.resp.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	return s.resp.TLS.PeerCertificates[0]
 }
 
 func (s *clientStream) headersWritten() bool {

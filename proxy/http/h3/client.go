@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -432,6 +433,15 @@ func (c *ClientConn) streamDone() {
 	if c.cfg.OnStreamDone != nil {
 		c.cfg.OnStreamDone()
 	}
+}
+
+// PeerCertificate returns the leaf certificate the upstream presented in
+// the QUIC handshake, nil when it sent none.
+func (s *clientStream) PeerCertificate() *x509.Certificate {
+	if pc := s.c.qc.ConnectionState().TLS.PeerCertificates; len(pc) > 0 {
+		return pc[0]
+	}
+	return nil
 }
 
 // clientStream is one request on a ClientConn. The send side (Write,

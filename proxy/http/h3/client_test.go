@@ -93,6 +93,9 @@ func TestClientRoundTripTrailersAndLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if pc := cs.(*clientStream).PeerCertificate(); pc == nil || len(pc.URIs) == 0 || pc.URIs[0].String() != "spiffe://test.example/ns/a/sa/server" {
+		t.Errorf("PeerCertificate %v, want the server's SVID", pc)
+	}
 	body, err := io.ReadAll(cs)
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package hcm
 
 import (
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -191,13 +192,23 @@ func (ex *exchange) noteAttempt(cluster string, host *upstream.Host) {
 }
 
 // noteUpstreamResponse records the arrival of the forwarded attempt's
-// response headers.
-func (ex *exchange) noteUpstreamResponse() {
+// response headers on us, and the certificate its upstream presented.
+func (ex *exchange) noteUpstreamResponse(us stream.ClientStream) {
 	if ex.info == nil {
 		return
 	}
 	ex.info.UpstreamFirstByte = time.Now()
 	ex.info.CodeDetails = "via_upstream"
+	ex.info.UpstreamPeerCert = nil
+	if pc, ok := us.(peerCertificater); ok {
+		ex.info.UpstreamPeerCert = pc.PeerCertificate()
+	}
+}
+
+// peerCertificater is implemented by the upstream codecs' client streams
+// (h1, h2, h3): the leaf certificate of the connection's peer.
+type peerCertificater interface {
+	PeerCertificate() *x509.Certificate
 }
 
 // observeAttempt records http.client.request.duration for one attempt

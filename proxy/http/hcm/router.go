@@ -200,7 +200,7 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 		ex.attemptResponse(us, resp)
 	}
 	status = resp.Status
-	ex.noteUpstreamResponse()
+	ex.noteUpstreamResponse(us)
 	ex.wd.touch()
 	rs.release()
 	cs.Scope.ResponseCode("upstream_rq", resp.Status)
