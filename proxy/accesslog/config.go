@@ -6,6 +6,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -20,12 +21,17 @@ const (
 )
 
 // Logger is one compiled AccessLog entry: which streams (Filter), how
-// (Format) and where (Path, a Manager sink). Immutable.
+// (Format) and where (Path, a Manager sink; or OTLP, an OpenTelemetry
+// collector). Immutable.
 type Logger struct {
 	Name   string
 	Filter Filter // nil: every stream
 	Format *Formatter
 	Path   string
+	// OTLP is set for envoy.access_loggers.open_telemetry, whose records
+	// are formatted by its own body and attribute formats (Format and
+	// Path are unused).
+	OTLP *OTLPConfig
 }
 
 // Compile compiles an HCM's (or any) access_log list. Errors name the
@@ -86,6 +92,12 @@ func compileOne(al *accesslogv3.AccessLog) (*Logger, error) {
 		default:
 			return nil, fmt.Errorf("typed_config: %T is not supported (log_format, format, json_format)", f)
 		}
+	case *otelalsv3.OpenTelemetryAccessLogConfig:
+		c, err := compileOTLP(m)
+		if err != nil {
+			return nil, fmt.Errorf("typed_config.%w", err)
+		}
+		l.OTLP = c
 	case *streamv3.StdoutAccessLog:
 		l.Path = "/dev/stdout"
 		lf = m.GetLogFormat()
@@ -93,8 +105,8 @@ func compileOne(al *accesslogv3.AccessLog) (*Logger, error) {
 		l.Path = "/dev/stderr"
 		lf = m.GetLogFormat()
 	default:
-		return nil, fmt.Errorf("typed_config: access logger %s is not supported (%s, %s, %s)",
-			proto.MessageName(msg), FileType, StdoutType, StderrType)
+		return nil, fmt.Errorf("typed_config: access logger %s is not supported (%s, %s, %s, %s)",
+			proto.MessageName(msg), FileType, StdoutType, StderrType, OpenTelemetryType)
 	}
 	if lf != nil {
 		f, err := CompileFormat(lf)

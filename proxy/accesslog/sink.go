@@ -1,10 +1,12 @@
 package accesslog
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -35,6 +37,10 @@ type ManagerOptions struct {
 	// creates a private store.
 	Stats  *stats.Store
 	Logger *slog.Logger
+	// DialCluster opens a connection to an endpoint of the named cluster,
+	// for envoy.access_loggers.open_telemetry; without it such loggers
+	// fail Open.
+	DialCluster func(ctx context.Context, cluster string) (net.Conn, error)
 }
 
 // Manager owns the access-log sinks of a process, keyed by path, so that
@@ -51,6 +57,9 @@ type Manager struct {
 	closed bool
 	// byPath is a lock-free read cache of sinks (path → *Sink).
 	byPath sync.Map
+	// byOTLP holds the OpenTelemetry exporters (otlpKey → *otlpExporter),
+	// created under mu.
+	byOTLP sync.Map
 }
 
 // NewManager returns a manager with no sinks.
@@ -151,14 +160,16 @@ func (m *Manager) Flush() {
 	}
 }
 
-// Close flushes every sink, stops their writers and closes their files.
-// Lines written after Close are dropped.
+// Close flushes every sink, stops their writers and closes their files;
+// OpenTelemetry loggers send what they hold (for up to 2 s). Lines written
+// after Close are dropped.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	m.closed = true
 	sinks := m.sinks
 	m.sinks = map[string]*Sink{}
 	m.mu.Unlock()
+	m.closeOTLP()
 	var errs []error
 	for path, s := range sinks {
 		close(s.stop)
@@ -315,6 +326,16 @@ func (m *Manager) Log(loggers []*Logger, i *Info) {
 		if l.Filter != nil && !l.Filter.Match(i) {
 			continue
 		}
+		if l.OTLP != nil {
+			e, err := m.otlpExporter(l.OTLP)
+			if err != nil {
+				m.dropped.Inc()
+				m.logger.Debug("access log record dropped", "cluster", l.OTLP.Cluster, "err", err)
+				continue
+			}
+			e.log(l.OTLP.record(b, i))
+			continue
+		}
 		s, err := m.Sink(l.Path)
 		if err != nil {
 			m.dropped.Inc()
@@ -330,9 +351,16 @@ func (m *Manager) Log(loggers []*Logger, i *Info) {
 }
 
 // Open opens the sinks of loggers, so that a path that cannot be written
-// fails the configuration that names it, as in Envoy.
+// fails the configuration that names it, as in Envoy; OpenTelemetry
+// loggers get their exporter (which connects in the background).
 func (m *Manager) Open(loggers []*Logger) error {
 	for _, l := range loggers {
+		if l.OTLP != nil {
+			if _, err := m.otlpExporter(l.OTLP); err != nil {
+				return err
+			}
+			continue
+		}
 		if _, err := m.Sink(l.Path); err != nil {
 			return err
 		}

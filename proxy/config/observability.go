@@ -23,7 +23,7 @@ const OpenTelemetrySinkType = "type.googleapis.com/envoy.extensions.stat_sinks.o
 // and metrics work stays in one place; the tables are complete once init
 // has run.
 func init() {
-	for _, t := range []string{accesslog.FileType, accesslog.StdoutType, accesslog.StderrType} {
+	for _, t := range []string{accesslog.FileType, accesslog.StdoutType, accesslog.StderrType, accesslog.OpenTelemetryType} {
 		RegisterType(AccessLogger, t)
 	}
 	RegisterType(StatsSink, OpenTelemetrySinkType)
@@ -49,6 +49,20 @@ func init() {
 		},
 		"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": {supported: names("log_format")},
 		"envoy.extensions.access_loggers.stream.v3.StderrAccessLog": {supported: names("log_format")},
+		// OTLP logs over gRPC to a cluster; body and attribute values are
+		// string formats. stat_prefix names stats meshd does not keep.
+		"envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig": {
+			supported: names("common_config", "grpc_service", "log_name", "body", "attributes",
+				"resource_attributes", "disable_builtin_labels"),
+			ignored: names("stat_prefix"),
+		},
+		"envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig": {
+			supported: names("log_name", "grpc_service", "buffer_flush_interval", "buffer_size_bytes"),
+			ignored:   names("transport_api_version"),
+		},
+		"opentelemetry.proto.common.v1.KeyValueList": {supported: names("values")},
+		"opentelemetry.proto.common.v1.KeyValue":     {supported: names("key", "value")},
+		"opentelemetry.proto.common.v1.AnyValue":     {supported: names("string_value")},
 		"envoy.config.core.v3.SubstitutionFormatString": {
 			supported: names("text_format", "json_format", "text_format_source", "omit_empty_values"),
 		},

@@ -146,7 +146,7 @@ func New(opts Options) *Sidecar {
 		clusters:   clusters,
 		tracers:    hcm.NewTracers(clusters, store, opts.Logger),
 		listeners:  map[string]*liveListener{},
-		accessLogs: accesslog.NewManager(accesslog.ManagerOptions{Stats: store, Logger: opts.Logger}),
+		accessLogs: accesslog.NewManager(accesslog.ManagerOptions{Stats: store, Logger: opts.Logger, DialCluster: hcm.ClusterDialer(clusters)}),
 		quit:       make(chan struct{}),
 	}
 }

@@ -61,14 +61,23 @@ func NewTracers(cm *upstream.Manager, store *stats.Store, logger *slog.Logger) *
 		SpansDropped: sc.Counter("spans_dropped"),
 		TimerFlushed: sc.Counter("timer_flushed"),
 	}
-	dial := func(ctx context.Context, cluster string) (net.Conn, error) {
+	return tracing.NewProviders(ClusterDialer(cm), st, logger)
+}
+
+// ClusterDialer returns a dial function for collectors and other gRPC
+// services named by cluster (tracing providers, OpenTelemetry access
+// logs): each call connects to an endpoint the cluster's load balancer
+// picks, with the cluster's connect_timeout and, when it has one, its TLS
+// context (ALPN h2).
+func ClusterDialer(cm *upstream.Manager) func(ctx context.Context, cluster string) (net.Conn, error) {
+	return func(ctx context.Context, cluster string) (net.Conn, error) {
 		c := cm.Get(cluster)
 		if c == nil {
-			return nil, fmt.Errorf("tracing provider cluster %q: not found", cluster)
+			return nil, fmt.Errorf("cluster %q: not found", cluster)
 		}
 		h := c.Pick()
 		if h == nil {
-			return nil, fmt.Errorf("tracing provider cluster %q: no healthy upstream", cluster)
+			return nil, fmt.Errorf("cluster %q: no healthy upstream", cluster)
 		}
 		d := net.Dialer{Timeout: c.Spec().ConnectTimeout}
 		conn, err := d.DialContext(ctx, "tcp", h.Addr)
@@ -81,13 +90,12 @@ func NewTracers(cm *upstream.Manager, store *stats.Store, logger *slog.Logger) *
 			tc := tls.Client(conn, cfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				conn.Close()
-				return nil, fmt.Errorf("tracing provider cluster %q: %w", cluster, err)
+				return nil, fmt.Errorf("cluster %q: %w", cluster, err)
 			}
 			return tc, nil
 		}
 		return conn, nil
 	}
-	return tracing.NewProviders(dial, st, logger)
 }
 
 // SetTracing makes the handler record spans with the exporters of p for
