@@ -318,6 +318,7 @@ func TestRegistry(t *testing.T) {
 		{ClusterProtocolOptions, "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", true},
 		{AccessLogger, "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", true},
 		{AccessLogger, "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig", false},
+		{AccessLogger, "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig", true},
 		{StatsSink, "type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig", true},
 	} {
 		if got := IsSupported(tc.point, tc.url); got != tc.want {
