@@ -178,11 +178,11 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd control-plane: %v\n", err)
 		return 1
 	}
-	// runSource feeds the server until its context ends: the mesh file's
-	// watcher (through the tuner), or the Kubernetes source.
+	// runSource feeds the server, through the tuner, until its context
+	// ends: the mesh file's watcher, or the Kubernetes source.
 	var runSource func(context.Context) error
 	if kc != nil {
-		ks, err := kc.source(srv, td, logger)
+		ks, err := kc.source(tuner, td, topts, logger)
 		if err != nil {
 			_ = xdsLis.Close()
 			_ = adminLis.Close()

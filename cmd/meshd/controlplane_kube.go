@@ -14,8 +14,9 @@ import (
 	"meshd.dev/meshd/ca"
 	kubesource "meshd.dev/meshd/kube/source"
 	"meshd.dev/meshd/kube/tokenreview"
+	"meshd.dev/meshd/xds/autotune"
 	"meshd.dev/meshd/xds/model"
-	"meshd.dev/meshd/xds/source"
+	"meshd.dev/meshd/xds/translate"
 )
 
 // kubeResync is the Kubernetes informers' resync period: a periodic full
@@ -57,20 +58,23 @@ func (kc *kubeClients) authenticator(td spiffeid.TrustDomain) ca.Authenticator {
 	return tokenreview.New(kc.client, td, tokenreview.Options{ServiceAccounts: kc.informers.Core().V1().ServiceAccounts()})
 }
 
-// source returns the Kubernetes source publishing to sink; a mesh whose
-// Mesh resource names another trust domain than the CA's is rejected.
-func (kc *kubeClients) source(sink source.Sink, trustDomain string, logger *slog.Logger) (*kubesource.Source, error) {
-	return kubesource.New(sink, kubesource.Options{
+// source returns the Kubernetes source publishing through tuner, the
+// closed-loop tuner standing before the xDS server as it does for the mesh
+// file (so load reports re-tune the cluster's mesh too); a mesh whose Mesh
+// resource names another trust domain than the CA's is rejected.
+func (kc *kubeClients) source(tuner *autotune.Tuner, trustDomain string, topts translate.Options, logger *slog.Logger) (*kubesource.Source, error) {
+	return kubesource.New(tuner, kubesource.Options{
 		Client:    kc.client,
 		Dynamic:   kc.dynamic,
 		Informers: kc.informers,
 		Resync:    kubeResync,
 		Logger:    logger,
+		Translate: topts,
 		Adjust: func(m *model.Mesh) error {
 			if m.Spec.TrustDomain != trustDomain {
 				return fmt.Errorf("Mesh spec.trustDomain %q is not the CA's %q (--trust-domain)", m.Spec.TrustDomain, trustDomain)
 			}
-			return nil
+			return tuner.Adjust(m)
 		},
 	})
 }

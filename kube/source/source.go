@@ -139,9 +139,13 @@ type Options struct {
 	// Logger receives the source's logs; nil discards them.
 	Logger *slog.Logger
 	// Adjust, when set, checks or adjusts every mesh before translation
-	// (the control plane checks the trust domain against its CA's); an
-	// error rejects that version like a validation error.
+	// (the control plane checks the trust domain against its CA's, and
+	// records the mesh with its closed-loop tuner, xds/autotune); an error
+	// rejects that version like a validation error.
 	Adjust func(*model.Mesh) error
+	// Translate holds the translation's inputs from outside the cluster
+	// (the rate-limit module of engine wasm), as for the mesh file.
+	Translate translate.Options
 }
 
 // Source watches the cluster and publishes its translation to a sink.
@@ -271,7 +275,7 @@ func (s *Source) publish() {
 		s.sink.RecordError(err)
 		return
 	}
-	res, err := translate.Translate(m)
+	res, err := translate.TranslateWith(m, s.opts.Translate)
 	if err != nil {
 		s.log.Error("cluster mesh not translated; serving the last good config", "err", err)
 		s.sink.RecordError(fmt.Errorf("%s: translating: %w", SourceName, err))
