@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"meshd.dev/meshd/proxy/http/h2"
@@ -61,7 +62,8 @@ type observer interface{ Observe() h2.Observation }
 // the stream waits in a FIFO queue bounded cluster-wide by
 // max_pending_requests; beyond that NewStream fails with ErrOverflow.
 // Failed dials back off per endpoint with full jitter; while backing off
-// with no connection, streams fail at once with a connect failure.
+// with no connection, streams fail at once with a connect failure, except
+// after a first refused dial (see holdWaitersLocked).
 //
 // The pool outlives its connections and remembers per endpoint the
 // keepalive interval, doubled on each GOAWAY ENHANCE_YOUR_CALM
@@ -228,7 +230,7 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 // as needed. It returns with mu held.
 func (p *h2Pool) waitLocked(ctx context.Context) (*pconn, error) {
 	sh := p.sh
-	if len(p.conns) == 0 && p.connecting == 0 && time.Now().Before(p.retryAt) {
+	if len(p.conns) == 0 && p.connecting == 0 && time.Now().Before(p.retryAt) && !p.holdWaitersLocked() {
 		return nil, connectFailure(fmt.Errorf("backing off after failed connects to %s: %w", p.addr, p.lastErr))
 	}
 	if !tryAcquire(&sh.breaker.pending, sh.breaker.maxPending) {
@@ -476,7 +478,7 @@ func (p *h2Pool) dial() {
 		p.lastErr = err
 		p.retryAt = time.Now().Add(dialBackoff(p.failures))
 		p.logger.Debug("upstream connect failed", "err", err, "failures", p.failures)
-		if p.connecting == 0 && !p.hasUsableLocked() {
+		if p.connecting == 0 && !p.hasUsableLocked() && !p.holdWaitersLocked() {
 			p.failWaitersLocked(connectFailure(err))
 		}
 		p.planDialsLocked() // arms the kick timer if streams still wait
@@ -500,6 +502,20 @@ func (p *h2Pool) dial() {
 		}
 	}
 	p.dispatchLocked()
+}
+
+// holdWaitersLocked reports whether streams should wait for the next dial
+// rather than fail with the last one: after the first failed dial since
+// the last good connection, when it was refused. A refused connect means
+// the host is up and nothing listens on the port: a server restarting in
+// place (its replacement binds the port a few milliseconds later), which
+// one more attempt after the first backoff step (under 51 ms) usually
+// reaches. Failing every stream of that gap instead turns one refused
+// dial into a burst of 503s that all retry at once. A second failure, or
+// a timeout or a TLS failure (a dead or hung host), fails the streams as
+// before, so a dead endpoint still fails fast.
+func (p *h2Pool) holdWaitersLocked() bool {
+	return p.failures == 1 && errors.Is(p.lastErr, syscall.ECONNREFUSED)
 }
 
 func (p *h2Pool) hasUsableLocked() bool {

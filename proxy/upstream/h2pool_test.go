@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -354,6 +356,70 @@ func TestH2PoolDialBackoff(t *testing.T) {
 	}
 	if got := p.stats.CxConnectFail.Value(); got == 0 || got > 12 {
 		t.Errorf("upstream_cx_connect_fail = %d after %d calls, want 1..12", got, calls)
+	}
+}
+
+// TestH2PoolRestartGap: the first dial refused (a server restarting in
+// place: nothing listens for a few milliseconds) holds the queued streams
+// for the next attempt after the first backoff step instead of failing
+// them, so they all succeed on the replacement over one connection; two
+// refused dials in a row, or timed-out dials (a dead or hung host), fail
+// them with a connect failure as before. The failing dials are injected
+// in front of the pool's real connect; the server is up throughout.
+func TestH2PoolRestartGap(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	timedOut := fmt.Errorf("connect: %w", context.DeadlineExceeded)
+	tests := []struct {
+		name        string
+		first, then error // the first dial's error, the later dials' (nil: connect)
+		wantOK      bool
+	}{
+		{"refused once", refused, nil, true},
+		{"refused twice", refused, refused, false},
+		{"timed out", timedOut, timedOut, false},
+	}
+	const streams = 8
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			srv := startRawServer(t, 100)
+			p := newTestPool(t, srv.addr(), testSpec(nil))
+			var dials atomic.Int32
+			connect := p.connect
+			p.connect = func(pc *pconn) error {
+				switch {
+				case dials.Add(1) == 1:
+					return tc.first
+				case tc.then != nil:
+					return tc.then
+				}
+				return connect(pc)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			errs := make(chan error, streams)
+			for i := range streams {
+				go func() { errs <- roundTrip(ctx, p, fmt.Sprintf("/%d", i)) }()
+			}
+			for range streams {
+				err := <-errs
+				var se *stream.Error
+				switch {
+				case tc.wantOK && err != nil:
+					t.Errorf("stream failed across the restart gap: %v", err)
+				case !tc.wantOK && (!errors.As(err, &se) || se.Reason != "connect failure" || !se.Unprocessed):
+					t.Errorf("err = %v, want an unprocessed connect failure", err)
+				}
+			}
+			if tc.wantOK {
+				if got := dials.Load(); got != 2 {
+					t.Errorf("dials = %d, want 2 (the refused one, then the one that served)", got)
+				}
+				if got := srv.accepted.Load(); got != 1 {
+					t.Errorf("connections accepted = %d, want 1", got)
+				}
+			}
+		})
 	}
 }
 
