@@ -441,6 +441,11 @@ func (t *translator) edsCluster(name string, p model.Policy) *clusterv3.Cluster 
 			Consecutive_5Xx:  u32(od.Consecutive5xx),
 			Interval:         dur(od.Interval),
 			BaseEjectionTime: dur(od.BaseEjectionTime),
+			// Envoy's max_ejection_percent (10 %) alone never allows
+			// the first ejection in a cluster of fewer than 10 hosts,
+			// the usual size of a mesh Service: eject one regardless,
+			// as grpc-go's xDS outlier detection does.
+			AlwaysEjectOneHost: wrapperspb.Bool(true),
 		}
 	}
 	return c
