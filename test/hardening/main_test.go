@@ -3,8 +3,9 @@
 // slowloris and slow readers, leak checks after churn, QUIC attacks
 // (spoofed Initial floods, stateless resets, stream and connection-ID
 // limits) and the overload manager, each against a real `meshd sidecar`
-// process. Figures the tests
-// log with the prefix FIGURES are recorded in docs/RELIABILITY.md.
+// process; and chaos under load against a whole mesh of processes (control
+// plane, sidecars, apps). Figures the tests log with the prefix FIGURES are
+// recorded in docs/RELIABILITY.md.
 package hardening
 
 import (
@@ -17,6 +18,9 @@ import (
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(probeModeEnv); addr != "" {
 		os.Exit(runProbeProcess(addr))
+	}
+	if addr := os.Getenv(appModeEnv); addr != "" {
+		os.Exit(runAppProcess(addr))
 	}
 	os.Exit(testutil.Main(m))
 }
