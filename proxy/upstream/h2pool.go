@@ -63,7 +63,7 @@ type observer interface{ Observe() h2.Observation }
 // max_pending_requests; beyond that NewStream fails with ErrOverflow.
 // Failed dials back off per endpoint with full jitter; while backing off
 // with no connection, streams fail at once with a connect failure, except
-// after a first refused dial (see holdWaitersLocked).
+// for a short hold after refused dials (see holdWaitersLocked).
 //
 // The pool outlives its connections and remembers per endpoint the
 // keepalive interval, doubled on each GOAWAY ENHANCE_YOUR_CALM
@@ -84,9 +84,15 @@ type h2Pool struct {
 	// local max_concurrent_streams), used to plan dials.
 	limitHint int
 	// Dial backoff.
-	failures  int
-	retryAt   time.Time
-	lastErr   error
+	failures int
+	retryAt  time.Time
+	lastErr  error
+	// refusedSince is when the dials since the last good connection
+	// began to be refused, all of them, if the endpoint had served before
+	// (zero otherwise): the start of a restart hold (holdWaitersLocked).
+	refusedSince time.Time
+	// connected is set once a dial to the endpoint has succeeded.
+	connected bool
 	kickTimer *time.Timer
 	// kaInterval is this endpoint's current keepalive interval.
 	kaInterval time.Duration
@@ -476,6 +482,12 @@ func (p *h2Pool) dial() {
 		p.sh.connReleased()
 		p.failures++
 		p.lastErr = err
+		switch {
+		case !errors.Is(err, syscall.ECONNREFUSED):
+			p.refusedSince = time.Time{}
+		case p.failures == 1 && p.connected:
+			p.refusedSince = time.Now()
+		}
 		p.retryAt = time.Now().Add(dialBackoff(p.failures))
 		p.logger.Debug("upstream connect failed", "err", err, "failures", p.failures)
 		if p.connecting == 0 && !p.hasUsableLocked() && !p.holdWaitersLocked() {
@@ -485,6 +497,8 @@ func (p *h2Pool) dial() {
 		return
 	}
 	p.failures = 0
+	p.refusedSince = time.Time{}
+	p.connected = true
 	if p.closed {
 		pc.localClose = true
 		p.mu.Unlock()
@@ -504,18 +518,27 @@ func (p *h2Pool) dial() {
 	p.dispatchLocked()
 }
 
+// restartHold bounds how long refused dials hold the streams that wait
+// for a connection (holdWaitersLocked): a server restarting in place on a
+// loaded machine rebinds its port within tens, at worst a few hundred,
+// milliseconds.
+const restartHold = 500 * time.Millisecond
+
 // holdWaitersLocked reports whether streams should wait for the next dial
-// rather than fail with the last one: after the first failed dial since
-// the last good connection, when it was refused. A refused connect means
-// the host is up and nothing listens on the port: a server restarting in
-// place (its replacement binds the port a few milliseconds later), which
-// one more attempt after the first backoff step (under 51 ms) usually
-// reaches. Failing every stream of that gap instead turns one refused
-// dial into a burst of 503s that all retry at once. A second failure, or
-// a timeout or a TLS failure (a dead or hung host), fails the streams as
-// before, so a dead endpoint still fails fast.
+// rather than fail with the last one: when the endpoint has served before
+// and every dial since its last good connection was refused, for
+// restartHold from the first refusal. A refused connect to an endpoint
+// that was serving means the host is up and nothing listens on the port:
+// a server restarting in place (its replacement binds the port moments
+// later), which the dials that follow the backoff (25 ms doubling, full
+// jitter) usually reach. Failing every stream of that gap instead turns a
+// refused dial into a burst of 503s that all retry at once and overflow
+// the retry budget. An endpoint that never accepted, a timeout or a TLS
+// failure (a dead or hung host), and refusals past restartHold fail the
+// streams as before, and new streams then fail at once while the backoff
+// lasts, so an endpoint that went away costs at most one hold.
 func (p *h2Pool) holdWaitersLocked() bool {
-	return p.failures == 1 && errors.Is(p.lastErr, syscall.ECONNREFUSED)
+	return !p.refusedSince.IsZero() && time.Since(p.refusedSince) < restartHold
 }
 
 func (p *h2Pool) hasUsableLocked() bool {

@@ -325,8 +325,8 @@ func TestH2PoolLoweredMaxConcurrentStreams(t *testing.T) {
 	}
 }
 
-// TestH2PoolDialBackoff: streams to a dead port fail fast with a connect
-// failure, and over 600 ms of callers retrying every 5 ms (about 120 calls)
+// TestH2PoolDialBackoff: streams to a dead port (one that never accepted)
+// fail fast with a connect failure, and over 600 ms of callers retrying every 5 ms (about 120 calls)
 // the pool dials at most 12 times (backoff 25 ms doubling to 1 s, full
 // jitter: even with no jitter at all the delays 25+50+100+200+400 ms
 // allow 5 dials in 600 ms; 12 leaves room for scheduling).
@@ -359,24 +359,28 @@ func TestH2PoolDialBackoff(t *testing.T) {
 	}
 }
 
-// TestH2PoolRestartGap: the first dial refused (a server restarting in
-// place: nothing listens for a few milliseconds) holds the queued streams
-// for the next attempt after the first backoff step instead of failing
-// them, so they all succeed on the replacement over one connection; two
-// refused dials in a row, or timed-out dials (a dead or hung host), fail
-// them with a connect failure as before. The failing dials are injected
-// in front of the pool's real connect; the server is up throughout.
+// TestH2PoolRestartGap: once the endpoint has served and its connection
+// is gone (GOAWAY, close), refused dials (a server restarting in place:
+// nothing listens for a moment) hold the queued streams for the next
+// attempts, within restartHold, instead of failing them, so they all
+// succeed on the replacement over one new connection; refusals past the
+// hold, or timed-out dials (a dead or hung host), fail them with a connect
+// failure. The failing dials are injected in front of the pool's real
+// connect; the server is up throughout.
 func TestH2PoolRestartGap(t *testing.T) {
 	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	timedOut := fmt.Errorf("connect: %w", context.DeadlineExceeded)
 	tests := []struct {
-		name        string
-		first, then error // the first dial's error, the later dials' (nil: connect)
-		wantOK      bool
+		name     string
+		failures int32 // how many dials fail before the real connect (-1: all)
+		err      error // how they fail
+		wantOK   bool
 	}{
-		{"refused once", refused, nil, true},
-		{"refused twice", refused, refused, false},
-		{"timed out", timedOut, timedOut, false},
+		{"refused once", 1, refused, true},
+		// Backoffs of at most 50 and 100 ms: well within restartHold.
+		{"refused twice", 2, refused, true},
+		{"refused past the hold", -1, refused, false},
+		{"timed out", -1, timedOut, false},
 	}
 	const streams = 8
 	for _, tc := range tests {
@@ -384,19 +388,30 @@ func TestH2PoolRestartGap(t *testing.T) {
 			testutil.CheckGoroutines(t)
 			srv := startRawServer(t, 100)
 			p := newTestPool(t, srv.addr(), testSpec(nil))
-			var dials atomic.Int32
+			var failing atomic.Bool
+			var dials atomic.Int32 // while failing
 			connect := p.connect
 			p.connect = func(pc *pconn) error {
-				switch {
-				case dials.Add(1) == 1:
-					return tc.first
-				case tc.then != nil:
-					return tc.then
+				if !failing.Load() {
+					return connect(pc)
+				}
+				if n := dials.Add(1); tc.failures < 0 || n <= tc.failures {
+					return tc.err
 				}
 				return connect(pc)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
+			if err := roundTrip(ctx, p, "/before"); err != nil {
+				t.Fatal(err)
+			}
+			failing.Store(true)
+			srv.conn(0).goAway(http2.ErrCodeNo, "restart")
+			waitFor(t, testTimeout, "the connection to go away", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return !p.hasUsableLocked()
+			})
 			errs := make(chan error, streams)
 			for i := range streams {
 				go func() { errs <- roundTrip(ctx, p, fmt.Sprintf("/%d", i)) }()
@@ -412,11 +427,11 @@ func TestH2PoolRestartGap(t *testing.T) {
 				}
 			}
 			if tc.wantOK {
-				if got := dials.Load(); got != 2 {
-					t.Errorf("dials = %d, want 2 (the refused one, then the one that served)", got)
+				if got, want := dials.Load(), tc.failures+1; got != want {
+					t.Errorf("dials after the GOAWAY = %d, want %d (the refused ones, then the one that served)", got, want)
 				}
-				if got := srv.accepted.Load(); got != 1 {
-					t.Errorf("connections accepted = %d, want 1", got)
+				if got := srv.accepted.Load(); got != 2 {
+					t.Errorf("connections accepted = %d, want 2 (before and after the restart)", got)
 				}
 			}
 		})
