@@ -47,15 +47,18 @@ const (
 // chaosServerNode is the node ID of the i-th server workload.
 func chaosServerNode(i int) string { return fmt.Sprintf("greeter-server-%d.demo", i+1) }
 
-// chaosPolicy is the greeter TrafficPolicy of every chaos case: what an
-// operator who wants calls to survive failures writes. Retries cover
-// connect failures, refused streams, resets and UNAVAILABLE (3 retries,
-// at most half the active requests retrying at once), a try that hangs is
-// cut after perTryTimeout, and five consecutive failures eject an
-// endpoint for 30 s (longer than a case).
+// The greeter TrafficPolicy of every chaos case is what an operator who
+// wants calls to survive failures writes: retries cover connect failures,
+// refused streams, resets and UNAVAILABLE (chaosAttempts retries, at most
+// half the active requests retrying at once), and five consecutive
+// failures eject an endpoint for 30 s (longer than a case). Only the
+// black-hole case, which needs it, cuts a hanging try after
+// blackHolePerTryTimeout: elsewhere a per-try timeout would turn a
+// scheduling stall of the loaded test machine into 50 simultaneous
+// retries, half of them over the budget.
 const (
-	chaosPerTryTimeout = time.Second
-	chaosAttempts      = 3
+	chaosAttempts          = 3
+	blackHolePerTryTimeout = 2 * time.Second
 )
 
 // chaosKnobs are the mesh values the config-push case edits; each edit
@@ -106,7 +109,7 @@ type chaosMeshParams struct {
 	Servers                          []chaosServer
 	Outbound, OtherPort, ClientAdmin int
 	OtherHost, OtherAppPort          string
-	PerTryTimeout                    time.Duration
+	PerTryTimeout                    time.Duration // 0: none
 	Attempts                         int
 }
 
@@ -181,7 +184,9 @@ spec:
   retries:
     attempts: {{.Attempts}}
     retryOn: [connect-failure, refused-stream, reset, unavailable]
+{{- if .PerTryTimeout}}
     perTryTimeout: {{.PerTryTimeout}}
+{{- end}}
     budgetPercent: 50
   connectionPool:
     connectTimeout: 1s
@@ -215,11 +220,12 @@ type chaosMesh struct {
 	version  string // the first version every sidecar ACKed
 }
 
-// startChaosMesh starts a mesh with n server workloads and the client,
-// the control plane with cpArgs, and waits until every sidecar ACKed the
-// first version. Call it first: it also checks that the test's goroutines
-// (callers, process waiters, gRPC clients) are gone at the end.
-func startChaosMesh(t *testing.T, n int, cpArgs ...string) *chaosMesh {
+// startChaosMesh starts a mesh with n server workloads and the client
+// (greeter's perTryTimeout perTry, 0 for none), the control plane with
+// cpArgs, and waits until every sidecar ACKed the first version. Call it
+// first: it also checks that the test's goroutines (callers, process
+// waiters, gRPC clients) are gone at the end.
+func startChaosMesh(t *testing.T, n int, perTry time.Duration, cpArgs ...string) *chaosMesh {
 	t.Helper()
 	testutil.CheckGoroutines(t)
 	ports := meshtest.FreePorts(t, 4+3*n)
@@ -228,7 +234,7 @@ func startChaosMesh(t *testing.T, n int, cpArgs ...string) *chaosMesh {
 		Outbound:      ports[0],
 		OtherPort:     ports[1],
 		ClientAdmin:   ports[2],
-		PerTryTimeout: chaosPerTryTimeout,
+		PerTryTimeout: perTry,
 		Attempts:      chaosAttempts,
 	}}
 	xdsAddr := "127.0.0.1:" + strconv.Itoa(ports[3])
@@ -376,7 +382,7 @@ func statWith(st map[string]int64, prefix, suffix string) int64 {
 // good config kept serving.
 func TestChaosControlPlaneRestart(t *testing.T) {
 	skipChaos(t)
-	m := startChaosMesh(t, 1)
+	m := startChaosMesh(t, 1, 0)
 	dumps := map[string]string{}
 	for node, sc := range m.sidecars() {
 		dumps[node] = sc.Admin(t, http.MethodGet, "/config_dump")
@@ -422,7 +428,7 @@ func TestChaosControlPlaneRestart(t *testing.T) {
 // or a connect in the gap is retried.
 func TestChaosUpstreamRestart(t *testing.T) {
 	skipChaos(t)
-	m := startChaosMesh(t, 1)
+	m := startChaosMesh(t, 1, 0)
 	srv := m.servers[0]
 	load := m.startLoad(t)
 	begin := time.Now()
@@ -481,7 +487,7 @@ const (
 // can take (perTryTimeout × (retries + 1)) — and none after.
 func TestChaosBlackHole(t *testing.T) {
 	skipChaos(t)
-	m := startChaosMesh(t, 2)
+	m := startChaosMesh(t, 2, blackHolePerTryTimeout)
 	victim := m.servers[1]
 	t.Cleanup(func() { _ = victim.Signal(syscall.SIGCONT) })
 	load := m.startLoad(t)
@@ -511,7 +517,7 @@ func TestChaosBlackHole(t *testing.T) {
 	okAtEjection, failAtEjection := load.Counts()
 	ok, fail := finishRun(t, load, begin)
 
-	window := ejectedAt.Add(chaosPerTryTimeout * (chaosAttempts + 1))
+	window := ejectedAt.Add(blackHolePerTryTimeout * (chaosAttempts + 1))
 	late := 0
 	for _, f := range load.Failures() {
 		if f.At.After(window) {
@@ -522,7 +528,7 @@ func TestChaosBlackHole(t *testing.T) {
 		}
 	}
 	if late > 0 {
-		t.Errorf("%d calls failed after the first ejection window (ejection + %v)", late, chaosPerTryTimeout*(chaosAttempts+1))
+		t.Errorf("%d calls failed after the first ejection window (ejection + %v)", late, blackHolePerTryTimeout*(chaosAttempts+1))
 	}
 	if fail > blackHoleFailureBound {
 		t.Errorf("%d calls failed around the black-hole, want at most %d (one per caller)", fail, blackHoleFailureBound)
@@ -558,7 +564,7 @@ const chaosPushes = 200
 // keep theirs.
 func TestChaosConfigPushes(t *testing.T) {
 	skipChaos(t)
-	m := startChaosMesh(t, 1)
+	m := startChaosMesh(t, 1, 0)
 	srv := m.servers[0]
 	load := m.startLoad(t)
 	begin := time.Now()
@@ -642,7 +648,7 @@ const (
 // keeps carrying the calls.
 func TestChaosSVIDRotation(t *testing.T) {
 	skipChaos(t)
-	m := startChaosMesh(t, 1, "--svid-ttl", chaosSVIDTTL.String())
+	m := startChaosMesh(t, 1, 0, "--svid-ttl", chaosSVIDTTL.String())
 	const serverID = "spiffe://test.example/ns/demo/sa/greeter-server"
 	authority, err := ca.LoadAuthority(filepath.Join(m.cp.CADir, ca.CertFile), filepath.Join(m.cp.CADir, ca.KeyFile))
 	if err != nil {
