@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
@@ -113,6 +114,61 @@ func endpointsOf(cla *endpointv3.ClusterLoadAssignment) []string {
 
 func ptr[T any](v T) *T { return &v }
 
+// watchGate records which resources an informer has started watching.
+// client-go's fake clientsets drop events that happen between an
+// informer's List and its Watch, so a test that creates objects after the
+// first publish waits for every watch first.
+type watchGate struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+// gateWatches makes every watch on client and dyn go through the tracker
+// directly and records its resource.
+func gateWatches(client *fake.Clientset, dyn *dynamicfake.FakeDynamicClient) *watchGate {
+	g := &watchGate{seen: map[string]bool{}}
+	client.PrependWatchReactor("*", func(action k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := client.Tracker().Watch(action.GetResource(), action.GetNamespace())
+		g.record(action.GetResource().Resource)
+		return true, w, err
+	})
+	dyn.PrependWatchReactor("*", func(action k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := dyn.Tracker().Watch(action.GetResource(), action.GetNamespace())
+		g.record(action.GetResource().Resource)
+		return true, w, err
+	})
+	return g
+}
+
+func (g *watchGate) record(resource string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.seen[resource] = true
+}
+
+// wait blocks until each of resources is watched, failing t after 10 s.
+func (g *watchGate) wait(t *testing.T, resources ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g.mu.Lock()
+		var missing []string
+		for _, r := range resources {
+			if !g.seen[r] {
+				missing = append(missing, r)
+			}
+		}
+		g.mu.Unlock()
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("informers never watched %v", missing)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func injectedPod(name, ip, sa string, annotations map[string]string) *corev1.Pod {
 	a := map[string]string{inject.AnnotationStatus: inject.StatusVersion}
 	for k, v := range annotations {
@@ -155,6 +211,7 @@ func TestKubernetesSource(t *testing.T) {
 		AuthorizationPoliciesResource: "AuthorizationPolicyList",
 		RateLimitPoliciesResource:     "RateLimitPolicyList",
 	})
+	gate := gateWatches(client, dyn)
 	sk := &sink{}
 	// A shared factory with the CA authenticator's ServiceAccount
 	// informer registered: Run starts and syncs it with its own.
@@ -174,6 +231,9 @@ func TestKubernetesSource(t *testing.T) {
 		}
 	}()
 	sk.waitFor(t, "the empty cluster's mesh", func(r *translate.Result) bool { return len(r.Nodes) == 0 })
+	gate.wait(t, "services", "endpointslices", "pods", "serviceaccounts",
+		MeshesResource.Resource, TrafficPoliciesResource.Resource,
+		AuthorizationPoliciesResource.Resource, RateLimitPoliciesResource.Resource)
 	if !sas.Informer().HasSynced() {
 		t.Fatal("the shared factory's ServiceAccount informer was not started with the source's")
 	}
