@@ -97,6 +97,11 @@ func (c *HTTPContext) Done() error {
 		if cb.fn == nil || c.mask&cb.bit == 0 {
 			continue
 		}
+		if cb.bit == cbDelete && i.fns.deleteBatch != nil {
+			// The fast ABI's deferred delete: no guest code of the
+			// stream's runs in it (the SDK only drops the context).
+			return i.deferDelete(c.id)
+		}
 		i.effective = c.id
 		if _, err := i.call(cb.fn, cb.name, uint64(c.id)); err != nil {
 			return err
@@ -128,6 +133,19 @@ func (c *HTTPContext) action(bit uint32, pick func(*guestFuncs) api.Function, na
 	if !c.created {
 		i.streams[c.id] = c
 		c.mask = cbAll
+		if bit == cbRequestHeaders && i.fns.requestHeadersFused != nil {
+			// Fast ABI: create the context and run its request
+			// headers in one entry.
+			r, err := i.call(i.fns.requestHeadersFused, "meshd_on_request_headers", uint64(c.id), rootContextID, args[0], args[1])
+			if err != nil {
+				return Continue, err
+			}
+			c.mask, c.created = uint32(r>>32)&cbHTTP|cbDelete, true
+			if uint32(r) == uint32(Continue) {
+				return Continue, nil
+			}
+			return Pause, nil
+		}
 		if i.fns.contextCreateMask != nil {
 			m, err := i.call(i.fns.contextCreateMask, "meshd_on_context_create", uint64(c.id), rootContextID)
 			if err != nil {
@@ -156,8 +174,8 @@ func (c *HTTPContext) action(bit uint32, pick func(*guestFuncs) api.Function, na
 	return Pause, nil
 }
 
-// The bits of HTTPContext.mask, as meshd_on_context_create returns them (an
-// optional guest export, see doc.go "Skipped callbacks"): one per HTTP
+// The bits of HTTPContext.mask, as meshd_on_context_create and
+// meshd_on_request_headers return them (see doc.go, "Fast ABI"): one per HTTP
 // context callback the guest implements itself.
 const (
 	cbRequestHeaders uint32 = 1 << iota

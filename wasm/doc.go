@@ -51,6 +51,33 @@
 //     instance is started in its slot in the background (backoff 100 ms to
 //     5 s while starting fails).
 //
+// # Fast ABI
+//
+// Guests built by internal/wasmbuild also export meshd_* functions, which
+// this host uses instead of some standard calls; other hosts never call
+// them, and a module without them (any proxy-wasm module from elsewhere)
+// runs on the standard ABI alone. The host negotiates by the presence of
+// meshd_scratch_buffer, which it calls once after _initialize:
+//
+//   - meshd_scratch_buffer returns a guest buffer (address and size) that
+//     stays valid for the module's life. A host call's result that fits
+//     (header value, property, shared data, buffer bytes) is written there
+//     instead of into memory from proxy_on_memory_allocate, so a result
+//     costs no entry into the guest; the guest copies it out before its
+//     next host call. Larger results still use the allocator.
+//   - meshd_on_request_headers creates a stream's context and runs its
+//     request-header callback in one entry, and returns the callbacks the
+//     context's type implements (as meshd_on_context_create does); the
+//     host skips the others.
+//   - meshd_on_delete(n) deletes the n contexts whose ids the host wrote
+//     into the scratch buffer. The host defers proxy_on_delete of finished
+//     streams (which runs no guest code of theirs: the SDK only drops the
+//     context) and delivers at most maxDeferredDeletes at once, before any
+//     root-context callback and at shutdown. proxy_on_log and proxy_on_done
+//     still run when the stream ends.
+//
+// Deadlines, traps and memory bounds apply to these calls as to any other.
+//
 // # Pool
 //
 // Streams are pinned to an instance for their life (contexts live in one

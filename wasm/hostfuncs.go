@@ -150,13 +150,18 @@ func writable(m api.Module, ptr, n uint32) bool {
 }
 
 // writeResult copies data into a buffer allocated by the guest and stores
-// its address and size in the u32 slots at retPtr and retSize.
+// its address and size in the u32 slots at retPtr and retSize. With the
+// fast ABI, data that fits goes into the guest's scratch buffer instead,
+// which saves an entry into the guest (its allocator) per result.
 func (i *instance) writeResult(ctx context.Context, m api.Module, data []byte, retPtr, retSize uint32) Status {
 	if !writable(m, retPtr, 4) || !writable(m, retSize, 4) {
 		return StatusInvalidMemoryAccess
 	}
 	var addr uint32
-	if len(data) > 0 {
+	if len(data) > 0 && uint64(len(data)) <= uint64(i.scratchCap) {
+		addr = i.scratchPtr
+		m.Memory().Write(addr, data) // checked at start: the buffer is inside memory
+	} else if len(data) > 0 {
 		stack := [1]uint64{uint64(len(data))}
 		if err := i.fns.malloc.CallWithStack(ctx, stack[:]); err != nil {
 			i.fail(fmt.Errorf("guest allocator: %w", err))

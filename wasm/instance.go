@@ -27,10 +27,14 @@ type instKey struct{}
 // the module does not have, and the host then skips that callback.
 type guestFuncs struct {
 	malloc, contextCreate, vmStart, configure                    api.Function
-	contextCreateMask                                            api.Function // meshd_on_context_create
 	requestHeaders, requestBody, requestTrailers                 api.Function
 	responseHeaders, responseBody, responseTrailers              api.Function
 	httpCallResponse, tick, queueReady, log, done, deleteContext api.Function
+
+	// meshd's fast ABI (see doc.go, "Fast ABI"): meshd_on_context_create,
+	// meshd_on_request_headers and meshd_on_delete; nil unless the guest
+	// exports meshd_scratch_buffer and the host uses it.
+	contextCreateMask, requestHeadersFused, deleteBatch api.Function
 }
 
 // instance is one VM: a module instance with its root context. Guest calls
@@ -59,8 +63,14 @@ type instance struct {
 	closed atomic.Bool
 	nextID atomic.Uint32 // context ids
 
+	// scratch is the guest's fast-ABI buffer: host-call results that fit
+	// are written there, and meshd_on_delete reads context ids from it.
+	// Zero scratchCap: the guest speaks only the standard ABI. Set at start.
+	scratchPtr, scratchCap uint32
+
 	mu        sync.Mutex
 	stack     []uint64                // guarded by mu
+	deletes   []uint32                // guarded by mu: contexts whose proxy_on_delete is deferred
 	streams   map[uint32]*HTTPContext // guarded by mu
 	effective uint32                  // guarded by mu: context host calls act on
 	callResp  *httpCallResult         // guarded by mu: set during proxy_on_http_call_response
@@ -162,6 +172,22 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 		if _, err := startCall(init, "_initialize"); err != nil {
 			return fail(err)
 		}
+	}
+	if sb := f("meshd_scratch_buffer"); sb != nil && !p.cfg.standardABI {
+		r, err := startCall(sb, "meshd_scratch_buffer")
+		if err != nil {
+			return fail(err)
+		}
+		ptr, size := uint32(r>>32), uint32(r)
+		if size < minScratch || !writable(mod, ptr, size) {
+			return fail(fmt.Errorf("meshd_scratch_buffer: %d bytes at %#x: want at least %d bytes inside guest memory", size, ptr, minScratch))
+		}
+		i.scratchPtr, i.scratchCap = ptr, size
+		i.fns.requestHeadersFused = f("meshd_on_request_headers")
+		i.fns.deleteBatch = f("meshd_on_delete")
+		i.deletes = make([]uint32, 0, min(maxDeferredDeletes, size/4))
+	} else {
+		i.fns.contextCreateMask = nil // the standard ABI only
 	}
 	i.effective = rootContextID
 	if _, err := startCall(i.fns.contextCreate, "proxy_on_context_create(root)", rootContextID, 0); err != nil {
@@ -288,11 +314,52 @@ func (i *instance) close() {
 	_ = i.mod.Close(context.Background())
 }
 
+// minScratch is the smallest scratch buffer the host accepts from
+// meshd_scratch_buffer.
+const minScratch = 64
+
+// maxDeferredDeletes bounds the contexts whose proxy_on_delete is deferred
+// in one instance (see deferDelete); the scratch buffer may bound it lower.
+const maxDeferredDeletes = 4
+
+// deferDelete queues proxy_on_delete of context id for the next batch,
+// delivering the batch once it is full; i.mu must be held.
+func (i *instance) deferDelete(id uint32) error {
+	i.deletes = append(i.deletes, id)
+	if len(i.deletes) < cap(i.deletes) {
+		return nil
+	}
+	return i.flushDeletes()
+}
+
+// flushDeletes runs meshd_on_delete for the deferred contexts, their ids
+// written into the guest's scratch buffer; i.mu must be held. It runs
+// before every root-context callback and at shutdown, so a root callback
+// never sees a finished stream's context still alive.
+func (i *instance) flushDeletes() error {
+	if len(i.deletes) == 0 || i.broken.Load() {
+		i.deletes = i.deletes[:0]
+		return nil
+	}
+	mem := i.mod.Memory()
+	for k, id := range i.deletes {
+		mem.WriteUint32Le(i.scratchPtr+4*uint32(k), id)
+	}
+	n := len(i.deletes)
+	i.deletes = i.deletes[:0]
+	prev := i.effective
+	i.effective = rootContextID
+	_, err := i.call(i.fns.deleteBatch, "meshd_on_delete", uint64(n))
+	i.effective = prev
+	return err
+}
+
 // shutdown runs proxy_on_done and proxy_on_delete on the root context of a
 // healthy instance, then closes it.
 func (i *instance) shutdown() {
 	i.mu.Lock()
 	if !i.broken.Load() && !i.closed.Load() {
+		_ = i.flushDeletes()
 		i.effective = rootContextID
 		if i.fns.done != nil {
 			_, _ = i.call(i.fns.done, "proxy_on_done(root)", rootContextID)
@@ -397,7 +464,7 @@ func (i *instance) rootCallback(fn api.Function, name string, args ...uint64) {
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if i.broken.Load() {
+	if i.broken.Load() || i.flushDeletes() != nil {
 		return
 	}
 	i.effective = rootContextID
@@ -417,7 +484,7 @@ func (i *instance) deliverHTTPCall(r httpCallResult) {
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if i.broken.Load() {
+	if i.broken.Load() || i.flushDeletes() != nil {
 		return
 	}
 	i.effective = rootContextID

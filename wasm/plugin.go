@@ -67,6 +67,11 @@ type Config struct {
 	// StartTimeout bounds the start of each instance; 0 means
 	// DefaultStartTimeout.
 	StartTimeout time.Duration
+
+	// standardABI makes the host ignore the guest's meshd_* exports (see
+	// doc.go, "Fast ABI"), as any other proxy-wasm host would; tests use
+	// it to check that both ABIs behave the same.
+	standardABI bool
 }
 
 // HostServices is what the proxy provides to guests beyond one stream. The
@@ -171,9 +176,12 @@ type Plugin struct {
 	watched map[*instance]struct{} // guarded by watchMu: instances the watchdog checks
 
 	mu        sync.Mutex
-	instances []*instance // guarded by mu; a broken one is replaced in place
-	metricIDs map[string]uint32
-	metrics   []MetricHandle // index = metric id - 1; guarded by mu
+	instances []*instance       // guarded by mu; a broken one is replaced in place
+	metricIDs map[string]uint32 // guarded by mu
+	// metrics is index = metric id - 1, replaced whole (under mu) when a
+	// metric is defined, so that the per-request increments read it
+	// without a lock shared by all instances.
+	metrics atomic.Pointer[[]MetricHandle]
 }
 
 // NewPlugin compiles cfg.Module (cached by sha256 in the Engine) and starts
@@ -385,20 +393,24 @@ func (p *Plugin) defineMetric(name string, kind MetricKind) uint32 {
 	if id, ok := p.metricIDs[name]; ok {
 		return id
 	}
-	p.metrics = append(p.metrics, p.cfg.Host.Metric(name, kind))
-	id := uint32(len(p.metrics))
+	var ms []MetricHandle
+	if cur := p.metrics.Load(); cur != nil {
+		ms = *cur
+	}
+	ms = append(ms[:len(ms):len(ms)], p.cfg.Host.Metric(name, kind))
+	p.metrics.Store(&ms)
+	id := uint32(len(ms))
 	p.metricIDs[name] = id
 	return id
 }
 
 // metric returns the handle of id, or nil.
 func (p *Plugin) metric(id uint32) MetricHandle {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if id == 0 || int(id) > len(p.metrics) {
+	ms := p.metrics.Load()
+	if ms == nil || id == 0 || int(id) > len(*ms) {
 		return nil
 	}
-	return p.metrics[id-1]
+	return (*ms)[id-1]
 }
 
 // healthyInstances reports how many instances are not broken.

@@ -96,6 +96,9 @@ var RequiredExports = []string{
 	"proxy_on_upstream_data",
 	"proxy_on_upstream_connection_close",
 	"meshd_on_context_create",
+	"meshd_on_request_headers",
+	"meshd_on_delete",
+	"meshd_scratch_buffer",
 }
 
 // Overlay is the JSON document `go build -overlay` reads: build path → file

@@ -52,9 +52,39 @@ func claimAllocation(addr, size uint32) *byte {
 
 // releaseAllocations drops the allocator's references once the SDK holds its own.
 func releaseAllocations() {
+	if len(allocations) == 0 {
+		return
+	}
 	for addr := range allocations {
 		delete(allocations, addr)
 	}
+}
+
+// scratchSize is the size of scratch.
+const scratchSize = 4096
+
+// scratch is the guest's half of meshd's fast ABI (see
+// meshd_scratch_buffer): meshd's host writes a host call's result here
+// when it fits, instead of asking proxy_on_memory_allocate for a buffer
+// (an entry into the guest, an allocation and map updates per value), and
+// writes the context ids of meshd_on_delete here. A package-level array
+// never moves (Go's collector does not move objects), so its address is
+// valid for the life of the module. Its contents are valid only until the
+// next host call: takeOut copies a result out at once.
+var scratch [scratchSize]byte
+
+// scratchAddr is the guest address of scratch.
+func scratchAddr() uint32 { return uint32(uintptr(unsafe.Pointer(&scratch[0]))) }
+
+// exportScratchBuffer returns scratch's address (high 32 bits) and size
+// (low 32 bits). meshd's host calls it once per VM, before any other
+// callback but after _initialize; its presence is how the host knows the
+// guest takes results in the scratch buffer. Other hosts never call it and
+// keep using proxy_on_memory_allocate.
+//
+//go:wasmexport meshd_scratch_buffer
+func exportScratchBuffer() uint64 {
+	return uint64(scratchAddr())<<32 | scratchSize
 }
 
 func boolOf(v uint32) bool { return v != 0 }
@@ -102,8 +132,14 @@ var httpCallbackMethods = []struct {
 	{"OnHttpStreamDone", cbStreamDone},
 }
 
-// callbackMasks caches httpCallbackMask per concrete context type.
-var callbackMasks = map[reflect.Type]uint32{}
+// callbackMasks caches httpCallbackMask per concrete context type;
+// lastType and lastMask short-cut the map for the common case of one HTTP
+// context type per plugin.
+var (
+	callbackMasks = map[reflect.Type]uint32{}
+	lastType      reflect.Type
+	lastMask      uint32
+)
 
 // defaultHttpContext is the SDK's no-op HTTP context.
 var defaultHttpContext = reflect.TypeOf(types.DefaultHttpContext{})
@@ -117,7 +153,11 @@ var defaultHttpContext = reflect.TypeOf(types.DefaultHttpContext{})
 // the guest has its source file.
 func httpCallbackMask(ctx types.HttpContext) uint32 {
 	t := reflect.TypeOf(ctx)
+	if t == lastType && t != nil {
+		return lastMask
+	}
 	if m, ok := callbackMasks[t]; ok {
+		lastType, lastMask = t, m
 		return m
 	}
 	st := t
@@ -141,6 +181,7 @@ func httpCallbackMask(ctx types.HttpContext) uint32 {
 		}
 	}
 	callbackMasks[t] = m
+	lastType, lastMask = t, m
 	return m
 }
 
@@ -167,6 +208,39 @@ func exportMeshdOnContextCreate(contextID, pluginContextID uint32) uint32 {
 		return httpCallbackMask(ctx)
 	}
 	return cbAll
+}
+
+// exportMeshdOnRequestHeaders creates the HTTP context contextID, as
+// meshd_on_context_create does, and runs proxy_on_request_headers on it if
+// the context implements OnHttpRequestHeaders: one entry into the guest
+// instead of two for the start of every stream. It returns the callback
+// bits (high 32 bits, as meshd_on_context_create returns them) and the
+// types.Action (low 32 bits; Continue when the callback did not run).
+//
+//go:wasmexport meshd_on_request_headers
+func exportMeshdOnRequestHeaders(contextID, pluginContextID, numHeaders, endOfStream uint32) uint64 {
+	mask := exportMeshdOnContextCreate(contextID, pluginContextID)
+	act := types.ActionContinue
+	if mask&cbRequestHeaders != 0 {
+		act = proxyOnRequestHeaders(contextID, int(numHeaders), boolOf(endOfStream))
+	}
+	return uint64(mask)<<32 | uint64(uint32(act))
+}
+
+// exportMeshdOnDelete runs proxy_on_delete for n contexts whose ids meshd's
+// host wrote into scratch as little-endian u32s, in order: the host defers
+// the deletes of finished streams and delivers them in batches, saving an
+// entry into the guest per stream. n is at most scratchSize/4.
+//
+//go:wasmexport meshd_on_delete
+func exportMeshdOnDelete(n uint32) {
+	if n > scratchSize/4 {
+		panic("meshd_on_delete: more context ids than the scratch buffer holds")
+	}
+	for k := uint32(0); k < n; k++ {
+		b := scratch[4*k : 4*k+4]
+		proxyOnDelete(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24)
+	}
 }
 
 //go:wasmexport proxy_on_vm_start

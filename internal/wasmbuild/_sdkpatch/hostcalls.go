@@ -111,7 +111,17 @@ func ptr(p *byte) unsafe.Pointer { return unsafe.Pointer(p) }
 // out during this host call (or 0 with size 0); anything else yields nil, 0.
 // It then drops the allocator's references: from here the SDK's *byte keeps
 // the buffer alive.
+//
+// A result in the scratch buffer (meshd's host, see exports.go) is copied
+// into a new Go slice at once, before any other host call can overwrite it.
 func takeOut(addr, size uint32, retData **byte, retSize *int) {
+	if size > 0 && size <= scratchSize && addr == scratchAddr() {
+		buf := make([]byte, size)
+		copy(buf, scratch[:size])
+		*retData, *retSize = &buf[0], int(size)
+		releaseAllocations()
+		return
+	}
 	*retData, *retSize = claimAllocation(addr, size), int(size)
 	if *retData == nil {
 		*retSize = 0
