@@ -54,6 +54,12 @@ type streamFilter struct {
 
 	resume chan struct{} // one wake-up per Resume or local response
 
+	// The header maps Headers hands out, kept here so that a host call
+	// allocates none.
+	reqMap  requestMap
+	respMap responseMap
+	trMap   fieldMap
+
 	mu    sync.Mutex
 	reply *localResp // guarded by mu
 	// replied is set once the local reply went to the connection
@@ -253,15 +259,18 @@ func (s *streamFilter) Headers(m wasm.MapType) wasm.HeaderMap {
 	switch m {
 	case wasm.MapRequestHeaders:
 		if s.req != nil {
-			return &requestMap{r: s.req}
+			s.reqMap.r = s.req
+			return &s.reqMap
 		}
 	case wasm.MapResponseHeaders:
 		if s.resp != nil {
-			return &responseMap{r: s.resp}
+			s.respMap.r = s.resp
+			return &s.respMap
 		}
 	case wasm.MapRequestTrailers, wasm.MapResponseTrailers:
 		if s.trailers != nil && s.trailerOf == m {
-			return &fieldMap{h: s.trailers}
+			s.trMap.h = s.trailers
+			return &s.trMap
 		}
 	}
 	return nil
@@ -459,7 +468,15 @@ func encodeMap(pairs [][2]string) []byte {
 
 // countRequest is the number of request header pairs a guest sees,
 // pseudo-headers included.
-func countRequest(r *stream.Request) int { return len((&requestMap{r: r}).pseudo()) + r.Header.Len() }
+func countRequest(r *stream.Request) int {
+	n := r.Header.Len()
+	for _, v := range [...]string{r.Authority, r.Path, r.Method, r.Scheme} {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
 
 // countResponse is the number of response header pairs, :status included.
 func countResponse(r *stream.Response) int { return 1 + r.Header.Len() }
