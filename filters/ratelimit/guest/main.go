@@ -178,9 +178,13 @@ func (p *pluginContext) update(key string, now time.Time, f func(bucketState) (b
 type httpContext struct {
 	types.DefaultHttpContext
 	plugin *pluginContext
-	// headers are the x-ratelimit-* headers for an admitted response; nil
-	// when none are added (dry run, no key, bucket unavailable).
-	headers [][2]string
+	// addHeaders is set when an admitted response gets the x-ratelimit-*
+	// headers (not in dry run, without a key or with the bucket
+	// unavailable); remaining and reset are their values. Numbers, not the
+	// header list: formatting waits for the response, so an admitted
+	// request allocates nothing here.
+	addHeaders       bool
+	remaining, reset int64
 }
 
 // OnHttpRequestHeaders takes a token from the request's bucket or rejects it.
@@ -209,15 +213,11 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 		p.ok.Increment(1)
 		return types.ActionContinue
 	}
-	hdrs := [][2]string{
-		{"x-ratelimit-limit", p.limit},
-		{"x-ratelimit-remaining", strconv.FormatInt(int64(b.tokens), 10)},
-		{"x-ratelimit-reset", strconv.FormatInt(p.cfg.resetSeconds(b), 10)},
-	}
+	remaining, reset := int64(b.tokens), p.cfg.resetSeconds(b)
 	if allowed {
 		p.ok.Increment(1)
 		if !p.cfg.dryRun {
-			h.headers = hdrs
+			h.addHeaders, h.remaining, h.reset = true, remaining, reset
 		}
 		return types.ActionContinue
 	}
@@ -230,6 +230,11 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 	if ct, err := proxywasm.GetHttpRequestHeader("content-type"); err == nil && strings.HasPrefix(ct, "application/grpc") {
 		grpcStatus = grpcResourceExhausted
 	}
+	hdrs := [][2]string{
+		{"x-ratelimit-limit", p.limit},
+		{"x-ratelimit-remaining", strconv.FormatInt(remaining, 10)},
+		{"x-ratelimit-reset", strconv.FormatInt(reset, 10)},
+	}
 	if err := proxywasm.SendHttpResponse(429, hdrs, []byte("local_rate_limited"), grpcStatus); err != nil {
 		proxywasm.LogErrorf("ratelimit: send 429: %v", err)
 		return types.ActionContinue
@@ -239,7 +244,14 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 
 // OnHttpResponseHeaders adds the x-ratelimit-* headers to admitted responses.
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
-	for _, kv := range h.headers {
+	if !h.addHeaders {
+		return types.ActionContinue
+	}
+	for _, kv := range [...][2]string{
+		{"x-ratelimit-limit", h.plugin.limit},
+		{"x-ratelimit-remaining", strconv.FormatInt(h.remaining, 10)},
+		{"x-ratelimit-reset", strconv.FormatInt(h.reset, 10)},
+	} {
 		if err := proxywasm.ReplaceHttpResponseHeader(kv[0], kv[1]); err != nil {
 			proxywasm.LogErrorf("ratelimit: set %s: %v", kv[0], err)
 		}
