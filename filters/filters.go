@@ -188,6 +188,29 @@ type ResponseTrailersFilter interface {
 	OnResponseTrailers(cb Callbacks, trailers *header.Header) Status
 }
 
+// Hooks is a set of a filter's body and trailer hooks.
+type Hooks uint8
+
+// The body and trailer hooks, one bit each.
+const (
+	HookRequestData Hooks = 1 << iota
+	HookRequestTrailers
+	HookResponseData
+	HookResponseTrailers
+	// AllHooks is every body and trailer hook.
+	AllHooks = HookRequestData | HookRequestTrailers | HookResponseData | HookResponseTrailers
+)
+
+// HookSelector is implemented by filters whose body and trailer hooks
+// depend on the stream; a WASM filter, for example, runs only the callbacks
+// its guest implements. The connection manager calls BodyHooks once per
+// stream, after every request header hook has run, and then never calls a
+// hook outside the returned set, even though the filter implements its
+// interface. Leaving hooks out spares the stream the body hook machinery.
+type HookSelector interface {
+	BodyHooks() Hooks
+}
+
 // PassThrough implements Filter by continuing in both directions; embed it
 // in filters that act in one direction only.
 type PassThrough struct{}

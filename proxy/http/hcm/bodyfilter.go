@@ -144,19 +144,21 @@ func (c *bodyChain) onTrailers(t *header.Header) ([]byte, error) {
 func (ex *exchange) buildBodyChains() {
 	var req, resp bodyChain
 	for _, f := range ex.filters {
-		if h, ok := f.(filters.RequestBodyFilter); ok {
+		use := hooksOf(f)
+		if h, ok := f.(filters.RequestBodyFilter); ok && use&filters.HookRequestData != 0 {
 			req.data = append(req.data, h.OnRequestData)
 		}
-		if h, ok := f.(filters.RequestTrailersFilter); ok {
+		if h, ok := f.(filters.RequestTrailersFilter); ok && use&filters.HookRequestTrailers != 0 {
 			req.trailers = append(req.trailers, h.OnRequestTrailers)
 		}
 	}
 	for i := len(ex.filters) - 1; i >= 0; i-- {
 		f := ex.filters[i]
-		if h, ok := f.(filters.ResponseBodyFilter); ok {
+		use := hooksOf(f)
+		if h, ok := f.(filters.ResponseBodyFilter); ok && use&filters.HookResponseData != 0 {
 			resp.data = append(resp.data, h.OnResponseData)
 		}
-		if h, ok := f.(filters.ResponseTrailersFilter); ok {
+		if h, ok := f.(filters.ResponseTrailersFilter); ok && use&filters.HookResponseTrailers != 0 {
 			resp.trailers = append(resp.trailers, h.OnResponseTrailers)
 		}
 	}
@@ -172,6 +174,15 @@ func (ex *exchange) buildBodyChains() {
 		resp.ex, resp.held = ex, make([][]byte, len(resp.data))
 		ex.hooks.respChain = &resp
 	}
+}
+
+// hooksOf returns the body and trailer hooks f asks for: all it implements
+// unless it is a filters.HookSelector.
+func hooksOf(f filters.Filter) filters.Hooks {
+	if hs, ok := f.(filters.HookSelector); ok {
+		return hs.BodyHooks()
+	}
+	return filters.AllHooks
 }
 
 // reqChain returns the request chain, nil when there is none.

@@ -210,6 +210,50 @@ func TestNoBodyHooksNoChain(t *testing.T) {
 	}
 }
 
+// selectingRecorder is a bodyRecorder that asks for some of its hooks only.
+type selectingRecorder struct {
+	bodyRecorder
+	use filters.Hooks
+}
+
+func (r *selectingRecorder) BodyHooks() filters.Hooks { return r.use }
+
+// TestHookSelector checks that buildBodyChains leaves out the hooks a
+// filters.HookSelector does not ask for, and builds no chain for a filter
+// that asks for none.
+func TestHookSelector(t *testing.T) {
+	tests := []struct {
+		name                   string
+		use                    filters.Hooks
+		reqData, reqTrailers   int
+		respData, respTrailers int
+	}{
+		{"none", 0, 0, 0, 0, 0},
+		{"all", filters.AllHooks, 1, 1, 1, 1},
+		{"request data", filters.HookRequestData, 1, 0, 0, 0},
+		{"response side", filters.HookResponseData | filters.HookResponseTrailers, 0, 0, 1, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ex := &exchange{filters: []filters.Filter{&selectingRecorder{use: tc.use}}}
+			ex.buildBodyChains()
+			var got [4]int
+			if c := ex.reqChain(); c != nil {
+				got[0], got[1] = len(c.data), len(c.trailers)
+			}
+			if c := ex.respChain(); c != nil {
+				got[2], got[3] = len(c.data), len(c.trailers)
+			}
+			if want := [4]int{tc.reqData, tc.reqTrailers, tc.respData, tc.respTrailers}; got != want {
+				t.Fatalf("hooks (request data, trailers, response data, trailers) = %v, want %v", got, want)
+			}
+			if tc.use == 0 && ex.hooks != nil {
+				t.Fatal("hook state allocated for a filter that asks for no hooks")
+			}
+		})
+	}
+}
+
 // TestLocalRateLimitInChain runs envoy.filters.http.local_ratelimit in
 // front of an upstream: the bucket's third request is answered locally,
 // over HTTP and gRPC, with the rate limit headers on every response.
