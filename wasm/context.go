@@ -110,6 +110,43 @@ func (c *HTTPContext) Done() error {
 	return nil
 }
 
+// StreamCallbacks says which of a stream's later callbacks call into the
+// guest; the others return Continue at once (see BodyCallbacks).
+type StreamCallbacks struct {
+	RequestBody, RequestTrailers, ResponseBody, ResponseTrailers bool
+	// End is proxy_on_log or proxy_on_done, which Done runs.
+	End bool
+}
+
+// BodyCallbacks reports which body, trailer and end callbacks of the
+// stream call into the guest: the ones the guest exports and, on the fast
+// ABI, its context implements (see doc.go, "Fast ABI"). Before the context
+// exists in the guest (no callback ran yet), and without an instance, it
+// reports all of them. The FILTER side uses it after the request headers
+// to leave out hooks that would only return Continue: a skipped callback
+// never runs, so an instance that breaks later in the stream is noticed by
+// the next callback that does run (or not at all).
+func (c *HTTPContext) BodyCallbacks() StreamCallbacks {
+	all := StreamCallbacks{true, true, true, true, true}
+	i := c.inst
+	if i == nil {
+		return all
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if !c.created {
+		return all
+	}
+	has := func(fn api.Function, bit uint32) bool { return fn != nil && c.mask&bit != 0 }
+	return StreamCallbacks{
+		RequestBody:      has(i.fns.requestBody, cbRequestBody),
+		RequestTrailers:  has(i.fns.requestTrailers, cbRequestTrailers),
+		ResponseBody:     has(i.fns.responseBody, cbResponseBody),
+		ResponseTrailers: has(i.fns.responseTrailers, cbResponseTrailers),
+		End:              has(i.fns.log, cbStreamDone) || has(i.fns.done, cbDone),
+	}
+}
+
 // action runs one stream callback: it creates the context on first use,
 // makes it the effective context, calls the export (Continue when the guest
 // does not export it, or its context leaves bit to the SDK default) and maps

@@ -201,6 +201,10 @@ func TestSDKCallbackMask(t *testing.T) {
 			if c.mask != tc.want {
 				t.Errorf("mask = %#x, want %#x", c.mask, tc.want)
 			}
+			// None of these guests has body, trailer or end callbacks.
+			if got := c.BodyCallbacks(); got != (StreamCallbacks{}) {
+				t.Errorf("BodyCallbacks = %+v, want none", got)
+			}
 			if err := c.Done(); err != nil {
 				t.Fatal(err)
 			}

@@ -73,6 +73,7 @@ var (
 	_ filters.RequestTrailersFilter  = (*streamFilter)(nil)
 	_ filters.ResponseBodyFilter     = (*streamFilter)(nil)
 	_ filters.ResponseTrailersFilter = (*streamFilter)(nil)
+	_ filters.HookSelector           = (*streamFilter)(nil)
 	_ wasm.StreamHost                = (*streamFilter)(nil)
 )
 
@@ -252,6 +253,39 @@ func (s *streamFilter) OnResponseTrailers(cb filters.Callbacks, t *header.Header
 	st := s.after("proxy_on_response_trailers", act, err, false)
 	s.finish()
 	return st
+}
+
+// bodyCallbacks is implemented by *wasm.HTTPContext.
+type bodyCallbacks interface{ BodyCallbacks() wasm.StreamCallbacks }
+
+// BodyHooks implements filters.HookSelector: the body and trailer hooks
+// whose guest callbacks run. A stream that failed open needs none, nor one
+// whose guest implements none of them; the response hooks stay while the
+// guest has an end callback (proxy_on_log), so that it runs when the
+// response ends rather than when the stream's context is cancelled.
+func (s *streamFilter) BodyHooks() filters.Hooks {
+	if s.bypass || s.hc == nil {
+		return 0
+	}
+	bc, ok := s.hc.(bodyCallbacks)
+	if !ok {
+		return filters.AllHooks
+	}
+	cbs := bc.BodyCallbacks()
+	var h filters.Hooks
+	if cbs.RequestBody {
+		h |= filters.HookRequestData
+	}
+	if cbs.RequestTrailers {
+		h |= filters.HookRequestTrailers
+	}
+	if cbs.ResponseBody || cbs.End {
+		h |= filters.HookResponseData
+	}
+	if cbs.ResponseTrailers || cbs.End {
+		h |= filters.HookResponseTrailers
+	}
+	return h
 }
 
 // Headers implements wasm.StreamHost.

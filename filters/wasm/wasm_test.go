@@ -341,3 +341,42 @@ func TestMetricBindsLate(t *testing.T) {
 		t.Errorf("wasmcustom.level = %d, want 7", got)
 	}
 }
+
+// selectiveContext is a fakeContext that reports which callbacks its
+// guest implements.
+type selectiveContext struct {
+	fakeContext
+	cbs wasm.StreamCallbacks
+}
+
+func (c *selectiveContext) BodyCallbacks() wasm.StreamCallbacks { return c.cbs }
+
+// TestBodyHooks checks the hooks the filter asks the connection manager
+// for: those of the guest's callbacks, response hooks also for an end
+// callback, none once the stream failed open, all for a context that
+// cannot tell.
+func TestBodyHooks(t *testing.T) {
+	tests := []struct {
+		name   string
+		hc     httpContext
+		bypass bool
+		want   filters.Hooks
+	}{
+		{"guest implements none", &selectiveContext{}, false, 0},
+		{"request body", &selectiveContext{cbs: wasm.StreamCallbacks{RequestBody: true}}, false, filters.HookRequestData},
+		{"trailers", &selectiveContext{cbs: wasm.StreamCallbacks{RequestTrailers: true, ResponseTrailers: true}}, false,
+			filters.HookRequestTrailers | filters.HookResponseTrailers},
+		{"end callback", &selectiveContext{cbs: wasm.StreamCallbacks{End: true}}, false, filters.HookResponseData | filters.HookResponseTrailers},
+		{"unknown", &fakeContext{}, false, filters.AllHooks},
+		{"failed open", &selectiveContext{cbs: wasm.StreamCallbacks{RequestBody: true}}, true, 0},
+		{"no context", nil, false, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &streamFilter{hc: tc.hc, bypass: tc.bypass}
+			if got := s.BodyHooks(); got != tc.want {
+				t.Fatalf("BodyHooks = %04b, want %04b", got, tc.want)
+			}
+		})
+	}
+}
