@@ -57,7 +57,7 @@ static_resources:
 `, ip, port, body)
 }
 
-func compile(t *testing.T, yaml string) *config.Snapshot {
+func compile(t testing.TB, yaml string) *config.Snapshot {
 	t.Helper()
 	b, err := config.ParseBootstrap([]byte(yaml), "test.yaml")
 	if err != nil {
@@ -70,7 +70,7 @@ func compile(t *testing.T, yaml string) *config.Snapshot {
 	return snap
 }
 
-func start(t *testing.T, snap *config.Snapshot) *Sidecar {
+func start(t testing.TB, snap *config.Snapshot) *Sidecar {
 	t.Helper()
 	s := New(Options{DrainTime: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := s.Start(snap); err != nil {
@@ -86,7 +86,7 @@ func start(t *testing.T, snap *config.Snapshot) *Sidecar {
 	return s
 }
 
-func listenerAddr(t *testing.T, s *Sidecar, name string) string {
+func listenerAddr(t testing.TB, s *Sidecar, name string) string {
 	t.Helper()
 	for _, l := range s.Listeners() {
 		if l.Name == name {
