@@ -5,8 +5,11 @@
 // parsing and stream state transitions, and a writer that owns the socket's
 // writes. Everyone else (handlers, client callers, timers) queues typed items
 // for the writer under the connection mutex. Streams are state machines
-// inside the connection; the codec starts no goroutine per stream (the
-// server runs each Handler on a goroutine that belongs to the handler).
+// inside the connection; the codec starts no goroutine per stream. The
+// server runs each Handler on a handler goroutine, which then waits up to a
+// second for the connection's next stream before exiting, so under load
+// goroutines (and the stacks they grew) are reused rather than started
+// per stream.
 //
 // Defaults follow Envoy's http2_protocol_options: SETTINGS_MAX_CONCURRENT_STREAMS
 // 2147483647, initial stream and connection windows 268435456 (256 MiB),
