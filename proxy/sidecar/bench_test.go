@@ -1,14 +1,20 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"runtime/metrics"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/http/header"
@@ -229,4 +235,88 @@ func benchProxyUnary(b *testing.B, conns, streams int) {
 		b.Fatal(firstErr)
 	}
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+// idleConnBytesLimit is the goal for what an idle downstream
+// HTTP/2 connection may hold in the sidecar (a bare x/net/http2 Framer
+// connection with its reader and writer goroutines holds about 16.5 KiB).
+const idleConnBytesLimit = 24 << 10
+
+// heapAndStacks is live heap plus goroutine stacks after a GC, the
+// process memory that grows with connections (RSS also holds the binary's
+// pages and the runtime's free lists, which do not).
+func heapAndStacks() int64 {
+	runtime.GC()
+	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"}}
+	metrics.Read(samples)
+	return int64(samples[0].Value.Uint64() + samples[1].Value.Uint64())
+}
+
+// TestIdleConnMemory opens idle HTTP/2 connections to a sidecar, each
+// after one request answered (so its codec state, HPACK tables and buffers
+// have been used), and checks what each holds on average: live heap plus
+// stacks, the client's side (a raw socket per connection, no goroutine)
+// included.
+func TestIdleConnMemory(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's shadow memory distorts per-connection figures")
+	}
+	const conns = 300
+	s := start(t, compile(t, bootstrap(0, "ok")))
+	addr := listenerAddr(t, s, "ingress")
+
+	// One request on a fresh connection: preface, SETTINGS, HEADERS
+	// (GET / with END_STREAM), then SETTINGS ACK once ours arrived.
+	var out bytes.Buffer
+	fr := http2.NewFramer(&out, nil)
+	out.WriteString(http2.ClientPreface)
+	_ = fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "idle"}, {":path", "/"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	_ = fr.WriteSettingsAck()
+	hello := out.Bytes()
+
+	open := func() net.Conn {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := nc.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		// Read frames until stream 1 ends.
+		rf := http2.NewFramer(io.Discard, nc)
+		for {
+			f, err := rf.ReadFrame()
+			if err != nil {
+				t.Fatalf("reading the response: %v", err)
+			}
+			if f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream) {
+				break
+			}
+		}
+		_ = nc.SetDeadline(time.Time{})
+		return nc
+	}
+	open() // warm up: pools, the route, the first connection's lazies
+	time.Sleep(100 * time.Millisecond)
+	before := heapAndStacks()
+	for range conns {
+		open()
+	}
+	// Let the handler goroutines of the last requests finish and park
+	// time pass, as for any idle connection.
+	time.Sleep(1500 * time.Millisecond)
+	after := heapAndStacks()
+	per := (after - before) / conns
+	t.Logf("%d idle HTTP/2 connections: %d bytes each (live heap + stacks)", conns, per)
+	if per > idleConnBytesLimit {
+		t.Errorf("an idle HTTP/2 connection holds %d bytes, want at most %d", per, idleConnBytesLimit)
+	}
 }

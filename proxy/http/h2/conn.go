@@ -133,7 +133,7 @@ type ctrlItem struct {
 type conn struct {
 	nc       net.Conn
 	fr       *http2.Framer // reads: reader; writes: writer
-	bw       *bufio.Writer // writer
+	bw       *pooledWriter // writer
 	log      *slog.Logger
 	st       *Stats
 	isClient bool
@@ -222,6 +222,65 @@ type conn struct {
 	onStreamDone func()
 }
 
+// writeBufSize is the size of the buffer frames are gathered in before a
+// write to the socket.
+const writeBufSize = 32 << 10
+
+// writeBufPool holds the write buffers of connections that have nothing
+// to send.
+var writeBufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
+
+// pooledWriter buffers frames for one socket write per burst, holding a
+// buffer only between the first write of the burst and the flush that ends
+// it (x/net/http2's bufferedWriter does the same), so an idle connection
+// holds none. It is not safe for concurrent use: the writer goroutine owns
+// it (and, before that starts, the constructor).
+type pooledWriter struct {
+	w  io.Writer
+	bw *bufio.Writer // nil while nothing is buffered
+}
+
+// Write buffers p, taking a buffer from the pool if none is held.
+func (w *pooledWriter) Write(p []byte) (int, error) {
+	if w.bw == nil {
+		w.bw = writeBufPool.Get().(*bufio.Writer)
+		w.bw.Reset(w.w)
+	}
+	return w.bw.Write(p)
+}
+
+// WriteString buffers s, like Write.
+func (w *pooledWriter) WriteString(s string) (int, error) {
+	if w.bw == nil {
+		w.bw = writeBufPool.Get().(*bufio.Writer)
+		w.bw.Reset(w.w)
+	}
+	return w.bw.WriteString(s)
+}
+
+// Buffered is how many bytes wait for Flush.
+func (w *pooledWriter) Buffered() int {
+	if w.bw == nil {
+		return 0
+	}
+	return w.bw.Buffered()
+}
+
+// Flush writes what is buffered and returns the buffer to the pool, also
+// when the write fails (what it held is then dropped, as the connection
+// is failing).
+func (w *pooledWriter) Flush() error {
+	bw := w.bw
+	if bw == nil {
+		return nil
+	}
+	err := bw.Flush()
+	bw.Reset(nil)
+	writeBufPool.Put(bw)
+	w.bw = nil
+	return err
+}
+
 // unlock releases mu and then reports streams that ended meanwhile.
 func (c *conn) unlock() {
 	n := c.pendingDone
@@ -247,7 +306,7 @@ func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, 
 	}
 	c := &conn{
 		nc:                 nc,
-		bw:                 bufio.NewWriterSize(nc, 32<<10),
+		bw:                 &pooledWriter{w: nc},
 		log:                log,
 		st:                 st,
 		isClient:           isClient,
