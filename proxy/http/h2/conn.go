@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -181,6 +182,9 @@ type conn struct {
 	// Immutable. When set, br buffers the socket for the framer.
 	hdrTimeout time.Duration
 	br         *bufio.Reader // reader
+	// rd, when not nil, is what the framer reads a plaintext socket
+	// through (while br is nil). Reader.
+	rd *burstReader
 
 	mu    sync.Mutex
 	wcond sync.Cond // writer waits here; guarded by mu
@@ -281,6 +285,61 @@ func (w *pooledWriter) Flush() error {
 	return err
 }
 
+// frameHeaderLen is the size of an HTTP/2 frame header, which the framer
+// reads on its own before each payload.
+const frameHeaderLen = 9
+
+// readBufSize is the size of the buffer a busy connection reads its socket
+// into: a burst of frames up to it costs one read syscall.
+const readBufSize = 16 << 10
+
+// readBufPool holds the read buffers of connections that have no unread
+// input buffered.
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+// burstReader lets the framer read a burst of frames in one syscall
+// without every connection keeping a read buffer: a frame header read
+// that finds nothing buffered goes straight to the socket (so an idle
+// connection waits for its peer holding no buffer), and the payload read
+// that follows fills a pooled buffer with everything the socket has, from
+// which the next frames are served until it is drained and returned to
+// the pool. Under load a burst costs two reads instead of two per frame.
+// Reader goroutine only.
+type burstReader struct {
+	r        io.Reader
+	buf      *[]byte // nil while nothing is buffered
+	off, end int     // unread bytes are (*buf)[off:end]
+}
+
+// Read implements io.Reader.
+func (b *burstReader) Read(p []byte) (int, error) {
+	if b.buf == nil {
+		if len(p) <= frameHeaderLen || len(p) >= readBufSize {
+			return b.r.Read(p)
+		}
+		b.buf = readBufPool.Get().(*[]byte)
+		n, err := b.r.Read(*b.buf)
+		if n == 0 {
+			b.release()
+			return 0, err
+		}
+		// Bytes read come before the error, which the next read sees again.
+		b.off, b.end = 0, n
+	}
+	k := copy(p, (*b.buf)[b.off:b.end])
+	b.off += k
+	if b.off == b.end {
+		b.release()
+	}
+	return k, nil
+}
+
+func (b *burstReader) release() {
+	readBufPool.Put(b.buf)
+	b.buf = nil
+	b.off, b.end = 0, 0
+}
+
 // unlock releases mu and then reports streams that ended meanwhile.
 func (c *conn) unlock() {
 	n := c.pendingDone
@@ -326,7 +385,13 @@ func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, 
 	c.localConnWin = max(min(c.localConnWin, maxWindow), initialWindowSize)
 	c.recvConnAvail = int64(c.localConnWin)
 	c.wcond.L = &c.mu
-	c.fr = http2.NewFramer(c.bw, nc)
+	var rd io.Reader = nc
+	if _, isTLS := nc.(*tls.Conn); !isTLS {
+		// crypto/tls already reads whole records into its own buffer.
+		c.rd = &burstReader{r: nc}
+		rd = c.rd
+	}
+	c.fr = http2.NewFramer(c.bw, rd)
 	c.configureFramer()
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	if st.table != nil {
@@ -927,8 +992,11 @@ func (c *conn) readLoop(h frameHandler) error {
 func (c *conn) drainLinger() error {
 	_ = c.nc.SetReadDeadline(c.lingerUntil) // awaitFrame may have reset it
 	var r io.Reader = c.nc
-	if c.br != nil { // the framer reads through it
+	switch { // what the framer reads through, which may hold bytes
+	case c.br != nil:
 		r = c.br
+	case c.rd != nil:
+		r = c.rd
 	}
 	_, _ = io.Copy(io.Discard, r)
 	_ = c.nc.Close()
