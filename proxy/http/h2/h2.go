@@ -176,6 +176,10 @@ type dataBuf struct {
 	chunks []*[]byte
 	off    int // read offset into chunks[0]
 	n      int // unread bytes
+	// inline backs chunks while it holds at most two chunks (a unary
+	// message's body), so a stream's buffer costs no allocation of its
+	// own. A dataBuf must not be copied once used.
+	inline [2]*[]byte
 }
 
 // append copies p into the buffer.
@@ -188,6 +192,9 @@ func (b *dataBuf) append(p []byte) {
 		} else {
 			tail = chunkPool.Get().(*[]byte)
 			*tail = (*tail)[:0]
+			if b.chunks == nil {
+				b.chunks = b.inline[:0]
+			}
 			b.chunks = append(b.chunks, tail)
 		}
 		k := min(len(p), cap(*tail)-len(*tail))
@@ -236,7 +243,8 @@ func (b *dataBuf) popHead(free bool) {
 	b.chunks = b.chunks[1:]
 	b.off = 0
 	if len(b.chunks) == 0 {
-		b.chunks = b.chunks[:0:0]
+		// Back to the inline array, dropping a grown one.
+		b.chunks = b.inline[:0]
 	}
 }
 

@@ -117,8 +117,10 @@ type exchange struct {
 	// Set by proxy for routes to a cluster.
 	wd   *watchdog
 	body *replayBody // nil when the request has no body
-	// tried are the distinct hosts attempted so far.
-	tried []*upstream.Host
+	// tried are the distinct hosts attempted so far, in triedBuf unless
+	// retries tried more than one.
+	tried    []*upstream.Host
+	triedBuf [1]*upstream.Host
 	// headersSent is set just before the response headers go downstream;
 	// from then on a failure resets the stream instead of answering it.
 	headersSent atomic.Bool

@@ -120,6 +120,9 @@ func (ex *exchange) pickHost(c *upstream.Cluster, p *route.RetryPolicy) *upstrea
 		}
 	}
 	if h != nil && !slices.Contains(ex.tried, h) {
+		if ex.tried == nil {
+			ex.tried = ex.triedBuf[:0]
+		}
 		ex.tried = append(ex.tried, h)
 	}
 	return h
