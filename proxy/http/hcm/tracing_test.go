@@ -197,6 +197,11 @@ func TestTracingParentAndAttempts(t *testing.T) {
 			t.Errorf("attempt %d sent traceparent %q, want %q", i+1, seen[i], want)
 		}
 	}
+	// The exporter counts the spans once the collector's answer is back,
+	// which may be after the collector handed them to the test.
+	for deadline := time.Now().Add(10 * time.Second); e.counter("tracing.opentelemetry.spans_sent") < 3 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if got := e.counter("tracing.opentelemetry.spans_sent"); got != 3 {
 		t.Errorf("spans_sent %d, want 3", got)
 	}
