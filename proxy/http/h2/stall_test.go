@@ -71,7 +71,11 @@ func TestStallReasons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep := waitState(t, tab, "hung request shows peer_headers", func(r StreamsReport) bool { return hasWaiting(r, "upstream", StallPeerHeaders) })
+	// The client's stream can wait before the server has registered its
+	// side of the connection: wait for both.
+	rep := waitState(t, tab, "hung request shows peer_headers on two connections", func(r StreamsReport) bool {
+		return hasWaiting(r, "upstream", StallPeerHeaders) && r.Connections == 2
+	})
 	if rep.Connections != 2 || rep.States["peer_headers"] != 1 || rep.Waiting[0].Scope != "cluster.backend.http2" {
 		t.Errorf("snapshot %+v: want 2 connections, one peer_headers stream in scope cluster.backend.http2", rep)
 	}
