@@ -163,8 +163,13 @@ func TestHTTPHealthCheck(t *testing.T) {
 					t.Errorf("health_check.%s = 0", name)
 				}
 			}
-			if v := statValue(t, store, "cluster.backend.health_check.healthy"); v != 1 {
-				t.Errorf("health_check.healthy = %d, want 1", v)
+			// The gauge is set just after the host's flag changes: poll it.
+			deadline := time.Now().Add(healthWait)
+			for statValue(t, store, "cluster.backend.health_check.healthy") != 1 {
+				if time.Now().After(deadline) {
+					t.Fatalf("health_check.healthy = %d after %v, want 1", statValue(t, store, "cluster.backend.health_check.healthy"), healthWait)
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
 			if v := statValue(t, store, "cluster.backend.health_check.network_failure"); v != 0 {
 				t.Errorf("health_check.network_failure = %d, want 0 (the server always answered)", v)
