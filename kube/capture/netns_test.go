@@ -152,7 +152,7 @@ static_resources:
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
-        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: outbound_passthrough, cluster: blackhole}
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: outbound_passthrough, cluster: passthrough}
   - name: outbound_greeter
     address: {socket_address: {address: 10.96.0.10, port_value: 80}}
     bind_to_port: false
@@ -165,6 +165,11 @@ static_resources:
     type: STATIC
     connect_timeout: 1s
     load_assignment: {cluster_name: blackhole, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}
+  - name: passthrough
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+    cleanup_interval: 1s
   - name: inbound_app
     type: STATIC
     connect_timeout: 1s
@@ -226,6 +231,12 @@ func TestCaptureInNetworkNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 		prefixServer(t, ln, "srv:")
+		// A destination outside the mesh: no listener matches it.
+		ext, err := net.Listen("tcp", "10.200.2.2:9191")
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefixServer(t, ext, "ext:")
 	})
 
 	// The capture rules, as the init container installs them.
@@ -345,11 +356,15 @@ func TestCaptureInNetworkNamespaces(t *testing.T) {
 	retry(cli, "10.200.1.1:8080", "app:hello")
 	// Outbound: the application's call to the service address.
 	retry(app, "10.96.0.10:80", "srv:hello")
+	// Passthrough: the application's call to an address no listener
+	// matches reaches it through the ORIGINAL_DST cluster.
+	retry(app, "10.200.2.2:9191", "ext:hello")
 
 	st := stats()
 	for _, name := range []string{
 		"cluster.inbound_app.upstream_cx_total", // redirected to 15006, handed to inbound_8080, then the app
 		"cluster.greeter.upstream_cx_total",     // redirected to 15001, handed to 10.96.0.10:80, then the server
+		"cluster.passthrough.upstream_cx_total", // redirected to 15001, no listener for 10.200.2.2:9191: its original destination
 	} {
 		if st[name] < 1 {
 			t.Errorf("stat %s = %d, want at least 1 (the connection did not go through the sidecar)", name, st[name])

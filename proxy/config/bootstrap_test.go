@@ -247,6 +247,30 @@ var badCases = []struct {
 		wantReason: "EDS requires dynamic_resources.ads_config",
 	},
 	{
+		name:       "ORIGINAL_DST with ROUND_ROBIN",
+		edits:      []edit{{"type: STATIC", "type: ORIGINAL_DST"}},
+		wantPath:   clu0 + ".lb_policy",
+		wantReason: "an ORIGINAL_DST cluster needs CLUSTER_PROVIDED (got ROUND_ROBIN)",
+	},
+	{
+		name:       "ORIGINAL_DST with endpoints",
+		edits:      []edit{{"type: STATIC", "type: ORIGINAL_DST"}, {"lb_policy: ROUND_ROBIN", "lb_policy: CLUSTER_PROVIDED"}},
+		wantPath:   clu0 + ".load_assignment",
+		wantReason: "an ORIGINAL_DST cluster takes its hosts from the downstream connections and must have no endpoints",
+	},
+	{
+		name:       "CLUSTER_PROVIDED on STATIC",
+		edits:      []edit{{"lb_policy: ROUND_ROBIN", "lb_policy: CLUSTER_PROVIDED"}},
+		wantPath:   clu0 + ".lb_policy",
+		wantReason: "CLUSTER_PROVIDED needs type ORIGINAL_DST (type is STATIC)",
+	},
+	{
+		name:       "original_dst_lb_config on STATIC",
+		edits:      []edit{{"lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    original_dst_lb_config: { use_http_header: true }"}},
+		wantPath:   clu0 + ".original_dst_lb_config",
+		wantReason: "applies to ORIGINAL_DST clusters only (type is STATIC)",
+	},
+	{
 		name:       "unsupported lb policy",
 		edits:      []edit{{"lb_policy: ROUND_ROBIN", "lb_policy: MAGLEV"}},
 		wantPath:   clu0 + ".lb_policy",

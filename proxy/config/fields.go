@@ -274,15 +274,19 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 			"typed_extension_protocol_options", "transport_socket", "eds_cluster_config",
 			"dns_refresh_rate", "circuit_breakers", "preconnect_policy", "upstream_connection_options",
 			"per_connection_buffer_limit_bytes", "outlier_detection", "health_checks",
+			// ORIGINAL_DST clusters (proxy/upstream/origdst.go).
+			"cleanup_interval", "original_dst_lb_config",
 			// Deprecated in Envoy in favour of typed_extension_protocol_options,
 			// still honoured by Envoy and by meshd.
 			"http2_protocol_options", "common_http_protocol_options", "max_requests_per_connection"),
 	},
-	"envoy.config.cluster.v3.Cluster.EdsClusterConfig":  {supported: names("eds_config", "service_name")},
-	"envoy.config.cluster.v3.Cluster.PreconnectPolicy":  {supported: names("per_upstream_preconnect_ratio")},
-	"envoy.config.cluster.v3.UpstreamConnectionOptions": {supported: names("tcp_keepalive")},
-	"envoy.config.core.v3.TcpKeepalive":                 {supported: names("keepalive_probes", "keepalive_time", "keepalive_interval")},
-	"envoy.config.cluster.v3.CircuitBreakers":           {supported: names("thresholds")},
+	"envoy.config.cluster.v3.Cluster.EdsClusterConfig": {supported: names("eds_config", "service_name")},
+	// metadata_key (a dynamic-metadata override) has no producer in meshd.
+	"envoy.config.cluster.v3.Cluster.OriginalDstLbConfig": {supported: names("use_http_header", "http_header_name", "upstream_port_override")},
+	"envoy.config.cluster.v3.Cluster.PreconnectPolicy":    {supported: names("per_upstream_preconnect_ratio")},
+	"envoy.config.cluster.v3.UpstreamConnectionOptions":   {supported: names("tcp_keepalive")},
+	"envoy.config.core.v3.TcpKeepalive":                   {supported: names("keepalive_probes", "keepalive_time", "keepalive_interval")},
+	"envoy.config.cluster.v3.CircuitBreakers":             {supported: names("thresholds")},
 	"envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
 		supported: names("priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "retry_budget"),
 	},

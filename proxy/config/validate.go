@@ -847,7 +847,7 @@ func (v *validator) clusterRef(path, name string, opts ResourceOptions) {
 }
 
 var (
-	supportedClusterTypes = []clusterv3.Cluster_DiscoveryType{clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_EDS}
+	supportedClusterTypes = []clusterv3.Cluster_DiscoveryType{clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_EDS, clusterv3.Cluster_ORIGINAL_DST}
 	supportedLbPolicies   = []clusterv3.Cluster_LbPolicy{clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST, clusterv3.Cluster_RANDOM}
 )
 
@@ -859,7 +859,11 @@ func (v *validator) cluster(path string, c *clusterv3.Cluster, opts ResourceOpti
 		// A custom cluster type; reported by the walk as unsupported.
 		return
 	case !slices.Contains(supportedClusterTypes, typ):
-		v.addf(join(path, "type"), "cluster type %s is not supported (STATIC, STRICT_DNS, EDS)", typ)
+		v.addf(join(path, "type"), "cluster type %s is not supported (STATIC, STRICT_DNS, EDS, ORIGINAL_DST)", typ)
+	case typ == clusterv3.Cluster_ORIGINAL_DST:
+		if len(c.GetLoadAssignment().GetEndpoints()) > 0 {
+			v.addf(join(path, "load_assignment"), "an ORIGINAL_DST cluster takes its hosts from the downstream connections and must have no endpoints")
+		}
 	case typ == clusterv3.Cluster_EDS:
 		if !opts.Dynamic {
 			v.addf(join(path, "type"), "EDS requires dynamic_resources.ads_config (a control plane to serve endpoints)")
@@ -898,8 +902,16 @@ func (v *validator) cluster(path string, c *clusterv3.Cluster, opts ResourceOpti
 			v.addf(join(path, p.path+"."+f), "flood limits apply to downstream connections only (set them on the http_connection_manager)")
 		}
 	}
-	if !slices.Contains(supportedLbPolicies, c.GetLbPolicy()) {
-		v.addf(join(path, "lb_policy"), "%s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)", c.GetLbPolicy())
+	switch lbp := c.GetLbPolicy(); {
+	case typ == clusterv3.Cluster_ORIGINAL_DST && lbp != clusterv3.Cluster_CLUSTER_PROVIDED:
+		v.addf(join(path, "lb_policy"), "an ORIGINAL_DST cluster needs CLUSTER_PROVIDED (got %s)", lbp)
+	case typ != clusterv3.Cluster_ORIGINAL_DST && lbp == clusterv3.Cluster_CLUSTER_PROVIDED:
+		v.addf(join(path, "lb_policy"), "CLUSTER_PROVIDED needs type ORIGINAL_DST (type is %s)", typ)
+	case lbp != clusterv3.Cluster_CLUSTER_PROVIDED && !slices.Contains(supportedLbPolicies, lbp):
+		v.addf(join(path, "lb_policy"), "%s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM; CLUSTER_PROVIDED with ORIGINAL_DST)", lbp)
+	}
+	if c.GetOriginalDstLbConfig() != nil && typ != clusterv3.Cluster_ORIGINAL_DST {
+		v.addf(join(path, "original_dst_lb_config"), "applies to ORIGINAL_DST clusters only (type is %s)", typ)
 	}
 }
 

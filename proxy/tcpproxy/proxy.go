@@ -204,7 +204,7 @@ func (c *conn) connect() (*upstream.Cluster, *upstream.Host, net.Conn, error) {
 	tried := map[*upstream.Host]bool{}
 	var errs []error
 	for attempt := 0; attempt < c.cfg.MaxConnectAttempts; attempt++ {
-		h := pickUntried(cl, tried)
+		h := pickUntried(cl, tried, c.down.LocalAddr())
 		if h == nil {
 			cl.Stats().NoHealthyUpstream.Inc()
 			errs = append(errs, fmt.Errorf("cluster %q: %w", name, errNoHost))
@@ -228,8 +228,13 @@ func (c *conn) connect() (*upstream.Cluster, *upstream.Host, net.Conn, error) {
 
 // pickUntried asks the load balancer for a host not yet tried, giving it
 // as many chances as the cluster has hosts; when every pick was tried
-// already it returns the last pick, so a one-host cluster is retried.
-func pickUntried(cl *upstream.Cluster, tried map[*upstream.Host]bool) *upstream.Host {
+// already it returns the last pick, so a one-host cluster is retried. An
+// ORIGINAL_DST cluster always picks the host of local, the downstream
+// connection's original destination.
+func pickUntried(cl *upstream.Cluster, tried map[*upstream.Host]bool, local net.Addr) *upstream.Host {
+	if cl.Spec().Discovery == upstream.OriginalDst {
+		return cl.PickFor(upstream.Target{LocalAddr: local})
+	}
 	var h *upstream.Host
 	for range max(len(cl.Hosts()), 1) {
 		h = cl.Pick()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -135,6 +136,9 @@ type Cluster struct {
 	// pools is the circuit breaker and pool stats shared by the pools of
 	// all the cluster's hosts.
 	pools *poolShared
+	// od holds the on-demand hosts of an ORIGINAL_DST cluster, nil for
+	// other clusters (origdst.go).
+	od *origDst
 }
 
 // Observe returns, for each HTTP/2 endpoint of the cluster, what its pool
@@ -160,7 +164,8 @@ func (c *Cluster) Stats() *Stats { return c.stats }
 func (c *Cluster) Hosts() []*Host { return c.set.Load().hosts }
 
 // Pick chooses a host with the cluster's load balancer, or nil when the
-// cluster has no usable host.
+// cluster has no usable host. An ORIGINAL_DST cluster has no load
+// balancer: its Pick returns nil (use PickFor).
 func (c *Cluster) Pick() *Host {
 	hs := c.set.Load()
 	if hs.picker == nil {
@@ -184,6 +189,13 @@ func newCluster(spec *Spec, store *stats.Store, logger *slog.Logger) *Cluster {
 	c.pools = newPoolShared(spec, c.stats)
 	if spec.Discovery == Static || spec.Discovery == EDS {
 		c.setHosts(resolveStatic(spec.Endpoints))
+		return c
+	}
+	if spec.Discovery == OriginalDst {
+		c.od = &origDst{spec: spec.OriginalDst, hosts: map[netip.AddrPort]*origHost{}}
+		c.set.Store(&hostSet{byLB: map[*lb.Host]*Host{}})
+		c.stopWG.Add(1)
+		go c.cleanupLoop()
 		return c
 	}
 	c.setHosts(nil)
@@ -342,6 +354,9 @@ func (c *Cluster) resolve(ctx context.Context) {
 func (c *Cluster) drain() {
 	close(c.stop)
 	c.stopWG.Wait()
+	if c.od != nil {
+		c.closeOriginalDst()
+	}
 	c.closeHealth()
 	for _, h := range c.set.Load().hosts {
 		h.pool.Drain()

@@ -13,6 +13,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -59,7 +60,32 @@ const (
 	// EDS clusters take their endpoints from ClusterLoadAssignment updates
 	// (xDS); the snapshot compiler fills Spec.Endpoints from the assignment.
 	EDS
+	// OriginalDst clusters (ORIGINAL_DST) have no configured endpoints: a
+	// host is created on demand for each original destination of the
+	// downstream connections (or override header) picked through, and
+	// removed after a cleanup_interval without use (origdst.go).
+	OriginalDst
 )
+
+// OriginalDstSpec is the configuration of an ORIGINAL_DST cluster.
+type OriginalDstSpec struct {
+	// HTTPHeader, when not empty, is the request header
+	// (original_dst_lb_config.use_http_header with http_header_name,
+	// default x-envoy-original-dst-host) whose IP:port overrides the
+	// connection's original destination for HTTP requests.
+	HTTPHeader string
+	// PortOverride, when not zero, replaces the port of every destination
+	// (original_dst_lb_config.upstream_port_override).
+	PortOverride uint16
+	// CleanupInterval is how often unused hosts are removed
+	// (cleanup_interval, default 5s): a host not picked during a whole
+	// interval and with no request or connection open is removed.
+	CleanupInterval time.Duration
+}
+
+// DefaultOriginalDstHeader is the override header of an ORIGINAL_DST
+// cluster with use_http_header and no http_header_name.
+const DefaultOriginalDstHeader = "x-envoy-original-dst-host"
 
 // Endpoint is one configured endpoint: an IP (STATIC) or a host name
 // (STRICT_DNS) with a port.
@@ -172,6 +198,8 @@ type Spec struct {
 	// health_checks[0], nil when unset (outlier.go, health.go).
 	Outlier     *OutlierSpec
 	HealthCheck *HealthCheckSpec
+	// OriginalDst is set for ORIGINAL_DST clusters only.
+	OriginalDst *OriginalDstSpec
 
 	raw *clusterv3.Cluster
 }
@@ -276,17 +304,35 @@ func CompileClusterWith(c *clusterv3.Cluster, secrets tlscontext.Secrets) (*Spec
 		if s.EDSServiceName == "" {
 			s.EDSServiceName = s.Name
 		}
+	case clusterv3.Cluster_ORIGINAL_DST:
+		s.Discovery = OriginalDst
+		od, err := compileOriginalDst(c)
+		if err != nil {
+			return nil, err
+		}
+		s.OriginalDst = od
 	default:
-		return nil, fmt.Errorf("type: %s is not supported (STATIC, STRICT_DNS, EDS)", t)
+		return nil, fmt.Errorf("type: %s is not supported (STATIC, STRICT_DNS, EDS, ORIGINAL_DST)", t)
+	}
+	if c.GetOriginalDstLbConfig() != nil && s.Discovery != OriginalDst {
+		return nil, fmt.Errorf("original_dst_lb_config: applies to ORIGINAL_DST clusters only (type is %s)", c.GetType())
 	}
 	switch p := c.GetLbPolicy(); p {
+	case clusterv3.Cluster_CLUSTER_PROVIDED:
+		if s.Discovery != OriginalDst {
+			return nil, fmt.Errorf("lb_policy: CLUSTER_PROVIDED needs type ORIGINAL_DST (type is %s)", c.GetType())
+		}
+		s.LBPolicy = p.String()
 	case clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST, clusterv3.Cluster_RANDOM:
+		if s.Discovery == OriginalDst {
+			return nil, fmt.Errorf("lb_policy: an ORIGINAL_DST cluster needs CLUSTER_PROVIDED (got %s)", p)
+		}
 		s.LBPolicy = p.String()
 		if _, ok := lb.Get(s.LBPolicy); !ok {
 			return nil, fmt.Errorf("lb_policy: %s has no registered load balancer", p)
 		}
 	default:
-		return nil, fmt.Errorf("lb_policy: %s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)", p)
+		return nil, fmt.Errorf("lb_policy: %s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM; CLUSTER_PROVIDED with ORIGINAL_DST)", p)
 	}
 	if d := c.GetConnectTimeout(); d != nil {
 		s.ConnectTimeout = d.AsDuration()
@@ -352,6 +398,40 @@ func CompileClusterWith(c *clusterv3.Cluster, secrets tlscontext.Secrets) (*Spec
 		return nil, err
 	}
 	return s, nil
+}
+
+// compileOriginalDst compiles the settings of an ORIGINAL_DST cluster:
+// Envoy's constraints (no load_assignment) and original_dst_lb_config.
+func compileOriginalDst(c *clusterv3.Cluster) (*OriginalDstSpec, error) {
+	if len(c.GetLoadAssignment().GetEndpoints()) > 0 {
+		return nil, fmt.Errorf("load_assignment: an ORIGINAL_DST cluster takes its hosts from the downstream connections and must have no endpoints")
+	}
+	od := &OriginalDstSpec{CleanupInterval: 5 * time.Second}
+	if d := c.GetCleanupInterval(); d != nil {
+		od.CleanupInterval = d.AsDuration()
+		if od.CleanupInterval <= 0 {
+			return nil, fmt.Errorf("cleanup_interval: must be positive")
+		}
+	}
+	cfg := c.GetOriginalDstLbConfig()
+	if cfg.GetUseHttpHeader() {
+		od.HTTPHeader = DefaultOriginalDstHeader
+		if n := cfg.GetHttpHeaderName(); n != "" {
+			od.HTTPHeader = strings.ToLower(n)
+		}
+	} else if cfg.GetHttpHeaderName() != "" {
+		return nil, fmt.Errorf("original_dst_lb_config.http_header_name: set without use_http_header")
+	}
+	if v := cfg.GetUpstreamPortOverride(); v != nil {
+		if v.GetValue() == 0 || v.GetValue() > 65535 {
+			return nil, fmt.Errorf("original_dst_lb_config.upstream_port_override: %d is not in 1..65535", v.GetValue())
+		}
+		od.PortOverride = uint16(v.GetValue())
+	}
+	if cfg.GetMetadataKey() != nil {
+		return nil, fmt.Errorf("original_dst_lb_config.metadata_key: not supported (the connection's original destination and use_http_header are)")
+	}
+	return od, nil
 }
 
 func (s *Spec) compileEndpoints(c *clusterv3.Cluster) error {

@@ -106,7 +106,21 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 // balancer up to host_selection_retry_max_attempts times (default 3); unlike
 // Envoy's default, which may pick the same host again, this spreads retries
 // away from a host that just failed.
+//
+// An ORIGINAL_DST cluster picks the host of the connection's original
+// destination (or of the override header, when the cluster honours one).
 func (ex *exchange) pickHost(c *upstream.Cluster, p *route.RetryPolicy) *upstream.Host {
+	if c.Spec().Discovery == upstream.OriginalDst {
+		t := upstream.Target{Header: ex.req.Header.Get}
+		if ci := ex.ds.Conn(); ci != nil {
+			t.LocalAddr = ci.LocalAddr
+		}
+		h := c.PickFor(t)
+		if h != nil && !slices.Contains(ex.tried, h) {
+			ex.tried = append(ex.tried, h)
+		}
+		return h
+	}
 	h := c.Pick()
 	if h != nil && len(ex.tried) > 0 && len(c.Hosts()) > 1 {
 		attempts := maxHostSelectionAttempts
