@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -231,7 +230,7 @@ func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
 // returns nil.
 func (l *QUICListener) Serve() error {
 	err := l.srv.ServeListener(l.ln)
-	if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+	if err == nil || errors.Is(err, h3.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return fmt.Errorf("listener %q: %w", l.cfg.Name, err)

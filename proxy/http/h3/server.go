@@ -1,30 +1,44 @@
 package h3
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
+	"net"
 	"runtime/debug"
-	"slices"
 	"strconv"
-	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/net/http/httpguts"
 
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 )
 
+// DefaultMaxRequestHeaderBytes bounds a request's header section when
+// ServerConfig.MaxHeaderBytes is zero (1 MiB, net/http's and quic-go's
+// server default).
+const DefaultMaxRequestHeaderBytes = 1 << 20
+
+// ErrServerClosed is returned by Server.ServeListener after Shutdown or
+// Close.
+var ErrServerClosed = errors.New("h3: server closed")
+
 // ServerConfig configures a Server.
 type ServerConfig struct {
-	// MaxHeaderBytes bounds a request's header section (HCM
-	// max_request_headers_kb); zero means net/http's default (1 MiB).
+	// MaxHeaderBytes bounds a request's header section and its trailers
+	// (HCM max_request_headers_kb); zero: DefaultMaxRequestHeaderBytes. It
+	// is announced as SETTINGS_MAX_FIELD_SECTION_SIZE; a larger request
+	// gets a 431 response.
 	MaxHeaderBytes int
 	// IdleTimeout closes a connection with no open request stream for this
 	// long (HCM common_http_protocol_options.idle_timeout); zero: never.
@@ -38,16 +52,38 @@ type ServerConfig struct {
 	Logger *slog.Logger
 }
 
-// Server serves HTTP/3 requests on QUIC connections as stream.ServerStreams.
-// It is quic-go's http3.Server with meshd's stream interface in front:
-// framing, QPACK and stream flow control are quic-go's.
-type Server struct {
-	srv *http3.Server
-	cfg ServerConfig
-	h   stream.Handler
+// Listener is what a Server accepts QUIC connections from (a
+// *quic.Listener or *quic.EarlyListener).
+type Listener interface {
+	Accept(ctx context.Context) (*quic.Conn, error)
+	Addr() net.Addr
+	Close() error
 }
 
-type connInfoKey struct{}
+// Server serves HTTP/3 requests (RFC 9114) on QUIC connections as
+// stream.ServerStreams, with meshd's own framing: quic-go does QUIC and
+// QPACK's static-table coding; the server reads and writes the HTTP/3
+// frames of its control and request streams itself, so a request costs
+// one goroutine (the handler's) and no net/http conversion.
+//
+// Each connection gets the server's SETTINGS on a control stream; the
+// peer's control stream is read for SETTINGS and GOAWAY. Shutdown sends
+// GOAWAY naming the first request stream the server will not process,
+// refuses later streams with H3_REQUEST_REJECTED and waits for the
+// requests in flight.
+type Server struct {
+	cfg            ServerConfig
+	h              stream.Handler
+	maxHeaderBytes int
+
+	mu        sync.Mutex
+	listeners map[Listener]struct{}
+	conns     map[*serverConn]struct{}
+	draining  bool // Shutdown called
+	closed    bool // Close called
+	connsDone chan struct{}
+	wg        sync.WaitGroup // connection goroutines
+}
 
 // NewServer returns a server handing every request to h.
 func NewServer(cfg ServerConfig, h stream.Handler) *Server {
@@ -55,141 +91,762 @@ func NewServer(cfg ServerConfig, h stream.Handler) *Server {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Stats == nil {
-		cfg.Stats = &Stats{}
+		cfg.Stats = NewStats(nil)
 	}
-	s := &Server{cfg: cfg, h: h}
-	s.srv = &http3.Server{
-		Handler:        http.HandlerFunc(s.serveHTTP),
-		MaxHeaderBytes: cfg.MaxHeaderBytes,
-		IdleTimeout:    cfg.IdleTimeout,
-		Logger:         cfg.Logger,
-		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
-			var info stream.ConnInfo
-			if cfg.ConnInfo != nil {
-				info = cfg.ConnInfo(c)
+	mhb := cfg.MaxHeaderBytes
+	if mhb <= 0 {
+		mhb = DefaultMaxRequestHeaderBytes
+	}
+	return &Server{cfg: cfg, h: h, maxHeaderBytes: mhb, listeners: map[Listener]struct{}{}, conns: map[*serverConn]struct{}{}}
+}
+
+// ServeListener serves the connections ln accepts until Shutdown or
+// Close, then returns ErrServerClosed; it returns another error if ln
+// fails. ln is closed on return.
+func (s *Server) ServeListener(ln Listener) error {
+	s.mu.Lock()
+	if s.draining || s.closed {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		_ = ln.Close()
+	}()
+	for {
+		qc, err := ln.Accept(context.Background())
+		if err != nil {
+			s.mu.Lock()
+			stopped := s.draining || s.closed
+			s.mu.Unlock()
+			if stopped {
+				return ErrServerClosed
 			}
-			info.LocalAddr, info.RemoteAddr, info.Proto = c.LocalAddr(), c.RemoteAddr(), "HTTP/3"
-			st := c.ConnectionState().TLS
-			info.TLS = &st
-			return context.WithValue(ctx, connInfoKey{}, &info)
-		},
+			return fmt.Errorf("accepting QUIC connections: %w", err)
+		}
+		c := s.newConn(qc)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			_ = qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+			return ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		draining := s.draining
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			c.serve(draining)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
 	}
-	return s
 }
 
-// ServeListener serves the connections ln accepts until Shutdown or Close,
-// then returns http.ErrServerClosed.
-func (s *Server) ServeListener(ln http3.QUICListener) error {
-	return s.srv.ServeListener(ln)
+// stopAccepting closes the listeners and returns the connections.
+func (s *Server) stopAccepting(close bool) []*serverConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if close {
+		s.closed = true
+	}
+	s.draining = true
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
 }
 
-// Shutdown sends GOAWAY on every connection, stops accepting, and waits
-// until the streams in flight end or ctx is done, whichever is first.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
-
-// Close closes every connection at once, resetting its streams.
-func (s *Server) Close() error { return s.srv.Close() }
-
-// serveHTTP runs the stream handler for one request stream on quic-go's
-// per-request goroutine.
-func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	info, _ := r.Context().Value(connInfoKey{}).(*stream.ConnInfo)
-	if info == nil {
-		// Unreachable: ConnContext sets it on every connection.
-		panic(http.ErrAbortHandler)
+// Shutdown stops accepting connections, sends GOAWAY on every connection
+// and waits until the connections ended (each closes once its requests
+// are done and the peer closed it) or ctx is done, when it closes them
+// and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	for _, c := range s.stopAccepting(false) {
+		c.goAway()
 	}
-	ss := newServerStream(w, r, info)
-	defer ss.finish(s.cfg.Logger, s.cfg.Stats)
-	s.h.ServeStream(ss)
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		_ = s.Close()
+		return ctx.Err()
+	}
+}
+
+// Close closes every connection at once, resetting its streams, and
+// waits for the connections' goroutines (not the handlers) to return.
+func (s *Server) Close() error {
+	for _, c := range s.stopAccepting(true) {
+		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// serverConn is one downstream HTTP/3 connection.
+type serverConn struct {
+	s    *Server
+	qc   *quic.Conn
+	info stream.ConnInfo
+	log  *slog.Logger
+
+	encMu sync.Mutex // guards enc and block: QPACK encoding of responses
+	enc   *qpack.Encoder
+	block sliceWriter
+
+	ctrlMu sync.Mutex // guards ctrl writes
+	ctrl   *quic.SendStream
+
+	mu        sync.Mutex
+	active    int           // request streams being served
+	nextID    quic.StreamID // one above the largest request stream accepted
+	goingAway bool          // GOAWAY sent: streams at or above nextID are refused
+	idle      *time.Timer
+	peerCtrl  bool // the peer's control stream was opened
+
+	handlers sync.WaitGroup
+}
+
+func (s *Server) newConn(qc *quic.Conn) *serverConn {
+	c := &serverConn{s: s, qc: qc, log: s.cfg.Logger}
+	if s.cfg.ConnInfo != nil {
+		c.info = s.cfg.ConnInfo(qc)
+	}
+	st := qc.ConnectionState().TLS
+	c.info.LocalAddr, c.info.RemoteAddr, c.info.Proto, c.info.TLS = qc.LocalAddr(), qc.RemoteAddr(), "HTTP/3", &st
+	c.enc = qpack.NewEncoder(&c.block)
+	return c
+}
+
+// closeConn closes the connection with an HTTP/3 connection error.
+func (c *serverConn) closeConn(code http3.ErrCode, reason string) {
+	if c.qc.Context().Err() == nil {
+		c.log.Debug("HTTP/3 connection error", "code", code.String(), "reason", reason, "remote", c.info.RemoteAddr)
+	}
+	_ = c.qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
+}
+
+// serve runs the connection until it closes: it sends SETTINGS, serves
+// the peer's unidirectional streams and hands each request stream to a
+// handler goroutine. draining says the server was shutting down when the
+// connection was accepted.
+func (c *serverConn) serve(draining bool) {
+	if err := c.openControlStream(); err != nil {
+		c.closeConn(http3.ErrCodeInternalError, "opening the control stream")
+		return
+	}
+	var loops sync.WaitGroup
+	loops.Go(c.acceptUniStreams)
+	if t := c.s.cfg.IdleTimeout; t > 0 {
+		c.mu.Lock()
+		c.idle = time.AfterFunc(t, func() {
+			c.mu.Lock()
+			idle := c.active == 0
+			c.mu.Unlock()
+			if idle {
+				c.closeConn(http3.ErrCodeNoError, "idle timeout")
+			}
+		})
+		c.mu.Unlock()
+	}
+	if draining {
+		c.goAway()
+	}
+	ctx := c.qc.Context()
+	for {
+		qs, err := c.qc.AcceptStream(ctx)
+		if err != nil {
+			break
+		}
+		c.mu.Lock()
+		if c.goingAway && qs.StreamID() >= c.nextID {
+			c.mu.Unlock()
+			// Never seen by the handler: safe for the client to retry
+			// (RFC 9114 section 5.2).
+			qs.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+			qs.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+			continue
+		}
+		c.nextID = max(c.nextID, qs.StreamID()+4)
+		c.active++
+		if c.idle != nil {
+			c.idle.Stop()
+		}
+		c.mu.Unlock()
+		c.handlers.Go(func() { c.serveStream(qs) })
+	}
+	c.mu.Lock()
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	c.mu.Unlock()
+	loops.Wait()
+	c.handlers.Wait()
+}
+
+// openControlStream opens the server's control stream with its SETTINGS
+// (RFC 9114 section 6.2.1): the largest request header section accepted;
+// no dynamic QPACK table, so no QPACK streams.
+func (c *serverConn) openControlStream() error {
+	s, err := c.qc.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	var settings []byte
+	settings = quicvarint.Append(settings, settingMaxFieldSectionSize)
+	settings = quicvarint.Append(settings, uint64(c.s.maxHeaderBytes))
+	b := quicvarint.Append(nil, streamControl)
+	b = appendFrameHeader(b, frameSettings, uint64(len(settings)))
+	c.ctrl = s
+	_, err = s.Write(append(b, settings...))
+	return err
+}
+
+// goAway starts the connection's graceful close: a GOAWAY naming the
+// first request stream not accepted yet; later streams are refused. The
+// connection closes when the peer closes it after its requests are done,
+// or at once when none is in flight.
+func (c *serverConn) goAway() {
+	c.mu.Lock()
+	if c.goingAway {
+		c.mu.Unlock()
+		return
+	}
+	c.goingAway = true
+	id := c.nextID
+	c.mu.Unlock()
+	frame := appendFrameHeader(nil, frameGoAway, uint64(quicvarint.Len(uint64(id))))
+	frame = quicvarint.Append(frame, uint64(id))
+	// The write may block on the peer's flow control credit; it returns
+	// when the connection closes.
+	go func() {
+		c.ctrlMu.Lock()
+		_, _ = c.ctrl.Write(frame)
+		c.ctrlMu.Unlock()
+	}()
+}
+
+// streamEnded accounts a request stream whose handler returned.
+func (c *serverConn) streamEnded() {
+	c.mu.Lock()
+	c.active--
+	if c.active == 0 && c.idle != nil && !c.goingAway {
+		c.idle.Reset(c.s.cfg.IdleTimeout)
+	}
+	c.mu.Unlock()
+}
+
+// acceptUniStreams serves the peer's unidirectional streams until the
+// connection ends.
+func (c *serverConn) acceptUniStreams() {
+	var loops sync.WaitGroup
+	defer loops.Wait()
+	ctx := c.qc.Context()
+	for {
+		s, err := c.qc.AcceptUniStream(ctx)
+		if err != nil {
+			return
+		}
+		loops.Go(func() { c.serveUniStream(s) })
+	}
+}
+
+// serveUniStream reads one of the peer's unidirectional streams: its
+// control stream (only one allowed) for SETTINGS and GOAWAY; QPACK streams
+// are drained (no dynamic table was allowed); a push stream from a client
+// is a connection error; unknown types are refused.
+func (c *serverConn) serveUniStream(s *quic.ReceiveStream) {
+	r := bufio.NewReaderSize(s, 512)
+	typ, err := quicvarint.Read(r)
+	if err != nil {
+		return
+	}
+	switch typ {
+	case streamControl:
+		c.mu.Lock()
+		dup := c.peerCtrl
+		c.peerCtrl = true
+		c.mu.Unlock()
+		if dup {
+			c.closeConn(http3.ErrCodeStreamCreationError, "second control stream")
+			return
+		}
+		err := readServerControlStream(r)
+		he, ok := errors.AsType[*h3Error](err)
+		if !ok {
+			// The peer must not close its control stream (section 6.2.1).
+			he = &h3Error{http3.ErrCodeClosedCriticalStream, fmt.Sprintf("control stream ended: %v", err)}
+		}
+		c.closeConn(he.code, he.reason)
+	case streamQPACKEncoder, streamQPACKDecoder:
+		_, _ = io.Copy(io.Discard, r)
+	case streamPush:
+		c.closeConn(http3.ErrCodeStreamCreationError, "push stream from a client")
+	default:
+		s.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
+	}
+}
+
+// readServerControlStream reads a client's control stream: SETTINGS
+// first, then GOAWAY (a client's names push IDs, and meshd pushes
+// nothing), MAX_PUSH_ID, CANCEL_PUSH or unknown frames. It returns the
+// error that ends the connection.
+func readServerControlStream(r *bufio.Reader) error {
+	first := true
+	for {
+		typ, length, err := readFrameHeader(r)
+		if err != nil {
+			return err
+		}
+		if first != (typ == frameSettings) {
+			if first {
+				return &h3Error{http3.ErrCodeMissingSettings, "control stream does not start with SETTINGS"}
+			}
+			return &h3Error{http3.ErrCodeFrameUnexpected, "second SETTINGS frame"}
+		}
+		first = false
+		switch typ {
+		case frameData, frameHeaders, framePushPromise:
+			return &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on the control stream", typ)}
+		case frameGoAway, frameMaxPushID, frameCancelPush:
+			p, err := readControlPayload(r, length)
+			if err != nil {
+				return err
+			}
+			if _, n, err := quicvarint.Parse(p); err != nil || n != len(p) {
+				return &h3Error{http3.ErrCodeFrameError, fmt.Sprintf("malformed frame type %#x", typ)}
+			}
+		case frameSettings:
+			p, err := readControlPayload(r, length)
+			if err != nil {
+				return err
+			}
+			if err := checkSettings(p); err != nil {
+				return err
+			}
+		default:
+			if err := skip(r, length); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func readControlPayload(r *bufio.Reader, length uint64) ([]byte, error) {
+	if length > maxControlFrame {
+		return nil, &h3Error{http3.ErrCodeExcessiveLoad, fmt.Sprintf("control frame of %d bytes", length)}
+	}
+	return readBlock(r, length, maxControlFrame)
+}
+
+// checkSettings validates a SETTINGS payload: identifier/value pairs, no
+// identifier twice, none of HTTP/2's reserved ones (RFC 9114 section
+// 7.2.4.1). meshd needs no setting of the client's: it sends no dynamic
+// QPACK table, and its responses' header sections are what the upstream
+// sent.
+func checkSettings(p []byte) error {
+	seen := map[uint64]bool{}
+	for len(p) > 0 {
+		id, n, err := quicvarint.Parse(p)
+		if err != nil {
+			return &h3Error{http3.ErrCodeFrameError, "malformed SETTINGS"}
+		}
+		p = p[n:]
+		_, n, err = quicvarint.Parse(p)
+		if err != nil {
+			return &h3Error{http3.ErrCodeFrameError, "malformed SETTINGS"}
+		}
+		p = p[n:]
+		if seen[id] {
+			return &h3Error{http3.ErrCodeSettingsError, fmt.Sprintf("setting %#x sent twice", id)}
+		}
+		seen[id] = true
+		if id >= 0x2 && id <= 0x5 {
+			return &h3Error{http3.ErrCodeSettingsError, fmt.Sprintf("HTTP/2 setting %#x", id)}
+		}
+	}
+	return nil
+}
+
+// errHeaderTooLarge marks a request header section over the limit.
+var errHeaderTooLarge = errors.New("request header section too large")
+
+// readRequestHead reads a request stream up to its HEADERS frame and
+// decodes the request (RFC 9114 sections 4.1 and 4.3.1). Unknown frame
+// types before it are skipped. A frame that may not open a request stream
+// is an *h3Error closing the connection (H3_FRAME_UNEXPECTED); a malformed
+// request is H3_MESSAGE_ERROR, an undecodable block
+// H3_QPACK_DECOMPRESSION_FAILED (stream errors); a header section over
+// maxHeaderBytes is errHeaderTooLarge.
+func readRequestHead(r *bufio.Reader, maxHeaderBytes int) (stream.Request, error) {
+	for {
+		typ, length, err := readFrameHeader(r)
+		if err != nil {
+			if err == io.EOF {
+				err = &h3Error{http3.ErrCodeRequestIncomplete, "request stream ended before its headers"}
+			}
+			return stream.Request{}, err
+		}
+		switch typ {
+		case frameHeaders:
+			if length > uint64(maxHeaderBytes) {
+				return stream.Request{}, errHeaderTooLarge
+			}
+			block, err := readBlock(r, length, maxHeaderBytes)
+			if err != nil {
+				return stream.Request{}, err
+			}
+			return decodeRequest(block, maxHeaderBytes)
+		case frameData, frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
+			return stream.Request{}, &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x before the request headers", typ)}
+		default:
+			if err := skip(r, length); err != nil {
+				return stream.Request{}, err
+			}
+		}
+	}
+}
+
+// decodeRequest decodes a request's QPACK header block: pseudo-fields
+// first, each once, :method always, :scheme and :path unless CONNECT,
+// :authority or host; lower-case token names, values without CR, LF or
+// NUL, no connection-specific field, te
+// only "trailers", one content-length value. The decoded size (RFC 9114
+// section 4.2.2: name + value + 32 per field) may not exceed limit.
+func decodeRequest(block []byte, limit int) (stream.Request, error) {
+	req := stream.Request{Header: header.Make(8), ContentLength: -1}
+	next := qpack.NewDecoder().Decode(block)
+	regular, hasScheme, hasPath := false, false, false
+	size := 0
+	for {
+		f, err := next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return req, &h3Error{http3.ErrCodeQPACKDecompressionFailed, err.Error()}
+		}
+		if size += len(f.Name) + len(f.Value) + 32; size > limit {
+			return req, errHeaderTooLarge
+		}
+		if len(f.Name) == 0 {
+			return req, &h3Error{http3.ErrCodeMessageError, "empty field name"}
+		}
+		if f.Name[0] == ':' {
+			if regular {
+				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("pseudo-header %q after regular fields", f.Name)}
+			}
+			var dst *string
+			switch f.Name {
+			case ":method":
+				dst = &req.Method
+			case ":scheme":
+				dst, hasScheme = &req.Scheme, true
+			case ":authority":
+				dst = &req.Authority
+			case ":path":
+				dst, hasPath = &req.Path, true
+			default:
+				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("unknown pseudo-header %q", f.Name)}
+			}
+			if *dst != "" {
+				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("duplicate pseudo-header %q", f.Name)}
+			}
+			if f.Value == "" {
+				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("empty pseudo-header %q", f.Name)}
+			}
+			*dst = f.Value
+			continue
+		}
+		regular = true
+		for i := 0; i < len(f.Name); i++ {
+			if c := f.Name[i]; c >= 'A' && c <= 'Z' {
+				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("upper-case field name %q", f.Name)}
+			}
+		}
+		if !httpguts.ValidHeaderFieldName(f.Name) {
+			return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid field name %q", f.Name)}
+		}
+		if !httpguts.ValidHeaderFieldValue(f.Value) {
+			return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid value of field %q", f.Name)}
+		}
+		switch {
+		case f.Name == "te":
+			if f.Value != "trailers" {
+				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("te %q other than trailers", f.Value)}
+			}
+		case header.IsConnectionSpecific(f.Name):
+			return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("connection-specific field %q", f.Name)}
+		case f.Name == "content-length":
+			n, err := strconv.ParseInt(f.Value, 10, 64)
+			if err != nil || n < 0 || (req.ContentLength >= 0 && n != req.ContentLength) {
+				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid content-length %q", f.Value)}
+			}
+			req.ContentLength = n
+		case f.Name == "host":
+			if req.Authority == "" {
+				req.Authority = f.Value
+			}
+			continue
+		}
+		req.Header.Add(f.Name, f.Value)
+	}
+	switch {
+	case req.Method == "":
+		return req, &h3Error{http3.ErrCodeMessageError, "request without :method"}
+	case req.Method == "CONNECT":
+		if hasScheme || hasPath || req.Authority == "" {
+			return req, &h3Error{http3.ErrCodeMessageError, "CONNECT request needs :authority and no :scheme or :path"}
+		}
+	case !hasScheme || !hasPath:
+		return req, &h3Error{http3.ErrCodeMessageError, "request without :scheme or :path"}
+	}
+	// The stream arrived over QUIC, so TLS: proxied as https whatever the
+	// client wrote (as the HTTP/2 server does for TLS connections).
+	req.Scheme = "https"
+	req.EndStream = req.ContentLength == 0
+	return req, nil
+}
+
+// serveStream reads a request's headers and runs the handler on the
+// calling goroutine (the stream's own).
+func (c *serverConn) serveStream(qs *quic.Stream) {
+	defer c.streamEnded()
+	r := bufio.NewReaderSize(qs, 1024)
+	req, err := readRequestHead(r, c.s.maxHeaderBytes)
+	if err != nil {
+		c.rejectRequest(qs, err)
+		return
+	}
+	ctx, cancel := context.WithCancel(qs.Context())
+	ss := &serverStream{
+		c: c, qs: qs, r: r, req: req, ctx: ctx, cancel: cancel,
+		head: req.Method == "HEAD", bodyLeft: req.ContentLength,
+	}
+	defer ss.finish()
+	c.s.h.ServeStream(ss)
+}
+
+// rejectRequest ends a request stream whose headers could not be read.
+func (c *serverConn) rejectRequest(qs *quic.Stream, err error) {
+	if errors.Is(err, errHeaderTooLarge) {
+		// Stop the client sending and answer 431, as quic-go's server does.
+		qs.CancelRead(quic.StreamErrorCode(http3.ErrCodeExcessiveLoad))
+		c.encMu.Lock()
+		frame, _ := encodeHeaders(nil, c.enc, &c.block, func(add func(name, value string)) {
+			add(":status", "431")
+		})
+		c.encMu.Unlock()
+		_, _ = qs.Write(frame)
+		_ = qs.Close()
+		return
+	}
+	code := http3.ErrCodeRequestIncomplete
+	if he, ok := errors.AsType[*h3Error](err); ok {
+		code = he.code
+		if code == http3.ErrCodeFrameUnexpected || code == http3.ErrCodeFrameError {
+			c.closeConn(code, he.reason)
+			return
+		}
+	} else if se, ok := errors.AsType[*quic.StreamError](err); ok && se.Remote {
+		return // the peer reset the stream: nothing to answer
+	}
+	c.s.cfg.Stats.TxReset.Inc()
+	qs.CancelRead(quic.StreamErrorCode(code))
+	qs.CancelWrite(quic.StreamErrorCode(code))
 }
 
 // serverStream is one HTTP/3 request as a stream.ServerStream.
 //
-// wroteHeader and bodyAllowed are owned by the goroutine using the send
-// side; ended and reset are atomics because Reset and finish read them from
-// other goroutines.
+// The receive-side fields (r, remaining, bodyLeft, trailers, eof) are
+// owned by the goroutine reading, the send-side ones (wroteHeader,
+// bodyAllowed, hdr) by the one writing; ended and reset are atomics
+// because Reset and finish read them from other goroutines.
 type serverStream struct {
-	w      http.ResponseWriter
-	rc     *http.ResponseController
-	r      *http.Request
-	info   *stream.ConnInfo
+	c      *serverConn
+	qs     *quic.Stream
 	req    stream.Request
 	ctx    context.Context
 	cancel context.CancelFunc
 	head   bool
 
+	// Receive side.
+	r         *bufio.Reader
+	remaining uint64 // payload bytes left in the current DATA frame
+	bodyLeft  int64  // declared content-length not yet received; -1: none
+	trailers  header.Header
+	eof       bool
+	readErr   error
+
+	// Send side.
 	wroteHeader bool
 	bodyAllowed bool
+	hdr         []byte
 
 	ended     atomic.Bool
 	reset     atomic.Bool
 	resetCode atomic.Uint32
 }
 
-func newServerStream(w http.ResponseWriter, r *http.Request, info *stream.ConnInfo) *serverStream {
-	ctx, cancel := context.WithCancel(r.Context())
-	path := r.RequestURI
-	if path == "" {
-		path = r.URL.RequestURI()
-	}
-	if r.Method == http.MethodConnect {
-		path = ""
-	}
-	h := fromHTTPHeader(r.Header)
-	for k := range r.Trailer {
-		h.Add("trailer", strings.ToLower(k))
-	}
-	return &serverStream{
-		w:    w,
-		rc:   http.NewResponseController(w),
-		r:    r,
-		info: info,
-		req: stream.Request{
-			Method:        r.Method,
-			Scheme:        "https",
-			Authority:     r.Host,
-			Path:          path,
-			Header:        h,
-			ContentLength: r.ContentLength,
-			// quic-go's request has a body reader even without DATA;
-			// only a declared empty body tells the end up front.
-			EndStream: r.ContentLength == 0,
-		},
-		ctx:    ctx,
-		cancel: cancel,
-		head:   r.Method == http.MethodHead,
-	}
-}
-
 func (s *serverStream) Request() *stream.Request { return &s.req }
 func (s *serverStream) Context() context.Context { return s.ctx }
-func (s *serverStream) Conn() *stream.ConnInfo   { return s.info }
+func (s *serverStream) Conn() *stream.ConnInfo   { return &s.c.info }
 
 // Trailers returns the request trailers, valid once Read returned io.EOF.
-func (s *serverStream) Trailers() header.Header { return fromHTTPHeader(s.r.Trailer) }
+func (s *serverStream) Trailers() header.Header { return s.trailers }
 
 func (s *serverStream) resetError() *stream.Error {
 	return &stream.Error{Code: stream.ErrCode(s.resetCode.Load()), Reason: "stream reset locally"}
 }
 
-// Read reads request body data (the payload of DATA frames).
+// Read reads request body data (the payload of DATA frames); io.EOF at
+// the end of the stream, after which Trailers is valid. A body that does
+// not match its content-length, or a frame that may not appear on a
+// request stream, resets the stream with H3_MESSAGE_ERROR or closes the
+// connection with H3_FRAME_UNEXPECTED.
 func (s *serverStream) Read(p []byte) (int, error) {
 	if s.reset.Load() {
 		return 0, s.resetError()
 	}
-	n, err := s.r.Body.Read(p)
-	if err == nil || err == io.EOF {
-		return n, err
+	if s.readErr != nil {
+		return 0, s.readErr
 	}
-	if s.reset.Load() {
-		return n, s.resetError()
+	if s.eof {
+		return 0, io.EOF
 	}
-	return n, streamError("reading request body", err)
+	for s.remaining == 0 {
+		typ, length, err := readFrameHeader(s.r)
+		if err == io.EOF {
+			if s.bodyLeft > 0 {
+				return 0, s.readFailed(&h3Error{http3.ErrCodeMessageError, "request body shorter than its content-length"})
+			}
+			s.eof = true
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, s.readFailed(err)
+		}
+		switch typ {
+		case frameData:
+			if s.bodyLeft >= 0 && length > uint64(s.bodyLeft) {
+				return 0, s.readFailed(&h3Error{http3.ErrCodeMessageError, "request body longer than its content-length"})
+			}
+			s.remaining = length
+			if s.bodyLeft >= 0 {
+				s.bodyLeft -= int64(length)
+			}
+		case frameHeaders:
+			if s.bodyLeft > 0 {
+				return 0, s.readFailed(&h3Error{http3.ErrCodeMessageError, "request body shorter than its content-length"})
+			}
+			if length > uint64(s.c.s.maxHeaderBytes) {
+				return 0, s.readFailed(&h3Error{http3.ErrCodeExcessiveLoad, fmt.Sprintf("request trailers of %d bytes exceed the limit of %d", length, s.c.s.maxHeaderBytes)})
+			}
+			block, err := readBlock(s.r, length, s.c.s.maxHeaderBytes)
+			if err != nil {
+				return 0, s.readFailed(err)
+			}
+			f, err := decodeFields(block, true)
+			if err != nil {
+				return 0, s.readFailed(err)
+			}
+			// Nothing may follow the trailers (section 4.1).
+			if _, _, err := readFrameHeader(s.r); err != io.EOF {
+				if err == nil {
+					err = &h3Error{http3.ErrCodeFrameUnexpected, "frame after the request trailers"}
+				}
+				return 0, s.readFailed(err)
+			}
+			s.trailers, s.eof = f.header, true
+			return 0, io.EOF
+		case frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
+			return 0, s.readFailed(&h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)})
+		default:
+			if err := skip(s.r, length); err != nil {
+				return 0, s.readFailed(err)
+			}
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := s.r.Read(p[:min(uint64(len(p)), s.remaining)])
+	s.remaining -= uint64(n)
+	if err == io.EOF && s.remaining == 0 {
+		// quic-go returns the stream's last bytes with io.EOF; the next
+		// Read sees the end between frames.
+		err = nil
+	}
+	if err != nil {
+		if err == io.EOF {
+			err = &h3Error{http3.ErrCodeFrameError, "request stream ended inside a DATA frame"}
+		}
+		return n, s.readFailed(err)
+	}
+	return n, nil
 }
 
-// WriteHeader sends the response headers. 1xx other than 101 are sent at
-// once; connection-specific fields are dropped; quic-go's automatic
-// Content-Type and Date are suppressed so the proxy forwards what it got.
+// readFailed turns a receive-side failure into the stream's error: a
+// protocol error found locally resets the stream (or closes the
+// connection, for frame errors); a reset by the peer is counted.
+func (s *serverStream) readFailed(err error) error {
+	if s.reset.Load() {
+		s.readErr = s.resetError()
+		return s.readErr
+	}
+	if he, ok := errors.AsType[*h3Error](err); ok {
+		switch he.code {
+		case http3.ErrCodeFrameUnexpected, http3.ErrCodeFrameError:
+			s.c.closeConn(he.code, he.reason)
+		}
+		s.abort(he.code)
+		s.readErr = &stream.Error{Code: codeOf(he.code), Reason: "reading request body: " + he.reason, Err: err}
+		return s.readErr
+	}
+	se := streamError("reading request body", err)
+	if se.Remote {
+		s.c.s.cfg.Stats.RxReset.Inc()
+	}
+	s.cancel()
+	s.readErr = se
+	return se
+}
+
+// abort resets both directions of the stream with code and counts it.
+func (s *serverStream) abort(code http3.ErrCode) {
+	if s.reset.Swap(true) {
+		return
+	}
+	s.resetCode.Store(uint32(codeOf(code)))
+	s.c.s.cfg.Stats.TxReset.Inc()
+	s.qs.CancelRead(quic.StreamErrorCode(code))
+	s.qs.CancelWrite(quic.StreamErrorCode(code))
+	s.cancel()
+}
+
+// WriteHeader sends the response headers in a HEADERS frame. 1xx other
+// than 101 may precede the final response; connection-specific fields are
+// dropped; content-length is added when declared.
 func (s *serverStream) WriteHeader(resp *stream.Response, endStream bool) error {
 	if s.reset.Load() {
 		return s.resetError()
@@ -201,49 +858,69 @@ func (s *serverStream) WriteHeader(resp *stream.Response, endStream bool) error 
 	if status < 100 || status > 999 {
 		return fmt.Errorf("h3: WriteHeader: invalid status %d", status)
 	}
-	h := s.w.Header()
-	clear(h)
-	copyFields(h, &resp.Header)
-	if status < 200 {
+	informational := status < 200
+	if informational {
 		if endStream {
 			return fmt.Errorf("h3: WriteHeader: informational status %d cannot end the stream", status)
 		}
-		if status == http.StatusSwitchingProtocols {
+		if status == 101 {
 			return errors.New("h3: WriteHeader: 101 Switching Protocols does not exist in HTTP/3")
 		}
-		s.w.WriteHeader(status)
-		clear(h)
+	}
+	c := s.c
+	c.encMu.Lock()
+	frame, err := encodeHeaders(s.hdr[:0], c.enc, &c.block, func(add func(name, value string)) {
+		add(":status", strconv.Itoa(status))
+		for _, f := range resp.Header.Fields() {
+			if !header.IsConnectionSpecific(f.Name) {
+				add(f.Name, f.Value)
+			}
+		}
+		if !informational && resp.ContentLength >= 0 && !resp.Header.Has("content-length") {
+			add("content-length", strconv.FormatInt(resp.ContentLength, 10))
+		}
+	})
+	c.encMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("h3: WriteHeader: %w", err)
+	}
+	s.hdr = frame
+	if _, err := s.qs.Write(frame); err != nil {
+		return s.sendError(err)
+	}
+	if informational {
 		return nil
 	}
-	for _, k := range []string{"Content-Type", "Date"} {
-		if _, ok := h[k]; !ok {
-			h[k] = nil
-		}
-	}
-	if _, ok := h["Content-Length"]; !ok && resp.ContentLength >= 0 {
-		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
-	}
-	s.w.WriteHeader(status)
 	s.wroteHeader = true
-	s.bodyAllowed = !s.head && status != http.StatusNoContent && status != http.StatusNotModified
+	s.bodyAllowed = !s.head && status != 204 && status != 304
 	if endStream {
-		s.ended.Store(true)
-		return nil
-	}
-	return s.flush()
-}
-
-func (s *serverStream) flush() error {
-	if err := s.rc.Flush(); err != nil {
-		if s.reset.Load() {
-			return s.resetError()
-		}
-		return streamError("writing response", err)
+		return s.end()
 	}
 	return nil
 }
 
-// Write sends body data in a DATA frame and flushes it.
+// end closes the send side (FIN) once the response is complete.
+func (s *serverStream) end() error {
+	s.ended.Store(true)
+	if err := s.qs.Close(); err != nil {
+		return s.sendError(err)
+	}
+	return nil
+}
+
+func (s *serverStream) sendError(err error) error {
+	if s.reset.Load() {
+		return s.resetError()
+	}
+	se := streamError("writing response", err)
+	if se.Remote {
+		s.c.s.cfg.Stats.RxReset.Inc()
+	}
+	return se
+}
+
+// Write sends body data in one DATA frame; quic-go sends it without
+// waiting for more. It blocks while QUIC flow control allows no more.
 func (s *serverStream) Write(p []byte) (int, error) {
 	if s.reset.Load() {
 		return 0, s.resetError()
@@ -254,21 +931,30 @@ func (s *serverStream) Write(p []byte) (int, error) {
 	if s.ended.Load() {
 		return 0, errors.New("h3: Write after the response ended")
 	}
-	if !s.bodyAllowed {
+	if !s.bodyAllowed || len(p) == 0 {
 		return len(p), nil
 	}
-	n, err := s.w.Write(p)
-	if err != nil {
-		if s.reset.Load() {
-			return n, s.resetError()
+	s.hdr = appendFrameHeader(s.hdr[:0], frameData, uint64(len(p)))
+	if len(p) <= coalesceLimit {
+		h := len(s.hdr)
+		s.hdr = append(s.hdr, p...)
+		n, err := s.qs.Write(s.hdr)
+		if err != nil {
+			return max(n-h, 0), s.sendError(err)
 		}
-		return n, streamError("writing response", err)
+		return len(p), nil
 	}
-	return n, s.flush()
+	if _, err := s.qs.Write(s.hdr); err != nil {
+		return 0, s.sendError(err)
+	}
+	n, err := s.qs.Write(p)
+	if err != nil {
+		return n, s.sendError(err)
+	}
+	return n, nil
 }
 
-// WriteTrailers ends the response with a trailing HEADERS frame, which
-// quic-go writes when the handler returns.
+// WriteTrailers ends the response with a trailing HEADERS frame.
 func (s *serverStream) WriteTrailers(t header.Header) error {
 	if s.reset.Load() {
 		return s.resetError()
@@ -276,22 +962,30 @@ func (s *serverStream) WriteTrailers(t header.Header) error {
 	if !s.wroteHeader {
 		return errors.New("h3: WriteTrailers before WriteHeader")
 	}
-	if s.ended.Swap(true) {
+	if s.ended.Load() {
 		return errors.New("h3: WriteTrailers after the response ended")
 	}
-	h := s.w.Header()
-	for _, f := range t.Fields() {
-		if header.IsConnectionSpecific(f.Name) {
-			continue
+	c := s.c
+	c.encMu.Lock()
+	frame, err := encodeHeaders(s.hdr[:0], c.enc, &c.block, func(add func(name, value string)) {
+		for _, f := range t.Fields() {
+			if !header.IsConnectionSpecific(f.Name) {
+				add(f.Name, f.Value)
+			}
 		}
-		k := http.TrailerPrefix + http.CanonicalHeaderKey(f.Name)
-		h[k] = append(h[k], f.Value)
+	})
+	c.encMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("h3: WriteTrailers: %w", err)
 	}
-	return nil
+	s.hdr = frame
+	if _, err := s.qs.Write(frame); err != nil {
+		return s.sendError(err)
+	}
+	return s.end()
 }
 
-// CloseWrite ends the response; the stream's FIN goes out when the handler
-// returns.
+// CloseWrite ends the response without trailers.
 func (s *serverStream) CloseWrite() error {
 	if s.reset.Load() {
 		return s.resetError()
@@ -299,94 +993,46 @@ func (s *serverStream) CloseWrite() error {
 	if !s.wroteHeader {
 		return errors.New("h3: CloseWrite before WriteHeader")
 	}
-	s.ended.Store(true)
-	return nil
+	if s.ended.Load() {
+		return nil
+	}
+	return s.end()
 }
 
-// Reset abandons the stream: pending Read and Write calls return at once
-// (their deadlines are moved to the past), and when the handler returns
-// the stream is reset in both directions (RESET_STREAM and STOP_SENDING
-// with H3_INTERNAL_ERROR, the code quic-go's server uses for an aborted
-// handler).
+// Reset abandons the stream: RESET_STREAM and STOP_SENDING with the
+// HTTP/3 code for code; pending Read and Write calls return at once.
 func (s *serverStream) Reset(code stream.ErrCode) {
 	if s.reset.Swap(true) {
 		return
 	}
 	s.resetCode.Store(uint32(code))
+	s.c.s.cfg.Stats.TxReset.Inc()
+	s.qs.CancelRead(quic.StreamErrorCode(h3Code(code)))
+	s.qs.CancelWrite(quic.StreamErrorCode(h3Code(code)))
 	s.cancel()
-	past := time.Unix(1, 0)
-	_ = s.rc.SetReadDeadline(past)
-	_ = s.rc.SetWriteDeadline(past)
 }
 
-// finish runs when the handler returns. A response not ended, a reset or a
-// handler panic abort the stream.
-func (s *serverStream) finish(log *slog.Logger, st *Stats) {
-	s.cancel()
+// finish runs when the handler returns. A response not ended, or a
+// handler panic, resets the stream with H3_INTERNAL_ERROR; a complete
+// response whose request is still arriving stops it with H3_NO_ERROR
+// (RFC 9114 section 4.1).
+func (s *serverStream) finish() {
+	defer s.cancel()
 	if p := recover(); p != nil {
-		log.Error("h3: handler panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
-		st.TxReset.Inc()
-		panic(http.ErrAbortHandler)
+		s.c.log.Error("h3: handler panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		s.abort(http3.ErrCodeInternalError)
+		return
 	}
-	if s.reset.Load() || !s.ended.Load() {
-		st.TxReset.Inc()
-		panic(http.ErrAbortHandler)
+	if s.reset.Load() {
+		return
 	}
-}
-
-// copyFields adds f's fields to h, skipping connection-specific ones.
-func copyFields(h http.Header, f *header.Header) {
-	for _, fl := range f.Fields() {
-		if header.IsConnectionSpecific(fl.Name) {
-			continue
-		}
-		k := http.CanonicalHeaderKey(fl.Name)
-		h[k] = append(h[k], fl.Value)
+	if !s.ended.Load() {
+		s.abort(http3.ErrCodeInternalError)
+		return
+	}
+	if !s.eof && s.readErr == nil && !s.req.EndStream {
+		s.qs.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
 	}
 }
 
-// fromHTTPHeader converts a net/http header map to a header.Header with
-// lower-case names, sorted by name; declared names without a value are
-// dropped.
-func fromHTTPHeader(h http.Header) header.Header {
-	keys := make([]string, 0, len(h))
-	n := 0
-	for k, vs := range h {
-		if len(vs) == 0 {
-			continue
-		}
-		keys = append(keys, k)
-		n += len(vs)
-	}
-	slices.Sort(keys)
-	out := header.Make(n)
-	for _, k := range keys {
-		name, ok := lowerNames[k]
-		if !ok {
-			name = strings.ToLower(k)
-		}
-		for _, v := range h[k] {
-			out.Add(name, v)
-		}
-	}
-	return out
-}
-
-// lowerNames maps the canonical form of common field names (how quic-go
-// hands them over) to their HTTP/3 wire form, so converting a request's
-// header section allocates no name. Filled once at init; read-only.
-var lowerNames = map[string]string{}
-
-func init() {
-	for _, n := range []string{
-		"accept", "accept-encoding", "accept-language", "authorization", "cache-control",
-		"content-encoding", "content-length", "content-type", "cookie", "date", "etag",
-		"grpc-accept-encoding", "grpc-encoding", "grpc-message", "grpc-status", "grpc-timeout",
-		"if-modified-since", "if-none-match", "last-modified", "location", "origin", "range",
-		"referer", "server", "set-cookie", "te", "traceparent", "tracestate", "user-agent", "vary",
-		"x-b3-sampled", "x-b3-spanid", "x-b3-traceid", "x-forwarded-client-cert", "x-forwarded-for",
-		"x-forwarded-proto", "x-request-id",
-	} {
-		lowerNames[http.CanonicalHeaderKey(n)] = n
-	}
-}
+var _ stream.ServerStream = (*serverStream)(nil)
