@@ -741,6 +741,11 @@ func (s *clientStream) Read(p []byte) (int, error) {
 	}
 	n, err := s.r.Read(p[:min(uint64(len(p)), s.remaining)])
 	s.remaining -= uint64(n)
+	if err == io.EOF && s.remaining == 0 {
+		// quic-go returns the stream's last bytes with io.EOF; the next
+		// Read sees the end between frames.
+		err = nil
+	}
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF // the stream ended inside a DATA frame
