@@ -1,9 +1,10 @@
-// Package h3 is meshd's HTTP/3 codec: quic-go's http3 package behind the
+// Package h3 is meshd's HTTP/3 codec (RFC 9114) behind the
 // protocol-neutral stream interface (proxy/http/stream), server and client.
 //
 // quic-go owns QUIC (handshake, loss recovery, flow control, stream limits)
-// and HTTP/3 framing and QPACK. This package adapts requests and responses
-// to stream.ServerStream and stream.ClientStream, maps HTTP/3 error codes
+// and QPACK's static-table coding; this package reads and writes HTTP/3
+// frames on the control and request streams itself, serves requests as
+// stream.ServerStream and sends them as stream.ClientStream, maps HTTP/3 error codes
 // (RFC 9114 section 8.1) onto stream.ErrCode, and observes what the pool
 // must know and quic-go does not expose: the peer's MAX_STREAMS credit and
 // HTTP/3 GOAWAY frames, read from the connection's qlog events.
