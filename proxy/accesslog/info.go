@@ -20,11 +20,17 @@ import (
 )
 
 // Info is what one access-log line describes: Envoy's StreamInfo for one
-// downstream stream. The connection manager fills it while the stream runs
-// and hands it to the loggers once the stream is over; a logger never keeps
-// it.
+// downstream HTTP stream or for one downstream connection. The connection
+// manager fills it per stream; tcp_proxy fills it per proxied connection
+// (Request nil, Proto "TCP"); a listener fills it for a connection it
+// closed before any filter chain served it (TLS handshake failure, no
+// matching filter chain). The owner hands it to the loggers once the
+// stream or connection is over; a logger never keeps it. Every format
+// applies to every kind of record: an operator without a value for it
+// (%REQ(...)% on a TCP connection) renders "-", as in Envoy.
 type Info struct {
-	// Start is when the request headers were received.
+	// Start is when the request headers were received, or when the
+	// connection was accepted for a connection record.
 	Start time.Time
 	// RequestDone is when the last byte of the request was received; zero
 	// when the request never completed.
@@ -37,7 +43,7 @@ type Info struct {
 	End time.Time
 
 	// Request is the downstream request as received (before the upstream
-	// rewrites). Never nil when logged.
+	// rewrites); nil for a connection record.
 	Request *stream.Request
 	// Response is the response sent downstream; nil when none was sent.
 	Response *stream.Response
@@ -51,7 +57,9 @@ type Info struct {
 	// CodeDetails is Envoy's %RESPONSE_CODE_DETAILS% ("via_upstream",
 	// "route_not_found", ...); "" when unset.
 	CodeDetails string
-	// BytesReceived and BytesSent count downstream body bytes.
+	// BytesReceived and BytesSent count downstream body bytes, or every
+	// byte read from and written to the downstream connection for a
+	// connection record.
 	BytesReceived uint64
 	BytesSent     uint64
 
@@ -63,6 +71,13 @@ type Info struct {
 	UpstreamHost string
 	// UpstreamTransportFailureReason is why connecting upstream failed.
 	UpstreamTransportFailureReason string
+	// DownstreamTransportFailureReason is why the downstream TLS handshake
+	// failed (%DOWNSTREAM_TRANSPORT_FAILURE_REASON%).
+	DownstreamTransportFailureReason string
+	// TerminationDetails is why meshd closed the connection
+	// (%CONNECTION_TERMINATION_DETAILS%: "idle_timeout",
+	// "filter_chain_not_found", ...); "" when the peers closed it.
+	TerminationDetails string
 	// UpstreamPeerCert is the leaf certificate the upstream peer of the
 	// last attempt that got a response presented; nil over plaintext or
 	// when the upstream codec does not report it.
@@ -173,5 +188,5 @@ func (i *Info) grpcStatus() (string, bool) {
 
 // isGRPC reports whether the request is gRPC.
 func (i *Info) isGRPC() bool {
-	return strings.HasPrefix(i.Request.Header.Get("content-type"), "application/grpc")
+	return i.Request != nil && strings.HasPrefix(i.Request.Header.Get("content-type"), "application/grpc")
 }

@@ -3,6 +3,7 @@ package accesslog
 import (
 	"crypto/x509"
 	"fmt"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,7 +49,8 @@ func init() {
 			return strconv.AppendUint(dst, i.BytesSent, 10), num
 		}),
 		"PROTOCOL": noArg(stringOp(func(i *Info) string {
-			if i.Conn == nil {
+			// Envoy has no protocol for a connection record: "-".
+			if i.Conn == nil || i.Request == nil {
 				return ""
 			}
 			return i.Conn.Proto
@@ -56,6 +58,8 @@ func init() {
 		"UPSTREAM_HOST":                          noArg(stringOp(func(i *Info) string { return i.UpstreamHost })),
 		"UPSTREAM_CLUSTER":                       noArg(stringOp(func(i *Info) string { return i.UpstreamCluster })),
 		"UPSTREAM_TRANSPORT_FAILURE_REASON":      noArg(stringOp(func(i *Info) string { return i.UpstreamTransportFailureReason })),
+		"DOWNSTREAM_TRANSPORT_FAILURE_REASON":    noArg(stringOp(func(i *Info) string { return i.DownstreamTransportFailureReason })),
+		"CONNECTION_TERMINATION_DETAILS":         noArg(stringOp(func(i *Info) string { return i.TerminationDetails })),
 		"UPSTREAM_PEER_URI_SAN":                  noArg(stringOp(func(i *Info) string { return firstURISAN(i.UpstreamPeerCert) })),
 		"UPSTREAM_PEER_SUBJECT":                  noArg(stringOp(func(i *Info) string { return subject(i.UpstreamPeerCert) })),
 		"DOWNSTREAM_REMOTE_ADDRESS":              addrOp(true, true),
@@ -225,11 +229,41 @@ func downstreamPeerCert(i *Info) *x509.Certificate {
 }
 
 func peerURISAN(dst []byte, i *Info) ([]byte, kind) {
-	s := firstURISAN(downstreamPeerCert(i))
-	if s == "" {
+	c := downstreamPeerCert(i)
+	if c == nil || len(c.URIs) == 0 {
 		return dst, missing
 	}
-	return append(dst, s...), str
+	return appendURI(dst, c.URIs[0]), str
+}
+
+// appendURI appends u as u.String() does, without allocating for a URI
+// of the SPIFFE form (scheme://host/path, the path of unreserved
+// characters and '/'); other URIs go through u.String().
+func appendURI(dst []byte, u *url.URL) []byte {
+	if u.Opaque != "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.RawPath != "" ||
+		u.ForceQuery || u.Scheme == "" || u.Host == "" || !plainPath(u.Path) {
+		return append(dst, u.String()...)
+	}
+	dst = append(dst, u.Scheme...)
+	dst = append(dst, "://"...)
+	dst = append(dst, u.Host...)
+	return append(dst, u.Path...)
+}
+
+// plainPath reports whether p is empty or starts with '/' and needs no
+// escaping: unreserved characters and '/' only.
+func plainPath(p string) bool {
+	if p != "" && p[0] != '/' {
+		return false
+	}
+	for k := 0; k < len(p); k++ {
+		c := p[k]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+			return false
+		}
+	}
+	return true
 }
 
 // grpcCamel and grpcSnake are the gRPC status names Envoy prints for
