@@ -21,6 +21,8 @@ import (
 
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
+
+	"meshd.dev/meshd/proxy/accesslog"
 )
 
 // DefaultIdleTimeout is Envoy's idle_timeout when the field is unset: a
@@ -48,13 +50,23 @@ type Config struct {
 	// freshly picked host, preferring hosts not yet tried) before the
 	// downstream connection is closed. At least 1.
 	MaxConnectAttempts int
+	// AccessLogs are written once per connection, when it ends (access_log).
+	AccessLogs []*accesslog.Logger
+	// FlushOnConnected also writes AccessLogs once the upstream connection
+	// is established (access_log_options.flush_access_log_on_connected).
+	FlushOnConnected bool
+	// FlushInterval, when positive, also writes AccessLogs every interval
+	// while the connection is proxied
+	// (access_log_options.access_log_flush_interval).
+	FlushInterval time.Duration
 
 	totalWeight uint64
 	raw         *tcpproxyv3.TcpProxy
 }
 
 // Compile checks the fields of tp that meshd implements (stat_prefix,
-// cluster, weighted_clusters, idle_timeout, max_connect_attempts) and
+// cluster, weighted_clusters, idle_timeout, max_connect_attempts,
+// access_log, access_log_options) and
 // compiles them. Fields outside that set are rejected by the caller's
 // field table (proxy/config), not here. Errors name the field.
 func Compile(tp *tcpproxyv3.TcpProxy) (*Config, error) {
@@ -106,6 +118,26 @@ func Compile(tp *tcpproxyv3.TcpProxy) (*Config, error) {
 			return nil, errors.New("max_connect_attempts: must be at least 1")
 		}
 		c.MaxConnectAttempts = int(v.GetValue())
+	}
+	logs, err := accesslog.Compile(tp.GetAccessLog())
+	if err != nil {
+		return nil, err
+	}
+	if len(logs) > 0 {
+		c.AccessLogs = logs
+	}
+	if o := tp.GetAccessLogOptions(); o != nil {
+		c.FlushOnConnected = o.GetFlushAccessLogOnConnected()
+		if d := o.GetAccessLogFlushInterval(); d != nil {
+			if err := d.CheckValid(); err != nil {
+				return nil, fmt.Errorf("access_log_options.access_log_flush_interval: %w", err)
+			}
+			// Envoy's validation: at least 1 ms.
+			if d.AsDuration() < time.Millisecond {
+				return nil, errors.New("access_log_options.access_log_flush_interval: must be at least 1ms")
+			}
+			c.FlushInterval = d.AsDuration()
+		}
 	}
 	return c, nil
 }

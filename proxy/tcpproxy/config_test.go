@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -41,6 +42,11 @@ func TestCompile(t *testing.T) {
 		{"no weighted clusters", &tcpproxyv3.TcpProxy{StatPrefix: "s", ClusterSpecifier: weighted()}, "weighted_clusters.clusters: at least one", nil, 0, 0},
 		{"negative idle", &tcpproxyv3.TcpProxy{StatPrefix: "s", ClusterSpecifier: cluster, IdleTimeout: durationpb.New(-time.Second)}, "idle_timeout: must not be negative", nil, 0, 0},
 		{"zero attempts", &tcpproxyv3.TcpProxy{StatPrefix: "s", ClusterSpecifier: cluster, MaxConnectAttempts: wrapperspb.UInt32(0)}, "max_connect_attempts: must be at least 1", nil, 0, 0},
+		{"access log flush interval too short", &tcpproxyv3.TcpProxy{StatPrefix: "s", ClusterSpecifier: cluster,
+			AccessLogOptions: &tcpproxyv3.TcpProxy_TcpAccessLogOptions{AccessLogFlushInterval: durationpb.New(time.Microsecond)}},
+			"access_log_options.access_log_flush_interval: must be at least 1ms", nil, 0, 0},
+		{"access log without typed_config", &tcpproxyv3.TcpProxy{StatPrefix: "s", ClusterSpecifier: cluster,
+			AccessLog: []*accesslogv3.AccessLog{{Name: "x"}}}, "access_log[0].typed_config: required", nil, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"meshd.dev/meshd/proxy/accesslog"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/proxy/upstream"
@@ -73,7 +74,13 @@ type Proxy struct {
 	store    *stats.Store
 	log      *slog.Logger
 	cur      atomic.Pointer[active]
+	logs     atomic.Pointer[accesslog.Manager] // nil: access_log is not written
 }
+
+// SetAccessLogs makes the filter write its config's access_log through m
+// for connections accepted from now on; without it no access log is
+// written.
+func (p *Proxy) SetAccessLogs(m *accesslog.Manager) { p.logs.Store(m) }
 
 // New returns a filter serving cfg, with clusters from clusters and stats
 // in store. A nil logger means slog.Default().
@@ -99,7 +106,7 @@ func (p *Proxy) Config() *Config { return p.cur.Load().cfg }
 func (p *Proxy) NewConn(c net.Conn, info stream.ConnInfo) stream.ServerConn {
 	a := p.cur.Load()
 	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{
+	pc := &conn{
 		p:      p,
 		cfg:    a.cfg,
 		st:     a.stats,
@@ -108,6 +115,12 @@ func (p *Proxy) NewConn(c net.Conn, info stream.ConnInfo) stream.ServerConn {
 		cancel: cancel,
 		log:    p.log.With(slog.Uint64("conn", info.ID), slog.String("remote", addrString(info.RemoteAddr))),
 	}
+	if m := p.logs.Load(); m != nil && len(a.cfg.AccessLogs) > 0 {
+		pc.logs = m
+		pc.ci = info
+		pc.info = &accesslog.Info{Start: time.Now(), Conn: &pc.ci}
+	}
+	return pc
 }
 
 func addrString(a net.Addr) string {
@@ -135,6 +148,14 @@ type conn struct {
 	up     net.Conn    // set once connected
 	idle   *time.Timer // idle_timeout timer, nil when disabled
 	closed bool        // closeAll ran: up is closed as soon as it is set
+
+	// info is the connection's access-log record, nil when the config has
+	// no access_log. Only Serve writes it; the byte counts live in rx and
+	// tx (written by both pipes) until a line is formatted.
+	info   *accesslog.Info
+	logs   *accesslog.Manager // set with info
+	ci     stream.ConnInfo
+	rx, tx atomic.Uint64 // bytes read from / written to downstream
 }
 
 // errNoHost is the cause when the cluster has no host to connect to.
@@ -142,10 +163,13 @@ var errNoHost = errors.New("no healthy upstream host")
 
 // Serve connects upstream and proxies until both directions are done. It
 // returns nil when both sides closed cleanly, and the cause otherwise.
-func (c *conn) Serve() error {
+func (c *conn) Serve() (err error) {
 	defer c.cancel()
 	defer c.down.Close()
 	c.st.DownstreamCxTotal.Inc()
+	if c.info != nil {
+		defer func() { c.writeLog(time.Now()) }()
+	}
 
 	cl, host, up, err := c.connect()
 	if err != nil {
@@ -174,6 +198,15 @@ func (c *conn) Serve() error {
 
 	c.touch()
 	defer c.closeAll()
+	stopLogs := func() {}
+	if c.info != nil {
+		if c.cfg.FlushOnConnected {
+			c.writeLog(time.Time{})
+		}
+		if d := c.cfg.FlushInterval; d > 0 {
+			stopLogs = c.periodicLogs(d)
+		}
+	}
 	if d := c.cfg.IdleTimeout; d > 0 {
 		c.mu.Lock()
 		if !c.closed {
@@ -186,10 +219,70 @@ func (c *conn) Serve() error {
 	go func() { upErr <- c.pipe(c.down, up, upRx, c.st.DownstreamCxTxBytesTotal, false) }()
 	downErr := c.pipe(up, c.down, c.st.DownstreamCxRxBytesTotal, upTx, true)
 	err = errors.Join(downErr, <-upErr)
+	stopLogs()
 	if c.idleFired.Load() {
+		if c.info != nil {
+			c.info.TerminationDetails = "idle_timeout"
+		}
 		return fmt.Errorf("idle_timeout %v elapsed", c.cfg.IdleTimeout)
 	}
 	return err
+}
+
+// writeLog writes the access_log lines for the connection as it stands;
+// end is zero for an intermediate line (flush on connected, periodic
+// flush), whose %DURATION% is the time so far. Only Serve calls it, or
+// periodicLogs while Serve waits for the pipes (when Serve writes nothing
+// to info).
+func (c *conn) writeLog(end time.Time) {
+	i := *c.info
+	if end.IsZero() {
+		end = time.Now()
+	}
+	i.End = end
+	i.BytesReceived, i.BytesSent = c.rx.Load(), c.tx.Load()
+	c.logs.Log(c.cfg.AccessLogs, &i)
+}
+
+// periodicLogs writes an intermediate access-log line every d until the
+// returned stop is called; stop returns once no line is being written.
+func (c *conn) periodicLogs(d time.Duration) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				c.writeLog(time.Time{})
+			case <-quit:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
+// note records a response flag and the failure reason on the access-log
+// record, when there is one.
+func (c *conn) note(f accesslog.Flags, cluster, host, reason string) {
+	if c.info == nil {
+		return
+	}
+	c.info.Flags |= f
+	if cluster != "" {
+		c.info.UpstreamCluster = cluster
+	}
+	if host != "" {
+		c.info.UpstreamHost = host
+	}
+	if reason != "" {
+		c.info.UpstreamTransportFailureReason = reason
+	}
 }
 
 // connect picks a cluster and up to MaxConnectAttempts hosts, and dials
@@ -199,14 +292,17 @@ func (c *conn) connect() (*upstream.Cluster, *upstream.Host, net.Conn, error) {
 	cl := c.p.clusters.Get(name)
 	if cl == nil {
 		c.st.DownstreamCxNoRoute.Inc()
+		c.note(accesslog.NoClusterFound, name, "", "")
 		return nil, nil, nil, fmt.Errorf("cluster %q: not found", name)
 	}
+	c.note(0, name, "", "")
 	tried := map[*upstream.Host]bool{}
 	var errs []error
 	for attempt := 0; attempt < c.cfg.MaxConnectAttempts; attempt++ {
 		h := pickUntried(cl, tried, c.down.LocalAddr())
 		if h == nil {
 			cl.Stats().NoHealthyUpstream.Inc()
+			c.note(accesslog.NoHealthyUpstream, "", "", "")
 			errs = append(errs, fmt.Errorf("cluster %q: %w", name, errNoHost))
 			break
 		}
@@ -214,13 +310,22 @@ func (c *conn) connect() (*upstream.Cluster, *upstream.Host, net.Conn, error) {
 		up, err := upstream.Dial(c.ctx, h.Addr, cl.Spec(), cl.Stats())
 		if err == nil {
 			h.ReportLocalOrigin(true)
+			if c.info != nil {
+				// A later attempt succeeded: the failure is history.
+				c.info.Flags &^= accesslog.UpstreamConnectionFailure
+				c.info.UpstreamTransportFailureReason = ""
+				c.info.UpstreamHost = h.Addr
+			}
 			return cl, h, up, nil
 		}
 		h.ReportLocalOrigin(false)
 		errs = append(errs, err)
 		if c.ctx.Err() != nil {
+			// Closed (downstream gone or drain deadline) while connecting.
+			c.note(accesslog.DownstreamConnectionTermination, "", h.Addr, "")
 			break
 		}
+		c.note(accesslog.UpstreamConnectionFailure, "", h.Addr, err.Error())
 		c.log.Debug("tcp_proxy: upstream connect failed", slog.String("cluster", name), slog.Int("attempt", attempt+1), slog.Any("error", err))
 	}
 	return nil, nil, nil, fmt.Errorf("cluster %q: %d connect attempt(s) failed: %w", name, len(errs), errors.Join(errs...))
@@ -270,12 +375,18 @@ func (c *conn) pipe(dst, src net.Conn, rx, tx *stats.Counter, toUpstream bool) e
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			rx.Add(uint64(n))
+			if toUpstream {
+				c.rx.Add(uint64(n))
+			}
 			c.touch()
 			if toUpstream {
 				c.upState.Store(upWriting)
 			}
 			m, werr := dst.Write(buf[:n])
 			tx.Add(uint64(m))
+			if !toUpstream {
+				c.tx.Add(uint64(m))
+			}
 			c.touch()
 			if toUpstream && !c.upState.CompareAndSwap(upWriting, upIdle) {
 				// Downstream went away during the write; it is flushed.
