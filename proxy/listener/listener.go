@@ -130,7 +130,36 @@ type Config struct {
 	// returns false when stop is closed first; the connection is then
 	// closed.
 	Admit func(stop <-chan struct{}) bool
+	// Rejected, when non-nil, is called once for every connection the
+	// listener closes before a filter chain serves it: its TLS handshake
+	// or protocol detection failed, or no factory serves its protocol.
+	// It runs on the connection's goroutine after the socket is closed,
+	// and feeds the listener's access_log.
+	Rejected func(Rejection)
 }
+
+// Rejection is a connection the listener closed before any filter chain
+// served it.
+type Rejection struct {
+	// Conn is the connection (TLS is nil: no handshake completed).
+	Conn stream.ConnInfo
+	// Start is when the connection was accepted.
+	Start time.Time
+	// Err is why it was closed.
+	Err error
+	// TLSFailure is set when the TLS handshake failed; Err then says why
+	// (Envoy's %DOWNSTREAM_TRANSPORT_FAILURE_REASON%).
+	TLSFailure bool
+	// NoFilterChain is set when no factory serves the detected protocol
+	// (Envoy's filter_chain_not_found).
+	NoFilterChain bool
+}
+
+// tlsHandshakeError marks a failed downstream TLS handshake.
+type tlsHandshakeError struct{ err error }
+
+func (e *tlsHandshakeError) Error() string { return "TLS handshake: " + e.err.Error() }
+func (e *tlsHandshakeError) Unwrap() error { return e.err }
 
 // Listener is a bound TCP socket serving HTTP connections.
 type Listener struct {
@@ -460,6 +489,15 @@ func (l *Listener) serve(c *conn) {
 	l.stat.preCxActive.Dec()
 	if err != nil {
 		log.Debug("listener: connection dropped before serving", slog.Any("error", err))
+		if l.cfg.Rejected != nil {
+			var te *tlsHandshakeError
+			tlsFailure := errors.As(err, &te)
+			if tlsFailure {
+				err = te.err
+			}
+			c.raw.Close()
+			l.cfg.Rejected(Rejection{Conn: info, Start: start, Err: err, TLSFailure: tlsFailure})
+		}
 		return
 	}
 	factory, proto := l.cfg.HTTP1, "HTTP/1.1"
@@ -471,6 +509,11 @@ func (l *Listener) serve(c *conn) {
 	}
 	if factory == nil {
 		log.Debug("listener: no codec configured for protocol", slog.String("proto", proto))
+		if l.cfg.Rejected != nil {
+			c.raw.Close()
+			l.cfg.Rejected(Rejection{Conn: info, Start: start, NoFilterChain: true,
+				Err: fmt.Errorf("no filter chain serves %s", proto)})
+		}
 		return
 	}
 	info.Proto = proto
@@ -526,7 +569,7 @@ func (l *Listener) prepare(raw net.Conn, info *stream.ConnInfo) (net.Conn, Codec
 			if isTimeout(err) {
 				l.stat.transportTimeout.Inc()
 			}
-			return nil, 0, fmt.Errorf("TLS handshake: %w", err)
+			return nil, 0, &tlsHandshakeError{err: err}
 		}
 		l.stat.sslHandshake.Inc()
 		st := tc.ConnectionState()
