@@ -66,7 +66,7 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	// Listeners.
 	"envoy.config.listener.v3.Listener": {
 		supported: names("name", "address", "filter_chains", "per_connection_buffer_limit_bytes", "metadata",
-			"listener_filters", "udp_listener_config", "use_original_dst", "bind_to_port"),
+			"listener_filters", "udp_listener_config", "use_original_dst", "bind_to_port", "access_log"),
 	},
 	// HTTP/3 (proxy/config/quic.go): a UDP listener serves QUIC only.
 	"envoy.config.listener.v3.UdpListenerConfig": {supported: names("quic_options")},
@@ -186,10 +186,14 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 			"max_requests_per_connection", "headers_with_underscores_action", "max_headers_count"),
 	},
 
-	// TCP proxy (proxy/tcpproxy). access_log and the other fields are not
-	// implemented and are rejected.
+	// TCP proxy (proxy/tcpproxy). The other fields are not implemented
+	// and are rejected.
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {
-		supported: names("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"),
+		supported: names("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
+			"access_log", "access_log_options"),
+	},
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TcpAccessLogOptions": {
+		supported: names("access_log_flush_interval", "flush_access_log_on_connected"),
 	},
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster":               {supported: names("clusters")},
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {supported: names("name", "weight")},

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"meshd.dev/meshd/mtls"
+	"meshd.dev/meshd/proxy/accesslog"
 	httpcm "meshd.dev/meshd/proxy/http/hcm"
 	"meshd.dev/meshd/proxy/route"
 	"meshd.dev/meshd/proxy/tcpproxy"
@@ -97,8 +98,12 @@ type Listener struct {
 	// NoBind: bind_to_port false; the listener only receives connections
 	// handed over by a use_original_dst listener.
 	NoBind bool
-	raw    *listenerv3.Listener
-	chain  int // index of the served filter chain in raw
+	// AccessLogs is the listener's own access_log: one line per connection
+	// the listener closes before a filter chain serves it (TLS handshake
+	// failure, no filter chain for its protocol). Nil without access_log.
+	AccessLogs []*accesslog.Logger
+	raw        *listenerv3.Listener
+	chain      int // index of the served filter chain in raw
 }
 
 // SameSocket reports whether o can keep l's bound socket and connections:
@@ -281,6 +286,26 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 	if err != nil {
 		return nil, fmt.Errorf("address: %w", err)
 	}
+	logs, err := accesslog.Compile(l.GetAccessLog())
+	if err != nil {
+		return nil, err
+	}
+	if len(logs) == 0 {
+		logs = nil
+	} else if isQUICListener(l) {
+		return nil, errors.New("access_log: listener access logs are for TCP listeners; log HTTP/3 requests with the connection manager's access_log")
+	}
+	out, err := compileListenerFilters(l, addr, secrets)
+	if err != nil {
+		return nil, err
+	}
+	out.AccessLogs = logs
+	return out, nil
+}
+
+// compileListenerFilters compiles what CompileListenerWith does but the
+// listener's own access_log.
+func compileListenerFilters(l *listenerv3.Listener, addr string, secrets tlscontext.Secrets) (*Listener, error) {
 	sel, err := selectFilterChain(l)
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
@@ -28,6 +29,16 @@ func tcpListener(t *testing.T, tp *tcpproxyv3.TcpProxy) *listenerv3.Listener {
 	}
 }
 
+// stdoutLog is an access_log list of one stdout logger with format.
+func stdoutLog(t *testing.T, format string) []*accesslogv3.AccessLog {
+	t.Helper()
+	return []*accesslogv3.AccessLog{{Name: "envoy.access_loggers.stdout", ConfigType: &accesslogv3.AccessLog_TypedConfig{
+		TypedConfig: mustAny(t, &streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{
+			LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormat{TextFormat: format}},
+		}}),
+	}}}
+}
+
 func TestCompileTCPListener(t *testing.T) {
 	base := func() *tcpproxyv3.TcpProxy {
 		return &tcpproxyv3.TcpProxy{StatPrefix: "db", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "backend"}}
@@ -42,11 +53,31 @@ func TestCompileTCPListener(t *testing.T) {
 		{name: "idle_timeout", mutate: func(_ *listenerv3.Listener, tp *tcpproxyv3.TcpProxy) {
 			tp.IdleTimeout = durationpb.New(time.Minute)
 		}},
-		{name: "access_log is not supported", validate: true,
+		{name: "access_log and options validate", validate: true,
 			mutate: func(_ *listenerv3.Listener, tp *tcpproxyv3.TcpProxy) {
-				tp.AccessLog = []*accesslogv3.AccessLog{{Name: "log"}}
+				tp.AccessLog = stdoutLog(t, "%UPSTREAM_HOST% %BYTES_SENT%\n")
+				tp.AccessLogOptions = &tcpproxyv3.TcpProxy_TcpAccessLogOptions{FlushAccessLogOnConnected: true,
+					AccessLogFlushInterval: durationpb.New(time.Second)}
+			}},
+		{name: "access_log compiles",
+			mutate: func(l *listenerv3.Listener, tp *tcpproxyv3.TcpProxy) {
+				tp.AccessLog = stdoutLog(t, "%UPSTREAM_HOST% %BYTES_SENT%\n")
+				l.AccessLog = stdoutLog(t, "%DOWNSTREAM_TRANSPORT_FAILURE_REASON%\n")
+			}},
+		{name: "listener access_log validates", validate: true,
+			mutate: func(l *listenerv3.Listener, _ *tcpproxyv3.TcpProxy) {
+				l.AccessLog = stdoutLog(t, "%DOWNSTREAM_TRANSPORT_FAILURE_REASON%\n")
+			}},
+		{name: "bad tcp_proxy access_log format",
+			mutate: func(_ *listenerv3.Listener, tp *tcpproxyv3.TcpProxy) {
+				tp.AccessLog = stdoutLog(t, "%NOPE%")
 			},
-			wantErr: "filter_chains[0].filters[0].typed_config.access_log"},
+			wantErr: "filter_chains[0].filters[0].typed_config.access_log[0].typed_config.log_format.text_format: position 0: unknown command operator %NOPE%"},
+		{name: "bad listener access_log format",
+			mutate: func(l *listenerv3.Listener, _ *tcpproxyv3.TcpProxy) {
+				l.AccessLog = stdoutLog(t, "%NOPE%")
+			},
+			wantErr: "access_log[0].typed_config.log_format.text_format: position 0: unknown command operator %NOPE%"},
 		{name: "meshd.http2 metadata rejected",
 			mutate: func(l *listenerv3.Listener, _ *tcpproxyv3.TcpProxy) {
 				l.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MeshdHTTP2MetadataKey: {}}}
@@ -67,6 +98,10 @@ func TestCompileTCPListener(t *testing.T) {
 				cl, err = CompileListener(l)
 				if err == nil && (cl.TCP == nil || cl.HCM != nil || cl.TCP.ClusterNames()[0] != "backend") {
 					t.Fatalf("compiled %+v, want a tcp_proxy listener to backend", cl)
+				}
+				if err == nil && (len(cl.AccessLogs) != len(l.AccessLog) || len(cl.TCP.AccessLogs) != len(tp.AccessLog)) {
+					t.Fatalf("compiled %d listener and %d tcp_proxy access logs, want %d and %d",
+						len(cl.AccessLogs), len(cl.TCP.AccessLogs), len(l.AccessLog), len(tp.AccessLog))
 				}
 			}
 			switch {

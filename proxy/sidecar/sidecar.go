@@ -124,6 +124,9 @@ type liveListener struct {
 	h1      *h1.Server      // nil for tcp_proxy
 	tcp     *tcpproxy.Proxy // nil for HTTP
 	served  chan struct{}   // closed when Serve returned
+	// logs is the listener's own access_log (config.Listener.AccessLogs),
+	// swapped with its config; nil or empty: none.
+	logs atomic.Pointer[[]*accesslog.Logger]
 }
 
 // New returns a sidecar with no config.
@@ -280,10 +283,14 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 	// Open every access log first: a path that cannot be written fails
 	// the config, as in Envoy.
 	for _, lc := range snap.Listeners {
-		if lc.HCM == nil {
-			continue
+		logs := lc.AccessLogs
+		switch {
+		case lc.HCM != nil:
+			logs = append(logs[:len(logs):len(logs)], lc.HCM.AccessLogs...)
+		case lc.TCP != nil:
+			logs = append(logs[:len(logs):len(logs)], lc.TCP.AccessLogs...)
 		}
-		if err := s.accessLogs.Open(lc.HCM.AccessLogs); err != nil {
+		if err := s.accessLogs.Open(logs); err != nil {
 			return fmt.Errorf("listener %q: %w", lc.Name, err)
 		}
 	}
@@ -312,6 +319,7 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 		}
 		ll := s.listeners[lc.Name]
 		ll.cfg = lc
+		ll.logs.Store(&lc.AccessLogs)
 		ll.swap(lc)
 		next[lc.Name] = ll
 	}
@@ -389,6 +397,7 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 		codec = listener.HTTP2
 	}
 	ll := &liveListener{cfg: lc, handler: handler, h1: h1s, served: make(chan struct{})}
+	ll.logs.Store(&lc.AccessLogs)
 	ln, err := listener.Listen(listener.Config{
 		Name:    lc.Name,
 		Address: lc.Address,
@@ -409,9 +418,10 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 			cfg.Stats = hst.HTTP2
 			return countConn(h2.NewServerConn(c, &cfg, handler, info), hst.CxHTTP2Total, hst.CxHTTP2Active, hst)
 		},
-		Logger: s.logger,
-		Stats:  listener.StatsScope(s.store.Root(), lc.Address),
-		Admit:  s.admit(),
+		Logger:   s.logger,
+		Stats:    listener.StatsScope(s.store.Root(), lc.Address),
+		Admit:    s.admit(),
+		Rejected: s.rejected(ll),
 	})
 	if err != nil {
 		return nil, err
@@ -419,6 +429,29 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	ll.ln = ln
 	s.logger.Info("listener bound", "name", lc.Name, "address", ln.Addr().String())
 	return ll, nil
+}
+
+// rejected is a listener's Rejected hook: it writes the listener's
+// access_log line for a connection closed before a filter chain served it,
+// as Envoy's listener access log does. A TLS handshake failure sets
+// %DOWNSTREAM_TRANSPORT_FAILURE_REASON%; a protocol no chain serves sets
+// NR and %CONNECTION_TERMINATION_DETAILS% filter_chain_not_found.
+func (s *Sidecar) rejected(ll *liveListener) func(listener.Rejection) {
+	return func(r listener.Rejection) {
+		logs := ll.logs.Load()
+		if logs == nil || len(*logs) == 0 {
+			return
+		}
+		i := accesslog.Info{Start: r.Start, End: time.Now(), Conn: &r.Conn}
+		switch {
+		case r.TLSFailure:
+			i.DownstreamTransportFailureReason = r.Err.Error()
+		case r.NoFilterChain:
+			i.Flags = accesslog.NoRouteFound
+			i.TerminationDetails = "filter_chain_not_found"
+		}
+		s.accessLogs.Log(*logs, &i)
+	}
 }
 
 // admit is the listeners' Admit: the overload manager's

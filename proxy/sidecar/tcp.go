@@ -13,6 +13,9 @@ import (
 // detection.
 func (s *Sidecar) bindTCP(lc *config.Listener) (*liveListener, error) {
 	p := tcpproxy.New(lc.TCP, s.clusters, s.store, s.logger)
+	p.SetAccessLogs(s.accessLogs)
+	ll := &liveListener{cfg: lc, tcp: p, served: make(chan struct{})}
+	ll.logs.Store(&lc.AccessLogs)
 	ln, err := listener.Listen(listener.Config{
 		Name:    lc.Name,
 		Address: lc.Address,
@@ -26,12 +29,14 @@ func (s *Sidecar) bindTCP(lc *config.Listener) (*liveListener, error) {
 		TCP:         p.NewConn,
 		Logger:      s.logger,
 		Stats:       listener.StatsScope(s.store.Root(), lc.Address),
+		Rejected:    s.rejected(ll),
 	})
 	if err != nil {
 		return nil, err
 	}
+	ll.ln = ln
 	s.logger.Info("listener bound", "name", lc.Name, "address", ln.Addr().String(), "filter", "tcp_proxy")
-	return &liveListener{cfg: lc, ln: ln, tcp: p, served: make(chan struct{})}, nil
+	return ll, nil
 }
 
 // swap gives a listener that keeps its socket its new filter config;
