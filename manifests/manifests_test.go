@@ -393,6 +393,7 @@ func TestCRDSchemasRejectBadFields(t *testing.T) {
 		{"target kind", "AuthorizationPolicy", `{targetRef: {kind: Pod, name: a}, allow: ["spiffe://td/ns/a/sa/b"]}`, "spec.targetRef.kind"},
 		{"empty allow", "AuthorizationPolicy", `{targetRef: {kind: Service, name: a}, allow: []}`, "spec.allow"},
 		{"bad mtls", "Mesh", `{mtls: sometimes}`, "spec.mtls"},
+		{"bad outbound traffic policy", "Mesh", `{outboundTrafficPolicy: allowSome}`, "spec.outboundTrafficPolicy"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,19 @@ func validateMTLS(ps *problems, m *Mesh) {
 	}
 }
 
+// validateOutboundTrafficPolicy defaults spec.outboundTrafficPolicy to
+// allowAny and normalises Istio's spellings (ALLOW_ANY, REGISTRY_ONLY).
+func validateOutboundTrafficPolicy(ps *problems, m *Mesh) {
+	switch strings.ToLower(strings.ReplaceAll(m.Spec.OutboundTrafficPolicy, "_", "")) {
+	case "", "allowany":
+		m.Spec.OutboundTrafficPolicy = OutboundAllowAny
+	case "registryonly":
+		m.Spec.OutboundTrafficPolicy = OutboundRegistryOnly
+	default:
+		ps.add(m.meshOrigin, "spec.outboundTrafficPolicy", "unknown policy %q (allowAny or registryOnly)", m.Spec.OutboundTrafficPolicy)
+	}
+}
+
 // validateAuthorizationPolicy resolves the target and checks every allow
 // entry as a SPIFFE ID pattern in the mesh's trust domain.
 func validateAuthorizationPolicy(ps *problems, m *Mesh, p *AuthorizationPolicy) {

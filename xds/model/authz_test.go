@@ -41,6 +41,36 @@ func TestMTLSMode(t *testing.T) {
 	}
 }
 
+func TestOutboundTrafficPolicy(t *testing.T) {
+	tests := []struct {
+		name, spec, want, wantErr string
+	}{
+		{name: "default", spec: "{}", want: OutboundAllowAny},
+		{name: "registryOnly", spec: "{outboundTrafficPolicy: registryOnly}", want: OutboundRegistryOnly},
+		{name: "Istio spelling", spec: "{outboundTrafficPolicy: REGISTRY_ONLY}", want: OutboundRegistryOnly},
+		{name: "allow any upper case", spec: "{outboundTrafficPolicy: ALLOW_ANY}", want: OutboundAllowAny},
+		{name: "unknown", spec: "{outboundTrafficPolicy: allowSome}",
+			wantErr: `spec.outboundTrafficPolicy: unknown policy "allowSome" (allowAny or registryOnly)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Parse([]byte(header+"kind: Mesh\nmetadata: {name: m}\nspec: "+tt.spec+"\n"), "f.yaml")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Parse error = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Spec.OutboundTrafficPolicy != tt.want {
+				t.Errorf("spec.outboundTrafficPolicy = %q, want %q", m.Spec.OutboundTrafficPolicy, tt.want)
+			}
+		})
+	}
+}
+
 func TestAuthorizationPolicy(t *testing.T) {
 	file := meshTD + greeter + "---\n" + header + "kind: Service\nmetadata: {name: other, namespace: demo}\nspec: {protocol: grpc, port: 2}\n" +
 		authzDoc("{targetRef: {kind: Service, name: greeter}, allow: [\"spiffe://td.test/ns/demo/sa/client\"]}") +

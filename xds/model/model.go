@@ -120,7 +120,23 @@ type MeshSpec struct {
 	// AccessLog, when set, is written by every sidecar's HTTP connection
 	// managers (see AccessLogSpec).
 	AccessLog *AccessLogSpec `json:"accessLog,omitempty"`
+	// OutboundTrafficPolicy is what a captured outbound connection to no
+	// Service's address meets: OutboundAllowAny (the default) forwards it
+	// to its original destination, OutboundRegistryOnly closes it (Istio's
+	// ALLOW_ANY and REGISTRY_ONLY, which are accepted too). After parsing
+	// it is always one of the two constants.
+	OutboundTrafficPolicy string `json:"outboundTrafficPolicy,omitempty"`
 }
+
+// Values of MeshSpec.OutboundTrafficPolicy.
+const (
+	// OutboundAllowAny: virtualOutbound's own chain is a tcp_proxy to the
+	// ORIGINAL_DST PassthroughCluster.
+	OutboundAllowAny = "allowAny"
+	// OutboundRegistryOnly: virtualOutbound's own chain is a tcp_proxy to
+	// BlackHoleCluster, which has no endpoints.
+	OutboundRegistryOnly = "registryOnly"
+)
 
 // Service is a destination: what its servers speak and where they are.
 type Service struct {

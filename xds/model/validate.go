@@ -55,6 +55,7 @@ func validate(ps *problems, m *Mesh) {
 		ps.add(m.meshOrigin, "spec.trustDomain", "%q %s", m.Spec.TrustDomain, reason)
 	}
 	validateMTLS(ps, m)
+	validateOutboundTrafficPolicy(ps, m)
 	validateTracing(ps, m)
 	if m.Spec.MTLS == MTLSDisable {
 		for _, s := range m.Services {

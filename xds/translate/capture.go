@@ -4,6 +4,7 @@ import (
 	"net"
 	"strconv"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -21,6 +22,11 @@ const (
 	// captured connections to no known Service go to: tcp_proxy closes
 	// them (Istio's name for the same cluster).
 	BlackHoleClusterName = "BlackHoleCluster"
+	// PassthroughClusterName is the ORIGINAL_DST cluster that captured
+	// connections to no known Service go to under the allowAny outbound
+	// traffic policy: each reaches its original destination (Istio's
+	// name).
+	PassthroughClusterName = "PassthroughCluster"
 	// OriginalDstFilterName is the listener filter recovering
 	// SO_ORIGINAL_DST.
 	OriginalDstFilterName = "envoy.filters.listener.original_dst"
@@ -39,7 +45,10 @@ func VirtualServiceName(ip string, port uint32) string {
 //     use_original_dst and the original_dst listener filter: a connection
 //     is handed to the listener whose address is its original destination
 //     (iptables/nft REDIRECT), else served by its own chain, a tcp_proxy to
-//     BlackHoleClusterName;
+//     PassthroughClusterName (spec.outboundTrafficPolicy allowAny, the
+//     default) or BlackHoleClusterName (registryOnly); both clusters are
+//     emitted, as Istio does, so switching the policy changes the
+//     listener only;
 //   - for every Service address (spec.addresses) a listener on
 //     address:spec.port with bind_to_port false, routing to the Service's
 //     outbound cluster exactly as a spec.outbound local port does (RDS for
@@ -49,7 +58,11 @@ func VirtualServiceName(ip string, port uint32) string {
 // Inbound capture needs nothing more: REDIRECT in PREROUTING delivers
 // to the pod IP's spec.inbound.port, where the inbound listener binds.
 func (t *translator) capture(r *Resources, c *model.Capture, clusters map[string]bool) {
-	chain := t.tcpListener(VirtualOutboundName, c.OutboundPort, BlackHoleClusterName).FilterChains
+	passthrough := PassthroughClusterName
+	if t.m.Spec.OutboundTrafficPolicy == model.OutboundRegistryOnly {
+		passthrough = BlackHoleClusterName
+	}
+	chain := t.tcpListener(VirtualOutboundName, c.OutboundPort, passthrough).FilterChains
 	r.Listeners = append(r.Listeners, &listenerv3.Listener{
 		Name:           VirtualOutboundName,
 		Address:        socketAddress(LocalAddress, c.OutboundPort),
@@ -62,6 +75,11 @@ func (t *translator) capture(r *Resources, c *model.Capture, clusters map[string
 	})
 	r.Clusters = append(r.Clusters, t.edsCluster(BlackHoleClusterName, model.Policy{}))
 	r.Endpoints = append(r.Endpoints, &endpointv3.ClusterLoadAssignment{ClusterName: BlackHoleClusterName})
+	r.Clusters = append(r.Clusters, &clusterv3.Cluster{
+		Name:                 PassthroughClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+	})
 
 	for _, svc := range t.m.Services {
 		if len(svc.Spec.Addresses) == 0 {

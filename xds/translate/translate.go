@@ -10,7 +10,8 @@
 //	outbound|<port>                      outbound listener (127.0.0.1:<port>) and its RDS route configuration
 //	virtualOutbound                      capture listener (127.0.0.1:<spec.capture.outboundPort>, use_original_dst)
 //	outbound|<ip>:<port>                 listener on a Service's virtual address (bind_to_port false) and its RDS route configuration
-//	BlackHoleCluster                     EDS cluster without endpoints for captured connections to no Service
+//	PassthroughCluster                   ORIGINAL_DST cluster for captured connections to no Service (outboundTrafficPolicy allowAny)
+//	BlackHoleCluster                     EDS cluster without endpoints for them under registryOnly
 //	outbound|<svcport>||<name>.<ns>      EDS cluster (and its ClusterLoadAssignment) to a Service
 //	<name>.<ns>:<port>                   proxyless API listener and its RDS route configuration
 //	proxyless|<name>.<ns>:<port>         proxyless EDS cluster (and its ClusterLoadAssignment)
