@@ -366,7 +366,7 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 	}
 	c.opened.Add(1)
 	c.active.Add(1)
-	s := &clientStream{c: c, qs: qs, r: bufio.NewReaderSize(qs, 1024), ended: endStream}
+	s := &clientStream{c: c, qs: qs, bodyReader: bodyReader{r: bufio.NewReaderSize(qs, 1024), limit: c.maxHeaderBytes, bodyLeft: -1}, ended: endStream}
 	c.mu.Lock()
 	c.streams[qs.StreamID()] = s
 	c.mu.Unlock()
@@ -455,13 +455,11 @@ type clientStream struct {
 	ended bool   // the request's FIN was sent
 	hdr   []byte // DATA frame header (and small payload) scratch
 
-	// Receive side.
-	r         *bufio.Reader
-	gotResp   bool
-	respErr   error
-	remaining uint64 // payload bytes left in the current DATA frame
-	trailers  header.Header
-	eof       bool
+	// Receive side: the response body (bodyLeft -1: a response's
+	// content-length is not checked).
+	bodyReader
+	gotResp bool
+	respErr error
 
 	doneOnce sync.Once
 	reset    atomic.Bool
@@ -690,66 +688,12 @@ func (s *clientStream) Read(p []byte) (int, error) {
 		}
 		return 0, errors.New("h3: Read before Response")
 	}
-	if s.eof {
-		return 0, io.EOF
-	}
-	for s.remaining == 0 {
-		typ, length, err := readFrameHeader(s.r)
-		if err == io.EOF {
-			s.eof = true
-			s.done()
-			return 0, io.EOF
-		}
-		if err != nil {
-			return 0, s.readFailed(err)
-		}
-		switch typ {
-		case frameData:
-			s.remaining = length
-		case frameHeaders:
-			block, err := readBlock(s.r, length, s.c.maxHeaderBytes)
-			if err != nil {
-				return 0, s.readFailed(err)
-			}
-			f, err := decodeFields(block, true)
-			if err != nil {
-				return 0, s.readFailed(err)
-			}
-			// Nothing may follow the trailers (section 4.1).
-			if _, _, err := readFrameHeader(s.r); err != io.EOF {
-				if err == nil {
-					err = &h3Error{http3.ErrCodeFrameUnexpected, "frame after the trailers"}
-				}
-				return 0, s.readFailed(err)
-			}
-			s.trailers, s.eof = f.header, true
-			s.done()
-			return 0, io.EOF
-		case frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
-			return 0, s.readFailed(&h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)})
-		default:
-			if err := skip(s.r, length); err != nil {
-				return 0, s.readFailed(err)
-			}
-		}
-		if len(p) == 0 {
-			return 0, nil
-		}
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, err := s.r.Read(p[:min(uint64(len(p)), s.remaining)])
-	s.remaining -= uint64(n)
-	if err == io.EOF && s.remaining == 0 {
-		// quic-go returns the stream's last bytes with io.EOF; the next
-		// Read sees the end between frames.
-		err = nil
+	n, err := s.read(p)
+	if err == io.EOF {
+		s.done()
+		return n, io.EOF
 	}
 	if err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF // the stream ended inside a DATA frame
-		}
 		return n, s.readFailed(err)
 	}
 	return n, nil

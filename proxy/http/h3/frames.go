@@ -187,3 +187,94 @@ func skip(r *bufio.Reader, n uint64) error {
 	}
 	return nil
 }
+
+// bodyReader reads what follows a message's HEADERS on a request stream
+// (RFC 9114 section 4.1): DATA payloads, optional trailers, then the end
+// of the stream. The client reads responses and the server reads requests
+// with it. Errors come back as found (*h3Error for protocol errors, I/O
+// errors otherwise) for the stream to map onto its own reset or close.
+type bodyReader struct {
+	r         *bufio.Reader
+	limit     int    // most bytes of a trailer section
+	remaining uint64 // payload bytes left in the current DATA frame
+	bodyLeft  int64  // declared content-length not yet received; -1: none
+	trailers  header.Header
+	eof       bool
+}
+
+// read reads body bytes into p; io.EOF at the end of the stream, after
+// which trailers is valid. A body that does not match its content-length
+// is H3_MESSAGE_ERROR; a frame that may not follow HEADERS, or a stream
+// that ends inside a frame, is a connection error.
+func (b *bodyReader) read(p []byte) (int, error) {
+	if b.eof {
+		return 0, io.EOF
+	}
+	for b.remaining == 0 {
+		typ, length, err := readFrameHeader(b.r)
+		if err == io.EOF {
+			if b.bodyLeft > 0 {
+				return 0, &h3Error{http3.ErrCodeMessageError, "body shorter than its content-length"}
+			}
+			b.eof = true
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, err
+		}
+		switch typ {
+		case frameData:
+			if b.bodyLeft >= 0 {
+				if length > uint64(b.bodyLeft) {
+					return 0, &h3Error{http3.ErrCodeMessageError, "body longer than its content-length"}
+				}
+				b.bodyLeft -= int64(length)
+			}
+			b.remaining = length
+		case frameHeaders:
+			if b.bodyLeft > 0 {
+				return 0, &h3Error{http3.ErrCodeMessageError, "body shorter than its content-length"}
+			}
+			block, err := readBlock(b.r, length, b.limit)
+			if err != nil {
+				return 0, err
+			}
+			f, err := decodeFields(block, true)
+			if err != nil {
+				return 0, err
+			}
+			// Nothing may follow the trailers (section 4.1).
+			if _, _, err := readFrameHeader(b.r); err != io.EOF {
+				if err == nil {
+					err = &h3Error{http3.ErrCodeFrameUnexpected, "frame after the trailers"}
+				}
+				return 0, err
+			}
+			b.trailers, b.eof = f.header, true
+			return 0, io.EOF
+		case frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
+			return 0, &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)}
+		default:
+			if err := skip(b.r, length); err != nil {
+				return 0, err
+			}
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := b.r.Read(p[:min(uint64(len(p)), b.remaining)])
+	b.remaining -= uint64(n)
+	if err == io.EOF && b.remaining == 0 {
+		// quic-go returns the stream's last bytes with io.EOF; the next
+		// read sees the end between frames.
+		err = nil
+	}
+	if err == io.EOF {
+		err = &h3Error{http3.ErrCodeFrameError, "stream ended inside a DATA frame"}
+	}
+	return n, err
+}

@@ -247,3 +247,66 @@ func TestClientControlStreamErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestClientResponseBodyErrors: a response stream that ends inside a DATA
+// frame, or sends a frame after its trailers, closes the connection with
+// the HTTP/3 error for it (RFC 9114 sections 4.1 and 7.1), and Read fails.
+func TestClientResponseBodyErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		body func(t *testing.T) []byte
+		want http3.ErrCode
+	}{
+		{"stream ends inside a DATA frame", func(*testing.T) []byte {
+			return append(appendFrameHeader(nil, frameData, 10), "abc"...)
+		}, http3.ErrCodeFrameError},
+		{"frame after the trailers", func(t *testing.T) []byte {
+			b := headersFrame(t, "grpc-status", "0")
+			return append(b, append(appendFrameHeader(nil, frameData, 1), 'x')...)
+		}, http3.ErrCodeFrameUnexpected},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			addr, tlsConf := rawPeer(t, func(c *quic.Conn, _ *quic.SendStream) {
+				s, err := c.AcceptStream(context.Background())
+				if err != nil {
+					return
+				}
+				r := bufio.NewReader(s)
+				if _, n, err := readFrameHeader(r); err != nil || skip(r, n) != nil {
+					return
+				}
+				_, _ = s.Write(append(headersFrame(t, ":status", "200"), tc.body(t)...))
+				_ = s.Close()
+				<-c.Context().Done()
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			closed := make(chan error, 1)
+			cc, err := Dial(ctx, addr, tlsConf, &ClientConfig{OnClose: func(err error) { closed <- err }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			cs, err := cc.NewStream(ctx, &stream.Request{Method: "GET", Scheme: "https", Authority: "svc", Path: "/", Header: header.Make(0)}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Response(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadAll(cs); err == nil {
+				t.Fatal("reading the body succeeded")
+			}
+			select {
+			case err := <-closed:
+				ae, ok := errors.AsType[*quic.ApplicationError](err)
+				if !ok || http3.ErrCode(ae.ErrorCode) != tc.want || ae.Remote {
+					t.Fatalf("connection closed with %v, want a local %s", err, tc.want)
+				}
+			case <-ctx.Done():
+				t.Fatal("the connection stayed open")
+			}
+		})
+	}
+}

@@ -637,8 +637,9 @@ func (c *serverConn) serveStream(qs *quic.Stream) {
 	}
 	ctx, cancel := context.WithCancel(qs.Context())
 	ss := &serverStream{
-		c: c, qs: qs, r: r, req: req, ctx: ctx, cancel: cancel,
-		head: req.Method == "HEAD", bodyLeft: req.ContentLength,
+		c: c, qs: qs, req: req, ctx: ctx, cancel: cancel,
+		bodyReader: bodyReader{r: r, limit: c.s.maxHeaderBytes, bodyLeft: req.ContentLength},
+		head:       req.Method == "HEAD",
 	}
 	defer ss.finish()
 	c.s.h.ServeStream(ss)
@@ -687,13 +688,9 @@ type serverStream struct {
 	cancel context.CancelFunc
 	head   bool
 
-	// Receive side.
-	r         *bufio.Reader
-	remaining uint64 // payload bytes left in the current DATA frame
-	bodyLeft  int64  // declared content-length not yet received; -1: none
-	trailers  header.Header
-	eof       bool
-	readErr   error
+	// Receive side: the request body.
+	bodyReader
+	readErr error
 
 	// Send side.
 	wroteHeader bool
@@ -728,82 +725,11 @@ func (s *serverStream) Read(p []byte) (int, error) {
 	if s.readErr != nil {
 		return 0, s.readErr
 	}
-	if s.eof {
-		return 0, io.EOF
-	}
-	for s.remaining == 0 {
-		typ, length, err := readFrameHeader(s.r)
-		if err == io.EOF {
-			if s.bodyLeft > 0 {
-				return 0, s.readFailed(&h3Error{http3.ErrCodeMessageError, "request body shorter than its content-length"})
-			}
-			s.eof = true
-			return 0, io.EOF
-		}
-		if err != nil {
-			return 0, s.readFailed(err)
-		}
-		switch typ {
-		case frameData:
-			if s.bodyLeft >= 0 && length > uint64(s.bodyLeft) {
-				return 0, s.readFailed(&h3Error{http3.ErrCodeMessageError, "request body longer than its content-length"})
-			}
-			s.remaining = length
-			if s.bodyLeft >= 0 {
-				s.bodyLeft -= int64(length)
-			}
-		case frameHeaders:
-			if s.bodyLeft > 0 {
-				return 0, s.readFailed(&h3Error{http3.ErrCodeMessageError, "request body shorter than its content-length"})
-			}
-			if length > uint64(s.c.s.maxHeaderBytes) {
-				return 0, s.readFailed(&h3Error{http3.ErrCodeExcessiveLoad, fmt.Sprintf("request trailers of %d bytes exceed the limit of %d", length, s.c.s.maxHeaderBytes)})
-			}
-			block, err := readBlock(s.r, length, s.c.s.maxHeaderBytes)
-			if err != nil {
-				return 0, s.readFailed(err)
-			}
-			f, err := decodeFields(block, true)
-			if err != nil {
-				return 0, s.readFailed(err)
-			}
-			// Nothing may follow the trailers (section 4.1).
-			if _, _, err := readFrameHeader(s.r); err != io.EOF {
-				if err == nil {
-					err = &h3Error{http3.ErrCodeFrameUnexpected, "frame after the request trailers"}
-				}
-				return 0, s.readFailed(err)
-			}
-			s.trailers, s.eof = f.header, true
-			return 0, io.EOF
-		case frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
-			return 0, s.readFailed(&h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)})
-		default:
-			if err := skip(s.r, length); err != nil {
-				return 0, s.readFailed(err)
-			}
-		}
-		if len(p) == 0 {
-			return 0, nil
-		}
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, err := s.r.Read(p[:min(uint64(len(p)), s.remaining)])
-	s.remaining -= uint64(n)
-	if err == io.EOF && s.remaining == 0 {
-		// quic-go returns the stream's last bytes with io.EOF; the next
-		// Read sees the end between frames.
-		err = nil
-	}
-	if err != nil {
-		if err == io.EOF {
-			err = &h3Error{http3.ErrCodeFrameError, "request stream ended inside a DATA frame"}
-		}
+	n, err := s.read(p)
+	if err != nil && err != io.EOF {
 		return n, s.readFailed(err)
 	}
-	return n, nil
+	return n, err
 }
 
 // readFailed turns a receive-side failure into the stream's error: a
