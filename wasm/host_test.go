@@ -147,6 +147,13 @@ func TestBodyBuffering(t *testing.T) {
 func TestSharedDataCASAcrossInstances(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	p, _ := newTestPlugin(t, "shared", func(c *Config) { c.PoolSize = 4 })
+	// The ABI has no create-if-absent (a write to a missing key ignores the
+	// CAS), so two instances that both find the key missing both write "1".
+	// CAS guards updates of an existing key, which is what this test is
+	// about: create the key before the workers start.
+	if st := p.engine.shared.set("vm", "count", []byte("0"), 0); st != StatusOK {
+		t.Fatalf("seed count: status %d", st)
+	}
 	const workers, perWorker = 8, 50
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
