@@ -550,7 +550,7 @@ func (cc *ClientConn) isIdle(id uint32) bool {
 
 func (cc *ClientConn) streamErrorOnNew(uint32) {}
 
-func (cc *ClientConn) handleHeaders(f *http2.MetaHeadersFrame) error {
+func (cc *ClientConn) handleHeaders(f *headerBlock) error {
 	c := cc.c
 	c.mu.Lock()
 	defer c.unlock()
@@ -591,14 +591,14 @@ func (cc *ClientConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	if resp.Status < 200 {
-		if f.StreamEnded() {
+		if f.EndStream {
 			c.resetStream(s, http2.ErrCodeProtocol, false, "1xx response ends the stream")
 		}
 		return nil
 	}
 	s.awaitingHeaders = false
 	c.setStall(s, StallNone)
-	resp.EndStream = f.StreamEnded()
+	resp.EndStream = f.EndStream
 	cs.resp = resp
 	cs.haveResp = true
 	if !cs.isHead && resp.Status != 204 && resp.Status != 304 {
@@ -606,7 +606,7 @@ func (cc *ClientConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	cs.respDone = true
 	close(cs.respCh)
-	if f.StreamEnded() {
+	if f.EndStream {
 		if s.recvCL > 0 {
 			c.resetStream(s, http2.ErrCodeProtocol, false, "body length differs from content-length")
 			return nil
@@ -627,7 +627,7 @@ func (cc *ClientConn) endRecv(s *strm) {
 
 // parseResponse fills r from a response HEADERS block and returns why it
 // is malformed, or "".
-func parseResponse(r *stream.Response, f *http2.MetaHeadersFrame) string {
+func parseResponse(r *stream.Response, f *headerBlock) string {
 	status := ""
 	for _, hf := range f.PseudoFields() {
 		if hf.Name != ":status" {

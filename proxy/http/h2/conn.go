@@ -134,6 +134,8 @@ type ctrlItem struct {
 type conn struct {
 	nc       net.Conn
 	fr       *http2.Framer // reads: reader; writes: writer
+	src      io.Reader     // what fr reads from; header block payloads are read from it directly. Reader.
+	hr       headerReader  // reader
 	bw       *pooledWriter // writer
 	log      *slog.Logger
 	st       *Stats
@@ -391,8 +393,8 @@ func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, 
 		c.rd = &burstReader{r: nc}
 		rd = c.rd
 	}
-	c.fr = http2.NewFramer(c.bw, rd)
-	c.configureFramer()
+	c.setReader(rd)
+	c.hr.init(c.localMaxHeaderList)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	if st.table != nil {
 		st.table.add(c)
@@ -400,10 +402,12 @@ func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, 
 	return c
 }
 
-// configureFramer applies what we advertised to c.fr's reading side.
-func (c *conn) configureFramer() {
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = c.localMaxHeaderList
+// setReader makes c.fr read frames from r, with what we advertised
+// applied to its reading side. Header blocks are not decoded by the
+// Framer but by c.hr, which reads their payloads from r too.
+func (c *conn) setReader(r io.Reader) {
+	c.src = r
+	c.fr = http2.NewFramer(c.bw, r)
 	c.fr.SetMaxReadFrameSize(c.localMaxFrame)
 	c.fr.SetReuseFrames()
 }
@@ -932,7 +936,9 @@ func (c *conn) consumeConn(n int64) {
 
 // frameHandler is what a role (server or client) adds to the shared reader.
 type frameHandler interface {
-	handleHeaders(f *http2.MetaHeadersFrame) error
+	// handleHeaders handles a decoded header block; b is valid until it
+	// returns.
+	handleHeaders(b *headerBlock) error
 	handleGoAway(f *http2.GoAwayFrame) error
 	handlePing(f *http2.PingFrame) error
 	handleSettings(f *http2.SettingsFrame)
@@ -955,7 +961,7 @@ func (c *conn) readLoop(h frameHandler) error {
 				return c.readFailed(err)
 			}
 		}
-		f, err := c.fr.ReadFrame()
+		f, blk, err := c.readFrame()
 		if c.lingering.Load() {
 			// Closed gracefully while this frame was on its way: drop it.
 			return c.drainLinger()
@@ -980,10 +986,36 @@ func (c *conn) readLoop(h frameHandler) error {
 			}
 			return c.readFailed(err)
 		}
-		if err := c.handleFrame(h, f); err != nil {
+		switch {
+		case blk != nil:
+			err = h.handleHeaders(blk)
+			c.hr.release()
+			if err == nil {
+				err = c.checkQueueFloods()
+			}
+		case f != nil:
+			err = c.handleFrame(h, f)
+		}
+		if err != nil {
 			return c.readFailed(err)
 		}
 	}
+}
+
+// readFrame reads the next frame. A HEADERS or CONTINUATION frame is
+// decoded by c.hr rather than the Framer: blk is the header block once its
+// last frame is in, and f and blk are both nil before. Reader only.
+func (c *conn) readFrame() (f http2.Frame, blk *headerBlock, err error) {
+	fh, err := c.fr.ReadFrameHeader()
+	if err != nil {
+		return nil, nil, err
+	}
+	if fh.Type == http2.FrameHeaders || fh.Type == http2.FrameContinuation {
+		blk, err = c.hr.readFrame(fh, c.src)
+		return nil, blk, err
+	}
+	f, err = c.fr.ReadFrameForHeader(fh)
+	return f, nil, err
 }
 
 // drainLinger reads and drops what the peer still sends after a graceful
@@ -1010,10 +1042,14 @@ var errRequestHeadersTimeout = errors.New("request header block not received wit
 
 // awaitFrame waits, without a deadline, for the first byte of the next
 // frame; from then on the frame header must arrive within hdrTimeout, and
-// a HEADERS or CONTINUATION frame's whole header block too (the framer
-// reads CONTINUATIONs as part of the block). A header block dribbled a
-// byte at a time (slowloris) thus cannot hold the connection. Reader only.
+// a HEADERS frame's whole header block too: while its CONTINUATIONs are
+// due, the deadline set at its first byte stays. A header block dribbled
+// a byte at a time (slowloris) thus cannot hold the connection. Reader
+// only.
 func (c *conn) awaitFrame() error {
+	if c.hr.open {
+		return nil
+	}
 	_ = c.nc.SetReadDeadline(time.Time{})
 	if _, err := c.br.Peek(1); err != nil {
 		return err
@@ -1077,10 +1113,17 @@ func (c *conn) lastPeerStream() uint32 {
 	return c.maxPeerID
 }
 
+// handleFrame handles a frame other than HEADERS and CONTINUATION.
 func (c *conn) handleFrame(h frameHandler, f http2.Frame) error {
 	if err := c.dispatchFrame(h, f); err != nil {
 		return err
 	}
+	return c.checkQueueFloods()
+}
+
+// checkQueueFloods ends the connection once the peer has provoked more
+// queued frames than the outbound flood limits allow.
+func (c *conn) checkQueueFloods() error {
 	if c.ctrlFlood.Load() {
 		c.st.OutboundControlFlood.Inc()
 		return connErr(http2.ErrCodeEnhanceYourCalm, "too many control frames queued: outbound control frame flood")
@@ -1129,8 +1172,6 @@ func (c *conn) checkEmptyFrame(empty, endStream bool) error {
 
 func (c *conn) dispatchFrame(h frameHandler, f http2.Frame) error {
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return h.handleHeaders(f)
 	case *http2.DataFrame:
 		return c.handleData(h, f)
 	case *http2.SettingsFrame:

@@ -1,5 +1,8 @@
 // Package h2 is meshd's HTTP/2 codec (RFC 9113), server and client, built on
 // golang.org/x/net/http2's Framer and hpack the way grpc-go's transport is.
+// The Framer parses frames; header blocks (HEADERS and CONTINUATION) are
+// decoded by the codec into a field slice each connection reuses, with
+// every rule the Framer's ReadMetaHeaders enforced (see headerReader).
 //
 // Each connection has exactly two goroutines: a reader that owns frame
 // parsing and stream state transitions, and a writer that owns the socket's

@@ -196,8 +196,7 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 	if cf.RequestHeadersTimeout > 0 {
 		sc.c.hdrTimeout = cf.RequestHeadersTimeout
 		sc.c.br = bufio.NewReaderSize(c, 16<<10)
-		sc.c.fr = http2.NewFramer(sc.c.bw, sc.c.br)
-		sc.c.configureFramer()
+		sc.c.setReader(sc.c.br)
 	}
 	sc.c.sendLimit = int64(cf.MaxBufferedBytes)
 	return sc
@@ -486,7 +485,7 @@ func (sc *ServerConn) onPeerReset(s *strm) {
 	}
 }
 
-func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
+func (sc *ServerConn) handleHeaders(f *headerBlock) error {
 	c := sc.c
 	id := f.StreamID
 	if id%2 == 0 {
@@ -501,11 +500,11 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	if id <= c.maxPeerID {
 		return connErr(http2.ErrCodeStreamClosed, "HEADERS on a closed stream")
 	}
-	if err := c.checkEmptyFrame(len(f.Fields) == 0, f.StreamEnded()); err != nil {
+	if err := c.checkEmptyFrame(len(f.Fields) == 0, f.EndStream); err != nil {
 		return err
 	}
 	c.maxPeerID = id
-	if f.HasPriority() && f.Priority.StreamDep == id {
+	if f.HasPriority && f.StreamDep == id {
 		c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeProtocol})
 		return nil
 	}
@@ -517,7 +516,7 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		c.st.HeaderOverflow.Inc()
 		c.queue(ctrlItem{kind: ctrlHeaders, id: id, endStream: true,
 			fields: []hpack.HeaderField{{Name: ":status", Value: "431"}}})
-		if !f.StreamEnded() {
+		if !f.EndStream {
 			c.queue(ctrlItem{kind: ctrlRST, id: id, code: http2.ErrCodeNo})
 		}
 		return nil
@@ -544,7 +543,7 @@ func (sc *ServerConn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	if m := sc.cfg.MaxRequestsPerConnection; m > 0 && sc.accepted == m && sc.startShutdown() {
 		c.st.CxMaxRequestsReached.Inc()
 	}
-	if f.StreamEnded() {
+	if f.EndStream {
 		ss.req.EndStream = true
 		s.recvDone = true
 		if s.recvCL > 0 {
@@ -594,7 +593,7 @@ func (sc *ServerConn) handlerLoop(ss *serverStream) {
 
 // handleTrailers processes a second HEADERS block on an open stream.
 // Caller holds mu.
-func (sc *ServerConn) handleTrailers(s *strm, f *http2.MetaHeadersFrame) {
+func (sc *ServerConn) handleTrailers(s *strm, f *headerBlock) {
 	c := sc.c
 	if s.recvDone {
 		c.resetStream(s, http2.ErrCodeStreamClosed, false, "HEADERS after END_STREAM")
@@ -781,7 +780,7 @@ func appendRegular(dst []hpack.HeaderField, h *header.Header) []hpack.HeaderFiel
 
 // parseRequest fills r from a request HEADERS block and returns why it is
 // malformed (RFC 9113 section 8.3.1), or "".
-func parseRequest(r *stream.Request, f *http2.MetaHeadersFrame) string {
+func parseRequest(r *stream.Request, f *headerBlock) string {
 	for _, hf := range f.PseudoFields() {
 		switch hf.Name {
 		case ":method":
@@ -823,8 +822,8 @@ func parseRequest(r *stream.Request, f *http2.MetaHeadersFrame) string {
 
 // parseTrailers fills t from a trailer block, which must end the stream
 // and carry no pseudo-header.
-func parseTrailers(t *header.Header, f *http2.MetaHeadersFrame) string {
-	if !f.StreamEnded() {
+func parseTrailers(t *header.Header, f *headerBlock) string {
+	if !f.EndStream {
 		return "trailers without END_STREAM"
 	}
 	if len(f.PseudoFields()) > 0 {
