@@ -35,6 +35,16 @@ const (
 	NFTTable      = "meshd"
 )
 
+// Defaults of Config, which `meshd inject` also uses for the sidecar it
+// injects (inject.DefaultInboundPort and friends are these).
+const (
+	DefaultInboundPort  = 15006
+	DefaultOutboundPort = 15001
+	// DefaultProxyUID is the sidecar's UID; capture exempts its traffic
+	// so the sidecar's own connections are not captured again.
+	DefaultProxyUID = 1337
+)
+
 // Config is one pod's capture.
 type Config struct {
 	// InboundPort receives redirected inbound TCP; OutboundPort

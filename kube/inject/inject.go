@@ -55,6 +55,7 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"meshd.dev/meshd/kube/capture"
 	"meshd.dev/meshd/kube/probe"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/translate"
@@ -99,13 +100,13 @@ const (
 
 // Defaults of Config.
 const (
-	DefaultInboundPort  = 15006
-	DefaultOutboundPort = 15001
+	DefaultInboundPort  = capture.DefaultInboundPort
+	DefaultOutboundPort = capture.DefaultOutboundPort
 	DefaultAdminPort    = 15000
 	DefaultStatusPort   = probe.DefaultStatusPort
 	// DefaultProxyUID is the sidecar's UID; capture exempts its traffic
 	// so the sidecar's own connections are not captured again.
-	DefaultProxyUID = 1337
+	DefaultProxyUID = capture.DefaultProxyUID
 	// DefaultTokenExpiration is the projected token's lifetime in seconds.
 	DefaultTokenExpiration = 86400
 )
@@ -436,27 +437,25 @@ func (c Config) rewriteProbes(containers []corev1.Container) ([]corev1.Container
 			if h := p.HTTPGet; h != nil && h.Port.Type == intstr.Int && h.Port.IntVal == c.StatusPort && h.Path == path {
 				continue // already rewritten
 			}
-			orig := &probe.Prober{TimeoutSeconds: p.TimeoutSeconds}
-			var port *intstr.IntOrString
+			var port intstr.IntOrString
 			switch {
 			case p.HTTPGet != nil:
-				orig.HTTPGet = p.HTTPGet.DeepCopy()
-				port = &orig.HTTPGet.Port
+				port = p.HTTPGet.Port
 			case p.TCPSocket != nil:
-				orig.TCPSocket = p.TCPSocket.DeepCopy()
-				port = &orig.TCPSocket.Port
+				port = p.TCPSocket.Port
 			case p.GRPC != nil:
-				orig.GRPC = p.GRPC.DeepCopy()
+				port = intstr.FromInt32(p.GRPC.Port)
 			default:
 				continue // exec: runs in the container, no network
 			}
-			if port != nil && port.Type == intstr.String {
-				n, ok := containerPort(ct, port.StrVal)
-				if !ok {
+			n := port.IntVal
+			if port.Type == intstr.String {
+				var ok bool
+				if n, ok = containerPort(ct, port.StrVal); !ok {
 					return nil, nil, fmt.Errorf("container %q %s: port %q names none of the container's ports", ct.Name, slot.name, port.StrVal)
 				}
-				*port = intstr.FromInt32(n)
 			}
+			orig := prober(p, n)
 			if err := orig.Validate(); err != nil {
 				return nil, nil, fmt.Errorf("container %q %s: %w", ct.Name, slot.name, err)
 			}
@@ -471,6 +470,29 @@ func (c Config) rewriteProbes(containers []corev1.Container) ([]corev1.Container
 		out[i] = *ct
 	}
 	return out, probes, nil
+}
+
+// prober is p's action as the sidecar runs it, on the numeric port.
+func prober(p *corev1.Probe, port int32) *probe.Prober {
+	out := &probe.Prober{TimeoutSeconds: p.TimeoutSeconds}
+	switch {
+	case p.HTTPGet != nil:
+		h := &probe.HTTPGetAction{Path: p.HTTPGet.Path, Port: port, Host: p.HTTPGet.Host, Scheme: string(p.HTTPGet.Scheme)}
+		for _, hd := range p.HTTPGet.HTTPHeaders {
+			h.HTTPHeaders = append(h.HTTPHeaders, probe.HTTPHeader{Name: hd.Name, Value: hd.Value})
+		}
+		out.HTTPGet = h
+	case p.TCPSocket != nil:
+		out.TCPSocket = &probe.TCPSocketAction{Port: port, Host: p.TCPSocket.Host}
+	case p.GRPC != nil:
+		g := &probe.GRPCAction{Port: port}
+		if p.GRPC.Service != nil {
+			svc := *p.GRPC.Service
+			g.Service = &svc
+		}
+		out.GRPC = g
+	}
+	return out
 }
 
 // containerPort resolves the named port of ct.

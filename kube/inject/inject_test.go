@@ -208,10 +208,10 @@ func TestProbeRewrite(t *testing.T) {
 	if len(probes) != 3 {
 		t.Fatalf("%d original probes in %s, want 3: %s", len(probes), probe.EnvAppProbes, env)
 	}
-	if p := probes["/app-health/web/startupz"].HTTPGet; p.Port.IntValue() != 9901 || p.Scheme != corev1.URISchemeHTTPS || p.Path != "/started" || len(p.HTTPHeaders) != 1 {
+	if p := probes["/app-health/web/startupz"].HTTPGet; p.Port != 9901 || p.Scheme != probe.SchemeHTTPS || p.Path != "/started" || len(p.HTTPHeaders) != 1 {
 		t.Errorf("startup original = %+v", p)
 	}
-	if p := probes["/app-health/web/livez"].TCPSocket; p.Port.IntValue() != 8080 {
+	if p := probes["/app-health/web/livez"].TCPSocket; p.Port != 8080 {
 		t.Errorf("liveness original = %+v", p)
 	}
 	if p := probes["/app-health/cart/readyz"].GRPC; p.Port != 50051 || *p.Service != "cart" {

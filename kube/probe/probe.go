@@ -20,6 +20,7 @@
 package probe
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -38,8 +39,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // DefaultStatusPort is the sidecar's status port (Istio's, so operators
@@ -72,12 +71,52 @@ func Path(container, kind string) string { return PathPrefix + container + "/" +
 
 // Prober is one original probe: exactly one of HTTPGet, TCPSocket and GRPC,
 // with numeric ports (`meshd inject` resolves named ports, which only the
-// pod spec can), and its timeout.
+// pod spec can), and its timeout. Its JSON is the Kubernetes Probe's
+// (core/v1) for these fields, so the actions are declared here rather than
+// taken from the Kubernetes API types: the sidecar, which parses them,
+// then links none of the Kubernetes packages (docs/RATIONALE.md).
 type Prober struct {
-	HTTPGet        *corev1.HTTPGetAction   `json:"httpGet,omitempty"`
-	TCPSocket      *corev1.TCPSocketAction `json:"tcpSocket,omitempty"`
-	GRPC           *corev1.GRPCAction      `json:"grpc,omitempty"`
-	TimeoutSeconds int32                   `json:"timeoutSeconds,omitempty"`
+	HTTPGet        *HTTPGetAction   `json:"httpGet,omitempty"`
+	TCPSocket      *TCPSocketAction `json:"tcpSocket,omitempty"`
+	GRPC           *GRPCAction      `json:"grpc,omitempty"`
+	TimeoutSeconds int32            `json:"timeoutSeconds,omitempty"`
+}
+
+// URI schemes of an HTTPGetAction, as Kubernetes spells them.
+const (
+	SchemeHTTP  = "HTTP"
+	SchemeHTTPS = "HTTPS"
+)
+
+// HTTPGetAction is a kubelet httpGet probe: GET Scheme://Host:Port/Path
+// with HTTPHeaders (a Host header sets the request's host). Empty Host is
+// 127.0.0.1, empty Scheme is HTTP.
+type HTTPGetAction struct {
+	Path        string       `json:"path,omitempty"`
+	Port        int32        `json:"port"`
+	Host        string       `json:"host,omitempty"`
+	Scheme      string       `json:"scheme,omitempty"`
+	HTTPHeaders []HTTPHeader `json:"httpHeaders,omitempty"`
+}
+
+// HTTPHeader is one header an HTTPGetAction sends.
+type HTTPHeader struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// TCPSocketAction is a kubelet tcpSocket probe: it passes when a TCP
+// connection to Host:Port opens. Empty Host is 127.0.0.1.
+type TCPSocketAction struct {
+	Port int32  `json:"port"`
+	Host string `json:"host,omitempty"`
+}
+
+// GRPCAction is a kubelet grpc probe: grpc.health.v1.Health/Check of
+// Service (nil: the empty name, the server as a whole) on 127.0.0.1:Port.
+type GRPCAction struct {
+	Port    int32   `json:"port"`
+	Service *string `json:"service,omitempty"`
 }
 
 // Validate reports what makes p unusable, naming the field.
@@ -94,21 +133,21 @@ func (p *Prober) Validate() error {
 	if p.TimeoutSeconds < 0 {
 		return fmt.Errorf("timeoutSeconds: %d is negative", p.TimeoutSeconds)
 	}
-	var port intstr.IntOrString
+	var port int32
 	var field string
 	switch {
 	case p.HTTPGet != nil:
 		port, field = p.HTTPGet.Port, "httpGet.port"
-		if s := p.HTTPGet.Scheme; s != "" && s != corev1.URISchemeHTTP && s != corev1.URISchemeHTTPS {
+		if s := p.HTTPGet.Scheme; s != "" && s != SchemeHTTP && s != SchemeHTTPS {
 			return fmt.Errorf("httpGet.scheme: %q is not HTTP or HTTPS", s)
 		}
 	case p.TCPSocket != nil:
 		port, field = p.TCPSocket.Port, "tcpSocket.port"
 	default:
-		port, field = intstr.FromInt32(p.GRPC.Port), "grpc.port"
+		port, field = p.GRPC.Port, "grpc.port"
 	}
-	if port.Type != intstr.Int || port.IntVal < 1 || port.IntVal > 65535 {
-		return fmt.Errorf("%s: %s is not a port number in 1..65535", field, port.String())
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("%s: %d is not a port number in 1..65535", field, port)
 	}
 	return nil
 }
@@ -129,23 +168,27 @@ func Parse(data string) (map[string]*Prober, error) {
 	if strings.TrimSpace(data) == "" {
 		return out, nil
 	}
-	dec := json.NewDecoder(strings.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&out); err != nil {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(data), &raw); err != nil {
 		return nil, fmt.Errorf("%s: %w", EnvAppProbes, err)
 	}
-	paths := slices.Sorted(maps.Keys(out))
-	for _, path := range paths {
-		p := out[path]
+	for _, path := range slices.Sorted(maps.Keys(raw)) {
 		if !strings.HasPrefix(path, PathPrefix) {
 			return nil, fmt.Errorf("%s: %q: a probe path starts with %s", EnvAppProbes, path, PathPrefix)
 		}
-		if p == nil {
+		if bytes.Equal(raw[path], []byte("null")) {
 			return nil, fmt.Errorf("%s: %q: null probe", EnvAppProbes, path)
+		}
+		p := new(Prober)
+		dec := json.NewDecoder(bytes.NewReader(raw[path]))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(p); err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", EnvAppProbes, path, err)
 		}
 		if err := p.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %q: %w", EnvAppProbes, path, err)
 		}
+		out[path] = p
 	}
 	return out, nil
 }
@@ -187,9 +230,9 @@ var probeTransport = &http.Transport{
 // 10 KiB).
 const maxBodyRead = 10 << 10
 
-func runHTTP(ctx context.Context, a *corev1.HTTPGetAction) error {
+func runHTTP(ctx context.Context, a *HTTPGetAction) error {
 	scheme := "http"
-	if a.Scheme == corev1.URISchemeHTTPS {
+	if a.Scheme == SchemeHTTPS {
 		scheme = "https"
 	}
 	path := a.Path
@@ -198,7 +241,7 @@ func runHTTP(ctx context.Context, a *corev1.HTTPGetAction) error {
 	} else if !strings.HasPrefix(path, "/") {
 		path = "/" + path
 	}
-	u, err := url.Parse(scheme + "://" + net.JoinHostPort(hostOr(a.Host), strconv.Itoa(a.Port.IntValue())) + path)
+	u, err := url.Parse(scheme + "://" + net.JoinHostPort(hostOr(a.Host), strconv.Itoa(int(a.Port))) + path)
 	if err != nil {
 		return fmt.Errorf("httpGet: %w", err)
 	}
@@ -232,8 +275,8 @@ func runHTTP(ctx context.Context, a *corev1.HTTPGetAction) error {
 	return nil
 }
 
-func runTCP(ctx context.Context, a *corev1.TCPSocketAction) error {
-	addr := net.JoinHostPort(hostOr(a.Host), strconv.Itoa(a.Port.IntValue()))
+func runTCP(ctx context.Context, a *TCPSocketAction) error {
+	addr := net.JoinHostPort(hostOr(a.Host), strconv.Itoa(int(a.Port)))
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -242,7 +285,7 @@ func runTCP(ctx context.Context, a *corev1.TCPSocketAction) error {
 	return c.Close()
 }
 
-func runGRPC(ctx context.Context, a *corev1.GRPCAction) error {
+func runGRPC(ctx context.Context, a *GRPCAction) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.Port)))
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUserAgent("kube-probe/meshd"))
 	if err != nil {

@@ -14,8 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"meshd.dev/meshd/internal/testutil"
 )
@@ -90,9 +88,9 @@ func TestProbesAgainstRealServers(t *testing.T) {
 	defer gs.Stop()
 
 	httpPort, tlsPort, grpcPort, closed := port(t, app.Listener.Addr().String()), port(t, tlsApp.Listener.Addr().String()), port(t, gl.Addr().String()), closedPort(t)
-	httpGet := func(path string, p int32, scheme corev1.URIScheme) *Prober {
-		return &Prober{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(p), Scheme: scheme,
-			HTTPHeaders: []corev1.HTTPHeader{{Name: "X-Probe", Value: "yes"}, {Name: "Host", Value: "app.local"}}}}
+	httpGet := func(path string, p int32, scheme string) *Prober {
+		return &Prober{HTTPGet: &HTTPGetAction{Path: path, Port: p, Scheme: scheme,
+			HTTPHeaders: []HTTPHeader{{Name: "X-Probe", Value: "yes"}, {Name: "Host", Value: "app.local"}}}}
 	}
 	svc := func(s string) *string { return &s }
 	tests := []struct {
@@ -102,17 +100,17 @@ func TestProbesAgainstRealServers(t *testing.T) {
 		reason string
 	}{
 		{"http 200", httpGet("/ok", httpPort, ""), http.StatusOK, ""},
-		{"http 302 counts as success", httpGet("/moved", httpPort, corev1.URISchemeHTTP), http.StatusOK, ""},
+		{"http 302 counts as success", httpGet("/moved", httpPort, SchemeHTTP), http.StatusOK, ""},
 		{"http 500", httpGet("/fail", httpPort, ""), http.StatusServiceUnavailable, "status 500"},
-		{"https without verification", httpGet("/", tlsPort, corev1.URISchemeHTTPS), http.StatusOK, ""},
+		{"https without verification", httpGet("/", tlsPort, SchemeHTTPS), http.StatusOK, ""},
 		{"http timeout", func() *Prober { p := httpGet("/hang", httpPort, ""); p.TimeoutSeconds = 1; return p }(), http.StatusServiceUnavailable, "deadline exceeded"},
 		{"http refused", httpGet("/ok", closed, ""), http.StatusServiceUnavailable, "refused"},
-		{"tcp open", &Prober{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(httpPort)}}, http.StatusOK, ""},
-		{"tcp closed port", &Prober{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(closed)}}, http.StatusServiceUnavailable, "refused"},
-		{"grpc SERVING", &Prober{GRPC: &corev1.GRPCAction{Port: grpcPort}}, http.StatusOK, ""},
-		{"grpc NOT_SERVING", &Prober{GRPC: &corev1.GRPCAction{Port: grpcPort, Service: svc("greeter")}}, http.StatusServiceUnavailable, "NOT_SERVING"},
-		{"grpc unknown service", &Prober{GRPC: &corev1.GRPCAction{Port: grpcPort, Service: svc("nope")}}, http.StatusServiceUnavailable, "NotFound"},
-		{"grpc closed port", &Prober{GRPC: &corev1.GRPCAction{Port: closed}, TimeoutSeconds: 1}, http.StatusServiceUnavailable, "grpc"},
+		{"tcp open", &Prober{TCPSocket: &TCPSocketAction{Port: httpPort}}, http.StatusOK, ""},
+		{"tcp closed port", &Prober{TCPSocket: &TCPSocketAction{Port: closed}}, http.StatusServiceUnavailable, "refused"},
+		{"grpc SERVING", &Prober{GRPC: &GRPCAction{Port: grpcPort}}, http.StatusOK, ""},
+		{"grpc NOT_SERVING", &Prober{GRPC: &GRPCAction{Port: grpcPort, Service: svc("greeter")}}, http.StatusServiceUnavailable, "NOT_SERVING"},
+		{"grpc unknown service", &Prober{GRPC: &GRPCAction{Port: grpcPort, Service: svc("nope")}}, http.StatusServiceUnavailable, "NotFound"},
+		{"grpc closed port", &Prober{GRPC: &GRPCAction{Port: closed}, TimeoutSeconds: 1}, http.StatusServiceUnavailable, "grpc"},
 	}
 	probes := map[string]*Prober{}
 	for i, tt := range tests {
@@ -170,7 +168,8 @@ func TestParse(t *testing.T) {
 		{"not JSON", `{`, "MESHD_APP_PROBES"},
 		{"unknown field", `{"/app-health/a/livez":{"exec":{"command":["true"]}}}`, "unknown field"},
 		{"two actions", `{"/app-health/a/livez":{"tcpSocket":{"port":1},"grpc":{"port":1}}}`, "exactly one"},
-		{"named port", `{"/app-health/a/livez":{"tcpSocket":{"port":"http"}}}`, "tcpSocket.port: http is not a port number"},
+		{"named port", `{"/app-health/a/livez":{"tcpSocket":{"port":"http"}}}`, "\"/app-health/a/livez\": json: cannot unmarshal string into Go struct field TCPSocketAction.tcpSocket.port"},
+		{"port over 65535", `{"/app-health/a/livez":{"httpGet":{"port":65536}}}`, "httpGet.port: 65536 is not a port number"},
 		{"port 0", `{"/app-health/a/livez":{"grpc":{"port":0}}}`, "grpc.port"},
 		{"bad scheme", `{"/app-health/a/livez":{"httpGet":{"port":1,"scheme":"FTP"}}}`, "httpGet.scheme"},
 		{"negative timeout", `{"/app-health/a/livez":{"tcpSocket":{"port":1},"timeoutSeconds":-1}}`, "timeoutSeconds"},
