@@ -7,16 +7,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"meshd.dev/meshd/kube/capture"
-	"meshd.dev/meshd/kube/inject"
 )
-
-func init() {
-	commands = append(commands, command{"capture", "install the pod's traffic-capture rules (iptables or nftables; the init container)", runCapture})
-}
 
 // captureTimeout bounds the rule installation.
 const captureTimeout = 30 * time.Second
@@ -24,9 +21,9 @@ const captureTimeout = 30 * time.Second
 func runCapture(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("capture", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	inbound := fs.Uint("inbound-port", inject.DefaultInboundPort, "sidecar port receiving redirected inbound TCP")
-	outbound := fs.Uint("outbound-port", inject.DefaultOutboundPort, "sidecar port receiving redirected outbound TCP")
-	uid := fs.Uint("proxy-uid", inject.DefaultProxyUID, "the sidecar's UID, whose traffic is never redirected")
+	inbound := fs.Uint("inbound-port", capture.DefaultInboundPort, "sidecar port receiving redirected inbound TCP")
+	outbound := fs.Uint("outbound-port", capture.DefaultOutboundPort, "sidecar port receiving redirected outbound TCP")
+	uid := fs.Uint("proxy-uid", capture.DefaultProxyUID, "the sidecar's UID, whose traffic is never redirected")
 	exIn := fs.String("exclude-inbound-ports", "", "comma-separated inbound destination ports left alone")
 	exOut := fs.String("exclude-outbound-ports", "", "comma-separated outbound destination ports left alone")
 	backend := fs.String("backend", "", "iptables or nft; default: iptables when iptables-restore is in PATH, else nft")
@@ -90,4 +87,20 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "meshd capture: inbound TCP -> :%d, outbound TCP -> :%d (uid %d exempt)\n", c.InboundPort, c.OutboundPort, c.ProxyUID)
 	_ = os.Stdout.Sync()
 	return 0
+}
+
+// portList parses "80,443".
+func portList(s string) ([]int32, error) {
+	var out []int32
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || p == 0 {
+			return nil, fmt.Errorf("%q is not a port in 1..65535", f)
+		}
+		out = append(out, int32(p))
+	}
+	return out, nil
 }

@@ -1,3 +1,5 @@
+//go:build !meshd_sidecar
+
 package main
 
 import (

@@ -1,3 +1,5 @@
+//go:build !meshd_sidecar
+
 package main
 
 import (
@@ -5,23 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 
-	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-
-	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/kube/inject"
-	"meshd.dev/meshd/proxy/config"
 )
-
-func init() {
-	commands = append(commands,
-		command{"inject", "print Kubernetes manifests with the meshd sidecar injected", runInject},
-		command{"injector", "serve sidecar injection as a mutating admission webhook (HTTPS)", runInjector},
-	)
-}
 
 // injectFlags registers the flags `meshd inject` and `meshd injector`
 // share and returns a function building the inject.Config from them.
@@ -51,22 +39,6 @@ func injectFlags(fs *flag.FlagSet) func() (inject.Config, error) {
 		}
 		return c, c.Validate()
 	}
-}
-
-// portList parses "80,443".
-func portList(s string) ([]int32, error) {
-	var out []int32
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		p, err := strconv.ParseUint(f, 10, 16)
-		if err != nil || p == 0 {
-			return nil, fmt.Errorf("%q is not a port in 1..65535", f)
-		}
-		out = append(out, int32(p))
-	}
-	return out, nil
 }
 
 func runInject(args []string, stdout, stderr io.Writer) int {
@@ -106,44 +78,4 @@ func runInject(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// loadSidecarBootstrap loads the bootstrap from path or, when path is
-// empty, from the YAML string inline; then sets node.id to serviceNode
-// (when set) and node.metadata["meshd.token"] to the contents of
-// tokenFile (when set). This is how an injected pod's sidecar gets its
-// per-pod node ID (downward API) and its service-account token.
-func loadSidecarBootstrap(path, inline, serviceNode, tokenFile string) (*bootstrapv3.Bootstrap, error) {
-	var b *bootstrapv3.Bootstrap
-	var err error
-	if path != "" {
-		b, err = config.LoadBootstrap(path)
-	} else {
-		path = "--config-yaml"
-		b, err = config.ParseBootstrap([]byte(inline), path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("invalid bootstrap %s:\n%w", path, err)
-	}
-	if serviceNode != "" {
-		if b.Node == nil {
-			b.Node = &corev3.Node{}
-		}
-		b.Node.Id = serviceNode
-	}
-	if tokenFile != "" {
-		tok, err := os.ReadFile(tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("--token-file: %w", err)
-		}
-		t := strings.TrimSpace(string(tok))
-		if t == "" {
-			return nil, fmt.Errorf("--token-file %s: empty", tokenFile)
-		}
-		if b.Node == nil {
-			b.Node = &corev3.Node{}
-		}
-		ca.SetNodeToken(b.Node, t)
-	}
-	return b, nil
 }

@@ -1,6 +1,13 @@
 // Command meshd is the meshd service mesh: the sidecar data plane, the xDS
 // control plane, and a local mesh runner.
 //
+// The default build is the full binary. Built with -tags meshd_sidecar it
+// is the sidecar-only build: the same `meshd` with only the data-plane
+// subcommands (sidecar, capture, version), linking none of the control
+// plane, Kubernetes client, doctor or auto-tuning packages, so a sidecar
+// process maps and initialises far less (docs/RATIONALE.md). Its other
+// subcommands fail with an error naming the build.
+//
 // Usage:
 //
 //	meshd sidecar -c BOOTSTRAP.yaml [--admin-address-path FILE] [--drain-time-s N] [--log-level LEVEL]
@@ -8,6 +15,8 @@
 //	meshd bootstrap --workload NAME.NAMESPACE --xds HOST:PORT [-f MESH.yaml] [--delta]
 //	meshd up [-f MESH.yaml] [--duration D] [...]
 //	meshd doctor [-f MESH.yaml | --admin HOST:PORT | --control-plane HOST:PORT] [--window D] [-o json]
+//	meshd inject -f POD_OR_DEPLOYMENT.yaml [...] / meshd injector [...]
+//	meshd capture [--inbound-port N] [--outbound-port N] [...]
 //	meshd version
 package main
 
@@ -15,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 )
 
 // command is one subcommand: it parses its own flags from args and returns
@@ -25,14 +35,20 @@ type command struct {
 	run     func(args []string, stdout, stderr io.Writer) int
 }
 
-var commands = []command{
+// dataPlaneCommands are in every build, the sidecar-only one included.
+var dataPlaneCommands = []command{
 	{"sidecar", "run the data plane from an Envoy v3 bootstrap", runSidecar},
-	{"control-plane", "serve xDS (ADS, SotW and delta) from a mesh file", runControlPlane},
-	{"bootstrap", "print the sidecar bootstrap of a mesh file's Workload", runBootstrap},
-	{"up", "run a local mesh on loopback: control plane, sidecars, sample apps", runUp},
-	{"doctor", "diagnose a mesh file, a sidecar or a fleet against the failure scenarios", runDoctor},
+	{"capture", "install the pod's traffic-capture rules (iptables or nftables; the init container)", runCapture},
 	{"version", "print meshd, Go and dependency versions", runVersion},
 }
+
+// fullOnlyCommands names the subcommands of the full build only, in usage
+// order; fullCommands (commands_full.go) holds them in that build and the
+// sidecar-only build answers them with an error naming the build.
+var fullOnlyCommands = []string{"control-plane", "bootstrap", "up", "doctor", "inject", "injector"}
+
+// commands is every subcommand this build has, in usage order.
+var commands = slices.Concat(dataPlaneCommands[:1], fullCommands, dataPlaneCommands[1:])
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -51,13 +67,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return c.run(args[1:], stdout, stderr)
 		}
 	}
+	if slices.Contains(fullOnlyCommands, args[0]) {
+		fmt.Fprintf(stderr, "meshd: command %q is not in this build: this meshd is the %s; use the full meshd binary (built without -tags meshd_sidecar)\n", args[0], buildName)
+		return 2
+	}
 	fmt.Fprintf(stderr, "meshd: unknown command %q\n\n", args[0])
 	usage(stderr)
 	return 2
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: meshd COMMAND [flags]\n\ncommands:")
+	fmt.Fprintf(w, "usage: meshd COMMAND [flags]\n\ncommands (%s):\n", buildName)
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}

@@ -11,12 +11,15 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
+	"meshd.dev/meshd/ca"
 	caclient "meshd.dev/meshd/ca/client"
 	"meshd.dev/meshd/kube/probe"
 	"meshd.dev/meshd/otel/metrics"
@@ -231,4 +234,44 @@ func startStatusServer(addr, probesJSON string, ready func() bool, logger *slog.
 		_ = srv.Close()
 		<-done
 	}, nil
+}
+
+// loadSidecarBootstrap loads the bootstrap from path or, when path is
+// empty, from the YAML string inline; then sets node.id to serviceNode
+// (when set) and node.metadata["meshd.token"] to the contents of
+// tokenFile (when set). This is how an injected pod's sidecar gets its
+// per-pod node ID (downward API) and its service-account token.
+func loadSidecarBootstrap(path, inline, serviceNode, tokenFile string) (*bootstrapv3.Bootstrap, error) {
+	var b *bootstrapv3.Bootstrap
+	var err error
+	if path != "" {
+		b, err = config.LoadBootstrap(path)
+	} else {
+		path = "--config-yaml"
+		b, err = config.ParseBootstrap([]byte(inline), path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("invalid bootstrap %s:\n%w", path, err)
+	}
+	if serviceNode != "" {
+		if b.Node == nil {
+			b.Node = &corev3.Node{}
+		}
+		b.Node.Id = serviceNode
+	}
+	if tokenFile != "" {
+		tok, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		t := strings.TrimSpace(string(tok))
+		if t == "" {
+			return nil, fmt.Errorf("--token-file %s: empty", tokenFile)
+		}
+		if b.Node == nil {
+			b.Node = &corev3.Node{}
+		}
+		ca.SetNodeToken(b.Node, t)
+	}
+	return b, nil
 }
