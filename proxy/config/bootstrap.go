@@ -386,7 +386,8 @@ func (w *jsonWalker) leaf(path string, md protoreflect.MessageDescriptor, v any)
 }
 
 // anyValue checks the JSON of a google.protobuf.Any: its "@type" must name a
-// linked Envoy type and its other members must be that type's fields.
+// linked Envoy type (one meshd implements) and its other members must be
+// that type's fields.
 func (w *jsonWalker) anyValue(path string, v any) {
 	obj, ok := v.(map[string]any)
 	if !ok {
@@ -400,7 +401,13 @@ func (w *jsonWalker) anyValue(path string, v any) {
 	}
 	mt, err := protoregistry.GlobalTypes.FindMessageByURL(url)
 	if err != nil {
-		w.addf(path, "unknown type %q: not an Envoy API type", url)
+		// Only the Envoy types meshd implements are linked; the others
+		// are known by name (isEnvoyMessage).
+		if isEnvoyMessage(url) {
+			w.addf(path, "unsupported typed_config type %q: meshd does not implement this Envoy type (docs/bootstrap.md lists the ones it does)", url)
+		} else {
+			w.addf(path, "unknown type %q: not an Envoy API type", url)
+		}
 		return
 	}
 	md := mt.Descriptor()
@@ -425,7 +432,8 @@ func (w *jsonWalker) anyValue(path string, v any) {
 }
 
 // newMessage returns an empty message of type md: the generated type when it
-// is linked (always, for Envoy types), a dynamic one otherwise.
+// is linked (always, for the types reachable from a Bootstrap and the
+// extensions meshd implements), a dynamic one otherwise.
 func newMessage(md protoreflect.MessageDescriptor) proto.Message {
 	if mt, err := protoregistry.GlobalTypes.FindMessageByName(md.FullName()); err == nil {
 		return mt.New().Interface()

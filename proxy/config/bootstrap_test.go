@@ -132,6 +132,12 @@ var badCases = []struct {
 		wantReason: `unknown type "type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope"`,
 	},
 	{
+		name:       "Envoy http filter type meshd does not link",
+		edits:      []edit{{"filters.http.router.v3.Router", "filters.http.lua.v3.Lua"}},
+		wantPath:   hcm + ".http_filters[0].typed_config",
+		wantReason: `unsupported typed_config type "` + luaTypeURL + `": meshd does not implement this Envoy type`,
+	},
+	{
 		name:       "unsupported http filter type",
 		edits:      []edit{{routerFilter, corsFilter + routerFilter}},
 		wantPath:   hcm + ".http_filters[0].typed_config",

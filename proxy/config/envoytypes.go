@@ -2,463 +2,1544 @@
 
 package config
 
-// These imports register every Envoy configuration message with the
-// protobuf global type registry (see gentypes for why).
-//
-// Skipped, their dependencies are not required by go.mod:
-//   - github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3
-//   - github.com/envoyproxy/go-control-plane/envoy/extensions/stat_sinks/open_telemetry/v3
-import (
-	_ "github.com/cncf/xds/go/udpa/type/v1"
-	_ "github.com/cncf/xds/go/xds/type/matcher/v3"
-	_ "github.com/cncf/xds/go/xds/type/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/cluster/aggregate/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/cluster/dynamic_forward_proxy/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/cluster/redis"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/common/dynamic_forward_proxy/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/common/key_value/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/common/matcher/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/common/tap/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/accesslog/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/dubbo/router/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/fault/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/adaptive_concurrency/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/aws_lambda/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/aws_request_signing/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/buffer/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/cache/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/compressor/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/cors/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/csrf/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/dynamic_forward_proxy/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/dynamo/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/ext_authz/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/fault/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/grpc_http1_bridge/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/grpc_http1_reverse_bridge/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/grpc_stats/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/grpc_web/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/gzip/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/header_to_metadata/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/health_check/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/ip_tagging/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/jwt_authn/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/lua/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/on_demand/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/original_src/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/rate_limit/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/rbac/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/router/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/squash/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/tap/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/http/transcoder/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/listener/http_inspector/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/listener/original_dst/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/listener/original_src/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/listener/proxy_protocol/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/listener/tls_inspector/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/client_ssl_auth/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/direct_response/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/dubbo_proxy/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/echo/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/ext_authz/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/http_connection_manager/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/kafka_broker/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/local_rate_limit/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/mongo_proxy/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/mysql_proxy/v1alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/rate_limit/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/rbac/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/redis_proxy/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/sni_cluster/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/tcp_proxy/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/thrift_proxy/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/network/zookeeper_proxy/v1alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/thrift/rate_limit/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/thrift/router/v2alpha1"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/filter/udp/udp_proxy/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/health_checker/redis/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/listener/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/overload/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/ratelimit/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/resource_monitor/fixed_heap/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/resource_monitor/injected_resource/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/retry/omit_canary_hosts/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/retry/omit_host_metadata/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/retry/previous_hosts/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/retry/previous_priorities"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/tap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/trace/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/trace/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/transport_socket/alts/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/transport_socket/raw_buffer/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/transport_socket/tap/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/config/upstream/local_address_selector/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/ai/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/cluster/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/cluster/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/core/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/core/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/dns/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/tap/v2alpha"
-	_ "github.com/envoyproxy/go-control-plane/envoy/data/tap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/process_ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/fluentd/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stats/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/wasm/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/internal_listener/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/reverse_tunnel/downstream_socket_interface/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/reverse_tunnel/upstream_socket_interface/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/common/dns/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/composite/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dns/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dynamic_forward_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/mcp_multicluster/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/original_dst/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/redis/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/reverse_connection/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/common/async_files/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/common/aws/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/common/dynamic_forward_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/common/tap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/brotli/compressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/brotli/decompressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/gzip/compressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/gzip/decompressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/zstd/compressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/zstd/decompressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/config/validators/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/config/validators/minimum_clusters/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/content_parsers/json/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/early_data/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/dependency/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/jwks/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/set_filter_state/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/a2a/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/adaptive_concurrency/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/admission_control/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ai_protocol_manager/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/alternate_protocols_cache/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/api_key_auth/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/aws_eventstream_parser/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/aws_lambda/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/aws_request_signing/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/bandwidth_limit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/bandwidth_share/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/basic_auth/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/body_size_limit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cache/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cache_v2/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cdn_loop/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/composite/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/compressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/connect_grpc_bridge/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/csrf/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/custom_response/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/decompressor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_forward_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/file_server/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/file_system_buffer/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/filter_chain/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/gcp_authn/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/geoip/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_field_extraction/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_http1_bridge/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_http1_reverse_bridge/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_json_reverse_transcoder/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_json_transcoder/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_stats/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_web/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/gzip/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_to_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/health_check/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ip_tagging/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/kill_request/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/mcp/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/mcp_json_rest_bridge/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/mcp_router/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/oauth2/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/on_demand/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/original_src/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/proto_api_scrubber/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/proto_message_extraction/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rate_limit_quota/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/tap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/thrift_to_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/transform/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/local_ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/set_filter_state/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/direct_response/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/dubbo_proxy/router/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/dubbo_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/echo/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/ext_authz/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/ext_proc/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/generic_proxy/action/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/generic_proxy/codecs/dubbo/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/generic_proxy/codecs/http1/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/generic_proxy/matcher/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/generic_proxy/router/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/generic_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/geoip/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/local_ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/mongo_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/reverse_tunnel/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/set_filter_state/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/sni_cluster/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/sni_dynamic_forward_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_bandwidth_limit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/thrift_proxy/filters/header_to_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/thrift_proxy/filters/payload_to_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/thrift_proxy/filters/ratelimit/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/thrift_proxy/router/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/thrift_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/wasm/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/zookeeper_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/session/dynamic_forward_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/session/ext_authz/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/session/http_capsule/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/cel/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/file_content/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/generic_secret/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/geoip_providers/common/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/geoip_providers/maxmind/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/call_credentials/access_token/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/call_credentials/file_based_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/call_credentials/google_compute_engine/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/call_credentials/google_iam/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/call_credentials/google_refresh_token/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/call_credentials/service_account_jwt_access/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/call_credentials/sts_service/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/channel_credentials/google_default/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/channel_credentials/insecure/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/channel_credentials/local/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/channel_credentials/tls/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/grpc_service/channel_credentials/xds/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/health_check/event_sinks/file/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/redis/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/thrift/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/udp/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/ai_filters/request_info/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/ai_filters/schema_validation/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/ai_filters/transcoder/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/cache/file_system_http_cache/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/cache/simple_http_cache/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/cache_v2/file_system_http_cache/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/cache_v2/simple_http_cache/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/custom_response/local_response_policy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/custom_response/redirect_policy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/ext_proc/processing_request_modifiers/mapped_attribute_builder/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/ext_proc/response_processors/save_processing_response/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/header_formatters/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/header_formatters/preserve_case/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/header_validators/envoy_default/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/oauth2/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/original_ip_detection/custom_header/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/original_ip_detection/xff/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/cookie/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/envelope/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/header/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/internal_redirect/allow_listed_routes/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/internal_redirect/filter_state/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/internal_redirect/previous_routes/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/internal_redirect/safe_cross_scheme/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/key_value/file_based/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/client_side_weighted_round_robin/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/cluster_provided/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/common/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/load_aware_locality/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/maglev/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/override_host/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/pick_first/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random_subsetting/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/subset/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/wrr_locality/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/local_address_selectors/filter_state_override/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/actions/transform_stat/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/environment_variable/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/network/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/ssl/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/stats/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/transport_socket/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/http/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/input_matchers/consistent_hashing/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/input_matchers/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/input_matchers/ip/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/input_matchers/metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/input_matchers/runtime_fraction/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/network/dns_resolver/apple/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/network/dns_resolver/cares/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/network/dns_resolver/getaddrinfo/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/network/dns_resolver/hickory/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/network/socket_interface/sockmap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/network/socket_interface/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/outlier_detection_monitors/common/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/outlier_detection_monitors/consecutive_errors/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/path/match/uri_template/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/path/rewrite/uri_template/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/queue_policy/fifo/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/client_writer_factory/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/connection_debug_visitor/quic_stats/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/connection_debug_visitor/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/connection_id_generator/quic_lb/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/connection_id_generator/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/crypto_stream/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/proof_source/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/quic/server_preferred_address/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/rate_limit_descriptors/expr/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/rate_limit_descriptors/jwt_claim/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/rbac/audit_loggers/stream/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/rbac/matchers/upstream_ip_port/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/rbac/principals/mtls_authenticated/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/regex_engines/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/request_id/uuid/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/cgroup_memory/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/cpu_utilization/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/injected_resource/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/omit_canary_hosts/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/omit_host_metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/priority/previous_priorities/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/lua/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/matcher/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/router/cluster_specifiers/priority_group/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/router/route_specifiers/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/stat_sinks/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/stat_sinks/graphite_statsd/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/stat_sinks/wasm/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/string_matcher/lua/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/tracers/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/tracers/fluentd/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/tracers/opentelemetry/resource_detectors/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/tracers/opentelemetry/samplers/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/alts/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/http_11_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/internal_upstream/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/quic/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/s2a/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/starttls/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tap/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tcp_stats/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/cert_mappers/filter_state_override/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/cert_mappers/sni/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/cert_mappers/static_name/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/cert_selectors/on_demand_secret/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/cert_validator/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/handshakers/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/udp_packet_writer/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/dynamic_modules/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/generic/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/http/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/reverse_tunnel/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/tcp/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/udp/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/tcp/generic/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/tcp/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/watchdog/backtrace_action/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/watchdog/profile_action/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/ai/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/http/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/matcher"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v2"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/watchdog/v3"
-)
+// envoyMessageNames are the full names, sorted, of the 1536 messages of
+// the Envoy configuration API (go-control-plane/envoy v1.40.0) and the xDS
+// TypedStruct packages, linked or not (see gentypes for why).
+var envoyMessageNames = []string{
+	"envoy.config.accesslog.v2.CommonGrpcAccessLogConfig",
+	"envoy.config.accesslog.v2.FileAccessLog",
+	"envoy.config.accesslog.v2.HttpGrpcAccessLogConfig",
+	"envoy.config.accesslog.v2.TcpGrpcAccessLogConfig",
+	"envoy.config.accesslog.v3.AccessLog",
+	"envoy.config.accesslog.v3.AccessLogFilter",
+	"envoy.config.accesslog.v3.AndFilter",
+	"envoy.config.accesslog.v3.ComparisonFilter",
+	"envoy.config.accesslog.v3.DurationFilter",
+	"envoy.config.accesslog.v3.ExtensionFilter",
+	"envoy.config.accesslog.v3.GrpcStatusFilter",
+	"envoy.config.accesslog.v3.HeaderFilter",
+	"envoy.config.accesslog.v3.LogTypeFilter",
+	"envoy.config.accesslog.v3.MetadataFilter",
+	"envoy.config.accesslog.v3.NotHealthCheckFilter",
+	"envoy.config.accesslog.v3.OrFilter",
+	"envoy.config.accesslog.v3.ResponseFlagFilter",
+	"envoy.config.accesslog.v3.RuntimeFilter",
+	"envoy.config.accesslog.v3.StatusCodeFilter",
+	"envoy.config.accesslog.v3.TraceableFilter",
+	"envoy.config.bootstrap.v2.Admin",
+	"envoy.config.bootstrap.v2.Bootstrap",
+	"envoy.config.bootstrap.v2.Bootstrap.DynamicResources",
+	"envoy.config.bootstrap.v2.Bootstrap.StaticResources",
+	"envoy.config.bootstrap.v2.ClusterManager",
+	"envoy.config.bootstrap.v2.ClusterManager.OutlierDetection",
+	"envoy.config.bootstrap.v2.LayeredRuntime",
+	"envoy.config.bootstrap.v2.Runtime",
+	"envoy.config.bootstrap.v2.RuntimeLayer",
+	"envoy.config.bootstrap.v2.RuntimeLayer.AdminLayer",
+	"envoy.config.bootstrap.v2.RuntimeLayer.DiskLayer",
+	"envoy.config.bootstrap.v2.RuntimeLayer.RtdsLayer",
+	"envoy.config.bootstrap.v2.Watchdog",
+	"envoy.config.bootstrap.v3.Admin",
+	"envoy.config.bootstrap.v3.ApiListenerManager",
+	"envoy.config.bootstrap.v3.Bootstrap",
+	"envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig",
+	"envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat",
+	"envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions",
+	"envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
+	"envoy.config.bootstrap.v3.Bootstrap.GrpcAsyncClientManagerConfig",
+	"envoy.config.bootstrap.v3.Bootstrap.StaticResources",
+	"envoy.config.bootstrap.v3.ClusterManager",
+	"envoy.config.bootstrap.v3.ClusterManager.OutlierDetection",
+	"envoy.config.bootstrap.v3.CustomInlineHeader",
+	"envoy.config.bootstrap.v3.FatalAction",
+	"envoy.config.bootstrap.v3.LayeredRuntime",
+	"envoy.config.bootstrap.v3.ListenerManager",
+	"envoy.config.bootstrap.v3.MemoryAllocatorManager",
+	"envoy.config.bootstrap.v3.Runtime",
+	"envoy.config.bootstrap.v3.RuntimeLayer",
+	"envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer",
+	"envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer",
+	"envoy.config.bootstrap.v3.RuntimeLayer.RtdsLayer",
+	"envoy.config.bootstrap.v3.ValidationListenerManager",
+	"envoy.config.bootstrap.v3.Watchdog",
+	"envoy.config.bootstrap.v3.Watchdog.WatchdogAction",
+	"envoy.config.bootstrap.v3.Watchdogs",
+	"envoy.config.cluster.aggregate.v2alpha.ClusterConfig",
+	"envoy.config.cluster.dynamic_forward_proxy.v2alpha.ClusterConfig",
+	"envoy.config.cluster.redis.RedisClusterConfig",
+	"envoy.config.cluster.v3.CircuitBreakers",
+	"envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+	"envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+	"envoy.config.cluster.v3.Cluster",
+	"envoy.config.cluster.v3.Cluster.CommonLbConfig",
+	"envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig",
+	"envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+	"envoy.config.cluster.v3.Cluster.CommonLbConfig.ZoneAwareLbConfig",
+	"envoy.config.cluster.v3.Cluster.CustomClusterType",
+	"envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+	"envoy.config.cluster.v3.Cluster.LbSubsetConfig",
+	"envoy.config.cluster.v3.Cluster.LbSubsetConfig.LbSubsetSelector",
+	"envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+	"envoy.config.cluster.v3.Cluster.MaglevLbConfig",
+	"envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+	"envoy.config.cluster.v3.Cluster.PreconnectPolicy",
+	"envoy.config.cluster.v3.Cluster.QueuingPolicies",
+	"envoy.config.cluster.v3.Cluster.RefreshRate",
+	"envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+	"envoy.config.cluster.v3.Cluster.RoundRobinLbConfig",
+	"envoy.config.cluster.v3.Cluster.SlowStartConfig",
+	"envoy.config.cluster.v3.Cluster.TransportSocketMatch",
+	"envoy.config.cluster.v3.ClusterCollection",
+	"envoy.config.cluster.v3.Filter",
+	"envoy.config.cluster.v3.LoadBalancingPolicy",
+	"envoy.config.cluster.v3.LoadBalancingPolicy.Policy",
+	"envoy.config.cluster.v3.OutlierDetection",
+	"envoy.config.cluster.v3.TrackClusterStats",
+	"envoy.config.cluster.v3.UpstreamConnectionOptions",
+	"envoy.config.cluster.v3.UpstreamConnectionOptions.HappyEyeballsConfig",
+	"envoy.config.common.dynamic_forward_proxy.v2alpha.DnsCacheConfig",
+	"envoy.config.common.key_value.v3.KeyValueStoreConfig",
+	"envoy.config.common.matcher.v3.HttpGenericBodyMatch",
+	"envoy.config.common.matcher.v3.HttpGenericBodyMatch.GenericTextMatch",
+	"envoy.config.common.matcher.v3.HttpHeadersMatch",
+	"envoy.config.common.matcher.v3.MatchPredicate",
+	"envoy.config.common.matcher.v3.MatchPredicate.MatchSet",
+	"envoy.config.common.matcher.v3.Matcher",
+	"envoy.config.common.matcher.v3.Matcher.MatcherList",
+	"envoy.config.common.matcher.v3.Matcher.MatcherList.FieldMatcher",
+	"envoy.config.common.matcher.v3.Matcher.MatcherList.Predicate",
+	"envoy.config.common.matcher.v3.Matcher.MatcherList.Predicate.PredicateList",
+	"envoy.config.common.matcher.v3.Matcher.MatcherList.Predicate.SinglePredicate",
+	"envoy.config.common.matcher.v3.Matcher.MatcherTree",
+	"envoy.config.common.matcher.v3.Matcher.MatcherTree.MatchMap",
+	"envoy.config.common.matcher.v3.Matcher.OnMatch",
+	"envoy.config.common.mutation_rules.v3.HeaderMutation",
+	"envoy.config.common.mutation_rules.v3.HeaderMutation.RemoveOnMatch",
+	"envoy.config.common.mutation_rules.v3.HeaderMutationRules",
+	"envoy.config.common.tap.v2alpha.AdminConfig",
+	"envoy.config.common.tap.v2alpha.CommonExtensionConfig",
+	"envoy.config.core.v3.Address",
+	"envoy.config.core.v3.AggregatedConfigSource",
+	"envoy.config.core.v3.AlternateProtocolsCacheOptions",
+	"envoy.config.core.v3.AlternateProtocolsCacheOptions.AlternateProtocolsCacheEntry",
+	"envoy.config.core.v3.ApiConfigSource",
+	"envoy.config.core.v3.AsyncDataSource",
+	"envoy.config.core.v3.BackoffStrategy",
+	"envoy.config.core.v3.BindConfig",
+	"envoy.config.core.v3.BuildVersion",
+	"envoy.config.core.v3.CelExpressionConfig",
+	"envoy.config.core.v3.CidrRange",
+	"envoy.config.core.v3.ConfigSource",
+	"envoy.config.core.v3.ControlPlane",
+	"envoy.config.core.v3.DataSource",
+	"envoy.config.core.v3.DnsResolutionConfig",
+	"envoy.config.core.v3.DnsResolverOptions",
+	"envoy.config.core.v3.EnvoyInternalAddress",
+	"envoy.config.core.v3.EventServiceConfig",
+	"envoy.config.core.v3.Extension",
+	"envoy.config.core.v3.ExtensionConfigSource",
+	"envoy.config.core.v3.ExtraSourceAddress",
+	"envoy.config.core.v3.GrpcMethodList",
+	"envoy.config.core.v3.GrpcMethodList.Service",
+	"envoy.config.core.v3.GrpcProtocolOptions",
+	"envoy.config.core.v3.GrpcService",
+	"envoy.config.core.v3.GrpcService.EnvoyGrpc",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.CallCredentials",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.CallCredentials.GoogleIAMCredentials",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.CallCredentials.MetadataCredentialsFromPlugin",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.CallCredentials.ServiceAccountJWTAccessCredentials",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.CallCredentials.StsService",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelArgs",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelArgs.Value",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelCredentials",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.GoogleLocalCredentials",
+	"envoy.config.core.v3.GrpcService.GoogleGrpc.SslCredentials",
+	"envoy.config.core.v3.HeaderMap",
+	"envoy.config.core.v3.HeaderValue",
+	"envoy.config.core.v3.HeaderValueOption",
+	"envoy.config.core.v3.HealthCheck",
+	"envoy.config.core.v3.HealthCheck.CustomHealthCheck",
+	"envoy.config.core.v3.HealthCheck.GrpcHealthCheck",
+	"envoy.config.core.v3.HealthCheck.HttpHealthCheck",
+	"envoy.config.core.v3.HealthCheck.Payload",
+	"envoy.config.core.v3.HealthCheck.RedisHealthCheck",
+	"envoy.config.core.v3.HealthCheck.TcpHealthCheck",
+	"envoy.config.core.v3.HealthCheck.TlsOptions",
+	"envoy.config.core.v3.HealthStatusSet",
+	"envoy.config.core.v3.Http1ProtocolOptions",
+	"envoy.config.core.v3.Http1ProtocolOptions.HeaderKeyFormat",
+	"envoy.config.core.v3.Http1ProtocolOptions.HeaderKeyFormat.ProperCaseWords",
+	"envoy.config.core.v3.Http2ProtocolOptions",
+	"envoy.config.core.v3.Http2ProtocolOptions.SettingsParameter",
+	"envoy.config.core.v3.Http3ProtocolOptions",
+	"envoy.config.core.v3.HttpProtocolOptions",
+	"envoy.config.core.v3.HttpService",
+	"envoy.config.core.v3.HttpUri",
+	"envoy.config.core.v3.JsonFormatOptions",
+	"envoy.config.core.v3.KeepaliveSettings",
+	"envoy.config.core.v3.KeyValue",
+	"envoy.config.core.v3.KeyValueAppend",
+	"envoy.config.core.v3.KeyValueMutation",
+	"envoy.config.core.v3.KeyValuePair",
+	"envoy.config.core.v3.Locality",
+	"envoy.config.core.v3.Metadata",
+	"envoy.config.core.v3.Node",
+	"envoy.config.core.v3.PathConfigSource",
+	"envoy.config.core.v3.PerHostConfig",
+	"envoy.config.core.v3.Pipe",
+	"envoy.config.core.v3.ProxyProtocolConfig",
+	"envoy.config.core.v3.ProxyProtocolPassThroughTLVs",
+	"envoy.config.core.v3.QueryParameter",
+	"envoy.config.core.v3.QuicKeepAliveSettings",
+	"envoy.config.core.v3.QuicProtocolOptions",
+	"envoy.config.core.v3.QuicProtocolOptions.ConnectionMigrationSettings",
+	"envoy.config.core.v3.QuicProtocolOptions.ConnectionMigrationSettings.MigrateIdleConnectionSettings",
+	"envoy.config.core.v3.RateLimitSettings",
+	"envoy.config.core.v3.RemoteDataSource",
+	"envoy.config.core.v3.RetryPolicy",
+	"envoy.config.core.v3.RetryPolicy.RetryHostPredicate",
+	"envoy.config.core.v3.RetryPolicy.RetryPriority",
+	"envoy.config.core.v3.RuntimeDouble",
+	"envoy.config.core.v3.RuntimeFeatureFlag",
+	"envoy.config.core.v3.RuntimeFractionalPercent",
+	"envoy.config.core.v3.RuntimePercent",
+	"envoy.config.core.v3.RuntimeUInt32",
+	"envoy.config.core.v3.RuntimeUInt64",
+	"envoy.config.core.v3.SchemeHeaderTransformation",
+	"envoy.config.core.v3.SelfConfigSource",
+	"envoy.config.core.v3.SocketAddress",
+	"envoy.config.core.v3.SocketCmsgHeaders",
+	"envoy.config.core.v3.SocketOption",
+	"envoy.config.core.v3.SocketOption.SocketType",
+	"envoy.config.core.v3.SocketOption.SocketType.Datagram",
+	"envoy.config.core.v3.SocketOption.SocketType.Stream",
+	"envoy.config.core.v3.SocketOptionsOverride",
+	"envoy.config.core.v3.SubstitutionFormatString",
+	"envoy.config.core.v3.TcpKeepalive",
+	"envoy.config.core.v3.TcpProtocolOptions",
+	"envoy.config.core.v3.TlvEntry",
+	"envoy.config.core.v3.TransportSocket",
+	"envoy.config.core.v3.TypedExtensionConfig",
+	"envoy.config.core.v3.UdpSocketConfig",
+	"envoy.config.core.v3.UpstreamHttpProtocolOptions",
+	"envoy.config.core.v3.WatchedDirectory",
+	"envoy.config.endpoint.v3.ClusterLoadAssignment",
+	"envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+	"envoy.config.endpoint.v3.ClusterLoadAssignment.Policy.DropOverload",
+	"envoy.config.endpoint.v3.ClusterStats",
+	"envoy.config.endpoint.v3.ClusterStats.DroppedRequests",
+	"envoy.config.endpoint.v3.Endpoint",
+	"envoy.config.endpoint.v3.Endpoint.AdditionalAddress",
+	"envoy.config.endpoint.v3.Endpoint.HealthCheckConfig",
+	"envoy.config.endpoint.v3.EndpointLoadMetricStats",
+	"envoy.config.endpoint.v3.LbEndpoint",
+	"envoy.config.endpoint.v3.LbEndpointCollection",
+	"envoy.config.endpoint.v3.LedsClusterLocalityConfig",
+	"envoy.config.endpoint.v3.LocalityLbEndpoints",
+	"envoy.config.endpoint.v3.LocalityLbEndpoints.LbEndpointList",
+	"envoy.config.endpoint.v3.UnnamedEndpointLoadMetricStats",
+	"envoy.config.endpoint.v3.UpstreamEndpointStats",
+	"envoy.config.endpoint.v3.UpstreamLocalityStats",
+	"envoy.config.filter.accesslog.v2.AccessLog",
+	"envoy.config.filter.accesslog.v2.AccessLogFilter",
+	"envoy.config.filter.accesslog.v2.AndFilter",
+	"envoy.config.filter.accesslog.v2.ComparisonFilter",
+	"envoy.config.filter.accesslog.v2.DurationFilter",
+	"envoy.config.filter.accesslog.v2.ExtensionFilter",
+	"envoy.config.filter.accesslog.v2.GrpcStatusFilter",
+	"envoy.config.filter.accesslog.v2.HeaderFilter",
+	"envoy.config.filter.accesslog.v2.NotHealthCheckFilter",
+	"envoy.config.filter.accesslog.v2.OrFilter",
+	"envoy.config.filter.accesslog.v2.ResponseFlagFilter",
+	"envoy.config.filter.accesslog.v2.RuntimeFilter",
+	"envoy.config.filter.accesslog.v2.StatusCodeFilter",
+	"envoy.config.filter.accesslog.v2.TraceableFilter",
+	"envoy.config.filter.dubbo.router.v2alpha1.Router",
+	"envoy.config.filter.fault.v2.FaultDelay",
+	"envoy.config.filter.fault.v2.FaultDelay.HeaderDelay",
+	"envoy.config.filter.fault.v2.FaultRateLimit",
+	"envoy.config.filter.fault.v2.FaultRateLimit.FixedLimit",
+	"envoy.config.filter.fault.v2.FaultRateLimit.HeaderLimit",
+	"envoy.config.filter.http.adaptive_concurrency.v2alpha.AdaptiveConcurrency",
+	"envoy.config.filter.http.adaptive_concurrency.v2alpha.GradientControllerConfig",
+	"envoy.config.filter.http.adaptive_concurrency.v2alpha.GradientControllerConfig.ConcurrencyLimitCalculationParams",
+	"envoy.config.filter.http.adaptive_concurrency.v2alpha.GradientControllerConfig.MinimumRTTCalculationParams",
+	"envoy.config.filter.http.aws_lambda.v2alpha.Config",
+	"envoy.config.filter.http.aws_lambda.v2alpha.PerRouteConfig",
+	"envoy.config.filter.http.aws_request_signing.v2alpha.AwsRequestSigning",
+	"envoy.config.filter.http.buffer.v2.Buffer",
+	"envoy.config.filter.http.buffer.v2.BufferPerRoute",
+	"envoy.config.filter.http.cache.v2alpha.CacheConfig",
+	"envoy.config.filter.http.cache.v2alpha.CacheConfig.KeyCreatorParams",
+	"envoy.config.filter.http.compressor.v2.Compressor",
+	"envoy.config.filter.http.cors.v2.Cors",
+	"envoy.config.filter.http.csrf.v2.CsrfPolicy",
+	"envoy.config.filter.http.dynamic_forward_proxy.v2alpha.FilterConfig",
+	"envoy.config.filter.http.dynamic_forward_proxy.v2alpha.PerRouteConfig",
+	"envoy.config.filter.http.dynamo.v2.Dynamo",
+	"envoy.config.filter.http.ext_authz.v2.AuthorizationRequest",
+	"envoy.config.filter.http.ext_authz.v2.AuthorizationResponse",
+	"envoy.config.filter.http.ext_authz.v2.BufferSettings",
+	"envoy.config.filter.http.ext_authz.v2.CheckSettings",
+	"envoy.config.filter.http.ext_authz.v2.ExtAuthz",
+	"envoy.config.filter.http.ext_authz.v2.ExtAuthzPerRoute",
+	"envoy.config.filter.http.ext_authz.v2.HttpService",
+	"envoy.config.filter.http.fault.v2.FaultAbort",
+	"envoy.config.filter.http.fault.v2.FaultAbort.HeaderAbort",
+	"envoy.config.filter.http.fault.v2.HTTPFault",
+	"envoy.config.filter.http.grpc_http1_bridge.v2.Config",
+	"envoy.config.filter.http.grpc_http1_reverse_bridge.v2alpha1.FilterConfig",
+	"envoy.config.filter.http.grpc_http1_reverse_bridge.v2alpha1.FilterConfigPerRoute",
+	"envoy.config.filter.http.grpc_stats.v2alpha.FilterConfig",
+	"envoy.config.filter.http.grpc_stats.v2alpha.FilterObject",
+	"envoy.config.filter.http.grpc_web.v2.GrpcWeb",
+	"envoy.config.filter.http.gzip.v2.Gzip",
+	"envoy.config.filter.http.gzip.v2.Gzip.CompressionLevel",
+	"envoy.config.filter.http.header_to_metadata.v2.Config",
+	"envoy.config.filter.http.header_to_metadata.v2.Config.KeyValuePair",
+	"envoy.config.filter.http.header_to_metadata.v2.Config.Rule",
+	"envoy.config.filter.http.health_check.v2.HealthCheck",
+	"envoy.config.filter.http.ip_tagging.v2.IPTagging",
+	"envoy.config.filter.http.ip_tagging.v2.IPTagging.IPTag",
+	"envoy.config.filter.http.jwt_authn.v2alpha.FilterStateRule",
+	"envoy.config.filter.http.jwt_authn.v2alpha.JwtAuthentication",
+	"envoy.config.filter.http.jwt_authn.v2alpha.JwtHeader",
+	"envoy.config.filter.http.jwt_authn.v2alpha.JwtProvider",
+	"envoy.config.filter.http.jwt_authn.v2alpha.JwtRequirement",
+	"envoy.config.filter.http.jwt_authn.v2alpha.JwtRequirementAndList",
+	"envoy.config.filter.http.jwt_authn.v2alpha.JwtRequirementOrList",
+	"envoy.config.filter.http.jwt_authn.v2alpha.ProviderWithAudiences",
+	"envoy.config.filter.http.jwt_authn.v2alpha.RemoteJwks",
+	"envoy.config.filter.http.jwt_authn.v2alpha.RequirementRule",
+	"envoy.config.filter.http.lua.v2.Lua",
+	"envoy.config.filter.http.on_demand.v2.OnDemand",
+	"envoy.config.filter.http.original_src.v2alpha1.OriginalSrc",
+	"envoy.config.filter.http.rate_limit.v2.RateLimit",
+	"envoy.config.filter.http.rbac.v2.RBAC",
+	"envoy.config.filter.http.rbac.v2.RBACPerRoute",
+	"envoy.config.filter.http.router.v2.Router",
+	"envoy.config.filter.http.squash.v2.Squash",
+	"envoy.config.filter.http.tap.v2alpha.Tap",
+	"envoy.config.filter.http.transcoder.v2.GrpcJsonTranscoder",
+	"envoy.config.filter.http.transcoder.v2.GrpcJsonTranscoder.PrintOptions",
+	"envoy.config.filter.listener.http_inspector.v2.HttpInspector",
+	"envoy.config.filter.listener.original_dst.v2.OriginalDst",
+	"envoy.config.filter.listener.original_src.v2alpha1.OriginalSrc",
+	"envoy.config.filter.listener.proxy_protocol.v2.ProxyProtocol",
+	"envoy.config.filter.listener.tls_inspector.v2.TlsInspector",
+	"envoy.config.filter.network.client_ssl_auth.v2.ClientSSLAuth",
+	"envoy.config.filter.network.direct_response.v2.Config",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.DubboFilter",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.DubboProxy",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.MethodMatch",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.MethodMatch.ParameterMatchSpecifier",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.Route",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.RouteAction",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.RouteConfiguration",
+	"envoy.config.filter.network.dubbo_proxy.v2alpha1.RouteMatch",
+	"envoy.config.filter.network.echo.v2.Echo",
+	"envoy.config.filter.network.ext_authz.v2.ExtAuthz",
+	"envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager",
+	"envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager.InternalAddressConfig",
+	"envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager.SetCurrentClientCertDetails",
+	"envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager.Tracing",
+	"envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager.UpgradeConfig",
+	"envoy.config.filter.network.http_connection_manager.v2.HttpFilter",
+	"envoy.config.filter.network.http_connection_manager.v2.Rds",
+	"envoy.config.filter.network.http_connection_manager.v2.RequestIDExtension",
+	"envoy.config.filter.network.http_connection_manager.v2.ScopedRds",
+	"envoy.config.filter.network.http_connection_manager.v2.ScopedRouteConfigurationsList",
+	"envoy.config.filter.network.http_connection_manager.v2.ScopedRoutes",
+	"envoy.config.filter.network.http_connection_manager.v2.ScopedRoutes.ScopeKeyBuilder",
+	"envoy.config.filter.network.http_connection_manager.v2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder",
+	"envoy.config.filter.network.http_connection_manager.v2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor",
+	"envoy.config.filter.network.http_connection_manager.v2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor.KvElement",
+	"envoy.config.filter.network.kafka_broker.v2alpha1.IdBasedBrokerRewriteRule",
+	"envoy.config.filter.network.kafka_broker.v2alpha1.IdBasedBrokerRewriteSpec",
+	"envoy.config.filter.network.kafka_broker.v2alpha1.KafkaBroker",
+	"envoy.config.filter.network.local_rate_limit.v2alpha.LocalRateLimit",
+	"envoy.config.filter.network.mongo_proxy.v2.MongoProxy",
+	"envoy.config.filter.network.mysql_proxy.v1alpha1.MySQLProxy",
+	"envoy.config.filter.network.rate_limit.v2.RateLimit",
+	"envoy.config.filter.network.rbac.v2.RBAC",
+	"envoy.config.filter.network.redis_proxy.v2.RedisProtocolOptions",
+	"envoy.config.filter.network.redis_proxy.v2.RedisProxy",
+	"envoy.config.filter.network.redis_proxy.v2.RedisProxy.ConnPoolSettings",
+	"envoy.config.filter.network.redis_proxy.v2.RedisProxy.PrefixRoutes",
+	"envoy.config.filter.network.redis_proxy.v2.RedisProxy.PrefixRoutes.Route",
+	"envoy.config.filter.network.redis_proxy.v2.RedisProxy.PrefixRoutes.Route.RequestMirrorPolicy",
+	"envoy.config.filter.network.sni_cluster.v2.SniCluster",
+	"envoy.config.filter.network.tcp_proxy.v2.TcpProxy",
+	"envoy.config.filter.network.tcp_proxy.v2.TcpProxy.DeprecatedV1",
+	"envoy.config.filter.network.tcp_proxy.v2.TcpProxy.DeprecatedV1.TCPRoute",
+	"envoy.config.filter.network.tcp_proxy.v2.TcpProxy.TunnelingConfig",
+	"envoy.config.filter.network.tcp_proxy.v2.TcpProxy.WeightedCluster",
+	"envoy.config.filter.network.tcp_proxy.v2.TcpProxy.WeightedCluster.ClusterWeight",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.Route",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.RouteAction",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.RouteConfiguration",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.RouteMatch",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.ThriftFilter",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.ThriftProtocolOptions",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.ThriftProxy",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.WeightedCluster",
+	"envoy.config.filter.network.thrift_proxy.v2alpha1.WeightedCluster.ClusterWeight",
+	"envoy.config.filter.network.zookeeper_proxy.v1alpha1.ZooKeeperProxy",
+	"envoy.config.filter.thrift.rate_limit.v2alpha1.RateLimit",
+	"envoy.config.filter.thrift.router.v2alpha1.Router",
+	"envoy.config.filter.udp.udp_proxy.v2alpha.UdpProxyConfig",
+	"envoy.config.grpc_credential.v2alpha.AwsIamConfig",
+	"envoy.config.grpc_credential.v2alpha.FileBasedMetadataConfig",
+	"envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+	"envoy.config.health_checker.redis.v2.Redis",
+	"envoy.config.listener.v2.ApiListener",
+	"envoy.config.listener.v3.ActiveRawUdpListenerConfig",
+	"envoy.config.listener.v3.AdditionalAddress",
+	"envoy.config.listener.v3.ApiListener",
+	"envoy.config.listener.v3.Filter",
+	"envoy.config.listener.v3.FilterChain",
+	"envoy.config.listener.v3.FilterChainMatch",
+	"envoy.config.listener.v3.Listener",
+	"envoy.config.listener.v3.Listener.ConnectionBalanceConfig",
+	"envoy.config.listener.v3.Listener.ConnectionBalanceConfig.CpuLocalityBalance",
+	"envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance",
+	"envoy.config.listener.v3.Listener.DeprecatedV1",
+	"envoy.config.listener.v3.Listener.FcdsConfig",
+	"envoy.config.listener.v3.Listener.InternalListenerConfig",
+	"envoy.config.listener.v3.ListenerCollection",
+	"envoy.config.listener.v3.ListenerFilter",
+	"envoy.config.listener.v3.ListenerFilterChainMatchPredicate",
+	"envoy.config.listener.v3.ListenerFilterChainMatchPredicate.MatchSet",
+	"envoy.config.listener.v3.QuicProtocolOptions",
+	"envoy.config.listener.v3.UdpListenerConfig",
+	"envoy.config.metrics.v2.DogStatsdSink",
+	"envoy.config.metrics.v2.HystrixSink",
+	"envoy.config.metrics.v2.MetricsServiceConfig",
+	"envoy.config.metrics.v2.StatsConfig",
+	"envoy.config.metrics.v2.StatsMatcher",
+	"envoy.config.metrics.v2.StatsSink",
+	"envoy.config.metrics.v2.StatsdSink",
+	"envoy.config.metrics.v2.TagSpecifier",
+	"envoy.config.metrics.v3.DogStatsdSink",
+	"envoy.config.metrics.v3.HistogramBucketSettings",
+	"envoy.config.metrics.v3.HystrixSink",
+	"envoy.config.metrics.v3.MetricsServiceConfig",
+	"envoy.config.metrics.v3.StatsConfig",
+	"envoy.config.metrics.v3.StatsMatcher",
+	"envoy.config.metrics.v3.StatsSink",
+	"envoy.config.metrics.v3.StatsdSink",
+	"envoy.config.metrics.v3.TagSpecifier",
+	"envoy.config.overload.v2alpha.OverloadAction",
+	"envoy.config.overload.v2alpha.OverloadManager",
+	"envoy.config.overload.v2alpha.ResourceMonitor",
+	"envoy.config.overload.v2alpha.ThresholdTrigger",
+	"envoy.config.overload.v2alpha.Trigger",
+	"envoy.config.overload.v3.BufferFactoryConfig",
+	"envoy.config.overload.v3.LoadShedPoint",
+	"envoy.config.overload.v3.OverloadAction",
+	"envoy.config.overload.v3.OverloadManager",
+	"envoy.config.overload.v3.ResourceMonitor",
+	"envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
+	"envoy.config.overload.v3.ScaleTimersOverloadActionConfig.ScaleTimer",
+	"envoy.config.overload.v3.ScaledTrigger",
+	"envoy.config.overload.v3.ShrinkHeapConfig",
+	"envoy.config.overload.v3.ThresholdTrigger",
+	"envoy.config.overload.v3.Trigger",
+	"envoy.config.ratelimit.v2.RateLimitServiceConfig",
+	"envoy.config.ratelimit.v3.RateLimitServiceConfig",
+	"envoy.config.rbac.v2.Permission",
+	"envoy.config.rbac.v2.Permission.Set",
+	"envoy.config.rbac.v2.Policy",
+	"envoy.config.rbac.v2.Principal",
+	"envoy.config.rbac.v2.Principal.Authenticated",
+	"envoy.config.rbac.v2.Principal.Set",
+	"envoy.config.rbac.v2.RBAC",
+	"envoy.config.rbac.v3.Action",
+	"envoy.config.rbac.v3.Permission",
+	"envoy.config.rbac.v3.Permission.Set",
+	"envoy.config.rbac.v3.Policy",
+	"envoy.config.rbac.v3.Principal",
+	"envoy.config.rbac.v3.Principal.Authenticated",
+	"envoy.config.rbac.v3.Principal.Set",
+	"envoy.config.rbac.v3.RBAC",
+	"envoy.config.rbac.v3.RBAC.AuditLoggingOptions",
+	"envoy.config.rbac.v3.RBAC.AuditLoggingOptions.AuditLoggerConfig",
+	"envoy.config.rbac.v3.SourcedMetadata",
+	"envoy.config.resource_monitor.fixed_heap.v2alpha.FixedHeapConfig",
+	"envoy.config.resource_monitor.injected_resource.v2alpha.InjectedResourceConfig",
+	"envoy.config.retry.omit_canary_hosts.v2.OmitCanaryHostsPredicate",
+	"envoy.config.retry.omit_host_metadata.v2.OmitHostMetadataConfig",
+	"envoy.config.retry.previous_hosts.v2.PreviousHostsPredicate",
+	"envoy.config.retry.previous_priorities.PreviousPrioritiesConfig",
+	"envoy.config.route.v3.ClusterSpecifierPlugin",
+	"envoy.config.route.v3.CookieMatcher",
+	"envoy.config.route.v3.CorsPolicy",
+	"envoy.config.route.v3.Decorator",
+	"envoy.config.route.v3.DirectResponseAction",
+	"envoy.config.route.v3.FilterAction",
+	"envoy.config.route.v3.FilterConfig",
+	"envoy.config.route.v3.HeaderMatcher",
+	"envoy.config.route.v3.HedgePolicy",
+	"envoy.config.route.v3.InternalRedirectPolicy",
+	"envoy.config.route.v3.NonForwardingAction",
+	"envoy.config.route.v3.QueryParameterMatcher",
+	"envoy.config.route.v3.RateLimit",
+	"envoy.config.route.v3.RateLimit.Action",
+	"envoy.config.route.v3.RateLimit.Action.DestinationCluster",
+	"envoy.config.route.v3.RateLimit.Action.DynamicMetaData",
+	"envoy.config.route.v3.RateLimit.Action.GenericKey",
+	"envoy.config.route.v3.RateLimit.Action.HeaderValueMatch",
+	"envoy.config.route.v3.RateLimit.Action.MaskedRemoteAddress",
+	"envoy.config.route.v3.RateLimit.Action.MetaData",
+	"envoy.config.route.v3.RateLimit.Action.QueryParameterValueMatch",
+	"envoy.config.route.v3.RateLimit.Action.QueryParameters",
+	"envoy.config.route.v3.RateLimit.Action.RemoteAddress",
+	"envoy.config.route.v3.RateLimit.Action.RemoteAddressMatch",
+	"envoy.config.route.v3.RateLimit.Action.RequestHeaders",
+	"envoy.config.route.v3.RateLimit.Action.SourceCluster",
+	"envoy.config.route.v3.RateLimit.HitsAddend",
+	"envoy.config.route.v3.RateLimit.Override",
+	"envoy.config.route.v3.RateLimit.Override.DynamicMetadata",
+	"envoy.config.route.v3.RateLimit.Override.RateLimitOverride",
+	"envoy.config.route.v3.RedirectAction",
+	"envoy.config.route.v3.RetryPolicy",
+	"envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff",
+	"envoy.config.route.v3.RetryPolicy.ResetHeader",
+	"envoy.config.route.v3.RetryPolicy.RetryBackOff",
+	"envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+	"envoy.config.route.v3.RetryPolicy.RetryPriority",
+	"envoy.config.route.v3.Route",
+	"envoy.config.route.v3.RouteAction",
+	"envoy.config.route.v3.RouteAction.HashPolicy",
+	"envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+	"envoy.config.route.v3.RouteAction.HashPolicy.Cookie",
+	"envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute",
+	"envoy.config.route.v3.RouteAction.HashPolicy.FilterState",
+	"envoy.config.route.v3.RouteAction.HashPolicy.Header",
+	"envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
+	"envoy.config.route.v3.RouteAction.MaxStreamDuration",
+	"envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+	"envoy.config.route.v3.RouteAction.UpgradeConfig",
+	"envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig",
+	"envoy.config.route.v3.RouteConfiguration",
+	"envoy.config.route.v3.RouteList",
+	"envoy.config.route.v3.RouteMatch",
+	"envoy.config.route.v3.RouteMatch.ConnectMatcher",
+	"envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions",
+	"envoy.config.route.v3.RouteMatch.TlsContextMatchOptions",
+	"envoy.config.route.v3.ScopedRouteConfiguration",
+	"envoy.config.route.v3.ScopedRouteConfiguration.Key",
+	"envoy.config.route.v3.ScopedRouteConfiguration.Key.Fragment",
+	"envoy.config.route.v3.Tracing",
+	"envoy.config.route.v3.Vhds",
+	"envoy.config.route.v3.VirtualCluster",
+	"envoy.config.route.v3.VirtualHost",
+	"envoy.config.route.v3.WeightedCluster",
+	"envoy.config.route.v3.WeightedCluster.ClusterWeight",
+	"envoy.config.tap.v3.BufferedAdminSink",
+	"envoy.config.tap.v3.FilePerTapSink",
+	"envoy.config.tap.v3.HttpGenericBodyMatch",
+	"envoy.config.tap.v3.HttpGenericBodyMatch.GenericTextMatch",
+	"envoy.config.tap.v3.HttpHeadersMatch",
+	"envoy.config.tap.v3.MatchPredicate",
+	"envoy.config.tap.v3.MatchPredicate.MatchSet",
+	"envoy.config.tap.v3.OutputConfig",
+	"envoy.config.tap.v3.OutputSink",
+	"envoy.config.tap.v3.StreamingAdminSink",
+	"envoy.config.tap.v3.StreamingGrpcSink",
+	"envoy.config.tap.v3.TapConfig",
+	"envoy.config.trace.v2.DatadogConfig",
+	"envoy.config.trace.v2.DynamicOtConfig",
+	"envoy.config.trace.v2.LightstepConfig",
+	"envoy.config.trace.v2.TraceServiceConfig",
+	"envoy.config.trace.v2.Tracing",
+	"envoy.config.trace.v2.Tracing.Http",
+	"envoy.config.trace.v2.ZipkinConfig",
+	"envoy.config.trace.v2alpha.XRayConfig",
+	"envoy.config.trace.v3.ClientConfig",
+	"envoy.config.trace.v3.DatadogConfig",
+	"envoy.config.trace.v3.DatadogRemoteConfig",
+	"envoy.config.trace.v3.DynamicOtConfig",
+	"envoy.config.trace.v3.LightstepConfig",
+	"envoy.config.trace.v3.OpenTelemetryConfig",
+	"envoy.config.trace.v3.SkyWalkingConfig",
+	"envoy.config.trace.v3.TraceServiceConfig",
+	"envoy.config.trace.v3.Tracing",
+	"envoy.config.trace.v3.Tracing.Http",
+	"envoy.config.trace.v3.XRayConfig",
+	"envoy.config.trace.v3.XRayConfig.SegmentFields",
+	"envoy.config.trace.v3.ZipkinConfig",
+	"envoy.config.transport_socket.alts.v2alpha.Alts",
+	"envoy.config.transport_socket.raw_buffer.v2.RawBuffer",
+	"envoy.config.transport_socket.tap.v2alpha.Tap",
+	"envoy.config.upstream.local_address_selector.v3.DefaultLocalAddressSelector",
+	"envoy.data.accesslog.v2.AccessLogCommon",
+	"envoy.data.accesslog.v2.ConnectionProperties",
+	"envoy.data.accesslog.v2.HTTPAccessLogEntry",
+	"envoy.data.accesslog.v2.HTTPRequestProperties",
+	"envoy.data.accesslog.v2.HTTPResponseProperties",
+	"envoy.data.accesslog.v2.ResponseFlags",
+	"envoy.data.accesslog.v2.ResponseFlags.Unauthorized",
+	"envoy.data.accesslog.v2.TCPAccessLogEntry",
+	"envoy.data.accesslog.v2.TLSProperties",
+	"envoy.data.accesslog.v2.TLSProperties.CertificateProperties",
+	"envoy.data.accesslog.v2.TLSProperties.CertificateProperties.SubjectAltName",
+	"envoy.data.accesslog.v3.AccessLogCommon",
+	"envoy.data.accesslog.v3.ConnectionProperties",
+	"envoy.data.accesslog.v3.HTTPAccessLogEntry",
+	"envoy.data.accesslog.v3.HTTPRequestProperties",
+	"envoy.data.accesslog.v3.HTTPResponseProperties",
+	"envoy.data.accesslog.v3.ResponseFlags",
+	"envoy.data.accesslog.v3.ResponseFlags.Unauthorized",
+	"envoy.data.accesslog.v3.TCPAccessLogEntry",
+	"envoy.data.accesslog.v3.TLSProperties",
+	"envoy.data.accesslog.v3.TLSProperties.CertificateProperties",
+	"envoy.data.accesslog.v3.TLSProperties.CertificateProperties.SubjectAltName",
+	"envoy.data.ai.v3.InputTokenDetails",
+	"envoy.data.ai.v3.OutputTokenDetails",
+	"envoy.data.ai.v3.RequestInfo",
+	"envoy.data.ai.v3.TokenUsage",
+	"envoy.data.cluster.v2alpha.OutlierDetectionEvent",
+	"envoy.data.cluster.v2alpha.OutlierEjectConsecutive",
+	"envoy.data.cluster.v2alpha.OutlierEjectFailurePercentage",
+	"envoy.data.cluster.v2alpha.OutlierEjectSuccessRate",
+	"envoy.data.cluster.v3.OutlierDetectionEvent",
+	"envoy.data.cluster.v3.OutlierEjectConsecutive",
+	"envoy.data.cluster.v3.OutlierEjectFailurePercentage",
+	"envoy.data.cluster.v3.OutlierEjectSuccessRate",
+	"envoy.data.core.v2alpha.DegradedHealthyHost",
+	"envoy.data.core.v2alpha.HealthCheckAddHealthy",
+	"envoy.data.core.v2alpha.HealthCheckEjectUnhealthy",
+	"envoy.data.core.v2alpha.HealthCheckEvent",
+	"envoy.data.core.v2alpha.HealthCheckFailure",
+	"envoy.data.core.v2alpha.NoLongerDegradedHost",
+	"envoy.data.core.v3.DegradedHealthyHost",
+	"envoy.data.core.v3.HealthCheckAddHealthy",
+	"envoy.data.core.v3.HealthCheckEjectUnhealthy",
+	"envoy.data.core.v3.HealthCheckEvent",
+	"envoy.data.core.v3.HealthCheckFailure",
+	"envoy.data.core.v3.HealthCheckSuccessful",
+	"envoy.data.core.v3.NoLongerDegradedHost",
+	"envoy.data.core.v3.TlvsMetadata",
+	"envoy.data.dns.v2alpha.DnsTable",
+	"envoy.data.dns.v2alpha.DnsTable.AddressList",
+	"envoy.data.dns.v2alpha.DnsTable.DnsEndpoint",
+	"envoy.data.dns.v2alpha.DnsTable.DnsVirtualDomain",
+	"envoy.data.dns.v3.DnsTable",
+	"envoy.data.dns.v3.DnsTable.AddressList",
+	"envoy.data.dns.v3.DnsTable.DnsEndpoint",
+	"envoy.data.dns.v3.DnsTable.DnsService",
+	"envoy.data.dns.v3.DnsTable.DnsServiceList",
+	"envoy.data.dns.v3.DnsTable.DnsServiceProtocol",
+	"envoy.data.dns.v3.DnsTable.DnsServiceTarget",
+	"envoy.data.dns.v3.DnsTable.DnsVirtualDomain",
+	"envoy.data.tap.v2alpha.Body",
+	"envoy.data.tap.v2alpha.Connection",
+	"envoy.data.tap.v2alpha.HttpBufferedTrace",
+	"envoy.data.tap.v2alpha.HttpBufferedTrace.Message",
+	"envoy.data.tap.v2alpha.HttpStreamedTraceSegment",
+	"envoy.data.tap.v2alpha.SocketBufferedTrace",
+	"envoy.data.tap.v2alpha.SocketEvent",
+	"envoy.data.tap.v2alpha.SocketEvent.Closed",
+	"envoy.data.tap.v2alpha.SocketEvent.Read",
+	"envoy.data.tap.v2alpha.SocketEvent.Write",
+	"envoy.data.tap.v2alpha.SocketStreamedTraceSegment",
+	"envoy.data.tap.v2alpha.TraceWrapper",
+	"envoy.data.tap.v3.Body",
+	"envoy.data.tap.v3.Connection",
+	"envoy.data.tap.v3.HttpBufferedTrace",
+	"envoy.data.tap.v3.HttpBufferedTrace.Message",
+	"envoy.data.tap.v3.HttpStreamedTraceSegment",
+	"envoy.data.tap.v3.SocketBufferedTrace",
+	"envoy.data.tap.v3.SocketEvent",
+	"envoy.data.tap.v3.SocketEvent.Closed",
+	"envoy.data.tap.v3.SocketEvent.Read",
+	"envoy.data.tap.v3.SocketEvent.Write",
+	"envoy.data.tap.v3.SocketEvents",
+	"envoy.data.tap.v3.SocketStreamedTraceSegment",
+	"envoy.data.tap.v3.TraceWrapper",
+	"envoy.extensions.access_loggers.dynamic_modules.v3.DynamicModuleAccessLog",
+	"envoy.extensions.access_loggers.file.v3.FileAccessLog",
+	"envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+	"envoy.extensions.access_loggers.filters.process_ratelimit.v3.DynamicTokenBucket",
+	"envoy.extensions.access_loggers.filters.process_ratelimit.v3.ProcessRateLimitFilter",
+	"envoy.extensions.access_loggers.fluentd.v3.FluentdAccessLogConfig",
+	"envoy.extensions.access_loggers.fluentd.v3.FluentdAccessLogConfig.RetryOptions",
+	"envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig",
+	"envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+	"envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
+	"envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+	"envoy.extensions.access_loggers.stats.v3.Config",
+	"envoy.extensions.access_loggers.stats.v3.Config.Counter",
+	"envoy.extensions.access_loggers.stats.v3.Config.Gauge",
+	"envoy.extensions.access_loggers.stats.v3.Config.Gauge.PairedAddSubtract",
+	"envoy.extensions.access_loggers.stats.v3.Config.Gauge.Set",
+	"envoy.extensions.access_loggers.stats.v3.Config.Histogram",
+	"envoy.extensions.access_loggers.stats.v3.Config.Stat",
+	"envoy.extensions.access_loggers.stats.v3.Config.Tag",
+	"envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+	"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+	"envoy.extensions.access_loggers.wasm.v3.WasmAccessLog",
+	"envoy.extensions.bootstrap.dynamic_modules.v3.DynamicModuleBootstrapExtension",
+	"envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+	"envoy.extensions.bootstrap.reverse_tunnel.downstream_socket_interface.v3.DownstreamReverseConnectionSocketInterface",
+	"envoy.extensions.bootstrap.reverse_tunnel.downstream_socket_interface.v3.DownstreamReverseConnectionSocketInterface.HttpHandshakeConfig",
+	"envoy.extensions.bootstrap.reverse_tunnel.upstream_socket_interface.v3.UpstreamReverseConnectionSocketInterface",
+	"envoy.extensions.clusters.aggregate.v3.AggregateClusterResource",
+	"envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+	"envoy.extensions.clusters.composite.v3.ClusterConfig",
+	"envoy.extensions.clusters.composite.v3.ClusterConfig.ClusterEntry",
+	"envoy.extensions.clusters.dns.v3.DnsCluster",
+	"envoy.extensions.clusters.dns.v3.DnsCluster.RefreshRate",
+	"envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+	"envoy.extensions.clusters.dynamic_forward_proxy.v3.SubClustersConfig",
+	"envoy.extensions.clusters.dynamic_modules.v3.ClusterConfig",
+	"envoy.extensions.clusters.mcp_multicluster.v3.ClusterConfig",
+	"envoy.extensions.clusters.mcp_multicluster.v3.ClusterConfig.HeaderForwarding",
+	"envoy.extensions.clusters.mcp_multicluster.v3.ClusterConfig.McpBackend",
+	"envoy.extensions.clusters.mcp_multicluster.v3.ClusterConfig.McpCluster",
+	"envoy.extensions.clusters.original_dst.v3.OriginalDstCluster",
+	"envoy.extensions.clusters.redis.v3.RedisClusterConfig",
+	"envoy.extensions.clusters.reverse_connection.v3.ReverseConnectionClusterConfig",
+	"envoy.extensions.common.async_files.v3.AsyncFileManagerConfig",
+	"envoy.extensions.common.async_files.v3.AsyncFileManagerConfig.ThreadPool",
+	"envoy.extensions.common.aws.v3.AssumeRoleCredentialProvider",
+	"envoy.extensions.common.aws.v3.AssumeRoleWithWebIdentityCredentialProvider",
+	"envoy.extensions.common.aws.v3.AwsCredentialProvider",
+	"envoy.extensions.common.aws.v3.ConfigCredentialProvider",
+	"envoy.extensions.common.aws.v3.ContainerCredentialProvider",
+	"envoy.extensions.common.aws.v3.CredentialsFileCredentialProvider",
+	"envoy.extensions.common.aws.v3.EnvironmentCredentialProvider",
+	"envoy.extensions.common.aws.v3.IAMRolesAnywhereCredentialProvider",
+	"envoy.extensions.common.aws.v3.InlineCredentialProvider",
+	"envoy.extensions.common.aws.v3.InstanceProfileCredentialProvider",
+	"envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheCircuitBreakers",
+	"envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig",
+	"envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+	"envoy.extensions.common.matching.v3.ExtensionWithMatcherPerRoute",
+	"envoy.extensions.common.ratelimit.v3.LocalClusterRateLimit",
+	"envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor",
+	"envoy.extensions.common.ratelimit.v3.RateLimitDescriptor",
+	"envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry",
+	"envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.RateLimitOverride",
+	"envoy.extensions.common.tap.v3.AdminConfig",
+	"envoy.extensions.common.tap.v3.CommonExtensionConfig",
+	"envoy.extensions.compression.brotli.compressor.v3.Brotli",
+	"envoy.extensions.compression.brotli.decompressor.v3.Brotli",
+	"envoy.extensions.compression.gzip.compressor.v3.Gzip",
+	"envoy.extensions.compression.gzip.decompressor.v3.Gzip",
+	"envoy.extensions.compression.zstd.compressor.v3.Zstd",
+	"envoy.extensions.compression.zstd.decompressor.v3.Zstd",
+	"envoy.extensions.config.validators.dynamic_modules.v3.DynamicModuleConfigValidator",
+	"envoy.extensions.config.validators.minimum_clusters.v3.MinimumClustersValidator",
+	"envoy.extensions.content_parsers.json.v3.JsonContentParser",
+	"envoy.extensions.content_parsers.json.v3.JsonContentParser.RuleConfig",
+	"envoy.extensions.dynamic_modules.v3.DynamicModuleConfig",
+	"envoy.extensions.early_data.v3.DefaultEarlyDataPolicy",
+	"envoy.extensions.filters.common.dependency.v3.Dependency",
+	"envoy.extensions.filters.common.dependency.v3.FilterDependencies",
+	"envoy.extensions.filters.common.dependency.v3.MatchingRequirements",
+	"envoy.extensions.filters.common.dependency.v3.MatchingRequirements.DataInputAllowList",
+	"envoy.extensions.filters.common.fault.v3.FaultDelay",
+	"envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay",
+	"envoy.extensions.filters.common.fault.v3.FaultRateLimit",
+	"envoy.extensions.filters.common.fault.v3.FaultRateLimit.FixedLimit",
+	"envoy.extensions.filters.common.fault.v3.FaultRateLimit.HeaderLimit",
+	"envoy.extensions.filters.common.jwks.v3.JwksAsyncFetch",
+	"envoy.extensions.filters.common.jwks.v3.JwtHandshakeValidator",
+	"envoy.extensions.filters.common.jwks.v3.RemoteJwks",
+	"envoy.extensions.filters.common.matcher.action.v3.SkipFilter",
+	"envoy.extensions.filters.common.set_filter_state.v3.FilterStateValue",
+	"envoy.extensions.filters.http.a2a.v3.A2a",
+	"envoy.extensions.filters.http.a2a.v3.MethodParsingConfig",
+	"envoy.extensions.filters.http.a2a.v3.ParserConfig",
+	"envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
+	"envoy.extensions.filters.http.adaptive_concurrency.v3.GradientControllerConfig",
+	"envoy.extensions.filters.http.adaptive_concurrency.v3.GradientControllerConfig.ConcurrencyLimitCalculationParams",
+	"envoy.extensions.filters.http.adaptive_concurrency.v3.GradientControllerConfig.MinimumRTTCalculationParams",
+	"envoy.extensions.filters.http.admission_control.v3.AdmissionControl",
+	"envoy.extensions.filters.http.admission_control.v3.AdmissionControl.SuccessCriteria",
+	"envoy.extensions.filters.http.admission_control.v3.AdmissionControl.SuccessCriteria.GrpcCriteria",
+	"envoy.extensions.filters.http.admission_control.v3.AdmissionControl.SuccessCriteria.HttpCriteria",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.AiProtocolManager",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.AiProtocolManagerPerRoute",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.RequestHandling",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.RequestParsingLimits",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.RequestPerRoute",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.ResponseHandling",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.ResponsePerRoute",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.TokenUsageExtraction",
+	"envoy.extensions.filters.http.ai_protocol_manager.v3.TokenUsageExtractionLimits",
+	"envoy.extensions.filters.http.alternate_protocols_cache.v3.FilterConfig",
+	"envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+	"envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute",
+	"envoy.extensions.filters.http.api_key_auth.v3.Credential",
+	"envoy.extensions.filters.http.api_key_auth.v3.Forwarding",
+	"envoy.extensions.filters.http.api_key_auth.v3.KeySource",
+	"envoy.extensions.filters.http.aws_eventstream_parser.v3.AwsEventstreamParser",
+	"envoy.extensions.filters.http.aws_eventstream_parser.v3.AwsEventstreamParser.HeaderKeyValuePair",
+	"envoy.extensions.filters.http.aws_eventstream_parser.v3.AwsEventstreamParser.HeaderRule",
+	"envoy.extensions.filters.http.aws_eventstream_parser.v3.AwsEventstreamParser.ProcessingRules",
+	"envoy.extensions.filters.http.aws_lambda.v3.Config",
+	"envoy.extensions.filters.http.aws_lambda.v3.Credentials",
+	"envoy.extensions.filters.http.aws_lambda.v3.PerRouteConfig",
+	"envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning",
+	"envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning.QueryString",
+	"envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigningPerRoute",
+	"envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit",
+	"envoy.extensions.filters.http.bandwidth_share.v3.BandwidthShare",
+	"envoy.extensions.filters.http.bandwidth_share.v3.BandwidthShare.Limit",
+	"envoy.extensions.filters.http.bandwidth_share.v3.BandwidthShare.TenantConfig",
+	"envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+	"envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
+	"envoy.extensions.filters.http.body_size_limit.v3.BodySizeLimit",
+	"envoy.extensions.filters.http.buffer.v3.Buffer",
+	"envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+	"envoy.extensions.filters.http.cache.v3.CacheConfig",
+	"envoy.extensions.filters.http.cache.v3.CacheConfig.KeyCreatorParams",
+	"envoy.extensions.filters.http.cache_v2.v3.CacheV2Config",
+	"envoy.extensions.filters.http.cache_v2.v3.CacheV2Config.KeyCreatorParams",
+	"envoy.extensions.filters.http.cdn_loop.v3.CdnLoopConfig",
+	"envoy.extensions.filters.http.composite.v3.Composite",
+	"envoy.extensions.filters.http.composite.v3.CompositePerRoute",
+	"envoy.extensions.filters.http.composite.v3.DynamicConfig",
+	"envoy.extensions.filters.http.composite.v3.ExecuteFilterAction",
+	"envoy.extensions.filters.http.composite.v3.FilterChainConfiguration",
+	"envoy.extensions.filters.http.compressor.v3.Compressor",
+	"envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig",
+	"envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig",
+	"envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+	"envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
+	"envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+	"envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides",
+	"envoy.extensions.filters.http.connect_grpc_bridge.v3.FilterConfig",
+	"envoy.extensions.filters.http.cors.v3.Cors",
+	"envoy.extensions.filters.http.cors.v3.CorsPolicy",
+	"envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+	"envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
+	"envoy.extensions.filters.http.custom_response.v3.CustomResponse",
+	"envoy.extensions.filters.http.decompressor.v3.Decompressor",
+	"envoy.extensions.filters.http.decompressor.v3.Decompressor.CommonDirectionConfig",
+	"envoy.extensions.filters.http.decompressor.v3.Decompressor.RequestDirectionConfig",
+	"envoy.extensions.filters.http.decompressor.v3.Decompressor.ResponseDirectionConfig",
+	"envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+	"envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig",
+	"envoy.extensions.filters.http.dynamic_forward_proxy.v3.SubClusterConfig",
+	"envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+	"envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute",
+	"envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+	"envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+	"envoy.extensions.filters.http.ext_authz.v3.BufferSettings",
+	"envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+	"envoy.extensions.filters.http.ext_authz.v3.HttpService",
+	"envoy.extensions.filters.http.ext_authz.v3.ShadowDecision",
+	"envoy.extensions.filters.http.ext_proc.v3.ExtProcHttpService",
+	"envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides",
+	"envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+	"envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+	"envoy.extensions.filters.http.ext_proc.v3.HeaderForwardingRules",
+	"envoy.extensions.filters.http.ext_proc.v3.MetadataOptions",
+	"envoy.extensions.filters.http.ext_proc.v3.MetadataOptions.MetadataNamespaces",
+	"envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+	"envoy.extensions.filters.http.fault.v3.FaultAbort",
+	"envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort",
+	"envoy.extensions.filters.http.fault.v3.HTTPFault",
+	"envoy.extensions.filters.http.file_server.v3.FileServerConfig",
+	"envoy.extensions.filters.http.file_server.v3.FileServerConfig.DirectoryBehavior",
+	"envoy.extensions.filters.http.file_server.v3.FileServerConfig.DirectoryBehavior.List",
+	"envoy.extensions.filters.http.file_server.v3.FileServerConfig.PathMapping",
+	"envoy.extensions.filters.http.file_system_buffer.v3.BufferBehavior",
+	"envoy.extensions.filters.http.file_system_buffer.v3.BufferBehavior.Bypass",
+	"envoy.extensions.filters.http.file_system_buffer.v3.BufferBehavior.FullyBuffer",
+	"envoy.extensions.filters.http.file_system_buffer.v3.BufferBehavior.FullyBufferAndAlwaysInjectContentLength",
+	"envoy.extensions.filters.http.file_system_buffer.v3.BufferBehavior.InjectContentLengthIfNecessary",
+	"envoy.extensions.filters.http.file_system_buffer.v3.BufferBehavior.StreamWhenPossible",
+	"envoy.extensions.filters.http.file_system_buffer.v3.FileSystemBufferFilterConfig",
+	"envoy.extensions.filters.http.file_system_buffer.v3.StreamConfig",
+	"envoy.extensions.filters.http.filter_chain.v3.FilterChain",
+	"envoy.extensions.filters.http.filter_chain.v3.FilterChainConfig",
+	"envoy.extensions.filters.http.filter_chain.v3.FilterChainConfigPerRoute",
+	"envoy.extensions.filters.http.gcp_authn.v3.Audience",
+	"envoy.extensions.filters.http.gcp_authn.v3.Audience.AccessToken",
+	"envoy.extensions.filters.http.gcp_authn.v3.Audience.BoundAccessToken",
+	"envoy.extensions.filters.http.gcp_authn.v3.Audience.BoundJwt",
+	"envoy.extensions.filters.http.gcp_authn.v3.Audience.IAMAccessToken",
+	"envoy.extensions.filters.http.gcp_authn.v3.GcpAuthnFilterConfig",
+	"envoy.extensions.filters.http.gcp_authn.v3.TokenCacheConfig",
+	"envoy.extensions.filters.http.gcp_authn.v3.TokenHeader",
+	"envoy.extensions.filters.http.gcp_authn.v3.TokenHeader.PreserveExisting",
+	"envoy.extensions.filters.http.geoip.v3.Geoip",
+	"envoy.extensions.filters.http.geoip.v3.Geoip.CustomHeaderConfig",
+	"envoy.extensions.filters.http.geoip.v3.Geoip.XffConfig",
+	"envoy.extensions.filters.http.grpc_field_extraction.v3.FieldExtractions",
+	"envoy.extensions.filters.http.grpc_field_extraction.v3.GrpcFieldExtractionConfig",
+	"envoy.extensions.filters.http.grpc_field_extraction.v3.RequestFieldValueDisposition",
+	"envoy.extensions.filters.http.grpc_http1_bridge.v3.Config",
+	"envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfig",
+	"envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfigPerRoute",
+	"envoy.extensions.filters.http.grpc_json_reverse_transcoder.v3.GrpcJsonReverseTranscoder",
+	"envoy.extensions.filters.http.grpc_json_reverse_transcoder.v3.GrpcJsonReverseTranscoder.PrintOptions",
+	"envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+	"envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder.PrintOptions",
+	"envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder.RequestValidationOptions",
+	"envoy.extensions.filters.http.grpc_json_transcoder.v3.UnknownQueryParams",
+	"envoy.extensions.filters.http.grpc_json_transcoder.v3.UnknownQueryParams.Values",
+	"envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+	"envoy.extensions.filters.http.grpc_stats.v3.FilterObject",
+	"envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
+	"envoy.extensions.filters.http.gzip.v3.Gzip",
+	"envoy.extensions.filters.http.gzip.v3.Gzip.CompressionLevel",
+	"envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+	"envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+	"envoy.extensions.filters.http.header_mutation.v3.Mutations",
+	"envoy.extensions.filters.http.header_to_metadata.v3.Config",
+	"envoy.extensions.filters.http.header_to_metadata.v3.Config.KeyValuePair",
+	"envoy.extensions.filters.http.header_to_metadata.v3.Config.Rule",
+	"envoy.extensions.filters.http.health_check.v3.HealthCheck",
+	"envoy.extensions.filters.http.ip_tagging.v3.IPTagging",
+	"envoy.extensions.filters.http.ip_tagging.v3.IPTagging.IPTag",
+	"envoy.extensions.filters.http.ip_tagging.v3.IPTagging.IPTags",
+	"envoy.extensions.filters.http.ip_tagging.v3.IPTagging.IpTagHeader",
+	"envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+	"envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata.KeyValuePair",
+	"envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata.MatchRules",
+	"envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata.Rule",
+	"envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata.Selector",
+	"envoy.extensions.filters.http.jwt_authn.v3.ExtractOnlyWithoutValidation",
+	"envoy.extensions.filters.http.jwt_authn.v3.FilterStateRule",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwksAsyncFetch",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtCacheConfig",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader.PathSegment",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtProvider",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtProvider.NormalizePayload",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementAndList",
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList",
+	"envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+	"envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
+	"envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+	"envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
+	"envoy.extensions.filters.http.kill_request.v3.KillRequest",
+	"envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+	"envoy.extensions.filters.http.lua.v3.Lua",
+	"envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+	"envoy.extensions.filters.http.mcp.v3.Mcp",
+	"envoy.extensions.filters.http.mcp.v3.Mcp.BaggagePropagationConfig",
+	"envoy.extensions.filters.http.mcp.v3.Mcp.TraceContextPropagationConfig",
+	"envoy.extensions.filters.http.mcp.v3.McpOverride",
+	"envoy.extensions.filters.http.mcp.v3.ParserConfig",
+	"envoy.extensions.filters.http.mcp.v3.ParserConfig.AttributeExtractionRule",
+	"envoy.extensions.filters.http.mcp.v3.ParserConfig.MethodConfig",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.CacheConfig",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.HttpRule",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.HttpRule.ParameterBinding",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.McpJsonRestBridge",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.McpJsonRestBridgePerRoute",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.McpServerInfo",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.ServerInfo",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.ServerToolConfig",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.ToolConfig",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.ToolsListLocal",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.ToolsListSpecificConfig",
+	"envoy.extensions.filters.http.mcp_json_rest_bridge.v3.TraceContextExtractionOptions",
+	"envoy.extensions.filters.http.mcp_router.v3.DynamicMetadataSource",
+	"envoy.extensions.filters.http.mcp_router.v3.HeaderSource",
+	"envoy.extensions.filters.http.mcp_router.v3.IdentityExtractor",
+	"envoy.extensions.filters.http.mcp_router.v3.McpRouter",
+	"envoy.extensions.filters.http.mcp_router.v3.McpRouter.HeaderForwarding",
+	"envoy.extensions.filters.http.mcp_router.v3.McpRouter.McpBackend",
+	"envoy.extensions.filters.http.mcp_router.v3.McpRouter.McpCluster",
+	"envoy.extensions.filters.http.mcp_router.v3.SessionIdentity",
+	"envoy.extensions.filters.http.mcp_router.v3.ValidationPolicy",
+	"envoy.extensions.filters.http.oauth2.v3.CookieConfig",
+	"envoy.extensions.filters.http.oauth2.v3.CookieConfigs",
+	"envoy.extensions.filters.http.oauth2.v3.OAuth2",
+	"envoy.extensions.filters.http.oauth2.v3.OAuth2Config",
+	"envoy.extensions.filters.http.oauth2.v3.OAuth2Credentials",
+	"envoy.extensions.filters.http.oauth2.v3.OAuth2Credentials.CookieNames",
+	"envoy.extensions.filters.http.oauth2.v3.OAuth2PerRoute",
+	"envoy.extensions.filters.http.oauth2.v3.OAuth2TokenForwarding",
+	"envoy.extensions.filters.http.oauth2.v3.PostLogoutRedirectUri",
+	"envoy.extensions.filters.http.oauth2.v3.PrivateKeyJwtConfig",
+	"envoy.extensions.filters.http.oauth2.v3.TokenCookieChunking",
+	"envoy.extensions.filters.http.on_demand.v3.OnDemand",
+	"envoy.extensions.filters.http.on_demand.v3.OnDemandCds",
+	"envoy.extensions.filters.http.on_demand.v3.PerRouteConfig",
+	"envoy.extensions.filters.http.original_src.v3.OriginalSrc",
+	"envoy.extensions.filters.http.proto_api_scrubber.v3.DescriptorSet",
+	"envoy.extensions.filters.http.proto_api_scrubber.v3.MessageRestrictions",
+	"envoy.extensions.filters.http.proto_api_scrubber.v3.MethodRestrictions",
+	"envoy.extensions.filters.http.proto_api_scrubber.v3.ProtoApiScrubberConfig",
+	"envoy.extensions.filters.http.proto_api_scrubber.v3.RemoveFieldAction",
+	"envoy.extensions.filters.http.proto_api_scrubber.v3.RestrictionConfig",
+	"envoy.extensions.filters.http.proto_api_scrubber.v3.Restrictions",
+	"envoy.extensions.filters.http.proto_message_extraction.v3.MethodExtraction",
+	"envoy.extensions.filters.http.proto_message_extraction.v3.ProtoMessageExtractionConfig",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings.BucketIdBuilder",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings.BucketIdBuilder.ValueBuilder",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings.DenyResponseSettings",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings.ExpiredAssignmentBehavior",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings.ExpiredAssignmentBehavior.ReuseLastAssignment",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings.NoAssignmentBehavior",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaFilterConfig",
+	"envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaOverride",
+	"envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+	"envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+	"envoy.extensions.filters.http.rbac.v3.RBAC",
+	"envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+	"envoy.extensions.filters.http.router.v3.Router",
+	"envoy.extensions.filters.http.router.v3.Router.UpstreamAccessLogOptions",
+	"envoy.extensions.filters.http.set_filter_state.v3.Config",
+	"envoy.extensions.filters.http.set_metadata.v3.Config",
+	"envoy.extensions.filters.http.set_metadata.v3.Metadata",
+	"envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata",
+	"envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata.ProcessingRules",
+	"envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+	"envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+	"envoy.extensions.filters.http.tap.v3.Tap",
+	"envoy.extensions.filters.http.thrift_to_metadata.v3.FieldSelector",
+	"envoy.extensions.filters.http.thrift_to_metadata.v3.KeyValuePair",
+	"envoy.extensions.filters.http.thrift_to_metadata.v3.Rule",
+	"envoy.extensions.filters.http.thrift_to_metadata.v3.ThriftToMetadata",
+	"envoy.extensions.filters.http.thrift_to_metadata.v3.ThriftToMetadataPerRoute",
+	"envoy.extensions.filters.http.transform.v3.BodyTransformation",
+	"envoy.extensions.filters.http.transform.v3.TransformConfig",
+	"envoy.extensions.filters.http.transform.v3.Transformation",
+	"envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+	"envoy.extensions.filters.http.wasm.v3.Wasm",
+	"envoy.extensions.filters.listener.dynamic_modules.v3.DynamicModuleListenerFilter",
+	"envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+	"envoy.extensions.filters.listener.local_ratelimit.v3.LocalRateLimit",
+	"envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+	"envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
+	"envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+	"envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol.KeyValuePair",
+	"envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol.Rule",
+	"envoy.extensions.filters.listener.set_filter_state.v3.Config",
+	"envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+	"envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+	"envoy.extensions.filters.network.direct_response.v3.Config",
+	"envoy.extensions.filters.network.dubbo_proxy.router.v3.Router",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.Drds",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.DubboFilter",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.MethodMatch",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.MethodMatch.ParameterMatchSpecifier",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.Route",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.RouteAction",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.RouteConfiguration",
+	"envoy.extensions.filters.network.dubbo_proxy.v3.RouteMatch",
+	"envoy.extensions.filters.network.dynamic_modules.v3.DynamicModuleNetworkFilter",
+	"envoy.extensions.filters.network.echo.v3.Echo",
+	"envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+	"envoy.extensions.filters.network.ext_proc.v3.MetadataOptions",
+	"envoy.extensions.filters.network.ext_proc.v3.MetadataOptions.MetadataNamespaces",
+	"envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor",
+	"envoy.extensions.filters.network.ext_proc.v3.ProcessingMode",
+	"envoy.extensions.filters.network.generic_proxy.action.v3.RouteAction",
+	"envoy.extensions.filters.network.generic_proxy.codecs.dubbo.v3.DubboCodecConfig",
+	"envoy.extensions.filters.network.generic_proxy.codecs.http1.v3.Http1CodecConfig",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.HostMatchInput",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.KeyValueMatchEntry",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.MethodMatchInput",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.PathMatchInput",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.PropertyMatchInput",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.RequestMatchInput",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.RequestMatcher",
+	"envoy.extensions.filters.network.generic_proxy.matcher.v3.ServiceMatchInput",
+	"envoy.extensions.filters.network.generic_proxy.router.v3.Router",
+	"envoy.extensions.filters.network.generic_proxy.v3.GenericProxy",
+	"envoy.extensions.filters.network.generic_proxy.v3.GenericRds",
+	"envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration",
+	"envoy.extensions.filters.network.generic_proxy.v3.VirtualHost",
+	"envoy.extensions.filters.network.geoip.v3.Geoip",
+	"envoy.extensions.filters.network.http_connection_manager.v3.EnvoyMobileHttpConnectionManager",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ForwardProtoConfig",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ForwardClientCertConfig",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.HcmAccessLogOptions",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.PathNormalizationOptions",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ProxyStatusConfig",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+	"envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig",
+	"envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+	"envoy.extensions.filters.network.http_connection_manager.v3.RequestIDExtension",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ResponseMapper",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ScopedRds",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ScopedRouteConfigurationsList",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor",
+	"envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor.KvElement",
+	"envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+	"envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy",
+	"envoy.extensions.filters.network.ratelimit.v3.RateLimit",
+	"envoy.extensions.filters.network.rbac.v3.RBAC",
+	"envoy.extensions.filters.network.redis_proxy.v3.AwsIam",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisExternalAuthProvider",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions.Credential",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy.ConnPoolSettings",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy.ConnectionRateLimit",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy.PrefixRoutes",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy.PrefixRoutes.Route",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy.PrefixRoutes.Route.ReadCommandPolicy",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy.PrefixRoutes.Route.RequestMirrorPolicy",
+	"envoy.extensions.filters.network.redis_proxy.v3.RedisProxy.RedisFault",
+	"envoy.extensions.filters.network.reverse_tunnel.v3.DrainAwareHttpConnectionManager",
+	"envoy.extensions.filters.network.reverse_tunnel.v3.ReverseTunnel",
+	"envoy.extensions.filters.network.reverse_tunnel.v3.Validation",
+	"envoy.extensions.filters.network.set_filter_state.v3.Config",
+	"envoy.extensions.filters.network.sni_cluster.v3.SniCluster",
+	"envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
+	"envoy.extensions.filters.network.tcp_bandwidth_limit.v3.TcpBandwidthLimit",
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.OnDemand",
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TcpAccessLogOptions",
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig",
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+	"envoy.extensions.filters.network.thrift_proxy.filters.header_to_metadata.v3.HeaderToMetadata",
+	"envoy.extensions.filters.network.thrift_proxy.filters.header_to_metadata.v3.HeaderToMetadata.KeyValuePair",
+	"envoy.extensions.filters.network.thrift_proxy.filters.header_to_metadata.v3.HeaderToMetadata.Rule",
+	"envoy.extensions.filters.network.thrift_proxy.filters.payload_to_metadata.v3.PayloadToMetadata",
+	"envoy.extensions.filters.network.thrift_proxy.filters.payload_to_metadata.v3.PayloadToMetadata.FieldSelector",
+	"envoy.extensions.filters.network.thrift_proxy.filters.payload_to_metadata.v3.PayloadToMetadata.KeyValuePair",
+	"envoy.extensions.filters.network.thrift_proxy.filters.payload_to_metadata.v3.PayloadToMetadata.Rule",
+	"envoy.extensions.filters.network.thrift_proxy.filters.ratelimit.v3.RateLimit",
+	"envoy.extensions.filters.network.thrift_proxy.router.v3.Router",
+	"envoy.extensions.filters.network.thrift_proxy.v3.Route",
+	"envoy.extensions.filters.network.thrift_proxy.v3.RouteAction",
+	"envoy.extensions.filters.network.thrift_proxy.v3.RouteAction.RequestMirrorPolicy",
+	"envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration",
+	"envoy.extensions.filters.network.thrift_proxy.v3.RouteMatch",
+	"envoy.extensions.filters.network.thrift_proxy.v3.ThriftFilter",
+	"envoy.extensions.filters.network.thrift_proxy.v3.ThriftProtocolOptions",
+	"envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy",
+	"envoy.extensions.filters.network.thrift_proxy.v3.Trds",
+	"envoy.extensions.filters.network.thrift_proxy.v3.WeightedCluster",
+	"envoy.extensions.filters.network.thrift_proxy.v3.WeightedCluster.ClusterWeight",
+	"envoy.extensions.filters.network.wasm.v3.Wasm",
+	"envoy.extensions.filters.network.zookeeper_proxy.v3.LatencyThresholdOverride",
+	"envoy.extensions.filters.network.zookeeper_proxy.v3.ZooKeeperProxy",
+	"envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig",
+	"envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig.ClientContextConfig",
+	"envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig.ServerContextConfig",
+	"envoy.extensions.filters.udp.dynamic_modules.v3.DynamicModuleUdpListenerFilter",
+	"envoy.extensions.filters.udp.udp_proxy.session.dynamic_forward_proxy.v3.FilterConfig",
+	"envoy.extensions.filters.udp.udp_proxy.session.dynamic_forward_proxy.v3.FilterConfig.BufferOptions",
+	"envoy.extensions.filters.udp.udp_proxy.session.ext_authz.v3.FilterConfig",
+	"envoy.extensions.filters.udp.udp_proxy.session.ext_authz.v3.FilterConfig.BufferOptions",
+	"envoy.extensions.filters.udp.udp_proxy.session.http_capsule.v3.FilterConfig",
+	"envoy.extensions.filters.udp.udp_proxy.v3.Route",
+	"envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+	"envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.HashPolicy",
+	"envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.SessionFilter",
+	"envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.UdpAccessLogOptions",
+	"envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.UdpTunnelingConfig",
+	"envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.UdpTunnelingConfig.BufferOptions",
+	"envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.UdpTunnelingConfig.RetryOptions",
+	"envoy.extensions.formatter.cel.v3.Cel",
+	"envoy.extensions.formatter.dynamic_modules.v3.DynamicModuleFormatter",
+	"envoy.extensions.formatter.file_content.v3.FileContent",
+	"envoy.extensions.formatter.generic_secret.v3.GenericSecret",
+	"envoy.extensions.formatter.metadata.v3.Metadata",
+	"envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery",
+	"envoy.extensions.geoip_providers.common.v3.CommonGeoipProviderConfig",
+	"envoy.extensions.geoip_providers.common.v3.CommonGeoipProviderConfig.GeolocationFieldKeys",
+	"envoy.extensions.geoip_providers.common.v3.CommonGeoipProviderConfig.GeolocationHeadersToAdd",
+	"envoy.extensions.geoip_providers.maxmind.v3.MaxMindConfig",
+	"envoy.extensions.grpc_service.call_credentials.access_token.v3.AccessTokenCredentials",
+	"envoy.extensions.grpc_service.call_credentials.file_based_metadata.v3.FileBasedMetadataCallCredentials",
+	"envoy.extensions.grpc_service.call_credentials.google_compute_engine.v3.GoogleComputeEngineCredentials",
+	"envoy.extensions.grpc_service.call_credentials.google_iam.v3.GoogleIamCredentials",
+	"envoy.extensions.grpc_service.call_credentials.google_refresh_token.v3.GoogleRefreshTokenCredentials",
+	"envoy.extensions.grpc_service.call_credentials.service_account_jwt_access.v3.ServiceAccountJwtAccessCredentials",
+	"envoy.extensions.grpc_service.call_credentials.sts_service.v3.StsServiceCredentials",
+	"envoy.extensions.grpc_service.channel_credentials.google_default.v3.GoogleDefaultCredentials",
+	"envoy.extensions.grpc_service.channel_credentials.insecure.v3.InsecureCredentials",
+	"envoy.extensions.grpc_service.channel_credentials.local.v3.LocalCredentials",
+	"envoy.extensions.grpc_service.channel_credentials.tls.v3.TlsCredentials",
+	"envoy.extensions.grpc_service.channel_credentials.xds.v3.XdsCredentials",
+	"envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+	"envoy.extensions.health_checkers.dynamic_modules.v3.DynamicModuleHealthCheck",
+	"envoy.extensions.health_checkers.redis.v3.Redis",
+	"envoy.extensions.health_checkers.thrift.v3.Thrift",
+	"envoy.extensions.health_checkers.udp.v3.UdpHealthCheck",
+	"envoy.extensions.http.ai_filters.request_info.v3.RequestInfo",
+	"envoy.extensions.http.ai_filters.request_info.v3.RequestInfo.TokenEstimation",
+	"envoy.extensions.http.ai_filters.schema_validation.v3.SchemaValidation",
+	"envoy.extensions.http.ai_filters.transcoder.v3.Transcoder",
+	"envoy.extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig",
+	"envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
+	"envoy.extensions.http.cache_v2.file_system_http_cache.v3.FileSystemHttpCacheV2Config",
+	"envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config",
+	"envoy.extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy",
+	"envoy.extensions.http.custom_response.redirect_policy.v3.RedirectPolicy",
+	"envoy.extensions.http.early_header_mutation.dynamic_modules.v3.DynamicModuleEarlyHeaderMutation",
+	"envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+	"envoy.extensions.http.ext_proc.processing_request_modifiers.mapped_attribute_builder.v3.MappedAttributeBuilder",
+	"envoy.extensions.http.ext_proc.response_processors.save_processing_response.v3.SaveProcessingResponse",
+	"envoy.extensions.http.ext_proc.response_processors.save_processing_response.v3.SaveProcessingResponse.SaveOptions",
+	"envoy.extensions.http.header_formatters.dynamic_modules.v3.DynamicModuleHeaderFormatter",
+	"envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig",
+	"envoy.extensions.http.header_validators.envoy_default.v3.HeaderValidatorConfig",
+	"envoy.extensions.http.header_validators.envoy_default.v3.HeaderValidatorConfig.Http1ProtocolOptions",
+	"envoy.extensions.http.header_validators.envoy_default.v3.HeaderValidatorConfig.UriPathNormalizationOptions",
+	"envoy.extensions.http.injected_credentials.generic.v3.Generic",
+	"envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2",
+	"envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2.ClientCredentials",
+	"envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2.EndpointParameter",
+	"envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig",
+	"envoy.extensions.http.original_ip_detection.xff.v3.XffConfig",
+	"envoy.extensions.http.original_ip_detection.xff.v3.XffTrustedCidrs",
+	"envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState",
+	"envoy.extensions.http.stateful_session.envelope.v3.EnvelopeSessionState",
+	"envoy.extensions.http.stateful_session.envelope.v3.EnvelopeSessionState.Header",
+	"envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
+	"envoy.extensions.internal_redirect.allow_listed_routes.v3.AllowListedRoutesConfig",
+	"envoy.extensions.internal_redirect.filter_state.v3.FilterStateConfig",
+	"envoy.extensions.internal_redirect.previous_routes.v3.PreviousRoutesConfig",
+	"envoy.extensions.internal_redirect.safe_cross_scheme.v3.SafeCrossSchemeConfig",
+	"envoy.extensions.key_value.file_based.v3.FileBasedKeyValueStoreConfig",
+	"envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin",
+	"envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided",
+	"envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig",
+	"envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig",
+	"envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig",
+	"envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig",
+	"envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig.ForceLocalZone",
+	"envoy.extensions.load_balancing_policies.common.v3.OrcaOobReportingConfig",
+	"envoy.extensions.load_balancing_policies.common.v3.SlowStartConfig",
+	"envoy.extensions.load_balancing_policies.dynamic_modules.v3.DynamicModulesLoadBalancerConfig",
+	"envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+	"envoy.extensions.load_balancing_policies.load_aware_locality.v3.LoadAwareLocality",
+	"envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+	"envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+	"envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost.OverrideHostSource",
+	"envoy.extensions.load_balancing_policies.pick_first.v3.PickFirst",
+	"envoy.extensions.load_balancing_policies.random.v3.Random",
+	"envoy.extensions.load_balancing_policies.random_subsetting.v3.RandomSubsetting",
+	"envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+	"envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+	"envoy.extensions.load_balancing_policies.subset.v3.Subset",
+	"envoy.extensions.load_balancing_policies.subset.v3.Subset.LbSubsetSelector",
+	"envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
+	"envoy.extensions.local_address_selectors.filter_state_override.v3.Config",
+	"envoy.extensions.matching.actions.transform_stat.v3.TransformStat",
+	"envoy.extensions.matching.actions.transform_stat.v3.TransformStat.DropStat",
+	"envoy.extensions.matching.actions.transform_stat.v3.TransformStat.DropTag",
+	"envoy.extensions.matching.actions.transform_stat.v3.TransformStat.UpdateTag",
+	"envoy.extensions.matching.common_inputs.environment_variable.v3.Config",
+	"envoy.extensions.matching.common_inputs.network.v3.ApplicationProtocolInput",
+	"envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput",
+	"envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput",
+	"envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput",
+	"envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+	"envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput.PathSegment",
+	"envoy.extensions.matching.common_inputs.network.v3.FilterStateInput",
+	"envoy.extensions.matching.common_inputs.network.v3.NetworkNamespaceInput",
+	"envoy.extensions.matching.common_inputs.network.v3.ServerNameInput",
+	"envoy.extensions.matching.common_inputs.network.v3.SourceIPInput",
+	"envoy.extensions.matching.common_inputs.network.v3.SourcePortInput",
+	"envoy.extensions.matching.common_inputs.network.v3.SourceTypeInput",
+	"envoy.extensions.matching.common_inputs.network.v3.TransportProtocolInput",
+	"envoy.extensions.matching.common_inputs.ssl.v3.DnsSanInput",
+	"envoy.extensions.matching.common_inputs.ssl.v3.SubjectInput",
+	"envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput",
+	"envoy.extensions.matching.common_inputs.stats.v3.StatFullNameMatchInput",
+	"envoy.extensions.matching.common_inputs.stats.v3.StatTagValueInput",
+	"envoy.extensions.matching.common_inputs.transport_socket.v3.EndpointMetadataInput",
+	"envoy.extensions.matching.common_inputs.transport_socket.v3.EndpointMetadataInput.PathSegment",
+	"envoy.extensions.matching.common_inputs.transport_socket.v3.FilterStateInput",
+	"envoy.extensions.matching.common_inputs.transport_socket.v3.LocalityMetadataInput",
+	"envoy.extensions.matching.common_inputs.transport_socket.v3.LocalityMetadataInput.PathSegment",
+	"envoy.extensions.matching.common_inputs.transport_socket.v3.TransportSocketNameAction",
+	"envoy.extensions.matching.http.dynamic_modules.v3.DynamicModuleDataInput",
+	"envoy.extensions.matching.http.dynamic_modules.v3.HttpDynamicModuleMatchInput",
+	"envoy.extensions.matching.input_matchers.consistent_hashing.v3.ConsistentHashing",
+	"envoy.extensions.matching.input_matchers.dynamic_modules.v3.DynamicModuleMatcher",
+	"envoy.extensions.matching.input_matchers.ip.v3.Ip",
+	"envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+	"envoy.extensions.matching.input_matchers.runtime_fraction.v3.RuntimeFraction",
+	"envoy.extensions.network.dns_resolver.apple.v3.AppleDnsResolverConfig",
+	"envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+	"envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig",
+	"envoy.extensions.network.dns_resolver.hickory.v3.DnsOverHttpsConfig",
+	"envoy.extensions.network.dns_resolver.hickory.v3.DnsOverTlsConfig",
+	"envoy.extensions.network.dns_resolver.hickory.v3.HickoryDnsResolverConfig",
+	"envoy.extensions.network.socket_interface.sockmap.v3.Sockmap",
+	"envoy.extensions.network.socket_interface.v3.DefaultSocketInterface",
+	"envoy.extensions.network.socket_interface.v3.IoUringOptions",
+	"envoy.extensions.outlier_detection_monitors.common.v3.DatabaseErrors",
+	"envoy.extensions.outlier_detection_monitors.common.v3.ErrorBuckets",
+	"envoy.extensions.outlier_detection_monitors.common.v3.HttpErrors",
+	"envoy.extensions.outlier_detection_monitors.common.v3.LocalOriginErrors",
+	"envoy.extensions.outlier_detection_monitors.consecutive_errors.v3.ConsecutiveErrors",
+	"envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+	"envoy.extensions.path.rewrite.uri_template.v3.UriTemplateRewriteConfig",
+	"envoy.extensions.queue_policy.fifo.v3.FifoQueuePolicyConfig",
+	"envoy.extensions.quic.client_writer_factory.v3.DefaultClientWriter",
+	"envoy.extensions.quic.connection_debug_visitor.quic_stats.v3.Config",
+	"envoy.extensions.quic.connection_debug_visitor.v3.BasicConfig",
+	"envoy.extensions.quic.connection_id_generator.quic_lb.v3.Config",
+	"envoy.extensions.quic.connection_id_generator.v3.DeterministicConnectionIdGeneratorConfig",
+	"envoy.extensions.quic.crypto_stream.v3.CryptoServerStreamConfig",
+	"envoy.extensions.quic.proof_source.v3.ProofSourceConfig",
+	"envoy.extensions.quic.server_preferred_address.v3.DataSourceServerPreferredAddressConfig",
+	"envoy.extensions.quic.server_preferred_address.v3.DataSourceServerPreferredAddressConfig.AddressFamilyConfig",
+	"envoy.extensions.quic.server_preferred_address.v3.FixedServerPreferredAddressConfig",
+	"envoy.extensions.quic.server_preferred_address.v3.FixedServerPreferredAddressConfig.AddressFamilyConfig",
+	"envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor",
+	"envoy.extensions.rate_limit_descriptors.jwt_claim.v3.Descriptor",
+	"envoy.extensions.rbac.audit_loggers.stream.v3.StdoutAuditLog",
+	"envoy.extensions.rbac.matchers.upstream_ip_port.v3.UpstreamIpPortMatcher",
+	"envoy.extensions.rbac.principals.mtls_authenticated.v3.Config",
+	"envoy.extensions.regex_engines.v3.GoogleRE2",
+	"envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+	"envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig",
+	"envoy.extensions.resource_monitors.cpu_utilization.v3.CpuUtilizationConfig",
+	"envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+	"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+	"envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
+	"envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate",
+	"envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+	"envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+	"envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+	"envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier",
+	"envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.RouteActionOverride",
+	"envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
+	"envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
+	"envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier",
+	"envoy.extensions.router.cluster_specifiers.priority_group.v3.ClusterWeight",
+	"envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroup",
+	"envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroupClusterSpecifier",
+	"envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroupsOverride",
+	"envoy.extensions.router.route_specifiers.dynamic_modules.v3.DynamicModuleRouteSpecifier",
+	"envoy.extensions.router.route_specifiers.dynamic_modules.v3.RouteOverride",
+	"envoy.extensions.router.route_specifiers.dynamic_modules.v3.RouteTemplate",
+	"envoy.extensions.stat_sinks.dynamic_modules.v3.DynamicModuleStatsSink",
+	"envoy.extensions.stat_sinks.graphite_statsd.v3.GraphiteStatsdSink",
+	"envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
+	"envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig.ConversionAction",
+	"envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig.DropAction",
+	"envoy.extensions.stat_sinks.wasm.v3.Wasm",
+	"envoy.extensions.string_matcher.lua.v3.Lua",
+	"envoy.extensions.tracers.dynamic_modules.v3.DynamicModuleTracer",
+	"envoy.extensions.tracers.fluentd.v3.FluentdConfig",
+	"envoy.extensions.tracers.opentelemetry.resource_detectors.v3.DynatraceResourceDetectorConfig",
+	"envoy.extensions.tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig",
+	"envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig",
+	"envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig",
+	"envoy.extensions.tracers.opentelemetry.samplers.v3.CELSamplerConfig",
+	"envoy.extensions.tracers.opentelemetry.samplers.v3.DynatraceSamplerConfig",
+	"envoy.extensions.tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig",
+	"envoy.extensions.tracers.opentelemetry.samplers.v3.TraceIdRatioBasedSamplerConfig",
+	"envoy.extensions.transport_sockets.alts.v3.Alts",
+	"envoy.extensions.transport_sockets.dynamic_modules.v3.DynamicModuleTransportSocket",
+	"envoy.extensions.transport_sockets.http_11_proxy.v3.Http11ProxyUpstreamTransport",
+	"envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+	"envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport.MetadataValueSource",
+	"envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+	"envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport",
+	"envoy.extensions.transport_sockets.quic.v3.QuicUpstreamTransport",
+	"envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+	"envoy.extensions.transport_sockets.s2a.v3.S2AConfiguration",
+	"envoy.extensions.transport_sockets.starttls.v3.StartTlsConfig",
+	"envoy.extensions.transport_sockets.starttls.v3.UpstreamStartTlsConfig",
+	"envoy.extensions.transport_sockets.tap.v3.SocketTapConfig",
+	"envoy.extensions.transport_sockets.tap.v3.Tap",
+	"envoy.extensions.transport_sockets.tcp_stats.v3.Config",
+	"envoy.extensions.transport_sockets.tls.cert_mappers.filter_state_override.v3.Config",
+	"envoy.extensions.transport_sockets.tls.cert_mappers.sni.v3.SNI",
+	"envoy.extensions.transport_sockets.tls.cert_mappers.static_name.v3.StaticName",
+	"envoy.extensions.transport_sockets.tls.cert_selectors.on_demand_secret.v3.Config",
+	"envoy.extensions.transport_sockets.tls.cert_validator.dynamic_modules.v3.DynamicModuleCertValidatorConfig",
+	"envoy.extensions.transport_sockets.tls.handshakers.dynamic_modules.v3.DynamicModuleTlsHandshaker",
+	"envoy.extensions.transport_sockets.tls.v3.CertificateProviderPluginInstance",
+	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext.SystemRootCerts",
+	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CertificateProvider",
+	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CertificateProviderInstance",
+	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+	"envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+	"envoy.extensions.transport_sockets.tls.v3.GenericSecret",
+	"envoy.extensions.transport_sockets.tls.v3.PrivateKeyProvider",
+	"envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
+	"envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig.TrustDomain",
+	"envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+	"envoy.extensions.transport_sockets.tls.v3.Secret",
+	"envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+	"envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+	"envoy.extensions.transport_sockets.tls.v3.TlsKeyLog",
+	"envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+	"envoy.extensions.transport_sockets.tls.v3.TlsSessionTicketKeys",
+	"envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+	"envoy.extensions.udp_packet_writer.v3.UdpDefaultWriterFactory",
+	"envoy.extensions.udp_packet_writer.v3.UdpGsoBatchWriterFactory",
+	"envoy.extensions.upstreams.http.dynamic_modules.v3.Config",
+	"envoy.extensions.upstreams.http.generic.v3.GenericConnectionPoolProto",
+	"envoy.extensions.upstreams.http.http.v3.HttpConnectionPoolProto",
+	"envoy.extensions.upstreams.http.reverse_tunnel.v3.ReverseTunnelUpstreamCodecOptions",
+	"envoy.extensions.upstreams.http.tcp.v3.TcpConnectionPoolProto",
+	"envoy.extensions.upstreams.http.udp.v3.UdpConnectionPoolProto",
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.OutlierDetection",
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
+	"envoy.extensions.upstreams.tcp.generic.v3.GenericConnectionPoolProto",
+	"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions",
+	"envoy.extensions.wasm.v3.CapabilityRestrictionConfig",
+	"envoy.extensions.wasm.v3.EnvironmentVariables",
+	"envoy.extensions.wasm.v3.PluginConfig",
+	"envoy.extensions.wasm.v3.ReloadConfig",
+	"envoy.extensions.wasm.v3.SanitizationConfig",
+	"envoy.extensions.wasm.v3.VmConfig",
+	"envoy.extensions.wasm.v3.WasmService",
+	"envoy.extensions.watchdog.backtrace_action.v3.BacktraceActionConfig",
+	"envoy.extensions.watchdog.profile_action.v3.ProfileActionConfig",
+	"envoy.type.DoubleRange",
+	"envoy.type.FractionalPercent",
+	"envoy.type.HashPolicy",
+	"envoy.type.HashPolicy.SourceIp",
+	"envoy.type.HttpStatus",
+	"envoy.type.Int32Range",
+	"envoy.type.Int64Range",
+	"envoy.type.Percent",
+	"envoy.type.SemanticVersion",
+	"envoy.type.TokenBucket",
+	"envoy.type.http.v3.Cookie",
+	"envoy.type.http.v3.CookieAttribute",
+	"envoy.type.http.v3.PathTransformation",
+	"envoy.type.http.v3.PathTransformation.Operation",
+	"envoy.type.http.v3.PathTransformation.Operation.MergeSlashes",
+	"envoy.type.http.v3.PathTransformation.Operation.NormalizePathRFC3986",
+	"envoy.type.matcher.DoubleMatcher",
+	"envoy.type.matcher.ListMatcher",
+	"envoy.type.matcher.ListStringMatcher",
+	"envoy.type.matcher.MetadataMatcher",
+	"envoy.type.matcher.MetadataMatcher.PathSegment",
+	"envoy.type.matcher.NodeMatcher",
+	"envoy.type.matcher.PathMatcher",
+	"envoy.type.matcher.RegexMatchAndSubstitute",
+	"envoy.type.matcher.RegexMatcher",
+	"envoy.type.matcher.RegexMatcher.GoogleRE2",
+	"envoy.type.matcher.StringMatcher",
+	"envoy.type.matcher.StructMatcher",
+	"envoy.type.matcher.StructMatcher.PathSegment",
+	"envoy.type.matcher.ValueMatcher",
+	"envoy.type.matcher.ValueMatcher.NullMatch",
+	"envoy.type.matcher.v3.AddressMatcher",
+	"envoy.type.matcher.v3.DoubleMatcher",
+	"envoy.type.matcher.v3.FilterStateMatcher",
+	"envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+	"envoy.type.matcher.v3.HttpRequestQueryParamMatchInput",
+	"envoy.type.matcher.v3.HttpRequestTrailerMatchInput",
+	"envoy.type.matcher.v3.HttpResponseHeaderMatchInput",
+	"envoy.type.matcher.v3.HttpResponseLocalReplyMatchInput",
+	"envoy.type.matcher.v3.HttpResponseStatusCodeClassMatchInput",
+	"envoy.type.matcher.v3.HttpResponseStatusCodeMatchInput",
+	"envoy.type.matcher.v3.HttpResponseTrailerMatchInput",
+	"envoy.type.matcher.v3.ListMatcher",
+	"envoy.type.matcher.v3.ListStringMatcher",
+	"envoy.type.matcher.v3.MetadataMatcher",
+	"envoy.type.matcher.v3.MetadataMatcher.PathSegment",
+	"envoy.type.matcher.v3.NodeMatcher",
+	"envoy.type.matcher.v3.OrMatcher",
+	"envoy.type.matcher.v3.PathMatcher",
+	"envoy.type.matcher.v3.RegexMatchAndSubstitute",
+	"envoy.type.matcher.v3.RegexMatcher",
+	"envoy.type.matcher.v3.RegexMatcher.GoogleRE2",
+	"envoy.type.matcher.v3.StringMatcher",
+	"envoy.type.matcher.v3.StructMatcher",
+	"envoy.type.matcher.v3.StructMatcher.PathSegment",
+	"envoy.type.matcher.v3.ValueMatcher",
+	"envoy.type.matcher.v3.ValueMatcher.NullMatch",
+	"envoy.type.metadata.v2.MetadataKey",
+	"envoy.type.metadata.v2.MetadataKey.PathSegment",
+	"envoy.type.metadata.v2.MetadataKind",
+	"envoy.type.metadata.v2.MetadataKind.Cluster",
+	"envoy.type.metadata.v2.MetadataKind.Host",
+	"envoy.type.metadata.v2.MetadataKind.Request",
+	"envoy.type.metadata.v2.MetadataKind.Route",
+	"envoy.type.metadata.v3.MetadataKey",
+	"envoy.type.metadata.v3.MetadataKey.PathSegment",
+	"envoy.type.metadata.v3.MetadataKind",
+	"envoy.type.metadata.v3.MetadataKind.Cluster",
+	"envoy.type.metadata.v3.MetadataKind.Host",
+	"envoy.type.metadata.v3.MetadataKind.Request",
+	"envoy.type.metadata.v3.MetadataKind.Route",
+	"envoy.type.tracing.v2.CustomTag",
+	"envoy.type.tracing.v2.CustomTag.Environment",
+	"envoy.type.tracing.v2.CustomTag.Header",
+	"envoy.type.tracing.v2.CustomTag.Literal",
+	"envoy.type.tracing.v2.CustomTag.Metadata",
+	"envoy.type.tracing.v3.CustomTag",
+	"envoy.type.tracing.v3.CustomTag.Environment",
+	"envoy.type.tracing.v3.CustomTag.Header",
+	"envoy.type.tracing.v3.CustomTag.Literal",
+	"envoy.type.tracing.v3.CustomTag.Metadata",
+	"envoy.type.v3.DoubleRange",
+	"envoy.type.v3.FractionalPercent",
+	"envoy.type.v3.HashPolicy",
+	"envoy.type.v3.HashPolicy.FilterState",
+	"envoy.type.v3.HashPolicy.SourceIp",
+	"envoy.type.v3.HttpStatus",
+	"envoy.type.v3.Int32Range",
+	"envoy.type.v3.Int64Range",
+	"envoy.type.v3.Percent",
+	"envoy.type.v3.RateLimitStrategy",
+	"envoy.type.v3.RateLimitStrategy.RequestsPerTimeUnit",
+	"envoy.type.v3.Scope",
+	"envoy.type.v3.SemanticVersion",
+	"envoy.type.v3.TokenBucket",
+	"envoy.watchdog.v3.AbortActionConfig",
+	"udpa.type.v1.TypedStruct",
+	"xds.type.matcher.v3.CelMatcher",
+	"xds.type.matcher.v3.DoubleRangeMatcher",
+	"xds.type.matcher.v3.DoubleRangeMatcher.RangeMatcher",
+	"xds.type.matcher.v3.HttpAttributesCelMatchInput",
+	"xds.type.matcher.v3.IPMatcher",
+	"xds.type.matcher.v3.IPMatcher.IPRangeMatcher",
+	"xds.type.matcher.v3.Int32RangeMatcher",
+	"xds.type.matcher.v3.Int32RangeMatcher.RangeMatcher",
+	"xds.type.matcher.v3.Int64RangeMatcher",
+	"xds.type.matcher.v3.Int64RangeMatcher.RangeMatcher",
+	"xds.type.matcher.v3.ListStringMatcher",
+	"xds.type.matcher.v3.Matcher",
+	"xds.type.matcher.v3.Matcher.MatcherList",
+	"xds.type.matcher.v3.Matcher.MatcherList.FieldMatcher",
+	"xds.type.matcher.v3.Matcher.MatcherList.Predicate",
+	"xds.type.matcher.v3.Matcher.MatcherList.Predicate.PredicateList",
+	"xds.type.matcher.v3.Matcher.MatcherList.Predicate.SinglePredicate",
+	"xds.type.matcher.v3.Matcher.MatcherTree",
+	"xds.type.matcher.v3.Matcher.MatcherTree.MatchMap",
+	"xds.type.matcher.v3.Matcher.OnMatch",
+	"xds.type.matcher.v3.RegexMatcher",
+	"xds.type.matcher.v3.RegexMatcher.GoogleRE2",
+	"xds.type.matcher.v3.ServerNameMatcher",
+	"xds.type.matcher.v3.ServerNameMatcher.DomainMatcher",
+	"xds.type.matcher.v3.StringMatcher",
+	"xds.type.v3.CelExpression",
+	"xds.type.v3.CelExtractString",
+	"xds.type.v3.DoubleRange",
+	"xds.type.v3.Int32Range",
+	"xds.type.v3.Int64Range",
+	"xds.type.v3.TypedStruct",
+}

@@ -126,6 +126,17 @@ func IsSupported(point ExtensionPoint, typeURL string) bool {
 	return registry.types[point][typeName(typeURL)]
 }
 
+// isEnvoyMessage reports whether typeURL (with or without its
+// "type.googleapis.com/" prefix) names a message of the Envoy configuration
+// API, linked into this binary or not. meshd links only the Envoy packages
+// it implements, so the protobuf registry cannot tell an Envoy type meshd
+// does not implement (unsupported) from a misspelt one (unknown); the
+// generated name table can.
+func isEnvoyMessage(typeURL string) bool {
+	_, found := slices.BinarySearch(envoyMessageNames, string(typeName(typeURL)))
+	return found
+}
+
 // SupportedTypes returns the sorted full names of the types registered at point.
 func SupportedTypes(point ExtensionPoint) []string {
 	registry.RLock()

@@ -466,24 +466,34 @@ func extensionPoint(parent protoreflect.FullName, field protoreflect.Name, side 
 // point, and its content valid.
 func (v *validator) anyValue(path string, point ExtensionPoint, a *anypb.Any, side ExtensionPoint) {
 	inner, err := a.UnmarshalNew()
-	if err != nil {
-		if errors.Is(err, protoregistry.NotFound) {
-			v.addf(path, "unknown type %q: not an Envoy API type", a.GetTypeUrl())
-		} else {
-			v.addf(path, "cannot decode %q: %v", a.GetTypeUrl(), err)
-		}
+	switch {
+	case errors.Is(err, protoregistry.NotFound) && isEnvoyMessage(a.GetTypeUrl()):
+		// An Envoy type meshd does not implement, so not linked.
+		v.unsupported(path, point, a.GetTypeUrl())
+		return
+	case errors.Is(err, protoregistry.NotFound):
+		v.addf(path, "unknown type %q: not an Envoy API type", a.GetTypeUrl())
+		return
+	case err != nil:
+		v.addf(path, "cannot decode %q: %v", a.GetTypeUrl(), err)
 		return
 	}
 	if !IsSupported(point, a.GetTypeUrl()) {
-		supported := "none yet"
-		if s := SupportedTypes(point); len(s) > 0 {
-			supported = strings.Join(s, ", ")
-		}
-		v.addf(path, "unsupported typed_config type %q for extension point %q (meshd supports: %s)", a.GetTypeUrl(), point, supported)
+		v.unsupported(path, point, a.GetTypeUrl())
 		return
 	}
 	v.pgvAll(path, inner)
 	v.walk(path, inner.ProtoReflect(), side)
+}
+
+// unsupported reports typeURL at path as a type meshd does not implement
+// at point, listing the ones it does.
+func (v *validator) unsupported(path string, point ExtensionPoint, typeURL string) {
+	supported := "none yet"
+	if s := SupportedTypes(point); len(s) > 0 {
+		supported = strings.Join(s, ", ")
+	}
+	v.addf(path, "unsupported typed_config type %q for extension point %q (meshd supports: %s)", typeURL, point, supported)
 }
 
 // protocolOptionsKey checks that a typed_extension_protocol_options key names

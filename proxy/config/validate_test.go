@@ -151,6 +151,16 @@ func TestValidateResources(t *testing.T) {
 		{"listener unsupported filter", func() error {
 			return ValidateListener(testListener(t, testHCM(t, inline, &corsv3.Cors{}, &routerv3.Router{})), ResourceOptions{})
 		}, "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config", "unsupported typed_config type", false},
+		{"listener Envoy filter type not linked", func() error {
+			h := testHCM(t, inline, &corsv3.Cors{}, &routerv3.Router{})
+			h.HttpFilters[0].ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: luaTypeURL}}
+			return ValidateListener(testListener(t, h), ResourceOptions{})
+		}, "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config", `unsupported typed_config type "` + luaTypeURL + `" for extension point "http filter" (meshd supports: `, false},
+		{"listener filter type not in the Envoy API", func() error {
+			h := testHCM(t, inline, &corsv3.Cors{}, &routerv3.Router{})
+			h.HttpFilters[0].ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Luaa"}}
+			return ValidateListener(testListener(t, h), ResourceOptions{})
+		}, "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config", `unknown type "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Luaa": not an Envoy API type`, false},
 		{"listener router missing", func() error {
 			return ValidateListener(testListener(t, testHCM(t, inline)), ResourceOptions{})
 		}, "filter_chains[0].filters[0].typed_config.http_filters", "must end with the router", false},
