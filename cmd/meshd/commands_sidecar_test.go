@@ -30,7 +30,7 @@ func TestSidecarBuildRefusesFullCommands(t *testing.T) {
 		t.Errorf("%d commands, want the %d data-plane ones", len(commands), len(dataPlaneCommands))
 	}
 	var out, errOut bytes.Buffer
-	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "build sidecar-only build") {
+	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "\nsidecar-only build (-tags meshd_sidecar)\n") {
 		t.Errorf("version: exit %d, stdout %q", code, out.String())
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -37,15 +38,22 @@ var sidecarAllowed = []string{"sigs.k8s.io/yaml"}
 
 func goListDeps(t *testing.T, tags string) []string {
 	t.Helper()
+	return goList(t, tags, "-deps", ".")
+}
+
+// goList runs go list with args (and -tags tags when set) in this
+// package's directory and returns the words it prints.
+func goList(t *testing.T, tags string, args ...string) []string {
+	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		t.Fatalf("the go command is needed to list the build's packages: %v", err)
 	}
-	args := []string{"list", "-deps"}
+	args = append([]string{"list"}, args...)
 	if tags != "" {
-		args = append(args, "-tags", tags)
+		args = slices.Insert(args, 1, "-tags", tags)
 	}
-	out, err := exec.Command(goBin, append(args, ".")...).Output()
+	out, err := exec.Command(goBin, args...).Output()
 	if err != nil {
 		var stderr string
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -96,4 +104,14 @@ func TestSidecarBuildLinks(t *testing.T) {
 		t.Errorf("the sidecar-only build has %d packages, the full one %d", len(slim), len(full))
 	}
 	t.Logf("packages: sidecar-only build %d, full build %d", len(slim), len(full))
+
+	// The sidecar decodes only the Envoy types it links (proxy/config's
+	// registry), so every Envoy API package the control plane's
+	// translator uses must be linked into the sidecar-only build too, or
+	// it would NACK what meshd control-plane sends.
+	for _, pkg := range goList(t, "", "-f", `{{join .Deps "\n"}}`, "meshd.dev/meshd/xds/translate") {
+		if strings.HasPrefix(pkg, "github.com/envoyproxy/go-control-plane/envoy/") && !slices.Contains(slim, pkg) {
+			t.Errorf("xds/translate uses %s, which the sidecar-only build does not link", pkg)
+		}
+	}
 }

@@ -13,7 +13,7 @@ var version = "dev"
 func runVersion(_ []string, stdout, _ io.Writer) int {
 	fmt.Fprintf(stdout, "meshd %s\n", version)
 	fmt.Fprintf(stdout, "go %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	fmt.Fprintf(stdout, "build %s\n", buildName)
+	fmt.Fprintln(stdout, buildName)
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return 0

@@ -89,7 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.Rounds, "rounds", 3, "interleaved rounds (direct, meshd) per scenario; the table shows medians")
 	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+scenarioNames())
 	fs.StringVar(&targets, "targets", "all", "comma-separated targets: "+targetNames())
-	fs.StringVar(&o.Meshd, "meshd", "", "meshd binary (default: go build ./cmd/meshd into a temp dir)")
+	fs.StringVar(&o.Meshd, "meshd", "", "meshd binary (default: the sidecar-only build, go build -tags meshd_sidecar ./cmd/meshd, into a temp dir)")
 	fs.StringVar(&o.Generator, "generator", "auto", "load generator: auto (h2load when installed, else go), h2load, go")
 	fs.BoolVar(&o.Quick, "quick", false, "1s runs, 0.5s warm-up, 1 round (smoke test)")
 	fs.StringVar(&o.OutDir, "out", "", "results directory (default: test/bench/results in the module)")

@@ -20,7 +20,7 @@ import (
 
 // Sidecar process limits.
 const (
-	// buildTimeout bounds `go build ./cmd/meshd`.
+	// buildTimeout bounds `go build -tags meshd_sidecar ./cmd/meshd`.
 	buildTimeout = 5 * time.Minute
 	// sidecarReadyTimeout bounds the time from start to GET /ready == 200.
 	sidecarReadyTimeout = 20 * time.Second
@@ -33,15 +33,17 @@ const (
 	sidecarStopTimeout = sidecarDrainSeconds*time.Second + 5*time.Second
 )
 
-// buildMeshd builds ./cmd/meshd of the module at root into dir.
+// buildMeshd builds the sidecar-only meshd (./cmd/meshd with -tags
+// meshd_sidecar, the build a sidecar runs in production) of the module at
+// root into dir. Every meshd target runs only `meshd sidecar`.
 func buildMeshd(ctx context.Context, root, dir string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
 	out := filepath.Join(dir, "meshd")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/meshd")
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "meshd_sidecar", "-o", out, "./cmd/meshd")
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/meshd: %w\n%s", err, b)
+		return "", fmt.Errorf("go build -tags meshd_sidecar ./cmd/meshd: %w\n%s", err, b)
 	}
 	return out, nil
 }
