@@ -14,7 +14,7 @@ import (
 // injectFlags registers the flags `meshd inject` and `meshd injector`
 // share and returns a function building the inject.Config from them.
 func injectFlags(fs *flag.FlagSet) func() (inject.Config, error) {
-	image := fs.String("image", "meshd:latest", "meshd image of the sidecar and the capture init container")
+	image := fs.String("image", "meshd:latest", "meshd image of the sidecar and the capture init container: the sidecar-only build (-tags meshd_sidecar) is enough, the full build works too")
 	xds := fs.String("xds", "meshd-control-plane.meshd-system.svc:15010", "control plane host:port as pods reach it")
 	regular := fs.Bool("regular-container", false, "add the sidecar as a regular container instead of a native sidecar (init container with restartPolicy Always, Kubernetes >= 1.29)")
 	inbound := fs.Int("inbound-port", inject.DefaultInboundPort, "sidecar port receiving captured inbound TCP")

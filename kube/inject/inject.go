@@ -116,6 +116,11 @@ const (
 // constructor that does) before Pod.
 type Config struct {
 	// Image is the meshd image of the sidecar and the init container.
+	// They run only `meshd sidecar` and `meshd capture`, which the
+	// sidecar-only build (go build -tags meshd_sidecar ./cmd/meshd) has;
+	// an image carrying it keeps every sidecar's memory down, and one
+	// carrying the full build (manifests/' meshd:latest, which also runs
+	// the control plane and the injector) works as well.
 	Image string
 	// XDSAddress is the control plane's host:port as the pod sees it
 	// (e.g. meshd-control-plane.meshd-system.svc:15010).
