@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -106,6 +107,7 @@ func TestHTTP3VersusHTTP2(t *testing.T) {
 			for _, sc := range e.sidecars {
 				before += procCPUTicks(t, sc.PID())
 			}
+			udpBefore, udpOK := udpDatagramsIn()
 			start := time.Now()
 			lat, fail, err := timedCalls(e.client, costCallers, costCalls, costTimeout)
 			elapsed := time.Since(start)
@@ -113,6 +115,7 @@ func TestHTTP3VersusHTTP2(t *testing.T) {
 			for _, sc := range e.sidecars {
 				after += procCPUTicks(t, sc.PID())
 			}
+			udpAfter, _ := udpDatagramsIn()
 			if fail != 0 {
 				t.Fatalf("%s round %d: %d of %d calls failed; first: %v", e.proto, round, fail, costCalls, err)
 			}
@@ -125,7 +128,11 @@ func TestHTTP3VersusHTTP2(t *testing.T) {
 			rate := costCalls / elapsed.Seconds()
 			us := cpu / costCalls * 1e6
 			e.rate, e.p99, e.cpuPerUs = append(e.rate, rate), append(e.p99, float64(p99.Microseconds())), append(e.cpuPerUs, us)
-			t.Logf("round %d %s: %.0f calls/s, p99 %v, both sidecars %.1f µs CPU/call", round, e.proto, rate, p99, us)
+			udp := ""
+			if udpOK && e.proto == "http3" {
+				udp = fmt.Sprintf(", %.2f UDP datagrams/call host-wide", float64(udpAfter-udpBefore)/costCalls)
+			}
+			t.Logf("round %d %s: %.0f calls/s, p99 %v, both sidecars %.1f µs CPU/call%s", round, e.proto, rate, p99, us, udp)
 		}
 	}
 	h2, h3 := envs[0], envs[1]
@@ -139,6 +146,35 @@ func TestHTTP3VersusHTTP2(t *testing.T) {
 			profileSidecars(t, dir, e.proto, e.client, e.sidecars)
 		}
 	}
+}
+
+// udpDatagramsIn returns the host's count of UDP datagrams received
+// (/proc/net/snmp Udp InDatagrams), which counts each QUIC datagram
+// between the sidecars once; other processes' UDP traffic adds to it, so
+// it is indicative. ok is false where the file is missing.
+func udpDatagramsIn() (n int64, ok bool) {
+	data, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0, false
+	}
+	var names []string
+	for line := range strings.Lines(string(data)) {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i := 1; i < len(f) && i < len(names); i++ {
+			if names[i] == "InDatagrams" {
+				n, err := strconv.ParseInt(f[i], 10, 64)
+				return n, err == nil
+			}
+		}
+	}
+	return 0, false
 }
 
 // benchProfileEnv names a directory where TestHTTP3VersusHTTP2 writes a
