@@ -697,6 +697,17 @@ func (cs *clientStream) Response(ctx context.Context) (*stream.Response, error) 
 // Read reads response body bytes; io.EOF at the end of the stream.
 func (cs *clientStream) Read(p []byte) (int, error) { return cs.read(p) }
 
+// ReadReady reports whether Read returns at once: body bytes are queued,
+// the response ended, or the stream failed.
+func (cs *clientStream) ReadReady() bool {
+	c := cs.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return cs.recvQ.n > 0 || cs.recvDone || cs.err != nil
+}
+
+var _ stream.ReadReadier = (*clientStream)(nil)
+
 // Trailers returns the response trailers once Read returned io.EOF.
 func (cs *clientStream) Trailers() header.Header {
 	cs.c.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 
 	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go/http3"
@@ -86,6 +87,36 @@ func encodeHeaders(dst []byte, enc *qpack.Encoder, block *sliceWriter, fields fu
 	}
 	dst = appendFrameHeader(dst, frameHeaders, uint64(len(block.b)))
 	return append(dst, block.b...), nil
+}
+
+// maxHeld bounds what a stream holding its writes (stream.Flusher)
+// buffers: a write that takes the buffer past it goes out at once.
+const maxHeld = 16 << 10
+
+// sendBuf is the frame buffer of a stream's send side, from sendBufs:
+// frames are appended to b and written out in one QUIC stream Write.
+type sendBuf struct{ b []byte }
+
+// sendBufs holds *sendBuf, so a stream assembling its frames allocates
+// nothing. A buffer that grew past maxPooledSendBuf is left to the GC.
+var sendBufs = sync.Pool{New: func() any { return &sendBuf{b: make([]byte, 0, 1024)} }}
+
+const maxPooledSendBuf = 64 << 10
+
+// getSendBuf returns an empty buffer from sendBufs.
+func getSendBuf() *sendBuf {
+	sb := sendBufs.Get().(*sendBuf)
+	sb.b = sb.b[:0]
+	return sb
+}
+
+// putSendBuf gives sb back to sendBufs (nil is ignored); sb must not be
+// used afterwards.
+func putSendBuf(sb *sendBuf) {
+	if sb == nil || cap(sb.b) > maxPooledSendBuf {
+		return
+	}
+	sendBufs.Put(sb)
 }
 
 // sliceWriter is an io.Writer appending to b.

@@ -674,11 +674,12 @@ func (c *serverConn) rejectRequest(qs *quic.Stream, err error) {
 	qs.CancelWrite(quic.StreamErrorCode(code))
 }
 
-// serverStream is one HTTP/3 request as a stream.ServerStream.
+// serverStream is one HTTP/3 request as a stream.ServerStream and a
+// stream.Flusher.
 //
 // The receive-side fields (r, remaining, bodyLeft, trailers, eof) are
 // owned by the goroutine reading, the send-side ones (wroteHeader,
-// bodyAllowed, hdr) by the one writing; ended and reset are atomics
+// bodyAllowed, hold, out) by the one writing; ended and reset are atomics
 // because Reset and finish read them from other goroutines.
 type serverStream struct {
 	c      *serverConn
@@ -692,10 +693,13 @@ type serverStream struct {
 	bodyReader
 	readErr error
 
-	// Send side.
+	// Send side. out holds frames not yet written to the QUIC stream: a
+	// held burst (hold), or the one being written; it comes from
+	// sendBufs and goes back when the handler returns.
 	wroteHeader bool
 	bodyAllowed bool
-	hdr         []byte
+	hold        bool
+	out         *sendBuf
 
 	ended     atomic.Bool
 	reset     atomic.Bool
@@ -794,8 +798,11 @@ func (s *serverStream) WriteHeader(resp *stream.Response, endStream bool) error 
 		}
 	}
 	c := s.c
+	if s.out == nil {
+		s.out = getSendBuf()
+	}
 	c.encMu.Lock()
-	frame, err := encodeHeaders(s.hdr[:0], c.enc, &c.block, func(add func(name, value string)) {
+	frame, err := encodeHeaders(s.out.b, c.enc, &c.block, func(add func(name, value string)) {
 		add(":status", strconv.Itoa(status))
 		for _, f := range resp.Header.Fields() {
 			if !header.IsConnectionSpecific(f.Name) {
@@ -810,28 +817,58 @@ func (s *serverStream) WriteHeader(resp *stream.Response, endStream bool) error 
 	if err != nil {
 		return fmt.Errorf("h3: WriteHeader: %w", err)
 	}
-	s.hdr = frame
-	if _, err := s.qs.Write(frame); err != nil {
-		return s.sendError(err)
+	s.out.b = frame
+	if !informational {
+		s.wroteHeader = true
+		s.bodyAllowed = !s.head && status != 204 && status != 304
+		if endStream {
+			return s.end()
+		}
 	}
-	if informational {
+	if s.hold {
 		return nil
 	}
-	s.wroteHeader = true
-	s.bodyAllowed = !s.head && status != 204 && status != 304
-	if endStream {
-		return s.end()
+	return s.flush()
+}
+
+// flush writes the frames in out to the QUIC stream in one Write: quic-go
+// copies them and wakes its send loop once, so they usually share a
+// packet.
+func (s *serverStream) flush() error {
+	if s.out == nil || len(s.out.b) == 0 {
+		return nil
+	}
+	_, err := s.qs.Write(s.out.b)
+	s.out.b = s.out.b[:0]
+	if err != nil {
+		return s.sendError(err)
 	}
 	return nil
 }
 
-// end closes the send side (FIN) once the response is complete.
+// end writes what is held and closes the send side (FIN) once the
+// response is complete; quic-go usually puts the FIN on the last frame.
 func (s *serverStream) end() error {
 	s.ended.Store(true)
+	if err := s.flush(); err != nil {
+		return err
+	}
 	if err := s.qs.Close(); err != nil {
 		return s.sendError(err)
 	}
 	return nil
+}
+
+// Hold makes WriteHeader and Write keep their frames until Flush or the
+// end of the response (stream.Flusher).
+func (s *serverStream) Hold() { s.hold = true }
+
+// Flush writes the frames held since the last write.
+func (s *serverStream) Flush() error {
+	if s.reset.Load() {
+		return s.resetError()
+	}
+	return s.flush()
 }
 
 func (s *serverStream) sendError(err error) error {
@@ -846,7 +883,9 @@ func (s *serverStream) sendError(err error) error {
 }
 
 // Write sends body data in one DATA frame; quic-go sends it without
-// waiting for more. It blocks while QUIC flow control allows no more.
+// waiting for more, unless the stream holds its writes (Hold), when a
+// small chunk waits in the buffer up to maxHeld bytes. It blocks while
+// QUIC flow control allows no more.
 func (s *serverStream) Write(p []byte) (int, error) {
 	if s.reset.Load() {
 		return 0, s.resetError()
@@ -860,18 +899,22 @@ func (s *serverStream) Write(p []byte) (int, error) {
 	if !s.bodyAllowed || len(p) == 0 {
 		return len(p), nil
 	}
-	s.hdr = appendFrameHeader(s.hdr[:0], frameData, uint64(len(p)))
+	if s.out == nil {
+		s.out = getSendBuf()
+	}
+	s.out.b = appendFrameHeader(s.out.b, frameData, uint64(len(p)))
 	if len(p) <= coalesceLimit {
-		h := len(s.hdr)
-		s.hdr = append(s.hdr, p...)
-		n, err := s.qs.Write(s.hdr)
-		if err != nil {
-			return max(n-h, 0), s.sendError(err)
+		s.out.b = append(s.out.b, p...)
+		if s.hold && len(s.out.b) < maxHeld {
+			return len(p), nil
+		}
+		if err := s.flush(); err != nil {
+			return 0, err
 		}
 		return len(p), nil
 	}
-	if _, err := s.qs.Write(s.hdr); err != nil {
-		return 0, s.sendError(err)
+	if err := s.flush(); err != nil {
+		return 0, err
 	}
 	n, err := s.qs.Write(p)
 	if err != nil {
@@ -892,8 +935,11 @@ func (s *serverStream) WriteTrailers(t header.Header) error {
 		return errors.New("h3: WriteTrailers after the response ended")
 	}
 	c := s.c
+	if s.out == nil {
+		s.out = getSendBuf()
+	}
 	c.encMu.Lock()
-	frame, err := encodeHeaders(s.hdr[:0], c.enc, &c.block, func(add func(name, value string)) {
+	frame, err := encodeHeaders(s.out.b, c.enc, &c.block, func(add func(name, value string)) {
 		for _, f := range t.Fields() {
 			if !header.IsConnectionSpecific(f.Name) {
 				add(f.Name, f.Value)
@@ -904,10 +950,7 @@ func (s *serverStream) WriteTrailers(t header.Header) error {
 	if err != nil {
 		return fmt.Errorf("h3: WriteTrailers: %w", err)
 	}
-	s.hdr = frame
-	if _, err := s.qs.Write(frame); err != nil {
-		return s.sendError(err)
-	}
+	s.out.b = frame
 	return s.end()
 }
 
@@ -926,7 +969,8 @@ func (s *serverStream) CloseWrite() error {
 }
 
 // Reset abandons the stream: RESET_STREAM and STOP_SENDING with the
-// HTTP/3 code for code; pending Read and Write calls return at once.
+// HTTP/3 code for code; pending Read and Write calls return at once, and
+// held frames are dropped.
 func (s *serverStream) Reset(code stream.ErrCode) {
 	if s.reset.Swap(true) {
 		return
@@ -944,6 +988,11 @@ func (s *serverStream) Reset(code stream.ErrCode) {
 // (RFC 9114 section 4.1).
 func (s *serverStream) finish() {
 	defer s.cancel()
+	defer func() {
+		// The send side is done: no Write can still use out.
+		putSendBuf(s.out)
+		s.out = nil
+	}()
 	if p := recover(); p != nil {
 		s.c.log.Error("h3: handler panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
 		s.abort(http3.ErrCodeInternalError)
@@ -961,4 +1010,7 @@ func (s *serverStream) finish() {
 	}
 }
 
-var _ stream.ServerStream = (*serverStream)(nil)
+var (
+	_ stream.ServerStream = (*serverStream)(nil)
+	_ stream.Flusher      = (*serverStream)(nil)
+)

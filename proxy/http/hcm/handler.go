@@ -353,10 +353,19 @@ func (ex *exchange) localReply(code int, body string) {
 		_ = ex.ds.WriteHeader(resp, true)
 		return
 	}
+	ex.holdWholeReply()
 	if ex.ds.WriteHeader(resp, false) == nil {
 		if _, err := io.WriteString(ex.ds, body); err == nil {
 			_ = ex.ds.CloseWrite()
 		}
+	}
+}
+
+// holdWholeReply lets a downstream codec that can (HTTP/3) send a reply
+// written whole at once (headers, body, end) in one write.
+func (ex *exchange) holdWholeReply() {
+	if f := ex.downstreamFlusher(); f != nil {
+		f.Hold()
 	}
 }
 
@@ -379,6 +388,7 @@ func (ex *exchange) directReply(r *route.Route, status int, body []byte, locatio
 		_ = ex.ds.WriteHeader(resp, true)
 		return
 	}
+	ex.holdWholeReply()
 	if ex.ds.WriteHeader(resp, false) == nil {
 		if _, err := ex.ds.Write(body); err == nil {
 			_ = ex.ds.CloseWrite()

@@ -253,10 +253,17 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 		return // a filter answered instead; attempt resets the upstream stream
 	}
 	ex.headersSent.Store(true)
+	var held stream.Flusher
+	if !resp.EndStream && ex.respChain() == nil {
+		held = ex.downstreamFlusher()
+		if held != nil {
+			held.Hold()
+		}
+	}
 	if err := ex.ds.WriteHeader(resp, resp.EndStream); err != nil || resp.EndStream {
 		return
 	}
-	err := ex.pumpResponse(us)
+	err := ex.pumpResponse(us, held)
 	if err == nil {
 		return
 	}
@@ -312,18 +319,39 @@ func (ex *exchange) filterEnded(cause error) {
 // take no more data.
 var errDownstreamGone = errors.New("downstream stream closed")
 
+// downstreamFlusher returns the downstream stream as a stream.Flusher
+// when its codec can hold writes (HTTP/3), or nil.
+func (ex *exchange) downstreamFlusher() stream.Flusher {
+	ds := ex.ds
+	if o, ok := ds.(*observedStream); ok {
+		// Flush writes no new bytes, so the observer need not see it.
+		ds = o.ServerStream
+	}
+	f, _ := ds.(stream.Flusher)
+	return f
+}
+
 // pumpResponse copies the upstream response body and trailers downstream,
-// each chunk as soon as it arrives. It returns nil once the response was
-// forwarded whole, errDownstreamGone when downstream went away, and the
-// upstream's error otherwise.
-func (ex *exchange) pumpResponse(us stream.ClientStream) error {
+// each chunk as soon as it arrives. With held, the downstream stream
+// holds what it is given (headers included) and is flushed before every
+// upstream Read that may wait, so a response whose parts arrived together
+// leaves in one write and a streamed one is never delayed. It returns nil
+// once the response was forwarded whole, errDownstreamGone when
+// downstream went away, and the upstream's error otherwise.
+func (ex *exchange) pumpResponse(us stream.ClientStream, held stream.Flusher) error {
 	if c := ex.respChain(); c != nil {
 		return ex.pumpFilteredResponse(us, c)
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
+	ready, _ := us.(stream.ReadReadier)
 	for {
+		if held != nil && (ready == nil || !ready.ReadReady()) {
+			if held.Flush() != nil {
+				return errDownstreamGone
+			}
+		}
 		n, err := us.Read(buf)
 		if n > 0 {
 			ex.wd.touch()

@@ -146,6 +146,39 @@ type ClientConn interface {
 	Close() error
 }
 
+// Flusher is implemented by ServerStreams whose codec can hold written
+// frames back and send a burst of them in one write: meshd's HTTP/3
+// codec, where each write to a QUIC stream wakes the connection's send
+// loop and may cost a packet, so a unary response's HEADERS, DATA and
+// trailers go out in one write instead of three.
+//
+// Holding is opt-in, so the promise of Write (flushed without waiting for
+// more) holds for every caller that does not ask. After Hold, WriteHeader
+// and Write keep their frames in the stream's buffer until Flush, or until
+// the message ends (WriteTrailers, CloseWrite, or headers with endStream),
+// which sends everything held and the end of the stream in one write. A
+// caller that holds must call Flush before it waits for anything (the
+// peer, a timer, more data to forward), so nothing it wrote is delayed.
+// Flush and Hold belong to the send side: one goroutine at a time.
+type Flusher interface {
+	// Hold makes later writes wait in the stream's buffer for Flush or
+	// the end of the message.
+	Hold()
+	// Flush sends what is held now; the stream stays in hold mode. It
+	// returns the error a held write would have returned.
+	Flush() error
+}
+
+// ReadReadier is implemented by receive sides that can tell whether their
+// next Read returns without waiting for the peer (data, the end of the
+// body or an error is already there). A proxy holding its writes with
+// Flusher asks it before a Read, and flushes when the Read may wait.
+type ReadReadier interface {
+	// ReadReady reports whether the next Read returns at once. False
+	// means it may wait (a codec that cannot tell says false).
+	ReadReady() bool
+}
+
 // ErrCode is an HTTP/2 error code (RFC 9113 section 7). HTTP/1.1 and HTTP/3
 // codecs map their errors onto these.
 type ErrCode uint32
