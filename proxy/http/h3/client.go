@@ -353,12 +353,16 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 	if c.goAwayID.Load() >= 0 || c.closing.Load() {
 		return nil, refused("HTTP/3 connection is going away", nil)
 	}
-	frame, err := c.requestHeaders(req)
+	out := getSendBuf()
+	frame, err := c.requestHeaders(out.b, req)
 	if err != nil {
+		putSendBuf(out)
 		return nil, &stream.Error{Code: stream.ErrCodeProtocol, Unprocessed: true, Reason: "encoding request headers", Err: err}
 	}
+	out.b = frame
 	qs, err := c.qc.OpenStream()
 	if err != nil {
+		putSendBuf(out)
 		if _, ok := errors.AsType[*quic.StreamLimitReachedError](err); ok {
 			return nil, refused("peer's stream limit (MAX_STREAMS) reached", err)
 		}
@@ -366,37 +370,43 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 	}
 	c.opened.Add(1)
 	c.active.Add(1)
-	s := &clientStream{c: c, qs: qs, bodyReader: bodyReader{r: bufio.NewReaderSize(qs, 1024), limit: c.maxHeaderBytes, bodyLeft: -1}, ended: endStream}
+	s := &clientStream{c: c, qs: qs, bodyReader: bodyReader{r: bufio.NewReaderSize(qs, 1024), limit: c.maxHeaderBytes, bodyLeft: -1}, ended: endStream, out: out}
 	c.mu.Lock()
 	c.streams[qs.StreamID()] = s
 	c.mu.Unlock()
 	if id := c.goAwayID.Load(); id >= 0 && int64(qs.StreamID()) >= id {
 		s.abort(http3.ErrCodeRequestCanceled)
+		s.release()
 		return nil, refused("HTTP/3 connection is going away", nil)
 	}
-	if _, err := qs.Write(frame); err != nil {
+	if _, err := qs.Write(s.out.b); err != nil {
 		se := s.classify("sending request headers", err)
 		se.Unprocessed = se.Unprocessed || !se.Remote
 		s.abort(http3.ErrCodeRequestCanceled)
+		s.release()
 		return nil, se
 	}
+	s.out.b = s.out.b[:0]
 	if endStream {
-		_ = qs.Close()
+		if qs.Close() == nil {
+			s.sent.Store(true)
+		}
+		s.release()
 	}
 	return s, nil
 }
 
-// requestHeaders encodes req's header section as a HEADERS frame, the way
-// the HTTP/2 codec does: pseudo-fields, then the fields that are not
-// connection-specific, and content-length when declared.
-func (c *ClientConn) requestHeaders(req *stream.Request) ([]byte, error) {
+// requestHeaders appends req's header section to dst as a HEADERS frame,
+// the way the HTTP/2 codec does: pseudo-fields, then the fields that are
+// not connection-specific, and content-length when declared.
+func (c *ClientConn) requestHeaders(dst []byte, req *stream.Request) ([]byte, error) {
 	authority := req.Authority
 	if authority == "" {
 		authority = req.Header.Get("host")
 	}
 	c.encMu.Lock()
 	defer c.encMu.Unlock()
-	return encodeHeaders(make([]byte, 0, 64+req.Header.Size()), c.enc, &c.block, func(add func(name, value string)) {
+	return encodeHeaders(dst, c.enc, &c.block, func(add func(name, value string)) {
 		add(":method", req.Method)
 		if req.Method == "CONNECT" {
 			add(":authority", authority)
@@ -444,22 +454,30 @@ func (s *clientStream) PeerCertificate() *x509.Certificate {
 	return nil
 }
 
-// clientStream is one request on a ClientConn. The send side (Write,
-// CloseWrite) and the receive side (Response, Read) may be used from two
-// goroutines; each side's fields are owned by its user.
+// clientStream is one request on a ClientConn, a stream.ClientStream and
+// a stream.ReadReadier. The send side (Write, CloseWrite) and the receive
+// side (Response, Read, ReadReady) may be used from two goroutines; each
+// side's fields are owned by its user.
 type clientStream struct {
 	c  *ClientConn
 	qs *quic.Stream
 
-	// Send side.
-	ended bool   // the request's FIN was sent
-	hdr   []byte // DATA frame header (and small payload) scratch
+	// Send side. out is where frames are assembled for one QUIC stream
+	// Write; from sendBufs, back once the request ended.
+	ended bool // the request's FIN was sent
+	out   *sendBuf
 
 	// Receive side: the response body (bodyLeft -1: a response's
 	// content-length is not checked).
 	bodyReader
 	gotResp bool
 	respErr error
+
+	// sent and received record the two halves completing: the request's
+	// FIN handed to QUIC, the response read to its end. Reset after both
+	// is a no-op (nothing is left to cancel, and a RESET_STREAM would cost
+	// the peer a packet for a finished stream).
+	sent, received atomic.Bool
 
 	doneOnce sync.Once
 	reset    atomic.Bool
@@ -510,6 +528,31 @@ func (s *clientStream) classify(op string, err error) *stream.Error {
 // after the header without a copy.
 const coalesceLimit = 4 << 10
 
+// flush writes the frames in out to the QUIC stream in one Write.
+func (s *clientStream) flush() error {
+	if len(s.out.b) == 0 {
+		return nil
+	}
+	_, err := s.qs.Write(s.out.b)
+	s.out.b = s.out.b[:0]
+	if err != nil {
+		return s.sendError(err)
+	}
+	return nil
+}
+
+// release gives the send buffer back once the send side is done.
+func (s *clientStream) release() {
+	putSendBuf(s.out)
+	s.out = nil
+}
+
+// ReadReady reports whether Read returns without waiting for the peer:
+// response bytes are buffered or the body ended (stream.ReadReadier). It
+// cannot see bytes quic-go has not handed over yet, so false means "may
+// wait".
+func (s *clientStream) ReadReady() bool { return s.eof || s.r.Buffered() > 0 }
+
 // Write sends request body data in one DATA frame; it blocks while QUIC
 // flow control allows no more.
 func (s *clientStream) Write(p []byte) (int, error) {
@@ -519,18 +562,16 @@ func (s *clientStream) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	s.hdr = appendFrameHeader(s.hdr[:0], frameData, uint64(len(p)))
+	s.out.b = appendFrameHeader(s.out.b, frameData, uint64(len(p)))
 	if len(p) <= coalesceLimit {
-		h := len(s.hdr)
-		s.hdr = append(s.hdr, p...)
-		n, err := s.qs.Write(s.hdr)
-		if err != nil {
-			return max(n-h, 0), s.sendError(err)
+		s.out.b = append(s.out.b, p...)
+		if err := s.flush(); err != nil {
+			return 0, err
 		}
 		return len(p), nil
 	}
-	if _, err := s.qs.Write(s.hdr); err != nil {
-		return 0, s.sendError(err)
+	if err := s.flush(); err != nil {
+		return 0, err
 	}
 	n, err := s.qs.Write(p)
 	if err != nil {
@@ -555,9 +596,10 @@ func (s *clientStream) CloseWrite(t header.Header) error {
 		return nil
 	}
 	s.ended = true
+	defer s.release()
 	if t.Len() > 0 {
 		s.c.encMu.Lock()
-		frame, err := encodeHeaders(nil, s.c.enc, &s.c.block, func(add func(name, value string)) {
+		frame, err := encodeHeaders(s.out.b, s.c.enc, &s.c.block, func(add func(name, value string)) {
 			for _, f := range t.Fields() {
 				if !header.IsConnectionSpecific(f.Name) {
 					add(f.Name, f.Value)
@@ -568,13 +610,15 @@ func (s *clientStream) CloseWrite(t header.Header) error {
 		if err != nil {
 			return err
 		}
-		if _, err := s.qs.Write(frame); err != nil {
-			return s.sendError(err)
-		}
+		s.out.b = frame
+	}
+	if err := s.flush(); err != nil {
+		return err
 	}
 	if err := s.qs.Close(); err != nil {
 		return s.sendError(err)
 	}
+	s.sent.Store(true)
 	return nil
 }
 
@@ -690,6 +734,7 @@ func (s *clientStream) Read(p []byte) (int, error) {
 	}
 	n, err := s.read(p)
 	if err == io.EOF {
+		s.received.Store(true)
 		s.done()
 		return n, io.EOF
 	}
@@ -710,8 +755,12 @@ func (s *clientStream) Trailers() header.Header { return s.trailers }
 
 // Reset cancels the stream: RESET_STREAM and STOP_SENDING with the HTTP/3
 // code for code (H3_REQUEST_CANCELLED for a cancel). A no-op once the
-// stream ended.
+// stream completed: the request sent whole and the response read to its
+// end.
 func (s *clientStream) Reset(code stream.ErrCode) {
+	if s.sent.Load() && s.received.Load() {
+		return
+	}
 	if s.reset.Swap(true) {
 		return
 	}
@@ -774,5 +823,6 @@ func (c *ClientConn) raiseCredit(n int64) bool {
 
 var (
 	_ stream.ClientStream = (*clientStream)(nil)
+	_ stream.ReadReadier  = (*clientStream)(nil)
 	_ qlogwriter.Trace    = (*connTrace)(nil)
 )

@@ -170,3 +170,49 @@ func TestClientGoAway(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+// TestClientResetAfterCompletion: Reset is a no-op on a stream whose
+// request was sent and whose response was read to its end (nothing is
+// reset or counted), and resets a stream still in flight.
+func TestClientResetAfterCompletion(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	addr, tc, _ := testMeshdServer(t, 100, ServerConfig{}, echoHandler)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st := NewStats(nil)
+	cc, err := Dial(ctx, addr, tc, &ClientConfig{Stats: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	req := &stream.Request{Method: "GET", Scheme: "https", Authority: "svc", Path: "/", Header: header.Make(0), ContentLength: -1}
+
+	for _, tc := range []struct {
+		name      string
+		complete  bool
+		wantReset uint64
+	}{
+		{"completed", true, 0},
+		{"in flight", false, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := st.TxReset.Value()
+			cs, err := cc.NewStream(ctx, req, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.complete {
+				if _, err := cs.Response(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.Copy(io.Discard, cs); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cs.Reset(stream.ErrCodeCancel)
+			if got := st.TxReset.Value() - before; got != tc.wantReset {
+				t.Errorf("tx_reset grew by %d, want %d", got, tc.wantReset)
+			}
+		})
+	}
+}
