@@ -370,7 +370,7 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 	}
 	c.opened.Add(1)
 	c.active.Add(1)
-	s := &clientStream{c: c, qs: qs, bodyReader: bodyReader{r: bufio.NewReaderSize(qs, 1024), limit: c.maxHeaderBytes, bodyLeft: -1}, ended: endStream, out: out}
+	s := &clientStream{c: c, qs: qs, bodyReader: bodyReader{r: getStreamReader(qs), limit: c.maxHeaderBytes, bodyLeft: -1}, ended: endStream, out: out}
 	c.mu.Lock()
 	c.streams[qs.StreamID()] = s
 	c.mu.Unlock()

@@ -119,6 +119,22 @@ func putSendBuf(sb *sendBuf) {
 	sendBufs.Put(sb)
 }
 
+// streamReaderSize is the buffer of a request stream's reader: a request
+// or response head and a small body in one quic-go Read.
+const streamReaderSize = 1024
+
+// streamReaders holds the *bufio.Readers of request streams. A stream
+// takes one when it opens and gives it back when its reading side reads
+// the end of the message (bodyReader), the last use.
+var streamReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, streamReaderSize) }}
+
+// getStreamReader returns a pooled reader of r.
+func getStreamReader(r io.Reader) *bufio.Reader {
+	br := streamReaders.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
 // sliceWriter is an io.Writer appending to b.
 type sliceWriter struct{ b []byte }
 
@@ -224,6 +240,8 @@ func skip(r *bufio.Reader, n uint64) error {
 // of the stream. The client reads responses and the server reads requests
 // with it. Errors come back as found (*h3Error for protocol errors, I/O
 // errors otherwise) for the stream to map onto its own reset or close.
+// Once it read the end, r (from streamReaders) goes back to the pool and
+// every later read returns io.EOF without it.
 type bodyReader struct {
 	r         *bufio.Reader
 	limit     int    // most bytes of a trailer section
@@ -231,6 +249,15 @@ type bodyReader struct {
 	bodyLeft  int64  // declared content-length not yet received; -1: none
 	trailers  header.Header
 	eof       bool
+}
+
+// ended marks the end of the message and gives r back: nothing reads it
+// after the end.
+func (b *bodyReader) ended() {
+	b.eof = true
+	b.r.Reset(nil)
+	streamReaders.Put(b.r)
+	b.r = nil
 }
 
 // read reads body bytes into p; io.EOF at the end of the stream, after
@@ -247,7 +274,7 @@ func (b *bodyReader) read(p []byte) (int, error) {
 			if b.bodyLeft > 0 {
 				return 0, &h3Error{http3.ErrCodeMessageError, "body shorter than its content-length"}
 			}
-			b.eof = true
+			b.ended()
 			return 0, io.EOF
 		}
 		if err != nil {
@@ -281,7 +308,8 @@ func (b *bodyReader) read(p []byte) (int, error) {
 				}
 				return 0, err
 			}
-			b.trailers, b.eof = f.header, true
+			b.trailers = f.header
+			b.ended()
 			return 0, io.EOF
 		case frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
 			return 0, &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)}

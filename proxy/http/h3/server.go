@@ -629,7 +629,7 @@ func decodeRequest(block []byte, limit int) (stream.Request, error) {
 // calling goroutine (the stream's own).
 func (c *serverConn) serveStream(qs *quic.Stream) {
 	defer c.streamEnded()
-	r := bufio.NewReaderSize(qs, 1024)
+	r := getStreamReader(qs)
 	req, err := readRequestHead(r, c.s.maxHeaderBytes)
 	if err != nil {
 		c.rejectRequest(qs, err)
