@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -66,7 +65,7 @@ type ControlPlane struct {
 	CADir string
 
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *testutil.SyncBuffer
 	done   chan struct{} // closed once cmd.Wait returned
 	client *http.Client
 }
@@ -89,7 +88,7 @@ func StartControlPlane(t testing.TB, cfg ControlPlaneConfig) *ControlPlane {
 	xdsPath, adminPath := filepath.Join(dir, "xds-address"), filepath.Join(dir, "admin-address")
 	cp := &ControlPlane{
 		CADir:  cfg.CADir,
-		stderr: &lockedBuffer{},
+		stderr: &testutil.SyncBuffer{},
 		done:   make(chan struct{}),
 		client: &http.Client{Timeout: adminTimeout, Transport: &http.Transport{DisableKeepAlives: true}},
 	}
@@ -156,6 +155,40 @@ func (cp *ControlPlane) Kill(t testing.TB) {
 
 // Stderr returns what the process has logged so far.
 func (cp *ControlPlane) Stderr() string { return cp.stderr.String() }
+
+// PID is the process id; it stays valid until Done is closed.
+func (cp *ControlPlane) PID() int { return cp.cmd.Process.Pid }
+
+// Signal sends sig to the process.
+func (cp *ControlPlane) Signal(sig os.Signal) error {
+	if err := cp.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signalling control plane (pid %d) with %v: %w", cp.cmd.Process.Pid, sig, err)
+	}
+	return nil
+}
+
+// Done is closed once the process has exited and been reaped.
+func (cp *ControlPlane) Done() <-chan struct{} { return cp.done }
+
+// Wait waits up to timeout for the process to exit and returns its exit
+// code (-1 if a signal killed it). It returns an error, and leaves the
+// process running, if it has not exited by then.
+func (cp *ControlPlane) Wait(timeout time.Duration) (int, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-cp.done:
+		return cp.cmd.ProcessState.ExitCode(), nil
+	case <-timer.C:
+		return 0, fmt.Errorf("control plane (pid %d) still running %v later", cp.cmd.Process.Pid, timeout)
+	}
+}
+
+// Get fetches GET path from the admin server and returns the status code
+// and the body; an error means no complete response was read.
+func (cp *ControlPlane) Get(path string) (int, []byte, error) {
+	return cp.get(path)
+}
 
 // get fetches an admin path.
 func (cp *ControlPlane) get(path string) (int, []byte, error) {
@@ -252,14 +285,34 @@ func Acked(st server.Status, version string, nodes ...string) bool {
 // StartWorkload starts the sidecar of the Workload node ("name.namespace")
 // of the mesh file meshPath, from `meshd bootstrap --ca-dir` output (so it
 // carries its CA token) pointing at cp's xDS address, over state of the
-// world. extra are sidecar flags.
+// world. extra are sidecar flags. The sidecar is stopped at cleanup, as
+// testutil.StartSidecar says.
 func StartWorkload(t testing.TB, cp *ControlPlane, meshPath, node string, extra ...string) *testutil.Sidecar {
 	t.Helper()
-	res := testutil.RunMeshd(t, WaitTimeout, "bootstrap", "-f", meshPath, "--workload", node, "--xds", cp.XDS, "--ca-dir", cp.CADir)
+	return testutil.StartSidecar(t, WorkloadBootstrap(t, cp, meshPath, node, false), extra...)
+}
+
+// StartDeltaWorkload is StartWorkload over delta xDS (`meshd bootstrap
+// --delta`).
+func StartDeltaWorkload(t testing.TB, cp *ControlPlane, meshPath, node string, extra ...string) *testutil.Sidecar {
+	t.Helper()
+	return testutil.StartSidecar(t, WorkloadBootstrap(t, cp, meshPath, node, true), extra...)
+}
+
+// WorkloadBootstrap returns what `meshd bootstrap -f meshPath --workload
+// node --xds cp.XDS --ca-dir cp.CADir` prints (with --delta when delta),
+// bounded by WaitTimeout; a non-zero exit fails the test with its stderr.
+func WorkloadBootstrap(t testing.TB, cp *ControlPlane, meshPath, node string, delta bool) string {
+	t.Helper()
+	args := []string{"bootstrap", "-f", meshPath, "--workload", node, "--xds", cp.XDS, "--ca-dir", cp.CADir}
+	if delta {
+		args = append(args, "--delta")
+	}
+	res := testutil.RunMeshd(t, WaitTimeout, args...)
 	if res.ExitCode != 0 {
 		t.Fatalf("meshd bootstrap %s: exit %d\n%s", node, res.ExitCode, res.Stderr)
 	}
-	return testutil.StartSidecar(t, res.Stdout, extra...)
+	return res.Stdout
 }
 
 // FreePorts returns n distinct loopback TCP ports that were free a moment
@@ -295,23 +348,4 @@ func WriteFileAtomic(t testing.TB, path, data string) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatalf("replacing %s: %v", path, err)
 	}
-}
-
-// lockedBuffer is a strings.Builder safe for one writer and concurrent
-// readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -105,6 +105,9 @@ func (l *CallLoad) Failures() []Failure {
 	return append([]Failure(nil), l.failures...)
 }
 
+// FirstError returns the error of the first failed call, or nil.
+func (l *CallLoad) FirstError() error { return firstErr(l.Failures()) }
+
 // WaitCalls waits until n more calls than now have succeeded, for at most
 // WaitTimeout; it fails the test otherwise.
 func (l *CallLoad) WaitCalls(t testing.TB, n int, what string) {

@@ -41,8 +41,8 @@ type Sidecar struct {
 	AdminAddr string
 
 	cmd    *exec.Cmd
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *SyncBuffer
+	stderr *SyncBuffer
 	done   chan struct{} // closed once cmd.Wait has returned
 	state  *os.ProcessState
 	admin  *http.Client
@@ -68,8 +68,8 @@ func StartSidecar(t testing.TB, bootstrapYAML string, args ...string) *Sidecar {
 	argv := append([]string{"sidecar", "-c", bootstrapPath, "--admin-address-path", adminPath}, args...)
 	s := &Sidecar{
 		cmd:    exec.Command(bin, argv...),
-		stdout: &syncBuffer{},
-		stderr: &syncBuffer{},
+		stdout: &SyncBuffer{},
+		stderr: &SyncBuffer{},
 		done:   make(chan struct{}),
 		admin: &http.Client{
 			// No keep-alive: the harness must not leave idle
@@ -314,19 +314,23 @@ func RunMeshd(t testing.TB, timeout time.Duration, args ...string) RunResult {
 	return RunResult{ExitCode: cmd.ProcessState.ExitCode(), Stdout: stdout.String(), Stderr: stderr.String()}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
+// SyncBuffer collects a process's output: an io.Writer safe for one writer
+// and concurrent readers of String (exec.Cmd's Stdout/Stderr with the test
+// reading them while the process runs). The zero value is ready to use.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p; it never fails.
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+// String returns everything written so far.
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

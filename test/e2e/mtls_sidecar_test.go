@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"meshd.dev/meshd/ca"
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 )
 
@@ -77,64 +78,19 @@ spec:
       port: 15001
 `
 
-// startIdentityControlPlane runs `meshd control-plane` with its built-in
-// CA issuing SVIDs of lifetime ttl, and returns its xDS (and CA) address
-// and the CA directory.
+// startIdentityControlPlane runs `meshd control-plane` (meshtest's
+// harness: ready with a published version, killed at cleanup) with its
+// built-in CA issuing SVIDs of lifetime ttl, and returns its xDS (and CA)
+// address and the CA directory.
 func startIdentityControlPlane(t *testing.T, ttl time.Duration) (xdsAddr, caDir string) {
 	t.Helper()
-	dir := t.TempDir()
-	meshPath, xdsPath := filepath.Join(dir, "mesh.yaml"), filepath.Join(dir, "xds-address")
-	caDir = filepath.Join(dir, "ca")
+	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	if err := os.WriteFile(meshPath, []byte(mtlsIdentityMesh), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
-	var mu sync.Mutex
-	cmd := exec.Command(testutil.BuildMeshd(t), "control-plane", "--config", meshPath,
-		"--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--xds-address-path", xdsPath,
-		"--ca-dir", caDir, "--svid-ttl", ttl.String())
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return stderr.Write(p)
-	})
-	cmd.WaitDelay = time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			mu.Lock()
-			t.Logf("control-plane stderr:\n%s", stderr.String())
-			mu.Unlock()
-		}
-	})
-	deadline := time.Now().Add(requestTimeout)
-	for {
-		if b, _ := os.ReadFile(xdsPath); len(strings.TrimSpace(string(b))) > 0 {
-			return strings.TrimSpace(string(b)), caDir
-		}
-		select {
-		case <-done:
-			t.Fatalf("control plane exited:\n%s", stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("control plane did not write its xDS address")
-		}
-	}
+	cp := meshtest.StartControlPlane(t, meshtest.ControlPlaneConfig{MeshPath: meshPath, Args: []string{"--svid-ttl", ttl.String()}})
+	return cp.XDS, cp.CADir
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // sdsTLSFrom is the common_tls_context of both sides: SVID and bundle
 // from the secrets "default" and "ROOTCA" of cluster, the peer matched by

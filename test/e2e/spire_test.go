@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"text/template"
 	"time"
@@ -58,25 +57,8 @@ type spire struct {
 	AgentSock  string // Workload API and SDS socket of the agent
 	serverPort int
 	dir        string
-	serverLog  *lockedWriter
-	agentLog   *lockedWriter
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
+	serverLog  *testutil.SyncBuffer
+	agentLog   *testutil.SyncBuffer
 }
 
 // spireBinaries runs test/spire/build.sh, which reuses cached binaries or
@@ -173,7 +155,7 @@ func startSPIRE(t *testing.T, bin string) *spire {
 		bin: bin, dir: dir,
 		serverSock: filepath.Join(dir, "server.sock"), AgentSock: filepath.Join(dir, "agent.sock"),
 		serverPort: freeTCPPort(t),
-		serverLog:  &lockedWriter{}, agentLog: &lockedWriter{},
+		serverLog:  &testutil.SyncBuffer{}, agentLog: &testutil.SyncBuffer{},
 	}
 	params := map[string]any{"Dir": dir, "Port": s.serverPort, "TrustDomain": spireTrustDomain}
 	writeTemplate(t, filepath.Join(dir, "server.conf"), spireServerConf, params)
@@ -200,7 +182,7 @@ func startSPIRE(t *testing.T, bin string) *spire {
 }
 
 // start runs a SPIRE binary in the background until the test ends.
-func (s *spire) start(t *testing.T, name string, log *lockedWriter, args ...string) {
+func (s *spire) start(t *testing.T, name string, log *testutil.SyncBuffer, args ...string) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(s.bin, name), args...)
 	cmd.Stdout, cmd.Stderr = log, log

@@ -11,6 +11,7 @@ import (
 
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
 )
@@ -160,7 +161,7 @@ func TestAutoTuneWindows(t *testing.T) {
 		size  = 8 << 20
 	)
 	app := testutil.StartGRPCInteropServer(t)
-	ports := freePorts(t, 5) // server inbound, server admin, client admin, two outbound
+	ports := meshtest.FreePorts(t, 5) // server inbound, server admin, client admin, two outbound
 	tuned := startShapingRelay(t, fmt.Sprintf("127.0.0.1:%d", ports[0]), delay, rate)
 	static := startShapingRelay(t, fmt.Sprintf("127.0.0.1:%d", ports[0]), delay, rate)
 	svc := func(name, addr string) string {
@@ -245,10 +246,10 @@ spec:
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, mesh)
 	cp := startControlPlane(t, meshPath)
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
-	startWorkloadSidecar(t, cp, meshPath, "server")
-	startWorkloadSidecar(t, cp, meshPath, "client")
-	tunedClient, staticClient := dialLoopback(t, ports[3]), dialLoopback(t, ports[4])
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
+	meshtest.StartWorkload(t, cp, meshPath, "server.demo")
+	meshtest.StartWorkload(t, cp, meshPath, "client.demo")
+	tunedClient, staticClient := meshtest.DialLoopback(t, ports[3]), meshtest.DialLoopback(t, ports[4])
 
 	// Learning: transfers back to back until the windows held still for
 	// 3 s (at most 40 s).
@@ -264,7 +265,7 @@ spec:
 			// the graceful close sent a TCP RST; see h2's lingerClose).
 			t.Fatalf("learning transfer across a push: %v", err)
 		}
-		st, _ := cp.statusOnce(t)
+		st, _ := cp.Status()
 		if cs := tuningChanges(st, "http2.initialStreamWindowSize"); len(cs) != len(changes) {
 			changes, lastChange = cs, time.Now()
 			t.Logf("learning: %.2f MB/s; window %s -> %s (%s)", r/1e6, cs[len(cs)-1].From, cs[len(cs)-1].To, cs[len(cs)-1].Reason)

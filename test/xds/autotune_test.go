@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
 )
@@ -72,17 +73,6 @@ spec:
 	return b.String()
 }
 
-// startWorkloadSidecar starts the sidecar of Workload name.demo from
-// `meshd bootstrap`.
-func startWorkloadSidecar(t *testing.T, cp *controlPlane, meshPath, name string) *testutil.Sidecar {
-	t.Helper()
-	res := testutil.RunMeshd(t, waitTimeout, "bootstrap", "-f", meshPath, "--workload", name+".demo", "--xds", cp.XDS, "--ca-dir", cp.CADir)
-	if res.ExitCode != 0 {
-		t.Fatalf("meshd bootstrap %s: exit %d\n%s", name, res.ExitCode, res.Stderr)
-	}
-	return testutil.StartSidecar(t, res.Stdout)
-}
-
 // tuningChanges returns the /status autotune changes of field.
 func tuningChanges(st server.Status, field string) []server.TuningChange {
 	var out []server.TuningChange
@@ -118,7 +108,7 @@ next:
 func TestAutoTuneKeepaliveFleetLearning(t *testing.T) {
 	const callEvery, run = 5 * time.Second, 60 * time.Second
 	app := testutil.StartGRPCInteropServer(t, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: false}))
-	ports := freePorts(t, 4)
+	ports := meshtest.FreePorts(t, 4)
 	workloads := []autoTuneWorkload{
 		{name: "client-a", admin: ports[0], outbound: map[string]int{"greeter": ports[1]}},
 		{name: "client-b", admin: ports[2], outbound: map[string]int{"greeter": ports[3]}},
@@ -133,12 +123,12 @@ func TestAutoTuneKeepaliveFleetLearning(t *testing.T) {
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, mesh)
 	cp := startControlPlane(t, meshPath)
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 
-	a := startWorkloadSidecar(t, cp, meshPath, "client-a")
-	clientA := dialLoopback(t, ports[1])
+	a := meshtest.StartWorkload(t, cp, meshPath, "client-a.demo")
+	clientA := meshtest.DialLoopback(t, ports[1])
 	call := func(c testgrpc.TestServiceClient) error {
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), meshtest.CallTimeout)
 		defer cancel()
 		_, err := c.EmptyCall(ctx, &testgrpc.Empty{})
 		return err
@@ -155,7 +145,7 @@ func TestAutoTuneKeepaliveFleetLearning(t *testing.T) {
 		}
 		wait := time.Now().Add(callEvery)
 		for time.Now().Before(wait) && learned.Field == "" {
-			if st, ok := cp.statusOnce(t); ok {
+			if st, err := cp.Status(); err == nil {
 				if cs := tuningChanges(st, "http2.keepalive.interval"); len(cs) > 0 {
 					learned = cs[len(cs)-1]
 				}
@@ -176,11 +166,11 @@ func TestAutoTuneKeepaliveFleetLearning(t *testing.T) {
 	}
 
 	// Phase 2: client-b starts after the push and calls at the same rate.
-	b := startWorkloadSidecar(t, cp, meshPath, "client-b")
+	b := meshtest.StartWorkload(t, cp, meshPath, "client-b.demo")
 	if dump := b.Admin(t, "GET", "/config_dump"); !strings.Contains(dump, fmt.Sprintf("%q", fmt.Sprintf("%gs", interval.Seconds()))) {
 		t.Fatalf("client-b's config_dump does not carry the learned interval %s", interval)
 	}
-	clientB := dialLoopback(t, ports[3])
+	clientB := meshtest.DialLoopback(t, ports[3])
 	start := time.Now()
 	calls, failed := 0, 0
 	for time.Since(start) < run {
@@ -241,7 +231,7 @@ func startSlowGRPCServer(t *testing.T, maxStreams uint32, delay time.Duration) s
 func TestAutoTuneConnectionPool(t *testing.T) {
 	const callers, converge, observe = 100, 10 * time.Second, 30 * time.Second
 	app := startSlowGRPCServer(t, 10, 100*time.Millisecond)
-	ports := freePorts(t, 2)
+	ports := meshtest.FreePorts(t, 2)
 	mesh := autoTuneMesh(map[string]string{"pool": app}, map[string]string{"pool": `  connectionPool:
     maxConnections: 2
     maxPendingRequests: 10
@@ -254,9 +244,9 @@ func TestAutoTuneConnectionPool(t *testing.T) {
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, mesh)
 	cp := startControlPlane(t, meshPath)
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
-	sc := startWorkloadSidecar(t, cp, meshPath, "client")
-	client := dialLoopback(t, ports[1])
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
+	sc := meshtest.StartWorkload(t, cp, meshPath, "client.demo")
+	client := meshtest.DialLoopback(t, ports[1])
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -266,7 +256,7 @@ func TestAutoTuneConnectionPool(t *testing.T) {
 	for range callers {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				cctx, ccancel := context.WithTimeout(ctx, callTimeout)
+				cctx, ccancel := context.WithTimeout(ctx, meshtest.CallTimeout)
 				_, err := client.EmptyCall(cctx, &testgrpc.Empty{})
 				ccancel()
 				if ctx.Err() != nil {
@@ -306,7 +296,7 @@ func TestAutoTuneConnectionPool(t *testing.T) {
 			t.Fatalf("pending overflow still rising after %v (%d so far)", time.Since(start).Round(time.Millisecond), last)
 		}
 	}
-	st, _ := cp.statusOnce(t)
+	st, _ := cp.Status()
 	changesAtConvergence := tuningChanges(st, "connectionPool.maxConnections")
 	t.Logf("converged %v after the load started, %d overflowed calls; changes: %+v", convergedAt.Sub(start).Round(100*time.Millisecond), last, changesAtConvergence)
 	if convergedAt.Sub(start) > converge {
@@ -322,7 +312,7 @@ func TestAutoTuneConnectionPool(t *testing.T) {
 	mu.Lock()
 	okRun, failedRun := ok-okBefore, failed-failedBefore
 	mu.Unlock()
-	st, _ = cp.statusOnce(t)
+	st, _ = cp.Status()
 	after := tuningChanges(st, "connectionPool.maxConnections")
 	final := after[len(after)-1].To
 	mu.Lock()

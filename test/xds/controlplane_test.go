@@ -5,7 +5,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
@@ -20,16 +19,16 @@ func TestControlPlaneMeshEdits(t *testing.T) {
 	good := greeterMesh("127.0.0.1:50061")
 	writeFile(t, meshPath, good)
 	cp := startControlPlane(t, meshPath)
-	first := cp.waitStatus(t, "first version", func(st server.Status) bool { return st.Version != "" })
+	first := cp.WaitStatus(t, "first version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 
 	moved := greeterMesh("127.0.0.1:50062")
 	writeFile(t, meshPath, moved)
-	second := cp.waitStatus(t, "a new version after an endpoint change", func(st server.Status) bool {
+	second := cp.WaitStatus(t, "a new version after an endpoint change", waitTimeout, func(st server.Status) bool {
 		return st.Version != "" && st.Version != first.Version
 	})
 
 	writeFile(t, meshPath, strings.Replace(moved, "upstreamProtocol: http2", "upstreamProtocl: http2", 1))
-	bad := cp.waitStatus(t, "the bad edit's error", func(st server.Status) bool { return st.LastError != nil })
+	bad := cp.WaitStatus(t, "the bad edit's error", waitTimeout, func(st server.Status) bool { return st.LastError != nil })
 	for _, want := range []string{meshPath, "document 2", "Service demo/greeter", "upstreamProtocl"} {
 		if !strings.Contains(bad.LastError.Message, want) {
 			t.Errorf("last_error %q does not name %q", bad.LastError.Message, want)
@@ -40,20 +39,19 @@ func TestControlPlaneMeshEdits(t *testing.T) {
 	}
 
 	writeFile(t, meshPath, good)
-	cp.waitStatus(t, "recovery to the first version", func(st server.Status) bool {
+	cp.WaitStatus(t, "recovery to the first version", waitTimeout, func(st server.Status) bool {
 		return st.LastError == nil && st.Version == first.Version
 	})
 
-	if err := cp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := cp.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-cp.done:
-		if code := cp.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("exit code after SIGTERM = %d, want 0", code)
-		}
-	case <-time.After(waitTimeout):
-		t.Fatal("control plane still running after SIGTERM")
+	code, err := cp.Wait(waitTimeout)
+	if err != nil {
+		t.Fatalf("after SIGTERM: %v", err)
+	}
+	if code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0", code)
 	}
 }
 

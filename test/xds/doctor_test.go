@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"meshd.dev/meshd/doctor"
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 )
 
@@ -17,11 +18,11 @@ import (
 func TestDoctorFleet(t *testing.T) {
 	app := testutil.StartGRPCInteropServer(t)
 	cp, sidecars, _, _, p := startTunedMesh(t, app.Addr)
-	load := startCallLoad(t, dialLoopback(t, p.Outbound), 2)
-	load.waitCalls(t, 10, "calls before doctor")
+	load := meshtest.StartCallLoad(t, meshtest.DialLoopback(t, p.Outbound), 2)
+	load.WaitCalls(t, 10, "calls before doctor")
 
 	res := testutil.RunMeshd(t, time.Minute, "doctor", "--control-plane", cp.Admin, "--window", "2s", "-o", "json")
-	load.stop()
+	load.Stop()
 	var rep doctor.Report
 	if err := json.Unmarshal([]byte(res.Stdout), &rep); err != nil {
 		t.Fatalf("meshd doctor --control-plane -o json: %v\nstdout: %s\nstderr: %s", err, res.Stdout, res.Stderr)
@@ -35,7 +36,7 @@ func TestDoctorFleet(t *testing.T) {
 			t.Errorf("node %+v: want one of the mesh's sidecars at its admin address, sampled, nothing above info", n)
 		}
 	}
-	if ok, fail, err := load.counts(); ok == 0 || fail > 0 {
-		t.Errorf("load: %d calls ok, %d failed (first: %v)", ok, fail, err)
+	if ok, fail := load.Counts(); ok == 0 || fail > 0 {
+		t.Errorf("load: %d calls ok, %d failed (first: %v)", ok, fail, load.FirstError())
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc/codes"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
 )
@@ -42,10 +43,10 @@ func TestHTTP3RotationNewHandshakes(t *testing.T) {
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, strings.Replace(mtlsMesh(app.Addr, p, nil), "upstreamProtocol: http2", "upstreamProtocol: http3", 1))
 	cp := startControlPlane(t, meshPath, "--svid-ttl", h3RotationTTL.String())
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 	srv := mtlsSidecar(t, cp, meshPath, serverNode, false)
 	cli := mtlsSidecar(t, cp, meshPath, clientNode, false)
-	client := dialLoopback(t, p.Outbound)
+	client := meshtest.DialLoopback(t, p.Outbound)
 	waitCallCode(t, client, codes.OK, waitTimeout)
 
 	const cluster = "cluster.outbound|50051||greeter.demo"
@@ -53,8 +54,8 @@ func TestHTTP3RotationNewHandshakes(t *testing.T) {
 	if cxBefore == 0 {
 		t.Fatalf("%s.upstream_cx_http3_total = 0 after a successful call: the call did not go over HTTP/3", cluster)
 	}
-	load := startCallLoad(t, client, 4)
-	defer load.stop()
+	load := meshtest.StartCallLoad(t, client, 4)
+	defer load.Stop()
 
 	// The test's own client: a mesh SVID, trusting the mesh root, requiring
 	// the server's SPIFFE ID.
@@ -131,9 +132,10 @@ func TestHTTP3RotationNewHandshakes(t *testing.T) {
 
 	// One more renewal of both sidecars under load.
 	time.Sleep(h3RotationTTL)
-	load.waitCalls(t, 100, "calls after the rotation")
-	load.stop()
-	ok, fail, firstErr := load.counts()
+	load.WaitCalls(t, 100, "calls after the rotation")
+	load.Stop()
+	ok, fail := load.Counts()
+	firstErr := load.FirstError()
 	t.Logf("server certificate serial %x -> %x; %d calls through the sidecars, %d failed", oldLeaf.SerialNumber, newLeaf.SerialNumber, ok+fail, fail)
 	if fail != 0 {
 		t.Errorf("%d of %d calls failed across the SVID rotations; first: %v", fail, ok+fail, firstErr)
@@ -151,7 +153,7 @@ func TestHTTP3RotationNewHandshakes(t *testing.T) {
 // h3EmptyCall sends grpc.testing.TestService/EmptyCall on cc and checks
 // the answer: HTTP 200 and grpc-status 0 in the trailers.
 func h3EmptyCall(cc *http3.ClientConn) error {
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), meshtest.CallTimeout)
 	defer cancel()
 	// An empty protobuf message in one uncompressed gRPC frame.
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://greeter.demo/grpc.testing.TestService/EmptyCall", bytes.NewReader(make([]byte, 5)))

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/mtls/mtlstest"
 	"meshd.dev/meshd/xds/server"
@@ -35,10 +36,10 @@ func TestHTTP3InteropUnderControlPlane(t *testing.T) {
 	mesh := strings.Replace(mtlsMesh(app.Addr, p, nil), "upstreamProtocol: http2", "upstreamProtocol: http3", 1)
 	writeFile(t, meshPath, mesh)
 	cp := startControlPlane(t, meshPath)
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 	srv := mtlsSidecar(t, cp, meshPath, serverNode, false)
 	cli := mtlsSidecar(t, cp, meshPath, clientNode, false)
-	waitCallCode(t, dialLoopback(t, p.Outbound), codes.OK, waitTimeout)
+	waitCallCode(t, meshtest.DialLoopback(t, p.Outbound), codes.OK, waitTimeout)
 
 	for _, tc := range sidecarInteropCases {
 		t.Run(tc, func(t *testing.T) {
@@ -212,7 +213,7 @@ func TestHTTP3FallbackUDPBlocked(t *testing.T) {
 	bCert, bKey, bundle := mtlstest.WriteFiles(t, t.TempDir(), ca.Issue(t, serverID), ca.Bundle())
 	aCert, aKey, _ := mtlstest.WriteFiles(t, t.TempDir(), ca.Issue(t, clientID), ca.Bundle())
 
-	port := freePorts(t, 1)[0]
+	port := meshtest.FreePorts(t, 1)[0]
 	blackhole, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 	if err != nil {
 		t.Fatalf("UDP port %d for the blackhole: %v", port, err)
@@ -235,7 +236,7 @@ func TestHTTP3FallbackUDPBlocked(t *testing.T) {
 	testutil.StartSidecar(t, fmt.Sprintf(h3FallbackServerBootstrap, port, bCert, bKey, bundle, appPort))
 	a := testutil.StartSidecar(t, fmt.Sprintf(h3FallbackClientBootstrap, aCert, aKey, bundle, serverID, port))
 	out, _ := strconv.Atoi(strings.Split(a.ListenerAddr(t, "outbound"), ":")[1])
-	client := dialLoopback(t, out)
+	client := meshtest.DialLoopback(t, out)
 
 	const callers, perCaller = 8, 50
 	var failed atomic.Int64

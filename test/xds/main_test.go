@@ -4,25 +4,19 @@ package xds_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and its balancers
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
-	"meshd.dev/meshd/xds/server"
 )
 
 // clientModeEnv, when set in the environment, makes the test binary run
@@ -67,134 +61,16 @@ func proxylessClient(target string) int {
 	return 0
 }
 
-// Timeouts of these tests.
-const (
-	startTimeout = 20 * time.Second // process start to /readyz 200
-	waitTimeout  = 10 * time.Second // any other wait
-)
+// waitTimeout bounds any wait of these tests but a process start.
+const waitTimeout = meshtest.WaitTimeout
 
-// controlPlane is a running `meshd control-plane`.
-type controlPlane struct {
-	XDS, Admin string
-	// CADir is the built-in CA's --ca-dir (under the test's temp dir, so
-	// no test writes into the user's config dir); `meshd bootstrap
-	// --ca-dir` derives workload tokens from it.
-	CADir  string
-	cmd    *exec.Cmd
-	stderr *lockedBuffer
-	done   chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// startControlPlane starts meshd control-plane on port 0 for meshPath, with
-// its CA in a fresh directory under t.TempDir() and any extra flags, and
-// waits until /readyz answers 200. The process is killed at cleanup.
-func startControlPlane(t *testing.T, meshPath string, extra ...string) *controlPlane {
+// startControlPlane starts `meshd control-plane` on port 0 for meshPath,
+// with its CA in a fresh directory under t.TempDir() and any extra flags,
+// as meshtest.StartControlPlane does (ready, with a published version;
+// killed at cleanup, its stderr logged if the test failed).
+func startControlPlane(t *testing.T, meshPath string, extra ...string) *meshtest.ControlPlane {
 	t.Helper()
-	bin := testutil.BuildMeshd(t)
-	dir := t.TempDir()
-	xdsPath, adminPath := filepath.Join(dir, "xds-address"), filepath.Join(dir, "admin-address")
-	cp := &controlPlane{CADir: filepath.Join(dir, "ca"), stderr: &lockedBuffer{}, done: make(chan struct{})}
-	args := []string{"control-plane", "--config", meshPath,
-		"--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
-		"--xds-address-path", xdsPath, "--admin-address-path", adminPath,
-		"--poll-interval", "50ms", "--ca-dir", cp.CADir}
-	cp.cmd = exec.Command(bin, append(args, extra...)...)
-	cp.cmd.Stderr = cp.stderr
-	cp.cmd.WaitDelay = time.Second
-	if err := cp.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = cp.cmd.Wait()
-		close(cp.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-cp.done:
-		default:
-			_ = cp.cmd.Process.Kill()
-			<-cp.done
-		}
-		if t.Failed() {
-			t.Logf("control-plane stderr:\n%s", cp.stderr)
-		}
-	})
-	deadline := time.Now().Add(startTimeout)
-	for {
-		select {
-		case <-cp.done:
-			t.Fatalf("control plane exited before it was ready:\n%s", cp.stderr)
-		default:
-		}
-		x, _ := os.ReadFile(xdsPath)
-		a, _ := os.ReadFile(adminPath)
-		cp.XDS, cp.Admin = strings.TrimSpace(string(x)), strings.TrimSpace(string(a))
-		if cp.XDS != "" && cp.Admin != "" {
-			if code, _ := cp.get(t, "/readyz"); code == http.StatusOK {
-				return cp
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("control plane not ready within %v:\n%s", startTimeout, cp.stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// get fetches an admin path; a connection error is status 0.
-func (cp *controlPlane) get(t *testing.T, path string) (int, []byte) {
-	t.Helper()
-	c := &http.Client{Timeout: waitTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + cp.Admin + path)
-	if err != nil {
-		return 0, nil
-	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return resp.StatusCode, []byte(b.String())
-}
-
-// waitStatus polls /status until ok holds.
-func (cp *controlPlane) waitStatus(t *testing.T, what string, ok func(server.Status) bool) server.Status {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	var last []byte
-	for time.Now().Before(deadline) {
-		code, body := cp.get(t, "/status")
-		last = body
-		var st server.Status
-		if code == http.StatusOK && json.Unmarshal(body, &st) == nil && ok(st) {
-			return st
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not seen on /status within %v; last:\n%s", what, waitTimeout, last)
-	return server.Status{}
+	return meshtest.StartControlPlane(t, meshtest.ControlPlaneConfig{MeshPath: meshPath, Args: extra})
 }
 
 // greeterMesh is a mesh with one gRPC service whose endpoint is addr.

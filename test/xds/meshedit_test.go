@@ -1,26 +1,19 @@
 package xds_test
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/proto"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/server"
@@ -116,7 +109,7 @@ type tunedMeshPorts struct {
 }
 
 func newTunedMeshPorts(t *testing.T) tunedMeshPorts {
-	p := freePorts(t, 5)
+	p := meshtest.FreePorts(t, 5)
 	return tunedMeshPorts{Inbound: p[0], Outbound: p[1], Direct: p[2], AdminServer: p[3], AdminClient: p[4]}
 }
 
@@ -207,17 +200,6 @@ spec:
 		k.Timeout, k.Attempts, k.MaxStreams, k.KeepaliveInterval)
 }
 
-// writeFileAtomic replaces path with data by renaming a temporary file over
-// it, as editors do, so the watcher never reads a half-written file.
-func writeFileAtomic(t *testing.T, path, data string) {
-	t.Helper()
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	writeFile(t, tmp, data)
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // nodeTypes is the set of resource types, per node ID, whose resources
 // differ between two meshes.
 type nodeTypes map[string][]string
@@ -301,33 +283,23 @@ func applied(st server.Status, version string, want nodeTypes) bool {
 	return true
 }
 
-// statusOnce fetches and decodes /status; ok is false on any failure.
-func (cp *controlPlane) statusOnce(t *testing.T) (server.Status, bool) {
-	code, body := cp.get(t, "/status")
-	var st server.Status
-	if code != http.StatusOK || json.Unmarshal(body, &st) != nil {
-		return server.Status{}, false
-	}
-	return st, true
-}
-
 // meshEdit writes text over meshPath and waits until both sidecars ACKed
 // the new version for every type whose resources changed; it returns that
 // version and the time from the write to the last ACK seen.
-func meshEdit(t *testing.T, cp *controlPlane, meshPath, before, after string, timeout time.Duration) (string, time.Duration) {
+func meshEdit(t *testing.T, cp *meshtest.ControlPlane, meshPath, before, after string, timeout time.Duration) (string, time.Duration) {
 	t.Helper()
-	prev, ok := cp.statusOnce(t)
-	if !ok {
-		t.Fatal("control plane /status unreadable before the edit")
+	prev, err := cp.Status()
+	if err != nil {
+		t.Fatalf("before the edit: %v", err)
 	}
 	want := changedTypes(translated(t, before), translated(t, after))
 	start := time.Now()
-	writeFileAtomic(t, meshPath, after)
+	meshtest.WriteFileAtomic(t, meshPath, after)
 	deadline := start.Add(timeout)
 	var last server.Status
 	for time.Now().Before(deadline) {
-		st, ok := cp.statusOnce(t)
-		if ok {
+		st, err := cp.Status()
+		if err == nil {
 			last = st
 			if st.LastError != nil {
 				t.Fatalf("the control plane rejected the edit: %s", st.LastError.Message)
@@ -346,125 +318,26 @@ func meshEdit(t *testing.T, cp *controlPlane, meshPath, before, after string, ti
 // on it and one sidecar per workload from `meshd bootstrap` (the server
 // sidecar over state of the world, the client over delta), and waits until
 // both ACKed the first version.
-func startTunedMesh(t *testing.T, app string) (cp *controlPlane, sidecars map[string]*testutil.Sidecar, meshPath, text string, p tunedMeshPorts) {
+func startTunedMesh(t *testing.T, app string) (cp *meshtest.ControlPlane, sidecars map[string]*testutil.Sidecar, meshPath, text string, p tunedMeshPorts) {
 	t.Helper()
 	p = newTunedMeshPorts(t)
 	meshPath = filepath.Join(t.TempDir(), "mesh.yaml")
 	text = tunedMesh(app, p, baseKnobs)
 	writeFile(t, meshPath, text)
 	cp = startControlPlane(t, meshPath)
-	st := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
-	sidecars = startSidecars(t, meshPath, cp.XDS, cp.CADir)
+	st := cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
+	sidecars = startSidecars(t, cp, meshPath)
 	all := changedTypes(&translate.Result{}, translated(t, text))
-	cp.waitStatus(t, "both sidecars ACKing the first version", func(s server.Status) bool { return applied(s, st.Version, all) })
+	cp.WaitStatus(t, "both sidecars ACKing the first version", waitTimeout, func(s server.Status) bool { return applied(s, st.Version, all) })
 	return cp, sidecars, meshPath, text, p
 }
 
 // startSidecars starts the server sidecar (state of the world) and the
-// client sidecar (delta) from `meshd bootstrap --ca-dir caDir` output for
-// meshPath (so they carry their CA bootstrap tokens), and returns them by
-// node ID.
-func startSidecars(t *testing.T, meshPath, xds, caDir string) map[string]*testutil.Sidecar {
+// client sidecar (delta) of cp's mesh meshPath, and returns them by node ID.
+func startSidecars(t *testing.T, cp *meshtest.ControlPlane, meshPath string) map[string]*testutil.Sidecar {
 	t.Helper()
-	out := map[string]*testutil.Sidecar{}
-	for _, sc := range []struct {
-		node  string
-		delta bool
-	}{{serverNode, false}, {clientNode, true}} {
-		args := []string{"bootstrap", "-f", meshPath, "--workload", sc.node, "--xds", xds, "--ca-dir", caDir}
-		if sc.delta {
-			args = append(args, "--delta")
-		}
-		res := testutil.RunMeshd(t, waitTimeout, args...)
-		if res.ExitCode != 0 {
-			t.Fatalf("meshd bootstrap %s: exit %d\n%s", sc.node, res.ExitCode, res.Stderr)
-		}
-		out[sc.node] = testutil.StartSidecar(t, res.Stdout)
+	return map[string]*testutil.Sidecar{
+		serverNode: meshtest.StartWorkload(t, cp, meshPath, serverNode),
+		clientNode: meshtest.StartDeltaWorkload(t, cp, meshPath, clientNode),
 	}
-	return out
-}
-
-// dialLoopback opens a plaintext gRPC client to 127.0.0.1:port, closed at
-// cleanup.
-func dialLoopback(t *testing.T, port int) testgrpc.TestServiceClient {
-	t.Helper()
-	cc, err := grpc.NewClient("127.0.0.1:"+strconv.Itoa(port), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return testgrpc.NewTestServiceClient(cc)
-}
-
-// callLoad runs callers goroutines that each make EmptyCalls back to back
-// through client until stop is called, counting successes and failures.
-type callLoad struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	mu       sync.Mutex
-	ok, fail int
-	firstErr error
-}
-
-// callTimeout bounds one call of callLoad.
-const callTimeout = 5 * time.Second
-
-func startCallLoad(t *testing.T, client testgrpc.TestServiceClient, callers int) *callLoad {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &callLoad{cancel: cancel}
-	for range callers {
-		l.wg.Go(func() {
-			for ctx.Err() == nil {
-				cctx, ccancel := context.WithTimeout(ctx, callTimeout)
-				_, err := client.EmptyCall(cctx, &testgrpc.Empty{})
-				ccancel()
-				if ctx.Err() != nil {
-					return // stopped mid-call: not the sidecar's failure
-				}
-				l.mu.Lock()
-				if err != nil {
-					l.fail++
-					if l.firstErr == nil {
-						l.firstErr = err
-					}
-				} else {
-					l.ok++
-				}
-				l.mu.Unlock()
-				time.Sleep(2 * time.Millisecond)
-			}
-		})
-	}
-	t.Cleanup(l.stop)
-	return l
-}
-
-// stop ends the callers and waits for them; it may be called again.
-func (l *callLoad) stop() {
-	l.cancel()
-	l.wg.Wait()
-}
-
-// counts returns the successes and failures so far and the first error.
-func (l *callLoad) counts() (ok, fail int, firstErr error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.ok, l.fail, l.firstErr
-}
-
-// waitCalls waits until the load has n more successful calls than it had
-// when waitCalls was called.
-func (l *callLoad) waitCalls(t *testing.T, n int, what string) {
-	t.Helper()
-	start, _, _ := l.counts()
-	deadline := time.Now().Add(waitTimeout)
-	for time.Now().Before(deadline) {
-		if ok, _, _ := l.counts(); ok >= start+n {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	ok, fail, err := l.counts()
-	t.Fatalf("%s: %d successful calls (want %d more than %d), %d failed (first: %v)", what, ok, n, start, fail, err)
 }

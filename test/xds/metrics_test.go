@@ -23,7 +23,10 @@ func TestControlPlaneOTLPMetrics(t *testing.T) {
 	for _, name := range []string{"control_plane.snapshots_published", "control_plane.connected_nodes", "control_plane.xds_pushes"} {
 		recv.WaitMetric(t, 15*time.Second, name, func(m *metricspb.Metric) bool { return m.GetName() == name })
 	}
-	code, body := cp.get(t, "/metrics")
+	code, body, err := cp.Get("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{"envoy_control_plane_connected_nodes", "envoy_control_plane_xds_push_ack_latency_ms_bucket"} {
 		if code != 200 || !strings.Contains(string(body), want) {
 			t.Errorf("/metrics (%d) has no %s", code, want)

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"meshd.dev/meshd/ca"
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/mtls/mtlstest"
 	"meshd.dev/meshd/xds/server"
@@ -46,7 +46,7 @@ type mtlsPorts struct {
 }
 
 func newMTLSPorts(t *testing.T) mtlsPorts {
-	p := freePorts(t, 6)
+	p := meshtest.FreePorts(t, 6)
 	return mtlsPorts{p[0], p[1], p[2], p[3], p[4], p[5]}
 }
 
@@ -135,28 +135,21 @@ spec:
 }
 
 // mtlsSidecar starts the sidecar of workload from `meshd bootstrap --ca-dir`
-// output (so it carries its CA bootstrap token), with extra sidecar args.
-func mtlsSidecar(t *testing.T, cp *controlPlane, meshPath, workload string, delta bool, extra ...string) *testutil.Sidecar {
+// output (so it carries its CA bootstrap token), over delta xDS when delta,
+// with extra sidecar args.
+func mtlsSidecar(t *testing.T, cp *meshtest.ControlPlane, meshPath, workload string, delta bool, extra ...string) *testutil.Sidecar {
 	t.Helper()
-	args := []string{"bootstrap", "-f", meshPath, "--workload", workload, "--xds", cp.XDS, "--ca-dir", cp.CADir}
-	if delta {
-		args = append(args, "--delta")
-	}
-	res := testutil.RunMeshd(t, waitTimeout, args...)
-	if res.ExitCode != 0 {
-		t.Fatalf("meshd bootstrap %s: exit %d\n%s", workload, res.ExitCode, res.Stderr)
-	}
-	return testutil.StartSidecar(t, res.Stdout, extra...)
+	return testutil.StartSidecar(t, meshtest.WorkloadBootstrap(t, cp, meshPath, workload, delta), extra...)
 }
 
 // startMTLSMesh writes mtlsMesh, starts the control plane with extra flags
 // and the sidecars of workloads (node IDs), and returns them by node ID.
-func startMTLSMesh(t *testing.T, app string, p mtlsPorts, allow []string, cpFlags []string, workloads ...string) (*controlPlane, string, map[string]*testutil.Sidecar) {
+func startMTLSMesh(t *testing.T, app string, p mtlsPorts, allow []string, cpFlags []string, workloads ...string) (*meshtest.ControlPlane, string, map[string]*testutil.Sidecar) {
 	t.Helper()
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, mtlsMesh(app, p, allow))
 	cp := startControlPlane(t, meshPath, cpFlags...)
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 	out := map[string]*testutil.Sidecar{}
 	for _, w := range workloads {
 		out[w] = mtlsSidecar(t, cp, meshPath, w, false)
@@ -172,7 +165,7 @@ func waitCallCode(t *testing.T, client testgrpc.TestServiceClient, want codes.Co
 	deadline := start.Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), meshtest.CallTimeout)
 		_, err := client.EmptyCall(ctx, &testgrpc.Empty{})
 		cancel()
 		if status.Code(err) == want {
@@ -204,10 +197,10 @@ func TestMTLSInteropUnderControlPlane(t *testing.T) {
 			meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 			writeFile(t, meshPath, mtlsMesh(app.Addr, p, nil))
 			cp := startControlPlane(t, meshPath)
-			cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+			cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 			srv := mtlsSidecar(t, cp, meshPath, serverNode, delta)
 			cli := mtlsSidecar(t, cp, meshPath, clientNode, delta)
-			waitCallCode(t, dialLoopback(t, p.Outbound), codes.OK, waitTimeout)
+			waitCallCode(t, meshtest.DialLoopback(t, p.Outbound), codes.OK, waitTimeout)
 
 			for _, tc := range sidecarInteropCases {
 				t.Run(tc, func(t *testing.T) {
@@ -264,7 +257,7 @@ func filterStats(st map[string]int64, sub string) map[string]int64 {
 // meshCA returns the control plane's CA (its generated root, persisted in
 // --ca-dir) as an mtlstest.CA, to mint client certificates the sidecars'
 // bundle trusts.
-func meshCA(t *testing.T, cp *controlPlane) *mtlstest.CA {
+func meshCA(t *testing.T, cp *meshtest.ControlPlane) *mtlstest.CA {
 	t.Helper()
 	a, err := ca.LoadAuthority(filepath.Join(cp.CADir, ca.CertFile), filepath.Join(cp.CADir, ca.KeyFile))
 	if err != nil {
@@ -315,7 +308,7 @@ func TestMTLSRefusesBadClientCertificates(t *testing.T) {
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, mtlsMesh(app.Addr, p, nil))
 	cp := startControlPlane(t, meshPath)
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 	srv := mtlsSidecar(t, cp, meshPath, serverNode, false, "--log-level", "debug")
 	inbound := "127.0.0.1:" + strconv.Itoa(p.Inbound)
 
@@ -382,13 +375,13 @@ func TestMTLSAuthorizationPolicy(t *testing.T) {
 	app := testutil.StartGRPCInteropServer(t)
 	p := newMTLSPorts(t)
 	_, meshPath, sidecars := startMTLSMesh(t, app.Addr, p, []string{clientID}, nil, serverNode, clientNode, intruderNode)
-	client, intruder := dialLoopback(t, p.Outbound), dialLoopback(t, p.IntruderOutbound)
+	client, intruder := meshtest.DialLoopback(t, p.Outbound), meshtest.DialLoopback(t, p.IntruderOutbound)
 	waitCallCode(t, client, codes.OK, waitTimeout)
 	waitCallCode(t, intruder, codes.PermissionDenied, waitTimeout)
 
 	// Flip: allow the intruder (by pattern) and no longer the client.
 	start := time.Now()
-	writeFileAtomic(t, meshPath, mtlsMesh(app.Addr, p, []string{"spiffe://test.example/ns/*/sa/intruder"}))
+	meshtest.WriteFileAtomic(t, meshPath, mtlsMesh(app.Addr, p, []string{"spiffe://test.example/ns/*/sa/intruder"}))
 	waitCallCode(t, intruder, codes.OK, waitTimeout)
 	waitCallCode(t, client, codes.PermissionDenied, waitTimeout)
 	took := time.Since(start)
@@ -435,17 +428,18 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 	app := testutil.StartGRPCInteropServer(t)
 	p := newMTLSPorts(t)
 	_, _, sidecars := startMTLSMesh(t, app.Addr, p, nil, []string{"--svid-ttl", shape.ttl.String()}, serverNode, clientNode)
-	client := dialLoopback(t, p.Outbound)
+	client := meshtest.DialLoopback(t, p.Outbound)
 	waitCallCode(t, client, codes.OK, waitTimeout)
 	before := map[string]int64{}
 	for node, sc := range sidecars {
 		before[node] = sc.Stats(t)["ca_client.renewals"]
 	}
 
-	load := startCallLoad(t, client, shape.callers)
+	load := meshtest.StartCallLoad(t, client, shape.callers)
 	time.Sleep(shape.duration)
-	load.stop()
-	ok, fail, firstErr := load.counts()
+	load.Stop()
+	ok, fail := load.Counts()
+	firstErr := load.FirstError()
 	t.Logf("%d callers for %v with SVID TTL %v: %d calls, %d failed", shape.callers, shape.duration, shape.ttl, ok+fail, fail)
 	if fail != 0 {
 		t.Errorf("%d of %d calls failed across SVID rotations; first: %v", fail, ok+fail, firstErr)
@@ -466,19 +460,13 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 }
 
 // rotateStep POSTs one /ca/rotate step to the control plane's admin.
-func (cp *controlPlane) rotateStep(t *testing.T, step string) {
+func rotateStep(t *testing.T, cp *meshtest.ControlPlane, step string) {
 	t.Helper()
-	c := &http.Client{Timeout: waitTimeout}
-	resp, err := c.Post("http://"+cp.Admin+"/ca/rotate?step="+step, "", nil)
+	body, err := cp.Post("/ca/rotate?step=" + step)
 	if err != nil {
-		t.Fatalf("POST /ca/rotate?step=%s: %v", step, err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST /ca/rotate?step=%s: %s: %s", step, resp.Status, body)
-	}
-	t.Logf("/ca/rotate?step=%s: %s", step, strings.TrimSpace(string(body)))
+	t.Logf("/ca/rotate?step=%s: %s", step, strings.TrimSpace(body))
 }
 
 // TestMTLSBundleRotationUnderLoad (issue 5, acceptance 4, bundle half):
@@ -494,7 +482,7 @@ func TestMTLSBundleRotationUnderLoad(t *testing.T) {
 	app := testutil.StartGRPCInteropServer(t)
 	p := newMTLSPorts(t)
 	cp, _, sidecars := startMTLSMesh(t, app.Addr, p, nil, []string{"--svid-ttl", shape.ttl.String()}, serverNode, clientNode)
-	client := dialLoopback(t, p.Outbound)
+	client := meshtest.DialLoopback(t, p.Outbound)
 	waitCallCode(t, client, codes.OK, waitTimeout)
 	inbound := "127.0.0.1:" + strconv.Itoa(p.Inbound)
 	authz := tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID))
@@ -523,13 +511,13 @@ func TestMTLSBundleRotationUnderLoad(t *testing.T) {
 	// renewed waits one SVID TTL: every sidecar renews at half-life.
 	renewed := func() { time.Sleep(shape.ttl + shape.ttl/2) }
 
-	load := startCallLoad(t, client, shape.callers)
-	load.waitCalls(t, 100, "calls before the rotation")
+	load := meshtest.StartCallLoad(t, client, shape.callers)
+	load.WaitCalls(t, 100, "calls before the rotation")
 	probe("old-root SVID before the rotation", oldSVID, true, oldCA.Cert)
 
-	cp.rotateStep(t, "trust")
+	rotateStep(t, cp, "trust")
 	renewed()
-	cp.rotateStep(t, "issue")
+	rotateStep(t, cp, "issue")
 	newCA := meshCA(t, cp) // the issue step persisted the new root to --ca-dir
 	if newCA.Cert.Equal(oldCA.Cert) {
 		t.Fatal("--ca-dir still holds the old root after step issue")
@@ -538,15 +526,16 @@ func TestMTLSBundleRotationUnderLoad(t *testing.T) {
 	probe("new-root SVID while both roots are trusted", newSVID, true, oldCA.Cert, newCA.Cert)
 	probe("old-root SVID while both roots are trusted", oldSVID, true, oldCA.Cert, newCA.Cert)
 	renewed()
-	cp.rotateStep(t, "retire")
+	rotateStep(t, cp, "retire")
 	renewed()
 	// The server's own SVID now chains to the new root only.
 	probe("new-root SVID after the retirement", newSVID, true, newCA.Cert)
 	probe("old-root SVID after the retirement", oldSVID, false, newCA.Cert)
-	load.waitCalls(t, 100, "calls after the rotation")
-	load.stop()
+	load.WaitCalls(t, 100, "calls after the rotation")
+	load.Stop()
 
-	ok, fail, firstErr := load.counts()
+	ok, fail := load.Counts()
+	firstErr := load.FirstError()
 	t.Logf("%d callers across a root rotation (SVID TTL %v): %d calls, %d failed", shape.callers, shape.ttl, ok+fail, fail)
 	if fail != 0 {
 		t.Errorf("%d of %d calls failed across the root rotation; first: %v", fail, ok+fail, firstErr)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
 )
@@ -132,12 +133,12 @@ func TestMTLSCPUPerCall(t *testing.T) {
 		meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 		writeFile(t, meshPath, mtlsMeshMode(app.Addr, p, nil, mode))
 		cp := startControlPlane(t, meshPath)
-		cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+		cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 		e := &env{mode: mode, sidecars: []*testutil.Sidecar{
 			mtlsSidecar(t, cp, meshPath, serverNode, false),
 			mtlsSidecar(t, cp, meshPath, clientNode, false),
 		}}
-		e.client = dialLoopback(t, p.Outbound)
+		e.client = meshtest.DialLoopback(t, p.Outbound)
 		waitCallCode(t, e.client, codes.OK, waitTimeout)
 		warm := time.Now().Add(costWarmup)
 		for time.Now().Before(warm) {

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"meshd.dev/meshd/ca"
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/translate"
@@ -290,7 +291,7 @@ func TestBadResourceNACKed(t *testing.T) {
 				testutil.CheckGoroutines(t)
 				backend1 := testutil.StartGRPCInteropServer(t)
 				backend2 := testutil.StartGRPCInteropServer(t)
-				ports := freePorts(t, 2)
+				ports := meshtest.FreePorts(t, 2)
 				outbound := ports[0]
 				meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 				writeFile(t, meshPath, nackMesh(backend1.Addr, outbound, ports[1]))
@@ -313,8 +314,8 @@ func TestBadResourceNACKed(t *testing.T) {
 				sc := testutil.StartSidecar(t, res.Stdout)
 				x.waitReply(t, tc.typeURL, "v1", false)
 
-				load := startCallLoad(t, dialLoopback(t, outbound), 2)
-				load.waitCalls(t, 20, "calls on v1")
+				load := meshtest.StartCallLoad(t, meshtest.DialLoopback(t, outbound), 2)
+				load.WaitCalls(t, 20, "calls on v1")
 
 				before := x.responses.Load()
 				x.set(t, clientNode, "v2", bad)
@@ -327,7 +328,7 @@ func TestBadResourceNACKed(t *testing.T) {
 				}
 				// The storm: calls keep going on v1 while the cache re-sends v2.
 				time.Sleep(stormBound)
-				load.waitCalls(t, 20, "calls while v2 is NACKed")
+				load.WaitCalls(t, 20, "calls while v2 is NACKed")
 				if n := backend2.StartedRPCs(); n != 0 {
 					t.Errorf("backend2 got %d calls before v3 sent it any", n)
 				}
@@ -355,8 +356,9 @@ func TestBadResourceNACKed(t *testing.T) {
 				if n := backend2.StartedRPCs(); n < 20 {
 					t.Errorf("backend2 got %d calls after v3 moved greeter to it, want ≥ 20", n)
 				}
-				load.stop()
-				ok, fail, err := load.counts()
+				load.Stop()
+				ok, fail := load.Counts()
+				err := load.FirstError()
 				if fail != 0 {
 					t.Errorf("%d of %d calls failed; first: %v", fail, ok+fail, err)
 				}

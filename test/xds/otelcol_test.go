@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/otel/tracing/tracingtest"
 )
 
@@ -253,13 +254,13 @@ func (c *otelcol) Spans() []tracingtest.Span { return c.sink.Spans() }
 // collectorProc is one run of the collector binary.
 type collectorProc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testutil.SyncBuffer
 	done chan struct{}
 }
 
 func startCollectorProc(t *testing.T, bin string, args ...string) *collectorProc {
 	t.Helper()
-	p := &collectorProc{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &collectorProc{cmd: exec.Command(bin, args...), out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.WaitDelay = time.Second
 	if err := p.cmd.Start(); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 )
 
@@ -32,8 +33,8 @@ func TestMeshEditPropagationTiming(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	app := testutil.StartGRPCInteropServer(t)
 	cp, sidecars, meshPath, text, p := startTunedMesh(t, app.Addr)
-	load := startCallLoad(t, dialLoopback(t, p.Outbound), 2)
-	load.waitCalls(t, 10, "calls before the edits")
+	load := meshtest.StartCallLoad(t, meshtest.DialLoopback(t, p.Outbound), 2)
+	load.WaitCalls(t, 10, "calls before the edits")
 
 	const edits = 8
 	k := baseKnobs
@@ -54,10 +55,10 @@ func TestMeshEditPropagationTiming(t *testing.T) {
 	t.Logf("mesh edit → ACK by both sidecars over %d edits: p50 %v, max %v", edits,
 		took[len(took)/2].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond))
 
-	load.waitCalls(t, 10, "calls after the edits")
-	load.stop()
-	if ok, fail, err := load.counts(); fail != 0 {
-		t.Errorf("%d of %d calls failed across the edits; first: %v", fail, ok+fail, err)
+	load.WaitCalls(t, 10, "calls after the edits")
+	load.Stop()
+	if ok, fail := load.Counts(); fail != 0 {
+		t.Errorf("%d of %d calls failed across the edits; first: %v", fail, ok+fail, load.FirstError())
 	}
 }
 
@@ -74,7 +75,7 @@ func TestStreamingAcrossUpdates(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	app := testutil.StartGRPCInteropServer(t)
 	cp, sidecars, meshPath, text, p := startTunedMesh(t, app.Addr)
-	client := dialLoopback(t, p.Outbound)
+	client := meshtest.DialLoopback(t, p.Outbound)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -67,7 +67,7 @@ func TestProxylessGRPC(t *testing.T) {
 	if n := backend.StartedRPCs(); n != proxylessCalls {
 		t.Errorf("backend saw %d RPCs, want %d", n, proxylessCalls)
 	}
-	st := cp.waitStatus(t, "the proxyless node's ACKs", func(st server.Status) bool {
+	st := cp.WaitStatus(t, "the proxyless node's ACKs", waitTimeout, func(st server.Status) bool {
 		for _, s := range st.Streams {
 			if s.Node == "proxyless-e2e" && len(s.Types) >= 4 {
 				for _, ts := range s.Types {

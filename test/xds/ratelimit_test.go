@@ -12,6 +12,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
 	"meshd.dev/meshd/xds/translate"
@@ -58,7 +59,7 @@ func offerLoad(client testgrpc.TestServiceClient, callers int, perCaller float64
 			var calls sync.WaitGroup
 			for now := time.Now(); now.Before(end); now = <-tick.C {
 				calls.Go(func() {
-					ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+					ctx, cancel := context.WithTimeout(context.Background(), meshtest.CallTimeout)
 					defer cancel()
 					_, err := client.EmptyCall(ctx, &testgrpc.Empty{})
 					mu.Lock()
@@ -104,15 +105,15 @@ func TestRateLimitPolicy(t *testing.T) {
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, before)
 	cp := startControlPlane(t, meshPath)
-	st := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	st := cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 	srv := mtlsSidecar(t, cp, meshPath, serverNode, false)
 	cli := mtlsSidecar(t, cp, meshPath, clientNode, true)
-	waitCallCode(t, dialLoopback(t, p.Outbound), codes.OK, waitTimeout)
+	waitCallCode(t, meshtest.DialLoopback(t, p.Outbound), codes.OK, waitTimeout)
 	first := changedTypes(&translate.Result{}, translated(t, before))
 	delete(first, intruderNode) // no sidecar runs for it
-	cp.waitStatus(t, "both sidecars ACKing the first version", func(s server.Status) bool { return applied(s, st.Version, first) })
+	cp.WaitStatus(t, "both sidecars ACKing the first version", waitTimeout, func(s server.Status) bool { return applied(s, st.Version, first) })
 	pid, admin := srv.PID(), srv.AdminAddr
-	client := dialLoopback(t, p.Outbound)
+	client := meshtest.DialLoopback(t, p.Outbound)
 
 	// Refill the bucket the readiness calls drew from.
 	time.Sleep(time.Second + 100*time.Millisecond)

@@ -2,14 +2,12 @@ package xds_test
 
 import (
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
 	"meshd.dev/meshd/xds/translate"
@@ -24,57 +22,6 @@ const (
 	// doubling, with jitter).
 	reconnectTimeout = 30 * time.Second
 )
-
-// startControlPlaneOn is startControlPlane with the xDS server on a fixed
-// address and its CA in caDir, so a restarted control plane is found where
-// the sidecars' bootstraps point and keeps the same root and token secret.
-func startControlPlaneOn(t *testing.T, meshPath, xdsAddr, caDir string) *controlPlane {
-	t.Helper()
-	bin := testutil.BuildMeshd(t)
-	adminPath := filepath.Join(t.TempDir(), "admin-address")
-	cp := &controlPlane{XDS: xdsAddr, CADir: caDir, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	cp.cmd = exec.Command(bin, "control-plane", "--config", meshPath,
-		"--xds-address", xdsAddr, "--admin-address", "127.0.0.1:0",
-		"--admin-address-path", adminPath, "--poll-interval", "50ms", "--ca-dir", caDir)
-	cp.cmd.Stderr = cp.stderr
-	cp.cmd.WaitDelay = time.Second
-	if err := cp.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = cp.cmd.Wait()
-		close(cp.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-cp.done:
-		default:
-			_ = cp.cmd.Process.Kill()
-			<-cp.done
-		}
-		if t.Failed() {
-			t.Logf("control-plane (pid %d) stderr:\n%s", cp.cmd.Process.Pid, cp.stderr)
-		}
-	})
-	deadline := time.Now().Add(startTimeout)
-	for {
-		select {
-		case <-cp.done:
-			t.Fatalf("control plane exited before it was ready:\n%s", cp.stderr)
-		default:
-		}
-		a, _ := os.ReadFile(adminPath)
-		if cp.Admin = strings.TrimSpace(string(a)); cp.Admin != "" {
-			if code, _ := cp.get(t, "/readyz"); code == http.StatusOK {
-				return cp
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("control plane not ready within %v:\n%s", startTimeout, cp.stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // bothConnected reports whether /status shows a stream of each sidecar of
 // tunedMesh that ACKed version for at least one type.
@@ -109,42 +56,36 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	text := tunedMesh(app.Addr, p, baseKnobs)
 	writeFile(t, meshPath, text)
-	xdsAddr := "127.0.0.1:" + strconv.Itoa(freePorts(t, 1)[0])
+	xdsAddr := "127.0.0.1:" + strconv.Itoa(meshtest.FreePorts(t, 1)[0])
 
 	caDir := filepath.Join(t.TempDir(), "ca")
-	cp := startControlPlaneOn(t, meshPath, xdsAddr, caDir)
-	first := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
-	sidecars := startSidecars(t, meshPath, xdsAddr, caDir)
+	cpConfig := meshtest.ControlPlaneConfig{MeshPath: meshPath, XDSAddr: xdsAddr, CADir: caDir}
+	cp := meshtest.StartControlPlane(t, cpConfig)
+	first := cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
+	sidecars := startSidecars(t, cp, meshPath)
 	all := changedTypes(&translate.Result{}, translated(t, text))
-	cp.waitStatus(t, "both sidecars ACKing", func(st server.Status) bool { return applied(st, first.Version, all) })
+	cp.WaitStatus(t, "both sidecars ACKing", waitTimeout, func(st server.Status) bool { return applied(st, first.Version, all) })
 	dumps := map[string]string{}
 	for node, sc := range sidecars {
 		dumps[node] = sc.Admin(t, http.MethodGet, "/config_dump")
 	}
 
-	load := startCallLoad(t, dialLoopback(t, p.Outbound), 4)
-	load.waitCalls(t, 50, "calls before the kill")
+	load := meshtest.StartCallLoad(t, meshtest.DialLoopback(t, p.Outbound), 4)
+	load.WaitCalls(t, 50, "calls before the kill")
 
-	if err := cp.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-cp.done:
-	case <-time.After(waitTimeout):
-		t.Fatal("control plane not reaped after SIGKILL")
-	}
+	cp.Kill(t)
 	for node, sc := range sidecars {
 		waitStat(t, sc, "control_plane.connected_state", 0, node+" seeing the control plane gone")
 	}
 	time.Sleep(controlPlaneDown)
-	load.waitCalls(t, 50, "calls while the control plane is down")
+	load.WaitCalls(t, 50, "calls while the control plane is down")
 
 	restartedAt := time.Now()
-	restarted := startControlPlaneOn(t, meshPath, xdsAddr, caDir)
+	restarted := meshtest.StartControlPlane(t, cpConfig)
 	deadline := time.Now().Add(reconnectTimeout)
 	var st server.Status
 	for time.Now().Before(deadline) {
-		if s, ok := restarted.statusOnce(t); ok {
+		if s, err := restarted.Status(); err == nil {
 			st = s
 			if s.Version != "" && bothConnected(s, s.Version) {
 				break
@@ -165,9 +106,10 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 			t.Errorf("%s: /config_dump changed across the restart of an unchanged control plane:\nbefore %.1500s\nafter  %.1500s", node, dumps[node], dump)
 		}
 	}
-	load.waitCalls(t, 50, "calls after the restart")
-	load.stop()
-	ok, fail, err := load.counts()
+	load.WaitCalls(t, 50, "calls after the restart")
+	load.Stop()
+	ok, fail := load.Counts()
+	err := load.FirstError()
 	if fail != 0 {
 		t.Errorf("%d of %d calls failed across the restart; first: %v", fail, ok+fail, err)
 	}

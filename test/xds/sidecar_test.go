@@ -3,7 +3,6 @@ package xds_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
 )
@@ -25,25 +25,6 @@ var sidecarInteropCases = []string{
 	"empty_stream", "custom_metadata", "status_code_and_message", "special_status_message",
 	"unimplemented_method", "cancel_after_begin", "cancel_after_first_response",
 	"timeout_on_sleeping_server",
-}
-
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var out []int
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return out
 }
 
 // twoSidecarMesh is a mesh whose client sidecar listens on outbound and
@@ -108,12 +89,12 @@ func TestSidecarsUnderControlPlane(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			app := testutil.StartGRPCInteropServer(t)
-			ports := freePorts(t, 4)
+			ports := meshtest.FreePorts(t, 4)
 			inbound, outbound := ports[0], ports[1]
 			meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 			writeFile(t, meshPath, twoSidecarMesh(app.Addr, inbound, outbound, ports[2], ports[3]))
 			cp := startControlPlane(t, meshPath)
-			st := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+			st := cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 
 			var sidecars []*testutil.Sidecar
 			for _, w := range []string{"greeter-server.demo", "greeter-client.demo"} {

@@ -14,6 +14,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/otel/tracing/tracingtest"
 	"meshd.dev/meshd/xds/server"
@@ -34,10 +35,10 @@ func tracedMesh(t *testing.T, pct float64) (client testgrpc.TestServiceClient, c
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, text)
 	cp := startControlPlane(t, meshPath)
-	cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 	srv = mtlsSidecar(t, cp, meshPath, serverNode, false)
 	cli = mtlsSidecar(t, cp, meshPath, clientNode, false)
-	client = dialLoopback(t, p.Outbound)
+	client = meshtest.DialLoopback(t, p.Outbound)
 	waitCallCode(t, client, 0, waitTimeout)
 	return client, col, srv, cli
 }
@@ -83,7 +84,7 @@ func TestTracingAcrossSidecars(t *testing.T) {
 	client, col, _, cli := tracedMesh(t, 100)
 	col.Reset()
 	const traceID, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), meshtest.CallTimeout)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+traceID+"-"+parent+"-01")
 	if _, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}); err != nil {
@@ -155,14 +156,14 @@ func TestTracingAcrossSidecars(t *testing.T) {
 // they dropped, and export resumes once the collector is back.
 func TestTracingCollectorOutage(t *testing.T) {
 	client, col, srv, cli := tracedMesh(t, 100)
-	load := startCallLoad(t, client, 4)
-	load.waitCalls(t, 50, "calls before the outage")
+	load := meshtest.StartCallLoad(t, client, 4)
+	load.WaitCalls(t, 50, "calls before the outage")
 	col.Stop()
 	time.Sleep(10 * time.Second)
 	dropped := statValue(t, cli, "tracing.opentelemetry.spans_dropped") + statValue(t, srv, "tracing.opentelemetry.spans_dropped")
 	col.Reset()
 	col.Restart()
-	load.waitCalls(t, 50, "calls after the outage")
+	load.WaitCalls(t, 50, "calls after the outage")
 	spansWhere(t, col, "spans after the collector restarted", func(ss []tracingtest.Span) bool {
 		var a, b bool
 		for _, s := range ss {
@@ -171,8 +172,9 @@ func TestTracingCollectorOutage(t *testing.T) {
 		}
 		return a && b
 	})
-	load.stop()
-	ok, fail, first := load.counts()
+	load.Stop()
+	ok, fail := load.Counts()
+	first := load.FirstError()
 	t.Logf("%d calls, %d failed; %d spans dropped during the outage", ok, fail, dropped)
 	if fail != 0 {
 		t.Errorf("%d calls failed (first: %v), want 0", fail, first)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
+	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/internal/wasmbuild"
 	"meshd.dev/meshd/xds/server"
@@ -68,18 +69,18 @@ func wasmProcessTest(t *testing.T) {
 // startWasmRateLimitMesh starts the control plane serving the rate-limit
 // module on mesh text and the sidecars of workloads, and waits until each
 // ACKed the first version and calls pass from greeter-client.
-func startWasmRateLimitMesh(t *testing.T, text string, workloads ...string) (*controlPlane, string, map[string]*testutil.Sidecar) {
+func startWasmRateLimitMesh(t *testing.T, text string, workloads ...string) (*meshtest.ControlPlane, string, map[string]*testutil.Sidecar) {
 	t.Helper()
 	module := wasmbuild.Build(t, rateLimitGuest)
 	meshPath := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeFile(t, meshPath, text)
 	cp := startControlPlane(t, meshPath, "--ratelimit-wasm", module)
-	st := cp.waitStatus(t, "a published version", func(st server.Status) bool { return st.Version != "" })
+	st := cp.WaitStatus(t, "a published version", waitTimeout, func(st server.Status) bool { return st.Version != "" })
 	sidecars := map[string]*testutil.Sidecar{}
 	for _, w := range workloads {
 		sidecars[w] = mtlsSidecar(t, cp, meshPath, w, false)
 	}
-	cp.waitStatus(t, "every sidecar ACKing the first version", func(s server.Status) bool {
+	cp.WaitStatus(t, "every sidecar ACKing the first version", waitTimeout, func(s server.Status) bool {
 		for _, w := range workloads {
 			if !applied(s, st.Version, nodeTypes{w: {resourcev3.ListenerType}}) {
 				return false
@@ -106,7 +107,7 @@ func TestWasmRateLimitSourceIdentity(t *testing.T) {
 	p := newMTLSPorts(t)
 	text := mtlsMesh(app.Addr, p, nil) + wasmRateLimitDoc(rate, rate, "source-identity", "")
 	_, _, sc := startWasmRateLimitMesh(t, text, serverNode, clientNode, intruderNode)
-	client, intruder := dialLoopback(t, p.Outbound), dialLoopback(t, p.IntruderOutbound)
+	client, intruder := meshtest.DialLoopback(t, p.Outbound), meshtest.DialLoopback(t, p.IntruderOutbound)
 	waitCallCode(t, client, codes.OK, waitTimeout)
 	waitCallCode(t, intruder, codes.OK, waitTimeout)
 	// Refill the buckets the readiness calls drew from.
@@ -160,11 +161,11 @@ func moduleServer(t *testing.T, body []byte) string {
 
 // waitNACK polls /status until node's stream has a listener NACK of a
 // version other than acked, and returns it.
-func waitNACK(t *testing.T, cp *controlPlane, node, acked string) server.NACKRecord {
+func waitNACK(t *testing.T, cp *meshtest.ControlPlane, node, acked string) server.NACKRecord {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for time.Now().Before(deadline) {
-		if st, ok := cp.statusOnce(t); ok {
+		if st, err := cp.Status(); err == nil {
 			for _, s := range st.Streams {
 				if n := s.Types[resourcev3.ListenerType].LastNACK; s.Node == node && n != nil && n.Version != acked {
 					return *n
@@ -197,7 +198,7 @@ func TestWasmRateLimitUpdate(t *testing.T) {
 	before := base + wasmRateLimitDoc(rate1, rate1, "global", "")
 	cp, meshPath, sc := startWasmRateLimitMesh(t, before, serverNode, clientNode)
 	srv, cli := sc[serverNode], sc[clientNode]
-	client := dialLoopback(t, p.Outbound)
+	client := meshtest.DialLoopback(t, p.Outbound)
 	waitCallCode(t, client, codes.OK, waitTimeout)
 	pid := srv.PID()
 	const upstream = "cluster.outbound|50051||greeter.demo."
@@ -241,7 +242,7 @@ func TestWasmRateLimitUpdate(t *testing.T) {
 	url := moduleServer(t, real)
 	wrong := sha256.Sum256(append(real, 0))
 	bad := base + wasmRateLimitDoc(rate1, rate1, "global", fmt.Sprintf("{url: %q, sha256: %s}", url, hex.EncodeToString(wrong[:])))
-	writeFileAtomic(t, meshPath, bad)
+	meshtest.WriteFileAtomic(t, meshPath, bad)
 	nack := waitNACK(t, cp, serverNode, version)
 	t.Logf("NACK: %s", nack.Error)
 	realSum := sha256.Sum256(real)
