@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,69 +19,6 @@ import (
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/mtls/mtlstest"
 )
-
-// h3FrontBootstrap is a sidecar with one HTTP/3 listener (UDP, QUIC
-// transport socket with a static certificate) in front of the echo
-// backend over HTTP/2.
-const h3FrontBootstrap = `node: {id: h3-front, cluster: e2e}
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
-static_resources:
-  listeners:
-  - name: h3
-    address:
-      socket_address: { protocol: UDP, address: 127.0.0.1, port_value: 0 }
-    udp_listener_config:
-      quic_options:
-        quic_protocol_options: { max_concurrent_streams: 50 }
-    metadata:
-      filter_metadata:
-        meshd.quic: { retry: always }
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.quic
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport
-          downstream_tls_context:
-            common_tls_context:
-              tls_certificates:
-              - certificate_chain: { filename: %q }
-                private_key: { filename: %q }
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: h3
-          codec_type: HTTP3
-          http3_protocol_options: {}
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: backend, timeout: 0s }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: 127.0.0.1, port_value: %s }
-`
 
 // h3Client returns quic-go's HTTP/3 client trusting ca; the server's SVID
 // has no DNS name, so the chain is verified against ca and the SPIFFE ID
@@ -127,9 +63,10 @@ func TestHTTP3Downstream(t *testing.T) {
 	ca := mtlstest.NewCA(t, "test.example")
 	const frontID = "spiffe://test.example/ns/demo/sa/front"
 	cert, key, _ := mtlstest.WriteFiles(t, t.TempDir(), ca.Issue(t, frontID), ca.Bundle())
-	_, port, _ := strings.Cut(backend.Addr, ":")
-	sc := testutil.StartSidecar(t, fmt.Sprintf(h3FrontBootstrap, cert, key, port))
-	base := "https://" + sc.ListenerAddr(t, "h3")
+	sc := testutil.StartSidecar(t, testutil.MustH3Bootstrap(t, testutil.H3BootstrapParams{
+		CertFile: cert, KeyFile: key, BackendAddr: backend.Addr, MaxConcurrentStreams: 50, Retry: "always",
+	}))
+	base := "https://" + sc.ListenerAddr(t, testutil.H3ListenerName)
 	client := h3Client(t, ca, frontID)
 	const big = 10 << 20
 
@@ -218,7 +155,7 @@ func TestHTTP3Downstream(t *testing.T) {
 	t.Run("failed handshake", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c, err := quic.DialAddr(ctx, sc.ListenerAddr(t, "h3"), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"not-h3"}}, nil)
+		c, err := quic.DialAddr(ctx, sc.ListenerAddr(t, testutil.H3ListenerName), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"not-h3"}}, nil)
 		if err == nil {
 			_ = c.CloseWithError(0, "")
 			t.Fatal("a QUIC handshake offering only ALPN not-h3 succeeded")

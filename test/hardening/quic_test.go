@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"text/template"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -24,99 +23,6 @@ import (
 
 	"meshd.dev/meshd/internal/testutil"
 )
-
-// quicParams shapes the bootstrap of startQUICSidecar.
-type quicParams struct {
-	// Port is the UDP port to bind (0: any free port).
-	Port int
-	// Retry is the meshd.quic retry policy ("" leaves the default,
-	// under_load) and RetryThreshold its attempts per second (0: default).
-	Retry          string
-	RetryThreshold int
-	// SecretFile is the stateless reset secret ("" : a random key).
-	SecretFile string
-	// MaxStreams is quic_protocol_options.max_concurrent_streams (0: unset).
-	MaxStreams int
-	// IdleTimeout and HandshakeTimeout are quic_options.idle_timeout and
-	// crypto_handshake_timeout.
-	IdleTimeout, HandshakeTimeout time.Duration
-}
-
-var quicBootstrapTmpl = template.Must(template.New("q").Funcs(template.FuncMap{
-	"secs": func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s" },
-}).Parse(`node: { id: hardening-quic, cluster: hardening }
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
-static_resources:
-  listeners:
-  - name: h3
-    address:
-      socket_address: { protocol: UDP, address: 127.0.0.1, port_value: {{.Port}} }
-    udp_listener_config:
-      quic_options:
-        idle_timeout: {{secs .IdleTimeout}}
-        crypto_handshake_timeout: {{secs .HandshakeTimeout}}
-{{- if .MaxStreams}}
-        quic_protocol_options: { max_concurrent_streams: {{.MaxStreams}} }
-{{- end}}
-{{- if or .Retry .RetryThreshold .SecretFile}}
-    metadata:
-      filter_metadata:
-        meshd.quic:
-{{- if .Retry}}
-          retry: {{.Retry}}
-{{- end}}
-{{- if .RetryThreshold}}
-          retry_threshold: {{.RetryThreshold}}
-{{- end}}
-{{- if .SecretFile}}
-          stateless_reset_secret_file: "{{.SecretFile}}"
-{{- end}}
-{{- end}}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.quic
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport
-          downstream_tls_context:
-            common_tls_context:
-              tls_certificates:
-              - certificate_chain: { filename: "{{.CertDir}}/server.pem" }
-                private_key: { filename: "{{.CertDir}}/server-key.pem" }
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: h3
-          codec_type: HTTP3
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: backend, timeout: 0s }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: 127.0.0.1, port_value: {{.BackendPort}} }
-`))
 
 // quicMesh is a sidecar with one HTTP/3 listener ("h3") in front of the
 // suite's backend.
@@ -126,30 +32,27 @@ type quicMesh struct {
 	certDir string
 }
 
-// startQUICSidecar starts a sidecar configured by p in front of be.
-func startQUICSidecar(t *testing.T, be *backend, p quicParams) *quicMesh {
+// startQUICSidecar starts a sidecar with testutil.H3Bootstrap's HTTP/3
+// listener in front of be: p's certificate and backend are filled in (the
+// example certificate, be), and its idle and handshake timeouts default to
+// 30 s and 5 s.
+func startQUICSidecar(t *testing.T, be *backend, p testutil.H3BootstrapParams) *quicMesh {
 	t.Helper()
 	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	certDir := filepath.Join(root, "examples", "certs")
-	_, port, _ := net.SplitHostPort(be.addr)
+	p.CertFile, p.KeyFile = filepath.Join(certDir, "server.pem"), filepath.Join(certDir, "server-key.pem")
+	p.BackendAddr = be.addr
 	if p.IdleTimeout == 0 {
 		p.IdleTimeout = 30 * time.Second
 	}
 	if p.HandshakeTimeout == 0 {
 		p.HandshakeTimeout = 5 * time.Second
 	}
-	var b strings.Builder
-	if err := quicBootstrapTmpl.Execute(&b, struct {
-		quicParams
-		CertDir, BackendPort string
-	}{p, certDir, port}); err != nil {
-		t.Fatal(err)
-	}
-	sc := testutil.StartSidecar(t, b.String())
-	return &quicMesh{sc: sc, addr: sc.ListenerAddr(t, "h3"), certDir: certDir}
+	sc := testutil.StartSidecar(t, testutil.MustH3Bootstrap(t, p))
+	return &quicMesh{sc: sc, addr: sc.ListenerAddr(t, testutil.H3ListenerName), certDir: certDir}
 }
 
 // quicStat is the sum of the sidecar's stats named *.suffix (the QUIC
@@ -388,7 +291,7 @@ func TestQUICInitialFlood(t *testing.T) {
 		{"retry under load", "under_load"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := startQUICSidecar(t, be, quicParams{Retry: tc.retry, RetryThreshold: int(threshold), HandshakeTimeout: handshakeTimeout})
+			m := startQUICSidecar(t, be, testutil.H3BootstrapParams{Retry: tc.retry, RetryThreshold: int(threshold), HandshakeTimeout: handshakeTimeout})
 			tlsCfg := m.tlsConfig(t)
 			if err := m.h3Get(tlsCfg); err != nil {
 				t.Fatalf("HTTP/3 request before the flood: %v", err)
@@ -599,7 +502,7 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 		afterAct time.Duration // last packet from the old sidecar -> closed
 	}
 	run := func(t *testing.T, restartSecret string) result {
-		m := startQUICSidecar(t, be, quicParams{SecretFile: secretA, IdleTimeout: idle})
+		m := startQUICSidecar(t, be, testutil.H3BootstrapParams{StatelessResetSecretFile: secretA, IdleTimeout: idle})
 		conn, cc := dialH3(t, m.addr, m.tlsConfig(t), &quic.Config{MaxIdleTimeout: idle}, nil)
 		if err := get(cc, m.addr, "/", 10*time.Second); err != nil {
 			t.Fatalf("request before the restart: %v", err)
@@ -614,7 +517,7 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 		killedAt := time.Now()
 		_, port, _ := net.SplitHostPort(m.addr)
 		p, _ := strconv.Atoi(port)
-		m2 := startQUICSidecar(t, be, quicParams{Port: p, SecretFile: restartSecret, IdleTimeout: idle})
+		m2 := startQUICSidecar(t, be, testutil.H3BootstrapParams{Port: p, StatelessResetSecretFile: restartSecret, IdleTimeout: idle})
 		if m2.addr != m.addr {
 			t.Fatalf("restarted on %s, want %s", m2.addr, m.addr)
 		}
@@ -739,7 +642,7 @@ func (c *injectingClient) closedBy(t *testing.T, d time.Duration) error {
 func TestQUICLimits(t *testing.T) {
 	const maxStreams = 10
 	be := startBackend(t)
-	m := startQUICSidecar(t, be, quicParams{MaxStreams: maxStreams})
+	m := startQUICSidecar(t, be, testutil.H3BootstrapParams{MaxConcurrentStreams: maxStreams})
 
 	t.Run("streams", func(t *testing.T) {
 		c := dialInjecting(t, m)
