@@ -1,8 +1,10 @@
 package hardening
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,15 +54,26 @@ const (
 	// above what the probe alone costs: nothing keeps spinning once the
 	// attacker is gone.
 	maxAfterCores = 0.25
-	// floodPhases is how many quiet and how many attack phases alternate.
-	floodPhases = 3
+	// floodPairs is how many attack phases run, each between two quiet
+	// ones; maxPairs bounds them when too few yield a measurement.
+	floodPairs, maxPairs = 5, 10
+	// minPairs is how many attack phases, with probe windows in them and
+	// in both quiet neighbours, the latency bound is judged on.
+	minPairs = 5
 	// phaseSettle starts each phase unmeasured (attacks in flight finish).
 	phaseSettle = 150 * time.Millisecond
 	// phaseLength is the measured part of a phase.
-	phaseLength = 450 * time.Millisecond
-	// latencyFloor is the least quiet p99 the 2x bound is taken of:
-	// below it, a shared 2-core machine's scheduling noise dominates.
+	phaseLength = 400 * time.Millisecond
+	// latencyFloor is the least quiet p99 a slowdown is taken of: below
+	// it, a shared 2-core machine's scheduling noise dominates.
 	latencyFloor = 15 * time.Millisecond
+	// quietNoise is the percentile of all quiet windows' p99s that also
+	// floors the baseline: on a loaded machine the quiet phases' own
+	// hiccups say how much noise any one window may carry.
+	quietNoise = 0.9
+	// maxSlowdown bounds the median, over attack phases, of the probe's
+	// p99 under attack over that of the neighbouring quiet phases.
+	maxSlowdown = 2.0
 )
 
 // flood is one attack of TestHTTP2Floods.
@@ -119,6 +132,9 @@ func wantCalmOrCut(o *outcome, _ int) error {
 }
 
 func floods() []flood {
+	emptyHeaders := func(c *rawConn, i int) error {
+		return c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), EndHeaders: true})
+	}
 	return []flood{
 		{
 			name: "rapid reset (CVE-2023-44487)",
@@ -154,13 +170,7 @@ func floods() []flood {
 					return 0
 				}
 				junk := c.block("x-junk", strings.Repeat("j", 4000))
-				n := 0
-				for ; n < 5000; n++ {
-					if c.fr.WriteContinuation(1, false, junk) != nil {
-						break
-					}
-				}
-				return n
+				return frameLoop(5000, func(c *rawConn, _ int) error { return c.fr.WriteContinuation(1, false, junk) })(c)
 			},
 			check: func(o *outcome, _ int) error {
 				if !o.goAway || (o.goAwayCode != http2.ErrCodeProtocol && o.goAwayCode != http2.ErrCodeEnhanceYourCalm) {
@@ -172,22 +182,16 @@ func floods() []flood {
 		},
 		{
 			name: "HPACK bomb (max_request_headers_kb)",
-			send: func(c *rawConn) int {
-				// One 4000-byte value enters the dynamic table, then each
-				// stream references it 20 times: ~80 KB decoded from a few
-				// dozen bytes on the wire.
-				n := 0
-				for ; n < 100; n++ {
-					kv := getPath("/")
-					for range 20 {
-						kv = append(kv, "x-bomb", strings.Repeat("b", 4000))
-					}
-					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
-						break
-					}
+			// One 4000-byte value enters the dynamic table, then each
+			// stream references it 20 times: ~80 KB decoded from a few
+			// dozen bytes on the wire.
+			send: requestLoop(100, func(int) []string {
+				kv := getPath("/")
+				for range 20 {
+					kv = append(kv, "x-bomb", strings.Repeat("b", 4000))
 				}
-				return n
-			},
+				return kv
+			}),
 			done: func(o *outcome) bool { return o.status["431"] >= 100 },
 			check: func(o *outcome, sent int) error {
 				if o.status["431"] != sent || o.goAway {
@@ -199,19 +203,13 @@ func floods() []flood {
 		},
 		{
 			name: "header count (max_headers_count)",
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 100; n++ {
-					kv := getPath("/")
-					for i := range 60 {
-						kv = append(kv, "x-h"+strconv.Itoa(i), "v")
-					}
-					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
-						break
-					}
+			send: requestLoop(100, func(int) []string {
+				kv := getPath("/")
+				for i := range 60 {
+					kv = append(kv, "x-h"+strconv.Itoa(i), "v")
 				}
-				return n
-			},
+				return kv
+			}),
 			done: func(o *outcome) bool { return o.status["431"] >= 100 },
 			check: func(o *outcome, sent int) error {
 				if o.status["431"] != sent {
@@ -226,49 +224,22 @@ func floods() []flood {
 			rounds:       4,
 			smallBuffers: true,
 			noRead:       true,
-			send: func(c *rawConn) int {
-				n := 0
-				end := time.Now().Add(5 * time.Second)
-				for ; n < 3_000_000 && time.Now().Before(end); n++ {
-					if c.fr.WritePing(false, [8]byte{byte(n)}) != nil {
-						break
-					}
-				}
-				return n
-			},
-			check: wantCalmOrCut,
-			stat:  "http2.outbound_control_flood",
+			send:         timedFrameLoop(3_000_000, 5*time.Second, func(c *rawConn, i int) error { return c.fr.WritePing(false, [8]byte{byte(i)}) }),
+			check:        wantCalmOrCut,
+			stat:         "http2.outbound_control_flood",
 		},
 		{
 			name:         "SETTINGS flood, attacker not reading",
 			rounds:       4,
 			smallBuffers: true,
 			noRead:       true,
-			send: func(c *rawConn) int {
-				n := 0
-				end := time.Now().Add(5 * time.Second)
-				for ; n < 3_000_000 && time.Now().Before(end); n++ {
-					if c.fr.WriteSettings() != nil {
-						break
-					}
-				}
-				return n
-			},
-			check: wantCalmOrCut,
-			stat:  "http2.outbound_control_flood",
+			send:         timedFrameLoop(3_000_000, 5*time.Second, func(c *rawConn, _ int) error { return c.fr.WriteSettings() }),
+			check:        wantCalmOrCut,
+			stat:         "http2.outbound_control_flood",
 		},
 		{
-			name: "RST_STREAM flood: malformed requests provoking resets (CVE-2019-9514)",
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 2000; n++ {
-					kv := append(getPath("/"), "connection", "close")
-					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
-						break
-					}
-				}
-				return n
-			},
+			name:  "RST_STREAM flood: malformed requests provoking resets (CVE-2019-9514)",
+			send:  requestLoop(2000, func(int) []string { return append(getPath("/"), "connection", "close") }),
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http.plain.downstream_rq_too_many_premature_resets",
 		},
@@ -278,43 +249,20 @@ func floods() []flood {
 				if c.request(1, "/hang", false) != nil {
 					return 0
 				}
-				n := 0
-				for ; n < 1000; n++ {
-					if c.fr.WriteData(1, false, nil) != nil {
-						break
-					}
-				}
-				return n
+				return frameLoop(1000, func(c *rawConn, _ int) error { return c.fr.WriteData(1, false, nil) })(c)
 			},
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http2.inbound_empty_frames_flood",
 		},
 		{
-			name: "empty HEADERS frames (CVE-2019-9518)",
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 1000; n++ {
-					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), EndHeaders: true}) != nil {
-						break
-					}
-				}
-				return n
-			},
+			name:  "empty HEADERS frames (CVE-2019-9518)",
+			send:  frameLoop(1000, emptyHeaders),
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http2.inbound_empty_frames_flood",
 		},
 		{
 			name: "zero-length header names (CVE-2019-9516)",
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 50; n++ {
-					kv := append(getPath("/"), "", "v")
-					if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*n + 1), BlockFragment: c.block(kv...), EndStream: true, EndHeaders: true}) != nil {
-						break
-					}
-				}
-				return n
-			},
+			send: requestLoop(50, func(int) []string { return append(getPath("/"), "", "v") }),
 			done: func(o *outcome) bool { return o.rst[http2.ErrCodeProtocol] >= 50 },
 			check: func(o *outcome, sent int) error {
 				if o.rst[http2.ErrCodeProtocol] != sent || len(o.status) != 0 {
@@ -327,19 +275,11 @@ func floods() []flood {
 		{
 			name:     "1-byte window data dribble (CVE-2019-9511/9517)",
 			settings: []http2.Setting{{ID: http2.SettingInitialWindowSize, Val: 1}},
-			send: func(c *rawConn) int {
-				// Large responses the attacker lets through one byte per
-				// stream and then never again: the sidecar must neither
-				// buffer them whole nor keep the streams past
-				// stream_idle_timeout.
-				n := 0
-				for ; n < 20; n++ {
-					if c.request(uint32(2*n+1), "/big?size=4194304", true) != nil {
-						break
-					}
-				}
-				return n
-			},
+			// Large responses the attacker lets through one byte per
+			// stream and then never again: the sidecar must neither
+			// buffer them whole nor keep the streams past
+			// stream_idle_timeout.
+			send: frameLoop(20, func(c *rawConn, i int) error { return c.request(uint32(2*i+1), "/big?size=4194304", true) }),
 			done: func(o *outcome) bool { return o.rst[http2.ErrCodeCancel]+o.rst[http2.ErrCodeInternal] >= 20 },
 			check: func(o *outcome, sent int) error {
 				if got := o.rst[http2.ErrCodeCancel] + o.rst[http2.ErrCodeInternal]; got != sent {
@@ -351,29 +291,15 @@ func floods() []flood {
 		},
 		{
 			name: "PRIORITY churn (CVE-2019-9513)",
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 5000; n++ {
-					if c.fr.WritePriority(uint32(2*(n%1000)+1), http2.PriorityParam{StreamDep: uint32(2*((n+7)%1000) + 1), Weight: uint8(n)}) != nil {
-						break
-					}
-				}
-				return n
-			},
+			send: frameLoop(5000, func(c *rawConn, i int) error {
+				return c.fr.WritePriority(uint32(2*(i%1000)+1), http2.PriorityParam{StreamDep: uint32(2*((i+7)%1000) + 1), Weight: uint8(i)})
+			}),
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http2.inbound_priority_frames_flood",
 		},
 		{
-			name: "WINDOW_UPDATE flood",
-			send: func(c *rawConn) int {
-				n := 0
-				for ; n < 5000; n++ {
-					if c.fr.WriteWindowUpdate(0, 1) != nil {
-						break
-					}
-				}
-				return n
-			},
+			name:  "WINDOW_UPDATE flood",
+			send:  frameLoop(5000, func(c *rawConn, _ int) error { return c.fr.WriteWindowUpdate(0, 1) }),
 			check: wantGoAway(http2.ErrCodeEnhanceYourCalm),
 			stat:  "http2.inbound_window_update_frames_flood",
 		},
@@ -386,8 +312,8 @@ func floods() []flood {
 // flood's stat must count it; the sidecar's RSS must grow less than
 // maxRSSGrowth, its CPU stay under maxAttackCores during the flood and
 // fall under maxAfterCores after it; and (without -race) the probe's p99
-// latency must stay within 2x its baseline (median of short windows, with
-// a 2 ms floor).
+// under attack must stay within maxSlowdown of the quiet phases around
+// it (see runPhases).
 func TestHTTP2Floods(t *testing.T) {
 	// Envoy's default per_connection_buffer_limit_bytes (1 MiB), which
 	// meshd leaves unset unless configured (docs/RELIABILITY.md), on the
@@ -448,45 +374,11 @@ func TestHTTP2Floods(t *testing.T) {
 					failures = append(failures, fmt.Sprintf("round %d (sent %d): %v", round, sent, err))
 				}
 			})
-			// Quiet and attack phases alternate, so both see the same
-			// machine load; the first part of each phase is not measured.
-			// A loaded CI machine can spoil one set of phases, so when the
-			// latency bound fails the phases run once more and the second
-			// set decides (both are logged).
-			var quiet, loud latency
-			var quietCPU, loudCPU float64
-			var rssBefore, rssMax int64
-			var attempts []string
-			for attempt := range 2 {
-				quiet, loud, quietCPU, loudCPU = latency{}, latency{}, 0, 0
-				for ph := range 2 * floodPhases {
-					attacking := ph%2 == 1
-					on.Store(attacking)
-					time.Sleep(phaseSettle)
-					a := sampleProc(t, pid)
-					if ph == 0 && attempt == 0 {
-						rssBefore = a.rss
-					}
-					from := time.Now()
-					time.Sleep(phaseLength)
-					b := sampleProc(t, pid)
-					rssMax = max(rssMax, b.rss)
-					l := pr.between(from, time.Now())
-					if attacking {
-						loud.add(l)
-						loudCPU += cpuFraction(a, b) / floodPhases
-					} else {
-						quiet.add(l)
-						quietCPU += cpuFraction(a, b) / floodPhases
-					}
-				}
-				quiet.finish()
-				loud.finish()
-				attempts = append(attempts, fmt.Sprintf("quiet %v, under attack %v", quiet, loud))
-				if raceEnabled || loud.median <= 2*max(quiet.median, latencyFloor) {
-					break
-				}
-			}
+			// Quiet and attack phases alternate, Q A Q A ... Q, so each
+			// attack phase is judged against the quiet phases on either
+			// side of it: the same machine load, measured within a second.
+			// The first part of each phase is not measured.
+			ph := runPhases(t, pid, pr, &on)
 			on.Store(false)
 			close(stop)
 			rounds = wait()
@@ -507,14 +399,14 @@ func TestHTTP2Floods(t *testing.T) {
 			if d := m.stat(t, fl.stat) - stat0; d <= 0 {
 				t.Errorf("%s did not increase", fl.stat)
 			}
-			growth := rssMax - rssBefore
-			baseCores, cores, afterCores := quietCPU, loudCPU, cpuFraction(during, after)
+			growth := ph.rssMax - ph.rssBefore
+			afterCores := cpuFraction(during, after)
 			firstDesc := "none"
 			if first != nil {
 				firstDesc = fmt.Sprintf("sent %d, GOAWAY %v %v, RST %v, statuses %v", firstSent, first.goAway, first.goAwayCode, first.rst, first.status)
 			}
 			t.Logf("FIGURES %s: %d attacker connections; first: %s; sidecar CPU %.2f cores quiet (probe only), %.2f under attack, %.2f after; RSS %d MiB -> max %d MiB; probe: %s",
-				fl.name, rounds, firstDesc, baseCores, cores, afterCores, rssBefore>>20, rssMax>>20, strings.Join(attempts, "; then "))
+				fl.name, rounds, firstDesc, ph.quietCPU, ph.loudCPU, afterCores, ph.rssBefore>>20, ph.rssMax>>20, ph)
 			rssBound := int64(maxRSSGrowth)
 			if raceEnabled {
 				rssBound *= 4 // the race detector's shadow memory
@@ -525,35 +417,193 @@ func TestHTTP2Floods(t *testing.T) {
 			if raceEnabled {
 				return
 			}
-			if cores > maxAttackCores {
-				t.Errorf("sidecar used %.2f cores during the flood, want <= %.1f", cores, maxAttackCores)
+			if ph.loudCPU > maxAttackCores {
+				t.Errorf("sidecar used %.2f cores during the flood, want <= %.1f", ph.loudCPU, maxAttackCores)
 			}
-			if afterCores > baseCores+maxAfterCores {
-				t.Errorf("sidecar used %.2f cores in the second after the flood, want <= %.2f above the %.2f before it", afterCores, maxAfterCores, baseCores)
+			if afterCores > ph.quietCPU+maxAfterCores {
+				t.Errorf("sidecar used %.2f cores in the second after the flood, want <= %.2f above the %.2f before it", afterCores, maxAfterCores, ph.quietCPU)
 			}
-			if loud.errs > 0 {
-				t.Errorf("well-behaved client: %d failed requests under attack", loud.errs)
+			if ph.loud.errs > 0 {
+				t.Errorf("well-behaved client: %d failed requests under attack", ph.loud.errs)
 			}
-			limit := 2 * max(quiet.median, latencyFloor)
-			if loud.median > limit {
-				t.Errorf("well-behaved client p99 %v under attack, want <= %v (2x the quiet phases' %v, floor %v)", loud.median, limit, quiet.median, latencyFloor)
+			if len(ph.ratios) < minPairs {
+				t.Errorf("well-behaved client: only %d of %d attack phases had probe windows on both sides (want %d): %s", len(ph.ratios), ph.pairs, minPairs, ph)
+			} else if r := ph.slowdown(); r > maxSlowdown {
+				t.Errorf("well-behaved client p99 %.1fx its neighbouring quiet phases' under attack (median over %d phases), want <= %.1fx: %s", r, len(ph.ratios), maxSlowdown, ph)
 			}
 		})
 	}
+}
+
+// frameLoop returns a send that calls write(c, i) for i = 0, 1, ... at
+// most limit times and stops at the first error; it returns how many
+// writes succeeded.
+func frameLoop(limit int, write func(c *rawConn, i int) error) func(c *rawConn) int {
+	return func(c *rawConn) int {
+		n := 0
+		for ; n < limit; n++ {
+			if write(c, n) != nil {
+				break
+			}
+		}
+		return n
+	}
+}
+
+// timedFrameLoop is frameLoop that also stops once d has passed since
+// the send began.
+func timedFrameLoop(limit int, d time.Duration, write func(c *rawConn, i int) error) func(c *rawConn) int {
+	return func(c *rawConn) int {
+		end := time.Now().Add(d)
+		return frameLoop(limit, func(c *rawConn, i int) error {
+			if !time.Now().Before(end) {
+				return errTimeUp
+			}
+			return write(c, i)
+		})(c)
+	}
+}
+
+// errTimeUp ends a timedFrameLoop.
+var errTimeUp = errors.New("flood duration over")
+
+// requestLoop returns a send of at most limit whole requests (HEADERS
+// with END_STREAM and END_HEADERS) on streams 1, 3, 5, ..., the i-th with
+// the header list kv(i) encoded on the connection's HPACK context.
+func requestLoop(limit int, kv func(i int) []string) func(c *rawConn) int {
+	return frameLoop(limit, func(c *rawConn, i int) error {
+		return c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: c.block(kv(i)...), EndStream: true, EndHeaders: true})
+	})
+}
+
+// phases is what runPhases measured.
+type phases struct {
+	// quiet and loud merge the probe windows of all quiet and all attack
+	// phases.
+	quiet, loud latency
+	// ratios are, per attack phase with probe windows in it and in both
+	// neighbours, its median window p99 over the baseline: the median
+	// window p99 of the two neighbouring quiet phases, floored by
+	// latencyFloor and by the quietNoise percentile of all quiet windows.
+	ratios []float64
+	// pairs is how many attack phases ran.
+	pairs int
+	// quietCPU and loudCPU are the sidecar's mean CPU, in cores, over the
+	// measured parts of the quiet and the attack phases.
+	quietCPU, loudCPU float64
+	// rssBefore is the sidecar's RSS at the start, rssMax the largest seen.
+	rssBefore, rssMax int64
+}
+
+// runPhases alternates quiet and attack phases (on set during the
+// latter), starting and ending quiet, and measures the measured part of
+// each: probe windows, sidecar CPU and RSS. It runs floodPairs attack
+// phases, and more, up to maxPairs, while fewer than minPairs of them have
+// probe windows in them and in both neighbours (a starved probe reports
+// none).
+func runPhases(t *testing.T, pid int, pr *probe, on *atomic.Bool) phases {
+	t.Helper()
+	var out phases
+	var quiet []latency // quiet[i] precedes attack phase i
+	var loud []latency
+	var quietCPU, loudCPU []float64
+	measure := func(attacking bool) latency {
+		on.Store(attacking)
+		time.Sleep(phaseSettle)
+		a := sampleProc(t, pid)
+		if out.rssBefore == 0 {
+			out.rssBefore = a.rss
+		}
+		from := time.Now()
+		time.Sleep(phaseLength)
+		b := sampleProc(t, pid)
+		out.rssMax = max(out.rssMax, b.rss)
+		if attacking {
+			loudCPU = append(loudCPU, cpuFraction(a, b))
+		} else {
+			quietCPU = append(quietCPU, cpuFraction(a, b))
+		}
+		return pr.between(from, time.Now())
+	}
+	usable := func() int {
+		n := 0
+		for i := range loud {
+			if len(loud[i].p99s) > 0 && len(quiet[i].p99s) > 0 && len(quiet[i+1].p99s) > 0 {
+				n++
+			}
+		}
+		return n
+	}
+	quiet = append(quiet, measure(false))
+	for len(loud) < floodPairs || (usable() < minPairs && len(loud) < maxPairs) {
+		loud = append(loud, measure(true))
+		quiet = append(quiet, measure(false))
+	}
+	on.Store(false)
+	out.pairs = len(loud)
+	for _, l := range quiet {
+		out.quiet.add(l)
+	}
+	for _, l := range loud {
+		out.loud.add(l)
+	}
+	out.quiet.finish()
+	out.loud.finish()
+	floor := max(latencyFloor, percentile(out.quiet.p99s, quietNoise))
+	for i, l := range loud {
+		if len(l.p99s) == 0 || len(quiet[i].p99s) == 0 || len(quiet[i+1].p99s) == 0 {
+			continue
+		}
+		var base latency
+		base.add(quiet[i])
+		base.add(quiet[i+1])
+		base.finish()
+		out.ratios = append(out.ratios, float64(l.median)/float64(max(base.median, floor)))
+	}
+	out.quietCPU, out.loudCPU = mean(quietCPU), mean(loudCPU)
+	return out
+}
+
+// slowdown is the median of the per-phase ratios (0 without any).
+func (p phases) slowdown() float64 {
+	if len(p.ratios) == 0 {
+		return 0
+	}
+	r := slices.Clone(p.ratios)
+	slices.Sort(r)
+	return r[len(r)/2]
+}
+
+func (p phases) String() string {
+	rs := make([]string, len(p.ratios))
+	for i, r := range p.ratios {
+		rs[i] = strconv.FormatFloat(r, 'f', 2, 64)
+	}
+	return fmt.Sprintf("quiet %v, under attack %v; per-phase slowdown [%s], median %.2fx (floor %v)",
+		p.quiet, p.loud, strings.Join(rs, " "), p.slowdown(), max(latencyFloor, percentile(p.quiet.p99s, quietNoise)).Round(10*time.Microsecond))
+}
+
+// mean is the arithmetic mean of xs (0 for none).
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var sum float64
+	for _, x := range xs {
+		sum += x
+	}
+	return sum / float64(len(xs))
 }
 
 // streamLoop opens up to 2000 streams on /hang (HEADERS with END_STREAM
 // when end), each followed at once by the frame follow writes, and returns
 // how many it sent before the connection failed.
 func streamLoop(end bool, follow func(c *rawConn, id uint32) error) func(c *rawConn) int {
-	return func(c *rawConn) int {
-		n := 0
-		for ; n < 2000; n++ {
-			id := uint32(2*n + 1)
-			if c.request(id, "/hang", end) != nil || follow(c, id) != nil {
-				break
-			}
+	return frameLoop(2000, func(c *rawConn, i int) error {
+		id := uint32(2*i + 1)
+		if err := c.request(id, "/hang", end); err != nil {
+			return err
 		}
-		return n
-	}
+		return follow(c, id)
+	})
 }
