@@ -225,6 +225,36 @@ func (s *Sidecar) Stats(t testing.TB) map[string]int64 {
 	return ParseStats(s.Admin(t, http.MethodGet, "/stats"))
 }
 
+// WaitStat polls GET /stats every 20 ms until the stat name (0 while
+// absent) equals want, for at most timeout. Otherwise it fails the test
+// with what, the stat's last value and want.
+func (s *Sidecar) WaitStat(t testing.TB, name string, want int64, timeout time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := s.Stats(t)[name]
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s = %d, want %d within %v", what, name, got, want, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// FilterStats returns the entries of st whose names contain sub (for
+// logging the few stats a failure is about).
+func FilterStats(st map[string]int64, sub string) map[string]int64 {
+	out := make(map[string]int64)
+	for k, v := range st {
+		if strings.Contains(k, sub) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // ParseStats parses Envoy's plain-text /stats format into a map of the
 // integer-valued entries (counters and gauges).
 func ParseStats(text string) map[string]int64 {

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -163,6 +164,7 @@ func TestSidecarHarness(t *testing.T) {
 			}
 			_ = c.Close()
 
+			s.WaitStat(t, "cluster.backend.upstream_rq_total", 3, time.Second, "the fake's counter")
 			stats := s.Stats(t)
 			if stats["cluster.backend.upstream_rq_total"] != 3 || stats["server.live"] != 1 {
 				t.Errorf("Stats() = %v", stats)
@@ -275,5 +277,25 @@ func TestParseStats(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("ParseStats[%q] = %d, want %d", k, got[k], v)
 		}
+	}
+}
+
+func TestFilterStats(t *testing.T) {
+	st := map[string]int64{"http.a.rq": 1, "http.b.rq": 2, "cluster.a.cx": 3}
+	tests := []struct {
+		sub  string
+		want map[string]int64
+	}{
+		{"http.", map[string]int64{"http.a.rq": 1, "http.b.rq": 2}},
+		{".a.", map[string]int64{"http.a.rq": 1, "cluster.a.cx": 3}},
+		{"nothing", map[string]int64{}},
+		{"", st},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sub, func(t *testing.T) {
+			if got := FilterStats(st, tt.sub); !maps.Equal(got, tt.want) {
+				t.Errorf("FilterStats(%q) = %v, want %v", tt.sub, got, tt.want)
+			}
+		})
 	}
 }

@@ -341,26 +341,6 @@ func checkNoFailures(t *testing.T, load *meshtest.CallLoad, what string) {
 	t.Errorf("%s: %d of %d calls failed; first:%s", what, fail, ok+fail, b.String())
 }
 
-// stat returns a sidecar's stat, 0 when absent.
-func stat(t *testing.T, sc *testutil.Sidecar, name string) int64 {
-	t.Helper()
-	return sc.Stats(t)[name]
-}
-
-// waitStatValue waits until a sidecar's stat has value want.
-func waitStatValue(t *testing.T, sc *testutil.Sidecar, name string, want int64, timeout time.Duration, what string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var got int64
-	for time.Now().Before(deadline) {
-		if got = stat(t, sc, name); got == want {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: %s = %d, want %d within %v", what, name, got, want, timeout)
-}
-
 // statWith returns the sum of the stats whose names start with prefix and
 // end with suffix.
 func statWith(st map[string]int64, prefix, suffix string) int64 {
@@ -394,7 +374,7 @@ func TestChaosControlPlaneRestart(t *testing.T) {
 	m.cp.Kill(t)
 	killed := time.Now()
 	for node, sc := range m.sidecars() {
-		waitStatValue(t, sc, "control_plane.connected_state", 0, meshtest.WaitTimeout, node+" seeing the control plane gone")
+		sc.WaitStat(t, "control_plane.connected_state", 0, meshtest.WaitTimeout, node+" seeing the control plane gone")
 	}
 	time.Sleep(2 * time.Second)
 	okDown, _ := load.Counts()
@@ -407,7 +387,7 @@ func TestChaosControlPlaneRestart(t *testing.T) {
 		t.Errorf("restarted control plane publishes version %q, want the same %q as before", st.Version, m.version)
 	}
 	for node, sc := range m.sidecars() {
-		waitStatValue(t, sc, "control_plane.connected_state", 1, meshtest.WaitTimeout, node+" reconnected")
+		sc.WaitStat(t, "control_plane.connected_state", 1, meshtest.WaitTimeout, node+" reconnected")
 		if dump := sc.Admin(t, http.MethodGet, "/config_dump"); dump != dumps[node] {
 			t.Errorf("%s: /config_dump changed across the restart of an unchanged control plane:\nbefore %.1500s\nafter  %.1500s", node, dumps[node], dump)
 		}
@@ -501,7 +481,7 @@ func TestChaosBlackHole(t *testing.T) {
 	stopped := time.Now()
 	var ejectedAt time.Time
 	for ejectedAt.IsZero() && time.Since(stopped) < ejectionBound {
-		if stat(t, m.client, ejected) == 1 {
+		if m.client.Stats(t)[ejected] == 1 {
 			ejectedAt = time.Now()
 			break
 		}
@@ -512,7 +492,7 @@ func TestChaosBlackHole(t *testing.T) {
 		load.Stop()
 		ok, fail := load.Counts()
 		t.Fatalf("black-holed endpoint not ejected within %v (%d calls, %d failed); client outlier and retry stats: %v %v",
-			ejectionBound, ok+fail, fail, filterStats(st, "outlier"), filterStats(st, "retry"))
+			ejectionBound, ok+fail, fail, testutil.FilterStats(st, "outlier"), testutil.FilterStats(st, "retry"))
 	}
 	okAtEjection, failAtEjection := load.Counts()
 	ok, fail := finishRun(t, load, begin)
@@ -538,17 +518,6 @@ func TestChaosBlackHole(t *testing.T) {
 		chaosCallers, ok+fail, fail, failAtEjection, blackHoleFailureBound, late, ejectedAt.Sub(stopped).Round(time.Millisecond), okAtEjection,
 		st[chaosGreeterCluster+".upstream_rq_per_try_timeout"], st[chaosGreeterCluster+".upstream_rq_retry"],
 		st[chaosGreeterCluster+".upstream_rq_retry_overflow"], st[chaosGreeterCluster+".outlier_detection.ejections_enforced_total"])
-}
-
-// filterStats returns the stats whose names contain sub.
-func filterStats(st map[string]int64, sub string) map[string]int64 {
-	out := map[string]int64{}
-	for k, v := range st {
-		if strings.Contains(k, sub) {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // chaosPushes is how many config pushes TestChaosConfigPushes makes.
@@ -585,7 +554,7 @@ func TestChaosConfigPushes(t *testing.T) {
 	before := make([]int64, len(hops))
 	for i, h := range hops {
 		if before[i] = h.stat(h.sc.Stats(t)); before[i] == 0 {
-			t.Fatalf("%s: no connection counted before the pushes; stats: %v", h.name, filterStats(h.sc.Stats(t), "cx_total"))
+			t.Fatalf("%s: no connection counted before the pushes; stats: %v", h.name, testutil.FilterStats(h.sc.Stats(t), "cx_total"))
 		}
 	}
 
@@ -662,14 +631,14 @@ func TestChaosSVIDRotation(t *testing.T) {
 	renewals := func() map[string]int64 {
 		out := map[string]int64{}
 		for node, sc := range m.sidecars() {
-			out[node] = stat(t, sc, "ca_client.renewals")
+			out[node] = sc.Stats(t)["ca_client.renewals"]
 		}
 		return out
 	}
 	before := renewals()
 	load := m.startLoad(t)
 	begin := time.Now()
-	cxBefore := stat(t, m.client, chaosGreeterCluster+".upstream_cx_total")
+	cxBefore := m.client.Stats(t)[chaosGreeterCluster+".upstream_cx_total"]
 	var serials []string // each new one with when it was first seen
 	last := ""
 	handshakes := 0
@@ -700,7 +669,7 @@ func TestChaosSVIDRotation(t *testing.T) {
 	if len(serials) < 1+minRenewals {
 		t.Errorf("fresh handshakes saw %d server certificates (%v), want at least %d: the initial one and each renewal", len(serials), serials, 1+minRenewals)
 	}
-	cxAfter := stat(t, m.client, chaosGreeterCluster+".upstream_cx_total")
+	cxAfter := m.client.Stats(t)[chaosGreeterCluster+".upstream_cx_total"]
 	if cxAfter != cxBefore {
 		t.Errorf("client sidecar opened connections to the server across the renewals: upstream_cx_total %d → %d", cxBefore, cxAfter)
 	}

@@ -138,7 +138,7 @@ func TestAutoTuneKeepaliveFleetLearning(t *testing.T) {
 	deadline := time.Now().Add(45 * time.Second)
 	for learned.Field == "" {
 		if time.Now().After(deadline) {
-			t.Fatalf("no keepalive change on /status within 45 s; client-a stats:\n%v", filterStats(a.Stats(t), "greeter"))
+			t.Fatalf("no keepalive change on /status within 45 s; client-a stats:\n%v", testutil.FilterStats(a.Stats(t), "greeter"))
 		}
 		if err := call(clientA); err != nil {
 			t.Logf("client-a call: %v", err) // the GOAWAY may cost a call in flight; not the acceptance figure

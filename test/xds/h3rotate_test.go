@@ -143,7 +143,7 @@ func TestHTTP3RotationNewHandshakes(t *testing.T) {
 	cst := cli.Stats(t)
 	if n := cst[cluster+".upstream_cx_http3_total"]; n != cxBefore {
 		t.Errorf("%s.upstream_cx_http3_total %d -> %d: the client sidecar opened new QUIC connections across the rotation (%v)",
-			cluster, cxBefore, n, filterStats(cst, "upstream_cx"))
+			cluster, cxBefore, n, testutil.FilterStats(cst, "upstream_cx"))
 	}
 	if n := cst[cluster+".upstream_http3_broken"]; n != 0 {
 		t.Errorf("upstream_http3_broken = %d: the client fell back to HTTP/2", n)

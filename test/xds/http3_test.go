@@ -69,7 +69,7 @@ func TestHTTP3InteropUnderControlPlane(t *testing.T) {
 		{sst, quicPrefix + ".downstream_cx_http3_total", 1},
 	} {
 		if c.st[c.name] < c.min {
-			t.Errorf("%s = %d, want at least %d (client: %v; server: %v)", c.name, c.st[c.name], c.min, filterStats(cst, "http3"), filterStats(sst, "http3"))
+			t.Errorf("%s = %d, want at least %d (client: %v; server: %v)", c.name, c.st[c.name], c.min, testutil.FilterStats(cst, "http3"), testutil.FilterStats(sst, "http3"))
 		}
 	}
 	if n := cst[cluster+".upstream_http3_broken"]; n != 0 {
@@ -264,5 +264,5 @@ func TestHTTP3FallbackUDPBlocked(t *testing.T) {
 		t.Errorf("upstream_http3_broken %d, upstream_cx_http3_total %d, upstream_cx_total %d, datagrams dropped %d; want HTTP/3 marked broken, no HTTP/3 connection, HTTP/2 connections, and QUIC attempts dropped",
 			st["cluster.greeter.upstream_http3_broken"], st["cluster.greeter.upstream_cx_http3_total"], st["cluster.greeter.upstream_cx_total"], dropped.Load())
 	}
-	t.Logf("%d calls over the HTTP/2 fallback; %d QUIC datagrams dropped; %s", callers*perCaller, dropped.Load(), fmt.Sprint(filterStats(st, "http3")))
+	t.Logf("%d calls over the HTTP/2 fallback; %d QUIC datagrams dropped; %s", callers*perCaller, dropped.Load(), fmt.Sprint(testutil.FilterStats(st, "http3")))
 }

@@ -238,20 +238,9 @@ func TestMTLSInteropUnderControlPlane(t *testing.T) {
 			// The server's handshakes verified the client's SVID: a
 			// client certificate was presented and no handshake failed.
 			st := srv.Stats(t)
-			t.Logf("server sidecar TLS stats: %v", filterStats(st, "ssl"))
+			t.Logf("server sidecar TLS stats: %v", testutil.FilterStats(st, "ssl"))
 		})
 	}
-}
-
-// filterStats returns the stats whose names contain sub.
-func filterStats(st map[string]int64, sub string) map[string]int64 {
-	out := map[string]int64{}
-	for k, v := range st {
-		if strings.Contains(k, sub) {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // meshCA returns the control plane's CA (its generated root, persisted in
@@ -390,8 +379,8 @@ func TestMTLSAuthorizationPolicy(t *testing.T) {
 		t.Errorf("policy change applied after %v, want within 2s", took)
 	}
 	st := sidecars[serverNode].Stats(t)
-	if denied := filterStats(st, "rbac.denied"); len(denied) == 0 {
-		t.Errorf("server sidecar has no rbac.denied counter; rbac stats: %v", filterStats(st, "rbac"))
+	if denied := testutil.FilterStats(st, "rbac.denied"); len(denied) == 0 {
+		t.Errorf("server sidecar has no rbac.denied counter; rbac stats: %v", testutil.FilterStats(st, "rbac"))
 	}
 }
 
@@ -454,7 +443,7 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 			node, renewals, st["sds.default.update_success"], st["sds.ROOTCA.update_success"])
 		if renewals < minRotations {
 			t.Errorf("%s renewed its SVID %d times during the run, want at least %d; ca_client stats: %v",
-				node, renewals, minRotations, filterStats(st, "ca_client"))
+				node, renewals, minRotations, testutil.FilterStats(st, "ca_client"))
 		}
 	}
 }

@@ -75,7 +75,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 
 	cp.Kill(t)
 	for node, sc := range sidecars {
-		waitStat(t, sc, "control_plane.connected_state", 0, node+" seeing the control plane gone")
+		sc.WaitStat(t, "control_plane.connected_state", 0, reconnectTimeout, node+" seeing the control plane gone")
 	}
 	time.Sleep(controlPlaneDown)
 	load.WaitCalls(t, 50, "calls while the control plane is down")
@@ -101,7 +101,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 		t.Errorf("restarted control plane publishes version %q, want the same %q as before", st.Version, first.Version)
 	}
 	for node, sc := range sidecars {
-		waitStat(t, sc, "control_plane.connected_state", 1, node+" reconnected")
+		sc.WaitStat(t, "control_plane.connected_state", 1, reconnectTimeout, node+" reconnected")
 		if dump := sc.Admin(t, http.MethodGet, "/config_dump"); dump != dumps[node] {
 			t.Errorf("%s: /config_dump changed across the restart of an unchanged control plane:\nbefore %.1500s\nafter  %.1500s", node, dumps[node], dump)
 		}
@@ -114,18 +114,4 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 		t.Errorf("%d of %d calls failed across the restart; first: %v", fail, ok+fail, err)
 	}
 	t.Logf("%d calls, %d failed, across a SIGKILL, %v down and a restart; version %s before and after", ok+fail, fail, controlPlaneDown, st.Version)
-}
-
-// waitStat waits until the sidecar's stat name has value want.
-func waitStat(t *testing.T, sc *testutil.Sidecar, name string, want int64, what string) {
-	t.Helper()
-	deadline := time.Now().Add(reconnectTimeout)
-	var got int64
-	for time.Now().Before(deadline) {
-		if got = sc.Stats(t)[name]; got == want {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: %s = %d, want %d within %v", what, name, got, want, reconnectTimeout)
 }

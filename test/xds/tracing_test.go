@@ -43,18 +43,6 @@ func tracedMesh(t *testing.T, pct float64) (client testgrpc.TestServiceClient, c
 	return client, col, srv, cli
 }
 
-// statValue reads one counter from a sidecar's /stats.
-func statValue(t *testing.T, sc *testutil.Sidecar, name string) int64 {
-	t.Helper()
-	for _, line := range strings.Split(sc.Admin(t, "GET", "/stats"), "\n") {
-		if v, ok := strings.CutPrefix(line, name+": "); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
 // spansWhere waits until pred holds for the collector's spans.
 func spansWhere(t *testing.T, col receiver, what string, pred func([]tracingtest.Span) bool) []tracingtest.Span {
 	t.Helper()
@@ -146,7 +134,7 @@ func TestTracingAcrossSidecars(t *testing.T) {
 			t.Errorf("%s: %s = %q, want %q", c.name, c.key, got, c.want)
 		}
 	}
-	if n := statValue(t, cli, "tracing.opentelemetry.spans_sent"); n < 2 {
+	if n := cli.Stats(t)["tracing.opentelemetry.spans_sent"]; n < 2 {
 		t.Errorf("client sidecar tracing.opentelemetry.spans_sent = %d, want ≥ 2", n)
 	}
 }
@@ -160,7 +148,7 @@ func TestTracingCollectorOutage(t *testing.T) {
 	load.WaitCalls(t, 50, "calls before the outage")
 	col.Stop()
 	time.Sleep(10 * time.Second)
-	dropped := statValue(t, cli, "tracing.opentelemetry.spans_dropped") + statValue(t, srv, "tracing.opentelemetry.spans_dropped")
+	dropped := cli.Stats(t)["tracing.opentelemetry.spans_dropped"] + srv.Stats(t)["tracing.opentelemetry.spans_dropped"]
 	col.Reset()
 	col.Restart()
 	load.WaitCalls(t, 50, "calls after the outage")
