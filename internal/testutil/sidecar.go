@@ -255,6 +255,32 @@ func FilterStats(st map[string]int64, sub string) map[string]int64 {
 	return out
 }
 
+// FetchStats GETs /stats from the admin server at addr ("ip:port"; any
+// meshd sidecar's, not only one StartSidecar started), bounded by
+// AdminRequestTimeout, and returns its integer-valued entries as
+// ParseStats does. A status other than 200 is an error.
+func FetchStats(addr string) (map[string]int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), AdminRequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/stats", nil)
+	if err != nil {
+		return nil, fmt.Errorf("admin %s GET /stats: %w", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("admin %s GET /stats: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("admin %s GET /stats: reading the body: %w", addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("admin %s GET /stats: status %d: %.200s", addr, resp.StatusCode, body)
+	}
+	return ParseStats(string(body)), nil
+}
+
 // ParseStats parses Envoy's plain-text /stats format into a map of the
 // integer-valued entries (counters and gauges).
 func ParseStats(text string) map[string]int64 {

@@ -165,6 +165,9 @@ func TestSidecarHarness(t *testing.T) {
 			_ = c.Close()
 
 			s.WaitStat(t, "cluster.backend.upstream_rq_total", 3, time.Second, "the fake's counter")
+			if fetched, err := FetchStats(s.AdminAddr); err != nil || !maps.Equal(fetched, s.Stats(t)) {
+				t.Errorf("FetchStats(%s) = %v, %v; want Stats() without an error", s.AdminAddr, fetched, err)
+			}
 			stats := s.Stats(t)
 			if stats["cluster.backend.upstream_rq_total"] != 3 || stats["server.live"] != 1 {
 				t.Errorf("Stats() = %v", stats)

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -196,28 +194,6 @@ func TestUp(t *testing.T) {
 	}
 }
 
-// sidecarStats GETs the sidecar admin at addr's /stats as name -> value.
-func sidecarStats(addr string) (map[string]int64, error) {
-	client := &http.Client{Timeout: 2 * time.Second}
-	resp, err := client.Get("http://" + addr + "/stats")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	st := map[string]int64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		name, value, ok := strings.Cut(line, ": ")
-		if n, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64); ok && err == nil {
-			st[name] = n
-		}
-	}
-	return st, nil
-}
-
 // waitStat polls node's admin at addr until a counter named
 // prefix...suffix is positive, for up to 10 s.
 func waitStat(t *testing.T, node, addr, prefix, suffix string) {
@@ -227,7 +203,7 @@ func waitStat(t *testing.T, node, addr, prefix, suffix string) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		st, err := sidecarStats(addr)
+		st, err := testutil.FetchStats(addr)
 		for name, n := range st {
 			if strings.HasPrefix(name, prefix) && strings.HasSuffix(name, suffix) && n > 0 {
 				t.Logf("%s: %s = %d", node, name, n)
@@ -245,7 +221,7 @@ func waitStat(t *testing.T, node, addr, prefix, suffix string) {
 // counted an HTTP/3 failure that sent calls to HTTP/2 over TCP.
 func checkNoHTTP3Fallback(t *testing.T, addr string) {
 	t.Helper()
-	st, err := sidecarStats(addr)
+	st, err := testutil.FetchStats(addr)
 	if err != nil {
 		t.Fatalf("greeter-client.demo stats: %v", err)
 	}

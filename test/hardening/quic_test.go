@@ -68,15 +68,12 @@ func (m *quicMesh) quicStat(t *testing.T, suffix string) int64 {
 
 // quicStatErr is quicStat for goroutines other than the test's.
 func (m *quicMesh) quicStatErr(suffix string) (int64, error) {
-	code, body, err := m.sc.AdminRequest(http.MethodGet, "/stats")
+	st, err := testutil.FetchStats(m.sc.AdminAddr)
 	if err != nil {
 		return 0, err
 	}
-	if code != http.StatusOK {
-		return 0, fmt.Errorf("GET /stats: status %d", code)
-	}
 	var n int64
-	for name, v := range testutil.ParseStats(body) {
+	for name, v := range st {
 		if strings.HasSuffix(name, "."+suffix) {
 			n += v
 		}
