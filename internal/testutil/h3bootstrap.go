@@ -174,3 +174,176 @@ func MustH3Bootstrap(t testing.TB, p H3BootstrapParams) string {
 	}
 	return s
 }
+
+// H3UpstreamParams describes the bootstrap of H3UpstreamBootstrap: an HTTP
+// listener in front of one QUIC upstream. ListenerName, Cluster,
+// UpstreamAddr, TrustedCA and PeerSAN are required.
+type H3UpstreamParams struct {
+	// ListenerName names the TCP listener on 127.0.0.1:0 (codec AUTO);
+	// it is also the connection manager's stat_prefix.
+	ListenerName string
+	// Cluster names the STATIC cluster, as stats name it
+	// (cluster.<Cluster>.upstream_cx_http3_total).
+	Cluster string
+	// UpstreamAddr is the "ip:port" of the one endpoint (UDP for HTTP/3,
+	// TCP for the HTTP/2 fallback).
+	UpstreamAddr string
+	// TrustedCA is the PEM bundle the upstream's certificate must chain to,
+	// and PeerSAN the URI SAN (a SPIFFE ID) it must carry.
+	TrustedCA, PeerSAN string
+	// CertFile and KeyFile, when set, are the client certificate offered
+	// to the upstream.
+	CertFile, KeyFile string
+	// Fallback selects auto_config: HTTP/3 first, HTTP/2 over TCP while
+	// HTTP/3 is marked broken. Otherwise explicit_http_config HTTP/3.
+	Fallback bool
+	// MaxConcurrentStreams, IdleTimeout and Keepalive are the upstream
+	// HTTP/3 quic_protocol_options' max_concurrent_streams,
+	// idle_network_timeout (0: unset) and connection_keepalive.max_interval
+	// (nil: unset; 0 turns keepalive off).
+	MaxConcurrentStreams int
+	IdleTimeout          time.Duration
+	Keepalive            *time.Duration
+	// RouteTimeout is the route's timeout (0: none) and ConnectTimeout the
+	// cluster's connect_timeout (0: 1s).
+	RouteTimeout, ConnectTimeout time.Duration
+}
+
+var h3UpstreamTemplate = template.Must(template.New("h3up").Funcs(template.FuncMap{
+	"duration": protoDuration,
+}).Parse(`# One HTTP listener in front of one STATIC HTTP/3 cluster; rendered by testutil.H3UpstreamBootstrap.
+node: { id: h3-client, cluster: test }
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: 0 }
+static_resources:
+  listeners:
+  - name: {{.ListenerName}}
+    address:
+      socket_address: { address: 127.0.0.1, port_value: 0 }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {{.ListenerName}}
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: {{.Cluster}}
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: {{.Cluster}}, timeout: {{duration .RouteTimeout}} }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: {{.Cluster}}
+    type: STATIC
+    connect_timeout: {{duration .ConnectTimeout}}
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+{{- if .Fallback}}
+        auto_config:
+          http2_protocol_options: {}
+          http3_protocol_options: {{.HTTP3Options}}
+          alternate_protocols_cache_options: { name: {{.Cluster}} }
+{{- else}}
+        explicit_http_config:
+          http3_protocol_options: {{.HTTP3Options}}
+{{- end}}
+    transport_socket:
+      name: envoy.transport_sockets.quic
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicUpstreamTransport
+        upstream_tls_context:
+          common_tls_context:
+{{- if .CertFile}}
+            tls_certificates:
+            - certificate_chain: { filename: {{printf "%q" .CertFile}} }
+              private_key: { filename: {{printf "%q" .KeyFile}} }
+{{- end}}
+            validation_context:
+              trusted_ca: { filename: {{printf "%q" .TrustedCA}} }
+              match_typed_subject_alt_names:
+              - san_type: URI
+                matcher: { exact: {{printf "%q" .PeerSAN}} }
+    load_assignment:
+      cluster_name: {{.Cluster}}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: {{.UpstreamHost}}, port_value: {{.UpstreamPort}} }
+`))
+
+// H3UpstreamBootstrap renders an Envoy v3 bootstrap (YAML) with admin on
+// 127.0.0.1:0 and one HTTP listener, p.ListenerName on 127.0.0.1:0 (codec
+// AUTO), routing every path to the STATIC cluster p.Cluster: one endpoint
+// at p.UpstreamAddr reached over a QUIC transport socket that verifies the
+// peer against p.TrustedCA and p.PeerSAN, over HTTP/3 only or, with
+// p.Fallback, HTTP/3 with HTTP/2 as Envoy's auto_config falls back. It
+// returns an error naming the field when a required one is missing or out
+// of range.
+func H3UpstreamBootstrap(p H3UpstreamParams) (string, error) {
+	host, portText, err := net.SplitHostPort(p.UpstreamAddr)
+	if err != nil {
+		return "", fmt.Errorf("h3 upstream bootstrap: UpstreamAddr %q: %w", p.UpstreamAddr, err)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return "", fmt.Errorf("h3 upstream bootstrap: UpstreamAddr %q: port must be in [1, 65535]", p.UpstreamAddr)
+	}
+	switch {
+	case p.ListenerName == "" || p.Cluster == "":
+		return "", fmt.Errorf("h3 upstream bootstrap: ListenerName %q and Cluster %q are both required", p.ListenerName, p.Cluster)
+	case p.TrustedCA == "" || p.PeerSAN == "":
+		return "", fmt.Errorf("h3 upstream bootstrap: TrustedCA %q and PeerSAN %q are both required", p.TrustedCA, p.PeerSAN)
+	case (p.CertFile == "") != (p.KeyFile == ""):
+		return "", fmt.Errorf("h3 upstream bootstrap: CertFile %q and KeyFile %q go together", p.CertFile, p.KeyFile)
+	case p.MaxConcurrentStreams < 0:
+		return "", fmt.Errorf("h3 upstream bootstrap: MaxConcurrentStreams %d must not be negative", p.MaxConcurrentStreams)
+	case p.RouteTimeout < 0 || p.ConnectTimeout < 0 || p.IdleTimeout < 0 || (p.Keepalive != nil && *p.Keepalive < 0):
+		return "", fmt.Errorf("h3 upstream bootstrap: RouteTimeout %v, ConnectTimeout %v, IdleTimeout %v and Keepalive must not be negative", p.RouteTimeout, p.ConnectTimeout, p.IdleTimeout)
+	}
+	var quicOpts []string
+	if p.MaxConcurrentStreams > 0 {
+		quicOpts = append(quicOpts, "max_concurrent_streams: "+strconv.Itoa(p.MaxConcurrentStreams))
+	}
+	if p.IdleTimeout > 0 {
+		quicOpts = append(quicOpts, "idle_network_timeout: "+protoDuration(p.IdleTimeout))
+	}
+	if p.Keepalive != nil {
+		quicOpts = append(quicOpts, "connection_keepalive: { max_interval: "+protoDuration(*p.Keepalive)+" }")
+	}
+	http3Options := "{}"
+	if len(quicOpts) > 0 {
+		http3Options = "{ quic_protocol_options: { " + strings.Join(quicOpts, ", ") + " } }"
+	}
+	if p.ConnectTimeout == 0 {
+		p.ConnectTimeout = time.Second
+	}
+	var b strings.Builder
+	if err := h3UpstreamTemplate.Execute(&b, struct {
+		H3UpstreamParams
+		HTTP3Options, UpstreamHost string
+		UpstreamPort               uint64
+	}{p, http3Options, host, port}); err != nil {
+		return "", fmt.Errorf("h3 upstream bootstrap: %w", err)
+	}
+	return b.String(), nil
+}
+
+// MustH3UpstreamBootstrap is H3UpstreamBootstrap for tests: it fails the
+// test on an error.
+func MustH3UpstreamBootstrap(t testing.TB, p H3UpstreamParams) string {
+	t.Helper()
+	s, err := H3UpstreamBootstrap(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

@@ -104,3 +104,103 @@ func TestH3BootstrapRejectsBadParams(t *testing.T) {
 		})
 	}
 }
+
+// TestH3UpstreamBootstrapCompiles parses and compiles both upstream
+// protocol selections, with and without a client certificate, with the
+// sidecar's own config code.
+func TestH3UpstreamBootstrapCompiles(t *testing.T) {
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := filepath.Join(root, "examples", "certs")
+	base := H3UpstreamParams{ListenerName: "outbound", Cluster: "greeter", UpstreamAddr: "127.0.0.1:15101",
+		TrustedCA: filepath.Join(certs, "ca.pem"), PeerSAN: "spiffe://test.example/ns/demo/sa/server"}
+	withCert := base
+	withCert.CertFile, withCert.KeyFile = filepath.Join(certs, "server.pem"), filepath.Join(certs, "server-key.pem")
+	withCert.Fallback, withCert.MaxConcurrentStreams, withCert.RouteTimeout = true, 100, 10*time.Second
+	keepalive := base
+	keepalive.IdleTimeout, keepalive.Keepalive = time.Second, new(time.Duration)
+	tests := []struct {
+		name         string
+		p            H3UpstreamParams
+		want, absent []string
+	}{
+		{
+			name:   "HTTP/3 only, no client certificate",
+			p:      base,
+			want:   []string{"explicit_http_config:", "http3_protocol_options: {}", "connect_timeout: 1s", "timeout: 0s }"},
+			absent: []string{"auto_config", "tls_certificates", "max_concurrent_streams"},
+		},
+		{
+			name:   "fallback with a client certificate",
+			p:      withCert,
+			want:   []string{"auto_config:", "http2_protocol_options: {}", "alternate_protocols_cache_options", "tls_certificates", "max_concurrent_streams: 100", "timeout: 10s }"},
+			absent: []string{"explicit_http_config"},
+		},
+		{
+			name:   "idle timeout, keepalive off",
+			p:      keepalive,
+			want:   []string{"quic_protocol_options: { idle_network_timeout: 1s, connection_keepalive: { max_interval: 0s } }"},
+			absent: []string{"max_concurrent_streams"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			text := MustH3UpstreamBootstrap(t, tt.p)
+			for _, w := range tt.want {
+				if !strings.Contains(text, w) {
+					t.Errorf("bootstrap has no %q:\n%s", w, text)
+				}
+			}
+			for _, a := range tt.absent {
+				if strings.Contains(text, a) {
+					t.Errorf("bootstrap has %q, want it left out:\n%s", a, text)
+				}
+			}
+			b, err := config.ParseBootstrap([]byte(text), "h3up.yaml")
+			if err != nil {
+				t.Fatalf("ParseBootstrap: %v\n%s", err, text)
+			}
+			if _, err := config.Compile(b); err != nil {
+				t.Fatalf("Compile: %v\n%s", err, text)
+			}
+			c := b.GetStaticResources().GetClusters()
+			if len(c) != 1 || c[0].GetName() != tt.p.Cluster || c[0].GetTransportSocket().GetName() != "envoy.transport_sockets.quic" {
+				t.Fatalf("clusters = %v, want one QUIC cluster %q", c, tt.p.Cluster)
+			}
+		})
+	}
+}
+
+func TestH3UpstreamBootstrapRejectsBadParams(t *testing.T) {
+	ok := H3UpstreamParams{ListenerName: "l", Cluster: "c", UpstreamAddr: "127.0.0.1:1", TrustedCA: "ca.pem", PeerSAN: "spiffe://x/y"}
+	with := func(f func(*H3UpstreamParams)) H3UpstreamParams {
+		p := ok
+		f(&p)
+		return p
+	}
+	tests := []struct {
+		name string
+		p    H3UpstreamParams
+		want string
+	}{
+		{"no upstream", with(func(p *H3UpstreamParams) { p.UpstreamAddr = "" }), "UpstreamAddr"},
+		{"no listener", with(func(p *H3UpstreamParams) { p.ListenerName = "" }), "ListenerName"},
+		{"no cluster", with(func(p *H3UpstreamParams) { p.Cluster = "" }), "Cluster"},
+		{"no CA", with(func(p *H3UpstreamParams) { p.TrustedCA = "" }), "TrustedCA"},
+		{"no SAN", with(func(p *H3UpstreamParams) { p.PeerSAN = "" }), "PeerSAN"},
+		{"certificate without key", with(func(p *H3UpstreamParams) { p.CertFile = "c.pem" }), "KeyFile"},
+		{"negative streams", with(func(p *H3UpstreamParams) { p.MaxConcurrentStreams = -1 }), "MaxConcurrentStreams"},
+		{"negative timeout", with(func(p *H3UpstreamParams) { p.RouteTimeout = -time.Second }), "RouteTimeout"},
+		{"negative keepalive", with(func(p *H3UpstreamParams) { d := -time.Second; p.Keepalive = &d }), "Keepalive"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := H3UpstreamBootstrap(tt.p)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("H3UpstreamBootstrap error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}

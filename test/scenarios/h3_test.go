@@ -117,69 +117,15 @@ func (b *h3Backend) close() {
 	<-done
 }
 
-// h3SidecarBootstrap is a sidecar with an HTTP listener (codec AUTO) in
-// front of one HTTP/3 endpoint.
-const h3SidecarBootstrap = `node: {id: h3-scenario, cluster: scenarios}
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
-static_resources:
-  listeners:
-  - name: ingress
-    address:
-      socket_address: { address: 127.0.0.1, port_value: 0 }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: h3up, timeout: 10s }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: h3up
-    type: STATIC
-    connect_timeout: 2s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http3_protocol_options:
-            quic_protocol_options: { max_concurrent_streams: 100 }
-    transport_socket:
-      name: envoy.transport_sockets.quic
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicUpstreamTransport
-        upstream_tls_context:
-          common_tls_context:
-            validation_context:
-              trusted_ca: { filename: %q }
-              match_typed_subject_alt_names:
-              - san_type: URI
-                matcher: { exact: %q }
-    load_assignment:
-      cluster_name: h3up
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: 127.0.0.1, port_value: %s }
-`
-
+// startH3Sidecar starts a sidecar with an HTTP listener "ingress" (codec
+// AUTO) in front of be, HTTP/3 only, verified against be's bundle and
+// SPIFFE ID.
 func startH3Sidecar(t *testing.T, be *h3Backend) *testutil.Sidecar {
 	t.Helper()
-	_, port, _ := net.SplitHostPort(be.Addr)
-	return testutil.StartSidecar(t, fmt.Sprintf(h3SidecarBootstrap, be.BundleFile, h3ServerID, port))
+	return testutil.StartSidecar(t, testutil.MustH3UpstreamBootstrap(t, testutil.H3UpstreamParams{
+		ListenerName: "ingress", Cluster: "h3up", UpstreamAddr: be.Addr, TrustedCA: be.BundleFile, PeerSAN: h3ServerID,
+		MaxConcurrentStreams: 100, RouteTimeout: 10 * time.Second, ConnectTimeout: 2 * time.Second,
+	}))
 }
 
 // h2cClient speaks HTTP/2 with prior knowledge to the sidecar.

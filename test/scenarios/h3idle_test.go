@@ -1,11 +1,8 @@
 package scenarios
 
 import (
-	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -22,20 +19,20 @@ func TestH3IdleTimeoutAndKeepalive(t *testing.T) {
 	const idle = time.Second
 	for _, tc := range []struct {
 		name      string
-		keepalive string
+		keepalive time.Duration
 	}{
-		{"keepalive off", "0s"},
-		{"keepalive every 1s", "1s"},
+		{"keepalive off", 0},
+		{"keepalive every 1s", time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.CheckGoroutines(t)
 			be := startH3Backend(t, 100, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				_, _ = io.WriteString(w, "ok")
 			}))
-			_, port, _ := net.SplitHostPort(be.Addr)
-			boot := strings.Replace(h3SidecarBootstrap, "quic_protocol_options: { max_concurrent_streams: 100 }",
-				fmt.Sprintf("quic_protocol_options: { idle_network_timeout: %v, connection_keepalive: { max_interval: %s } }", idle, tc.keepalive), 1)
-			sc := testutil.StartSidecar(t, fmt.Sprintf(boot, be.BundleFile, h3ServerID, port))
+			sc := testutil.StartSidecar(t, testutil.MustH3UpstreamBootstrap(t, testutil.H3UpstreamParams{
+				ListenerName: "ingress", Cluster: "h3up", UpstreamAddr: be.Addr, TrustedCA: be.BundleFile, PeerSAN: h3ServerID,
+				IdleTimeout: idle, Keepalive: &tc.keepalive, RouteTimeout: 10 * time.Second, ConnectTimeout: 2 * time.Second,
+			}))
 			c := h2cClient(t)
 			url := "http://" + sc.ListenerAddr(t, "ingress") + "/"
 			if err := get(c, url, "ok"); err != nil {
@@ -46,7 +43,7 @@ func TestH3IdleTimeoutAndKeepalive(t *testing.T) {
 				active   = "cluster.h3up.upstream_cx_active"
 				timeouts = "cluster.h3up.http3.idle_timeout"
 			)
-			if tc.keepalive == "0s" {
+			if tc.keepalive == 0 {
 				var st map[string]int64
 				for deadline := opened.Add(idle + 10*time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 					if st = sc.Stats(t); st[active] == 0 {

@@ -138,70 +138,6 @@ static_resources:
               socket_address: { address: 127.0.0.1, port_value: %s }
 `
 
-// h3FallbackClientBootstrap is sidecar A: an HTTP listener for the app and
-// an auto_config cluster (HTTP/3 first, HTTP/2 over TCP while HTTP/3 is
-// broken) to B with SPIFFE SAN matching.
-const h3FallbackClientBootstrap = `node: {id: a, cluster: fallback}
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
-static_resources:
-  listeners:
-  - name: outbound
-    address:
-      socket_address: { address: 127.0.0.1, port_value: 0 }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: greeter
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: greeter, timeout: 10s }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: greeter
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        auto_config:
-          http2_protocol_options: {}
-          http3_protocol_options: {}
-          alternate_protocols_cache_options: { name: sidecars }
-    transport_socket:
-      name: envoy.transport_sockets.quic
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicUpstreamTransport
-        upstream_tls_context:
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: { filename: %q }
-              private_key: { filename: %q }
-            validation_context:
-              trusted_ca: { filename: %q }
-              match_typed_subject_alt_names:
-              - san_type: URI
-                matcher: { exact: %q }
-    load_assignment:
-      cluster_name: greeter
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: 127.0.0.1, port_value: %d }
-`
-
 // TestHTTP3FallbackUDPBlocked is acceptance 4 of HTTP/3: the UDP port of
 // sidecar B is held by a socket that drops every datagram, so sidecar A's
 // QUIC handshakes never complete; A marks B's HTTP/3 broken (counted in
@@ -234,7 +170,13 @@ func TestHTTP3FallbackUDPBlocked(t *testing.T) {
 
 	_, appPort, _ := net.SplitHostPort(app.Addr)
 	testutil.StartSidecar(t, fmt.Sprintf(h3FallbackServerBootstrap, port, bCert, bKey, bundle, appPort))
-	a := testutil.StartSidecar(t, fmt.Sprintf(h3FallbackClientBootstrap, aCert, aKey, bundle, serverID, port))
+	// Sidecar A: an HTTP listener for the app and an auto_config cluster
+	// (HTTP/3 first, HTTP/2 over TCP while HTTP/3 is broken) to B with
+	// SPIFFE SAN matching.
+	a := testutil.StartSidecar(t, testutil.MustH3UpstreamBootstrap(t, testutil.H3UpstreamParams{
+		ListenerName: "outbound", Cluster: "greeter", UpstreamAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		TrustedCA: bundle, PeerSAN: serverID, CertFile: aCert, KeyFile: aKey, Fallback: true, RouteTimeout: 10 * time.Second,
+	}))
 	out, _ := strconv.Atoi(strings.Split(a.ListenerAddr(t, "outbound"), ":")[1])
 	client := meshtest.DialLoopback(t, out)
 
