@@ -46,13 +46,57 @@ type BootstrapParams struct {
 	ConnectTimeout time.Duration
 }
 
-var bootstrapTemplate = template.Must(template.New("bootstrap").Parse(`# One HTTP listener in front of one STATIC cluster; rendered by testutil.Bootstrap.
+// bootstrapParts are the template pieces every bootstrap of this package
+// shares, each invoked at the indentation it is written with: the admin
+// server on 127.0.0.1:0, the HTTP connection manager's name and type, a
+// route of every path to .Cluster with timeout .RouteTimeout, the router
+// filter, the upstream HttpProtocolOptions' key and type, and the
+// load_assignment of .Cluster's one endpoint .BackendHost:.BackendPort.
+var bootstrapParts = template.Must(template.New("parts").Funcs(template.FuncMap{
+	"duration": protoDuration,
+}).Parse(`{{define "admin"}}admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: 0 }
+{{- end}}
+{{define "hcm"}}      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+{{- end}}
+{{define "routeAll"}}            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: {{.Cluster}}, timeout: {{duration .RouteTimeout}} }
+{{- end}}
+{{define "router"}}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{{- end}}
+{{define "protocolOptions"}}    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+{{- end}}
+{{define "loadAssignment"}}    load_assignment:
+      cluster_name: {{.Cluster}}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: {{.BackendHost}}, port_value: {{.BackendPort}} }
+{{- end}}`))
+
+// bootstrapTemplate parses text with bootstrapParts' definitions.
+func bootstrapTemplate(name, text string) *template.Template {
+	return template.Must(template.Must(bootstrapParts.Clone()).New(name).Parse(text))
+}
+
+var bootstrapTmpl = bootstrapTemplate("bootstrap", `# One HTTP listener in front of one STATIC cluster; rendered by testutil.Bootstrap.
 node:
   id: e2e-sidecar
   cluster: e2e
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
+{{template "admin"}}
 static_resources:
   listeners:
   - name: {{.ListenerName}}
@@ -60,47 +104,27 @@ static_resources:
       socket_address: { address: 127.0.0.1, port_value: 0 }
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+{{template "hcm"}}
           stat_prefix: {{.StatPrefix}}
           codec_type: AUTO
           route_config:
             name: local_route
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route:
-                  cluster: {{.Cluster}}
-                  timeout: {{.RouteTimeout}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{{template "routeAll" .}}
+{{template "router"}}
   clusters:
   - name: {{.Cluster}}
     type: STATIC
-    connect_timeout: {{.ConnectTimeout}}
+    connect_timeout: {{duration .ConnectTimeout}}
     lb_policy: ROUND_ROBIN
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+{{template "protocolOptions"}}
         explicit_http_config:
 {{- if .HTTP2}}
           http2_protocol_options: {}
 {{- else}}
           http_protocol_options: {}
 {{- end}}
-    load_assignment:
-      cluster_name: {{.Cluster}}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: {{.BackendHost}}, port_value: {{.BackendPort}} }
-`))
+{{template "loadAssignment" .}}
+`)
 
 // Bootstrap renders an Envoy v3 bootstrap (YAML) with admin on 127.0.0.1:0,
 // one listener on 127.0.0.1:0 with an HTTP connection manager (codec AUTO)
@@ -108,13 +132,9 @@ static_resources:
 // endpoint at p.BackendAddr and an explicit upstream protocol. The same text
 // is accepted by `envoy -c`.
 func Bootstrap(p BootstrapParams) (string, error) {
-	host, portText, err := net.SplitHostPort(p.BackendAddr)
+	host, port, err := endpointAddr("bootstrap: BackendAddr", p.BackendAddr)
 	if err != nil {
-		return "", fmt.Errorf("bootstrap: BackendAddr %q: %w", p.BackendAddr, err)
-	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil || port == 0 {
-		return "", fmt.Errorf("bootstrap: BackendAddr %q: port must be in [1, 65535]", p.BackendAddr)
+		return "", err
 	}
 	if p.RouteTimeout < 0 || p.ConnectTimeout < 0 {
 		return "", fmt.Errorf("bootstrap: timeouts must not be negative (route %v, connect %v)", p.RouteTimeout, p.ConnectTimeout)
@@ -140,12 +160,12 @@ func Bootstrap(p BootstrapParams) (string, error) {
 		connect = time.Second
 	}
 	var b strings.Builder
-	err = bootstrapTemplate.Execute(&b, map[string]any{
+	err = bootstrapTmpl.Execute(&b, map[string]any{
 		"ListenerName":   listener,
 		"StatPrefix":     prefix,
 		"Cluster":        BackendCluster,
-		"RouteTimeout":   protoDuration(p.RouteTimeout),
-		"ConnectTimeout": protoDuration(connect),
+		"RouteTimeout":   p.RouteTimeout,
+		"ConnectTimeout": connect,
 		"HTTP2":          http2,
 		"BackendHost":    host,
 		"BackendPort":    port,
@@ -165,9 +185,29 @@ func protoDuration(d time.Duration) string {
 // MustBootstrap is Bootstrap for tests: it fails the test on an error.
 func MustBootstrap(t testing.TB, p BootstrapParams) string {
 	t.Helper()
-	s, err := Bootstrap(p)
+	return mustRender(t, Bootstrap, p)
+}
+
+// mustRender returns render(p), failing the test on an error.
+func mustRender[P any](t testing.TB, render func(P) (string, error), p P) string {
+	t.Helper()
+	s, err := render(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// endpointAddr splits addr ("ip:port", a non-zero port) for a bootstrap's
+// socket_address; errors start with field.
+func endpointAddr(field, addr string) (host string, port uint64, err error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s %q: %w", field, addr, err)
+	}
+	port, err = strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return "", 0, fmt.Errorf("%s %q: port must be in [1, 65535]", field, addr)
+	}
+	return host, port, nil
 }

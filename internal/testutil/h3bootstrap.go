@@ -2,11 +2,9 @@ package testutil
 
 import (
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
-	"text/template"
 	"time"
 )
 
@@ -42,13 +40,9 @@ type H3BootstrapParams struct {
 	StatelessResetSecretFile string
 }
 
-var h3BootstrapTemplate = template.Must(template.New("h3").Funcs(template.FuncMap{
-	"duration": protoDuration,
-}).Parse(`# One HTTP/3 listener in front of one STATIC HTTP/2 cluster; rendered by testutil.H3Bootstrap.
+var h3BootstrapTemplate = bootstrapTemplate("h3", `# One HTTP/3 listener in front of one STATIC HTTP/2 cluster; rendered by testutil.H3Bootstrap.
 node: { id: h3-sidecar, cluster: test }
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
+{{template "admin"}}
 static_resources:
   listeners:
   - name: {{.Listener}}
@@ -94,39 +88,21 @@ static_resources:
               - certificate_chain: { filename: {{printf "%q" .CertFile}} }
                 private_key: { filename: {{printf "%q" .KeyFile}} }
       filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+{{template "hcm"}}
           stat_prefix: {{.Listener}}
           codec_type: HTTP3
           http3_protocol_options: {}
           route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: {{.Cluster}}, timeout: 0s }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{{template "routeAll" .}}
+{{template "router"}}
   clusters:
   - name: {{.Cluster}}
     type: STATIC
     connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+{{template "protocolOptions"}}
         explicit_http_config: { http2_protocol_options: {} }
-    load_assignment:
-      cluster_name: {{.Cluster}}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: {{.BackendHost}}, port_value: {{.BackendPort}} }
-`))
+{{template "loadAssignment" .}}
+`)
 
 // H3Bootstrap renders an Envoy v3 bootstrap (YAML) with admin on
 // 127.0.0.1:0 and one listener, H3ListenerName, on UDP 127.0.0.1:p.Port: a
@@ -136,13 +112,9 @@ static_resources:
 // It returns an error naming the field when a required one is missing or
 // out of range.
 func H3Bootstrap(p H3BootstrapParams) (string, error) {
-	host, portText, err := net.SplitHostPort(p.BackendAddr)
+	host, port, err := endpointAddr("h3 bootstrap: BackendAddr", p.BackendAddr)
 	if err != nil {
-		return "", fmt.Errorf("h3 bootstrap: BackendAddr %q: %w", p.BackendAddr, err)
-	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil || port == 0 {
-		return "", fmt.Errorf("h3 bootstrap: BackendAddr %q: port must be in [1, 65535]", p.BackendAddr)
+		return "", err
 	}
 	switch {
 	case p.CertFile == "" || p.KeyFile == "":
@@ -159,7 +131,8 @@ func H3Bootstrap(p H3BootstrapParams) (string, error) {
 		H3BootstrapParams
 		Listener, Cluster, BackendHost string
 		BackendPort                    uint64
-	}{p, H3ListenerName, BackendCluster, host, port}); err != nil {
+		RouteTimeout                   time.Duration
+	}{p, H3ListenerName, BackendCluster, host, port, 0}); err != nil {
 		return "", fmt.Errorf("h3 bootstrap: %w", err)
 	}
 	return b.String(), nil
@@ -168,11 +141,7 @@ func H3Bootstrap(p H3BootstrapParams) (string, error) {
 // MustH3Bootstrap is H3Bootstrap for tests: it fails the test on an error.
 func MustH3Bootstrap(t testing.TB, p H3BootstrapParams) string {
 	t.Helper()
-	s, err := H3Bootstrap(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return mustRender(t, H3Bootstrap, p)
 }
 
 // H3UpstreamParams describes the bootstrap of H3UpstreamBootstrap: an HTTP
@@ -209,13 +178,9 @@ type H3UpstreamParams struct {
 	RouteTimeout, ConnectTimeout time.Duration
 }
 
-var h3UpstreamTemplate = template.Must(template.New("h3up").Funcs(template.FuncMap{
-	"duration": protoDuration,
-}).Parse(`# One HTTP listener in front of one STATIC HTTP/3 cluster; rendered by testutil.H3UpstreamBootstrap.
+var h3UpstreamTemplate = bootstrapTemplate("h3up", `# One HTTP listener in front of one STATIC HTTP/3 cluster; rendered by testutil.H3UpstreamBootstrap.
 node: { id: h3-client, cluster: test }
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
+{{template "admin"}}
 static_resources:
   listeners:
   - name: {{.ListenerName}}
@@ -223,29 +188,17 @@ static_resources:
       socket_address: { address: 127.0.0.1, port_value: 0 }
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+{{template "hcm"}}
           stat_prefix: {{.ListenerName}}
           codec_type: AUTO
           route_config:
-            virtual_hosts:
-            - name: {{.Cluster}}
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: {{.Cluster}}, timeout: {{duration .RouteTimeout}} }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{{template "routeAll" .}}
+{{template "router"}}
   clusters:
   - name: {{.Cluster}}
     type: STATIC
     connect_timeout: {{duration .ConnectTimeout}}
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+{{template "protocolOptions"}}
 {{- if .Fallback}}
         auto_config:
           http2_protocol_options: {}
@@ -271,14 +224,8 @@ static_resources:
               match_typed_subject_alt_names:
               - san_type: URI
                 matcher: { exact: {{printf "%q" .PeerSAN}} }
-    load_assignment:
-      cluster_name: {{.Cluster}}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: {{.UpstreamHost}}, port_value: {{.UpstreamPort}} }
-`))
+{{template "loadAssignment" .}}
+`)
 
 // H3UpstreamBootstrap renders an Envoy v3 bootstrap (YAML) with admin on
 // 127.0.0.1:0 and one HTTP listener, p.ListenerName on 127.0.0.1:0 (codec
@@ -289,13 +236,9 @@ static_resources:
 // returns an error naming the field when a required one is missing or out
 // of range.
 func H3UpstreamBootstrap(p H3UpstreamParams) (string, error) {
-	host, portText, err := net.SplitHostPort(p.UpstreamAddr)
+	host, port, err := endpointAddr("h3 upstream bootstrap: UpstreamAddr", p.UpstreamAddr)
 	if err != nil {
-		return "", fmt.Errorf("h3 upstream bootstrap: UpstreamAddr %q: %w", p.UpstreamAddr, err)
-	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil || port == 0 {
-		return "", fmt.Errorf("h3 upstream bootstrap: UpstreamAddr %q: port must be in [1, 65535]", p.UpstreamAddr)
+		return "", err
 	}
 	switch {
 	case p.ListenerName == "" || p.Cluster == "":
@@ -329,8 +272,8 @@ func H3UpstreamBootstrap(p H3UpstreamParams) (string, error) {
 	var b strings.Builder
 	if err := h3UpstreamTemplate.Execute(&b, struct {
 		H3UpstreamParams
-		HTTP3Options, UpstreamHost string
-		UpstreamPort               uint64
+		HTTP3Options, BackendHost string
+		BackendPort               uint64
 	}{p, http3Options, host, port}); err != nil {
 		return "", fmt.Errorf("h3 upstream bootstrap: %w", err)
 	}
@@ -341,9 +284,5 @@ func H3UpstreamBootstrap(p H3UpstreamParams) (string, error) {
 // test on an error.
 func MustH3UpstreamBootstrap(t testing.TB, p H3UpstreamParams) string {
 	t.Helper()
-	s, err := H3UpstreamBootstrap(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return mustRender(t, H3UpstreamBootstrap, p)
 }

@@ -46,16 +46,7 @@ func TestH3BootstrapCompiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			text := MustH3Bootstrap(t, tt.p)
-			for _, w := range tt.want {
-				if !strings.Contains(text, w) {
-					t.Errorf("bootstrap has no %q:\n%s", w, text)
-				}
-			}
-			for _, a := range tt.absent {
-				if strings.Contains(text, a) {
-					t.Errorf("bootstrap has %q, want it left out:\n%s", a, text)
-				}
-			}
+			checkRendering(t, text, tt.want, tt.absent)
 			b, err := config.ParseBootstrap([]byte(text), "h3.yaml")
 			if err != nil {
 				t.Fatalf("ParseBootstrap: %v\n%s", err, text)
@@ -148,16 +139,7 @@ func TestH3UpstreamBootstrapCompiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			text := MustH3UpstreamBootstrap(t, tt.p)
-			for _, w := range tt.want {
-				if !strings.Contains(text, w) {
-					t.Errorf("bootstrap has no %q:\n%s", w, text)
-				}
-			}
-			for _, a := range tt.absent {
-				if strings.Contains(text, a) {
-					t.Errorf("bootstrap has %q, want it left out:\n%s", a, text)
-				}
-			}
+			checkRendering(t, text, tt.want, tt.absent)
 			b, err := config.ParseBootstrap([]byte(text), "h3up.yaml")
 			if err != nil {
 				t.Fatalf("ParseBootstrap: %v\n%s", err, text)
@@ -202,5 +184,21 @@ func TestH3UpstreamBootstrapRejectsBadParams(t *testing.T) {
 				t.Fatalf("H3UpstreamBootstrap error = %v, want one containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// checkRendering fails the test for each of want that text lacks and each
+// of absent that it has.
+func checkRendering(t *testing.T, text string, want, absent []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("bootstrap has no %q:\n%s", w, text)
+		}
+	}
+	for _, a := range absent {
+		if strings.Contains(text, a) {
+			t.Errorf("bootstrap has %q, want it left out:\n%s", a, text)
+		}
 	}
 }
