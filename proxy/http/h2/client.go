@@ -267,7 +267,8 @@ func (cc *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStr
 	if err := ctx.Err(); err != nil {
 		return nil, &stream.Error{Code: stream.ErrCodeCancel, Unprocessed: true, Reason: "context done before the stream opened", Err: err}
 	}
-	fields := requestFields(req)
+	fbuf := requestFields(req)
+	fields := *fbuf
 	cs := &clientStream{respCh: make(chan struct{}), isHead: req.Method == "HEAD"}
 	s := &cs.strm
 	c := cc.c
@@ -308,7 +309,7 @@ func (cc *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStr
 	s.client = cs
 	s.awaitingHeaders = true
 	c.setStall(s, StallPeerHeaders)
-	c.queue(ctrlItem{kind: ctrlHeaders, s: s, id: id, fields: fields, endStream: endStream})
+	c.queue(ctrlItem{kind: ctrlHeaders, s: s, id: id, fields: fields, fbuf: fbuf, endStream: endStream})
 	if endStream {
 		s.sendEnd, s.sentEnd = true, true
 	}
@@ -320,7 +321,7 @@ func (cc *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStr
 			c.mu.Unlock()
 			stop()
 		} else {
-			s.cancel = func() { stop() }
+			s.stopAfter = stop
 			c.mu.Unlock()
 		}
 	}
@@ -329,10 +330,11 @@ func (cc *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStr
 
 // requestFields encodes req's header section in the order RFC 9113
 // section 8.3.1 shows: pseudo-headers first, then regular fields without
-// connection-specific ones.
-func requestFields(req *stream.Request) []hpack.HeaderField {
-	fields := make([]hpack.HeaderField, 0, req.Header.Len()+5)
-	fields = append(fields, hpack.HeaderField{Name: ":method", Value: req.Method})
+// connection-specific ones. The list comes from fieldsPool; the writer
+// puts it back once the HEADERS are written.
+func requestFields(req *stream.Request) *[]hpack.HeaderField {
+	fbuf := getFields(req.Header.Len() + 5)
+	fields := append(*fbuf, hpack.HeaderField{Name: ":method", Value: req.Method})
 	authority := req.Authority
 	if authority == "" {
 		authority = req.Header.Get("host")
@@ -356,7 +358,8 @@ func requestFields(req *stream.Request) []hpack.HeaderField {
 	if req.ContentLength > 0 && !req.Header.Has("content-length") {
 		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(req.ContentLength, 10)})
 	}
-	return fields
+	*fbuf = fields
+	return fbuf
 }
 
 // Observation is what a connection measured of its path and load.
@@ -666,14 +669,15 @@ func (cs *clientStream) Write(p []byte) (int, error) { return cs.write(p) }
 // CloseWrite ends the request after any queued body, with trailers when t
 // is non-empty.
 func (cs *clientStream) CloseWrite(t header.Header) error {
-	var fields []hpack.HeaderField
+	var fbuf *[]hpack.HeaderField // from fieldsPool; the writer puts it back
 	if t.Len() > 0 {
-		fields = appendRegular(make([]hpack.HeaderField, 0, t.Len()), &t)
+		fbuf = getFields(t.Len())
+		*fbuf = appendRegular(*fbuf, &t)
 	}
 	c := cs.c
 	c.mu.Lock()
 	defer c.unlock()
-	return cs.end(fields)
+	return cs.end(fbuf)
 }
 
 // Response waits for the final response headers, skipping 1xx ones. It

@@ -122,9 +122,37 @@ type ctrlItem struct {
 	ping      [8]byte
 	s         *strm // headers: the stream they belong to
 	fields    []hpack.HeaderField
+	fbuf      *[]hpack.HeaderField // fields' pooled backing, put back once written
 	settings  []http2.Setting
 	debug     string
 	err       error // ctrlClose: the cause the connection closes with
+}
+
+// fieldsPool recycles the field lists of HEADERS queued for the writer:
+// a stream's user builds one, the writer encodes it and puts it back.
+var fieldsPool = sync.Pool{New: func() any { return new([]hpack.HeaderField) }}
+
+// maxPooledFields is the largest field list put back in fieldsPool.
+const maxPooledFields = 64
+
+// getFields returns an empty pooled field list with room for n fields.
+func getFields(n int) *[]hpack.HeaderField {
+	p := fieldsPool.Get().(*[]hpack.HeaderField)
+	if cap(*p) < n {
+		*p = make([]hpack.HeaderField, 0, max(n, 8))
+	}
+	return p
+}
+
+// putFields returns p (which may be nil) to fieldsPool, dropping the
+// strings it references.
+func putFields(p *[]hpack.HeaderField) {
+	if p == nil || cap(*p) > maxPooledFields {
+		return
+	}
+	clear(*p)
+	*p = (*p)[:0]
+	fieldsPool.Put(p)
 }
 
 // conn is the state shared by server and client connections. Fields under
@@ -193,7 +221,11 @@ type conn struct {
 
 	ctrl      []ctrlItem // guarded by mu: queued control frames, FIFO
 	ctrlSpare []ctrlItem // guarded by mu
-	ready     []*strm    // guarded by mu: streams with body bytes or an end to send
+	// ready[readyHead:] are the streams with body bytes or an end to
+	// send, FIFO; the slots before readyHead are nil and reused once the
+	// queue drains or the array fills. Guarded by mu.
+	ready     []*strm
+	readyHead int
 	streams   map[uint32]*strm
 
 	sendConnWin     int64     // guarded by mu: what the peer lets us send on the connection
@@ -495,8 +527,13 @@ func (c *conn) markReady(s *strm) {
 		return
 	}
 	s.inReady = true
-	if len(c.ready) == 0 {
+	if c.readyHead == len(c.ready) {
 		c.wcond.Signal()
+	}
+	if len(c.ready) == cap(c.ready) && c.readyHead > 0 {
+		n := copy(c.ready, c.ready[c.readyHead:])
+		clear(c.ready[n:])
+		c.ready, c.readyHead = c.ready[:n], 0
 	}
 	c.ready = append(c.ready, s)
 }
@@ -507,16 +544,16 @@ type dataJob struct {
 	data      []byte
 	release   *[]byte
 	endStream bool
-	trailers  []hpack.HeaderField
-	isEnd     bool // the frame ends the stream's send side
+	trailers  *[]hpack.HeaderField // pooled; the writer puts it back
+	isEnd     bool                 // the frame ends the stream's send side
 	rstAfter  bool
 }
 
 // pickData chooses the next body frame, round robin across ready streams.
 // Caller holds mu.
 func (c *conn) pickData(j *dataJob) bool {
-	for len(c.ready) > 0 {
-		s := c.ready[0]
+	for c.readyHead < len(c.ready) {
+		s := c.ready[c.readyHead]
 		if s.err != nil || s.sentEnd {
 			c.popReady()
 			s.inReady = false
@@ -541,7 +578,7 @@ func (c *conn) pickData(j *dataJob) bool {
 			continue
 		}
 		if c.sendConnWin <= 0 {
-			for _, r := range c.ready {
+			for _, r := range c.ready[c.readyHead:] {
 				c.setStall(r, StallPeerWindow)
 			}
 			return false
@@ -569,11 +606,12 @@ func (c *conn) pickData(j *dataJob) bool {
 	return false
 }
 
+// popReady drops the head of the ready queue. Caller holds mu.
 func (c *conn) popReady() {
-	c.ready[0] = nil
-	c.ready = c.ready[1:]
-	if len(c.ready) == 0 {
-		c.ready = c.ready[:0:cap(c.ready)]
+	c.ready[c.readyHead] = nil
+	c.readyHead++
+	if c.readyHead == len(c.ready) {
+		c.ready, c.readyHead = c.ready[:0], 0
 	}
 }
 
@@ -717,10 +755,12 @@ func (c *conn) writeCtrl(items []ctrlItem) error {
 				it.s.headersSkipped = skip && c.isClient
 				c.mu.Unlock()
 				if skip {
+					putFields(it.fbuf)
 					continue
 				}
 			}
 			err = c.writeHeaders(it.id, it.fields, it.endStream)
+			putFields(it.fbuf)
 		case ctrlClose:
 			_ = c.nc.SetWriteDeadline(time.Now().Add(goAwayFlushTimeout))
 			if ferr := c.bw.Flush(); ferr != nil {
@@ -779,7 +819,8 @@ func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, endStream boo
 func (c *conn) writeData(j *dataJob) error {
 	var err error
 	if j.trailers != nil {
-		err = c.writeHeaders(j.s.id, j.trailers, true)
+		err = c.writeHeaders(j.s.id, *j.trailers, true)
+		putFields(j.trailers)
 	} else {
 		c.resetStrikes.Store(true)
 		c.dataFramesTx.Add(1)
@@ -818,7 +859,7 @@ func (c *conn) closeWith(err error) {
 	for _, s := range c.streams {
 		c.failStream(s, &stream.Error{Code: code, Remote: remote, Reason: "connection closed", Err: err})
 	}
-	c.ready = nil
+	c.ready, c.readyHead = nil, 0
 	c.ctrl = nil
 	c.wcond.Broadcast()
 	c.mu.Unlock()
@@ -899,6 +940,9 @@ func (c *conn) removeStream(s *strm, err *stream.Error) {
 		c.pendingDone++
 	}
 	s.cond.Broadcast()
+	if s.stopAfter != nil {
+		s.stopAfter()
+	}
 	if s.cancel != nil {
 		s.cancel()
 	}
@@ -1280,7 +1324,7 @@ func (c *conn) handleWindowUpdate(h frameHandler, f *http2.WindowUpdateFrame) er
 		if c.sendConnWin > maxWindow {
 			return connErr(http2.ErrCodeFlowControl, "connection window above 2^31-1")
 		}
-		if len(c.ready) > 0 {
+		if c.readyHead < len(c.ready) {
 			c.wcond.Signal()
 		}
 		return nil
@@ -1419,9 +1463,9 @@ type strm struct {
 	// Send side.
 	sendQ        dataBuf
 	sendWin      int64
-	sendEnd      bool // the local side asked to end the stream
-	sendTrailers []hpack.HeaderField
-	sentEnd      bool // the final frame was handed to the writer
+	sendEnd      bool                 // the local side asked to end the stream
+	sendTrailers *[]hpack.HeaderField // pooled (fieldsPool); nil: none
+	sentEnd      bool                 // the final frame was handed to the writer
 	inReady      bool
 	rstSent      bool
 	// headersSkipped: the writer dropped this client stream's opening
@@ -1437,7 +1481,10 @@ type strm struct {
 	removed bool
 	// stoppedByPeer: the peer answered in full, then RST_STREAM NO_ERROR.
 	stoppedByPeer bool
-	cancel        context.CancelFunc
+	cancel        context.CancelFunc // server: cancels the handler's context. Called once the stream is removed
+	// stopAfter (client) stops the context.AfterFunc that resets the
+	// stream when the caller's context ends. Called once it is removed.
+	stopAfter func() bool
 
 	// Stall detection (stall.go): why the stream is not moving, and since
 	// when (nanotime).
@@ -1561,7 +1608,7 @@ func (s *strm) write(p []byte) (int, error) {
 
 // end asks the writer to end the send side, with trailers if non-nil.
 // Caller holds mu.
-func (s *strm) end(trailers []hpack.HeaderField) error {
+func (s *strm) end(trailers *[]hpack.HeaderField) error {
 	if s.err != nil {
 		return s.err
 	}

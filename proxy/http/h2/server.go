@@ -679,12 +679,13 @@ func (ss *serverStream) WriteHeader(resp *stream.Response, endStream bool) error
 	if informational && endStream {
 		return fmt.Errorf("http2: 1xx response %d cannot end the stream", resp.Status)
 	}
-	fields := make([]hpack.HeaderField, 0, resp.Header.Len()+2)
-	fields = append(fields, hpack.HeaderField{Name: ":status", Value: statusString(resp.Status)})
+	fbuf := getFields(resp.Header.Len() + 2)
+	fields := append(*fbuf, hpack.HeaderField{Name: ":status", Value: statusString(resp.Status)})
 	fields = appendRegular(fields, &resp.Header)
 	if resp.ContentLength >= 0 && !informational && !resp.Header.Has("content-length") {
 		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(resp.ContentLength, 10)})
 	}
+	*fbuf = fields
 	c := ss.c
 	c.mu.Lock()
 	defer c.unlock()
@@ -697,7 +698,7 @@ func (ss *serverStream) WriteHeader(resp *stream.Response, endStream bool) error
 	if !informational {
 		ss.finalSent = true
 	}
-	c.queue(ctrlItem{kind: ctrlHeaders, s: &ss.strm, id: ss.id, fields: fields, endStream: endStream})
+	c.queue(ctrlItem{kind: ctrlHeaders, s: &ss.strm, id: ss.id, fields: fields, fbuf: fbuf, endStream: endStream})
 	if endStream {
 		ss.sendEnd, ss.sentEnd = true, true
 		c.afterSendEnd(&ss.strm)
@@ -719,17 +720,19 @@ func (ss *serverStream) Write(p []byte) (int, error) {
 
 // WriteTrailers ends the response with trailers (after any queued body).
 func (ss *serverStream) WriteTrailers(t header.Header) error {
-	fields := appendRegular(make([]hpack.HeaderField, 0, t.Len()), &t)
+	fbuf := getFields(t.Len())
+	*fbuf = appendRegular(*fbuf, &t)
 	c := ss.c
 	c.mu.Lock()
 	defer c.unlock()
 	if !ss.finalSent {
 		return errors.New("http2: WriteTrailers before WriteHeader")
 	}
-	if len(fields) == 0 {
-		fields = nil
+	if len(*fbuf) == 0 {
+		putFields(fbuf)
+		fbuf = nil
 	}
-	return ss.end(fields)
+	return ss.end(fbuf)
 }
 
 // CloseWrite ends the response after any queued body.
