@@ -67,7 +67,9 @@ var bootstrapParts = template.Must(template.New("parts").Funcs(template.FuncMap{
               domains: ["*"]
               routes:
               - match: { prefix: "/" }
-                route: { cluster: {{.Cluster}}, timeout: {{duration .RouteTimeout}} }
+                route:
+                  cluster: {{.Cluster}}
+                  timeout: {{duration .RouteTimeout}}
 {{- end}}
 {{define "router"}}          http_filters:
           - name: envoy.filters.http.router

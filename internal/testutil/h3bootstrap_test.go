@@ -120,13 +120,13 @@ func TestH3UpstreamBootstrapCompiles(t *testing.T) {
 		{
 			name:   "HTTP/3 only, no client certificate",
 			p:      base,
-			want:   []string{"explicit_http_config:", "http3_protocol_options: {}", "connect_timeout: 1s", "timeout: 0s }"},
+			want:   []string{"explicit_http_config:", "http3_protocol_options: {}", "connect_timeout: 1s", "timeout: 0s\n"},
 			absent: []string{"auto_config", "tls_certificates", "max_concurrent_streams"},
 		},
 		{
 			name:   "fallback with a client certificate",
 			p:      withCert,
-			want:   []string{"auto_config:", "http2_protocol_options: {}", "alternate_protocols_cache_options", "tls_certificates", "max_concurrent_streams: 100", "timeout: 10s }"},
+			want:   []string{"auto_config:", "http2_protocol_options: {}", "alternate_protocols_cache_options", "tls_certificates", "max_concurrent_streams: 100", "timeout: 10s\n"},
 			absent: []string{"explicit_http_config"},
 		},
 		{
