@@ -2,24 +2,18 @@ package hcm
 
 import (
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	_ "meshd.dev/meshd/filters/localratelimit"
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/internal/wasmbuild"
 	"meshd.dev/meshd/proxy/http/header"
 )
 
 // cpuTime is the CPU time (user + system) the process has used so far, all
 // goroutines and the GC included.
-func cpuTime(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatalf("getrusage: %v", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+func cpuTime(tb testing.TB) time.Duration { return testutil.ProcessCPU(tb) }
 
 // BenchmarkFilterCPU answers "what CPU does a filter add per request": the
 // same bodiless request through the connection manager to a direct_response
