@@ -785,11 +785,8 @@ func (k ctrlKind) String() string {
 // writeHeaders HPACK-encodes fields and writes HEADERS plus CONTINUATION
 // frames no larger than the peer's SETTINGS_MAX_FRAME_SIZE.
 func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, endStream bool) error {
-	c.hbuf.Reset()
-	for _, f := range fields {
-		if err := c.henc.WriteField(f); err != nil {
-			return err
-		}
+	if err := c.encodeBlock(fields); err != nil {
+		return err
 	}
 	c.resetStrikes.Store(true)
 	c.mu.Lock()
@@ -810,6 +807,25 @@ func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, endStream boo
 			err = c.fr.WriteContinuation(id, len(block) == 0, frag)
 		}
 		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encodeBlock HPACK-encodes fields into c.hbuf; per-request values go
+// out unindexed (perRequestValue).
+func (c *conn) encodeBlock(fields []hpack.HeaderField) error {
+	c.hbuf.Reset()
+	for i, f := range fields {
+		// The first field goes through the encoder, which puts a pending
+		// dynamic table size update first in the block (RFC 7541 section
+		// 4.2).
+		if i > 0 && perRequestValue(f.Name) {
+			c.hbuf.Write(appendLiteralUnindexed(c.hbuf.AvailableBuffer(), f.Name, f.Value))
+			continue
+		}
+		if err := c.henc.WriteField(f); err != nil {
 			return err
 		}
 	}
