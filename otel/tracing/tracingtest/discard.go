@@ -1,17 +1,14 @@
 package tracingtest
 
 import (
-	"bufio"
 	"context"
-	"io"
 	"net"
-	"os/exec"
-	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
+
+	"meshd.dev/meshd/internal/testutil"
 )
 
 // Discard is an OTLP/gRPC trace endpoint that accepts every export
@@ -104,46 +101,5 @@ const DiscardAddrPrefix = "listening "
 // (its stdin is closed, then it is killed if it lingers).
 func StartDiscardProcess(t testing.TB, bin string) string {
 	t.Helper()
-	cmd := exec.Command(bin)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatalf("discard collector stdin: %v", err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatalf("discard collector stdout: %v", err)
-	}
-	cmd.WaitDelay = time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting the discard collector %s: %v", bin, err)
-	}
-	waited := make(chan error, 1)
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-waited:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-waited
-		}
-	})
-	line := make(chan string, 1)
-	go func() {
-		r := bufio.NewReader(stdout)
-		l, _ := r.ReadString('\n')
-		line <- l
-		_, _ = io.Copy(io.Discard, r)
-		waited <- cmd.Wait()
-	}()
-	select {
-	case l := <-line:
-		addr, ok := strings.CutPrefix(strings.TrimSpace(l), DiscardAddrPrefix)
-		if !ok {
-			t.Fatalf("discard collector: first line %q, want %q ADDR", l, DiscardAddrPrefix)
-		}
-		return addr
-	case <-time.After(10 * time.Second):
-	}
-	t.Fatalf("discard collector %s: no address within 10 s", bin)
-	return ""
+	return testutil.StartAnnouncingProcess(t, bin, DiscardAddrPrefix)
 }
