@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -188,13 +189,21 @@ func (e *Exporter) Export(s *Span) {
 	}
 }
 
-// take moves up to BatchSize queued spans into batch; with whole set, only
-// a full batch is taken. last marks the queue closed when it comes back
-// empty, so no span is queued after the final drain.
-func (e *Exporter) take(batch []*Span, whole, last bool) []*Span {
+// queued is the number of spans waiting for export.
+func (e *Exporter) queued() int {
 	e.qmu.Lock()
 	defer e.qmu.Unlock()
-	k := min(e.n, e.cfg.BatchSize)
+	return e.n
+}
+
+// take moves up to limit (and BatchSize) queued spans into batch, oldest
+// first; with whole set, only a full batch is taken. last marks the queue
+// closed when it comes back empty, so no span is queued after the final
+// drain.
+func (e *Exporter) take(batch []*Span, limit int, whole, last bool) []*Span {
+	e.qmu.Lock()
+	defer e.qmu.Unlock()
+	k := min(e.n, e.cfg.BatchSize, limit)
 	if whole && k < e.cfg.BatchSize {
 		return batch
 	}
@@ -254,18 +263,29 @@ func (e *Exporter) run() {
 		select {
 		case <-e.wake:
 			// Full batches only: a partial one waits for the tick.
-			for batch = e.take(batch, true, false); len(batch) > 0; batch = e.take(batch, true, false) {
+			for batch = e.take(batch, math.MaxInt, true, false); len(batch) > 0; batch = e.take(batch, math.MaxInt, true, false) {
 				flush()
 			}
 		case <-t.C:
-			for batch = e.take(batch, false, false); len(batch) > 0; batch = e.take(batch, false, false) {
+			// The spans queued at the tick, and only those: spans that
+			// arrive while they are sent wait for a full batch or the
+			// next tick. Draining until the queue is empty would, with a
+			// collector whose round trip outlasts the gap between spans,
+			// never stop, sending a small batch per round trip (one
+			// request per ~30 spans instead of ~500, measured with
+			// BenchmarkProxyUnaryTracing).
+			for due := e.queued(); due > 0; {
+				if batch = e.take(batch, due, false, false); len(batch) == 0 {
+					break
+				}
+				due -= len(batch)
 				if len(batch) < e.cfg.BatchSize {
 					add(e.cfg.Stats.TimerFlushed, 1)
 				}
 				flush()
 			}
 		case <-e.quit:
-			for batch = e.take(batch, false, true); len(batch) > 0; batch = e.take(batch, false, true) {
+			for batch = e.take(batch, math.MaxInt, false, true); len(batch) > 0; batch = e.take(batch, math.MaxInt, false, true) {
 				flush()
 			}
 			return

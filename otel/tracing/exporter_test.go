@@ -189,3 +189,96 @@ func TestExporterQueueBound(t *testing.T) {
 		t.Errorf("spans_sent %d, want %d", got, 2*queue)
 	}
 }
+
+// gatedCollector reports each export's arrival and span count, then holds
+// it until the test sends a release token.
+type gatedCollector struct {
+	coltracepb.UnimplementedTraceServiceServer
+	arrived chan gatedExport
+	release chan struct{}
+}
+
+type gatedExport struct {
+	at    time.Time
+	spans int
+}
+
+func (c *gatedCollector) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	n := 0
+	for _, rs := range req.GetResourceSpans() {
+		for _, ss := range rs.GetScopeSpans() {
+			n += len(ss.GetSpans())
+		}
+	}
+	c.arrived <- gatedExport{at: time.Now(), spans: n}
+	select {
+	case <-c.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+// TestExporterTickSendsWhatWasQueued: a tick sends the spans queued at the
+// tick; spans queued while that export is in flight wait for the next tick
+// rather than following at once in a small batch of their own (with a slow
+// collector that would become a stream of small exports, one per round
+// trip).
+func TestExporterTickSendsWhatWasQueued(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	const interval = time.Second
+	col := &gatedCollector{arrived: make(chan gatedExport, 8), release: make(chan struct{}, 8)}
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, col)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(ln)
+	}()
+	defer func() {
+		srv.Stop()
+		<-served
+	}()
+	var st exporterStats
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Target: ln.Addr().String(), BatchSize: 100, FlushInterval: interval, Stats: st.stats()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeExporter(t, e)
+	next := func(what string) gatedExport {
+		t.Helper()
+		select {
+		case x := <-col.arrived:
+			return x
+		case <-time.After(waitTimeout):
+			t.Fatalf("no %s export reached the collector", what)
+		}
+		return gatedExport{}
+	}
+	for i := range 5 {
+		e.Export(newSpan(i))
+	}
+	first := next("first")
+	for i := range 3 { // queued while the first export is in flight
+		e.Export(newSpan(i))
+	}
+	col.release <- struct{}{}
+	second := next("second")
+	col.release <- struct{}{}
+	if first.spans != 5 || second.spans != 3 {
+		t.Errorf("exports carried %d and %d spans, want 5 and 3", first.spans, second.spans)
+	}
+	// The second export waits for the next tick: about one interval
+	// after the first (half of it allows for scheduling delays).
+	if gap := second.at.Sub(first.at); gap < interval/2 {
+		t.Errorf("second export %v after the first, want the next tick (~%v)", gap, interval)
+	}
+	waitFor(t, "spans_sent", func() bool { return st.sent.Load() == 8 })
+	if got := st.timer.Load(); got != 2 {
+		t.Errorf("timer_flushed %d, want 2", got)
+	}
+}
