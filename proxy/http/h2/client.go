@@ -721,3 +721,9 @@ func (cs *clientStream) Trailers() header.Header {
 
 // Reset sends RST_STREAM with code, unless the stream already ended.
 func (cs *clientStream) Reset(code stream.ErrCode) { cs.reset(code) }
+
+// ResetsOnContextDone marks the stream as stream.ContextBound: NewStream
+// resets it with CANCEL when its context ends before the stream completes.
+func (cs *clientStream) ResetsOnContextDone() {}
+
+var _ stream.ContextBound = (*clientStream)(nil)

@@ -663,6 +663,17 @@ func (ss *serverStream) Request() *stream.Request { return &ss.req }
 // Read reads request body bytes; see stream.ServerStream.
 func (ss *serverStream) Read(p []byte) (int, error) { return ss.read(p) }
 
+// BufferedBody reports the request body bytes buffered and not yet read,
+// and whether END_STREAM arrived with the stream still healthy; see
+// stream.BufferedBody.
+func (ss *serverStream) BufferedBody() (n int, complete bool) {
+	ss.c.mu.Lock()
+	defer ss.c.mu.Unlock()
+	return ss.recvQ.n, ss.recvDone && ss.err == nil
+}
+
+var _ stream.BufferedBody = (*serverStream)(nil)
+
 // Trailers returns the request trailers once Read returned io.EOF.
 func (ss *serverStream) Trailers() header.Header {
 	ss.c.mu.Lock()

@@ -100,6 +100,19 @@ type ServerStream interface {
 	Conn() *ConnInfo
 }
 
+// BufferedBody is implemented by server streams that can tell, without
+// blocking, whether the whole request body has already arrived. A proxy
+// uses it to forward a small, complete body from the handler's goroutine
+// instead of starting a goroutine to pump it.
+type BufferedBody interface {
+	// BufferedBody returns how many request body bytes are buffered and
+	// not yet read, and whether the peer ended the request (END_STREAM
+	// received, trailers included) without the stream failing. When
+	// complete is true, Read returns those n bytes and then io.EOF without
+	// blocking, and Trailers is valid after that.
+	BufferedBody() (n int, complete bool)
+}
+
 // Handler serves downstream streams. A codec calls ServeStream once per
 // stream, on a goroutine of its own; the stream is finished when
 // ServeStream returns (a response not ended by then is reset).
@@ -133,6 +146,15 @@ type ClientStream interface {
 	// Reset cancels the stream with code (HTTP/2 RST_STREAM) and releases it.
 	// Calling Reset after the stream completed is a no-op.
 	Reset(code ErrCode)
+}
+
+// ContextBound is implemented by client streams that watch the context
+// given to NewStream themselves: when it ends before the stream completed,
+// the stream is reset with CANCEL, exactly as if Reset(ErrCodeCancel) had
+// been called. A caller holding such a stream needs no watcher of its own.
+type ContextBound interface {
+	// ResetsOnContextDone is a marker; it does nothing.
+	ResetsOnContextDone()
 }
 
 // ClientConn is an upstream connection (or, for HTTP/1.1, a pool of them to
