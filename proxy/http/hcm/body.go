@@ -120,6 +120,94 @@ func (b *replayBody) fill(ctx context.Context, ds stream.ServerStream, chain *bo
 	}
 }
 
+// inlineBodyMax bounds the request bodies the router moves on the
+// handler's goroutine (fillBuffered, sendBuffered): small enough that the
+// upstream codec takes the whole body without waiting on flow control (the
+// HTTP/2 client queues 64 KiB per stream, HTTP/2 and HTTP/3 peers open at
+// least a 64 KiB window), so an upstream that answers before reading the
+// request cannot stall the goroutine that must forward its response.
+const inlineBodyMax = 16 << 10
+
+// fillBuffered reads the whole request body and trailers into b without a
+// goroutine when ds reports them already received (stream.BufferedBody)
+// and at most inlineBodyMax bytes long. It returns false, having read
+// nothing, otherwise; the caller then starts fill. Read does not block
+// here: the codec promised the bytes and the end of stream are buffered.
+func (b *replayBody) fillBuffered(ds stream.ServerStream) bool {
+	bb, ok := ds.(stream.BufferedBody)
+	if !ok {
+		return false
+	}
+	n, complete := bb.BufferedBody()
+	if !complete || n > inlineBodyMax || n > b.limit {
+		return false
+	}
+	var chunk []byte
+	if n > 0 {
+		chunk = make([]byte, n)
+	}
+	got := 0
+	for {
+		k, err := ds.Read(chunk[got:])
+		got += k
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			// The stream failed after reporting a complete body: record
+			// it as fill would, so senders reset their upstream stream.
+			b.mu.Lock()
+			b.err = err
+			b.notifyLocked()
+			b.mu.Unlock()
+			return true
+		}
+		if k == 0 {
+			// A codec that reported complete returns data or io.EOF; a
+			// read returning neither would loop here.
+			b.mu.Lock()
+			b.err = errors.New("request body: stream reported complete but Read returned no data and no end of stream")
+			b.notifyLocked()
+			b.mu.Unlock()
+			return true
+		}
+	}
+	b.mu.Lock()
+	if got > 0 {
+		b.chunks = append(b.chunks, chunk[:got])
+		b.size = got
+	}
+	b.eof = true
+	b.trailers = ds.Trailers()
+	b.notifyLocked()
+	b.mu.Unlock()
+	return true
+}
+
+// buffered reports whether the whole body was received and is small
+// enough for sendBuffered.
+func (b *replayBody) buffered() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.eof && !b.overflow && b.size <= inlineBodyMax
+}
+
+// sendBuffered writes the body and trailers to us from the calling
+// goroutine: the whole of one attempt's request side when buffered
+// reported true (the body can no longer change then). A write failure
+// ends it early; the failure surfaces on the response side, as in send.
+func (b *replayBody) sendBuffered(us stream.ClientStream) {
+	b.mu.Lock()
+	chunks, t := b.chunks, b.trailers
+	b.mu.Unlock()
+	for _, c := range chunks {
+		if _, err := us.Write(c); err != nil {
+			return
+		}
+	}
+	_ = us.CloseWrite(t)
+}
+
 // push appends chunk, then waits while the body is over its limit in
 // streaming mode. It returns false when ctx ended.
 func (b *replayBody) push(ctx context.Context, chunk []byte) bool {

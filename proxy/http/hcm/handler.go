@@ -1,6 +1,7 @@
 package hcm
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"io"
@@ -114,9 +115,12 @@ type exchange struct {
 	grpc  bool
 	start time.Time
 
-	// Set by proxy for routes to a cluster.
-	wd   *watchdog
-	body *replayBody // nil when the request has no body
+	// Set by proxy for routes to a cluster: the exchange's context, which
+	// every attempt runs under, and its cancel.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wd     *watchdog
+	body   *replayBody // nil when the request has no body
 	// tried are the distinct hosts attempted so far, in triedBuf unless
 	// retries tried more than one.
 	tried    []*upstream.Host

@@ -62,6 +62,15 @@ func newObservedStream(ds stream.ServerStream, start time.Time, cfg *Config) *ob
 	return o
 }
 
+// BufferedBody forwards to the wrapped stream when it is a
+// stream.BufferedBody, and reports nothing buffered otherwise.
+func (o *observedStream) BufferedBody() (n int, complete bool) {
+	if b, ok := o.ServerStream.(stream.BufferedBody); ok {
+		return b.BufferedBody()
+	}
+	return 0, false
+}
+
 func (o *observedStream) Read(p []byte) (int, error) {
 	n, err := o.ServerStream.Read(p)
 	o.received.Add(uint64(n))

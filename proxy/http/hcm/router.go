@@ -33,6 +33,7 @@ const maxHostSelectionAttempts = 3
 func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 	ctx, cancel := context.WithCancelCause(ex.ds.Context())
 	defer cancel(nil)
+	ex.ctx, ex.cancel = ctx, cancel
 	if ex.hooks != nil {
 		ex.hooks.cancel = cancel
 	}
@@ -49,16 +50,8 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 	if ex.req.EndStream {
 		request = 0
 	}
-	ex.wd = newWatchdog(ex.start, cancel, route.EffectiveTimeout(r, ex.req), request, maxStream, idle)
+	ex.wd = newWatchdog(ex.start, ex.timedOut, route.EffectiveTimeout(r, ex.req), request, maxStream, idle)
 	defer ex.wd.stop()
-	// A timeout that ends the exchange after the response started must also
-	// unblock a downstream write stuck on flow control.
-	stopReset := context.AfterFunc(ctx, func() {
-		if isTimeout(context.Cause(ctx)) && ex.headersSent.Load() {
-			ex.ds.Reset(stream.ErrCodeCancel)
-		}
-	})
-	defer stopReset()
 
 	ureq := ex.upstreamRequest(r, c.Spec().Name, c.Spec().TLS != nil)
 	if !ureq.EndStream {
@@ -68,7 +61,15 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 		}
 		ex.body = newReplayBody(limit)
 		ex.setBufferLimit(limit)
-		go ex.body.fill(ctx, ex.ds, ex.reqChain(), cancel, ex.wd.touch, ex.wd.requestComplete)
+		// A unary request's body has usually arrived with its headers:
+		// take it here rather than in a goroutine of its own. Body hooks
+		// may grow or answer it, so a chain always goes through fill.
+		if chain := ex.reqChain(); chain == nil && ex.body.fillBuffered(ex.ds) {
+			ex.wd.touch()
+			ex.wd.requestComplete()
+		} else {
+			go ex.body.fill(ctx, ex.ds, chain, cancel, ex.wd.touch, ex.wd.requestComplete)
+		}
 	} else {
 		ex.setBufferLimit(DefaultPerRequestBufferLimit)
 	}
@@ -148,13 +149,22 @@ func (ex *exchange) pickHost(c *upstream.Cluster, p *route.RetryPolicy) *upstrea
 // before the next one.
 func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Cluster, host *upstream.Host, ureq *stream.Request, rs *retryState) (retry bool, delay time.Duration) {
 	cs := c.Stats()
-	actx, acancel := context.WithCancelCause(ctx)
-	defer acancel(nil)
 	var perTry, perTryIdle time.Duration
 	if r.Retry != nil {
 		perTry, perTryIdle = r.Retry.PerTryTimeout, r.Retry.PerTryIdleTimeout
 	}
-	ex.wd.startAttempt(acancel, perTry, perTryIdle, c.Spec().Lifetimes.MaxStreamDuration)
+	maxDuration := c.Spec().Lifetimes.MaxStreamDuration
+	// inline: the request side is sent from this goroutine (no body, or a
+	// small body received whole), so nothing but the attempt's own limits
+	// needs a context of its own; without them the attempt runs under the
+	// exchange's context and ends with it.
+	inline := ex.body == nil || ex.body.buffered()
+	actx, acancel := ctx, context.CancelCauseFunc(nil)
+	if !inline || perTry > 0 || perTryIdle > 0 || maxDuration > 0 {
+		actx, acancel = context.WithCancelCause(ctx)
+		defer acancel(nil)
+	}
+	ex.wd.startAttempt(acancel, perTry, perTryIdle, maxDuration)
 	defer ex.wd.endAttempt()
 	var attErr error // why the attempt failed before a response, for its span
 	if ex.tr != nil {
@@ -189,10 +199,20 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 		failure = err
 		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
 	}
-	// Cancellation and timeouts travel upstream as RST_STREAM CANCEL.
-	stop := context.AfterFunc(actx, func() { us.Reset(stream.ErrCodeCancel) })
-	defer stop()
-	if ex.body != nil {
+	// Cancellation and timeouts travel upstream as RST_STREAM CANCEL: the
+	// codec's stream does it itself when it is stream.ContextBound.
+	if _, ok := us.(stream.ContextBound); !ok {
+		stop := context.AfterFunc(actx, func() { us.Reset(stream.ErrCodeCancel) })
+		defer stop()
+	}
+	switch {
+	case inline:
+		if ex.body != nil {
+			ex.body.sendBuffered(us)
+			ex.wd.touch()
+		}
+		defer us.Reset(stream.ErrCodeCancel) // no-op once the stream completed
+	default:
 		sent := make(chan struct{})
 		go func() {
 			defer close(sent)
@@ -203,8 +223,6 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 			acancel(nil)
 			<-sent
 		}()
-	} else {
-		defer us.Reset(stream.ErrCodeCancel) // no-op once the stream completed
 	}
 
 	resp, err := us.Response(actx)
@@ -518,6 +536,18 @@ func (ex *exchange) timeoutCode() int {
 		return 504
 	}
 	return 408
+}
+
+// timedOut is the watchdog's cancel for the exchange: it ends the
+// exchange with cause and, once the response has started, resets the
+// downstream stream too, so that a response write waiting on downstream
+// flow control returns. A cause that ended the exchange earlier (the
+// downstream went away, a filter answered) stays the cause.
+func (ex *exchange) timedOut(cause error) {
+	ex.cancel(cause)
+	if ex.headersSent.Load() && isTimeout(context.Cause(ex.ctx)) {
+		ex.ds.Reset(stream.ErrCodeCancel)
+	}
 }
 
 // isTimeout reports whether cause is one of the exchange's timeouts.
