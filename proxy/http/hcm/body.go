@@ -41,18 +41,30 @@ type replayBody struct {
 	eof      bool     // the whole body was received; trailers is valid
 	trailers header.Header
 	err      error // the downstream read failed
-	// changed is closed and replaced whenever any field above changes.
+	// changed is closed whenever any field above changes, then cleared;
+	// it is made only when a goroutine waits (waitLocked), so a body
+	// moved on the handler's goroutine allocates none.
 	changed chan struct{}
 }
 
 func newReplayBody(limit int) *replayBody {
-	return &replayBody{limit: limit, changed: make(chan struct{})}
+	return &replayBody{limit: limit}
 }
 
 // notifyLocked wakes every goroutine waiting for a change.
 func (b *replayBody) notifyLocked() {
-	close(b.changed)
-	b.changed = make(chan struct{})
+	if b.changed != nil {
+		close(b.changed)
+		b.changed = nil
+	}
+}
+
+// waitLocked returns a channel closed at the next change.
+func (b *replayBody) waitLocked() <-chan struct{} {
+	if b.changed == nil {
+		b.changed = make(chan struct{})
+	}
+	return b.changed
 }
 
 // fill reads the downstream body and trailers into b until the end of the
@@ -222,7 +234,7 @@ func (b *replayBody) push(ctx context.Context, chunk []byte) bool {
 	}
 	b.notifyLocked()
 	for b.overflow && b.size > b.limit {
-		wait := b.changed
+		wait := b.waitLocked()
 		b.mu.Unlock()
 		select {
 		case <-wait:
@@ -294,7 +306,7 @@ func (b *replayBody) send(ctx context.Context, us stream.ClientStream, onActivit
 			us.Reset(stream.ErrCodeCancel)
 			return
 		default:
-			wait := b.changed
+			wait := b.waitLocked()
 			b.mu.Unlock()
 			select {
 			case <-wait:
