@@ -54,19 +54,29 @@ var (
 	hostcallsSrc []byte
 	//go:embed _sdkpatch/exports.go
 	exportsSrc []byte
+	//go:embed _sdkpatch/contexts.go
+	contextsSrc []byte
 )
 
 // sdkPackages are the SDK package directories a guest links.
 var sdkPackages = []string{"proxywasm", "proxywasm/types", "proxywasm/internal"}
 
 // sdkDropped are SDK files left out of the overlay: the mock host calls
-// (replaced), the TinyGo host calls (build-tagged out anyway) and helpers that
-// exist only for proxytest.
+// (replaced by hostcalls.go), the context registry and the callbacks that
+// use it (replaced by contexts.go), the TinyGo host calls (build-tagged out
+// anyway) and helpers that exist only for proxytest.
 var sdkDropped = map[string]bool{
-	"proxywasm/internal/abi_hostcalls_mock.go":       true,
-	"proxywasm/internal/abi_hostcalls.go":            true,
-	"proxywasm/internal/abi_callback_test_export.go": true,
-	"proxywasm/internal/vmstate_test_export.go":      true,
+	"proxywasm/internal/abi_hostcalls_mock.go":         true,
+	"proxywasm/internal/abi_hostcalls.go":              true,
+	"proxywasm/internal/abi_callback_test_export.go":   true,
+	"proxywasm/internal/vmstate_test_export.go":        true,
+	"proxywasm/internal/vmstate.go":                    true,
+	"proxywasm/internal/abi_callback_configuration.go": true,
+	"proxywasm/internal/abi_callback_l4.go":            true,
+	"proxywasm/internal/abi_callback_l7.go":            true,
+	"proxywasm/internal/abi_callback_lifecycle.go":     true,
+	"proxywasm/internal/abi_callback_queue.go":         true,
+	"proxywasm/internal/abi_callback_timers.go":        true,
 }
 
 // RequiredExports are the functions a proxy-wasm ABI 0.2.0 guest built by
@@ -158,7 +168,7 @@ func (e Env) WriteOverlay(workDir string) (string, error) {
 	patched := append(bytes.Clone(modSrc), []byte("\nreplace "+SDKModule+" => ./"+sdkDirName+"\n")...)
 
 	ov := Overlay{Replace: map[string]string{}}
-	files := map[string][]byte{"go.mod": patched, "hostcalls.go": hostcallsSrc, "exports.go": exportsSrc}
+	files := map[string][]byte{"go.mod": patched, "hostcalls.go": hostcallsSrc, "exports.go": exportsSrc, "contexts.go": contextsSrc}
 	for name, data := range files {
 		p := filepath.Join(workDir, name)
 		if err := os.WriteFile(p, data, 0o644); err != nil {
@@ -186,6 +196,7 @@ func (e Env) WriteOverlay(workDir string) (string, error) {
 	internal := filepath.Join(sdk, "proxywasm", "internal")
 	ov.Replace[filepath.Join(internal, "abi_hostcalls_mock.go")] = filepath.Join(workDir, "hostcalls.go")
 	ov.Replace[filepath.Join(internal, "meshd_exports.go")] = filepath.Join(workDir, "exports.go")
+	ov.Replace[filepath.Join(internal, "meshd_contexts.go")] = filepath.Join(workDir, "contexts.go")
 
 	data, err := json.MarshalIndent(ov, "", "\t")
 	if err != nil {
@@ -258,6 +269,7 @@ func (e Env) SourceKey(ctx context.Context, pkg string) (string, error) {
 	fmt.Fprintf(h, "go=%s\nsdk=%s\npkg=%s\n", e.GoVersion, e.SDKDir, pkg)
 	h.Write(hostcallsSrc)
 	h.Write(exportsSrc)
+	h.Write(contextsSrc)
 	for _, f := range []string{"go.mod", "go.sum"} {
 		data, err := os.ReadFile(filepath.Join(e.ModRoot, f))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -114,7 +114,8 @@ func TestWriteOverlay(t *testing.T) {
 		filepath.Join(internal, "abi_hostcalls_mock.go"):                   filepath.Join(work, "hostcalls.go"),
 		filepath.Join(internal, "meshd_exports.go"):                        filepath.Join(work, "exports.go"),
 		filepath.Join(env.ModRoot, sdkDirName, "go.mod"):                   filepath.Join(env.SDKDir, "go.mod"),
-		filepath.Join(internal, "vmstate.go"):                              filepath.Join(env.SDKDir, "proxywasm", "internal", "vmstate.go"),
+		filepath.Join(internal, "meshd_contexts.go"):                       filepath.Join(work, "contexts.go"),
+		filepath.Join(internal, "serde.go"):                                filepath.Join(env.SDKDir, "proxywasm", "internal", "serde.go"),
 		filepath.Join(env.ModRoot, sdkDirName, "proxywasm", "hostcall.go"): filepath.Join(env.SDKDir, "proxywasm", "hostcall.go"),
 	}
 	for from, to := range checks {
@@ -125,6 +126,13 @@ func TestWriteOverlay(t *testing.T) {
 	for from := range ov.Replace {
 		if strings.HasSuffix(from, "_test.go") || strings.Contains(from, "proxytest") {
 			t.Errorf("overlay maps test file %s", from)
+		}
+	}
+	// The SDK's context registry and the callbacks using it are replaced
+	// by contexts.go: linking both would define everything twice.
+	for _, name := range []string{"vmstate.go", "abi_callback_l7.go", "abi_callback_lifecycle.go"} {
+		if got, ok := ov.Replace[filepath.Join(internal, name)]; ok {
+			t.Errorf("overlay maps %s to %s; contexts.go replaces it", name, got)
 		}
 	}
 	mod, err := os.ReadFile(filepath.Join(work, "go.mod"))

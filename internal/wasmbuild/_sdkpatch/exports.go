@@ -203,11 +203,22 @@ func generated(m reflect.Method) bool {
 //
 //go:wasmexport meshd_on_context_create
 func exportMeshdOnContextCreate(contextID, pluginContextID uint32) uint32 {
-	proxyOnContextCreate(contextID, pluginContextID)
-	if ctx, ok := currentState.httpContexts[contextID]; ok {
-		return httpCallbackMask(ctx)
+	_, mask := createContext(contextID, pluginContextID)
+	return mask
+}
+
+// createContext is proxy_on_context_create returning the new HTTP context
+// (nil for other kinds) and its callback bits.
+func createContext(contextID, pluginContextID uint32) (types.HttpContext, uint32) {
+	if pluginContextID == 0 {
+		currentState.createPluginContext(contextID)
+		return nil, cbAll
 	}
-	return cbAll
+	ctx := currentState.createStreamContext(contextID, pluginContextID)
+	if ctx == nil {
+		return nil, cbAll
+	}
+	return ctx, httpCallbackMask(ctx)
 }
 
 // exportMeshdOnRequestHeaders creates the HTTP context contextID, as
@@ -219,9 +230,13 @@ func exportMeshdOnContextCreate(contextID, pluginContextID uint32) uint32 {
 //
 //go:wasmexport meshd_on_request_headers
 func exportMeshdOnRequestHeaders(contextID, pluginContextID, numHeaders, endOfStream uint32) uint64 {
-	mask := exportMeshdOnContextCreate(contextID, pluginContextID)
+	ctx, mask := createContext(contextID, pluginContextID)
 	act := types.ActionContinue
-	if mask&cbRequestHeaders != 0 {
+	if ctx != nil && mask&cbRequestHeaders != 0 {
+		currentState.setActiveContextID(contextID)
+		act = ctx.OnHttpRequestHeaders(int(numHeaders), boolOf(endOfStream))
+	} else if ctx == nil && mask&cbRequestHeaders != 0 {
+		// Not an HTTP context: let the SDK's callback panic as it would.
 		act = proxyOnRequestHeaders(contextID, int(numHeaders), boolOf(endOfStream))
 	}
 	return uint64(mask)<<32 | uint64(uint32(act))
