@@ -154,7 +154,7 @@ func BenchmarkSDKRateLimitGuest(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer eng.Close(context.Background())
-			p, _ := newTestPlugin(b, `{"requests_per_unit": 1000000000, "unit": "second", "burst": 1000000000, "key": "global"}`,
+			p, _ := newTestPlugin(b, `{"requests_per_unit": 1000000000, "unit": "second", "burst": 1000000000, "key": "global", "enable_x_ratelimit_headers": "DRAFT_VERSION_03"}`,
 				func(c *Config) { c.Module = mod; c.PoolSize = 4; c.Engine = eng })
 			defer p.Close()
 			b.ReportAllocs()
@@ -187,11 +187,12 @@ func TestSDKCallbackMask(t *testing.T) {
 		want        uint32
 	}{
 		{"meshd.dev/meshd/test/wasm/guests/noop", "", cbDelete},
-		{"meshd.dev/meshd/filters/ratelimit/guest", `{"requests_per_unit": 100}`, cbRequestHeaders | cbResponseHeaders | cbDelete},
+		{"meshd.dev/meshd/filters/ratelimit/guest", `{"requests_per_unit": 100}`, cbRequestHeaders | cbDelete},
+		{"meshd.dev/meshd/filters/ratelimit/guest", `{"requests_per_unit": 100, "enable_x_ratelimit_headers": "DRAFT_VERSION_03"}`, cbRequestHeaders | cbResponseHeaders | cbDelete},
 		{"meshd.dev/meshd/test/wasm/guests/headers", `{}`, cbRequestHeaders | cbResponseHeaders | cbDelete},
 	}
 	for _, tc := range tests {
-		t.Run(tc.pkg[strings.LastIndex(tc.pkg, "/")+1:], func(t *testing.T) {
+		t.Run(tc.pkg[strings.LastIndex(tc.pkg, "/")+1:]+tc.config, func(t *testing.T) {
 			mod := sdkGuest(t, tc.pkg)
 			p, _ := newTestPlugin(t, tc.config, func(c *Config) { c.Module = mod; c.PoolSize = 1 })
 			c := p.NewHTTPContext(newStream([2]string{":path", "/"}))
@@ -222,7 +223,7 @@ func TestSDKCallbackMask(t *testing.T) {
 func BenchmarkSDKGuestABI(b *testing.B) {
 	guests := []struct{ name, pkg, config string }{
 		{"noop", "meshd.dev/meshd/test/wasm/guests/noop", ""},
-		{"ratelimit", "meshd.dev/meshd/filters/ratelimit/guest", `{"requests_per_unit": 1000000000, "unit": "second", "burst": 1000000000, "key": "global"}`},
+		{"ratelimit", "meshd.dev/meshd/filters/ratelimit/guest", `{"requests_per_unit": 1000000000, "unit": "second", "burst": 1000000000, "key": "global", "enable_x_ratelimit_headers": "DRAFT_VERSION_03"}`},
 	}
 	for _, g := range guests {
 		mod := sdkGuest(b, g.pkg)

@@ -164,6 +164,11 @@ type RateLimitPluginConfig struct {
 	Burst           uint32 `json:"burst"`
 	Key             string `json:"key"`
 	DryRun          bool   `json:"dry_run"`
+	// XRateLimitHeaders is the guest's enable_x_ratelimit_headers (the
+	// name and values of Envoy's local_ratelimit field, default OFF).
+	// Policies set DRAFT_VERSION_03, as for the native filter, so both
+	// engines answer with the same headers.
+	XRateLimitHeaders string `json:"enable_x_ratelimit_headers,omitempty"`
 }
 
 // wasmRateLimitFilter is an envoy.filters.http.wasm running the
@@ -189,6 +194,7 @@ func (t *translator) wasmRateLimitFilter(p *model.RateLimitPolicy) []*hcmv3.Http
 	conf, err := json.Marshal(RateLimitPluginConfig{
 		RequestsPerUnit: p.Spec.RequestsPerUnit, Unit: p.Spec.Unit, Burst: *p.Spec.Burst,
 		Key: p.Spec.Key, DryRun: p.Spec.DryRun,
+		XRateLimitHeaders: ratelimitv3.XRateLimitHeadersRFCVersion_DRAFT_VERSION_03.String(),
 	})
 	if err != nil {
 		t.fail(fmt.Errorf("translate: %s: plugin configuration: %w", policyLabel(p), err))

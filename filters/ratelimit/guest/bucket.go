@@ -41,32 +41,30 @@ func decodeBucket(buf []byte) (bucketState, error) {
 type limits struct {
 	capacity float64 // tokens a full bucket holds (burst)
 	perNano  float64 // tokens added per nanosecond
+	lease    float64 // most tokens a VM takes at once (see leaseWindow)
 }
 
-// refill adds the tokens earned between b.last and now, capped at capacity.
-// A clock that went backwards earns nothing.
-func (l limits) refill(b bucketState, now time.Time) bucketState {
-	n := now.UnixNano()
-	if n > b.last {
-		b.tokens = math.Min(l.capacity, b.tokens+float64(n-b.last)*l.perNano)
-		b.last = n
+// newLimits returns the limits of buckets holding capacity tokens and
+// earning perUnit tokens per unit.
+func newLimits(capacity, perUnit int64, unit time.Duration) limits {
+	l := limits{capacity: float64(capacity), perNano: float64(perUnit) / float64(unit)}
+	l.lease = math.Max(1, math.Min(math.Floor(l.perNano*float64(leaseWindow)), math.Floor(l.capacity/16)))
+	return l
+}
+
+// refill adds the tokens earned between b.last and now (Unix ns), capped at
+// capacity. A clock that went backwards earns nothing.
+func (l limits) refill(b bucketState, now int64) bucketState {
+	if now > b.last {
+		b.tokens = math.Min(l.capacity, b.tokens+float64(now-b.last)*l.perNano)
+		b.last = now
 	}
 	return b
 }
 
-// take refills b and takes one token if there is one.
-func (l limits) take(b bucketState, now time.Time) (bucketState, bool) {
-	b = l.refill(b, now)
-	if b.tokens < 1 {
-		return b, false
-	}
-	b.tokens--
-	return b, true
-}
-
-// full is a bucket as first seen: full at now.
-func (l limits) full(now time.Time) bucketState {
-	return bucketState{tokens: l.capacity, last: now.UnixNano()}
+// full is a bucket as first seen: full at now (Unix ns).
+func (l limits) full(now int64) bucketState {
+	return bucketState{tokens: l.capacity, last: now}
 }
 
 // resetSeconds is the whole number of seconds (rounded up) until b is full.

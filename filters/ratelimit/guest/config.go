@@ -13,16 +13,21 @@ import (
 //
 //	{"requests_per_unit": 100, "unit": "second", "burst": 10,
 //	 "key": "source-identity" | "header:NAME" | "path" | "global",
-//	 "dry_run": false}
+//	 "dry_run": false,
+//	 "enable_x_ratelimit_headers": "OFF" | "DRAFT_VERSION_03"}
 //
 // Each key value gets a bucket holding burst tokens (requests_per_unit when
 // burst is 0), refilled continuously at requests_per_unit per unit.
+// enable_x_ratelimit_headers has the name, values and default (OFF) of
+// Envoy's local_ratelimit field: DRAFT_VERSION_03 adds x-ratelimit-limit,
+// -remaining and -reset to 429s and admitted responses.
 type config struct {
 	RequestsPerUnit int64  `json:"requests_per_unit"`
 	Unit            string `json:"unit"`
 	Burst           int64  `json:"burst"`
 	Key             string `json:"key"`
 	DryRun          bool   `json:"dry_run"`
+	XRateLimit      string `json:"enable_x_ratelimit_headers"`
 }
 
 // keyKind says where a request's bucket key comes from.
@@ -38,10 +43,11 @@ const (
 // settings is a validated configuration.
 type settings struct {
 	limits
-	rpu    int64
-	kind   keyKind
-	header string // for keyHeader, lower case
-	dryRun bool
+	rpu     int64
+	kind    keyKind
+	header  string // for keyHeader, lower case
+	dryRun  bool
+	headers bool // enable_x_ratelimit_headers is DRAFT_VERSION_03
 }
 
 func parseConfig(data []byte) (settings, error) {
@@ -67,11 +73,18 @@ func parseConfig(data []byte) (settings, error) {
 		return settings{}, fmt.Errorf("plugin configuration: unit %q: want second or minute", c.Unit)
 	}
 	s := settings{rpu: c.RequestsPerUnit, dryRun: c.DryRun}
+	switch c.XRateLimit {
+	case "OFF", "":
+	case "DRAFT_VERSION_03":
+		s.headers = true
+	default:
+		return settings{}, fmt.Errorf("plugin configuration: enable_x_ratelimit_headers %q: want OFF or DRAFT_VERSION_03", c.XRateLimit)
+	}
 	capacity := c.Burst
 	if capacity == 0 {
 		capacity = c.RequestsPerUnit
 	}
-	s.limits = limits{capacity: float64(capacity), perNano: float64(c.RequestsPerUnit) / float64(unit)}
+	s.limits = newLimits(capacity, c.RequestsPerUnit, unit)
 	switch {
 	case c.Key == "global" || c.Key == "":
 		s.kind = keyGlobal

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 )
@@ -12,7 +16,7 @@ import (
 // fakeClock is a manual clock for the guest's vmContext.
 type fakeClock struct{ t time.Time }
 
-func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) now() int64              { return c.t.UnixNano() }
 func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 // newHost starts the plugin in the SDK's host emulator with config.
@@ -81,6 +85,9 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad key", config: `{"requests_per_unit":1,"key":"cookie"}`, wantErr: "key"},
 		{name: "empty header", config: `{"requests_per_unit":1,"key":"header:"}`, wantErr: "key"},
 		{name: "negative burst", config: `{"requests_per_unit":1,"burst":-1}`, wantErr: "burst"},
+		{name: "headers on", config: `{"requests_per_unit":1,"enable_x_ratelimit_headers":"DRAFT_VERSION_03"}`, wantKind: keyGlobal, wantCap: 1},
+		{name: "headers off", config: `{"requests_per_unit":1,"enable_x_ratelimit_headers":"OFF"}`, wantKind: keyGlobal, wantCap: 1},
+		{name: "bad headers version", config: `{"requests_per_unit":1,"enable_x_ratelimit_headers":"DRAFT_VERSION_02"}`, wantErr: "enable_x_ratelimit_headers"},
 		{name: "unknown field", config: `{"requests_per_unit":1,"rate":2}`, wantErr: "rate"},
 		{name: "not json", config: `{`, wantErr: "plugin configuration"},
 	}
@@ -105,7 +112,7 @@ func TestParseConfig(t *testing.T) {
 
 func TestLimit(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
-	host := newHost(t, `{"requests_per_unit":10,"unit":"second","burst":3,"key":"global"}`, clock, nil)
+	host := newHost(t, `{"requests_per_unit":10,"unit":"second","burst":3,"key":"global","enable_x_ratelimit_headers":"DRAFT_VERSION_03"}`, clock, nil)
 
 	// A full bucket admits burst requests, then rejects.
 	for i := range 3 {
@@ -258,8 +265,8 @@ func TestSourceIdentity(t *testing.T) {
 			// Drive one request so the emulator's current context is an HTTP one.
 			id := host.InitializeHttpContext()
 			host.CallOnRequestHeaders(id, nil, false)
-			hc := &httpContext{plugin: &pluginContext{cfg: settings{kind: keySourceIdentity}}}
-			got, ok := hc.descriptor()
+			p := &pluginContext{cfg: settings{kind: keySourceIdentity}}
+			got, ok := p.descriptor()
 			if got != tc.want || ok != tc.ok {
 				t.Fatalf("descriptor = %q, %v; want %q, %v", got, ok, tc.want, tc.ok)
 			}
@@ -269,7 +276,7 @@ func TestSourceIdentity(t *testing.T) {
 
 func TestBadConfigFailsStart(t *testing.T) {
 	opt := proxytest.NewEmulatorOption().
-		WithVMContext(&vmContext{now: time.Now}).
+		WithVMContext(&vmContext{now: hostNow}).
 		WithPluginConfiguration([]byte(`{"requests_per_unit":-1}`))
 	host, reset := proxytest.NewHostEmulator(opt)
 	defer reset()
@@ -289,5 +296,105 @@ func TestBucketEncoding(t *testing.T) {
 	}
 	if _, err := decodeBucket([]byte{1, 2}); err == nil {
 		t.Fatal("short state accepted")
+	}
+}
+
+// TestHeadersOffByDefault checks that without enable_x_ratelimit_headers,
+// as in Envoy's local_ratelimit, neither admitted responses nor the 429
+// carry x-ratelimit-* headers.
+func TestHeadersOffByDefault(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, `{"requests_per_unit":1,"burst":1}`, clock, nil)
+	if act, local, resp := request(host, nil); act != types.ActionContinue || local != nil || header(resp, "x-ratelimit-limit") != "" {
+		t.Fatalf("admitted: action %v local %+v resp %v, want no header", act, local, resp)
+	}
+	_, local, _ := request(host, nil)
+	if local == nil || local.StatusCode != 429 || len(local.Headers) != 0 {
+		t.Fatalf("over the limit: local response %+v, want a 429 without headers", local)
+	}
+}
+
+// sharedTokens reads the tokens of the global bucket of config from the
+// emulator's shared data.
+func sharedTokens(t *testing.T, config string) float64 {
+	t.Helper()
+	sum := sha256.Sum256([]byte(config))
+	raw, _, err := proxywasm.GetSharedData("meshd.ratelimit/" + hex.EncodeToString(sum[:8]) + "/global")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := decodeBucket(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.tokens
+}
+
+// TestLease checks the leases: at a high rate a request takes a lease of the
+// tokens earned in leaseWindow from the shared bucket and the next ones
+// draw from it without a write; once leaseWindow has passed the unused
+// tokens go back with the next lease. At a low rate a lease is one token,
+// so the bucket is exact.
+func TestLease(t *testing.T) {
+	const config = `{"requests_per_unit":100000,"burst":100000,"enable_x_ratelimit_headers":"DRAFT_VERSION_03"}`
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, config, clock, nil)
+	const lease = 1000 // 100 000/s × 10 ms
+	for i := range 3 {
+		_, local, resp := request(host, nil)
+		if local != nil {
+			t.Fatalf("request %d rejected", i)
+		}
+		if got, want := sharedTokens(t, config), 100000.0-lease; got != want {
+			t.Fatalf("after request %d: shared bucket %v, want %v", i, got, want)
+		}
+		if got, want := header(resp, "x-ratelimit-remaining"), strconv.Itoa(100000-1-i); got != want {
+			t.Fatalf("request %d: remaining %s, want %s", i, got, want)
+		}
+	}
+	// Expired: 997 unused tokens go back, a new lease is taken, 10 ms
+	// earned 1000 tokens (capped at capacity).
+	clock.advance(leaseWindow)
+	request(host, nil)
+	if got, want := sharedTokens(t, config), 100000.0-lease; got != want {
+		t.Fatalf("after a new lease: shared bucket %v, want %v", got, want)
+	}
+
+	for _, tc := range []struct {
+		rpu, burst int64
+		unit       time.Duration
+		want       float64
+	}{
+		{100, 100, time.Second, 1},
+		{10, 10, time.Minute, 1},
+		{1_000_000_000, 1_000_000_000, time.Second, 10_000_000},
+		{100000, 160, time.Second, 10}, // at most 1/16 of the burst
+	} {
+		if got := newLimits(tc.burst, tc.rpu, tc.unit).lease; got != tc.want {
+			t.Errorf("lease of %d per %v, burst %d = %v, want %v", tc.rpu, tc.unit, tc.burst, got, tc.want)
+		}
+	}
+}
+
+// TestLeaseReturnedAtTick drains a bucket through leases of 1/16 of its
+// capacity and checks that the tick after leaseWindow returns the unused
+// part of the last lease.
+func TestLeaseReturnedAtTick(t *testing.T) {
+	const config = `{"requests_per_unit":100000,"burst":3200}` // leases of 200
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, config, clock, nil)
+	for i := range 3100 {
+		if _, local, _ := request(host, nil); local != nil {
+			t.Fatalf("request %d rejected", i)
+		}
+	}
+	if got := sharedTokens(t, config); got != 0 {
+		t.Fatalf("shared bucket %v after 16 leases, want 0", got)
+	}
+	clock.advance(leaseWindow)
+	host.Tick()
+	// 10 ms earned 1000 tokens; 100 came back.
+	if got, want := sharedTokens(t, config), 1100.0; got != want {
+		t.Fatalf("after the tick: shared bucket %v, want %v", got, want)
 	}
 }

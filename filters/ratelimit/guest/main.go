@@ -10,11 +10,23 @@
 // tick (every second) refills the buckets this VM has used, keeping their
 // remaining counts current for all instances.
 //
-// A request over the limit gets 429 with x-ratelimit-limit, x-ratelimit-remaining
-// and x-ratelimit-reset (seconds until the bucket is full again); gRPC requests
-// (content-type application/grpc*) get grpc-status 8 RESOURCE_EXHAUSTED.
-// Admitted responses carry the same three headers. In dry-run mode nothing is
-// rejected and no header is added; over-limit requests are only counted.
+// A request over the limit gets 429; gRPC requests (content-type
+// application/grpc*) get grpc-status 8 RESOURCE_EXHAUSTED. With
+// enable_x_ratelimit_headers DRAFT_VERSION_03 (off by default, as in Envoy's
+// local_ratelimit), the 429 and admitted responses carry x-ratelimit-limit,
+// x-ratelimit-remaining and x-ratelimit-reset (seconds until the bucket is
+// full again). In dry-run mode nothing is rejected and no header is added;
+// over-limit requests are only counted.
+//
+// Leases: a VM takes up to lease tokens from a shared bucket in one
+// compare-and-swap (the tokens the bucket earns in leaseWindow, at most 1/16
+// of its capacity, at least 1) and admits requests from them without
+// touching shared data until they run out or leaseWindow passes; then the
+// unused ones go back in the same write that takes the next lease (or at the
+// next tick). At 100 requests per second a lease is one token, so every
+// request still does its own round trip; at high rates most requests cost no
+// host call. Tokens on lease are invisible to other VMs for at most
+// leaseWindow: that bounds the error to VMs × lease tokens.
 //
 // Counters (Envoy's local_ratelimit names under wasm_ratelimit.): ok,
 // rate_limited (over the limit, enforced or not), enforced (rejected),
@@ -30,6 +42,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -42,39 +55,60 @@ import (
 // main is never called in a c-shared module; the VM context is set in init.
 func main() {}
 
-func init() { proxywasm.SetVMContext(&vmContext{now: time.Now}) }
+func init() { proxywasm.SetVMContext(&vmContext{now: hostNow}) }
 
 // casAttempts bounds the compare-and-swap loop on one bucket.
 const casAttempts = 16
 
-// tickPeriod is how often a plugin context refills the buckets it has used.
+// tickPeriod is how often a plugin context refills the buckets it has used
+// and returns expired leases.
 const tickPeriod = time.Second
+
+// leaseWindow is how long a VM may keep tokens it took from a shared bucket
+// before they go back (see the package comment).
+const leaseWindow = 10 * time.Millisecond
 
 // grpcResourceExhausted is gRPC's RESOURCE_EXHAUSTED status code.
 const grpcResourceExhausted = 8
 
 type vmContext struct {
 	types.DefaultVMContext
-	now func() time.Time // the clock; tests replace it
+	now func() int64 // the clock, Unix ns; tests replace it
 }
 
 // NewPluginContext implements types.VMContext.
 func (v *vmContext) NewPluginContext(uint32) types.PluginContext {
-	return &pluginContext{now: v.now, seen: map[string]bool{}}
+	return &pluginContext{now: v.now, seen: map[string]*lease{}}
+}
+
+// lease is a VM's share of one shared bucket.
+type lease struct {
+	key string // shared-data key of the bucket
+	// tokens were taken from the bucket and not used yet; whole numbers.
+	tokens float64
+	// until is when unused tokens go back (Unix ns).
+	until int64
+	// shared is what the bucket held after the last take: with tokens,
+	// the x-ratelimit-remaining value.
+	shared float64
 }
 
 type pluginContext struct {
 	types.DefaultPluginContext
-	now    func() time.Time
+	now    func() int64
 	cfg    settings
-	prefix string          // shared-data key prefix: identifies the configuration
-	seen   map[string]bool // shared-data keys this VM has used, refilled on tick
-	// globalKey is prefix+"global", built once; limit the
-	// x-ratelimit-limit value.
-	globalKey, limit string
+	prefix string            // shared-data key prefix: identifies the configuration
+	seen   map[string]*lease // buckets this VM has used, by descriptor
+	global *lease            // the one bucket of key global
+	limit  string            // the x-ratelimit-limit value
 	// state is the buffer bucket states are encoded into before a write
 	// (the host copies it), so a request allocates none.
 	state [bucketStateSize]byte
+	// num holds a header value while the host copies it (see setHeader).
+	num [20]byte
+	// plain is the HTTP context of every stream when no header is added:
+	// it holds no per-stream state, so streams share it.
+	plain *httpContext
 
 	ok, rateLimited, enforced, casExhausted, noKey proxywasm.MetricCounter
 }
@@ -95,24 +129,23 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	// Buckets of different configurations sharing a VM group never mix.
 	sum := sha256.Sum256(data)
 	p.prefix = "meshd.ratelimit/" + hex.EncodeToString(sum[:8]) + "/"
-	p.globalKey = p.prefix + "global"
 	p.limit = strconv.FormatInt(p.cfg.rpu, 10)
+	p.plain = &httpContext{plugin: p}
 	p.ok = proxywasm.DefineCounterMetric("wasm_ratelimit.ok")
 	p.rateLimited = proxywasm.DefineCounterMetric("wasm_ratelimit.rate_limited")
 	p.enforced = proxywasm.DefineCounterMetric("wasm_ratelimit.enforced")
 	p.casExhausted = proxywasm.DefineCounterMetric("wasm_ratelimit.cas_exhausted")
 	p.noKey = proxywasm.DefineCounterMetric("wasm_ratelimit.no_key")
 	if p.cfg.kind == keyGlobal {
+		p.global = p.leaseOf("global")
 		// VMs start one after another, so creating the one bucket here,
 		// only when absent, leaves no creation race at all for it.
-		key := p.globalKey
-		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
-			if err := proxywasm.SetSharedData(key, p.cfg.full(p.now()).encodeTo(p.state[:]), 0); err != nil {
+		if _, _, err := proxywasm.GetSharedData(p.global.key); errors.Is(err, types.ErrorStatusNotFound) {
+			if err := proxywasm.SetSharedData(p.global.key, p.cfg.full(p.now()).encodeTo(p.state[:]), 0); err != nil {
 				proxywasm.LogCriticalf("ratelimit: create the global bucket: %v", err)
 				return types.OnPluginStartStatusFailed
 			}
 		}
-		p.seen[key] = true
 	}
 	if err := proxywasm.SetTickPeriodMilliSeconds(uint32(tickPeriod / time.Millisecond)); err != nil {
 		proxywasm.LogCriticalf("ratelimit: set tick period: %v", err)
@@ -121,24 +154,47 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	return types.OnPluginStartStatusOK
 }
 
-// OnTick refills the buckets this VM has used.
+// leaseOf returns the lease of the bucket for desc, creating it empty.
+func (p *pluginContext) leaseOf(desc string) *lease {
+	l := p.seen[desc]
+	if l == nil {
+		l = &lease{key: p.prefix + desc}
+		p.seen[desc] = l
+	}
+	return l
+}
+
+// OnTick refills the buckets this VM has used and returns expired leases.
 func (p *pluginContext) OnTick() {
 	now := p.now()
-	for key := range p.seen {
-		p.update(key, now, func(b bucketState) (bucketState, bool) { return p.cfg.refill(b, now), true })
+	for _, l := range p.seen {
+		back := 0.0
+		if now >= l.until {
+			back = l.tokens
+		}
+		if _, _, ok := p.update(l.key, now, func(b bucketState) (bucketState, bool) {
+			b = p.cfg.refill(b, now)
+			b.tokens = math.Min(p.cfg.capacity, b.tokens+back)
+			return b, true
+		}); ok {
+			l.tokens -= back
+		}
 	}
 }
 
 // NewHttpContext implements types.PluginContext.
 func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
-	return &httpContext{plugin: p}
+	if p.cfg.headers && !p.cfg.dryRun {
+		return &headersHttpContext{plugin: p}
+	}
+	return p.plain
 }
 
 // update applies f to the bucket stored under key (a full bucket if none is
 // stored yet) and writes the result with compare-and-swap, retrying on a CAS
 // mismatch up to casAttempts times. It reports the stored state and f's
 // verdict, and whether the write succeeded.
-func (p *pluginContext) update(key string, now time.Time, f func(bucketState) (bucketState, bool)) (bucketState, bool, bool) {
+func (p *pluginContext) update(key string, now int64, f func(bucketState) (bucketState, bool)) (bucketState, bool, bool) {
 	for range casAttempts {
 		raw, cas, err := proxywasm.GetSharedData(key)
 		var b bucketState
@@ -175,95 +231,159 @@ func (p *pluginContext) update(key string, now time.Time, f func(bucketState) (b
 	return bucketState{}, true, false
 }
 
-type httpContext struct {
-	types.DefaultHttpContext
-	plugin *pluginContext
-	// addHeaders is set when an admitted response gets the x-ratelimit-*
-	// headers (not in dry run, without a key or with the bucket
-	// unavailable); remaining and reset are their values. Numbers, not the
-	// header list: formatting waits for the response, so an admitted
-	// request allocates nothing here.
-	addHeaders       bool
-	remaining, reset int64
-}
+// verdict is the outcome of one request.
+type verdict int
 
-// OnHttpRequestHeaders takes a token from the request's bucket or rejects it.
-func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
-	p := h.plugin
-	desc, ok := h.descriptor()
-	if !ok {
-		p.noKey.Increment(1)
-		return types.ActionContinue
-	}
-	key := p.globalKey
-	if desc != "global" {
-		key = p.prefix + desc
-	}
-	if !p.seen[key] {
-		p.seen[key] = true
-	}
+const (
+	admitted  verdict = iota // took a token
+	unlimited                // not accounted (no descriptor, bucket unavailable)
+	overLimit                // no token: rejected unless dry run
+	rejected                 // no token, 429 sent
+)
+
+// take decides one request: a token from l's lease, else a new lease. It
+// returns the verdict and the bucket as the x-ratelimit-* headers report it.
+func (p *pluginContext) take(l *lease) (verdict, bucketState) {
 	now := p.now()
-	b, allowed, stored := p.update(key, now, func(b bucketState) (bucketState, bool) {
-		return p.cfg.take(b, now)
+	if l.tokens >= 1 && now < l.until {
+		l.tokens--
+		return admitted, bucketState{tokens: l.shared + l.tokens}
+	}
+	back := l.tokens // unused tokens of an expired lease go back
+	var got float64
+	b, ok, stored := p.update(l.key, now, func(b bucketState) (bucketState, bool) {
+		b = p.cfg.refill(b, now)
+		b.tokens = math.Min(p.cfg.capacity, b.tokens+back)
+		if b.tokens < 1 {
+			return b, false
+		}
+		got = math.Min(p.cfg.lease, math.Floor(b.tokens))
+		b.tokens -= got
+		return b, true
 	})
 	if !stored {
-		// Contended or failing shared data: admit rather than reject traffic
-		// the limiter cannot account for, and count it.
+		// Contended or failing shared data: admit rather than reject
+		// traffic the limiter cannot account for, and count it.
 		p.casExhausted.Increment(1)
-		p.ok.Increment(1)
-		return types.ActionContinue
+		return unlimited, bucketState{}
 	}
-	remaining, reset := int64(b.tokens), p.cfg.resetSeconds(b)
-	if allowed {
-		p.ok.Increment(1)
-		if !p.cfg.dryRun {
-			h.addHeaders, h.remaining, h.reset = true, remaining, reset
+	l.until, l.shared = now+int64(leaseWindow), b.tokens
+	if !ok {
+		l.tokens = 0
+		return overLimit, b
+	}
+	l.tokens = got - 1
+	return admitted, bucketState{tokens: b.tokens + l.tokens}
+}
+
+// decide runs the limiter for the request whose headers are current: it
+// counts, sends the 429 when enforcing, and returns the verdict with the
+// bucket the headers report.
+func (p *pluginContext) decide() (verdict, bucketState) {
+	l := p.global
+	if l == nil {
+		desc, ok := p.descriptor()
+		if !ok {
+			p.noKey.Increment(1)
+			return unlimited, bucketState{}
 		}
-		return types.ActionContinue
+		l = p.leaseOf(desc)
+	}
+	v, b := p.take(l)
+	switch v {
+	case admitted, unlimited:
+		p.ok.Increment(1)
+		return v, b
 	}
 	p.rateLimited.Increment(1)
 	if p.cfg.dryRun {
-		return types.ActionContinue
+		return overLimit, b
 	}
 	p.enforced.Increment(1)
 	grpcStatus := int32(-1)
 	if ct, err := proxywasm.GetHttpRequestHeader("content-type"); err == nil && strings.HasPrefix(ct, "application/grpc") {
 		grpcStatus = grpcResourceExhausted
 	}
-	hdrs := [][2]string{
-		{"x-ratelimit-limit", p.limit},
-		{"x-ratelimit-remaining", strconv.FormatInt(remaining, 10)},
-		{"x-ratelimit-reset", strconv.FormatInt(reset, 10)},
+	var hdrs [][2]string
+	if p.cfg.headers {
+		hdrs = [][2]string{
+			{"x-ratelimit-limit", p.limit},
+			{"x-ratelimit-remaining", strconv.FormatInt(int64(b.tokens), 10)},
+			{"x-ratelimit-reset", strconv.FormatInt(p.cfg.resetSeconds(b), 10)},
+		}
 	}
 	if err := proxywasm.SendHttpResponse(429, hdrs, []byte("local_rate_limited"), grpcStatus); err != nil {
 		proxywasm.LogErrorf("ratelimit: send 429: %v", err)
-		return types.ActionContinue
+		return unlimited, b
 	}
-	return types.ActionPause
+	return rejected, b
 }
 
-// OnHttpResponseHeaders adds the x-ratelimit-* headers to admitted responses.
-func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
-	if !h.addHeaders {
-		return types.ActionContinue
+// setHeader sets a response header to the decimal v, formatted into p.num
+// and passed without a copy (see hostString).
+func (p *pluginContext) setHeader(name string, v int64) {
+	num := strconv.AppendInt(p.num[:0], v, 10)
+	if err := proxywasm.ReplaceHttpResponseHeader(name, hostString(num)); err != nil {
+		proxywasm.LogErrorf("ratelimit: set %s: %v", name, err)
 	}
-	for _, kv := range [...][2]string{
-		{"x-ratelimit-limit", h.plugin.limit},
-		{"x-ratelimit-remaining", strconv.FormatInt(h.remaining, 10)},
-		{"x-ratelimit-reset", strconv.FormatInt(h.reset, 10)},
-	} {
-		if err := proxywasm.ReplaceHttpResponseHeader(kv[0], kv[1]); err != nil {
-			proxywasm.LogErrorf("ratelimit: set %s: %v", kv[0], err)
-		}
+}
+
+// httpContext limits a stream and adds no header; one serves every stream.
+type httpContext struct {
+	types.DefaultHttpContext
+	plugin *pluginContext
+}
+
+// OnHttpRequestHeaders takes a token from the request's bucket or rejects it.
+func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
+	if v, _ := h.plugin.decide(); v == rejected {
+		return types.ActionPause
 	}
 	return types.ActionContinue
 }
 
-// descriptor returns the request's bucket name, or false when the request
-// lacks the configured descriptor (no such header, no peer identity or
-// address), in which case it is not limited.
-func (h *httpContext) descriptor() (string, bool) {
-	switch cfg := h.plugin.cfg; cfg.kind {
+// headersHttpContext limits a stream and adds the x-ratelimit-* headers to
+// its response when admitted (enable_x_ratelimit_headers DRAFT_VERSION_03).
+type headersHttpContext struct {
+	types.DefaultHttpContext
+	plugin *pluginContext
+	// add is set when the request took a token; remaining and reset are
+	// the header values, formatted only when the response comes.
+	add              bool
+	remaining, reset int64
+}
+
+// OnHttpRequestHeaders takes a token from the request's bucket or rejects it.
+func (h *headersHttpContext) OnHttpRequestHeaders(int, bool) types.Action {
+	v, b := h.plugin.decide()
+	switch v {
+	case rejected:
+		return types.ActionPause
+	case admitted:
+		h.add, h.remaining, h.reset = true, int64(b.tokens), h.plugin.cfg.resetSeconds(b)
+	}
+	return types.ActionContinue
+}
+
+// OnHttpResponseHeaders adds the x-ratelimit-* headers to admitted responses.
+func (h *headersHttpContext) OnHttpResponseHeaders(int, bool) types.Action {
+	if !h.add {
+		return types.ActionContinue
+	}
+	p := h.plugin
+	if err := proxywasm.ReplaceHttpResponseHeader("x-ratelimit-limit", p.limit); err != nil {
+		proxywasm.LogErrorf("ratelimit: set x-ratelimit-limit: %v", err)
+	}
+	p.setHeader("x-ratelimit-remaining", h.remaining)
+	p.setHeader("x-ratelimit-reset", h.reset)
+	return types.ActionContinue
+}
+
+// descriptor returns the current request's bucket name, or false when the
+// request lacks the configured descriptor (no such header, no peer identity
+// or address), in which case it is not limited.
+func (p *pluginContext) descriptor() (string, bool) {
+	switch cfg := p.cfg; cfg.kind {
 	case keyPath:
 		path, err := proxywasm.GetHttpRequestHeader(":path")
 		if err != nil {
