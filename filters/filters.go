@@ -211,6 +211,18 @@ type HookSelector interface {
 	BodyHooks() Hooks
 }
 
+// Destroyer is implemented by filters holding resources beyond their hooks
+// (Envoy's StreamFilterBase::onDestroy). The connection manager calls
+// OnDestroy exactly once per stream whose filters were created, on the
+// stream's goroutine, when the exchange has ended: after the last response
+// hook, or after a reset, timeout or local reply ended it early. A request
+// body or trailers hook of a reset stream may still be running on the
+// request-body goroutine at that moment, so OnDestroy must tolerate a hook
+// racing with it and the filter must ignore hooks that come after it.
+type Destroyer interface {
+	OnDestroy()
+}
+
 // PassThrough implements Filter by continuing in both directions; embed it
 // in filters that act in one direction only.
 type PassThrough struct{}

@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"context"
 	"encoding/binary"
 	"net"
 	"strconv"
@@ -39,8 +38,7 @@ type localResp struct {
 type streamFilter struct {
 	f      *Factory
 	hc     httpContext
-	stop   func() bool // stops the Done backstop
-	bypass bool        // the VM failed and fail_open let the stream pass
+	bypass bool // the VM failed and fail_open let the stream pass
 
 	// Set by the running hook for the StreamHost methods.
 	cb        filters.Callbacks
@@ -74,11 +72,11 @@ var (
 	_ filters.ResponseBodyFilter     = (*streamFilter)(nil)
 	_ filters.ResponseTrailersFilter = (*streamFilter)(nil)
 	_ filters.HookSelector           = (*streamFilter)(nil)
+	_ filters.Destroyer              = (*streamFilter)(nil)
 	_ wasm.StreamHost                = (*streamFilter)(nil)
 )
 
-// begin creates the HTTP context on the first hook and registers Done for
-// the end of the downstream stream.
+// begin creates the HTTP context on the first hook.
 func (s *streamFilter) begin(cb filters.Callbacks) {
 	s.cb = cb
 	if s.hc != nil {
@@ -86,8 +84,6 @@ func (s *streamFilter) begin(cb filters.Callbacks) {
 	}
 	s.f.rt.env.bind(cb)
 	s.hc = s.f.entry.vm.NewHTTPContext(s)
-	hc := s.hc
-	s.stop = context.AfterFunc(cb.Context(), func() { _ = hc.Done() })
 }
 
 // finish ends the HTTP context after the last response hook.
@@ -95,9 +91,18 @@ func (s *streamFilter) finish() {
 	if s.hc == nil {
 		return
 	}
-	s.stop()
 	if err := s.hc.Done(); err != nil {
 		s.cb.Logger().Debug("wasm: proxy_on_done failed", "err", err)
+	}
+}
+
+// OnDestroy ends the HTTP context of a stream that ended before its last
+// response hook (reset, timeout, local reply); Done is idempotent, so after
+// finish it only checks. A body hook racing with it on the request-body
+// goroutine is serialised by the instance and finds the context ended.
+func (s *streamFilter) OnDestroy() {
+	if s.hc != nil {
+		_ = s.hc.Done()
 	}
 }
 

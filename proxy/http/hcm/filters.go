@@ -204,6 +204,16 @@ func LocalPrincipal(leaf *x509.Certificate) string {
 // The exchange is the filters' Callbacks.
 var _ filters.Callbacks = (*exchange)(nil)
 
+// destroyFilters calls OnDestroy on the stream's filters that implement
+// filters.Destroyer, once the exchange has ended.
+func (ex *exchange) destroyFilters() {
+	for _, f := range ex.filters {
+		if d, ok := f.(filters.Destroyer); ok {
+			d.OnDestroy()
+		}
+	}
+}
+
 // runRequestFilters creates the stream's filters and runs their request
 // header hooks in order. It returns false when a filter answered locally.
 func (ex *exchange) runRequestFilters() bool {

@@ -26,7 +26,8 @@ import (
 
 // recorder is a test filter configured by a google.protobuf.StringValue
 // "label[:action]", where action "deny" answers 403 from the request hook
-// and "replace" answers 418 from the response hook.
+// and "replace" answers 418 from the response hook. It logs its hooks and
+// OnDestroy.
 type recorder struct {
 	filters.PassThrough
 	label, action string
@@ -80,6 +81,10 @@ func (r *recorder) OnResponseHeaders(cb filters.Callbacks, resp *stream.Response
 	return filters.Continue
 }
 
+var _ filters.Destroyer = (*recorder)(nil)
+
+func (r *recorder) OnDestroy() { r.log.add("destroy:" + r.label) }
+
 func recorderFilter(v string) string {
 	return fmt.Sprintf(`{"name":"rec","typed_config":{"@type":"type.googleapis.com/google.protobuf.StringValue","value":%q}}`, v)
 }
@@ -103,11 +108,12 @@ func TestFilterChainOrder(t *testing.T) {
 		wantSeen   string // x-seen values the upstream got; "" = not reached
 	}{
 		{name: "request in order, response reversed", chain: []string{"a", "b", "c"}, wantStatus: 200, wantBody: "ok",
-			wantCalls: "req:a req:b req:c resp:c resp:b resp:a", wantSeen: "a,b,c"},
+			wantCalls: "req:a req:b req:c resp:c resp:b resp:a destroy:a destroy:b destroy:c", wantSeen: "a,b,c"},
+		// c was never created, so it is not destroyed either.
 		{name: "stop with local reply skips later filters and routing", chain: []string{"a", "b:deny", "c"}, wantStatus: 403,
-			wantBody: "denied by b", wantCalls: "req:a req:b resp:b resp:a"},
+			wantBody: "denied by b", wantCalls: "req:a req:b resp:b resp:a destroy:a destroy:b"},
 		{name: "response hook replaces the upstream response", chain: []string{"a", "b:replace"}, wantStatus: 418,
-			wantBody: "replaced by b", wantCalls: "req:a req:b resp:b", wantSeen: "a,b"},
+			wantBody: "replaced by b", wantCalls: "req:a req:b resp:b destroy:a destroy:b", wantSeen: "a,b"},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -100,6 +100,8 @@ func (h *Handler) ServeStream(ds stream.ServerStream) {
 		}
 		defer h.finish(cfg, o)
 	}
+	// Deferred so that filters are destroyed even if a hook panics.
+	defer ex.destroyFilters()
 	ex.serve()
 	if ex.tr != nil {
 		ex.endTrace()
