@@ -50,7 +50,9 @@ type streamFilter struct {
 	bodyOf    wasm.BufferType
 	hasBody   bool
 
-	resume chan struct{} // one wake-up per Resume or local response
+	// resume carries one wake-up per Resume or local response; created on
+	// first use (resumeCh), as most streams never pause.
+	resume chan struct{} // guarded by mu
 
 	// The header maps Headers hands out, kept here so that a host call
 	// allocates none.
@@ -96,6 +98,16 @@ func (s *streamFilter) finish() {
 	}
 }
 
+// resumeCh returns the stream's wake-up channel, creating it.
+func (s *streamFilter) resumeCh() chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.resume == nil {
+		s.resume = make(chan struct{}, 1)
+	}
+	return s.resume
+}
+
 // OnDestroy ends the HTTP context of a stream that ended before its last
 // response hook (reset, timeout, local reply); Done is idempotent, so after
 // finish it only checks. A body hook racing with it on the request-body
@@ -125,7 +137,7 @@ func (s *streamFilter) after(name string, act wasm.Action, err error, buffer boo
 	t := time.NewTimer(PauseTimeout)
 	defer t.Stop()
 	select {
-	case <-s.resume:
+	case <-s.resumeCh():
 	case <-s.cb.Context().Done():
 		return filters.Stop
 	case <-t.C:
@@ -357,7 +369,7 @@ func (s *streamFilter) Reset(wasm.StreamType) {
 
 func (s *streamFilter) wake() {
 	select {
-	case s.resume <- struct{}{}:
+	case s.resumeCh() <- struct{}{}:
 	default:
 	}
 }

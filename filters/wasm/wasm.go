@@ -403,7 +403,5 @@ var _ filters.Factory = (*Factory)(nil)
 
 // NewFilter returns the filter for one stream, with its own HTTP context.
 func (f *Factory) NewFilter() filters.Filter {
-	s := &streamFilter{f: f}
-	s.resume = make(chan struct{}, 1)
-	return s
+	return &streamFilter{f: f}
 }

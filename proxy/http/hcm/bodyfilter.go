@@ -165,14 +165,18 @@ func (ex *exchange) buildBodyChains() {
 	if req.empty() && resp.empty() {
 		return
 	}
+	// Copies escape, so req and resp stay on the stack for the common
+	// stream without hooks.
 	ex.hooks = &hookState{}
 	if !req.empty() {
-		req.ex, req.held, req.request = ex, make([][]byte, len(req.data)), true
-		ex.hooks.reqChain = &req
+		rc := req
+		rc.ex, rc.held, rc.request = ex, make([][]byte, len(rc.data)), true
+		ex.hooks.reqChain = &rc
 	}
 	if !resp.empty() {
-		resp.ex, resp.held = ex, make([][]byte, len(resp.data))
-		ex.hooks.respChain = &resp
+		rc := resp
+		rc.ex, rc.held = ex, make([][]byte, len(rc.data))
+		ex.hooks.respChain = &rc
 	}
 }
 
