@@ -3,6 +3,7 @@ package wasm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -63,6 +64,68 @@ func TestSDKHeadersGuest(t *testing.T) {
 					t.Errorf("%s = %.20q (%d bytes), want %.20q (%d bytes)", name, got, len(got), want, len(want))
 				}
 			}
+		}
+	})
+}
+
+// TestSDKContextTable drives the guest SDK's context table (the wasmbuild
+// overlay's contexts.go) through growth and deletions in scrambled order:
+// 300 HTTP contexts alive at once on one instance (the table starts with 64
+// slots), every third one ended, the rest answering their response
+// headers, then all ended and new streams created. A lookup the table got
+// wrong would panic in the guest ("invalid context") and break the
+// instance.
+func TestSDKContextTable(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	mod := sdkGuest(t, "meshd.dev/meshd/test/wasm/guests/headers")
+	abis(t, func(t *testing.T, standard bool) {
+		p, _ := newTestPlugin(t, `{"echo": ["x-request-id"]}`,
+			func(c *Config) { c.Module = mod; c.PoolSize = 1; c.standardABI = standard })
+		const n = 300
+		open := make([]*HTTPContext, n)
+		streams := make([]*fakeStream, n)
+		for k := range open {
+			streams[k] = newStream([2]string{":path", "/"}, [2]string{"x-request-id", fmt.Sprint("r", k)})
+			open[k] = p.NewHTTPContext(streams[k])
+			if _, err := open[k].OnRequestHeaders(2, true); err != nil {
+				t.Fatalf("stream %d: OnRequestHeaders: %v", k, err)
+			}
+		}
+		for k := 0; k < n; k += 3 {
+			if err := open[k].Done(); err != nil {
+				t.Fatalf("stream %d: Done: %v", k, err)
+			}
+		}
+		for k := range open {
+			if k%3 == 0 {
+				continue
+			}
+			if _, err := open[k].OnResponseHeaders(0, true); err != nil {
+				t.Fatalf("stream %d: OnResponseHeaders: %v", k, err)
+			}
+			if got, want := streams[k].header(MapResponseHeaders, "x-echo-x-request-id"), fmt.Sprint("r", k); got != want {
+				t.Fatalf("stream %d: echoed %q, want %q (another stream's context answered)", k, got, want)
+			}
+		}
+		for k := n - 1; k >= 0; k-- {
+			if err := open[k].Done(); err != nil {
+				t.Fatalf("stream %d: Done: %v", k, err)
+			}
+		}
+		for k := range 10 {
+			c := p.NewHTTPContext(newStream([2]string{":path", "/"}))
+			if _, err := c.OnRequestHeaders(1, true); err != nil {
+				t.Fatalf("new stream %d: %v", k, err)
+			}
+			if err := c.Done(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A root callback delivers any deferred deletes.
+		inst := p.instances[0]
+		inst.rootCallback(inst.fns.tick, "proxy_on_tick", rootContextID)
+		if inst.isBroken() {
+			t.Fatal("the instance broke")
 		}
 	})
 }
