@@ -493,6 +493,12 @@ func (sc *ServerConn) handleHeaders(f *headerBlock) error {
 	}
 	c.mu.Lock()
 	defer c.unlock()
+	if c.closed {
+		// The reader may still hold frames it read before the connection
+		// closed (reads are batched). A stream opened now would never be
+		// failed, and its handler would wait on it forever.
+		return errConnClosed
+	}
 	if s := c.streams[id]; s != nil {
 		sc.handleTrailers(s, f)
 		return nil

@@ -2,11 +2,13 @@ package h2
 
 import (
 	"context"
+	"errors"
 	"net"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
@@ -281,4 +283,35 @@ func serveConn(t *testing.T, nc net.Conn, cfg *ServerConfig, h stream.Handler) (
 		<-finished
 	})
 	return sc, done
+}
+
+// TestHeadersAfterCloseOpenNoStream: a HEADERS block the reader still held
+// when the connection closed (reads are batched, and the writer closes the
+// connection after a flood or GOAWAY) opens no stream and starts no
+// handler: nothing would ever fail that stream, so a handler writing to it
+// would block forever.
+func TestHeadersAfterCloseOpenNoStream(t *testing.T) {
+	checkLeaks(t)
+	a, b := net.Pipe()
+	defer b.Close()
+	started := make(chan struct{}, 1)
+	sc := NewServerConn(a, nil, stream.HandlerFunc(func(stream.ServerStream) { started <- struct{}{} }), stream.ConnInfo{})
+	sc.c.closeWith(errConnClosed)
+	blk := &headerBlock{StreamID: 1, EndStream: true, npseudo: 4, Fields: []hpack.HeaderField{
+		{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"}, {Name: ":authority", Value: "a"}, {Name: ":path", Value: "/"},
+	}}
+	if err := sc.handleHeaders(blk); !errors.Is(err, errConnClosed) {
+		t.Fatalf("handleHeaders after close = %v, want errConnClosed", err)
+	}
+	sc.c.mu.Lock()
+	n := len(sc.c.streams)
+	sc.c.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d streams open after close, want 0", n)
+	}
+	select {
+	case <-started:
+		t.Fatal("a handler started for a stream opened after the connection closed")
+	case <-time.After(50 * time.Millisecond):
+	}
 }
