@@ -213,12 +213,28 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 			g = goGenerator{} // h2load has no gRPC streaming
 		}
 		for round := 1; round <= o.Rounds; round++ {
-			for _, t := range targets {
+			for i, t := range targets {
 				if t.Variant && !s.Variants {
 					continue
 				}
 				if s.Kind == kindIdle && len(t.PIDs) == 0 {
 					continue // no proxy whose memory per connection to read
+				}
+				if s.Kind == kindIdle {
+					// A proxy that served earlier runs holds heap those
+					// runs freed, and new connections reuse it: their
+					// cost would read as nearly zero. Measure each idle
+					// round on a freshly started proxy.
+					if err := t.Stop(); err != nil {
+						logger.Warn("target stop", "target", t.Name, "err", err)
+					}
+					fresh, err := st.start(ctx, t.targetSpec)
+					if err != nil {
+						targets = slices.Delete(targets, i, i+1) // stopped already
+						return nil, fmt.Errorf("target %s: restart for %s: %w", t.Name, s.Name, err)
+					}
+					targets[i], t = fresh, fresh
+					time.Sleep(idleSettle)
 				}
 				rec, err := measure(ctx, g, s, t, o, hz, be.PID())
 				if ctx.Err() != nil {

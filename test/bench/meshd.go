@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -90,6 +91,11 @@ func startSidecar(ctx context.Context, meshd, dir, name, bootstrap string, cpu i
 		return nil, fmt.Errorf("sidecar %s: write bootstrap: %w", name, err)
 	}
 	adminPath := filepath.Join(dir, name+".admin-address")
+	// A sidecar of the same name started earlier (a restarted target) left
+	// its address here: reading it would wait on a stopped process.
+	if err := os.Remove(adminPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("sidecar %s: remove the old admin address file: %w", name, err)
+	}
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
