@@ -250,6 +250,11 @@ type conn struct {
 	// lingerUntil (see lingerClose).
 	lingering   atomic.Bool
 	lingerUntil time.Time // written before lingering is set
+	// goAwayFlushed is set by the writer when the frames before a
+	// ctrlClose, its GOAWAY among them, reached the socket: the close then
+	// lingers (lingerClose) even when it ends the connection for an error,
+	// so the peer reads the GOAWAY instead of losing it to a TCP reset.
+	goAwayFlushed atomic.Bool
 
 	done       chan struct{} // closed once the connection is closed
 	writerDone chan struct{}
@@ -765,6 +770,10 @@ func (c *conn) writeCtrl(items []ctrlItem) error {
 			_ = c.nc.SetWriteDeadline(time.Now().Add(goAwayFlushTimeout))
 			if ferr := c.bw.Flush(); ferr != nil {
 				c.st.TxFlushTimeout.Inc()
+			} else {
+				c.mu.Lock()
+				c.goAwayFlushed.Store(c.goAwaySent)
+				c.mu.Unlock()
 			}
 			if it.err == nil {
 				return errGracefulClose
@@ -879,7 +888,12 @@ func (c *conn) closeWith(err error) {
 	c.ctrl = nil
 	c.wcond.Broadcast()
 	c.mu.Unlock()
-	if !errors.Is(err, errGracefulClose) || !c.lingerClose() {
+	// A graceful close lingers, and so does a close for an error once its
+	// GOAWAY was flushed: closing with the peer's frames unread makes the
+	// kernel send a TCP reset, which discards the GOAWAY at the peer
+	// before its application reads it (Envoy's delayed_close_timeout
+	// serves the same end). A peer that does not read gets no linger.
+	if !(errors.Is(err, errGracefulClose) || c.goAwayFlushed.Load()) || !c.lingerClose() {
 		_ = c.nc.Close()
 	}
 	if c.st.table != nil {

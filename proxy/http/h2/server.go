@@ -496,8 +496,10 @@ func (sc *ServerConn) handleHeaders(f *headerBlock) error {
 	if c.closed {
 		// The reader may still hold frames it read before the connection
 		// closed (reads are batched). A stream opened now would never be
-		// failed, and its handler would wait on it forever.
-		return errConnClosed
+		// failed, and its handler would wait on it forever: drop the block.
+		// The read loop goes on to drain a lingering close or to see the
+		// socket's end.
+		return nil
 	}
 	if s := c.streams[id]; s != nil {
 		sc.handleTrailers(s, f)
