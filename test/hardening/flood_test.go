@@ -1,7 +1,7 @@
 package hardening
 
 import (
-	"errors"
+	"bytes"
 	"fmt"
 	"net"
 	"slices"
@@ -224,18 +224,20 @@ func floods() []flood {
 			rounds:       4,
 			smallBuffers: true,
 			noRead:       true,
-			send:         timedFrameLoop(3_000_000, 5*time.Second, func(c *rawConn, i int) error { return c.fr.WritePing(false, [8]byte{byte(i)}) }),
-			check:        wantCalmOrCut,
-			stat:         "http2.outbound_control_flood",
+			// A PING frame: length 8, type PING, no flags, stream 0, payload.
+			send:  repeatedFrame(3_000_000, 5*time.Second, []byte{0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}),
+			check: wantCalmOrCut,
+			stat:  "http2.outbound_control_flood",
 		},
 		{
 			name:         "SETTINGS flood, attacker not reading",
 			rounds:       4,
 			smallBuffers: true,
 			noRead:       true,
-			send:         timedFrameLoop(3_000_000, 5*time.Second, func(c *rawConn, _ int) error { return c.fr.WriteSettings() }),
-			check:        wantCalmOrCut,
-			stat:         "http2.outbound_control_flood",
+			// An empty SETTINGS frame: length 0, type SETTINGS, no flags, stream 0.
+			send:  repeatedFrame(3_000_000, 5*time.Second, []byte{0, 0, 0, 4, 0, 0, 0, 0, 0}),
+			check: wantCalmOrCut,
+			stat:  "http2.outbound_control_flood",
 		},
 		{
 			name:  "RST_STREAM flood: malformed requests provoking resets (CVE-2019-9514)",
@@ -450,22 +452,28 @@ func frameLoop(limit int, write func(c *rawConn, i int) error) func(c *rawConn) 
 	}
 }
 
-// timedFrameLoop is frameLoop that also stops once d has passed since
-// the send began.
-func timedFrameLoop(limit int, d time.Duration, write func(c *rawConn, i int) error) func(c *rawConn) int {
+// repeatedFrame returns a send that writes frame, one encoded frame, at
+// most limit times within d, a thousand frames per socket write. An
+// attacker that batches its writes this way outpaces a write per frame by
+// far, so the replies it provokes outgrow the server's kernel send buffer
+// (megabytes, autotuned) within the attack: a frame per write could leave
+// every reply absorbed by that buffer, and the outbound queue the limit
+// guards would never build up.
+func repeatedFrame(limit int, d time.Duration, frame []byte) func(c *rawConn) int {
+	const batch = 1000
 	return func(c *rawConn) int {
+		buf := bytes.Repeat(frame, batch)
 		end := time.Now().Add(d)
-		return frameLoop(limit, func(c *rawConn, i int) error {
-			if !time.Now().Before(end) {
-				return errTimeUp
+		n := 0
+		for n < limit && time.Now().Before(end) {
+			if _, err := c.nc.Write(buf); err != nil {
+				break
 			}
-			return write(c, i)
-		})(c)
+			n += batch
+		}
+		return n
 	}
 }
-
-// errTimeUp ends a timedFrameLoop.
-var errTimeUp = errors.New("flood duration over")
 
 // requestLoop returns a send of at most limit whole requests (HEADERS
 // with END_STREAM and END_HEADERS) on streams 1, 3, 5, ..., the i-th with
