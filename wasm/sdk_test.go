@@ -8,9 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/internal/wasmbuild"
@@ -319,22 +317,13 @@ func BenchmarkSDKGuestABI(b *testing.B) {
 					stream()
 				}
 				b.ReportAllocs()
-				start, n := processCPU(b), 0
+				start, n := testutil.ProcessCPU(b), 0
 				for b.Loop() {
 					stream()
 					n++
 				}
-				b.ReportMetric(float64(processCPU(b)-start)/float64(n), "cpu-ns/op")
+				b.ReportMetric(float64(testutil.ProcessCPU(b)-start)/float64(n), "cpu-ns/op")
 			})
 		}
 	}
-}
-
-// processCPU is the CPU time (user + system) the process has used so far.
-func processCPU(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatalf("getrusage: %v", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -12,27 +12,17 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 )
-
-// cpuTime is the CPU time (user + system) the process has used so far, all
-// goroutines and the GC included.
-func cpuTime(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatalf("getrusage: %v", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // syscallCounts returns the read and write syscalls the process made so
 // far (/proc/self/io syscr and syscw): a figure that, unlike CPU time, a
@@ -239,7 +229,7 @@ func benchProxyUnary(b *testing.B, conns, streams int) {
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := cpuTime(b)
+	cpu0 := testutil.ProcessCPU(b)
 	r0, w0 := syscallCounts(b)
 	work := make(chan struct{}, conns*streams)
 	var wg sync.WaitGroup
@@ -261,7 +251,7 @@ func benchProxyUnary(b *testing.B, conns, streams int) {
 	}
 	close(work)
 	wg.Wait()
-	cpu := cpuTime(b) - cpu0
+	cpu := testutil.ProcessCPU(b) - cpu0
 	r1, w1 := syscallCounts(b)
 	b.StopTimer()
 	if firstErr != nil {

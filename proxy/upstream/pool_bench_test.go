@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -75,7 +74,7 @@ func BenchmarkPoolS1(b *testing.B) {
 				b.Logf("warm-up: %d of %d requests failed, the first with: %v", failed, s1Callers, err)
 			}
 			lat := make([][]time.Duration, s1Callers)
-			cpu0 := processCPU(b)
+			cpu0 := testutil.ProcessCPU(b)
 			b.ReportAllocs()
 			b.ResetTimer()
 			failed, err := runS1(rt, b.N, lat)
@@ -91,7 +90,7 @@ func BenchmarkPoolS1(b *testing.B) {
 			b.ReportMetric(float64(all[(len(all)*99+99)/100-1].Nanoseconds()), "p99-ns")
 			b.ReportMetric(float64(srv.accepted.Load()), "conns")
 			b.ReportMetric(float64(failed), "errors")
-			b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64((testutil.ProcessCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 		})
 	}
 }
@@ -134,15 +133,6 @@ func runS1(rt roundTripper, n int, lat [][]time.Duration) (int64, error) {
 	}
 	wg.Wait()
 	return failed.Load(), firstErr
-}
-
-// processCPU returns the user plus system CPU time the process has used.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // s1Server is an x/net/http2 h2c (prior knowledge) server that counts the
