@@ -207,46 +207,22 @@ func (c *ClientConn) serveUniStream(s *quic.ReceiveStream) {
 }
 
 // readControlStream reads the peer's control stream: SETTINGS first, then
-// GOAWAY frames whose IDs may only fall. It returns the error that ends
-// the connection.
+// GOAWAY frames whose IDs may only fall, CANCEL_PUSH or unknown frames. It
+// returns the error that ends the connection.
 func (c *ClientConn) readControlStream(r *bufio.Reader) error {
-	first := true
-	for {
-		typ, length, err := readFrameHeader(r)
-		if err != nil {
-			return err
-		}
-		if first != (typ == frameSettings) {
-			if first {
-				return &h3Error{http3.ErrCodeMissingSettings, "control stream does not start with SETTINGS"}
-			}
-			return &h3Error{http3.ErrCodeFrameUnexpected, "second SETTINGS frame"}
-		}
-		first = false
-		switch typ {
-		case frameData, frameHeaders, framePushPromise, frameMaxPushID:
-			return &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on the control stream", typ)}
-		case frameGoAway:
-			if length > maxControlFrame {
-				return &h3Error{http3.ErrCodeFrameError, "oversized GOAWAY"}
-			}
-			p, err := readBlock(r, length, maxControlFrame)
-			if err != nil {
-				return err
-			}
-			id, n, err := quicvarint.Parse(p)
-			if err != nil || n != len(p) {
-				return &h3Error{http3.ErrCodeFrameError, "malformed GOAWAY"}
-			}
-			if err := c.goAway(int64(id)); err != nil {
-				return err
-			}
-		default: // SETTINGS (nothing the client needs), CANCEL_PUSH, unknown
-			if err := skip(r, length); err != nil {
-				return err
-			}
-		}
+	forbidden := func(typ uint64) bool {
+		return typ == frameData || typ == frameHeaders || typ == framePushPromise || typ == frameMaxPushID
 	}
+	return readControlFrames(r, forbidden, func(typ uint64, p []byte) error {
+		id, n, err := quicvarint.Parse(p)
+		if err != nil || n != len(p) {
+			return &h3Error{http3.ErrCodeFrameError, fmt.Sprintf("malformed frame type %#x", typ)}
+		}
+		if typ == frameGoAway {
+			return c.goAway(int64(id))
+		}
+		return nil // CANCEL_PUSH: meshd never asks for pushes
+	})
 }
 
 // goAway records a GOAWAY's stream ID: requests on streams at or above it

@@ -1,9 +1,12 @@
 package h3
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -212,6 +215,33 @@ func TestClientResetAfterCompletion(t *testing.T) {
 			cs.Reset(stream.ErrCodeCancel)
 			if got := st.TxReset.Value() - before; got != tc.wantReset {
 				t.Errorf("tx_reset grew by %d, want %d", got, tc.wantReset)
+			}
+		})
+	}
+}
+
+// TestClientControlStreamRules: the client holds the server's control
+// stream to the rules the server applies to the client's (readControlFrames):
+// SETTINGS first and valid, no frame types a server may not send.
+func TestClientControlStreamRules(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want http3.ErrCode
+	}{
+		{"GOAWAY before SETTINGS", []byte{frameGoAway, 1, 0}, http3.ErrCodeMissingSettings},
+		{"setting sent twice", []byte{frameSettings, 4, 0x6, 1, 0x6, 1}, http3.ErrCodeSettingsError},
+		{"HTTP/2 setting", []byte{frameSettings, 2, 0x4, 0}, http3.ErrCodeSettingsError},
+		{"second SETTINGS", []byte{frameSettings, 0, frameSettings, 0}, http3.ErrCodeFrameUnexpected},
+		{"MAX_PUSH_ID from a server", []byte{frameSettings, 0, frameMaxPushID, 1, 0}, http3.ErrCodeFrameUnexpected},
+		{"DATA", []byte{frameSettings, 0, frameData, 0}, http3.ErrCodeFrameUnexpected},
+		{"malformed CANCEL_PUSH", []byte{frameSettings, 0, frameCancelPush, 2, 0, 0}, http3.ErrCodeFrameError},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := (&ClientConn{}).readControlStream(bufio.NewReader(bytes.NewReader(tc.data)))
+			var he *h3Error
+			if !errors.As(err, &he) || he.code != tc.want {
+				t.Fatalf("readControlStream = %v, want error code %#x", err, uint64(tc.want))
 			}
 		})
 	}

@@ -409,6 +409,24 @@ func (c *serverConn) serveUniStream(s *quic.ReceiveStream) {
 // nothing), MAX_PUSH_ID, CANCEL_PUSH or unknown frames. It returns the
 // error that ends the connection.
 func readServerControlStream(r *bufio.Reader) error {
+	forbidden := func(typ uint64) bool {
+		return typ == frameData || typ == frameHeaders || typ == framePushPromise
+	}
+	return readControlFrames(r, forbidden, func(typ uint64, p []byte) error {
+		if _, n, err := quicvarint.Parse(p); err != nil || n != len(p) {
+			return &h3Error{http3.ErrCodeFrameError, fmt.Sprintf("malformed frame type %#x", typ)}
+		}
+		return nil
+	})
+}
+
+// readControlFrames reads a peer's control stream (RFC 9114 section 6.2.1):
+// SETTINGS first and only once, validated by checkSettings; a type for
+// which forbidden reports true closes the connection with
+// H3_FRAME_UNEXPECTED; GOAWAY, MAX_PUSH_ID and CANCEL_PUSH payloads (at
+// most maxControlFrame bytes) go to onFrame; unknown types are skipped. It
+// returns the error that ends the connection.
+func readControlFrames(r *bufio.Reader, forbidden func(typ uint64) bool, onFrame func(typ uint64, p []byte) error) error {
 	first := true
 	for {
 		typ, length, err := readFrameHeader(r)
@@ -422,23 +440,23 @@ func readServerControlStream(r *bufio.Reader) error {
 			return &h3Error{http3.ErrCodeFrameUnexpected, "second SETTINGS frame"}
 		}
 		first = false
-		switch typ {
-		case frameData, frameHeaders, framePushPromise:
+		switch {
+		case forbidden(typ):
 			return &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on the control stream", typ)}
-		case frameGoAway, frameMaxPushID, frameCancelPush:
-			p, err := readControlPayload(r, length)
-			if err != nil {
-				return err
-			}
-			if _, n, err := quicvarint.Parse(p); err != nil || n != len(p) {
-				return &h3Error{http3.ErrCodeFrameError, fmt.Sprintf("malformed frame type %#x", typ)}
-			}
-		case frameSettings:
+		case typ == frameSettings:
 			p, err := readControlPayload(r, length)
 			if err != nil {
 				return err
 			}
 			if err := checkSettings(p); err != nil {
+				return err
+			}
+		case typ == frameGoAway, typ == frameMaxPushID, typ == frameCancelPush:
+			p, err := readControlPayload(r, length)
+			if err != nil {
+				return err
+			}
+			if err := onFrame(typ, p); err != nil {
 				return err
 			}
 		default:
