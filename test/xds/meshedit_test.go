@@ -283,8 +283,26 @@ func applied(st server.Status, version string, want nodeTypes) bool {
 	return true
 }
 
+// sotwAcked reports whether every state-of-the-world stream in st ACKed
+// version for every type it was sent: such a stream gets every type at
+// every published version, whether or not its resources changed.
+func sotwAcked(st server.Status, version string) bool {
+	for _, s := range st.Streams {
+		if s.Stream != server.StreamSotW {
+			continue
+		}
+		for _, ts := range s.Types {
+			if ts.AckedVersion != version {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // meshEdit writes text over meshPath and waits until both sidecars ACKed
-// the new version for every type whose resources changed; it returns that
+// the new version for every type whose resources changed (and a
+// state-of-the-world sidecar for every type); it returns that
 // version and the time from the write to the last ACK seen.
 func meshEdit(t *testing.T, cp *meshtest.ControlPlane, meshPath, before, after string, timeout time.Duration) (string, time.Duration) {
 	t.Helper()
@@ -304,7 +322,10 @@ func meshEdit(t *testing.T, cp *meshtest.ControlPlane, meshPath, before, after s
 			if st.LastError != nil {
 				t.Fatalf("the control plane rejected the edit: %s", st.LastError.Message)
 			}
-			if st.Version != "" && st.Version != prev.Version && applied(st, st.Version, want) {
+			// checkDumps reads the state-of-the-world sidecar's
+			// version_info even when the edit changed nothing of its
+			// own, so wait for its ACK of every type as well.
+			if st.Version != "" && st.Version != prev.Version && applied(st, st.Version, want) && sotwAcked(st, st.Version) {
 				return st.Version, time.Since(start)
 			}
 		}
