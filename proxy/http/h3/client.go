@@ -10,12 +10,10 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/qlog"
@@ -82,10 +80,6 @@ type ClientConn struct {
 	localLimit     int64
 	maxHeaderBytes int
 
-	encMu sync.Mutex // guards enc and block: QPACK encoding of request headers
-	enc   *qpack.Encoder
-	block sliceWriter
-
 	maxStreams atomic.Int64 // the peer's cumulative bidirectional stream credit
 	opened     atomic.Int64 // request streams opened
 	active     atomic.Int64 // request streams not yet done
@@ -115,7 +109,6 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg *ClientConf
 	if c.maxHeaderBytes <= 0 {
 		c.maxHeaderBytes = DefaultMaxResponseHeaderBytes
 	}
-	c.enc = qpack.NewEncoder(&c.block)
 	c.goAwayID.Store(-1)
 	qconf := cfg.QUIC.Config()
 	qconf.MaxIncomingStreams = -1 // a server opens no request streams (RFC 9114 section 6.1)
@@ -330,12 +323,7 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 		return nil, refused("HTTP/3 connection is going away", nil)
 	}
 	out := getSendBuf()
-	frame, err := c.requestHeaders(out.b, req)
-	if err != nil {
-		putSendBuf(out)
-		return nil, &stream.Error{Code: stream.ErrCodeProtocol, Unprocessed: true, Reason: "encoding request headers", Err: err}
-	}
-	out.b = frame
+	out.b = requestHeaders(out.b, req)
 	qs, err := c.qc.OpenStream()
 	if err != nil {
 		putSendBuf(out)
@@ -346,7 +334,8 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 	}
 	c.opened.Add(1)
 	c.active.Add(1)
-	s := &clientStream{c: c, qs: qs, bodyReader: bodyReader{r: getStreamReader(qs), limit: c.maxHeaderBytes, bodyLeft: -1}, ended: endStream, out: out}
+	s := &clientStream{c: c, qs: qs, ended: endStream, out: out}
+	s.init(qs, c.maxHeaderBytes, -1)
 	c.mu.Lock()
 	c.streams[qs.StreamID()] = s
 	c.mu.Unlock()
@@ -369,45 +358,57 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 		}
 		s.release()
 	}
+	if ctx.Done() != nil {
+		// stream.ContextBound: the stream resets itself when ctx ends, so
+		// callers need no watcher of their own.
+		s.ctx = ctx
+		stop := context.AfterFunc(ctx, func() { s.Reset(stream.ErrCodeCancel) })
+		c.mu.Lock()
+		if s.removed {
+			c.mu.Unlock()
+			stop()
+		} else {
+			s.stopCtx = stop
+			c.mu.Unlock()
+		}
+	}
 	return s, nil
 }
 
 // requestHeaders appends req's header section to dst as a HEADERS frame,
 // the way the HTTP/2 codec does: pseudo-fields, then the fields that are
 // not connection-specific, and content-length when declared.
-func (c *ClientConn) requestHeaders(dst []byte, req *stream.Request) ([]byte, error) {
+func requestHeaders(dst []byte, req *stream.Request) []byte {
 	authority := req.Authority
 	if authority == "" {
 		authority = req.Header.Get("host")
 	}
-	c.encMu.Lock()
-	defer c.encMu.Unlock()
-	return encodeHeaders(dst, c.enc, &c.block, func(add func(name, value string)) {
-		add(":method", req.Method)
-		if req.Method == "CONNECT" {
-			add(":authority", authority)
-		} else {
-			scheme, path := req.Scheme, req.Path
-			if scheme == "" {
-				scheme = "https"
-			}
-			if path == "" {
-				path = "/"
-			}
-			add(":scheme", scheme)
-			add(":authority", authority)
-			add(":path", path)
+	b, start := beginHeaders(dst)
+	b = appendField(b, ":method", req.Method)
+	if req.Method == "CONNECT" {
+		b = appendField(b, ":authority", authority)
+	} else {
+		scheme, path := req.Scheme, req.Path
+		if scheme == "" {
+			scheme = "https"
 		}
-		for _, f := range req.Header.Fields() {
-			if header.IsConnectionSpecific(f.Name) || f.Name == "host" || (f.Name == "te" && f.Value != "trailers") {
-				continue
-			}
-			add(f.Name, f.Value)
+		if path == "" {
+			path = "/"
 		}
-		if req.ContentLength > 0 && !req.Header.Has("content-length") {
-			add("content-length", strconv.FormatInt(req.ContentLength, 10))
+		b = appendField(b, ":scheme", scheme)
+		b = appendField(b, ":authority", authority)
+		b = appendField(b, ":path", path)
+	}
+	for _, f := range req.Header.Fields() {
+		if header.IsConnectionSpecific(f.Name) || f.Name == "host" || (f.Name == "te" && f.Value != "trailers") {
+			continue
 		}
-	})
+		b = appendField(b, f.Name, f.Value)
+	}
+	if req.ContentLength > 0 && !req.Header.Has("content-length") {
+		b = appendContentLength(b, req.ContentLength)
+	}
+	return endHeaders(b, start)
 }
 
 // streamDone accounts a stream that ended.
@@ -457,6 +458,13 @@ type clientStream struct {
 
 	doneOnce sync.Once
 	reset    atomic.Bool
+
+	// ctx is NewStream's context when it can end; stopCtx stops the
+	// context.AfterFunc that resets the stream when it does. removed says
+	// done ran. stopCtx and removed are guarded by c.mu.
+	ctx     context.Context
+	stopCtx func() bool
+	removed bool
 }
 
 // abort resets both directions of the stream with code and ends it.
@@ -470,7 +478,12 @@ func (s *clientStream) done() {
 	s.doneOnce.Do(func() {
 		s.c.mu.Lock()
 		delete(s.c.streams, s.qs.StreamID())
+		stop := s.stopCtx
+		s.stopCtx, s.removed = nil, true
 		s.c.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
 		s.c.streamDone()
 	})
 }
@@ -574,19 +587,7 @@ func (s *clientStream) CloseWrite(t header.Header) error {
 	s.ended = true
 	defer s.release()
 	if t.Len() > 0 {
-		s.c.encMu.Lock()
-		frame, err := encodeHeaders(s.out.b, s.c.enc, &s.c.block, func(add func(name, value string)) {
-			for _, f := range t.Fields() {
-				if !header.IsConnectionSpecific(f.Name) {
-					add(f.Name, f.Value)
-				}
-			}
-		})
-		s.c.encMu.Unlock()
-		if err != nil {
-			return err
-		}
-		s.out.b = frame
+		s.out.b = appendTrailers(s.out.b, t)
 	}
 	if err := s.flush(); err != nil {
 		return err
@@ -606,7 +607,8 @@ func (s *clientStream) Response(ctx context.Context) (*stream.Response, error) {
 	if s.gotResp || s.respErr != nil {
 		return nil, errors.New("h3: Response called twice")
 	}
-	if ctx.Done() != nil {
+	if ctx.Done() != nil && ctx != s.ctx {
+		// NewStream's context is watched already (ResetsOnContextDone).
 		stop := context.AfterFunc(ctx, func() { _ = s.qs.SetReadDeadline(time.Unix(1, 0)) })
 		defer stop()
 	}
@@ -641,11 +643,14 @@ func (s *clientStream) readResponse() (*stream.Response, error) {
 		}
 		switch typ {
 		case frameHeaders:
-			block, err := readBlock(s.r, length, s.c.maxHeaderBytes)
+			block, peeked, err := peekBlock(s.r, length, s.c.maxHeaderBytes)
 			if err != nil {
 				return nil, s.classify("reading response headers", err)
 			}
 			f, err := decodeFields(block, false)
+			if peeked {
+				_, _ = s.r.Discard(len(block))
+			}
 			if err != nil {
 				return nil, s.classify("decoding response headers", err)
 			}
@@ -745,6 +750,11 @@ func (s *clientStream) Reset(code stream.ErrCode) {
 	s.abort(h3Code(code))
 }
 
+// ResetsOnContextDone marks the stream as stream.ContextBound: when the
+// context given to NewStream ends before the stream completed, the stream
+// is reset with H3_REQUEST_CANCELLED, as Reset(stream.ErrCodeCancel) does.
+func (s *clientStream) ResetsOnContextDone() {}
+
 // connTrace is the qlog trace of one ClientConn: it records nothing and
 // only watches for the events that carry the peer's stream credit.
 type connTrace ClientConn
@@ -800,5 +810,6 @@ func (c *ClientConn) raiseCredit(n int64) bool {
 var (
 	_ stream.ClientStream = (*clientStream)(nil)
 	_ stream.ReadReadier  = (*clientStream)(nil)
+	_ stream.ContextBound = (*clientStream)(nil)
 	_ qlogwriter.Trace    = (*connTrace)(nil)
 )

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
 
@@ -68,27 +67,6 @@ func readFrameHeader(r *bufio.Reader) (typ, length uint64, err error) {
 	return typ, length, err
 }
 
-// encodeHeaders appends a HEADERS frame carrying fields, QPACK-encoded
-// with the static table only (the client allows no dynamic table, and
-// uses none of the peer's).
-func encodeHeaders(dst []byte, enc *qpack.Encoder, block *sliceWriter, fields func(add func(name, value string))) ([]byte, error) {
-	block.b = block.b[:0]
-	var err error
-	fields(func(name, value string) {
-		if err == nil {
-			err = enc.WriteField(qpack.HeaderField{Name: name, Value: value})
-		}
-	})
-	if err == nil {
-		err = enc.Close()
-	}
-	if err != nil {
-		return dst, fmt.Errorf("QPACK encoding: %w", err)
-	}
-	dst = appendFrameHeader(dst, frameHeaders, uint64(len(block.b)))
-	return append(dst, block.b...), nil
-}
-
 // maxHeld bounds what a stream holding its writes (stream.Flusher)
 // buffers: a write that takes the buffer past it goes out at once.
 const maxHeld = 16 << 10
@@ -135,14 +113,6 @@ func getStreamReader(r io.Reader) *bufio.Reader {
 	return br
 }
 
-// sliceWriter is an io.Writer appending to b.
-type sliceWriter struct{ b []byte }
-
-func (w *sliceWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
-}
-
 // decodedFields is a decoded response header section: the status (0 in
 // trailers) and the regular fields.
 type decodedFields struct {
@@ -157,15 +127,18 @@ type decodedFields struct {
 // H3_MESSAGE_ERROR, an undecodable one H3_QPACK_DECOMPRESSION_FAILED.
 func decodeFields(block []byte, trailers bool) (decodedFields, error) {
 	out := decodedFields{header: header.Make(8), contentLength: -1}
-	next := qpack.NewDecoder().Decode(block)
+	var sr sectionReader
+	if err := sr.init(block); err != nil {
+		return out, err
+	}
 	regular := false
 	for {
-		f, err := next()
-		if err == io.EOF {
-			break
-		}
+		f, ok, err := sr.next()
 		if err != nil {
-			return out, &h3Error{http3.ErrCodeQPACKDecompressionFailed, err.Error()}
+			return out, err
+		}
+		if !ok {
+			break
 		}
 		if len(f.Name) == 0 {
 			return out, &h3Error{http3.ErrCodeMessageError, "empty field name"}
@@ -203,6 +176,25 @@ func decodeFields(block []byte, trailers bool) (decodedFields, error) {
 		return out, &h3Error{http3.ErrCodeMessageError, "response without :status"}
 	}
 	return out, nil
+}
+
+// peekBlock returns the next length bytes of r (a header section, at
+// most limit bytes) without consuming them when they fit in r's buffer
+// (peeked true: the caller discards them once decoded, before reading r
+// again), else read into a new slice.
+func peekBlock(r *bufio.Reader, length uint64, limit int) (p []byte, peeked bool, err error) {
+	if length > uint64(limit) || length > uint64(r.Size()) {
+		p, err = readBlock(r, length, limit)
+		return p, false, err
+	}
+	p, err = r.Peek(int(length))
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, false, err
+	}
+	return p, true, nil
 }
 
 // readBlock reads a frame payload of length bytes, at most limit.
@@ -244,11 +236,88 @@ func skip(r *bufio.Reader, n uint64) error {
 // every later read returns io.EOF without it.
 type bodyReader struct {
 	r         *bufio.Reader
-	limit     int    // most bytes of a trailer section
-	remaining uint64 // payload bytes left in the current DATA frame
-	bodyLeft  int64  // declared content-length not yet received; -1: none
+	src       finReader // what r reads from: the QUIC stream
+	limit     int       // most bytes of a trailer section
+	remaining uint64    // payload bytes left in the current DATA frame
+	bodyLeft  int64     // declared content-length not yet received; -1: none
 	trailers  header.Header
 	eof       bool
+}
+
+// finReader is what a request stream's pooled reader reads from: the
+// QUIC stream, with a record of its end. quic-go returns the stream's last
+// bytes together with io.EOF, so once fin is set the reader's buffer holds
+// everything the peer will send on the stream.
+type finReader struct {
+	r   io.Reader
+	fin bool
+}
+
+func (f *finReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if err == io.EOF {
+		f.fin = true
+	}
+	return n, err
+}
+
+// init points b at qs through a pooled reader.
+func (b *bodyReader) init(qs io.Reader, limit int, bodyLeft int64) {
+	b.src.r = qs
+	b.r = getStreamReader(&b.src)
+	b.limit, b.bodyLeft = limit, bodyLeft
+}
+
+// finished reports whether the reader holds nothing and the stream's FIN
+// was read: the message ends here.
+func (b *bodyReader) finished() bool { return b.src.fin && b.r.Buffered() == 0 }
+
+// bufferedBody reports how many body bytes (DATA payloads) the reader
+// holds and whether they are the rest of the message: the stream's FIN was
+// read, and what is buffered is whole DATA frames matching the declared
+// content-length, unknown frames, and at most one trailer section (within
+// limit) at the very end. complete is false whenever read could find an
+// error in what is buffered, so read is left to report it. It reads
+// nothing.
+func (b *bodyReader) bufferedBody() (n int, complete bool) {
+	if b.eof {
+		return 0, true
+	}
+	buf, _ := b.r.Peek(b.r.Buffered())
+	if b.remaining > uint64(len(buf)) {
+		return len(buf), false
+	}
+	n = int(b.remaining)
+	buf = buf[b.remaining:]
+	var data uint64 // payload of the frames after the current one
+	for len(buf) > 0 {
+		typ, k, err := quicvarint.Parse(buf)
+		if err != nil {
+			return n, false
+		}
+		buf = buf[k:]
+		length, k, err := quicvarint.Parse(buf)
+		if err != nil || length > uint64(len(buf)-k) {
+			return n, false
+		}
+		buf = buf[k:]
+		switch typ {
+		case frameData:
+			data += length
+			n += int(length)
+		case frameHeaders:
+			if length != uint64(len(buf)) || length > uint64(b.limit) {
+				return n, false
+			}
+		case frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
+			return n, false
+		}
+		buf = buf[length:]
+	}
+	if b.bodyLeft >= 0 && data != uint64(b.bodyLeft) {
+		return n, false
+	}
+	return n, b.src.fin
 }
 
 // ended marks the end of the message and gives r back: nothing reads it
@@ -258,6 +327,7 @@ func (b *bodyReader) ended() {
 	b.r.Reset(nil)
 	streamReaders.Put(b.r)
 	b.r = nil
+	b.src.r = nil
 }
 
 // read reads body bytes into p; io.EOF at the end of the stream, after
@@ -293,11 +363,14 @@ func (b *bodyReader) read(p []byte) (int, error) {
 			if b.bodyLeft > 0 {
 				return 0, &h3Error{http3.ErrCodeMessageError, "body shorter than its content-length"}
 			}
-			block, err := readBlock(b.r, length, b.limit)
+			block, peeked, err := peekBlock(b.r, length, b.limit)
 			if err != nil {
 				return 0, err
 			}
 			f, err := decodeFields(block, true)
+			if peeked {
+				_, _ = b.r.Discard(len(block))
+			}
 			if err != nil {
 				return 0, err
 			}

@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
@@ -207,10 +206,6 @@ type serverConn struct {
 	info stream.ConnInfo
 	log  *slog.Logger
 
-	encMu sync.Mutex // guards enc and block: QPACK encoding of responses
-	enc   *qpack.Encoder
-	block sliceWriter
-
 	ctrlMu sync.Mutex // guards ctrl writes
 	ctrl   *quic.SendStream
 
@@ -231,7 +226,6 @@ func (s *Server) newConn(qc *quic.Conn) *serverConn {
 	}
 	st := qc.ConnectionState().TLS
 	c.info.LocalAddr, c.info.RemoteAddr, c.info.Proto, c.info.TLS = qc.LocalAddr(), qc.RemoteAddr(), "HTTP/3", &st
-	c.enc = qpack.NewEncoder(&c.block)
 	return c
 }
 
@@ -527,11 +521,15 @@ func readRequestHead(r *bufio.Reader, maxHeaderBytes int) (stream.Request, error
 			if length > uint64(maxHeaderBytes) {
 				return stream.Request{}, errHeaderTooLarge
 			}
-			block, err := readBlock(r, length, maxHeaderBytes)
+			block, peeked, err := peekBlock(r, length, maxHeaderBytes)
 			if err != nil {
 				return stream.Request{}, err
 			}
-			return decodeRequest(block, maxHeaderBytes)
+			req, err := decodeRequest(block, maxHeaderBytes)
+			if peeked {
+				_, _ = r.Discard(len(block))
+			}
+			return req, err
 		case frameData, frameSettings, frameGoAway, framePushPromise, frameMaxPushID, frameCancelPush:
 			return stream.Request{}, &h3Error{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x before the request headers", typ)}
 		default:
@@ -550,16 +548,19 @@ func readRequestHead(r *bufio.Reader, maxHeaderBytes int) (stream.Request, error
 // section 4.2.2: name + value + 32 per field) may not exceed limit.
 func decodeRequest(block []byte, limit int) (stream.Request, error) {
 	req := stream.Request{Header: header.Make(8), ContentLength: -1}
-	next := qpack.NewDecoder().Decode(block)
+	var sr sectionReader
+	if err := sr.init(block); err != nil {
+		return req, err
+	}
 	regular, hasScheme, hasPath := false, false, false
 	size := 0
 	for {
-		f, err := next()
-		if err == io.EOF {
-			break
-		}
+		f, ok, err := sr.next()
 		if err != nil {
-			return req, &h3Error{http3.ErrCodeQPACKDecompressionFailed, err.Error()}
+			return req, err
+		}
+		if !ok {
+			break
 		}
 		if size += len(f.Name) + len(f.Value) + 32; size > limit {
 			return req, errHeaderTooLarge
@@ -647,18 +648,25 @@ func decodeRequest(block []byte, limit int) (stream.Request, error) {
 // calling goroutine (the stream's own).
 func (c *serverConn) serveStream(qs *quic.Stream) {
 	defer c.streamEnded()
-	r := getStreamReader(qs)
-	req, err := readRequestHead(r, c.s.maxHeaderBytes)
+	ss := &serverStream{c: c, qs: qs}
+	ss.init(qs, c.s.maxHeaderBytes, -1)
+	req, err := readRequestHead(ss.r, c.s.maxHeaderBytes)
 	if err != nil {
+		ss.bodyReader.ended()
 		c.rejectRequest(qs, err)
 		return
 	}
-	ctx, cancel := context.WithCancel(qs.Context())
-	ss := &serverStream{
-		c: c, qs: qs, req: req, ctx: ctx, cancel: cancel,
-		bodyReader: bodyReader{r: r, limit: c.s.maxHeaderBytes, bodyLeft: req.ContentLength},
-		head:       req.Method == "HEAD",
+	if !req.EndStream && req.ContentLength < 0 && ss.finished() {
+		// The stream's FIN followed the HEADERS frame: a request without a
+		// body, which the handler need not read (END_STREAM on HEADERS in
+		// HTTP/2 terms).
+		req.EndStream = true
 	}
+	if req.EndStream && ss.finished() {
+		ss.bodyReader.ended()
+	}
+	ss.req, ss.bodyLeft, ss.head = req, req.ContentLength, req.Method == "HEAD"
+	ss.ctx, ss.cancel = context.WithCancel(qs.Context())
 	defer ss.finish()
 	c.s.h.ServeStream(ss)
 }
@@ -668,11 +676,8 @@ func (c *serverConn) rejectRequest(qs *quic.Stream, err error) {
 	if errors.Is(err, errHeaderTooLarge) {
 		// Stop the client sending and answer 431, as quic-go's server does.
 		qs.CancelRead(quic.StreamErrorCode(http3.ErrCodeExcessiveLoad))
-		c.encMu.Lock()
-		frame, _ := encodeHeaders(nil, c.enc, &c.block, func(add func(name, value string)) {
-			add(":status", "431")
-		})
-		c.encMu.Unlock()
+		frame, start := beginHeaders(nil)
+		frame = endHeaders(appendStatus(frame, 431), start)
 		_, _ = qs.Write(frame)
 		_ = qs.Close()
 		return
@@ -730,6 +735,18 @@ func (s *serverStream) Conn() *stream.ConnInfo   { return &s.c.info }
 
 // Trailers returns the request trailers, valid once Read returned io.EOF.
 func (s *serverStream) Trailers() header.Header { return s.trailers }
+
+// BufferedBody reports the request body bytes already received and not
+// read, and whether they are all of it (stream.BufferedBody): true once
+// the stream's FIN was read and the buffered frames end the message
+// without an error Read would report, so Read returns them and io.EOF
+// without waiting.
+func (s *serverStream) BufferedBody() (n int, complete bool) {
+	if s.reset.Load() || s.readErr != nil {
+		return 0, false
+	}
+	return s.bufferedBody()
+}
 
 func (s *serverStream) resetError() *stream.Error {
 	return &stream.Error{Code: stream.ErrCode(s.resetCode.Load()), Reason: "stream reset locally"}
@@ -815,27 +832,20 @@ func (s *serverStream) WriteHeader(resp *stream.Response, endStream bool) error 
 			return errors.New("h3: WriteHeader: 101 Switching Protocols does not exist in HTTP/3")
 		}
 	}
-	c := s.c
 	if s.out == nil {
 		s.out = getSendBuf()
 	}
-	c.encMu.Lock()
-	frame, err := encodeHeaders(s.out.b, c.enc, &c.block, func(add func(name, value string)) {
-		add(":status", strconv.Itoa(status))
-		for _, f := range resp.Header.Fields() {
-			if !header.IsConnectionSpecific(f.Name) {
-				add(f.Name, f.Value)
-			}
+	b, start := beginHeaders(s.out.b)
+	b = appendStatus(b, status)
+	for _, f := range resp.Header.Fields() {
+		if !header.IsConnectionSpecific(f.Name) {
+			b = appendField(b, f.Name, f.Value)
 		}
-		if !informational && resp.ContentLength >= 0 && !resp.Header.Has("content-length") {
-			add("content-length", strconv.FormatInt(resp.ContentLength, 10))
-		}
-	})
-	c.encMu.Unlock()
-	if err != nil {
-		return fmt.Errorf("h3: WriteHeader: %w", err)
 	}
-	s.out.b = frame
+	if !informational && resp.ContentLength >= 0 && !resp.Header.Has("content-length") {
+		b = appendContentLength(b, resp.ContentLength)
+	}
+	s.out.b = endHeaders(b, start)
 	if !informational {
 		s.wroteHeader = true
 		s.bodyAllowed = !s.head && status != 204 && status != 304
@@ -952,23 +962,10 @@ func (s *serverStream) WriteTrailers(t header.Header) error {
 	if s.ended.Load() {
 		return errors.New("h3: WriteTrailers after the response ended")
 	}
-	c := s.c
 	if s.out == nil {
 		s.out = getSendBuf()
 	}
-	c.encMu.Lock()
-	frame, err := encodeHeaders(s.out.b, c.enc, &c.block, func(add func(name, value string)) {
-		for _, f := range t.Fields() {
-			if !header.IsConnectionSpecific(f.Name) {
-				add(f.Name, f.Value)
-			}
-		}
-	})
-	c.encMu.Unlock()
-	if err != nil {
-		return fmt.Errorf("h3: WriteTrailers: %w", err)
-	}
-	s.out.b = frame
+	s.out.b = appendTrailers(s.out.b, t)
 	return s.end()
 }
 
@@ -1031,4 +1028,5 @@ func (s *serverStream) finish() {
 var (
 	_ stream.ServerStream = (*serverStream)(nil)
 	_ stream.Flusher      = (*serverStream)(nil)
+	_ stream.BufferedBody = (*serverStream)(nil)
 )

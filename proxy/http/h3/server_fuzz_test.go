@@ -7,22 +7,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/quic-go/qpack"
 	"golang.org/x/net/http/httpguts"
 )
 
 // fuzzHeaders encodes fields as a HEADERS frame for the seed corpus.
 func fuzzHeaders(f *testing.F, fields ...string) []byte {
-	var w sliceWriter
-	frame, err := encodeHeaders(nil, qpack.NewEncoder(&w), &w, func(add func(name, value string)) {
-		for i := 0; i+1 < len(fields); i += 2 {
-			add(fields[i], fields[i+1])
-		}
-	})
-	if err != nil {
-		f.Fatal(err)
-	}
-	return frame
+	return meshdHeaders(fields...)
 }
 
 // FuzzServerRequest feeds arbitrary bytes to the server's request stream

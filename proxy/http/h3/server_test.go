@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
@@ -181,17 +180,7 @@ func dialRaw(t *testing.T, addr string, tc *tls.Config) *rawConn {
 // rawHeaders encodes fields ("name", "value", ...) as a HEADERS frame.
 func rawHeaders(t *testing.T, fields ...string) []byte {
 	t.Helper()
-	var w sliceWriter
-	enc := qpack.NewEncoder(&w)
-	frame, err := encodeHeaders(nil, enc, &w, func(add func(name, value string)) {
-		for i := 0; i+1 < len(fields); i += 2 {
-			add(fields[i], fields[i+1])
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return frame
+	return meshdHeaders(fields...)
 }
 
 func dataFrame(p string) []byte {
