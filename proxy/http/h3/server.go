@@ -217,10 +217,14 @@ type serverConn struct {
 	peerCtrl  bool // the peer's control stream was opened
 
 	handlers sync.WaitGroup
+	// work hands a request stream to a handler goroutine waiting in
+	// handlerLoop after serving an earlier one (unbuffered: a send
+	// succeeds only while one waits).
+	work chan *quic.Stream
 }
 
 func (s *Server) newConn(qc *quic.Conn) *serverConn {
-	c := &serverConn{s: s, qc: qc, log: s.cfg.Logger}
+	c := &serverConn{s: s, qc: qc, log: s.cfg.Logger, work: make(chan *quic.Stream)}
 	if s.cfg.ConnInfo != nil {
 		c.info = s.cfg.ConnInfo(qc)
 	}
@@ -284,7 +288,11 @@ func (c *serverConn) serve(draining bool) {
 			c.idle.Stop()
 		}
 		c.mu.Unlock()
-		c.handlers.Go(func() { c.serveStream(qs) })
+		select {
+		case c.work <- qs:
+		default:
+			c.handlers.Go(func() { c.handlerLoop(qs) })
+		}
 	}
 	c.mu.Lock()
 	if c.idle != nil {
@@ -642,6 +650,37 @@ func decodeRequest(block []byte, limit int) (stream.Request, error) {
 	req.Scheme = "https"
 	req.EndStream = req.ContentLength == 0
 	return req, nil
+}
+
+// handlerParkTime is how long a handler goroutine that finished its
+// stream waits for the connection's next one before exiting, as the
+// HTTP/2 server's do: a reused goroutine keeps the stack the connection
+// manager and the upstream call grew, which a fresh one copies again and
+// again, and an idle connection holds no goroutine once it has passed.
+const handlerParkTime = time.Second
+
+// handlerLoop serves qs, then the streams handed over on c.work, until
+// none arrives for handlerParkTime or the connection ends. It is the body
+// of the connection's handler goroutines.
+func (c *serverConn) handlerLoop(qs *quic.Stream) {
+	var park *time.Timer
+	done := c.qc.Context().Done()
+	for {
+		c.serveStream(qs)
+		if park == nil {
+			park = time.NewTimer(handlerParkTime)
+		} else {
+			park.Reset(handlerParkTime)
+		}
+		select {
+		case qs = <-c.work:
+		case <-park.C:
+			return
+		case <-done:
+			park.Stop()
+			return
+		}
+	}
 }
 
 // serveStream reads a request's headers and runs the handler on the
