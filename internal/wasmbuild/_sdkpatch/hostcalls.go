@@ -106,6 +106,28 @@ func hostSetProperty(path unsafe.Pointer, pathSize uint32, value unsafe.Pointer,
 // ptr passes a Go pointer to the host; the call keeps the object alive.
 func ptr(p *byte) unsafe.Pointer { return unsafe.Pointer(p) }
 
+// outSlots are the out-parameters of host calls. The compiler cannot see
+// what the host does with a pointer passed to a //go:wasmimport function,
+// so a local variable passed by address moves to the heap: two allocations
+// (address and size) for every host call that returns a value, on every
+// header, property and shared-data read. A stack slot would not do either:
+// the host may call back into the guest (proxy_on_memory_allocate) during
+// the call, and a stack that grows in that callback is copied elsewhere,
+// leaving the host writing to the old copy. Package-level slots neither
+// allocate nor move. The guest is single threaded, no host call is made
+// while a result is still in the slots (callers copy them out at once, and
+// proxy_on_memory_allocate makes no host call), so one set serves all calls.
+type outSlots struct {
+	data, size, u32 uint32
+	u64             uint64
+}
+
+var out outSlots
+
+// clearOut zeroes the out-slots before a host call, so a call that fails
+// without writing them reads zeros, as fresh locals would.
+func clearOut() { out = outSlots{} }
+
 // takeOut turns the (address, size) pair the host wrote into the SDK's
 // out-parameters. The address must be a buffer proxy_on_memory_allocate handed
 // out during this host call (or 0 with size 0); anything else yields nil, 0.
@@ -140,9 +162,10 @@ func ProxySendLocalResponse(statusCode uint32, statusCodeDetailData *byte, statu
 }
 
 func ProxyGetSharedData(keyData *byte, keySize int, returnValueData **byte, returnValueSize *int, returnCas *uint32) Status {
-	var addr, size uint32
-	st := hostGetSharedData(ptr(keyData), uint32(keySize), &addr, &size, returnCas)
-	takeOut(addr, size, returnValueData, returnValueSize)
+	clearOut()
+	st := hostGetSharedData(ptr(keyData), uint32(keySize), &out.data, &out.size, &out.u32)
+	*returnCas = out.u32
+	takeOut(out.data, out.size, returnValueData, returnValueSize)
 	return Status(st)
 }
 
@@ -151,17 +174,23 @@ func ProxySetSharedData(keyData *byte, keySize int, valueData *byte, valueSize i
 }
 
 func ProxyRegisterSharedQueue(nameData *byte, nameSize int, returnID *uint32) Status {
-	return Status(hostRegisterSharedQueue(ptr(nameData), uint32(nameSize), returnID))
+	clearOut()
+	st := Status(hostRegisterSharedQueue(ptr(nameData), uint32(nameSize), &out.u32))
+	*returnID = out.u32
+	return st
 }
 
 func ProxyResolveSharedQueue(vmIDData *byte, vmIDSize int, nameData *byte, nameSize int, returnID *uint32) Status {
-	return Status(hostResolveSharedQueue(ptr(vmIDData), uint32(vmIDSize), ptr(nameData), uint32(nameSize), returnID))
+	clearOut()
+	st := Status(hostResolveSharedQueue(ptr(vmIDData), uint32(vmIDSize), ptr(nameData), uint32(nameSize), &out.u32))
+	*returnID = out.u32
+	return st
 }
 
 func ProxyDequeueSharedQueue(queueID uint32, returnValueData **byte, returnValueSize *int) Status {
-	var addr, size uint32
-	st := hostDequeueSharedQueue(queueID, &addr, &size)
-	takeOut(addr, size, returnValueData, returnValueSize)
+	clearOut()
+	st := hostDequeueSharedQueue(queueID, &out.data, &out.size)
+	takeOut(out.data, out.size, returnValueData, returnValueSize)
 	return Status(st)
 }
 
@@ -170,9 +199,9 @@ func ProxyEnqueueSharedQueue(queueID uint32, valueData *byte, valueSize int) Sta
 }
 
 func ProxyGetHeaderMapValue(mapType MapType, keyData *byte, keySize int, returnValueData **byte, returnValueSize *int) Status {
-	var addr, size uint32
-	st := hostGetHeaderMapValue(uint32(mapType), ptr(keyData), uint32(keySize), &addr, &size)
-	takeOut(addr, size, returnValueData, returnValueSize)
+	clearOut()
+	st := hostGetHeaderMapValue(uint32(mapType), ptr(keyData), uint32(keySize), &out.data, &out.size)
+	takeOut(out.data, out.size, returnValueData, returnValueSize)
 	return Status(st)
 }
 
@@ -189,9 +218,9 @@ func ProxyRemoveHeaderMapValue(mapType MapType, keyData *byte, keySize int) Stat
 }
 
 func ProxyGetHeaderMapPairs(mapType MapType, returnValueData **byte, returnValueSize *int) Status {
-	var addr, size uint32
-	st := hostGetHeaderMapPairs(uint32(mapType), &addr, &size)
-	takeOut(addr, size, returnValueData, returnValueSize)
+	clearOut()
+	st := hostGetHeaderMapPairs(uint32(mapType), &out.data, &out.size)
+	takeOut(out.data, out.size, returnValueData, returnValueSize)
 	return Status(st)
 }
 
@@ -200,9 +229,9 @@ func ProxySetHeaderMapPairs(mapType MapType, mapData *byte, mapSize int) Status 
 }
 
 func ProxyGetBufferBytes(bufferType BufferType, start int, maxSize int, returnBufferData **byte, returnBufferSize *int) Status {
-	var addr, size uint32
-	st := hostGetBufferBytes(uint32(bufferType), uint32(start), uint32(maxSize), &addr, &size)
-	takeOut(addr, size, returnBufferData, returnBufferSize)
+	clearOut()
+	st := hostGetBufferBytes(uint32(bufferType), uint32(start), uint32(maxSize), &out.data, &out.size)
+	takeOut(out.data, out.size, returnBufferData, returnBufferSize)
 	return Status(st)
 }
 
@@ -221,14 +250,17 @@ func ProxyCloseStream(streamType StreamType) Status {
 func ProxyHttpCall(upstreamData *byte, upstreamSize int, headerData *byte, headerSize int,
 	bodyData *byte, bodySize int, trailersData *byte, trailersSize int, timeout uint32, calloutIDPtr *uint32,
 ) Status {
-	return Status(hostHttpCall(ptr(upstreamData), uint32(upstreamSize), ptr(headerData), uint32(headerSize),
-		ptr(bodyData), uint32(bodySize), ptr(trailersData), uint32(trailersSize), timeout, calloutIDPtr))
+	clearOut()
+	st := Status(hostHttpCall(ptr(upstreamData), uint32(upstreamSize), ptr(headerData), uint32(headerSize),
+		ptr(bodyData), uint32(bodySize), ptr(trailersData), uint32(trailersSize), timeout, &out.u32))
+	*calloutIDPtr = out.u32
+	return st
 }
 
 func ProxyCallForeignFunction(funcNamePtr *byte, funcNameSize int, paramPtr *byte, paramSize int, returnData **byte, returnSize *int) Status {
-	var addr, size uint32
-	st := hostCallForeignFunction(ptr(funcNamePtr), uint32(funcNameSize), ptr(paramPtr), uint32(paramSize), &addr, &size)
-	takeOut(addr, size, returnData, returnSize)
+	clearOut()
+	st := hostCallForeignFunction(ptr(funcNamePtr), uint32(funcNameSize), ptr(paramPtr), uint32(paramSize), &out.data, &out.size)
+	takeOut(out.data, out.size, returnData, returnSize)
 	return Status(st)
 }
 
@@ -243,7 +275,10 @@ func ProxySetEffectiveContext(contextID uint32) Status {
 func ProxyDone() Status { return Status(hostDone()) }
 
 func ProxyDefineMetric(metricType MetricType, metricNameData *byte, metricNameSize int, returnMetricIDPtr *uint32) Status {
-	return Status(hostDefineMetric(uint32(metricType), ptr(metricNameData), uint32(metricNameSize), returnMetricIDPtr))
+	clearOut()
+	st := Status(hostDefineMetric(uint32(metricType), ptr(metricNameData), uint32(metricNameSize), &out.u32))
+	*returnMetricIDPtr = out.u32
+	return st
 }
 
 func ProxyIncrementMetric(metricID uint32, offset int64) Status {
@@ -255,13 +290,16 @@ func ProxyRecordMetric(metricID uint32, value uint64) Status {
 }
 
 func ProxyGetMetric(metricID uint32, returnMetricValue *uint64) Status {
-	return Status(hostGetMetric(metricID, returnMetricValue))
+	clearOut()
+	st := Status(hostGetMetric(metricID, &out.u64))
+	*returnMetricValue = out.u64
+	return st
 }
 
 func ProxyGetProperty(pathData *byte, pathSize int, returnValueData **byte, returnValueSize *int) Status {
-	var addr, size uint32
-	st := hostGetProperty(ptr(pathData), uint32(pathSize), &addr, &size)
-	takeOut(addr, size, returnValueData, returnValueSize)
+	clearOut()
+	st := hostGetProperty(ptr(pathData), uint32(pathSize), &out.data, &out.size)
+	takeOut(out.data, out.size, returnValueData, returnValueSize)
 	return Status(st)
 }
 
