@@ -266,8 +266,8 @@ func TestSourceIdentity(t *testing.T) {
 			id := host.InitializeHttpContext()
 			host.CallOnRequestHeaders(id, nil, false)
 			p := &pluginContext{cfg: settings{kind: keySourceIdentity}}
-			got, ok := p.descriptor()
-			if got != tc.want || ok != tc.ok {
+			b, ok := p.descriptor()
+			if got := string(b); got != tc.want || ok != tc.ok {
 				t.Fatalf("descriptor = %q, %v; want %q, %v", got, ok, tc.want, tc.ok)
 			}
 		})
@@ -396,5 +396,88 @@ func TestLeaseReturnedAtTick(t *testing.T) {
 	// 10 ms earned 1000 tokens; 100 came back.
 	if got, want := sharedTokens(t, config), 1100.0; got != want {
 		t.Fatalf("after the tick: shared bucket %v, want %v", got, want)
+	}
+}
+
+// TestOKCountedInBatches checks that admissions served from a lease reach
+// the ok counter when the VM next goes to shared data, at the tick and when
+// the plugin ends, and never before they happen.
+func TestOKCountedInBatches(t *testing.T) {
+	// 1e6/s: a lease is what 10 ms earns, 10 000 tokens.
+	const cfg = `{"requests_per_unit":1000000,"unit":"second","burst":1000000,"key":"global"}`
+	steps := []struct {
+		name   string
+		do     func(host proxytest.HostEmulator, clock *fakeClock)
+		wantOK uint64
+	}{
+		{"first request takes a lease", func(h proxytest.HostEmulator, _ *fakeClock) { request(h, nil) }, 1},
+		{"four from the lease", func(h proxytest.HostEmulator, _ *fakeClock) {
+			for range 4 {
+				request(h, nil)
+			}
+		}, 1},
+		{"tick counts them", func(h proxytest.HostEmulator, _ *fakeClock) { h.Tick() }, 5},
+		{"two more from the lease", func(h proxytest.HostEmulator, _ *fakeClock) { request(h, nil); request(h, nil) }, 5},
+		{"a new lease counts them and itself", func(h proxytest.HostEmulator, c *fakeClock) {
+			c.advance(2 * leaseWindow)
+			request(h, nil)
+		}, 8},
+		{"one from the lease", func(h proxytest.HostEmulator, _ *fakeClock) { request(h, nil) }, 8},
+		{"plugin end counts it", func(h proxytest.HostEmulator, _ *fakeClock) {
+			if !h.FinishVM() {
+				t.Fatal("FinishVM = false")
+			}
+		}, 9},
+	}
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, cfg, clock, nil)
+	for _, s := range steps {
+		s.do(host, clock)
+		if got := counter(t, host, "wasm_ratelimit.ok"); got != s.wantOK {
+			t.Fatalf("after %q: ok = %d, want %d", s.name, got, s.wantOK)
+		}
+	}
+}
+
+// TestHeaderContextsIndependent runs more concurrent streams than a slab
+// of HTTP contexts holds, finishing them in reverse order: each response
+// carries the remaining count of its own request.
+func TestHeaderContextsIndependent(t *testing.T) {
+	const n = 2*slabSize + 3
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	host := newHost(t, `{"requests_per_unit":1000,"unit":"second","burst":1000,"key":"global","enable_x_ratelimit_headers":"DRAFT_VERSION_03"}`, clock, nil)
+	ids := make([]uint32, n)
+	for i := range ids {
+		ids[i] = host.InitializeHttpContext()
+		if act := host.CallOnRequestHeaders(ids[i], nil, false); act != types.ActionContinue {
+			t.Fatalf("stream %d: action %v", i, act)
+		}
+	}
+	for i := n - 1; i >= 0; i-- {
+		host.CallOnResponseHeaders(ids[i], [][2]string{{":status", "200"}}, false)
+		resp := host.GetCurrentResponseHeaders(ids[i])
+		if got, want := header(resp, "x-ratelimit-remaining"), strconv.Itoa(1000-1-i); got != want {
+			t.Fatalf("stream %d: remaining %q, want %q", i, got, want)
+		}
+		host.CompleteHttpContext(ids[i])
+	}
+}
+
+// TestKnownDescriptorAllocatesNothing checks that looking up the lease of
+// a descriptor seen before makes no allocation, and that a buffer reused
+// for another descriptor does not alias the stored key.
+func TestKnownDescriptorAllocatesNothing(t *testing.T) {
+	p := &pluginContext{prefix: "pfx/", seen: map[string]*lease{}}
+	buf := []byte("principal=spiffe://td/ns/a/sa/x")
+	l := p.leaseOfBytes(buf)
+	if l.key != "pfx/principal=spiffe://td/ns/a/sa/x" {
+		t.Fatalf("key %q", l.key)
+	}
+	copy(buf, "PRINCIPAL")
+	if p.leaseOfBytes([]byte("principal=spiffe://td/ns/a/sa/x")) != l {
+		t.Fatal("reusing the buffer changed the stored descriptor")
+	}
+	if allocs := testing.AllocsPerRun(100, func() { p.leaseOfBytes([]byte("principal=spiffe://td/ns/a/sa/x")) }); allocs != 0 {
+		t.Fatalf("%v allocations per known descriptor, want 0", allocs)
 	}
 }

@@ -31,7 +31,11 @@
 // Counters (Envoy's local_ratelimit names under wasm_ratelimit.): ok,
 // rate_limited (over the limit, enforced or not), enforced (rejected),
 // cas_exhausted (admitted because the bucket stayed contended), no_key
-// (requests without the configured descriptor, never limited).
+// (requests without the configured descriptor, never limited). Admissions
+// from a lease are counted in ok in batches: when the VM next goes to
+// shared data (a new lease), at the tick, or when the plugin ends, so ok
+// lags by at most one lease's worth of requests and one tick period. The
+// other counters move at once.
 //
 // The first request for a key creates its bucket with cas 0, which the host
 // treats as an unconditional write: two VMs creating the same bucket at the
@@ -109,6 +113,14 @@ type pluginContext struct {
 	// plain is the HTTP context of every stream when no header is added:
 	// it holds no per-stream state, so streams share it.
 	plain *httpContext
+	// slab holds the next headersHttpContexts to hand out (see
+	// NewHttpContext).
+	slab []headersHttpContext
+	// keyBuf is where a request's descriptor is built before it is looked
+	// up in seen, so a known descriptor allocates no string.
+	keyBuf []byte
+	// pendingOK are admissions not yet added to the ok counter.
+	pendingOK int64
 
 	ok, rateLimited, enforced, casExhausted, noKey proxywasm.MetricCounter
 }
@@ -164,8 +176,33 @@ func (p *pluginContext) leaseOf(desc string) *lease {
 	return l
 }
 
-// OnTick refills the buckets this VM has used and returns expired leases.
+// leaseOfBytes is leaseOf for a descriptor in a reused buffer: the map
+// lookup converts it without allocating; only a new bucket copies it.
+func (p *pluginContext) leaseOfBytes(desc []byte) *lease {
+	if l := p.seen[string(desc)]; l != nil {
+		return l
+	}
+	return p.leaseOf(string(desc))
+}
+
+// flushOK adds the admissions counted since the last flush to ok.
+func (p *pluginContext) flushOK() {
+	if p.pendingOK > 0 {
+		p.ok.Increment(uint64(p.pendingOK))
+		p.pendingOK = 0
+	}
+}
+
+// OnPluginDone counts the admissions still pending before the plugin ends.
+func (p *pluginContext) OnPluginDone() bool {
+	p.flushOK()
+	return true
+}
+
+// OnTick refills the buckets this VM has used, returns expired leases and
+// counts pending admissions.
 func (p *pluginContext) OnTick() {
+	p.flushOK()
 	now := p.now()
 	for _, l := range p.seen {
 		back := 0.0
@@ -182,12 +219,24 @@ func (p *pluginContext) OnTick() {
 	}
 }
 
-// NewHttpContext implements types.PluginContext.
+// slabSize is how many headersHttpContexts one allocation makes.
+const slabSize = 64
+
+// NewHttpContext implements types.PluginContext. With headers, each stream
+// needs its own context; they are carved out of slabs of slabSize, so
+// streams pay one allocation per slabSize (an allocation costs hundreds of
+// ns in a Go wasm guest) and a slab is freed once all its streams are gone.
 func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
-	if p.cfg.headers && !p.cfg.dryRun {
-		return &headersHttpContext{plugin: p}
+	if !p.cfg.headers || p.cfg.dryRun {
+		return p.plain
 	}
-	return p.plain
+	if len(p.slab) == 0 {
+		p.slab = make([]headersHttpContext, slabSize)
+	}
+	h := &p.slab[0]
+	p.slab = p.slab[1:]
+	h.plugin = p
+	return h
 }
 
 // update applies f to the bucket stored under key (a full bucket if none is
@@ -242,12 +291,13 @@ const (
 )
 
 // take decides one request: a token from l's lease, else a new lease. It
-// returns the verdict and the bucket as the x-ratelimit-* headers report it.
-func (p *pluginContext) take(l *lease) (verdict, bucketState) {
+// returns the verdict, the bucket as the x-ratelimit-* headers report it,
+// and whether it went to shared data.
+func (p *pluginContext) take(l *lease) (verdict, bucketState, bool) {
 	now := p.now()
 	if l.tokens >= 1 && now < l.until {
 		l.tokens--
-		return admitted, bucketState{tokens: l.shared + l.tokens}
+		return admitted, bucketState{tokens: l.shared + l.tokens}, false
 	}
 	back := l.tokens // unused tokens of an expired lease go back
 	var got float64
@@ -265,15 +315,15 @@ func (p *pluginContext) take(l *lease) (verdict, bucketState) {
 		// Contended or failing shared data: admit rather than reject
 		// traffic the limiter cannot account for, and count it.
 		p.casExhausted.Increment(1)
-		return unlimited, bucketState{}
+		return unlimited, bucketState{}, true
 	}
 	l.until, l.shared = now+int64(leaseWindow), b.tokens
 	if !ok {
 		l.tokens = 0
-		return overLimit, b
+		return overLimit, b, true
 	}
 	l.tokens = got - 1
-	return admitted, bucketState{tokens: b.tokens + l.tokens}
+	return admitted, bucketState{tokens: b.tokens + l.tokens}, true
 }
 
 // decide runs the limiter for the request whose headers are current: it
@@ -287,12 +337,16 @@ func (p *pluginContext) decide() (verdict, bucketState) {
 			p.noKey.Increment(1)
 			return unlimited, bucketState{}
 		}
-		l = p.leaseOf(desc)
+		l = p.leaseOfBytes(desc)
 	}
-	v, b := p.take(l)
+	v, b, shared := p.take(l)
 	switch v {
 	case admitted, unlimited:
-		p.ok.Increment(1)
+		// A request served from the lease makes no host call for its
+		// count; one that went to shared data flushes the batch.
+		if p.pendingOK++; shared {
+			p.flushOK()
+		}
 		return v, b
 	}
 	p.rateLimited.Increment(1)
@@ -379,39 +433,50 @@ func (h *headersHttpContext) OnHttpResponseHeaders(int, bool) types.Action {
 	return types.ActionContinue
 }
 
-// descriptor returns the current request's bucket name, or false when the
-// request lacks the configured descriptor (no such header, no peer identity
-// or address), in which case it is not limited.
-func (p *pluginContext) descriptor() (string, bool) {
-	switch cfg := p.cfg; cfg.kind {
+// descriptor returns the current request's bucket name, built in p.keyBuf
+// (valid until the next call), or false when the request lacks the
+// configured descriptor (no such header, no peer identity or address), in
+// which case it is not limited.
+func (p *pluginContext) descriptor() ([]byte, bool) {
+	k := p.keyBuf[:0]
+	switch cfg := &p.cfg; cfg.kind {
 	case keyPath:
 		path, err := proxywasm.GetHttpRequestHeader(":path")
 		if err != nil {
-			return "", false
+			return nil, false
 		}
 		path, _, _ = strings.Cut(path, "?")
-		return "path=" + path, true
+		k = append(append(k, "path="...), path...)
 	case keyHeader:
 		v, err := proxywasm.GetHttpRequestHeader(cfg.header)
 		if err != nil {
-			return "", false
+			return nil, false
 		}
-		return "header=" + cfg.header + "=" + v, true
+		k = append(append(append(append(k, "header="...), cfg.header...), '='), v...)
 	case keySourceIdentity:
 		// The peer's SPIFFE ID under mTLS; without one, the peer's IP.
-		if id, err := proxywasm.GetProperty([]string{"source", "principal"}); err == nil && len(id) > 0 {
-			return "principal=" + string(id), true
+		if id, err := proxywasm.GetProperty(principalPath); err == nil && len(id) > 0 {
+			k = append(append(k, "principal="...), id...)
+			break
 		}
-		addr, err := proxywasm.GetProperty([]string{"source", "address"})
+		addr, err := proxywasm.GetProperty(addressPath)
 		if err != nil || len(addr) == 0 {
-			return "", false
+			return nil, false
 		}
 		host, _, err := net.SplitHostPort(string(addr))
 		if err != nil {
 			host = string(addr)
 		}
-		return "address=" + host, true
+		k = append(append(k, "address="...), host...)
 	default:
-		return "global", true
+		k = append(k, "global"...)
 	}
+	p.keyBuf = k // keep the grown buffer
+	return k, true
 }
+
+// The property paths descriptor reads, built once.
+var (
+	principalPath = []string{"source", "principal"}
+	addressPath   = []string{"source", "address"}
+)
