@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
@@ -170,5 +173,59 @@ func TestClientStreamContextBound(t *testing.T) {
 	scancel()
 	if got := st.TxReset.Value(); got != 1 {
 		t.Errorf("tx_reset %d after a completed stream's context ended, want 1", got)
+	}
+}
+
+// TestServerRequestResetEndsContext: a peer that resets only the request
+// side (RESET_STREAM, no STOP_SENDING) while the handler reads the body
+// ends the stream's context and gets its response side reset with
+// H3_REQUEST_CANCELLED, as a reset ends both directions in HTTP/2.
+func TestServerRequestResetEndsContext(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	started := make(chan struct{}, 1)
+	readErr := make(chan error, 1)
+	ctxDone := make(chan struct{}, 1)
+	h := stream.HandlerFunc(func(s stream.ServerStream) {
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(s, buf); err != nil {
+			readErr <- err
+			return
+		}
+		started <- struct{}{}
+		_, err := io.Copy(io.Discard, s)
+		readErr <- err
+		select {
+		case <-s.Context().Done():
+			ctxDone <- struct{}{}
+		case <-time.After(10 * time.Second):
+		}
+	})
+	addr, tc, srv := testMeshdServer(t, 100, ServerConfig{}, h)
+	c := dialRaw(t, addr, tc)
+	qs, err := c.qc.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := qs.Write(append(rawHeaders(t, ":method", "POST", ":scheme", "https", ":authority", "svc", ":path", "/"), dataFrame("part")...)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, started, "the handler to read the first body bytes")
+	qs.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+	select {
+	case err := <-readErr:
+		if se, ok := errors.AsType[*stream.Error](err); !ok || !se.Remote {
+			t.Fatalf("handler's Read: %v, want the peer's reset", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler's Read did not return after the peer's reset")
+	}
+	waitFor(t, ctxDone, "the stream's context to end")
+	_ = qs.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.ReadAll(qs)
+	if se, ok := errors.AsType[*quic.StreamError](err); !ok || http3.ErrCode(se.ErrorCode) != http3.ErrCodeRequestCanceled {
+		t.Fatalf("client's read of the response: %v, want RESET_STREAM H3_REQUEST_CANCELLED", err)
+	}
+	if rx, tx := srv.cfg.Stats.RxReset.Value(), srv.cfg.Stats.TxReset.Value(); rx != 1 || tx != 1 {
+		t.Errorf("rx_reset %d, tx_reset %d; want 1 and 1", rx, tx)
 	}
 }

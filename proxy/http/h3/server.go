@@ -705,7 +705,6 @@ func (c *serverConn) serveStream(qs *quic.Stream) {
 		ss.bodyReader.ended()
 	}
 	ss.req, ss.bodyLeft, ss.head = req, req.ContentLength, req.Method == "HEAD"
-	ss.ctx, ss.cancel = context.WithCancel(qs.Context())
 	defer ss.finish()
 	c.s.h.ServeStream(ss)
 }
@@ -744,12 +743,10 @@ func (c *serverConn) rejectRequest(qs *quic.Stream, err error) {
 // bodyAllowed, hold, out) by the one writing; ended and reset are atomics
 // because Reset and finish read them from other goroutines.
 type serverStream struct {
-	c      *serverConn
-	qs     *quic.Stream
-	req    stream.Request
-	ctx    context.Context
-	cancel context.CancelFunc
-	head   bool
+	c    *serverConn
+	qs   *quic.Stream
+	req  stream.Request
+	head bool
 
 	// Receive side: the request body.
 	bodyReader
@@ -769,7 +766,13 @@ type serverStream struct {
 }
 
 func (s *serverStream) Request() *stream.Request { return &s.req }
-func (s *serverStream) Context() context.Context { return s.ctx }
+
+// Context is quic-go's context of the stream's send side, which ends when
+// the response ended (Close), the stream was reset locally (CancelWrite),
+// the peer sent STOP_SENDING, or the connection closed. A reset of the
+// request side by the peer ends it too: readFailed then abandons the
+// response, as HTTP/2's RST_STREAM ends both directions.
+func (s *serverStream) Context() context.Context { return s.qs.Context() }
 func (s *serverStream) Conn() *stream.ConnInfo   { return &s.c.info }
 
 // Trailers returns the request trailers, valid once Read returned io.EOF.
@@ -831,7 +834,13 @@ func (s *serverStream) readFailed(err error) error {
 	if se.Remote {
 		s.c.s.cfg.Stats.RxReset.Inc()
 	}
-	s.cancel()
+	if qe, ok := errors.AsType[*quic.StreamError](err); ok && qe.Remote && !s.ended.Load() && !s.reset.Swap(true) {
+		// The peer reset the request (RESET_STREAM): the exchange is over,
+		// so the response is abandoned too, which ends Context.
+		s.resetCode.Store(uint32(stream.ErrCodeCancel))
+		s.c.s.cfg.Stats.TxReset.Inc()
+		s.qs.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+	}
 	s.readErr = se
 	return se
 }
@@ -845,7 +854,6 @@ func (s *serverStream) abort(code http3.ErrCode) {
 	s.c.s.cfg.Stats.TxReset.Inc()
 	s.qs.CancelRead(quic.StreamErrorCode(code))
 	s.qs.CancelWrite(quic.StreamErrorCode(code))
-	s.cancel()
 }
 
 // WriteHeader sends the response headers in a HEADERS frame. 1xx other
@@ -1033,7 +1041,6 @@ func (s *serverStream) Reset(code stream.ErrCode) {
 	s.c.s.cfg.Stats.TxReset.Inc()
 	s.qs.CancelRead(quic.StreamErrorCode(h3Code(code)))
 	s.qs.CancelWrite(quic.StreamErrorCode(h3Code(code)))
-	s.cancel()
 }
 
 // finish runs when the handler returns. A response not ended, or a
@@ -1041,7 +1048,6 @@ func (s *serverStream) Reset(code stream.ErrCode) {
 // response whose request is still arriving stops it with H3_NO_ERROR
 // (RFC 9114 section 4.1).
 func (s *serverStream) finish() {
-	defer s.cancel()
 	defer func() {
 		// The send side is done: no Write can still use out.
 		putSendBuf(s.out)
