@@ -332,9 +332,9 @@ func sharedTokens(t *testing.T, config string) float64 {
 
 // TestLease checks the leases: at a high rate a request takes a lease of the
 // tokens earned in leaseWindow from the shared bucket and the next ones
-// draw from it without a write; once leaseWindow has passed the unused
-// tokens go back with the next lease. At a low rate a lease is one token,
-// so the bucket is exact.
+// draw from it without a write, also after leaseWindow; the first tick after
+// leaseWindow returns the unused tokens, and the next request takes a new
+// lease. At a low rate a lease is one token, so the bucket is exact.
 func TestLease(t *testing.T) {
 	const config = `{"requests_per_unit":100000,"burst":100000,"enable_x_ratelimit_headers":"DRAFT_VERSION_03"}`
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
@@ -352,9 +352,21 @@ func TestLease(t *testing.T) {
 			t.Fatalf("request %d: remaining %s, want %s", i, got, want)
 		}
 	}
-	// Expired: 997 unused tokens go back, a new lease is taken, 10 ms
-	// earned 1000 tokens (capped at capacity).
+	// Past leaseWindow the lease still serves, without a write.
 	clock.advance(leaseWindow)
+	_, _, resp := request(host, nil)
+	if got, want := sharedTokens(t, config), 100000.0-lease; got != want {
+		t.Fatalf("past leaseWindow: shared bucket %v, want %v", got, want)
+	}
+	if got, want := header(resp, "x-ratelimit-remaining"), "99996"; got != want {
+		t.Fatalf("past leaseWindow: remaining %s, want %s", got, want)
+	}
+	// The tick returns the 996 unused tokens; with the 1000 earned in 10 ms
+	// the bucket is full again. The next request takes a new lease.
+	host.Tick()
+	if got, want := sharedTokens(t, config), 100000.0; got != want {
+		t.Fatalf("after the tick: shared bucket %v, want %v", got, want)
+	}
 	request(host, nil)
 	if got, want := sharedTokens(t, config), 100000.0-lease; got != want {
 		t.Fatalf("after a new lease: shared bucket %v, want %v", got, want)
@@ -418,16 +430,18 @@ func TestOKCountedInBatches(t *testing.T) {
 		}, 1},
 		{"tick counts them", func(h proxytest.HostEmulator, _ *fakeClock) { h.Tick() }, 5},
 		{"two more from the lease", func(h proxytest.HostEmulator, _ *fakeClock) { request(h, nil); request(h, nil) }, 5},
-		{"a new lease counts them and itself", func(h proxytest.HostEmulator, c *fakeClock) {
+		{"past leaseWindow, still from the lease", func(h proxytest.HostEmulator, c *fakeClock) {
 			c.advance(2 * leaseWindow)
 			request(h, nil)
-		}, 8},
-		{"one from the lease", func(h proxytest.HostEmulator, _ *fakeClock) { request(h, nil) }, 8},
+		}, 5},
+		{"tick ends the lease and counts them", func(h proxytest.HostEmulator, _ *fakeClock) { h.Tick() }, 8},
+		{"a new lease counts itself", func(h proxytest.HostEmulator, _ *fakeClock) { request(h, nil) }, 9},
+		{"one from the lease", func(h proxytest.HostEmulator, _ *fakeClock) { request(h, nil) }, 9},
 		{"plugin end counts it", func(h proxytest.HostEmulator, _ *fakeClock) {
 			if !h.FinishVM() {
 				t.Fatal("FinishVM = false")
 			}
-		}, 9},
+		}, 10},
 	}
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	host := newHost(t, cfg, clock, nil)

@@ -21,12 +21,15 @@
 // Leases: a VM takes up to lease tokens from a shared bucket in one
 // compare-and-swap (the tokens the bucket earns in leaseWindow, at most 1/16
 // of its capacity, at least 1) and admits requests from them without
-// touching shared data until they run out or leaseWindow passes; then the
-// unused ones go back in the same write that takes the next lease (or at the
-// next tick). At 100 requests per second a lease is one token, so every
+// touching shared data or reading the clock until they run out; the first
+// tick after leaseWindow returns what is left (a VM that runs out after
+// leaseWindow returns nothing, and one that runs out earlier takes its next
+// lease at once). At 100 requests per second a lease is one token, so every
 // request still does its own round trip; at high rates most requests cost no
-// host call. Tokens on lease are invisible to other VMs for at most
-// leaseWindow: that bounds the error to VMs × lease tokens.
+// host call. Tokens are conserved (a token on lease was taken from the
+// bucket, so no request is admitted twice over); tokens on lease are
+// invisible to other VMs for at most leaseWindow plus one tick period, which
+// bounds the under-admission to VMs × lease tokens.
 //
 // Counters (Envoy's local_ratelimit names under wasm_ratelimit.): ok,
 // rate_limited (over the limit, enforced or not), enforced (rejected),
@@ -68,8 +71,9 @@ const casAttempts = 16
 // and returns expired leases.
 const tickPeriod = time.Second
 
-// leaseWindow is how long a VM may keep tokens it took from a shared bucket
-// before they go back (see the package comment).
+// leaseWindow is how long a VM keeps the tokens it took from a shared
+// bucket before the next tick gives back the unused ones (see the package
+// comment).
 const leaseWindow = 10 * time.Millisecond
 
 // grpcResourceExhausted is gRPC's RESOURCE_EXHAUSTED status code.
@@ -292,14 +296,15 @@ const (
 
 // take decides one request: a token from l's lease, else a new lease. It
 // returns the verdict, the bucket as the x-ratelimit-* headers report it,
-// and whether it went to shared data.
+// and whether it went to shared data. A token from the lease costs no host
+// call, not even the clock's: the tick expires leases.
 func (p *pluginContext) take(l *lease) (verdict, bucketState, bool) {
-	now := p.now()
-	if l.tokens >= 1 && now < l.until {
+	if l.tokens >= 1 {
 		l.tokens--
 		return admitted, bucketState{tokens: l.shared + l.tokens}, false
 	}
-	back := l.tokens // unused tokens of an expired lease go back
+	now := p.now()
+	back := l.tokens // a fraction left by a tick's refill, if any
 	var got float64
 	b, ok, stored := p.update(l.key, now, func(b bucketState) (bucketState, bool) {
 		b = p.cfg.refill(b, now)
