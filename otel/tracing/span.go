@@ -150,6 +150,31 @@ func (s *Span) SetAddr(key string, ip netip.Addr) {
 	}
 }
 
+// Attrs is a list of span attributes encoded once, for attributes many
+// spans share (a cluster's name, an upstream host's address and port, a
+// connection's scheme): Span.AddAttrs copies its bytes where setting each
+// attribute would encode it again. The zero value is empty; an Attrs is
+// immutable, so one value may be added to spans on any goroutine.
+type Attrs struct{ b []byte }
+
+// EncodeAttrs returns attrs encoded in order. A string attribute with an
+// empty value is skipped, as SetStr skips it.
+func EncodeAttrs(attrs ...Attr) Attrs {
+	var b []byte
+	for i := range attrs {
+		if a := &attrs[i]; a.IsInt || a.Str != "" {
+			b = appendKV(b, fSpanAttrs, a)
+		}
+	}
+	return Attrs{b: b}
+}
+
+// Len is the encoded size of the attributes.
+func (a Attrs) Len() int { return len(a.b) }
+
+// AddAttrs adds every attribute of a, after those already set.
+func (s *Span) AddAttrs(a Attrs) { s.attrs = append(s.attrs, a.b...) }
+
 // SetInt adds an integer attribute.
 func (s *Span) SetInt(key string, v int64) {
 	s.attrs = appendIntKV(s.attrs, fSpanAttrs, key, v)

@@ -104,6 +104,11 @@ func TestEncodeMatchesOTLP(t *testing.T) {
 	s2 := NewSpan()
 	s2.TraceID, s2.SpanID, s2.Kind, s2.Name = s1.TraceID, NewSpanID(), KindClient, "GET"
 	s2.Start, s2.End = start, start
+	s2.SetStr("http.request.method", "GET")
+	s2.AddAttrs(EncodeAttrs(Attr{Key: "upstream_cluster", Str: "backend"}, Attr{Key: "skipped", Str: ""},
+		Attr{Key: "server.port", Int: 8080, IsInt: true}))
+	s2.AddAttrs(Attrs{})
+	s2.SetInt("meshd.attempt", 1)
 	r := newResource([]Attr{{Key: "service.name", Str: "svc"}}, "meshd", "v1")
 	b := appendRequest(nil, &r, []*Span{s1, s2})
 	var req coltracepb.ExportTraceServiceRequest
@@ -120,7 +125,9 @@ func TestEncodeMatchesOTLP(t *testing.T) {
 "events":[{"timeUnixNano":"1700000000124456789","name":"upstream retry","attributes":[{"key":"meshd.attempt","value":{"intValue":"2"}}]}],
 "status":{"message":"reset","code":"STATUS_CODE_ERROR"},"flags":1},
 {"traceId":"` + hexB64(s2.TraceID[:]) + `","spanId":"` + hexB64(s2.SpanID[:]) + `","name":"GET","kind":"SPAN_KIND_CLIENT",
-"startTimeUnixNano":"1700000000123456789","endTimeUnixNano":"1700000000123456789","flags":1}]}]}]}`
+"startTimeUnixNano":"1700000000123456789","endTimeUnixNano":"1700000000123456789",
+"attributes":[{"key":"http.request.method","value":{"stringValue":"GET"}},{"key":"upstream_cluster","value":{"stringValue":"backend"}},
+{"key":"server.port","value":{"intValue":"8080"}},{"key":"meshd.attempt","value":{"intValue":"1"}}],"flags":1}]}]}]}`
 	var wantReq coltracepb.ExportTraceServiceRequest
 	if err := protojson.Unmarshal([]byte(want), &wantReq); err != nil {
 		t.Fatalf("want JSON: %v", err)

@@ -34,9 +34,11 @@ type Handler struct {
 	// retryStats caches each cluster's retry stats, keyed by
 	// weak.Pointer[upstream.Stats].
 	retryStats sync.Map
-	// tracers and tracingStats are set by SetTracing (tracing.go).
-	tracers      *tracing.Providers
-	tracingStats *tracingStats
+	// tracers, tracingStats and upstreamAttrs are set by SetTracing
+	// (tracing.go).
+	tracers       *tracing.Providers
+	tracingStats  *tracingStats
+	upstreamAttrs *upstreamAttrCache
 	// obs receives finished streams (observe.go); set before serving.
 	obs Observers
 	// shed and overloadClose are set by SetOverload.

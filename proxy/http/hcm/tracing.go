@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"meshd.dev/meshd/filters"
@@ -105,7 +107,100 @@ func (h *Handler) SetTracing(p *tracing.Providers) {
 	h.tracers = p
 	if p != nil && h.tracingStats == nil {
 		h.tracingStats = newTracingStats(h.stats.Scope)
+		h.upstreamAttrs = &upstreamAttrCache{seed: maphash.MakeSeed()}
 	}
+}
+
+// serverConstAttrs are the server span's attributes fixed by the
+// downstream connection and the request's protocol, encoded once:
+// component, url.scheme, network.protocol.version and, for gRPC,
+// rpc.system. Indexed by [TLS][gRPC][protoIndex].
+var serverConstAttrs = func() (t [2][2][len(knownProtos)]tracing.Attrs) {
+	for tlsOn := range 2 {
+		scheme := "http"
+		if tlsOn == 1 {
+			scheme = "https"
+		}
+		for grpcOn := range 2 {
+			rpc := ""
+			if grpcOn == 1 {
+				rpc = "grpc"
+			}
+			for i, p := range knownProtos {
+				t[tlsOn][grpcOn][i] = tracing.EncodeAttrs(
+					tracing.Attr{Key: attrComponent, Str: "proxy"},
+					tracing.Attr{Key: attrScheme, Str: scheme},
+					tracing.Attr{Key: attrProtoVersion, Str: strings.TrimPrefix(p, "HTTP/")},
+					tracing.Attr{Key: attrRPCSystem, Str: rpc},
+				)
+			}
+		}
+	}
+	return t
+}()
+
+// knownProtos are the downstream protocols serverConstAttrs has blocks
+// for; "" stands for any other, whose version is set per span.
+var knownProtos = [...]string{"", "HTTP/1.1", "HTTP/2", "HTTP/3", "HTTP/1.0"}
+
+// protoIndex is proto's index in knownProtos, 0 when it has none.
+func protoIndex(proto string) int {
+	for i := 1; i < len(knownProtos); i++ {
+		if knownProtos[i] == proto {
+			return i
+		}
+	}
+	return 0
+}
+
+// upstreamAttrs are the span attributes an upstream host determines,
+// encoded once per host rather than per span: the server span's
+// upstream_cluster and upstream_address, and a client span's, which add
+// server.address and server.port.
+type upstreamAttrs struct {
+	host    *upstream.Host
+	cluster string
+	server  tracing.Attrs
+	client  tracing.Attrs
+}
+
+func newUpstreamAttrs(cluster string, h *upstream.Host) *upstreamAttrs {
+	ua := &upstreamAttrs{host: h, cluster: cluster}
+	clusterAttr := tracing.Attr{Key: attrCluster, Str: cluster}
+	addrAttr := tracing.Attr{Key: attrUpstreamAddr, Str: h.Addr}
+	ua.server = tracing.EncodeAttrs(clusterAttr, addrAttr)
+	attrs := make([]tracing.Attr, 0, 4)
+	if host, port, err := net.SplitHostPort(h.Addr); err == nil {
+		attrs = append(attrs, tracing.Attr{Key: attrServerAddr, Str: host})
+		if p, err := strconv.Atoi(port); err == nil {
+			attrs = append(attrs, tracing.Attr{Key: attrServerPort, Int: int64(p), IsInt: true})
+		}
+	}
+	ua.client = tracing.EncodeAttrs(append(attrs, clusterAttr, addrAttr)...)
+	return ua
+}
+
+// upstreamAttrSlots is the size of a handler's upstreamAttrCache.
+const upstreamAttrSlots = 256
+
+// upstreamAttrCache holds the upstreamAttrs of recently used hosts,
+// direct-mapped by a hash of the host's address: bounded however many
+// hosts come and go, lock-free, and a collision costs one encoding.
+type upstreamAttrCache struct {
+	seed  maphash.Seed
+	slots [upstreamAttrSlots]atomic.Pointer[upstreamAttrs]
+}
+
+// get returns the attributes of host h of cluster, encoding them when the
+// slot holds another host's.
+func (c *upstreamAttrCache) get(cluster string, h *upstream.Host) *upstreamAttrs {
+	slot := &c.slots[maphash.String(c.seed, h.Addr)%upstreamAttrSlots]
+	if ua := slot.Load(); ua != nil && ua.host == h && ua.cluster == cluster {
+		return ua
+	}
+	ua := newUpstreamAttrs(cluster, h)
+	slot.Store(ua)
+	return ua
 }
 
 // tracingStats are Envoy's http.<stat_prefix>.tracing.* counters.
@@ -145,8 +240,7 @@ type trace struct {
 	status     int
 	grpcStatus string
 	flags      []string
-	cluster    string
-	host       string
+	up         *upstreamAttrs // the last attempt's host; nil before one
 	upstreamID string
 	attempts   int
 
@@ -214,7 +308,18 @@ func (ex *exchange) endTrace() {
 	t.span = nil
 	req := ex.req
 	s.End = time.Now()
-	s.SetStr(attrComponent, "proxy")
+	conn := ex.ds.Conn()
+	tlsOn, grpcOn, proto := 0, 0, protoIndex(conn.Proto)
+	if conn.TLS != nil {
+		tlsOn = 1
+	}
+	if ex.grpc {
+		grpcOn = 1
+	}
+	s.AddAttrs(serverConstAttrs[tlsOn][grpcOn][proto])
+	if proto == 0 {
+		s.SetStr(attrProtoVersion, strings.TrimPrefix(conn.Proto, "HTTP/"))
+	}
 	s.SetStr(attrMethod, req.Method)
 	path := req.Path
 	if i := strings.IndexByte(path, '?'); i >= 0 {
@@ -224,25 +329,19 @@ func (ex *exchange) endTrace() {
 		path = path[:t.cfg.MaxPathTagLength]
 	}
 	s.SetStr(attrPath, path)
-	scheme := "http"
-	if ex.ds.Conn().TLS != nil {
-		scheme = "https"
-	}
-	s.SetStr(attrScheme, scheme)
 	s.SetStr(attrServerAddr, req.Authority)
-	conn := ex.ds.Conn()
 	if a, ok := conn.RemoteAddr.(*net.TCPAddr); ok {
 		ip, _ := netip.AddrFromSlice(a.IP)
 		s.SetAddr(attrPeerAddr, ip)
 	}
-	s.SetStr(attrProtoVersion, strings.TrimPrefix(conn.Proto, "HTTP/"))
 	s.SetStr(attrUserAgent, req.Header.Get("user-agent"))
 	s.SetStr(attrRequestID, req.Header.Get("x-request-id"))
 	if id, ok := filters.PeerPrincipal(conn.TLS); ok {
 		s.SetStr(AttrPeerSPIFFEID, id)
 	}
-	s.SetStr(attrCluster, t.cluster)
-	s.SetStr(attrUpstreamAddr, t.host)
+	if t.up != nil {
+		s.AddAttrs(t.up.server)
+	}
 	if !t.cfg.SpawnUpstreamSpan {
 		s.SetStr(AttrUpstreamSPIFFEID, t.upstreamID)
 	}
@@ -262,7 +361,6 @@ func (ex *exchange) endTrace() {
 		s.SetInt(attrStatus, int64(t.status))
 	}
 	if ex.grpc {
-		s.SetStr(attrRPCSystem, "grpc")
 		if code, err := strconv.Atoi(t.grpcStatus); err == nil {
 			s.SetInt(attrGRPCStatus, int64(code))
 			s.Error = grpcServerError(code)
@@ -341,7 +439,7 @@ func (ex *exchange) traceTrailers(tr *header.Header) {
 func (ex *exchange) beginAttempt(c *upstream.Cluster, host *upstream.Host, ureq *stream.Request) {
 	t := ex.tr
 	t.attempts++
-	t.cluster, t.host = c.Spec().Name, host.Addr
+	t.up = ex.h.upstreamAttrs.get(c.Spec().Name, host)
 	if !t.propagate {
 		return
 	}
@@ -400,14 +498,7 @@ func (ex *exchange) endAttempt(err error) {
 	t.att = nil
 	a.End = time.Now()
 	a.SetStr(attrMethod, ex.req.Method)
-	if host, port, e := net.SplitHostPort(t.host); e == nil {
-		a.SetStr(attrServerAddr, host)
-		if p, e := strconv.Atoi(port); e == nil {
-			a.SetInt(attrServerPort, int64(p))
-		}
-	}
-	a.SetStr(attrCluster, t.cluster)
-	a.SetStr(attrUpstreamAddr, t.host)
+	a.AddAttrs(t.up.client)
 	a.SetStr(AttrUpstreamSPIFFEID, t.upstreamID)
 	a.SetInt(AttrAttempt, int64(t.attempts))
 	if ex.grpc {

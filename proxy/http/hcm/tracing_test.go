@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
+	"reflect"
 	"runtime/metrics"
 	"strings"
 	"sync"
@@ -181,8 +183,11 @@ func TestTracingParentAndAttempts(t *testing.T) {
 	}
 	wantAttrs(t, srv, "http.request.method", "POST", "url.path", "/grpc.testing.TestService/UnaryCall",
 		"http.response.status_code", "200", "rpc.grpc.status_code", "5", "upstream_cluster", "backend",
-		"upstream_address", up.addr, "team", "mesh", "tenant", "t1")
-	wantAttrs(t, a1, "http.response.status_code", "503", "upstream_cluster", "backend", "server.address", "127.0.0.1")
+		"upstream_address", up.addr, "team", "mesh", "tenant", "t1", "component", "proxy", "url.scheme", "http",
+		"network.protocol.version", "2", "rpc.system", "grpc")
+	_, upPort, _ := net.SplitHostPort(up.addr)
+	wantAttrs(t, a1, "http.response.status_code", "503", "upstream_cluster", "backend", "server.address", "127.0.0.1",
+		"server.port", upPort, "upstream_address", up.addr, "rpc.system", "grpc", "http.request.method", "POST")
 	wantAttrs(t, a2, "http.response.status_code", "200", "rpc.grpc.status_code", "5")
 	if a1.GetStatus().GetCode() != 2 {
 		t.Errorf("503 attempt status %v, want ERROR", a1.GetStatus())
@@ -304,6 +309,45 @@ func TestTracingCollectorDown(t *testing.T) {
 	}
 	if got := e.counter("tracing.opentelemetry.spans_dropped"); got != 2*n {
 		t.Errorf("spans_dropped %d, want %d", got, 2*n)
+	}
+}
+
+// TestUpstreamAttrCache checks the attributes encoded once per upstream
+// host (addresses with and without a port) and that the cache answers by
+// host identity and cluster, not by address alone.
+func TestUpstreamAttrCache(t *testing.T) {
+	str := func(k, v string) tracing.Attr { return tracing.Attr{Key: k, Str: v} }
+	port := func(p int64) tracing.Attr { return tracing.Attr{Key: attrServerPort, Int: p, IsInt: true} }
+	for _, tc := range []struct {
+		addr   string
+		client []tracing.Attr
+	}{
+		{"10.0.0.1:8080", []tracing.Attr{str(attrServerAddr, "10.0.0.1"), port(8080)}},
+		{"[2001:db8::1]:443", []tracing.Attr{str(attrServerAddr, "2001:db8::1"), port(443)}},
+		{"backend.internal:http", []tracing.Attr{str(attrServerAddr, "backend.internal")}},
+		{"no-port", nil},
+	} {
+		t.Run(tc.addr, func(t *testing.T) {
+			c := &upstreamAttrCache{seed: maphash.MakeSeed()}
+			h := &upstream.Host{Addr: tc.addr}
+			ua := c.get("backend", h)
+			cl, ad := str(attrCluster, "backend"), str(attrUpstreamAddr, tc.addr)
+			if want := tracing.EncodeAttrs(append(tc.client, cl, ad)...); !reflect.DeepEqual(ua.client, want) {
+				t.Errorf("client attributes %x, want %x", ua.client, want)
+			}
+			if want := tracing.EncodeAttrs(cl, ad); !reflect.DeepEqual(ua.server, want) {
+				t.Errorf("server attributes %x, want %x", ua.server, want)
+			}
+			if c.get("backend", h) != ua {
+				t.Error("second lookup of the same host encoded again")
+			}
+			if other := c.get("backend", &upstream.Host{Addr: tc.addr}); other == ua || other.host == h {
+				t.Error("another host with the same address got the first host's entry")
+			}
+			if other := c.get("canary", h); other == ua || other.cluster != "canary" {
+				t.Errorf("cluster canary got cluster %q's entry", other.cluster)
+			}
+		})
 	}
 }
 
