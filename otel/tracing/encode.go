@@ -225,23 +225,38 @@ func newResource(attrs []Attr, scopeName, scopeVersion string) resource {
 	return r
 }
 
-// appendRequest appends an ExportTraceServiceRequest holding spans to b.
-func appendRequest(b []byte, r *resource, spans []*Span) []byte {
-	ss := sizeField(fSSScope, len(r.scope))
-	for _, s := range spans {
-		s.size = spanSize(s)
-		ss += sizeField(fSSSpans, s.size)
-	}
+// appendSpanField appends s as one ScopeSpans.spans field.
+func appendSpanField(b []byte, s *Span) []byte {
+	b = appendMsgHeader(b, fSSSpans, spanSize(s))
+	return appendSpan(b, s)
+}
+
+// maxRequestHeader bounds the size of what requestHeader appends for r:
+// the resource and scope, four tags and four lengths of at most five
+// bytes each (a request is far below 4 GiB).
+func (r *resource) maxRequestHeader() int { return len(r.res) + len(r.scope) + 4*(1+5) }
+
+// appendRequestHeader appends the start of an ExportTraceServiceRequest
+// with one ResourceSpans of r and one ScopeSpans whose spans fields, n
+// bytes of them, follow the header.
+func appendRequestHeader(b []byte, r *resource, n int) []byte {
+	ss := sizeField(fSSScope, len(r.scope)) + n
 	rs := sizeField(fRSResource, len(r.res)) + sizeField(fRSScopeSpans, ss)
 	b = appendMsgHeader(b, fReqResourceSpans, rs)
 	b = appendMsgHeader(b, fRSResource, len(r.res))
 	b = append(b, r.res...)
 	b = appendMsgHeader(b, fRSScopeSpans, ss)
 	b = appendMsgHeader(b, fSSScope, len(r.scope))
-	b = append(b, r.scope...)
+	return append(b, r.scope...)
+}
+
+// appendRequest appends an ExportTraceServiceRequest holding spans to b,
+// as the exporter assembles one: the header, then the spans fields.
+func appendRequest(b []byte, r *resource, spans []*Span) []byte {
+	var body []byte
 	for _, s := range spans {
-		b = appendMsgHeader(b, fSSSpans, s.size)
-		b = appendSpan(b, s)
+		body = appendSpanField(body, s)
 	}
-	return b
+	b = appendRequestHeader(b, r, len(body))
+	return append(b, body...)
 }

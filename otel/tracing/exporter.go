@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"sync"
 	"time"
@@ -82,22 +81,29 @@ type ExporterConfig struct {
 // connection gRPC re-establishes with its own back-off, so export resumes
 // by itself when the collector returns.
 //
-// The queue is a ring under a mutex rather than a channel: a request
-// appends its span and goes on, and only the span that completes a batch
-// wakes the export goroutine (a channel receive would wake it, and often
-// an idle P with it, for every span). Partial batches go out on the
-// flush interval's tick.
+// Export encodes the span into the batch being filled and recycles it at
+// once, while the span is still in the caller's cache: the queue holds
+// OTLP bytes, not spans, and sending a batch is one gRPC call on bytes
+// that need no further work. The queue is guarded by a mutex rather than
+// fed through a channel: a request appends its span and goes on, and only
+// the span that completes a batch wakes the export goroutine (a channel
+// receive would wake it, and often an idle P with it, for every span).
+// Partial batches go out on the flush interval's tick.
 type Exporter struct {
 	cfg  ExporterConfig
 	conn *grpc.ClientConn
 	res  resource
+	// headroom is the room a batch keeps in front of its spans for the
+	// request's header (resource and scope), written when it is sent.
+	headroom int
 
-	qmu    sync.Mutex // guards ring, head, n and closed
-	ring   []*Span    // QueueSize slots; n spans from head, wrapping
-	head   int
-	n      int
+	qmu    sync.Mutex    // guards cur, full, free, n and closed
+	cur    *batch        // the batch being filled; nil when none
+	full   []*batch      // complete batches waiting for the goroutine, oldest first
+	free   []*batch      // sent batches kept for reuse
+	n      int           // spans in cur and full, at most QueueSize
 	closed bool          // the export goroutine has drained the queue for good
-	wake   chan struct{} // cap 1: a full batch is waiting
+	wake   chan struct{} // cap 1: a complete batch is waiting
 
 	closeOnce sync.Once
 	quit      chan struct{}
@@ -106,6 +112,22 @@ type Exporter struct {
 	mu      sync.Mutex // guards failing
 	failing bool       // the last export failed (logged once per outage)
 }
+
+// batch is one export request being built: headroom bytes, then the
+// encoded ScopeSpans.spans fields of spans spans.
+type batch struct {
+	b     []byte
+	spans int
+}
+
+// maxBatchBytes ends a batch early when its spans reach this size (long
+// custom tags, many events), keeping each request well below the 4 MiB
+// gRPC servers (the OpenTelemetry collector among them) accept by
+// default. A batch that grew beyond maxKeptBatch is not reused.
+const (
+	maxBatchBytes = 1 << 20
+	maxKeptBatch  = 2 * maxBatchBytes
+)
 
 // NewExporter validates cfg and starts an exporter. It does not wait for
 // the collector: connecting happens in the background.
@@ -153,35 +175,42 @@ func NewExporter(cfg ExporterConfig) (*Exporter, error) {
 		cfg:  cfg,
 		conn: conn,
 		res:  newResource(attrs, "meshd", ""),
-		ring: make([]*Span, cfg.QueueSize),
 		wake: make(chan struct{}, 1),
 		quit: make(chan struct{}),
 		done: make(chan struct{}),
 	}
+	e.headroom = e.res.maxRequestHeader()
 	go e.run()
 	return e, nil
 }
 
-// Export queues an ended span for export and takes ownership of it. It
-// never blocks: when the queue is full, or the exporter has closed, the
-// span is dropped and counted.
+// Export encodes an ended span into the queue and takes ownership of it.
+// It never blocks: when the queue is full, or the exporter has closed,
+// the span is dropped and counted.
 func (e *Exporter) Export(s *Span) {
 	e.qmu.Lock()
-	if e.n == len(e.ring) || e.closed {
+	if e.n == e.cfg.QueueSize || e.closed {
 		e.qmu.Unlock()
 		release(s)
 		add(e.cfg.Stats.SpansDropped, 1)
 		return
 	}
-	i := e.head + e.n
-	if i >= len(e.ring) {
-		i -= len(e.ring)
+	b := e.cur
+	if b == nil {
+		b = e.newBatch()
+		e.cur = b
 	}
-	e.ring[i] = s
+	b.b = appendSpanField(b.b, s)
+	b.spans++
 	e.n++
-	full := e.n == e.cfg.BatchSize
+	complete := b.spans == e.cfg.BatchSize || len(b.b)-e.headroom >= maxBatchBytes
+	if complete {
+		e.full = append(e.full, b)
+		e.cur = nil
+	}
 	e.qmu.Unlock()
-	if full {
+	release(s)
+	if complete {
 		select {
 		case e.wake <- struct{}{}:
 		default: // already signalled
@@ -189,36 +218,54 @@ func (e *Exporter) Export(s *Span) {
 	}
 }
 
-// queued is the number of spans waiting for export.
-func (e *Exporter) queued() int {
-	e.qmu.Lock()
-	defer e.qmu.Unlock()
-	return e.n
+// newBatch returns an empty batch, reused when one is free. Called with
+// qmu held.
+func (e *Exporter) newBatch() *batch {
+	if k := len(e.free); k > 0 {
+		b := e.free[k-1]
+		e.free[k-1] = nil
+		e.free = e.free[:k-1]
+		return b
+	}
+	return &batch{b: make([]byte, e.headroom, e.headroom+64<<10)}
 }
 
-// take moves up to limit (and BatchSize) queued spans into batch, oldest
-// first; with whole set, only a full batch is taken. last marks the queue
-// closed when it comes back empty, so no span is queued after the final
+// take moves the complete batches into out, oldest first, and with
+// partial set the batch being filled too, reporting whether there was
+// one. last marks the queue closed, so no span is queued after the final
 // drain.
-func (e *Exporter) take(batch []*Span, limit int, whole, last bool) []*Span {
+func (e *Exporter) take(out []*batch, partial, last bool) (_ []*batch, tookPartial bool) {
 	e.qmu.Lock()
 	defer e.qmu.Unlock()
-	k := min(e.n, e.cfg.BatchSize, limit)
-	if whole && k < e.cfg.BatchSize {
-		return batch
+	out = append(out, e.full...)
+	clear(e.full)
+	e.full = e.full[:0]
+	if partial && e.cur != nil {
+		out = append(out, e.cur)
+		e.cur = nil
+		tookPartial = true
 	}
-	if k == 0 && last {
+	for _, b := range out {
+		e.n -= b.spans
+	}
+	if last {
 		e.closed = true
 	}
-	for range k {
-		batch = append(batch, e.ring[e.head])
-		e.ring[e.head] = nil
-		if e.head++; e.head == len(e.ring) {
-			e.head = 0
+	return out, tookPartial
+}
+
+// recycle keeps sent batches for reuse, as many as the queue could fill
+// at once.
+func (e *Exporter) recycle(sent []*batch) {
+	keep := e.cfg.QueueSize/e.cfg.BatchSize + 1
+	e.qmu.Lock()
+	defer e.qmu.Unlock()
+	for _, b := range sent {
+		if len(e.free) < keep && cap(b.b) <= maxKeptBatch {
+			b.b, b.spans = b.b[:e.headroom], 0
+			e.free = append(e.free, b)
 		}
 	}
-	e.n -= k
-	return batch
 }
 
 // Close stops the exporter: spans already queued are sent within ctx's
@@ -252,62 +299,60 @@ func (e *Exporter) run() {
 	defer close(e.done)
 	t := time.NewTicker(e.cfg.FlushInterval)
 	defer t.Stop()
-	batch := make([]*Span, 0, e.cfg.BatchSize)
-	var buf []byte
-	flush := func() {
-		buf = e.send(context.Background(), buf[:0], batch)
-		clear(batch)
-		batch = batch[:0]
+	var (
+		batches []*batch
+		hdr     []byte
+	)
+	sendAll := func() {
+		for _, b := range batches {
+			hdr = e.send(context.Background(), hdr[:0], b)
+		}
+		e.recycle(batches)
+		clear(batches)
+		batches = batches[:0]
 	}
 	for {
 		select {
 		case <-e.wake:
-			// Full batches only: a partial one waits for the tick.
-			for batch = e.take(batch, math.MaxInt, true, false); len(batch) > 0; batch = e.take(batch, math.MaxInt, true, false) {
-				flush()
-			}
+			// Complete batches only: a partial one waits for the tick.
+			batches, _ = e.take(batches, false, false)
+			sendAll()
 		case <-t.C:
 			// The spans queued at the tick, and only those: spans that
-			// arrive while they are sent wait for a full batch or the
-			// next tick. Draining until the queue is empty would, with a
-			// collector whose round trip outlasts the gap between spans,
-			// never stop, sending a small batch per round trip (one
-			// request per ~30 spans instead of ~500, measured with
+			// arrive while they are sent wait for a complete batch or
+			// the next tick. Draining until the queue is empty would,
+			// with a collector whose round trip outlasts the gap between
+			// spans, never stop, sending a small batch per round trip
+			// (one request per ~30 spans instead of ~500, measured with
 			// BenchmarkProxyUnaryTracing).
-			for due := e.queued(); due > 0; {
-				if batch = e.take(batch, due, false, false); len(batch) == 0 {
-					break
-				}
-				due -= len(batch)
-				if len(batch) < e.cfg.BatchSize {
-					add(e.cfg.Stats.TimerFlushed, 1)
-				}
-				flush()
+			var partial bool
+			if batches, partial = e.take(batches, true, false); partial {
+				add(e.cfg.Stats.TimerFlushed, 1)
 			}
+			sendAll()
 		case <-e.quit:
-			for batch = e.take(batch, math.MaxInt, false, true); len(batch) > 0; batch = e.take(batch, math.MaxInt, false, true) {
-				flush()
-			}
+			batches, _ = e.take(batches, true, true)
+			sendAll()
 			return
 		}
 	}
 }
 
-// send exports one batch and releases its spans; it returns buf for reuse.
-func (e *Exporter) send(ctx context.Context, buf []byte, batch []*Span) []byte {
-	buf = appendRequest(buf, &e.res, batch)
-	n := uint64(len(batch))
-	for _, s := range batch {
-		release(s)
-	}
+// send exports one batch, writing the request's header into the batch's
+// headroom; hdr is scratch space, returned for reuse.
+func (e *Exporter) send(ctx context.Context, hdr []byte, b *batch) []byte {
+	hdr = appendRequestHeader(hdr, &e.res, len(b.b)-e.headroom)
+	off := e.headroom - len(hdr)
+	copy(b.b[off:], hdr)
+	n := uint64(b.spans)
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.ExportTimeout)
 	defer cancel()
 	var resp coltracepb.ExportTraceServiceResponse
-	err := e.conn.Invoke(ctx, exportMethod, rawMessage(buf), &resp, grpc.ForceCodec(rawCodec{}))
+	err := e.conn.Invoke(ctx, exportMethod, rawMessage(b.b[off:]), &resp, grpc.ForceCodec(rawCodec{}))
 	if err != nil {
 		add(e.cfg.Stats.SpansDropped, n)
 		e.setFailing(true, err)
-		return buf
+		return hdr
 	}
 	e.setFailing(false, nil)
 	rejected := uint64(max(resp.GetPartialSuccess().GetRejectedSpans(), 0))
@@ -318,7 +363,7 @@ func (e *Exporter) send(ctx context.Context, buf []byte, batch []*Span) []byte {
 		e.cfg.Logger.Warn("tracing: collector rejected spans", "collector", e.cfg.Target,
 			"rejected", rejected, "message", resp.GetPartialSuccess().GetErrorMessage())
 	}
-	return buf
+	return hdr
 }
 
 // setFailing logs the start and the end of an export outage once each.

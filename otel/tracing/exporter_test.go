@@ -3,6 +3,7 @@ package tracing_test
 import (
 	"context"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,11 +60,13 @@ func closeExporter(t *testing.T, e *tracing.Exporter) {
 
 // TestExporterBatching: a full batch is sent without waiting for the
 // flush interval, a partial one goes on the tick (counted as
-// timer_flushed), and Close sends what is queued.
+// timer_flushed), a batch whose spans pass the byte bound goes at once,
+// and Close sends what is queued.
 func TestExporterBatching(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
 		batch, spans  int
+		attrBytes     int // the size of an extra attribute on each span
 		flush         time.Duration
 		closeFirst    bool // Close before waiting: the final drain sends them
 		wantRequests  int
@@ -73,6 +76,8 @@ func TestExporterBatching(t *testing.T) {
 		{name: "full batches at once", batch: 4, spans: 8, flush: time.Hour, wantRequests: 2, wantTimerZero: true},
 		{name: "partial batch on the tick", batch: 100, spans: 3, flush: 20 * time.Millisecond, wantRequests: 1, wantTimerMin: 1},
 		{name: "close drains the queue", batch: 100, spans: 5, flush: time.Hour, closeFirst: true, wantRequests: 1, wantTimerZero: true},
+		// Two spans pass the exporter's 1 MiB bound on a batch's spans.
+		{name: "large spans end a batch early", batch: 100, spans: 2, attrBytes: 600 << 10, flush: time.Hour, wantRequests: 1, wantTimerZero: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.CheckGoroutines(t)
@@ -82,8 +87,11 @@ func TestExporterBatching(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			big := strings.Repeat("x", tc.attrBytes)
 			for i := range tc.spans {
-				e.Export(newSpan(i))
+				s := newSpan(i)
+				s.SetStr("big", big)
+				e.Export(s)
 			}
 			if tc.closeFirst {
 				closeExporter(t, e)
@@ -91,6 +99,11 @@ func TestExporterBatching(t *testing.T) {
 				defer closeExporter(t, e)
 			}
 			waitFor(t, "the spans at the collector", func() bool { return len(col.Spans()) == tc.spans })
+			for _, s := range col.Spans() {
+				if v, _ := s.Attr("big"); len(v) != tc.attrBytes {
+					t.Errorf("span %x: attribute big has %d bytes, want %d", s.GetSpanId(), len(v), tc.attrBytes)
+				}
+			}
 			if got := col.Requests(); got != tc.wantRequests {
 				t.Errorf("export requests %d, want %d", got, tc.wantRequests)
 			}

@@ -113,7 +113,6 @@ type Span struct {
 
 	attrs  []byte // encoded Span.attributes fields (KeyValue)
 	events []byte // encoded Span.events fields (Event)
-	size   int    // encoded size, set by the exporter
 }
 
 var spanPool = sync.Pool{New: func() any { return &Span{attrs: make([]byte, 0, 1024)} }}
