@@ -289,6 +289,12 @@ func (ex *exchange) startTrace() {
 	ex.tr = t
 }
 
+// now is the time for a span's timestamps: the exchange's start plus the
+// monotonic time elapsed since. It reads one clock where time.Now reads
+// two (wall and monotonic), and a wall-clock step during the exchange
+// does not skew its spans' durations.
+func (ex *exchange) now() time.Time { return ex.start.Add(time.Since(ex.start)) }
+
 // spanName is the gRPC method ("pkg.Service/Method") for gRPC, else the
 // HTTP method, the low-cardinality names of OTel's conventions.
 func spanName(req *stream.Request) string {
@@ -307,7 +313,7 @@ func (ex *exchange) endTrace() {
 	}
 	t.span = nil
 	req := ex.req
-	s.End = time.Now()
+	s.End = ex.now()
 	conn := ex.ds.Conn()
 	tlsOn, grpcOn, proto := 0, 0, protoIndex(conn.Proto)
 	if conn.TLS != nil {
@@ -449,11 +455,11 @@ func (ex *exchange) beginAttempt(c *upstream.Cluster, host *upstream.Host, ureq 
 		a.TraceID, a.SpanID, a.ParentSpanID, a.TraceState = t.traceID, tracing.NewSpanID(), t.spanID, t.state
 		a.Kind = tracing.KindClient
 		a.Name = t.span.Name
-		a.Start = time.Now()
+		a.Start = ex.now()
 		t.att, t.attGRPC = a, -1
 		id = a.SpanID
 	} else if t.sampled && t.attempts > 1 {
-		t.span.AddEvent("upstream retry", time.Now(), tracing.Attr{Key: AttrAttempt, Int: int64(t.attempts), IsInt: true})
+		t.span.AddEvent("upstream retry", ex.now(), tracing.Attr{Key: AttrAttempt, Int: int64(t.attempts), IsInt: true})
 	}
 	ureq.Header.Set("traceparent", tracing.FormatTraceparent(t.traceID, id, t.sampled))
 	if t.b3 {
@@ -496,7 +502,7 @@ func (ex *exchange) endAttempt(err error) {
 		return
 	}
 	t.att = nil
-	a.End = time.Now()
+	a.End = ex.now()
 	a.SetStr(attrMethod, ex.req.Method)
 	a.AddAttrs(t.up.client)
 	a.SetStr(AttrUpstreamSPIFFEID, t.upstreamID)
