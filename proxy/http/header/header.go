@@ -84,10 +84,20 @@ func (h *Header) Has(name string) bool {
 	return ok
 }
 
-// Del removes every field named name.
+// Del removes every field named name. A list without the name is only
+// read: most deletions (hop-by-hop fields, a traceparent about to be set)
+// find nothing, and rewriting every field would cost a write barrier per
+// string while the garbage collector marks.
 func (h *Header) Del(name string) {
-	out := h.fields[:0]
-	for _, f := range h.fields {
+	i := 0
+	for i < len(h.fields) && h.fields[i].Name != name {
+		i++
+	}
+	if i == len(h.fields) {
+		return
+	}
+	out := h.fields[:i]
+	for _, f := range h.fields[i+1:] {
 		if f.Name != name {
 			out = append(out, f)
 		}

@@ -1,6 +1,42 @@
 package header
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
+
+// TestDel: every field of the name goes, the others keep their order, and
+// the freed tail holds no strings.
+func TestDel(t *testing.T) {
+	f := func(name, value string) Field { return Field{Name: name, Value: value} }
+	for _, tc := range []struct {
+		name string
+		in   []Field
+		del  string
+		want []Field
+	}{
+		{"empty", nil, "a", nil},
+		{"absent", []Field{f("a", "1"), f("b", "2")}, "c", []Field{f("a", "1"), f("b", "2")}},
+		{"first", []Field{f("a", "1"), f("b", "2")}, "a", []Field{f("b", "2")}},
+		{"last", []Field{f("a", "1"), f("b", "2")}, "b", []Field{f("a", "1")}},
+		{"duplicates", []Field{f("a", "1"), f("x", "1"), f("b", "2"), f("x", "2"), f("c", "3")}, "x",
+			[]Field{f("a", "1"), f("b", "2"), f("c", "3")}},
+		{"all", []Field{f("x", "1"), f("x", "2")}, "x", []Field{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := FromFields(slices.Clone(tc.in))
+			h.Del(tc.del)
+			if got := h.Fields(); !slices.Equal(got, tc.want) {
+				t.Errorf("after Del(%q): %v, want %v", tc.del, got, tc.want)
+			}
+			for i, fl := range h.fields[len(h.fields):cap(h.fields)] {
+				if fl != (Field{}) {
+					t.Errorf("freed slot %d still holds %v", len(h.fields)+i, fl)
+				}
+			}
+		})
+	}
+}
 
 // TestCloneGrow: the copy holds the same fields, is independent of the
 // original, and takes extra fields without reallocating.
