@@ -23,6 +23,27 @@ const rootContextID = 1
 
 type instKey struct{}
 
+// guestCallCtx is the context of an instance's callbacks: it carries the
+// instance to host functions (instKey) and nothing else. wazero looks up a
+// key in the context of every call into the guest (its snapshotter), which
+// walked the instance's whole context chain to the root and missed; here
+// that is one type test. Cancellation is not lost: wazero does not watch a
+// call's context (the engine leaves WithCloseOnContextDone off, see
+// NewEngine), the watchdog bounds callbacks, and closing an instance takes
+// its lock, so no callback is running then.
+type guestCallCtx struct{ i *instance }
+
+func (guestCallCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (guestCallCtx) Done() <-chan struct{}       { return nil }
+func (guestCallCtx) Err() error                  { return nil }
+
+func (c guestCallCtx) Value(key any) any {
+	if _, ok := key.(instKey); ok {
+		return c.i
+	}
+	return nil
+}
+
 // guestFuncs are the guest exports the host calls; a nil entry is an export
 // the module does not have, and the host then skips that callback.
 type guestFuncs struct {
@@ -45,19 +66,24 @@ type instance struct {
 	mod  api.Module
 	fns  guestFuncs
 
-	// ctx carries instKey → the instance to host functions; cancelled when
-	// the instance closes (which stops the worker).
+	// ctx carries instKey → the instance; cancelled when the instance
+	// closes (which stops the worker).
 	ctx    context.Context
 	cancel context.CancelFunc
+	// callCtx is the context of callbacks (see guestCallCtx).
+	callCtx context.Context
 
 	// interrupt is the guest's interruptExport global (nil for trusted
 	// guests): the watchdog sets it to stop a callback that overran.
 	interrupt api.MutableGlobal
-	// The running guest call, for the watchdog (Plugin.watchdog).
-	wdMu      sync.Mutex
-	wdStart   time.Time     // guarded by wdMu; zero while no call runs
-	wdLimit   time.Duration // guarded by wdMu
-	wdTripped bool          // guarded by wdMu: the watchdog stopped the call
+	// The running guest call, for the watchdog (Plugin.watchdog): wdStart
+	// is its start on monoNow's clock, 0 while no call runs and wdTripped
+	// once the watchdog stopped it; wdLimit is its limit in nanoseconds,
+	// stored before wdStart. Atomics, not a mutex: guarded runs for every
+	// guest entry, and the watchdog's compare-and-swap on wdStart cannot
+	// trip a later call than the one it timed.
+	wdStart atomic.Int64
+	wdLimit atomic.Int64
 
 	broken atomic.Bool
 	closed atomic.Bool
@@ -107,6 +133,7 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 	i.nextID.Store(rootContextID)
 	ictx, cancel := context.WithCancel(p.ctx)
 	i.ctx, i.cancel = context.WithValue(ictx, instKey{}, i), cancel
+	i.callCtx = guestCallCtx{i}
 
 	startDeadline := time.Now().Add(p.cfg.StartTimeout)
 	sctx, scancel := context.WithDeadline(ctx, startDeadline)
@@ -237,28 +264,39 @@ func (i *instance) invoke(ctx context.Context, fn api.Function, name string, arg
 // its next loop iteration). overran reports that the call ran past limit,
 // whether or not it was stopped; the instance must then be discarded.
 func (i *instance) guarded(ctx context.Context, fn api.Function, name string, limit time.Duration, args ...uint64) (r uint64, err error, overran bool) {
-	start := time.Now()
-	i.wdMu.Lock()
-	i.wdStart, i.wdLimit = start, limit
-	i.wdMu.Unlock()
+	start := monoNow()
+	i.wdLimit.Store(int64(limit))
+	i.wdStart.Store(start)
 	r, err = i.invoke(ctx, fn, name, args...)
-	i.wdMu.Lock()
-	tripped := i.wdTripped
-	i.wdStart = time.Time{}
-	i.wdMu.Unlock()
-	return r, err, tripped || time.Since(start) > limit
+	end := monoNow()
+	tripped := i.wdStart.Swap(0) == wdTripped
+	return r, err, tripped || time.Duration(end-start) > limit
 }
 
-// checkDeadline is the watchdog's test of one instance at now: a call that
-// has run past its limit is marked tripped and, unless the guest is
-// trusted, interrupted.
-func (i *instance) checkDeadline(now time.Time) {
-	i.wdMu.Lock()
-	defer i.wdMu.Unlock()
-	if i.wdStart.IsZero() || i.wdTripped || now.Sub(i.wdStart) <= i.wdLimit {
+// wdTripped is instance.wdStart once the watchdog stopped the call.
+const wdTripped = -1
+
+// monoEpoch is the origin of monoNow's clock, read once at init.
+var monoEpoch = time.Now()
+
+// monoNow is the time since monoEpoch in nanoseconds on the monotonic clock
+// (one clock read, where time.Now makes two), at least 1 so that 0 can mean
+// "no call".
+func monoNow() int64 { return int64(time.Since(monoEpoch)) + 1 }
+
+// checkDeadline is the watchdog's test of one instance at now (monoNow): a
+// call that has run past its limit is marked tripped and, unless the guest
+// is trusted, interrupted. The compare-and-swap fails when that call ended
+// (or another began) after the loads, so a later call is never tripped for
+// an earlier one's time.
+func (i *instance) checkDeadline(now int64) {
+	start := i.wdStart.Load()
+	if start <= 0 || now-start <= i.wdLimit.Load() {
 		return
 	}
-	i.wdTripped = true
+	if !i.wdStart.CompareAndSwap(start, wdTripped) {
+		return
+	}
 	if i.interrupt != nil {
 		i.interrupt.Set(1)
 	}
@@ -272,7 +310,7 @@ func (i *instance) call(fn api.Function, name string, args ...uint64) (uint64, e
 	if i.broken.Load() {
 		return 0, ErrUnavailable
 	}
-	r, err, overran := i.guarded(i.ctx, fn, name, i.p.cfg.CallbackTimeout, args...)
+	r, err, overran := i.guarded(i.callCtx, fn, name, i.p.cfg.CallbackTimeout, args...)
 	if overran {
 		// Even a call that finished is suspect after the deadline (the
 		// watchdog may have set the interrupt flag as it returned), so the

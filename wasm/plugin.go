@@ -300,12 +300,13 @@ func (p *Plugin) watchdog() {
 		select {
 		case <-p.ctx.Done():
 			return
-		case now := <-t.C:
+		case <-t.C:
 			p.watchMu.Lock()
 			for i := range p.watched {
 				insts = append(insts, i)
 			}
 			p.watchMu.Unlock()
+			now := monoNow()
 			for _, i := range insts {
 				i.checkDeadline(now)
 			}
