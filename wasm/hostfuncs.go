@@ -366,7 +366,7 @@ func hSetPairs(i *instance, _ context.Context, m api.Module, s []uint64) Status 
 }
 
 func hGetHeader(i *instance, ctx context.Context, m api.Module, s []uint64) Status {
-	key, ok := readString(m, u32(s, 1), u32(s, 2))
+	key, _, ok := i.names.header(m, u32(s, 1), u32(s, 2), 0, 0, false)
 	if !ok {
 		return StatusInvalidMemoryAccess
 	}
@@ -376,9 +376,9 @@ func hGetHeader(i *instance, ctx context.Context, m api.Module, s []uint64) Stat
 	}
 	var v string
 	if h != nil {
-		v, ok = h.Get(strings.ToLower(key))
+		v, ok = h.Get(key)
 	} else {
-		v, ok = getPair(pairs, strings.ToLower(key))
+		v, ok = getPair(pairs, key)
 	}
 	if !ok {
 		return StatusNotFound
@@ -397,22 +397,22 @@ func getPair(pairs [][2]string, name string) (string, bool) {
 	return strings.Join(vals, ","), len(vals) > 0
 }
 
+// editHeader reads a header-map edit's name (lowercased) and, withValue,
+// its value, then applies edit to the map the call names.
 func editHeader(i *instance, m api.Module, s []uint64, withValue bool, edit func(h HeaderMap, k, v string)) Status {
-	key, ok := readString(m, u32(s, 1), u32(s, 2))
+	var valPtr, valSize uint32
+	if withValue {
+		valPtr, valSize = u32(s, 3), u32(s, 4)
+	}
+	key, val, ok := i.names.header(m, u32(s, 1), u32(s, 2), valPtr, valSize, withValue)
 	if !ok {
 		return StatusInvalidMemoryAccess
-	}
-	var val string
-	if withValue {
-		if val, ok = readString(m, u32(s, 3), u32(s, 4)); !ok {
-			return StatusInvalidMemoryAccess
-		}
 	}
 	h, st := i.mutableMap(MapType(u32(s, 0)))
 	if st != StatusOK {
 		return st
 	}
-	edit(h, strings.ToLower(key), val)
+	edit(h, key, val)
 	return StatusOK
 }
 

@@ -95,6 +95,7 @@ type instance struct {
 	scratchPtr, scratchCap uint32
 
 	mu        sync.Mutex
+	names     nameCache               // guarded by mu: header names and values of host calls
 	stack     []uint64                // guarded by mu
 	deletes   []uint32                // guarded by mu: contexts whose proxy_on_delete is deferred
 	streams   map[uint32]*HTTPContext // guarded by mu
@@ -126,6 +127,7 @@ func (p *Plugin) startInstance(ctx context.Context, slot int) (*instance, error)
 		p:          p,
 		slot:       slot,
 		streams:    make(map[uint32]*HTTPContext),
+		names:      make(nameCache),
 		queueReady: make(map[uint32]bool),
 		signal:     make(chan struct{}, 1),
 		stack:      make([]uint64, 8),
