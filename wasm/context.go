@@ -28,14 +28,23 @@ type HTTPContext struct {
 // proxy_on_context_create runs lazily with the first callback, so creating
 // a context never calls the guest.
 func (p *Plugin) NewHTTPContext(s StreamHost) *HTTPContext {
-	c := &HTTPContext{p: p, host: s}
+	c := new(HTTPContext)
+	p.InitHTTPContext(c, s)
+	return c
+}
+
+// InitHTTPContext is NewHTTPContext into storage the caller owns (for
+// example a field of its per-stream object, which saves an allocation per
+// stream). c must be the zero HTTPContext and must not move or be reused
+// while the context lives: until Done returned and no callback of it runs.
+func (p *Plugin) InitHTTPContext(c *HTTPContext, s StreamHost) {
+	*c = HTTPContext{p: p, host: s}
 	if !p.closing.Load() {
 		c.inst = p.pick()
 	}
 	if c.inst != nil {
 		c.id = c.inst.nextID.Add(1)
 	}
-	return c
 }
 
 // OnRequestHeaders runs proxy_on_request_headers.

@@ -24,7 +24,10 @@ const MaxHTTPCallResponseBody = 4 << 20
 // vm is a running plugin as the filter uses it; *wasm.Plugin through
 // pluginVM, or a fake in tests.
 type vm interface {
-	NewHTTPContext(s wasm.StreamHost) httpContext
+	// NewHTTPContext returns the context of a new stream; into is
+	// storage the stream owns that the plugin may use for it (see
+	// wasm.Plugin.InitHTTPContext).
+	NewHTTPContext(s wasm.StreamHost, into *wasm.HTTPContext) httpContext
 	Close()
 }
 
@@ -42,8 +45,12 @@ type httpContext interface {
 // pluginVM adapts *wasm.Plugin to vm.
 type pluginVM struct{ p *wasm.Plugin }
 
-func (v pluginVM) NewHTTPContext(s wasm.StreamHost) httpContext { return v.p.NewHTTPContext(s) }
-func (v pluginVM) Close()                                       { v.p.Close() }
+func (v pluginVM) NewHTTPContext(s wasm.StreamHost, into *wasm.HTTPContext) httpContext {
+	v.p.InitHTTPContext(into, s)
+	return into
+}
+
+func (v pluginVM) Close() { v.p.Close() }
 
 // clusterSource is implemented by the connection manager's Callbacks
 // (proxy/http/hcm): the sidecar's clusters, for http_call.

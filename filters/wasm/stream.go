@@ -36,8 +36,11 @@ type localResp struct {
 // for the paused stream: the instance lock orders those accesses after the
 // hook's writes.
 type streamFilter struct {
-	f      *Factory
-	hc     httpContext
+	f  *Factory
+	hc httpContext
+	// ctx is the storage of hc when the plugin is a *wasm.Plugin: one
+	// allocation per stream instead of two.
+	ctx    wasm.HTTPContext
 	bypass bool // the VM failed and fail_open let the stream pass
 
 	// Set by the running hook for the StreamHost methods.
@@ -85,7 +88,7 @@ func (s *streamFilter) begin(cb filters.Callbacks) {
 		return
 	}
 	s.f.rt.env.bind(cb)
-	s.hc = s.f.entry.vm.NewHTTPContext(s)
+	s.hc = s.f.entry.vm.NewHTTPContext(s, &s.ctx)
 }
 
 // finish ends the HTTP context after the last response hook.

@@ -37,8 +37,10 @@ type fakeVM struct {
 	done   atomic.Int32
 }
 
-func (v *fakeVM) NewHTTPContext(s wasm.StreamHost) httpContext { return &fakeContext{vm: v, host: s} }
-func (v *fakeVM) Close()                                       { v.closed.Store(true) }
+func (v *fakeVM) NewHTTPContext(s wasm.StreamHost, _ *wasm.HTTPContext) httpContext {
+	return &fakeContext{vm: v, host: s}
+}
+func (v *fakeVM) Close() { v.closed.Store(true) }
 
 type fakeContext struct {
 	vm   *fakeVM
