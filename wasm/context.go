@@ -2,6 +2,7 @@ package wasm
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/tetratelabs/wazero/api"
 )
@@ -19,9 +20,12 @@ type HTTPContext struct {
 
 	// Owned by the instance lock.
 	created bool
-	mask    uint32 // the callbacks to run (cb* bits), set at creation
-	ended   bool
+	mask    uint32            // the callbacks to run (cb* bits), set at creation
 	props   map[string][]byte // set by proxy_set_property
+	// ended is set once, by Done under the instance lock; loaded without
+	// it, so that the filter's second Done (Envoy's onDestroy after the
+	// last response hook) takes no lock.
+	ended atomic.Bool
 }
 
 // NewHTTPContext pins a new stream to a healthy instance (round robin).
@@ -83,15 +87,15 @@ func (c *HTTPContext) OnResponseTrailers(numTrailers int) (Action, error) {
 // StreamHost is never called again.
 func (c *HTTPContext) Done() error {
 	i := c.inst
-	if i == nil {
+	if i == nil || c.ended.Load() {
 		return nil
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if c.ended {
+	if c.ended.Load() {
 		return nil
 	}
-	c.ended = true
+	c.ended.Store(true)
 	defer delete(i.streams, c.id)
 	if !c.created || i.broken.Load() {
 		return nil
@@ -167,7 +171,7 @@ func (c *HTTPContext) action(bit uint32, pick func(*guestFuncs) api.Function, na
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if c.ended {
+	if c.ended.Load() {
 		return Continue, fmt.Errorf("%s: context already done", name)
 	}
 	if i.broken.Load() {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"meshd.dev/meshd/filters"
@@ -65,6 +66,10 @@ type streamFilter struct {
 
 	mu    sync.Mutex
 	reply *localResp // guarded by mu
+	// hasReply is set while reply is: sendReply runs after every
+	// callback and most streams never get a local reply, so it looks
+	// here before taking mu.
+	hasReply atomic.Bool
 	// replied is set once the local reply went to the connection
 	// manager; the response hook then adds its headers.
 	replied *localResp
@@ -178,9 +183,13 @@ func (s *streamFilter) failed(name string, err error) filters.Status {
 
 // sendReply sends a pending guest local response; ok reports that one was.
 func (s *streamFilter) sendReply() (filters.Status, bool) {
+	if !s.hasReply.Load() {
+		return filters.Continue, false
+	}
 	s.mu.Lock()
 	r := s.reply
 	s.reply = nil
+	s.hasReply.Store(false)
 	s.mu.Unlock()
 	if r == nil {
 		return filters.Continue, false
@@ -355,6 +364,7 @@ func (s *streamFilter) SendLocalResponse(status int, details string, body []byte
 	s.mu.Lock()
 	if s.reply == nil {
 		s.reply = &localResp{status: status, details: details, body: string(body), headers: headers, grpc: grpcStatus}
+		s.hasReply.Store(true)
 	}
 	s.mu.Unlock()
 	s.wake()
