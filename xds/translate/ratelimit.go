@@ -165,9 +165,12 @@ type RateLimitPluginConfig struct {
 	Key             string `json:"key"`
 	DryRun          bool   `json:"dry_run"`
 	// XRateLimitHeaders is the guest's enable_x_ratelimit_headers (the
-	// name and values of Envoy's local_ratelimit field, default OFF).
-	// Policies set DRAFT_VERSION_03, as for the native filter, so both
-	// engines answer with the same headers.
+	// name and values of Envoy's local_ratelimit field, default OFF: the
+	// x-ratelimit-* headers go on rejected responses only;
+	// DRAFT_VERSION_03 adds them to every response). Policies leave it
+	// OFF: headers on every admitted response cost a second guest entry
+	// and three header host calls per request, about three times the
+	// filter's own CPU (docs/RATIONALE.md).
 	XRateLimitHeaders string `json:"enable_x_ratelimit_headers,omitempty"`
 }
 
@@ -194,7 +197,6 @@ func (t *translator) wasmRateLimitFilter(p *model.RateLimitPolicy) []*hcmv3.Http
 	conf, err := json.Marshal(RateLimitPluginConfig{
 		RequestsPerUnit: p.Spec.RequestsPerUnit, Unit: p.Spec.Unit, Burst: *p.Spec.Burst,
 		Key: p.Spec.Key, DryRun: p.Spec.DryRun,
-		XRateLimitHeaders: ratelimitv3.XRateLimitHeadersRFCVersion_DRAFT_VERSION_03.String(),
 	})
 	if err != nil {
 		t.fail(fmt.Errorf("translate: %s: plugin configuration: %w", policyLabel(p), err))

@@ -96,11 +96,11 @@ func TestRateLimitPolicyWasm(t *testing.T) {
 		want       translate.RateLimitPluginConfig
 	}{
 		{"by source identity", "{targetRef: {kind: Service, name: api}, requestsPerUnit: 100, burst: 10, key: source-identity, engine: wasm}",
-			translate.RateLimitPluginConfig{RequestsPerUnit: 100, Unit: "second", Burst: 10, Key: "source-identity", XRateLimitHeaders: "DRAFT_VERSION_03"}},
+			translate.RateLimitPluginConfig{RequestsPerUnit: 100, Unit: "second", Burst: 10, Key: "source-identity"}},
 		{"by header per minute, dry run", "{targetRef: {kind: Service, name: api}, requestsPerUnit: 60, unit: minute, key: \"header:x-user\", engine: wasm, dryRun: true}",
-			translate.RateLimitPluginConfig{RequestsPerUnit: 60, Unit: "minute", Burst: 60, Key: "header:x-user", DryRun: true, XRateLimitHeaders: "DRAFT_VERSION_03"}},
+			translate.RateLimitPluginConfig{RequestsPerUnit: 60, Unit: "minute", Burst: 60, Key: "header:x-user", DryRun: true}},
 		{"module of the policy", "{targetRef: {kind: Service, name: api}, requestsPerUnit: 5, engine: wasm, module: {url: \"http://10.1.2.3:8080/rl.wasm\", sha256: " + strings.Repeat("cd", 32) + "}}",
-			translate.RateLimitPluginConfig{RequestsPerUnit: 5, Unit: "second", Burst: 5, Key: "global", XRateLimitHeaders: "DRAFT_VERSION_03"}},
+			translate.RateLimitPluginConfig{RequestsPerUnit: 5, Unit: "second", Burst: 5, Key: "global"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
