@@ -462,6 +462,14 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 			return true, d
 		}
 	}
+	if ex.resetAtGRPCDeadline(err) {
+		cs.Scope.ResponseCode("upstream_rq", 504)
+		ex.flag("UR")
+		ex.note(accesslog.UpstreamRemoteReset, "upstream_reset_before_response_started{remote_reset}")
+		ex.h.logger.Debug("upstream reset at the grpc-timeout deadline", "err", err)
+		ex.localReply(504, "upstream reset after the request's grpc-timeout")
+		return false, 0
+	}
 	cs.Scope.ResponseCode("upstream_rq", 503)
 	reason, flag := "remote reset", "UR"
 	switch {
@@ -481,6 +489,31 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 	ex.h.logger.Debug("upstream failed", "err", err)
 	ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: "+reason)
 	return false, 0
+}
+
+// resetAtGRPCDeadline reports whether err is the upstream resetting a gRPC
+// request's stream with CANCEL once the deadline its grpc-timeout set
+// (counted from the exchange's start) has passed. A grpc-go server resets
+// the stream that way when the deadline it was given passes; a client
+// talking to it directly turns that reset into DEADLINE_EXCEEDED (grpc-go
+// does for a CANCEL received past its deadline), so the proxy answers
+// DEADLINE_EXCEEDED too (504), not the UNAVAILABLE (503) of other resets.
+// The upstream's deadline is never earlier than this exchange's: it got
+// the same grpc-timeout later.
+func (ex *exchange) resetAtGRPCDeadline(err error) bool {
+	if !ex.grpc {
+		return false
+	}
+	se, ok := errors.AsType[*stream.Error](err)
+	if !ok || !se.Remote || se.Code != stream.ErrCodeCancel {
+		return false
+	}
+	v, ok := ex.req.Header.Lookup("grpc-timeout")
+	if !ok {
+		return false
+	}
+	d, perr := route.ParseGRPCTimeout(v)
+	return perr == nil && time.Since(ex.start) >= d
 }
 
 // exchangeEnded accounts for an exchange whose context ended: the
