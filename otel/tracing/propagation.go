@@ -69,7 +69,20 @@ func ParseTraceparent(v string) (SpanContext, bool) {
 
 // FormatTraceparent returns the version-00 traceparent of a span.
 func FormatTraceparent(t TraceID, s SpanID, sampled bool) string {
-	var b [55]byte
+	var b [TraceparentLen]byte
+	return string(AppendTraceparent(b[:0], t, s, sampled))
+}
+
+// TraceparentLen is the length of a version-00 traceparent value.
+const TraceparentLen = 55
+
+// AppendTraceparent appends the version-00 traceparent value of t and s
+// (the same bytes FormatTraceparent returns) to dst, so a caller can build
+// it in memory it owns instead of a new string per call.
+func AppendTraceparent(dst []byte, t TraceID, s SpanID, sampled bool) []byte {
+	n := len(dst)
+	dst = append(dst, make([]byte, TraceparentLen)...)
+	b := dst[n:]
 	b[0], b[1], b[2] = '0', '0', '-'
 	encodeHex(b[3:35], t[:])
 	b[35] = '-'
@@ -78,7 +91,7 @@ func FormatTraceparent(t TraceID, s SpanID, sampled bool) string {
 	if sampled {
 		b[54] = '1'
 	}
-	return string(b[:])
+	return dst
 }
 
 // FormatB3 returns the single-header B3 value of a span.

@@ -84,6 +84,35 @@ func TestFormatRoundTrip(t *testing.T) {
 	}
 }
 
+func TestAppendTraceparent(t *testing.T) {
+	tid, sid := NewTraceID(), NewSpanID()
+	for _, tc := range []struct {
+		name    string
+		dst     []byte
+		sampled bool
+	}{
+		{"empty sampled", nil, true},
+		{"empty unsampled", nil, false},
+		{"after prefix", []byte("p="), true},
+		{"in spare capacity", make([]byte, 0, TraceparentLen), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := string(tc.dst)
+			got := AppendTraceparent(tc.dst, tid, sid, tc.sampled)
+			if want := prefix + FormatTraceparent(tid, sid, tc.sampled); string(got) != want {
+				t.Fatalf("AppendTraceparent = %q, want %q", got, want)
+			}
+			if cap(tc.dst) >= TraceparentLen && &got[0] != &tc.dst[:1][0] {
+				t.Error("AppendTraceparent reallocated although dst had room")
+			}
+		})
+	}
+	buf := make([]byte, 0, TraceparentLen)
+	if n := testing.AllocsPerRun(100, func() { AppendTraceparent(buf, tid, sid, true) }); n != 0 {
+		t.Errorf("AppendTraceparent into spare capacity: %v allocations, want 0", n)
+	}
+}
+
 // TestEncodeMatchesOTLP decodes the hand-encoded request with the OTLP
 // protobuf types and compares every field.
 func TestEncodeMatchesOTLP(t *testing.T) {

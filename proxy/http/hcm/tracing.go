@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"meshd.dev/meshd/filters"
 	"meshd.dev/meshd/otel/tracing"
@@ -246,6 +247,24 @@ type trace struct {
 
 	att     *tracing.Span // the current attempt's client span
 	attGRPC int           // the attempt's grpc-status, -1 until known
+
+	// tp holds the first attempt's traceparent value, written once and
+	// never again: the upstream request's header reads it as a string
+	// (see traceparent), so a traced request allocates no string for it.
+	// Later attempts get strings of their own.
+	tp [tracing.TraceparentLen]byte
+}
+
+// traceparent returns the traceparent value of span id for attempt
+// t.attempts. The first attempt's value is a string over t.tp, whose
+// bytes are never modified after it is formed: t is not pooled, so the
+// garbage collector keeps t alive while any header holds that string.
+func (t *trace) traceparent(id tracing.SpanID) string {
+	if t.attempts != 1 {
+		return tracing.FormatTraceparent(t.traceID, id, t.sampled)
+	}
+	b := tracing.AppendTraceparent(t.tp[:0], t.traceID, id, t.sampled)
+	return unsafe.String(&b[0], len(b))
 }
 
 // startTrace decides sampling and starts the server span. It is called
@@ -461,7 +480,7 @@ func (ex *exchange) beginAttempt(c *upstream.Cluster, host *upstream.Host, ureq 
 	} else if t.sampled && t.attempts > 1 {
 		t.span.AddEvent("upstream retry", ex.now(), tracing.Attr{Key: AttrAttempt, Int: int64(t.attempts), IsInt: true})
 	}
-	ureq.Header.Set("traceparent", tracing.FormatTraceparent(t.traceID, id, t.sampled))
+	ureq.Header.Set("traceparent", t.traceparent(id))
 	if t.b3 {
 		for _, n := range [...]string{"x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"} {
 			ureq.Header.Del(n)

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -218,6 +219,37 @@ func TestTracingParentAndAttempts(t *testing.T) {
 // TestTracingSampling checks the decision and what goes upstream for
 // requests without a parent (random_sampling), with an unsampled parent
 // (forwarded unchanged, nothing recorded), and with B3.
+// TestTraceparentBuffer checks the traceparent values an exchange's
+// attempts send: the first is formed in the trace's own buffer without an
+// allocation, a retry's never writes that buffer, so the first attempt's
+// header keeps its value.
+func TestTraceparentBuffer(t *testing.T) {
+	tr := &trace{traceID: tracing.NewTraceID(), sampled: true}
+	ids := [...]tracing.SpanID{tracing.NewSpanID(), tracing.NewSpanID(), tracing.NewSpanID()}
+	var got [len(ids)]string
+	for i, id := range ids {
+		tr.attempts = i + 1
+		got[i] = tr.traceparent(id)
+	}
+	for i, id := range ids {
+		if want := tracing.FormatTraceparent(tr.traceID, id, true); got[i] != want {
+			t.Errorf("attempt %d: traceparent %q, want %q", i+1, got[i], want)
+		}
+	}
+	if unsafe.StringData(got[0]) != &tr.tp[0] {
+		t.Error("first attempt's traceparent is not in the trace's buffer")
+	}
+	for i := 1; i < len(got); i++ {
+		if unsafe.StringData(got[i]) == &tr.tp[0] {
+			t.Errorf("attempt %d's traceparent reuses the first attempt's buffer", i+1)
+		}
+	}
+	tr.attempts = 1
+	if n := testing.AllocsPerRun(100, func() { tr.traceparent(ids[0]) }); n != 0 {
+		t.Errorf("first attempt's traceparent: %v allocations, want 0", n)
+	}
+}
+
 func TestTracingSampling(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	var mu sync.Mutex
