@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"runtime/metrics"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -420,6 +421,10 @@ func okUpstream(b *testing.B) string {
 //
 //	go test -c -o /tmp/hcm.test ./proxy/http/hcm && /tmp/hcm.test -test.run '^$' \
 //	  -test.bench ProxyUnaryTracing -test.benchtime 80000x -test.count 6 -test.cpu 1
+//
+// With -test.cpuprofile, `go tool pprof -tagfocus side=traced` (or
+// side=off) is one side's CPU; the GC's background workers and the
+// scheduler's idle loop carry no label.
 func BenchmarkProxyUnaryTracing(b *testing.B) {
 	up := okUpstream(b)
 	col := discardCollector(b)
@@ -439,7 +444,17 @@ func BenchmarkProxyUnaryTracing(b *testing.B) {
 		metrics.Read(sample)
 		return sample[0].Value.Uint64()
 	}
+	// Each turn runs under a profiler label (side=off or side=traced),
+	// set once per turn, so -test.cpuprofile splits by side: goroutines a
+	// turn starts inherit its label, including the traced exporter and its
+	// gRPC transport, which start with the first traced request.
+	sideLabels := [2]context.Context{
+		pprof.WithLabels(context.Background(), pprof.Labels("side", "off")),
+		pprof.WithLabels(context.Background(), pprof.Labels("side", "traced")),
+	}
+	defer pprof.SetGoroutineLabels(context.Background())
 	side := 0
+	pprof.SetGoroutineLabels(sideLabels[side])
 	c0, a0 := cpuTime(b), objects()
 	endTurn := func() {
 		if side == 1 {
@@ -449,6 +464,7 @@ func BenchmarkProxyUnaryTracing(b *testing.B) {
 		cpu[side] += c - c0
 		allocs[side] += a - a0
 		side = 1 - side
+		pprof.SetGoroutineLabels(sideLabels[side])
 		c0, a0 = cpuTime(b), objects()
 	}
 	b.ReportAllocs()
