@@ -1,17 +1,41 @@
 package wasm
 
-import "sync"
+import (
+	"log/slog"
+	"sync"
+)
+
+// Bounds on one vm_id's shared data. proxy-wasm has no call to delete a key,
+// so a guest keying entries by client-controlled values (a header, a path)
+// would otherwise grow the host's memory without bound. A set that would
+// create a key beyond either bound fails with StatusInternalFailure (the
+// existing keys keep working, and overwriting one is always allowed as long
+// as the bytes bound holds); the first refusal per vm_id is logged.
+const (
+	// MaxSharedKeys is the most keys one vm_id's shared data holds.
+	MaxSharedKeys = 1 << 17
+	// MaxSharedBytes is the most key plus value bytes one vm_id's shared
+	// data holds.
+	MaxSharedBytes = 64 << 20
+)
 
 // sharedStore holds the shared data and shared queues of every VM id in an
 // Engine. Envoy scopes both by vm_id: all instances (and all plugins) with the
 // same vm_id see the same keys and queues.
 type sharedStore struct {
 	mu        sync.Mutex
-	data      map[string]map[string]sharedValue // vm_id → key → value; guarded by mu
+	data      map[string]*sharedMap // vm_id → its keys; guarded by mu
 	nextCAS   uint32                            // guarded by mu
 	queueIDs  map[queueKey]uint32               // guarded by mu
 	queues    map[uint32]*sharedQueue           // guarded by mu
 	nextQueue uint32                            // guarded by mu
+}
+
+// sharedMap is one vm_id's shared data and its size against the bounds.
+type sharedMap struct {
+	values  map[string]sharedValue
+	bytes   int  // sum of len(key)+len(value)
+	refused bool // a set was refused for the bounds (logged once)
 }
 
 type sharedValue struct {
@@ -31,7 +55,7 @@ type sharedQueue struct {
 }
 
 func (s *sharedStore) init() {
-	s.data = make(map[string]map[string]sharedValue)
+	s.data = make(map[string]*sharedMap)
 	s.queueIDs = make(map[queueKey]uint32)
 	s.queues = make(map[uint32]*sharedQueue)
 }
@@ -49,7 +73,11 @@ func (s *sharedStore) casLocked() uint32 {
 func (s *sharedStore) get(vmID, key string) ([]byte, uint32, Status) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v, ok := s.data[vmID][key]
+	m := s.data[vmID]
+	if m == nil {
+		return nil, 0, StatusNotFound
+	}
+	v, ok := m.values[key]
 	if !ok {
 		return nil, 0, StatusNotFound
 	}
@@ -58,19 +86,36 @@ func (s *sharedStore) get(vmID, key string) ([]byte, uint32, Status) {
 
 // set stores value under key. A non-zero cas must equal the key's current CAS
 // (StatusCasMismatch otherwise, also for a missing key); cas 0 sets
-// unconditionally. Every successful set gives the key a new CAS.
+// unconditionally. Every successful set gives the key a new CAS. A set that
+// would take vmID's shared data beyond MaxSharedKeys or MaxSharedBytes is
+// refused with StatusInternalFailure.
 func (s *sharedStore) set(vmID, key string, value []byte, cas uint32) Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.data[vmID]
 	if m == nil {
-		m = make(map[string]sharedValue)
+		m = &sharedMap{values: make(map[string]sharedValue)}
 		s.data[vmID] = m
 	}
-	if cur, ok := m[key]; cas != 0 && (!ok || cur.cas != cas) {
+	cur, ok := m.values[key]
+	if cas != 0 && (!ok || cur.cas != cas) {
 		return StatusCasMismatch
 	}
-	m[key] = sharedValue{value: value, cas: s.casLocked()}
+	size := m.bytes + len(value) - len(cur.value)
+	if !ok {
+		size += len(key)
+	}
+	if (!ok && len(m.values) >= MaxSharedKeys) || size > MaxSharedBytes {
+		if !m.refused {
+			m.refused = true
+			slog.Warn("wasm: shared data full: refusing a set (logged once per vm_id)",
+				"vm_id", vmID, "keys", len(m.values), "bytes", m.bytes,
+				"max_keys", MaxSharedKeys, "max_bytes", MaxSharedBytes)
+		}
+		return StatusInternalFailure
+	}
+	m.bytes = size
+	m.values[key] = sharedValue{value: value, cas: s.casLocked()}
 	return StatusOK
 }
 
