@@ -24,11 +24,11 @@ const (
 // same vm_id see the same keys and queues.
 type sharedStore struct {
 	mu        sync.Mutex
-	data      map[string]*sharedMap // vm_id → its keys; guarded by mu
-	nextCAS   uint32                            // guarded by mu
-	queueIDs  map[queueKey]uint32               // guarded by mu
-	queues    map[uint32]*sharedQueue           // guarded by mu
-	nextQueue uint32                            // guarded by mu
+	data      map[string]*sharedMap   // vm_id → its keys; guarded by mu
+	nextCAS   uint32                  // guarded by mu
+	queueIDs  map[queueKey]uint32     // guarded by mu
+	queues    map[uint32]*sharedQueue // guarded by mu
+	nextQueue uint32                  // guarded by mu
 }
 
 // sharedMap is one vm_id's shared data and its size against the bounds.
