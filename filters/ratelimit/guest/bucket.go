@@ -67,6 +67,15 @@ func (l limits) full(now int64) bucketState {
 	return bucketState{tokens: l.capacity, last: now}
 }
 
+// untilFull is the time in ns until b is full.
+func (l limits) untilFull(b bucketState) int64 {
+	missing := l.capacity - b.tokens
+	if missing <= 0 {
+		return 0
+	}
+	return int64(math.Ceil(missing / l.perNano))
+}
+
 // resetSeconds is the whole number of seconds (rounded up) until b is full.
 func (l limits) resetSeconds(b bucketState) int64 {
 	missing := l.capacity - b.tokens

@@ -14,13 +14,18 @@ import (
 //	{"requests_per_unit": 100, "unit": "second", "burst": 10,
 //	 "key": "source-identity" | "header:NAME" | "path" | "global",
 //	 "dry_run": false,
-//	 "enable_x_ratelimit_headers": "OFF" | "DRAFT_VERSION_03"}
+//	 "enable_x_ratelimit_headers": "OFF" | "DRAFT_VERSION_03",
+//	 "max_keys": 10000}
 //
 // Each key value gets a bucket holding burst tokens (requests_per_unit when
 // burst is 0), refilled continuously at requests_per_unit per unit.
 // enable_x_ratelimit_headers has the name, values and default (OFF) of
 // Envoy's local_ratelimit field: DRAFT_VERSION_03 adds x-ratelimit-limit,
-// -remaining and -reset to 429s and admitted responses.
+// -remaining and -reset to 429s and admitted responses. max_keys bounds the
+// buckets one VM keeps in memory (DefaultMaxKeys when 0), as Envoy's
+// max_dynamic_descriptors bounds local_ratelimit's: beyond it the least
+// recently used is forgotten (its state stays in shared data; see the
+// package comment).
 type config struct {
 	RequestsPerUnit int64  `json:"requests_per_unit"`
 	Unit            string `json:"unit"`
@@ -28,7 +33,11 @@ type config struct {
 	Key             string `json:"key"`
 	DryRun          bool   `json:"dry_run"`
 	XRateLimit      string `json:"enable_x_ratelimit_headers"`
+	MaxKeys         int    `json:"max_keys"`
 }
+
+// DefaultMaxKeys is max_keys when the configuration leaves it 0.
+const DefaultMaxKeys = 10_000
 
 // keyKind says where a request's bucket key comes from.
 type keyKind int
@@ -48,6 +57,7 @@ type settings struct {
 	header  string // for keyHeader, lower case
 	dryRun  bool
 	headers bool // enable_x_ratelimit_headers is DRAFT_VERSION_03
+	maxKeys int  // most buckets a VM keeps in memory
 }
 
 func parseConfig(data []byte) (settings, error) {
@@ -72,7 +82,13 @@ func parseConfig(data []byte) (settings, error) {
 	default:
 		return settings{}, fmt.Errorf("plugin configuration: unit %q: want second or minute", c.Unit)
 	}
-	s := settings{rpu: c.RequestsPerUnit, dryRun: c.DryRun}
+	if c.MaxKeys < 0 {
+		return settings{}, errors.New("plugin configuration: max_keys must be >= 0 (0 is the default, 10000)")
+	}
+	s := settings{rpu: c.RequestsPerUnit, dryRun: c.DryRun, maxKeys: c.MaxKeys}
+	if s.maxKeys == 0 {
+		s.maxKeys = DefaultMaxKeys
+	}
 	switch c.XRateLimit {
 	case "OFF", "":
 	case "DRAFT_VERSION_03":

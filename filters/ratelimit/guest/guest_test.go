@@ -75,6 +75,7 @@ func TestParseConfig(t *testing.T) {
 		name, config, wantErr string
 		wantKind              keyKind
 		wantCap               float64
+		wantMaxKeys           int // DefaultMaxKeys when 0
 	}{
 		{name: "global default burst", config: `{"requests_per_unit":100}`, wantKind: keyGlobal, wantCap: 100},
 		{name: "header", config: `{"requests_per_unit":5,"unit":"minute","burst":2,"key":"header:X-User"}`, wantKind: keyHeader, wantCap: 2},
@@ -88,6 +89,8 @@ func TestParseConfig(t *testing.T) {
 		{name: "headers on", config: `{"requests_per_unit":1,"enable_x_ratelimit_headers":"DRAFT_VERSION_03"}`, wantKind: keyGlobal, wantCap: 1},
 		{name: "headers off", config: `{"requests_per_unit":1,"enable_x_ratelimit_headers":"OFF"}`, wantKind: keyGlobal, wantCap: 1},
 		{name: "bad headers version", config: `{"requests_per_unit":1,"enable_x_ratelimit_headers":"DRAFT_VERSION_02"}`, wantErr: "enable_x_ratelimit_headers"},
+		{name: "negative max_keys", config: `{"requests_per_unit":1,"max_keys":-1}`, wantErr: "max_keys"},
+		{name: "max_keys", config: `{"requests_per_unit":1,"max_keys":7}`, wantKind: keyGlobal, wantCap: 1, wantMaxKeys: 7},
 		{name: "unknown field", config: `{"requests_per_unit":1,"rate":2}`, wantErr: "rate"},
 		{name: "not json", config: `{`, wantErr: "plugin configuration"},
 	}
@@ -103,8 +106,12 @@ func TestParseConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s.kind != tc.wantKind || s.capacity != tc.wantCap {
-				t.Fatalf("kind %v capacity %v, want %v %v", s.kind, s.capacity, tc.wantKind, tc.wantCap)
+			wantMax := tc.wantMaxKeys
+			if wantMax == 0 {
+				wantMax = DefaultMaxKeys
+			}
+			if s.kind != tc.wantKind || s.capacity != tc.wantCap || s.maxKeys != wantMax {
+				t.Fatalf("kind %v capacity %v max_keys %d, want %v %v %d", s.kind, s.capacity, s.maxKeys, tc.wantKind, tc.wantCap, wantMax)
 			}
 		})
 	}
@@ -207,6 +214,13 @@ func TestKeys(t *testing.T) {
 			b:       [][2]string{{"x-user", "bob"}},
 			noKey:   [][2]string{{"x-other", "1"}},
 			sameAsA: [][2]string{{"x-user", "alice"}, {"x-other", "2"}},
+		},
+		{
+			name:    "long header values are hashed, still distinct",
+			key:     "header:x-user",
+			a:       [][2]string{{"x-user", strings.Repeat("a", 4096)}},
+			b:       [][2]string{{"x-user", strings.Repeat("a", 4095) + "b"}},
+			sameAsA: [][2]string{{"x-user", strings.Repeat("a", 4096)}},
 		},
 		{
 			name:    "path ignores query",
@@ -481,7 +495,8 @@ func TestHeaderContextsIndependent(t *testing.T) {
 // a descriptor seen before makes no allocation, and that a buffer reused
 // for another descriptor does not alias the stored key.
 func TestKnownDescriptorAllocatesNothing(t *testing.T) {
-	p := &pluginContext{prefix: "pfx/", seen: map[string]*lease{}}
+	p := newPluginContext(hostNow)
+	p.prefix, p.cfg.maxKeys = "pfx/", DefaultMaxKeys
 	buf := []byte("principal=spiffe://td/ns/a/sa/x")
 	l := p.leaseOfBytes(buf)
 	if l.key != "pfx/principal=spiffe://td/ns/a/sa/x" {

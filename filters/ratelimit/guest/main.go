@@ -6,9 +6,33 @@
 // (see config) and kept in the host's shared data, updated with
 // compare-and-swap, so every VM instance of the sidecar draws from the same
 // bucket and the limit holds per sidecar. Buckets refill continuously with
-// elapsed time; each request refills its bucket before taking a token, and a
-// tick (every second) refills the buckets this VM has used, keeping their
-// remaining counts current for all instances.
+// elapsed time, a pure function of the time stored with the count, so
+// whoever touches a bucket next (a request of any VM) refills it first and
+// nobody needs to refill it on a timer.
+//
+// Bounded keys: with key header:NAME or path the client chooses the
+// descriptors, so a VM keeps at most max_keys buckets in memory (10 000 by
+// default; Envoy bounds local_ratelimit's dynamic descriptors the same way
+// with max_dynamic_descriptors). Beyond it, the least recently used bucket
+// is forgotten, and the tick (every second) forgets buckets no request used
+// since the previous tick and that are full by now: a full, idle bucket
+// carries no information. Forgetting drops only this VM's view; the bucket
+// itself lives on in shared data, so a key seen again reads its state back
+// and refills it from its timestamp, and a key being hammered (the most
+// recently used) is never admitted beyond its limit. Descriptors longer
+// than maxDescriptorLen bytes are keyed by their sha256, so a bucket costs
+// the VM a bounded number of bytes however long the header value is. The
+// tick writes shared data only to give back expired leases; it does no
+// work per idle bucket beyond the check.
+//
+// Shared data has no delete in proxy-wasm, so the buckets of forgotten keys
+// stay there; the host bounds each vm_id's shared data (meshd's wasm host:
+// wasm.MaxSharedKeys keys) and refuses to create keys beyond it. A bucket
+// the host refuses to create draws from one overflow bucket per
+// configuration instead, created at plugin start: keys beyond the host's
+// bound share a limit rather than going unlimited, so a new key being
+// hammered still gets at most the limit (together with every other
+// overflowed key), never more.
 //
 // A request over the limit gets 429; gRPC requests (content-type
 // application/grpc*) get grpc-status 8 RESOURCE_EXHAUSTED. With
@@ -34,7 +58,10 @@
 // Counters (Envoy's local_ratelimit names under wasm_ratelimit.): ok,
 // rate_limited (over the limit, enforced or not), enforced (rejected),
 // cas_exhausted (admitted because the bucket stayed contended), no_key
-// (requests without the configured descriptor, never limited). Admissions
+// (requests without the configured descriptor, never limited),
+// keys_evicted (buckets forgotten because max_keys was reached),
+// keys_overflowed (buckets the host refused to create, drawing from the
+// overflow bucket). Admissions
 // from a lease are counted in ok in batches: when the VM next goes to
 // shared data (a new lease), at the tick, or when the plugin ends, so ok
 // lags by at most one lease's worth of requests and one tick period. The
@@ -76,6 +103,14 @@ const tickPeriod = time.Second
 // comment).
 const leaseWindow = 10 * time.Millisecond
 
+// maxDescriptorLen is the longest descriptor kept as is; a longer one is
+// replaced by "sha256=" and its hex digest (71 bytes).
+const maxDescriptorLen = 128
+
+// overflowDesc names the overflow bucket; no descriptor can equal it (they
+// all contain '=').
+const overflowDesc = "overflow"
+
 // grpcResourceExhausted is gRPC's RESOURCE_EXHAUSTED status code.
 const grpcResourceExhausted = 8
 
@@ -86,12 +121,23 @@ type vmContext struct {
 
 // NewPluginContext implements types.VMContext.
 func (v *vmContext) NewPluginContext(uint32) types.PluginContext {
-	return &pluginContext{now: v.now, seen: map[string]*lease{}}
+	return newPluginContext(v.now)
 }
 
-// lease is a VM's share of one shared bucket.
+// newPluginContext returns a plugin context with no bucket yet.
+func newPluginContext(now func() int64) *pluginContext {
+	p := &pluginContext{now: now, seen: map[string]*lease{}, setShared: proxywasm.SetSharedData}
+	p.lru.next, p.lru.prev = &p.lru, &p.lru
+	return p
+}
+
+// lease is a VM's share of one shared bucket, and its place in the VM's
+// memory of buckets.
 type lease struct {
-	key string // shared-data key of the bucket
+	desc string // the descriptor, its key in seen
+	// key is the shared-data key of the bucket: prefix+desc, or the
+	// overflow bucket's key once the host refused to create that.
+	key string
 	// tokens were taken from the bucket and not used yet; whole numbers.
 	tokens float64
 	// until is when unused tokens go back (Unix ns).
@@ -99,16 +145,28 @@ type lease struct {
 	// shared is what the bucket held after the last take: with tokens,
 	// the x-ratelimit-remaining value.
 	shared float64
+	// fullAt is when the bucket as last read by this VM is full again
+	// (Unix ns).
+	fullAt int64
+	// touched is set when a request used the lease since the last tick.
+	touched bool
+	// prev and next link seen's recency list, most recent first.
+	prev, next *lease
 }
 
 type pluginContext struct {
 	types.DefaultPluginContext
-	now    func() int64
-	cfg    settings
-	prefix string            // shared-data key prefix: identifies the configuration
-	seen   map[string]*lease // buckets this VM has used, by descriptor
-	global *lease            // the one bucket of key global
-	limit  string            // the x-ratelimit-limit value
+	now func() int64
+	// setShared is proxywasm.SetSharedData; tests make it refuse.
+	setShared func(key string, value []byte, cas uint32) error
+	cfg       settings
+	prefix    string            // shared-data key prefix: identifies the configuration
+	seen      map[string]*lease // buckets this VM remembers, by descriptor
+	// lru is the sentinel of the recency list of the leases in seen.
+	lru      lease
+	global   *lease // the one bucket of key global
+	overflow string // the overflow bucket's shared-data key (not global)
+	limit    string // the x-ratelimit-limit value
 	// state is the buffer bucket states are encoded into before a write
 	// (the host copies it), so a request allocates none.
 	state [bucketStateSize]byte
@@ -127,6 +185,7 @@ type pluginContext struct {
 	pendingOK int64
 
 	ok, rateLimited, enforced, casExhausted, noKey proxywasm.MetricCounter
+	keysEvicted, keysOverflowed                    proxywasm.MetricCounter
 }
 
 // OnPluginStart validates the configuration, defines the counters and starts
@@ -152,15 +211,20 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	p.enforced = proxywasm.DefineCounterMetric("wasm_ratelimit.enforced")
 	p.casExhausted = proxywasm.DefineCounterMetric("wasm_ratelimit.cas_exhausted")
 	p.noKey = proxywasm.DefineCounterMetric("wasm_ratelimit.no_key")
+	p.keysEvicted = proxywasm.DefineCounterMetric("wasm_ratelimit.keys_evicted")
+	p.keysOverflowed = proxywasm.DefineCounterMetric("wasm_ratelimit.keys_overflowed")
+	// VMs start one after another, so creating the global or the overflow
+	// bucket here, only when absent, leaves no creation race at all for it.
+	start := "global"
 	if p.cfg.kind == keyGlobal {
-		p.global = p.leaseOf("global")
-		// VMs start one after another, so creating the one bucket here,
-		// only when absent, leaves no creation race at all for it.
-		if _, _, err := proxywasm.GetSharedData(p.global.key); errors.Is(err, types.ErrorStatusNotFound) {
-			if err := proxywasm.SetSharedData(p.global.key, p.cfg.full(p.now()).encodeTo(p.state[:]), 0); err != nil {
-				proxywasm.LogCriticalf("ratelimit: create the global bucket: %v", err)
-				return types.OnPluginStartStatusFailed
-			}
+		p.global = &lease{desc: "global", key: p.prefix + "global"}
+	} else {
+		start, p.overflow = overflowDesc, p.prefix+overflowDesc
+	}
+	if _, _, err := proxywasm.GetSharedData(p.prefix + start); errors.Is(err, types.ErrorStatusNotFound) {
+		if err := p.setShared(p.prefix+start, p.cfg.full(p.now()).encodeTo(p.state[:]), 0); err != nil {
+			proxywasm.LogCriticalf("ratelimit: create the %s bucket: %v", start, err)
+			return types.OnPluginStartStatusFailed
 		}
 	}
 	if err := proxywasm.SetTickPeriodMilliSeconds(uint32(tickPeriod / time.Millisecond)); err != nil {
@@ -170,23 +234,40 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	return types.OnPluginStartStatusOK
 }
 
-// leaseOf returns the lease of the bucket for desc, creating it empty.
-func (p *pluginContext) leaseOf(desc string) *lease {
-	l := p.seen[desc]
+// leaseOfBytes returns the lease of the bucket for desc (a reused buffer)
+// and makes it the most recently used. A known descriptor costs a map
+// lookup, which converts desc without allocating, and a move in the
+// recency list; a new one is copied, and when the VM already remembers
+// max_keys buckets the least recently used is forgotten first.
+func (p *pluginContext) leaseOfBytes(desc []byte) *lease {
+	l := p.seen[string(desc)]
 	if l == nil {
-		l = &lease{key: p.prefix + desc}
-		p.seen[desc] = l
+		if len(p.seen) >= p.cfg.maxKeys {
+			// Its tokens on lease, if any, are dropped: the bucket
+			// under-admits by at most one lease, never over-admits.
+			p.forget(p.lru.prev)
+			p.keysEvicted.Increment(1)
+		}
+		d := string(desc)
+		l = &lease{desc: d, key: p.prefix + d}
+		p.seen[d] = l
+	} else {
+		if l.prev == &p.lru {
+			return l
+		}
+		l.prev.next, l.next.prev = l.next, l.prev // unlink
 	}
+	l.prev, l.next = &p.lru, p.lru.next
+	p.lru.next.prev = l
+	p.lru.next = l
 	return l
 }
 
-// leaseOfBytes is leaseOf for a descriptor in a reused buffer: the map
-// lookup converts it without allocating; only a new bucket copies it.
-func (p *pluginContext) leaseOfBytes(desc []byte) *lease {
-	if l := p.seen[string(desc)]; l != nil {
-		return l
-	}
-	return p.leaseOf(string(desc))
+// forget drops l from the VM's memory; its bucket stays in shared data.
+func (p *pluginContext) forget(l *lease) {
+	l.prev.next, l.next.prev = l.next, l.prev
+	l.prev, l.next = nil, nil
+	delete(p.seen, l.desc)
 }
 
 // flushOK adds the admissions counted since the last flush to ok.
@@ -203,23 +284,39 @@ func (p *pluginContext) OnPluginDone() bool {
 	return true
 }
 
-// OnTick refills the buckets this VM has used, returns expired leases and
-// counts pending admissions.
+// OnTick counts pending admissions, returns expired leases and forgets the
+// buckets that no request used since the last tick and that are full by
+// now. It writes shared data only for the leases it returns.
 func (p *pluginContext) OnTick() {
 	p.flushOK()
 	now := p.now()
-	for _, l := range p.seen {
-		back := 0.0
-		if now >= l.until {
-			back = l.tokens
+	if p.global != nil {
+		p.giveBack(p.global, now)
+	}
+	for l := p.lru.next; l != &p.lru; {
+		next := l.next
+		p.giveBack(l, now)
+		if l.tokens == 0 && !l.touched && now >= l.fullAt {
+			p.forget(l)
 		}
-		if _, _, ok := p.update(l.key, now, func(b bucketState) (bucketState, bool) {
-			b = p.cfg.refill(b, now)
-			b.tokens = math.Min(p.cfg.capacity, b.tokens+back)
-			return b, true
-		}); ok {
-			l.tokens -= back
-		}
+		l.touched = false
+		l = next
+	}
+}
+
+// giveBack returns the unused tokens of l's lease to its bucket once the
+// lease has expired; on failure they stay on lease until the next tick.
+func (p *pluginContext) giveBack(l *lease, now int64) {
+	if l.tokens == 0 || now < l.until {
+		return
+	}
+	back := l.tokens
+	if _, _, res := p.update(l.key, now, func(b bucketState) (bucketState, bool) {
+		b = p.cfg.refill(b, now)
+		b.tokens = math.Min(p.cfg.capacity, b.tokens+back)
+		return b, true
+	}); res == stored {
+		l.tokens = 0
 	}
 }
 
@@ -243,11 +340,20 @@ func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
 	return h
 }
 
+// updateResult is how an update ended.
+type updateResult int
+
+const (
+	stored  updateResult = iota // f's state was written
+	failed                      // contended or failing shared data
+	refused                     // the host refused to create the bucket
+)
+
 // update applies f to the bucket stored under key (a full bucket if none is
 // stored yet) and writes the result with compare-and-swap, retrying on a CAS
-// mismatch up to casAttempts times. It reports the stored state and f's
-// verdict, and whether the write succeeded.
-func (p *pluginContext) update(key string, now int64, f func(bucketState) (bucketState, bool)) (bucketState, bool, bool) {
+// mismatch up to casAttempts times. It reports the stored state, f's
+// verdict and how the write went.
+func (p *pluginContext) update(key string, now int64, f func(bucketState) (bucketState, bool)) (bucketState, bool, updateResult) {
 	for range casAttempts {
 		raw, cas, err := proxywasm.GetSharedData(key)
 		var b bucketState
@@ -257,14 +363,16 @@ func (p *pluginContext) update(key string, now int64, f func(bucketState) (bucke
 			// ignores the CAS. So create the bucket full, consuming
 			// nothing, and take from it with CAS on the next round;
 			// concurrent creators then all write the same full state.
-			if err := proxywasm.SetSharedData(key, p.cfg.full(now).encodeTo(p.state[:]), 0); err != nil {
-				proxywasm.LogErrorf("ratelimit: create shared data %q: %v", key, err)
-				return bucketState{}, true, false
+			if err := p.setShared(key, p.cfg.full(now).encodeTo(p.state[:]), 0); err != nil {
+				// Counted by the caller (keys_overflowed); an error log
+				// per new key would flood while the host stays full.
+				proxywasm.LogDebugf("ratelimit: create shared data %q: %v", key, err)
+				return bucketState{}, true, refused
 			}
 			continue
 		case err != nil:
 			proxywasm.LogErrorf("ratelimit: get shared data %q: %v", key, err)
-			return bucketState{}, true, false
+			return bucketState{}, true, failed
 		default:
 			if b, err = decodeBucket(raw); err != nil {
 				proxywasm.LogErrorf("ratelimit: shared data %q: %v; resetting the bucket", key, err)
@@ -272,16 +380,16 @@ func (p *pluginContext) update(key string, now int64, f func(bucketState) (bucke
 			}
 		}
 		nb, verdict := f(b)
-		err = proxywasm.SetSharedData(key, nb.encodeTo(p.state[:]), cas)
+		err = p.setShared(key, nb.encodeTo(p.state[:]), cas)
 		if err == nil {
-			return nb, verdict, true
+			return nb, verdict, stored
 		}
 		if !errors.Is(err, types.ErrorStatusCasMismatch) {
 			proxywasm.LogErrorf("ratelimit: set shared data %q: %v", key, err)
-			return bucketState{}, true, false
+			return bucketState{}, true, failed
 		}
 	}
-	return bucketState{}, true, false
+	return bucketState{}, true, failed
 }
 
 // verdict is the outcome of one request.
@@ -299,6 +407,7 @@ const (
 // and whether it went to shared data. A token from the lease costs no host
 // call, not even the clock's: the tick expires leases.
 func (p *pluginContext) take(l *lease) (verdict, bucketState, bool) {
+	l.touched = true
 	if l.tokens >= 1 {
 		l.tokens--
 		return admitted, bucketState{tokens: l.shared + l.tokens}, false
@@ -306,7 +415,7 @@ func (p *pluginContext) take(l *lease) (verdict, bucketState, bool) {
 	now := p.now()
 	back := l.tokens // a fraction left by a tick's refill, if any
 	var got float64
-	b, ok, stored := p.update(l.key, now, func(b bucketState) (bucketState, bool) {
+	f := func(b bucketState) (bucketState, bool) {
 		b = p.cfg.refill(b, now)
 		b.tokens = math.Min(p.cfg.capacity, b.tokens+back)
 		if b.tokens < 1 {
@@ -315,14 +424,23 @@ func (p *pluginContext) take(l *lease) (verdict, bucketState, bool) {
 		got = math.Min(p.cfg.lease, math.Floor(b.tokens))
 		b.tokens -= got
 		return b, true
-	})
-	if !stored {
+	}
+	b, ok, res := p.update(l.key, now, f)
+	if res == refused && p.overflow != "" && l.key != p.overflow {
+		// The host's shared data is full: this key shares the overflow
+		// bucket for as long as the VM remembers it.
+		l.key = p.overflow
+		p.keysOverflowed.Increment(1)
+		b, ok, res = p.update(l.key, now, f)
+	}
+	if res != stored {
 		// Contended or failing shared data: admit rather than reject
 		// traffic the limiter cannot account for, and count it.
 		p.casExhausted.Increment(1)
 		return unlimited, bucketState{}, true
 	}
 	l.until, l.shared = now+int64(leaseWindow), b.tokens
+	l.fullAt = now + p.cfg.untilFull(b)
 	if !ok {
 		l.tokens = 0
 		return overLimit, b, true
@@ -475,6 +593,10 @@ func (p *pluginContext) descriptor() ([]byte, bool) {
 		k = append(append(k, "address="...), host...)
 	default:
 		k = append(k, "global"...)
+	}
+	if len(k) > maxDescriptorLen {
+		sum := sha256.Sum256(k)
+		k = hex.AppendEncode(append(k[:0], "sha256="...), sum[:])
 	}
 	p.keyBuf = k // keep the grown buffer
 	return k, true
