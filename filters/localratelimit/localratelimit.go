@@ -23,7 +23,12 @@
 // rate_limits, local_cluster_rate_limit, max_dynamic_descriptors. Envoy
 // keys descriptors by route-level rate_limits actions, which meshd's route
 // config does not implement; a descriptor with nothing to produce it would
-// never match, so it is refused rather than silently ignored.
+// never match, so it is refused rather than silently ignored. Without
+// descriptors the filter keeps no bucket per client-chosen value: its only
+// buckets beyond the listener's are per connection and go away when the
+// connection's info is collected, so their number follows the live
+// connections (bounded by the listener's connection limits), and
+// max_dynamic_descriptors would have nothing to bound.
 //
 // Stats are Envoy's, in the root scope: <stat_prefix>.http_local_rate_limit.
 // enabled, ok, rate_limited, enforced.

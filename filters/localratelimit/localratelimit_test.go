@@ -331,3 +331,54 @@ func TestPerConnectionBucketReleased(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestPerConnectionBucketsBounded is the native counterpart of the WASM
+// guest's distinct-keys test: the only per-key buckets of the native filter
+// are per connection, so 100 000 short connections, one request each, must
+// leave no bucket behind once they are collected, while a long-lived
+// connection sending throughout stays limited.
+func TestPerConnectionBucketsBounded(t *testing.T) {
+	const conns = 100_000
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	store := stats.NewStore()
+	fac := compile(t, `{"stat_prefix":"rl","token_bucket":{"max_tokens":2,"fill_interval":"1s"},`+full+`,
+		"local_rate_limit_per_downstream_connection":true}`, clk)
+	hammer := &fakeCallbacks{conn: &stream.ConnInfo{ID: 1}, store: store}
+	admitted := 0
+	for i := range conns {
+		cb := &fakeCallbacks{conn: &stream.ConnInfo{ID: uint64(i) + 2}, store: store}
+		if st, _, _ := run(fac, cb, false); st != 0 {
+			t.Fatalf("first request on connection %d: status %d", cb.conn.ID, st)
+		}
+		if i%100 == 0 {
+			if st, _, _ := run(fac, hammer, false); st == 0 {
+				admitted++
+			}
+		}
+	}
+	// The clock never moved: the long-lived connection got its 2 tokens.
+	if admitted != 2 {
+		t.Fatalf("long-lived connection: %d requests admitted, want 2", admitted)
+	}
+	count := func() int {
+		n := 0
+		fac.perConn.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runtime.GC()
+		n := count()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d per-connection buckets held 10s after %d connections were dropped, want 1 (the live one)", n, conns)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, ok := fac.perConn.Load(hammer.conn.ID); !ok {
+		t.Fatal("the live connection's bucket was dropped")
+	}
+	runtime.KeepAlive(hammer)
+}
