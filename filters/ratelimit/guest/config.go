@@ -21,7 +21,8 @@ import (
 // burst is 0), refilled continuously at requests_per_unit per unit.
 // enable_x_ratelimit_headers has the name, values and default (OFF) of
 // Envoy's local_ratelimit field: DRAFT_VERSION_03 adds x-ratelimit-limit,
-// -remaining and -reset to 429s and admitted responses. max_keys bounds the
+// -remaining and -reset to admitted responses as well as to the 429s,
+// which carry them either way. max_keys bounds the
 // buckets one VM keeps in memory (DefaultMaxKeys when 0), as Envoy's
 // max_dynamic_descriptors bounds local_ratelimit's: beyond it the least
 // recently used is forgotten (its state stays in shared data; see the

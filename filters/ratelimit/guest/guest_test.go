@@ -313,18 +313,25 @@ func TestBucketEncoding(t *testing.T) {
 	}
 }
 
-// TestHeadersOffByDefault checks that without enable_x_ratelimit_headers,
-// as in Envoy's local_ratelimit, neither admitted responses nor the 429
-// carry x-ratelimit-* headers.
-func TestHeadersOffByDefault(t *testing.T) {
+// TestHeadersOnRejectedOnlyByDefault checks that without
+// enable_x_ratelimit_headers admitted responses carry no x-ratelimit-*
+// headers (Envoy's default) while the 429 still does.
+func TestHeadersOnRejectedOnlyByDefault(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	host := newHost(t, `{"requests_per_unit":1,"burst":1}`, clock, nil)
 	if act, local, resp := request(host, nil); act != types.ActionContinue || local != nil || header(resp, "x-ratelimit-limit") != "" {
 		t.Fatalf("admitted: action %v local %+v resp %v, want no header", act, local, resp)
 	}
 	_, local, _ := request(host, nil)
-	if local == nil || local.StatusCode != 429 || len(local.Headers) != 0 {
-		t.Fatalf("over the limit: local response %+v, want a 429 without headers", local)
+	if local == nil || local.StatusCode != 429 {
+		t.Fatalf("over the limit: local response %+v, want a 429", local)
+	}
+	for _, h := range []struct{ name, want string }{
+		{"x-ratelimit-limit", "1"}, {"x-ratelimit-remaining", "0"}, {"x-ratelimit-reset", "1"},
+	} {
+		if got := header(local.Headers, h.name); got != h.want {
+			t.Errorf("429 %s = %q, want %q", h.name, got, h.want)
+		}
 	}
 }
 

@@ -34,12 +34,14 @@
 // hammered still gets at most the limit (together with every other
 // overflowed key), never more.
 //
-// A request over the limit gets 429; gRPC requests (content-type
-// application/grpc*) get grpc-status 8 RESOURCE_EXHAUSTED. With
-// enable_x_ratelimit_headers DRAFT_VERSION_03 (off by default, as in Envoy's
-// local_ratelimit), the 429 and admitted responses carry x-ratelimit-limit,
-// x-ratelimit-remaining and x-ratelimit-reset (seconds until the bucket is
-// full again). In dry-run mode nothing is rejected and no header is added;
+// A request over the limit gets 429 (gRPC requests, content-type
+// application/grpc*, get grpc-status 8 RESOURCE_EXHAUSTED) with
+// x-ratelimit-limit, x-ratelimit-remaining and x-ratelimit-reset (seconds
+// until the bucket is full again), so a client knows when to come back.
+// With enable_x_ratelimit_headers DRAFT_VERSION_03 (OFF by default, as in
+// Envoy's local_ratelimit) admitted responses carry them too; unlike
+// Envoy's filter, OFF keeps them on the 429, which this filter's callers
+// rely on. In dry-run mode nothing is rejected and no header is added;
 // over-limit requests are only counted.
 //
 // Leases: a VM takes up to lease tokens from a shared bucket in one
@@ -481,13 +483,10 @@ func (p *pluginContext) decide() (verdict, bucketState) {
 	if ct, err := proxywasm.GetHttpRequestHeader("content-type"); err == nil && strings.HasPrefix(ct, "application/grpc") {
 		grpcStatus = grpcResourceExhausted
 	}
-	var hdrs [][2]string
-	if p.cfg.headers {
-		hdrs = [][2]string{
-			{"x-ratelimit-limit", p.limit},
-			{"x-ratelimit-remaining", strconv.FormatInt(int64(b.tokens), 10)},
-			{"x-ratelimit-reset", strconv.FormatInt(p.cfg.resetSeconds(b), 10)},
-		}
+	hdrs := [][2]string{
+		{"x-ratelimit-limit", p.limit},
+		{"x-ratelimit-remaining", strconv.FormatInt(int64(b.tokens), 10)},
+		{"x-ratelimit-reset", strconv.FormatInt(p.cfg.resetSeconds(b), 10)},
 	}
 	if err := proxywasm.SendHttpResponse(429, hdrs, []byte("local_rate_limited"), grpcStatus); err != nil {
 		proxywasm.LogErrorf("ratelimit: send 429: %v", err)
