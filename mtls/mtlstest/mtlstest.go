@@ -10,6 +10,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -151,6 +152,16 @@ func (ca *CA) Issue(tb testing.TB, id string, opts ...Option) *x509svid.SVID {
 	}
 	sid, _ := spiffeid.FromURI(u) // zero for a forged, invalid ID
 	return &x509svid.SVID{ID: sid, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
+}
+
+// TLSCertificate returns svid as a tls.Certificate: its chain (leaf
+// first, also parsed into Leaf) and its private key.
+func TLSCertificate(svid *x509svid.SVID) tls.Certificate {
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	return cert
 }
 
 // WriteFiles writes svid's chain and key and bundle's roots as PEM files

@@ -18,10 +18,7 @@ func TestClientStreamPeerCertificate(t *testing.T) {
 	const serverID = "spiffe://test.example/ns/a/sa/server"
 	ca := mtlstest.NewCA(t, "test.example")
 	svid := ca.Issue(t, serverID)
-	cert := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
-	for _, c := range svid.Certificates {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
+	cert := mtlstest.TLSCertificate(svid)
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Bundle().X509Authorities()[0])
 	for _, tc := range []struct {

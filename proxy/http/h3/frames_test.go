@@ -95,10 +95,7 @@ func rawPeer(t *testing.T, serve func(c *quic.Conn, control *quic.SendStream)) (
 	t.Helper()
 	ca := mtlstest.NewCA(t, "test.example")
 	svid := ca.Issue(t, "spiffe://test.example/ns/a/sa/server")
-	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
-	for _, c := range svid.Certificates {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
+	cert := mtlstest.TLSCertificate(svid)
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -72,10 +72,7 @@ func benchQUICUnary(b *testing.B, sc, cc *quic.Config, conns int, shared bool) {
 	testutil.CheckGoroutines(b)
 	ca := mtlstest.NewCA(b, "test.example")
 	svid := ca.Issue(b, "spiffe://test.example/ns/a/sa/server")
-	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
-	for _, c := range svid.Certificates {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
+	cert := mtlstest.TLSCertificate(svid)
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		b.Fatal(err)
