@@ -49,6 +49,9 @@ type ServerConfig struct {
 	Stats *Stats
 	// Logger receives diagnostics; nil means slog.Default().
 	Logger *slog.Logger
+
+	// parkTime replaces handlerParkTime in tests.
+	parkTime time.Duration
 }
 
 // Listener is what a Server accepts QUIC connections from (a
@@ -74,6 +77,9 @@ type Server struct {
 	cfg            ServerConfig
 	h              stream.Handler
 	maxHeaderBytes int
+	// parkTime is how long an idle handler goroutine waits for its
+	// connection's next request stream: handlerParkTime, shorter in tests.
+	parkTime time.Duration
 
 	mu        sync.Mutex
 	listeners map[Listener]struct{}
@@ -96,7 +102,11 @@ func NewServer(cfg ServerConfig, h stream.Handler) *Server {
 	if mhb <= 0 {
 		mhb = DefaultMaxRequestHeaderBytes
 	}
-	return &Server{cfg: cfg, h: h, maxHeaderBytes: mhb, listeners: map[Listener]struct{}{}, conns: map[*serverConn]struct{}{}}
+	park := cfg.parkTime
+	if park <= 0 {
+		park = handlerParkTime
+	}
+	return &Server{cfg: cfg, h: h, maxHeaderBytes: mhb, parkTime: park, listeners: map[Listener]struct{}{}, conns: map[*serverConn]struct{}{}}
 }
 
 // ServeListener serves the connections ln accepts until Shutdown or
@@ -217,14 +227,28 @@ type serverConn struct {
 	peerCtrl  bool // the peer's control stream was opened
 
 	handlers sync.WaitGroup
-	// work hands a request stream to a handler goroutine waiting in
-	// handlerLoop after serving an earlier one (unbuffered: a send
-	// succeeds only while one waits).
-	work chan *quic.Stream
+	// parked are the handler goroutines waiting in handlerLoop for the
+	// next request stream, the most recently parked last (it is handed the
+	// next stream, so the warmest stacks stay busy and the oldest are the
+	// first to go). The accept loop pops one and sends it the stream; the
+	// reaper tick closes the channels of those parked through a whole tick.
+	parked     []*parkedHandler
+	reapGen    uint64      // reaper ticks so far
+	reaper     *time.Timer // armed while parked is not empty (reaping)
+	reaping    bool
+	acceptDone bool // the accept loop ended: handlers exit instead of parking
+}
+
+// parkedHandler is a handler goroutine waiting for a request stream.
+type parkedHandler struct {
+	// ch receives the next stream (buffered, so the accept loop never
+	// waits); closed when the goroutine should exit.
+	ch  chan *quic.Stream
+	gen uint64 // serverConn.reapGen when it parked
 }
 
 func (s *Server) newConn(qc *quic.Conn) *serverConn {
-	c := &serverConn{s: s, qc: qc, log: s.cfg.Logger, work: make(chan *quic.Stream)}
+	c := &serverConn{s: s, qc: qc, log: s.cfg.Logger}
 	if s.cfg.ConnInfo != nil {
 		c.info = s.cfg.ConnInfo(qc)
 	}
@@ -287,16 +311,30 @@ func (c *serverConn) serve(draining bool) {
 		if c.idle != nil {
 			c.idle.Stop()
 		}
+		var h *parkedHandler
+		if n := len(c.parked); n > 0 {
+			h = c.parked[n-1]
+			c.parked[n-1] = nil
+			c.parked = c.parked[:n-1]
+		}
 		c.mu.Unlock()
-		select {
-		case c.work <- qs:
-		default:
+		if h != nil {
+			h.ch <- qs
+		} else {
 			c.handlers.Go(func() { c.handlerLoop(qs) })
 		}
 	}
 	c.mu.Lock()
 	if c.idle != nil {
 		c.idle.Stop()
+	}
+	c.acceptDone = true
+	for _, h := range c.parked {
+		close(h.ch)
+	}
+	c.parked = nil
+	if c.reaper != nil {
+		c.reaper.Stop()
 	}
 	c.mu.Unlock()
 	loops.Wait()
@@ -345,14 +383,56 @@ func (c *serverConn) goAway() {
 	}()
 }
 
-// streamEnded accounts a request stream whose handler returned.
-func (c *serverConn) streamEnded() {
+// streamEnded accounts a request stream whose handler returned and parks
+// h, the goroutine that served it, for the next stream; false when the
+// connection accepts no more streams and the goroutine should exit.
+func (c *serverConn) streamEnded(h *parkedHandler) bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.active--
 	if c.active == 0 && c.idle != nil && !c.goingAway {
 		c.idle.Reset(c.s.cfg.IdleTimeout)
 	}
-	c.mu.Unlock()
+	if c.acceptDone {
+		return false
+	}
+	h.gen = c.reapGen
+	c.parked = append(c.parked, h)
+	if !c.reaping {
+		c.reaping = true
+		if c.reaper == nil {
+			c.reaper = time.AfterFunc(c.s.parkTime, c.reap)
+		} else {
+			c.reaper.Reset(c.s.parkTime)
+		}
+	}
+	return true
+}
+
+// reap runs every parkTime while handlers are parked and releases those
+// that stayed parked through a whole tick, so an idle handler goroutine
+// exits after one to two parkTimes.
+func (c *serverConn) reap() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.acceptDone {
+		return
+	}
+	c.reapGen++
+	// gen never decreases from the bottom of the stack to its top.
+	n := 0
+	for n < len(c.parked) && c.parked[n].gen+2 <= c.reapGen {
+		close(c.parked[n].ch)
+		n++
+	}
+	rest := copy(c.parked, c.parked[n:])
+	clear(c.parked[rest:])
+	c.parked = c.parked[:rest]
+	if len(c.parked) > 0 {
+		c.reaper.Reset(c.s.parkTime)
+	} else {
+		c.reaping = false
+	}
 }
 
 // acceptUniStreams serves the peer's unidirectional streams until the
@@ -653,31 +733,27 @@ func decodeRequest(block []byte, limit int) (stream.Request, error) {
 }
 
 // handlerParkTime is how long a handler goroutine that finished its
-// stream waits for the connection's next one before exiting, as the
-// HTTP/2 server's do: a reused goroutine keeps the stack the connection
-// manager and the upstream call grew, which a fresh one copies again and
-// again, and an idle connection holds no goroutine once it has passed.
+// stream waits at least for the connection's next one before exiting (at
+// most twice that), as the HTTP/2 server's do: a reused goroutine keeps
+// the stack the connection manager and the upstream call grew, which a
+// fresh one copies again and again, and an idle connection holds no
+// goroutine once it has passed.
 const handlerParkTime = time.Second
 
-// handlerLoop serves qs, then the streams handed over on c.work, until
-// none arrives for handlerParkTime or the connection ends. It is the body
-// of the connection's handler goroutines.
+// handlerLoop serves qs, then the streams the accept loop hands it while
+// it is parked (streamEnded), until the reaper or the end of the
+// connection releases it. It is the body of the connection's handler
+// goroutines. Parked, it waits on its own channel: handing a stream over
+// costs the accept loop one channel send and the handler no timer.
 func (c *serverConn) handlerLoop(qs *quic.Stream) {
-	var park *time.Timer
-	done := c.qc.Context().Done()
+	h := &parkedHandler{ch: make(chan *quic.Stream, 1)}
 	for {
 		c.serveStream(qs)
-		if park == nil {
-			park = time.NewTimer(handlerParkTime)
-		} else {
-			park.Reset(handlerParkTime)
-		}
-		select {
-		case qs = <-c.work:
-		case <-park.C:
+		if !c.streamEnded(h) {
 			return
-		case <-done:
-			park.Stop()
+		}
+		var ok bool
+		if qs, ok = <-h.ch; !ok {
 			return
 		}
 	}
@@ -686,7 +762,6 @@ func (c *serverConn) handlerLoop(qs *quic.Stream) {
 // serveStream reads a request's headers and runs the handler on the
 // calling goroutine (the stream's own).
 func (c *serverConn) serveStream(qs *quic.Stream) {
-	defer c.streamEnded()
 	ss := &serverStream{c: c, qs: qs}
 	ss.init(qs, c.s.maxHeaderBytes, -1)
 	req, err := readRequestHead(ss.r, c.s.maxHeaderBytes)

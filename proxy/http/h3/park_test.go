@@ -1,0 +1,152 @@
+package h3
+
+import (
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/stream"
+)
+
+// TestServerHandlerParking checks the life of a connection's handler
+// goroutines: those that served requests park for the next ones, later
+// requests reuse them instead of starting goroutines, they exit once idle
+// for a park time while the connection stays open, and a request after that
+// is still served.
+func TestServerHandlerParking(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	const (
+		park       = 100 * time.Millisecond
+		concurrent = 4
+	)
+	arrived := make(chan struct{}, concurrent)
+	release := make(chan struct{})
+	h := stream.HandlerFunc(func(s stream.ServerStream) {
+		if s.Request().Path == "/wait" {
+			arrived <- struct{}{}
+			<-release
+		}
+		_, _ = io.Copy(io.Discard, s)
+		_ = s.WriteHeader(&stream.Response{Status: 200, Header: header.Make(0), ContentLength: 0}, true)
+	})
+	addr, tc, srv := testMeshdServer(t, 100, ServerConfig{parkTime: park}, h)
+	c := dialRaw(t, addr, tc)
+
+	// concurrent requests in flight at once: one handler goroutine each.
+	waitFields := []string{":method", "GET", ":scheme", "https", ":authority", "svc", ":path", "/wait"}
+	var open []io.Reader
+	for range concurrent {
+		qs, err := c.qc.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := qs.Write(rawHeaders(t, waitFields...)); err != nil {
+			t.Fatal(err)
+		}
+		_ = qs.Close()
+		_ = qs.SetReadDeadline(time.Now().Add(10 * time.Second))
+		open = append(open, qs)
+	}
+	for range concurrent {
+		select {
+		case <-arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatal("requests did not reach the handler")
+		}
+	}
+	close(release)
+	for _, r := range open {
+		if _, err := io.ReadAll(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	sc := onlyConn(t, srv)
+	first := waitParked(t, sc, concurrent)
+	parkedAt := time.Now()
+	for i := range 3 * concurrent {
+		if got := c.do(rawHeaders(t, getFields...)); got.status != 200 {
+			t.Fatalf("request %d: %+v", i, got)
+		}
+		// Every later request is served by one of the parked goroutines.
+		for _, h := range waitParked(t, sc, concurrent) {
+			if !slices.Contains(first, h) {
+				t.Fatalf("request %d started a handler goroutine while %d were parked", i, concurrent)
+			}
+		}
+	}
+
+	// Idle: the parked goroutines exit after a park time, not before, and
+	// the connection stays open.
+	deadline := time.Now().Add(10 * time.Second)
+	for handlerGoroutines() > 0 || len(parkedOf(sc)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handler goroutines still running after the connection was idle for 10 s", handlerGoroutines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if idle := time.Since(parkedAt); idle < park {
+		t.Errorf("handler goroutines exited after %v, before the park time of %v", idle, park)
+	}
+	if err := c.qc.Context().Err(); err != nil {
+		t.Fatalf("connection closed while idle: %v", err)
+	}
+	if got := c.do(rawHeaders(t, getFields...)); got.status != 200 {
+		t.Fatalf("request after the handlers exited: %+v", got)
+	}
+}
+
+// onlyConn returns srv's one connection.
+func onlyConn(t *testing.T, srv *Server) *serverConn {
+	t.Helper()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.conns) != 1 {
+		t.Fatalf("server has %d connections, want 1", len(srv.conns))
+	}
+	for c := range srv.conns {
+		return c
+	}
+	return nil
+}
+
+// parkedOf returns the handlers parked on c now.
+func parkedOf(c *serverConn) []*parkedHandler {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.parked)
+}
+
+// waitParked waits until n handlers are parked on c (each parks once it
+// has sent its response) and returns them.
+func waitParked(t *testing.T, c *serverConn, n int) []*parkedHandler {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p := parkedOf(c)
+		if len(p) == n {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handlers parked, want %d", len(p), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// handlerGoroutines counts the goroutines running serverConn.handlerLoop.
+func handlerGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "h3.(*serverConn).handlerLoop")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
