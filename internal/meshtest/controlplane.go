@@ -66,6 +66,7 @@ type ControlPlane struct {
 
 	cmd    *exec.Cmd
 	stderr *testutil.SyncBuffer
+	races  *testutil.RaceLog
 	done   chan struct{} // closed once cmd.Wait returned
 	client *http.Client
 }
@@ -73,8 +74,9 @@ type ControlPlane struct {
 // StartControlPlane starts `meshd control-plane` (the binary of
 // testutil.BuildMeshd) as cfg says, with --poll-interval 50ms, and returns
 // once GET /readyz answers 200 and a snapshot version is published. The
-// process is killed at cleanup if it still runs; its stderr is logged if
-// the test failed.
+// process is killed at cleanup if it still runs, a data race report from a
+// race-built meshd fails the test (testutil.WatchRaces), and its stderr is
+// logged if the test failed.
 func StartControlPlane(t testing.TB, cfg ControlPlaneConfig) *ControlPlane {
 	t.Helper()
 	bin := testutil.BuildMeshd(t)
@@ -99,6 +101,7 @@ func StartControlPlane(t testing.TB, cfg ControlPlaneConfig) *ControlPlane {
 	cp.cmd = exec.Command(bin, args...)
 	cp.cmd.Stderr = cp.stderr
 	cp.cmd.WaitDelay = time.Second
+	cp.races = testutil.WatchRaces(t, cp.cmd)
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatalf("starting meshd control-plane: %v", err)
 	}
@@ -137,9 +140,11 @@ func StartControlPlane(t testing.TB, cfg ControlPlaneConfig) *ControlPlane {
 }
 
 // Kill sends SIGKILL (if the process still runs) and waits until it is
-// reaped. It may be called more than once.
+// reaped, then fails t with any data race report the process wrote that
+// was not reported yet. It may be called more than once.
 func (cp *ControlPlane) Kill(t testing.TB) {
 	t.Helper()
+	defer cp.races.Check(t)
 	select {
 	case <-cp.done:
 		return
@@ -151,6 +156,14 @@ func (cp *ControlPlane) Kill(t testing.TB) {
 	case <-time.After(killTimeout):
 		t.Errorf("control plane (pid %d) not reaped %v after SIGKILL", cp.cmd.Process.Pid, killTimeout)
 	}
+}
+
+// CheckRaces fails t with every data race report the process (when built
+// with -race) has written and no earlier check reported; Kill and the
+// cleanup call it.
+func (cp *ControlPlane) CheckRaces(t testing.TB) {
+	t.Helper()
+	cp.races.Check(t)
 }
 
 // Stderr returns what the process has logged so far.

@@ -68,8 +68,9 @@ func BuildMeshd(t testing.TB) string {
 
 // BuildGoBinary builds the main package pkg once per test binary and returns
 // the binary's path. Under `go test -race` the binary is built with -race
-// too, so a data race in it makes it exit non-zero (status 66) and fails the
-// test that waits for its exit. pkg is a path relative to the module root
+// too; the harness's process starters (StartSidecar, RunMeshd,
+// meshtest.StartControlPlane) collect its data race reports with
+// WatchRaces and fail the test with them. pkg is a path relative to the module root
 // ("./cmd/meshd") or an import path the module's go.mod resolves
 // ("meshd.dev/meshd/test/e2e/internal/interopclient"). A failed build fails
 // every test that asks for it, with the compiler's output.

@@ -43,6 +43,7 @@ type Sidecar struct {
 	cmd    *exec.Cmd
 	stdout *SyncBuffer
 	stderr *SyncBuffer
+	races  *RaceLog
 	done   chan struct{} // closed once cmd.Wait has returned
 	state  *os.ProcessState
 	admin  *http.Client
@@ -54,8 +55,10 @@ type Sidecar struct {
 // been written and GET /ready answers 200, and fails the test (with the
 // process's output) if the process exits first or SidecarReadyTimeout passes.
 //
-// On cleanup the process is killed if it is still running, and its stdout and
-// stderr are logged if the test failed.
+// On cleanup the process is killed if it is still running, the test fails
+// with the report of every data race a race-built meshd wrote (see
+// WatchRaces), and the process's stdout and stderr are logged if the test
+// failed.
 func StartSidecar(t testing.TB, bootstrapYAML string, args ...string) *Sidecar {
 	t.Helper()
 	bin := BuildMeshd(t)
@@ -82,6 +85,7 @@ func StartSidecar(t testing.TB, bootstrapYAML string, args ...string) *Sidecar {
 	s.cmd.Stdout = s.stdout
 	s.cmd.Stderr = s.stderr
 	s.cmd.WaitDelay = time.Second
+	s.races = WatchRaces(t, s.cmd)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", bin, err)
 	}
@@ -101,6 +105,7 @@ func StartSidecar(t testing.TB, bootstrapYAML string, args ...string) *Sidecar {
 				t.Errorf("meshd (pid %d) not reaped %v after SIGKILL", s.cmd.Process.Pid, sidecarKillTimeout)
 			}
 		}
+		s.races.Check(t)
 		if t.Failed() {
 			t.Logf("meshd %s\n--- stdout ---\n%s\n--- stderr ---\n%s", strings.Join(argv, " "), s.stdout, s.stderr)
 		}
@@ -329,6 +334,15 @@ func (s *Sidecar) Wait(timeout time.Duration) (int, error) {
 	}
 }
 
+// CheckRaces fails t with every data race report the process (when built
+// with -race) has written and no earlier check reported. The harness calls
+// it when the test ends; a test calls it to pin a race to a step, e.g.
+// right after Wait.
+func (s *Sidecar) CheckRaces(t testing.TB) {
+	t.Helper()
+	s.races.Check(t)
+}
+
 // Done is closed when the process has exited.
 func (s *Sidecar) Done() <-chan struct{} { return s.done }
 
@@ -348,7 +362,8 @@ type RunResult struct {
 // RunMeshd runs the meshd binary from BuildMeshd with args and waits up to
 // timeout for it to exit. It fails the test (and kills the process) if the
 // process cannot start or is still running at the deadline; a non-zero exit
-// is returned, not treated as a failure.
+// is returned, not treated as a failure. A data race report from a
+// race-built meshd fails the test when RunMeshd returns.
 func RunMeshd(t testing.TB, timeout time.Duration, args ...string) RunResult {
 	t.Helper()
 	bin := BuildMeshd(t)
@@ -359,7 +374,9 @@ func RunMeshd(t testing.TB, timeout time.Duration, args ...string) RunResult {
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = time.Second
+	races := WatchRaces(t, cmd)
 	err := cmd.Run()
+	races.Check(t)
 	if ctx.Err() != nil {
 		t.Fatalf("meshd %s: still running after %v\n--- stderr ---\n%s", strings.Join(args, " "), timeout, stderr.String())
 	}

@@ -31,7 +31,9 @@ func TestMain(m *testing.M) {
 // relies on: `version`, and `sidecar -c FILE --admin-address-path FILE` with
 // an admin API (/ready, /listeners?format=json, /stats, POST
 // /healthcheck/fail, POST /quitquitquit), one listener "ingress", exit 0 on
-// SIGTERM, and exit 1 naming a field for a bootstrap containing "invalid".
+// SIGTERM, exit 1 naming a field for a bootstrap containing "invalid", and
+// a data race before it serves for a bootstrap containing
+// raceOnPurposeMarker.
 func runFakeMeshd(args []string) int {
 	if len(args) > 0 && args[0] == "version" {
 		fmt.Printf("meshd fake %s\n", runtime.Version())
@@ -58,6 +60,9 @@ func runFakeMeshd(args []string) int {
 	if strings.Contains(string(bootstrap), "invalid") {
 		fmt.Fprintln(os.Stderr, "static_resources.clusters[0].connect_timeout: value must be greater than 0s")
 		return 1
+	}
+	if strings.Contains(string(bootstrap), raceOnPurposeMarker) {
+		raceOnPurpose()
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM)

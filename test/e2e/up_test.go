@@ -61,6 +61,8 @@ func TestUp(t *testing.T) {
 			cmd := exec.CommandContext(ctx, bin, append([]string{"up"}, tc.args...)...)
 			cmd.Dir = t.TempDir()
 			cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
+			// Its sidecars inherit GORACE and report to the same log.
+			testutil.WatchRaces(t, cmd)
 			out, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -317,6 +319,7 @@ func TestUpWasmRateLimit(t *testing.T) {
 	cmd.Dir = dir
 	cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
 	cmd.WaitDelay = time.Second
+	testutil.WatchRaces(t, cmd)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
