@@ -32,6 +32,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -354,16 +355,23 @@ func (t *translator) routeConfig(name, vhost string, route *routev3.Route) *rout
 
 // route sends every request to cluster. The timeout is the policy's, or 0
 // (none) when unset: Envoy's 15 s default would cut long-lived gRPC
-// streams. grpcOnly keeps only the retry conditions grpc-go honours.
+// streams. A sidecar's route also enforces a gRPC request's grpc-timeout
+// (max_stream_duration.grpc_timeout_header_max), capped at the policy's
+// timeout, so a gRPC call ends at the earlier of its deadline and the
+// policy's timeout, the time a call without grpc-timeout still gets.
+// grpcOnly (proxyless grpc-go, which enforces its own deadlines) keeps
+// only the retry conditions grpc-go honours and sets neither.
 func (t *translator) route(cluster string, p model.Policy, grpcOnly bool) *routev3.Route {
 	action := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
 	}
 	if !grpcOnly {
-		action.Timeout = durationpb.New(0)
+		var timeout time.Duration
 		if p.Timeout != nil {
-			action.Timeout = durationpb.New(p.Timeout.D())
+			timeout = p.Timeout.D()
 		}
+		action.Timeout = durationpb.New(timeout)
+		action.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{GrpcTimeoutHeaderMax: durationpb.New(timeout)}
 	}
 	if r := p.Retries; r != nil && r.Attempts != nil && *r.Attempts > 0 {
 		on := r.RetryOn
