@@ -122,8 +122,9 @@ func grpcCall(ctx context.Context, tr *http.Transport, addr, method, grpcTimeout
 // max_stream_duration.grpc_timeout_header_max on the sidecars' routes), a
 // gRPC call with grpc-timeout 300m through two sidecars to an application
 // that ignores deadlines ends with DEADLINE_EXCEEDED from a sidecar: a
-// sidecar counted upstream_rq_timeout, and the application saw its call
-// cancelled instead of answering after slowAppBound.
+// sidecar counted upstream_rq_timeout (no more than once each), and the
+// application saw its call cancelled instead of answering after
+// slowAppBound.
 func TestSidecarEnforcesGRPCTimeout(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	app := startSlowGRPCApp(t)
@@ -179,21 +180,30 @@ func TestSidecarEnforcesGRPCTimeout(t *testing.T) {
 		t.Errorf("the application still holds the call %v after the answer: no sidecar reset its stream", waitTimeout)
 	}
 
+	// The client's sidecar starts its timer first, but the server's
+	// (started a hop later, on the same grpc-timeout) may fire too
+	// before the client's reset reaches it: each counts the call at most
+	// once, and at least one counts it.
 	var timeouts []string
 	var total int64
 	for _, sc := range []struct {
 		name string
 		s    *testutil.Sidecar
 	}{{"client", client}, {"server", server}} {
+		var n int64
 		for k, v := range testutil.FilterStats(sc.s.Stats(t), ".upstream_rq_timeout") {
 			if strings.HasPrefix(k, "cluster.") && v > 0 {
 				timeouts = append(timeouts, fmt.Sprintf("%s sidecar %s=%d", sc.name, k, v))
-				total += v
+				n += v
 			}
 		}
+		if n > 1 {
+			t.Errorf("%s sidecar: upstream_rq_timeout = %d for one call (%q)", sc.name, n, timeouts)
+		}
+		total += n
 	}
-	if total != 1 {
-		t.Errorf("upstream_rq_timeout over both sidecars = %d (%q), want 1: the deadline was not enforced by a sidecar's route", total, timeouts)
+	if total == 0 {
+		t.Errorf("upstream_rq_timeout = 0 in both sidecars: the deadline was not enforced by a sidecar's route")
 	}
 	t.Logf("enforced by: %s", strings.Join(timeouts, ", "))
 }
