@@ -92,6 +92,7 @@ const (
 	StopAndBuffer
 )
 
+// String returns the status's name, as used in logs and test failures.
 func (s Status) String() string {
 	switch s {
 	case Continue:

@@ -46,6 +46,7 @@ const (
 	TCP
 )
 
+// String returns the codec's Envoy codec_type name (AUTO, HTTP1, ...).
 func (c Codec) String() string {
 	switch c {
 	case Auto:

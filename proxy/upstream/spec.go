@@ -40,6 +40,7 @@ const (
 	HTTP3
 )
 
+// String returns the protocol's name, e.g. "HTTP/2".
 func (p Protocol) String() string {
 	switch p {
 	case HTTP2:

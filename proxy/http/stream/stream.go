@@ -230,6 +230,8 @@ var codeNames = [...]string{
 	"INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED",
 }
 
+// String returns the code's RFC 9113 name, or UNKNOWN_ERROR_0x%x for a
+// code outside section 7's table.
 func (c ErrCode) String() string {
 	if int(c) < len(codeNames) {
 		return codeNames[c]
@@ -253,6 +255,8 @@ type Error struct {
 	Err error
 }
 
+// Error describes the reset: its code, which side reset, the reason and
+// the underlying cause.
 func (e *Error) Error() string {
 	side := "local"
 	if e.Remote {
@@ -268,6 +272,7 @@ func (e *Error) Error() string {
 	return s
 }
 
+// Unwrap returns the underlying cause, nil when there is none.
 func (e *Error) Unwrap() error { return e.Err }
 
 // Unprocessed reports whether err says the peer did not process the request.
