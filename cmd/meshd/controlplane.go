@@ -66,9 +66,9 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd control-plane: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "meshd control-plane: --log-level: %v\n", err)
+	logger, err := newLogger(stderr, *level)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd control-plane: %v\n", err)
 		return 2
 	}
 	if *meshPath == "" && !*kube {
@@ -91,7 +91,6 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd control-plane: --svid-ttl: %v is below the minimum %v\n", *svidTTL, ca.MinTTL)
 		return 2
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
 	// The CA's trust domain is the mesh's; peek at the file once for it.
 	// The watcher then keeps the token table in step with every version
@@ -263,17 +262,7 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 		}
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-	code := 0
-	select {
-	case s := <-sigs:
-		logger.Info("shutting down", "signal", s.String())
-	case err := <-errs:
-		logger.Error("shutting down", "err", err)
-		code = 1
-	}
+	code := awaitStop(logger, errs)
 	cancel()
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), controlPlaneStopTimeout)
 	defer stopCancel()
@@ -284,6 +273,23 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	wg.Wait()
 	logger.Info("stopped")
 	return code
+}
+
+// awaitStop blocks until SIGTERM or SIGINT arrives or a server fails on
+// errs, logs why it is shutting down, and returns the exit code: 0 for a
+// signal, 1 for a server error.
+func awaitStop(logger *slog.Logger, errs <-chan error) int {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	select {
+	case s := <-sigs:
+		logger.Info("shutting down", "signal", s.String())
+		return 0
+	case err := <-errs:
+		logger.Error("shutting down", "err", err)
+		return 1
+	}
 }
 
 // writeAddressFile writes addr to path through a temporary file and a

@@ -9,12 +9,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"meshd.dev/meshd/kube/inject"
@@ -39,9 +35,9 @@ func runInjector(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd injector: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "meshd injector: --log-level: %v\n", err)
+	logger, err := newLogger(stderr, *level)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd injector: %v\n", err)
 		return 2
 	}
 	if *certFile == "" || *keyFile == "" {
@@ -58,7 +54,6 @@ func runInjector(args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshd injector: --tls-cert/--tls-key: %v\n", err)
 		return 1
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshd injector: --listen: %v\n", err)
@@ -87,17 +82,7 @@ func runInjector(args []string, _, stderr io.Writer) int {
 		close(errs)
 	}()
 	logger.Info("injector serving", "address", lis.Addr().String(), "image", cfg.Image, "xds", cfg.XDSAddress)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-	code := 0
-	select {
-	case s := <-sigs:
-		logger.Info("shutting down", "signal", s.String())
-	case err := <-errs:
-		logger.Error("shutting down", "err", err)
-		code = 1
-	}
+	code := awaitStop(logger, errs)
 	ctx, cancel := context.WithTimeout(context.Background(), injectorStopTimeout)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {

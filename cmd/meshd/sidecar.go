@@ -46,12 +46,11 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "meshd sidecar: --log-level: %v\n", err)
+	logger, err := newLogger(stderr, *level)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
 		return 2
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	if (*path == "") == (*configYAML == "") {
 		fmt.Fprintln(stderr, "meshd sidecar: -c BOOTSTRAP is required (or --config-yaml YAML, not both)")
 		return 2
