@@ -48,13 +48,19 @@ func UsesSDS(ctx *tlsv3.CommonTlsContext) bool {
 // sdsParts is what an SDS-fed common_tls_context says.
 type sdsParts struct {
 	src   mtls.Source
-	authz mtls.Authorizer // nil: the local SVID's trust domain
+	authz mtls.Authorizer // the SAN matchers, else the local SVID's trust domain
+	alpn  []string        // alpn_protocols, else the caller's default
 }
 
-// sdsContext resolves the SDS secrets of ctx through secrets and compiles
-// its SAN matchers. Errors name the field below common_tls_context.
-func sdsContext(ctx *tlsv3.CommonTlsContext, secrets Secrets) (*sdsParts, error) {
+// sdsContext resolves the SDS secrets of ctx through secrets, compiles its
+// SAN matchers (the local SVID's trust domain when there are none) and
+// picks its ALPN (defaultALPN when alpn_protocols is empty). Errors name
+// the field below common_tls_context.
+func sdsContext(ctx *tlsv3.CommonTlsContext, defaultALPN []string, secrets Secrets) (*sdsParts, error) {
 	const base = "common_tls_context."
+	if secrets == nil {
+		return nil, errors.New("common_tls_context: SDS secrets are not available in this configuration")
+	}
 	if len(ctx.GetTlsCertificates()) > 0 {
 		return nil, errors.New(base + "tls_certificates: cannot be combined with SDS secrets")
 	}
@@ -98,7 +104,10 @@ func sdsContext(ctx *tlsv3.CommonTlsContext, secrets Secrets) (*sdsParts, error)
 	if err != nil {
 		return nil, fmt.Errorf(base+"tls_certificate_sds_secret_configs[0]: %w", err)
 	}
-	out := &sdsParts{src: src}
+	out := &sdsParts{src: src, authz: sameTrustDomain(src), alpn: defaultALPN}
+	if a := ctx.GetAlpnProtocols(); len(a) > 0 {
+		out.alpn = a
+	}
 	if len(matchers) > 0 {
 		authzs := make([]mtls.Authorizer, len(matchers))
 		for i, m := range matchers {
@@ -129,10 +138,13 @@ func sanAuthorizer(m *matcherv3.StringMatcher) (mtls.Authorizer, error) {
 		}, nil
 	case *matcherv3.StringMatcher_Prefix:
 		want := p.Prefix
+		if fold {
+			want = strings.ToLower(want)
+		}
 		return func(id spiffeid.ID) error {
 			got := id.String()
 			if fold {
-				got, want = strings.ToLower(got), strings.ToLower(want)
+				got = strings.ToLower(got)
 			}
 			if !strings.HasPrefix(got, want) {
 				return fmt.Errorf("%s does not start with %s", id, p.Prefix)
@@ -173,19 +185,11 @@ func SDSServerConfig(dtc *tlsv3.DownstreamTlsContext, defaultALPN []string, secr
 	if !dtc.GetRequireClientCertificate().GetValue() {
 		return nil, nil, errors.New("require_client_certificate: must be true with SDS secrets (mutual TLS between SPIFFE identities)")
 	}
-	p, err := sdsContext(dtc.GetCommonTlsContext(), secrets)
+	p, err := sdsContext(dtc.GetCommonTlsContext(), defaultALPN, secrets)
 	if err != nil {
 		return nil, nil, err
 	}
-	authz := p.authz
-	if authz == nil {
-		authz = sameTrustDomain(p.src)
-	}
-	alpn := defaultALPN
-	if a := dtc.GetCommonTlsContext().GetAlpnProtocols(); len(a) > 0 {
-		alpn = a
-	}
-	return mtls.ServerConfig(p.src, authz, alpn), p.src, nil
+	return mtls.ServerConfig(p.src, p.authz, p.alpn), p.src, nil
 }
 
 // SDSClientConfig builds the client tls.Config of an UpstreamTlsContext
@@ -195,22 +199,11 @@ func SDSServerConfig(dtc *tlsv3.DownstreamTlsContext, defaultALPN []string, secr
 // match_typed_subject_alt_names (else: any ID of the local SVID's trust
 // domain). SNI is sni; ALPN alpn_protocols or defaultALPN.
 func SDSClientConfig(utc *tlsv3.UpstreamTlsContext, defaultALPN []string, secrets Secrets) (*tls.Config, mtls.Source, error) {
-	if secrets == nil {
-		return nil, nil, errors.New("common_tls_context: SDS secrets are not available in this configuration")
-	}
-	p, err := sdsContext(utc.GetCommonTlsContext(), secrets)
+	p, err := sdsContext(utc.GetCommonTlsContext(), defaultALPN, secrets)
 	if err != nil {
 		return nil, nil, err
 	}
-	authz := p.authz
-	if authz == nil {
-		authz = sameTrustDomain(p.src)
-	}
-	alpn := defaultALPN
-	if a := utc.GetCommonTlsContext().GetAlpnProtocols(); len(a) > 0 {
-		alpn = a
-	}
-	return mtls.ClientConfig(p.src, authz, alpn, utc.GetSni()), p.src, nil
+	return mtls.ClientConfig(p.src, p.authz, p.alpn, utc.GetSni()), p.src, nil
 }
 
 // SDSClusterName returns the cluster an SDS secret config names

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"meshd.dev/meshd/mtls"
@@ -201,5 +203,56 @@ func TestSDSContextErrors(t *testing.T) {
 	}
 	if _, _, err := SDSClientConfig(&tlsv3.UpstreamTlsContext{CommonTlsContext: ok}, nil, nil); err == nil || !strings.Contains(err.Error(), "not available") {
 		t.Errorf("nil secrets: err = %v", err)
+	}
+}
+
+// TestSANAuthorizer: exact and prefix URI SAN matchers, with and without
+// ignore_case. The authorizer runs in every handshake, so it is called
+// from several goroutines at once; under -race this also checks that a
+// call does not write what the next call reads (the ignore_case prefix
+// once lowered its captured pattern on every call).
+func TestSANAuthorizer(t *testing.T) {
+	id := spiffeid.RequireFromString("spiffe://example.org/NS/demo/SA/greeter")
+	for _, tc := range []struct {
+		name string
+		m    *matcherv3.StringMatcher
+		ok   bool
+	}{
+		{"exact", &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id.String()}}, true},
+		{"exact other case", &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://example.org/ns/demo/sa/greeter"}}, false},
+		{"exact ignore case", &matcherv3.StringMatcher{IgnoreCase: true, MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://example.org/ns/demo/sa/greeter"}}, true},
+		{"prefix", &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://example.org/NS/demo/"}}, true},
+		{"prefix other case", &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://example.org/ns/demo/"}}, false},
+		{"prefix ignore case", &matcherv3.StringMatcher{IgnoreCase: true, MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "SPIFFE://EXAMPLE.ORG/ns/DEMO/"}}, true},
+		{"prefix ignore case mismatch", &matcherv3.StringMatcher{IgnoreCase: true, MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://example.org/ns/other/"}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			authz, err := sanAuthorizer(tc.m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const callers, calls = 4, 50
+			errs := make(chan error, callers*calls)
+			var wg sync.WaitGroup
+			for range callers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range calls {
+						errs <- authz(id)
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if (err == nil) != tc.ok {
+					t.Fatalf("authorize %s: err %v, want ok %v", id, err, tc.ok)
+				}
+			}
+		})
+	}
+	if _, err := sanAuthorizer(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: "/greeter"}}); err == nil {
+		t.Fatal("suffix matcher accepted, want an error naming the supported patterns")
 	}
 }
