@@ -9,12 +9,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/stats"
 )
@@ -130,25 +130,6 @@ func testStore() *stats.Store {
 	return s
 }
 
-// checkGoroutines fails the test when goroutines started during it are
-// still running after teardown, polling until a deadline.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	base := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(testTimeout)
-		for runtime.NumGoroutine() > base {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines leaked: %d running, %d before the test\n%s",
-					runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
 type harness struct {
 	srv     *Server
 	backend *fakeBackend
@@ -160,7 +141,7 @@ type harness struct {
 // leak-checked) at cleanup.
 func start(t *testing.T, b *fakeBackend, store *stats.Store) *harness {
 	t.Helper()
-	checkGoroutines(t) // registered first, so it runs after the cleanups below
+	testutil.CheckGoroutines(t) // registered first, so it runs after the cleanups below
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := New(b, store, logger)
 	addr, err := srv.Listen("127.0.0.1:0")
@@ -467,7 +448,7 @@ type quitCloser struct {
 func (q *quitCloser) Quit() { q.closed <- q.srv.Close() }
 
 func TestQuitClosesServer(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	q := &quitCloser{fakeBackend: newFakeBackend(), closed: make(chan error, 1)}
 	q.srv = New(q, stats.NewStore(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	addr, err := q.srv.Listen("127.0.0.1:0")
@@ -523,7 +504,7 @@ func TestConfigDumpErrors(t *testing.T) {
 }
 
 func TestLifecycle(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t)
 	srv := New(newFakeBackend(), stats.NewStore(), nil)
 	path := filepath.Join(t.TempDir(), "admin-address")
 	if err := srv.WriteAddressFile(path); err == nil {
