@@ -442,20 +442,12 @@ func (c Config) rewriteProbes(containers []corev1.Container) ([]corev1.Container
 			if h := p.HTTPGet; h != nil && h.Port.Type == intstr.Int && h.Port.IntVal == c.StatusPort && h.Path == path {
 				continue // already rewritten
 			}
-			var port intstr.IntOrString
-			switch {
-			case p.HTTPGet != nil:
-				port = p.HTTPGet.Port
-			case p.TCPSocket != nil:
-				port = p.TCPSocket.Port
-			case p.GRPC != nil:
-				port = intstr.FromInt32(p.GRPC.Port)
-			default:
+			port, ok := probeTarget(p)
+			if !ok {
 				continue // exec: runs in the container, no network
 			}
 			n := port.IntVal
 			if port.Type == intstr.String {
-				var ok bool
 				if n, ok = containerPort(ct, port.StrVal); !ok {
 					return nil, nil, fmt.Errorf("container %q %s: port %q names none of the container's ports", ct.Name, slot.name, port.StrVal)
 				}
@@ -510,36 +502,43 @@ func containerPort(ct *corev1.Container, name string) (int32, bool) {
 	return 0, false
 }
 
+// probeTarget returns the port a network probe (httpGet, tcpSocket or
+// grpc) targets, a number or a container port's name; ok is false for an
+// exec probe, which runs in the container.
+func probeTarget(p *corev1.Probe) (port intstr.IntOrString, ok bool) {
+	switch {
+	case p.HTTPGet != nil:
+		return p.HTTPGet.Port, true
+	case p.TCPSocket != nil:
+		return p.TCPSocket.Port, true
+	case p.GRPC != nil:
+		return intstr.FromInt32(p.GRPC.Port), true
+	}
+	return intstr.IntOrString{}, false
+}
+
 // probePorts returns the numeric ports of the application's kubelet
 // probes, so that capture leaves them alone. Named ports are resolved
 // against the containers' ports.
 func probePorts(spec *corev1.PodSpec) []int32 {
 	var out []int32
-	for _, c := range spec.Containers {
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
 		for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
 			if p == nil {
 				continue
 			}
-			var port intstr.IntOrString
-			switch {
-			case p.HTTPGet != nil:
-				port = p.HTTPGet.Port
-			case p.TCPSocket != nil:
-				port = p.TCPSocket.Port
-			case p.GRPC != nil:
-				port = intstr.FromInt32(p.GRPC.Port)
-			default:
-				continue
+			port, ok := probeTarget(p)
+			if !ok {
+				continue // exec: runs in the container, no network
 			}
+			n := port.IntVal
 			if port.Type == intstr.String {
-				for _, cp := range c.Ports {
-					if cp.Name == port.StrVal {
-						out = append(out, cp.ContainerPort)
-					}
+				if n, ok = containerPort(c, port.StrVal); !ok {
+					continue
 				}
-				continue
 			}
-			out = append(out, port.IntVal)
+			out = append(out, n)
 		}
 	}
 	return out
