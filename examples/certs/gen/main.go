@@ -18,7 +18,6 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
-	"log"
 	"math/big"
 	"net"
 	"net/url"
@@ -33,7 +32,8 @@ func main() {
 	dir := flag.String("dir", ".", "directory to write ca.pem, server.pem and server-key.pem to")
 	flag.Parse()
 	if err := run(*dir); err != nil {
-		log.Fatal(err)
+		fmt.Fprintf(os.Stderr, "gen: %v\n", err)
+		os.Exit(1)
 	}
 }
 
