@@ -155,13 +155,15 @@ func staticClusterAddress(b *bootstrapv3.Bootstrap, name string) (string, error)
 			return "", fmt.Errorf("cluster %q: TLS to the collector is not supported", name)
 		}
 		for _, lle := range c.GetLoadAssignment().GetEndpoints() {
-			for _, e := range lle.GetLbEndpoints() {
-				a, err := socketAddress(e.GetEndpoint().GetAddress())
-				if err != nil {
-					return "", fmt.Errorf("cluster %q: %w", name, err)
-				}
-				return a, nil
+			eps := lle.GetLbEndpoints()
+			if len(eps) == 0 {
+				continue
 			}
+			a, err := socketAddress(eps[0].GetEndpoint().GetAddress())
+			if err != nil {
+				return "", fmt.Errorf("cluster %q: %w", name, err)
+			}
+			return a, nil
 		}
 		return "", fmt.Errorf("cluster %q has no endpoint", name)
 	}
