@@ -470,14 +470,3 @@ func (d *outlierDetector) remove(h *Host) {
 		d.stats.Active.Set(int64(d.active))
 	}
 }
-
-// ejected reports whether h is currently ejected.
-func (d *outlierDetector) ejected(h *Host) bool {
-	m, ok := h.outlier.(*hostMonitor)
-	if !ok {
-		return false
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return m.ejected
-}

@@ -248,19 +248,6 @@ func parseStats(body []byte) map[string]int64 {
 	return out
 }
 
-// parseStat finds "name: value" in Envoy's /stats text.
-func parseStat(body []byte, name string) (int64, bool) {
-	for line := range strings.Lines(string(body)) {
-		k, v, found := strings.Cut(strings.TrimSpace(line), ": ")
-		if !found || k != name {
-			continue
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		return n, err == nil
-	}
-	return 0, false
-}
-
 // PID returns the meshd process id (taskset execs meshd in place).
 func (s *sidecarProc) PID() int { return s.cmd.Process.Pid }
 
