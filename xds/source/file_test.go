@@ -96,8 +96,8 @@ func TestFileWatcher(t *testing.T) {
 			return v
 		case err := <-sink.failed:
 			t.Fatalf("%s: error instead of a publish: %v", what, err)
-		case <-time.After(time.Second):
-			t.Fatalf("%s: not published within 1s", what)
+		case <-time.After(testTimeout):
+			t.Fatalf("%s: not published within %v", what, testTimeout)
 		}
 		return ""
 	}
@@ -142,8 +142,8 @@ func TestFileWatcher(t *testing.T) {
 		}
 	case v := <-sink.published:
 		t.Fatalf("bad edit published %q (first %q, second %q)", v, first, second)
-	case <-time.After(time.Second):
-		t.Fatal("bad edit not reported within 1s")
+	case <-time.After(testTimeout):
+		t.Fatalf("bad edit not reported within %v", testTimeout)
 	}
 	expectQuiet("bad edit, no further change")
 
@@ -156,8 +156,8 @@ func TestFileWatcher(t *testing.T) {
 		if !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("missing file error = %v, want ErrNotExist", err)
 		}
-	case <-time.After(time.Second):
-		t.Fatal("missing file not reported within 1s")
+	case <-time.After(testTimeout):
+		t.Fatalf("missing file not reported within %v", testTimeout)
 	}
 	replaceFile(t, path, examples.Mesh)
 	if v := expectPublish("restored file"); v != first {
