@@ -113,39 +113,17 @@ func (sc *Scope) Counter(name string) *Counter {
 // Tag{"envoy_response_code", "200"}).
 func (sc *Scope) TaggedCounter(flat, prom string, extra ...Tag) *Counter {
 	full := sc.flatPrefix + flat
-	s := sc.store
-	s.mu.RLock()
-	c := s.counters[full]
-	s.mu.RUnlock()
-	if c != nil {
-		return c
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c = s.counters[full]; c == nil {
-		c = &Counter{meta: sc.meta(full, prom, extra)}
-		s.counters[full] = c
-	}
-	return c
+	return find(sc.store, sc.store.counters, full, func() *Counter {
+		return &Counter{meta: sc.meta(full, prom, extra)}
+	})
 }
 
 // Gauge returns the gauge name in this scope, creating it on first use.
 func (sc *Scope) Gauge(name string) *Gauge {
 	full := sc.flatPrefix + name
-	s := sc.store
-	s.mu.RLock()
-	g := s.gauges[full]
-	s.mu.RUnlock()
-	if g != nil {
-		return g
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if g = s.gauges[full]; g == nil {
-		g = &Gauge{meta: sc.meta(full, name, nil)}
-		s.gauges[full] = g
-	}
-	return g
+	return find(sc.store, sc.store.gauges, full, func() *Gauge {
+		return &Gauge{meta: sc.meta(full, name, nil)}
+	})
 }
 
 // Histogram returns the histogram name in this scope, creating it on first
@@ -153,20 +131,28 @@ func (sc *Scope) Gauge(name string) *Gauge {
 // histograms take milliseconds).
 func (sc *Scope) Histogram(name string) *Histogram {
 	full := sc.flatPrefix + name
-	s := sc.store
+	return find(sc.store, sc.store.hists, full, func() *Histogram {
+		return &Histogram{meta: sc.meta(full, name, nil)}
+	})
+}
+
+// find returns m[full], one of s's metric maps, storing create() there
+// first when it is missing; concurrent callers get the same metric. The
+// common case, a metric that exists, takes only the read lock.
+func find[T any](s *Store, m map[string]*T, full string, create func() *T) *T {
 	s.mu.RLock()
-	h := s.hists[full]
+	v := m[full]
 	s.mu.RUnlock()
-	if h != nil {
-		return h
+	if v != nil {
+		return v
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if h = s.hists[full]; h == nil {
-		h = &Histogram{meta: sc.meta(full, name, nil)}
-		s.hists[full] = h
+	if v = m[full]; v == nil {
+		v = create()
+		m[full] = v
 	}
-	return h
+	return v
 }
 
 func (sc *Scope) meta(full, prom string, extra []Tag) meta {
