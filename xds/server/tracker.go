@@ -12,6 +12,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"go.opentelemetry.io/otel/trace"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -219,11 +220,7 @@ func (t *tracker) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) err
 	if st == nil {
 		return nil
 	}
-	var msg *string
-	if d := req.GetErrorDetail(); d != nil {
-		m := d.GetMessage()
-		msg = &m
-	}
+	msg := errorDetail(req.GetErrorDetail())
 	rejected, nack := t.request(st, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), msg)
 	st.mu.Lock()
 	if st.pending != nil {
@@ -260,13 +257,19 @@ func (t *tracker) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRe
 	if st == nil {
 		return nil
 	}
-	var msg *string
-	if d := req.GetErrorDetail(); d != nil {
-		m := d.GetMessage()
-		msg = &m
-	}
+	msg := errorDetail(req.GetErrorDetail())
 	t.request(st, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", msg)
 	return nil
+}
+
+// errorDetail returns the message of a request's error_detail, nil when
+// the request has none (an ACK or a first request).
+func errorDetail(d *rpcstatus.Status) *string {
+	if d == nil {
+		return nil
+	}
+	m := d.GetMessage()
+	return &m
 }
 
 // OnStreamDeltaResponse implements delta.Callbacks.
