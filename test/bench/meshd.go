@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -74,11 +73,8 @@ type sidecarProc struct {
 	// of the bench listener. Immutable.
 	AdminAddr, ListenerAddr string
 
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{} // closed when cmd.Wait returns
-	client  *http.Client
+	childProc
+	client *http.Client
 }
 
 // startSidecar writes the bootstrap into dir as NAME.yaml and starts meshd
@@ -115,8 +111,8 @@ func startSidecar(ctx context.Context, meshd, dir, name, bootstrap string, cpu i
 		return nil, fmt.Errorf("sidecar %s: start %s: %w", name, strings.Join(args, " "), err)
 	}
 	s := &sidecarProc{
-		name: name, cmd: cmd, logPath: logPath, done: make(chan struct{}),
-		client: &http.Client{Timeout: adminTimeout},
+		childProc: childProc{name: "sidecar " + name, cmd: cmd, logPath: logPath, done: make(chan struct{})},
+		client:    &http.Client{Timeout: adminTimeout},
 	}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 	if err := s.waitReady(ctx, adminPath); err != nil {
@@ -248,27 +244,11 @@ func parseStats(body []byte) map[string]int64 {
 	return out
 }
 
-// PID returns the meshd process id (taskset execs meshd in place).
-func (s *sidecarProc) PID() int { return s.cmd.Process.Pid }
-
-// Log returns what the sidecar wrote to stdout and stderr.
-func (s *sidecarProc) Log() string {
-	b, _ := os.ReadFile(s.logPath)
-	return string(b)
-}
-
 // Stop sends SIGTERM (a graceful drain) and waits for exit, killing the process after
 // sidecarStopTimeout. It returns an error when the exit was not clean.
 func (s *sidecarProc) Stop() error {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	timer := time.NewTimer(sidecarStopTimeout)
-	defer timer.Stop()
-	select {
-	case <-s.done:
-	case <-timer.C:
-		_ = s.cmd.Process.Kill()
-		<-s.done
-		return fmt.Errorf("sidecar did not exit within %v of SIGTERM; killed", sidecarStopTimeout)
+	if err := s.terminate(sidecarStopTimeout); err != nil {
+		return err
 	}
 	if !s.cmd.ProcessState.Success() {
 		return fmt.Errorf("sidecar exited: %v", s.cmd.ProcessState)

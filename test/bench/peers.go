@@ -172,7 +172,8 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// childProc is a started peer proxy.
+// childProc is a started child process: a peer proxy, and the process
+// part of a sidecarProc.
 type childProc struct {
 	name    string
 	cmd     *exec.Cmd
@@ -191,9 +192,13 @@ func (c *childProc) Log() string {
 
 // Stop sends SIGTERM and waits for the exit, killing the process after
 // peerStopTimeout.
-func (c *childProc) Stop() error {
+func (c *childProc) Stop() error { return c.terminate(peerStopTimeout) }
+
+// terminate sends SIGTERM and waits for the exit, killing the process
+// after timeout; it returns an error only when it had to kill it.
+func (c *childProc) terminate(timeout time.Duration) error {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	timer := time.NewTimer(peerStopTimeout)
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case <-c.done:
@@ -201,7 +206,7 @@ func (c *childProc) Stop() error {
 	case <-timer.C:
 		_ = c.cmd.Process.Kill()
 		<-c.done
-		return fmt.Errorf("%s did not exit within %v of SIGTERM; killed", c.name, peerStopTimeout)
+		return fmt.Errorf("%s did not exit within %v of SIGTERM; killed", c.name, timeout)
 	}
 }
 
