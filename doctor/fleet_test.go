@@ -8,11 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"meshd.dev/meshd/internal/testutil"
 )
 
 // TestFleetNodes reads a control plane's /status: one entry per node
 // (a node with two streams appears once), sorted, with its reported admin.
 func TestFleetNodes(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
 			http.NotFound(w, r)
@@ -49,6 +52,7 @@ func TestFleetNodes(t *testing.T) {
 // TestFleetSkipsNodesWithoutAdmin: a node that reported no admin address
 // is skipped, not an error, and a sidecar that cannot be reached is.
 func TestFleetSkipsNodesWithoutAdmin(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	dead := httptest.NewServer(http.NotFoundHandler())
 	deadAddr := dead.Listener.Addr().String()
 	dead.Close()
@@ -74,6 +78,7 @@ func TestFleetSkipsNodesWithoutAdmin(t *testing.T) {
 // into info findings with the field, the values, the reason and the
 // numbers; a control plane without autotune gives none.
 func TestFleetTuning(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	for _, tc := range []struct {
 		name, body string
 		want       []Finding

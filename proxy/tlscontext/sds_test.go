@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/mtls"
 	"meshd.dev/meshd/mtls/mtlstest"
 )
@@ -112,6 +113,7 @@ func handshake(t *testing.T, client, server *tls.Config) (cerr, serr error) {
 // by its URI SAN (exact, prefix) or, without matchers, by the local trust
 // domain.
 func TestSDSHandshake(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	ca := mtlstest.NewCA(t, "example.org")
 	const serverID, clientID = "spiffe://example.org/ns/demo/sa/server", "spiffe://example.org/ns/demo/sa/client"
 	exact := func(s string) *matcherv3.StringMatcher {
