@@ -118,6 +118,28 @@ func TestExporterBatching(t *testing.T) {
 	}
 }
 
+// startCollector serves col as an OTLP/gRPC trace collector on
+// 127.0.0.1:0 until the test's cleanup and returns its address.
+func startCollector(t *testing.T, col coltracepb.TraceServiceServer) string {
+	t.Helper()
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, col)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
+	return ln.Addr().String()
+}
+
 // blockingCollector holds every export until release is closed.
 type blockingCollector struct {
 	coltracepb.UnimplementedTraceServiceServer
@@ -152,23 +174,9 @@ func TestExporterQueueBound(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	const queue = 4
 	col := &blockingCollector{inExport: make(chan struct{}, 1), release: make(chan struct{})}
-	srv := grpc.NewServer()
-	coltracepb.RegisterTraceServiceServer(srv, col)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(ln)
-	}()
-	defer func() {
-		srv.Stop()
-		<-served
-	}()
+	addr := startCollector(t, col)
 	var st exporterStats
-	e, err := tracing.NewExporter(tracing.ExporterConfig{Target: ln.Addr().String(), QueueSize: queue, BatchSize: queue, FlushInterval: time.Hour, Stats: st.stats()})
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Target: addr, QueueSize: queue, BatchSize: queue, FlushInterval: time.Hour, Stats: st.stats()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,23 +249,9 @@ func TestExporterTickSendsWhatWasQueued(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	const interval = time.Second
 	col := &gatedCollector{arrived: make(chan gatedExport, 8), release: make(chan struct{}, 8)}
-	srv := grpc.NewServer()
-	coltracepb.RegisterTraceServiceServer(srv, col)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(ln)
-	}()
-	defer func() {
-		srv.Stop()
-		<-served
-	}()
+	addr := startCollector(t, col)
 	var st exporterStats
-	e, err := tracing.NewExporter(tracing.ExporterConfig{Target: ln.Addr().String(), BatchSize: 100, FlushInterval: interval, Stats: st.stats()})
+	e, err := tracing.NewExporter(tracing.ExporterConfig{Target: addr, BatchSize: 100, FlushInterval: interval, Stats: st.stats()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -205,36 +205,27 @@ func startServer(t testing.TB, s *Server) *grpc.ClientConn {
 // recvSotW receives one response within testTimeout.
 func recvSotW(t testing.TB, st discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient) *discovery.DiscoveryResponse {
 	t.Helper()
-	type result struct {
-		r   *discovery.DiscoveryResponse
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		r, err := st.Recv()
-		ch <- result{r, err}
-	}()
-	select {
-	case res := <-ch:
-		if res.err != nil {
-			t.Fatalf("Recv: %v", res.err)
-		}
-		return res.r
-	case <-time.After(testTimeout):
-		t.Fatalf("no response within %v", testTimeout)
-		return nil
-	}
+	return recvWithin(t, "response", st.Recv)
 }
 
+// recvDelta receives one delta response within testTimeout.
 func recvDelta(t testing.TB, st discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient) *discovery.DeltaDiscoveryResponse {
 	t.Helper()
+	return recvWithin(t, "delta response", st.Recv)
+}
+
+// recvWithin calls recv, a stream's Recv, and fails the test when it
+// errs or does not return within testTimeout. A Recv left blocked
+// returns when the test's cleanup closes the connection.
+func recvWithin[R any](t testing.TB, what string, recv func() (R, error)) R {
+	t.Helper()
 	type result struct {
-		r   *discovery.DeltaDiscoveryResponse
+		r   R
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
-		r, err := st.Recv()
+		r, err := recv()
 		ch <- result{r, err}
 	}()
 	select {
@@ -244,8 +235,9 @@ func recvDelta(t testing.TB, st discovery.AggregatedDiscoveryService_DeltaAggreg
 		}
 		return res.r
 	case <-time.After(testTimeout):
-		t.Fatalf("no delta response within %v", testTimeout)
-		return nil
+		t.Fatalf("no %s within %v", what, testTimeout)
+		var zero R
+		return zero
 	}
 }
 
