@@ -257,11 +257,20 @@ func TestClientControlStreamRules(t *testing.T) {
 // the window never falls.
 func TestClientLearnsStreamWindow(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	release := make(chan struct{})
+	// "/hold-first" waits for releaseFirst, "/hold" for releaseAll.
+	releaseFirst, releaseAll := make(chan struct{}), make(chan struct{})
 	started := make(chan struct{}, 16)
 	addr, tc, _ := testServer(t, 10, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		started <- struct{}{}
-		if r.URL.Path == "/hold" {
+		release := releaseAll
+		switch r.URL.Path {
+		case "/hold-first":
+			release = releaseFirst
+		case "/hold":
+		default:
+			release = nil
+		}
+		if release != nil {
 			select {
 			case <-release:
 			case <-r.Context().Done():
@@ -304,8 +313,12 @@ func TestClientLearnsStreamWindow(t *testing.T) {
 	}
 
 	var held []stream.ClientStream
-	for range 10 {
-		cs, err := open("/hold")
+	for i := range 10 {
+		path := "/hold"
+		if i == 0 {
+			path = "/hold-first"
+		}
+		cs, err := open(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -323,7 +336,7 @@ func TestClientLearnsStreamWindow(t *testing.T) {
 	}
 
 	// One stream ends: its credit comes back with the peer's MAX_STREAMS.
-	release <- struct{}{}
+	close(releaseFirst)
 	finish(held[0])
 	if got := cc.Capacity(); got != 1 {
 		t.Errorf("Capacity after a stream ended = %d, want 1", got)
@@ -339,7 +352,7 @@ func TestClientLearnsStreamWindow(t *testing.T) {
 		t.Fatalf("stream in the slot a finished one left: %v", err)
 	}
 	finish(cs)
-	close(release)
+	close(releaseAll)
 	for _, cs := range held[1:] {
 		finish(cs)
 	}
