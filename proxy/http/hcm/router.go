@@ -76,7 +76,15 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 
 	rs := &retryState{policy: r.Retry, c: c, st: ex.h.retryStatsFor(c.Stats())}
 	defer rs.release()
-	for {
+	for first := true; ; first = false {
+		if !first {
+			// Like Envoy's router (doRetry), a retry goes to the cluster
+			// as it is now: CDS may have replaced it since the request
+			// started, and the replaced cluster's pools are closed.
+			if c = ex.currentCluster(c, ureq, rs); c == nil {
+				return
+			}
+		}
 		host := ex.pickHost(c, r.Retry)
 		if host == nil {
 			c.Stats().NoHealthyUpstream.Inc()
@@ -100,6 +108,40 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 			}
 		}
 	}
+}
+
+// currentCluster returns the live cluster named like c, for a retry. When
+// a config update replaced c, the retry state and the request's scheme
+// follow the new cluster and the hosts tried are forgotten (they belong to
+// the old one). When the cluster was removed, it answers 503 as Envoy's
+// router does (no healthy upstream) and returns nil.
+//
+// Without this, a request queued in a pool that a cluster update drained
+// (its waiters fail as unprocessed: "connection pool closed") retried on
+// the drained pool until its transparent-retry budget ran out, then failed
+// with 503 "remote refused stream reset" although the new cluster served.
+func (ex *exchange) currentCluster(c *upstream.Cluster, ureq *stream.Request, rs *retryState) *upstream.Cluster {
+	cur := ex.h.clusters.Get(c.Spec().Name)
+	switch cur {
+	case c:
+		return c
+	case nil:
+		c.Stats().NoHealthyUpstream.Inc()
+		ex.flag("UH")
+		ex.note(accesslog.NoHealthyUpstream, "no_healthy_upstream")
+		ex.localReply(503, "no healthy upstream")
+		return nil
+	}
+	ex.h.logger.Debug("retrying on the cluster a config update replaced", "cluster", c.Spec().Name)
+	ureq.Scheme = "http"
+	if cur.Spec().TLS != nil {
+		ureq.Scheme = "https"
+	}
+	// Both clusters' stats live in the same store under the same names, so
+	// a retry slot held (rs.holding) is returned to the same gauge.
+	rs.c, rs.st = cur, ex.h.retryStatsFor(cur.Stats())
+	ex.tried = ex.tried[:0]
+	return cur
 }
 
 // pickHost chooses the host for the next attempt. On a retry it prefers a
@@ -486,7 +528,7 @@ func (ex *exchange) attemptFailed(ctx, actx context.Context, cs *upstream.Stats,
 		ex.note(accesslog.UpstreamRemoteReset, "upstream_reset_before_response_started{remote_reset}")
 	}
 	ex.flag(flag)
-	ex.h.logger.Debug("upstream failed", "err", err)
+	ex.h.logger.Debug("upstream failed", "err", err, "transparent_retries", rs.transparent, "elapsed", time.Since(ex.start))
 	ex.localReply(503, "upstream connect error or disconnect/reset before headers. reset reason: "+reason)
 	return false, 0
 }
