@@ -299,9 +299,7 @@ func (s *Server) statsFilter(w http.ResponseWriter, r *http.Request) (stats.Filt
 	if expr := q.Get("filter"); expr != "" {
 		re, err := regexp.Compile(expr)
 		if err != nil {
-			w.Header().Set("Content-Type", contentText)
-			w.WriteHeader(http.StatusBadRequest)
-			s.write(w, fmt.Sprintf("Invalid re2 regex in filter=%q: %v\n", expr, err))
+			s.writeError(w, http.StatusBadRequest, fmt.Sprintf("Invalid re2 regex in filter=%q: %v\n", expr, err))
 			return f, false
 		}
 		f.Regexp = re
@@ -314,9 +312,7 @@ func (s *Server) handleStats(w http.ResponseWriter, r *http.Request) {
 	switch format {
 	case "", "text", "json", "prometheus":
 	default:
-		w.Header().Set("Content-Type", contentText)
-		w.WriteHeader(http.StatusBadRequest)
-		s.write(w, fmt.Sprintf("invalid format=%q: want text, json or prometheus\n", format))
+		s.writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid format=%q: want text, json or prometheus\n", format))
 		return
 	}
 	f, ok := s.statsFilter(w, r)
@@ -358,9 +354,7 @@ func (s *Server) handleConfigDump(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.logger.Error("config_dump failed", "error", err)
-		w.Header().Set("Content-Type", contentText)
-		w.WriteHeader(http.StatusInternalServerError)
-		s.write(w, fmt.Sprintf("config_dump: %v\n", err))
+		s.writeError(w, http.StatusInternalServerError, fmt.Sprintf("config_dump: %v\n", err))
 		return
 	}
 	w.Header().Set("Content-Type", contentJSON)
@@ -376,9 +370,7 @@ func (s *Server) wantJSON(w http.ResponseWriter, r *http.Request) (asJSON, ok bo
 	case "json":
 		return true, true
 	default:
-		w.Header().Set("Content-Type", contentText)
-		w.WriteHeader(http.StatusBadRequest)
-		s.write(w, fmt.Sprintf("invalid format=%q: want text or json\n", f))
+		s.writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid format=%q: want text or json\n", f))
 		return false, false
 	}
 }
@@ -387,11 +379,22 @@ func (s *Server) wantJSON(w http.ResponseWriter, r *http.Request) (asJSON, ok bo
 // connections in this process's stats store and every stream waiting on
 // something (h2.StreamsReport), as JSON.
 func (s *Server) handleStreams(w http.ResponseWriter, _ *http.Request) {
-	body, err := json.MarshalIndent(h2.TableOf(s.store).Snapshot(), "", "  ")
+	s.writeJSON(w, "debug streams", h2.TableOf(s.store).Snapshot())
+}
+
+// writeError answers with status code and the plain-text body.
+func (s *Server) writeError(w http.ResponseWriter, code int, body string) {
+	w.Header().Set("Content-Type", contentText)
+	w.WriteHeader(code)
+	s.write(w, body)
+}
+
+// writeJSON answers with v as indented JSON, or with a 500 naming what
+// (the endpoint) and the encoding error.
+func (s *Server) writeJSON(w http.ResponseWriter, what string, v any) {
+	body, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		w.Header().Set("Content-Type", contentText)
-		w.WriteHeader(http.StatusInternalServerError)
-		s.write(w, fmt.Sprintf("debug streams: %v\n", err))
+		s.writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s: %v\n", what, err))
 		return
 	}
 	w.Header().Set("Content-Type", contentJSON)
@@ -494,9 +497,7 @@ func (s *Server) writeProto(w http.ResponseWriter, msg proto.Message) {
 	}
 	if err != nil {
 		s.logger.Error("admin JSON encoding failed", "message", string(proto.MessageName(msg)), "error", err)
-		w.Header().Set("Content-Type", contentText)
-		w.WriteHeader(http.StatusInternalServerError)
-		s.write(w, fmt.Sprintf("encoding %s: %v\n", proto.MessageName(msg), err))
+		s.writeError(w, http.StatusInternalServerError, fmt.Sprintf("encoding %s: %v\n", proto.MessageName(msg), err))
 		return
 	}
 	compact.WriteByte('\n')

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"runtime"
@@ -67,13 +66,5 @@ func (s *Server) handleGC(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) writeMemory(w http.ResponseWriter) {
-	body, err := json.MarshalIndent(readMemory(), "", "  ")
-	if err != nil {
-		w.Header().Set("Content-Type", contentText)
-		w.WriteHeader(http.StatusInternalServerError)
-		s.write(w, fmt.Sprintf("memory: %v\n", err))
-		return
-	}
-	w.Header().Set("Content-Type", contentJSON)
-	s.write(w, string(body)+"\n")
+	s.writeJSON(w, "memory", readMemory())
 }
