@@ -309,12 +309,22 @@ type AuthorizationPolicySpec struct {
 
 // Policy is the client-side traffic settings for one destination. Every field
 // is optional; an unset field keeps the value from the mesh defaults, or
-// Envoy's default when the defaults leave it unset too.
+// Envoy's default when the defaults leave it unset too (Timeout excepted).
+// docs/mesh.md tables each field's rules and the Envoy field it sets.
 type Policy struct {
-	HTTP2            *HTTP2            `json:"http2,omitempty"`
-	ConnectionPool   *ConnectionPool   `json:"connectionPool,omitempty"`
-	Retries          *Retries          `json:"retries,omitempty"`
-	Timeout          *Duration         `json:"timeout,omitempty"`
+	// HTTP2 is the HTTP/2 settings between sidecars (and, for
+	// maxConcurrentStreams and the windows, the Service's inbound side).
+	HTTP2 *HTTP2 `json:"http2,omitempty"`
+	// ConnectionPool is the cluster's circuit-breaker limits, connection
+	// lifetimes and connect timeout.
+	ConnectionPool *ConnectionPool `json:"connectionPool,omitempty"`
+	// Retries is the route's retry policy.
+	Retries *Retries `json:"retries,omitempty"`
+	// Timeout is the route's timeout and its
+	// max_stream_duration.grpc_timeout_header_max. Unset it is 0 (none),
+	// not Envoy's 15 s, which would cut long-lived streams.
+	Timeout *Duration `json:"timeout,omitempty"`
+	// OutlierDetection is the cluster's consecutive-5xx ejection.
 	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
 	// LoadBalancer is round_robin, least_request or random.
 	LoadBalancer string `json:"loadBalancer,omitempty"`
@@ -353,28 +363,44 @@ type AutoTune struct {
 
 // HTTP2 is the client's HTTP/2 settings (Envoy Http2ProtocolOptions).
 type HTTP2 struct {
-	MaxConcurrentStreams        *uint32    `json:"maxConcurrentStreams,omitempty"`
-	InitialStreamWindowSize     *uint32    `json:"initialStreamWindowSize,omitempty"`
-	InitialConnectionWindowSize *uint32    `json:"initialConnectionWindowSize,omitempty"`
-	Keepalive                   *Keepalive `json:"keepalive,omitempty"`
+	// MaxConcurrentStreams is the cluster's max_concurrent_streams, also
+	// advertised by the Service's inbound listeners; 1..2³¹−1.
+	MaxConcurrentStreams *uint32 `json:"maxConcurrentStreams,omitempty"`
+	// InitialStreamWindowSize and InitialConnectionWindowSize are
+	// initial_stream_window_size and initial_connection_window_size on
+	// both sides of the hop; 65535..2³¹−1.
+	InitialStreamWindowSize     *uint32 `json:"initialStreamWindowSize,omitempty"`
+	InitialConnectionWindowSize *uint32 `json:"initialConnectionWindowSize,omitempty"`
+	// Keepalive is connection_keepalive.
+	Keepalive *Keepalive `json:"keepalive,omitempty"`
 }
 
 // Keepalive is HTTP/2 PING keepalive (Envoy connection_keepalive): a PING
 // every Interval, the connection closed when one is not answered in Timeout.
+// The two go together; Timeout must be shorter than Interval.
 type Keepalive struct {
+	// Interval is connection_keepalive.interval, at least 1ms.
 	Interval *Duration `json:"interval,omitempty"`
-	Timeout  *Duration `json:"timeout,omitempty"`
+	// Timeout is connection_keepalive.timeout, at least 1ms.
+	Timeout *Duration `json:"timeout,omitempty"`
 }
 
 // ConnectionPool is the client's pool limits and connection lifetimes.
 type ConnectionPool struct {
-	MaxConnections           *uint32   `json:"maxConnections,omitempty"`
-	MaxPendingRequests       *uint32   `json:"maxPendingRequests,omitempty"`
-	MaxRequests              *uint32   `json:"maxRequests,omitempty"`
+	// MaxConnections, MaxPendingRequests and MaxRequests are the
+	// cluster's circuit_breakers thresholds of those names; MaxRequests
+	// reaches proxyless gRPC clients too.
+	MaxConnections     *uint32 `json:"maxConnections,omitempty"`
+	MaxPendingRequests *uint32 `json:"maxPendingRequests,omitempty"`
+	MaxRequests        *uint32 `json:"maxRequests,omitempty"`
+	// IdleTimeout (0: never), MaxConnectionDuration and
+	// MaxRequestsPerConnection are the upstream
+	// common_http_protocol_options of those names.
 	IdleTimeout              *Duration `json:"idleTimeout,omitempty"`
 	MaxConnectionDuration    *Duration `json:"maxConnectionDuration,omitempty"`
 	MaxRequestsPerConnection *uint32   `json:"maxRequestsPerConnection,omitempty"`
-	ConnectTimeout           *Duration `json:"connectTimeout,omitempty"`
+	// ConnectTimeout is the cluster's connect_timeout, at least 1ms.
+	ConnectTimeout *Duration `json:"connectTimeout,omitempty"`
 }
 
 // Retries is the route's retry policy.
@@ -383,17 +409,23 @@ type Retries struct {
 	Attempts *uint32 `json:"attempts,omitempty"`
 	// RetryOn are Envoy retry_on conditions (5xx, reset, refused-stream,
 	// unavailable, ...).
-	RetryOn       []string  `json:"retryOn,omitempty"`
+	RetryOn []string `json:"retryOn,omitempty"`
+	// PerTryTimeout is retry_policy.per_try_timeout, at least 1ms.
 	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
 	// BudgetPercent caps active retries at this percentage of active
 	// requests (Envoy retry_budget.budget_percent), in (0, 100].
 	BudgetPercent *float64 `json:"budgetPercent,omitempty"`
 }
 
-// OutlierDetection ejects endpoints that fail consecutively.
+// OutlierDetection ejects endpoints that fail consecutively (the cluster's
+// outlier_detection, with always_eject_one_host so that a Service of fewer
+// than 10 endpoints can eject one).
 type OutlierDetection struct {
-	Consecutive5xx   *uint32   `json:"consecutive5xx,omitempty"`
-	Interval         *Duration `json:"interval,omitempty"`
+	// Consecutive5xx is consecutive_5xx, at least 1.
+	Consecutive5xx *uint32 `json:"consecutive5xx,omitempty"`
+	// Interval is the ejection sweep's interval, at least 1ms.
+	Interval *Duration `json:"interval,omitempty"`
+	// BaseEjectionTime is base_ejection_time, at least 1ms.
 	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
 }
 
