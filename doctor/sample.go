@@ -16,6 +16,8 @@ import (
 
 // Sample is what one look at a sidecar's admin API saw.
 type Sample struct {
+	// At is when the sample was taken; rules compare two samples' counters
+	// over the window between their At.
 	At time.Time
 	// Stats are the counters and gauges of /stats?format=json.
 	Stats map[string]int64
@@ -35,30 +37,41 @@ type Sample struct {
 
 // ClusterSample is one cluster of /clusters.
 type ClusterSample struct {
+	// Name is the cluster's name; Hosts are its endpoints.
 	Name  string
 	Hosts []HostSample
 }
 
 // HostSample is one endpoint of a cluster with its /clusters stats.
 type HostSample struct {
-	Address  string // "ip:port"
+	Address string // "ip:port"
+	// RqActive is the endpoint's rq_active: requests in flight to it.
 	RqActive int64
 }
 
 // ClusterConfig is the part of a cluster's configuration the live rules
 // quote. Zero durations and counts mean unset (Envoy's default applies).
 type ClusterConfig struct {
-	Name                     string
-	HTTP1                    bool // explicit http_protocol_options
+	// Name is the cluster's name.
+	Name  string
+	HTTP1 bool // explicit http_protocol_options
+	// ConnectTimeout is connect_timeout; IdleTimeout,
+	// MaxConnectionDuration and MaxRequestsPerConnection are the upstream
+	// common_http_protocol_options of those names, and IdleTimeoutSet
+	// tells an explicit idle_timeout (0: never) from none;
+	// KeepaliveInterval is http2_protocol_options.connection_keepalive's
+	// interval.
 	ConnectTimeout           time.Duration
 	IdleTimeout              time.Duration
 	IdleTimeoutSet           bool
 	MaxConnectionDuration    time.Duration
 	MaxRequestsPerConnection int64
 	KeepaliveInterval        time.Duration
-	MaxConnections           int64
-	MaxPendingRequests       int64
-	OutlierDetection         bool
+	// MaxConnections and MaxPendingRequests are the circuit_breakers
+	// thresholds; OutlierDetection is whether outlier_detection is set.
+	MaxConnections     int64
+	MaxPendingRequests int64
+	OutlierDetection   bool
 	// RouteTimeout is the timeout of a route to this cluster; RouteTimeoutSet
 	// tells an explicit 0s (none) from no route seen.
 	RouteTimeout    time.Duration
