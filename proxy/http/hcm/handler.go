@@ -352,8 +352,19 @@ func (ex *exchange) localReply(code int, body string) {
 		resp.Header.Add("content-type", "text/plain")
 	}
 	resp.Header.Add("content-length", strconv.Itoa(len(body)))
-	ex.finishHeaders(nil, "", resp)
-	noBody := body == "" || ex.req.Method == "HEAD"
+	ex.sendReply(nil, resp, len(body), func() error {
+		_, err := io.WriteString(ex.ds, body)
+		return err
+	})
+}
+
+// sendReply finishes a reply the proxy makes itself: resp's headers for
+// route r (nil for a local reply), the response filters, then resp and
+// its n-byte body, which write writes to ex.ds, as one whole reply. A HEAD
+// request or an empty body gets the headers alone, ending the stream.
+func (ex *exchange) sendReply(r *route.Route, resp *stream.Response, n int, write func() error) {
+	ex.finishHeaders(r, "", resp)
+	noBody := n == 0 || ex.req.Method == "HEAD"
 	if !ex.runResponseFilters(resp, noBody) {
 		return
 	}
@@ -363,7 +374,7 @@ func (ex *exchange) localReply(code int, body string) {
 	}
 	ex.holdWholeReply()
 	if ex.ds.WriteHeader(resp, false) == nil {
-		if _, err := io.WriteString(ex.ds, body); err == nil {
+		if write() == nil {
 			_ = ex.ds.CloseWrite()
 		}
 	}
@@ -387,21 +398,10 @@ func (ex *exchange) directReply(r *route.Route, status int, body []byte, locatio
 	if len(body) > 0 {
 		resp.Header.Add("content-type", "text/plain")
 	}
-	ex.finishHeaders(r, "", resp)
-	noBody := len(body) == 0 || ex.req.Method == "HEAD"
-	if !ex.runResponseFilters(resp, noBody) {
-		return
-	}
-	if noBody {
-		_ = ex.ds.WriteHeader(resp, true)
-		return
-	}
-	ex.holdWholeReply()
-	if ex.ds.WriteHeader(resp, false) == nil {
-		if _, err := ex.ds.Write(body); err == nil {
-			_ = ex.ds.CloseWrite()
-		}
-	}
+	ex.sendReply(r, resp, len(body), func() error {
+		_, err := ex.ds.Write(body)
+		return err
+	})
 }
 
 // encodeGRPCMessage percent-encodes a grpc-message value as the gRPC spec
