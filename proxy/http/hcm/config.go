@@ -43,8 +43,11 @@ const (
 
 // Config is a compiled, immutable HttpConnectionManager.
 type Config struct {
+	// StatPrefix is stat_prefix: the connection manager's stats are
+	// "http.<StatPrefix>.*".
 	StatPrefix string
-	Codec      Codec
+	// Codec is codec_type: which downstream codecs a connection may use.
+	Codec Codec
 	// Routes is the route table: compiled from route_config, or, when the
 	// HCM uses rds, bound by the snapshot compiler from the
 	// RouteConfiguration named RDSName before the config is published.
@@ -69,9 +72,12 @@ type Config struct {
 	// after this many requests
 	// (common_http_protocol_options.max_requests_per_connection; 0 = no limit).
 	MaxRequestsPerConnection uint32
-	Underscores              UnderscoreAction
+	// Underscores is headers_with_underscores_action (default: allow).
+	Underscores UnderscoreAction
 	// ServerName is the "server" response header value.
-	ServerName        string
+	ServerName string
+	// GenerateRequestID is generate_request_id (default true): a request
+	// forwarded without x-request-id gets a new one.
 	GenerateRequestID bool
 	// MaxRequestHeadersBytes limits the request header section.
 	MaxRequestHeadersBytes int
