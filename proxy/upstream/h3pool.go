@@ -51,6 +51,7 @@ func (p *h2Pool) connectH3(pc *pconn) error {
 		Stats:         st.Codec,
 		Logger:        p.logger,
 		OnStreamLimit: func(limit uint32) { p.onSettings(pc, limit) },
+		OnCredit:      p.wake,
 		OnGoAway:      func() { p.onGoAway(pc, stream.ErrCodeNo, "") },
 		OnStreamDone:  func() { p.streamDone(pc) },
 		OnClose:       func(err error) { p.onClose(pc, err) },

@@ -16,6 +16,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/qlog"
+	"github.com/quic-go/quic-go/qlogwriter"
 	"github.com/quic-go/quic-go/quicvarint"
 
 	"meshd.dev/meshd/proxy/http/header"
@@ -25,12 +27,6 @@ import (
 // DefaultMaxResponseHeaderBytes bounds a response's header section when
 // ClientConfig.MaxHeaderBytes is zero (quic-go's client default).
 const DefaultMaxResponseHeaderBytes = 10 << 20
-
-// creditWait bounds how long NewStream waits for stream credit the peer
-// owes: credit for streams that ended here, which the peer returns in a
-// MAX_STREAMS frame once it has seen them complete (about an RTT plus an
-// ACK delay, 25 ms by default, after the response's end was read).
-const creditWait = 100 * time.Millisecond
 
 // ClientConfig configures an upstream HTTP/3 connection. The callbacks
 // are how a pool learns what the connection can carry; they run on quic-go
@@ -46,13 +42,12 @@ type ClientConfig struct {
 	MaxHeaderBytes int
 	Stats          *Stats
 	Logger         *slog.Logger
-	// OnStreamLimit reports how many concurrent request streams the
-	// connection is expected to carry: QUIC.MaxConcurrentStreams (none:
-	// math.MaxInt32) once the handshake is done, then the peer's window
-	// as learned from its stream credit (see ClientConn), which only
-	// grows once learned. It runs on the goroutine of the Dial or
-	// NewStream call that learned the value.
+	// OnStreamLimit reports the peer's bidirectional stream limit
+	// (initial_max_streams_bidi), capped by QUIC.MaxConcurrentStreams,
+	// once the handshake is done.
 	OnStreamLimit func(limit uint32)
+	// OnCredit is called when a MAX_STREAMS frame raised the stream credit.
+	OnCredit func()
 	// OnGoAway is called once, for the first HTTP/3 GOAWAY received.
 	OnGoAway func()
 	// OnStreamDone is called once per stream opened, when it ended.
@@ -72,19 +67,12 @@ type ClientConfig struct {
 // stream credit, and GOAWAY is read off the peer's control stream with
 // its stream ID, which tells exactly which requests the peer never saw.
 //
-// Stream capacity follows QUIC's stream credit (initial_max_streams_bidi,
-// then MAX_STREAMS), which quic-go enforces but does not expose except
-// through a qlog trace, and a trace makes quic-go build an event for
-// every packet sent and received. So the connection learns the peer's
-// window of concurrent streams from the credit running out instead: it
-// assumes the local limit until quic-go first refuses to open a stream
-// (the credit then equals the streams opened), and from then on takes the
-// most streams it has had open at once, a window the peer has granted,
-// as the peer's; that window only grows (RFC 9000 section 4.6: credit is
-// never withdrawn, and peers re-grant it as streams complete). A refusal
-// while fewer streams than the window are open is credit on its way for
-// streams that just ended: NewStream waits up to creditWait for it.
-// Capacity is the window less the streams open, within the local limit.
+// Stream capacity follows QUIC's stream credit: the peer's
+// initial_max_streams_bidi and every MAX_STREAMS frame raise the count of
+// streams meshd may open; Capacity is that count less the streams opened,
+// capped by the local limit. quic-go does not expose the credit, so the
+// connection reads it from the qlog events of transport parameters and
+// received frames (a trace that records nothing else).
 type ClientConn struct {
 	qc  *quic.Conn
 	cfg *ClientConfig
@@ -92,10 +80,8 @@ type ClientConn struct {
 	localLimit     int64
 	maxHeaderBytes int
 
-	window     atomic.Int64 // concurrent streams the peer is taken to allow
-	learned    atomic.Bool  // window came from the peer's credit running out
-	peak       atomic.Int64 // the most request streams open at once
-	limitMu    sync.Mutex   // serialises setting the window once learned
+	maxStreams atomic.Int64 // the peer's cumulative bidirectional stream credit
+	opened     atomic.Int64 // request streams opened
 	active     atomic.Int64 // request streams not yet done
 	goAwayID   atomic.Int64 // the first GOAWAY's stream ID; -1 before any
 	goAwayOnce sync.Once
@@ -124,9 +110,9 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg *ClientConf
 		c.maxHeaderBytes = DefaultMaxResponseHeaderBytes
 	}
 	c.goAwayID.Store(-1)
-	c.window.Store(c.localLimit)
 	qconf := cfg.QUIC.Config()
 	qconf.MaxIncomingStreams = -1 // a server opens no request streams (RFC 9114 section 6.1)
+	qconf.Tracer = func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace { return (*connTrace)(c) }
 	tc := tlsConf.Clone()
 	tc.NextProtos = []string{NextProto}
 	qc, err := quic.DialAddr(ctx, addr, tc, qconf)
@@ -143,7 +129,7 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg *ClientConf
 		return nil, fmt.Errorf("HTTP/3 control stream to %s: %w", addr, err)
 	}
 	if f := cfg.OnStreamLimit; f != nil {
-		f(uint32(min(c.localLimit, math.MaxUint32)))
+		f(uint32(min(c.maxStreams.Load(), c.localLimit, math.MaxUint32)))
 	}
 	c.loops.Go(c.acceptUniStreams)
 	go func() {
@@ -292,88 +278,14 @@ func (c *ClientConn) closed(cause error) {
 	})
 }
 
-// Capacity is how many more streams the connection takes now: the
-// peer's window (assumed or learned, see ClientConn) less the streams
-// open; 0 after GOAWAY or Shutdown.
+// Capacity is how many more streams the connection takes now: the peer's
+// remaining stream credit, within the local concurrency limit; 0 after
+// GOAWAY or Shutdown.
 func (c *ClientConn) Capacity() int {
 	if c.goAwayID.Load() >= 0 || c.closing.Load() || c.qc.Context().Err() != nil {
 		return 0
 	}
-	return int(max(c.window.Load()-c.active.Load(), 0))
-}
-
-// openStream opens a request stream within the peer's stream credit,
-// learning the peer's window as ClientConn describes. Its errors are
-// unprocessed refusals.
-func (c *ClientConn) openStream(ctx context.Context) (*quic.Stream, error) {
-	qs, err := c.qc.OpenStream()
-	if err == nil {
-		return qs, nil
-	}
-	if _, ok := errors.AsType[*quic.StreamLimitReachedError](err); !ok {
-		return nil, refused("opening a request stream", err)
-	}
-	if !c.learned.Load() {
-		c.learn()
-		return nil, refused("peer's stream limit (MAX_STREAMS) reached", err)
-	}
-	if c.active.Load() >= c.window.Load() {
-		return nil, refused("peer's stream limit (MAX_STREAMS) reached", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, creditWait)
-	qs, err = c.qc.OpenStreamSync(wctx)
-	cancel()
-	if err != nil {
-		return nil, refused("no MAX_STREAMS within "+creditWait.String()+" of streams ending", err)
-	}
-	return qs, nil
-}
-
-// learn sets the window at the first refusal to open a stream: the most
-// streams open at once so far, which the peer's credit allowed.
-func (c *ClientConn) learn() {
-	c.limitMu.Lock()
-	defer c.limitMu.Unlock()
-	if c.learned.Load() {
-		return
-	}
-	// learned is set before peak is read, so a notePeak that misses it
-	// raised peak in time to be read here (and one that sees it grows the
-	// window after this).
-	c.learned.Store(true)
-	c.setWindowLocked(max(c.peak.Load(), 1))
-}
-
-// notePeak records n streams open at once after an open, and grows a
-// learned window to n: the peer granted that many.
-func (c *ClientConn) notePeak(n int64) {
-	for {
-		cur := c.peak.Load()
-		if n <= cur {
-			break
-		}
-		if c.peak.CompareAndSwap(cur, n) {
-			break
-		}
-	}
-	if !c.learned.Load() || n <= c.window.Load() {
-		return
-	}
-	c.limitMu.Lock()
-	defer c.limitMu.Unlock()
-	if n > c.window.Load() {
-		c.setWindowLocked(n)
-	}
-}
-
-// setWindowLocked sets the window to n streams within the local limit and
-// reports it (OnStreamLimit) under limitMu, so reports arrive in order.
-func (c *ClientConn) setWindowLocked(n int64) {
-	n = min(n, c.localLimit)
-	c.window.Store(n)
-	if f := c.cfg.OnStreamLimit; f != nil {
-		f(uint32(min(n, math.MaxUint32)))
-	}
+	return int(max(min(c.maxStreams.Load()-c.opened.Load(), c.localLimit-c.active.Load()), 0))
 }
 
 // Shutdown closes the connection gracefully once its streams ended; it
@@ -412,14 +324,16 @@ func (c *ClientConn) NewStream(ctx context.Context, req *stream.Request, endStre
 	}
 	out := getSendBuf()
 	out.b = requestHeaders(out.b, req)
-	qs, err := c.openStream(ctx)
+	qs, err := c.qc.OpenStream()
 	if err != nil {
 		putSendBuf(out)
-		return nil, err
+		if _, ok := errors.AsType[*quic.StreamLimitReachedError](err); ok {
+			return nil, refused("peer's stream limit (MAX_STREAMS) reached", err)
+		}
+		return nil, refused("opening a request stream", err)
 	}
-	if n := c.active.Add(1); n > c.peak.Load() {
-		c.notePeak(n)
-	}
+	c.opened.Add(1)
+	c.active.Add(1)
 	s := &clientStream{c: c, qs: qs, ended: endStream, out: out}
 	s.init(qs, c.maxHeaderBytes, -1)
 	c.mu.Lock()
@@ -841,8 +755,61 @@ func (s *clientStream) Reset(code stream.ErrCode) {
 // is reset with H3_REQUEST_CANCELLED, as Reset(stream.ErrCodeCancel) does.
 func (s *clientStream) ResetsOnContextDone() {}
 
+// connTrace is the qlog trace of one ClientConn: it records nothing and
+// only watches for the events that carry the peer's stream credit.
+type connTrace ClientConn
+
+func (t *connTrace) AddProducer() qlogwriter.Recorder { return t }
+func (t *connTrace) Close() error                     { return nil }
+
+// RecordEvent watches transport parameters and MAX_STREAMS frames.
+func (t *connTrace) RecordEvent(ev qlogwriter.Event) {
+	c := (*ClientConn)(t)
+	switch e := ev.(type) {
+	case qlog.ParametersSet:
+		// Both sides' parameters are recorded; the client's own allow no
+		// bidirectional streams, so the larger value is the peer's.
+		c.raiseCredit(e.InitialMaxStreamsBidi)
+	case *qlog.ParametersSet:
+		c.raiseCredit(e.InitialMaxStreamsBidi)
+	case qlog.PacketReceived:
+		c.framesReceived(e.Frames)
+	case *qlog.PacketReceived:
+		c.framesReceived(e.Frames)
+	}
+}
+
+// bidiStreamType is quic-go's protocol.StreamTypeBidi, which MAX_STREAMS
+// frames carry and which is internal to quic-go.
+const bidiStreamType = 1
+
+func (c *ClientConn) framesReceived(fs []qlog.Frame) {
+	for _, f := range fs {
+		if ms, ok := f.Frame.(*qlog.MaxStreamsFrame); ok && uint8(ms.Type) == bidiStreamType {
+			if c.raiseCredit(int64(ms.MaxStreamNum)) && c.cfg.OnCredit != nil {
+				c.cfg.OnCredit()
+			}
+		}
+	}
+}
+
+// raiseCredit records a stream credit n; credit only grows (RFC 9000
+// section 4.6). It reports whether n raised it.
+func (c *ClientConn) raiseCredit(n int64) bool {
+	for {
+		cur := c.maxStreams.Load()
+		if n <= cur {
+			return false
+		}
+		if c.maxStreams.CompareAndSwap(cur, n) {
+			return true
+		}
+	}
+}
+
 var (
 	_ stream.ClientStream = (*clientStream)(nil)
 	_ stream.ReadReadier  = (*clientStream)(nil)
 	_ stream.ContextBound = (*clientStream)(nil)
+	_ qlogwriter.Trace    = (*connTrace)(nil)
 )

@@ -10,9 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -66,7 +64,6 @@ func TestClientRoundTripTrailersAndLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cc, err := Dial(ctx, addr, tc, &ClientConfig{
-		QUIC:          QUICOptions{MaxConcurrentStreams: 50},
 		OnStreamLimit: func(l uint32) { limit.Store(l) },
 		OnStreamDone:  func() { done.Add(1) },
 		OnClose:       func(err error) { closed <- err },
@@ -74,13 +71,11 @@ func TestClientRoundTripTrailersAndLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Until the peer's credit runs out, the local limit is assumed
-	// (TestClientLearnsStreamWindow).
-	if got := limit.Load(); got != 50 {
-		t.Errorf("stream limit %d, want the local 50", got)
+	if got := limit.Load(); got != 10 {
+		t.Errorf("stream limit %d, want the peer's 10", got)
 	}
-	if got := cc.Capacity(); got != 50 {
-		t.Errorf("Capacity %d, want 50", got)
+	if got := cc.Capacity(); got != 10 {
+		t.Errorf("Capacity %d, want 10", got)
 	}
 	cs, err := cc.NewStream(ctx, &stream.Request{Method: "POST", Scheme: "https", Authority: "svc", Path: "/a%2Fb?q=1", Header: header.Make(0), ContentLength: -1}, false)
 	if err != nil {
@@ -244,156 +239,6 @@ func TestClientControlStreamRules(t *testing.T) {
 			var he *h3Error
 			if !errors.As(err, &he) || he.code != tc.want {
 				t.Fatalf("readControlStream = %v, want error code %#x", err, uint64(tc.want))
-			}
-		})
-	}
-}
-
-// TestClientLearnsStreamWindow: the connection learns the peer's window
-// of concurrent streams from its stream credit running out. Against a
-// peer allowing 10 it assumes its local 50, the eleventh stream is refused
-// as unprocessed and sets the window to 10 (reported once), a stream
-// that ends gives its slot back once the peer's MAX_STREAMS arrives, and
-// the window never falls.
-func TestClientLearnsStreamWindow(t *testing.T) {
-	testutil.CheckGoroutines(t)
-	// "/hold-first" waits for releaseFirst, "/hold" for releaseAll.
-	releaseFirst, releaseAll := make(chan struct{}), make(chan struct{})
-	started := make(chan struct{}, 16)
-	addr, tc, _ := testServer(t, 10, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		started <- struct{}{}
-		release := releaseAll
-		switch r.URL.Path {
-		case "/hold-first":
-			release = releaseFirst
-		case "/hold":
-		default:
-			release = nil
-		}
-		if release != nil {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}
-		_, _ = io.WriteString(w, "ok")
-	}))
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var mu sync.Mutex
-	var limits []uint32
-	cc, err := Dial(ctx, addr, tc, &ClientConfig{
-		QUIC: QUICOptions{MaxConcurrentStreams: 50},
-		OnStreamLimit: func(l uint32) {
-			mu.Lock()
-			limits = append(limits, l)
-			mu.Unlock()
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	reported := func() []uint32 {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(limits)
-	}
-	open := func(path string) (stream.ClientStream, error) {
-		return cc.NewStream(ctx, &stream.Request{Method: "GET", Scheme: "https", Authority: "svc", Path: path, Header: header.Make(0)}, true)
-	}
-	finish := func(cs stream.ClientStream) {
-		t.Helper()
-		if _, err := cs.Response(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if b, err := io.ReadAll(cs); err != nil || string(b) != "ok" {
-			t.Fatalf("body %q, err %v", b, err)
-		}
-	}
-
-	var held []stream.ClientStream
-	for i := range 10 {
-		path := "/hold"
-		if i == 0 {
-			path = "/hold-first"
-		}
-		cs, err := open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, cs)
-		<-started
-	}
-	if _, err := open("/hold"); !stream.Unprocessed(err) {
-		t.Fatalf("eleventh stream: %v, want an unprocessed refusal", err)
-	}
-	if got, want := reported(), []uint32{50, 10}; !slices.Equal(got, want) {
-		t.Fatalf("limits reported %v, want %v", got, want)
-	}
-	if got := cc.Capacity(); got != 0 {
-		t.Errorf("Capacity at the peer's window = %d, want 0", got)
-	}
-
-	// One stream ends: its credit comes back with the peer's MAX_STREAMS.
-	close(releaseFirst)
-	finish(held[0])
-	if got := cc.Capacity(); got != 1 {
-		t.Errorf("Capacity after a stream ended = %d, want 1", got)
-	}
-	var cs stream.ClientStream
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		cs, err = open("/")
-		if err == nil || !stream.Unprocessed(err) || time.Now().After(deadline) {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatalf("stream in the slot a finished one left: %v", err)
-	}
-	finish(cs)
-	close(releaseAll)
-	for _, cs := range held[1:] {
-		finish(cs)
-	}
-	if got, want := reported(), []uint32{50, 10}; !slices.Equal(got, want) {
-		t.Errorf("limits reported %v, want %v (the window only grows)", got, want)
-	}
-	if got := cc.Capacity(); got != 10 {
-		t.Errorf("Capacity with no stream open = %d, want the learned 10", got)
-	}
-}
-
-// TestClientWindowOnlyGrows: the window is the local limit until the first
-// refusal, then the most streams open at once, raised (never lowered) by
-// more streams opening, within the local limit; each change is reported.
-func TestClientWindowOnlyGrows(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		local   int64
-		steps   []int64 // n > 0: n streams open after an open; 0: a refusal
-		want    int64
-		reports []uint32
-	}{
-		{"assumed until a refusal", 100, []int64{5, 12}, 100, nil},
-		{"refusal takes the peak", 100, []int64{3, 7, 4, 0}, 7, []uint32{7}},
-		{"refusal before any stream", 100, []int64{0}, 1, []uint32{1}},
-		{"grows after the refusal", 100, []int64{7, 0, 9, 8, 0}, 9, []uint32{7, 9}},
-		{"within the local limit", 8, []int64{7, 0, 12}, 8, []uint32{7, 8}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var reports []uint32
-			c := &ClientConn{localLimit: tc.local, cfg: &ClientConfig{OnStreamLimit: func(l uint32) { reports = append(reports, l) }}}
-			c.window.Store(tc.local)
-			for _, n := range tc.steps {
-				if n == 0 {
-					c.learn()
-				} else {
-					c.notePeak(n)
-				}
-			}
-			if got := c.window.Load(); got != tc.want || !slices.Equal(reports, tc.reports) {
-				t.Errorf("window %d, reports %v; want %d, %v", got, reports, tc.want, tc.reports)
 			}
 		})
 	}

@@ -5,11 +5,9 @@
 // and QPACK's static-table coding; this package reads and writes HTTP/3
 // frames on the control and request streams itself, serves requests as
 // stream.ServerStream and sends them as stream.ClientStream, maps HTTP/3 error codes
-// (RFC 9114 section 8.1) onto stream.ErrCode, and tells the pool what
-// quic-go does not: HTTP/3 GOAWAY frames with their stream IDs, read off
-// the peer's control stream, and the peer's window of concurrent request
-// streams, learned from its stream credit running out (ClientConn), as a
-// qlog trace would cost an event for every packet.
+// (RFC 9114 section 8.1) onto stream.ErrCode, and observes what the pool
+// must know and quic-go does not expose: the peer's MAX_STREAMS credit and
+// HTTP/3 GOAWAY frames, read from the connection's qlog events.
 package h3
 
 import (

@@ -30,10 +30,9 @@ const quicBenchCallers = 16
 // streams as Dial does. It reports the process's CPU per exchange (both
 // ends, from getrusage) and the QUIC packets both ends sent per exchange.
 //
-// Variants: a qlog trace on the client, as the ClientConn installed until
-// it learned the peer's stream window without one (quic-go builds an event
-// for every packet once a connection has a trace); and the callers spread
-// over several connections, each with its own UDP socket or all on one
+// Variants: the ClientConn's qlog trace (quic-go builds an event for every
+// packet once a connection has a trace); and the callers spread over
+// several connections, each with its own UDP socket or all on one
 // quic.Transport.
 func BenchmarkQUICUnary(b *testing.B) {
 	trace := func(c *quic.Config) {
