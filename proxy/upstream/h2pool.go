@@ -690,12 +690,6 @@ func (p *h2Pool) maxDurationReached(pc *pconn) {
 	p.dispatchLocked()
 }
 
-// dialTCP connects to addr within ctx like dialUpstream, without TCP
-// keepalive.
-func dialTCP(ctx context.Context, addr string, cfg *tls.Config, st *Stats) (net.Conn, error) {
-	return dialUpstream(ctx, addr, cfg, nil, st)
-}
-
 // dialUpstream connects to addr within ctx, with TCP_NODELAY and, when ka is
 // set, TCP keepalive (upstream_connection_options.tcp_keepalive), and
 // completes the TLS handshake when cfg is set: connect_timeout covers the

@@ -84,9 +84,8 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[Listener]struct{}
 	conns     map[*serverConn]struct{}
-	draining  bool // Shutdown called
-	closed    bool // Close called
-	connsDone chan struct{}
+	draining  bool           // Shutdown called
+	closed    bool           // Close called
 	wg        sync.WaitGroup // connection goroutines
 }
 
