@@ -4,10 +4,12 @@
 // quic-go owns QUIC (handshake, loss recovery, flow control, stream limits)
 // and QPACK's static-table coding; this package reads and writes HTTP/3
 // frames on the control and request streams itself, serves requests as
-// stream.ServerStream and sends them as stream.ClientStream, maps HTTP/3 error codes
-// (RFC 9114 section 8.1) onto stream.ErrCode, and observes what the pool
-// must know and quic-go does not expose: the peer's MAX_STREAMS credit and
-// HTTP/3 GOAWAY frames, read from the connection's qlog events.
+// stream.ServerStream and sends them as stream.ClientStream, and maps
+// HTTP/3 error codes (RFC 9114 section 8.1) onto stream.ErrCode. It tells
+// the pool what quic-go does not expose: the peer's bidirectional stream
+// credit (initial_max_streams_bidi and MAX_STREAMS, read from the
+// connection's qlog events) and the ID of the peer's HTTP/3 GOAWAY, read
+// off its control stream.
 package h3
 
 import (
