@@ -85,7 +85,9 @@ const (
 	// when a call returns Continue. On the last chunk (endStream) it means
 	// Continue. When trailers follow, held data moves on before the
 	// trailer hooks run. Held bytes per direction are bounded by the
-	// route's per_request_buffer_limit_bytes (default
+	// route's request body buffer limit (request_body_buffer_limit, else
+	// per_request_buffer_limit_bytes capped by the listener's
+	// per_connection_buffer_limit_bytes, else that, else
 	// hcm.DefaultPerRequestBufferLimit): over it a request is answered 413
 	// and a response (whose headers went downstream) is reset. From a
 	// header hook it means Stop.

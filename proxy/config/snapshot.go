@@ -337,6 +337,7 @@ func compileListenerFilters(l *listenerv3.Listener, addr string, secrets tlscont
 	if err := compileListenerHTTP2(l, &h.HTTP2); err != nil {
 		return nil, err
 	}
+	h.PerConnectionBufferLimit = l.GetPerConnectionBufferLimitBytes().GetValue()
 	out := &Listener{Name: l.GetName(), Address: addr, HCM: h, raw: l, TLSOptional: sel.tlsOptional, chain: sel.index}
 	setOriginalDst(out, l, sel)
 	if isQUICListener(l) && (out.OriginalDst || out.UseOriginalDst || out.NoBind) {

@@ -26,13 +26,13 @@ var supported = map[protoreflect.FullName]map[protoreflect.Name]bool{
 	"envoy.config.route.v3.VirtualHost": set(
 		"name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
 		"response_headers_to_add", "response_headers_to_remove", "retry_policy",
-		"per_request_buffer_limit_bytes",
+		"per_request_buffer_limit_bytes", "request_body_buffer_limit",
 		"metadata", // accepted and ignored
 	),
 	"envoy.config.route.v3.Route": set(
 		"name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
 		"request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
-		"per_request_buffer_limit_bytes",
+		"per_request_buffer_limit_bytes", "request_body_buffer_limit",
 		"metadata", // accepted and ignored
 	),
 	"envoy.config.route.v3.RouteMatch": set(

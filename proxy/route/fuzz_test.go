@@ -89,6 +89,9 @@ func FuzzCompile(f *testing.F) {
 			cluster := rt.PickCluster(uint64(i) * 7919)
 			rt.RequestHeaders(&r, cluster, nil)
 			rt.Rewrite(&r, cluster)
+			if b := rt.BodyBufferLimit.Bytes(uint32(i), 1); b < 1 {
+				t.Fatalf("body buffer limit %+v resolves to %d", rt.BodyBufferLimit, b)
+			}
 			if d := EffectiveTimeout(rt, &r); d < 0 {
 				t.Fatalf("negative effective timeout %v", d)
 			}

@@ -136,9 +136,11 @@ type Route struct {
 	// Retry is the route's retry_policy, else the virtual host's; nil when
 	// neither has one.
 	Retry *RetryPolicy
-	// PerRequestBufferLimit is per_request_buffer_limit_bytes of the route,
-	// else of the virtual host; 0 when unset.
-	PerRequestBufferLimit uint32
+	// BodyBufferLimit is the request body buffer limit the route sets, else
+	// the one its virtual host sets (request_body_buffer_limit, else the
+	// deprecated per_request_buffer_limit_bytes, at each level); the zero
+	// value when neither sets one. Resolve it with BodyBufferLimit.Bytes.
+	BodyBufferLimit BodyBufferLimit
 
 	match            *routeMatch
 	totalWeight      uint32
@@ -379,6 +381,10 @@ func (c *compiler) virtualHost(p string, v *routev3.VirtualHost) (*VirtualHost, 
 	if err != nil {
 		return nil, err
 	}
+	vhLimit, err := compileBodyBufferLimit(p, v.GetRequestBodyBufferLimit(), v.GetPerRequestBufferLimitBytes())
+	if err != nil {
+		return nil, err
+	}
 	var vhRetry *RetryPolicy
 	if rp := v.GetRetryPolicy(); rp != nil {
 		if vhRetry, err = compileRetryPolicy(p+".retry_policy", rp); err != nil {
@@ -397,8 +403,8 @@ func (c *compiler) virtualHost(p string, v *routev3.VirtualHost) (*VirtualHost, 
 		if r.Retry == nil {
 			r.Retry = vhRetry
 		}
-		if r.PerRequestBufferLimit == 0 && v.GetPerRequestBufferLimitBytes() != nil {
-			r.PerRequestBufferLimit = v.GetPerRequestBufferLimitBytes().GetValue()
+		if !r.BodyBufferLimit.Set {
+			r.BodyBufferLimit = vhLimit
 		}
 		vh.Routes = append(vh.Routes, r)
 	}
@@ -420,8 +426,8 @@ func (c *compiler) route(p string, rc *routev3.Route) (*Route, error) {
 	if r.responseLevels[2], err = compileHeaderOps(p, "response", rc.GetResponseHeadersToAdd(), rc.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
-	if l := rc.GetPerRequestBufferLimitBytes(); l != nil {
-		r.PerRequestBufferLimit = l.GetValue()
+	if r.BodyBufferLimit, err = compileBodyBufferLimit(p, rc.GetRequestBodyBufferLimit(), rc.GetPerRequestBufferLimitBytes()); err != nil {
+		return nil, err
 	}
 	switch a := rc.GetAction().(type) {
 	case *routev3.Route_Route:

@@ -387,8 +387,8 @@ virtual_hosts:
 	if d.Timeout != DefaultTimeout || d.IdleTimeout != nil || d.MaxGRPCTimeout != nil || d.MaxStreamDuration != nil {
 		t.Errorf("defaults: timeout %v idle %v maxgrpc %v msd %v", d.Timeout, d.IdleTimeout, d.MaxGRPCTimeout, d.MaxStreamDuration)
 	}
-	if d.PerRequestBufferLimit != 1000 || d.ClusterNotFoundStatus != 503 || d.Cluster != "c" {
-		t.Errorf("defaults: buffer %d notfound %d cluster %q", d.PerRequestBufferLimit, d.ClusterNotFoundStatus, d.Cluster)
+	if d.BodyBufferLimit != (BodyBufferLimit{Set: true, Value: 1000, Legacy: true}) || d.ClusterNotFoundStatus != 503 || d.Cluster != "c" {
+		t.Errorf("defaults: buffer %+v notfound %d cluster %q", d.BodyBufferLimit, d.ClusterNotFoundStatus, d.Cluster)
 	}
 	if d.Retry == nil || d.Retry.On != RetryConnectFailure|RetryRefusedStream || d.Retry.NumRetries != 1 ||
 		d.Retry.BaseInterval != 25*time.Millisecond || d.Retry.MaxInterval != 250*time.Millisecond {
@@ -399,8 +399,8 @@ virtual_hosts:
 		s.GRPCTimeoutOffset != 100*time.Millisecond || *s.MaxStreamDuration != time.Minute {
 		t.Errorf("set: timeout %v idle %v maxgrpc %v offset %v msd %v", s.Timeout, *s.IdleTimeout, *s.MaxGRPCTimeout, s.GRPCTimeoutOffset, *s.MaxStreamDuration)
 	}
-	if s.PerRequestBufferLimit != 5 || s.ClusterNotFoundStatus != 404 {
-		t.Errorf("set: buffer %d notfound %d", s.PerRequestBufferLimit, s.ClusterNotFoundStatus)
+	if s.BodyBufferLimit != (BodyBufferLimit{Set: true, Value: 5, Legacy: true}) || s.ClusterNotFoundStatus != 404 {
+		t.Errorf("set: buffer %+v notfound %d", s.BodyBufferLimit, s.ClusterNotFoundStatus)
 	}
 	rp := s.Retry
 	if rp.NumRetries != 3 || rp.PerTryTimeout != 250*time.Millisecond || rp.BaseInterval != 10*time.Millisecond ||

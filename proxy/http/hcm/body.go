@@ -12,15 +12,16 @@ import (
 
 // DefaultPerRequestBufferLimit is how many request body bytes the router
 // keeps so that an attempt can be replayed on another connection, when
-// neither the route nor its virtual host sets
-// per_request_buffer_limit_bytes. A request whose body grows beyond the
-// limit is still proxied (streamed with back-pressure), but it can no longer
-// be retried.
+// neither the route nor its virtual host sets request_body_buffer_limit or
+// per_request_buffer_limit_bytes and the listener sets no
+// per_connection_buffer_limit_bytes (see route.BodyBufferLimit.Bytes). A
+// request whose body grows beyond the limit is still proxied (streamed with
+// back-pressure), but it can no longer be retried.
 const DefaultPerRequestBufferLimit = 64 << 10
 
 // errBodyNotReplayable ends an attempt that would need request body bytes
 // already released because the body outgrew the buffer limit.
-var errBodyNotReplayable = errors.New("request body exceeds per_request_buffer_limit_bytes, cannot retry")
+var errBodyNotReplayable = errors.New("request body exceeds the route's request body buffer limit, cannot retry")
 
 // replayBody is the downstream request body as the router sees it: one
 // goroutine (fill) reads the downstream stream into it, and the current

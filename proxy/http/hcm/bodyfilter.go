@@ -16,7 +16,7 @@ var errFilterReply = errors.New("local reply from an http filter's body hook")
 
 // errBufferLimit ends a direction whose StopAndBuffer hooks held more than
 // the buffer limit.
-var errBufferLimit = errors.New("http filter buffered more than per_request_buffer_limit_bytes")
+var errBufferLimit = errors.New("http filter buffered more than the route's request body buffer limit")
 
 // hookState is an exchange's body and trailer hook state, allocated only
 // for chains that have such hooks.

@@ -133,7 +133,8 @@ func TestBodyHooks(t *testing.T) {
 		chain       []string
 		chunks      []string // request body; nil: none
 		trailers    bool     // the request ends with trailers
-		limit       int      // per_request_buffer_limit_bytes; 0: default
+		routeExtra  string   // extra fields of the route (buffer limits)
+		perConn     uint32   // the listener's per_connection_buffer_limit_bytes; 0: unset
 		wantStatus  int
 		wantBody    string
 		wantUp      *upSeen // nil: the upstream must not receive the whole body
@@ -150,7 +151,26 @@ func TestBodyHooks(t *testing.T) {
 		{name: "local reply from a request data hook", chain: []string{"a:deny", "b"},
 			chunks: []string{"x", "y"}, wantStatus: 403, wantBody: "denied in body by a",
 			wantCalls: "reqdata:a:1"},
-		{name: "buffer over the limit is 413", chain: []string{"a:buffer"}, limit: 4,
+		{name: "buffer over the limit is 413", chain: []string{"a:buffer"}, routeExtra: `"per_request_buffer_limit_bytes":4`,
+			chunks: []string{"abc", "def"}, wantStatus: 413, wantBody: "Payload Too Large",
+			wantCalls: "reqdata:a:3 reqdata:a:6"},
+		{name: "buffer over request_body_buffer_limit is 413", chain: []string{"a:buffer"}, routeExtra: `"request_body_buffer_limit":"4"`,
+			chunks: []string{"abc", "def"}, wantStatus: 413, wantBody: "Payload Too Large",
+			wantCalls: "reqdata:a:3 reqdata:a:6"},
+		{name: "request_body_buffer_limit wins over per_request_buffer_limit_bytes",
+			chain: []string{"a:buffer"}, routeExtra: `"per_request_buffer_limit_bytes":4,"request_body_buffer_limit":"16"`,
+			chunks: []string{"abc", "def"}, wantStatus: 200, wantBody: "echo:abcdef", wantUp: &upSeen{body: "abcdef"},
+			wantCalls: "reqdata:a:3 reqdata:a:6 reqdata:a:6:end respdata:a:11 respdata:a:11:end"},
+		{name: "per_request_buffer_limit_bytes capped by the listener's limit",
+			chain: []string{"a:buffer"}, routeExtra: `"per_request_buffer_limit_bytes":16`, perConn: 4,
+			chunks: []string{"abc", "def"}, wantStatus: 413, wantBody: "Payload Too Large",
+			wantCalls: "reqdata:a:3 reqdata:a:6"},
+		{name: "request_body_buffer_limit above the listener's limit",
+			chain: []string{"a:buffer"}, routeExtra: `"request_body_buffer_limit":"16"`, perConn: 4,
+			chunks: []string{"abc", "def"}, wantStatus: 200, wantBody: "echo:abcdef", wantUp: &upSeen{body: "abcdef"},
+			wantCalls: "reqdata:a:3 reqdata:a:6 reqdata:a:6:end respdata:a:11 respdata:a:11:end"},
+		{name: "no route limit: the listener's limit",
+			chain: []string{"a:buffer"}, perConn: 4,
 			chunks: []string{"abc", "def"}, wantStatus: 413, wantBody: "Payload Too Large",
 			wantCalls: "reqdata:a:3 reqdata:a:6"},
 		{name: "trailers both ways, held data released first", chain: []string{"a:trailers", "b:buffer"},
@@ -167,11 +187,12 @@ func TestBodyHooks(t *testing.T) {
 			}
 			fs = append(fs, routerFilter)
 			route := `{"match":{"prefix":"/"},"route":{"cluster":"backend"}`
-			if tc.limit > 0 {
-				route += fmt.Sprintf(`,"per_request_buffer_limit_bytes":%d`, tc.limit)
+			if tc.routeExtra != "" {
+				route += "," + tc.routeExtra
 			}
 			route += `}`
-			e := newEnv(t, hcmJSON(route, `"http_filters":[`+strings.Join(fs, ",")+`]`), clusterJSON([]string{up.addr}, ""))
+			e := newEnv(t, hcmJSON(route, `"http_filters":[`+strings.Join(fs, ",")+`]`), clusterJSON([]string{up.addr}, ""),
+				func(c *Config) { c.PerConnectionBufferLimit = tc.perConn })
 			path := fmt.Sprintf("/b%d", i)
 			s := newFakeStream("POST", path, header.Make(0), &chunkReader{chunks: tc.chunks})
 			if tc.trailers {

@@ -72,6 +72,12 @@ type Config struct {
 	// after this many requests
 	// (common_http_protocol_options.max_requests_per_connection; 0 = no limit).
 	MaxRequestsPerConnection uint32
+	// PerConnectionBufferLimit is the listener's
+	// per_connection_buffer_limit_bytes (0 when unset), set by the snapshot
+	// compiler: as in Envoy, it caps a route's per_request_buffer_limit_bytes
+	// and is the request body buffer limit of a route that sets none (see
+	// route.BodyBufferLimit.Bytes).
+	PerConnectionBufferLimit uint32
 	// Underscores is headers_with_underscores_action (default: allow).
 	Underscores UnderscoreAction
 	// ServerName is the "server" response header value.

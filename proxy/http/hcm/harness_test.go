@@ -137,7 +137,9 @@ func hcmJSON(routes, extra string) string {
 	return fmt.Sprintf(`{"stat_prefix":"test","route_config":{"virtual_hosts":[{"name":"vh","domains":["*"],"routes":[%s]}]}%s}`, routes, extra)
 }
 
-func newEnv(t testing.TB, hcmSrc, clusterSrc string) *env {
+// newEnv compiles the HCM and cluster JSON into a handler; opts adjust the
+// compiled config the way the snapshot compiler does (listener fields).
+func newEnv(t testing.TB, hcmSrc, clusterSrc string, opts ...func(*Config)) *env {
 	t.Helper()
 	var m hcmv3.HttpConnectionManager
 	if err := protojson.Unmarshal([]byte(hcmSrc), &m); err != nil {
@@ -146,6 +148,9 @@ func newEnv(t testing.TB, hcmSrc, clusterSrc string) *env {
 	cfg, err := Compile(&m)
 	if err != nil {
 		t.Fatalf("Compile: %v", err)
+	}
+	for _, o := range opts {
+		o(cfg)
 	}
 	store := stats.NewStore()
 	logger := slog.New(slog.DiscardHandler)

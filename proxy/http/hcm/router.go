@@ -54,13 +54,10 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 	defer ex.wd.stop()
 
 	ureq := ex.upstreamRequest(r, c.Spec().Name, c.Spec().TLS != nil)
+	limit := r.BodyBufferLimit.Bytes(cfg.PerConnectionBufferLimit, DefaultPerRequestBufferLimit)
+	ex.setBufferLimit(limit)
 	if !ureq.EndStream {
-		limit := int(r.PerRequestBufferLimit)
-		if limit == 0 {
-			limit = DefaultPerRequestBufferLimit
-		}
 		ex.body = newReplayBody(limit)
-		ex.setBufferLimit(limit)
 		// A unary request's body has usually arrived with its headers:
 		// take it here rather than in a goroutine of its own. Body hooks
 		// may grow or answer it, so a chain always goes through fill.
@@ -70,8 +67,6 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 		} else {
 			go ex.body.fill(ctx, ex.ds, chain, cancel, ex.wd.touch, ex.wd.requestComplete)
 		}
-	} else {
-		ex.setBufferLimit(DefaultPerRequestBufferLimit)
 	}
 
 	rs := &retryState{policy: r.Retry, c: c, st: ex.h.retryStatsFor(c.Stats())}

@@ -474,31 +474,65 @@ func sha(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// TestBodyOverLimitNotRetried: an upstream that reads a body larger than
-// per_request_buffer_limit_bytes and then refuses the stream cannot be
-// retried transparently: the client gets 503 with the reason.
-func TestBodyOverLimitNotRetried(t *testing.T) {
-	testutil.CheckGoroutines(t)
-	var n atomic.Int64
-	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
-		n.Add(1)
-		_, _ = io.Copy(io.Discard, s)
-		s.Reset(stream.ErrCodeRefusedStream)
-	})
-	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"5s"},"per_request_buffer_limit_bytes":1024}`
-	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, ""))
-	fs := newFakeStream("POST", "/", header.Make(0), bytes.NewReader(bytes.Repeat([]byte("y"), 100<<10)))
-	e.serve(t, fs)
-	r := fs.result()
-	const want = "upstream reset: request body exceeds per_request_buffer_limit_bytes, cannot retry"
-	if r.status != 503 || r.body != want {
-		t.Fatalf("got %d %q, want 503 %q", r.status, r.body, want)
+// TestBodyBufferLimitReplay: an upstream reads the whole 100 KiB request
+// body and then refuses the stream, and accepts the next one. The refused
+// attempt is retried transparently when the body fits the route's buffer
+// limit; otherwise the client gets 503 with the reason, and
+// retry_or_shadow_abandoned counts it. The table covers Envoy's precedence
+// between request_body_buffer_limit, per_request_buffer_limit_bytes, the
+// listener's per_connection_buffer_limit_bytes and meshd's default.
+func TestBodyBufferLimitReplay(t *testing.T) {
+	const notReplayable = "upstream reset: request body exceeds the route's request body buffer limit, cannot retry"
+	body := bytes.Repeat([]byte("y"), 100<<10)
+	tests := []struct {
+		name       string
+		routeExtra string // extra fields of the route
+		perConn    uint32 // the listener's per_connection_buffer_limit_bytes; 0: unset
+		replayed   bool
+	}{
+		{name: "per_request_buffer_limit_bytes below the body", routeExtra: `,"per_request_buffer_limit_bytes":1024`},
+		{name: "request_body_buffer_limit below the body", routeExtra: `,"request_body_buffer_limit":"1024"`},
+		{name: "request_body_buffer_limit above the body", routeExtra: `,"request_body_buffer_limit":"204800"`, replayed: true},
+		{name: "both: request_body_buffer_limit wins", routeExtra: `,"per_request_buffer_limit_bytes":1024,"request_body_buffer_limit":"204800"`, replayed: true},
+		{name: "per_request_buffer_limit_bytes capped by the listener", routeExtra: `,"per_request_buffer_limit_bytes":204800`, perConn: 32 << 10},
+		{name: "per_request_buffer_limit_bytes under the listener's limit", routeExtra: `,"per_request_buffer_limit_bytes":204800`, perConn: 1 << 20, replayed: true},
+		{name: "request_body_buffer_limit not capped by the listener", routeExtra: `,"request_body_buffer_limit":"204800"`, perConn: 32 << 10, replayed: true},
+		{name: "no limit: meshd's 64 KiB default"},
+		{name: "no limit: the listener's limit", perConn: 1 << 20, replayed: true},
 	}
-	if got := n.Load(); got != 1 {
-		t.Errorf("upstream saw %d streams, want 1", got)
-	}
-	if got := e.counter("cluster.backend.retry_or_shadow_abandoned"); got != 1 {
-		t.Errorf("retry_or_shadow_abandoned = %d, want 1", got)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			var n atomic.Int64
+			up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+				if n.Add(1) == 1 {
+					_, _ = io.Copy(io.Discard, s)
+					s.Reset(stream.ErrCodeRefusedStream)
+					return
+				}
+				got, _ := io.ReadAll(s)
+				respond(s, 200, strconv.Itoa(len(got)), header.Header{})
+			})
+			routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"5s"}` + tc.routeExtra + `}`
+			e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, ""),
+				func(c *Config) { c.PerConnectionBufferLimit = tc.perConn })
+			fs := newFakeStream("POST", "/", header.Make(0), bytes.NewReader(body))
+			e.serve(t, fs)
+			r := fs.result()
+			wantStatus, wantBody, wantStreams, wantAbandoned := 503, notReplayable, int64(1), uint64(1)
+			if tc.replayed {
+				wantStatus, wantBody, wantStreams, wantAbandoned = 200, strconv.Itoa(len(body)), 2, 0
+			}
+			if r.status != wantStatus || r.body != wantBody {
+				t.Fatalf("got %d %q, want %d %q", r.status, r.body, wantStatus, wantBody)
+			}
+			if got := n.Load(); got != wantStreams {
+				t.Errorf("upstream saw %d streams, want %d", got, wantStreams)
+			}
+			if got := e.counter("cluster.backend.retry_or_shadow_abandoned"); got != wantAbandoned {
+				t.Errorf("retry_or_shadow_abandoned = %d, want %d", got, wantAbandoned)
+			}
+		})
 	}
 }
 
