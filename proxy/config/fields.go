@@ -207,13 +207,14 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	},
 	"envoy.config.route.v3.VirtualHost": {
 		supported: names("name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-			"response_headers_to_add", "response_headers_to_remove", "retry_policy", "per_request_buffer_limit_bytes"),
+			"response_headers_to_add", "response_headers_to_remove", "retry_policy", "per_request_buffer_limit_bytes",
+			"request_body_buffer_limit"),
 		ignored: names("metadata"),
 	},
 	"envoy.config.route.v3.Route": {
 		supported: names("name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
 			"request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
-			"per_request_buffer_limit_bytes"),
+			"per_request_buffer_limit_bytes", "request_body_buffer_limit"),
 		ignored: names("metadata"),
 	},
 	"envoy.config.route.v3.RouteMatch": {
@@ -351,6 +352,7 @@ var leafMessages = map[protoreflect.FullName]bool{
 	"google.protobuf.StringValue":   true, // wasm configuration
 	"google.protobuf.BytesValue":    true, // wasm configuration
 	"google.protobuf.UInt32Value":   true,
+	"google.protobuf.UInt64Value":   true, // request_body_buffer_limit
 	"google.protobuf.DoubleValue":   true,
 	"envoy.type.v3.Int64Range":      true,
 	"envoy.type.v3.Percent":         true,
