@@ -132,6 +132,7 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 		start:   time.Now(),
 	}
 	cc.pingWait = sync.NewCond(&cc.c.mu)
+	cc.c.client = cc
 	cc.c.onRemove = cc.onRemove
 	cc.c.sendLimit = int64(cf.MaxBufferedBytes)
 	cc.c.onStreamDone = cf.OnStreamDone
@@ -726,4 +727,10 @@ func (cs *clientStream) Reset(code stream.ErrCode) { cs.reset(code) }
 // resets it with CANCEL when its context ends before the stream completes.
 func (cs *clientStream) ResetsOnContextDone() {}
 
-var _ stream.ContextBound = (*clientStream)(nil)
+// Conn returns the *ClientConn the stream was opened on (stream.Carried).
+func (cs *clientStream) Conn() stream.ClientConn { return cs.c.client }
+
+var (
+	_ stream.ContextBound = (*clientStream)(nil)
+	_ stream.Carried      = (*clientStream)(nil)
+)

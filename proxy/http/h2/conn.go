@@ -260,6 +260,9 @@ type conn struct {
 	writerDone chan struct{}
 	onClosed   func(err error) // called once after close; may be nil
 	onRemove   func(s *strm)   // called under mu when a stream leaves the map
+	// client is the ClientConn owning a client-side conn (nil on the
+	// server side); set before the reader and writer start.
+	client *ClientConn
 	// onStreamDone is called, without mu, once per stream that left the
 	// map (reported by unlock).
 	onStreamDone func()

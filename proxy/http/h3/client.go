@@ -288,6 +288,10 @@ func (c *ClientConn) Capacity() int {
 	return int(max(min(c.maxStreams.Load()-c.opened.Load(), c.localLimit-c.active.Load()), 0))
 }
 
+// ActiveStreams is the number of request streams opened on the
+// connection that have not ended yet.
+func (c *ClientConn) ActiveStreams() int { return int(c.active.Load()) }
+
 // Shutdown closes the connection gracefully once its streams ended; it
 // takes no new stream meanwhile.
 func (c *ClientConn) Shutdown() {
@@ -421,6 +425,9 @@ func (c *ClientConn) streamDone() {
 		c.cfg.OnStreamDone()
 	}
 }
+
+// Conn returns the *ClientConn the stream was opened on (stream.Carried).
+func (s *clientStream) Conn() stream.ClientConn { return s.c }
 
 // PeerCertificate returns the leaf certificate the upstream presented in
 // the QUIC handshake, nil when it sent none.
@@ -811,5 +818,7 @@ var (
 	_ stream.ClientStream = (*clientStream)(nil)
 	_ stream.ReadReadier  = (*clientStream)(nil)
 	_ stream.ContextBound = (*clientStream)(nil)
+	_ stream.Carried      = (*clientStream)(nil)
+	_ stream.ClientConn   = (*ClientConn)(nil)
 	_ qlogwriter.Trace    = (*connTrace)(nil)
 )

@@ -157,6 +157,23 @@ type ContextBound interface {
 	ResetsOnContextDone()
 }
 
+// Carried is implemented by the client streams of multiplexing codecs
+// (HTTP/2, HTTP/3): Conn returns the connection the stream was opened on,
+// the same value for every stream of that connection. After an unprocessed
+// failure (REFUSED_STREAM, H3_REQUEST_REJECTED) it tells a pool which
+// connection refused, so the retry can go to another one.
+type Carried interface {
+	Conn() ClientConn
+}
+
+// ConnOf returns the connection carrying s when s is Carried, else nil.
+func ConnOf(s ClientStream) ClientConn {
+	if c, ok := s.(Carried); ok {
+		return c.Conn()
+	}
+	return nil
+}
+
 // ClientConn is an upstream connection (or, for HTTP/1.1, a pool of them to
 // one endpoint) that can carry streams.
 type ClientConn interface {
