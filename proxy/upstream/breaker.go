@@ -71,6 +71,7 @@ type poolStats struct {
 	rqPendingOverflow *stats.Counter // upstream_rq_pending_overflow
 	rqPendingActive   *stats.Gauge   // upstream_rq_pending_active
 	keepaliveBackoff  *stats.Counter // http2.keepalive_backoff (meshd)
+	cxRefusedHold     *stats.Counter // upstream_cx_refused_stream_hold (meshd): h2Pool.refusedLocked
 	streamWait        *stats.Histogram
 	reusePermille     *stats.Gauge // upstream_cx_reuse_ratio_permille (meshd)
 	streamsTotal      atomic.Uint64
@@ -92,6 +93,7 @@ func newPoolStats(sc *stats.Scope) *poolStats {
 		rqPendingOverflow: sc.Counter("upstream_rq_pending_overflow"),
 		rqPendingActive:   sc.Gauge("upstream_rq_pending_active"),
 		keepaliveBackoff:  sc.Scope("http2").Counter("keepalive_backoff"),
+		cxRefusedHold:     sc.Counter("upstream_cx_refused_stream_hold"),
 		streamWait:        sc.Histogram("upstream_rq_stream_wait_ms"),
 		reusePermille:     sc.Gauge("upstream_cx_reuse_ratio_permille"),
 		http2Scope:        sc.Scope("http2"),

@@ -24,6 +24,9 @@ import (
 // connPool carries streams to one endpoint over one protocol.
 type connPool interface {
 	stream.ClientConn
+	// newStreamAvoiding is NewStream for a retry of a stream the
+	// connection refusedBy refused unprocessed (Host.NewStreamAvoiding).
+	newStreamAvoiding(ctx context.Context, req *stream.Request, endStream bool, refusedBy stream.ClientConn) (stream.ClientStream, error)
 	// Drain stops new streams and closes connections as their streams end.
 	Drain()
 }
@@ -111,6 +114,24 @@ func (h *Host) ReportLocalOrigin(success bool) {
 // NewStream opens a stream to this host.
 func (h *Host) NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error) {
 	return h.pool.NewStream(ctx, req, endStream)
+}
+
+// NewStreamAvoiding opens a stream to this host for the retry of a request
+// whose previous attempt the connection refusedBy refused unprocessed
+// (REFUSED_STREAM, H3_REQUEST_REJECTED, above a GOAWAY's last stream):
+// refusedBy is stream.ConnOf of that attempt's stream; nil, or a
+// connection that is not this host's, changes nothing. An HTTP/2 or
+// HTTP/3 pool places the stream on another of its connections with a free
+// slot, else on a new connection when max_connections allows, else on
+// refusedBy or in the queue, so the retry fails only when NewStream would.
+// A refusal while the pool counted free slots on refusedBy holds it at
+// capacity until one of its streams completes (counted in
+// upstream_cx_refused_stream_hold), for every stream of the pool.
+func (h *Host) NewStreamAvoiding(ctx context.Context, req *stream.Request, endStream bool, refusedBy stream.ClientConn) (stream.ClientStream, error) {
+	if refusedBy == nil {
+		return h.pool.NewStream(ctx, req, endStream)
+	}
+	return h.pool.newStreamAvoiding(ctx, req, endStream, refusedBy)
 }
 
 type hostSet struct {
@@ -306,6 +327,12 @@ func (c *Cluster) newPool(addr string) connPool {
 type h1Pool struct{ *h1.Client }
 
 func (p *h1Pool) Drain() { p.Client.Drain() }
+
+// newStreamAvoiding is NewStream: an HTTP/1.1 connection carries one
+// request at a time and never refuses one unprocessed while open.
+func (p *h1Pool) newStreamAvoiding(ctx context.Context, req *stream.Request, endStream bool, _ stream.ClientConn) (stream.ClientStream, error) {
+	return p.Client.NewStream(ctx, req, endStream)
+}
 
 func (c *Cluster) dnsLoop() {
 	defer c.stopWG.Done()

@@ -37,6 +37,10 @@ type muxConn interface {
 	// Capacity is how many more streams the connection takes now.
 	Capacity() int
 	NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error)
+	// ActiveStreams is how many streams are open on the connection: opened
+	// and not yet ended, as the codec counts them (a stream it removed is
+	// no longer counted when its OnStreamDone runs).
+	ActiveStreams() int
 	// Shutdown closes the connection gracefully once its streams end.
 	Shutdown()
 	Close() error
@@ -132,6 +136,11 @@ type pconn struct {
 	idleTimer  *time.Timer
 	ageTimer   *time.Timer
 	lastRx     int64 // ReceivedBytes at the previous Observe
+	// heldAt, when positive, holds the connection at capacity after a
+	// refusal (refusedLocked): it takes no new stream until fewer than
+	// heldAt streams are open on it, that is until one of the streams
+	// open at the refusal completes.
+	heldAt int
 }
 
 // waiter is a stream queued for a slot.
@@ -178,6 +187,18 @@ func newH2Pool(addr string, spec *Spec, st *Stats, sh *poolShared, logger *slog.
 // "connect failure" when the endpoint cannot be reached; ctx's error
 // (wrapped in a CANCEL *stream.Error) when ctx ends while queued.
 func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error) {
+	return p.newStreamAvoiding(ctx, req, endStream, nil)
+}
+
+// newStreamAvoiding is NewStream for a request whose previous attempt the
+// connection refusedBy refused unprocessed (nil: none, or a connection of
+// another pool). The pool first learns from the refusal (refusedLocked),
+// then places the stream on another connection with a free slot, on a
+// new connection when one may be dialled, and on refusedBy or in the
+// queue otherwise. A connection that refuses the stream locally (its
+// codec has fewer slots than the pool's view) is avoided the same way by
+// the next placement attempt.
+func (p *h2Pool) newStreamAvoiding(ctx context.Context, req *stream.Request, endStream bool, refusedBy stream.ClientConn) (stream.ClientStream, error) {
 	sh := p.sh
 	if sh.breaker.requests.Load() >= sh.breaker.maxRequests {
 		sh.stats.rqPendingOverflow.Inc()
@@ -186,6 +207,13 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 	}
 	start := time.Now()
 	p.mu.Lock()
+	var avoid *pconn
+	if refusedBy != nil {
+		avoid = p.connLocked(refusedBy)
+		if avoid != nil {
+			p.refusedLocked(avoid)
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		if p.closed {
 			p.mu.Unlock()
@@ -193,7 +221,7 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 		}
 		var pc *pconn
 		if len(p.waiters) == 0 { // FIFO: never overtake a queued stream
-			pc = p.pickLocked()
+			pc = p.pickLocked(avoid)
 		}
 		if pc != nil {
 			p.reserveLocked(pc)
@@ -228,7 +256,9 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 			return nil, err
 		}
 		// Lost a race for the slot (the limit fell or the connection
-		// went away): try again.
+		// went away): try again, elsewhere if possible.
+		avoid = pc
+		p.refusedLocked(pc)
 	}
 }
 
@@ -284,8 +314,10 @@ func (p *h2Pool) waitLocked(ctx context.Context) (*pconn, error) {
 // Before SETTINGS arrive the codec allows one stream. A codec that has
 // fewer slots than the pool believes (a lowered limit in flight) refuses
 // with an unprocessed error and NewStream tries again.
+//
+// A connection held after a refusal (pconn.heldAt) has no free slot.
 func (p *h2Pool) freeLocked(pc *pconn) int {
-	if pc.draining || pc.closed {
+	if pc.draining || pc.closed || pc.heldAt > 0 {
 		return 0
 	}
 	free := pc.cc.Capacity() - pc.reserved
@@ -295,16 +327,56 @@ func (p *h2Pool) freeLocked(pc *pconn) int {
 	return free
 }
 
-// pickLocked returns the oldest usable connection with a free slot.
-// Packing streams onto the oldest connections lets idle_timeout reclaim
-// the ones a burst left behind.
-func (p *h2Pool) pickLocked() *pconn {
+// pickLocked returns the oldest usable connection with a free slot other
+// than avoid, else avoid if it has one, else nil. Packing streams onto the
+// oldest connections lets idle_timeout reclaim the ones a burst left
+// behind.
+func (p *h2Pool) pickLocked(avoid *pconn) *pconn {
+	var fallback *pconn
 	for _, pc := range p.conns {
 		if p.freeLocked(pc) > 0 {
+			if pc != avoid {
+				return pc
+			}
+			fallback = pc
+		}
+	}
+	return fallback
+}
+
+// connLocked returns the pool's connection whose codec is cc, or nil.
+func (p *h2Pool) connLocked(cc stream.ClientConn) *pconn {
+	for _, pc := range p.conns {
+		if stream.ClientConn(pc.cc) == cc {
 			return pc
 		}
 	}
 	return nil
+}
+
+// refusedLocked learns from a stream pc refused unprocessed: the peer's
+// REFUSED_STREAM or H3_REQUEST_REJECTED, or the codec's own refusal to
+// open a stream. When the pool's view still shows pc with free slots, the
+// peer's real limit is lower than the view (a peer may count streams
+// whose end it has not processed yet, or have lowered its limit in a
+// SETTINGS still in flight): pc is held at capacity until one of the
+// streams open on it now completes, so neither the retry nor new streams
+// go back to it meanwhile; the pool dials instead when max_connections
+// allows, or queues. Counted in upstream_cx_refused_stream_hold. A
+// connection with no stream open is not held (no completion would
+// release it): the peer refused with nothing of ours in flight, so a
+// retry may go back to it when no other connection has room.
+func (p *h2Pool) refusedLocked(pc *pconn) {
+	if pc.heldAt > 0 || p.freeLocked(pc) <= 0 {
+		return
+	}
+	open := pc.cc.ActiveStreams()
+	if open == 0 {
+		return
+	}
+	pc.heldAt = open
+	p.sh.stats.cxRefusedHold.Inc()
+	p.logger.Debug("upstream refused a stream below its advertised limit; holding the connection at capacity", "open_streams", open)
 }
 
 // reserveLocked promises a slot of pc to a stream. The first stream after
@@ -348,6 +420,9 @@ func (p *h2Pool) streamDone(pc *pconn) {
 	if pc.active <= 0 {
 		pc.idleSince = time.Now()
 	}
+	if pc.heldAt > 0 && pc.cc.ActiveStreams() < pc.heldAt {
+		pc.heldAt = 0
+	}
 	p.idleCheckLocked(pc)
 	p.dispatchLocked()
 }
@@ -369,7 +444,7 @@ func (p *h2Pool) idleCheckLocked(pc *pconn) {
 // dials for those left waiting.
 func (p *h2Pool) dispatchLocked() {
 	for len(p.waiters) > 0 {
-		pc := p.pickLocked()
+		pc := p.pickLocked(nil)
 		if pc == nil {
 			break
 		}

@@ -124,14 +124,20 @@ func (p *h3FallbackPool) markBroken(err error) {
 // marked broken, and over HTTP/2 otherwise or when the QUIC handshake
 // fails.
 func (p *h3FallbackPool) NewStream(ctx context.Context, req *stream.Request, endStream bool) (stream.ClientStream, error) {
+	return p.newStreamAvoiding(ctx, req, endStream, nil)
+}
+
+// newStreamAvoiding is NewStream avoiding refusedBy as h2Pool's does; the
+// connection is in one of the two pools and the other ignores it.
+func (p *h3FallbackPool) newStreamAvoiding(ctx context.Context, req *stream.Request, endStream bool, refusedBy stream.ClientConn) (stream.ClientStream, error) {
 	if !p.broken() {
-		s, err := p.h3.NewStream(ctx, req, endStream)
+		s, err := p.h3.newStreamAvoiding(ctx, req, endStream, refusedBy)
 		if err == nil || !isConnectFailure(err) {
 			return s, err
 		}
 		p.markBroken(err)
 	}
-	s, err := p.h2.NewStream(ctx, req, endStream)
+	s, err := p.h2.newStreamAvoiding(ctx, req, endStream, refusedBy)
 	if err != nil {
 		return nil, fmt.Errorf("HTTP/2 fallback: %w", err)
 	}

@@ -35,16 +35,33 @@ type rawServer struct {
 
 	mu    sync.Mutex
 	paths []string
+	reqs  []rawReq
 	conns []*rawConn
-	wg    sync.WaitGroup
+	// holds delays the response to the request of a path until its
+	// channel is closed (over hold).
+	holds map[string]chan struct{}
+	// refuse, when set, decides whether a request is refused with
+	// RST_STREAM REFUSED_STREAM, from its connection and the requests
+	// in flight on it (received and not yet answered).
+	refuse func(rc *rawConn, inFlight int) bool
+	wg     sync.WaitGroup
+}
+
+// rawReq is a request a rawServer received.
+type rawReq struct {
+	path    string
+	conn    int // the index of its connection, in accept order
+	refused bool
 }
 
 // rawConn is one accepted connection of a rawServer.
 type rawConn struct {
-	nc    net.Conn
-	wmu   sync.Mutex
-	fr    *http2.Framer
-	pings int // owned by the read loop
+	nc       net.Conn
+	idx      int // accept order
+	wmu      sync.Mutex
+	fr       *http2.Framer
+	pings    int // owned by the read loop
+	inFlight atomic.Int64
 }
 
 func startRawServer(t *testing.T, mcs uint32) *rawServer {
@@ -75,6 +92,7 @@ func (s *rawServer) acceptLoop() {
 		rc.fr = http2.NewFramer(nc, nc)
 		rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		s.mu.Lock()
+		rc.idx = len(s.conns)
 		s.conns = append(s.conns, rc)
 		s.mu.Unlock()
 		s.wg.Add(1)
@@ -143,19 +161,33 @@ func (s *rawServer) serve(rc *rawConn) {
 				_ = rc.write(func(fr *http2.Framer) error { return fr.WritePing(true, data) })
 			}
 		case *http2.MetaHeadersFrame:
+			id, path := f.StreamID, f.PseudoValue("path")
 			s.mu.Lock()
-			s.paths = append(s.paths, f.PseudoValue("path"))
+			s.paths = append(s.paths, path)
+			refuse := s.refuse != nil && s.refuse(rc, int(rc.inFlight.Load()))
+			s.reqs = append(s.reqs, rawReq{path: path, conn: rc.idx, refused: refuse})
+			hold := s.hold
+			if h, ok := s.holds[path]; ok {
+				hold = h
+			}
 			s.mu.Unlock()
-			id := f.StreamID
-			if s.hold == nil {
+			if refuse {
+				_ = rc.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+				continue
+			}
+			if hold == nil {
 				rc.respond(id)
 				continue
 			}
-			hold := s.hold
+			// In flight until answered: forgotten before the response
+			// goes out, so a client that saw the response finds the slot
+			// free.
+			rc.inFlight.Add(1)
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
 				<-hold
+				rc.inFlight.Add(-1)
 				rc.respond(id)
 			}()
 		case *http2.GoAwayFrame:
@@ -178,6 +210,29 @@ func (rc *rawConn) respond(id uint32) {
 func (rc *rawConn) goAway(code http2.ErrCode, debug string) {
 	_ = rc.write(func(fr *http2.Framer) error { return fr.WriteGoAway(0, code, []byte(debug)) })
 	time.AfterFunc(10*time.Millisecond, func() { rc.nc.Close() })
+}
+
+// holdPath delays the response to path's request until the returned
+// release is called (release is idempotent).
+func (s *rawServer) holdPath(path string) (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	if s.holds == nil {
+		s.holds = map[string]chan struct{}{}
+	}
+	s.holds[path] = ch
+	s.mu.Unlock()
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	s.t.Cleanup(release) // before close, which waits for held responses
+	return release
+}
+
+// requests returns every request received, in order.
+func (s *rawServer) requests() []rawReq {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]rawReq(nil), s.reqs...)
 }
 
 // requestPaths returns the :path of every request received, in order.
