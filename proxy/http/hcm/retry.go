@@ -79,6 +79,10 @@ type retryState struct {
 
 	retries     uint32 // ordinary retries done
 	transparent int    // transparent retries done
+	// refusedBy is the connection that refused the last attempt's stream
+	// unprocessed (stream.ConnOf), for the next attempt to avoid
+	// (upstream.Host.NewStreamAvoiding); nil otherwise.
+	refusedBy stream.ClientConn
 	// holding is true while this request holds one of the cluster's active
 	// retry slots (from scheduling a retry until that attempt ends).
 	holding bool

@@ -230,7 +230,9 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 	cs.RqActive.Inc()
 	defer cs.RqActive.Dec()
 
-	us, err := host.NewStream(actx, ureq, ureq.EndStream)
+	refusedBy := rs.refusedBy
+	rs.refusedBy = nil
+	us, err := host.NewStreamAvoiding(actx, ureq, ureq.EndStream, refusedBy)
 	if err != nil {
 		attErr = err
 		failure = err
@@ -264,6 +266,11 @@ func (ex *exchange) attempt(ctx context.Context, r *route.Route, c *upstream.Clu
 
 	resp, err := us.Response(actx)
 	if err != nil {
+		if stream.Unprocessed(err) {
+			// A transparent retry goes to another connection when one
+			// has room: this one refused.
+			rs.refusedBy = stream.ConnOf(us)
+		}
 		attErr = err
 		failure = err
 		return ex.attemptFailed(ctx, actx, cs, host, rs, err)
