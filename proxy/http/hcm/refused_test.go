@@ -1,0 +1,155 @@
+package hcm
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/proxy/http/h2"
+	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/stream"
+)
+
+// TestTransparentRetryAvoidsRefusingConnection: the upstream advertises
+// room for many streams but refuses a second one on a connection while
+// "/hold" is in flight there (REFUSED_STREAM). The router's transparent
+// retry of "/r" goes to a new connection when max_connections allows one;
+// with max_connections 1 it waits in the queue until "/hold" completes
+// and is then served on the first connection. Either way the client gets
+// 200 after exactly one transparent retry, and the refusing connection is
+// held at capacity once (upstream_cx_refused_stream_hold).
+func TestTransparentRetryAvoidsRefusingConnection(t *testing.T) {
+	tests := []struct {
+		name      string
+		cluster   string // extra cluster JSON
+		queued    bool   // the retry waits for /hold to complete
+		wantConn  int    // the upstream connection (in accept order) serving /r
+		wantConns int
+	}{
+		{name: "room for another connection", wantConn: 1, wantConns: 2},
+		{
+			name:    "max_connections reached: queued",
+			cluster: `"circuit_breakers":{"thresholds":[{"max_connections":1}]}`,
+			queued:  true, wantConn: 0, wantConns: 1,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			var (
+				mu       sync.Mutex
+				conns    []string // remote addresses in order of first request
+				holdConn = -1     // the connection /hold is in flight on
+				served   = -1     // the connection that answered /r
+			)
+			release := make(chan struct{})
+			var releaseOnce sync.Once
+			releaseHold := func() { releaseOnce.Do(func() { close(release) }) }
+			defer releaseHold()
+			connIndex := func(s stream.ServerStream) int {
+				addr := s.Conn().RemoteAddr.String()
+				for i, a := range conns {
+					if a == addr {
+						return i
+					}
+				}
+				conns = append(conns, addr)
+				return len(conns) - 1
+			}
+			up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+				mu.Lock()
+				idx := connIndex(s)
+				path := s.Request().Path
+				switch {
+				case path == "/hold":
+					holdConn = idx
+					mu.Unlock()
+					select {
+					case <-release:
+					case <-time.After(hang):
+					}
+					mu.Lock()
+					holdConn = -1 // forgotten before the response goes out
+					mu.Unlock()
+					respond(s, 200, "held", header.Header{})
+					return
+				case idx == holdConn:
+					mu.Unlock()
+					s.Reset(stream.ErrCodeRefusedStream)
+					return
+				}
+				served = idx
+				mu.Unlock()
+				respond(s, 200, "ok", header.Header{})
+			})
+			routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"10s"}}`
+			e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, tc.cluster))
+
+			held := newFakeStream("GET", "/hold", header.Make(0), nil)
+			heldDone := make(chan struct{})
+			go func() {
+				defer close(heldDone)
+				e.serve(t, held)
+			}()
+			if !waitUntil(t, "/hold to reach the upstream", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return holdConn >= 0
+			}) {
+				t.FailNow()
+			}
+			if tc.queued {
+				// /hold waited for the first connection; the retry of
+				// /r is the second stream to queue.
+				go func() {
+					waitUntil(t, "the retry to queue", func() bool {
+						return e.counter("cluster.backend.upstream_rq_pending_total") >= 2
+					})
+					releaseHold()
+				}()
+			}
+			fs := newFakeStream("GET", "/r", header.Make(0), nil)
+			e.serve(t, fs)
+			if r := fs.result(); r.status != 200 || r.body != "ok" {
+				t.Fatalf("/r: status %d body %q, want 200 \"ok\"", r.status, r.body)
+			}
+			releaseHold()
+			<-heldDone
+			if r := held.result(); r.status != 200 {
+				t.Errorf("/hold: status %d, want 200", r.status)
+			}
+			mu.Lock()
+			gotConn, gotConns := served, len(conns)
+			mu.Unlock()
+			if gotConn != tc.wantConn || gotConns != tc.wantConns {
+				t.Errorf("/r served on connection %d of %d, want %d of %d", gotConn, gotConns, tc.wantConn, tc.wantConns)
+			}
+			for name, want := range map[string]uint64{
+				"cluster.backend.upstream_rq_transparent_retry":   1,
+				"cluster.backend.upstream_cx_refused_stream_hold": 1,
+				"cluster.backend.http2.stream_refused_errors":     1,
+			} {
+				if got := e.counter(name); got != want {
+					t.Errorf("%s = %d, want %d", name, got, want)
+				}
+			}
+		})
+	}
+}
+
+// waitUntil polls cond every 5 ms until it holds and reports true, or
+// marks the test failed after exchangeTimeout and reports false. It may
+// run on any goroutine.
+func waitUntil(t *testing.T, what string, cond func() bool) bool {
+	t.Helper()
+	deadline := time.Now().Add(exchangeTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Errorf("timed out after %v waiting for %s", exchangeTimeout, what)
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
