@@ -194,4 +194,9 @@ func TestS3RefusingUpstream(t *testing.T) {
 	if got := sc.clusterStat(t, "upstream_rq_transparent_retry"); got < s3Calls/s3RefuseEvery-1 {
 		t.Errorf("upstream_rq_transparent_retry = %d, want at least %d", got, s3Calls/s3RefuseEvery-1)
 	}
+	if got := sc.clusterStat(t, "upstream_cx_total"); got > s3MaxConns {
+		t.Errorf("upstream_cx_total = %d, want at most max_connections (%d)", got, s3MaxConns)
+	}
+	t.Logf("transparent retries %d, connections held after a refusal %d, connections opened %d",
+		sc.clusterStat(t, "upstream_rq_transparent_retry"), sc.clusterStat(t, "upstream_cx_refused_stream_hold"), sc.clusterStat(t, "upstream_cx_total"))
 }
