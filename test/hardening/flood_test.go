@@ -3,12 +3,12 @@ package hardening
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,6 +45,15 @@ const (
 	roundPause = 100 * time.Millisecond
 	// outcomeWait bounds the wait for the server's answer to one attack.
 	outcomeWait = 8 * time.Second
+	// controlFloodFrames and controlFloodTime bound one connection of a
+	// PING or SETTINGS flood (repeatedFrame): over ten times the frames,
+	// and four times the time, the sidecar was seen to take to trip
+	// max_outbound_control_frames.
+	controlFloodFrames = 5_000_000
+	controlFloodTime   = 20 * time.Second
+	// attackerRecvBuffer is the SO_RCVBUF of an attacker that does not
+	// read (smallBuffers).
+	attackerRecvBuffer = 4096
 	// maxRSSGrowth bounds how much the sidecar's RSS may grow during a flood.
 	maxRSSGrowth = 96 << 20
 	// maxAttackCores bounds the sidecar's CPU during a flood, in cores: it
@@ -81,8 +90,9 @@ type flood struct {
 	name string
 	// settings are the attacker's SETTINGS.
 	settings []http2.Setting
-	// smallBuffers shrinks the attacker's receive buffer, so a server
-	// writing to an attacker that does not read fills it quickly.
+	// smallBuffers shrinks the attacker's receive buffer before it
+	// connects (smallRecvBuffer), so a server writing to an attacker that
+	// does not read fills it quickly.
 	smallBuffers bool
 	// send drives one attacker connection; it returns what it sent (in
 	// frames or streams) and stops at the first write error.
@@ -225,7 +235,7 @@ func floods() []flood {
 			smallBuffers: true,
 			noRead:       true,
 			// A PING frame: length 8, type PING, no flags, stream 0, payload.
-			send:  repeatedFrame(3_000_000, 5*time.Second, []byte{0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}),
+			send:  repeatedFrame(controlFloodFrames, controlFloodTime, []byte{0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}),
 			check: wantCalmOrCut,
 			stat:  "http2.outbound_control_flood",
 		},
@@ -235,7 +245,7 @@ func floods() []flood {
 			smallBuffers: true,
 			noRead:       true,
 			// An empty SETTINGS frame: length 0, type SETTINGS, no flags, stream 0.
-			send:  repeatedFrame(3_000_000, 5*time.Second, []byte{0, 0, 0, 4, 0, 0, 0, 0, 0}),
+			send:  repeatedFrame(controlFloodFrames, controlFloodTime, []byte{0, 0, 0, 4, 0, 0, 0, 0, 0}),
 			check: wantCalmOrCut,
 			stat:  "http2.outbound_control_flood",
 		},
@@ -342,9 +352,9 @@ func TestHTTP2Floods(t *testing.T) {
 				pause = roundPause
 			}
 			wait := attack(floodWorkers, rounds, pause, stop, &on, func(round int) {
-				var prep func(*net.TCPConn)
+				var prep func(network, address string, rc syscall.RawConn) error
 				if fl.smallBuffers {
-					prep = func(tc *net.TCPConn) { _ = tc.SetReadBuffer(4096) }
+					prep = smallRecvBuffer
 				}
 				c, err := dialRawErr(m.plain, nil, prep, fl.settings...)
 				if err != nil {
@@ -452,18 +462,25 @@ func frameLoop(limit int, write func(c *rawConn, i int) error) func(c *rawConn) 
 	}
 }
 
-// repeatedFrame returns a send that writes frame, one encoded frame, at
-// most limit times within d, a thousand frames per socket write. An
-// attacker that batches its writes this way outpaces a write per frame by
-// far, so the replies it provokes outgrow the server's kernel send buffer
-// (megabytes, autotuned) within the attack: a frame per write could leave
-// every reply absorbed by that buffer, and the outbound queue the limit
-// guards would never build up.
+// repeatedFrame returns a send that writes frame, one encoded frame, a
+// thousand frames per socket write, until a write fails (the server cut
+// the connection), limit frames went out or d passed; d also bounds each
+// write, replacing the dial's write deadline. An attacker that batches its
+// writes this way outpaces a write per frame by far, so the replies it
+// provokes outgrow the server's kernel send buffer (megabytes, autotuned)
+// within the attack: a frame per write could leave every reply absorbed by
+// that buffer, and the outbound queue the limit guards would never build
+// up. The bounds are generous on purpose: the server's queue limit trips
+// only after its send buffer filled (about 4 MB of replies: some 240 000
+// PINGs or 450 000 SETTINGS frames on Linux's defaults), and how fast the
+// server reads them is all that paces the attack, which on a loaded
+// machine under -race took up to 5 s.
 func repeatedFrame(limit int, d time.Duration, frame []byte) func(c *rawConn) int {
 	const batch = 1000
 	return func(c *rawConn) int {
 		buf := bytes.Repeat(frame, batch)
 		end := time.Now().Add(d)
+		_ = c.nc.SetWriteDeadline(end)
 		n := 0
 		for n < limit && time.Now().Before(end) {
 			if _, err := c.nc.Write(buf); err != nil {
@@ -614,4 +631,28 @@ func streamLoop(end bool, follow func(c *rawConn, id uint32) error) func(c *rawC
 		}
 		return follow(c, id)
 	})
+}
+
+// smallRecvBuffer is a net.Dialer.Control that sets SO_RCVBUF to
+// attackerRecvBuffer before the socket connects. Set after the handshake,
+// as it once was, it came too late: the attacker had already advertised a
+// window sized for the default buffer, which TCP never takes back, so the
+// server's replies overran the shrunk buffer and the attacker's kernel
+// pruned and dropped them (TcpExt RcvPruned, TCPRcvQDrop). Under load the
+// retransmissions that followed stalled the connection for seconds, the
+// attacker's writes blocked until their deadline, and the sidecar ended
+// the connection under request_headers_timeout (a frame header it had
+// started waited 2 s) before its control-frame queue reached
+// max_outbound_control_frames: the flood stat never moved.
+func smallRecvBuffer(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, attackerRecvBuffer)
+	}); err != nil {
+		return fmt.Errorf("SO_RCVBUF: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_RCVBUF %d: %w", attackerRecvBuffer, serr)
+	}
+	return nil
 }

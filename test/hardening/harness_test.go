@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"text/template"
 	"time"
@@ -326,15 +327,14 @@ func dialRaw(t *testing.T, addr string, tlsCfg *tls.Config, settings ...http2.Se
 }
 
 // dialRawErr is dialRaw for attacker goroutines: the caller closes c.nc.
-// beforePreface, when set, runs on the TCP connection first (to shrink
-// socket buffers).
-func dialRawErr(addr string, tlsCfg *tls.Config, beforePreface func(*net.TCPConn), settings ...http2.Setting) (*rawConn, error) {
-	nc, err := net.DialTimeout("tcp", addr, frameTimeout)
+// control, when set, runs on the socket before it connects (see
+// net.Dialer.Control), where socket buffer sizes still shape what the
+// handshake negotiates: the window scale and the first advertised window.
+func dialRawErr(addr string, tlsCfg *tls.Config, control func(network, address string, rc syscall.RawConn) error, settings ...http2.Setting) (*rawConn, error) {
+	d := net.Dialer{Timeout: frameTimeout, Control: control}
+	nc, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
-	}
-	if beforePreface != nil {
-		beforePreface(nc.(*net.TCPConn))
 	}
 	if tlsCfg != nil {
 		tc := tls.Client(nc, tlsCfg)
