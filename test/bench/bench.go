@@ -64,7 +64,9 @@ type targetInfo struct {
 	// after start-up.
 	RSSIdleMB  float64 `json:"rss_idle_mb"`
 	AnonIdleMB float64 `json:"anon_idle_mb"`
-	// Stats are meshd counters read at the end (meshd targets).
+	// Stats are meshd counters (meshd targets), summed over every proxy
+	// the target ran: read at the end, and from a proxy before an idle
+	// round restarts it.
 	Stats map[string]int64 `json:"meshd_stats,omitempty"`
 }
 
@@ -225,6 +227,12 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 					// runs freed, and new connections reuse it: their
 					// cost would read as nearly zero. Measure each idle
 					// round on a freshly started proxy.
+					if rep.Targets[i].Stats == nil {
+						rep.Targets[i].Stats = map[string]int64{}
+					}
+					if err := addSidecarStats(rep.Targets[i].Stats, t); err != nil {
+						logger.Warn("target stats before restart", "target", t.Name, "err", err)
+					}
 					if err := t.Stop(); err != nil {
 						logger.Warn("target stop", "target", t.Name, "err", err)
 					}
@@ -260,21 +268,14 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 	}
 
 	for i, t := range targets {
-		for _, sc := range t.sidecars {
-			stats, err := sc.stats()
-			if err != nil {
-				return nil, fmt.Errorf("%s /stats: %w", t.Name, err)
-			}
-			if rep.Targets[i].Stats == nil {
-				rep.Targets[i].Stats = map[string]int64{}
-			}
-			for name, v := range stats {
-				for _, suf := range meshdStatSuffixes {
-					if strings.HasSuffix(name, suf) && v != 0 {
-						rep.Targets[i].Stats[sc.name+":"+name] = v
-					}
-				}
-			}
+		if len(t.sidecars) == 0 {
+			continue
+		}
+		if rep.Targets[i].Stats == nil {
+			rep.Targets[i].Stats = map[string]int64{}
+		}
+		if err := addSidecarStats(rep.Targets[i].Stats, t); err != nil {
+			return nil, err
 		}
 	}
 	if st.collector != nil {
@@ -282,6 +283,25 @@ func bench(ctx context.Context, o options, logger *slog.Logger) (*report, error)
 	}
 	rep.Summary, rep.Ratios = summarize(o.Scenarios, rep.Targets, rep.Runs)
 	return rep, nil
+}
+
+// addSidecarStats adds the non-zero meshd counters (meshdStatSuffixes) of
+// t's sidecars to into, keyed "node:stat".
+func addSidecarStats(into map[string]int64, t *target) error {
+	for _, sc := range t.sidecars {
+		stats, err := sc.stats()
+		if err != nil {
+			return fmt.Errorf("%s /stats: %w", t.Name, err)
+		}
+		for name, v := range stats {
+			for _, suf := range meshdStatSuffixes {
+				if strings.HasSuffix(name, suf) && v != 0 {
+					into[sc.node+":"+name] += v
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // sumMem returns the summed memory of pids.

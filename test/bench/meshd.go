@@ -72,6 +72,9 @@ type sidecarProc struct {
 	// AdminAddr is the bound admin address; ListenerAddr the bound address
 	// of the bench listener. Immutable.
 	AdminAddr, ListenerAddr string
+	// node is the sidecar's name (its bootstrap node), which prefixes the
+	// stats the harness reports for it. Immutable.
+	node string
 
 	childProc
 	client *http.Client
@@ -111,8 +114,8 @@ func startSidecar(ctx context.Context, meshd, dir, name, bootstrap string, cpu i
 		return nil, fmt.Errorf("sidecar %s: start %s: %w", name, strings.Join(args, " "), err)
 	}
 	s := &sidecarProc{
-		childProc: childProc{name: "sidecar " + name, cmd: cmd, logPath: logPath, done: make(chan struct{})},
-		client:    &http.Client{Timeout: adminTimeout},
+		node: name, childProc: childProc{name: "sidecar " + name, cmd: cmd, logPath: logPath, done: make(chan struct{})},
+		client: &http.Client{Timeout: adminTimeout},
 	}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 	if err := s.waitReady(ctx, adminPath); err != nil {
