@@ -156,15 +156,7 @@ func newEnv(t testing.TB, hcmSrc, clusterSrc string, opts ...func(*Config)) *env
 	logger := slog.New(slog.DiscardHandler)
 	cm := upstream.NewManager(store, logger)
 	if clusterSrc != "" {
-		var c clusterv3.Cluster
-		if err := protojson.Unmarshal([]byte(clusterSrc), &c); err != nil {
-			t.Fatalf("cluster JSON: %v\n%s", err, clusterSrc)
-		}
-		spec, err := upstream.CompileCluster(&c)
-		if err != nil {
-			t.Fatalf("CompileCluster: %v", err)
-		}
-		cm.Apply([]*upstream.Spec{spec})
+		cm.Apply([]*upstream.Spec{compileClusterJSON(t, clusterSrc)})
 	}
 	t.Cleanup(cm.Close)
 	return &env{h: NewHandler(cfg, cm, NewStats(store, cfg.StatPrefix), logger), store: store, cm: cm}
@@ -319,4 +311,18 @@ func (fs *fakeStream) result() result {
 		r.status, r.end, r.header = fs.resp.Status, fs.respEnd, fs.resp.Header
 	}
 	return r
+}
+
+// compileClusterJSON compiles a cluster rendered by clusterJSON.
+func compileClusterJSON(t testing.TB, src string) *upstream.Spec {
+	t.Helper()
+	var c clusterv3.Cluster
+	if err := protojson.Unmarshal([]byte(src), &c); err != nil {
+		t.Fatalf("cluster JSON: %v\n%s", err, src)
+	}
+	spec, err := upstream.CompileCluster(&c)
+	if err != nil {
+		t.Fatalf("CompileCluster: %v", err)
+	}
+	return spec
 }

@@ -5,29 +5,12 @@ import (
 	"testing"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	"google.golang.org/protobuf/encoding/protojson"
-
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/proxy/http/h2"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/upstream"
 )
-
-// compileClusterJSON compiles a cluster rendered by clusterJSON.
-func compileClusterJSON(t *testing.T, src string) *upstream.Spec {
-	t.Helper()
-	var c clusterv3.Cluster
-	if err := protojson.Unmarshal([]byte(src), &c); err != nil {
-		t.Fatalf("cluster JSON: %v\n%s", err, src)
-	}
-	spec, err := upstream.CompileCluster(&c)
-	if err != nil {
-		t.Fatalf("CompileCluster: %v", err)
-	}
-	return spec
-}
 
 // TestRetryFollowsClusterUpdate: a request queued in a cluster's pool when
 // a config update replaces the cluster (the pool drains, failing its

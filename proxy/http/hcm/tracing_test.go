@@ -17,7 +17,6 @@ import (
 	"time"
 	"unsafe"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -59,15 +58,7 @@ func newTracedEnv(t testing.TB, hcmSrc, backend, collector string) *env {
 	cm := upstream.NewManager(store, logger)
 	var specs []*upstream.Spec
 	for _, src := range []string{backend, strings.ReplaceAll(clusterJSON([]string{collector}, ""), `"backend"`, `"otel"`)} {
-		var c clusterv3.Cluster
-		if err := protojson.Unmarshal([]byte(src), &c); err != nil {
-			t.Fatalf("cluster JSON: %v\n%s", err, src)
-		}
-		spec, err := upstream.CompileCluster(&c)
-		if err != nil {
-			t.Fatalf("CompileCluster: %v", err)
-		}
-		specs = append(specs, spec)
+		specs = append(specs, compileClusterJSON(t, src))
 	}
 	cm.Apply(specs)
 	t.Cleanup(cm.Close)
