@@ -68,6 +68,11 @@ type ClientConfig struct {
 	OnGoAway func(lastStreamID uint32, code stream.ErrCode, debug string)
 	// OnStreamDone reports that a stream's slot was freed.
 	OnStreamDone func()
+	// OnStreamRefused reports that the peer refused a stream with
+	// RST_STREAM REFUSED_STREAM (RefusedStreams counts it). It comes
+	// before the OnStreamDone of the refused stream; refusals that arrive
+	// together may be reported by one call.
+	OnStreamRefused func()
 	// OnClose reports that the connection closed, with its cause.
 	OnClose func(err error)
 	// MaxBufferedBytes bounds what the connection buffers (the cluster's
@@ -136,6 +141,7 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 	cc.c.onRemove = cc.onRemove
 	cc.c.sendLimit = int64(cf.MaxBufferedBytes)
 	cc.c.onStreamDone = cf.OnStreamDone
+	cc.c.onStreamRefused = cf.OnStreamRefused
 	cc.c.onClosed = cc.onClosed
 	// The writer is not running yet, so writing the preface here is safe.
 	_, _ = cc.c.bw.WriteString(http2.ClientPreface)
@@ -198,6 +204,12 @@ func (cc *ClientConn) ActiveStreams() int {
 	defer cc.c.mu.Unlock()
 	return len(cc.c.streams)
 }
+
+// RefusedStreams is how many of the connection's streams the peer refused
+// with RST_STREAM REFUSED_STREAM. The count includes a refusal before its
+// stream's error reaches the stream's user, so whoever sees a refused
+// stream's error sees it counted. It takes no lock.
+func (cc *ClientConn) RefusedStreams() uint64 { return cc.c.refusedStreams.Load() }
 
 // Shutdown stops new streams, sends GOAWAY NO_ERROR and closes the
 // connection once the active streams end. It does not block.

@@ -244,6 +244,7 @@ type conn struct {
 	closing         bool      // guarded by mu: a ctrlClose is queued
 	maxPeerID       uint32    // guarded by mu: highest peer-initiated stream ID seen
 	pendingDone     int       // guarded by mu: removed streams not yet reported to onStreamDone
+	pendingRefused  bool      // guarded by mu: a stream was refused (client) and onStreamRefused not yet called
 
 	// lingering is set once a graceful close half-closed the socket: the
 	// reader drops what still arrives and closes the socket at EOF or at
@@ -266,6 +267,13 @@ type conn struct {
 	// onStreamDone is called, without mu, once per stream that left the
 	// map (reported by unlock).
 	onStreamDone func()
+	// onStreamRefused is called, without mu, after the peer refused one
+	// or more client streams with REFUSED_STREAM (refusedStreams counts
+	// them), before onStreamDone reports those streams (unlock).
+	onStreamRefused func()
+	// refusedStreams counts the client streams the peer refused with
+	// REFUSED_STREAM; raised under mu before the stream's error is seen.
+	refusedStreams atomic.Uint64
 }
 
 // writeBufSize is the size of the buffer frames are gathered in before a
@@ -382,11 +390,16 @@ func (b *burstReader) release() {
 	b.off, b.end = 0, 0
 }
 
-// unlock releases mu and then reports streams that ended meanwhile.
+// unlock releases mu and then reports streams that ended meanwhile: a
+// refusal among them first (onStreamRefused), so a pool learns a
+// connection's real limit before it hands the refused streams' slots on.
 func (c *conn) unlock() {
-	n := c.pendingDone
-	c.pendingDone = 0
+	n, refused := c.pendingDone, c.pendingRefused
+	c.pendingDone, c.pendingRefused = 0, false
 	c.mu.Unlock()
+	if refused && c.onStreamRefused != nil {
+		c.onStreamRefused()
+	}
 	if c.onStreamDone != nil {
 		for range n {
 			c.onStreamDone()
@@ -1404,6 +1417,8 @@ func (c *conn) handleRST(h frameHandler, f *http2.RSTStreamFrame) error {
 	e := &stream.Error{Code: stream.ErrCode(f.ErrCode), Remote: true, Reason: "reset by peer"}
 	if c.isClient && f.ErrCode == http2.ErrCodeRefusedStream {
 		c.st.StreamRefused.Inc()
+		c.refusedStreams.Add(1)
+		c.pendingRefused = true
 		e.Unprocessed = true
 		e.Reason = "refused by peer"
 	}

@@ -52,6 +52,10 @@ type ClientConfig struct {
 	OnGoAway func()
 	// OnStreamDone is called once per stream opened, when it ended.
 	OnStreamDone func()
+	// OnStreamRefused is called once per stream the peer refused with
+	// H3_REQUEST_REJECTED (RefusedStreams counts it), when the stream
+	// ended, just before its OnStreamDone.
+	OnStreamRefused func()
 	// OnClose is called once when the connection closed; err is nil after
 	// a graceful close.
 	OnClose func(err error)
@@ -80,10 +84,11 @@ type ClientConn struct {
 	localLimit     int64
 	maxHeaderBytes int
 
-	maxStreams atomic.Int64 // the peer's cumulative bidirectional stream credit
-	opened     atomic.Int64 // request streams opened
-	active     atomic.Int64 // request streams not yet done
-	goAwayID   atomic.Int64 // the first GOAWAY's stream ID; -1 before any
+	maxStreams atomic.Int64  // the peer's cumulative bidirectional stream credit
+	opened     atomic.Int64  // request streams opened
+	active     atomic.Int64  // request streams not yet done
+	refused    atomic.Uint64 // request streams the peer refused, counted when done
+	goAwayID   atomic.Int64  // the first GOAWAY's stream ID; -1 before any
 	goAwayOnce sync.Once
 	closeOnce  sync.Once
 	closing    atomic.Bool // Shutdown called
@@ -292,6 +297,13 @@ func (c *ClientConn) Capacity() int {
 // connection that have not ended yet.
 func (c *ClientConn) ActiveStreams() int { return int(c.active.Load()) }
 
+// RefusedStreams is how many of the connection's request streams the
+// peer refused with H3_REQUEST_REJECTED. A refused stream is counted when
+// it ends, together with its leaving ActiveStreams: before the Response
+// that reports the refusal returns, and before a Reset of the stream
+// returns.
+func (c *ClientConn) RefusedStreams() uint64 { return c.refused.Load() }
+
 // Shutdown closes the connection gracefully once its streams ended; it
 // takes no new stream meanwhile.
 func (c *ClientConn) Shutdown() {
@@ -415,11 +427,17 @@ func requestHeaders(dst []byte, req *stream.Request) []byte {
 	return endHeaders(b, start)
 }
 
-// streamDone accounts a stream that ended.
-func (c *ClientConn) streamDone() {
+// streamDone accounts a stream that ended, refused by the peer or not.
+func (c *ClientConn) streamDone(refused bool) {
 	c.cfg.Stats.RTTMs.Record(float64(c.qc.ConnectionStats().SmoothedRTT.Microseconds()) / 1000)
 	if c.active.Add(-1) == 0 && (c.closing.Load() || c.goAwayID.Load() >= 0) {
 		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	}
+	if refused {
+		c.refused.Add(1)
+		if c.cfg.OnStreamRefused != nil {
+			c.cfg.OnStreamRefused()
+		}
 	}
 	if c.cfg.OnStreamDone != nil {
 		c.cfg.OnStreamDone()
@@ -465,6 +483,9 @@ type clientStream struct {
 
 	doneOnce sync.Once
 	reset    atomic.Bool
+	// refused is set by the first error that shows the peer refused the
+	// stream (H3_REQUEST_REJECTED); done reports it.
+	refused atomic.Bool
 
 	// ctx is NewStream's context when it can end; stopCtx stops the
 	// context.AfterFunc that resets the stream when it does. removed says
@@ -491,7 +512,7 @@ func (s *clientStream) done() {
 		if stop != nil {
 			stop()
 		}
-		s.c.streamDone()
+		s.c.streamDone(s.refused.Load())
 	})
 }
 
@@ -506,7 +527,9 @@ func (s *clientStream) classify(op string, err error) *stream.Error {
 		return &stream.Error{Code: codeOf(he.code), Reason: op + ": " + he.reason, Err: err}
 	}
 	se := streamError(op, err)
-	if se.Code == stream.ErrCodeRefusedStream {
+	if se.Code == stream.ErrCodeRefusedStream && se.Remote && se.Unprocessed && !s.refused.Swap(true) {
+		// Counted once per stream: the send and the receive side may
+		// both report the refusal.
 		s.c.cfg.Stats.StreamRefused.Inc()
 	}
 	if id := s.c.goAwayID.Load(); id >= 0 && int64(s.qs.StreamID()) >= id && !s.gotResp {
