@@ -124,9 +124,14 @@ func (h *Host) NewStream(ctx context.Context, req *stream.Request, endStream boo
 // HTTP/3 pool places the stream on another of its connections with a free
 // slot, else on a new connection when max_connections allows, else on
 // refusedBy or in the queue, so the retry fails only when NewStream would.
-// A refusal while the pool counted free slots on refusedBy holds it at
-// capacity until one of its streams completes (counted in
-// upstream_cx_refused_stream_hold), for every stream of the pool.
+//
+// The pool learns from every refusal itself, retried or not: a peer's
+// REFUSED_STREAM or H3_REQUEST_REJECTED while the pool counted free slots
+// on the connection holds it at capacity until one of the streams open on
+// it at the refusal completes (counted once per hold in
+// upstream_cx_refused_stream_hold), for every stream of the pool, whether
+// the codec's report or this call comes first. A stream above a GOAWAY's
+// last stream id holds nothing: the connection drains anyway.
 func (h *Host) NewStreamAvoiding(ctx context.Context, req *stream.Request, endStream bool, refusedBy stream.ClientConn) (stream.ClientStream, error) {
 	if refusedBy == nil {
 		return h.pool.NewStream(ctx, req, endStream)

@@ -41,6 +41,12 @@ type muxConn interface {
 	// and not yet ended, as the codec counts them (a stream it removed is
 	// no longer counted when its OnStreamDone runs).
 	ActiveStreams() int
+	// RefusedStreams is how many of the connection's streams the peer
+	// refused unprocessed (REFUSED_STREAM, H3_REQUEST_REJECTED), counted
+	// once the refused stream left ActiveStreams and before its user saw
+	// the refusal. The codec also reports each refusal through the
+	// callback the connector installs (refusalReported).
+	RefusedStreams() uint64
 	// Shutdown closes the connection gracefully once its streams end.
 	Shutdown()
 	Close() error
@@ -141,6 +147,14 @@ type pconn struct {
 	// heldAt streams are open on it, that is until one of the streams
 	// open at the refusal completes.
 	heldAt int
+	// refusals is the codec's RefusedStreams the pool has learned from
+	// (learnRefusalsLocked).
+	refusals uint64
+	// refusalPending: a refusal was learned while streams were being
+	// opened on the connection (reserved), so the pool's view was short
+	// by the refused stream's own reservation; the hold is decided again
+	// as each of them is placed or fails (recheckRefusalLocked).
+	refusalPending bool
 }
 
 // waiter is a stream queued for a slot.
@@ -192,7 +206,8 @@ func (p *h2Pool) NewStream(ctx context.Context, req *stream.Request, endStream b
 
 // newStreamAvoiding is NewStream for a request whose previous attempt the
 // connection refusedBy refused unprocessed (nil: none, or a connection of
-// another pool). The pool first learns from the refusal (refusedLocked),
+// another pool). The pool first makes sure it learned from the refusal
+// (learnRefusalsLocked: the codec's report may still be on its way),
 // then places the stream on another connection with a free slot, on a
 // new connection when one may be dialled, and on refusedBy or in the
 // queue otherwise. A connection that refuses the stream locally (its
@@ -211,7 +226,7 @@ func (p *h2Pool) newStreamAvoiding(ctx context.Context, req *stream.Request, end
 	if refusedBy != nil {
 		avoid = p.connLocked(refusedBy)
 		if avoid != nil {
-			p.refusedLocked(avoid)
+			p.learnRefusalsLocked(avoid)
 		}
 	}
 	for attempt := 0; ; attempt++ {
@@ -248,6 +263,9 @@ func (p *h2Pool) newStreamAvoiding(ctx context.Context, req *stream.Request, end
 			p.placedLocked(pc)
 			p.mu.Unlock()
 			return s, nil
+		}
+		if pc.refusalPending {
+			p.recheckRefusalLocked(pc)
 		}
 		p.idleCheckLocked(pc)
 		if !stream.Unprocessed(err) || ctx.Err() != nil || attempt+1 >= maxPlaceAttempts {
@@ -354,9 +372,48 @@ func (p *h2Pool) connLocked(cc stream.ClientConn) *pconn {
 	return nil
 }
 
+// refusalReported is the codec's report that the peer refused one or
+// more of pc's streams unprocessed (h2.ClientConfig.OnStreamRefused,
+// h3.ClientConfig.OnStreamRefused): the pool learns from every refusal,
+// whether or not the stream is retried.
+func (p *h2Pool) refusalReported(pc *pconn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.learnRefusalsLocked(pc)
+	p.dispatchLocked()
+}
+
+// learnRefusalsLocked learns from the refusals of pc's peer the pool has
+// not learned from yet (refusedLocked). It runs on the codec's report and
+// on the retry of a refused stream (newStreamAvoiding), whichever comes
+// first; the codec's count (RefusedStreams) makes each refusal count once.
+// A refusal of a stream above a GOAWAY's last stream id is not in the
+// count: the connection drains and takes no new stream anyway.
+func (p *h2Pool) learnRefusalsLocked(pc *pconn) {
+	n := pc.cc.RefusedStreams()
+	if n == pc.refusals {
+		return
+	}
+	pc.refusals = n
+	p.refusedLocked(pc)
+	// The peer may refuse a stream before the pool placed it (the HTTP/2
+	// reader reports the refusal while the opener has yet to account
+	// it): its reservation then hides the slot it freed.
+	pc.refusalPending = pc.heldAt == 0 && pc.reserved > 0
+}
+
+// recheckRefusalLocked decides again on a hold deferred by
+// learnRefusalsLocked, once a stream being opened on pc was placed or
+// failed: the refused stream's reservation may be gone now. The last
+// reservation ends the deferral.
+func (p *h2Pool) recheckRefusalLocked(pc *pconn) {
+	p.refusedLocked(pc)
+	pc.refusalPending = pc.heldAt == 0 && pc.reserved > 0
+}
+
 // refusedLocked learns from a stream pc refused unprocessed: the peer's
-// REFUSED_STREAM or H3_REQUEST_REJECTED, or the codec's own refusal to
-// open a stream. When the pool's view still shows pc with free slots, the
+// REFUSED_STREAM or H3_REQUEST_REJECTED (learnRefusalsLocked), or the
+// codec's own refusal to open a stream. When the pool's view still shows pc with free slots, the
 // peer's real limit is lower than the view (a peer may count streams
 // whose end it has not processed yet, or have lowered its limit in a
 // SETTINGS still in flight): pc is held at capacity until one of the
@@ -402,6 +459,9 @@ func (p *h2Pool) placedLocked(pc *pconn) {
 	if m := p.spec.Lifetimes.MaxRequestsPerConnection; m > 0 && pc.total >= m && !pc.draining {
 		p.sh.stats.cxMaxRequests.Inc()
 		p.drainConnLocked(pc)
+	}
+	if pc.refusalPending {
+		p.recheckRefusalLocked(pc)
 	}
 	// The stream may have ended (and been reported) before it was placed,
 	// so a slot can be free now.
@@ -666,8 +726,9 @@ func (p *h2Pool) connectH2(pc *pconn) error {
 			p.sh.stats.goAwayRx(code)
 			p.onGoAway(pc, code, debug)
 		},
-		OnStreamDone: func() { p.streamDone(pc) },
-		OnClose:      func(err error) { p.onClose(pc, err) },
+		OnStreamDone:    func() { p.streamDone(pc) },
+		OnStreamRefused: func() { p.refusalReported(pc) },
+		OnClose:         func(err error) { p.onClose(pc, err) },
 	})
 	return nil
 }

@@ -47,14 +47,15 @@ func (p *h2Pool) connectH3(pc *pconn) error {
 	}
 	st := p.stats.H3
 	cc, err := h3.Dial(ctx, p.addr, p.spec.TLS, &h3.ClientConfig{
-		QUIC:          o,
-		Stats:         st.Codec,
-		Logger:        p.logger,
-		OnStreamLimit: func(limit uint32) { p.onSettings(pc, limit) },
-		OnCredit:      p.wake,
-		OnGoAway:      func() { p.onGoAway(pc, stream.ErrCodeNo, "") },
-		OnStreamDone:  func() { p.streamDone(pc) },
-		OnClose:       func(err error) { p.onClose(pc, err) },
+		QUIC:            o,
+		Stats:           st.Codec,
+		Logger:          p.logger,
+		OnStreamLimit:   func(limit uint32) { p.onSettings(pc, limit) },
+		OnCredit:        p.wake,
+		OnGoAway:        func() { p.onGoAway(pc, stream.ErrCodeNo, "") },
+		OnStreamDone:    func() { p.streamDone(pc) },
+		OnStreamRefused: func() { p.refusalReported(pc) },
+		OnClose:         func(err error) { p.onClose(pc, err) },
 	})
 	if err != nil {
 		p.stats.CxConnectFail.Inc()

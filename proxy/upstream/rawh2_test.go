@@ -44,6 +44,9 @@ type rawServer struct {
 	// RST_STREAM REFUSED_STREAM, from its connection and the requests
 	// in flight on it (received and not yet answered).
 	refuse func(rc *rawConn, inFlight int) bool
+	// ignore, when set, picks requests that are recorded and never
+	// answered (a peer that dropped them).
+	ignore func(rc *rawConn, path string) bool
 	wg     sync.WaitGroup
 }
 
@@ -170,7 +173,11 @@ func (s *rawServer) serve(rc *rawConn) {
 			if h, ok := s.holds[path]; ok {
 				hold = h
 			}
+			ignore := !refuse && s.ignore != nil && s.ignore(rc, path)
 			s.mu.Unlock()
+			if ignore {
+				continue
+			}
 			if refuse {
 				_ = rc.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
 				continue
@@ -210,6 +217,12 @@ func (rc *rawConn) respond(id uint32) {
 func (rc *rawConn) goAway(code http2.ErrCode, debug string) {
 	_ = rc.write(func(fr *http2.Framer) error { return fr.WriteGoAway(0, code, []byte(debug)) })
 	time.AfterFunc(10*time.Millisecond, func() { rc.nc.Close() })
+}
+
+// goAwayAt sends GOAWAY NO_ERROR with last-stream-id last and keeps the
+// connection open: the streams above last were not processed.
+func (rc *rawConn) goAwayAt(last uint32) error {
+	return rc.write(func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
 }
 
 // holdPath delays the response to path's request until the returned
