@@ -1,6 +1,9 @@
 package hcm
 
 import (
+	"bytes"
+	"io"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -152,4 +155,102 @@ func waitUntil(t *testing.T, what string, cond func() bool) bool {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return true
+}
+
+// TestUnretriedRefusalHoldsConnection: a refused request whose body
+// exceeds the route's request_body_buffer_limit cannot be replayed, so it
+// gets 503 without a retry; the pool still learns from the refusal and
+// holds the refusing connection, so the next request goes straight to a
+// new connection instead of being refused there too and retried.
+func TestUnretriedRefusalHoldsConnection(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	var (
+		mu       sync.Mutex
+		conns    []string // remote addresses in order of first request
+		holdConn = -1     // the connection /hold is in flight on
+		served   = -1     // the connection that answered /next
+	)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseHold := func() { releaseOnce.Do(func() { close(release) }) }
+	defer releaseHold()
+	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
+		mu.Lock()
+		idx := slices.Index(conns, s.Conn().RemoteAddr.String())
+		if idx < 0 {
+			conns = append(conns, s.Conn().RemoteAddr.String())
+			idx = len(conns) - 1
+		}
+		path := s.Request().Path
+		switch {
+		case path == "/hold":
+			holdConn = idx
+			mu.Unlock()
+			select {
+			case <-release:
+			case <-time.After(hang):
+			}
+			mu.Lock()
+			holdConn = -1 // forgotten before the response goes out
+			mu.Unlock()
+			respond(s, 200, "held", header.Header{})
+			return
+		case idx == holdConn:
+			mu.Unlock()
+			_, _ = io.Copy(io.Discard, s)
+			s.Reset(stream.ErrCodeRefusedStream)
+			return
+		}
+		served = idx
+		mu.Unlock()
+		respond(s, 200, "ok", header.Header{})
+	})
+	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"10s"},"request_body_buffer_limit":"1024"}`
+	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, ""))
+
+	held := newFakeStream("GET", "/hold", header.Make(0), nil)
+	heldDone := make(chan struct{})
+	go func() {
+		defer close(heldDone)
+		e.serve(t, held)
+	}()
+	if !waitUntil(t, "/hold to reach the upstream", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return holdConn >= 0
+	}) {
+		t.FailNow()
+	}
+
+	big := newFakeStream("POST", "/big", header.Make(0), bytes.NewReader(bytes.Repeat([]byte("b"), 8<<10)))
+	e.serve(t, big)
+	if r := big.result(); r.status != 503 {
+		t.Fatalf("/big: status %d body %q, want 503 (refused, body not replayable)", r.status, r.body)
+	}
+	next := newFakeStream("GET", "/next", header.Make(0), nil)
+	e.serve(t, next)
+	if r := next.result(); r.status != 200 || r.body != "ok" {
+		t.Fatalf("/next: status %d body %q, want 200 \"ok\"", r.status, r.body)
+	}
+	releaseHold()
+	<-heldDone
+	if r := held.result(); r.status != 200 {
+		t.Errorf("/hold: status %d, want 200", r.status)
+	}
+	mu.Lock()
+	gotConn, gotConns := served, len(conns)
+	mu.Unlock()
+	if gotConn != 1 || gotConns != 2 {
+		t.Errorf("/next served on connection %d of %d, want 1 of 2", gotConn, gotConns)
+	}
+	for name, want := range map[string]uint64{
+		"cluster.backend.http2.stream_refused_errors":     1, // /big only
+		"cluster.backend.upstream_rq_transparent_retry":   0,
+		"cluster.backend.upstream_cx_refused_stream_hold": 1,
+		"cluster.backend.retry_or_shadow_abandoned":       1,
+	} {
+		if got := e.counter(name); got != want {
+			t.Errorf("%s = %d, want %d", name, got, want)
+		}
+	}
 }
