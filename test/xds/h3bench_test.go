@@ -179,7 +179,8 @@ func udpDatagramsIn() (n int64, ok bool) {
 }
 
 // benchProfileEnv names a directory where TestHTTP3VersusHTTP2 writes a
-// CPU profile of each sidecar under load after its measured rounds.
+// CPU profile and a runtime trace of each sidecar under load after its
+// measured rounds.
 const benchProfileEnv = "MESHD_BENCH_PROFILE"
 
 // profileSeconds is the length of each sidecar CPU profile.
@@ -188,7 +189,9 @@ const profileSeconds = 8
 // profileSidecars keeps costCallers callers busy while it takes a
 // profileSeconds CPU profile of each sidecar through its admin
 // /debug/pprof/profile, written to dir as PROTO-INDEX.pprof (0: the server
-// side's sidecar, 1: the client side's).
+// side's sidecar, 1: the client side's), then a traceSeconds runtime trace
+// of each in turn (/debug/pprof/trace, PROTO-INDEX.trace), logging the
+// requests the sidecar served meanwhile.
 func profileSidecars(t *testing.T, dir, proto string, client testgrpc.TestServiceClient, sidecars []*testutil.Sidecar) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -211,24 +214,65 @@ func profileSidecars(t *testing.T, dir, proto string, client testgrpc.TestServic
 	var wg sync.WaitGroup
 	for i, sc := range sidecars {
 		wg.Go(func() {
-			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sc.AdminAddr, profileSeconds)
-			resp, err := http.Get(url)
-			if err != nil {
-				t.Errorf("%s profile of sidecar %d: %v", proto, i, err)
-				return
-			}
-			defer resp.Body.Close()
-			f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", proto, i)))
-			if err != nil {
-				t.Errorf("%s profile: %v", proto, err)
-				return
-			}
-			defer f.Close()
-			if _, err := f.ReadFrom(resp.Body); err != nil {
-				t.Errorf("%s profile of sidecar %d: %v", proto, i, err)
-			}
+			fetchProfile(t, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sc.AdminAddr, profileSeconds),
+				filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", proto, i)))
 		})
 	}
 	wg.Wait()
 	t.Logf("%s: CPU profiles of both sidecars in %s", proto, dir)
+	// Runtime traces one sidecar at a time, so that only one process pays
+	// the tracer's overhead, with the requests it served meanwhile: the
+	// goroutine wake-ups per call come from these.
+	for i, sc := range sidecars {
+		path := filepath.Join(dir, fmt.Sprintf("%s-%d.trace", proto, i))
+		before := sumStats(sc.Stats(t), "downstream_rq_total")
+		fetchProfile(t, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=%d", sc.AdminAddr, traceSeconds), path)
+		requests := sumStats(sc.Stats(t), "downstream_rq_total") - before
+		f, err := os.Open(path)
+		if err != nil {
+			t.Errorf("%s trace of sidecar %d: %v", proto, i, err)
+			continue
+		}
+		w, err := countWakeups(f)
+		f.Close()
+		if err != nil || requests <= 0 {
+			t.Errorf("%s trace of sidecar %d (%s): %d requests, %v", proto, i, path, requests, err)
+			continue
+		}
+		t.Logf("%s sidecar %d, runtime trace in %s, %d requests in %d s: %s", proto, i, path, requests, traceSeconds, w.perRequest(requests, 10))
+	}
+}
+
+// traceSeconds is the length of each sidecar's runtime trace.
+const traceSeconds = 2
+
+// fetchProfile writes the body of an admin /debug/pprof GET to path.
+func fetchProfile(t *testing.T, url, path string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Errorf("GET %s: %v", url, err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Errorf("GET %s: %v", url, err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.ReadFrom(resp.Body); err != nil {
+		t.Errorf("GET %s: %v", url, err)
+	}
+}
+
+// sumStats sums the stats whose names end in suffix.
+func sumStats(stats map[string]int64, suffix string) int64 {
+	var n int64
+	for name, v := range stats {
+		if strings.HasSuffix(name, suffix) {
+			n += v
+		}
+	}
+	return n
 }
