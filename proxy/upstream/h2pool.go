@@ -42,10 +42,11 @@ type muxConn interface {
 	// no longer counted when its OnStreamDone runs).
 	ActiveStreams() int
 	// RefusedStreams is how many of the connection's streams the peer
-	// refused unprocessed (REFUSED_STREAM, H3_REQUEST_REJECTED), counted
-	// once the refused stream left ActiveStreams and before its user saw
-	// the refusal. The codec also reports each refusal through the
-	// callback the connector installs (refusalReported).
+	// refused unprocessed (REFUSED_STREAM, H3_REQUEST_REJECTED). A
+	// refusal is counted no earlier than its stream leaves ActiveStreams
+	// and before the stream's Response returns it. The codec also reports
+	// each refusal through the callback the connector installs
+	// (refusalReported).
 	RefusedStreams() uint64
 	// Shutdown closes the connection gracefully once its streams end.
 	Shutdown()
@@ -413,16 +414,17 @@ func (p *h2Pool) recheckRefusalLocked(pc *pconn) {
 
 // refusedLocked learns from a stream pc refused unprocessed: the peer's
 // REFUSED_STREAM or H3_REQUEST_REJECTED (learnRefusalsLocked), or the
-// codec's own refusal to open a stream. When the pool's view still shows pc with free slots, the
-// peer's real limit is lower than the view (a peer may count streams
-// whose end it has not processed yet, or have lowered its limit in a
-// SETTINGS still in flight): pc is held at capacity until one of the
-// streams open on it now completes, so neither the retry nor new streams
-// go back to it meanwhile; the pool dials instead when max_connections
-// allows, or queues. Counted in upstream_cx_refused_stream_hold. A
-// connection with no stream open is not held (no completion would
-// release it): the peer refused with nothing of ours in flight, so a
-// retry may go back to it when no other connection has room.
+// codec's own refusal to open a stream. When the pool's view still shows
+// pc with free slots, the peer's real limit is lower than the view (a
+// peer may count streams whose end it has not processed yet, or have
+// lowered its limit in a SETTINGS still in flight): pc is held at
+// capacity until one of the streams open on it now completes, so neither
+// a retry nor new streams go back to it meanwhile; the pool dials instead
+// when max_connections allows, or queues. Counted in
+// upstream_cx_refused_stream_hold. A connection with no stream open is
+// not held (no completion would release it): the peer refused with
+// nothing of ours in flight, so a retry may go back to it when no other
+// connection has room.
 func (p *h2Pool) refusedLocked(pc *pconn) {
 	if pc.heldAt > 0 || p.freeLocked(pc) <= 0 {
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -494,6 +495,72 @@ func TestPoolGoAwayUnprocessedNoHold(t *testing.T) {
 			if got := p.sh.stats.rqPendingActive.Value(); got != 0 {
 				t.Errorf("upstream_rq_pending_active = %d, want 0", got)
 			}
+		})
+	}
+}
+
+// TestPoolRefusalHammer: 8 callers send 40 requests each, retried as the
+// router does, to a peer refusing every third request; the codec's
+// reports and the retries race to learn each refusal. Every request is
+// served, the pool learns every refusal exactly once (its count equals
+// the codec's and the peer's), a hold never outnumbers the refusals, and
+// once the load is over no connection is held and no stream is left
+// accounted. Over HTTP/2 and HTTP/3.
+func TestPoolRefusalHammer(t *testing.T) {
+	const callers, perCaller = 8, 40
+	for _, proto := range []Protocol{HTTP2, HTTP3} {
+		t.Run(protoName[proto], func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			peer, p := startRefusingPool(t, proto, 4)
+			n := 0 // the peers call refuse under their lock
+			peer.setRefuse(func(int, int) bool { n++; return n%3 == 0 })
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			var wg sync.WaitGroup
+			errs := make(chan error, callers)
+			for c := range callers {
+				wg.Go(func() {
+					for i := range perCaller {
+						if _, err := retryRoundTrip(ctx, p, fmt.Sprintf("/%d/%d", c, i), 100); err != nil {
+							errs <- fmt.Errorf("/%d/%d: %w", c, i, err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			refused := 0
+			for _, r := range peer.requests() {
+				if r.refused {
+					refused++
+				}
+			}
+			waitFor(t, testTimeout, "every stream to be accounted", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return p.sh.breaker.requests.Load() == 0
+			})
+			p.mu.Lock()
+			var learnt, counted uint64
+			for i, pc := range p.conns {
+				learnt += pc.refusals
+				counted += pc.cc.RefusedStreams()
+				if pc.heldAt != 0 || pc.active != 0 || pc.reserved != 0 {
+					t.Errorf("connection %d after the load: held at %d, %d active, %d reserved; want none", i, pc.heldAt, pc.active, pc.reserved)
+				}
+			}
+			p.mu.Unlock()
+			if counted != uint64(refused) || learnt != counted {
+				t.Errorf("refusals: peer %d, codec %d, learned %d; want all equal", refused, counted, learnt)
+			}
+			if holds := p.sh.stats.cxRefusedHold.Value(); holds > uint64(refused) {
+				t.Errorf("upstream_cx_refused_stream_hold = %d, more than the %d refusals", holds, refused)
+			}
+			t.Logf("%d requests, %d refused, %d holds, %d connections", callers*perCaller, refused, p.sh.stats.cxRefusedHold.Value(), p.stats.CxTotal.Value())
 		})
 	}
 }
