@@ -144,17 +144,17 @@ func transfer(t *testing.T, client testgrpc.TestServiceClient, size int) (float6
 	return float64(got) / time.Since(start).Seconds(), nil
 }
 
-// TestAutoTuneWindows is acceptance 5 of issue 10: two sidecars with a
+// TestAutoTuneWindowsTiming is acceptance 5 of issue 10: two sidecars with a
 // shaping relay between them (25 ms each way, 4 MB/s); the client's
 // cluster starts with 64 KiB windows (one window per 50 ms RTT is
 // 1.3 MB/s). With autoTune.windows the control plane learns windows from
 // bandwidth × RTT while transfers run, and one large transfer afterwards
 // reaches at least 80% of the shaped rate; the same transfer through an
 // identical Service with the static windows is recorded beside it.
-func TestAutoTuneWindows(t *testing.T) {
-	if raceEnabled {
-		t.Skip("throughput figures are meaningless under the race detector")
-	}
+// Throughput figures mean nothing under the race detector: the test skips
+// there and .ci/run's non-race timing step runs it.
+func TestAutoTuneWindowsTiming(t *testing.T) {
+	testutil.Timing(t)
 	const (
 		delay = 25 * time.Millisecond
 		rate  = 4e6

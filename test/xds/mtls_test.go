@@ -355,12 +355,13 @@ func TestMTLSRefusesBadClientCertificates(t *testing.T) {
 	}
 }
 
-// TestMTLSAuthorizationPolicy (issue 5, acceptance 3): an
+// TestMTLSAuthorizationPolicyTiming (issue 5, acceptance 3): an
 // AuthorizationPolicy on greeter that allows greeter-client's ID lets its
 // calls through and answers intruder's with PERMISSION_DENIED; rewriting
 // the mesh file to allow intruder instead flips both, within 2 s of the
-// write (the timing is not asserted under -race).
-func TestMTLSAuthorizationPolicy(t *testing.T) {
+// write. The 2 s is asserted only without -race (.ci/run's non-race
+// timing step); under -race the flip itself is.
+func TestMTLSAuthorizationPolicyTiming(t *testing.T) {
 	app := testutil.StartGRPCInteropServer(t)
 	p := newMTLSPorts(t)
 	_, meshPath, sidecars := startMTLSMesh(t, app.Addr, p, []string{clientID}, nil, serverNode, clientNode, intruderNode)
@@ -373,11 +374,7 @@ func TestMTLSAuthorizationPolicy(t *testing.T) {
 	meshtest.WriteFileAtomic(t, meshPath, mtlsMesh(app.Addr, p, []string{"spiffe://test.example/ns/*/sa/intruder"}))
 	waitCallCode(t, intruder, codes.OK, waitTimeout)
 	waitCallCode(t, client, codes.PermissionDenied, waitTimeout)
-	took := time.Since(start)
-	t.Logf("policy flip applied %v after the write", took.Round(time.Millisecond))
-	if !raceEnabled && took > 2*time.Second {
-		t.Errorf("policy change applied after %v, want within 2s", took)
-	}
+	testutil.TimingAtMost(t, "time from the mesh file write to the policy flip", time.Since(start).Round(time.Millisecond), 2*time.Second)
 	st := sidecars[serverNode].Stats(t)
 	if denied := testutil.FilterStats(st, "rbac.denied"); len(denied) == 0 {
 		t.Errorf("server sidecar has no rbac.denied counter; rbac stats: %v", testutil.FilterStats(st, "rbac"))

@@ -27,9 +27,7 @@ const maxPropagation = 2 * time.Second
 // maxPropagation of the file being saved, as /status of the control plane
 // shows; traffic keeps flowing through outbound→inbound meanwhile.
 func TestMeshEditPropagationTiming(t *testing.T) {
-	if raceEnabled {
-		t.Skip("timing assertion: the race detector slows meshd several-fold")
-	}
+	testutil.Timing(t)
 	testutil.CheckGoroutines(t)
 	app := testutil.StartGRPCInteropServer(t)
 	cp, sidecars, meshPath, text, p := startTunedMesh(t, app.Addr)
