@@ -482,10 +482,11 @@ func TestH2PoolKeepaliveBackoff(t *testing.T) {
 	}
 }
 
-// TestH2PoolKeepaliveTimeout: a peer that never answers PINGs is detected
-// within interval (50 ms, +15% jitter) + timeout (100 ms) + 500 ms of
-// scheduling tolerance, counted in http2.keepalive_timeout.
-func TestH2PoolKeepaliveTimeout(t *testing.T) {
+// TestH2PoolKeepaliveTimeoutTiming: a peer that never answers PINGs is
+// detected, counted in http2.keepalive_timeout, within interval (50 ms,
+// +15% jitter) + timeout (100 ms) + 500 ms of scheduling tolerance; that
+// bound is asserted only without -race (.ci/run's non-race timing step).
+func TestH2PoolKeepaliveTimeoutTiming(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	srv := startRawServer(t, 100)
 	srv.onPing = func(*rawConn, int) bool { return false }
@@ -499,10 +500,8 @@ func TestH2PoolKeepaliveTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, 650*time.Millisecond+150*time.Millisecond, "the keepalive timeout", func() bool { return p.ActiveConns() == 0 })
-	if d := time.Since(start); d > 650*time.Millisecond {
-		t.Errorf("dead peer detected after %v, want within 650ms", d)
-	}
+	waitFor(t, testTimeout, "the keepalive timeout", func() bool { return p.ActiveConns() == 0 })
+	testutil.TimingAtMost(t, "time to detect the dead peer", time.Since(start), 650*time.Millisecond)
 	if got := p.stats.HTTP2.KeepaliveTimeout.Value(); got != 1 {
 		t.Errorf("http2.keepalive_timeout = %d, want 1", got)
 	}
@@ -638,39 +637,39 @@ func TestDialUpstreamSocketOptions(t *testing.T) {
 	}
 }
 
-// TestH2PoolConnectionIdleInterval: with connection_idle_interval 50 ms
-// (and no periodic PINGs), the first stream on a connection idle for
-// longer sends a PING along; a peer that does not answer it loses the
-// connection within the keepalive timeout (100 ms) plus 500 ms of
-// scheduling tolerance, counted in http2.keepalive_timeout. A busy
-// connection sends no such PING.
-func TestH2PoolConnectionIdleInterval(t *testing.T) {
+// TestH2PoolConnectionIdleIntervalTiming: with connection_idle_interval
+// 250 ms (and no periodic PINGs), the first stream on a connection idle
+// for longer sends a PING along; a peer that does not answer it loses the
+// connection, counted in http2.keepalive_timeout, within the keepalive
+// timeout (100 ms) plus 500 ms of scheduling tolerance; that bound is
+// asserted only without -race (.ci/run's non-race timing step). A busy
+// connection sends no such PING. The interval is long enough that the
+// back-to-back streams stay under it on a loaded machine under -race.
+func TestH2PoolConnectionIdleIntervalTiming(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	srv := startRawServer(t, 100)
 	srv.onPing = func(*rawConn, int) bool { return false }
 	p := newTestPool(t, srv.addr(), testSpec(func(s *Spec) {
-		s.HTTP2.Keepalive = Keepalive{Timeout: 100 * time.Millisecond, ConnectionIdleInterval: 50 * time.Millisecond}
+		s.HTTP2.Keepalive = Keepalive{Timeout: 100 * time.Millisecond, ConnectionIdleInterval: 250 * time.Millisecond}
 	}))
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	for range 3 { // back to back: never idle for 50 ms
+	for range 3 { // back to back: never idle for 250 ms
 		if err := roundTrip(ctx, p, "/"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(150 * time.Millisecond) // a PING sent by now would have timed out
 	if got := p.ActiveConns(); got != 1 {
 		t.Fatalf("connections = %d before the idle interval passed, want 1 (no PING sent yet)", got)
 	}
-	time.Sleep(100 * time.Millisecond) // idle well past 50 ms
+	time.Sleep(250 * time.Millisecond) // idle well past 250 ms
 	if err := roundTrip(ctx, p, "/after-idle"); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
 	waitFor(t, testTimeout, "the unanswered idle PING to close the connection", func() bool { return p.ActiveConns() == 0 })
-	if d := time.Since(start); d > 600*time.Millisecond {
-		t.Errorf("connection closed %v after the stream, want within 600ms", d)
-	}
+	testutil.TimingAtMost(t, "time from the stream to the connection's close", time.Since(start), 600*time.Millisecond)
 	if got := p.stats.HTTP2.KeepaliveTimeout.Value(); got != 1 {
 		t.Errorf("http2.keepalive_timeout = %d, want 1", got)
 	}

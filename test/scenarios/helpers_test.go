@@ -55,15 +55,10 @@ const (
 // deadlines measured to the millisecond). The race detector slows code 2–20×
 // unevenly, so such a test is skipped under -race; .ci/run runs the package
 // once more without -race, selecting tests by "Timing" in their name, so the
-// guard insists on that word being there.
+// guard (testutil.Timing) insists on that word being there.
 func timing(t *testing.T) {
 	t.Helper()
-	if !strings.Contains(t.Name(), "Timing") {
-		t.Fatalf("%s calls timing(t) but its name lacks \"Timing\": the non-race CI step (go test -run 'Timing|S8' ./test/scenarios/) would never run it", t.Name())
-	}
-	if raceEnabled {
-		t.Skip("timing test: skipped under -race (the detector distorts latency); .ci/run runs it without -race: go test -count=1 -run 'Timing|S8' ./test/scenarios/")
-	}
+	testutil.Timing(t)
 }
 
 // connCounter is a net.Listener that counts the connections it accepts, how

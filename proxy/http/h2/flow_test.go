@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
 )
@@ -124,9 +125,7 @@ func transferRate(t *testing.T, cfg *ServerConfig, ccfg *ClientConfig, n int) fl
 // RFC-default 64 KiB windows runs at least half as fast as with windows
 // that never close (measured in the same test).
 func TestTimingLargeTransferSmallWindows(t *testing.T) {
-	if raceEnabled {
-		t.Skip("timing test: skipped under -race")
-	}
+	testutil.Timing(t)
 	checkLeaks(t)
 	const n = 64 << 20
 	open := transferRate(t, nil, nil, n)
@@ -145,9 +144,7 @@ func TestTimingLargeTransferSmallWindows(t *testing.T) {
 // connection carrying the same pattern at the same time, so machine load
 // shows on both sides.
 func TestTimingSmallMessagesNotDelayed(t *testing.T) {
-	if raceEnabled {
-		t.Skip("timing test: skipped under -race")
-	}
+	testutil.Timing(t)
 	checkLeaks(t)
 	const msgs, size, every = 100, 100, 5 * time.Millisecond
 	t0 := time.Now()
