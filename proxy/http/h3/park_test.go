@@ -84,7 +84,7 @@ func TestServerHandlerParking(t *testing.T) {
 	// Idle: the parked goroutines exit after a park time, not before, and
 	// the connection stays open.
 	deadline := time.Now().Add(10 * time.Second)
-	for handlerGoroutines() > 0 || len(parkedOf(sc)) > 0 {
+	for handlerGoroutines() > 0 || sc.parked.Parked() > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d handler goroutines still running after the connection was idle for 10 s", handlerGoroutines())
 		}
@@ -115,38 +115,47 @@ func onlyConn(t *testing.T, srv *Server) *serverConn {
 	return nil
 }
 
-// parkedOf returns the handlers parked on c now.
-func parkedOf(c *serverConn) []*parkedHandler {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.parked)
-}
-
 // waitParked waits until n handlers are parked on c (each parks once it
-// has sent its response) and returns them.
-func waitParked(t *testing.T, c *serverConn, n int) []*parkedHandler {
+// has sent its response) and returns the IDs of the handler goroutines
+// then running: the parked ones.
+func waitParked(t *testing.T, c *serverConn, n int) []string {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		p := parkedOf(c)
-		if len(p) == n {
-			return p
+		p, ids := c.parked.Parked(), handlerGoroutineIDs()
+		if p == n && len(ids) == n {
+			return ids
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d handlers parked, want %d", len(p), n)
+			t.Fatalf("%d handlers parked and %d handler goroutines running, want %d", p, len(ids), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
 }
 
 // handlerGoroutines counts the goroutines running serverConn.handlerLoop.
-func handlerGoroutines() int {
+func handlerGoroutines() int { return len(handlerGoroutineIDs()) }
+
+// handlerGoroutineIDs returns the IDs of the goroutines running
+// serverConn.handlerLoop.
+func handlerGoroutineIDs() []string {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return strings.Count(string(buf[:n]), "h3.(*serverConn).handlerLoop")
+		if n == len(buf) {
+			buf = make([]byte, 2*len(buf))
+			continue
 		}
-		buf = make([]byte, 2*len(buf))
+		var ids []string
+		for g := range strings.SplitSeq(string(buf[:n]), "\n\n") {
+			if !strings.Contains(g, "h3.(*serverConn).handlerLoop") {
+				continue
+			}
+			// "goroutine 42 [chan receive]:"
+			if f := strings.Fields(g); len(f) > 1 && f[0] == "goroutine" {
+				ids = append(ids, f[1])
+			}
+		}
+		return ids
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/internal/park"
 	"meshd.dev/meshd/proxy/http/stream"
 )
 
@@ -226,28 +227,14 @@ type serverConn struct {
 	peerCtrl  bool // the peer's control stream was opened
 
 	handlers sync.WaitGroup
-	// parked are the handler goroutines waiting in handlerLoop for the
-	// next request stream, the most recently parked last (it is handed the
-	// next stream, so the warmest stacks stay busy and the oldest are the
-	// first to go). The accept loop pops one and sends it the stream; the
-	// reaper tick closes the channels of those parked through a whole tick.
-	parked     []*parkedHandler
-	reapGen    uint64      // reaper ticks so far
-	reaper     *time.Timer // armed while parked is not empty (reaping)
-	reaping    bool
-	acceptDone bool // the accept loop ended: handlers exit instead of parking
-}
-
-// parkedHandler is a handler goroutine waiting for a request stream.
-type parkedHandler struct {
-	// ch receives the next stream (buffered, so the accept loop never
-	// waits); closed when the goroutine should exit.
-	ch  chan *quic.Stream
-	gen uint64 // serverConn.reapGen when it parked
+	// parked holds the handler goroutines that finished a request stream,
+	// waiting in handlerLoop for the next one; the accept loop hands it
+	// over and closes it when it ends.
+	parked *park.Stack[*quic.Stream]
 }
 
 func (s *Server) newConn(qc *quic.Conn) *serverConn {
-	c := &serverConn{s: s, qc: qc, log: s.cfg.Logger}
+	c := &serverConn{s: s, qc: qc, log: s.cfg.Logger, parked: park.New[*quic.Stream](s.parkTime)}
 	if s.cfg.ConnInfo != nil {
 		c.info = s.cfg.ConnInfo(qc)
 	}
@@ -310,16 +297,8 @@ func (c *serverConn) serve(draining bool) {
 		if c.idle != nil {
 			c.idle.Stop()
 		}
-		var h *parkedHandler
-		if n := len(c.parked); n > 0 {
-			h = c.parked[n-1]
-			c.parked[n-1] = nil
-			c.parked = c.parked[:n-1]
-		}
 		c.mu.Unlock()
-		if h != nil {
-			h.ch <- qs
-		} else {
+		if !c.parked.Hand(qs) {
 			c.handlers.Go(func() { c.handlerLoop(qs) })
 		}
 	}
@@ -327,15 +306,9 @@ func (c *serverConn) serve(draining bool) {
 	if c.idle != nil {
 		c.idle.Stop()
 	}
-	c.acceptDone = true
-	for _, h := range c.parked {
-		close(h.ch)
-	}
-	c.parked = nil
-	if c.reaper != nil {
-		c.reaper.Stop()
-	}
 	c.mu.Unlock()
+	// Handlers exit instead of parking from now on.
+	c.parked.Close()
 	loops.Wait()
 	c.handlers.Wait()
 }
@@ -382,55 +355,14 @@ func (c *serverConn) goAway() {
 	}()
 }
 
-// streamEnded accounts a request stream whose handler returned and parks
-// h, the goroutine that served it, for the next stream; false when the
-// connection accepts no more streams and the goroutine should exit.
-func (c *serverConn) streamEnded(h *parkedHandler) bool {
+// streamEnded accounts a request stream whose handler returned: the
+// idle timeout starts again when none is left.
+func (c *serverConn) streamEnded() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.active--
 	if c.active == 0 && c.idle != nil && !c.goingAway {
 		c.idle.Reset(c.s.cfg.IdleTimeout)
-	}
-	if c.acceptDone {
-		return false
-	}
-	h.gen = c.reapGen
-	c.parked = append(c.parked, h)
-	if !c.reaping {
-		c.reaping = true
-		if c.reaper == nil {
-			c.reaper = time.AfterFunc(c.s.parkTime, c.reap)
-		} else {
-			c.reaper.Reset(c.s.parkTime)
-		}
-	}
-	return true
-}
-
-// reap runs every parkTime while handlers are parked and releases those
-// that stayed parked through a whole tick, so an idle handler goroutine
-// exits after one to two parkTimes.
-func (c *serverConn) reap() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.acceptDone {
-		return
-	}
-	c.reapGen++
-	// gen never decreases from the bottom of the stack to its top.
-	n := 0
-	for n < len(c.parked) && c.parked[n].gen+2 <= c.reapGen {
-		close(c.parked[n].ch)
-		n++
-	}
-	rest := copy(c.parked, c.parked[n:])
-	clear(c.parked[rest:])
-	c.parked = c.parked[:rest]
-	if len(c.parked) > 0 {
-		c.reaper.Reset(c.s.parkTime)
-	} else {
-		c.reaping = false
 	}
 }
 
@@ -739,23 +671,18 @@ func decodeRequest(block []byte, limit int) (stream.Request, error) {
 // goroutine once it has passed.
 const handlerParkTime = time.Second
 
-// handlerLoop serves qs, then the streams the accept loop hands it while
-// it is parked (streamEnded), until the reaper or the end of the
-// connection releases it. It is the body of the connection's handler
-// goroutines. Parked, it waits on its own channel: handing a stream over
-// costs the accept loop one channel send and the handler no timer.
+// handlerLoop serves qs, then parks on c.parked and serves the streams
+// the accept loop hands it, until it has been idle for one to two
+// parkTimes or the accept loop ends. It is the body of the connection's
+// handler goroutines.
 func (c *serverConn) handlerLoop(qs *quic.Stream) {
-	h := &parkedHandler{ch: make(chan *quic.Stream, 1)}
-	for {
-		c.serveStream(qs)
-		if !c.streamEnded(h) {
-			return
-		}
-		var ok bool
-		if qs, ok = <-h.ch; !ok {
-			return
-		}
-	}
+	c.parked.Run(qs, c.serveCounted)
+}
+
+// serveCounted serves qs and accounts its end.
+func (c *serverConn) serveCounted(qs *quic.Stream) {
+	c.serveStream(qs)
+	c.streamEnded()
 }
 
 // serveStream reads a request's headers and runs the handler on the
