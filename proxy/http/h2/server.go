@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"meshd.dev/meshd/proxy/http/header"
+	"meshd.dev/meshd/proxy/http/internal/park"
 	"meshd.dev/meshd/proxy/http/stream"
 )
 
@@ -123,6 +124,9 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// Stats counts connection events; nil counts nothing.
 	Stats *Stats
+
+	// parkTime replaces handlerParkTime in tests.
+	parkTime time.Duration
 }
 
 // ServerConn serves one downstream HTTP/2 connection. It implements
@@ -135,10 +139,10 @@ type ServerConn struct {
 	base context.Context
 	stop context.CancelFunc
 
-	// work hands a new stream to a handler goroutine parked in
-	// handlerLoop after serving an earlier one (unbuffered: a send
-	// succeeds only while one waits).
-	work chan *serverStream
+	// parked holds the handler goroutines that finished a stream, waiting
+	// in handlerLoop for the next one; the reader hands new streams over,
+	// and Serve closes it when it returns.
+	parked *park.Stack[*serverStream]
 
 	// Owned by the reader goroutine.
 	pingStrikes int
@@ -179,8 +183,12 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 		cfg:  cf,
 		h:    h,
 		info: info,
-		work: make(chan *serverStream),
 	}
+	parkTime := cf.parkTime
+	if parkTime <= 0 {
+		parkTime = handlerParkTime
+	}
+	sc.parked = park.New[*serverStream](parkTime)
 	sc.base, sc.stop = context.WithCancel(context.Background())
 	sc.c.onRemove = sc.onRemove
 	sc.c.onPeerReset = sc.onPeerReset
@@ -208,6 +216,7 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 // streams are failed and their contexts cancelled before Serve returns.
 func (sc *ServerConn) Serve() error {
 	c := sc.c
+	defer sc.parked.Close()
 	defer sc.stop()
 	go c.writeLoop()
 	c.initialFrames(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.cfg.MaxConcurrentStreams},
@@ -560,43 +569,27 @@ func (sc *ServerConn) handleHeaders(f *headerBlock) error {
 		}
 	}
 	ss.ctx, s.cancel = context.WithCancel(sc.base)
-	select {
-	case sc.work <- ss:
-	default:
+	if !sc.parked.Hand(ss) {
 		go sc.handlerLoop(ss)
 	}
 	return nil
 }
 
 // handlerParkTime is how long a handler goroutine that finished its stream
-// waits for the connection's next one before exiting. Reusing goroutines
-// keeps the stacks the handler chain grew (a fresh goroutine starts small
-// and copies its stack as routing, filters and the upstream call deepen
-// it, which cost ~10% of the proxy's CPU under unary load), and bounds the
-// goroutines an idle connection holds: none once this has passed.
+// waits at least for the connection's next one before exiting (at most
+// twice that). Reusing goroutines keeps the stacks the handler chain grew
+// (a fresh goroutine starts small and copies its stack as routing, filters
+// and the upstream call deepen it, which cost ~10% of the proxy's CPU
+// under unary load), and bounds the goroutines an idle connection holds:
+// none once this has passed.
 const handlerParkTime = time.Second
 
-// handlerLoop runs ss's handler, then serves further streams handed over
-// on sc.work until none arrives for handlerParkTime or the connection is
-// done. It is the body of the connection's handler goroutines.
+// handlerLoop runs ss's handler, then parks on sc.parked and serves the
+// streams the reader hands it, until it has been idle for one to two
+// handlerParkTimes or Serve returns. It is the body of the connection's
+// handler goroutines.
 func (sc *ServerConn) handlerLoop(ss *serverStream) {
-	var park *time.Timer
-	for {
-		sc.runHandler(ss)
-		if park == nil {
-			park = time.NewTimer(handlerParkTime)
-		} else {
-			park.Reset(handlerParkTime)
-		}
-		select {
-		case ss = <-sc.work:
-		case <-park.C:
-			return
-		case <-sc.base.Done():
-			park.Stop()
-			return
-		}
-	}
+	sc.parked.Run(ss, sc.runHandler)
 }
 
 // handleTrailers processes a second HEADERS block on an open stream.
