@@ -30,8 +30,8 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	meshPath := fs.String("f", "", "mesh file (default: the built-in example mesh)")
 	delta := fs.Bool("delta", false, "use incremental (delta) ADS instead of state of the world")
 	caDir := fs.String("ca-dir", defaultCADir(), "the control plane's --ca-dir: the workload's CA bootstrap token (node.metadata[\"meshd.token\"]) is derived from the secret there (created when missing); empty: no token")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "meshd bootstrap: unexpected arguments %q\n", fs.Args())

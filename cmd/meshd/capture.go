@@ -28,8 +28,8 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 	exOut := fs.String("exclude-outbound-ports", "", "comma-separated outbound destination ports left alone")
 	backend := fs.String("backend", "", "iptables or nft; default: iptables when iptables-restore is in PATH, else nft")
 	dryRun := fs.Bool("dry-run", false, "print the rules instead of installing them")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "meshd capture: unexpected arguments %q\n", fs.Args())

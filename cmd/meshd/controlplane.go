@@ -59,8 +59,8 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	kubeTrustDomain := fs.String("trust-domain", model.DefaultTrustDomain, "with --kube: the CA's trust domain (a Mesh resource must agree)")
 	otlpMetrics := fs.String("otlp-metrics-address", "", "OTLP/gRPC collector (host:port, plaintext) to export the control plane's metrics to; default: none")
 	metricsInterval := fs.Duration("metrics-interval", metrics.DefaultInterval, "how often metrics are exported with --otlp-metrics-address")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "meshd control-plane: unexpected arguments %q\n", fs.Args())

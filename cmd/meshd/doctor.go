@@ -34,8 +34,8 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 	stall := fs.Duration("stall-threshold", doctor.DefaultStallThreshold, "live: report streams stuck in one state at least this long")
 	procNet := fs.String("proc-net", "/proc/net", `live: where tcp and tcp6 are read for TIME_WAIT sockets ("-": skip)`)
 	output := fs.String("o", "text", "output format: text or json")
-	if err := fs.Parse(args); err != nil {
-		return doctorFailed
+	if code, done := parseFlags(fs, args, doctorFailed); done {
+		return code
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "meshd doctor: unexpected arguments %q\n", fs.Args())

@@ -46,8 +46,8 @@ func runInject(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	file := fs.String("f", "", "manifest file (multi-document YAML or a List), - for stdin")
 	config := injectFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
 	}
 	if *file == "" || fs.NArg() != 0 {
 		fmt.Fprintln(stderr, "meshd inject: usage: meshd inject -f FILE|- [flags]")

@@ -28,8 +28,8 @@ func runInjector(args []string, _, stderr io.Writer) int {
 	addrPath := fs.String("address-path", "", "write the bound address to this file")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	config := injectFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "meshd injector: unexpected arguments %q\n", fs.Args())

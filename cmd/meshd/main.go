@@ -21,6 +21,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -80,8 +82,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: meshd COMMAND [flags]\n\ncommands (%s):\n", buildName)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.summary)
 	}
+	fmt.Fprintln(w, "\nmeshd COMMAND --help lists the command's flags.")
+}
+
+// parseFlags parses a subcommand's flags from args. When the command must
+// not go on it returns done and the exit code: 0 after -h or --help (the
+// flags went to the flag set's output, as with the top-level --help), and
+// badFlag after a flag that does not parse (the flag package has printed
+// the error and the flags).
+func parseFlags(fs *flag.FlagSet, args []string, badFlag int) (code int, done bool) {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: meshd %s [flags]\n\nflags:\n", fs.Name())
+		fs.PrintDefaults()
+	}
+	switch err := fs.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		return 0, true
+	case err != nil:
+		return badFlag, true
+	}
+	return 0, false
 }
 
 // newLogger returns the text logger a subcommand writes to stderr at the

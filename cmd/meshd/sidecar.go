@@ -43,8 +43,8 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	serviceNode := fs.String("service-node", "", "node.id, replacing the bootstrap's (as Envoy's --service-node)")
 	tokenFile := fs.String("token-file", "", "the built-in CA token's file (a projected service-account token on Kubernetes, which kubelet rotates): read for every SVID request and re-read every 5 min or halfway to the token's exp claim; also copied into node.metadata[\"meshd.token\"] at start")
 	statusAddr := fs.String("status-address", "", "serve the status port here (host:port; empty: none): GET /app-health/<container>/<livez|readyz|startupz> runs the application's original kubelet probe from $"+probe.EnvAppProbes+" (set by meshd inject) against 127.0.0.1, and /healthz/ready answers 200 once the sidecar is ready")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
 	}
 	logger, err := newLogger(stderr, *level)
 	if err != nil {

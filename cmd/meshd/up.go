@@ -21,7 +21,9 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	meshPath := fs.String("f", "", "mesh file to run and watch (default: the built-in example mesh)")
-	samples := fs.Bool("samples", true, "run the sample gRPC server and client (default on for the built-in mesh, off with -f)")
+	// The default is decided below from -f; the flag's own default is not
+	// printed so that --help does not contradict it.
+	samples := fs.Bool("samples", false, "run the sample gRPC server and client (default: on for the built-in mesh, off with -f)")
 	duration := fs.Duration("duration", 0, "stop cleanly after this long (0: run until Ctrl-C)")
 	keepLogs := fs.Bool("keep-logs", false, "keep the temporary directory with bootstraps and logs")
 	quiet := fs.Bool("quiet", false, "print no live progress (the start-up block and summary still print)")
@@ -29,8 +31,8 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 	callers := fs.Int("callers", localmesh.DefaultCallers, "concurrent sample callers per outbound port")
 	svidTTL := fs.Duration("svid-ttl", ca.DefaultTTL, "lifetime of the sidecars' SVIDs from the built-in CA (at least 1s; renewed at half-life)")
 	rlWasm := fs.String("ratelimit-wasm", "", "the rate-limit proxy-wasm module for RateLimitPolicies with engine wasm (default: built from filters/ratelimit/guest when the mesh has one)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "meshd up: unexpected arguments %q\n", fs.Args())

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"runtime"
@@ -10,7 +11,16 @@ import (
 // version is set at link time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
 
-func runVersion(_ []string, stdout, _ io.Writer) int {
+func runVersion(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if code, done := parseFlags(fs, args, 2); done {
+		return code
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "meshd version: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
 	fmt.Fprintf(stdout, "meshd %s\n", version)
 	fmt.Fprintf(stdout, "go %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintln(stdout, buildName)
