@@ -214,7 +214,8 @@ func Listen(cfg Config) (*Listener, error) {
 		var err error
 		ln, err = net.Listen("tcp", cfg.Address)
 		if err != nil {
-			return nil, fmt.Errorf("listener %q: bind %s: %w", cfg.Name, cfg.Address, err)
+			// err reads "listen tcp ADDR: bind: REASON".
+			return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 		}
 	}
 	log := cfg.Logger

@@ -102,7 +102,8 @@ func ListenQUIC(cfg QUICConfig) (*QUICListener, error) {
 	}
 	udp, err := net.ListenUDP("udp", ua)
 	if err != nil {
-		return nil, fmt.Errorf("listener %q: bind udp %s: %w", cfg.Name, cfg.Address, err)
+		// err reads "listen udp ADDR: bind: REASON".
+		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/http/h3"
@@ -48,7 +49,7 @@ func (s *Sidecar) bindQUIC(lc *config.Listener) (*liveListener, error) {
 	if q.StatelessResetSecretFile != "" {
 		key, err := h3.StatelessResetKeyFromFile(q.StatelessResetSecretFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
 		}
 		qc.StatelessResetKey = key
 	}

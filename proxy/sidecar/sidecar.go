@@ -305,7 +305,7 @@ func (s *Sidecar) Apply(snap *config.Snapshot) error {
 			for _, f := range fresh {
 				f.ln.Close()
 			}
-			return fmt.Errorf("listener %q: %w", lc.Name, err)
+			return err // names the listener
 		}
 		fresh[lc.Name] = ll
 	}
@@ -363,6 +363,8 @@ func (s *Sidecar) redirect(lc *config.Listener) func(netip.AddrPort) *listener.L
 	}
 }
 
+// bind opens lc's socket and builds what serves it. Its errors name the
+// listener (`listener "NAME": ...`).
 func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 	if lc.TCP != nil {
 		return s.bindTCP(lc)

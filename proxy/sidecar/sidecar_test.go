@@ -164,8 +164,16 @@ func TestApplyBindFailureKeepsOldConfig(t *testing.T) {
 	fmt.Sscan(busyPort, &p)
 
 	err = s.Apply(compile(t, bootstrap(p, "new")))
-	if err == nil || !strings.Contains(err.Error(), `listener "ingress"`) {
-		t.Fatalf("Apply on a busy port: err = %v, want an error naming the listener", err)
+	if err == nil {
+		t.Fatal("Apply on a busy port succeeded")
+	}
+	// The operator reads this at start-up and in NACKs: the listener, the
+	// address and the reason each once.
+	msg := err.Error()
+	for _, want := range []string{`listener "ingress"`, busy.Addr().String(), "address already in use"} {
+		if n := strings.Count(msg, want); n != 1 {
+			t.Errorf("Apply on a busy port: error %q has %q %d times, want once", msg, want, n)
+		}
 	}
 	c := &http.Client{Timeout: 5 * time.Second}
 	if got := get(t, c, addr); got != "old" {
