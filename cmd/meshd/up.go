@@ -26,7 +26,7 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 	samples := fs.Bool("samples", false, "run the sample gRPC server and client (default: on for the built-in mesh, off with -f)")
 	duration := fs.Duration("duration", 0, "stop cleanly after this long (0: run until Ctrl-C)")
 	keepLogs := fs.Bool("keep-logs", false, "keep the temporary directory with bootstraps and logs")
-	quiet := fs.Bool("quiet", false, "print no live progress (the start-up block and summary still print)")
+	quiet := fs.Bool("quiet", false, "print no live progress (the start-up block, mesh-file edit reports and summary still print)")
 	rate := fs.Float64("rate", localmesh.DefaultRate, "sample calls per second, all callers together (negative: as fast as possible)")
 	callers := fs.Int("callers", localmesh.DefaultCallers, "concurrent sample callers per outbound port")
 	svidTTL := fs.Duration("svid-ttl", ca.DefaultTTL, "lifetime of the sidecars' SVIDs from the built-in CA (at least 1s; renewed at half-life)")

@@ -267,6 +267,7 @@ type localMesh struct {
 	srv         *server.Server
 	tuner       *autotune.Tuner     // between the mesh and srv (closed-loop tuning); set by publish
 	watcher     *source.FileWatcher // with a mesh file: polled until the control plane stops
+	edits       *editReporter       // with a mesh file: the watcher's sink, reporting saved edits
 	tokens      *ca.TokenAuthenticator
 	tokenSecret []byte
 	caDir       string
@@ -441,10 +442,12 @@ func (lm *localMesh) publish(topts translate.Options) error {
 		}
 		return tuner.Adjust(m)
 	}
-	lm.watcher = source.NewFileWatcher(lm.opts.MeshPath, tuner, source.FileOptions{Logger: lm.logger, Adjust: adjust, Translate: topts})
+	lm.edits = newEditReporter(tuner, lm.opts.MeshPath)
+	lm.watcher = source.NewFileWatcher(lm.opts.MeshPath, lm.edits, source.FileOptions{Logger: lm.logger, Adjust: adjust, Translate: topts})
 	if err := lm.watcher.Load(); err != nil {
 		return fmt.Errorf("publishing %s: %w", lm.opts.MeshPath, err)
 	}
+	lm.edits.armed.Store(true)
 	return nil
 }
 
@@ -572,12 +575,26 @@ func (lm *localMesh) watch(ctx context.Context) error {
 	prevRq := make([]uint64, len(lm.sidecars))
 	drawn := 0
 	lastPlain := start
+	var edits <-chan string // nil without a mesh file: never ready
+	if lm.edits != nil {
+		edits = lm.edits.notes
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-lm.cpErrs:
 			return err
+		case note := <-edits:
+			// Printed even with Quiet: it is the only word of an edit
+			// that did not apply. On a terminal it goes above the
+			// progress block, which is drawn again below it.
+			if lm.opts.Terminal && drawn > 0 {
+				fmt.Fprintf(lm.opts.Out, "\x1b[%dA\x1b[J", drawn)
+				drawn = 0
+			}
+			fmt.Fprintln(lm.opts.Out, note)
+			continue
 		case <-t.C:
 		}
 		for _, s := range lm.sidecars {
