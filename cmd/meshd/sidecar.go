@@ -122,6 +122,7 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		Stats:            store,
 		Identities:       ids,
 		Durations:        durations,
+		Version:          serverVersion(),
 	})
 	sidecarRef.Store(sc)
 	if err := sc.Start(snap); err != nil {

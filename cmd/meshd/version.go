@@ -6,10 +6,18 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"strings"
 )
 
 // version is set at link time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
+
+// serverVersion is the version string the sidecar's admin /server_info
+// shows, in the slash-separated shape of Envoy's:
+// meshd/VERSION/GO_VERSION/BUILD, BUILD being "full" or "sidecar-only".
+func serverVersion() string {
+	return fmt.Sprintf("meshd/%s/%s/%s", version, runtime.Version(), strings.Fields(buildName)[0])
+}
 
 func runVersion(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)

@@ -1,5 +1,5 @@
 // Package admin is meshd's admin server: Envoy's admin API (/ready, /stats,
-// /stats/prometheus, /config_dump, /clusters, /listeners, /healthcheck/fail,
+// /stats/prometheus, /config_dump, /clusters, /listeners, /server_info, /healthcheck/fail,
 // /healthcheck/ok, /drain_listeners, /quitquitquit) plus /debug/pprof/ and meshd's /debug/streams, on
 // the bootstrap's admin.address.
 //
@@ -65,6 +65,7 @@ type Server struct {
 	store   *stats.Store
 	logger  *slog.Logger
 	routes  map[string]*endpoint // immutable after New
+	started time.Time            // when New ran: /server_info's uptime
 	paths   []string             // sorted paths that have help, for the index
 
 	quitOnce sync.Once
@@ -90,7 +91,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	s := &Server{backend: b, store: store, logger: logger.With("component", "admin")}
+	s := &Server{backend: b, store: store, logger: logger.With("component", "admin"), started: time.Now()}
 	s.routes = map[string]*endpoint{
 		"/":                    {help: "admin home page (this list)", handle: s.handleIndex},
 		"/help":                {help: "print out list of admin commands", handle: s.handleIndex},
@@ -110,6 +111,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		"/debug/pprof":         {handle: http.RedirectHandler(pprofPrefix, http.StatusMovedPermanently).ServeHTTP},
 		"/debug/streams":       {help: "HTTP/2 streams that are not moving and why (meshd; JSON)", handle: s.handleStreams},
 		"/memory":              {help: "print current allocation and heap statistics (JSON)", handle: s.handleMemory},
+		"/server_info":         {help: "print server version/status information (JSON)", handle: s.handleServerInfo},
 		"/debug/gc":            {help: "run two garbage collections, return memory to the OS, print /memory (meshd)", mutates: true, handle: s.handleGC},
 		"/debug/pprof/cmdline": {handle: pprof.Cmdline},
 		"/debug/pprof/profile": {handle: pprof.Profile},

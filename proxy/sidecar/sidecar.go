@@ -61,6 +61,9 @@ type Options struct {
 	// histograms of every connection manager (see otel/metrics); nil
 	// records none.
 	Durations *metrics.HTTPDurations
+	// Version is the build's version string the admin's /server_info
+	// shows ("meshd/VERSION/GO_VERSION/BUILD"); empty shows none.
+	Version string
 }
 
 // Sidecar is one running data plane.
@@ -583,6 +586,19 @@ func (s *Sidecar) ConfigDump() ([]byte, error) {
 		return []byte(`{"configs":[]}`), nil
 	}
 	return configDump(snap, s.opts.Identities)
+}
+
+// Version implements admin.Informer: Options.Version.
+func (s *Sidecar) Version() string { return s.opts.Version }
+
+// Node implements admin.Informer: the node of the current snapshot (the
+// bootstrap's, with --service-node applied), nil before the first.
+func (s *Sidecar) Node() *corev3.Node {
+	snap := s.snap.Load()
+	if snap == nil {
+		return nil
+	}
+	return snap.Node
 }
 
 // Certificates lists the TLS identities in use for /certs: every SDS

@@ -115,6 +115,27 @@ func TestAdmin(t *testing.T) {
 		}
 	})
 
+	t.Run("server_info", func(t *testing.T) {
+		body := sc.Admin(t, http.MethodGet, "/server_info")
+		var info struct {
+			Version, State  string
+			UptimeAllEpochs string `json:"uptime_all_epochs"`
+			Node            struct{ ID, Cluster string }
+		}
+		if err := json.Unmarshal([]byte(body), &info); err != nil {
+			t.Fatalf("/server_info is not a JSON object: %v\n%s", err, body)
+		}
+		if !regexp.MustCompile(`^meshd/[^/]+/go[^/]+/(full|sidecar-only)$`).MatchString(info.Version) {
+			t.Errorf("/server_info version %q, want meshd/VERSION/GO_VERSION/BUILD", info.Version)
+		}
+		if info.State != "LIVE" || !regexp.MustCompile(`^\d+s$`).MatchString(info.UptimeAllEpochs) {
+			t.Errorf("/server_info state %q uptime_all_epochs %q, want LIVE and whole seconds", info.State, info.UptimeAllEpochs)
+		}
+		if info.Node.ID != "e2e-sidecar" || info.Node.Cluster != "e2e" {
+			t.Errorf("/server_info node %+v, want the bootstrap's e2e-sidecar/e2e", info.Node)
+		}
+	})
+
 	t.Run("healthcheck fail", func(t *testing.T) {
 		sc.Admin(t, http.MethodPost, "/healthcheck/fail")
 		code, body, err := sc.AdminRequest(http.MethodGet, "/ready")
