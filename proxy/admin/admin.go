@@ -141,7 +141,8 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("admin: listen on admin.address %q: %w", addr, err)
+		// err reads "listen tcp ADDR: REASON".
+		return nil, fmt.Errorf("admin.address: %w", err)
 	}
 	s.srv = &http.Server{
 		Handler:           s,

@@ -180,7 +180,7 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 	if snap.Admin != "" {
 		a := admin.New(s, s.store, s.logger)
 		if _, err := a.Listen(snap.Admin); err != nil {
-			return fmt.Errorf("admin.address %s: %w", snap.Admin, err)
+			return err // names admin.address and the address
 		}
 		s.admin = a
 		if s.opts.AdminAddressPath != "" {

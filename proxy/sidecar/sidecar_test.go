@@ -181,6 +181,34 @@ func TestApplyBindFailureKeepsOldConfig(t *testing.T) {
 	}
 }
 
+// TestStartAdminAddressBusy: a sidecar whose admin.address is taken fails
+// to start with an error naming admin.address, the address and the reason,
+// each once.
+func TestStartAdminAddressBusy(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	snap := compile(t, bootstrap(0, "x"))
+	snap.Admin = busy.Addr().String()
+	s := New(Options{DrainTime: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	err = s.Start(snap)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.Shutdown(ctx)
+	if err == nil {
+		t.Fatal("Start with a busy admin.address succeeded")
+	}
+	msg := err.Error()
+	for _, want := range []string{"admin.address", busy.Addr().String(), "address already in use"} {
+		if n := strings.Count(msg, want); n != 1 {
+			t.Errorf("Start with a busy admin.address: error %q has %q %d times, want once", msg, want, n)
+		}
+	}
+}
+
 // TestApplyMovesListener shows a listener whose address changed is rebound
 // and the old socket stops accepting.
 func TestApplyMovesListener(t *testing.T) {
