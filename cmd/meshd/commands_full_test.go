@@ -3,8 +3,14 @@
 package main
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+
+	"meshd.dev/meshd/examples"
 )
 
 // TestFullCommands: the full build registers exactly the subcommands
@@ -27,5 +33,43 @@ func TestFullCommands(t *testing.T) {
 	}
 	if len(commands) != len(dataPlaneCommands)+len(fullOnlyCommands) {
 		t.Errorf("%d commands, want %d data-plane + %d full-only", len(commands), len(dataPlaneCommands), len(fullOnlyCommands))
+	}
+}
+
+// TestControlPlaneCAErrors: a built-in CA that cannot be loaded stops
+// the control plane at start (exit 1) with an error naming the flag and
+// the file.
+func TestControlPlaneCAErrors(t *testing.T) {
+	dir := t.TempDir()
+	mesh := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(mesh, examples.Mesh, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notDir := filepath.Join(dir, "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.pem")
+	tests := []struct {
+		name  string
+		flags []string
+		want  []string
+	}{
+		{"missing --ca-cert", []string{"--ca-cert", missing, "--ca-key", missing}, []string{"--ca-cert/--ca-key: ", missing, "no such file"}},
+		{"--ca-dir under a file", []string{"--ca-dir", filepath.Join(notDir, "ca")}, []string{"--ca-dir " + filepath.Join(notDir, "ca") + ": ", "not a directory"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"control-plane", "--config", mesh, "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"}, tc.flags...)
+			var out, errOut bytes.Buffer
+			if code := run(args, &out, &errOut); code != 1 {
+				t.Errorf("exit code %d, want 1 (stderr %q)", code, errOut.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errOut.String(), w) {
+					t.Errorf("stderr %q lacks %q", errOut.String(), w)
+				}
+			}
+		})
 	}
 }

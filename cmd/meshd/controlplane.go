@@ -338,11 +338,14 @@ func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration,
 	var a *ca.Authority
 	if certFile != "" {
 		a, err = ca.LoadAuthority(certFile, keyFile)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--ca-cert/--ca-key: %w", err)
+		}
 	} else {
 		a, err = ca.LoadOrGenerate(dir, td)
-	}
-	if err != nil {
-		return nil, nil, nil, err
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--ca-dir %s: %w", dir, err)
+		}
 	}
 	authority, err := ca.New(td, ca.Options{DefaultTTL: ttl}, a)
 	if err != nil {
@@ -358,7 +361,7 @@ func newBuiltinCA(trustDomain, dir, certFile, keyFile string, ttl time.Duration,
 	}
 	secret, err := ca.LoadOrCreateTokenSecret(dir)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("--ca-dir %s: %w", dir, err)
 	}
 	tokens := ca.NewTokenAuthenticator(secret, td)
 	logger.Info("built-in CA ready", "trust_domain", td.Name(), "root", a.Root.Subject.String(), "root_expires", a.Root.NotAfter, "dir", dir, "svid_ttl", ttl)
