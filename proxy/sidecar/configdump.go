@@ -13,8 +13,10 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/identity"
 )
@@ -27,8 +29,16 @@ import (
 // with its version_info and last_updated; and with identities a
 // SecretsConfigDump whose dynamic_active_secrets are the SDS secrets in use
 // (private keys shown as "[redacted]", as Envoy does).
+//
+// The built-in CA's bootstrap token in node.metadata["meshd.token"] is a
+// credential too: it reads "[redacted]" (see redactedNode).
 func configDump(snap *config.Snapshot, ids *identity.Manager) ([]byte, error) {
-	dumps := []proto.Message{&adminv3.BootstrapConfigDump{Bootstrap: snap.Bootstrap}}
+	boot := snap.Bootstrap
+	if n := redactedNode(boot.GetNode()); n != boot.GetNode() {
+		boot = proto.CloneOf(boot)
+		boot.Node = n
+	}
+	dumps := []proto.Message{&adminv3.BootstrapConfigDump{Bootstrap: boot}}
 	if d := snap.Dynamic; d != nil {
 		b := snap.Bootstrap
 		ls := &adminv3.ListenersConfigDump{VersionInfo: d.Versions[resourcev3.ListenerType]}
@@ -149,4 +159,17 @@ func inlinePEM(certs []*x509.Certificate) *corev3.DataSource {
 		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+}
+
+// redactedNode returns n as the admin API shows it: n itself, or, when
+// its metadata carries the built-in CA's bootstrap token
+// (node.metadata["meshd.token"], which obtains SVIDs for the workload), a
+// copy in which the token reads "[redacted]", as private keys do.
+func redactedNode(n *corev3.Node) *corev3.Node {
+	if _, ok := n.GetMetadata().GetFields()[ca.TokenMetadataKey]; !ok {
+		return n
+	}
+	c := proto.CloneOf(n)
+	c.Metadata.Fields[ca.TokenMetadataKey] = structpb.NewStringValue("[redacted]")
+	return c
 }

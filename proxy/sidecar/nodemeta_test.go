@@ -1,10 +1,14 @@
 package sidecar
 
 import (
+	"bytes"
+	"encoding/json"
+	"strings"
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -37,6 +41,72 @@ func TestWithNodeMetadata(t *testing.T) {
 			}
 			if n := len(tt.in.GetNode().GetMetadata().GetFields()); n != before {
 				t.Errorf("the original bootstrap's metadata changed: %d fields, had %d", n, before)
+			}
+		})
+	}
+}
+
+// TestAdminRedactsCAToken: /config_dump's bootstrap and /server_info's
+// node show the built-in CA's bootstrap token as "[redacted]" and keep the
+// rest of the node; the snapshot the CA client reads keeps the token.
+func TestAdminRedactsCAToken(t *testing.T) {
+	const secret = "s3cret-bootstrap-token"
+	tests := []struct {
+		name      string
+		meta      map[string]string
+		wantToken bool
+	}{
+		{"token and other metadata", map[string]string{"meshd.token": secret, "meshd.admin": "127.0.0.1:15000"}, true},
+		{"no token", map[string]string{"meshd.admin": "127.0.0.1:15000"}, false},
+		{"no metadata", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := compile(t, bootstrap(0, "x"))
+			snap.Node = &corev3.Node{Id: "greeter-client.demo"}
+			if tt.meta != nil {
+				snap.Node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+				for k, v := range tt.meta {
+					snap.Node.Metadata.Fields[k] = structpb.NewStringValue(v)
+				}
+			}
+			snap.Bootstrap.Node = snap.Node
+			s := New(Options{})
+			s.snap.Swap(snap)
+
+			dump, err := s.ConfigDump()
+			if err != nil {
+				t.Fatal(err)
+			}
+			node := s.Node()
+			nodeJSON, err := protojson.Marshal(node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// protojson varies its whitespace on purpose: compact both.
+			var dumpC, nodeC bytes.Buffer
+			if err := json.Compact(&dumpC, dump); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Compact(&nodeC, nodeJSON); err != nil {
+				t.Fatal(err)
+			}
+			for what, got := range map[string]string{"/config_dump": dumpC.String(), "/server_info node": nodeC.String()} {
+				if strings.Contains(got, secret) {
+					t.Errorf("%s shows the CA token: %s", what, got)
+				}
+				if tt.wantToken && !strings.Contains(got, `"meshd.token":"[redacted]"`) {
+					t.Errorf("%s lacks the redacted token: %s", what, got)
+				}
+				if tt.meta != nil && !strings.Contains(got, `"meshd.admin":"127.0.0.1:15000"`) {
+					t.Errorf("%s lost the other metadata: %s", what, got)
+				}
+				if !strings.Contains(got, "greeter-client.demo") {
+					t.Errorf("%s lost the node id: %s", what, got)
+				}
+			}
+			if got := snap.Node.GetMetadata().GetFields()["meshd.token"].GetStringValue(); tt.wantToken && got != secret {
+				t.Errorf("the snapshot's token became %q, want it kept for the CA client", got)
 			}
 		})
 	}

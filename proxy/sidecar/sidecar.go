@@ -592,13 +592,14 @@ func (s *Sidecar) ConfigDump() ([]byte, error) {
 func (s *Sidecar) Version() string { return s.opts.Version }
 
 // Node implements admin.Informer: the node of the current snapshot (the
-// bootstrap's, with --service-node applied), nil before the first.
+// bootstrap's, with --service-node applied), nil before the first, with
+// the built-in CA's bootstrap token redacted as on /config_dump.
 func (s *Sidecar) Node() *corev3.Node {
 	snap := s.snap.Load()
 	if snap == nil {
 		return nil
 	}
-	return snap.Node
+	return redactedNode(snap.Node)
 }
 
 // Certificates lists the TLS identities in use for /certs: every SDS
