@@ -132,7 +132,9 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 		_ = sc.Shutdown(ctx)
 		return 1
 	}
-	logger.Info("sidecar ready", "bootstrap", *path)
+	// Ready (LIVE on /ready) is logged by the sidecar once the first xDS
+	// config is warmed and the identities are there.
+	logger.Info("sidecar started", "bootstrap", *path)
 	if sink != nil {
 		stop, err := startStatsSink(sink, b, store, durations, logger)
 		if err != nil {

@@ -246,7 +246,7 @@ func (s *Sidecar) readyAfterIdentities(warmed <-chan struct{}) {
 		done, cancel := context.WithCancel(context.Background())
 		cancel()
 		if s.opts.Identities == nil || s.opts.Identities.Wait(done) == nil {
-			s.ready.Store(true)
+			s.markReady()
 			return
 		}
 	}
@@ -267,8 +267,16 @@ func (s *Sidecar) readyAfterIdentities(warmed <-chan struct{}) {
 				return
 			}
 		}
-		s.ready.Store(true)
+		s.markReady()
 	}()
+}
+
+// markReady makes /ready answer LIVE and logs "sidecar ready" the first
+// time: with xDS or SDS identities that is after Start has returned.
+func (s *Sidecar) markReady() {
+	if !s.ready.Swap(true) {
+		s.logger.Info("sidecar ready")
+	}
 }
 
 // XDS returns the ADS client, nil when the bootstrap has no

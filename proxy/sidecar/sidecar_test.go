@@ -259,3 +259,28 @@ func TestReadyAndQuit(t *testing.T) {
 		t.Fatal("draining before Shutdown")
 	}
 }
+
+// TestReadyLogged: "sidecar ready" is logged once, when /ready turns LIVE
+// (for a static bootstrap without identities: during Start).
+func TestReadyLogged(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	var logs testutil.SyncBuffer
+	s := New(Options{DrainTime: time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err := s.Start(compile(t, bootstrap(0, "x"))); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	}()
+	if !s.Ready() {
+		t.Fatal("not ready after Start")
+	}
+	s.markReady() // a second mark logs nothing
+	if n := strings.Count(logs.String(), `msg="sidecar ready"`); n != 1 {
+		t.Errorf("%d \"sidecar ready\" lines, want 1:\n%s", n, logs.String())
+	}
+}
