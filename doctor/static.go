@@ -61,8 +61,13 @@ func loadFailure(source string, err error) *Report {
 			if subject == "" {
 				subject = p.Source
 			}
-			r.add(Finding{Severity: Error, Rule: "invalid-mesh", Subject: subject, Evidence: p.Field + ": " + p.Reason,
-				Fix: "correct the field; the control plane rejects the file and keeps serving the last good one"})
+			// A problem of the whole document (YAML syntax) names no field.
+			evidence, fix := p.Reason, "correct the document"
+			if p.Field != "" {
+				evidence, fix = p.Field+": "+p.Reason, "correct the field"
+			}
+			r.add(Finding{Severity: Error, Rule: "invalid-mesh", Subject: subject, Evidence: evidence,
+				Fix: fix + "; the control plane rejects the file and keeps serving the last good one"})
 		}
 	} else {
 		r.add(Finding{Severity: Error, Rule: "invalid-mesh", Subject: source, Evidence: err.Error()})

@@ -141,11 +141,30 @@ func TestStaticHealthy(t *testing.T) {
 	}
 }
 
+// TestStaticInvalidMesh: a file that does not load is one invalid-mesh
+// error per problem, exit 2; the evidence starts with the field when the
+// problem has one and with the reason otherwise (YAML syntax), never with
+// an empty field name.
 func TestStaticInvalidMesh(t *testing.T) {
-	r := StaticBytes([]byte(meshFile("", "  http2: {initialStreamWindowSize: 10}\n")), "bad.yaml")
-	if r.ExitCode() != 2 || len(r.Findings) != 1 || r.Findings[0].Rule != "invalid-mesh" ||
-		!strings.Contains(r.Findings[0].Evidence, "spec.http2.initialStreamWindowSize") {
-		t.Fatalf("report %+v; want one invalid-mesh error naming spec.http2.initialStreamWindowSize, exit 2", r)
+	tests := []struct {
+		name         string
+		file         string
+		wantEvidence string // prefix
+		wantFix      string // prefix
+	}{
+		{"bad field", meshFile("", "  http2: {initialStreamWindowSize: 10}\n"), "spec.http2.initialStreamWindowSize: ", "correct the field;"},
+		{"bad YAML", "apiVersion: [\n", "invalid YAML: ", "correct the document;"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := StaticBytes([]byte(tc.file), "bad.yaml")
+			if r.ExitCode() != 2 || len(r.Findings) != 1 || r.Findings[0].Rule != "invalid-mesh" {
+				t.Fatalf("report %+v; want one invalid-mesh error, exit 2", r)
+			}
+			if f := r.Findings[0]; !strings.HasPrefix(f.Evidence, tc.wantEvidence) || !strings.HasPrefix(f.Fix, tc.wantFix) {
+				t.Errorf("evidence %q fix %q; want them to start with %q and %q", f.Evidence, f.Fix, tc.wantEvidence, tc.wantFix)
+			}
+		})
 	}
 }
 
