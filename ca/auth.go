@@ -132,7 +132,10 @@ func (a *TokenAuthenticator) Authenticate(_ context.Context, token string) (spif
 	}
 	id, ok := (*a.table.Load())[sha256.Sum256([]byte(token))]
 	if !ok {
-		return spiffeid.ID{}, fmt.Errorf("%w: bootstrap token matches no Workload of the mesh", ErrUnauthenticated)
+		// The two ways a user gets here: the Workload left the mesh
+		// file, or `meshd bootstrap` derived the token from another
+		// --ca-dir's secret than this control plane's.
+		return spiffeid.ID{}, fmt.Errorf("%w: bootstrap token matches no Workload of the mesh (Workload removed from the mesh, or the bootstrap was made with another --ca-dir than the control plane's)", ErrUnauthenticated)
 	}
 	return id, nil
 }

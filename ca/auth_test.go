@@ -49,6 +49,10 @@ func TestTokenAuthenticator(t *testing.T) {
 				if !errors.Is(err, ErrUnauthenticated) {
 					t.Fatalf("Authenticate = %v, %v; want ErrUnauthenticated", id, err)
 				}
+				// A token of another secret points at the likely mistake.
+				if tt.token != "" && !strings.Contains(err.Error(), "--ca-dir") {
+					t.Errorf("Authenticate error %q does not mention --ca-dir", err)
+				}
 				return
 			}
 			if err != nil || id.String() != tt.want {
