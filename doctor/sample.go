@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"meshd.dev/meshd/proxy/http/h2"
 )
 
@@ -352,15 +355,13 @@ func num(v any) int64 {
 	return 0
 }
 
-// parseProtoDuration reads protobuf's JSON Duration ("1.5s"); anything
+// parseProtoDuration reads protobuf's JSON Duration ("1.5s", at most nine
+// fractional digits, within ±315576000000s) as protojson does; anything
 // else is 0.
 func parseProtoDuration(s string) time.Duration {
-	if !strings.HasSuffix(s, "s") {
+	var d durationpb.Duration
+	if err := protojson.Unmarshal(strconv.AppendQuote(nil, s), &d); err != nil {
 		return 0
 	}
-	f, err := strconv.ParseFloat(strings.TrimSuffix(s, "s"), 64)
-	if err != nil {
-		return 0
-	}
-	return time.Duration(f * float64(time.Second))
+	return d.AsDuration()
 }

@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -201,5 +202,32 @@ func TestDiagnoseBeforeWindow(t *testing.T) {
 	r := Diagnose(sample(time.Unix(0, 0), st, ClusterConfig{}), sample(time.Unix(10, 0), after, ClusterConfig{}), LiveOptions{})
 	if r.Worst() != Info || len(r.Findings) != 1 || r.Findings[0].Scenario != S2 || !strings.Contains(r.Findings[0].Evidence, "before the window") {
 		t.Errorf("findings %+v; want one S2 info 'before the window'", r.Findings)
+	}
+}
+
+// TestParseProtoDurationNoWrap: parseProtoDuration used to read the value
+// as a float, so the largest Duration protobuf allows and "NaNs" wrapped
+// to -292 years and "1e3s" (not protobuf JSON) was read as 1000s; found
+// by FuzzParseProtoDuration.
+func TestParseProtoDurationNoWrap(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"1.5s", 1500 * time.Millisecond},
+		{"-2s", -2 * time.Second},
+		{"0.000000001s", time.Nanosecond},
+		{"315576000000s", time.Duration(math.MaxInt64)},
+		{"-315576000000s", time.Duration(math.MinInt64)},
+		{"315576000001s", 0},
+		{"NaNs", 0},
+		{"Infs", 0},
+		{"1e3s", 0},
+		{"1.0000000001s", 0},
+		{"1", 0},
+	} {
+		if got := parseProtoDuration(tc.in); got != tc.want {
+			t.Errorf("parseProtoDuration(%q) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }
