@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -542,9 +543,12 @@ func TestResponseHeaderErrorsOnClientConn(t *testing.T) {
 }
 
 // FuzzHeaderReader feeds arbitrary frames to the header reader the way a
-// connection's reader does. It must not panic, and every block it returns
-// must hold its pseudo-header fields first, only valid fields, and no
-// more than the header list limit.
+// connection's reader does. It must not panic, every block it returns must
+// hold its pseudo-header fields first, only valid fields, and no more than
+// the header list limit, and it must agree with x/net/http2's
+// ReadMetaHeaders (the reader it replaces) on the same wire: block by
+// block, the same fields, the same truncation and the same stream errors,
+// up to the first connection error (see diffHeaderBlocks).
 func FuzzHeaderReader(f *testing.F) {
 	seeds := []func(w *blockWriter){
 		func(w *blockWriter) {
@@ -571,24 +575,29 @@ func FuzzHeaderReader(f *testing.F) {
 		r.init(maxList)
 		src := bytes.NewReader(wire)
 		fr := http2.NewFramer(io.Discard, src)
-		for {
+		var got []blockOutcome
+		stop := ""
+		for stop == "" {
 			fh, err := fr.ReadFrameHeader()
 			if err != nil {
-				return
+				stop = "framer: " + err.Error()
+				break
 			}
 			if fh.Type != http2.FrameHeaders && fh.Type != http2.FrameContinuation {
 				if _, err := fr.ReadFrameForHeader(fh); err != nil {
-					return
+					stop = "framer: " + err.Error()
 				}
 				continue
 			}
 			blk, err := r.readFrame(fh, src)
 			var se http2.StreamError
 			if errors.As(err, &se) {
+				got = append(got, blockOutcome{stream: se.StreamID, streamErr: true})
 				continue // the stream is reset; the connection goes on
 			}
 			if err != nil {
-				return
+				stop = "reader: " + err.Error()
+				break
 			}
 			if blk == nil {
 				continue
@@ -606,7 +615,60 @@ func FuzzHeaderReader(f *testing.F) {
 			if size > maxList {
 				t.Fatalf("block of %d bytes, limit %d", size, maxList)
 			}
+			got = append(got, blockOutcome{stream: blk.StreamID, fields: slices.Clone(blk.Fields), truncated: blk.Truncated})
 			r.release()
 		}
+		diffHeaderBlocks(t, wire, maxList, got, stop)
 	})
+}
+
+// blockOutcome is what a header reader made of one header block.
+type blockOutcome struct {
+	stream    uint32
+	fields    []hpack.HeaderField
+	truncated bool
+	streamErr bool // the block was malformed and its stream is reset
+}
+
+// diffHeaderBlocks reads wire with x/net/http2's Framer and
+// ReadMetaHeaders, limited to maxList as headerReader was, and fails t
+// unless its outcomes match got, those of headerReader, which stopped for
+// the reason stop. Where headerReader ended the connection first, the
+// blocks before agree (its stricter rules, such as the frame count per
+// block, end a connection that x/net would keep); where x/net ended it
+// first, headerReader must have too.
+func diffHeaderBlocks(t *testing.T, wire []byte, maxList uint32, got []blockOutcome, stop string) {
+	t.Helper()
+	fr := http2.NewFramer(io.Discard, bytes.NewReader(wire))
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.MaxHeaderListSize = maxList
+	var want []blockOutcome
+	wantStop := ""
+	for wantStop == "" && len(want) <= len(got) {
+		f, err := fr.ReadFrame()
+		var se http2.StreamError
+		switch {
+		case errors.As(err, &se):
+			want = append(want, blockOutcome{stream: se.StreamID, streamErr: true})
+		case err != nil:
+			wantStop = err.Error()
+		default:
+			if mh, ok := f.(*http2.MetaHeadersFrame); ok {
+				want = append(want, blockOutcome{stream: mh.StreamID, fields: slices.Clone(mh.Fields), truncated: mh.Truncated})
+			}
+		}
+	}
+	n := min(len(got), len(want))
+	for i := range n {
+		g, w := got[i], want[i]
+		if g.stream != w.stream || g.streamErr != w.streamErr || g.truncated != w.truncated || !slices.Equal(g.fields, w.fields) {
+			t.Fatalf("block %d: headerReader %+v, ReadMetaHeaders %+v", i, g, w)
+		}
+	}
+	if len(got) > len(want) {
+		t.Fatalf("headerReader returned %d blocks, ReadMetaHeaders %d and stopped: %s", len(got), len(want), wantStop)
+	}
+	if len(want) > len(got) && !strings.HasPrefix(stop, "reader: ") {
+		t.Fatalf("ReadMetaHeaders returned %d blocks, headerReader %d and stopped: %s", len(want), len(got), stop)
+	}
 }
