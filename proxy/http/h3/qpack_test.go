@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -239,5 +240,77 @@ func BenchmarkEncodeResponse(b *testing.B) {
 		}
 		p = endHeaders(p, start)
 		buf = appendTrailers(p, tr)
+	}
+}
+
+// FuzzQPACKDecode checks meshd's QPACK field-section decoder against
+// quic-go's (github.com/quic-go/qpack, static table only like meshd's):
+// on any section both succeed with the same field lines or both fail, and
+// meshd's error is an *h3Error with H3_QPACK_DECOMPRESSION_FAILED. A
+// section that decodes also survives a round trip through meshd's encoder.
+func FuzzQPACKDecode(f *testing.F) {
+	f.Add(qpackBlock(f, ":status", "200", "content-type", "application/grpc", "x-custom", "v"))
+	f.Add(qpackBlock(f, ":authority", "svc.example", "user-agent", strings.Repeat("a", 130)))
+	f.Add(meshdHeaders(":method", "GET", ":path", "/x", "grpc-timeout", "1S")[3:])
+	f.Add([]byte{0, 0, 0xff, 0x7f})
+	f.Add([]byte{0, 0, 0x5f, 0x1d, 0x83, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, section []byte) {
+		got, err := decodeSection(section)
+		want, refErr := referenceSection(section)
+		if err != nil {
+			he, ok := errors.AsType[*h3Error](err)
+			if !ok || he.code != http3.ErrCodeQPACKDecompressionFailed {
+				t.Fatalf("error %T %v, want an *h3Error with H3_QPACK_DECOMPRESSION_FAILED", err, err)
+			}
+		}
+		if (err == nil) != (refErr == nil) {
+			t.Fatalf("meshd: %v (fields %q); quic-go: %v (fields %q)", err, got, refErr, want)
+		}
+		if err != nil {
+			return
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("meshd decoded %q, quic-go %q", got, want)
+		}
+		b := []byte{0, 0}
+		for _, f := range got {
+			b = appendField(b, f.Name, f.Value)
+		}
+		again, err := decodeSection(b)
+		if err != nil || !slices.Equal(again, got) {
+			t.Fatalf("round trip: %q, %v; want %q", again, err, got)
+		}
+	})
+}
+
+// decodeSection decodes a whole field section with sectionReader.
+func decodeSection(section []byte) ([]header.Field, error) {
+	var sr sectionReader
+	if err := sr.init(section); err != nil {
+		return nil, err
+	}
+	var out []header.Field
+	for {
+		f, ok, err := sr.next()
+		if err != nil || !ok {
+			return out, err
+		}
+		out = append(out, f)
+	}
+}
+
+// referenceSection decodes a whole field section with quic-go's decoder.
+func referenceSection(section []byte) ([]header.Field, error) {
+	next := qpack.NewDecoder().Decode(section)
+	var out []header.Field
+	for {
+		hf, err := next()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, header.Field{Name: hf.Name, Value: hf.Value})
 	}
 }
