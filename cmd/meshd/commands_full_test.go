@@ -73,3 +73,35 @@ func TestControlPlaneCAErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestControlPlaneKubeConfigErrors: --kube that cannot reach a cluster
+// stops at start (exit 1) and says what to give: outside a pod without
+// --kubeconfig it names --kubeconfig; a missing kubeconfig file is named.
+func TestControlPlaneKubeConfigErrors(t *testing.T) {
+	// Outside a pod, whatever the machine running the test is.
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "")
+	missing := filepath.Join(t.TempDir(), "kubeconfig")
+	tests := []struct {
+		name  string
+		flags []string
+		want  []string
+	}{
+		{"not in a pod", nil, []string{"--kube: no --kubeconfig, and not in a pod: ", "KUBERNETES_SERVICE_HOST"}},
+		{"missing kubeconfig", []string{"--kubeconfig", missing}, []string{"--kubeconfig " + missing + ": "}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"control-plane", "--kube", "--ca-dir", t.TempDir(), "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"}, tc.flags...)
+			var out, errOut bytes.Buffer
+			if code := run(args, &out, &errOut); code != 1 {
+				t.Errorf("exit code %d, want 1 (stderr %q)", code, errOut.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errOut.String(), w) {
+					t.Errorf("stderr %q lacks %q", errOut.String(), w)
+				}
+			}
+		})
+	}
+}

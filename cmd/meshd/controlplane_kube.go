@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"meshd.dev/meshd/ca"
@@ -37,9 +38,20 @@ type kubeClients struct {
 // newKubeClients connects with kubeconfig, or with the pod's service
 // account when kubeconfig is empty.
 func newKubeClients(kubeconfig string) (*kubeClients, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		// clientcmd would log two warnings and end with advice about
+		// KUBERNETES_MASTER; outside a pod the fix is --kubeconfig.
+		cfg, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --kubeconfig, and not in a pod: %w", err)
+		}
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
+		}
 	}
 	cfg.UserAgent = "meshd-control-plane"
 	c, err := kubernetes.NewForConfig(cfg)

@@ -45,7 +45,7 @@ func TestInjectCommand(t *testing.T) {
 		{"missing file", []string{"inject", "-f", "none.yaml"}, 1, "none.yaml"},
 		{"injector without TLS", []string{"injector"}, 2, "--tls-cert and --tls-key are required"},
 		{"control plane config and kube", []string{"control-plane", "--config", in, "--kube"}, 2, "exclusive"},
-		{"control plane bad kubeconfig", []string{"control-plane", "--kube", "--kubeconfig", "none.kubeconfig"}, 1, "--kube: kubernetes client config"},
+		{"control plane bad kubeconfig", []string{"control-plane", "--kube", "--kubeconfig", "none.kubeconfig"}, 1, "--kube: --kubeconfig none.kubeconfig: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
