@@ -27,6 +27,7 @@ func TestRun(t *testing.T) {
 		{"version", []string{"version"}, 0, "meshd ", ""},
 		{"version extra argument", []string{"version", "now"}, 2, "", "unexpected arguments"},
 		{"sidecar without -c", []string{"sidecar"}, 2, "", "-c BOOTSTRAP is required"},
+		{"sidecar stray argument", []string{"sidecar", "-c", bad, "extra", "--drain-time-s", "1"}, 2, "", `unexpected arguments ["extra" "--drain-time-s" "1"]`},
 		{"sidecar bad flag", []string{"sidecar", "--nope"}, 2, "", "flag provided but not defined"},
 		{"sidecar bad log level", []string{"sidecar", "-c", bad, "--log-level", "loud"}, 2, "", "--log-level"},
 		{"sidecar negative drain", []string{"sidecar", "-c", bad, "--drain-time-s", "-1"}, 2, "", "--drain-time-s"},

@@ -46,6 +46,11 @@ func runSidecar(args []string, _, stderr io.Writer) int {
 	if code, done := parseFlags(fs, args, 2); done {
 		return code
 	}
+	if fs.NArg() != 0 {
+		// Flags after a stray argument would be ignored silently.
+		fmt.Fprintf(stderr, "meshd sidecar: unexpected arguments %q (flags after them are not read)\n", fs.Args())
+		return 2
+	}
 	logger, err := newLogger(stderr, *level)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshd sidecar: %v\n", err)
