@@ -350,7 +350,20 @@ func (s *Server) handlePrometheus(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// configDumpSubsets are Envoy's /config_dump parameters that select part of
+// the dump. meshd always serves the whole dump, so it refuses them (400)
+// rather than answer a subset request with everything. include_eds is
+// accepted: the dump always carries the endpoints.
+var configDumpSubsets = []string{"resource", "mask", "name_regex"}
+
 func (s *Server) handleConfigDump(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	for _, p := range configDumpSubsets {
+		if q.Has(p) {
+			s.writeError(w, http.StatusBadRequest, fmt.Sprintf("config_dump: ?%s= is not supported: meshd serves the whole dump (filter it with jq)\n", p))
+			return
+		}
+	}
 	dump, err := s.backend.ConfigDump()
 	if err == nil && !json.Valid(dump) {
 		err = errors.New("backend returned invalid JSON")

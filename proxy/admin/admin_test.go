@@ -503,6 +503,30 @@ func TestConfigDumpErrors(t *testing.T) {
 	}
 }
 
+// TestConfigDumpParams: the parameters that ask Envoy for part of the
+// dump are refused with 400 naming them (meshd serves only the whole
+// dump); include_eds, which the whole dump satisfies, is served.
+func TestConfigDumpParams(t *testing.T) {
+	h := start(t, newFakeBackend(), stats.NewStore())
+	tests := []struct {
+		query string
+		code  int
+		body  string // prefix
+	}{
+		{"", 200, `{"configs":`},
+		{"?include_eds", 200, `{"configs":`},
+		{"?resource=dynamic_active_clusters", 400, "config_dump: ?resource= is not supported"},
+		{"?mask=bootstrap.node", 400, "config_dump: ?mask= is not supported"},
+		{"?name_regex=backend", 400, "config_dump: ?name_regex= is not supported"},
+	}
+	for _, tc := range tests {
+		r := h.do(t, "GET", "/config_dump"+tc.query)
+		if r.code != tc.code || !strings.HasPrefix(r.body, tc.body) {
+			t.Errorf("/config_dump%s = %d %q, want %d %q...", tc.query, r.code, r.body, tc.code, tc.body)
+		}
+	}
+}
+
 func TestLifecycle(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	srv := New(newFakeBackend(), stats.NewStore(), nil)
