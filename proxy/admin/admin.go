@@ -67,6 +67,8 @@ type Server struct {
 	routes  map[string]*endpoint // immutable after New
 	started time.Time            // when New ran: /server_info's uptime
 	paths   []string             // sorted paths that have help, for the index
+	// unregister stops the server.* stats updates (serverstats.go).
+	unregister func()
 
 	quitOnce sync.Once
 
@@ -92,6 +94,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		logger = slog.Default()
 	}
 	s := &Server{backend: b, store: store, logger: logger.With("component", "admin"), started: time.Now()}
+	s.unregister = s.registerServerStats()
 	s.routes = map[string]*endpoint{
 		"/":                    {help: "admin home page (this list)", handle: s.handleIndex},
 		"/help":                {help: "print out list of admin commands", handle: s.handleIndex},
@@ -208,6 +211,7 @@ func (s *Server) Close() error {
 	s.closed = true
 	srv, served := s.srv, s.served
 	s.mu.Unlock()
+	s.unregister()
 	if srv == nil {
 		return nil
 	}

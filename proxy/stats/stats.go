@@ -34,6 +34,10 @@ type Store struct {
 	counters map[string]*Counter
 	gauges   map[string]*Gauge
 	hists    map[string]*Histogram
+	// refreshers run before every Visit (Refresh), keyed by registration.
+	refreshMu   sync.Mutex
+	refreshers  map[uint64]func()
+	refreshNext uint64
 	// shared holds process-wide objects that live beside the metrics
 	// (Shared); keys are the owning package's unexported types.
 	shared sync.Map
@@ -312,6 +316,7 @@ func (m *meta) Tags() []Tag { return m.tags }
 // Visit calls the functions for every metric, each kind sorted by flat
 // name. Any function may be nil.
 func (s *Store) Visit(counter func(*Counter), gauge func(*Gauge), hist func(*Histogram)) {
+	s.refresh()
 	s.mu.RLock()
 	cs := sortedValues(s.counters)
 	gs := sortedValues(s.gauges)
@@ -350,3 +355,43 @@ func sortedValues[T any](m map[string]*T) []*T {
 // Store returns the store the scope names metrics in, so that code handed
 // a scope can name metrics elsewhere in the same store (Store().Root()).
 func (sc *Scope) Store() *Store { return sc.store }
+
+// Refresh registers f to run before every Visit (so before every /stats
+// scrape and every stats sink export), for gauges that sample state kept
+// elsewhere, such as server.uptime or server.memory_allocated: Envoy
+// updates those on its stats flush, meshd when they are read. f runs
+// without the store's lock held and may create or set metrics; it should
+// be cheap. The returned function removes f; calling it again does nothing.
+func (s *Store) Refresh(f func()) (remove func()) {
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	if s.refreshers == nil {
+		s.refreshers = map[uint64]func(){}
+	}
+	id := s.refreshNext
+	s.refreshNext++
+	s.refreshers[id] = f
+	return func() {
+		s.refreshMu.Lock()
+		defer s.refreshMu.Unlock()
+		delete(s.refreshers, id)
+	}
+}
+
+// refresh runs the Refresh functions in registration order.
+func (s *Store) refresh() {
+	s.refreshMu.Lock()
+	ids := make([]uint64, 0, len(s.refreshers))
+	for id := range s.refreshers {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	fs := make([]func(), len(ids))
+	for i, id := range ids {
+		fs[i] = s.refreshers[id]
+	}
+	s.refreshMu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
