@@ -34,18 +34,25 @@ type connPool interface {
 // Stats are a cluster's Envoy-named counters and gauges
 // ("cluster.<name>.upstream_cx_total", ...).
 type Stats struct {
-	Scope             *stats.Scope
-	CxTotal           *stats.Counter
-	CxActive          *stats.Gauge
-	CxConnectFail     *stats.Counter
-	CxConnectTimeout  *stats.Counter
-	CxCloseNotify     *stats.Counter
-	RqTotal           *stats.Counter
-	RqActive          *stats.Gauge
-	RqTimeout         *stats.Counter
-	RqPerTryTimeout   *stats.Counter
-	RqCancelled       *stats.Counter
-	RqReset           *stats.Counter // upstream_rq_rx_reset
+	Scope            *stats.Scope
+	CxTotal          *stats.Counter
+	CxActive         *stats.Gauge
+	CxConnectFail    *stats.Counter
+	CxConnectTimeout *stats.Counter
+	CxCloseNotify    *stats.Counter
+	RqTotal          *stats.Counter
+	RqActive         *stats.Gauge
+	RqTimeout        *stats.Counter
+	RqPerTryTimeout  *stats.Counter
+	RqCancelled      *stats.Counter
+	RqReset          *stats.Counter // upstream_rq_rx_reset
+	// RqCompleted counts upstream responses forwarded whole
+	// (upstream_rq_completed); resets and timeouts are not completions.
+	RqCompleted *stats.Counter
+	// RqTime is upstream_rq_time: milliseconds from the start of the
+	// downstream request to the end of the upstream response, retries and
+	// back-offs included, recorded for completed responses only.
+	RqTime            *stats.Histogram
 	NoHealthyUpstream *stats.Counter
 	HTTP2             *h2.Stats
 	// H3 are the HTTP/3 connection stats (h3pool.go).
@@ -68,6 +75,8 @@ func NewStats(store *stats.Store, name string) *Stats {
 		RqPerTryTimeout:   sc.Counter("upstream_rq_per_try_timeout"),
 		RqCancelled:       sc.Counter("upstream_rq_cancelled"),
 		RqReset:           sc.Counter("upstream_rq_rx_reset"),
+		RqCompleted:       sc.Counter("upstream_rq_completed"),
+		RqTime:            sc.Histogram("upstream_rq_time"),
 		NoHealthyUpstream: sc.Counter("upstream_cx_none_healthy"),
 		HTTP2:             h2.NewStats(sc.Scope("http2")),
 		H3:                newH3Stats(sc),

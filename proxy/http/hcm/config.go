@@ -295,6 +295,9 @@ type Stats struct {
 	RqHTTP1  *stats.Counter
 	RqHTTP2  *stats.Counter
 	RqHTTP3  *stats.Counter
+	// RqTime is downstream_rq_time: milliseconds from the request's
+	// headers to the end of the stream, whatever ended it.
+	RqTime *stats.Histogram
 	// RqTimeout counts request_timeout expiries (downstream_rq_timeout).
 	RqTimeout *stats.Counter
 	// RqIdleTimeout counts streams reset by the stream idle timeout.
@@ -337,6 +340,7 @@ func NewStats(store *stats.Store, p string) *Stats {
 		RqHTTP1:              sc.Counter("downstream_rq_http1_total"),
 		RqHTTP2:              sc.Counter("downstream_rq_http2_total"),
 		RqHTTP3:              sc.Counter("downstream_rq_http3_total"),
+		RqTime:               sc.Histogram("downstream_rq_time"),
 		RqTimeout:            sc.Counter("downstream_rq_timeout"),
 		RqIdleTimeout:        sc.Counter("downstream_rq_idle_timeout"),
 		RqMaxDurationReached: sc.Counter("downstream_rq_max_duration_reached"),

@@ -105,9 +105,16 @@ func (h *Handler) ServeStream(ds stream.ServerStream) {
 	// Deferred so that filters are destroyed even if a hook panics.
 	defer ex.destroyFilters()
 	ex.serve()
+	st.RqTime.Record(sinceMs(ex.start))
 	if ex.tr != nil {
 		ex.endTrace()
 	}
+}
+
+// sinceMs is the time since t in milliseconds, at microsecond resolution,
+// the unit of Envoy's *_time histograms.
+func sinceMs(t time.Time) float64 {
+	return float64(time.Since(t).Microseconds()) / 1000
 }
 
 // exchange is one proxied stream.

@@ -323,10 +323,14 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 		}
 	}
 	if err := ex.ds.WriteHeader(resp, resp.EndStream); err != nil || resp.EndStream {
+		if err == nil {
+			ex.upstreamComplete(cs)
+		}
 		return
 	}
 	err := ex.pumpResponse(us, held)
 	if err == nil {
+		ex.upstreamComplete(cs)
 		return
 	}
 	switch {
@@ -355,6 +359,14 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 		ex.h.stats.RqTxReset.Inc()
 		ex.ds.Reset(stream.CodeOf(err))
 	}
+}
+
+// upstreamComplete counts an upstream response forwarded whole, as
+// Envoy's router does when the upstream stream ends: upstream_rq_completed
+// and upstream_rq_time, measured from the start of the downstream request.
+func (ex *exchange) upstreamComplete(cs *upstream.Stats) {
+	cs.RqCompleted.Inc()
+	cs.RqTime.Record(sinceMs(ex.start))
 }
 
 // filterEnded finishes an exchange a request body hook ended: with the
