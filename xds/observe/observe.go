@@ -11,6 +11,7 @@ package observe
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
@@ -103,12 +104,12 @@ func Parse(s *structpb.Struct) (Endpoint, error) {
 		set  func(float64)
 	}{
 		{fPeerMCS, func(v float64) { e.PeerMaxConcurrentStreams = clampU32(v) }},
-		{fKeepalive, func(v float64) { e.KeepaliveInterval = time.Duration(v) * time.Millisecond }},
+		{fKeepalive, func(v float64) { e.KeepaliveInterval = duration(v, time.Millisecond) }},
 		{fPings, func(v float64) { e.TooManyPings = uint64(v) }},
-		{fRTT, func(v float64) { e.RTT = time.Duration(v) * time.Microsecond }},
+		{fRTT, func(v float64) { e.RTT = duration(v, time.Microsecond) }},
 		{fPeak, func(v float64) { e.PeakStreams = clampU32(v) }},
 		{fOverflow, func(v float64) { e.Overflow = uint64(v) }},
-		{fWait, func(v float64) { e.MaxStreamWait = time.Duration(v) * time.Microsecond }},
+		{fWait, func(v float64) { e.MaxStreamWait = duration(v, time.Microsecond) }},
 		{fThroughput, func(v float64) { e.Throughput = v }},
 		{fStreamWin, func(v float64) { e.StreamWindow = clampU32(v) }},
 		{fConnWin, func(v float64) { e.ConnectionWindow = clampU32(v) }},
@@ -120,6 +121,15 @@ func Parse(s *structpb.Struct) (Endpoint, error) {
 		f.set(v)
 	}
 	return e, nil
+}
+
+// duration is v units (0 <= v <= 2^53, fractions dropped), saturated at
+// the largest time.Duration: 2^53 ms does not fit in one.
+func duration(v float64, unit time.Duration) time.Duration {
+	if v >= float64(math.MaxInt64/unit) {
+		return math.MaxInt64
+	}
+	return time.Duration(v) * unit
 }
 
 func clampU32(v float64) uint32 {
