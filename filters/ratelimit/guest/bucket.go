@@ -67,13 +67,15 @@ func (l limits) full(now int64) bucketState {
 	return bucketState{tokens: l.capacity, last: now}
 }
 
-// untilFull is the time in ns until b is full.
+// untilFull is the time in ns until b is full, math.MaxInt64 when that
+// does not fit (a large burst refilled slowly: 4e9 tokens at one a minute
+// take 2.4e20 ns).
 func (l limits) untilFull(b bucketState) int64 {
 	missing := l.capacity - b.tokens
 	if missing <= 0 {
 		return 0
 	}
-	return int64(math.Ceil(missing / l.perNano))
+	return ceilInt64(missing / l.perNano)
 }
 
 // resetSeconds is the whole number of seconds (rounded up) until b is full.
@@ -82,5 +84,14 @@ func (l limits) resetSeconds(b bucketState) int64 {
 	if missing <= 0 {
 		return 0
 	}
-	return int64(math.Ceil(missing / l.perNano / float64(time.Second)))
+	return ceilInt64(missing / l.perNano / float64(time.Second))
+}
+
+// ceilInt64 rounds x (x >= 0) up to an int64, saturating at
+// math.MaxInt64 where a plain conversion is undefined.
+func ceilInt64(x float64) int64 {
+	if x = math.Ceil(x); x >= math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(x)
 }

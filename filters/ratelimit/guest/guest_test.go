@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -515,5 +516,34 @@ func TestKnownDescriptorAllocatesNothing(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { p.leaseOfBytes([]byte("principal=spiffe://td/ns/a/sa/x")) }); allocs != 0 {
 		t.Fatalf("%v allocations per known descriptor, want 0", allocs)
+	}
+}
+
+// TestRefillTimeSaturates: a bucket whose refill takes longer than an
+// int64 of nanoseconds (a burst of 4e9 at one request a minute, which the
+// mesh file accepts) used to report untilFull as math.MinInt64, from an
+// out-of-range float conversion, so a VM saw a drained bucket as already
+// full. Both refill times now saturate; found by FuzzParseConfig.
+func TestRefillTimeSaturates(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		capacity, perUnit    int64
+		unit                 time.Duration
+		wantUntil, wantReset int64
+	}{
+		{"fits", 10, 1, time.Second, 10 * int64(time.Second), 10},
+		{"4e9 at one a minute", 4e9, 1, time.Minute, math.MaxInt64, 240e9},
+		{"largest at one a minute", math.MaxInt64, 1, time.Minute, math.MaxInt64, math.MaxInt64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLimits(tc.capacity, tc.perUnit, tc.unit)
+			b := bucketState{}
+			if got := l.untilFull(b); got != tc.wantUntil {
+				t.Errorf("untilFull = %d, want %d", got, tc.wantUntil)
+			}
+			if got := l.resetSeconds(b); got != tc.wantReset {
+				t.Errorf("resetSeconds = %d, want %d", got, tc.wantReset)
+			}
+		})
 	}
 }

@@ -442,7 +442,7 @@ func (p *pluginContext) take(l *lease) (verdict, bucketState, bool) {
 		return unlimited, bucketState{}, true
 	}
 	l.until, l.shared = now+int64(leaseWindow), b.tokens
-	l.fullAt = now + p.cfg.untilFull(b)
+	l.fullAt = now + min(p.cfg.untilFull(b), math.MaxInt64-now) // saturates: untilFull may be math.MaxInt64
 	if !ok {
 		l.tokens = 0
 		return overLimit, b, true
