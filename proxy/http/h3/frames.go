@@ -10,6 +10,7 @@ import (
 
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/net/http/httpguts"
 
 	"meshd.dev/meshd/proxy/http/header"
 )
@@ -122,8 +123,9 @@ type decodedFields struct {
 }
 
 // decodeFields decodes a QPACK header block of a response (trailers
-// false) or its trailers. Field names must be lower case and pseudo-fields
-// come first (RFC 9114 section 4.3); a malformed section is
+// false) or its trailers. Field names must be lower-case tokens, values
+// free of NUL, CR and LF (RFC 9114 section 4.1.2), and pseudo-fields come
+// first (section 4.3); a malformed section is
 // H3_MESSAGE_ERROR, an undecodable one H3_QPACK_DECOMPRESSION_FAILED.
 func decodeFields(block []byte, trailers bool) (decodedFields, error) {
 	out := decodedFields{header: header.Make(8), contentLength: -1}
@@ -159,6 +161,13 @@ func decodeFields(block []byte, trailers bool) (decodedFields, error) {
 			if c := f.Name[i]; c >= 'A' && c <= 'Z' {
 				return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("upper-case field name %q", f.Name)}
 			}
+		}
+		if !httpguts.ValidHeaderFieldName(f.Name) {
+			return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid field name %q", f.Name)}
+		}
+		if !httpguts.ValidHeaderFieldValue(f.Value) {
+			// The value is not quoted: it may be sensitive.
+			return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid value of field %q", f.Name)}
 		}
 		if header.IsConnectionSpecific(f.Name) {
 			return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("connection-specific field %q", f.Name)}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/net/http/httpguts"
 
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/mtls/mtlstest"
@@ -56,6 +58,13 @@ func TestDecodeFields(t *testing.T) {
 		{"connection-specific", []string{":status", "200", "connection", "close"}, false, `connection-specific field "connection"`, 0, 0},
 		{"bad content-length", []string{":status", "200", "content-length", "-1"}, false, `invalid content-length "-1"`, 0, 0},
 		{"conflicting content-length", []string{":status", "200", "content-length", "1", "content-length", "2"}, false, "invalid content-length", 0, 0},
+		// An HTTP/3 upstream's response fields were not checked for the
+		// characters RFC 9114 section 4.1.2 forbids: a CR LF or NUL in a
+		// value was forwarded, and meshd's HTTP/2 downstream writer sends
+		// it as is (found by the strengthened FuzzDecodeFields).
+		{"CR LF in a value", []string{":status", "200", "x-a", "a\r\nset-cookie: b"}, false, `invalid value of field "x-a"`, 0, 0},
+		{"NUL in a trailer value", []string{"grpc-message", "a\x00b"}, true, `invalid value of field "grpc-message"`, 0, 0},
+		{"space in a name", []string{":status", "200", "x a", "1"}, false, `invalid field name "x a"`, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, err := decodeFields(qpackBlock(t, tc.fields...), tc.trailers)
@@ -75,15 +84,35 @@ func TestDecodeFields(t *testing.T) {
 	}
 }
 
-// FuzzDecodeFields: any header block decodes or fails with an *h3Error.
+// FuzzDecodeFields: any header block decodes or fails with an *h3Error,
+// and a section it accepts is a well-formed response or trailer section
+// (RFC 9114 section 4.1.2): a :status in 100..999 for a response and none
+// in trailers, field names that are lower-case tokens, values without
+// NUL, CR or LF, no connection-specific field, and a content-length that
+// agrees with its field.
 func FuzzDecodeFields(f *testing.F) {
 	f.Add(qpackBlock(f, ":status", "200", "content-type", "application/grpc"), false)
 	f.Add(qpackBlock(f, "grpc-status", "0", "grpc-message", "ok"), true)
+	f.Add(qpackBlock(f, ":status", "200", "x-a", "a\r\nset-cookie: b"), false)
+	f.Add(qpackBlock(f, ":status", "200", "x a", "b", "content-length", "5"), false)
 	f.Add([]byte{0, 0, 0xff}, false)
 	f.Fuzz(func(t *testing.T, block []byte, trailers bool) {
-		if _, err := decodeFields(block, trailers); err != nil {
+		d, err := decodeFields(block, trailers)
+		if err != nil {
 			if _, ok := errors.AsType[*h3Error](err); !ok {
 				t.Fatalf("error %T %v is not an *h3Error", err, err)
+			}
+			return
+		}
+		if trailers != (d.status == 0) || (!trailers && (d.status < 100 || d.status > 999)) {
+			t.Fatalf("accepted :status %d (trailers %v)", d.status, trailers)
+		}
+		for _, fl := range d.header.Fields() {
+			if !header.ValidName(fl.Name) || !httpguts.ValidHeaderFieldValue(fl.Value) || header.IsConnectionSpecific(fl.Name) {
+				t.Fatalf("accepted field %q: %q", fl.Name, fl.Value)
+			}
+			if n, _ := strconv.ParseInt(fl.Value, 10, 64); fl.Name == "content-length" && !trailers && n != d.contentLength {
+				t.Fatalf("content-length %q decoded as %d", fl.Value, d.contentLength)
 			}
 		}
 	})
