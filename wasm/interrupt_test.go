@@ -15,7 +15,7 @@ import (
 // loopModule exports "spin" (an endless loop) and "count" (a loop of n
 // iterations returning n). It imports a global and defines one, so the
 // interrupt global's index must count both.
-func loopModule(t *testing.T) []byte {
+func loopModule(t testing.TB) []byte {
 	t.Helper()
 	b := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
 	b = append(b, section(1, vec(functype(0, 0), functype(1, 1)))...)
@@ -160,14 +160,39 @@ func TestInstrumentLoopsSectionLayout(t *testing.T) {
 	}
 }
 
-// FuzzInstrumentLoops: arbitrary bytes never panic the rewriter.
+// FuzzInstrumentLoops: arbitrary bytes never panic the rewriter, and
+// rewriting a module wazero accepts yields a module wazero still accepts
+// (a wrong rewrite would fail every plugin load instead of the bad one).
 func FuzzInstrumentLoops(f *testing.F) {
-	f.Add(minimalGuest(opLoopForever))
-	f.Add(minimalGuest(opUnreachable))
+	ctx := context.Background()
+	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigInterpreter())
+	f.Cleanup(func() { _ = rt.Close(ctx) })
+	valid := func(bin []byte) error {
+		m, err := rt.CompileModule(ctx, bin)
+		if err == nil {
+			_ = m.Close(ctx)
+		}
+		return err
+	}
+	for _, seed := range [][]byte{minimalGuest(opLoopForever), minimalGuest(opUnreachable), loopModule(f)} {
+		if err := valid(seed); err != nil {
+			f.Fatalf("seed is not a valid module: %v", err)
+		}
+		f.Add(seed)
+	}
 	f.Fuzz(func(t *testing.T, bin []byte) {
 		out, err := instrumentLoops(bin)
-		if err == nil && len(out) < len(bin) {
+		if err != nil {
+			return
+		}
+		if len(out) < len(bin) {
 			t.Fatalf("instrumented module shrank from %d to %d bytes", len(bin), len(out))
+		}
+		if valid(bin) != nil {
+			return
+		}
+		if err := valid(out); err != nil {
+			t.Fatalf("instrumenting a valid module made it invalid: %v", err)
 		}
 	})
 }
