@@ -34,9 +34,12 @@ type connPool interface {
 // Stats are a cluster's Envoy-named counters and gauges
 // ("cluster.<name>.upstream_cx_total", ...).
 type Stats struct {
-	Scope            *stats.Scope
-	CxTotal          *stats.Counter
-	CxActive         *stats.Gauge
+	Scope    *stats.Scope
+	CxTotal  *stats.Counter
+	CxActive *stats.Gauge
+	// CxDestroy counts connections closed, whoever closed them
+	// (upstream_cx_destroy).
+	CxDestroy        *stats.Counter
 	CxConnectFail    *stats.Counter
 	CxConnectTimeout *stats.Counter
 	CxCloseNotify    *stats.Counter
@@ -66,6 +69,7 @@ func NewStats(store *stats.Store, name string) *Stats {
 		Scope:             sc,
 		CxTotal:           sc.Counter("upstream_cx_total"),
 		CxActive:          sc.Gauge("upstream_cx_active"),
+		CxDestroy:         sc.Counter("upstream_cx_destroy"),
 		CxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
 		CxConnectTimeout:  sc.Counter("upstream_cx_connect_timeout"),
 		CxCloseNotify:     sc.Counter("upstream_cx_close_notify"),
@@ -174,6 +178,9 @@ type Cluster struct {
 	// od holds the on-demand hosts of an ORIGINAL_DST cluster, nil for
 	// other clusters (origdst.go).
 	od *origDst
+	// unsample stops the updates of the membership and circuit breaker
+	// gauges (sampled.go); drain calls it.
+	unsample func()
 }
 
 // Observe returns, for each HTTP/2 endpoint of the cluster, what its pool
@@ -222,6 +229,8 @@ func newCluster(spec *Spec, store *stats.Store, logger *slog.Logger) *Cluster {
 	}
 	c.initHealth()
 	c.pools = newPoolShared(spec, c.stats)
+	ss := newSampledStats(c.stats.Scope)
+	c.unsample = store.Refresh(func() { c.sample(ss) })
 	if spec.Discovery == Static || spec.Discovery == EDS {
 		c.setHosts(resolveStatic(spec.Endpoints))
 		return c
@@ -331,7 +340,10 @@ func (c *Cluster) newPool(addr string) connPool {
 				c.stats.CxConnectTimeout.Inc()
 			}
 		},
-		OnConnClose:              c.stats.CxActive.Dec,
+		OnConnClose: func() {
+			c.stats.CxActive.Dec()
+			c.stats.CxDestroy.Inc()
+		},
 		MaxRequestsPerConnection: c.spec.Lifetimes.MaxRequestsPerConnection,
 		OnMaxRequests:            c.pools.stats.cxMaxRequests.Inc,
 	})}
@@ -393,6 +405,7 @@ func (c *Cluster) resolve(ctx context.Context) {
 
 // drain stops DNS refresh and drains every pool.
 func (c *Cluster) drain() {
+	c.unsample()
 	close(c.stop)
 	c.stopWG.Wait()
 	if c.od != nil {

@@ -769,6 +769,7 @@ func (p *h2Pool) onGoAway(pc *pconn, code stream.ErrCode, debug string) {
 
 func (p *h2Pool) onClose(pc *pconn, err error) {
 	p.stats.CxActive.Dec()
+	p.stats.CxDestroy.Inc()
 	p.sh.breaker.conns.Add(-1)
 	p.sh.connReleased()
 	p.mu.Lock()

@@ -1,0 +1,78 @@
+package upstream
+
+import (
+	"log/slog"
+	"testing"
+
+	"meshd.dev/meshd/internal/testutil"
+	"meshd.dev/meshd/proxy/stats"
+)
+
+// TestSampledStats checks the membership and circuit breaker gauges of a
+// static cluster as its hosts' health and breaker counts change, and that
+// a drained cluster stops updating them.
+func TestSampledStats(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	store := stats.NewStore()
+	m := NewManager(store, slog.New(slog.DiscardHandler))
+	spec := testSpec(func(s *Spec) {
+		s.Discovery = Static
+		s.Endpoints = []Endpoint{{Host: "127.0.0.1", Port: 1, Weight: 1}, {Host: "127.0.0.1", Port: 2, Weight: 1}}
+		s.Thresholds.MaxConnections, s.Thresholds.MaxPendingRequests, s.Thresholds.MaxRequests = 2, 3, 4
+	})
+	m.Apply([]*Spec{spec})
+	c := m.Get("backend")
+	const pre = "cluster.backend."
+	tests := []struct {
+		name string
+		set  func()
+		want map[string]int64
+	}{
+		{"idle", func() {}, map[string]int64{
+			"membership_total": 2, "membership_healthy": 2,
+			"circuit_breakers.default.cx_open": 0, "circuit_breakers.default.rq_pending_open": 0, "circuit_breakers.default.rq_open": 0,
+		}},
+		{"one host ejected", func() { c.setHealthFlag(c.Hosts()[0], true, true) }, map[string]int64{
+			"membership_total": 2, "membership_healthy": 1,
+		}},
+		{"one host failing health checks too", func() { c.setHealthFlag(c.Hosts()[1], false, true) }, map[string]int64{
+			"membership_total": 2, "membership_healthy": 0,
+		}},
+		{"breakers full", func() {
+			c.pools.breaker.conns.Store(2)
+			c.pools.breaker.pending.Store(3)
+			c.pools.breaker.requests.Store(4)
+		}, map[string]int64{
+			"circuit_breakers.default.cx_open": 1, "circuit_breakers.default.rq_pending_open": 1, "circuit_breakers.default.rq_open": 1,
+		}},
+		{"breakers below their limits", func() {
+			c.pools.breaker.conns.Store(1)
+			c.pools.breaker.pending.Store(0)
+			c.pools.breaker.requests.Store(3)
+		}, map[string]int64{
+			"circuit_breakers.default.cx_open": 0, "circuit_breakers.default.rq_pending_open": 0, "circuit_breakers.default.rq_open": 0,
+		}},
+	}
+	for _, tc := range tests {
+		tc.set()
+		got := gaugeValues(store)
+		for name, want := range tc.want {
+			if v, ok := got[pre+name]; !ok || v != want {
+				t.Errorf("%s: %s%s = %d (present %v), want %d", tc.name, pre, name, v, ok, want)
+			}
+		}
+	}
+	c.pools.breaker.conns.Store(0)
+	c.pools.breaker.requests.Store(0)
+	m.Apply(nil) // drains the cluster
+	c.setHealthFlag(c.Hosts()[0], true, false)
+	if v := gaugeValues(store)[pre+"membership_healthy"]; v != 0 {
+		t.Errorf("after the cluster was drained: membership_healthy = %d, want 0 (no more updates)", v)
+	}
+}
+
+func gaugeValues(store *stats.Store) map[string]int64 {
+	m := map[string]int64{}
+	store.Visit(nil, func(g *stats.Gauge) { m[g.FlatName()] = g.Value() }, nil)
+	return m
+}
