@@ -282,7 +282,10 @@ func (f *Factory) bucketFor(conn *stream.ConnInfo) *Bucket {
 
 func (f *Factory) counters(cb filters.Callbacks) *counters {
 	return f.stats.Get(cb.Stats(), func(sc *stats.Scope) *counters {
-		s := sc.Store().Root().Scope(f.statPrefix).Scope("http_local_rate_limit")
+		// Envoy's tag extraction takes the stat_prefix out of the
+		// Prometheus name: "<prefix>.http_local_rate_limit.ok" is
+		// envoy_http_local_rate_limit_ok{envoy_local_http_ratelimit_prefix="<prefix>"}.
+		s := sc.Store().Root().Tagged("envoy_local_http_ratelimit_prefix", f.statPrefix).Scope("http_local_rate_limit")
 		return &counters{
 			enabled:     s.Counter("enabled"),
 			ok:          s.Counter("ok"),

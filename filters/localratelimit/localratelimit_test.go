@@ -249,6 +249,20 @@ func TestFilter(t *testing.T) {
 			t.Errorf("%s = %d, want %d", name, got, v)
 		}
 	}
+	// Envoy's tag extraction moves the stat_prefix into a label.
+	var prom strings.Builder
+	if err := store.WritePrometheus(&prom, stats.Filter{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"# TYPE envoy_http_local_rate_limit_ok counter\n",
+		`envoy_http_local_rate_limit_ok{envoy_local_http_ratelimit_prefix="rl"} 3` + "\n",
+		`envoy_http_local_rate_limit_rate_limited{envoy_local_http_ratelimit_prefix="rl"} 1` + "\n",
+	} {
+		if !strings.Contains(prom.String(), line) {
+			t.Errorf("/stats/prometheus lacks %q:\n%s", line, prom.String())
+		}
+	}
 }
 
 func TestFilterModes(t *testing.T) {
