@@ -304,7 +304,7 @@ func New(cfg *Config, store *stats.Store, log *slog.Logger, monitors map[string]
 		accepting: make(chan struct{}),
 		pressure:  map[string]*stats.Gauge{}, active: map[string]*stats.Gauge{},
 		scale: map[string]*stats.Gauge{}, failed: map[string]*stats.Counter{},
-		shrinks:   sc.Scope("shrink_heap").Counter("shrink_count"),
+		shrinks:   sc.Scope(ShrinkHeap).Counter("shrink_count"),
 		freeOSMem: debug.FreeOSMemory,
 	}
 	close(m.accepting)

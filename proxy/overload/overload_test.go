@@ -177,6 +177,10 @@ func TestManagerActions(t *testing.T) {
 		if shrinks != tc.shrinksAfterThisStep {
 			t.Errorf("pressure %d‰: %d heap shrinks, want %d", tc.pressure, shrinks, tc.shrinksAfterThisStep)
 		}
+		// Envoy's name for the heap shrinker's count.
+		if c := store.Root().Counter("overload.envoy.overload_actions.shrink_heap.shrink_count").Value(); c != uint64(tc.shrinksAfterThisStep) {
+			t.Errorf("pressure %d‰: overload.envoy.overload_actions.shrink_heap.shrink_count = %d, want %d", tc.pressure, c, tc.shrinksAfterThisStep)
+		}
 	}
 
 	// Saturated requests are always shed; half-scaled about half of them.

@@ -190,7 +190,7 @@ func TestOverloadFixedHeap(t *testing.T) {
 	t.Logf("FIGURES overload: %d x %d MiB uploads against max_heap_size_bytes %d MiB: pressure %d%% idle, %d%% peak; requests shed %v and connections stopped %v after the bodies were released; service resumed %v after the load stopped (pressure %d%%, %d shrink_heap runs, %d requests shed)",
 		overloadStreams, overloadStreamBody>>20, overloadMaxHeap>>20, basePressure, peak,
 		shedAfter.Round(time.Millisecond), refuseAfter.Round(time.Millisecond), resumeAfter.Round(time.Millisecond),
-		m.stat(t, heapPressure), m.stat(t, "overload.shrink_heap.shrink_count"), m.stat(t, "http.h2c.downstream_rq_overload_close"))
+		m.stat(t, heapPressure), m.stat(t, "overload.envoy.overload_actions.shrink_heap.shrink_count"), m.stat(t, "http.h2c.downstream_rq_overload_close"))
 }
 
 func isTimeoutErr(err error) bool {
