@@ -57,7 +57,10 @@ type Stats struct {
 	// back-offs included, recorded for completed responses only.
 	RqTime            *stats.Histogram
 	NoHealthyUpstream *stats.Counter
-	HTTP2             *h2.Stats
+	// LBHealthyPanic counts hosts picked while the load balancer ignored
+	// health because too few hosts were healthy (lb_healthy_panic).
+	LBHealthyPanic *stats.Counter
+	HTTP2          *h2.Stats
 	// H3 are the HTTP/3 connection stats (h3pool.go).
 	H3 *H3Stats
 }
@@ -82,6 +85,7 @@ func NewStats(store *stats.Store, name string) *Stats {
 		RqCompleted:       sc.Counter("upstream_rq_completed"),
 		RqTime:            sc.Histogram("upstream_rq_time"),
 		NoHealthyUpstream: sc.Counter("upstream_cx_none_healthy"),
+		LBHealthyPanic:    sc.Counter("lb_healthy_panic"),
 		HTTP2:             h2.NewStats(sc.Scope("http2")),
 		H3:                newH3Stats(sc),
 	}
@@ -216,6 +220,9 @@ func (c *Cluster) Pick() *Host {
 	lh := hs.picker.Pick()
 	if lh == nil {
 		return nil
+	}
+	if hs.picker.Panic() {
+		c.stats.LBHealthyPanic.Inc()
 	}
 	return hs.byLB[lh]
 }

@@ -76,3 +76,40 @@ func gaugeValues(store *stats.Store) map[string]int64 {
 	store.Visit(nil, func(g *stats.Gauge) { m[g.FlatName()] = g.Value() }, nil)
 	return m
 }
+
+// TestLBHealthyPanic checks that lb_healthy_panic counts the picks made
+// while fewer hosts are healthy than the panic threshold (50%) and no
+// others.
+func TestLBHealthyPanic(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	m := NewManager(stats.NewStore(), slog.New(slog.DiscardHandler))
+	defer m.Close()
+	m.Apply([]*Spec{testSpec(func(s *Spec) {
+		s.Discovery = Static
+		s.Endpoints = []Endpoint{{Host: "127.0.0.1", Port: 1, Weight: 1}, {Host: "127.0.0.1", Port: 2, Weight: 1}, {Host: "127.0.0.1", Port: 3, Weight: 1}}
+	})})
+	c := m.Get("backend")
+	tests := []struct {
+		name      string
+		unhealthy int
+		want      uint64 // lb_healthy_panic after 4 more picks
+	}{
+		{"all healthy", 0, 0},
+		{"one of three unhealthy", 1, 0},
+		{"two of three unhealthy: panic", 2, 4},
+		{"all unhealthy: panic", 3, 8},
+	}
+	for _, tc := range tests {
+		for i, h := range c.Hosts() {
+			c.setHealthFlag(h, true, i < tc.unhealthy)
+		}
+		for range 4 {
+			if c.Pick() == nil {
+				t.Fatalf("%s: Pick returned no host", tc.name)
+			}
+		}
+		if got := c.Stats().LBHealthyPanic.Value(); got != tc.want {
+			t.Errorf("%s: lb_healthy_panic = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

@@ -153,6 +153,7 @@ func TestEnvoyStatNames(t *testing.T) {
 		{"cluster.backend.upstream_cx_idle_timeout", "envoy_cluster_upstream_cx_idle_timeout", cluster, "counter", 0},
 		{"cluster.backend.upstream_cx_pool_overflow", "envoy_cluster_upstream_cx_pool_overflow", cluster, "counter", 0},
 		{"cluster.backend.upstream_cx_none_healthy", "envoy_cluster_upstream_cx_none_healthy", cluster, "counter", 0},
+		{"cluster.backend.lb_healthy_panic", "envoy_cluster_lb_healthy_panic", cluster, "counter", 0},
 		{"cluster.backend.upstream_rq_total", "envoy_cluster_upstream_rq_total", cluster, "counter", ok + failed},
 		{"cluster.backend.upstream_rq_completed", "envoy_cluster_upstream_rq_completed", cluster, "counter", ok + failed},
 		{"cluster.backend.upstream_rq_active", "envoy_cluster_upstream_rq_active", cluster, "gauge", 0},
