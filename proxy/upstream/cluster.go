@@ -39,7 +39,14 @@ type Stats struct {
 	CxActive *stats.Gauge
 	// CxDestroy counts connections closed, whoever closed them
 	// (upstream_cx_destroy).
-	CxDestroy        *stats.Counter
+	CxDestroy *stats.Counter
+	// CxConnectMs is upstream_cx_connect_ms: how long each established
+	// connection took to connect, TCP (or QUIC) and TLS handshakes
+	// included.
+	CxConnectMs *stats.Histogram
+	// CxLengthMs is upstream_cx_length_ms: how long each connection was
+	// open, recorded when it closes.
+	CxLengthMs       *stats.Histogram
 	CxConnectFail    *stats.Counter
 	CxConnectTimeout *stats.Counter
 	CxCloseNotify    *stats.Counter
@@ -73,6 +80,8 @@ func NewStats(store *stats.Store, name string) *Stats {
 		CxTotal:           sc.Counter("upstream_cx_total"),
 		CxActive:          sc.Gauge("upstream_cx_active"),
 		CxDestroy:         sc.Counter("upstream_cx_destroy"),
+		CxConnectMs:       sc.Histogram("upstream_cx_connect_ms"),
+		CxLengthMs:        sc.Histogram("upstream_cx_length_ms"),
 		CxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
 		CxConnectTimeout:  sc.Counter("upstream_cx_connect_timeout"),
 		CxCloseNotify:     sc.Counter("upstream_cx_close_notify"),
@@ -337,9 +346,10 @@ func (c *Cluster) newPool(addr string) connPool {
 		TCPKeepalive:   c.spec.TCPKeepalive,
 		TLS:            c.spec.TLS,
 		Logger:         c.logger,
-		OnConnect: func() {
+		OnConnect: func(d time.Duration) {
 			c.stats.CxTotal.Inc()
 			c.stats.CxActive.Inc()
+			c.stats.CxConnectMs.Record(durationMs(d))
 		},
 		OnConnectFailure: func(err error) {
 			c.stats.CxConnectFail.Inc()
@@ -347,9 +357,10 @@ func (c *Cluster) newPool(addr string) connPool {
 				c.stats.CxConnectTimeout.Inc()
 			}
 		},
-		OnConnClose: func() {
+		OnConnClose: func(d time.Duration) {
 			c.stats.CxActive.Dec()
 			c.stats.CxDestroy.Inc()
+			c.stats.CxLengthMs.Record(durationMs(d))
 		},
 		MaxRequestsPerConnection: c.spec.Lifetimes.MaxRequestsPerConnection,
 		OnMaxRequests:            c.pools.stats.cxMaxRequests.Inc,
@@ -488,3 +499,7 @@ func (m *Manager) Close() {
 		c.drain()
 	}
 }
+
+// durationMs is d in milliseconds at microsecond resolution, the unit of
+// Envoy's *_ms histograms.
+func durationMs(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -140,9 +140,13 @@ type pconn struct {
 	limit      int           // stream limit from the last SETTINGS, capped locally
 	closed     bool
 	localClose bool // the pool closed it (Close)
-	idleTimer  *time.Timer
-	ageTimer   *time.Timer
-	lastRx     int64 // ReceivedBytes at the previous Observe
+	// opened is when the connection was established (Unix ns), for
+	// upstream_cx_length_ms; atomic because an HTTP/3 connection may close
+	// (onClose) before its dial returns.
+	opened    atomic.Int64
+	idleTimer *time.Timer
+	ageTimer  *time.Timer
+	lastRx    int64 // ReceivedBytes at the previous Observe
 	// heldAt, when positive, holds the connection at capacity after a
 	// refusal (refusedLocked): it takes no new stream until fewer than
 	// heldAt streams are open on it, that is until one of the streams
@@ -696,10 +700,21 @@ func (p *h2Pool) localStreamLimit() uint32 {
 	return p.spec.HTTP2.MaxConcurrentStreams
 }
 
+// established counts pc, whose dial began at start, as established: the
+// cluster's upstream_cx_total, upstream_cx_active and upstream_cx_connect_ms.
+func (p *h2Pool) established(pc *pconn, start time.Time) {
+	now := time.Now()
+	pc.opened.Store(now.UnixNano())
+	p.stats.CxTotal.Inc()
+	p.stats.CxActive.Inc()
+	p.stats.CxConnectMs.Record(durationMs(now.Sub(start)))
+}
+
 // connectH2 dials the endpoint and starts an HTTP/2 connection for pc.
 func (p *h2Pool) connectH2(pc *pconn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.spec.ConnectTimeout)
 	defer cancel()
+	start := time.Now()
 	conn, err := dialUpstream(ctx, p.addr, p.spec.TLS, p.spec.TCPKeepalive, p.stats)
 	if err != nil {
 		return err
@@ -709,8 +724,7 @@ func (p *h2Pool) connectH2(pc *pconn) error {
 		p.stats.CxConnectFail.Inc()
 		return fmt.Errorf("upstream %s: TLS peer did not negotiate h2 (ALPN %q)", p.addr, tc.ConnectionState().NegotiatedProtocol)
 	}
-	p.stats.CxTotal.Inc()
-	p.stats.CxActive.Inc()
+	p.established(pc, start)
 	o := p.spec.HTTP2
 	ka := pc.kaInterval
 	pc.cc = h2.NewClientConn(conn, &h2.ClientConfig{
@@ -770,6 +784,9 @@ func (p *h2Pool) onGoAway(pc *pconn, code stream.ErrCode, debug string) {
 func (p *h2Pool) onClose(pc *pconn, err error) {
 	p.stats.CxActive.Dec()
 	p.stats.CxDestroy.Inc()
+	if opened := pc.opened.Load(); opened != 0 {
+		p.stats.CxLengthMs.Record(durationMs(time.Since(time.Unix(0, opened))))
+	}
 	p.sh.breaker.conns.Add(-1)
 	p.sh.connReleased()
 	p.mu.Lock()

@@ -46,6 +46,7 @@ func (p *h2Pool) connectH3(pc *pconn) error {
 		o.HandshakeTimeout = p.spec.ConnectTimeout
 	}
 	st := p.stats.H3
+	start := time.Now()
 	cc, err := h3.Dial(ctx, p.addr, p.spec.TLS, &h3.ClientConfig{
 		QUIC:            o,
 		Stats:           st.Codec,
@@ -64,8 +65,7 @@ func (p *h2Pool) connectH3(pc *pconn) error {
 		}
 		return err
 	}
-	p.stats.CxTotal.Inc()
-	p.stats.CxActive.Inc()
+	p.established(pc, start)
 	st.CxHTTP3Total.Inc()
 	pc.cc = cc
 	return nil

@@ -86,11 +86,18 @@ next:
 // names in /stats and with Envoy's Prometheus name, labels (tag
 // extraction) and type in /stats/prometheus, histograms with Envoy's
 // default buckets. It is the list to extend when meshd implements another
-// Envoy feature; a renamed or dropped stat fails here.
+// Envoy feature; a renamed or dropped stat fails here. It runs with an
+// HTTP/1.1 and an HTTP/2 upstream, whose pools count connections apart.
 func TestEnvoyStatNames(t *testing.T) {
+	for _, proto := range []string{testutil.UpstreamHTTP1, testutil.UpstreamHTTP2} {
+		t.Run(proto, func(t *testing.T) { testEnvoyStatNames(t, proto) })
+	}
+}
+
+func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 	testutil.CheckGoroutines(t)
 	backend := testutil.StartEchoBackend(t)
-	addr, sc := front(t, mode{"sidecar", true}, backend.Addr, testutil.UpstreamHTTP1)
+	addr, sc := front(t, mode{"sidecar", true}, backend.Addr, upstreamProtocol)
 	// Like Envoy, a listener's stats are named by its configured address
 	// (the harness binds port 0), not by the port the kernel chose.
 	const listener = "127.0.0.1_0"
@@ -142,6 +149,8 @@ func TestEnvoyStatNames(t *testing.T) {
 		{"cluster.backend.upstream_cx_connect_fail", "envoy_cluster_upstream_cx_connect_fail", cluster, "counter", 0},
 		{"cluster.backend.upstream_cx_connect_timeout", "envoy_cluster_upstream_cx_connect_timeout", cluster, "counter", 0},
 		{"cluster.backend.upstream_cx_destroy", "envoy_cluster_upstream_cx_destroy", cluster, "counter", 0},
+		{"cluster.backend.upstream_cx_connect_ms", "envoy_cluster_upstream_cx_connect_ms", cluster, "histogram", 1},
+		{"cluster.backend.upstream_cx_length_ms", "envoy_cluster_upstream_cx_length_ms", cluster, "histogram", 0},
 		{"cluster.backend.membership_total", "envoy_cluster_membership_total", cluster, "gauge", 1},
 		{"cluster.backend.membership_healthy", "envoy_cluster_membership_healthy", cluster, "gauge", 1},
 		{"cluster.backend.circuit_breakers.default.cx_open", "envoy_cluster_circuit_breakers_default_cx_open", cluster, "gauge", 0},

@@ -62,11 +62,12 @@ type ClientConfig struct {
 	Logger *slog.Logger
 	// OnConnect, OnConnectFailure and OnConnClose, when set, observe the
 	// pool's connections (the cluster keeps upstream_cx_* stats with
-	// them): a connection established (TLS included), an attempt that
-	// failed, and an established connection closed. They must not block.
-	OnConnect        func()
+	// them): a connection established (TLS included) with the time the
+	// dial took, an attempt that failed, and an established connection
+	// closed with how long it was open. They must not block.
+	OnConnect        func(connectTime time.Duration)
 	OnConnectFailure func(err error)
-	OnConnClose      func()
+	OnConnClose      func(lifetime time.Duration)
 	// MaxRequestsPerConnection (max_requests_per_connection) closes a
 	// connection after this many requests: the last one goes out with
 	// "Connection: close" and the connection is not reused. Zero means no
@@ -139,38 +140,43 @@ func (e *connectError) Unwrap() error { return e.err }
 
 // dialPlain is the Transport's dialer for plaintext connections.
 func (c *Client) dialPlain(ctx context.Context, network, addr string) (net.Conn, error) {
-	return c.observe(c.dial(ctx, network, addr))
+	start := time.Now()
+	conn, err := c.dial(ctx, network, addr)
+	return c.observe(start, conn, err)
 }
 
-// observe reports a dial's outcome to the connection hooks and, on success,
-// wraps the connection so its close is reported once.
-func (c *Client) observe(conn net.Conn, err error) (net.Conn, error) {
+// observe reports the outcome of a dial begun at start to the connection
+// hooks and, on success, wraps the connection so its close is reported
+// once.
+func (c *Client) observe(start time.Time, conn net.Conn, err error) (net.Conn, error) {
 	if err != nil {
 		if c.cfg.OnConnectFailure != nil {
 			c.cfg.OnConnectFailure(err)
 		}
 		return nil, err
 	}
+	opened := time.Now()
 	if c.cfg.OnConnect != nil {
-		c.cfg.OnConnect()
+		c.cfg.OnConnect(opened.Sub(start))
 	}
 	if c.cfg.OnConnClose == nil && c.cfg.MaxRequestsPerConnection == 0 {
 		return conn, nil
 	}
-	return &observedConn{Conn: conn, onClose: c.cfg.OnConnClose}, nil
+	return &observedConn{Conn: conn, onClose: c.cfg.OnConnClose, opened: opened}, nil
 }
 
 // observedConn reports its first Close and counts the requests sent on it.
 type observedConn struct {
 	net.Conn
 	once     sync.Once
-	onClose  func() // nil: not reported
+	onClose  func(lifetime time.Duration) // nil: not reported
+	opened   time.Time                    // when the dial succeeded
 	requests atomic.Uint32
 }
 
 func (c *observedConn) Close() error {
 	if c.onClose != nil {
-		c.once.Do(c.onClose)
+		c.once.Do(func() { c.onClose(time.Since(c.opened)) })
 	}
 	return c.Conn.Close()
 }
@@ -217,7 +223,9 @@ func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 
 // dialTLS dials and completes the TLS handshake within ConnectTimeout.
 func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
-	return c.observe(c.dialTLSConn(ctx, network, addr))
+	start := time.Now()
+	conn, err := c.dialTLSConn(ctx, network, addr)
+	return c.observe(start, conn, err)
 }
 
 func (c *Client) dialTLSConn(ctx context.Context, network, addr string) (net.Conn, error) {
