@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"meshd.dev/meshd/proxy/config"
 	"meshd.dev/meshd/proxy/http/h3"
@@ -37,10 +38,12 @@ func (s *Sidecar) bindQUIC(lc *config.Listener) (*liveListener, error) {
 			hst.CxActive.Inc()
 			hst.CxHTTP3Total.Inc()
 			hst.CxHTTP3Active.Inc()
+			start := time.Now()
 			context.AfterFunc(ctx, func() {
 				hst.CxActive.Dec()
 				hst.CxHTTP3Active.Dec()
 				hst.CxDestroy.Inc()
+				hst.CxLengthMs.Record(float64(time.Since(start).Microseconds()) / 1000)
 			})
 		},
 		Logger: s.logger,

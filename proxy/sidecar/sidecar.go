@@ -507,10 +507,12 @@ func countConn(c stream.ServerConn, total *stats.Counter, active *stats.Gauge, s
 }
 
 func (c *countedConn) Serve() error {
+	start := time.Now()
 	defer func() {
 		c.active.Dec()
 		c.st.CxActive.Dec()
 		c.st.CxDestroy.Inc()
+		c.st.CxLengthMs.Record(float64(time.Since(start).Microseconds()) / 1000)
 	}()
 	return c.ServerConn.Serve()
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"meshd.dev/meshd/internal/testutil"
 )
@@ -124,6 +125,14 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 	client.CloseIdleConnections()
 	sc.WaitStat(t, "http."+prefix+".downstream_rq_total", ok+failed, statsSettle, "requests counted")
 	sc.WaitStat(t, "cluster.backend.upstream_rq_completed", ok+failed, statsSettle, "upstream responses counted")
+	// The client closed its connection: wait until the sidecar saw it
+	// close, so downstream_cx_length_ms has its value.
+	for deadline := time.Now().Add(statsSettle); sc.Stats(t)["http."+prefix+".downstream_cx_destroy"] < 1; {
+		if time.Now().After(deadline) {
+			t.Fatalf("http.%s.downstream_cx_destroy still 0 %v after the client closed its connection", prefix, statsSettle)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	cluster := map[string]string{"envoy_cluster_name": "backend"}
 	hcm := map[string]string{"envoy_http_conn_manager_prefix": prefix}
@@ -200,6 +209,7 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 		{"http." + prefix + ".downstream_cx_total", "envoy_http_downstream_cx_total", hcm, "counter", 1},
 		{"http." + prefix + ".downstream_cx_active", "envoy_http_downstream_cx_active", hcm, "gauge", 0},
 		{"http." + prefix + ".downstream_cx_destroy", "envoy_http_downstream_cx_destroy", hcm, "counter", 0},
+		{"http." + prefix + ".downstream_cx_length_ms", "envoy_http_downstream_cx_length_ms", hcm, "histogram", 1},
 		{"http." + prefix + ".downstream_cx_http1_total", "envoy_http_downstream_cx_http1_total", hcm, "counter", 1},
 		{"http." + prefix + ".no_route", "envoy_http_no_route", hcm, "counter", 0},
 		// Downstream HTTP/2 codec.

@@ -319,7 +319,10 @@ type Stats struct {
 	CxHTTP3Total         *stats.Counter
 	CxHTTP3Active        *stats.Gauge
 	CxDestroy            *stats.Counter
-	HTTP2                *h2.Stats
+	// CxLengthMs is downstream_cx_length_ms: how long each downstream
+	// connection was open, recorded when it closes.
+	CxLengthMs *stats.Histogram
+	HTTP2      *h2.Stats
 }
 
 // NewStats returns the stats for stat prefix p.
@@ -359,6 +362,7 @@ func NewStats(store *stats.Store, p string) *Stats {
 		CxHTTP3Total:         sc.Counter("downstream_cx_http3_total"),
 		CxHTTP3Active:        sc.Gauge("downstream_cx_http3_active"),
 		CxDestroy:            sc.Counter("downstream_cx_destroy"),
+		CxLengthMs:           sc.Histogram("downstream_cx_length_ms"),
 		HTTP2:                h2st,
 	}
 }
