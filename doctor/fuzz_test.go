@@ -1,11 +1,17 @@
 package doctor
 
 import (
+	"encoding/json"
+	"io"
+	"math"
 	"strconv"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"meshd.dev/meshd/examples"
+	"meshd.dev/meshd/xds/model"
 )
 
 // FuzzParseProtoDuration checks parseProtoDuration against protobuf's own
@@ -44,6 +50,44 @@ func FuzzParseAdmin(f *testing.F) {
 			if err != nil && err.Error() == "" {
 				t.Fatal("empty error")
 			}
+		}
+	})
+}
+
+// FuzzStaticBytes feeds arbitrary mesh files to `meshd doctor -f`'s
+// checks: no panic; a file that does not load gives only invalid-mesh
+// errors and one that loads gives none; every finding names its rule,
+// subject and evidence with finite values; and the report renders as
+// text and as JSON.
+func FuzzStaticBytes(f *testing.F) {
+	f.Add(examples.Mesh)
+	f.Add([]byte(meshFile("", healthy)))
+	f.Add([]byte(http3Service(meshFile("    http2: {keepalive: {interval: 1s, timeout: 5s}, maxConcurrentStreams: 1000}\n", "  connectionPool: {maxConnections: 1, maxPendingRequests: 0, idleTimeout: 100ms}\n  timeout: 0s\n"))))
+	f.Add([]byte("apiVersion: meshd.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {protocol: grpc, port: 0}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, loadErr := model.Parse(data, "fuzz.yaml")
+		r := StaticBytes(data, "fuzz.yaml")
+		for _, fd := range r.Findings {
+			if (fd.Rule == "invalid-mesh") != (loadErr != nil) {
+				t.Fatalf("finding %+v for a file whose load error is %v", fd, loadErr)
+			}
+			if fd.Rule == "" || fd.Subject == "" || fd.Evidence == "" {
+				t.Fatalf("finding without rule, subject or evidence: %+v", fd)
+			}
+			for k, v := range fd.Values {
+				if math.IsNaN(v) || math.IsInf(v, 0) {
+					t.Fatalf("finding %s: value %s = %v", fd.Rule, k, v)
+				}
+			}
+		}
+		if loadErr != nil && r.Worst() != Error {
+			t.Fatalf("a file that does not load (%v) gives worst severity %v", loadErr, r.Worst())
+		}
+		if _, err := json.Marshal(r); err != nil {
+			t.Fatalf("report does not marshal: %v", err)
+		}
+		if err := r.WriteText(io.Discard); err != nil {
+			t.Fatalf("report does not render: %v", err)
 		}
 	})
 }
