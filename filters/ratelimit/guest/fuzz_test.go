@@ -35,8 +35,8 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("limits %+v", l)
 		}
 		prevUntil, prevReset := int64(math.MaxInt64), int64(math.MaxInt64)
-		for _, tokens := range []float64{0, l.capacity / 2, l.capacity - 1, l.capacity} {
-			b := bucketState{tokens: max(tokens, 0), last: 1}
+		for _, tokens := range []float64{0, l.capacity / 2, max(l.capacity-1, l.capacity/2), l.capacity} { // ascending
+			b := bucketState{tokens: tokens, last: 1}
 			until, reset := l.untilFull(b), l.resetSeconds(b)
 			if until < 0 || reset < 0 || until > prevUntil || reset > prevReset {
 				t.Fatalf("limits %+v, %v tokens: untilFull %d (before %d), resetSeconds %d (before %d)", l, tokens, until, prevUntil, reset, prevReset)
