@@ -13,7 +13,6 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -423,7 +422,7 @@ func toHTTPHeader(f *header.Header, cl int64) (h http.Header, declared http.Head
 			continue
 		case "content-length":
 			if cl < 0 {
-				if n, err := strconv.ParseInt(fl.Value, 10, 64); err == nil && n >= 0 {
+				if n, ok := header.ParseContentLength(fl.Value); ok {
 					cl = n
 				}
 			}

@@ -861,8 +861,8 @@ func parseFields(h *header.Header, fields []hpack.HeaderField) (int64, string) {
 		case hf.Name == "te" && hf.Value != "trailers":
 			return 0, `te other than "trailers"`
 		case hf.Name == "content-length":
-			n, err := strconv.ParseInt(hf.Value, 10, 64)
-			if err != nil || n < 0 || (cl >= 0 && n != cl) {
+			n, ok := header.ParseContentLength(hf.Value)
+			if !ok || (cl >= 0 && n != cl) {
 				return 0, "invalid content-length"
 			}
 			cl = n

@@ -173,8 +173,8 @@ func decodeFields(block []byte, trailers bool) (decodedFields, error) {
 			return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("connection-specific field %q", f.Name)}
 		}
 		if f.Name == "content-length" && !trailers {
-			n, err := strconv.ParseInt(f.Value, 10, 64)
-			if err != nil || n < 0 || (out.contentLength >= 0 && n != out.contentLength) {
+			n, ok := header.ParseContentLength(f.Value)
+			if !ok || (out.contentLength >= 0 && n != out.contentLength) {
 				return out, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid content-length %q", f.Value)}
 			}
 			out.contentLength = n

@@ -57,6 +57,8 @@ func TestDecodeFields(t *testing.T) {
 		{"upper case", []string{":status", "200", "X-Foo", "1"}, false, `upper-case field name "X-Foo"`, 0, 0},
 		{"connection-specific", []string{":status", "200", "connection", "close"}, false, `connection-specific field "connection"`, 0, 0},
 		{"bad content-length", []string{":status", "200", "content-length", "-1"}, false, `invalid content-length "-1"`, 0, 0},
+		// RFC 9110 section 8.6: digits only; strconv.ParseInt took "+5".
+		{"signed content-length", []string{":status", "200", "content-length", "+5"}, false, `invalid content-length "+5"`, 0, 0},
 		{"conflicting content-length", []string{":status", "200", "content-length", "1", "content-length", "2"}, false, "invalid content-length", 0, 0},
 		// An HTTP/3 upstream's response fields were not checked for the
 		// characters RFC 9114 section 4.1.2 forbids: a CR LF or NUL in a

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -633,8 +632,8 @@ func decodeRequest(block []byte, limit int) (stream.Request, error) {
 		case header.IsConnectionSpecific(f.Name):
 			return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("connection-specific field %q", f.Name)}
 		case f.Name == "content-length":
-			n, err := strconv.ParseInt(f.Value, 10, 64)
-			if err != nil || n < 0 || (req.ContentLength >= 0 && n != req.ContentLength) {
+			n, ok := header.ParseContentLength(f.Value)
+			if !ok || (req.ContentLength >= 0 && n != req.ContentLength) {
 				return req, &h3Error{http3.ErrCodeMessageError, fmt.Sprintf("invalid content-length %q", f.Value)}
 			}
 			req.ContentLength = n

@@ -289,6 +289,7 @@ func TestServerRequestErrors(t *testing.T) {
 		{"connection-specific field", rawHeaders(t, append(getFields, "connection", "close")...), outcome{streamCode: http3.ErrCodeMessageError}},
 		{"te other than trailers", rawHeaders(t, append(getFields, "te", "gzip")...), outcome{streamCode: http3.ErrCodeMessageError}},
 		{"bad content-length", rawHeaders(t, append(getFields, "content-length", "-1")...), outcome{streamCode: http3.ErrCodeMessageError}},
+		{"signed content-length", rawHeaders(t, append(getFields, "content-length", "+5")...), outcome{streamCode: http3.ErrCodeMessageError}},
 		{"undecodable QPACK block", cat(appendFrameHeader(nil, frameHeaders, 3), []byte{0, 0, 0xff}), outcome{streamCode: http3.ErrCodeQPACKDecompressionFailed}},
 		{"stream ends before HEADERS", nil, outcome{streamCode: http3.ErrCodeRequestIncomplete}},
 		{"header section over the limit", rawHeaders(t, append(getFields, "x-big", strings.Repeat("v", 5000))...), outcome{status: 431}},

@@ -1,6 +1,7 @@
 package header
 
 import (
+	"math"
 	"slices"
 	"testing"
 )
@@ -80,5 +81,33 @@ func TestCloneGrow(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseContentLength(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"5", 5, true},
+		{"0005", 5, true},
+		{"9223372036854775807", math.MaxInt64, true},
+		{"9223372036854775808", 0, false},
+		{"99999999999999999999", 0, false},
+		{"", 0, false},
+		{"+5", 0, false},
+		{"-1", 0, false},
+		{" 5", 0, false},
+		{"5 ", 0, false},
+		{"5,5", 0, false},
+		{"0x10", 0, false},
+		{"1e3", 0, false},
+	} {
+		got, ok := ParseContentLength(tc.in)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("ParseContentLength(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
 	}
 }

@@ -1,6 +1,9 @@
 package header
 
-import "strings"
+import (
+	"math"
+	"strings"
+)
 
 // connectionSpecific lists the fields RFC 9113 section 8.2.2 forbids in
 // HTTP/2 (and RFC 9114 section 4.2 in HTTP/3): they describe one hop, not the
@@ -86,3 +89,28 @@ var tokenLower = func() (t [256]bool) {
 	}
 	return t
 }()
+
+// ParseContentLength parses a content-length value as RFC 9110 section
+// 8.6 defines it, one or more decimal digits, and reports false for
+// anything else: an empty value, a sign, spaces, a comma-separated list, or
+// a number above math.MaxInt64. strconv.ParseInt would take "+5" as 5,
+// and a proxy that accepts such a value forwards it to a next hop that may
+// read it differently.
+func ParseContentLength(v string) (int64, bool) {
+	if v == "" {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := int64(c - '0')
+		if n > (math.MaxInt64-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	return n, true
+}
