@@ -50,6 +50,46 @@ func startRefusingPool(t *testing.T, proto Protocol, maxConns int) (refusingPeer
 	return peer, newTestPool(t, peer.addr(), spec)
 }
 
+// openHeldStreams opens the streams setup on p in order, each held by
+// peer and received there before the next, then answers those in
+// release and waits until the pool saw them end (setup's third stream,
+// if any, is on connection 1). Each held stream's round trip error, once
+// released, arrives on errs; releaseAll answers every held stream (again:
+// releasing is idempotent).
+func openHeldStreams(ctx context.Context, t *testing.T, peer refusingPeer, p *h2Pool, setup, release []string) (releaseAll func(), errs <-chan error) {
+	t.Helper()
+	releases := map[string]func(){}
+	releaseAll = func() {
+		for _, release := range releases {
+			release()
+		}
+	}
+	setupErrs := make(chan error, len(setup))
+	for _, path := range setup {
+		releases[path] = peer.holdPath(path)
+		go func() { setupErrs <- roundTrip(ctx, p, path) }()
+		waitFor(t, testTimeout, path+" to reach the peer", func() bool {
+			select {
+			case err := <-setupErrs:
+				t.Fatalf("%s ended before the test released it: %v", path, err)
+			default:
+			}
+			return servedOn(peer, path) >= 0
+		})
+	}
+	for _, path := range release {
+		releases[path]()
+	}
+	if len(release) > 0 {
+		waitFor(t, testTimeout, "the pool to see the released streams end", func() bool {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return p.conns[0].active == len(setup)-len(release)-1 // "/c" is on connection 1
+		})
+	}
+	return releaseAll, setupErrs
+}
+
 // learned reports whether p learned from n refusals of its first
 // connection (the codec's report, or a retry's, arrived).
 func learned(p *h2Pool, n uint64) bool {
@@ -136,36 +176,8 @@ func TestPoolHoldsAfterRefusal(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 				defer cancel()
 
-				releases := map[string]func(){}
-				releaseAll := func() {
-					for _, release := range releases {
-						release()
-					}
-				}
+				releaseAll, setupErrs := openHeldStreams(ctx, t, peer, p, tc.setup, tc.release)
 				defer releaseAll()
-				setupErrs := make(chan error, len(tc.setup))
-				for _, path := range tc.setup {
-					releases[path] = peer.holdPath(path)
-					go func() { setupErrs <- roundTrip(ctx, p, path) }()
-					waitFor(t, testTimeout, path+" to reach the peer", func() bool {
-						select {
-						case err := <-setupErrs:
-							t.Fatalf("%s ended before the test released it: %v", path, err)
-						default:
-						}
-						return servedOn(peer, path) >= 0
-					})
-				}
-				for _, path := range tc.release {
-					releases[path]()
-				}
-				if len(tc.release) > 0 {
-					waitFor(t, testTimeout, "the pool to see the released streams end", func() bool {
-						p.mu.Lock()
-						defer p.mu.Unlock()
-						return p.conns[0].active == len(tc.setup)-len(tc.release)-1 // "/c" is on connection 1
-					})
-				}
 				peer.setRefuse(tc.refuse())
 
 				maxTries := 1

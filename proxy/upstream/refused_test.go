@@ -237,49 +237,13 @@ func TestPoolRetryAvoidsRefusingConnection(t *testing.T) {
 	}
 	for _, proto := range []Protocol{HTTP2, HTTP3} {
 		for _, tc := range tests {
-			t.Run(map[Protocol]string{HTTP2: "h2", HTTP3: "h3"}[proto]+"/"+tc.name, func(t *testing.T) {
+			t.Run(protoName[proto]+"/"+tc.name, func(t *testing.T) {
 				testutil.CheckGoroutines(t)
-				var peer refusingPeer
-				spec := testSpec(func(s *Spec) {
-					if tc.maxConns > 0 {
-						s.Thresholds.MaxConnections = tc.maxConns
-					}
-				})
-				if proto == HTTP3 {
-					hp := startH3Peer(t)
-					peer = hp
-					spec.Protocol, spec.TLS = HTTP3, hp.tls
-					spec.HTTP3.MaxConcurrentStreams = 2
-				} else {
-					peer = rawPeer{startRawServer(t, 100)}
-					spec.HTTP2.MaxConcurrentStreams = 2
-				}
-				p := newTestPool(t, peer.addr(), spec)
+				peer, p := startRefusingPool(t, proto, tc.maxConns)
 				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 				defer cancel()
-
-				releases := map[string]func(){}
-				defer func() {
-					for _, release := range releases {
-						release()
-					}
-				}()
-				setupErrs := make(chan error, len(tc.setup))
-				for _, path := range tc.setup {
-					releases[path] = peer.holdPath(path)
-					go func() { setupErrs <- roundTrip(ctx, p, path) }()
-					waitFor(t, testTimeout, path+" to reach the peer", func() bool { return servedOn(peer, path) >= 0 })
-				}
-				for _, path := range tc.release {
-					releases[path]()
-				}
-				if len(tc.release) > 0 {
-					waitFor(t, testTimeout, "the pool to see the released streams end", func() bool {
-						p.mu.Lock()
-						defer p.mu.Unlock()
-						return p.conns[0].active == len(tc.setup)-len(tc.release)-1 // "/c" is on connection 1
-					})
-				}
+				releaseAll, setupErrs := openHeldStreams(ctx, t, peer, p, tc.setup, tc.release)
+				defer releaseAll()
 				peer.setRefuse(tc.refuse())
 
 				type result struct {
@@ -297,9 +261,7 @@ func TestPoolRetryAvoidsRefusingConnection(t *testing.T) {
 						defer p.mu.Unlock()
 						return len(p.waiters) == 1
 					})
-					for _, release := range releases {
-						release()
-					}
+					releaseAll()
 				}
 				r := <-res
 				if r.err != nil {
@@ -326,9 +288,7 @@ func TestPoolRetryAvoidsRefusingConnection(t *testing.T) {
 						t.Errorf("new request served on connection %d, want %d", got, tc.wantConn)
 					}
 				}
-				for _, release := range releases {
-					release()
-				}
+				releaseAll()
 				waitFor(t, testTimeout, "the hold to end with a completed stream", func() bool {
 					p.mu.Lock()
 					defer p.mu.Unlock()
