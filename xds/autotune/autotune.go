@@ -399,7 +399,8 @@ func (t *Tuner) deriveLocked(svc *model.Service, now time.Time) bool {
 		for _, s := range st.rtts {
 			rtt = max(rtt, time.Duration(s.v))
 		}
-		want := max(configured, 4*st.refusedPing, 3*timeout+2*rtt)
+		rule := satAdd(satMul(3, timeout), satMul(2, rtt))
+		want := max(configured, satMul(4, st.refusedPing), rule)
 		bound := DefaultMaxKeepaliveInterval
 		if a.MaxKeepaliveInterval != nil {
 			bound = a.MaxKeepaliveInterval.D()
@@ -412,7 +413,7 @@ func (t *Tuner) deriveLocked(svc *model.Service, now time.Time) bool {
 			if st.refusedPing == 0 {
 				reason = fmt.Sprintf("interval %s = 3 × timeout %s + 2 × max RTT %s (rule of thumb)", want, timeout, rtt)
 			}
-			if want == bound && bound < max(4*st.refusedPing, 3*timeout+2*rtt) {
+			if want == bound && bound < max(satMul(4, st.refusedPing), rule) {
 				reason += fmt.Sprintf("; capped by autoTune.maxKeepaliveInterval %s", bound)
 			}
 			change("http2.keepalive.interval", have.String(), want.String(), reason, map[string]float64{
@@ -557,3 +558,22 @@ func ceilPow2(v float64) uint32 {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func on(b *bool) bool { return b != nil && *b }
+
+// satMul returns k×d for a non-negative d, the largest Duration where
+// that would overflow: reported figures saturate there (observe.Parse)
+// and must not wrap negative here.
+func satMul(k int64, d time.Duration) time.Duration {
+	if d > time.Duration(math.MaxInt64/k) {
+		return math.MaxInt64
+	}
+	return time.Duration(k) * d
+}
+
+// satAdd returns a+b for non-negative a and b, the largest Duration where
+// that would overflow.
+func satAdd(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}

@@ -2,6 +2,7 @@ package autotune
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,20 @@ func TestRules(t *testing.T) {
 			{after: time.Second, obs: observe.Endpoint{KeepaliveInterval: 4 * time.Second, TooManyPings: 1}, want: translate.Tuned{KeepaliveInterval: 3 * time.Second}},
 		},
 		published: 2,
+	}, {
+		// Reported durations saturate at the largest Duration
+		// (observe.Parse: the interval here), or come close to it (an RTT
+		// of 2^53-1 µs, the largest a report carries); 4 × and 2 × them
+		// must not wrap negative and leave the interval untuned.
+		name: "keepalive: saturated reports are capped by the bound, not wrapped",
+		policy: `  http2:
+    keepalive: {interval: 1s, timeout: 500ms}
+  autoTune: {keepalive: true, maxKeepaliveInterval: 3s}
+`,
+		steps: []step{
+			{obs: observe.Endpoint{KeepaliveInterval: math.MaxInt64, TooManyPings: 1, RTT: (1<<53 - 1) * time.Microsecond}, want: translate.Tuned{KeepaliveInterval: 3 * time.Second}},
+		},
+		published: 1,
 	}, {
 		name: "keepalive: no keepalive in the policy, nothing to tune",
 		policy: `  autoTune: {keepalive: true}
