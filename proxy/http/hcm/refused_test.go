@@ -40,54 +40,9 @@ func TestTransparentRetryAvoidsRefusingConnection(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.CheckGoroutines(t)
-			var (
-				mu       sync.Mutex
-				conns    []string // remote addresses in order of first request
-				holdConn = -1     // the connection /hold is in flight on
-				served   = -1     // the connection that answered /r
-			)
-			release := make(chan struct{})
-			var releaseOnce sync.Once
-			releaseHold := func() { releaseOnce.Do(func() { close(release) }) }
-			defer releaseHold()
-			connIndex := func(s stream.ServerStream) int {
-				addr := s.Conn().RemoteAddr.String()
-				for i, a := range conns {
-					if a == addr {
-						return i
-					}
-				}
-				conns = append(conns, addr)
-				return len(conns) - 1
-			}
-			up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
-				mu.Lock()
-				idx := connIndex(s)
-				path := s.Request().Path
-				switch {
-				case path == "/hold":
-					holdConn = idx
-					mu.Unlock()
-					select {
-					case <-release:
-					case <-time.After(hang):
-					}
-					mu.Lock()
-					holdConn = -1 // forgotten before the response goes out
-					mu.Unlock()
-					respond(s, 200, "held", header.Header{})
-					return
-				case idx == holdConn:
-					mu.Unlock()
-					s.Reset(stream.ErrCodeRefusedStream)
-					return
-				}
-				served = idx
-				mu.Unlock()
-				respond(s, 200, "ok", header.Header{})
-			})
+			u := startHoldingUpstream(t)
 			routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"10s"}}`
-			e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, tc.cluster))
+			e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{u.up.addr}, tc.cluster))
 
 			held := newFakeStream("GET", "/hold", header.Make(0), nil)
 			heldDone := make(chan struct{})
@@ -96,9 +51,7 @@ func TestTransparentRetryAvoidsRefusingConnection(t *testing.T) {
 				e.serve(t, held)
 			}()
 			if !waitUntil(t, "/hold to reach the upstream", func() bool {
-				mu.Lock()
-				defer mu.Unlock()
-				return holdConn >= 0
+				return u.holding()
 			}) {
 				t.FailNow()
 			}
@@ -109,7 +62,7 @@ func TestTransparentRetryAvoidsRefusingConnection(t *testing.T) {
 					waitUntil(t, "the retry to queue", func() bool {
 						return e.counter("cluster.backend.upstream_rq_pending_total") >= 2
 					})
-					releaseHold()
+					u.releaseHold()
 				}()
 			}
 			fs := newFakeStream("GET", "/r", header.Make(0), nil)
@@ -117,14 +70,12 @@ func TestTransparentRetryAvoidsRefusingConnection(t *testing.T) {
 			if r := fs.result(); r.status != 200 || r.body != "ok" {
 				t.Fatalf("/r: status %d body %q, want 200 \"ok\"", r.status, r.body)
 			}
-			releaseHold()
+			u.releaseHold()
 			<-heldDone
 			if r := held.result(); r.status != 200 {
 				t.Errorf("/hold: status %d, want 200", r.status)
 			}
-			mu.Lock()
-			gotConn, gotConns := served, len(conns)
-			mu.Unlock()
+			gotConn, gotConns := u.served()
 			if gotConn != tc.wantConn || gotConns != tc.wantConns {
 				t.Errorf("/r served on connection %d of %d, want %d of %d", gotConn, gotConns, tc.wantConn, tc.wantConns)
 			}
@@ -164,49 +115,9 @@ func waitUntil(t *testing.T, what string, cond func() bool) bool {
 // new connection instead of being refused there too and retried.
 func TestUnretriedRefusalHoldsConnection(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	var (
-		mu       sync.Mutex
-		conns    []string // remote addresses in order of first request
-		holdConn = -1     // the connection /hold is in flight on
-		served   = -1     // the connection that answered /next
-	)
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	releaseHold := func() { releaseOnce.Do(func() { close(release) }) }
-	defer releaseHold()
-	up := startH2Upstream(t, h2.ServerConfig{}, func(s stream.ServerStream) {
-		mu.Lock()
-		idx := slices.Index(conns, s.Conn().RemoteAddr.String())
-		if idx < 0 {
-			conns = append(conns, s.Conn().RemoteAddr.String())
-			idx = len(conns) - 1
-		}
-		path := s.Request().Path
-		switch {
-		case path == "/hold":
-			holdConn = idx
-			mu.Unlock()
-			select {
-			case <-release:
-			case <-time.After(hang):
-			}
-			mu.Lock()
-			holdConn = -1 // forgotten before the response goes out
-			mu.Unlock()
-			respond(s, 200, "held", header.Header{})
-			return
-		case idx == holdConn:
-			mu.Unlock()
-			_, _ = io.Copy(io.Discard, s)
-			s.Reset(stream.ErrCodeRefusedStream)
-			return
-		}
-		served = idx
-		mu.Unlock()
-		respond(s, 200, "ok", header.Header{})
-	})
+	u := startHoldingUpstream(t)
 	routes := `{"match":{"prefix":"/"},"route":{"cluster":"backend","timeout":"10s"},"request_body_buffer_limit":"1024"}`
-	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{up.addr}, ""))
+	e := newEnv(t, hcmJSON(routes, ""), clusterJSON([]string{u.up.addr}, ""))
 
 	held := newFakeStream("GET", "/hold", header.Make(0), nil)
 	heldDone := make(chan struct{})
@@ -215,9 +126,7 @@ func TestUnretriedRefusalHoldsConnection(t *testing.T) {
 		e.serve(t, held)
 	}()
 	if !waitUntil(t, "/hold to reach the upstream", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return holdConn >= 0
+		return u.holding()
 	}) {
 		t.FailNow()
 	}
@@ -232,14 +141,12 @@ func TestUnretriedRefusalHoldsConnection(t *testing.T) {
 	if r := next.result(); r.status != 200 || r.body != "ok" {
 		t.Fatalf("/next: status %d body %q, want 200 \"ok\"", r.status, r.body)
 	}
-	releaseHold()
+	u.releaseHold()
 	<-heldDone
 	if r := held.result(); r.status != 200 {
 		t.Errorf("/hold: status %d, want 200", r.status)
 	}
-	mu.Lock()
-	gotConn, gotConns := served, len(conns)
-	mu.Unlock()
+	gotConn, gotConns := u.served()
 	if gotConn != 1 || gotConns != 2 {
 		t.Errorf("/next served on connection %d of %d, want 1 of 2", gotConn, gotConns)
 	}
@@ -253,4 +160,78 @@ func TestUnretriedRefusalHoldsConnection(t *testing.T) {
 			t.Errorf("%s = %d, want %d", name, got, want)
 		}
 	}
+}
+
+// holdingUpstream is an HTTP/2 upstream that holds "/hold" until released
+// (or hang passes) and refuses with REFUSED_STREAM, its body read, every
+// other request arriving on the connection /hold is in flight on; other
+// connections answer 200. It forgets the held connection before /hold's
+// response goes out.
+type holdingUpstream struct {
+	up      *h2Upstream
+	release chan struct{}
+	once    sync.Once
+
+	mu         sync.Mutex
+	conns      []string // remote addresses in order of first request
+	holdConn   int      // the connection /hold is in flight on, -1 if none
+	servedConn int      // the connection that answered the last request served, -1 if none
+}
+
+// startHoldingUpstream starts a holdingUpstream, released at the end of
+// the test.
+func startHoldingUpstream(t *testing.T) *holdingUpstream {
+	u := &holdingUpstream{release: make(chan struct{}), holdConn: -1, servedConn: -1}
+	t.Cleanup(u.releaseHold)
+	u.up = startH2Upstream(t, h2.ServerConfig{}, u.serve)
+	return u
+}
+
+func (u *holdingUpstream) serve(s stream.ServerStream) {
+	u.mu.Lock()
+	idx := slices.Index(u.conns, s.Conn().RemoteAddr.String())
+	if idx < 0 {
+		u.conns = append(u.conns, s.Conn().RemoteAddr.String())
+		idx = len(u.conns) - 1
+	}
+	switch {
+	case s.Request().Path == "/hold":
+		u.holdConn = idx
+		u.mu.Unlock()
+		select {
+		case <-u.release:
+		case <-time.After(hang):
+		}
+		u.mu.Lock()
+		u.holdConn = -1
+		u.mu.Unlock()
+		respond(s, 200, "held", header.Header{})
+		return
+	case idx == u.holdConn:
+		u.mu.Unlock()
+		_, _ = io.Copy(io.Discard, s)
+		s.Reset(stream.ErrCodeRefusedStream)
+		return
+	}
+	u.servedConn = idx
+	u.mu.Unlock()
+	respond(s, 200, "ok", header.Header{})
+}
+
+// releaseHold answers /hold; it may be called more than once.
+func (u *holdingUpstream) releaseHold() { u.once.Do(func() { close(u.release) }) }
+
+// holding reports whether /hold is in flight.
+func (u *holdingUpstream) holding() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.holdConn >= 0
+}
+
+// served returns the connection that answered the last request served
+// (-1 if none) and how many connections the upstream has seen.
+func (u *holdingUpstream) served() (conn, conns int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.servedConn, len(u.conns)
 }
