@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -500,11 +501,21 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 	}
 	run := func(t *testing.T, restartSecret string) result {
 		m := startQUICSidecar(t, be, testutil.H3BootstrapParams{StatelessResetSecretFile: secretA, IdleTimeout: idle})
-		conn, cc := dialH3(t, m.addr, m.tlsConfig(t), &quic.Config{MaxIdleTimeout: idle}, nil)
+		var qc *quietConn
+		conn, cc := dialH3(t, m.addr, m.tlsConfig(t), &quic.Config{MaxIdleTimeout: idle}, func(pc net.PacketConn) net.PacketConn {
+			qc = &quietConn{PacketConn: pc}
+			return qc
+		})
 		if err := get(cc, m.addr, "/", 10*time.Second); err != nil {
 			t.Fatalf("request before the restart: %v", err)
 		}
 		lastActivity := time.Now()
+		// The client still owes the old sidecar a delayed ACK or two (of
+		// the response, of MAX_STREAMS). Sent to a sidecar restarted
+		// within those few milliseconds, one would draw the reset before
+		// the request this test times; so restart only once the client
+		// has gone quiet.
+		qc.waitQuiet(t, 300*time.Millisecond, 10*time.Second)
 		if err := m.sc.Signal(os.Kill); err != nil {
 			t.Fatal(err)
 		}
@@ -560,6 +571,45 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 	}
 	if other.afterAct < idle*9/10 {
 		t.Errorf("different key: closed %v after the last packet, before the idle timeout %v", other.afterAct, idle)
+	}
+}
+
+// quietConn is a client socket that records when it last sent a
+// datagram, so a test can wait until its connection has nothing left in
+// flight.
+type quietConn struct {
+	net.PacketConn
+	last atomic.Int64 // time.Now().UnixNano() of the last WriteTo
+}
+
+// SetReadBuffer and SetWriteBuffer reach the UDP socket, as quic-go asks.
+func (c *quietConn) SetReadBuffer(n int) error {
+	return c.PacketConn.(*net.UDPConn).SetReadBuffer(n)
+}
+
+func (c *quietConn) SetWriteBuffer(n int) error {
+	return c.PacketConn.(*net.UDPConn).SetWriteBuffer(n)
+}
+
+func (c *quietConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	c.last.Store(time.Now().UnixNano())
+	return c.PacketConn.WriteTo(p, addr)
+}
+
+// waitQuiet returns once the socket has sent nothing for quiet, and
+// fails t if that takes longer than limit.
+func (c *quietConn) waitQuiet(t *testing.T, quiet, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		since := time.Since(time.Unix(0, c.last.Load()))
+		if since >= quiet {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client kept sending for %v (last datagram %v ago)", limit, since)
+		}
+		time.Sleep(quiet - since)
 	}
 }
 
