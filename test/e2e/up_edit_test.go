@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -71,31 +69,7 @@ func TestUpReportsMeshEdits(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), upStartTimeout+2*upEditWait+upExitTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "up", "-f", meshPath, "--quiet")
-	cmd.Dir = dir
-	cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
-	testutil.WatchRaces(t, cmd)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	lines := make(chan string, 256)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
+	cmd, lines := startUp(ctx, t, bin, dir, "-f", meshPath, "--quiet")
 	// waitLine returns the first line printed from now on for which
 	// match holds.
 	waitLine := func(what string, within time.Duration, match func(string) bool) string {

@@ -58,33 +58,7 @@ func TestUp(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), upStartTimeout+upExitTimeout+30*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, bin, append([]string{"up"}, tc.args...)...)
-			cmd.Dir = t.TempDir()
-			cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
-			// Its sidecars inherit GORACE and report to the same log.
-			testutil.WatchRaces(t, cmd)
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if cmd.ProcessState == nil {
-					_ = cmd.Process.Kill()
-					_ = cmd.Wait()
-				}
-			})
-
-			lines := make(chan string, 256)
-			go func() {
-				defer close(lines)
-				sc := bufio.NewScanner(out)
-				for sc.Scan() {
-					lines <- sc.Text()
-				}
-			}()
+			cmd, lines := startUp(ctx, t, bin, t.TempDir(), tc.args...)
 
 			// The start-up block: note the log directory; it ends with
 			// "Ctrl-C stops everything." once every sidecar is ready.
@@ -194,6 +168,42 @@ func TestUp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startUp starts `meshd up args...` in dir, bounded by ctx. Its stderr
+// goes to the test log, and its sidecars inherit GORACE and report to the
+// same race log. Its stdout arrives line by line on the returned channel,
+// which is closed when the process closes stdout. If the test has not
+// waited for the process by the end, a cleanup kills it.
+func startUp(ctx context.Context, t *testing.T, bin, dir string, args ...string) (*exec.Cmd, <-chan string) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"up"}, args...)...)
+	cmd.Dir = dir
+	cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
+	cmd.WaitDelay = time.Second
+	testutil.WatchRaces(t, cmd)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	lines := make(chan string, 256)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	return cmd, lines
 }
 
 // waitStat polls node's admin at addr until a counter named
@@ -315,32 +325,7 @@ func TestUpWasmRateLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), upStartTimeout+upExitTimeout+30*time.Second)
 	defer cancel()
 	// No --duration: it would count the start-up (the module's compile).
-	cmd := exec.CommandContext(ctx, bin, "up", "-f", meshPath, "--samples", "--quiet", "--ratelimit-wasm", module)
-	cmd.Dir = dir
-	cmd.Stderr = &prefixWriter{t: t, prefix: "meshd up stderr: "}
-	cmd.WaitDelay = time.Second
-	testutil.WatchRaces(t, cmd)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	lines := make(chan string, 256)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
+	cmd, lines := startUp(ctx, t, bin, dir, "-f", meshPath, "--samples", "--quiet", "--ratelimit-wasm", module)
 	var summary string
 	ready := time.After(upStartTimeout)
 	var stop <-chan time.Time
