@@ -414,11 +414,17 @@ func TestChaosUpstreamRestart(t *testing.T) {
 	begin := time.Now()
 	const inbound = "cluster.inbound|"
 	before := srv.Stats(t)
-	var restarts []time.Duration
+	var restarts, startups []time.Duration
 	for _, at := range []time.Duration{5 * time.Second, 12 * time.Second} {
 		time.Sleep(time.Until(begin.Add(at)))
 		old := m.apps[0]
+		launched := time.Now()
 		replacement := startApp(t, old.addr)
+		// Stop the old app only once the replacement retries the bind:
+		// the gap must be the port's release, not the start-up of a
+		// process on a loaded machine.
+		replacement.waitWaiting(t)
+		startups = append(startups, time.Since(launched).Round(time.Millisecond))
 		start := time.Now()
 		old.stop(t)
 		replacement.waitReady(t)
@@ -440,8 +446,8 @@ func TestChaosUpstreamRestart(t *testing.T) {
 		t.Errorf("server sidecar counted %d GOAWAYs from its app across 2 graceful restarts (upstream_cx_close_notify), want at least 2", goaways)
 	}
 	cst := m.client.Stats(t)
-	t.Logf("FIGURES upstream restart: %d callers, %d calls, %d failed; 2 restarts (SIGTERM to replacement serving: %v); server sidecar: %d GOAWAYs received, %d new upstream connections, %d refused connects, %d retried by the client sidecar (upstream_rq_retry), %d transparently",
-		chaosCallers, ok+fail, fail, restarts, goaways, conns,
+	t.Logf("FIGURES upstream restart: %d callers, %d calls, %d failed; 2 restarts (replacement started and retrying its bind: %v; SIGTERM to replacement serving: %v); server sidecar: %d GOAWAYs received, %d new upstream connections, %d refused connects, %d retried by the client sidecar (upstream_rq_retry), %d transparently",
+		chaosCallers, ok+fail, fail, startups, restarts, goaways, conns,
 		statWith(after, inbound, ".upstream_cx_connect_fail")-statWith(before, inbound, ".upstream_cx_connect_fail"), cst[chaosGreeterCluster+".upstream_rq_retry"], statWith(after, inbound, "retry_transparent"))
 }
 

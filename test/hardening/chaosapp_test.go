@@ -32,15 +32,21 @@ const (
 	appGracefulTimeout = 5 * time.Second
 	// appReadyLine is what the process prints once it serves.
 	appReadyLine = "serving"
+	// appWaitingLine is what a replacement prints when it first finds its
+	// port taken, before it retries the bind.
+	appWaitingLine = "waiting for the port"
 )
 
 // runAppProcess serves grpc-go's interop TestService on addr with
 // plaintext HTTP/2. While another process still holds the port it retries
 // the bind every millisecond (for up to appBindTimeout), so a replacement
 // started before the old process stops takes over the port as soon as it
-// is free. On SIGTERM it stops gracefully (grpc-go's GracefulStop: close
-// the listener, GOAWAY, let in-flight RPCs finish) and exits 0; it exits 1
-// when stdin closes (the test is gone).
+// is free. It prints appWaitingLine on the first refused bind, so a test
+// can stop the old process only once the replacement is retrying: the
+// start-up of a process on a loaded machine can outlast the pool's
+// restart hold. On SIGTERM it stops gracefully (grpc-go's GracefulStop:
+// close the listener, GOAWAY, let in-flight RPCs finish) and exits 0; it
+// exits 1 when stdin closes (the test is gone).
 func runAppProcess(addr string) int {
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
@@ -50,7 +56,7 @@ func runAppProcess(addr string) int {
 	signal.Notify(term, syscall.SIGTERM)
 	deadline := time.Now().Add(appBindTimeout)
 	var lis net.Listener
-	for {
+	for waiting := false; ; {
 		var err error
 		if lis, err = net.Listen("tcp", addr); err == nil {
 			break
@@ -58,6 +64,10 @@ func runAppProcess(addr string) int {
 		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
 			fmt.Fprintf(os.Stderr, "app: listen %s: %v\n", addr, err)
 			return 1
+		}
+		if !waiting {
+			waiting = true
+			fmt.Println(appWaitingLine)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -93,7 +103,9 @@ type appProcess struct {
 	stdin  io.Closer
 	stderr strings.Builder
 	ready  chan struct{} // closed once it printed appReadyLine
-	done   chan struct{} // closed once cmd.Wait returned
+	// waiting is closed once it printed appWaitingLine.
+	waiting chan struct{}
+	done    chan struct{} // closed once cmd.Wait returned
 }
 
 // startApp starts an app process on addr and returns without waiting for
@@ -101,7 +113,7 @@ type appProcess struct {
 // process is killed at cleanup if it still runs.
 func startApp(t *testing.T, addr string) *appProcess {
 	t.Helper()
-	a := &appProcess{addr: addr, ready: make(chan struct{}), done: make(chan struct{})}
+	a := &appProcess{addr: addr, ready: make(chan struct{}), waiting: make(chan struct{}), done: make(chan struct{})}
 	a.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	a.cmd.Env = append(os.Environ(), appModeEnv+"="+addr)
 	a.cmd.Stderr = &a.stderr
@@ -121,8 +133,11 @@ func startApp(t *testing.T, addr string) *appProcess {
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if sc.Text() == appReadyLine {
+			switch sc.Text() {
+			case appReadyLine:
 				close(a.ready)
+			case appWaitingLine:
+				close(a.waiting)
 			}
 		}
 		_ = a.cmd.Wait()
@@ -149,6 +164,26 @@ func (a *appProcess) waitReady(t *testing.T) {
 		t.Fatalf("app process on %s exited before serving: %s", a.addr, &a.stderr)
 	case <-time.After(appBindTimeout + 5*time.Second):
 		t.Fatalf("app process on %s not serving within %v", a.addr, appBindTimeout+5*time.Second)
+	}
+}
+
+// waitWaiting waits until a replacement process retries the bind of a
+// port another process still holds, so it takes the port within a
+// millisecond of its release.
+func (a *appProcess) waitWaiting(t *testing.T) {
+	t.Helper()
+	select {
+	case <-a.waiting:
+	case <-a.ready:
+		select {
+		case <-a.waiting: // it waited, then the port came free
+		default:
+			t.Fatalf("replacement app process on %s served at once: the port was free", a.addr)
+		}
+	case <-a.done:
+		t.Fatalf("app process on %s exited before binding: %s", a.addr, &a.stderr)
+	case <-time.After(appBindTimeout):
+		t.Fatalf("replacement app process on %s not retrying its bind within %v", a.addr, appBindTimeout)
 	}
 }
 
