@@ -722,12 +722,17 @@ func TestQUICLimits(t *testing.T) {
 				t.Error("a request on the closed connection succeeded")
 			}
 		}
-		active := m.sc.Stats(t)["http.h3.downstream_rq_active"]
-		for i := 0; i < 50 && active != 0; i++ {
+		// The sidecar counts the destroy (an AfterFunc of the
+		// connection's context) and ends the requests (each handler
+		// seeing its stream reset) on goroutines of their own, in no set
+		// order: wait for both.
+		st := m.sc.Stats(t)
+		active, destroyed := st["http.h3.downstream_rq_active"], st["http.h3.downstream_cx_destroy"]-destroyed0
+		for i := 0; i < 50 && (active != 0 || destroyed != 1); i++ {
 			time.Sleep(100 * time.Millisecond)
-			active = m.sc.Stats(t)["http.h3.downstream_rq_active"]
+			st = m.sc.Stats(t)
+			active, destroyed = st["http.h3.downstream_rq_active"], st["http.h3.downstream_cx_destroy"]-destroyed0
 		}
-		destroyed := m.sc.Stats(t)["http.h3.downstream_cx_destroy"] - destroyed0
 		t.Logf("FIGURES stream limit: %d requests open, quic-go's OpenStream: stream limit reached; STREAM frame for stream %d -> %v; downstream_cx_destroy +%d, downstream_rq_active %d", maxStreams, 4*maxStreams, cause, destroyed, active)
 		if active != 0 || destroyed != 1 {
 			t.Errorf("after the close: downstream_rq_active %d (want 0), downstream_cx_destroy +%d (want 1)", active, destroyed)
