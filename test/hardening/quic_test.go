@@ -21,6 +21,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/qlog"
+	"github.com/quic-go/quic-go/qlogwriter"
 
 	"meshd.dev/meshd/internal/testutil"
 )
@@ -501,9 +503,9 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 	}
 	run := func(t *testing.T, restartSecret string) result {
 		m := startQUICSidecar(t, be, testutil.H3BootstrapParams{StatelessResetSecretFile: secretA, IdleTimeout: idle})
-		var qc *quietConn
-		conn, cc := dialH3(t, m.addr, m.tlsConfig(t), &quic.Config{MaxIdleTimeout: idle}, func(pc net.PacketConn) net.PacketConn {
-			qc = &quietConn{PacketConn: pc}
+		qc := &quietConn{}
+		conn, cc := dialH3(t, m.addr, m.tlsConfig(t), &quic.Config{MaxIdleTimeout: idle, Tracer: qc.tracer}, func(pc net.PacketConn) net.PacketConn {
+			qc.PacketConn = pc
 			return qc
 		})
 		if err := get(cc, m.addr, "/", 10*time.Second); err != nil {
@@ -511,10 +513,11 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 		}
 		lastActivity := time.Now()
 		// The client still owes the old sidecar a delayed ACK or two (of
-		// the response, of MAX_STREAMS). Sent to a sidecar restarted
-		// within those few milliseconds, one would draw the reset before
-		// the request this test times; so restart only once the client
-		// has gone quiet.
+		// the response, of MAX_STREAMS), and may have sent frames the
+		// sidecar has not acknowledged yet, which it would probe for
+		// after a PTO. Sent to a sidecar restarted within those few
+		// milliseconds, one would draw the reset before the request this
+		// test times; so restart only once the client has gone quiet.
 		qc.waitQuiet(t, 300*time.Millisecond, 10*time.Second)
 		if err := m.sc.Signal(os.Kill); err != nil {
 			t.Fatal(err)
@@ -574,12 +577,15 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 	}
 }
 
-// quietConn is a client socket that records when it last sent a
-// datagram, so a test can wait until its connection has nothing left in
-// flight.
+// quietConn is a client socket that records when it last sent and
+// received a datagram, and whether its connection's loss detection timer
+// is armed (flight, the connection's qlog trace), so a test can wait
+// until the connection has nothing left to send.
 type quietConn struct {
 	net.PacketConn
-	last atomic.Int64 // time.Now().UnixNano() of the last WriteTo
+	lastWrite atomic.Int64 // time.Now().UnixNano() of the last WriteTo
+	lastRead  atomic.Int64 // time.Now().UnixNano() of the last ReadFrom
+	flight    flightTrace
 }
 
 // SetReadBuffer and SetWriteBuffer reach the UDP socket, as quic-go asks.
@@ -592,24 +598,62 @@ func (c *quietConn) SetWriteBuffer(n int) error {
 }
 
 func (c *quietConn) WriteTo(p []byte, addr net.Addr) (int, error) {
-	c.last.Store(time.Now().UnixNano())
+	c.lastWrite.Store(time.Now().UnixNano())
 	return c.PacketConn.WriteTo(p, addr)
 }
 
-// waitQuiet returns once the socket has sent nothing for quiet, and
-// fails t if that takes longer than limit.
+func (c *quietConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	n, addr, err := c.PacketConn.ReadFrom(p)
+	if err == nil {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, addr, err
+}
+
+// tracer is a quic.Config.Tracer that makes c.flight the connection's
+// trace.
+func (c *quietConn) tracer(context.Context, bool, quic.ConnectionID) qlogwriter.Trace {
+	return &c.flight
+}
+
+// flightTrace is a qlog trace (and its only recorder) that follows the
+// connection's loss detection timer. quic-go arms it (a "set"
+// timer_updated event) while ack-eliciting packets are unacknowledged,
+// for a PTO probe or a loss declaration, and reports its expiry and its
+// cancellation once nothing is left in flight, including when the
+// Handshake packet number space is dropped. (metrics_updated's
+// bytes_in_flight is not reported on that drop, so it can stay above 0
+// with nothing in flight.)
+type flightTrace struct{ armed atomic.Bool }
+
+func (f *flightTrace) AddProducer() qlogwriter.Recorder { return f }
+
+func (f *flightTrace) RecordEvent(e qlogwriter.Event) {
+	if u, ok := e.(qlog.TimerUpdated); ok {
+		f.armed.Store(u.Type == qlog.TimerEventTypeSet)
+	}
+}
+
+func (f *flightTrace) Close() error { return nil }
+
+// waitQuiet returns once the client has nothing left to send: no loss
+// detection timer armed (so no PTO probe to come) and no datagram sent or
+// received for quiet (so no ACK owed: one is sent within max_ack_delay of
+// the packet it acknowledges). It fails t if that takes longer than
+// limit.
 func (c *quietConn) waitQuiet(t *testing.T, quiet, limit time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
-		since := time.Since(time.Unix(0, c.last.Load()))
-		if since >= quiet {
+		last := time.Unix(0, max(c.lastWrite.Load(), c.lastRead.Load()))
+		since, armed := time.Since(last), c.flight.armed.Load()
+		if since >= quiet && !armed {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the client kept sending for %v (last datagram %v ago)", limit, since)
+			t.Fatalf("the client's connection did not go quiet within %v (last datagram %v ago, loss detection timer armed: %v)", limit, since, armed)
 		}
-		time.Sleep(quiet - since)
+		time.Sleep(max(quiet-since, 10*time.Millisecond))
 	}
 }
 
