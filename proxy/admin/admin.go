@@ -101,7 +101,7 @@ func New(b Backend, store *stats.Store, logger *slog.Logger) *Server {
 		"/ready":               {help: "print server state, return 200 if LIVE, otherwise return 503", handle: s.handleReady},
 		"/stats":               {help: "print server stats; ?filter=REGEX, ?usedonly, ?format=json|prometheus", handle: s.handleStats},
 		"/stats/prometheus":    {help: "print server stats in prometheus format; ?filter=REGEX, ?usedonly", handle: s.handlePrometheus},
-		"/config_dump":         {help: "dump current Envoy configs", handle: s.handleConfigDump},
+		"/config_dump":         {help: "dump current Envoy configs; ?resource=FIELD, ?mask=PATHS, ?name_regex=RE2, ?include_eds", handle: s.handleConfigDump},
 		"/clusters":            {help: "upstream cluster status; ?format=json", handle: s.handleClusters},
 		"/certs":               {help: "print certs on machine (TLS identities in use, JSON)", handle: s.handleCerts},
 		"/listeners":           {help: "print listener info; ?format=json", handle: s.handleListeners},
@@ -354,31 +354,46 @@ func (s *Server) handlePrometheus(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// configDumpSubsets are Envoy's /config_dump parameters that select part of
-// the dump. meshd always serves the whole dump, so it refuses them (400)
-// rather than answer a subset request with everything. include_eds is
-// accepted: the dump always carries the endpoints.
-var configDumpSubsets = []string{"resource", "mask", "name_regex"}
-
+// handleConfigDump serves Envoy's /config_dump with its ?resource=,
+// ?mask=, ?name_regex= and ?include_eds (see filterConfigDump), as protojson
+// with proto field names. A bad parameter is 400 and an unknown resource
+// 404, each with a text body naming the parameter.
 func (s *Server) handleConfigDump(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	for _, p := range configDumpSubsets {
-		if q.Has(p) {
-			s.writeError(w, http.StatusBadRequest, fmt.Sprintf("config_dump: ?%s= is not supported: meshd serves the whole dump (filter it with jq)\n", p))
-			return
-		}
+	q, err := parseConfigDumpQuery(r.URL.Query())
+	if err != nil {
+		s.writeError(w, http.StatusBadRequest, fmt.Sprintf("config_dump: %v\n", err))
+		return
 	}
 	dump, err := s.backend.ConfigDump()
-	if err == nil && !json.Valid(dump) {
-		err = errors.New("backend returned invalid JSON")
+	if err == nil {
+		dump, err = filterConfigDump(dump, q)
+	}
+	var body []byte
+	if err == nil {
+		body, err = marshalConfigDump(dump)
 	}
 	if err != nil {
-		s.logger.Error("config_dump failed", "error", err)
-		s.writeError(w, http.StatusInternalServerError, fmt.Sprintf("config_dump: %v\n", err))
+		code := http.StatusInternalServerError
+		if de := (*dumpError)(nil); errors.As(err, &de) {
+			code = de.Code
+		}
+		if code == http.StatusInternalServerError {
+			s.logger.Error("config_dump failed", "error", err)
+		}
+		s.writeError(w, code, fmt.Sprintf("config_dump: %v\n", err))
 		return
 	}
 	w.Header().Set("Content-Type", contentJSON)
-	s.write(w, string(dump))
+	s.write(w, string(body))
+}
+
+// marshalConfigDump is cd as protojson with proto field names; a dump
+// without configs reads {"configs":[]}, as Envoy's does.
+func marshalConfigDump(cd *adminv3.ConfigDump) ([]byte, error) {
+	if len(cd.GetConfigs()) == 0 {
+		return []byte(`{"configs":[]}`), nil
+	}
+	return protojson.MarshalOptions{UseProtoNames: true}.Marshal(cd)
 }
 
 // wantJSON reports whether ?format=json was asked for; any other format

@@ -1,6 +1,10 @@
 package admin
 
-import "net"
+import (
+	"net"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+)
 
 // Backend is what the admin server asks of the process it administers. The
 // sidecar runtime implements it. Every method may be called concurrently from
@@ -10,9 +14,14 @@ type Backend interface {
 	// Ready reports whether the process is LIVE in Envoy's sense: listeners
 	// are bound and the initial configuration is applied.
 	Ready() bool
-	// ConfigDump returns the current configuration as a JSON document
-	// (Envoy's /config_dump). An error is served as 500 with its text.
-	ConfigDump() ([]byte, error)
+	// ConfigDump returns the current configuration as Envoy's
+	// admin.v3.ConfigDump: one config per kind (bootstrap, listeners,
+	// clusters, routes, endpoints, secrets), each with its resources. The
+	// admin server filters it (?resource=, ?mask=, ?name_regex=,
+	// ?include_eds), redacts every field Envoy marks sensitive and renders
+	// it; it does not modify the message. An error is served as 500 with
+	// its text.
+	ConfigDump() (*adminv3.ConfigDump, error)
 	// Clusters returns a snapshot of every cluster and its hosts.
 	Clusters() []ClusterStatus
 	// Listeners returns every listener with its bound address.

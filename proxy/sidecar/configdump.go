@@ -10,7 +10,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -22,41 +21,48 @@ import (
 )
 
 // configDump renders snap as Envoy's admin.v3.ConfigDump: a
-// BootstrapConfigDump, then (for xDS snapshots) ListenersConfigDump with
-// static and dynamic_listeners, ClustersConfigDump with static and
-// dynamic_active_clusters, RoutesConfigDump with dynamic_route_configs and
-// EndpointsConfigDump with dynamic_endpoint_configs, each dynamic resource
-// with its version_info and last_updated; and with identities a
+// BootstrapConfigDump, a ListenersConfigDump with static_listeners and a
+// ClustersConfigDump with static_clusters (so ?resource=static_clusters
+// works with or without xDS, as in Envoy), and for xDS snapshots their
+// dynamic_listeners and dynamic_active_clusters, a RoutesConfigDump with
+// dynamic_route_configs and an EndpointsConfigDump with
+// dynamic_endpoint_configs (served only with ?include_eds), each dynamic
+// resource with its version_info and last_updated; and with identities a
 // SecretsConfigDump whose dynamic_active_secrets are the SDS secrets in use
 // (private keys shown as "[redacted]", as Envoy does).
 //
 // The built-in CA's bootstrap token in node.metadata["meshd.token"] is a
 // credential too: it reads "[redacted]" (see redactedNode).
-func configDump(snap *config.Snapshot, ids *identity.Manager) ([]byte, error) {
+func configDump(snap *config.Snapshot, ids *identity.Manager) (*adminv3.ConfigDump, error) {
 	boot := snap.Bootstrap
 	if n := redactedNode(boot.GetNode()); n != boot.GetNode() {
 		boot = proto.CloneOf(boot)
 		boot.Node = n
 	}
 	dumps := []proto.Message{&adminv3.BootstrapConfigDump{Bootstrap: boot}}
-	if d := snap.Dynamic; d != nil {
-		b := snap.Bootstrap
-		ls := &adminv3.ListenersConfigDump{VersionInfo: d.Versions[resourcev3.ListenerType]}
-		for _, l := range b.GetStaticResources().GetListeners() {
-			a, err := anypb.New(l)
-			if err != nil {
-				return nil, fmt.Errorf("config_dump: listener %q: %w", l.GetName(), err)
-			}
-			ls.StaticListeners = append(ls.StaticListeners, &adminv3.ListenersConfigDump_StaticListener{Listener: a})
+	b, d := snap.Bootstrap, snap.Dynamic
+	ls := &adminv3.ListenersConfigDump{}
+	cs := &adminv3.ClustersConfigDump{}
+	if d != nil {
+		ls.VersionInfo, cs.VersionInfo = d.Versions[resourcev3.ListenerType], d.Versions[resourcev3.ClusterType]
+	}
+	for _, l := range b.GetStaticResources().GetListeners() {
+		a, err := anypb.New(l)
+		if err != nil {
+			return nil, fmt.Errorf("config_dump: listener %q: %w", l.GetName(), err)
 		}
-		cs := &adminv3.ClustersConfigDump{VersionInfo: d.Versions[resourcev3.ClusterType]}
-		for _, c := range b.GetStaticResources().GetClusters() {
-			a, err := anypb.New(c)
-			if err != nil {
-				return nil, fmt.Errorf("config_dump: cluster %q: %w", c.GetName(), err)
-			}
-			cs.StaticClusters = append(cs.StaticClusters, &adminv3.ClustersConfigDump_StaticCluster{Cluster: a})
+		ls.StaticListeners = append(ls.StaticListeners, &adminv3.ListenersConfigDump_StaticListener{Listener: a})
+	}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		a, err := anypb.New(c)
+		if err != nil {
+			return nil, fmt.Errorf("config_dump: cluster %q: %w", c.GetName(), err)
 		}
+		cs.StaticClusters = append(cs.StaticClusters, &adminv3.ClustersConfigDump_StaticCluster{Cluster: a})
+	}
+	if d == nil {
+		dumps = append(dumps, ls, cs)
+	} else {
 		rs := &adminv3.RoutesConfigDump{}
 		es := &adminv3.EndpointsConfigDump{}
 		for _, r := range d.Listeners {
@@ -115,7 +121,7 @@ func configDump(snap *config.Snapshot, ids *identity.Manager) ([]byte, error) {
 		}
 		cd.Configs = append(cd.Configs, a)
 	}
-	return protojson.MarshalOptions{UseProtoNames: true}.Marshal(cd)
+	return cd, nil
 }
 
 // secretsDump renders the identity sources' current secrets.

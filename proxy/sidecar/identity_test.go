@@ -138,10 +138,7 @@ func TestReadyWaitsForIdentities(t *testing.T) {
 	if len(certs) != 1 || certs[0].CertChain[0].URIs[0].String() != "spiffe://example.org/ns/demo/sa/web" || len(certs[0].CACerts) != 1 {
 		t.Errorf("Certificates() = %+v", certs)
 	}
-	dump, err := s.ConfigDump()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dump := dumpJSON(t, s)
 	for _, want := range []string{"SecretsConfigDump", `"name":"default"`, `"name":"ROOTCA"`, "[redacted]"} {
 		if !strings.Contains(string(dump), want) {
 			t.Errorf("config dump lacks %s", want)

@@ -74,10 +74,7 @@ func TestAdminRedactsCAToken(t *testing.T) {
 			s := New(Options{})
 			s.snap.Swap(snap)
 
-			dump, err := s.ConfigDump()
-			if err != nil {
-				t.Fatal(err)
-			}
+			dump := []byte(dumpJSON(t, s))
 			node := s.Node()
 			nodeJSON, err := protojson.Marshal(node)
 			if err != nil {

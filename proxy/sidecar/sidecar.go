@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/proto"
@@ -588,12 +589,13 @@ func (s *Sidecar) Ready() bool { return s.ready.Load() }
 func (s *Sidecar) Draining() bool { return s.draining.Load() }
 
 // ConfigDump returns the current config in Envoy's /config_dump shape: the
-// bootstrap, and with xDS the listeners, clusters, route configurations and
-// endpoints with the version and time each was accepted.
-func (s *Sidecar) ConfigDump() ([]byte, error) {
+// bootstrap, its static listeners and clusters, and with xDS the dynamic
+// listeners, clusters, route configurations and endpoints with the version
+// and time each was accepted. Before the first config it has no configs.
+func (s *Sidecar) ConfigDump() (*adminv3.ConfigDump, error) {
 	snap := s.snap.Load()
 	if snap == nil {
-		return []byte(`{"configs":[]}`), nil
+		return &adminv3.ConfigDump{}, nil
 	}
 	return configDump(snap, s.opts.Identities)
 }
