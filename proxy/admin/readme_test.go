@@ -10,8 +10,9 @@ import (
 )
 
 // TestReadmeAdminPaths: every path the README's "Admin API" section lists
-// is served, and every path with help text (the index's) is listed there,
-// so the README and GET /help agree.
+// is served, and every path with help text (the index's) is listed there
+// with the query parameters its help names, so the README and GET /help
+// agree.
 func TestReadmeAdminPaths(t *testing.T) {
 	b, err := os.ReadFile("../../README.md")
 	if err != nil {
@@ -42,6 +43,14 @@ func TestReadmeAdminPaths(t *testing.T) {
 		}
 		if !listed[p] {
 			t.Errorf("the admin server serves %s (in /help), which README's Admin API section does not list", p)
+		}
+	}
+	// Every query parameter a path's help names is documented too.
+	for _, p := range s.paths {
+		for _, m := range regexp.MustCompile(`\?([a-z_]+)`).FindAllStringSubmatch(s.routes[p].help, -1) {
+			if !strings.Contains(section, "`?"+m[1]) {
+				t.Errorf("%s takes ?%s (in /help), which README's Admin API section does not document", p, m[1])
+			}
 		}
 	}
 	if len(listed) < 10 {

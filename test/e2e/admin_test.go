@@ -101,6 +101,25 @@ func TestAdmin(t *testing.T) {
 		}
 	})
 
+	// Envoy's filters on the real dump: one static cluster, trimmed to its
+	// name through the packed Cluster.
+	t.Run("config_dump filtered", func(t *testing.T) {
+		body := sc.Admin(t, http.MethodGet, "/config_dump?resource=static_clusters&mask=cluster.name&name_regex=back.*")
+		var dump struct {
+			Configs []map[string]any `json:"configs"`
+		}
+		if err := json.Unmarshal([]byte(body), &dump); err != nil {
+			t.Fatalf("/config_dump?resource= is not JSON: %v\n%s", err, body)
+		}
+		if len(dump.Configs) != 1 || dump.Configs[0]["@type"] != "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.StaticCluster" {
+			t.Fatalf("/config_dump?resource=static_clusters&name_regex=back.* = %s, want one StaticCluster", body)
+		}
+		cl, _ := dump.Configs[0]["cluster"].(map[string]any)
+		if len(cl) != 2 || cl["name"] != "backend" {
+			t.Errorf("mask=cluster.name left %v, want the @type and name \"backend\"", cl)
+		}
+	})
+
 	t.Run("clusters", func(t *testing.T) {
 		body := sc.Admin(t, http.MethodGet, "/clusters")
 		if want := "backend::" + backend.Addr + "::"; !strings.Contains(body, want) {

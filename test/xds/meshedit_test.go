@@ -94,7 +94,8 @@ func checkDumps(t *testing.T, sidecars map[string]*testutil.Sidecar, version str
 		if node == serverNode {
 			wants = append(wants, `"version_info":"`+version+`"`)
 		}
-		dump := sidecars[node].Admin(t, http.MethodGet, "/config_dump")
+		// include_eds: the endpoint weights are in the EDS resources.
+		dump := sidecars[node].Admin(t, http.MethodGet, "/config_dump?include_eds")
 		for _, want := range wants {
 			if !strings.Contains(dump, want) {
 				t.Errorf("%s: /config_dump lacks %s after the ACK", node, want)
