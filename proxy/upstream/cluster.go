@@ -59,9 +59,11 @@ type Stats struct {
 	// RqCompleted counts upstream responses forwarded whole
 	// (upstream_rq_completed); resets and timeouts are not completions.
 	RqCompleted *stats.Counter
-	// RqTime is upstream_rq_time: milliseconds from the start of the
-	// downstream request to the end of the upstream response, retries and
-	// back-offs included, recorded for completed responses only.
+	// RqTime is upstream_rq_time, as Envoy's router keeps it: milliseconds
+	// from the router having received the whole downstream request to the
+	// end of the upstream response, retries and back-offs included,
+	// recorded for completed responses only (and not when the response
+	// ended before the request).
 	RqTime            *stats.Histogram
 	NoHealthyUpstream *stats.Counter
 	// LBHealthyPanic counts hosts picked while the load balancer ignored

@@ -132,6 +132,13 @@ type exchange struct {
 	cancel context.CancelCauseFunc
 	wd     *watchdog
 	body   *replayBody // nil when the request has no body
+	// reqDoneAt is 1 + the offset from start at which the router had
+	// received the whole request (requestReceived), 0 before; the body's
+	// goroutine may store it.
+	reqDoneAt atomic.Int64
+	// upEndAt is the offset from start at which the upstream response
+	// ended (upstreamEnded); owned by the exchange's goroutine.
+	upEndAt time.Duration
 	// tried are the distinct hosts attempted so far, in triedBuf unless
 	// retries tried more than one.
 	tried    []*upstream.Host

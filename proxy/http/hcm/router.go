@@ -49,6 +49,7 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 	request := cfg.RequestTimeout
 	if ex.req.EndStream {
 		request = 0
+		ex.reqDoneAt.Store(int64(time.Since(ex.start)) + 1)
 	}
 	ex.wd = newWatchdog(ex.start, ex.timedOut, route.EffectiveTimeout(r, ex.req), request, maxStream, idle)
 	defer ex.wd.stop()
@@ -63,9 +64,9 @@ func (ex *exchange) proxy(r *route.Route, c *upstream.Cluster) {
 		// may grow or answer it, so a chain always goes through fill.
 		if chain := ex.reqChain(); chain == nil && ex.body.fillBuffered(ex.ds) {
 			ex.wd.touch()
-			ex.wd.requestComplete()
+			ex.requestReceived()
 		} else {
-			go ex.body.fill(ctx, ex.ds, chain, cancel, ex.wd.touch, ex.wd.requestComplete)
+			go ex.body.fill(ctx, ex.ds, chain, cancel, ex.wd.touch, ex.requestReceived)
 		}
 	}
 
@@ -322,6 +323,9 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 			held.Hold()
 		}
 	}
+	if resp.EndStream {
+		ex.upstreamEnded()
+	}
 	if err := ex.ds.WriteHeader(resp, resp.EndStream); err != nil || resp.EndStream {
 		if err == nil {
 			ex.upstreamComplete(cs)
@@ -361,12 +365,34 @@ func (ex *exchange) forward(ctx, actx context.Context, r *route.Route, c *upstre
 	}
 }
 
+// requestReceived marks the downstream request received whole by the
+// router (Envoy's onRequestComplete): it disarms request_timeout and
+// starts upstream_rq_time. It runs once per exchange, on the exchange's
+// goroutine or on the body's.
+func (ex *exchange) requestReceived() {
+	ex.reqDoneAt.Store(int64(time.Since(ex.start)) + 1)
+	ex.wd.requestComplete()
+}
+
+// upstreamEnded marks the end of the upstream response (its last frame
+// read, before it goes downstream): where Envoy's router stops
+// upstream_rq_time (onUpstreamComplete).
+func (ex *exchange) upstreamEnded() {
+	ex.upEndAt = time.Since(ex.start)
+}
+
 // upstreamComplete counts an upstream response forwarded whole, as
 // Envoy's router does when the upstream stream ends: upstream_rq_completed
-// and upstream_rq_time, measured from the start of the downstream request.
+// and upstream_rq_time. Like Envoy's, upstream_rq_time runs from the
+// downstream request received whole (requestReceived: the end of its
+// body, or its headers when it has none) to the end of the upstream
+// response (upstreamEnded), retries and back-offs included, and is not
+// recorded when the response ended before the request did.
 func (ex *exchange) upstreamComplete(cs *upstream.Stats) {
 	cs.RqCompleted.Inc()
-	cs.RqTime.Record(sinceMs(ex.start))
+	if done := ex.reqDoneAt.Load(); done > 0 && ex.upEndAt >= time.Duration(done-1) {
+		cs.RqTime.Record(float64((ex.upEndAt - time.Duration(done-1)).Microseconds()) / 1000)
+	}
 }
 
 // filterEnded finishes an exchange a request body hook ended: with the
@@ -435,6 +461,7 @@ func (ex *exchange) pumpResponse(us stream.ClientStream, held stream.Flusher) er
 			ex.wd.touch()
 		}
 		if err == io.EOF {
+			ex.upstreamEnded()
 			if t := us.Trailers(); t.Len() > 0 {
 				ex.traceTrailers(&t)
 				_ = ex.ds.WriteTrailers(t) // a failure means downstream is gone
@@ -679,6 +706,7 @@ func (ex *exchange) pumpFilteredResponse(us stream.ClientStream, c *bodyChain) e
 			}
 		}
 		if err == io.EOF {
+			ex.upstreamEnded()
 			if t := us.Trailers(); t.Len() > 0 {
 				ex.traceTrailers(&t)
 				rest, ferr := c.onTrailers(&t)
