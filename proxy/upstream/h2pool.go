@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"meshd.dev/meshd/proxy/http/h2"
+	"meshd.dev/meshd/proxy/http/h3"
 	"meshd.dev/meshd/proxy/http/stream"
 	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/xds/observe"
@@ -111,6 +112,10 @@ type h2Pool struct {
 	// connect dials the endpoint and sets pc.cc, wiring the connection's
 	// events to the pool: connectH2, or connectH3 for HTTP/3.
 	connect func(pc *pconn) error
+	// h3Dialed, set by tests only, runs in connectH3 after the QUIC and
+	// HTTP/3 handshakes succeeded and before the connection is counted,
+	// where a peer's close may already be on its way.
+	h3Dialed func(*h3.ClientConn)
 	// obs accumulates what Observe reports for the current interval.
 	obs poolObs
 }
@@ -141,8 +146,9 @@ type pconn struct {
 	closed     bool
 	localClose bool // the pool closed it (Close)
 	// opened is when the connection was established (Unix ns), for
-	// upstream_cx_length_ms; atomic because an HTTP/3 connection may close
-	// (onClose) before its dial returns.
+	// upstream_cx_length_ms; set before onClose can run (connectH3 holds
+	// an early close back), atomic because onClose runs on the codec's
+	// goroutine.
 	opened    atomic.Int64
 	idleTimer *time.Timer
 	ageTimer  *time.Timer

@@ -38,6 +38,14 @@ func newH3Stats(sc *stats.Scope) *H3Stats {
 
 // connectH3 dials the endpoint over QUIC and starts an HTTP/3 connection
 // for pc. connect_timeout bounds the QUIC handshake.
+//
+// The connection's close is accounted (onClose: upstream_cx_active down,
+// upstream_cx_destroy, upstream_cx_length_ms, the circuit breaker's
+// connection slot) only after the connection was counted as established:
+// h3.Dial watches for the close from before it returns, so a peer that
+// closes at once would otherwise take upstream_cx_active below its true
+// value (below zero for a pool's first connection) until the dial's
+// accounting caught up, and the connection's length would be lost.
 func (p *h2Pool) connectH3(pc *pconn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.spec.ConnectTimeout)
 	defer cancel()
@@ -46,6 +54,9 @@ func (p *h2Pool) connectH3(pc *pconn) error {
 		o.HandshakeTimeout = p.spec.ConnectTimeout
 	}
 	st := p.stats.H3
+	// counted is closed once the connection is counted; OnClose runs on
+	// h3's close goroutine, never on this one, so waiting there is safe.
+	counted := make(chan struct{})
 	start := time.Now()
 	cc, err := h3.Dial(ctx, p.addr, p.spec.TLS, &h3.ClientConfig{
 		QUIC:            o,
@@ -56,7 +67,10 @@ func (p *h2Pool) connectH3(pc *pconn) error {
 		OnGoAway:        func() { p.onGoAway(pc, stream.ErrCodeNo, "") },
 		OnStreamDone:    func() { p.streamDone(pc) },
 		OnStreamRefused: func() { p.refusalReported(pc) },
-		OnClose:         func(err error) { p.onClose(pc, err) },
+		OnClose: func(err error) {
+			<-counted
+			p.onClose(pc, err)
+		},
 	})
 	if err != nil {
 		p.stats.CxConnectFail.Inc()
@@ -65,9 +79,13 @@ func (p *h2Pool) connectH3(pc *pconn) error {
 		}
 		return err
 	}
+	if p.h3Dialed != nil {
+		p.h3Dialed(cc)
+	}
 	p.established(pc, start)
 	st.CxHTTP3Total.Inc()
 	pc.cc = cc
+	close(counted)
 	return nil
 }
 
