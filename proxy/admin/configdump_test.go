@@ -3,6 +3,8 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -55,7 +57,7 @@ func clusterJSON(name, key string) string {
 }
 
 // parse is js as a new T, or the test fails.
-func parse[T proto.Message](t *testing.T, js string, m T) T {
+func parse[T proto.Message](t testing.TB, js string, m T) T {
 	t.Helper()
 	if err := protojson.Unmarshal([]byte(js), m); err != nil {
 		t.Fatalf("%T: %v\n%s", m, err, js)
@@ -63,7 +65,7 @@ func parse[T proto.Message](t *testing.T, js string, m T) T {
 	return m
 }
 
-func pack(t *testing.T, m proto.Message) *anypb.Any {
+func pack(t testing.TB, m proto.Message) *anypb.Any {
 	t.Helper()
 	a, err := anypb.New(m)
 	if err != nil {
@@ -77,7 +79,7 @@ func pack(t *testing.T, m proto.Message) *anypb.Any {
 // holding inline keys; static and dynamic listeners, clusters, routes and
 // endpoints; and SDS secrets. Every private key in it is a real value
 // here, to prove the admin server redacts on every path.
-func testDump(t *testing.T) *adminv3.ConfigDump {
+func testDump(t testing.TB) *adminv3.ConfigDump {
 	t.Helper()
 	at := timestamppb.New(time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC))
 	boot := parse(t, `{"node":{"id":"greeter-client.demo","cluster":"greeter-client"},`+
@@ -323,4 +325,47 @@ func TestConfigDumpUnknownType(t *testing.T) {
 	if r.code != 500 || !strings.Contains(r.body, "config 0 (type.googleapis.com/meshd.test.Nope)") {
 		t.Errorf("/config_dump = %d %q", r.code, r.body)
 	}
+}
+
+// FuzzConfigDumpQuery: whatever the query, /config_dump answers 200 with a
+// JSON dump, 400 or 404 with a text reason, never panics, and never shows
+// a credential of the dump.
+func FuzzConfigDumpQuery(f *testing.F) {
+	for _, q := range []string{
+		"", "include_eds", "resource=dynamic_active_clusters", "resource=static_listeners&mask=listener.filter_chains",
+		"resource=dynamic_active_secrets&mask=secret.tls_certificate.private_key", "mask=bootstrap.static_resources",
+		"mask=static_clusters.cluster", "name_regex=greeter-.*", "name_regex=(", "resource=version_info",
+		"resource=dynamic_listeners&mask=active_state.listener,name&name_regex=out.*",
+		"resource=static_clusters&mask=cluster,cluster.name", "mask=.,..,bootstrap..node",
+	} {
+		f.Add(q)
+	}
+	b := newFakeBackend()
+	b.dump = testDump(f)
+	s := New(b, stats.NewStore(), nil)
+	f.Cleanup(func() { s.Close() })
+	f.Fuzz(func(t *testing.T, query string) {
+		r := httptest.NewRequest(http.MethodGet, "/config_dump", nil)
+		r.URL.RawQuery = query
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		body := w.Body.String()
+		switch w.Code {
+		case 200:
+			if !json.Valid([]byte(body)) {
+				t.Fatalf("200 with a body that is not JSON: %s", body)
+			}
+		case 400, 404:
+			if !strings.HasPrefix(body, "config_dump: ") {
+				t.Fatalf("%d without a reason: %q", w.Code, body)
+			}
+		default:
+			t.Fatalf("status %d for %q: %s", w.Code, query, body)
+		}
+		for _, secret := range testSecrets {
+			if strings.Contains(body, secret) {
+				t.Fatalf("%q shows %s: %s", query, secret, body)
+			}
+		}
+	})
 }
