@@ -41,6 +41,10 @@ type Problem struct {
 	Field string
 	// Reason says what is wrong and, where it helps, what is allowed.
 	Reason string
+	// Index is the document's 1-based position in the file (the N of
+	// Document), 0 for a problem with the file as a whole. A source that
+	// builds the file from objects (kube/source) maps it back to the object.
+	Index int
 }
 
 // String returns "FILE: document N (Kind ns/name): field.path: reason",
@@ -81,7 +85,7 @@ type problems struct {
 }
 
 func (ps *problems) add(o origin, field, format string, args ...any) {
-	ps.list = append(ps.list, Problem{Source: o.source, Document: o.label(), Field: field, Reason: fmt.Sprintf(format, args...)})
+	ps.list = append(ps.list, Problem{Source: o.source, Document: o.label(), Field: field, Reason: fmt.Sprintf(format, args...), Index: o.index})
 }
 
 func (ps *problems) err() error {

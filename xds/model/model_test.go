@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -209,6 +210,12 @@ func TestParseErrors(t *testing.T) {
 			for _, p := range me.Problems {
 				if p.Source != "f.yaml" || (p.Document == "" && len(tt.file) > 0) {
 					t.Errorf("problem %q does not name the file and document", p)
+				}
+				// Index is the N of "document N", so a caller can map a
+				// problem back to the document without parsing its label.
+				n := "document " + strconv.Itoa(p.Index)
+				if p.Document != "" && p.Document != n && !strings.HasPrefix(p.Document, n+" ") || p.Document == "" && p.Index != 0 {
+					t.Errorf("problem %q has Index %d", p, p.Index)
 				}
 			}
 		})
