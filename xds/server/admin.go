@@ -29,6 +29,30 @@ type Status struct {
 	// AutoTune lists the automatic changes closed-loop tuning made, oldest
 	// first (absent when the control plane runs without it).
 	AutoTune []TuningChange `json:"autotune,omitempty"`
+	// Rejected lists the objects whose contribution the source cut out of
+	// the mesh because they do not validate (the Kubernetes source: an
+	// ignored Pod or Service annotation, or a Pod left out), while the
+	// rest of the mesh is published; absent when there are none.
+	Rejected []RejectedObject `json:"rejected,omitempty"`
+}
+
+// RejectedObject is one object of the source that does not validate and
+// whose contribution the source left out, so that the rest of the mesh
+// keeps being configured.
+type RejectedObject struct {
+	// Kind, Namespace and Name name the object ("Pod", "demo", "client-1").
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Annotation is the annotation that was ignored; empty when the whole
+	// object was left out.
+	Annotation string `json:"annotation,omitempty"`
+	// Reason says what is wrong, naming the value or the field.
+	Reason string `json:"reason"`
+	// Effect says what the mesh does instead.
+	Effect string `json:"effect"`
+	// Since is when the source first saw this reason.
+	Since time.Time `json:"since"`
 }
 
 // TuningChange is one value the control plane changed on its own
@@ -53,6 +77,9 @@ func (s *Server) Status() Status {
 	st := Status{Streams: s.tracker.snapshot(), Sidecars: []string{}}
 	if s.tuning != nil {
 		st.AutoTune = s.tuning()
+	}
+	if s.rejected != nil {
+		st.Rejected = s.rejected()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -80,6 +80,10 @@ type Options struct {
 	// Tuning, when set, lists the automatic changes of closed-loop tuning
 	// (xds/autotune) for /status.
 	Tuning func() []TuningChange
+	// Rejected, when set, lists the source's objects that are left out of
+	// the published mesh, for /status (the Kubernetes source's
+	// Rejections).
+	Rejected func() []RejectedObject
 }
 
 // Server serves xDS from the last published mesh. All methods are safe for
@@ -89,6 +93,7 @@ type Server struct {
 	store    *stats.Store
 	services func(grpc.ServiceRegistrar) // immutable; nil: xDS only
 	tuning   func() []TuningChange       // immutable; nil: no autoTune
+	rejected func() []RejectedObject     // immutable; nil: none reported
 	metrics  metrics
 
 	hash    *nodeHash
@@ -149,6 +154,7 @@ func New(opts Options) *Server {
 		store:    store,
 		services: opts.Services,
 		tuning:   opts.Tuning,
+		rejected: opts.Rejected,
 		metrics: metrics{
 			pushes:         sc.Counter("xds_pushes"),
 			acks:           sc.Counter("xds_acks"),
