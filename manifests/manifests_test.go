@@ -221,13 +221,14 @@ func TestManifestsConsistent(t *testing.T) {
 	}
 
 	// Least privilege: exactly these grants, nothing that writes but
-	// TokenReview creation.
+	// TokenReview creation and the source's Events on rejected objects.
 	want := map[string][]string{
 		"/services": {"get", "list", "watch"}, "/pods": {"get", "list", "watch"}, "/serviceaccounts": {"get", "list", "watch"},
 		"discovery.k8s.io/endpointslices": {"get", "list", "watch"},
 		"meshd.dev/meshes":                {"get", "list", "watch"}, "meshd.dev/trafficpolicies": {"get", "list", "watch"},
 		"meshd.dev/authorizationpolicies": {"get", "list", "watch"}, "meshd.dev/ratelimitpolicies": {"get", "list", "watch"},
 		"authentication.k8s.io/tokenreviews": {"create"},
+		"/events":                            {"create", "patch"},
 	}
 	got := map[string][]string{}
 	for _, r := range role.Rules {

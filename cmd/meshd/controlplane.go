@@ -23,6 +23,7 @@ import (
 
 	"meshd.dev/meshd/ca"
 	"meshd.dev/meshd/internal/wasmbuild"
+	kubesource "meshd.dev/meshd/kube/source"
 	"meshd.dev/meshd/otel/metrics"
 	"meshd.dev/meshd/otel/tracing"
 	"meshd.dev/meshd/proxy/stats"
@@ -128,9 +129,17 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	// the xDS server: it learns from the sidecars' load reports (LRS on
 	// the xDS port) and re-publishes the mesh with what it learned.
 	var tuner *autotune.Tuner
+	// ks, the Kubernetes source, is set before the admin server starts.
+	var ks *kubesource.Source
 	opts := server.Options{Logger: logger, Stats: st,
 		Services: func(g grpc.ServiceRegistrar) { caSvc.Register(g); tuner.Register(g) },
-		Tuning:   func() []server.TuningChange { return tuner.Changes() }}
+		Tuning:   func() []server.TuningChange { return tuner.Changes() },
+		Rejected: func() []server.RejectedObject {
+			if ks == nil {
+				return nil
+			}
+			return ks.Rejections()
+		}}
 	if *otlpEndpoint != "" {
 		tp, err := tracing.NewSDKProvider(context.Background(), *otlpEndpoint, "meshd-control-plane")
 		if err != nil {
@@ -183,7 +192,7 @@ func runControlPlane(args []string, _, stderr io.Writer) int {
 	// ends: the mesh file's watcher, or the Kubernetes source.
 	var runSource func(context.Context) error
 	if kc != nil {
-		ks, err := kc.source(tuner, td, topts, logger)
+		ks, err = kc.source(tuner, td, topts, logger, st)
 		if err != nil {
 			_ = xdsLis.Close()
 			_ = adminLis.Close()

@@ -17,6 +17,7 @@ import (
 	"meshd.dev/meshd/ca"
 	kubesource "meshd.dev/meshd/kube/source"
 	"meshd.dev/meshd/kube/tokenreview"
+	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/xds/autotune"
 	"meshd.dev/meshd/xds/model"
 	"meshd.dev/meshd/xds/translate"
@@ -76,8 +77,10 @@ func (kc *kubeClients) authenticator(td spiffeid.TrustDomain) ca.Authenticator {
 // closed-loop tuner standing before the xDS server as it does for the mesh
 // file (so load reports re-tune the cluster's mesh too); a mesh whose Mesh
 // resource names another trust domain than the CA's is rejected.
-func (kc *kubeClients) source(tuner *autotune.Tuner, trustDomain string, topts translate.Options, logger *slog.Logger) (*kubesource.Source, error) {
+// Its rejected Pods and Services count in st and show on /status.
+func (kc *kubeClients) source(tuner *autotune.Tuner, trustDomain string, topts translate.Options, logger *slog.Logger, st *stats.Store) (*kubesource.Source, error) {
 	return kubesource.New(tuner, kubesource.Options{
+		Stats:     st,
 		Client:    kc.client,
 		Dynamic:   kc.dynamic,
 		Informers: kc.informers,

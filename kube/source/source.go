@@ -27,10 +27,22 @@
 //   - a Service's cluster IPs (not a headless Service's) are its
 //     spec.addresses, so captured connections to them reach it.
 //
-// A set of objects that does not validate is reported to the sink with the
-// problems (each naming the object's kind, namespace and name) and the last
-// good translation keeps being served. Every replica builds the same
-// documents from the same objects, so replicas publish the same version.
+// One bad object does not freeze the cluster's config. A Pod or Service
+// whose annotation does not validate (a typo in AnnotationOutbound, a
+// Service it names that does not exist, a local port the sidecar already
+// uses, a bad duration or count) has that annotation ignored, and a Pod
+// whose Workload does not validate for another reason (a name that is not
+// a DNS label) is left out; everything else is published. Each such
+// Rejection is logged as a warning and recorded as a Warning Event on the
+// object once per new reason (not per resync), counted in
+// control_plane.kube_rejections, and listed by Rejections (the control
+// plane's /status "rejected"). Problems of the whole mesh (a custom
+// resource that does not validate, a Mesh trust domain that is not the
+// CA's, a failed translation) are reported to the sink with the problems
+// (each naming the object's kind, namespace and name) and the last good
+// translation keeps being served. Every replica builds the same documents
+// from the same objects, so replicas publish the same version: the cut
+// depends on the objects only, never on what a replica saw before.
 package source
 
 import (
@@ -43,6 +55,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -55,12 +68,17 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 
 	"meshd.dev/meshd/kube/inject"
+	"meshd.dev/meshd/proxy/stats"
 	"meshd.dev/meshd/xds/model"
+	"meshd.dev/meshd/xds/server"
 	meshsource "meshd.dev/meshd/xds/source"
 	"meshd.dev/meshd/xds/translate"
 )
@@ -146,7 +164,29 @@ type Options struct {
 	// Translate holds the translation's inputs from outside the cluster
 	// (the rate-limit module of engine wasm), as for the mesh file.
 	Translate translate.Options
+	// Stats is the store of the source's counters (the control plane's);
+	// nil creates one. The counter "control_plane.kube_rejections" counts
+	// every Pod or Service annotation ignored and every Pod left out, once
+	// per new reason; the gauge "control_plane.kube_rejections_active" is
+	// how many are rejected now.
+	Stats *stats.Store
+	// EventComponent is the reporting component of the Warning Events the
+	// source records on rejected Pods and Services; DefaultEventComponent
+	// when empty.
+	EventComponent string
 }
+
+// DefaultEventComponent reports the source's Kubernetes Events.
+const DefaultEventComponent = "meshd-control-plane"
+
+// Reasons of the Warning Events recorded on a rejected object.
+const (
+	// EventReasonInvalidAnnotation: one of the object's meshd.dev
+	// annotations is ignored.
+	EventReasonInvalidAnnotation = "InvalidMeshAnnotation"
+	// EventReasonLeftOut: the Pod is left out of the mesh.
+	EventReasonLeftOut = "LeftOutOfMesh"
+)
 
 // Source watches the cluster and publishes its translation to a sink.
 type Source struct {
@@ -161,7 +201,16 @@ type Source struct {
 	slices    discoverylisters.EndpointSliceLister
 	crds      []cache.GenericLister
 	changed   chan struct{}
-	published string // last version published
+	published string               // last version published
+	events    record.EventRecorder // set by Run; nil: no Events
+
+	rejections      *stats.Counter
+	rejectionsAlive *stats.Gauge
+
+	mu sync.Mutex // guards rejected
+	// rejected is what the source reported of the last mesh it built, by
+	// Rejection.key; written by Run's goroutine, read by Rejections.
+	rejected map[string]server.RejectedObject
 }
 
 // New returns a source publishing to sink. It watches nothing until Run.
@@ -179,7 +228,16 @@ func New(sink meshsource.Sink, opts Options) (*Source, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{sink: sink, opts: opts, log: log, changed: make(chan struct{}, 1)}, nil
+	if opts.EventComponent == "" {
+		opts.EventComponent = DefaultEventComponent
+	}
+	st := opts.Stats
+	if st == nil {
+		st = stats.NewStore()
+	}
+	sc := st.Root().Scope("control_plane")
+	return &Source{sink: sink, opts: opts, log: log, changed: make(chan struct{}, 1),
+		rejections: sc.Counter("kube_rejections"), rejectionsAlive: sc.Gauge("kube_rejections_active")}, nil
 }
 
 // Run starts the informers, waits for their caches, publishes the
@@ -216,6 +274,12 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 		s.crds = append(s.crds, g.Lister())
 	}
+	// Rejected objects get a Warning Event, where `kubectl describe`
+	// shows it to their owner.
+	eb := record.NewBroadcaster(record.WithContext(ctx))
+	defer eb.Shutdown()
+	eb.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.opts.Client.CoreV1().Events("")})
+	s.events = eb.NewRecorder(scheme.Scheme, corev1.EventSource{Component: s.opts.EventComponent})
 	f.Start(ctx.Done())
 	df.Start(ctx.Done())
 	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
@@ -266,7 +330,10 @@ func (s *Source) drain() {
 // publish builds, translates and publishes the cluster's mesh; problems
 // go to the sink's RecordError and the last good config stays.
 func (s *Source) publish() {
-	m, err := s.Mesh()
+	m, rejected, err := s.Mesh()
+	if err == nil {
+		s.report(rejected)
+	}
 	if err == nil && s.opts.Adjust != nil {
 		err = s.opts.Adjust(m)
 	}
@@ -296,45 +363,290 @@ func (s *Source) publish() {
 	s.log.Info("cluster mesh published", "version", res.Version, "services", len(m.Services), "workloads", len(m.Workloads))
 }
 
-// Mesh builds and validates the mesh of the objects in the informers'
-// caches. Only Run's goroutine calls it once Run started.
-func (s *Source) Mesh() (*model.Mesh, error) {
-	var docs [][]byte
-	add := func(kind, ns, name string, spec any) error {
-		d, err := json.Marshal(map[string]any{
-			"apiVersion": model.APIVersion,
-			"kind":       kind,
-			"metadata":   map[string]string{"name": name, "namespace": ns},
-			"spec":       spec,
-		})
-		if err != nil {
-			return fmt.Errorf("%s %s/%s: %w", kind, ns, name, err)
+// report logs, counts and records an Event for every rejection that is
+// new or has a new reason, logs the ones that ended, and keeps the set
+// for Rejections. A resync that finds the same problems reports nothing.
+func (s *Source) report(rs []Rejection) {
+	s.mu.Lock()
+	prev := s.rejected
+	s.mu.Unlock()
+	now := time.Now()
+	next := make(map[string]server.RejectedObject, len(rs))
+	for _, r := range rs {
+		k := r.key()
+		if old, ok := prev[k]; ok && old.Reason == r.Reason {
+			next[k] = old
+			continue
 		}
-		docs = append(docs, d)
-		return nil
+		next[k] = server.RejectedObject{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name,
+			Annotation: r.Annotation, Reason: r.Reason, Effect: r.Effect, Since: now}
+		s.rejections.Inc()
+		obj := slog.String(strings.ToLower(r.Kind), r.Namespace+"/"+r.Name)
+		if r.Annotation == "" {
+			s.log.Warn("pod left out of the mesh", obj, "reason", r.Reason, "effect", r.Effect)
+		} else {
+			s.log.Warn("invalid mesh annotation ignored", obj, "annotation", r.Annotation, "reason", r.Reason, "effect", r.Effect)
+		}
+		if s.events != nil && r.obj != nil {
+			if r.Annotation == "" {
+				s.events.Eventf(r.obj, corev1.EventTypeWarning, EventReasonLeftOut, "%s; %s", r.Reason, r.Effect)
+			} else {
+				s.events.Eventf(r.obj, corev1.EventTypeWarning, EventReasonInvalidAnnotation, "annotation %s: %s; %s", r.Annotation, r.Reason, r.Effect)
+			}
+		}
 	}
+	for k, old := range prev {
+		if _, ok := next[k]; !ok {
+			s.log.Info("mesh rejection cleared (fixed or deleted)", strings.ToLower(old.Kind), old.Namespace+"/"+old.Name, "annotation", old.Annotation)
+		}
+	}
+	s.mu.Lock()
+	s.rejected = next
+	s.mu.Unlock()
+	s.rejectionsAlive.Set(int64(len(next)))
+}
+
+// Rejections returns the Pods and Services whose contribution the last
+// built mesh cut back, sorted by kind, namespace, name and annotation,
+// each with the time its reason was first seen. It is safe for concurrent
+// use (the control plane's /status calls it).
+func (s *Source) Rejections() []server.RejectedObject {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]server.RejectedObject, 0, len(s.rejected))
+	for _, r := range s.rejected {
+		out = append(out, r)
+	}
+	sortByKey(out, func(r server.RejectedObject) string {
+		return r.Kind + "/" + r.Namespace + "/" + r.Name + "/" + r.Annotation
+	})
+	return out
+}
+
+// Mesh builds and validates the mesh of the objects in the informers'
+// caches. A Pod or Service that does not validate has its contribution cut
+// back (see Rejection and docs/RATIONALE.md) and is returned among the
+// rejections, sorted by kind, namespace, name and annotation, while the
+// rest of the mesh builds; the error is a problem of the whole mesh (a
+// custom resource, or a listing that failed), and no mesh comes with it.
+// Only Run's goroutine calls it once Run started.
+func (s *Source) Mesh() (*model.Mesh, []Rejection, error) {
+	var base [][]byte // the custom resources' documents, first
 	for i, c := range crdKinds {
 		objs, err := s.crds[i].List(labels.Everything())
 		if err != nil {
-			return nil, fmt.Errorf("%s: listing %s: %w", SourceName, c.gvr.Resource, err)
+			return nil, nil, fmt.Errorf("%s: listing %s: %w", SourceName, c.gvr.Resource, err)
 		}
 		sortByKey(objs, func(o runtime.Object) string { return key(o.(*unstructured.Unstructured)) })
 		for _, o := range objs {
 			u := o.(*unstructured.Unstructured)
-			if err := add(c.kind, u.GetNamespace(), u.GetName(), u.Object["spec"]); err != nil {
-				return nil, err
+			d, err := document(c.kind, u.GetNamespace(), u.GetName(), u.Object["spec"])
+			if err != nil {
+				return nil, nil, err
+			}
+			base = append(base, d)
+		}
+	}
+	contribs, rejected, err := s.contributions()
+	if err != nil {
+		return nil, nil, err
+	}
+	// Parse, and cut back the objects its problems blame, until the mesh
+	// validates: every round drops at least one annotation or Pod, so
+	// there are at most as many rounds as annotations and Pods.
+	for {
+		docs := slices.Clip(base)
+		byIndex := make(map[int]*contribution, len(contribs))
+		for _, c := range contribs {
+			if c.excluded {
+				continue
+			}
+			d, err := document(c.docKind, c.ns, c.name, c.spec)
+			if err != nil {
+				return nil, nil, err
+			}
+			docs = append(docs, d)
+			byIndex[len(docs)] = c // Problem.Index counts from 1
+		}
+		m, err := model.Parse(joinDocuments(docs), SourceName)
+		if err == nil {
+			sortRejections(rejected)
+			return m, rejected, nil
+		}
+		var me *model.Error
+		if !errors.As(err, &me) {
+			return nil, nil, err
+		}
+		progress, meshWide := false, false
+		for _, p := range me.Problems {
+			c := byIndex[p.Index]
+			if c == nil {
+				meshWide = true
+				continue
+			}
+			reason := p.Reason
+			if p.Field != "" {
+				reason = p.Field + ": " + p.Reason
+			}
+			if a := c.annotationOf(p.Field); a != "" {
+				if c.has(a) {
+					c.drop(a)
+					rejected = append(rejected, c.rejection(a, reason))
+					progress = true
+				}
+				continue
+			}
+			if c.kind == kindPod && !c.excluded {
+				c.excluded = true
+				rejected = append(rejected, c.rejection("", reason))
+				progress = true
+				continue
+			}
+			if c.kind != kindPod {
+				meshWide = true
+			}
+		}
+		if meshWide || !progress {
+			return nil, nil, err
+		}
+	}
+}
+
+// Kinds of the objects whose contribution the source may cut back.
+const (
+	kindPod     = "Pod"
+	kindService = "Service"
+)
+
+// contribution is the mesh document of one Pod (a Workload) or one
+// Service, with the annotations it was built from, so that a problem the
+// model finds in the document can be traced back to its annotation.
+type contribution struct {
+	obj      runtime.Object // *corev1.Pod or *corev1.Service, for Events
+	kind     string         // kindPod or kindService
+	ns, name string
+	docKind  string // model.KindWorkload or model.KindService
+	spec     map[string]any
+	// fields maps each honoured annotation to the spec paths it set.
+	fields map[string][][]string
+	// excluded: the Pod is left out of the mesh.
+	excluded bool
+}
+
+// set stores v at path in the spec, on behalf of annotation.
+func (c *contribution) set(annotation string, v any, path ...string) {
+	m := c.spec
+	for _, k := range path[:len(path)-1] {
+		sub, ok := m[k].(map[string]any)
+		if !ok {
+			sub = map[string]any{}
+			m[k] = sub
+		}
+		m = sub
+	}
+	m[path[len(path)-1]] = v
+	if c.fields == nil {
+		c.fields = map[string][][]string{}
+	}
+	c.fields[annotation] = append(c.fields[annotation], path)
+}
+
+func (c *contribution) has(annotation string) bool { _, ok := c.fields[annotation]; return ok }
+
+// drop removes what annotation set from the spec, and parent objects it
+// leaves empty.
+func (c *contribution) drop(annotation string) {
+	for _, path := range c.fields[annotation] {
+		dropPath(c.spec, path)
+	}
+	delete(c.fields, annotation)
+}
+
+func dropPath(m map[string]any, path []string) {
+	if len(path) == 1 {
+		delete(m, path[0])
+		return
+	}
+	sub, ok := m[path[0]].(map[string]any)
+	if !ok {
+		return
+	}
+	dropPath(sub, path[1:])
+	if len(sub) == 0 {
+		delete(m, path[0])
+	}
+}
+
+// annotationOf returns the annotation that set the document field a
+// problem names ("spec.outbound[1].port"), "" when none did.
+func (c *contribution) annotationOf(field string) string {
+	for a, paths := range c.fields {
+		for _, path := range paths {
+			p := "spec." + strings.Join(path, ".")
+			if rest, ok := strings.CutPrefix(field, p); ok && (rest == "" || rest[0] == '.' || rest[0] == '[') {
+				return a
 			}
 		}
 	}
+	return ""
+}
 
+// rejection describes c's annotation (or, with "", c itself) as rejected
+// for reason.
+func (c *contribution) rejection(annotation, reason string) Rejection {
+	r := Rejection{Kind: c.kind, Namespace: c.ns, Name: c.name, Annotation: annotation, Reason: reason, obj: c.obj}
+	switch {
+	case annotation == "":
+		r.Effect = "the pod is left out of the mesh: its sidecar gets no configuration and meshed clients do not route to it"
+	case annotation == AnnotationOutbound:
+		r.Effect = "annotation ignored: the pod's sidecar gets no outbound listeners on local ports (inbound traffic and captured outbound traffic are unaffected)"
+	default:
+		r.Effect = "annotation ignored: the Service is configured as if it were absent"
+	}
+	return r
+}
+
+// Rejection is a Pod or Service whose contribution to the mesh the source
+// cut back because it does not validate: one of its annotations is
+// ignored (Annotation set) or, for a Pod whose problem is not in an
+// annotation, the Pod is left out. The rest of the cluster keeps being
+// configured.
+type Rejection struct {
+	// Kind is "Pod" or "Service".
+	Kind      string
+	Namespace string
+	Name      string
+	// Annotation is the ignored annotation; "" when the Pod is left out.
+	Annotation string
+	// Reason says what is wrong: the value, or the mesh field and problem.
+	Reason string
+	// Effect says what the mesh does instead.
+	Effect string
+
+	obj runtime.Object // the object, for its Event
+}
+
+// key identifies the rejected thing, whatever the reason.
+func (r Rejection) key() string {
+	return r.Kind + "/" + r.Namespace + "/" + r.Name + "/" + r.Annotation
+}
+
+// sortRejections sorts rs by kind, namespace, name and annotation. Each
+// key occurs once: an annotation is rejected once (then dropped), a Pod
+// left out once.
+func sortRejections(rs []Rejection) { sortByKey(rs, Rejection.key) }
+
+// contributions builds the Service and Pod documents, with the
+// rejections of annotations the source itself cannot parse.
+func (s *Source) contributions() ([]*contribution, []Rejection, error) {
 	svcs, err := s.services.List(labels.Everything())
 	if err != nil {
-		return nil, fmt.Errorf("%s: listing services: %w", SourceName, err)
+		return nil, nil, fmt.Errorf("%s: listing services: %w", SourceName, err)
 	}
 	sortByKey(svcs, func(s *corev1.Service) string { return s.Namespace + "/" + s.Name })
 	allSlices, err := s.slices.List(labels.Everything())
 	if err != nil {
-		return nil, fmt.Errorf("%s: listing endpointslices: %w", SourceName, err)
+		return nil, nil, fmt.Errorf("%s: listing endpointslices: %w", SourceName, err)
 	}
 	slicesOf := make(map[string][]*discoveryv1.EndpointSlice) // by service ns/name
 	for _, es := range allSlices {
@@ -342,8 +654,10 @@ func (s *Source) Mesh() (*model.Mesh, error) {
 			slicesOf[es.Namespace+"/"+name] = append(slicesOf[es.Namespace+"/"+name], es)
 		}
 	}
-	// meshed: Service ns/name -> its mesh port.
-	meshed := make(map[string]corev1.ServicePort)
+	var (
+		contribs []*contribution
+		rejected []Rejection
+	)
 	// servedBy: pod ns/name -> (service name, target port), first Service
 	// by name.
 	type served struct {
@@ -357,27 +671,23 @@ func (s *Source) Mesh() (*model.Mesh, error) {
 			continue
 		}
 		k := svc.Namespace + "/" + svc.Name
-		meshed[k] = port
-		spec := map[string]any{"protocol": protocol, "port": port.Port}
+		c := &contribution{obj: svc, kind: kindService, ns: svc.Namespace, name: svc.Name, docKind: model.KindService,
+			spec: map[string]any{"protocol": protocol, "port": port.Port}}
 		if v := svc.Annotations[AnnotationUpstreamProtocol]; v != "" {
-			spec["upstreamProtocol"] = v
+			c.set(AnnotationUpstreamProtocol, v, "upstreamProtocol")
 		}
-		limits := map[string]any{}
 		if v := svc.Annotations[AnnotationMinPingInterval]; v != "" {
-			limits["minPingInterval"] = v
+			c.set(AnnotationMinPingInterval, v, "serverLimits", "minPingInterval")
 		}
 		if v := svc.Annotations[AnnotationMaxConcurrentStreams]; v != "" {
-			n, err := strconv.ParseUint(v, 10, 32)
-			if err != nil {
-				return nil, fmt.Errorf("%s: Service %s: annotation %s: %q is not a count", SourceName, k, AnnotationMaxConcurrentStreams, v)
+			if n, err := strconv.ParseUint(v, 10, 32); err != nil {
+				rejected = append(rejected, c.rejection(AnnotationMaxConcurrentStreams, fmt.Sprintf("%q is not a count", v)))
+			} else {
+				c.set(AnnotationMaxConcurrentStreams, n, "serverLimits", "maxConcurrentStreams")
 			}
-			limits["maxConcurrentStreams"] = n
-		}
-		if len(limits) > 0 {
-			spec["serverLimits"] = limits
 		}
 		if ips := clusterIPs(svc); len(ips) > 0 {
-			spec["addresses"] = ips
+			c.spec["addresses"] = ips
 		}
 		var endpoints []map[string]any
 		sl := slicesOf[k]
@@ -414,16 +724,14 @@ func (s *Source) Mesh() (*model.Mesh, error) {
 			return a["address"] == b["address"] && a["port"] == b["port"]
 		})
 		if len(endpoints) > 0 {
-			spec["endpoints"] = endpoints
+			c.spec["endpoints"] = endpoints
 		}
-		if err := add(model.KindService, svc.Namespace, svc.Name, spec); err != nil {
-			return nil, err
-		}
+		contribs = append(contribs, c)
 	}
 
 	pods, err := s.pods.List(labels.Everything())
 	if err != nil {
-		return nil, fmt.Errorf("%s: listing pods: %w", SourceName, err)
+		return nil, nil, fmt.Errorf("%s: listing pods: %w", SourceName, err)
 	}
 	sortByKey(pods, func(p *corev1.Pod) string { return p.Namespace + "/" + p.Name })
 	for _, p := range pods {
@@ -438,29 +746,45 @@ func (s *Source) Mesh() (*model.Mesh, error) {
 		if sa == "" {
 			sa = "default"
 		}
-		spec := map[string]any{"serviceAccount": sa, "address": p.Status.PodIP}
+		c := &contribution{obj: p, kind: kindPod, ns: p.Namespace, name: p.Name, docKind: model.KindWorkload,
+			spec: map[string]any{"serviceAccount": sa, "address": p.Status.PodIP}}
+		// The sidecar's own ports, which an outbound local port must not
+		// take.
+		taken := map[uint64]string{}
 		if sv, ok := servedBy[p.Namespace+"/"+p.Name]; ok {
-			spec["service"] = sv.service
-			spec["inbound"] = map[string]any{
-				"port": inboundPort(p, s.opts.InboundPort),
-				"app":  "127.0.0.1:" + strconv.Itoa(int(sv.target)),
-			}
+			in := inboundPort(p, s.opts.InboundPort)
+			c.spec["service"] = sv.service
+			c.spec["inbound"] = map[string]any{"port": in, "app": "127.0.0.1:" + strconv.Itoa(int(sv.target))}
+			taken[uint64(in)] = "the sidecar's inbound port"
 		}
 		if port, ok := captureArg(p, "--outbound-port"); ok {
-			spec["capture"] = map[string]any{"outboundPort": port}
+			c.spec["capture"] = map[string]any{"outboundPort": port}
+			taken[uint64(port)] = "the sidecar's capture outbound port"
 		}
 		if v := p.Annotations[AnnotationOutbound]; v != "" {
-			out, err := parseOutbound(v)
-			if err != nil {
-				return nil, fmt.Errorf("%s: Pod %s/%s: annotation %s: %w", SourceName, p.Namespace, p.Name, AnnotationOutbound, err)
+			if out, err := parseOutbound(v, taken); err != nil {
+				rejected = append(rejected, c.rejection(AnnotationOutbound, err.Error()))
+			} else {
+				c.set(AnnotationOutbound, out, "outbound")
 			}
-			spec["outbound"] = out
 		}
-		if err := add(model.KindWorkload, p.Namespace, p.Name, spec); err != nil {
-			return nil, err
-		}
+		contribs = append(contribs, c)
 	}
-	return model.Parse(joinDocuments(docs), SourceName)
+	return contribs, rejected, nil
+}
+
+// document marshals one mesh document.
+func document(kind, ns, name string, spec any) ([]byte, error) {
+	d, err := json.Marshal(map[string]any{
+		"apiVersion": model.APIVersion,
+		"kind":       kind,
+		"metadata":   map[string]string{"name": name, "namespace": ns},
+		"spec":       spec,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s %s/%s: %w", kind, ns, name, err)
+	}
+	return d, nil
 }
 
 // meshPort returns the first port of svc with a mesh appProtocol and its
@@ -542,9 +866,12 @@ func clusterIPs(svc *corev1.Service) []string {
 	return out
 }
 
-// parseOutbound parses "greeter.demo:15201,db:15202".
-func parseOutbound(v string) ([]map[string]any, error) {
+// parseOutbound parses "greeter.demo:15201,db:15202". A local port in
+// taken (the sidecar's own listeners, with what they are) or given twice
+// is an error.
+func parseOutbound(v string, taken map[uint64]string) ([]map[string]any, error) {
 	var out []map[string]any
+	seen := map[uint64]string{}
 	for _, f := range strings.Split(v, ",") {
 		f = strings.TrimSpace(f)
 		if f == "" {
@@ -555,6 +882,13 @@ func parseOutbound(v string) ([]map[string]any, error) {
 		if !ok || svc == "" || err != nil || n == 0 {
 			return nil, fmt.Errorf("%q is not SERVICE[.NAMESPACE]:LOCALPORT", f)
 		}
+		if what, clash := taken[n]; clash {
+			return nil, fmt.Errorf("%q: local port %d is %s", f, n, what)
+		}
+		if prev, dup := seen[n]; dup {
+			return nil, fmt.Errorf("%q: local port %d is also given to %q", f, n, prev)
+		}
+		seen[n] = f
 		out = append(out, map[string]any{"service": svc, "port": n})
 	}
 	return out, nil

@@ -418,6 +418,7 @@ func TestKubernetesSource(t *testing.T) {
 }
 
 func TestParseOutbound(t *testing.T) {
+	taken := map[uint64]string{15006: "the sidecar's inbound port", 15001: "the sidecar's capture outbound port"}
 	tests := []struct {
 		in, want, err string
 	}{
@@ -426,12 +427,16 @@ func TestParseOutbound(t *testing.T) {
 		{"greeter", "", "not SERVICE"},
 		{"greeter:0", "", "not SERVICE"},
 		{":15201", "", "not SERVICE"},
+		{"greeter:70000", "", "not SERVICE"},
+		{"greeter:15006", "", `"greeter:15006": local port 15006 is the sidecar's inbound port`},
+		{"greeter:15001", "", "capture outbound port"},
+		{"greeter:15201,db:15201", "", `"db:15201": local port 15201 is also given to "greeter:15201"`},
 	}
 	for _, tt := range tests {
-		got, err := parseOutbound(tt.in)
+		got, err := parseOutbound(tt.in, taken)
 		if tt.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("%q: err = %v", tt.in, err)
+				t.Errorf("%q: err = %v, want it to contain %q", tt.in, err, tt.err)
 			}
 			continue
 		}
