@@ -93,7 +93,48 @@ func Fleet(ctx context.Context, controlPlane string, procNet string, opts LiveOp
 		return nil, err
 	}
 	r.Findings = append(r.Findings, tuned...)
+	rejected, err := FleetRejected(ctx, nil, controlPlane)
+	if err != nil {
+		return nil, err
+	}
+	r.Findings = append(r.Findings, rejected...)
 	return r, nil
+}
+
+// FleetRejected reads the objects the control plane's source cut out of
+// the mesh (GET /status, "rejected": on Kubernetes, a Pod or Service whose
+// meshd.dev annotation is ignored, or a Pod left out) and returns each as
+// a warning finding: rule "object-rejected", the object as subject, the
+// annotation, reason and effect as evidence, and what to fix.
+func FleetRejected(ctx context.Context, client *http.Client, controlPlane string) ([]Finding, error) {
+	var st struct {
+		Rejected []struct {
+			Kind       string    `json:"kind"`
+			Namespace  string    `json:"namespace"`
+			Name       string    `json:"name"`
+			Annotation string    `json:"annotation"`
+			Reason     string    `json:"reason"`
+			Effect     string    `json:"effect"`
+			Since      time.Time `json:"since"`
+		} `json:"rejected"`
+	}
+	if err := getStatus(ctx, client, controlPlane, &st); err != nil {
+		return nil, err
+	}
+	out := make([]Finding, 0, len(st.Rejected))
+	for _, o := range st.Rejected {
+		subject := o.Kind + " " + o.Namespace + "/" + o.Name
+		f := Finding{Severity: Warning, Rule: "object-rejected", Subject: subject}
+		if o.Annotation != "" {
+			f.Evidence = fmt.Sprintf("annotation %s rejected since %s: %s; %s", o.Annotation, o.Since.Format(time.RFC3339), o.Reason, o.Effect)
+			f.Fix = fmt.Sprintf("correct the annotation %s of %s", o.Annotation, subject)
+		} else {
+			f.Evidence = fmt.Sprintf("rejected since %s: %s; %s", o.Since.Format(time.RFC3339), o.Reason, o.Effect)
+			f.Fix = "correct " + subject + " (its Warning Events say why)"
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // FleetTuning reads the automatic changes the control plane's closed-loop

@@ -109,3 +109,43 @@ func TestFleetTuning(t *testing.T) {
 		})
 	}
 }
+
+// TestFleetRejected turns the objects on the control plane's /status
+// "rejected" into warning findings naming the object, the annotation, the
+// reason and the effect; a control plane that rejected nothing gives none.
+func TestFleetRejected(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	for _, tc := range []struct {
+		name, body string
+		want       []Finding
+	}{{
+		name: "an annotation and a pod",
+		body: `{"rejected":[
+ {"kind":"Pod","namespace":"demo","name":"client-2","annotation":"meshd.dev/outbound","reason":"\"greeter\" is not SERVICE[.NAMESPACE]:LOCALPORT","effect":"annotation ignored","since":"2026-01-02T03:04:05Z"},
+ {"kind":"Pod","namespace":"demo","name":"a.b","reason":"metadata.name: bad","effect":"left out","since":"2026-01-02T03:04:06Z"}]}`,
+		want: []Finding{
+			{Severity: Warning, Rule: "object-rejected", Subject: "Pod demo/client-2",
+				Evidence: `annotation meshd.dev/outbound rejected since 2026-01-02T03:04:05Z: "greeter" is not SERVICE[.NAMESPACE]:LOCALPORT; annotation ignored`,
+				Fix:      "correct the annotation meshd.dev/outbound of Pod demo/client-2"},
+			{Severity: Warning, Rule: "object-rejected", Subject: "Pod demo/a.b",
+				Evidence: "rejected since 2026-01-02T03:04:06Z: metadata.name: bad; left out",
+				Fix:      "correct Pod demo/a.b (its Warning Events say why)"},
+		},
+	}, {
+		name: "nothing rejected",
+		body: `{"version":"v1","streams":[]}`,
+		want: []Finding{},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(tc.body)) }))
+			defer srv.Close()
+			got, err := FleetRejected(context.Background(), nil, strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
