@@ -64,7 +64,9 @@ type ClientConfig struct {
 	// OnSettings reports the peer's SETTINGS_MAX_CONCURRENT_STREAMS when
 	// its SETTINGS carry it (or the assumed 100 after SettingsTimeout).
 	OnSettings func(peerMaxConcurrentStreams uint32)
-	// OnGoAway reports a received GOAWAY.
+	// OnGoAway reports a received GOAWAY. It runs once the connection
+	// takes no new stream and before the streams above the GOAWAY's last
+	// stream ID fail as unprocessed, so their retries see it.
 	OnGoAway func(lastStreamID uint32, code stream.ErrCode, debug string)
 	// OnStreamDone reports that a stream's slot was freed.
 	OnStreamDone func()
@@ -542,6 +544,16 @@ func (cc *ClientConn) handleGoAway(f *http2.GoAwayFrame) error {
 	c.mu.Lock()
 	c.goAwayRecv = true
 	cc.pingWait.Broadcast()
+	c.unlock()
+	c.log.Debug("http2 GOAWAY received", "last_stream_id", f.LastStreamID, "code", code, "debug", debug)
+	// Report the GOAWAY before any stream above its last stream ID fails:
+	// a caller retrying one of those must find the connection draining in
+	// the owner's view (the pool's), not place the retry here again and
+	// have it refused locally as if the peer's limit had fallen.
+	if cc.cfg.OnGoAway != nil {
+		cc.cfg.OnGoAway(f.LastStreamID, code, debug)
+	}
+	c.mu.Lock()
 	for id, s := range c.streams {
 		if id > f.LastStreamID {
 			c.failStream(s, &stream.Error{Code: code, Remote: true, Unprocessed: true, Reason: "above GOAWAY last-stream-id"})
@@ -552,10 +564,6 @@ func (cc *ClientConn) handleGoAway(f *http2.GoAwayFrame) error {
 		c.queue(ctrlItem{kind: ctrlClose})
 	}
 	c.unlock()
-	c.log.Debug("http2 GOAWAY received", "last_stream_id", f.LastStreamID, "code", code, "debug", debug)
-	if cc.cfg.OnGoAway != nil {
-		cc.cfg.OnGoAway(f.LastStreamID, code, debug)
-	}
 	return nil
 }
 
