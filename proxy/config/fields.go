@@ -46,7 +46,9 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 		supported: names("address"),
 		ignored:   names("access_log_path"),
 	},
-	"envoy.config.bootstrap.v3.Bootstrap.StaticResources":  {supported: names("listeners", "clusters")},
+	// secrets: named by the static listeners' and clusters' SdsSecretConfig
+	// without sds_config, and resolved into their TLS contexts (secrets.go).
+	"envoy.config.bootstrap.v3.Bootstrap.StaticResources":  {supported: names("listeners", "clusters", "secrets")},
 	"envoy.config.bootstrap.v3.Bootstrap.DynamicResources": {supported: names("ads_config", "lds_config", "cds_config")},
 	"envoy.config.core.v3.Node":                            {supported: names("id", "cluster", "metadata", "locality")},
 	"envoy.config.core.v3.ApiConfigSource":                 {supported: names("api_type", "transport_api_version", "grpc_services")},
@@ -334,6 +336,9 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 			"tls_certificate_sds_secret_configs", "validation_context_sds_secret_config", "combined_validation_context"),
 	},
 	"envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig": {supported: names("name", "sds_config")},
+	// A static secret holds a certificate or a validation context; session
+	// ticket keys and generic secrets have no user in meshd.
+	"envoy.extensions.transport_sockets.tls.v3.Secret": {supported: names("name", "tls_certificate", "validation_context")},
 	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext": {
 		supported: names("default_validation_context", "validation_context_sds_secret_config"),
 	},

@@ -208,10 +208,16 @@ func CompileResourcesWith(b *bootstrapv3.Bootstrap, d *DynamicResources, secrets
 		}
 		s.Clusters = append(s.Clusters, spec)
 	}
-	for i, l := range b.GetStaticResources().GetListeners() {
+	// Static listeners and clusters are compiled with their references to
+	// static_resources.secrets resolved; s.Bootstrap keeps them as written.
+	resolved, probs := inlineStaticSecrets(b)
+	for _, p := range probs {
+		errs = append(errs, p)
+	}
+	for i, l := range resolved.GetStaticResources().GetListeners() {
 		addListener(fmt.Sprintf("static_resources.listeners[%d]", i), l)
 	}
-	for i, c := range b.GetStaticResources().GetClusters() {
+	for i, c := range resolved.GetStaticResources().GetClusters() {
 		addCluster(fmt.Sprintf("static_resources.clusters[%d]", i), c)
 	}
 	if d != nil {

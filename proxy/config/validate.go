@@ -149,14 +149,20 @@ func ValidateBootstrap(b *bootstrapv3.Bootstrap) error {
 		}
 	}
 
+	// Listeners and clusters are checked with their references to
+	// static_resources.secrets resolved, as they are compiled.
+	v.staticSecrets(b.GetStaticResources().GetSecrets())
+	resolved, probs := inlineStaticSecrets(b)
+	v.probs = append(v.probs, probs...)
+
 	seen := map[string]string{}
-	for i, l := range b.GetStaticResources().GetListeners() {
+	for i, l := range resolved.GetStaticResources().GetListeners() {
 		p := fmt.Sprintf("static_resources.listeners[%d]", i)
 		v.unique(seen, "listener", p, l.GetName())
 		v.listener(p, l, opts)
 	}
 	seen = map[string]string{}
-	for i, c := range b.GetStaticResources().GetClusters() {
+	for i, c := range resolved.GetStaticResources().GetClusters() {
 		p := fmt.Sprintf("static_resources.clusters[%d]", i)
 		v.unique(seen, "cluster", p, c.GetName())
 		v.cluster(p, c, opts)
@@ -739,7 +745,7 @@ func (v *validator) sdsSecrets(path string, ctx *tlsv3.CommonTlsContext) {
 			v.addf(join(p, "name"), "required")
 		}
 		if sc.GetSdsConfig() == nil {
-			v.addf(join(p, "sds_config"), "required (static_resources.secrets are not supported)")
+			v.addf(join(p, "sds_config"), "required: a secret without sds_config is one of static_resources.secrets, which only the bootstrap's static listeners and clusters can name")
 			return
 		}
 		if _, _, err := tlscontext.SDSClusterName(sc.GetSdsConfig()); err != nil {

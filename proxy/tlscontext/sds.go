@@ -98,7 +98,7 @@ func sdsContext(ctx *tlsv3.CommonTlsContext, defaultALPN []string, secrets Secre
 		return nil, errors.New(base + "validation_context_sds_secret_config.sds_config: must equal the certificate secret's sds_config (both secrets come from one identity source)")
 	}
 	if certs[0].GetSdsConfig() == nil {
-		return nil, fmt.Errorf(base+"tls_certificate_sds_secret_configs[0].sds_config: required (secret %q from static_resources.secrets is not supported)", certs[0].GetName())
+		return nil, fmt.Errorf(base+"tls_certificate_sds_secret_configs[0].sds_config: required (static secret %q: static_resources.secrets are resolved only in the bootstrap's static listeners and clusters)", certs[0].GetName())
 	}
 	src, err := secrets.Source(certs[0], vsecret)
 	if err != nil {
