@@ -331,10 +331,10 @@ var badCases = []struct {
 		wantReason: "field not supported by meshd",
 	},
 	{
-		name:       "downstream keepalive",
-		edits:      []edit{{"codec_type: AUTO", "codec_type: AUTO\n          http2_protocol_options: { connection_keepalive: { interval: 1s, timeout: 1s } }"}},
-		wantPath:   hcm + ".http2_protocol_options.connection_keepalive",
-		wantReason: "downstream keepalive PINGs are not supported yet",
+		name:       "downstream keepalive idle interval",
+		edits:      []edit{{"codec_type: AUTO", "codec_type: AUTO\n          http2_protocol_options: { connection_keepalive: { interval: 1s, timeout: 1s, connection_idle_interval: 5s } }"}},
+		wantPath:   hcm + ".http2_protocol_options.connection_keepalive.connection_idle_interval",
+		wantReason: "applies to upstream connections only",
 	},
 	{
 		name:       "underscores on a cluster",

@@ -776,8 +776,8 @@ const routerType = "envoy.extensions.filters.http.router.v3.Router"
 // hcm checks an HTTP connection manager at path.
 func (v *validator) hcm(path string, h *hcmv3.HttpConnectionManager, opts ResourceOptions) {
 	// Fields of the shared protocol option messages that only clusters honour.
-	if h.GetHttp2ProtocolOptions().GetConnectionKeepalive() != nil {
-		v.addf(join(path, "http2_protocol_options.connection_keepalive"), "downstream keepalive PINGs are not supported yet (clusters only)")
+	if h.GetHttp2ProtocolOptions().GetConnectionKeepalive().GetConnectionIdleInterval() != nil {
+		v.addf(join(path, "http2_protocol_options.connection_keepalive.connection_idle_interval"), "applies to upstream connections only (a PING before reusing an idle connection; set it on the cluster)")
 	}
 	switch {
 	case h.GetRouteConfig() != nil:

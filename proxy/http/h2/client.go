@@ -464,14 +464,19 @@ func (cc *ClientConn) pingLocked() {
 	}
 }
 
-// keepaliveDelay is the time until the next keepalive PING: the interval
-// plus a uniformly random jitter in [0, interval*KeepaliveJitterPercent/100).
+// keepaliveDelay is the time until the next keepalive PING.
 func (cc *ClientConn) keepaliveDelay() time.Duration {
-	d := cc.cfg.KeepaliveInterval
-	if j := time.Duration(float64(d) * cc.cfg.KeepaliveJitterPercent / 100); j > 0 {
-		d += rand.N(j)
+	return jittered(cc.cfg.KeepaliveInterval, cc.cfg.KeepaliveJitterPercent)
+}
+
+// jittered is interval plus a uniformly random jitter in
+// [0, interval*percent/100), as Envoy's connection_keepalive.interval_jitter
+// spreads the PINGs of connections opened together.
+func jittered(interval time.Duration, percent float64) time.Duration {
+	if j := time.Duration(float64(interval) * percent / 100); j > 0 {
+		return interval + rand.N(j)
 	}
-	return d
+	return interval
 }
 
 // errKeepaliveTimeout is the cause of a connection closed because a

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -83,6 +84,15 @@ type ServerConfig struct {
 	// PermitWithoutStream lets clients ping at MinPingInterval while no
 	// stream is open (grpc-go's EnforcementPolicy.PermitWithoutStream).
 	PermitWithoutStream bool
+	// KeepaliveInterval sends the client a PING this often, whether or not
+	// streams are open (the HCM's http2_protocol_options.
+	// connection_keepalive); 0 disables keepalive. When the ACK does not
+	// arrive within KeepaliveTimeout (0 means 20 s) the connection closes,
+	// counting http2.keepalive_timeout, as a client connection's does.
+	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// KeepaliveJitterPercent adds a random delay of up to this percentage
+	// of KeepaliveInterval to each interval (interval_jitter). 0 means none.
+	KeepaliveJitterPercent float64
 	// IdleTimeout closes the connection with GOAWAY NO_ERROR after it had
 	// no active stream for this long (counting
 	// downstream_cx_idle_timeout). 0 means never.
@@ -161,6 +171,14 @@ type ServerConn struct {
 	idleTimer     *time.Timer
 	shutdownTimer *time.Timer
 	durationTimer *time.Timer
+	// Keepalive (KeepaliveInterval > 0): kaTimer sends the next PING,
+	// kaTimeoutTimer fires when the outstanding one (kaData) went
+	// unanswered for KeepaliveTimeout.
+	kaTimer        *time.Timer
+	kaTimeoutTimer *time.Timer
+	kaOutstanding  bool
+	kaSeq          uint64
+	kaData         [8]byte
 }
 
 // NewServerConn prepares to serve c, which may be a *tls.Conn after its
@@ -200,6 +218,9 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 	if sc.cfg.MaxHeadersCount == 0 {
 		sc.cfg.MaxHeadersCount = defaultMaxHeadersCount
 	}
+	if sc.cfg.KeepaliveTimeout <= 0 {
+		sc.cfg.KeepaliveTimeout = defaultKeepaliveTimeout
+	}
 	sc.c.onPeerFault = sc.onPeerFault
 	if cf.RequestHeadersTimeout > 0 {
 		sc.c.hdrTimeout = cf.RequestHeadersTimeout
@@ -232,6 +253,12 @@ func (sc *ServerConn) Serve() error {
 	}
 	if sc.durationTimer != nil {
 		sc.durationTimer.Stop()
+	}
+	if sc.kaTimer != nil {
+		sc.kaTimer.Stop()
+	}
+	if sc.kaTimeoutTimer != nil {
+		sc.kaTimeoutTimer.Stop()
 	}
 	cause := c.closeErr
 	c.mu.Unlock()
@@ -273,6 +300,9 @@ func (sc *ServerConn) serve() error {
 	if sc.cfg.IdleTimeout > 0 {
 		sc.idleSince = time.Now()
 		sc.idleTimer = time.AfterFunc(sc.cfg.IdleTimeout, sc.checkIdle)
+	}
+	if sc.cfg.KeepaliveInterval > 0 {
+		sc.kaTimer = time.AfterFunc(jittered(sc.cfg.KeepaliveInterval, sc.cfg.KeepaliveJitterPercent), sc.keepalive)
 	}
 	if d := sc.cfg.MaxConnectionDuration; d > 0 {
 		sc.durationTimer = time.AfterFunc(d, func() {
@@ -415,7 +445,14 @@ func (sc *ServerConn) handlePing(f *http2.PingFrame) error {
 	if f.IsAck() {
 		if f.Data == shutdownPingData {
 			sc.finishShutdown()
+			return nil
 		}
+		c.mu.Lock()
+		if sc.kaOutstanding && f.Data == sc.kaData {
+			sc.kaOutstanding = false
+			sc.kaTimeoutTimer.Stop()
+		}
+		c.mu.Unlock()
 		return nil
 	}
 	c.mu.Lock()
@@ -427,6 +464,46 @@ func (sc *ServerConn) handlePing(f *http2.PingFrame) error {
 		return connErr(http2.ErrCodeEnhanceYourCalm, "too_many_pings")
 	}
 	return nil
+}
+
+// keepalive sends a keepalive PING, unless one is outstanding, and arms
+// its timeout; then it schedules the next one. Timer goroutine.
+func (sc *ServerConn) keepalive() {
+	c := sc.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if !sc.kaOutstanding {
+		sc.kaOutstanding = true
+		// The sequence starts at 1 and never reaches shutdownPingData's
+		// value, so the ACKs of the two cannot be confused.
+		sc.kaSeq++
+		binary.BigEndian.PutUint64(sc.kaData[:], sc.kaSeq)
+		c.queue(ctrlItem{kind: ctrlPing, ping: sc.kaData})
+		if sc.kaTimeoutTimer == nil {
+			sc.kaTimeoutTimer = time.AfterFunc(sc.cfg.KeepaliveTimeout, sc.keepaliveExpired)
+		} else {
+			sc.kaTimeoutTimer.Reset(sc.cfg.KeepaliveTimeout)
+		}
+	}
+	sc.kaTimer.Reset(jittered(sc.cfg.KeepaliveInterval, sc.cfg.KeepaliveJitterPercent))
+}
+
+// keepaliveExpired closes the connection whose keepalive PING went
+// unanswered, counting http2.keepalive_timeout. Timer goroutine.
+func (sc *ServerConn) keepaliveExpired() {
+	c := sc.c
+	c.mu.Lock()
+	expired := sc.kaOutstanding && !c.closed
+	c.mu.Unlock()
+	if !expired {
+		return
+	}
+	c.st.KeepaliveTimeout.Inc()
+	c.log.Debug("http2 keepalive timeout", "timeout", sc.cfg.KeepaliveTimeout)
+	c.closeWith(errKeepaliveTimeout)
 }
 
 // pingStrike applies the ping policy to a PING received at now with

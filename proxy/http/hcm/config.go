@@ -195,6 +195,18 @@ func Compile(m *hcmv3.HttpConnectionManager) (*Config, error) {
 		c.HTTP2.MaxConcurrentStreams = o.GetMaxConcurrentStreams().GetValue()
 		c.HTTP2.InitialStreamWindowSize = o.GetInitialStreamWindowSize().GetValue()
 		c.HTTP2.InitialConnectionWindowSize = o.GetInitialConnectionWindowSize().GetValue()
+		if ka := o.GetConnectionKeepalive(); ka != nil {
+			// Envoy's defaults: no PINGs without interval, 15% jitter.
+			c.HTTP2.KeepaliveInterval = ka.GetInterval().AsDuration()
+			c.HTTP2.KeepaliveTimeout = ka.GetTimeout().AsDuration()
+			c.HTTP2.KeepaliveJitterPercent = 15
+			if j := ka.GetIntervalJitter(); j != nil {
+				c.HTTP2.KeepaliveJitterPercent = j.GetValue()
+			}
+			if c.HTTP2.KeepaliveInterval > 0 && c.HTTP2.KeepaliveTimeout <= 0 {
+				return nil, fmt.Errorf("http2_protocol_options.connection_keepalive.timeout: required and positive when interval is set")
+			}
+		}
 		fl, err := compileFloodLimits(o)
 		if err != nil {
 			return nil, fmt.Errorf("http2_protocol_options.%w", err)
