@@ -211,10 +211,10 @@ func (c *Client) fetch(ctx context.Context) (*x509svid.SVID, *x509bundle.Bundle,
 	callCtx = metadata.AppendToOutgoingContext(callCtx, ca.AuthorizationMetadata, "Bearer "+token)
 	resp, err := c.cli.Sign(callCtx, req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("Sign: %w", err)
+		return nil, nil, fmt.Errorf("signing with the CA: %w", err)
 	}
 	if len(resp.GetCertChainDer()) == 0 || len(resp.GetBundleDer()) == 0 {
-		return nil, nil, errors.New("Sign: response without certificate chain or bundle")
+		return nil, nil, errors.New("signing with the CA: response without certificate chain or bundle")
 	}
 	var chainDER []byte
 	for _, der := range resp.GetCertChainDer() {

@@ -89,7 +89,7 @@ func (kc *kubeClients) source(tuner *autotune.Tuner, trustDomain string, topts t
 		Translate: topts,
 		Adjust: func(m *model.Mesh) error {
 			if m.Spec.TrustDomain != trustDomain {
-				return fmt.Errorf("Mesh spec.trustDomain %q is not the CA's %q (--trust-domain)", m.Spec.TrustDomain, trustDomain)
+				return fmt.Errorf("mesh spec.trustDomain %q is not the CA's %q (--trust-domain)", m.Spec.TrustDomain, trustDomain)
 			}
 			return tuner.Adjust(m)
 		},

@@ -143,17 +143,17 @@ func (c Config) list(doc []byte) ([]byte, error) {
 		Items      []json.RawMessage `json:"items"`
 	}
 	if err := yaml.UnmarshalStrict(doc, &l); err != nil {
-		return nil, fmt.Errorf("List: %w", err)
+		return nil, fmt.Errorf("kind List: %w", err)
 	}
 	injected := false
 	for i, item := range l.Items {
 		var tm metav1.TypeMeta
 		if err := json.Unmarshal(item, &tm); err != nil {
-			return nil, fmt.Errorf("List items[%d]: %w", i, err)
+			return nil, fmt.Errorf("kind List, items[%d]: %w", i, err)
 		}
 		out, changed, err := c.object(item, tm)
 		if err != nil {
-			return nil, fmt.Errorf("List items[%d]: %w", i, err)
+			return nil, fmt.Errorf("kind List, items[%d]: %w", i, err)
 		}
 		if changed {
 			l.Items[i], injected = out, true
