@@ -30,12 +30,12 @@ func staticSource(t testing.TB, svid *x509svid.SVID, bundles ...*x509bundle.Bund
 	return s
 }
 
-// handshake runs both sides over net.Pipe and returns each side's error
-// and the client's and server's connection states. After a successful
+// handshake runs both sides over net.Pipe and returns the client's and
+// server's connection states and each side's error. After a successful
 // server handshake the server writes one byte, which the client reads: in
 // TLS 1.3 the client finishes before the server has judged its
 // certificate, and that read is where the client learns of a refusal.
-func handshake(t testing.TB, client, server *tls.Config) (cerr, serr error, cs, ss tls.ConnectionState) {
+func handshake(t testing.TB, client, server *tls.Config) (cs, ss tls.ConnectionState, cerr, serr error) {
 	t.Helper()
 	c, s := net.Pipe()
 	defer c.Close()
@@ -60,7 +60,7 @@ func handshake(t testing.TB, client, server *tls.Config) (cerr, serr error, cs, 
 		c.Close()
 	}
 	<-done
-	return cerr, serr, tc.ConnectionState(), ts.ConnectionState()
+	return tc.ConnectionState(), ts.ConnectionState(), cerr, serr
 }
 
 func TestHandshake(t *testing.T) {
@@ -89,7 +89,7 @@ func TestHandshake(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cerr, serr, cs, ss := handshake(t, tt.client, ServerConfig(serverSrc, tt.serverAuthz, alpn))
+			cs, ss, cerr, serr := handshake(t, tt.client, ServerConfig(serverSrc, tt.serverAuthz, alpn))
 			if tt.want == 0 {
 				if cerr != nil || serr != nil {
 					t.Fatalf("handshake: client %v, server %v", cerr, serr)
@@ -134,7 +134,7 @@ func TestClientRefusesServer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cerr, serr, _, _ := handshake(t, ClientConfig(clientSrc, AuthorizeID(want), alpn, ""), ServerConfig(staticSource(t, tt.server, tt.bundle, ca.Bundle()), nil, alpn))
+			_, _, cerr, serr := handshake(t, ClientConfig(clientSrc, AuthorizeID(want), alpn, ""), ServerConfig(staticSource(t, tt.server, tt.bundle, ca.Bundle()), nil, alpn))
 			var ve *VerifyError
 			if !errors.As(cerr, &ve) || ve.Reason != tt.reason {
 				t.Fatalf("client handshake error %v, want reason %s", cerr, tt.reason)
@@ -248,7 +248,7 @@ func TestBundleRotation(t *testing.T) {
 
 	check := func(step string) {
 		t.Helper()
-		cerr, serr, _, _ := handshake(t, ClientConfig(clientSrc, nil, alpn, ""), ServerConfig(serverSrc, nil, alpn))
+		_, _, cerr, serr := handshake(t, ClientConfig(clientSrc, nil, alpn, ""), ServerConfig(serverSrc, nil, alpn))
 		if cerr != nil || serr != nil {
 			t.Fatalf("%s: handshake failed: client %v, server %v", step, cerr, serr)
 		}
@@ -273,7 +273,7 @@ func TestBundleRotation(t *testing.T) {
 	}
 	// The old root is gone: an SVID it signs is now refused.
 	stale := staticSource(t, oldCA.Issue(t, clientID), newCA.Bundle())
-	_, serr, _, _ := handshake(t, ClientConfig(stale, nil, alpn, ""), ServerConfig(serverSrc, nil, alpn))
+	_, _, _, serr := handshake(t, ClientConfig(stale, nil, alpn, ""), ServerConfig(serverSrc, nil, alpn))
 	var ve *VerifyError
 	if !errors.As(serr, &ve) || ve.Reason != ReasonUntrusted {
 		t.Fatalf("SVID from the removed root: server error %v, want %s", serr, ReasonUntrusted)
@@ -321,7 +321,7 @@ func BenchmarkHandshake(b *testing.B) {
 	clientCfg := ClientConfig(staticSource(b, ca.Issue(b, "spiffe://example.org/ns/a/sa/web"), ca.Bundle()), nil, alpn, "")
 	b.ReportAllocs()
 	for b.Loop() {
-		if cerr, serr, _, _ := handshake(b, clientCfg, serverCfg); cerr != nil || serr != nil {
+		if _, _, cerr, serr := handshake(b, clientCfg, serverCfg); cerr != nil || serr != nil {
 			b.Fatalf("handshake: %v / %v", cerr, serr)
 		}
 	}
