@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"meshd.dev/meshd/internal/testutil"
@@ -62,7 +61,7 @@ func TestGracefulDrain(t *testing.T) {
 			var wg sync.WaitGroup
 			for i := range drainCalls {
 				d := drainMinCallTime + time.Duration(i)*(drainMaxCallTime-drainMinCallTime)/(drainCalls-1)
-				wg.Go(func() { errs[i] = slowCall(ctx, testgrpc.NewTestServiceClient(conns[i%len(conns)]), d) })
+				wg.Go(func() { errs[i] = slowCall(ctx, testpb.NewTestServiceClient(conns[i%len(conns)]), d) })
 			}
 			callsDone := make(chan struct{})
 			go func() {
@@ -142,7 +141,7 @@ func TestGracefulDrain(t *testing.T) {
 
 // slowCall makes one server-streaming call whose single response the
 // interop server sends after d, and checks it ends with status OK.
-func slowCall(ctx context.Context, tc testgrpc.TestServiceClient, d time.Duration) error {
+func slowCall(ctx context.Context, tc testpb.TestServiceClient, d time.Duration) error {
 	stream, err := tc.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
 		ResponseParameters: []*testpb.ResponseParameters{{Size: 16, IntervalUs: int32(d / time.Microsecond)}},
 	})

@@ -26,7 +26,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -197,7 +196,7 @@ func startGRPCBackend(t testing.TB, cfg backendConfig) *grpcBackend {
 		opts = append(opts, grpc.KeepaliveParams(*cfg.Params))
 	}
 	b.Server = grpc.NewServer(append(opts, cfg.Options...)...)
-	testgrpc.RegisterTestServiceServer(b.Server, &scenarioService{b: b})
+	testpb.RegisterTestServiceServer(b.Server, &scenarioService{b: b})
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -275,7 +274,7 @@ func (b *grpcBackend) countCancelled(ctx context.Context, err error) {
 // one message per ResponseParameters entry after its IntervalUs, stopping
 // as soon as the call ends.
 type scenarioService struct {
-	testgrpc.UnimplementedTestServiceServer
+	testpb.UnimplementedTestServiceServer
 	b *grpcBackend
 }
 
@@ -421,9 +420,9 @@ func streamParams(n, size int, interval time.Duration) []*testpb.ResponseParamet
 // dialGRPC returns a TestService client over one grpc-go ClientConn to addr
 // (plaintext HTTP/2; all calls share its one connection). The ClientConn is
 // closed when the test ends.
-func dialGRPC(t testing.TB, addr string, opts ...grpc.DialOption) testgrpc.TestServiceClient {
+func dialGRPC(t testing.TB, addr string, opts ...grpc.DialOption) testpb.TestServiceClient {
 	t.Helper()
-	return testgrpc.NewTestServiceClient(dialGRPCConn(t, addr, opts...))
+	return testpb.NewTestServiceClient(dialGRPCConn(t, addr, opts...))
 }
 
 // dialGRPCConn returns a plaintext grpc-go ClientConn to addr, closed when

@@ -27,7 +27,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 )
 
@@ -40,14 +39,14 @@ const (
 
 // s10DialDirect returns a client over a new grpc-go ClientConn to addr and
 // a func that closes it (also called when the test ends).
-func s10DialDirect(t *testing.T, addr string) (testgrpc.TestServiceClient, func()) {
+func s10DialDirect(t *testing.T, addr string) (testpb.TestServiceClient, func()) {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatalf("grpc.NewClient(%s): %v", addr, err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
-	return testgrpc.NewTestServiceClient(cc), func() { _ = cc.Close() }
+	return testpb.NewTestServiceClient(cc), func() { _ = cc.Close() }
 }
 
 // s10CloseBaseline measures how long the backend takes to see a direct

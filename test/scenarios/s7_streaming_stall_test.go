@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"meshd.dev/meshd/internal/testutil"
@@ -48,7 +47,7 @@ type s7Sample struct {
 }
 
 // s7Stream runs one StreamingOutputCall of n messages and measures it.
-func s7Stream(ctx context.Context, client testgrpc.TestServiceClient, n int) (s7Sample, error) {
+func s7Stream(ctx context.Context, client testpb.TestServiceClient, n int) (s7Sample, error) {
 	var s s7Sample
 	stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
 		ResponseParameters: streamParams(n, s7MessageSize, s7Interval),
@@ -133,7 +132,7 @@ func TestS7StreamingStallTiming(t *testing.T) {
 // s7Path is one way to reach the backend.
 type s7Path struct {
 	name   string
-	client testgrpc.TestServiceClient
+	client testpb.TestServiceClient
 }
 
 // s7Measure streams s7Rounds rounds on both paths at once and returns what

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"meshd.dev/meshd/internal/testutil"
@@ -56,7 +55,7 @@ const (
 
 // s8Stream opens a StreamingOutputCall, reads want messages and returns
 // with the call still running; the caller ends it.
-func s8Stream(ctx context.Context, client testgrpc.TestServiceClient, want int) error {
+func s8Stream(ctx context.Context, client testpb.TestServiceClient, want int) error {
 	stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
 		ResponseParameters: streamParams(s8StreamMessages, s8MessageSize, s8Interval),
 	})
@@ -73,7 +72,7 @@ func s8Stream(ctx context.Context, client testgrpc.TestServiceClient, want int) 
 
 // s8Churn runs n streams on client, s8Concurrency at a time, each cancelled
 // after 1 to 3 messages, and returns the first error.
-func s8Churn(ctx context.Context, client testgrpc.TestServiceClient, n int) error {
+func s8Churn(ctx context.Context, client testpb.TestServiceClient, n int) error {
 	var (
 		next     atomic.Int64
 		firstErr error
@@ -110,7 +109,7 @@ func s8Churn(ctx context.Context, client testgrpc.TestServiceClient, n int) erro
 // waits for a message on each, then closes the connection under them.
 func s8Disconnect(ctx context.Context, t *testing.T, addr string) error {
 	cc := dialGRPCConn(t, addr)
-	client := testgrpc.NewTestServiceClient(cc)
+	client := testpb.NewTestServiceClient(cc)
 	errs := make(chan error, s8PerDisconnect)
 	for range s8PerDisconnect {
 		go func() { errs <- s8Stream(ctx, client, 1) }()
