@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
@@ -281,23 +279,18 @@ func (goGenerator) connect(ctx context.Context, sc scenario, addr string) (func(
 		}, closeAll, nil
 
 	case kindH2CGet, kindIdle:
-		tr := &http2.Transport{AllowHTTP: true}
-		conns := make([]*http2.ClientConn, 0, sc.Conns)
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		tr := &http.Transport{Protocols: &protos}
+		conns := make([]*http.ClientConn, 0, sc.Conns)
 		closeAll := func() {
 			for _, cc := range conns {
 				_ = cc.Close()
 			}
 		}
-		var d net.Dialer
 		for range sc.Conns {
-			nc, err := d.DialContext(cctx, "tcp", addr)
+			cc, err := tr.NewClientConn(cctx, "http", addr)
 			if err != nil {
-				closeAll()
-				return nil, nil, fmt.Errorf("h2c dial %s: %w", addr, err)
-			}
-			cc, err := tr.NewClientConn(nc)
-			if err != nil {
-				nc.Close()
 				closeAll()
 				return nil, nil, fmt.Errorf("h2c client conn to %s: %w", addr, err)
 			}

@@ -19,7 +19,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"golang.org/x/net/http2"
 
 	"meshd.dev/meshd/internal/testutil"
 )
@@ -429,7 +428,9 @@ func TestSPIRE(t *testing.T) {
 		id := spiffeid.RequireFromString(spireWorkloadID)
 		tlsConf := tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(id))
 		tlsConf.NextProtos = []string{"h2"}
-		tr := &http2.Transport{TLSClientConfig: tlsConf}
+		var protos http.Protocols
+		protos.SetHTTP2(true)
+		tr := &http.Transport{TLSClientConfig: tlsConf, Protocols: &protos}
 		defer tr.CloseIdleConnections()
 		c := &http.Client{Transport: tr, Timeout: requestTimeout}
 		getOK(t, c, "https://"+serverAddr+"/echo")

@@ -2,7 +2,6 @@ package hardening
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -432,13 +431,9 @@ type prober struct {
 }
 
 func newProber(addr string) *prober {
-	tr := &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, a string, _ *tls.Config) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, a)
-		},
-	}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
 	return &prober{client: &http.Client{Transport: tr, Timeout: 5 * time.Second}, url: "http://" + addr + "/"}
 }
 

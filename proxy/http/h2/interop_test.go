@@ -3,7 +3,6 @@ package h2
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -178,18 +176,16 @@ func TestClientToGRPCServer(t *testing.T) {
 	}
 }
 
-// h2cTransport is x/net's HTTP/2 client over plaintext TCP.
-func h2cTransport() *http2.Transport {
-	return &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
-	}
+// h2cTransport is net/http's HTTP/2 client (x/net/http2's code, bundled
+// into the standard library) speaking HTTP/2 with prior knowledge over
+// plaintext TCP, and nothing else.
+func h2cTransport() *http.Transport {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Transport{Protocols: &p}
 }
 
-func TestXNetTransportToServer(t *testing.T) {
+func TestStdTransportToServer(t *testing.T) {
 	checkLeaks(t)
 	ts := startServer(t, &ServerConfig{InitialStreamWindowSize: 4096, InitialConnectionWindowSize: 65535}, echoHandler)
 	tr := h2cTransport()
@@ -216,7 +212,7 @@ func TestXNetTransportToServer(t *testing.T) {
 	}
 }
 
-func TestClientToXNetServer(t *testing.T) {
+func TestClientToStdServer(t *testing.T) {
 	checkLeaks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -225,22 +221,19 @@ func TestClientToXNetServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	srv := &http2.Server{MaxConcurrentStreams: 3}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Trailer", "X-Len")
 		w.Header().Set("X-Method", r.Method)
 		n, _ := io.Copy(w, r.Body)
 		w.Header().Set("X-Len", fmt.Sprint(n))
 	})
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go srv.ServeConn(nc, &http2.ServeConnOpts{Handler: h})
-		}
-	}()
+	// net/http's HTTP/2 server (x/net/http2's code, bundled into the
+	// standard library), prior knowledge only.
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: h, Protocols: &p, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 3}}
+	go srv.Serve(ln)
+	defer srv.Close()
 	settings := make(chan uint32, 4)
 	cc := dialClient(t, ln.Addr().String(), &ClientConfig{
 		InitialStreamWindowSize: 8192,
