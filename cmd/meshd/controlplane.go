@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 
 	"meshd.dev/meshd/ca"
@@ -389,4 +390,30 @@ func loadRateLimitModule(path string) (*server.Module, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return m, nil
+}
+
+// exportControlPlaneMetrics exports the control plane's stats (pushes,
+// ACKs, NACKs, connected nodes, push latency, CA counters) over OTLP/gRPC
+// to addr every interval, named as the sidecar's are. The returned function
+// exports once more and stops.
+func exportControlPlaneMetrics(addr string, interval time.Duration, store *stats.Store, logger *slog.Logger) (func(), error) {
+	exp, err := metrics.StartExporter(context.Background(), metrics.ExporterConfig{
+		Endpoint: addr,
+		Interval: interval,
+		Producer: metrics.NewProducer(store, nil, metrics.ProducerOptions{UseTagExtractedName: true, EmitTagsAsAttributes: true}),
+		Resource: []attribute.KeyValue{attribute.String("service.name", "meshd-control-plane")},
+		Stats:    store, StatPrefix: "control_plane.otlp",
+		Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("exporting metrics over OTLP", "endpoint", addr, "interval", interval)
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := exp.Shutdown(ctx); err != nil {
+			logger.Warn("final metrics export", "err", err)
+		}
+	}, nil
 }
