@@ -34,7 +34,9 @@ func stdoutLog(t *testing.T, format string) []*accesslogv3.AccessLog {
 	t.Helper()
 	return []*accesslogv3.AccessLog{{Name: "envoy.access_loggers.stdout", ConfigType: &accesslogv3.AccessLog_TypedConfig{
 		TypedConfig: mustAny(t, &streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{
-			LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormat{TextFormat: format}},
+			LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormatSource{
+				TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: format}},
+			}},
 		}}),
 	}}}
 }
@@ -72,12 +74,12 @@ func TestCompileTCPListener(t *testing.T) {
 			mutate: func(_ *listenerv3.Listener, tp *tcpproxyv3.TcpProxy) {
 				tp.AccessLog = stdoutLog(t, "%NOPE%")
 			},
-			wantErr: "filter_chains[0].filters[0].typed_config.access_log[0].typed_config.log_format.text_format: position 0: unknown command operator %NOPE%"},
+			wantErr: "filter_chains[0].filters[0].typed_config.access_log[0].typed_config.log_format.text_format_source: position 0: unknown command operator %NOPE%"},
 		{name: "bad listener access_log format",
 			mutate: func(l *listenerv3.Listener, _ *tcpproxyv3.TcpProxy) {
 				l.AccessLog = stdoutLog(t, "%NOPE%")
 			},
-			wantErr: "access_log[0].typed_config.log_format.text_format: position 0: unknown command operator %NOPE%"},
+			wantErr: "access_log[0].typed_config.log_format.text_format_source: position 0: unknown command operator %NOPE%"},
 		{name: "meshd.http2 metadata rejected",
 			mutate: func(l *listenerv3.Listener, _ *tcpproxyv3.TcpProxy) {
 				l.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MeshdHTTP2MetadataKey: {}}}

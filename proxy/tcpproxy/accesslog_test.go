@@ -29,7 +29,9 @@ const logFormat = "%UPSTREAM_CLUSTER% %UPSTREAM_HOST% %RESPONSE_FLAGS% %BYTES_RE
 func withFileLog(t *testing.T, path string) func(*tcpproxyv3.TcpProxy) {
 	t.Helper()
 	fl, err := anypb.New(&filev3.FileAccessLog{Path: path, AccessLogFormat: &filev3.FileAccessLog_LogFormat{
-		LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormat{TextFormat: logFormat}},
+		LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormatSource{
+			TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: logFormat}},
+		}},
 	}})
 	if err != nil {
 		t.Fatal(err)

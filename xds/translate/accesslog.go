@@ -36,7 +36,9 @@ func (t *translator) accessLogs() []*accesslogv3.AccessLog {
 		}}
 	case spec.Format != "":
 		fl.AccessLogFormat = &filev3.FileAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
-			Format: &corev3.SubstitutionFormatString_TextFormat{TextFormat: spec.Format},
+			Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+				Specifier: &corev3.DataSource_InlineString{InlineString: spec.Format},
+			}},
 		}}
 	}
 	// json_format is a map: marshal deterministically so that equal
