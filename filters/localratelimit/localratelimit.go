@@ -250,9 +250,11 @@ func compileHeaders(path string, hs []*corev3.HeaderValueOption) ([]headerAdd, e
 			v = string(h.GetHeader().GetRawValue())
 		}
 		add := headerAdd{key: strings.ToLower(k), value: v}
+		//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
+		oldAppend := h.GetAppend()
 		switch {
-		case h.GetAppend() != nil:
-			add.appendIt = h.GetAppend().GetValue()
+		case oldAppend != nil:
+			add.appendIt = oldAppend.GetValue()
 		case h.GetAppendAction() == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
 			add.appendIt = true
 		case h.GetAppendAction() == corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:

@@ -171,6 +171,7 @@ func (r *Runtime) settings(cfg *wasmfv3.Wasm) (*settings, error) {
 	switch {
 	case pc == nil:
 		return nil, fmt.Errorf("config: required")
+	//lint:ignore SA1019 read only to refuse it with an error naming the field
 	case pc.GetCapabilityRestrictionConfig() != nil:
 		return nil, fmt.Errorf("config.capability_restriction_config: not supported")
 	case pc.GetReloadConfig() != nil:
@@ -192,6 +193,7 @@ func (r *Runtime) settings(cfg *wasmfv3.Wasm) (*settings, error) {
 	case vc.GetCapabilityRestrictionConfig() != nil:
 		return nil, fmt.Errorf("config.vm_config.capability_restriction_config: not supported")
 	}
+	//lint:ignore SA1019 the sidecar's failure mode is fail_open, as Envoy's when failure_policy is unset; failure_policy is refused above
 	s := &settings{name: pc.GetName(), rootID: pc.GetRootId(), vmID: vc.GetVmId(), failOpen: pc.GetFailOpen()}
 	var err error
 	if s.pluginConfig, err = anyBytes("config.configuration", pc.GetConfiguration()); err != nil {

@@ -77,12 +77,14 @@ func compileOne(al *accesslogv3.AccessLog) (*Logger, error) {
 		case *filev3.FileAccessLog_LogFormat:
 			lf = f.LogFormat
 		case *filev3.FileAccessLog_Format:
+			//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 			ft, err := CompileText(f.Format)
 			if err != nil {
 				return nil, fmt.Errorf("typed_config.format: %w", err)
 			}
 			l.Format = ft
 		case *filev3.FileAccessLog_JsonFormat:
+			//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 			fj, err := CompileJSON(f.JsonFormat)
 			if err != nil {
 				return nil, fmt.Errorf("typed_config.json_format: %w", err)
@@ -136,6 +138,7 @@ func CompileFormat(sf *corev3.SubstitutionFormatString) (*Formatter, error) {
 	var err error
 	switch t := sf.GetFormat().(type) {
 	case *corev3.SubstitutionFormatString_TextFormat:
+		//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 		if f, err = CompileText(t.TextFormat); err != nil {
 			return nil, fmt.Errorf("text_format: %w", err)
 		}

@@ -83,6 +83,7 @@ func compileOTLP(m *otelalsv3.OpenTelemetryAccessLogConfig) (*OTLPConfig, error)
 		BufferBytes:          DefaultOTLPBufferBytes,
 	}
 	gs, gpath := m.GetGrpcService(), "grpc_service"
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 	if cc := m.GetCommonConfig(); cc != nil {
 		if gs == nil {
 			gs, gpath = cc.GetGrpcService(), "common_config.grpc_service"

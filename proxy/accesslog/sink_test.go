@@ -39,6 +39,7 @@ func mustAny(t *testing.T, m proto.Message) *anypb.Any {
 }
 
 func textFormat(s string) *corev3.SubstitutionFormatString {
+	//lint:ignore SA1019 the sidecar honours the deprecated text_format, and these cases cover it
 	return &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormat{TextFormat: s}}
 }
 

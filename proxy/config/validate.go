@@ -896,7 +896,8 @@ func (v *validator) cluster(path string, c *clusterv3.Cluster, opts ResourceOpti
 		path string
 		opts *corev3.HttpProtocolOptions
 	}{
-		{"common_http_protocol_options", c.GetCommonHttpProtocolOptions()}, //nolint:staticcheck // deprecated, still honoured
+		//lint:ignore SA1019 read only to refuse the upstream-only settings it may carry
+		{"common_http_protocol_options", c.GetCommonHttpProtocolOptions()},
 		{fmt.Sprintf("typed_extension_protocol_options[%q].common_http_protocol_options", httpProtocolOptionsName), httpProtocolOptions(c).GetCommonHttpProtocolOptions()},
 	} {
 		if p.opts.GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_ALLOW {
@@ -910,7 +911,8 @@ func (v *validator) cluster(path string, c *clusterv3.Cluster, opts ResourceOpti
 		path string
 		opts *corev3.Http2ProtocolOptions
 	}{
-		{"http2_protocol_options", c.GetHttp2ProtocolOptions()}, //nolint:staticcheck // deprecated, still honoured
+		//lint:ignore SA1019 read only to refuse the settings it may carry that the sidecar does not support
+		{"http2_protocol_options", c.GetHttp2ProtocolOptions()},
 		{fmt.Sprintf("typed_extension_protocol_options[%q].explicit_http_config.http2_protocol_options", httpProtocolOptionsName),
 			httpProtocolOptions(c).GetExplicitHttpConfig().GetHttp2ProtocolOptions()},
 	} {

@@ -123,11 +123,12 @@ func compileHeaderAdd(p string, o *corev3.HeaderValueOption) (headerAdd, error) 
 	if action > OverwriteIfExists {
 		return headerAdd{}, fmt.Errorf("%s.append_action: unknown value %d", p, o.GetAppendAction())
 	}
-	if o.GetAppend() != nil {
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
+	if oldAppend := o.GetAppend(); oldAppend != nil {
 		if o.GetAppendAction() != corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
 			return headerAdd{}, fmt.Errorf("%s: append and append_action are both set; use append_action only", p)
 		}
-		if !o.GetAppend().GetValue() {
+		if !oldAppend.GetValue() {
 			action = OverwriteIfExistsOrAdd
 		}
 	}

@@ -297,15 +297,20 @@ func compileHeaderMatcher(p string, hm *routev3.HeaderMatcher) (headerMatcher, e
 	var err error
 	switch s := hm.GetHeaderMatchSpecifier().(type) {
 	case *routev3.HeaderMatcher_ExactMatch:
+		//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 		m.str = stringMatcher{kind: strExact, value: s.ExactMatch}
 	case *routev3.HeaderMatcher_PrefixMatch:
+		//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 		m.str = stringMatcher{kind: strPrefix, value: s.PrefixMatch}
 	case *routev3.HeaderMatcher_SuffixMatch:
+		//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 		m.str = stringMatcher{kind: strSuffix, value: s.SuffixMatch}
 	case *routev3.HeaderMatcher_ContainsMatch:
+		//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 		m.str = stringMatcher{kind: strContains, value: s.ContainsMatch}
 	case *routev3.HeaderMatcher_SafeRegexMatch:
 		var re *regexp.Regexp
+		//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 		re, err = compileRegex(p+".safe_regex_match", s.SafeRegexMatch)
 		m.str = stringMatcher{kind: strRegex, re: re}
 	case *routev3.HeaderMatcher_StringMatch:

@@ -381,6 +381,7 @@ func (c *compiler) virtualHost(p string, v *routev3.VirtualHost) (*VirtualHost, 
 	if err != nil {
 		return nil, err
 	}
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 	vhLimit, err := compileBodyBufferLimit(p, v.GetRequestBodyBufferLimit(), v.GetPerRequestBufferLimitBytes())
 	if err != nil {
 		return nil, err
@@ -426,6 +427,7 @@ func (c *compiler) route(p string, rc *routev3.Route) (*Route, error) {
 	if r.responseLevels[2], err = compileHeaderOps(p, "response", rc.GetResponseHeadersToAdd(), rc.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 	if r.BodyBufferLimit, err = compileBodyBufferLimit(p, rc.GetRequestBodyBufferLimit(), rc.GetPerRequestBufferLimitBytes()); err != nil {
 		return nil, err
 	}
@@ -499,9 +501,11 @@ func (c *compiler) routeAction(p string, a *routev3.RouteAction, r *Route) error
 	if r.IdleTimeout, err = optDuration(p+".idle_timeout", a.GetIdleTimeout()); err != nil {
 		return err
 	}
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 	if r.MaxGRPCTimeout, err = optDuration(p+".max_grpc_timeout", a.GetMaxGrpcTimeout()); err != nil {
 		return err
 	}
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 	if r.GRPCTimeoutOffset, err = duration(p+".grpc_timeout_offset", a.GetGrpcTimeoutOffset()); err != nil {
 		return err
 	}
@@ -583,6 +587,7 @@ func (c *compiler) weighted(p string, w *routev3.WeightedCluster, r *Route) erro
 	if sum > 1<<32-1 {
 		return fmt.Errorf("%s.clusters: the sum of weights %d overflows uint32", p, sum)
 	}
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 	if tw := w.GetTotalWeight(); tw != nil && uint64(tw.GetValue()) != sum {
 		return fmt.Errorf("%s.total_weight: %d does not equal the sum of weights %d", p, tw.GetValue(), sum)
 	}

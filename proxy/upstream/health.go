@@ -210,6 +210,7 @@ func compileHealthCheck(hc *corev3.HealthCheck, cluster string) (*HealthCheckSpe
 		return nil, errors.New("tls_options: not supported")
 	case hc.GetTransportSocketMatchCriteria() != nil:
 		return nil, errors.New("transport_socket_match_criteria: not supported")
+	//lint:ignore SA1019 read only to refuse it with an error naming the field
 	case hc.GetEventLogPath() != "" || len(hc.GetEventLogger()) > 0 || hc.GetEventService() != nil:
 		return nil, errors.New("event_logger: health check event logs are not supported")
 	}
@@ -289,7 +290,8 @@ func compileHTTPHealthCheck(h *corev3.HealthCheck_HttpHealthCheck, cluster strin
 		switch hv.GetAppendAction() {
 		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
 			// The deprecated append field, when set, decides instead.
-			add.Append = hv.GetAppend() == nil || hv.GetAppend().GetValue() //nolint:staticcheck // deprecated, still honoured by Envoy
+			//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
+			add.Append = hv.GetAppend() == nil || hv.GetAppend().GetValue()
 		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
 		default:
 			return nil, fmt.Errorf("request_headers_to_add[%d].append_action: %s is not supported", i, hv.GetAppendAction())

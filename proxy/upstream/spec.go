@@ -22,6 +22,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"meshd.dev/meshd/mtls"
 	"meshd.dev/meshd/proxy/http/h3"
@@ -341,6 +342,7 @@ func CompileClusterWith(c *clusterv3.Cluster, secrets tlscontext.Secrets) (*Spec
 			return nil, fmt.Errorf("connect_timeout: must be positive")
 		}
 	}
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy; the sidecar honours it for control planes that send it
 	if d := c.GetDnsRefreshRate(); d != nil {
 		s.DNSRefreshRate = d.AsDuration()
 	}
@@ -449,9 +451,20 @@ func (s *Spec) compileEndpoints(c *clusterv3.Cluster) error {
 	return nil
 }
 
+// deprecatedHTTPOptions returns the Cluster's http2_protocol_options,
+// common_http_protocol_options and max_requests_per_connection: fields
+// Envoy deprecated in favour of typed_extension_protocol_options but still
+// honours, so the sidecar honours them too for control planes that send
+// them. The typed options win where both are set.
+func deprecatedHTTPOptions(c *clusterv3.Cluster) (*corev3.Http2ProtocolOptions, *corev3.HttpProtocolOptions, *wrapperspb.UInt32Value) {
+	//lint:ignore SA1019 deprecated in Envoy's API but still honoured by Envoy (see above)
+	return c.GetHttp2ProtocolOptions(), c.GetCommonHttpProtocolOptions(), c.GetMaxRequestsPerConnection()
+}
+
 func (s *Spec) compileProtocol(c *clusterv3.Cluster) error {
 	var h2 *corev3.Http2ProtocolOptions
 	var common *corev3.HttpProtocolOptions
+	oldH2, oldCommon, oldMaxRequests := deprecatedHTTPOptions(c)
 	if anyOpt, ok := c.GetTypedExtensionProtocolOptions()[httpProtocolOptionsKey]; ok {
 		var o httpv3.HttpProtocolOptions
 		path := "typed_extension_protocol_options[" + strconv.Quote(httpProtocolOptionsKey) + "]"
@@ -484,12 +497,12 @@ func (s *Spec) compileProtocol(c *clusterv3.Cluster) error {
 		case o.GetUpstreamProtocolOptions() != nil:
 			return fmt.Errorf("%s: only explicit_http_config is supported", path)
 		}
-	} else if c.GetHttp2ProtocolOptions() != nil { //nolint:staticcheck // deprecated field still accepted by Envoy
+	} else if oldH2 != nil {
 		s.Protocol = HTTP2
-		h2 = c.GetHttp2ProtocolOptions() //nolint:staticcheck
+		h2 = oldH2
 	}
 	if common == nil {
-		common = c.GetCommonHttpProtocolOptions() //nolint:staticcheck
+		common = oldCommon
 	}
 	if d := common.GetIdleTimeout(); d != nil {
 		s.Lifetimes.IdleTimeout = d.AsDuration()
@@ -502,8 +515,8 @@ func (s *Spec) compileProtocol(c *clusterv3.Cluster) error {
 	}
 	if v := common.GetMaxRequestsPerConnection(); v != nil {
 		s.Lifetimes.MaxRequestsPerConnection = v.GetValue()
-	} else if v := c.GetMaxRequestsPerConnection(); v != nil { //nolint:staticcheck // deprecated field still accepted by Envoy
-		s.Lifetimes.MaxRequestsPerConnection = v.GetValue()
+	} else if oldMaxRequests != nil {
+		s.Lifetimes.MaxRequestsPerConnection = oldMaxRequests.GetValue()
 	}
 	if h2 != nil {
 		s.HTTP2.MaxConcurrentStreams = h2.GetMaxConcurrentStreams().GetValue()

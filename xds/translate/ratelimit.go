@@ -218,7 +218,8 @@ func (t *translator) wasmRateLimitFilter(p *model.RateLimitPolicy) []*hcmv3.Http
 			}}},
 		}},
 		Configuration: t.typed(wrapperspb.String(string(conf))),
-		FailOpen:      true,
+		//lint:ignore SA1019 the sidecar's wasm filter takes fail_open and refuses failure_policy (filters/wasm), so the control plane sends fail_open
+		FailOpen: true,
 	}}
 	return []*hcmv3.HttpFilter{{
 		Name:       WasmFilterName,

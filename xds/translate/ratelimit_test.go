@@ -125,6 +125,7 @@ func TestRateLimitPolicyWasm(t *testing.T) {
 				pc := w.GetConfig()
 				vc := pc.GetVmConfig()
 				remote := vc.GetCode().GetRemote()
+				//lint:ignore SA1019 checks the fail_open the translation sends (xds/translate/ratelimit.go)
 				if pc.GetName() != "rate_limit_policy_prod_api-limit" || !pc.GetFailOpen() || vc.GetVmId() != translate.RateLimitVMID ||
 					vc.GetRuntime() != translate.WasmRuntime || remote.GetSha256() != wantSum || remote.GetHttpUri().GetUri() != wantURL ||
 					remote.GetHttpUri().GetCluster() != translate.ModuleClusterName || remote.GetHttpUri().GetTimeout().AsDuration() <= 0 {
