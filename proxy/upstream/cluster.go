@@ -196,6 +196,9 @@ type Cluster struct {
 	// unsample stops the updates of the membership and circuit breaker
 	// gauges (sampled.go); drain calls it.
 	unsample func()
+	// dnsLast is what each STRICT_DNS endpoint resolved to last, indexed
+	// like spec.Endpoints; owned by resolve.
+	dnsLast [][]resolved
 }
 
 // Observe returns, for each HTTP/2 endpoint of the cluster, what its pool
@@ -396,31 +399,37 @@ func (c *Cluster) dnsLoop() {
 	}
 }
 
-// resolve looks up every STRICT_DNS endpoint and publishes the result. A
-// failed lookup keeps the addresses it had before (Envoy does the same).
+// resolve looks up every STRICT_DNS endpoint and publishes the result.
+// Called by newCluster, then by dnsLoop only.
 func (c *Cluster) resolve(ctx context.Context) {
 	var eps []resolved
-	old := map[string][]resolved{}
-	if hs := c.set.Load(); hs != nil {
-		for _, h := range hs.hosts {
-			host, _, _ := net.SplitHostPort(h.Addr)
-			old[host] = append(old[host], resolved{addr: h.Addr, weight: h.LB.Weight})
-		}
-	}
-	for _, e := range c.spec.Endpoints {
-		ips, err := net.DefaultResolver.LookupIPAddr(ctx, e.Host)
-		if err != nil {
-			c.logger.Warn("DNS resolution failed; keeping previous addresses", "host", e.Host, "err", err)
-			continue
-		}
-		for _, ip := range ips {
-			eps = append(eps, resolved{addr: net.JoinHostPort(ip.IP.String(), strconv.Itoa(e.Port)), weight: e.Weight})
-		}
-	}
-	if len(eps) == 0 && len(old) > 0 {
-		return
-	}
+	eps, c.dnsLast = resolveDNS(ctx, c.spec.Endpoints, c.dnsLast, net.DefaultResolver.LookupIPAddr, c.logger)
 	c.setHosts(eps)
+}
+
+// resolveDNS looks up each endpoint's host with lookup and returns every
+// address found, with each endpoint's own addresses (per, indexed like
+// eps) for the next round. An endpoint whose lookup fails keeps the
+// addresses it had in last, as Envoy keeps a failed STRICT_DNS target's
+// hosts: one name failing to resolve does not take the others' hosts with
+// it, nor its own.
+func resolveDNS(ctx context.Context, eps []Endpoint, last [][]resolved, lookup func(context.Context, string) ([]net.IPAddr, error), logger *slog.Logger) (all []resolved, per [][]resolved) {
+	per = make([][]resolved, len(eps))
+	for i, e := range eps {
+		ips, err := lookup(ctx, e.Host)
+		if err != nil {
+			if i < len(last) {
+				per[i] = last[i]
+			}
+			logger.Warn("DNS resolution failed; keeping previous addresses", "host", e.Host, "kept", len(per[i]), "err", err)
+		} else {
+			for _, ip := range ips {
+				per[i] = append(per[i], resolved{addr: net.JoinHostPort(ip.IP.String(), strconv.Itoa(e.Port)), weight: e.Weight})
+			}
+		}
+		all = append(all, per[i]...)
+	}
+	return all, per
 }
 
 // drain stops DNS refresh and drains every pool.
