@@ -367,22 +367,31 @@ func TestHalfClose(t *testing.T) {
 func TestIdleTimeout(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	backend := serveTCP(t, echo)
-	const idle = 150 * time.Millisecond
+	// Exchanges every pace keep the connection open for rounds*pace, 2.5
+	// idle periods. idle is ten paces, so only a stall of the test or the
+	// proxy longer than 450 ms closes an active connection: a loaded
+	// 2-core machine running -race stalls them past the 100 ms an idle of
+	// three paces left.
+	const (
+		pace   = 50 * time.Millisecond
+		idle   = 10 * pace
+		rounds = 25
+	)
 	h := start(t, config(t, func(tp *tcpproxyv3.TcpProxy) { tp.IdleTimeout = durationpb.New(idle) }),
 		map[string][]string{"backend": {backend}})
 
 	c := dial(t, h.addr)
-	// Traffic more often than idle_timeout keeps the connection open for
-	// several idle periods.
 	buf := make([]byte, 1)
-	for i := range 8 {
+	last := time.Now()
+	for i := range rounds {
 		if _, err := c.Write([]byte{byte(i)}); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
 		if _, err := io.ReadFull(c, buf); err != nil {
-			t.Fatalf("read %d (closed while active): %v", i, err)
+			t.Fatalf("read %d (closed while active, %v after the previous exchange): %v", i, time.Since(last), err)
 		}
-		time.Sleep(idle / 3)
+		last = time.Now()
+		time.Sleep(pace)
 	}
 	if n := counter(h, "tcp.test.idle_timeout"); n != 0 {
 		t.Fatalf("idle_timeout = %d while active", n)
