@@ -68,7 +68,10 @@ var supportedFields = map[protoreflect.FullName]messageFields{
 	// Listeners.
 	"envoy.config.listener.v3.Listener": {
 		supported: names("name", "address", "filter_chains", "per_connection_buffer_limit_bytes", "metadata",
-			"listener_filters", "udp_listener_config", "use_original_dst", "bind_to_port", "access_log"),
+			"listener_filters", "udp_listener_config", "use_original_dst", "bind_to_port", "access_log",
+			// traffic_direction: POST /drain_listeners?inboundonly leaves
+			// OUTBOUND listeners accepting, as Envoy does.
+			"traffic_direction"),
 	},
 	// HTTP/3 (proxy/config/quic.go): a UDP listener serves QUIC only.
 	"envoy.config.listener.v3.UdpListenerConfig": {supported: names("quic_options")},

@@ -98,6 +98,10 @@ type Listener struct {
 	// NoBind: bind_to_port false; the listener only receives connections
 	// handed over by a use_original_dst listener.
 	NoBind bool
+	// Outbound: traffic_direction is OUTBOUND, so /drain_listeners
+	// ?inboundonly leaves the listener accepting (Envoy's rule: INBOUND
+	// and UNSPECIFIED listeners are drained).
+	Outbound bool
 	// AccessLogs is the listener's own access_log: one line per connection
 	// the listener closes before a filter chain serves it (TLS handshake
 	// failure, no filter chain for its protocol). Nil without access_log.
@@ -306,6 +310,7 @@ func CompileListenerWith(l *listenerv3.Listener, secrets tlscontext.Secrets) (*L
 		return nil, err
 	}
 	out.AccessLogs = logs
+	out.Outbound = l.GetTrafficDirection() == corev3.TrafficDirection_OUTBOUND
 	return out, nil
 }
 

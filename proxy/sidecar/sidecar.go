@@ -677,12 +677,16 @@ func (s *Sidecar) SetHealthcheckFailed(failed bool) { s.hcFailed.Store(failed) }
 func (s *Sidecar) HealthcheckFailed() bool { return s.hcFailed.Load() }
 
 // DrainListeners stops the listeners accepting and drains their
-// connections in the background; every listener is inbound for a sidecar
-// configured by bootstrap.
-func (s *Sidecar) DrainListeners(graceful, _ bool) {
+// connections in the background. With inboundOnly, listeners whose
+// traffic_direction is OUTBOUND keep accepting (config.Listener.Outbound),
+// so a pod shutting down can still call out while its inbound drains.
+func (s *Sidecar) DrainListeners(graceful, inboundOnly bool) {
 	s.mu.Lock()
 	lls := make([]*liveListener, 0, len(s.listeners))
 	for _, ll := range s.listeners {
+		if inboundOnly && ll.cfg.Outbound {
+			continue
+		}
 		lls = append(lls, ll)
 	}
 	s.mu.Unlock()
