@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -64,9 +65,10 @@ func (t *translator) capture(r *Resources, c *model.Capture, clusters map[string
 	}
 	chain := t.tcpListener(VirtualOutboundName, c.OutboundPort, passthrough).FilterChains
 	r.Listeners = append(r.Listeners, &listenerv3.Listener{
-		Name:           VirtualOutboundName,
-		Address:        socketAddress(LocalAddress, c.OutboundPort),
-		UseOriginalDst: wrapperspb.Bool(true),
+		Name:             VirtualOutboundName,
+		Address:          socketAddress(LocalAddress, c.OutboundPort),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		UseOriginalDst:   wrapperspb.Bool(true),
 		ListenerFilters: []*listenerv3.ListenerFilter{{
 			Name:       OriginalDstFilterName,
 			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: t.typed(&originaldstv3.OriginalDst{})},
@@ -97,6 +99,7 @@ func (t *translator) capture(r *Resources, c *model.Capture, clusters map[string
 			}
 			l.Address = socketAddress(ip, svc.Spec.Port)
 			l.BindToPort = wrapperspb.Bool(false)
+			l.TrafficDirection = corev3.TrafficDirection_OUTBOUND
 			r.Listeners = append(r.Listeners, l)
 		}
 		if clusters[cname] {

@@ -115,6 +115,7 @@ func (t *translator) inboundQUIC(port uint32, tcp *listenerv3.Listener) *listene
 	return &listenerv3.Listener{
 		Name:              name,
 		Address:           addr,
+		TrafficDirection:  corev3.TrafficDirection_INBOUND,
 		UdpListenerConfig: &listenerv3.UdpListenerConfig{QuicOptions: &listenerv3.QuicProtocolOptions{}},
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{

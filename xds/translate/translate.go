@@ -198,12 +198,17 @@ func (t *translator) node(w *model.Workload) *Resources {
 		svc := w.OutboundRefs[i]
 		cname := OutboundClusterName(svc)
 		name := OutboundName(out.Port)
+		var l *listenerv3.Listener
 		if svc.Spec.Protocol == model.ProtocolTCP {
-			r.Listeners = append(r.Listeners, t.tcpListener(name, out.Port, cname))
+			l = t.tcpListener(name, out.Port, cname)
 		} else {
-			r.Listeners = append(r.Listeners, t.httpListener(name, out.Port, t.rds(name), nil, nil))
+			l = t.httpListener(name, out.Port, t.rds(name), nil, nil)
 			r.Routes = append(r.Routes, t.routeConfig(name, svc.Key(), t.route(cname, t.policy(svc), false)))
 		}
+		// POST /drain_listeners?inboundonly (a pod shutting down) leaves
+		// OUTBOUND listeners serving the app's calls out.
+		l.TrafficDirection = corev3.TrafficDirection_OUTBOUND
+		r.Listeners = append(r.Listeners, l)
 		if clusters[cname] {
 			continue
 		}
@@ -249,6 +254,7 @@ func (t *translator) inbound(r *Resources, w *model.Workload, in *model.Inbound)
 		r.Listeners = append(r.Listeners, t.httpListener(name, in.Port, &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}, h2, filters))
 	}
 	l := r.Listeners[len(r.Listeners)-1].(*listenerv3.Listener)
+	l.TrafficDirection = corev3.TrafficDirection_INBOUND
 	if w.Spec.Address != "" {
 		// Its own network namespace (a pod): bind the pod IP, where
 		// other sidecars and captured inbound traffic arrive.
