@@ -38,8 +38,18 @@ type Stats struct {
 	CxTotal  *stats.Counter
 	CxActive *stats.Gauge
 	// CxDestroy counts connections closed, whoever closed them
-	// (upstream_cx_destroy).
+	// (upstream_cx_destroy); each is also counted in CxDestroyLocal or
+	// CxDestroyRemote.
 	CxDestroy *stats.Counter
+	// CxDestroyLocal counts connections this side closed
+	// (upstream_cx_destroy_local): drained (idle timeout, lifetimes, a
+	// received GOAWAY's drain, config removal), closed, a keepalive or
+	// idle timeout, a protocol error it detected.
+	CxDestroyLocal *stats.Counter
+	// CxDestroyRemote counts connections the peer closed
+	// (upstream_cx_destroy_remote): end of stream or reset on TCP, a QUIC
+	// CONNECTION_CLOSE or stateless reset, a failed write.
+	CxDestroyRemote *stats.Counter
 	// CxConnectMs is upstream_cx_connect_ms: how long each established
 	// connection took to connect, TCP (or QUIC) and TLS handshakes
 	// included.
@@ -82,6 +92,8 @@ func NewStats(store *stats.Store, name string) *Stats {
 		CxTotal:           sc.Counter("upstream_cx_total"),
 		CxActive:          sc.Gauge("upstream_cx_active"),
 		CxDestroy:         sc.Counter("upstream_cx_destroy"),
+		CxDestroyLocal:    sc.Counter("upstream_cx_destroy_local"),
+		CxDestroyRemote:   sc.Counter("upstream_cx_destroy_remote"),
 		CxConnectMs:       sc.Histogram("upstream_cx_connect_ms"),
 		CxLengthMs:        sc.Histogram("upstream_cx_length_ms"),
 		CxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
@@ -99,6 +111,19 @@ func NewStats(store *stats.Store, name string) *Stats {
 		LBHealthyPanic:    sc.Counter("lb_healthy_panic"),
 		HTTP2:             h2.NewStats(sc.Scope("http2")),
 		H3:                newH3Stats(sc),
+	}
+}
+
+// connClosed counts an established connection closed: upstream_cx_active
+// down, upstream_cx_destroy, and upstream_cx_destroy_remote when the peer
+// closed it (byPeer), upstream_cx_destroy_local otherwise.
+func (s *Stats) connClosed(byPeer bool) {
+	s.CxActive.Dec()
+	s.CxDestroy.Inc()
+	if byPeer {
+		s.CxDestroyRemote.Inc()
+	} else {
+		s.CxDestroyLocal.Inc()
 	}
 }
 
@@ -362,9 +387,8 @@ func (c *Cluster) newPool(addr string) connPool {
 				c.stats.CxConnectTimeout.Inc()
 			}
 		},
-		OnConnClose: func(d time.Duration) {
-			c.stats.CxActive.Dec()
-			c.stats.CxDestroy.Inc()
+		OnConnClose: func(d time.Duration, byPeer bool) {
+			c.stats.connClosed(byPeer)
 			c.stats.CxLengthMs.Record(durationMs(d))
 		},
 		MaxRequestsPerConnection: c.spec.Lifetimes.MaxRequestsPerConnection,

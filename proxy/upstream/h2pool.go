@@ -787,9 +787,22 @@ func (p *h2Pool) onGoAway(pc *pconn, code stream.ErrCode, debug string) {
 	p.dispatchLocked()
 }
 
+// closedByPeer reports whether err, the close cause a connection of the
+// pool reported, came from the peer (the codec's ClosedByPeer).
+func (p *h2Pool) closedByPeer(err error) bool {
+	if p.spec.Protocol == HTTP3 {
+		return h3.ClosedByPeer(err)
+	}
+	return h2.ClosedByPeer(err)
+}
+
 func (p *h2Pool) onClose(pc *pconn, err error) {
-	p.stats.CxActive.Dec()
-	p.stats.CxDestroy.Inc()
+	// localClose is set under mu before the pool closes the connection,
+	// so it is read under mu; the stats below need no lock.
+	p.mu.Lock()
+	byPeer := !pc.localClose && p.closedByPeer(err)
+	p.mu.Unlock()
+	p.stats.connClosed(byPeer)
 	if opened := pc.opened.Load(); opened != 0 {
 		p.stats.CxLengthMs.Record(durationMs(time.Since(time.Unix(0, opened))))
 	}
@@ -805,10 +818,10 @@ func (p *h2Pool) onClose(pc *pconn, err error) {
 		pc.ageTimer.Stop()
 	}
 	if pc.active > 0 && err != nil {
-		if pc.localClose || errors.Is(err, h2.ErrKeepaliveTimeout) {
-			p.sh.stats.cxDestroyLocalRq.Inc()
-		} else {
+		if byPeer {
 			p.sh.stats.cxDestroyRemoteRq.Inc()
+		} else {
+			p.sh.stats.cxDestroyLocalRq.Inc()
 		}
 	}
 	if pc.active > 0 {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -63,10 +64,13 @@ type ClientConfig struct {
 	// pool's connections (the cluster keeps upstream_cx_* stats with
 	// them): a connection established (TLS included) with the time the
 	// dial took, an attempt that failed, and an established connection
-	// closed with how long it was open. They must not block.
+	// closed with how long it was open and whether the peer closed it
+	// first (a read from it failed, end of stream or reset, before the
+	// client closed it) rather than the client (idle timeout, Close,
+	// "Connection: close", a cancelled request). They must not block.
 	OnConnect        func(connectTime time.Duration)
 	OnConnectFailure func(err error)
-	OnConnClose      func(lifetime time.Duration)
+	OnConnClose      func(lifetime time.Duration, byPeer bool)
 	// MaxRequestsPerConnection (max_requests_per_connection) closes a
 	// connection after this many requests: the last one goes out with
 	// "Connection: close" and the connection is not reused. Zero means no
@@ -164,18 +168,32 @@ func (c *Client) observe(start time.Time, conn net.Conn, err error) (net.Conn, e
 	return &observedConn{Conn: conn, onClose: c.cfg.OnConnClose, opened: opened}, nil
 }
 
-// observedConn reports its first Close and counts the requests sent on it.
+// observedConn reports its first Close, with whether the peer had closed
+// the connection before it, and counts the requests sent on it.
 type observedConn struct {
 	net.Conn
 	once     sync.Once
-	onClose  func(lifetime time.Duration) // nil: not reported
-	opened   time.Time                    // when the dial succeeded
+	onClose  func(lifetime time.Duration, byPeer bool) // nil: not reported
+	opened   time.Time                                 // when the dial succeeded
 	requests atomic.Uint32
+	// closing is set when Close is called; peerClosed when a read failed
+	// before that (net/http reads every idle connection, so a peer's
+	// close is seen as soon as it arrives).
+	closing, peerClosed atomic.Bool
+}
+
+func (c *observedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && !c.closing.Load() && !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.peerClosed.Store(true)
+	}
+	return n, err
 }
 
 func (c *observedConn) Close() error {
+	c.closing.Store(true)
 	if c.onClose != nil {
-		c.once.Do(func() { c.onClose(time.Since(c.opened)) })
+		c.once.Do(func() { c.onClose(time.Since(c.opened), c.peerClosed.Load()) })
 	}
 	return c.Conn.Close()
 }

@@ -483,6 +483,20 @@ func jittered(interval time.Duration, percent float64) time.Duration {
 // keepalive PING went unanswered.
 var errKeepaliveTimeout = errors.New("http2: keepalive PING not acknowledged in time")
 
+// ClosedByPeer reports whether err, a connection's close cause as OnClose
+// reports it, came from the peer: the peer ended or reset the TCP
+// connection, or a write to it failed. It is false for nil (a graceful
+// close), Close, a keepalive PING not acknowledged and a connection error
+// this side detected (it sent GOAWAY and closed): Envoy counts those in
+// upstream_cx_destroy_local, the peer's in upstream_cx_destroy_remote.
+func ClosedByPeer(err error) bool {
+	if err == nil || errors.Is(err, errConnClosed) || errors.Is(err, errGracefulClose) || errors.Is(err, errKeepaliveTimeout) {
+		return false
+	}
+	_, local := errors.AsType[connError](err)
+	return !local
+}
+
 // ErrKeepaliveTimeout is the error OnClose reports (errors.Is) for a
 // connection closed because a keepalive PING was not acknowledged within
 // KeepaliveTimeout.

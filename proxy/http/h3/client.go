@@ -57,7 +57,8 @@ type ClientConfig struct {
 	// ended, just before its OnStreamDone.
 	OnStreamRefused func()
 	// OnClose is called once when the connection closed; err is nil after
-	// a graceful close.
+	// a local graceful close (H3_NO_ERROR), else the cause (ClosedByPeer
+	// tells whose).
 	OnClose func(err error)
 }
 
@@ -274,13 +275,30 @@ func (c *ClientConn) closed(cause error) {
 			c.cfg.Stats.IdleTimeout.Inc()
 		}
 		var err error
-		if ae, ok := errors.AsType[*quic.ApplicationError](cause); !ok || http3.ErrCode(ae.ErrorCode) != http3.ErrCodeNoError {
+		if ae, ok := errors.AsType[*quic.ApplicationError](cause); !ok || ae.Remote || http3.ErrCode(ae.ErrorCode) != http3.ErrCodeNoError {
 			err = cause
 		}
 		if c.cfg.OnClose != nil {
 			c.cfg.OnClose(err)
 		}
 	})
+}
+
+// ClosedByPeer reports whether err, a connection's close cause as OnClose
+// reports it, came from the peer: its CONNECTION_CLOSE (any code,
+// H3_NO_ERROR included) or a stateless reset. It is false for nil (a local
+// graceful close), a local close, and the idle and handshake timeouts:
+// Envoy counts those in upstream_cx_destroy_local, the peer's in
+// upstream_cx_destroy_remote.
+func ClosedByPeer(err error) bool {
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok {
+		return ae.Remote
+	}
+	if te, ok := errors.AsType[*quic.TransportError](err); ok {
+		return te.Remote
+	}
+	_, reset := errors.AsType[*quic.StatelessResetError](err)
+	return reset
 }
 
 // Capacity is how many more streams the connection takes now: the peer's
