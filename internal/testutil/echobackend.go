@@ -52,6 +52,7 @@ type EchoBackend struct {
 	Addr string
 
 	srv      *http.Server
+	served   chan struct{} // closed when Serve returned
 	conns    atomic.Int64
 	requests atomic.Int64
 }
@@ -87,16 +88,21 @@ func StartEchoBackend(t testing.TB) *EchoBackend {
 			}
 		},
 	}
-	served := make(chan struct{})
+	b.served = make(chan struct{})
 	go func() {
-		defer close(served)
+		defer close(b.served)
 		_ = b.srv.Serve(lis) // returns http.ErrServerClosed after Close
 	}()
-	t.Cleanup(func() {
-		_ = b.srv.Close()
-		<-served
-	})
+	t.Cleanup(b.Close)
 	return b
+}
+
+// Close stops the backend at once: its listener and every connection are
+// closed without a GOAWAY or "Connection: close", as a crashed server's
+// would be. Closing it again does nothing.
+func (b *EchoBackend) Close() {
+	_ = b.srv.Close()
+	<-b.served
 }
 
 // Conns returns how many connections the backend has accepted.

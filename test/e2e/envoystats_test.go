@@ -134,6 +134,16 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
+	// The backend goes away: every upstream connection ends at the peer,
+	// none at the sidecar, so each is counted remote.
+	cxTotal := sc.Stats(t)["cluster.backend.upstream_cx_total"]
+	backend.Close()
+	sc.WaitStat(t, "cluster.backend.upstream_cx_destroy", cxTotal, statsSettle, "upstream connections closed by the backend")
+	if st := sc.Stats(t); st["cluster.backend.upstream_cx_destroy_remote"] != cxTotal || st["cluster.backend.upstream_cx_destroy_local"] != 0 {
+		t.Errorf("the backend closed its %d connections: upstream_cx_destroy_remote = %d, upstream_cx_destroy_local = %d, want %d and 0",
+			cxTotal, st["cluster.backend.upstream_cx_destroy_remote"], st["cluster.backend.upstream_cx_destroy_local"], cxTotal)
+	}
+
 	cluster := map[string]string{"envoy_cluster_name": "backend"}
 	hcm := map[string]string{"envoy_http_conn_manager_prefix": prefix}
 	lis := map[string]string{"envoy_listener_address": listener}
@@ -157,9 +167,11 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 		{"cluster.backend.upstream_cx_active", "envoy_cluster_upstream_cx_active", cluster, "gauge", 0},
 		{"cluster.backend.upstream_cx_connect_fail", "envoy_cluster_upstream_cx_connect_fail", cluster, "counter", 0},
 		{"cluster.backend.upstream_cx_connect_timeout", "envoy_cluster_upstream_cx_connect_timeout", cluster, "counter", 0},
-		{"cluster.backend.upstream_cx_destroy", "envoy_cluster_upstream_cx_destroy", cluster, "counter", 0},
+		{"cluster.backend.upstream_cx_destroy", "envoy_cluster_upstream_cx_destroy", cluster, "counter", 1},
+		{"cluster.backend.upstream_cx_destroy_local", "envoy_cluster_upstream_cx_destroy_local", cluster, "counter", 0},
+		{"cluster.backend.upstream_cx_destroy_remote", "envoy_cluster_upstream_cx_destroy_remote", cluster, "counter", 1},
 		{"cluster.backend.upstream_cx_connect_ms", "envoy_cluster_upstream_cx_connect_ms", cluster, "histogram", 1},
-		{"cluster.backend.upstream_cx_length_ms", "envoy_cluster_upstream_cx_length_ms", cluster, "histogram", 0},
+		{"cluster.backend.upstream_cx_length_ms", "envoy_cluster_upstream_cx_length_ms", cluster, "histogram", 1},
 		{"cluster.backend.membership_total", "envoy_cluster_membership_total", cluster, "gauge", 1},
 		{"cluster.backend.membership_healthy", "envoy_cluster_membership_healthy", cluster, "gauge", 1},
 		{"cluster.backend.circuit_breakers.default.cx_open", "envoy_cluster_circuit_breakers_default_cx_open", cluster, "gauge", 0},

@@ -499,3 +499,51 @@ func TestClientMaxRequestsPerConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestClientConnCloseByPeer checks OnConnClose's byPeer: true when the
+// upstream closed the connection (the client reads every idle connection,
+// so it sees that first), false when the client closed it (Close, its
+// idle timeout).
+func TestClientConnCloseByPeer(t *testing.T) {
+	cases := []struct {
+		name   string
+		idle   time.Duration
+		close  func(up *upstream, c *Client)
+		byPeer bool
+	}{
+		{name: "upstream closes", byPeer: true, close: func(up *upstream, _ *Client) { up.CloseClientConnections() }},
+		{name: "client closes", close: func(_ *upstream, c *Client) { c.Close() }},
+		{name: "idle timeout", idle: 50 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			up := startUpstream(t, false, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+			closed := make(chan bool, 4)
+			c := newTestClient(t, ClientConfig{
+				Addr:        up.Listener.Addr().String(),
+				IdleTimeout: tc.idle,
+				OnConnClose: func(_ time.Duration, byPeer bool) { closed <- byPeer },
+			})
+			s, err := c.NewStream(testCtx(t), getRequest("/"), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Response(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, s)
+			if tc.close != nil {
+				tc.close(up, c)
+			}
+			select {
+			case byPeer := <-closed:
+				if byPeer != tc.byPeer {
+					t.Errorf("OnConnClose byPeer = %v, want %v", byPeer, tc.byPeer)
+				}
+			case <-time.After(testTimeout):
+				t.Fatal("OnConnClose not called")
+			}
+		})
+	}
+}
