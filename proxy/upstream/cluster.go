@@ -474,14 +474,30 @@ func (c *Cluster) drain() {
 type Manager struct {
 	store  *stats.Store
 	logger *slog.Logger
+	st     managerStats
 
 	mu       sync.Mutex // serialises Apply
 	clusters atomic.Pointer[map[string]*Cluster]
 }
 
+// managerStats are Envoy's cluster manager stats (cluster_manager.*):
+// clusters live, and clusters added, modified (replaced by a different
+// config: drained, a new one built) and removed by Apply, static ones
+// included as Envoy counts them.
+type managerStats struct {
+	active                   *stats.Gauge   // active_clusters
+	added, modified, removed *stats.Counter // cluster_added, cluster_modified, cluster_removed
+}
+
 // NewManager returns a manager with no clusters.
 func NewManager(store *stats.Store, logger *slog.Logger) *Manager {
-	m := &Manager{store: store, logger: logger}
+	sc := store.Root().Scope("cluster_manager")
+	m := &Manager{store: store, logger: logger, st: managerStats{
+		active:   sc.Gauge("active_clusters"),
+		added:    sc.Counter("cluster_added"),
+		modified: sc.Counter("cluster_modified"),
+		removed:  sc.Counter("cluster_removed"),
+	}}
 	empty := map[string]*Cluster{}
 	m.clusters.Store(&empty)
 	return m
@@ -513,10 +529,19 @@ func (m *Manager) Apply(specs []*Spec) {
 			next[s.Name] = c
 			continue
 		}
+		if _, ok := old[s.Name]; ok {
+			m.st.modified.Inc()
+		} else {
+			m.st.added.Inc()
+		}
 		next[s.Name] = newCluster(s, m.store, m.logger)
 	}
 	m.clusters.Store(&next)
+	m.st.active.Set(int64(len(next)))
 	for name, c := range old {
+		if _, kept := next[name]; !kept {
+			m.st.removed.Inc()
+		}
 		if next[name] != c {
 			c.drain()
 		}
@@ -530,6 +555,7 @@ func (m *Manager) Close() {
 	old := *m.clusters.Load()
 	empty := map[string]*Cluster{}
 	m.clusters.Store(&empty)
+	m.st.active.Set(0)
 	for _, c := range old {
 		c.drain()
 	}

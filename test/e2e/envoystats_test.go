@@ -144,6 +144,12 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 			cxTotal, st["cluster.backend.upstream_cx_destroy_remote"], st["cluster.backend.upstream_cx_destroy_local"], cxTotal)
 	}
 
+	// Static clusters only: each added once, none replaced or removed.
+	if st := sc.Stats(t); st["cluster_manager.cluster_added"] != st["cluster_manager.active_clusters"] || st["cluster_manager.cluster_modified"]+st["cluster_manager.cluster_removed"] != 0 {
+		t.Errorf("static clusters: cluster_manager.active_clusters = %d, cluster_added = %d, cluster_modified = %d, cluster_removed = %d; want added = active, no modification or removal",
+			st["cluster_manager.active_clusters"], st["cluster_manager.cluster_added"], st["cluster_manager.cluster_modified"], st["cluster_manager.cluster_removed"])
+	}
+
 	cluster := map[string]string{"envoy_cluster_name": "backend"}
 	hcm := map[string]string{"envoy_http_conn_manager_prefix": prefix}
 	lis := map[string]string{"envoy_listener_address": listener}
@@ -207,6 +213,11 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 		{"cluster.backend.http2.tx_reset", "envoy_cluster_http2_tx_reset", cluster, "counter", 0},
 		{"cluster.backend.http2.goaway_sent", "envoy_cluster_http2_goaway_sent", cluster, "counter", 0},
 		{"cluster.backend.http2.keepalive_timeout", "envoy_cluster_http2_keepalive_timeout", cluster, "counter", 0},
+		// Cluster manager: the bootstrap's static clusters, added once.
+		{"cluster_manager.active_clusters", "envoy_cluster_manager_active_clusters", nil, "gauge", 1},
+		{"cluster_manager.cluster_added", "envoy_cluster_manager_cluster_added", nil, "counter", 1},
+		{"cluster_manager.cluster_modified", "envoy_cluster_manager_cluster_modified", nil, "counter", 0},
+		{"cluster_manager.cluster_removed", "envoy_cluster_manager_cluster_removed", nil, "counter", 0},
 		// HTTP connection manager.
 		{"http." + prefix + ".downstream_rq_total", "envoy_http_downstream_rq_total", hcm, "counter", ok + failed},
 		{"http." + prefix + ".downstream_rq_active", "envoy_http_downstream_rq_active", hcm, "gauge", 0},
