@@ -40,7 +40,7 @@ func TestCxDestroyLocalRemote(t *testing.T) {
 			},
 			setup: func(pr peer) { pr.(*rawServer).onPing = func(*rawConn, int) bool { return false } }},
 		{name: "h3 peer closes", proto: HTTP3, wantRemote: true,
-			close: func(pr peer, p *h2Pool) { pr.(*closingH3Peer).closeAll() }},
+			close: func(pr peer, p *h2Pool) { pr.(*closingH3Peer).closeAll(false) }},
 		{name: "h3 pool closes", proto: HTTP3,
 			close: func(pr peer, p *h2Pool) { p.Close() }},
 		{name: "h3 idle timeout", proto: HTTP3,
@@ -81,7 +81,12 @@ func TestCxDestroyLocalRemote(t *testing.T) {
 			// A preconnecting pool may dial again once its connection
 			// closed; let such a dial settle before the pool is closed.
 			p.Close()
-			waitFor(t, testTimeout, "every connection closed", func() bool { return st.CxActive.Value() == 0 && p.ActiveConns() == 0 })
+			waitFor(t, testTimeout, "every connection closed and no dial in flight", func() bool {
+				p.mu.Lock()
+				dialing := p.connecting
+				p.mu.Unlock()
+				return dialing == 0 && st.CxActive.Value() == 0 && p.ActiveConns() == 0
+			})
 			local, remote := st.CxDestroyLocal.Value(), st.CxDestroyRemote.Value()
 			if local+remote != st.CxDestroy.Value() {
 				t.Errorf("upstream_cx_destroy_local %d + upstream_cx_destroy_remote %d != upstream_cx_destroy %d", local, remote, st.CxDestroy.Value())

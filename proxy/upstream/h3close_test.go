@@ -18,9 +18,10 @@ import (
 	"meshd.dev/meshd/proxy/http/h3"
 )
 
-// closingH3Peer is a QUIC listener speaking h3 that closes its
-// connections on demand (closeAll), and every connection accepted after
-// that at once: a peer that goes away right after the handshake.
+// closingH3Peer is a QUIC listener speaking h3 that answers no request
+// and closes its connections on demand (closeAll), and then, when asked,
+// every connection it accepts later at once: a peer that goes away right
+// after the handshake.
 type closingH3Peer struct {
 	udp *net.UDPConn
 	tls *tls.Config // a client config trusting the server
@@ -63,7 +64,7 @@ func startClosingH3Peer(t *testing.T) *closingH3Peer {
 		}
 	})
 	t.Cleanup(func() {
-		p.closeAll()
+		p.closeAll(true)
 		_ = ln.Close()
 		_ = tr.Close()
 		_ = udp.Close()
@@ -74,12 +75,12 @@ func startClosingH3Peer(t *testing.T) *closingH3Peer {
 
 func (p *closingH3Peer) addr() string { return p.udp.LocalAddr().String() }
 
-// closeAll closes every connection with H3_INTERNAL_ERROR, and every
-// later one as soon as it is accepted.
-func (p *closingH3Peer) closeAll() {
+// closeAll closes every connection with H3_INTERNAL_ERROR and, with
+// later, every later one as soon as it is accepted.
+func (p *closingH3Peer) closeAll(later bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.closing = true
+	p.closing = p.closing || later
 	for _, c := range p.conns {
 		_ = c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "going away")
 	}
@@ -111,7 +112,7 @@ func TestH3CloseBeforeCounted(t *testing.T) {
 	p.h3Dialed = func(cc *h3.ClientConn) {
 		once.Do(func() {
 			defer close(hookDone)
-			peer.closeAll()
+			peer.closeAll(true)
 			// The client sees the close once the connection takes no
 			// more streams (the peer granted 100).
 			deadline := time.Now().Add(testTimeout)
