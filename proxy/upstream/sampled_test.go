@@ -23,6 +23,8 @@ func TestSampledStats(t *testing.T) {
 	m.Apply([]*Spec{spec})
 	c := m.Get("backend")
 	const pre = "cluster.backend."
+	// The router's gauge of outstanding retries (hcm's retryStats).
+	retries := c.Stats().Scope.Gauge(RetryActiveStat)
 	tests := []struct {
 		name string
 		set  func()
@@ -51,6 +53,13 @@ func TestSampledStats(t *testing.T) {
 			c.pools.breaker.requests.Store(3)
 		}, map[string]int64{
 			"circuit_breakers.default.cx_open": 0, "circuit_breakers.default.rq_pending_open": 0, "circuit_breakers.default.rq_open": 0,
+			"circuit_breakers.default.rq_retry_open": 0,
+		}},
+		{"retries below max_retries", func() { retries.Set(int64(spec.Thresholds.MaxRetries) - 1) }, map[string]int64{
+			"circuit_breakers.default.rq_retry_open": 0,
+		}},
+		{"retries at max_retries", func() { retries.Set(int64(spec.Thresholds.MaxRetries)) }, map[string]int64{
+			"circuit_breakers.default.rq_retry_open": 1,
 		}},
 	}
 	for _, tc := range tests {
@@ -111,5 +120,40 @@ func TestLBHealthyPanic(t *testing.T) {
 		if got := c.Stats().LBHealthyPanic.Value(); got != tc.want {
 			t.Errorf("%s: lb_healthy_panic = %d, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestRetryLimit checks the retry circuit breaker's limit: max_retries, or
+// a retry_budget's share of the active and pending requests with its
+// minimum.
+func TestRetryLimit(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	tests := []struct {
+		name            string
+		budget          *RetryBudget
+		active, pending int64
+		want            int64
+	}{
+		{"max_retries", nil, 100, 10, 3},
+		{"budget share", &RetryBudget{BudgetPercent: 20, MinRetryConcurrency: 3}, 40, 10, 10},
+		{"budget minimum", &RetryBudget{BudgetPercent: 20, MinRetryConcurrency: 3}, 5, 0, 3},
+		{"budget share rounds down", &RetryBudget{BudgetPercent: 25, MinRetryConcurrency: 1}, 9, 0, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewManager(stats.NewStore(), slog.New(slog.DiscardHandler))
+			defer m.Close()
+			m.Apply([]*Spec{testSpec(func(s *Spec) {
+				s.Discovery = Static
+				s.Endpoints = []Endpoint{{Host: "127.0.0.1", Port: 1, Weight: 1}}
+				s.Thresholds.MaxRetries, s.Thresholds.RetryBudget = 3, tc.budget
+			})})
+			c := m.Get("backend")
+			c.Stats().RqActive.Set(tc.active)
+			c.pools.stats.rqPendingActive.Set(tc.pending)
+			if got := c.RetryLimit(); got != tc.want {
+				t.Errorf("RetryLimit() = %d with %d active and %d pending, want %d", got, tc.active, tc.pending, tc.want)
+			}
+		})
 	}
 }

@@ -183,6 +183,7 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 		{"cluster.backend.circuit_breakers.default.cx_open", "envoy_cluster_circuit_breakers_default_cx_open", cluster, "gauge", 0},
 		{"cluster.backend.circuit_breakers.default.rq_pending_open", "envoy_cluster_circuit_breakers_default_rq_pending_open", cluster, "gauge", 0},
 		{"cluster.backend.circuit_breakers.default.rq_open", "envoy_cluster_circuit_breakers_default_rq_open", cluster, "gauge", 0},
+		{"cluster.backend.circuit_breakers.default.rq_retry_open", "envoy_cluster_circuit_breakers_default_rq_retry_open", cluster, "gauge", 0},
 		{"cluster.backend.upstream_cx_close_notify", "envoy_cluster_upstream_cx_close_notify", cluster, "counter", 0},
 		{"cluster.backend.upstream_cx_destroy_local_with_active_rq", "envoy_cluster_upstream_cx_destroy_local_with_active_rq", cluster, "counter", 0},
 		{"cluster.backend.upstream_cx_destroy_remote_with_active_rq", "envoy_cluster_upstream_cx_destroy_remote_with_active_rq", cluster, "counter", 0},

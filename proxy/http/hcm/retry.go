@@ -50,7 +50,6 @@ type retryStats struct {
 	transparent    *stats.Counter // meshd: upstream_rq_transparent_retry
 	bufferAbandon  *stats.Counter // retry_or_shadow_abandoned
 	active         *stats.Gauge   // meshd: upstream_rq_retry_active
-	pendingActive  *stats.Gauge   // upstream_rq_pending_active (the pool's)
 	maxDurationHit *stats.Counter // upstream_rq_max_duration_reached
 	// perTryIdleTimeout is upstream_rq_per_try_idle_timeout.
 	perTryIdleTimeout *stats.Counter
@@ -64,8 +63,7 @@ func newRetryStats(sc *stats.Scope) *retryStats {
 		limitExceeded:     sc.Counter("upstream_rq_retry_limit_exceeded"),
 		transparent:       sc.Counter("upstream_rq_transparent_retry"),
 		bufferAbandon:     sc.Counter("retry_or_shadow_abandoned"),
-		active:            sc.Gauge("upstream_rq_retry_active"),
-		pendingActive:     sc.Gauge("upstream_rq_pending_active"),
+		active:            sc.Gauge(upstream.RetryActiveStat),
 		maxDurationHit:    sc.Counter("upstream_rq_max_duration_reached"),
 		perTryIdleTimeout: sc.Counter("upstream_rq_per_try_idle_timeout"),
 	}
@@ -146,13 +144,7 @@ func (rs *retryState) allowRetry() (time.Duration, bool) {
 		return 0, false
 	}
 	if !rs.holding {
-		th := rs.c.Spec().Thresholds
-		limit := int64(th.MaxRetries)
-		if b := th.RetryBudget; b != nil {
-			active := rs.c.Stats().RqActive.Value() + st.pendingActive.Value()
-			limit = max(int64(b.BudgetPercent*float64(active)/100), int64(b.MinRetryConcurrency))
-		}
-		if st.active.Value() >= limit {
+		if st.active.Value() >= rs.c.RetryLimit() {
 			st.overflow.Inc()
 			return 0, false
 		}
