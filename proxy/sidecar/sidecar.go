@@ -393,6 +393,8 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 		handler.SetOverload(s.overload.ShedRequest)
 	}
 	h1s := h1.NewServer(h1.ServerConfig{
+		RxBytes:                  hst.CxRxBytes,
+		TxBytes:                  hst.CxTxBytes,
 		IdleTimeout:              hc.IdleTimeout,
 		MaxConnectionDuration:    hc.MaxConnectionDuration,
 		MaxRequestsPerConnection: hc.MaxRequestsPerConnection,
@@ -430,6 +432,7 @@ func (s *Sidecar) bind(lc *config.Listener) (*liveListener, error) {
 			cfg := handler.Config().HTTP2
 			cfg.Logger = s.logger
 			cfg.Stats = hst.HTTP2
+			cfg.Bytes = h2.ByteCounters{Rx: hst.CxRxBytes, Tx: hst.CxTxBytes}
 			return countConn(h2.NewServerConn(c, &cfg, handler, info), hst.CxHTTP2Total, hst.CxHTTP2Active, hst)
 		},
 		Logger:   s.logger,

@@ -50,6 +50,12 @@ type Stats struct {
 	// (upstream_cx_destroy_remote): end of stream or reset on TCP, a QUIC
 	// CONNECTION_CLOSE or stateless reset, a failed write.
 	CxDestroyRemote *stats.Counter
+	// CxRxBytes and CxTxBytes are upstream_cx_rx_bytes_total and
+	// upstream_cx_tx_bytes_total: bytes read from and written to the
+	// cluster's connections (HTTP/1.1, HTTP/2, tcp_proxy), after TLS
+	// decryption and before encryption, as Envoy counts them (HTTP/3 is
+	// not counted).
+	CxRxBytes, CxTxBytes *stats.Counter
 	// CxConnectMs is upstream_cx_connect_ms: how long each established
 	// connection took to connect, TCP (or QUIC) and TLS handshakes
 	// included.
@@ -94,6 +100,8 @@ func NewStats(store *stats.Store, name string) *Stats {
 		CxDestroy:         sc.Counter("upstream_cx_destroy"),
 		CxDestroyLocal:    sc.Counter("upstream_cx_destroy_local"),
 		CxDestroyRemote:   sc.Counter("upstream_cx_destroy_remote"),
+		CxRxBytes:         sc.Counter("upstream_cx_rx_bytes_total"),
+		CxTxBytes:         sc.Counter("upstream_cx_tx_bytes_total"),
 		CxConnectMs:       sc.Histogram("upstream_cx_connect_ms"),
 		CxLengthMs:        sc.Histogram("upstream_cx_length_ms"),
 		CxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
@@ -393,6 +401,8 @@ func (c *Cluster) newPool(addr string) connPool {
 		},
 		MaxRequestsPerConnection: c.spec.Lifetimes.MaxRequestsPerConnection,
 		OnMaxRequests:            c.pools.stats.cxMaxRequests.Inc,
+		RxBytes:                  c.stats.CxRxBytes,
+		TxBytes:                  c.stats.CxTxBytes,
 	})}
 }
 

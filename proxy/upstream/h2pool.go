@@ -743,6 +743,7 @@ func (p *h2Pool) connectH2(pc *pconn) error {
 		MaxBufferedBytes:            p.spec.PerConnectionBufferLimit,
 		Logger:                      p.logger,
 		Stats:                       p.stats.HTTP2,
+		Bytes:                       h2.ByteCounters{Rx: p.stats.CxRxBytes, Tx: p.stats.CxTxBytes},
 		OnSettings:                  func(mcs uint32) { p.onSettings(pc, mcs) },
 		OnGoAway: func(_ uint32, code stream.ErrCode, debug string) {
 			p.sh.stats.goAwayRx(code)

@@ -107,12 +107,19 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 	client := http1Client()
 	defer client.CloseIdleConnections()
 	const ok, failed = 3, 2
+	const bigResponse = 200 << 10
 	for i := range ok + failed {
 		code := 200
 		if i >= ok {
 			code = 503
 		}
-		resp, err := client.Get(fmt.Sprintf("http://%s/status/%d", addr, code))
+		path := fmt.Sprintf("/status/%d", code)
+		if i == 0 {
+			// One large response, so the byte counters' directions
+			// tell apart.
+			path = fmt.Sprintf("/big?size=%d", bigResponse)
+		}
+		resp, err := client.Get("http://" + addr + path)
 		if err != nil {
 			t.Fatalf("request %d through the sidecar: %v", i, err)
 		}
@@ -144,6 +151,14 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 			cxTotal, st["cluster.backend.upstream_cx_destroy_remote"], st["cluster.backend.upstream_cx_destroy_local"], cxTotal)
 	}
 
+	// Bytes: the large response went backend -> sidecar -> client; every
+	// request was a few hundred bytes.
+	if st := sc.Stats(t); st["cluster.backend.upstream_cx_rx_bytes_total"] < bigResponse || st["http."+prefix+".downstream_cx_tx_bytes_total"] < bigResponse ||
+		st["cluster.backend.upstream_cx_tx_bytes_total"] >= bigResponse/4 || st["http."+prefix+".downstream_cx_rx_bytes_total"] >= bigResponse/4 ||
+		st["cluster.backend.upstream_cx_tx_bytes_total"] == 0 || st["http."+prefix+".downstream_cx_rx_bytes_total"] == 0 {
+		t.Errorf("after a %d-byte response and small requests: upstream_cx_rx_bytes_total = %d, upstream_cx_tx_bytes_total = %d, downstream_cx_rx_bytes_total = %d, downstream_cx_tx_bytes_total = %d; want rx upstream and tx downstream above the response, the others small but not 0",
+			bigResponse, st["cluster.backend.upstream_cx_rx_bytes_total"], st["cluster.backend.upstream_cx_tx_bytes_total"], st["http."+prefix+".downstream_cx_rx_bytes_total"], st["http."+prefix+".downstream_cx_tx_bytes_total"])
+	}
 	// Static clusters only: each added once, none replaced or removed.
 	if st := sc.Stats(t); st["cluster_manager.cluster_added"] != st["cluster_manager.active_clusters"] || st["cluster_manager.cluster_modified"]+st["cluster_manager.cluster_removed"] != 0 {
 		t.Errorf("static clusters: cluster_manager.active_clusters = %d, cluster_added = %d, cluster_modified = %d, cluster_removed = %d; want added = active, no modification or removal",
@@ -178,6 +193,8 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 		{"cluster.backend.upstream_cx_destroy_remote", "envoy_cluster_upstream_cx_destroy_remote", cluster, "counter", 1},
 		{"cluster.backend.upstream_cx_connect_ms", "envoy_cluster_upstream_cx_connect_ms", cluster, "histogram", 1},
 		{"cluster.backend.upstream_cx_length_ms", "envoy_cluster_upstream_cx_length_ms", cluster, "histogram", 1},
+		{"cluster.backend.upstream_cx_rx_bytes_total", "envoy_cluster_upstream_cx_rx_bytes_total", cluster, "counter", bigResponse},
+		{"cluster.backend.upstream_cx_tx_bytes_total", "envoy_cluster_upstream_cx_tx_bytes_total", cluster, "counter", 1},
 		{"cluster.backend.membership_total", "envoy_cluster_membership_total", cluster, "gauge", 1},
 		{"cluster.backend.membership_healthy", "envoy_cluster_membership_healthy", cluster, "gauge", 1},
 		{"cluster.backend.circuit_breakers.default.cx_open", "envoy_cluster_circuit_breakers_default_cx_open", cluster, "gauge", 0},
@@ -234,6 +251,8 @@ func testEnvoyStatNames(t *testing.T, upstreamProtocol string) {
 		{"http." + prefix + ".downstream_cx_active", "envoy_http_downstream_cx_active", hcm, "gauge", 0},
 		{"http." + prefix + ".downstream_cx_destroy", "envoy_http_downstream_cx_destroy", hcm, "counter", 0},
 		{"http." + prefix + ".downstream_cx_length_ms", "envoy_http_downstream_cx_length_ms", hcm, "histogram", 1},
+		{"http." + prefix + ".downstream_cx_rx_bytes_total", "envoy_http_downstream_cx_rx_bytes_total", hcm, "counter", 1},
+		{"http." + prefix + ".downstream_cx_tx_bytes_total", "envoy_http_downstream_cx_tx_bytes_total", hcm, "counter", bigResponse},
 		{"http." + prefix + ".downstream_cx_http1_total", "envoy_http_downstream_cx_http1_total", hcm, "counter", 1},
 		{"http." + prefix + ".no_route", "envoy_http_no_route", hcm, "counter", 0},
 		// Downstream HTTP/2 codec.

@@ -21,6 +21,7 @@ import (
 
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/stats"
 )
 
 // Client defaults, chosen to match Envoy's HTTP/1.1 upstream pool.
@@ -71,6 +72,10 @@ type ClientConfig struct {
 	OnConnect        func(connectTime time.Duration)
 	OnConnectFailure func(err error)
 	OnConnClose      func(lifetime time.Duration, byPeer bool)
+	// RxBytes and TxBytes, when set, count the bytes read from and
+	// written to the pool's connections (upstream_cx_{rx,tx}_bytes_total),
+	// after TLS decryption and before encryption, as Envoy counts them.
+	RxBytes, TxBytes *stats.Counter
 	// MaxRequestsPerConnection (max_requests_per_connection) closes a
 	// connection after this many requests: the last one goes out with
 	// "Connection: close" and the connection is not reused. Zero means no
@@ -162,10 +167,10 @@ func (c *Client) observe(start time.Time, conn net.Conn, err error) (net.Conn, e
 	if c.cfg.OnConnect != nil {
 		c.cfg.OnConnect(opened.Sub(start))
 	}
-	if c.cfg.OnConnClose == nil && c.cfg.MaxRequestsPerConnection == 0 {
+	if c.cfg.OnConnClose == nil && c.cfg.MaxRequestsPerConnection == 0 && c.cfg.RxBytes == nil && c.cfg.TxBytes == nil {
 		return conn, nil
 	}
-	return &observedConn{Conn: conn, onClose: c.cfg.OnConnClose, opened: opened}, nil
+	return &observedConn{Conn: conn, onClose: c.cfg.OnConnClose, opened: opened, rx: c.cfg.RxBytes, tx: c.cfg.TxBytes}, nil
 }
 
 // observedConn reports its first Close, with whether the peer had closed
@@ -176,6 +181,7 @@ type observedConn struct {
 	onClose  func(lifetime time.Duration, byPeer bool) // nil: not reported
 	opened   time.Time                                 // when the dial succeeded
 	requests atomic.Uint32
+	rx, tx   *stats.Counter // bytes read and written; nil: not counted
 	// closing is set when Close is called; peerClosed when a read failed
 	// before that (net/http reads every idle connection, so a peer's
 	// close is seen as soon as it arrives).
@@ -184,8 +190,19 @@ type observedConn struct {
 
 func (c *observedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if n > 0 && c.rx != nil {
+		c.rx.Add(uint64(n))
+	}
 	if err != nil && !c.closing.Load() && !errors.Is(err, os.ErrDeadlineExceeded) {
 		c.peerClosed.Store(true)
+	}
+	return n, err
+}
+
+func (c *observedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 && c.tx != nil {
+		c.tx.Add(uint64(n))
 	}
 	return n, err
 }

@@ -51,6 +51,10 @@ const (
 // ServerConfig configures a Server. The zero value is usable: no timeouts,
 // net/http's default header limit (1 MiB), underscores allowed.
 type ServerConfig struct {
+	// RxBytes and TxBytes, when set, count the bytes read from and
+	// written to each connection (downstream_cx_{rx,tx}_bytes_total),
+	// after TLS decryption and before encryption, as Envoy counts them.
+	RxBytes, TxBytes *stats.Counter
 	// IdleTimeout closes a keep-alive connection that has had no request
 	// for this long (HCM common_http_protocol_options.idle_timeout). Zero
 	// means no idle timeout.
@@ -228,11 +232,24 @@ func (c *serverConn) CloseWrite() error {
 	return nil
 }
 
-// Read notes that the connection has started a request.
+// Read notes that the connection has started a request, and counts the
+// bytes read.
 func (c *serverConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.readAny.Store(true)
+		if rx := c.srv.cfg.RxBytes; rx != nil {
+			rx.Add(uint64(n))
+		}
+	}
+	return n, err
+}
+
+// Write counts the bytes written.
+func (c *serverConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if tx := c.srv.cfg.TxBytes; tx != nil && n > 0 {
+		tx.Add(uint64(n))
 	}
 	return n, err
 }

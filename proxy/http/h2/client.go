@@ -55,6 +55,9 @@ type ClientConfig struct {
 	Logger *slog.Logger
 	// Stats counts connection events; nil counts nothing.
 	Stats *Stats
+	// Bytes, when set, count the connection's bytes
+	// (upstream_cx_{rx,tx}_bytes_total).
+	Bytes ByteCounters
 
 	// Events let a pool observe the connection. Any may be nil. They are
 	// called without the connection's lock held, from the reader goroutine
@@ -132,7 +135,7 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 	}
 	streamWin, connWin := bufferedWindows(cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize, cf.MaxBufferedBytes)
 	cc := &ClientConn{
-		c:       newConn(c, true, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, streamWin, connWin),
+		c:       newConn(c, true, cf.Logger, cf.Stats, cf.Bytes, cf.MaxFrameSize, cf.MaxHeaderListSize, streamWin, connWin),
 		cfg:     cf,
 		nextID:  1,
 		peerMCS: 1,

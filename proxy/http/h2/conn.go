@@ -20,6 +20,7 @@ import (
 
 	"meshd.dev/meshd/proxy/http/header"
 	"meshd.dev/meshd/proxy/http/stream"
+	"meshd.dev/meshd/proxy/stats"
 )
 
 // errConnClosed is the cause of streams failed by a local Close.
@@ -161,6 +162,7 @@ func putFields(p *[]hpack.HeaderField) {
 // reader goroutine.
 type conn struct {
 	nc       net.Conn
+	raw      io.Reader     // nc, through Bytes.Rx when it is set. Reader.
 	fr       *http2.Framer // reads: reader; writes: writer
 	src      io.Reader     // what fr reads from; header block payloads are read from it directly. Reader.
 	hr       headerReader  // reader
@@ -407,20 +409,69 @@ func (c *conn) unlock() {
 	}
 }
 
+// ByteCounters count a connection's bytes as Envoy's
+// downstream_cx_{rx,tx}_bytes_total and upstream_cx_{rx,tx}_bytes_total
+// do: the HTTP/2 bytes (preface and frames) read from and written to the
+// connection, each Read and Write adding what it moved, so the counters
+// follow a long-lived connection as it goes. Over TLS they are the bytes
+// after decryption and before encryption: record overhead and handshakes
+// are not counted, as in Envoy (its connection counts what the transport
+// socket returns). A nil counter counts nothing.
+type ByteCounters struct {
+	Rx, Tx *stats.Counter
+}
+
+// countingReader adds the bytes each Read returns to n.
+type countingReader struct {
+	r io.Reader
+	n *stats.Counter
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	if k > 0 {
+		c.n.Add(uint64(k))
+	}
+	return k, err
+}
+
+// countingWriter adds the bytes each Write wrote to n.
+type countingWriter struct {
+	w io.Writer
+	n *stats.Counter
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	if k > 0 {
+		c.n.Add(uint64(k))
+	}
+	return k, err
+}
+
 // errGracefulClose is the cause recorded when the connection closed after
 // a GOAWAY NO_ERROR drain.
 var errGracefulClose = errors.New("http2: connection closed gracefully")
 
-func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, maxHdr, streamWin, connWin uint32) *conn {
+func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, bc ByteCounters, maxFrame, maxHdr, streamWin, connWin uint32) *conn {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if st == nil {
 		st = discardStats()
 	}
+	var raw io.Reader = nc
+	if bc.Rx != nil {
+		raw = &countingReader{r: nc, n: bc.Rx}
+	}
+	var w io.Writer = nc
+	if bc.Tx != nil {
+		w = &countingWriter{w: nc, n: bc.Tx}
+	}
 	c := &conn{
 		nc:                 nc,
-		bw:                 &pooledWriter{w: nc},
+		raw:                raw,
+		bw:                 &pooledWriter{w: w},
 		log:                log,
 		st:                 st,
 		isClient:           isClient,
@@ -440,10 +491,10 @@ func newConn(nc net.Conn, isClient bool, log *slog.Logger, st *Stats, maxFrame, 
 	c.localConnWin = max(min(c.localConnWin, maxWindow), initialWindowSize)
 	c.recvConnAvail = int64(c.localConnWin)
 	c.wcond.L = &c.mu
-	var rd io.Reader = nc
+	rd := raw
 	if _, isTLS := nc.(*tls.Conn); !isTLS {
 		// crypto/tls already reads whole records into its own buffer.
-		c.rd = &burstReader{r: nc}
+		c.rd = &burstReader{r: raw}
 		rd = c.rd
 	}
 	c.setReader(rd)
@@ -1113,7 +1164,7 @@ func (c *conn) readFrame() (f http2.Frame, blk *headerBlock, err error) {
 // socket. Reader only.
 func (c *conn) drainLinger() error {
 	_ = c.nc.SetReadDeadline(c.lingerUntil) // awaitFrame may have reset it
-	var r io.Reader = c.nc
+	r := c.raw
 	switch { // what the framer reads through, which may hold bytes
 	case c.br != nil:
 		r = c.br

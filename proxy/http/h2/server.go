@@ -134,6 +134,9 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// Stats counts connection events; nil counts nothing.
 	Stats *Stats
+	// Bytes, when set, count the connection's bytes
+	// (downstream_cx_{rx,tx}_bytes_total).
+	Bytes ByteCounters
 
 	// parkTime replaces handlerParkTime in tests.
 	parkTime time.Duration
@@ -197,7 +200,7 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 	}
 	streamWin, connWin := bufferedWindows(cf.InitialStreamWindowSize, cf.InitialConnectionWindowSize, cf.MaxBufferedBytes)
 	sc := &ServerConn{
-		c:    newConn(c, false, cf.Logger, cf.Stats, cf.MaxFrameSize, cf.MaxHeaderListSize, streamWin, connWin),
+		c:    newConn(c, false, cf.Logger, cf.Stats, cf.Bytes, cf.MaxFrameSize, cf.MaxHeaderListSize, streamWin, connWin),
 		cfg:  cf,
 		h:    h,
 		info: info,
@@ -224,7 +227,7 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 	sc.c.onPeerFault = sc.onPeerFault
 	if cf.RequestHeadersTimeout > 0 {
 		sc.c.hdrTimeout = cf.RequestHeadersTimeout
-		sc.c.br = bufio.NewReaderSize(c, 16<<10)
+		sc.c.br = bufio.NewReaderSize(sc.c.raw, 16<<10)
 		sc.c.setReader(sc.c.br)
 	}
 	sc.c.sendLimit = int64(cf.MaxBufferedBytes)
@@ -272,7 +275,7 @@ func (sc *ServerConn) serve() error {
 	c := sc.c
 	_ = c.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 	var preface [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(c.nc, preface[:]); err != nil {
+	if _, err := io.ReadFull(c.raw, preface[:]); err != nil {
 		err = fmt.Errorf("http2: reading client preface: %w", err)
 		c.closeWith(err)
 		return err

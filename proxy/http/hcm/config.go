@@ -334,7 +334,12 @@ type Stats struct {
 	// CxLengthMs is downstream_cx_length_ms: how long each downstream
 	// connection was open, recorded when it closes.
 	CxLengthMs *stats.Histogram
-	HTTP2      *h2.Stats
+	// CxRxBytes and CxTxBytes are downstream_cx_rx_bytes_total and
+	// downstream_cx_tx_bytes_total: HTTP/1.1 and HTTP/2 bytes read from
+	// and written to downstream connections, after TLS decryption and
+	// before encryption, as Envoy counts them (HTTP/3 is not counted).
+	CxRxBytes, CxTxBytes *stats.Counter
+	HTTP2                *h2.Stats
 }
 
 // NewStats returns the stats for stat prefix p.
@@ -375,6 +380,8 @@ func NewStats(store *stats.Store, p string) *Stats {
 		CxHTTP3Active:        sc.Gauge("downstream_cx_http3_active"),
 		CxDestroy:            sc.Counter("downstream_cx_destroy"),
 		CxLengthMs:           sc.Histogram("downstream_cx_length_ms"),
+		CxRxBytes:            sc.Counter("downstream_cx_rx_bytes_total"),
+		CxTxBytes:            sc.Counter("downstream_cx_tx_bytes_total"),
 		HTTP2:                h2st,
 	}
 }
