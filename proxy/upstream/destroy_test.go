@@ -24,13 +24,13 @@ func TestCxDestroyLocalRemote(t *testing.T) {
 		// pool's one connection once it is established (nil: it ends by
 		// itself).
 		setup      func(pr peer)
-		close      func(pr peer, p *h2Pool)
+		close      func(t *testing.T, pr peer, p *h2Pool)
 		wantRemote bool
 	}{
 		{name: "h2 peer closes", proto: HTTP2, wantRemote: true,
-			close: func(pr peer, p *h2Pool) { pr.(*rawServer).conn(0).nc.Close() }},
+			close: func(t *testing.T, pr peer, p *h2Pool) { pr.(*rawServer).conn(0).nc.Close() }},
 		{name: "h2 pool closes", proto: HTTP2,
-			close: func(pr peer, p *h2Pool) { p.Close() }},
+			close: func(t *testing.T, pr peer, p *h2Pool) { p.Close() }},
 		{name: "h2 idle timeout", proto: HTTP2,
 			mod: func(s *Spec) { s.Lifetimes.IdleTimeout = 50 * time.Millisecond }},
 		{name: "h2 keepalive timeout", proto: HTTP2,
@@ -40,9 +40,15 @@ func TestCxDestroyLocalRemote(t *testing.T) {
 			},
 			setup: func(pr peer) { pr.(*rawServer).onPing = func(*rawConn, int) bool { return false } }},
 		{name: "h3 peer closes", proto: HTTP3, wantRemote: true,
-			close: func(pr peer, p *h2Pool) { pr.(*closingH3Peer).closeAll(false) }},
+			close: func(t *testing.T, pr peer, p *h2Pool) {
+				// The client counts the connection before the
+				// peer's Accept may return it.
+				hp := pr.(*closingH3Peer)
+				waitFor(t, testTimeout, "the peer's accept", func() bool { return hp.accepted() > 0 })
+				hp.closeAll(false)
+			}},
 		{name: "h3 pool closes", proto: HTTP3,
-			close: func(pr peer, p *h2Pool) { p.Close() }},
+			close: func(t *testing.T, pr peer, p *h2Pool) { p.Close() }},
 		{name: "h3 idle timeout", proto: HTTP3,
 			mod: func(s *Spec) { s.Lifetimes.IdleTimeout = 50 * time.Millisecond }},
 	}
@@ -75,7 +81,7 @@ func TestCxDestroyLocalRemote(t *testing.T) {
 			st := p.stats
 			waitFor(t, testTimeout, "the preconnected connection", func() bool { return st.CxTotal.Value() == 1 })
 			if tc.close != nil {
-				tc.close(pr, p)
+				tc.close(t, pr, p)
 			}
 			waitFor(t, testTimeout, "the connection's close", func() bool { return st.CxDestroy.Value() >= 1 })
 			// A preconnecting pool may dial again once its connection

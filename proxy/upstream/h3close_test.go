@@ -75,6 +75,13 @@ func startClosingH3Peer(t *testing.T) *closingH3Peer {
 
 func (p *closingH3Peer) addr() string { return p.udp.LocalAddr().String() }
 
+// accepted is how many connections the peer has accepted.
+func (p *closingH3Peer) accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
 // closeAll closes every connection with H3_INTERNAL_ERROR and, with
 // later, every later one as soon as it is accepted.
 func (p *closingH3Peer) closeAll(later bool) {
