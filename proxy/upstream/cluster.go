@@ -122,17 +122,19 @@ func NewStats(store *stats.Store, name string) *Stats {
 	}
 }
 
-// connClosed counts an established connection closed: upstream_cx_active
-// down, upstream_cx_destroy, and upstream_cx_destroy_remote when the peer
-// closed it (byPeer), upstream_cx_destroy_local otherwise.
+// connClosed counts an established connection closed:
+// upstream_cx_destroy_remote when the peer closed it (byPeer),
+// upstream_cx_destroy_local otherwise, then upstream_cx_destroy, then
+// upstream_cx_active down. In that order, a reader that sees the gauge
+// down or upstream_cx_destroy up sees the close's other counts too.
 func (s *Stats) connClosed(byPeer bool) {
-	s.CxActive.Dec()
-	s.CxDestroy.Inc()
 	if byPeer {
 		s.CxDestroyRemote.Inc()
 	} else {
 		s.CxDestroyLocal.Inc()
 	}
+	s.CxDestroy.Inc()
+	s.CxActive.Dec()
 }
 
 // Host is one endpoint of a cluster with its connection pool.
