@@ -34,6 +34,10 @@ type Status struct {
 	// ignored Pod or Service annotation, or a Pod left out), while the
 	// rest of the mesh is published; absent when there are none.
 	Rejected []RejectedObject `json:"rejected,omitempty"`
+	// UnknownNodes lists the connected proxies whose node ID the published
+	// mesh does not name, each served an empty config, with why; absent
+	// when there are none.
+	UnknownNodes []UnknownNode `json:"unknown_nodes,omitempty"`
 }
 
 // RejectedObject is one object of the source that does not validate and
@@ -80,6 +84,9 @@ func (s *Server) Status() Status {
 	}
 	if s.rejected != nil {
 		st.Rejected = s.rejected()
+	}
+	if u := s.tracker.unknownNodes(); len(u) > 0 {
+		st.UnknownNodes = u
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -10,7 +10,8 @@ import (
 )
 
 // nodeHash maps a node to its cache key: its own ID when it is a sidecar of
-// the published mesh (or was one, see Server.Publish), ProxylessKey
+// the published mesh (or was one, see Server.Publish), UnknownSidecarKey
+// when it is a proxy (IsProxyNode) the mesh does not name, ProxylessKey
 // otherwise. The sidecar set is swapped whole on publish.
 type nodeHash struct {
 	sidecars atomic.Pointer[map[string]struct{}]
@@ -28,7 +29,37 @@ func (h *nodeHash) ID(node *core.Node) string {
 	if _, ok := (*h.sidecars.Load())[id]; ok {
 		return id
 	}
+	if IsProxyNode(node) {
+		return UnknownSidecarKey
+	}
 	return ProxylessKey
+}
+
+// known reports whether id has a snapshot of its own.
+func (h *nodeHash) known(id string) bool {
+	_, ok := (*h.sidecars.Load())[id]
+	return ok
+}
+
+// proxyUserAgents are the node.user_agent_name values of proxies: Envoy
+// sets "envoy", meshd's sidecar "meshd" (proxy/sidecar). Proxyless gRPC
+// libraries name themselves "gRPC Go", "gRPC Java", "gRPC C-core"...
+var proxyUserAgents = []string{"envoy", "meshd"}
+
+// IsProxyNode reports whether node is a proxy (Envoy or a meshd sidecar)
+// rather than a proxyless gRPC client: its user_agent_name is "envoy" or
+// "meshd" (any case), or its metadata carries the admin address only
+// meshd's sidecar reports (NodeAdminKey). A proxy applies Listeners with
+// addresses; proxyless resources (API listeners) are not for it.
+func IsProxyNode(node *core.Node) bool {
+	ua := node.GetUserAgentName()
+	for _, p := range proxyUserAgents {
+		if strings.EqualFold(ua, p) {
+			return true
+		}
+	}
+	_, admin := node.GetMetadata().GetFields()[NodeAdminKey]
+	return admin
 }
 
 func (h *nodeHash) setSidecars(ids []string) {

@@ -3,12 +3,19 @@
 // fed with per-node snapshots translated from the mesh file.
 //
 // Nodes. A node whose ID is a Workload's node ID ("<name>.<namespace>") is a
-// sidecar and gets the resources translated for it. Every other node (a
-// proxyless grpc-go client, whose node IDs are arbitrary) is hashed to one
-// shared cache key and gets the proxyless resources: API listeners named
-// "<name>.<namespace>:<port>" with their routes, EDS clusters and endpoints.
-// A shared key keeps the cache at one snapshot for any number of proxyless
-// clients, and needs no per-stream bookkeeping to set snapshots lazily.
+// sidecar and gets the resources translated for it. A proxy the mesh does
+// not name (IsProxyNode: Envoy or a meshd sidecar whose Workload is missing,
+// or whose Pod the Kubernetes source left out) is hashed to
+// UnknownSidecarKey and gets an empty config at the published version: no
+// listeners, no clusters, which it accepts (rather than NACKing API
+// listeners it cannot bind), so it serves nothing until the mesh names it.
+// The server warns once per such node and lists it on /status
+// (unknown_nodes). Every other node (a proxyless grpc-go client, whose node
+// IDs are arbitrary) is hashed to ProxylessKey and gets the proxyless
+// resources: API listeners named "<name>.<namespace>:<port>" with their
+// routes, EDS clusters and endpoints. Shared keys keep the cache at one
+// snapshot for any number of such nodes, and need no per-stream bookkeeping
+// to set snapshots lazily.
 //
 // Publishing. Publish checks every snapshot (go-control-plane's
 // Snapshot.Consistent for sidecars, plus meshd's own cross-reference check,
@@ -59,6 +66,11 @@ import (
 // ("<name>.<namespace>", DNS labels) can.
 const ProxylessKey = "proxyless/*"
 
+// UnknownSidecarKey is the cache key of every proxy (IsProxyNode) that is
+// not a Workload of the current mesh; its snapshot has no resources. Like
+// ProxylessKey it contains a '/', which no Workload node ID can.
+const UnknownSidecarKey = "unknown-sidecar/*"
+
 // Options configure a Server. The zero value is usable.
 type Options struct {
 	// Logger receives the server's logs; nil discards them.
@@ -66,8 +78,10 @@ type Options struct {
 	// Stats is the store the server's counters live in; nil creates one.
 	// The counters are "control_plane.xds_pushes", "xds_acks", "xds_nacks",
 	// "snapshots_published", "snapshots_rejected", the gauges
-	// "control_plane.xds_streams_active" and "control_plane.connected_nodes"
-	// (distinct node IDs with a stream), and the histogram
+	// "control_plane.xds_streams_active", "control_plane.connected_nodes"
+	// (distinct node IDs with a stream) and "control_plane.unknown_nodes"
+	// (proxies with a stream whose node ID the mesh does not name), and the
+	// histogram
 	// "control_plane.xds_push_ack_latency_ms" (response sent to ACK).
 	Stats *stats.Store
 	// Services, when set, registers further gRPC services (meshd's CA)
@@ -132,6 +146,9 @@ type metrics struct {
 	streamsActive       *stats.Gauge
 	// connectedNodes counts distinct node IDs with an open stream.
 	connectedNodes *stats.Gauge
+	// unknownNodes counts proxies with an open stream that the mesh does
+	// not name.
+	unknownNodes *stats.Gauge
 	// pushLatency is the time from a response being sent to the node's
 	// ACK of it, in ms: how long nodes take to apply a push.
 	pushLatency *stats.Histogram
@@ -163,6 +180,7 @@ func New(opts Options) *Server {
 			rejected:       sc.Counter("snapshots_rejected"),
 			streamsActive:  sc.Gauge("xds_streams_active"),
 			connectedNodes: sc.Gauge("connected_nodes"),
+			unknownNodes:   sc.Gauge("unknown_nodes"),
 			pushLatency:    sc.Histogram("xds_push_ack_latency_ms"),
 		},
 		hash: newNodeHash(),
@@ -173,6 +191,7 @@ func New(opts Options) *Server {
 	s.cache = cachev3.NewSnapshotCache(false, s.hash, slogAdapter{logger})
 	s.tracker = newTracker(s.hash, &s.metrics, logger)
 	s.tracker.tracer = opts.Tracer
+	s.tracker.unknownReason = s.unknownReason
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.xds = serverv3.NewServer(s.ctx, &holdCache{inner: s.cache, holds: s.tracker}, s.tracker)
 	return s
@@ -255,7 +274,8 @@ func (s *Server) Serving() bool { return s.serving.Load() }
 // in the cache at once (version res.Version for every type), so connected
 // nodes receive the change. Sidecar nodes that were in the previous
 // publication but not in res get an empty snapshot, so they drop their
-// config rather than keep a stale one. On error nothing changes and the
+// config rather than keep a stale one; proxies res does not name get an
+// empty snapshot too (UnknownSidecarKey). On error nothing changes and the
 // error is recorded for /status. warnings are shown on /warnings.
 func (s *Server) Publish(res *translate.Result, warnings []model.Warning) error {
 	if err := s.publish(res, warnings); err != nil {
@@ -263,6 +283,7 @@ func (s *Server) Publish(res *translate.Result, warnings []model.Warning) error 
 		s.RecordError(err)
 		return err
 	}
+	s.tracker.refreshUnknown()
 	return nil
 }
 
@@ -275,7 +296,7 @@ func (s *Server) publish(res *translate.Result, warnings []model.Warning) error 
 	}
 	snaps := make(map[string]*cachev3.Snapshot, len(res.Nodes)+1)
 	for id, r := range res.Nodes {
-		if id == ProxylessKey {
+		if id == ProxylessKey || id == UnknownSidecarKey {
 			return fmt.Errorf("publish: node %q: reserved node ID", id)
 		}
 		snap, err := newSnapshot(res.Version, r)
@@ -323,15 +344,16 @@ func (s *Server) publish(res *translate.Result, warnings []model.Warning) error 
 			snaps[id] = empty
 		}
 	}
+	snaps[UnknownSidecarKey] = empty
 	ids := make([]string, 0, len(snaps))
 	for id := range snaps {
-		if id != ProxylessKey {
+		if id != ProxylessKey && id != UnknownSidecarKey {
 			ids = append(ids, id)
 		}
 	}
 	sortStrings(ids)
 	s.hash.setSidecars(ids)
-	for _, id := range append(ids, ProxylessKey) {
+	for _, id := range append(ids, ProxylessKey, UnknownSidecarKey) {
 		if err := s.cache.SetSnapshot(context.Background(), id, snaps[id]); err != nil {
 			// SetSnapshot fails only when a response cannot be built;
 			// the other nodes keep what they had.

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -46,6 +47,17 @@ type tracker struct {
 
 	nodesMu sync.Mutex     // guards nodes
 	nodes   map[string]int // node ID → open streams that identified it
+
+	// published is set by the first publish: before it every proxy would
+	// look unknown.
+	published atomic.Bool
+	// unknownReason says why a node ID is unknown (Server.unknownReason);
+	// called with no tracker lock held.
+	unknownReason func(id string) string
+
+	unknownMu       sync.Mutex              // guards the fields below and streamState.unknown, closed
+	unknown         map[string]*unknownNode // proxies the mesh does not name, by node ID
+	unknownOverflow bool                    // maxUnknownNodes reached and warned about since the last publish
 }
 
 // streamKey names a stream: the SotW and delta servers number their
@@ -63,6 +75,9 @@ type streamState struct {
 	node    *core.Node
 	types   map[string]*typeState
 	pending *discovery.DiscoveryRequest // NACK whose hold holdCache has not taken yet
+
+	unknown bool // counted in tracker.unknown; guarded by tracker.unknownMu
+	closed  bool // guarded by tracker.unknownMu
 }
 
 // typeState is one resource type on one stream.
@@ -87,7 +102,8 @@ type NACKRecord struct {
 var _ serverv3.Callbacks = (*tracker)(nil)
 
 func newTracker(hash *nodeHash, m *metrics, log *slog.Logger) *tracker {
-	return &tracker{hash: hash, metrics: m, log: log, streams: map[streamKey]*streamState{}, nodes: map[string]int{}}
+	return &tracker{hash: hash, metrics: m, log: log, streams: map[streamKey]*streamState{}, nodes: map[string]int{},
+		unknown: map[string]*unknownNode{}, unknownReason: func(string) string { return "" }}
 }
 
 func (t *tracker) open(id int64, kind string) {
@@ -114,6 +130,7 @@ func (t *tracker) closed(id int64, kind string) {
 	st.mu.Unlock()
 	if node != nil {
 		t.nodeStreams(node.GetId(), -1)
+		t.closeUnknown(node.GetId(), st)
 	}
 	t.metrics.streamsActive.Dec()
 }
@@ -135,13 +152,15 @@ func (st *streamState) typ(url string) *typeState {
 
 // request records one request: an ACK or NACK of the response with nonce,
 // or a first request carrying the version the node already had. It
-// returns the rejected version for a NACK.
-func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, version string, nackMsg *string) (rejected string, nack bool) {
+// returns the rejected version for a NACK, and whether the request is the
+// first to identify the stream's node.
+func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, version string, nackMsg *string) (rejected string, nack, identified bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if node != nil {
 		if st.node == nil {
 			t.nodeStreams(node.GetId(), 1)
+			identified = true
 		}
 		st.node = node
 	}
@@ -153,10 +172,10 @@ func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, vers
 		if version != "" {
 			ts.acked, ts.ackedAt = version, time.Now()
 		}
-		return "", false
+		return "", false, identified
 	case nonce != ts.sentNonce:
 		// Stale: answers an older response; the server ignores it too.
-		return "", false
+		return "", false, identified
 	case nackMsg != nil:
 		t.metrics.nacks.Inc()
 		t.tracePush(st.node.GetId(), typeURL, ts.sentVersion, ts.sentAt, nackMsg)
@@ -166,13 +185,13 @@ func (t *tracker) request(st *streamState, node *core.Node, typeURL, nonce, vers
 				"node", st.node.GetId(), "type", shortType(typeURL), "version", rec.Version, "error", rec.Error)
 		}
 		ts.nack = rec
-		return ts.sentVersion, true
+		return ts.sentVersion, true, identified
 	default:
 		t.metrics.acks.Inc()
 		t.tracePush(st.node.GetId(), typeURL, ts.sentVersion, ts.sentAt, nil)
 		ts.acked, ts.ackedAt = ts.sentVersion, time.Now()
 		t.metrics.pushLatency.Record(float64(ts.ackedAt.Sub(ts.sentAt).Microseconds()) / 1000)
-		return "", false
+		return "", false, identified
 	}
 }
 
@@ -221,7 +240,10 @@ func (t *tracker) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) err
 		return nil
 	}
 	msg := errorDetail(req.GetErrorDetail())
-	rejected, nack := t.request(st, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), msg)
+	rejected, nack, identified := t.request(st, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), msg)
+	if identified {
+		t.markUnknown(st)
+	}
 	st.mu.Lock()
 	if st.pending != nil {
 		t.holds.Delete(st.pending)
@@ -258,7 +280,9 @@ func (t *tracker) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRe
 		return nil
 	}
 	msg := errorDetail(req.GetErrorDetail())
-	t.request(st, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", msg)
+	if _, _, identified := t.request(st, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", msg); identified {
+		t.markUnknown(st)
+	}
 	return nil
 }
 
