@@ -198,7 +198,10 @@ func (s *Sidecar) Start(snap *config.Snapshot) error {
 		s.readyAfterIdentities(nil)
 		return nil
 	}
-	bs := snap.Bootstrap
+	// Name the node a proxy, as Envoy does with "envoy": a control plane
+	// tells proxies from proxyless gRPC clients by it (xds/server serves a
+	// proxy it does not know an empty config, not API listeners).
+	bs := withUserAgent(snap.Bootstrap, UserAgentName)
 	if s.admin != nil {
 		// Tell the control plane where this sidecar's admin listens
 		// (meshd doctor --control-plane finds sidecars by it).
@@ -714,6 +717,22 @@ var (
 // NodeAdminKey is the node.metadata key carrying the sidecar's bound admin
 // address to the control plane (the same key as xds/server.NodeAdminKey).
 const NodeAdminKey = "meshd.admin"
+
+// UserAgentName is the node.user_agent_name the sidecar sends to its xDS
+// server, whatever the bootstrap says (Envoy likewise always sends
+// "envoy").
+const UserAgentName = "meshd"
+
+// withUserAgent returns a copy of b whose node.user_agent_name is name; b
+// is not modified.
+func withUserAgent(b *bootstrapv3.Bootstrap, name string) *bootstrapv3.Bootstrap {
+	b = proto.Clone(b).(*bootstrapv3.Bootstrap)
+	if b.Node == nil {
+		b.Node = &corev3.Node{}
+	}
+	b.Node.UserAgentName = name
+	return b
+}
 
 // withNodeMetadata returns a copy of b whose node.metadata has key set to
 // value; b is not modified.
