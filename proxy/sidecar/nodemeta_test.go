@@ -108,3 +108,33 @@ func TestAdminRedactsCAToken(t *testing.T) {
 		})
 	}
 }
+
+// TestWithUserAgent: the copy names the sidecar "meshd" whatever the
+// bootstrap's node says, keeps the node's ID and metadata, and leaves the
+// original untouched.
+func TestWithUserAgent(t *testing.T) {
+	token := &structpb.Struct{Fields: map[string]*structpb.Value{"meshd.token": structpb.NewStringValue("t")}}
+	tests := []struct {
+		name string
+		in   *bootstrapv3.Bootstrap
+	}{
+		{"no node", &bootstrapv3.Bootstrap{}},
+		{"node with metadata", &bootstrapv3.Bootstrap{Node: &corev3.Node{Id: "a.b", Metadata: token}}},
+		{"bootstrap names another agent", &bootstrapv3.Bootstrap{Node: &corev3.Node{Id: "a.b", UserAgentName: "gRPC Go"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tt.in.GetNode().GetUserAgentName()
+			out := withUserAgent(tt.in, UserAgentName)
+			if got := out.GetNode().GetUserAgentName(); got != "meshd" {
+				t.Errorf("user_agent_name = %q, want meshd", got)
+			}
+			if out.GetNode().GetId() != tt.in.GetNode().GetId() || len(out.GetNode().GetMetadata().GetFields()) != len(tt.in.GetNode().GetMetadata().GetFields()) {
+				t.Errorf("node %v: want the id and metadata of %v", out.GetNode(), tt.in.GetNode())
+			}
+			if got := tt.in.GetNode().GetUserAgentName(); got != before {
+				t.Errorf("the original bootstrap's user_agent_name changed to %q", got)
+			}
+		})
+	}
+}
