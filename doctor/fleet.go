@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -98,7 +99,85 @@ func Fleet(ctx context.Context, controlPlane string, procNet string, opts LiveOp
 		return nil, err
 	}
 	r.Findings = append(r.Findings, rejected...)
+	xds, err := FleetXDS(ctx, nil, controlPlane)
+	if err != nil {
+		return nil, err
+	}
+	r.Findings = append(r.Findings, xds...)
 	return r, nil
+}
+
+// FleetXDS reads the control plane's GET /status for nodes that do not
+// apply their config and returns:
+//   - rule "unknown-node" (warning): each connected proxy whose node ID the
+//     mesh does not name ("unknown_nodes"): it is served an empty config
+//     and serves nothing, with the control plane's reason;
+//   - rule "xds-nack" (error): each node and resource type whose last push
+//     was rejected and not followed by an ACK, with the node's error_detail:
+//     the node keeps its last good config of that type.
+//
+// Findings are sorted by rule, then node, then type.
+func FleetXDS(ctx context.Context, client *http.Client, controlPlane string) ([]Finding, error) {
+	var st struct {
+		Streams []struct {
+			Node  string `json:"node"`
+			Types map[string]struct {
+				SentVersion  string `json:"sent_version"`
+				AckedVersion string `json:"acked_version"`
+				LastNACK     *struct {
+					Version string    `json:"version"`
+					Error   string    `json:"error"`
+					At      time.Time `json:"at"`
+				} `json:"last_nack"`
+			} `json:"types"`
+		} `json:"streams"`
+		UnknownNodes []struct {
+			Node    string    `json:"node"`
+			Reason  string    `json:"reason"`
+			Since   time.Time `json:"since"`
+			Streams int       `json:"streams"`
+		} `json:"unknown_nodes"`
+	}
+	if err := getStatus(ctx, client, controlPlane, &st); err != nil {
+		return nil, err
+	}
+	out := []Finding{}
+	for _, u := range st.UnknownNodes {
+		out = append(out, Finding{Severity: Warning, Rule: "unknown-node", Subject: "node " + u.Node,
+			Evidence: fmt.Sprintf("connected since %s (%d streams) and served an empty config (no listeners, no clusters): %s",
+				u.Since.Format(time.RFC3339), u.Streams, u.Reason),
+			Fix: "add a Workload with this node ID (<name>.<namespace>) to the mesh, fix the Pod the control plane left out, or correct the node ID in the sidecar's bootstrap"})
+	}
+	var nacks []Finding
+	seen := map[string]bool{}
+	for _, s := range st.Streams {
+		for typ, ts := range s.Types {
+			n := ts.LastNACK
+			if n == nil || n.Version != ts.SentVersion || ts.AckedVersion == ts.SentVersion {
+				continue
+			}
+			subject := "node " + s.Node + " " + shortTypeURL(typ)
+			if seen[subject] {
+				continue
+			}
+			seen[subject] = true
+			nacks = append(nacks, Finding{Severity: Error, Rule: "xds-nack", Subject: subject,
+				Evidence: fmt.Sprintf("version %s rejected at %s (applied: %q): %s", n.Version, n.At.Format(time.RFC3339), ts.AckedVersion, n.Error),
+				Fix:      "correct what the error names in the mesh; the node keeps its last good config of this type until a version it accepts is published"})
+		}
+	}
+	slices.SortFunc(nacks, func(a, b Finding) int { return strings.Compare(a.Subject, b.Subject) })
+	slices.SortFunc(out, func(a, b Finding) int { return strings.Compare(a.Subject, b.Subject) })
+	return append(out, nacks...), nil
+}
+
+// shortTypeURL turns "type.googleapis.com/envoy.config.listener.v3.Listener"
+// into "Listener".
+func shortTypeURL(typeURL string) string {
+	if i := strings.LastIndexByte(typeURL, '.'); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
 }
 
 // FleetRejected reads the objects the control plane's source cut out of

@@ -149,3 +149,49 @@ func TestFleetRejected(t *testing.T) {
 		})
 	}
 }
+
+// TestFleetXDS turns the control plane's unknown nodes and unresolved
+// NACKs on /status into findings; a NACK followed by an ACK of a later
+// version, or of another type, is not reported, and a node's two streams
+// give one finding per type.
+func TestFleetXDS(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	const lds, cds = "type.googleapis.com/envoy.config.listener.v3.Listener", "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	nack := `{"sent_version":"v2","acked_version":"v1","last_nack":{"version":"v2","error":"listener \"x\": address: required","at":"2026-01-02T03:04:05Z"}}`
+	for _, tc := range []struct {
+		name, body string
+		want       []Finding
+	}{{
+		name: "an unknown node and a held NACK",
+		body: `{"streams":[
+ {"node":"a.demo","types":{"` + lds + `":` + nack + `,"` + cds + `":{"sent_version":"v2","acked_version":"v2"}}},
+ {"node":"a.demo","types":{"` + lds + `":` + nack + `}},
+ {"node":"b.demo","types":{"` + lds + `":{"sent_version":"v3","acked_version":"v3","last_nack":{"version":"v2","error":"old","at":"2026-01-02T03:04:05Z"}}}},
+ {"node":"ghost.demo","types":{"` + lds + `":{"sent_version":"v2","acked_version":"v2"}}}],
+ "unknown_nodes":[{"node":"ghost.demo","reason":"Pod demo/ghost is left out of the mesh: bad","since":"2026-01-02T03:04:06Z","streams":1}]}`,
+		want: []Finding{
+			{Severity: Warning, Rule: "unknown-node", Subject: "node ghost.demo",
+				Evidence: "connected since 2026-01-02T03:04:06Z (1 streams) and served an empty config (no listeners, no clusters): Pod demo/ghost is left out of the mesh: bad",
+				Fix:      "add a Workload with this node ID (<name>.<namespace>) to the mesh, fix the Pod the control plane left out, or correct the node ID in the sidecar's bootstrap"},
+			{Severity: Error, Rule: "xds-nack", Subject: "node a.demo Listener",
+				Evidence: `version v2 rejected at 2026-01-02T03:04:05Z (applied: "v1"): listener "x": address: required`,
+				Fix:      "correct what the error names in the mesh; the node keeps its last good config of this type until a version it accepts is published"},
+		},
+	}, {
+		name: "all applied",
+		body: `{"version":"v1","streams":[{"node":"a.demo","types":{"` + lds + `":{"sent_version":"v1","acked_version":"v1"}}}]}`,
+		want: []Finding{},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(tc.body)) }))
+			defer srv.Close()
+			got, err := FleetXDS(context.Background(), nil, strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}

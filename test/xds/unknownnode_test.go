@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"meshd.dev/meshd/doctor"
 	"meshd.dev/meshd/internal/meshtest"
 	"meshd.dev/meshd/internal/testutil"
 	"meshd.dev/meshd/xds/server"
@@ -142,6 +144,23 @@ func TestUnknownNodeNoNACKLoop(t *testing.T) {
 	}
 	if got := after["envoy_control_plane_unknown_nodes"]; got != 1 {
 		t.Errorf("control_plane.unknown_nodes = %d, want 1", got)
+	}
+
+	// doctor names the node and why.
+	res := testutil.RunMeshd(t, time.Minute, "doctor", "--control-plane", cp.Admin, "--window", "1s", "-o", "json")
+	var rep doctor.Report
+	if err := json.Unmarshal([]byte(res.Stdout), &rep); err != nil {
+		t.Fatalf("meshd doctor --control-plane -o json: %v\nstdout: %s\nstderr: %s", err, res.Stdout, res.Stderr)
+	}
+	found := false
+	for _, f := range rep.Findings {
+		found = found || (f.Rule == "unknown-node" && f.Severity == doctor.Warning && f.Subject == "node ghost.demo" && strings.Contains(f.Evidence, "no Workload"))
+		if f.Rule == "xds-nack" {
+			t.Errorf("doctor reports a NACK: %+v", f)
+		}
+	}
+	if !found {
+		t.Errorf("doctor has no unknown-node warning for ghost.demo (exit %d):\n%s", res.ExitCode, res.Stdout)
 	}
 
 	// A mesh edit: one more accepted push per type.
