@@ -597,7 +597,7 @@ func (c *contribution) rejection(annotation, reason string) Rejection {
 	r := Rejection{Kind: c.kind, Namespace: c.ns, Name: c.name, Annotation: annotation, Reason: reason, obj: c.obj}
 	switch {
 	case annotation == "":
-		r.Effect = "the pod is left out of the mesh: its sidecar gets no Workload config (it is served as a node the mesh does not know) and meshed clients do not route to it"
+		r.Effect = "the pod is left out of the mesh: its sidecar gets no Workload config (it is served the empty config of a node the mesh does not know: no listeners, no clusters) and meshed clients do not route to it"
 	case annotation == AnnotationOutbound:
 		r.Effect = "annotation ignored: the pod's sidecar gets no outbound listeners on local ports (inbound traffic and captured outbound traffic are unaffected)"
 	default:
