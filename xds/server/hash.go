@@ -35,12 +35,6 @@ func (h *nodeHash) ID(node *core.Node) string {
 	return ProxylessKey
 }
 
-// known reports whether id has a snapshot of its own.
-func (h *nodeHash) known(id string) bool {
-	_, ok := (*h.sidecars.Load())[id]
-	return ok
-}
-
 // proxyUserAgents are the node.user_agent_name values of proxies: Envoy
 // sets "envoy", meshd's sidecar "meshd" (proxy/sidecar). Proxyless gRPC
 // libraries name themselves "gRPC Go", "gRPC Java", "gRPC C-core"...
