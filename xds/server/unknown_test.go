@@ -223,3 +223,41 @@ func TestUnknownSidecarBeforeFirstPublish(t *testing.T) {
 		t.Errorf("%d warnings about the unknown node over two publishes, want 1:\n%s", n, logs)
 	}
 }
+
+// TestUnknownSidecarDelta: over delta ADS the unknown proxy's first
+// wildcard CDS and LDS subscriptions are answered at once with no
+// resources (so its initial fetch completes), and it is listed unknown.
+func TestUnknownSidecarDelta(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	s := New(Options{})
+	if err := s.Publish(testResult(t, "v1", 50051), nil); err != nil {
+		t.Fatal(err)
+	}
+	cc := startServer(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &core.Node{Id: "ghost.demo", UserAgentName: "meshd"}
+	for _, typ := range []string{resource.ClusterType, resource.ListenerType} {
+		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
+			t.Fatal(err)
+		}
+		r := recvDelta(t, st)
+		if r.GetTypeUrl() != typ || len(r.GetResources()) != 0 || len(r.GetRemovedResources()) != 0 {
+			t.Fatalf("%s: got %s with %d resources, %d removed; want an empty response", shortType(typ), shortType(r.GetTypeUrl()), len(r.GetResources()), len(r.GetRemovedResources()))
+		}
+		if err := st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: r.GetNonce()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := waitStatus(t, s, func(st Status) bool { return len(st.UnknownNodes) == 1 && s.metrics.acks.Value() == 2 })
+	if status.UnknownNodes[0].Node != "ghost.demo" || status.Streams[0].CacheKey != UnknownSidecarKey {
+		t.Errorf("unknown_nodes %+v, cache key %q; want ghost.demo under %q", status.UnknownNodes, status.Streams[0].CacheKey, UnknownSidecarKey)
+	}
+	if got := s.metrics.nacks.Value(); got != 0 {
+		t.Errorf("xds_nacks = %d, want 0", got)
+	}
+}
