@@ -43,9 +43,11 @@ func (t *tracker) markUnknown(st *streamState) {
 		return
 	}
 	id := node.GetId()
-	isUnknown := t.published.Load() && t.hash.ID(node) == UnknownSidecarKey
 	var warn, overflow bool
 	t.unknownMu.Lock()
+	// Classified under the lock: a publish swaps the hash before it calls
+	// refreshUnknown, so the last classification applied is the newest.
+	isUnknown := t.published.Load() && t.hash.ID(node) == UnknownSidecarKey
 	switch {
 	case st.closed || isUnknown == st.unknown:
 	case isUnknown:
