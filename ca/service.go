@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,6 +32,7 @@ type Service struct {
 	log  *slog.Logger
 
 	issued, denied, invalid *stats.Counter
+	refusals                *refusalLog
 }
 
 // ServiceOptions configure a Service. The zero value is usable.
@@ -55,9 +57,10 @@ func NewService(ca *CA, auth Authenticator, opts ServiceOptions) *Service {
 	sc := opts.Stats.Root().Scope("control_plane").Scope("ca")
 	return &Service{
 		ca: ca, auth: auth, log: opts.Logger,
-		issued:  sc.Counter("issued"),
-		denied:  sc.Counter("unauthenticated"),
-		invalid: sc.Counter("invalid_request"),
+		issued:   sc.Counter("issued"),
+		denied:   sc.Counter("unauthenticated"),
+		invalid:  sc.Counter("invalid_request"),
+		refusals: newRefusalLog(time.Now),
 	}
 }
 
@@ -72,15 +75,13 @@ func (s *Service) Register(g grpc.ServiceRegistrar) {
 func (s *Service) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignResponse, error) {
 	token, err := bearerToken(ctx)
 	if err != nil {
-		s.denied.Inc()
-		s.log.Warn("CA: refused a CSR", "reason", err)
+		s.refuse(ctx, req, err)
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
 	id, err := s.auth.Authenticate(ctx, token)
 	if err != nil {
 		if errors.Is(err, ErrUnauthenticated) {
-			s.denied.Inc()
-			s.log.Warn("CA: refused a CSR", "reason", err)
+			s.refuse(ctx, req, err)
 			return nil, status.Error(codes.Unauthenticated, err.Error())
 		}
 		s.log.Error("CA: authenticating a caller", "err", err)
@@ -112,6 +113,19 @@ func (s *Service) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRe
 
 // bearerToken returns the token of the call's "authorization: Bearer
 // <token>" metadata.
+// refuse counts an unauthenticated request and logs it: at Warn the first
+// time this caller (IP and the identity its CSR claims) is refused for
+// this reason within refusalLogEvery, at Debug for the retries after it.
+func (s *Service) refuse(ctx context.Context, req *cav1.SignRequest, err error) {
+	s.denied.Inc()
+	k := refusalKey{reason: err.Error(), peer: callerIP(ctx), claimed: claimedID(req.GetCsrDer())}
+	level := slog.LevelDebug
+	if s.refusals.first(k) {
+		level = slog.LevelWarn
+	}
+	s.log.Log(ctx, level, "CA: refused a CSR", "peer", k.peer, "claimed_spiffe_id", k.claimed, "reason", err)
+}
+
 func bearerToken(ctx context.Context) (string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get(AuthorizationMetadata)
