@@ -2,11 +2,9 @@ package h2
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -102,21 +100,16 @@ type ClientConn struct {
 	kaTimer       *time.Timer // immutable after NewClientConn
 
 	// Guarded by c.mu.
-	nextID          uint32
-	peerMCS         uint32
-	gotSettings     bool
-	shuttingDown    bool
-	pingOutstanding bool
+	nextID       uint32
+	peerMCS      uint32
+	gotSettings  bool
+	shuttingDown bool
 	// idlePing: the outstanding keepalive PING went out with no stream
 	// open. New streams wait for its ACK (see NewStream); pingWait (on
 	// c.mu) wakes them when it comes or the connection stops being usable.
-	idlePing       bool
-	pingWait       *sync.Cond
-	pingSeq        uint64
-	pingData       [8]byte
-	pingSentAt     time.Time     // when the outstanding PING was queued
-	pingRTT        time.Duration // the last PING round trip; 0: none yet
-	kaTimeoutTimer *time.Timer
+	idlePing bool
+	pingWait *sync.Cond
+	ping     keepalivePing
 }
 
 // NewClientConn starts an HTTP/2 client connection over c: it queues the
@@ -148,6 +141,7 @@ func NewClientConn(c net.Conn, cfg *ClientConfig) *ClientConn {
 	cc.c.onStreamDone = cf.OnStreamDone
 	cc.c.onStreamRefused = cf.OnStreamRefused
 	cc.c.onClosed = cc.onClosed
+	cc.ping = keepalivePing{c: cc.c, timeout: cf.KeepaliveTimeout}
 	// The writer is not running yet, so writing the preface here is safe.
 	_, _ = cc.c.bw.WriteString(http2.ClientPreface)
 	cc.c.initialFrames(http2.Setting{ID: http2.SettingEnablePush, Val: 0})
@@ -246,9 +240,7 @@ func (cc *ClientConn) onClosed(err error) {
 		cc.kaTimer.Stop()
 	}
 	cc.c.mu.Lock()
-	if cc.kaTimeoutTimer != nil {
-		cc.kaTimeoutTimer.Stop()
-	}
+	cc.ping.stopLocked()
 	cc.pingWait.Broadcast()
 	cc.c.mu.Unlock()
 	if cc.cfg.OnClose != nil {
@@ -397,7 +389,7 @@ func (cc *ClientConn) Observe() Observation {
 	c := cc.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	o := Observation{RTT: cc.pingRTT, ReceivedBytes: c.recvData}
+	o := Observation{RTT: cc.ping.rtt, ReceivedBytes: c.recvData}
 	if o.RTT == 0 && c.settingsAcked {
 		o.RTT = c.settingsAckedAt.Sub(cc.start)
 	}
@@ -427,8 +419,8 @@ func (cc *ClientConn) keepalive() {
 	if c.closed {
 		return
 	}
-	if !cc.pingOutstanding {
-		cc.pingLocked()
+	if !cc.ping.outstanding {
+		cc.ping.sendLocked()
 		cc.idlePing = len(c.streams) == 0
 	}
 	cc.kaTimer.Reset(cc.keepaliveDelay())
@@ -444,26 +436,7 @@ func (cc *ClientConn) KeepalivePing() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.closed {
-		cc.pingLocked()
-	}
-}
-
-// pingLocked queues a keepalive PING and arms its timeout unless one is
-// outstanding. Caller holds mu.
-func (cc *ClientConn) pingLocked() {
-	if cc.pingOutstanding {
-		return
-	}
-	c := cc.c
-	cc.pingOutstanding = true
-	cc.pingSentAt = time.Now()
-	cc.pingSeq++
-	binary.BigEndian.PutUint64(cc.pingData[:], cc.pingSeq)
-	c.queue(ctrlItem{kind: ctrlPing, ping: cc.pingData})
-	if cc.kaTimeoutTimer == nil {
-		cc.kaTimeoutTimer = time.AfterFunc(cc.cfg.KeepaliveTimeout, cc.keepaliveExpired)
-	} else {
-		cc.kaTimeoutTimer.Reset(cc.cfg.KeepaliveTimeout)
+		cc.ping.sendLocked()
 	}
 }
 
@@ -471,20 +444,6 @@ func (cc *ClientConn) pingLocked() {
 func (cc *ClientConn) keepaliveDelay() time.Duration {
 	return jittered(cc.cfg.KeepaliveInterval, cc.cfg.KeepaliveJitterPercent)
 }
-
-// jittered is interval plus a uniformly random jitter in
-// [0, interval*percent/100), as Envoy's connection_keepalive.interval_jitter
-// spreads the PINGs of connections opened together.
-func jittered(interval time.Duration, percent float64) time.Duration {
-	if j := time.Duration(float64(interval) * percent / 100); j > 0 {
-		return interval + rand.N(j)
-	}
-	return interval
-}
-
-// errKeepaliveTimeout is the cause of a connection closed because a
-// keepalive PING went unanswered.
-var errKeepaliveTimeout = errors.New("http2: keepalive PING not acknowledged in time")
 
 // ClosedByPeer reports whether err, a connection's close cause as OnClose
 // reports it, came from the peer: the peer ended or reset the TCP
@@ -500,33 +459,12 @@ func ClosedByPeer(err error) bool {
 	return !local
 }
 
-// ErrKeepaliveTimeout is the error OnClose reports (errors.Is) for a
-// connection closed because a keepalive PING was not acknowledged within
-// KeepaliveTimeout.
-var ErrKeepaliveTimeout = errKeepaliveTimeout
-
-func (cc *ClientConn) keepaliveExpired() {
-	c := cc.c
-	c.mu.Lock()
-	expired := cc.pingOutstanding && !c.closed
-	c.mu.Unlock()
-	if !expired {
-		return
-	}
-	c.st.KeepaliveTimeout.Inc()
-	c.log.Debug("http2 keepalive timeout", "timeout", cc.cfg.KeepaliveTimeout)
-	c.closeWith(errKeepaliveTimeout)
-}
-
 func (cc *ClientConn) handlePing(f *http2.PingFrame) error {
 	c := cc.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f.IsAck() {
-		if cc.pingOutstanding && f.Data == cc.pingData {
-			cc.pingOutstanding = false
-			cc.pingRTT = time.Since(cc.pingSentAt)
-			cc.kaTimeoutTimer.Stop()
+		if cc.ping.ackLocked(f.Data) {
 			if cc.idlePing {
 				cc.idlePing = false
 				cc.pingWait.Broadcast()

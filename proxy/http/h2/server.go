@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -174,14 +173,9 @@ type ServerConn struct {
 	idleTimer     *time.Timer
 	shutdownTimer *time.Timer
 	durationTimer *time.Timer
-	// Keepalive (KeepaliveInterval > 0): kaTimer sends the next PING,
-	// kaTimeoutTimer fires when the outstanding one (kaData) went
-	// unanswered for KeepaliveTimeout.
-	kaTimer        *time.Timer
-	kaTimeoutTimer *time.Timer
-	kaOutstanding  bool
-	kaSeq          uint64
-	kaData         [8]byte
+	// Keepalive (KeepaliveInterval > 0): kaTimer sends the next PING.
+	kaTimer *time.Timer
+	ping    keepalivePing
 }
 
 // NewServerConn prepares to serve c, which may be a *tls.Conn after its
@@ -225,6 +219,7 @@ func NewServerConn(c net.Conn, cfg *ServerConfig, h stream.Handler, info stream.
 		sc.cfg.KeepaliveTimeout = defaultKeepaliveTimeout
 	}
 	sc.c.onPeerFault = sc.onPeerFault
+	sc.ping = keepalivePing{c: sc.c, timeout: sc.cfg.KeepaliveTimeout}
 	if cf.RequestHeadersTimeout > 0 {
 		sc.c.hdrTimeout = cf.RequestHeadersTimeout
 		sc.c.br = bufio.NewReaderSize(sc.c.raw, 16<<10)
@@ -260,9 +255,7 @@ func (sc *ServerConn) Serve() error {
 	if sc.kaTimer != nil {
 		sc.kaTimer.Stop()
 	}
-	if sc.kaTimeoutTimer != nil {
-		sc.kaTimeoutTimer.Stop()
-	}
+	sc.ping.stopLocked()
 	cause := c.closeErr
 	c.mu.Unlock()
 	if err == nil || errors.Is(cause, errGracefulClose) || errors.Is(cause, errConnClosed) {
@@ -451,10 +444,7 @@ func (sc *ServerConn) handlePing(f *http2.PingFrame) error {
 			return nil
 		}
 		c.mu.Lock()
-		if sc.kaOutstanding && f.Data == sc.kaData {
-			sc.kaOutstanding = false
-			sc.kaTimeoutTimer.Stop()
-		}
+		sc.ping.ackLocked(f.Data)
 		c.mu.Unlock()
 		return nil
 	}
@@ -478,35 +468,8 @@ func (sc *ServerConn) keepalive() {
 	if c.closed {
 		return
 	}
-	if !sc.kaOutstanding {
-		sc.kaOutstanding = true
-		// The sequence starts at 1 and never reaches shutdownPingData's
-		// value, so the ACKs of the two cannot be confused.
-		sc.kaSeq++
-		binary.BigEndian.PutUint64(sc.kaData[:], sc.kaSeq)
-		c.queue(ctrlItem{kind: ctrlPing, ping: sc.kaData})
-		if sc.kaTimeoutTimer == nil {
-			sc.kaTimeoutTimer = time.AfterFunc(sc.cfg.KeepaliveTimeout, sc.keepaliveExpired)
-		} else {
-			sc.kaTimeoutTimer.Reset(sc.cfg.KeepaliveTimeout)
-		}
-	}
+	sc.ping.sendLocked()
 	sc.kaTimer.Reset(jittered(sc.cfg.KeepaliveInterval, sc.cfg.KeepaliveJitterPercent))
-}
-
-// keepaliveExpired closes the connection whose keepalive PING went
-// unanswered, counting http2.keepalive_timeout. Timer goroutine.
-func (sc *ServerConn) keepaliveExpired() {
-	c := sc.c
-	c.mu.Lock()
-	expired := sc.kaOutstanding && !c.closed
-	c.mu.Unlock()
-	if !expired {
-		return
-	}
-	c.st.KeepaliveTimeout.Inc()
-	c.log.Debug("http2 keepalive timeout", "timeout", sc.cfg.KeepaliveTimeout)
-	c.closeWith(errKeepaliveTimeout)
 }
 
 // pingStrike applies the ping policy to a PING received at now with
