@@ -76,10 +76,12 @@ type state struct {
 	live     map[string]map[string]config.XDSResource
 	initDone bool
 	timedOut bool
+	// rdsStats are the per-subscription RDS stats created so far.
+	rdsStats map[rdsSub]*rdsSubStats
 }
 
 func newState(c *Client) *state {
-	st := &state{c: c, types: map[string]*typeState{}, live: map[string]map[string]config.XDSResource{}}
+	st := &state{c: c, types: map[string]*typeState{}, live: map[string]map[string]config.XDSResource{}, rdsStats: map[rdsSub]*rdsSubStats{}}
 	for _, tu := range allTypes {
 		ts := &typeState{url: tu, names: map[string]bool{}, accepted: map[string]config.XDSResource{}}
 		ts.wildcard = tu == resourcev3.ListenerType || tu == resourcev3.ClusterType
@@ -162,6 +164,7 @@ func (st *state) handle(t transport, r *response) error {
 	ts.nonce = r.nonce
 	st.c.st.byType[r.typeURL].attempt.Inc()
 
+	before := ts.accepted
 	next, err := st.candidate(ts, r)
 	if err == nil && r.typeURL == resourcev3.SecretType {
 		err = st.deliverSecrets(next)
@@ -176,10 +179,19 @@ func (st *state) handle(t transport, r *response) error {
 	if err != nil {
 		msg := err.Error()
 		st.c.recordNACK(r.typeURL, msg)
+		if r.typeURL == resourcev3.RouteType {
+			st.recordRDS(r, false, nil, time.Now())
+		}
 		st.c.logger.Warn("xDS update rejected", "type", r.typeURL, "version", r.version, "err", msg)
 		return t.ack(ts, r, nackStatus(msg))
 	}
 	st.c.recordAccepted(r.typeURL, r.version)
+	switch r.typeURL {
+	case resourcev3.RouteType:
+		st.recordRDS(r, true, changedRoutes(before, ts.accepted), time.Now())
+	case resourcev3.ListenerType:
+		st.createRDSStats()
+	}
 	st.c.logger.Debug("xDS update accepted", "type", r.typeURL, "version", r.version, "resources", len(r.resources))
 	if err := t.ack(ts, r, nil); err != nil {
 		return err
