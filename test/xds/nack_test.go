@@ -13,7 +13,9 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -345,10 +347,34 @@ func TestBadResourceNACKed(t *testing.T) {
 				if rejected == 0 {
 					t.Errorf("%s.update_rejected = 0 after a NACK", statScope(tc.typeURL))
 				}
+				// Envoy's per-subscription RDS stats: v1 loaded the route
+				// configuration once; v2 was rejected under the manager
+				// that takes it.
+				var rds string
+				var reloads int64
+				if tc.typeURL == resourcev3.RouteType {
+					rds = rdsStatScope(t, good)
+					st := sc.Stats(t)
+					reloads = st[rds+".config_reload"]
+					if reloads != 1 || st[rds+".update_success"] < 1 || st[rds+".update_rejected"] < 1 || st[rds+".update_attempt"] < st[rds+".update_success"]+st[rds+".update_rejected"] {
+						t.Errorf("after v1 and the NACKed v2: %[1]s.config_reload = %[2]d, update_success = %[3]d, update_rejected = %[4]d, update_attempt = %[5]d; want 1, ≥ 1, ≥ 1, ≥ success + rejected",
+							rds, reloads, st[rds+".update_success"], st[rds+".update_rejected"], st[rds+".update_attempt"])
+					}
+				}
 
 				x.set(t, clientNode, "v3", moved)
 				x.waitReply(t, resourcev3.EndpointType, "v3", false)
 				x.waitReply(t, tc.typeURL, "v3", false)
+				if rds != "" {
+					// v3 moved greeter's endpoints only: its route
+					// configuration is v1's, so it is accepted without a
+					// reload.
+					st := sc.Stats(t)
+					if st[rds+".config_reload"] != reloads || st[rds+".update_success"] < 2 {
+						t.Errorf("after v3 (route configuration as in v1): %s.config_reload = %d, update_success = %d; want %d (no reload) and ≥ 2",
+							rds, st[rds+".config_reload"], st[rds+".update_success"], reloads)
+					}
+				}
 				deadline := time.Now().Add(waitTimeout)
 				for backend2.StartedRPCs() < 20 && time.Now().Before(deadline) {
 					time.Sleep(10 * time.Millisecond)
@@ -386,6 +412,28 @@ func statScope(typeURL string) string {
 	default:
 		return "xds.eds"
 	}
+}
+
+// rdsStatScope returns the flat scope of Envoy's per-subscription RDS
+// stats, http.<stat_prefix>.rds.<route_config_name>, of the one connection
+// manager in r's listeners that takes its route configuration over RDS.
+func rdsStatScope(t *testing.T, r *translate.Resources) string {
+	t.Helper()
+	var scopes []string
+	for _, l := range r.Listeners {
+		for _, fc := range l.(*listenerv3.Listener).GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				var m hcmv3.HttpConnectionManager
+				if f.GetTypedConfig().MessageIs(&m) && f.GetTypedConfig().UnmarshalTo(&m) == nil && m.GetRds() != nil {
+					scopes = append(scopes, "http."+m.GetStatPrefix()+".rds."+strings.ReplaceAll(m.GetRds().GetRouteConfigName(), ":", "_"))
+				}
+			}
+		}
+	}
+	if len(scopes) != 1 {
+		t.Fatalf("connection managers using RDS: %v, want one", scopes)
+	}
+	return scopes[0]
 }
 
 // cloneResources deep-copies r so a test can spoil the copy.
