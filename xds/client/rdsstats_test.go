@@ -2,6 +2,7 @@ package client
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 
@@ -311,5 +312,37 @@ func TestRDSStatNameSanitised(t *testing.T) {
 	}
 	if want := "http.in.rds.outbound|80||svc_x.update_attempt: 1"; !strings.Contains(text.String(), want) {
 		t.Errorf("text stats lack %q:\n%s", want, text.String())
+	}
+}
+
+// TestRoutesReady: a listener whose filter chains (the default one
+// included) take different route configurations over RDS needs every one
+// of them before it leaves warming, and subscribes to each once.
+func TestRoutesReady(t *testing.T) {
+	l := rdsListener(t, "l", "in_a", "r1")
+	l.FilterChains = append(l.FilterChains, rdsListener(t, "x", "in_b", "r2").GetFilterChains()[0])
+	l.DefaultFilterChain = rdsListener(t, "y", "in_c", "r1").GetFilterChains()[0]
+	if got, want := rdsNames(l), []string{"r1", "r2"}; !slices.Equal(got, want) {
+		t.Fatalf("rdsNames = %v, want %v", got, want)
+	}
+	for _, tc := range []struct {
+		accepted []string
+		want     bool
+	}{
+		{nil, false},
+		{[]string{"r1"}, false},
+		{[]string{"r2"}, false},
+		{[]string{"r1", "r2"}, true},
+	} {
+		acc := map[string]config.XDSResource{}
+		for _, n := range tc.accepted {
+			acc[n] = config.XDSResource{}
+		}
+		if got := routesReady(l, acc); got != tc.want {
+			t.Errorf("routesReady with %v accepted = %v, want %v", tc.accepted, got, tc.want)
+		}
+	}
+	if !routesReady(&listenerv3.Listener{Name: "no rds"}, nil) {
+		t.Error("a listener taking no route configuration over RDS is not ready")
 	}
 }

@@ -14,7 +14,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -403,18 +402,28 @@ func secretsReady(msg proto.Message, secrets map[string]config.XDSResource) bool
 	return true
 }
 
-// rdsName returns the route configuration a listener's connection manager
-// takes over RDS, or "".
-func rdsName(l *listenerv3.Listener) string {
-	for _, fc := range l.GetFilterChains() {
-		for _, f := range fc.GetFilters() {
-			var m hcmv3.HttpConnectionManager
-			if f.GetTypedConfig().MessageIs(&m) && f.GetTypedConfig().UnmarshalTo(&m) == nil && m.GetRds() != nil {
-				return m.GetRds().GetRouteConfigName()
-			}
+// rdsNames returns the route configurations a listener's connection
+// managers take over RDS, in every filter chain and the default one,
+// each once.
+func rdsNames(l *listenerv3.Listener) []string {
+	var out []string
+	for _, s := range rdsSubsOf(l) {
+		if !slices.Contains(out, s.routeConfig) {
+			out = append(out, s.routeConfig)
 		}
 	}
-	return ""
+	return out
+}
+
+// routesReady reports whether every route configuration l takes over RDS
+// has been accepted.
+func routesReady(l *listenerv3.Listener, accepted map[string]config.XDSResource) bool {
+	for _, n := range rdsNames(l) {
+		if !hasKey(accepted, n) {
+			return false
+		}
+	}
+	return true
 }
 
 // edsName returns the assignment an EDS cluster subscribes to, or "".
@@ -458,7 +467,7 @@ func (st *state) publish() error {
 	}
 	for _, name := range slices.Sorted(maps.Keys(lds.accepted)) {
 		r := lds.accepted[name]
-		if n := rdsName(r.Resource.(*listenerv3.Listener)); n != "" && !hasKey(rds.accepted, n) || !secretsReady(r.Resource, sds.accepted) {
+		if !routesReady(r.Resource.(*listenerv3.Listener), rds.accepted) || !secretsReady(r.Resource, sds.accepted) {
 			warming++
 			if old, ok := st.live[lds.url][name]; ok {
 				d.Listeners = append(d.Listeners, old)
@@ -531,7 +540,7 @@ func (st *state) resubscribe(t transport) error {
 	want := map[string]map[string]bool{resourcev3.RouteType: {}, resourcev3.EndpointType: {}, resourcev3.SecretType: {}}
 	for _, m := range []map[string]config.XDSResource{st.types[resourcev3.ListenerType].accepted, st.live[resourcev3.ListenerType]} {
 		for _, r := range m {
-			if n := rdsName(r.Resource.(*listenerv3.Listener)); n != "" {
+			for _, n := range rdsNames(r.Resource.(*listenerv3.Listener)) {
 				want[resourcev3.RouteType][n] = true
 			}
 			for _, n := range adsSecretNames(r.Resource) {
