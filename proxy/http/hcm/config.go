@@ -340,6 +340,30 @@ type Stats struct {
 	// before encryption, as Envoy counts them (HTTP/3 is not counted).
 	CxRxBytes, CxTxBytes *stats.Counter
 	HTTP2                *h2.Stats
+	// Underscores are headers_with_underscores_action's counters for
+	// requests over HTTP/1.1, HTTP/2 and HTTP/3, in that order.
+	Underscores [3]UnderscoreStats
+}
+
+// UnderscoreStats are the counters Envoy's codecs keep for
+// headers_with_underscores_action, at "http1.", "http2." or "http3." of
+// the listener's scope.
+type UnderscoreStats struct {
+	// Rejected counts requests refused for an underscore in a header
+	// name (requests_rejected_with_underscores_in_headers).
+	Rejected *stats.Counter
+	// Dropped counts the header fields removed for one
+	// (dropped_headers_with_underscores).
+	Dropped *stats.Counter
+}
+
+// underscoreStats returns the UnderscoreStats under root scope codec.
+func underscoreStats(store *stats.Store, codec string) UnderscoreStats {
+	sc := store.Root().Scope(codec)
+	return UnderscoreStats{
+		Rejected: sc.Counter("requests_rejected_with_underscores_in_headers"),
+		Dropped:  sc.Counter("dropped_headers_with_underscores"),
+	}
 }
 
 // NewStats returns the stats for stat prefix p.
@@ -354,6 +378,7 @@ func NewStats(store *stats.Store, p string) *Stats {
 	h2st.DownstreamPrematureResets = sc.Counter("downstream_rq_too_many_premature_resets")
 	h2st.RequestHeadersTimeout = sc.Counter("downstream_rq_header_timeout")
 	return &Stats{
+		Underscores:          [3]UnderscoreStats{underscoreStats(store, "http1"), underscoreStats(store, "http2"), underscoreStats(store, "http3")},
 		Scope:                sc,
 		RqTotal:              sc.Counter("downstream_rq_total"),
 		RqActive:             sc.Gauge("downstream_rq_active"),

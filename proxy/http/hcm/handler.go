@@ -230,22 +230,46 @@ func (ex *exchange) serve() {
 	ex.proxy(r, c)
 }
 
-// checkUnderscores applies headers_with_underscores_action; false means
-// reject the request.
+// checkUnderscores applies headers_with_underscores_action, counting
+// what it rejects or drops under the request's codec; false means reject
+// the request.
 func (ex *exchange) checkUnderscores() bool {
 	if ex.cfg.Underscores == UnderscoreAllow {
 		return true
 	}
-	for _, f := range ex.req.Header.Fields() {
-		if strings.IndexByte(f.Name, '_') >= 0 {
-			if ex.cfg.Underscores == UnderscoreReject {
-				return false
+	var st *UnderscoreStats
+	for {
+		var name string
+		for _, f := range ex.req.Header.Fields() {
+			if strings.IndexByte(f.Name, '_') >= 0 {
+				name = f.Name
+				break
 			}
-			ex.req.Header.Del(f.Name)
-			return ex.checkUnderscores()
 		}
+		if name == "" {
+			return true
+		}
+		if st == nil {
+			st = ex.underscoreStats()
+		}
+		if ex.cfg.Underscores == UnderscoreReject {
+			st.Rejected.Inc()
+			return false
+		}
+		st.Dropped.Add(uint64(len(ex.req.Header.Values(name))))
+		ex.req.Header.Del(name)
 	}
-	return true
+}
+
+// underscoreStats returns the underscore counters of the request's codec.
+func (ex *exchange) underscoreStats() *UnderscoreStats {
+	switch ex.ds.Conn().Proto {
+	case "HTTP/2":
+		return &ex.h.stats.Underscores[1]
+	case "HTTP/3":
+		return &ex.h.stats.Underscores[2]
+	}
+	return &ex.h.stats.Underscores[0]
 }
 
 // forwardingFields is room for the fields a proxied request usually gains
