@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -237,28 +238,25 @@ func (ex *exchange) checkUnderscores() bool {
 	if ex.cfg.Underscores == UnderscoreAllow {
 		return true
 	}
-	var st *UnderscoreStats
-	for {
-		var name string
-		for _, f := range ex.req.Header.Fields() {
-			if strings.IndexByte(f.Name, '_') >= 0 {
-				name = f.Name
-				break
-			}
+	var names []string
+	for _, f := range ex.req.Header.Fields() {
+		if strings.IndexByte(f.Name, '_') >= 0 && !slices.Contains(names, f.Name) {
+			names = append(names, f.Name)
 		}
-		if name == "" {
-			return true
-		}
-		if st == nil {
-			st = ex.underscoreStats()
-		}
-		if ex.cfg.Underscores == UnderscoreReject {
-			st.Rejected.Inc()
-			return false
-		}
-		st.Dropped.Add(uint64(len(ex.req.Header.Values(name))))
-		ex.req.Header.Del(name)
 	}
+	if len(names) == 0 {
+		return true
+	}
+	st := ex.underscoreStats()
+	if ex.cfg.Underscores == UnderscoreReject {
+		st.Rejected.Inc()
+		return false
+	}
+	for _, n := range names {
+		st.Dropped.Add(uint64(len(ex.req.Header.Values(n))))
+		ex.req.Header.Del(n)
+	}
+	return true
 }
 
 // underscoreStats returns the underscore counters of the request's codec.
