@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"meshd.dev/meshd/internal/testutil"
-	"meshd.dev/meshd/mtls/mtlstest"
 	"meshd.dev/meshd/proxy/http/h3"
 )
 
@@ -33,17 +31,11 @@ type closingH3Peer struct {
 
 func startClosingH3Peer(t *testing.T) *closingH3Peer {
 	t.Helper()
-	ca := mtlstest.NewCA(t, "test.example")
-	cert := mtlstest.TLSCertificate(ca.Issue(t, "spiffe://test.example/ns/a/sa/server"))
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Bundle().X509Authorities()[0])
-	p := &closingH3Peer{udp: udp, tls: &tls.Config{RootCAs: roots, ServerName: "localhost", InsecureSkipVerify: true}}
+	udp, serverTLS, clientTLS := h3TestEndpoint(t)
+	p := &closingH3Peer{udp: udp, tls: clientTLS}
 	tr := &quic.Transport{Conn: udp}
-	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{MaxIncomingStreams: 100})
+	serverTLS.NextProtos = []string{http3.NextProtoH3}
+	ln, err := tr.Listen(serverTLS, &quic.Config{MaxIncomingStreams: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"github.com/quic-go/quic-go/quicvarint"
 
 	"meshd.dev/meshd/internal/testutil"
-	"meshd.dev/meshd/mtls/mtlstest"
 	"meshd.dev/meshd/proxy/http/stream"
 )
 
@@ -307,23 +305,17 @@ var h3Status200 = []byte{0x01, 0x03, 0x00, 0x00, 0xc0 | 25}
 
 func startH3GoAwayPeer(t *testing.T) *h3GoAwayPeer {
 	t.Helper()
-	ca := mtlstest.NewCA(t, "test.example")
-	cert := mtlstest.TLSCertificate(ca.Issue(t, "spiffe://test.example/ns/a/sa/server"))
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Bundle().X509Authorities()[0])
+	udp, serverTLS, clientTLS := h3TestEndpoint(t)
 	p := &h3GoAwayPeer{
 		udp:      udp,
-		tls:      &tls.Config{RootCAs: roots, ServerName: "localhost", InsecureSkipVerify: true},
+		tls:      clientTLS,
 		goAwayC:  make(chan struct{}),
 		releaseC: make(chan struct{}),
 		reqs:     map[int]int{},
 	}
 	tr := &quic.Transport{Conn: udp}
-	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{MaxIncomingStreams: 100})
+	serverTLS.NextProtos = []string{http3.NextProtoH3}
+	ln, err := tr.Listen(serverTLS, &quic.Config{MaxIncomingStreams: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,7 +58,11 @@ type h3Peer struct {
 	reqs     []rawReq
 }
 
-func startH3Peer(t *testing.T) *h3Peer {
+// h3TestEndpoint is what every HTTP/3 test peer here starts from: a UDP
+// socket on 127.0.0.1, a server TLS config with a SPIFFE certificate from
+// a fresh CA, and a client TLS config trusting that CA (the pool checks
+// SPIFFE IDs, not host names).
+func h3TestEndpoint(t *testing.T) (udp *net.UDPConn, server, client *tls.Config) {
 	t.Helper()
 	ca := mtlstest.NewCA(t, "test.example")
 	cert := mtlstest.TLSCertificate(ca.Issue(t, "spiffe://test.example/ns/a/sa/server"))
@@ -68,16 +72,23 @@ func startH3Peer(t *testing.T) *h3Peer {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Bundle().X509Authorities()[0])
+	return udp, &tls.Config{Certificates: []tls.Certificate{cert}},
+		&tls.Config{RootCAs: roots, ServerName: "localhost", InsecureSkipVerify: true}
+}
+
+func startH3Peer(t *testing.T) *h3Peer {
+	t.Helper()
+	udp, serverTLS, clientTLS := h3TestEndpoint(t)
 	p := &h3Peer{
 		udp:      udp,
-		tls:      &tls.Config{RootCAs: roots, ServerName: "localhost", InsecureSkipVerify: true},
+		tls:      clientTLS,
 		connIdx:  map[string]int{},
 		inFlight: map[int]int{},
 		holds:    map[string]chan struct{}{},
 	}
 	srv := &http3.Server{
 		Handler:    p,
-		TLSConfig:  http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}}),
+		TLSConfig:  http3.ConfigureTLSConfig(serverTLS),
 		QUICConfig: &quic.Config{MaxIncomingStreams: 100},
 	}
 	done := make(chan struct{})
