@@ -116,6 +116,12 @@ func (b *replayBody) fill(ctx context.Context, ds stream.ServerStream, chain *bo
 					}
 				}
 			}
+			if err == io.EOF {
+				// Before the end is visible to the upstream side: once it
+				// is, the upstream can answer, and the response's end must
+				// not be stamped before the request's (upstream_rq_time).
+				onComplete()
+			}
 			b.mu.Lock()
 			if err == io.EOF {
 				b.eof = true
@@ -125,9 +131,6 @@ func (b *replayBody) fill(ctx context.Context, ds stream.ServerStream, chain *bo
 			}
 			b.notifyLocked()
 			b.mu.Unlock()
-			if err == io.EOF {
-				onComplete()
-			}
 			return
 		}
 	}
